@@ -1,0 +1,58 @@
+"""bayeshlm: Bayesian hierarchical linear models, fast and exact.
+
+Declare a model with an lme4-style formula (:func:`hlm`), draw its posterior with a
+Gibbs / Metropolis-Hastings sampler built on per-group sufficient statistics
+(:func:`sample`), and get an ArviZ ``DataTree`` back.
+"""
+
+import sys as _sys
+
+__version__ = "0.1.0"
+
+if _sys.version_info < (3, 12):  # pragma: no cover - guarded by requires-python as well
+    raise ImportError("bayeshlm needs Python >= 3.12 (ArviZ 1.x does)")
+
+from bayeshlm.compile import hlm  # noqa: E402
+from bayeshlm.data import DataError, Design  # noqa: E402
+from bayeshlm.datasets import list_datasets, load_dataset  # noqa: E402
+from bayeshlm.formula import FormulaError, parse_formula  # noqa: E402
+from bayeshlm.model import Model  # noqa: E402
+from bayeshlm.priors import (  # noqa: E402
+    LKJ,
+    Flat,
+    HalfCauchy,
+    HalfNormal,
+    HalfStudentT,
+    InverseGamma,
+    InverseWishart,
+    Normal,
+    PriorError,
+    Uniform,
+)
+from bayeshlm.sample import SamplingError, sample  # noqa: E402
+from bayeshlm.summary import summary  # noqa: E402
+
+__all__ = [
+    "LKJ",
+    "DataError",
+    "Design",
+    "Flat",
+    "FormulaError",
+    "HalfCauchy",
+    "HalfNormal",
+    "HalfStudentT",
+    "InverseGamma",
+    "InverseWishart",
+    "Model",
+    "Normal",
+    "PriorError",
+    "SamplingError",
+    "Uniform",
+    "__version__",
+    "hlm",
+    "list_datasets",
+    "load_dataset",
+    "parse_formula",
+    "sample",
+    "summary",
+]

@@ -1,0 +1,87 @@
+"""Formula + data -> :class:`~bayeshlm.model.Model` (the last place pandas is seen)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bayeshlm.data import build_design
+from bayeshlm.formula import parse_formula
+from bayeshlm.model import Model
+from bayeshlm.priors import default_priors, prior_arrays, resolve_priors
+from samplers.suffstats import compute_suffstats
+from samplers.types import Structure
+
+
+def structure_of(block_sizes, sigma_known):
+    """Kernel description of the covariance blocks and the layout of ``theta``."""
+    block_ptr = np.zeros(len(block_sizes) + 1, dtype=np.int64)
+    theta_ptr = np.zeros(len(block_sizes) + 1, dtype=np.int64)
+    block_ptr[1:] = np.cumsum(block_sizes)
+    theta_ptr[0] = 0 if sigma_known else 1
+    for k, size in enumerate(block_sizes):
+        theta_ptr[k + 1] = theta_ptr[k] + size + size * (size - 1) // 2
+    return Structure(block_ptr=block_ptr, theta_ptr=theta_ptr, sigma_known=int(sigma_known))
+
+
+def hlm(formula, data, *, priors=None, known_sd=None, known_var=None, missing="raise"):
+    """Compile a two-level hierarchical linear model from an lme4-style formula.
+
+    Parameters
+    ----------
+    formula : str
+        ``response ~ fixed part + (random part | group)``. The fixed part is evaluated by
+        formulaic (interactions ``*`` and ``:``, categorical predictors, ``0``/``-1`` to drop
+        the intercept); level-2 predictors and cross-level interactions are ordinary fixed
+        terms. Random parts: ``(1 + x | g)`` or ``(x | g)`` correlated intercept and slope,
+        ``(x || g)`` uncorrelated, ``(1 | g) + (0 + x | g)`` the same written out,
+        ``(0 + x | g)`` slope only, ``(1 | g)`` intercept only.
+    data : pandas.DataFrame or dict of array_like
+        The observations, one row each.
+    priors : dict, optional
+        Priors by role, see :mod:`bayeshlm.priors`; defaults are weakly informative and
+        scaled to the data (:func:`bayeshlm.priors.default_priors`).
+    known_sd, known_var : str or array_like, optional
+        Known level-1 standard deviations or variances, one per observation (a column name
+        or an array), as in meta-analysis; then no level-1 variance is estimated.
+    missing : {"raise", "drop"}
+        What to do with rows that have missing or non-finite values in a used column:
+        raise an error naming the columns (default), or drop them (the count is kept in
+        ``model.design.n_dropped`` and in the results' attributes).
+
+    Returns
+    -------
+    Model
+
+    Examples
+    --------
+    >>> import bayeshlm as bh
+    >>> sleep = bh.load_dataset("sleepstudy")
+    >>> model = bh.hlm("reaction ~ days + (days | subject)", sleep)
+    >>> model.n_groups
+    18
+    """
+    spec = parse_formula(formula)
+    design = build_design(spec, data, missing=missing, known_sd=known_sd, known_var=known_var)
+    sigma_known = design.obs_var is not None
+    weights = None if design.obs_var is None else 1.0 / design.obs_var
+    stats = compute_suffstats(
+        design.y, design.F, design.X, design.group_idx, design.group_labels.shape[0], weights
+    )
+    structure = structure_of(design.block_sizes, sigma_known)
+    defaults = default_priors(
+        design.y, design.F, design.fixed_names, design.X, design.coef_names, design.obs_var
+    )
+    resolved = resolve_priors(
+        priors, defaults, design.fixed_names, design.coef_names, design.block_sizes, sigma_known
+    )
+    arrays = prior_arrays(resolved, design.fixed_names, design.coef_names, design.block_sizes)
+    options = {"priors": priors, "known_sd": known_sd, "known_var": known_var, "missing": missing}
+    return Model(
+        spec=spec,
+        design=design,
+        stats=stats,
+        structure=structure,
+        priors=arrays,
+        prior_spec=resolved,
+        options=options,
+    )

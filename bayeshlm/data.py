@@ -1,0 +1,512 @@
+"""Turn a data frame and a parsed formula into design arrays.
+
+All checks on user data happen here, once, with messages that name the
+column at fault. What leaves this module is plain numpy: the response, the
+fixed design, a per-row random design with one group code per row, and the
+labels needed to name things later.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from bayeshlm.formula import (
+    FormulaError,
+    FormulaSpec,
+    model_matrix,
+    parse_formula,
+    required_variables,
+)
+
+__all__ = ["DataError", "Design", "build_design"]
+
+# Relative eigenvalue below which the column-scaled cross-product matrix is
+# treated as singular, and relative weight above which a column counts as
+# part of a dependency.
+_RANK_TOL = 1e-10
+_INVOLVED_TOL = 1e-6
+# How many offending row positions an error message lists.
+_SHOW_ROWS = 5
+
+
+class DataError(ValueError):
+    """Data that cannot be used with the requested model."""
+
+
+class Design(NamedTuple):
+    """Numeric arrays describing a one-factor hierarchical linear model.
+
+    Row ``i`` of the data has response ``y[i]``, fixed-effect covariates
+    ``F[i]`` and random-effect covariates ``X[i]``, which multiply the
+    coefficients of group ``group_idx[i]``.
+
+    Attributes
+    ----------
+    response : str
+        Name of the response column.
+    y : ndarray of shape (n_obs,)
+        Response, float64.
+    F : ndarray of shape (n_obs, n_fixed)
+        Fixed-effect design, C-contiguous float64.
+    fixed_names : tuple of str
+        Column names of `F`, e.g. ``("Intercept", "days")``.
+    X : ndarray of shape (n_obs, n_coef)
+        Per-row random-effect design, C-contiguous float64: the covariates
+        of the row's own group only, never one column block per group.
+    coef_names : tuple of str
+        Names of the random coefficients, the columns of `X`.
+    block_sizes : tuple of int
+        Sizes of the diagonal blocks of the random-effect covariance, in
+        column order; they sum to ``n_coef``. ``(days | g)`` gives ``(2,)``,
+        ``(days || g)`` and ``(1 | g) + (0 + days | g)`` give ``(1, 1)``.
+    factor : str
+        The grouping factor as written, e.g. ``"school"`` or ``"a:b"``.
+    group_idx : ndarray of shape (n_obs,)
+        int64 group code of each row, ``0 .. n_groups - 1`` in order of first
+        appearance.
+    group_labels : ndarray of shape (n_groups,)
+        Group labels as strings (object dtype); labels of an ``a:b`` factor
+        are ``"<a>:<b>"``.
+    obs_var : ndarray of shape (n_obs,) or None
+        Known sampling variance of each observation, or None when the
+        residual variance is to be estimated.
+    n_dropped : int
+        Rows dropped because of missing values (``missing="drop"``).
+    kept_rows : ndarray of shape (n_obs,)
+        int64 positions, in the input data, of the rows used.
+    fixed_spec : formulaic.ModelSpec
+        Re-evaluates the fixed design on new data.
+    random_spec : tuple of formulaic.ModelSpec
+        Re-evaluate each bar term's design on new data, in formula order.
+    """
+
+    response: str
+    y: np.ndarray
+    F: np.ndarray
+    fixed_names: tuple[str, ...]
+    X: np.ndarray
+    coef_names: tuple[str, ...]
+    block_sizes: tuple[int, ...]
+    factor: str
+    group_idx: np.ndarray
+    group_labels: np.ndarray
+    obs_var: np.ndarray | None
+    n_dropped: int
+    kept_rows: np.ndarray
+    fixed_spec: object
+    random_spec: tuple
+
+
+def build_design(
+    spec: FormulaSpec | str,
+    data,
+    *,
+    missing: str = "raise",
+    known_sd=None,
+    known_var=None,
+) -> Design:
+    """Evaluate a parsed formula on data and check the result.
+
+    Parameters
+    ----------
+    spec : FormulaSpec or str
+        The model formula, parsed by :func:`bayeshlm.formula.parse_formula`
+        (a string is parsed here).
+    data : pandas.DataFrame or mapping of str to array_like
+        The data; a mapping must hold 1-D arrays of one common length.
+    missing : {"raise", "drop"}, default "raise"
+        What to do with rows that have a missing or non-finite value in a
+        column the model uses: raise an error naming the columns, or drop
+        those rows (columns the model does not use are never looked at).
+    known_sd, known_var : str or array_like of shape (n_rows,), optional
+        Known sampling standard deviations or variances of the observations
+        (as in meta-analysis), as a column name or an array aligned with the
+        rows of `data`. At most one of the two may be given.
+
+    Returns
+    -------
+    Design
+        The arrays of the model; see :class:`Design`.
+
+    Raises
+    ------
+    FormulaError
+        If the formula has no random-effect term, more than one grouping
+        factor, a bar term without columns, or the same random coefficient
+        twice.
+    DataError
+        If a column is unknown, holds missing or non-finite values (with
+        ``missing="raise"``), or does not fit its role: a non-numeric or
+        constant response, a grouping factor with one level, a
+        rank-deficient fixed or random design, known variances that are not
+        positive. The message names the column.
+    ValueError
+        If `missing` is not "raise" or "drop", or both `known_sd` and
+        `known_var` are given.
+    TypeError
+        If `data` is neither a DataFrame nor a mapping.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> df = pd.DataFrame({"y": [1.0, 2.5, 0.5, 3.0], "x": [0, 1, 0, 1],
+    ...                    "g": ["a", "a", "b", "b"]})
+    >>> d = build_design("y ~ x + (1 | g)", df)
+    >>> d.fixed_names, d.coef_names, d.block_sizes
+    (('Intercept', 'x'), ('Intercept',), (1,))
+    >>> d.group_idx
+    array([0, 0, 1, 1])
+    """
+    if missing not in ("raise", "drop"):
+        raise ValueError(f"missing must be 'raise' or 'drop', got {missing!r}")
+    if known_sd is not None and known_var is not None:
+        raise ValueError("give known_sd or known_var, not both")
+    if isinstance(spec, str):
+        spec = parse_formula(spec)
+    factor = _single_factor(spec)
+    factor_columns = factor.split(":")
+
+    frame = _as_frame(data)
+    n_input = len(frame)
+    if n_input == 0:
+        raise DataError("the data has no rows")
+
+    known_name, known = ("known_sd", known_sd) if known_sd is not None else ("known_var", known_var)
+    known_column = known if isinstance(known, str) else None
+
+    # Each used column with the role it plays, for messages.
+    roles = {spec.response: "the response"}
+    for name in sorted(required_variables(spec.fixed)):
+        roles.setdefault(name, "the fixed part")
+    for bar in spec.bars:
+        for name in sorted(required_variables(bar.expr)):
+            roles.setdefault(name, f"the random-effect term ({bar.expr} | {bar.factor})")
+    for name in factor_columns:
+        roles.setdefault(name, "the grouping factor")
+    if known_column is not None:
+        roles.setdefault(known_column, known_name)
+    _check_columns(frame, roles)
+
+    _check_numeric(frame[spec.response], spec.response, "the response")
+    known_values = None
+    if known_column is not None:
+        _check_numeric(frame[known_column], known_column, known_name)
+    elif known is not None:
+        known_values = _known_array(known, known_name, n_input)
+
+    bad = {name: _bad_mask(frame[name]) for name in roles}
+    if known_values is not None:
+        bad[known_name] = ~np.isfinite(known_values)
+    kept_rows, n_dropped = _handle_missing(bad, missing, n_input)
+
+    used = frame[list(roles)]
+    if n_dropped:
+        used = used.iloc[kept_rows]
+        if known_values is not None:
+            known_values = known_values[kept_rows]
+    # formulaic aligns on the index; a fresh range index avoids surprises
+    # from duplicated or non-monotonic labels.
+    used = used.reset_index(drop=True)
+
+    y = _response(used[spec.response], spec.response)
+
+    F, fixed_names, fixed_spec = _evaluate(spec.fixed, used, "the fixed part")
+    _check_rank(F, fixed_names, "fixed-effects design")
+
+    X, coef_names, block_sizes, random_spec = _random_design(spec, used, factor)
+    _check_rank(X, coef_names, f"random-effects design of '{factor}'")
+
+    group_idx, group_labels = _group_codes(used, factor_columns)
+    if len(group_labels) < 2:
+        raise DataError(
+            f"the grouping factor '{factor}' has a single level "
+            f"({group_labels[0]!r}); a variance between groups cannot be "
+            "estimated from one group"
+        )
+
+    obs_var = None
+    if known is not None:
+        if known_column is not None:
+            known_values = used[known_column].to_numpy(dtype=np.float64, na_value=np.nan)
+        obs_var = _obs_var(known_values, known_name)
+
+    return Design(
+        response=spec.response,
+        y=y,
+        F=F,
+        fixed_names=tuple(fixed_names),
+        X=X,
+        coef_names=tuple(coef_names),
+        block_sizes=tuple(block_sizes),
+        factor=factor,
+        group_idx=group_idx,
+        group_labels=group_labels,
+        obs_var=obs_var,
+        n_dropped=n_dropped,
+        kept_rows=kept_rows,
+        fixed_spec=fixed_spec,
+        random_spec=tuple(random_spec),
+    )
+
+
+def _single_factor(spec):
+    if not spec.bars:
+        raise FormulaError(
+            "the formula has no random-effect term; bayeshlm fits hierarchical "
+            "models, which need at least one '( ... | group)' term, e.g. "
+            "'y ~ x + (1 | group)'",
+            spec.formula,
+        )
+    factors = list(dict.fromkeys(bar.factor for bar in spec.bars))
+    if len(factors) > 1:
+        listed = ", ".join(f"'{f}'" for f in factors)
+        raise FormulaError(
+            "models with several grouping factors (nested or crossed) are not "
+            f"supported yet; this formula groups by {listed}",
+            spec.formula,
+        )
+    return factors[0]
+
+
+def _as_frame(data):
+    if isinstance(data, pd.DataFrame):
+        return data
+    if not isinstance(data, Mapping):
+        raise TypeError(
+            "data must be a pandas DataFrame or a mapping of column names to "
+            f"1-D arrays, got {type(data).__name__}"
+        )
+    columns = {}
+    for name, values in data.items():
+        if isinstance(values, pd.Series):
+            arr = values.array
+        else:
+            arr = np.asarray(values)
+        if arr.ndim != 1:
+            raise DataError(
+                f"column '{name}' must be 1-D, got an array of shape {np.shape(arr)}"
+            )
+        columns[name] = arr
+    lengths = {name: len(v) for name, v in columns.items()}
+    if len(set(lengths.values())) > 1:
+        listed = ", ".join(f"'{k}' ({n})" for k, n in lengths.items())
+        raise DataError(f"the columns have different lengths: {listed}")
+    return pd.DataFrame(columns)
+
+
+def _check_columns(frame, roles):
+    available = [str(c) for c in frame.columns]
+    problems = []
+    for name, role in roles.items():
+        if name in frame.columns:
+            continue
+        # Case slips ("Days" for "days") first, then near spellings; the
+        # cutoff is below difflib's default so short names ("sd" for "se")
+        # still get a suggestion.
+        close = [c for c in available if c.lower() == name.lower()]
+        close += difflib.get_close_matches(name, available, n=3, cutoff=0.5)
+        close = list(dict.fromkeys(close))[:3]
+        hint = (
+            "; did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
+            if close
+            else ""
+        )
+        problems.append(f"column '{name}' (used in {role}) is not in the data{hint}")
+    if problems:
+        raise DataError("\n".join(problems))
+    duplicated = frame.columns[frame.columns.duplicated()]
+    twice = [name for name in roles if name in duplicated]
+    if twice:
+        raise DataError(f"the data has several columns named '{twice[0]}'")
+
+
+def _check_numeric(series, name, role):
+    dtype = series.dtype
+    numeric = pd.api.types.is_bool_dtype(dtype) or (
+        pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_complex_dtype(dtype)
+    )
+    if not numeric:
+        raise DataError(
+            f"column '{name}' ({role}) must be numeric (float, int or bool), "
+            f"got dtype {dtype}"
+        )
+
+
+def _known_array(values, name, n_rows):
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{name} must be a column name or an array of numbers") from exc
+    if arr.ndim != 1:
+        raise DataError(
+            f"{name} must be a column name or a 1-D array, got shape {arr.shape}"
+        )
+    if len(arr) != n_rows:
+        raise DataError(f"{name} has {len(arr)} values but the data has {n_rows} rows")
+    return arr
+
+
+def _bad_mask(series):
+    """Rows of a column that are missing or, for numbers, not finite."""
+    dtype = series.dtype
+    if pd.api.types.is_bool_dtype(dtype) or (
+        pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_complex_dtype(dtype)
+    ):
+        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        return ~np.isfinite(values)
+    return series.isna().to_numpy()
+
+
+def _handle_missing(bad, missing, n_rows):
+    """Return the positions of the rows to keep and the number dropped."""
+    counts = {name: int(mask.sum()) for name, mask in bad.items()}
+    if not any(counts.values()):
+        return np.arange(n_rows, dtype=np.int64), 0
+    if missing == "raise":
+        lines = []
+        for name, count in counts.items():
+            if count:
+                rows = np.flatnonzero(bad[name])[:_SHOW_ROWS].tolist()
+                more = ", ..." if count > _SHOW_ROWS else ""
+                listed = ", ".join(map(str, rows))
+                lines.append(
+                    f"column '{name}' has {count} missing or non-finite "
+                    f"value{'s' if count > 1 else ''} (row positions {listed}{more})"
+                )
+        raise DataError(
+            "\n".join(lines)
+            + "\npass missing='drop' to drop these rows, or fix the data"
+        )
+    any_bad = np.logical_or.reduce(list(bad.values()))
+    kept = np.flatnonzero(~any_bad).astype(np.int64)
+    if len(kept) == 0:
+        raise DataError("every row has a missing or non-finite value in a used column")
+    return kept, n_rows - len(kept)
+
+
+def _response(series, name):
+    y = np.ascontiguousarray(series.to_numpy(dtype=np.float64))
+    if y.min() == y.max():
+        raise DataError(
+            f"the response '{name}' is constant ({y[0]:g} in every row); "
+            "there is nothing to model"
+        )
+    return y
+
+
+def _evaluate(rhs, frame, role):
+    try:
+        matrix, names, spec = model_matrix(rhs, frame)
+    except Exception as exc:
+        raise DataError(f"cannot evaluate {role} '{rhs}': {exc}") from exc
+    finite = np.isfinite(matrix)
+    if not finite.all():
+        counts = (~finite).sum(axis=0)
+        j = int(np.flatnonzero(counts)[0])
+        raise DataError(
+            f"column '{names[j]}' of {role} has {int(counts[j])} non-finite "
+            "values after evaluation (e.g. log of zero)"
+        )
+    return matrix, names, spec
+
+
+def _random_design(spec, frame, factor):
+    blocks, names, sizes, specs = [], [], [], []
+    for bar in spec.bars:
+        where = f"the random-effect term ({bar.expr} | {bar.factor})"
+        matrix, cols, model_spec = _evaluate(bar.expr, frame, where)
+        if not cols:
+            raise FormulaError(f"{where} has no columns", spec.formula)
+        for col in cols:
+            if col in names:
+                raise FormulaError(
+                    f"the random coefficient '{col}' appears twice on the "
+                    f"grouping factor '{factor}'",
+                    spec.formula,
+                )
+            names.append(col)
+        # lme4 expands (x || g) into independent terms, one per column.
+        sizes.extend([len(cols)] if bar.correlated else [1] * len(cols))
+        blocks.append(matrix)
+        specs.append(model_spec)
+    X = np.ascontiguousarray(np.hstack(blocks), dtype=np.float64)
+    return X, names, sizes, specs
+
+
+def _check_rank(M, names, what):
+    """Raise if the columns of `M` are linearly dependent.
+
+    Works on the cross-product matrix with columns scaled to unit length, so
+    that the tolerance does not depend on the units of the covariates.
+    """
+    if M.shape[1] == 0:
+        return
+    G = M.T @ M
+    norm2 = np.diag(G).copy()
+    zero = np.flatnonzero(norm2 == 0)
+    if len(zero):
+        raise DataError(
+            f"column '{names[zero[0]]}' of the {what} is zero in every row "
+            "(an unused level of a categorical variable?)"
+        )
+    scale = 1.0 / np.sqrt(norm2)
+    G_scaled = G * scale[:, None] * scale[None, :]
+    eigval, eigvec = np.linalg.eigh(G_scaled)
+    null = eigval < _RANK_TOL * eigval[-1]
+    if not null.any():
+        return
+    groups = []
+    for v in eigvec[:, null].T:
+        weight = np.abs(v)
+        involved = np.flatnonzero(weight > _INVOLVED_TOL * weight.max())
+        groups.append(", ".join(f"'{names[j]}'" for j in involved))
+    listed = "; ".join(groups)
+    raise DataError(
+        f"the {what} is rank deficient: the columns {listed} are linearly "
+        "dependent (one is a multiple of another, a combination of others, or "
+        "a constant that duplicates the intercept); remove one of them"
+    )
+
+
+def _labels_as_str(uniques):
+    values = np.asarray(uniques)
+    if values.dtype.kind == "f" and np.all(values == np.round(values)):
+        # Integer codes stored as floats (common after reading a CSV with
+        # gaps) should print as "12", not "12.0".
+        values = values.astype(np.int64)
+    return values.astype(str).astype(object)
+
+
+def _group_codes(frame, columns):
+    """Group codes in order of first appearance, and their string labels."""
+    codes, labels = None, None
+    for name in columns:
+        col_codes, uniques = pd.factorize(frame[name], sort=False)
+        col_labels = _labels_as_str(uniques)
+        if codes is None:
+            codes, labels = col_codes, col_labels
+            continue
+        # Interaction a:b: one code per observed pair, numbered by first
+        # appearance of the pair.
+        pair = codes.astype(np.int64) * len(col_labels) + col_codes
+        codes, pairs = pd.factorize(pair, sort=False)
+        left = labels[pairs // len(col_labels)].astype(str)
+        right = col_labels[pairs % len(col_labels)].astype(str)
+        labels = np.char.add(np.char.add(left, ":"), right).astype(object)
+    return np.ascontiguousarray(codes, dtype=np.int64), labels
+
+
+def _obs_var(values, name):
+    var = values**2 if name == "known_sd" else values
+    bad = ~(np.isfinite(values) & (values > 0))
+    if bad.any():
+        raise DataError(
+            f"{name} must be positive and finite; {int(bad.sum())} "
+            f"value{'s are' if bad.sum() > 1 else ' is'} not"
+        )
+    return np.ascontiguousarray(var, dtype=np.float64)

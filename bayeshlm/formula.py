@@ -1,0 +1,576 @@
+"""Parse lme4-style model formulas and evaluate their design matrices.
+
+A formula such as ``"reaction ~ days + (days | subject)"`` has three parts:
+the response on the left of ``~``, a fixed part made of ordinary terms, and
+random-effect ("bar") terms ``( expr | factor )``. The bar terms are found by
+a small parser in this module; the fixed part and the left side ``expr`` of
+each bar term are ordinary one-sided formulas, which are handed to formulaic.
+
+This is the only module of the package that imports formulaic.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+import numpy as np
+import formulaic
+from formulaic.transforms import TRANSFORMS
+from formulaic.utils.variables import get_required_variables
+
+__all__ = [
+    "BarTerm",
+    "FormulaError",
+    "FormulaSpec",
+    "model_matrix",
+    "parse_formula",
+    "required_variables",
+]
+
+_OPENING = {"(": ")", "[": "]", "{": "}"}
+_CLOSING = {v: k for k, v in _OPENING.items()}
+_QUOTES = ("'", '"', "`")
+# Column names as they may be written without backticks; R-style dotted
+# names ("my.factor") are common in data sets ported from R.
+_NAME = re.compile(r"(?:[^\W\d]|\.)[\w.]*")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class FormulaError(ValueError):
+    """A model formula that cannot be parsed.
+
+    The message quotes the formula and, where one character is at fault,
+    marks it with a caret on the line below.
+
+    Parameters
+    ----------
+    reason : str
+        What is wrong, in one sentence.
+    formula : str, optional
+        The formula as the user wrote it.
+    position : int, optional
+        Index into `formula` of the offending character.
+    length : int, default 1
+        Number of characters to underline, starting at `position`.
+
+    Attributes
+    ----------
+    reason, formula, position : as above
+    """
+
+    def __init__(self, reason, formula=None, position=None, length=1):
+        self.reason = reason
+        self.formula = formula
+        self.position = position
+        if formula is None:
+            message = reason
+        else:
+            # Tabs and newlines would misalign the caret line.
+            shown = re.sub(r"\s", " ", formula)
+            message = f"{reason}\n    {shown}"
+            if position is not None:
+                mark = "^" + "~" * max(length - 1, 0)
+                message += "\n    " + " " * position + mark
+        super().__init__(message)
+
+
+class BarTerm(NamedTuple):
+    """One random-effect term ``( expr | factor )`` of a formula.
+
+    Attributes
+    ----------
+    expr : str
+        The one-sided formula left of the bar, e.g. ``"1 + days"``,
+        ``"0 + x"`` or ``"x"`` (the last includes an intercept, as in lme4).
+    factor : str
+        The grouping factor right of the bar: a column name, or names joined
+        by ``":"`` for the interaction of several columns (``"a:b"``).
+    correlated : bool
+        False for ``||``: the coefficients get independent variances.
+    """
+
+    expr: str
+    factor: str
+    correlated: bool
+
+
+class FormulaSpec(NamedTuple):
+    """A parsed model formula.
+
+    Attributes
+    ----------
+    formula : str
+        The formula as written.
+    response : str
+        Name of the response column.
+    fixed : str
+        The fixed part, a one-sided formulaic formula such as ``"days"``;
+        ``"1"`` when the formula has bar terms only.
+    bars : tuple of BarTerm
+        The random-effect terms in formula order, nested shorthand expanded.
+    """
+
+    formula: str
+    response: str
+    fixed: str
+    bars: tuple[BarTerm, ...]
+
+
+class _Scan:
+    """Bracket structure of a formula, computed in one pass.
+
+    Attributes
+    ----------
+    text : str
+        The formula.
+    depth : list of int or None
+        Bracket depth of each character (an opening bracket has the depth
+        outside it); None for characters inside quotes or backticks.
+    match : dict of int to int
+        Position of the matching bracket, in both directions.
+    """
+
+    def __init__(self, text):
+        self.text = text
+        self.depth = [None] * len(text)
+        self.match = {}
+        stack = []
+        i = 0
+        while i < len(text):
+            ch = text[i]
+            if ch in _QUOTES:
+                end = self._quote_end(i)
+                for j in range(i, end + 1):
+                    self.depth[j] = None
+                i = end + 1
+                continue
+            if ch in _CLOSING:
+                if not stack:
+                    raise FormulaError(
+                        f"unbalanced parentheses: '{ch}' has no matching '{_CLOSING[ch]}'",
+                        text,
+                        i,
+                    )
+                start = stack.pop()
+                if _OPENING[text[start]] != ch:
+                    raise FormulaError(
+                        f"mismatched brackets: '{text[start]}' is closed by '{ch}'",
+                        text,
+                        i,
+                    )
+                self.match[start] = i
+                self.match[i] = start
+            self.depth[i] = len(stack)
+            if ch in _OPENING:
+                stack.append(i)
+            i += 1
+        if stack:
+            start = stack[-1]
+            raise FormulaError(
+                f"unbalanced parentheses: '{text[start]}' is never closed",
+                text,
+                start,
+            )
+
+    def _quote_end(self, start):
+        quote = self.text[start]
+        i = start + 1
+        while i < len(self.text):
+            if self.text[i] == "\\" and quote != "`":
+                i += 2
+                continue
+            if self.text[i] == quote:
+                return i
+            i += 1
+        raise FormulaError(f"unterminated quote {quote}", self.text, start)
+
+    def find(self, chars, start, end, depth):
+        """Return positions in ``[start, end)`` of `chars` at bracket `depth`."""
+        return [
+            i
+            for i in range(start, end)
+            if self.text[i] in chars and self.depth[i] == depth
+        ]
+
+    def strip(self, start, end):
+        """Return ``(start, end)`` with surrounding whitespace removed."""
+        while start < end and self.text[start].isspace():
+            start += 1
+        while end > start and self.text[end - 1].isspace():
+            end -= 1
+        return start, end
+
+    def unwrap(self, start, end):
+        """Strip redundant outer parentheses: ``((x))`` -> ``x``.
+
+        Returns ``(start, end, depth)`` of the inner span, with `depth` the
+        bracket depth of its top level, or None if the span is not one
+        parenthesised group.
+        """
+        inner = None
+        while (
+            end - start >= 2
+            and self.text[start] == "("
+            and self.match.get(start) == end - 1
+        ):
+            depth = self.depth[start] + 1
+            start, end = self.strip(start + 1, end - 1)
+            inner = (start, end, depth)
+        return inner
+
+
+def parse_formula(formula: str) -> FormulaSpec:
+    """Parse an lme4-style model formula.
+
+    Parameters
+    ----------
+    formula : str
+        A two-sided formula ``"response ~ terms"``. Random-effect terms are
+        written ``(expr | factor)`` (correlated coefficients) or
+        ``(expr || factor)`` (independent coefficients); ``(expr | a/b)`` is
+        shorthand for ``(expr | a) + (expr | a:b)``. All other terms form the
+        fixed part and follow formulaic's grammar (``x * z``, ``C(g)``,
+        ``0 +``, ``- 1``, ...).
+
+    Returns
+    -------
+    FormulaSpec
+        Response name, fixed-part formula and the bar terms in formula order.
+
+    Raises
+    ------
+    FormulaError
+        If the formula is empty, has no ``~``, unbalanced parentheses, a bar
+        outside parentheses, an empty side of a bar, ``|||``, or a response
+        that is not a plain column name. The message points at the offending
+        character.
+    TypeError
+        If `formula` is not a string.
+
+    Notes
+    -----
+    As in lme4, a formula whose right side holds only bar terms keeps an
+    intercept in the fixed part: ``"y ~ (1 | g)"`` has fixed part ``"1"``.
+
+    Examples
+    --------
+    >>> spec = parse_formula("reaction ~ days + (days | subject)")
+    >>> spec.response, spec.fixed
+    ('reaction', 'days')
+    >>> spec.bars
+    (BarTerm(expr='days', factor='subject', correlated=True),)
+    >>> [b.factor for b in parse_formula("y ~ (1 | a/b)").bars]
+    ['a', 'a:b']
+    """
+    if not isinstance(formula, str):
+        raise TypeError(f"formula must be a string, got {type(formula).__name__}")
+    if not formula.strip():
+        raise FormulaError("the formula is empty; write it as 'y ~ x + (1 | group)'")
+    scan = _Scan(formula)
+    tildes = scan.find("~", 0, len(formula), 0)
+    if not tildes:
+        raise FormulaError(
+            "the formula has no '~'; write it as 'response ~ terms', "
+            "e.g. 'y ~ x + (1 | group)'",
+            formula,
+            0,
+            len(formula),
+        )
+    if len(tildes) > 1:
+        raise FormulaError("the formula has more than one '~'", formula, tildes[1])
+    tilde = tildes[0]
+    response = _parse_response(scan, tilde)
+    fixed_terms, bars = _split_rhs(scan, tilde + 1, len(formula))
+
+    if fixed_terms:
+        fixed = fixed_terms[0][1] if fixed_terms[0][0] == "+" else "-" + fixed_terms[0][1]
+        for sign, text in fixed_terms[1:]:
+            fixed += f" {sign} {text}"
+    else:
+        fixed = "1"
+    _check_formulaic(fixed, "fixed part", formula)
+    for bar in bars:
+        _check_formulaic(bar.expr, f"random-effect term ({bar.expr} | {bar.factor})", formula)
+    return FormulaSpec(formula, response, fixed, tuple(bars))
+
+
+def _parse_response(scan, tilde):
+    text = scan.text
+    start, end = scan.strip(0, tilde)
+    if start == end:
+        raise FormulaError(
+            "the formula has no response on the left of '~'", text, tilde
+        )
+    lhs = text[start:end]
+    if lhs[0] == "`" and lhs[-1] == "`" and len(lhs) > 2 and "`" not in lhs[1:-1]:
+        return lhs[1:-1]
+    if _NAME.fullmatch(lhs):
+        return lhs
+    raise FormulaError(
+        "the response must be a single column name; transform it in the "
+        "data instead (quote names with spaces in backticks)",
+        text,
+        start,
+        end - start,
+    )
+
+
+def _split_rhs(scan, start, end):
+    """Split the right side into fixed terms and bar terms.
+
+    Returns
+    -------
+    fixed : list of (sign, text)
+    bars : list of BarTerm
+    """
+    text = scan.text
+    if scan.strip(start, end)[0] == end:
+        raise FormulaError("the formula has nothing on the right of '~'", text, start - 1)
+    ops = scan.find("+-", start, end, 0)
+    bounds = [start - 1] + ops + [end]
+    fixed, bars = [], []
+    sign = "+"
+    for k in range(len(bounds) - 1):
+        s, e = scan.strip(bounds[k] + 1, bounds[k + 1])
+        if s == e:
+            if k == 0 and ops:
+                # A leading unary sign, as in "-1 + x".
+                sign = text[ops[0]]
+                continue
+            at = bounds[k + 1] if bounds[k + 1] < end else bounds[k]
+            raise FormulaError("empty term in the formula", text, at)
+        inner = scan.unwrap(s, e)
+        bar_pos = scan.find("|", *inner) if inner else []
+        if bar_pos:
+            if sign == "-":
+                raise FormulaError(
+                    "a random-effect term cannot be removed with '-'", text, s, e - s
+                )
+            bars.extend(_parse_bar(scan, inner, bar_pos))
+        else:
+            _check_no_hidden_bar(scan, s, e)
+            fixed.append((sign, text[s:e]))
+        sign = text[bounds[k + 1]] if bounds[k + 1] < end else "+"
+    return fixed, bars
+
+
+def _check_no_hidden_bar(scan, start, end, depth=0):
+    """Reject bars outside parentheses and bar terms inside larger terms."""
+    text = scan.text
+    top = scan.find("|", start, end, depth)
+    if top:
+        raise FormulaError(
+            "'|' outside parentheses; random-effect terms are written "
+            "'(expr | group)'",
+            text,
+            top[0],
+        )
+    for i in scan.find("(", start, end, depth):
+        before = text[start:i].rstrip()
+        if before and (before[-1].isalnum() or before[-1] in "_.)]`"):
+            continue  # a function call: '|' inside it is Python code
+        close = scan.match[i]
+        if scan.find("|", i + 1, close, depth + 1):
+            raise FormulaError(
+                "a random-effect term must be a separate term joined with '+', "
+                "not combined with other terms",
+                text,
+                i,
+                close + 1 - i,
+            )
+        _check_no_hidden_bar(scan, i + 1, close, depth + 1)
+
+
+def _parse_bar(scan, inner, bar_pos):
+    text = scan.text
+    first = bar_pos[0]
+    run = 1
+    while run < len(bar_pos) and bar_pos[run] == first + run:
+        run += 1
+    if run > 2:
+        raise FormulaError("'|||' is not an operator; use '|' or '||'", text, first + 2)
+    if len(bar_pos) > run:
+        raise FormulaError(
+            "a random-effect term has more than one bar", text, bar_pos[run]
+        )
+    ls, le = scan.strip(inner[0], first)
+    if ls == le:
+        raise FormulaError(
+            "nothing on the left of the bar; write e.g. '(1 | group)'", text, first, run
+        )
+    rs, re_ = scan.strip(first + run, inner[1])
+    if rs == re_:
+        raise FormulaError(
+            "nothing on the right of the bar; name the grouping factor, "
+            "e.g. '(1 | group)'",
+            text,
+            first,
+            run,
+        )
+    expr = text[ls:le]
+    correlated = run == 1
+    return [BarTerm(expr, f, correlated) for f in _parse_factor(scan, rs, re_)]
+
+
+def _parse_factor(scan, start, end):
+    """Parse ``a``, ``a:b`` or ``a/b`` into the factor names, nesting expanded."""
+    text = scan.text
+    pieces = [[]]  # pieces separated by "/", each a list of names joined by ":"
+    expect_name = True
+    i = start
+    while i < end:
+        ch = text[i]
+        if ch.isspace():
+            i += 1
+            continue
+        if expect_name:
+            if ch == "`":
+                close = text.index("`", i + 1)
+                name = text[i + 1 : close]
+                i = close + 1
+            else:
+                m = _NAME.match(text, i, end)
+                if m is None:
+                    raise FormulaError(
+                        "the grouping factor must be a column name, "
+                        "'a:b' (interaction) or 'a/b' (nested)",
+                        text,
+                        i,
+                    )
+                name = m.group()
+                i = m.end()
+            pieces[-1].append(name)
+            expect_name = False
+        elif ch in ":/":
+            if ch == "/":
+                pieces.append([])
+            expect_name = True
+            i += 1
+        else:
+            raise FormulaError(
+                "the grouping factor must be a column name, "
+                "'a:b' (interaction) or 'a/b' (nested)",
+                text,
+                i,
+            )
+    if expect_name:
+        last = text[start:end].rstrip()
+        raise FormulaError(
+            "the grouping factor ends with an operator", text, start + len(last) - 1
+        )
+    names = []
+    factors = []
+    for piece in pieces:
+        names.extend(piece)
+        factors.append(":".join(names))
+    return factors
+
+
+def _check_formulaic(rhs, what, formula):
+    try:
+        parsed = formulaic.Formula(rhs)
+    except Exception as exc:
+        # formulaic's first line says what is wrong; the rest redraws the
+        # formula with terminal colour codes.
+        detail = _ANSI.sub("", str(exc)).strip().splitlines()[0]
+        raise FormulaError(f"cannot parse the {what} '{rhs}': {detail}", formula) from exc
+    if not isinstance(parsed, formulaic.formula.SimpleFormula):
+        raise FormulaError(f"the {what} '{rhs}' is not a one-sided formula", formula)
+
+
+def required_variables(rhs: str) -> set[str]:
+    """Return the data columns that a one-sided formula reads.
+
+    Parameters
+    ----------
+    rhs : str
+        A one-sided formulaic formula, e.g. ``"x * C(g) + center(w)"``.
+
+    Returns
+    -------
+    set of str
+        Column names, without functions and constants that formulaic
+        provides itself (``np``, ``log``, ``contr``, ...).
+
+    Notes
+    -----
+    formulaic 1.2 reports no variables at all for a term that calls a
+    stateful transform (``center(w)``, ``poly(x, 2)``, ``bs(x, df=3)``), so
+    such terms are read again here with the transforms hidden; without this,
+    missing values in ``w`` would escape the checks in :mod:`bayeshlm.data`.
+
+    Examples
+    --------
+    >>> sorted(required_variables("x * C(g) + center(w)"))
+    ['g', 'w', 'x']
+    """
+    parsed = formulaic.Formula(rhs)
+    found = set(parsed.required_variables)
+    for term in parsed:
+        for factor in term.factors:
+            if factor.eval_method == factor.EvalMethod.PYTHON:
+                try:
+                    found.update(get_required_variables(factor.expr, None))
+                except Exception:  # noqa: BLE001, S112 - formulaic reports bad code later
+                    continue
+    names = set()
+    for var in found:
+        # formulaic also lists the functions a term calls (``abs`` in
+        # ``abs(x)``); a column is a value, or the object of a method call
+        # (``a`` in ``a.fillna(0)``).
+        if var.roles == {var.Role.CALLABLE} and "." not in var:
+            continue
+        root = var.split(".", 1)[0]
+        if root not in TRANSFORMS:
+            names.add(str(root))
+    return names
+
+
+def model_matrix(rhs: str, data, *, context=None):
+    """Evaluate a one-sided formula on data with formulaic.
+
+    Parameters
+    ----------
+    rhs : str
+        A one-sided formula, e.g. ``"1 + days"``.
+    data : pandas.DataFrame
+        The data; every column the formula reads must be free of missing
+        values, or formulaic raises.
+    context : mapping, optional
+        Extra names (functions, constants) visible to the formula.
+
+    Returns
+    -------
+    matrix : ndarray of shape (n_obs, n_columns)
+        C-contiguous float64 design matrix.
+    names : list of str
+        Column names as formulaic writes them: ``"Intercept"``, ``"x"``,
+        ``"c[T.b]"``, ``"x:c[T.b]"``.
+    spec : formulaic.ModelSpec
+        Evaluates the same columns on new data with
+        ``spec.get_model_matrix(new_data)``, keeping category levels and the
+        state of transforms such as ``center``.
+
+    Notes
+    -----
+    formulaic drops rows with missing values by default; here
+    ``na_action="raise"`` so that rows can never disappear silently, and
+    ``ensure_full_rank=True`` so that categorical predictors are coded with
+    reference levels.
+    """
+    mm = formulaic.model_matrix(
+        rhs,
+        data,
+        context=dict(context) if context is not None else {},
+        na_action="raise",
+        ensure_full_rank=True,
+        output="numpy",
+    )
+    spec = mm.model_spec
+    matrix = np.ascontiguousarray(np.asarray(mm), dtype=np.float64)
+    if matrix.ndim != 2 or matrix.shape[0] != len(data):
+        raise RuntimeError(
+            f"formulaic returned a matrix of shape {matrix.shape} for {len(data)} rows"
+        )
+    return matrix, [str(c) for c in spec.column_names], spec

@@ -1,0 +1,190 @@
+"""Raw draws + labels -> ArviZ ``DataTree`` (the only module of the sampler path importing ArviZ)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from samplers.loglik import loglik_draws
+from samplers.theta import components
+
+POINTWISE_LIMIT = 20_000_000  # chains x draws x observations above which "auto" stores group sums
+
+
+def dim_name(factor):
+    """Dimension name of a grouping factor (``a:b`` becomes ``a_b``)."""
+    return factor.replace(":", "_")
+
+
+def _versions():
+    import arviz
+    import numba
+    import scipy
+    import xarray
+
+    from bayeshlm import __version__
+
+    return {
+        "bayeshlm": __version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "numba": numba.__version__,
+        "xarray": xarray.__version__,
+        "arviz": arviz.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _log_likelihood(model, s2, a, b, mode):
+    """Array (chain, draw, n_out) of log-likelihoods, rows summed into groups when mode is 'group'."""
+    design = model.design
+    n_chains, n_draws = s2.shape
+    w = np.ones(model.n_obs) if design.obs_var is None else 1.0 / design.obs_var
+    log_w = np.log(w)
+    if mode == "pointwise":
+        out_idx = np.arange(model.n_obs, dtype=np.int64)
+        n_out = model.n_obs
+    else:
+        out_idx = design.group_idx
+        n_out = model.n_groups
+    out = np.zeros((n_chains * n_draws, n_out))
+    flat_s2 = s2.reshape(-1)
+    flat_a = a.reshape(-1, a.shape[-1])
+    flat_b = b.reshape(-1, *b.shape[2:])
+    n_parts = 2
+    bounds = np.linspace(0, flat_s2.shape[0], n_parts + 1).astype(int)
+
+    def part(i):
+        lo, hi = bounds[i], bounds[i + 1]
+        loglik_draws(design.y, design.F, design.X, design.group_idx, log_w, w,
+                     flat_s2[lo:hi], flat_a[lo:hi], flat_b[lo:hi], out_idx, out[lo:hi])
+
+    with ThreadPoolExecutor(max_workers=n_parts) as pool:
+        list(pool.map(part, range(n_parts)))
+    return out.reshape(n_chains, n_draws, n_out)
+
+
+def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_group_draws):
+    """Assemble the ArviZ result of a run.
+
+    Groups and variables (``<g>`` is the grouping factor, e.g. ``school``):
+
+    * ``posterior``: ``fixed`` (``fixed_term``); ``sigma`` unless the level-1 variances are
+      known; ``<g>_sd`` (``<g>_coef``); ``<g>_corr`` (``<g>_corr_pair``, one entry per free
+      correlation, labelled ``"a,b"``) when a block has more than one coefficient;
+      ``<g>_effect`` (``<g>``, ``<g>_coef``), the group deviations from the fixed part,
+      when group draws are kept.
+    * ``sample_stats``: ``lp`` (log marginal posterior of the variance components, up to a
+      constant) and ``accept_rate`` (mean acceptance probability of the variance-component
+      moves of the sweep).
+    * ``log_likelihood``: the response's log-likelihood by observation (``obs``) or by
+      group (``<g>``), as recorded in ``attrs["log_likelihood"]``.
+    * ``observed_data``: the response (``obs``); ``constant_data``: each observation's
+      group label and, when given, known standard deviation.
+    """
+    t0 = time.perf_counter()
+    design = model.design
+    chains = len(outputs)
+    theta = np.stack([o.theta[:n_keep] for o in outputs])
+    a = np.stack([o.a[:n_keep] for o in outputs])
+    n_theta = theta.shape[-1]
+    d = len(design.coef_names)
+    flat = np.ascontiguousarray(theta.reshape(-1, n_theta))
+    s2 = np.empty(flat.shape[0])
+    sd = np.empty((flat.shape[0], d))
+    corr = np.empty((flat.shape[0], d, d))
+    components(flat, model.structure, model.priors, s2, sd, corr)
+    s2 = s2.reshape(chains, n_keep)
+    g = dim_name(design.factor)
+    coef_dim = f"{g}_coef"
+    posterior = {"fixed": a}
+    coords = {
+        "fixed_term": list(design.fixed_names),
+        coef_dim: list(design.coef_names),
+        g: [str(x) for x in design.group_labels],
+        "obs": np.asarray(design.kept_rows),
+    }
+    dims = {"fixed": ["fixed_term"], f"{g}_sd": [coef_dim]}
+    if not model.sigma_known:
+        posterior["sigma"] = np.sqrt(s2)
+    posterior[f"{g}_sd"] = sd.reshape(chains, n_keep, d)
+    pairs = []
+    bp = model.structure.block_ptr
+    for k in range(len(bp) - 1):
+        for i in range(bp[k], bp[k + 1]):
+            for j in range(bp[k], i):
+                pairs.append((i, j))
+    if pairs:
+        corr = corr.reshape(chains, n_keep, d, d)
+        posterior[f"{g}_corr"] = np.stack([corr[:, :, i, j] for i, j in pairs], axis=-1)
+        coords[f"{g}_corr_pair"] = [f"{design.coef_names[j]},{design.coef_names[i]}" for i, j in pairs]
+        dims[f"{g}_corr"] = [f"{g}_corr_pair"]
+    b = None
+    if keep_group_draws:
+        b = np.stack([o.b[:n_keep] for o in outputs])
+        posterior[f"{g}_effect"] = b
+        dims[f"{g}_effect"] = [g, coef_dim]
+    groups = {
+        "posterior": (posterior, dims),
+        "sample_stats": (
+            {
+                "lp": np.stack([o.lp[:n_keep] for o in outputs]),
+                "accept_rate": np.stack([o.accept[:n_keep] for o in outputs]),
+            },
+            {},
+        ),
+    }
+    mode = log_likelihood
+    if mode == "auto":
+        mode = "pointwise" if chains * n_keep * model.n_obs <= POINTWISE_LIMIT else "group"
+    response = design.response
+    if mode:
+        ll = _log_likelihood(model, s2, a, b, mode)
+        groups["log_likelihood"] = ({response: ll}, {response: ["obs"] if mode == "pointwise" else [g]})
+    groups["observed_data"] = ({response: design.y}, {response: ["obs"]})
+    label_var = f"{g}_label"
+    constant = {label_var: np.array([str(x) for x in design.group_labels])[design.group_idx]}
+    if design.obs_var is not None:
+        constant["known_sd"] = np.sqrt(design.obs_var)
+    groups["constant_data"] = (constant, {name: ["obs"] for name in constant})
+    timings = {**timings, "results_seconds": time.perf_counter() - t0}
+    attrs = {
+        "formula": model.formula,
+        "grouping_factor": design.factor,
+        "priors": json.dumps({k: str(v) for k, v in model.prior_spec.items()}),
+        "sampler": json.dumps(settings),
+        "seed": settings["seed"],
+        "interrupted": settings["interrupted"],
+        "log_likelihood": mode or "none",
+        "n_dropped_rows": int(design.n_dropped),
+        "versions": json.dumps(_versions()),
+        "timings": json.dumps(timings),
+        "sampling_time": timings["sampling_seconds"],
+        "inference_library": "bayeshlm",
+    }
+    return _build(groups, coords, attrs)
+
+
+def _build(groups, coords, attrs):
+    """One ``DataTree`` from ``{group: (variables, dims)}``; each group gets only its coords."""
+    import arviz as az
+    import xarray as xr
+
+    nodes = {}
+    for group, (variables, dims) in groups.items():
+        used = {dim for names in dims.values() for dim in names}
+        extra = {} if group in ("posterior", "sample_stats", "log_likelihood") else {"sample_dims": []}
+        tree = az.from_dict(
+            {group: variables},
+            coords={k: v for k, v in coords.items() if k in used},
+            dims=dims,
+            **extra,
+        )
+        nodes[group] = tree[group].to_dataset()
+    dt = xr.DataTree.from_dict(nodes)
+    dt.attrs.update(attrs)
+    return dt

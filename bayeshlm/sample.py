@@ -1,0 +1,234 @@
+"""``sample()``: seeds, starting values, the chains, and the hand-off to ArviZ."""
+
+from __future__ import annotations
+
+import numbers
+import os
+import sys
+import threading
+import time
+
+import numpy as np
+
+from bayeshlm.results import to_datatree
+from samplers.driver import init_state, run_chains
+from samplers.sweep import METHOD_GIBBS, METHOD_MH
+
+METHODS = {"mh": METHOD_MH, "gibbs": METHOD_GIBBS}
+DEFAULT_MH_STEPS = 2
+
+
+class SamplingError(RuntimeError):
+    """The sampler met a numerical failure it could not recover from."""
+
+
+def _check_count(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_seed(seed):
+    if seed is None:
+        return int(np.random.SeedSequence().entropy)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise TypeError(f"seed must be a non-negative integer or None, got {seed!r}")
+    return int(seed)
+
+
+def starting_theta(model, rng, jitter):
+    """A rough starting point for the variance components, jittered per chain.
+
+    sigma from the residuals of the fixed-effects-only GLS fit (computed from the
+    statistics); each group SD a fraction of that scale over the column's SD; correlations 0.
+    """
+    stats = model.stats
+    p = stats.Fty.shape[0]
+    a_hat = np.linalg.lstsq(stats.FtF + 1e-12 * np.eye(p) * np.trace(stats.FtF), stats.Fty, rcond=None)[0]
+    rss = max(float(stats.scal[0] - a_hat @ stats.Fty), 0.0)
+    n_obs = stats.scal[1]
+    if model.sigma_known:
+        scale = float(np.std(model.design.y)) or 1.0
+    else:
+        scale = np.sqrt(rss / n_obs) if rss > 0 else float(np.std(model.design.y)) or 1.0
+    theta = np.zeros(model.n_theta)
+    structure = model.structure
+    if not model.sigma_known:
+        theta[0] = np.log(scale)
+    X = model.design.X
+    for k in range(len(structure.block_ptr) - 1):
+        c0, c1 = structure.block_ptr[k], structure.block_ptr[k + 1]
+        t0 = structure.theta_ptr[k]
+        for i in range(c1 - c0):
+            col_sd = float(np.std(X[:, c0 + i]))
+            theta[t0 + i] = np.log(0.5 * scale / (col_sd if col_sd > 0 else 1.0))
+    return theta + rng.uniform(-jitter, jitter, size=theta.shape)
+
+
+class _Progress:
+    def __init__(self, total, enabled):
+        self.bar = None
+        self.lock = threading.Lock()
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc="sampling", unit="sweep", file=sys.stderr, smoothing=0.1)
+
+    def __call__(self, chain, n):
+        if self.bar is not None:
+            with self.lock:
+                self.bar.update(n)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def sample(
+    model,
+    *,
+    draws=1000,
+    warmup=1000,
+    chains=4,
+    thin=1,
+    seed=None,
+    method="mh",
+    mh_steps=None,
+    keep_group_draws=True,
+    log_likelihood="auto",
+    progress=True,
+    n_threads=None,
+):
+    """Draw from the posterior of a hierarchical linear model.
+
+    Each sweep draws the variance components, then every coefficient (fixed effects and
+    all group coefficients) jointly and exactly given them, from per-group sufficient
+    statistics: its cost does not depend on the number of observations.
+
+    Parameters
+    ----------
+    model : Model
+        From :func:`bayeshlm.hlm`.
+    draws : int
+        Kept draws per chain.
+    warmup : int
+        Warm-up sweeps per chain (discarded; the MH proposal is adapted during them only).
+    chains : int
+        Independent chains, run in parallel threads.
+    thin : int
+        Sweeps per kept draw.
+    seed : int, optional
+        Seed of the run: the same seed gives the same draws, whatever ``n_threads``. Chain
+        ``c`` uses the ``c``-th child of ``numpy.random.SeedSequence(seed)``. When None a
+        fresh seed is drawn and recorded in the result's attributes.
+    method : {"mh", "gibbs"}
+        How the variance components move. ``"mh"`` (default): Metropolis-Hastings on their
+        marginal posterior with the coefficients integrated out (adaptive random walk and a
+        fitted independence proposal); it mixes well whether groups carry much information
+        or little, and accepts any prior. ``"gibbs"``: conditional draws given the group
+        coefficients (exact for inverse-gamma / inverse-Wishart priors, an independence MH
+        correction otherwise); cheap, but slow to move when a group variance is small.
+    mh_steps : int, optional
+        Metropolis-Hastings moves per sweep (``"mh"`` only; default 2).
+    keep_group_draws : bool
+        Keep the draws of every group's coefficients (needed for the log-likelihood).
+    log_likelihood : {"auto", "pointwise", "group", False}
+        Store the log-likelihood of each observation (``"pointwise"``), of each group's
+        observations (``"group"``), or none. ``"auto"``: pointwise unless
+        chains x draws x observations exceeds 2e7 values, else by group.
+    progress : bool
+        Show a progress bar on standard error.
+    n_threads : int, optional
+        Threads running the chains (default: one per chain up to the number of CPUs).
+
+    Returns
+    -------
+    xarray.DataTree
+        ArviZ groups ``posterior``, ``sample_stats``, ``log_likelihood``, ``observed_data``,
+        ``constant_data``; see :func:`bayeshlm.results.to_datatree`. A run stopped by
+        Ctrl-C returns the draws made so far, with ``attrs["interrupted"] = 1``.
+
+    Raises
+    ------
+    SamplingError
+        When a factorisation fails in a way the sampler cannot step around.
+
+    Examples
+    --------
+    >>> import bayeshlm as bh
+    >>> model = bh.hlm("reaction ~ days + (days | subject)", bh.load_dataset("sleepstudy"))
+    >>> post = bh.sample(model, draws=200, warmup=200, chains=2, seed=1, progress=False)
+    >>> post.posterior["fixed"].sizes["fixed_term"]
+    2
+    """
+    draws = _check_count("draws", draws, 1)
+    warmup = _check_count("warmup", warmup, 0)
+    chains = _check_count("chains", chains, 1)
+    thin = _check_count("thin", thin, 1)
+    seed = _check_seed(seed)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    mh_steps = DEFAULT_MH_STEPS if mh_steps is None else _check_count("mh_steps", mh_steps, 1)
+    if log_likelihood not in ("auto", "pointwise", "group", False):
+        raise ValueError(f"log_likelihood must be 'auto', 'pointwise', 'group' or False, got {log_likelihood!r}")
+    if log_likelihood and not keep_group_draws:
+        raise ValueError("the log-likelihood needs the group draws: set keep_group_draws=True or log_likelihood=False")
+    if n_threads is not None:
+        n_threads = _check_count("n_threads", n_threads, 1)
+    if method == "gibbs":
+        biggest = int(np.max(np.diff(model.structure.block_ptr)))
+        if model.n_groups < biggest:
+            raise ValueError(
+                f"method='gibbs' needs at least as many groups as coefficients in a covariance block "
+                f"({model.n_groups} groups of {model.factor!r}, block of {biggest}); use method='mh'"
+            )
+
+    t_start = time.perf_counter()
+    children = np.random.SeedSequence(seed).spawn(chains)
+    rngs = [np.random.Generator(np.random.PCG64(s)) for s in children]
+    states = []
+    for c, rng in enumerate(rngs):
+        for attempt in range(50):
+            theta0 = starting_theta(model, rng, jitter=0.5 if attempt == 0 else 1.0 + 0.1 * attempt)
+            state = init_state(rng, theta0, model.stats, model.structure, model.priors)
+            if state.scal[3] == 0.0:
+                break
+        else:
+            raise SamplingError(
+                f"chain {c}: no starting point with finite posterior density was found in 50 tries; "
+                "check the priors (e.g. a Uniform upper bound below the scale of the data)"
+            )
+        states.append(state)
+    total = warmup + draws * thin
+    bar = _Progress(total * chains, progress)
+    t_sample = time.perf_counter()
+    try:
+        outputs, interrupted = run_chains(
+            rngs, states, model.stats, model.structure, model.priors,
+            method=METHODS[method], mh_steps=mh_steps, warmup=warmup, draws=draws, thin=thin,
+            keep_group_draws=keep_group_draws, n_threads=n_threads, progress=bar,
+        )
+    finally:
+        bar.close()
+    sampling_seconds = time.perf_counter() - t_sample
+    for c, out in enumerate(outputs):
+        if out.failed:
+            raise SamplingError(
+                f"chain {c} stopped at sweep {out.iterations}: a covariance matrix was not positive "
+                "definite. This happens when the variance components reach extreme values; "
+                "try a more informative prior on the SDs, or method='mh' if you used 'gibbs'."
+            )
+    kept = [max(0, -(-(out.iterations - warmup) // thin)) for out in outputs]
+    n_keep = min(kept)
+    if n_keep == 0:
+        raise KeyboardInterrupt("sampling interrupted before the first kept draw")
+    settings = {
+        "draws": draws, "warmup": warmup, "chains": chains, "thin": thin, "seed": seed,
+        "method": method, "mh_steps": mh_steps if method == "mh" else 0,
+        "n_threads": n_threads if n_threads is not None else min(chains, os.cpu_count() or 1),
+        "interrupted": int(interrupted),
+    }
+    timings = {"setup_seconds": t_sample - t_start, "sampling_seconds": sampling_seconds}
+    return to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_group_draws)

@@ -1,0 +1,97 @@
+"""Tables and convergence diagnostics of a posterior fit."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+
+def _parameter_vars(posterior, include_groups):
+    names = list(posterior.data_vars)
+    if not include_groups:
+        names = [n for n in names if not n.endswith("_effect")]
+    return names
+
+
+def summary(result, *, ci_prob=0.95, include_groups=False, round_to="none"):
+    """Posterior summary: mean, SD, equal-tailed interval, R-hat, bulk and tail ESS, MCSE.
+
+    Parameters
+    ----------
+    result : xarray.DataTree
+        From :func:`bayeshlm.sample`.
+    ci_prob : float
+        Probability of the equal-tailed credible interval.
+    include_groups : bool
+        Include every group's coefficients (one row per group and coefficient).
+    round_to : int or "none"
+        Passed to :func:`arviz.summary`.
+
+    Returns
+    -------
+    pandas.DataFrame
+    """
+    import arviz as az
+
+    names = _parameter_vars(result.posterior, include_groups)
+    return az.summary(result, var_names=names, ci_prob=ci_prob, ci_kind="eti", round_to=round_to)
+
+
+def diagnostics(result):
+    """Worst-case convergence diagnostics over every scalar in the posterior.
+
+    Returns
+    -------
+    dict
+        ``min_ess_bulk``, ``min_ess_tail``, ``max_rhat`` over all parameters (fixed effects,
+        variance components, correlations and every group coefficient), the parameter
+        attaining each, the sampling seconds, and ``min_ess_per_second``
+        (``min_ess_bulk`` over the sampling seconds).
+    """
+    import arviz as az
+
+    post = result.posterior
+    ess_bulk = az.ess(result, method="bulk")
+    ess_tail = az.ess(result, method="tail")
+    rhat = az.rhat(result)
+    out = {}
+    for key, ds, pick in (
+        ("min_ess_bulk", ess_bulk, np.nanargmin),
+        ("min_ess_tail", ess_tail, np.nanargmin),
+        ("max_rhat", rhat, np.nanargmax),
+    ):
+        best_val, best_name = None, None
+        for name in post.data_vars:
+            values = np.asarray(ds[name]).reshape(-1)
+            if values.size == 0 or np.all(np.isnan(values)):
+                continue
+            i = pick(values)
+            v = float(values[i])
+            better = best_val is None or (v < best_val if pick is np.nanargmin else v > best_val)
+            if better:
+                best_val = v
+                stacked = ds[name].stack(_flat=ds[name].dims) if ds[name].dims else None
+                label = name if stacked is None else f"{name}[{','.join(str(x) for x in stacked['_flat'].values[i])}]"
+                best_name = label
+        out[key] = best_val
+        out[key.replace("min_", "argmin_").replace("max_", "argmax_")] = best_name
+    seconds = float(result.attrs.get("sampling_time", np.nan))
+    out["sampling_seconds"] = seconds
+    out["min_ess_per_second"] = out["min_ess_bulk"] / seconds if seconds > 0 else float("nan")
+    return out
+
+
+def describe_run(result):
+    """A few lines on how the run was made: sampler settings, priors, timings."""
+    settings = json.loads(result.attrs["sampler"])
+    priors = json.loads(result.attrs["priors"])
+    lines = [
+        f"formula: {result.attrs['formula']}",
+        "sampler: {method} ({chains} chains x {draws} draws after {warmup} warm-up, thin {thin}, seed {seed})".format(
+            **settings
+        ),
+        "priors:",
+    ]
+    lines += [f"  {k}: {v}" for k, v in priors.items()]
+    return "\n".join(lines)

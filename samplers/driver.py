@@ -1,0 +1,201 @@
+"""Run chains: a compiled loop over sweeps, and a thread pool over chains.
+
+Each chain owns one ``numpy.random.Generator`` and one :class:`ChainState`, so chains are
+independent and the draws are bit-for-bit the same whether the chains run one after
+another or side by side in threads. The compiled loop runs in chunks of sweeps; between
+chunks Python reports progress and can stop the run (Ctrl-C) keeping what was drawn.
+"""
+
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
+
+import numpy as np
+from numba import njit
+
+from samplers.mh import CUR, FAILED, ITER, LL, LP, end_of_iteration, log_target
+from samplers.sweep import METHOD_MH, sweep
+from samplers.tree import draw_coefficients
+from samplers.types import ChainState
+
+
+@njit(cache=True, nogil=True)
+def _init_chain(rng, state, stats, structure, priors):
+    lp, ll, ok = log_target(state.theta, stats, structure, priors, state, 0)
+    state.ibuf[CUR] = 0
+    state.scal[LP] = lp
+    state.scal[LL] = ll
+    if not ok or not np.isfinite(lp):
+        state.scal[FAILED] = 1.0
+        return
+    s2 = 1.0 if structure.sigma_known == 1 else np.exp(2.0 * state.theta[0])
+    draw_coefficients(rng, stats, s2, state.L_buf[0], state.LA_buf[0], state.c_buf[0], state.a, state.b, True)
+
+
+def init_state(rng, theta0, stats, structure, priors, init_step=0.1):
+    """Allocate a chain's state at ``theta0`` and draw its first coefficients.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+    theta0 : ndarray of shape (n_theta,)
+        Starting variance components (unconstrained).
+    stats : SuffStats
+    structure : Structure
+    priors : Priors
+    init_step : float
+        Standard deviation of the first random-walk proposal, before adaptation.
+
+    Returns
+    -------
+    ChainState
+        ``state.scal[3]`` is 1 when the starting point has no posterior density.
+    """
+    n_groups, d = stats.Xty.shape
+    p = stats.Fty.shape[0]
+    n_theta = theta0.shape[0]
+    state = ChainState(
+        theta=np.array(theta0, dtype=np.float64),
+        a=np.zeros(p),
+        b=np.zeros((n_groups, d)),
+        scal=np.zeros(4),
+        ibuf=np.zeros(4, dtype=np.int64),
+        L_buf=np.zeros((2, n_groups, d, d)),
+        LA_buf=np.zeros((2, p, p)),
+        c_buf=np.zeros((2, p)),
+        prop_chol=np.eye(n_theta) * init_step,
+        ad_mean=np.zeros(n_theta),
+        ad_cov=np.zeros((n_theta, n_theta)),
+        ind_mean=np.zeros(n_theta),
+        ind_chol=np.zeros((n_theta, n_theta)),
+    )
+    _init_chain(rng, state, stats, structure, priors)
+    return state
+
+
+@njit(cache=True, nogil=True)
+def run_chain(rng, state, stats, structure, priors, method, mh_steps, warmup, thin, stop,
+              out_theta, out_a, out_b, out_lp, out_acc):
+    """Run sweeps until ``state.ibuf[1] == stop``, storing every ``thin``-th kept draw.
+
+    Outputs are indexed by kept draw ``k = (iteration - warmup) // thin``; ``out_b`` may hold
+    fewer draws than the others (none, to keep no group coefficients).
+    """
+    while state.ibuf[ITER] < stop:
+        it = state.ibuf[ITER]
+        acc = sweep(rng, state, stats, structure, priors, method, mh_steps, warmup)
+        if state.scal[FAILED] != 0.0:
+            return
+        if method == METHOD_MH and it < warmup:
+            end_of_iteration(state, warmup)
+        if it >= warmup and (it - warmup) % thin == 0:
+            k = (it - warmup) // thin
+            out_theta[k, :] = state.theta
+            out_a[k, :] = state.a
+            if k < out_b.shape[0]:
+                out_b[k, :, :] = state.b
+            out_lp[k] = state.scal[LP]
+            out_acc[k] = acc
+        state.ibuf[ITER] = it + 1
+
+
+class ChainOutput:
+    """Draws of one chain (arrays indexed by kept draw) and how far it got."""
+
+    def __init__(self, n_keep, n_keep_b, n_theta, n_fixed, n_groups, n_coef):
+        self.theta = np.full((n_keep, n_theta), np.nan)
+        self.a = np.full((n_keep, n_fixed), np.nan)
+        self.b = np.full((n_keep_b, n_groups, n_coef), np.nan)
+        self.lp = np.full(n_keep, np.nan)
+        self.accept = np.full(n_keep, np.nan)
+        self.iterations = 0
+        self.failed = False
+
+
+def run_chains(rngs, states, stats, structure, priors, *, method, mh_steps, warmup, draws,
+               thin=1, keep_group_draws=True, n_threads=None, chunk=50, progress=None):
+    """Run independent chains, in threads, into freshly allocated outputs.
+
+    Parameters
+    ----------
+    rngs : list of numpy.random.Generator
+        One generator per chain (never shared).
+    states : list of ChainState
+        One initial state per chain (from :func:`init_state`); advanced in place.
+    stats, structure, priors
+        The model.
+    method : {0, 1}
+        0 conjugate Gibbs for the variance components, 1 collapsed Metropolis-Hastings.
+    mh_steps : int
+        MH moves per sweep (method 1).
+    warmup, draws, thin : int
+        Sweeps of warm-up, kept draws per chain, and sweeps per kept draw.
+    keep_group_draws : bool
+        Store the group coefficients of every kept draw.
+    n_threads : int, optional
+        Threads (default: one per chain, at most the number of CPUs).
+    chunk : int
+        Sweeps per compiled call, between which progress is reported and a stop request
+        is honoured.
+    progress : callable, optional
+        ``progress(chain, n_sweeps_done_in_this_chunk)``, called from worker threads.
+
+    Returns
+    -------
+    outputs : list of ChainOutput
+    interrupted : bool
+        True when the run was stopped by KeyboardInterrupt; each output's ``iterations``
+        says how far its chain got.
+    """
+    import os
+
+    n_chains = len(rngs)
+    total = warmup + draws * thin
+    n_groups, d = stats.Xty.shape
+    p = stats.Fty.shape[0]
+    n_theta = states[0].theta.shape[0]
+    outputs = [
+        ChainOutput(draws, draws if keep_group_draws else 0, n_theta, p, n_groups, d)
+        for _ in range(n_chains)
+    ]
+    stop_event = threading.Event()
+
+    def work(c):
+        rng, state, out = rngs[c], states[c], outputs[c]
+        while state.ibuf[ITER] < total and not stop_event.is_set():
+            start = int(state.ibuf[ITER])
+            stop = min(total, start + chunk)
+            run_chain(rng, state, stats, structure, priors, method, mh_steps, warmup, thin, stop,
+                      out.theta, out.a, out.b, out.lp, out.accept)
+            out.iterations = int(state.ibuf[ITER])
+            if state.scal[FAILED] != 0.0:
+                out.failed = True
+                return
+            if progress is not None:
+                progress(c, out.iterations - start)
+
+    if n_threads is None:
+        n_threads = min(n_chains, os.cpu_count() or 1)
+    interrupted = False
+    if n_threads <= 1:
+        try:
+            for c in range(n_chains):
+                work(c)
+        except KeyboardInterrupt:
+            interrupted = True
+    else:
+        with ThreadPoolExecutor(max_workers=n_threads) as pool:
+            futures = [pool.submit(work, c) for c in range(n_chains)]
+            try:
+                pending = futures
+                while pending:
+                    _, pending = wait(pending, timeout=0.1)
+            except KeyboardInterrupt:
+                interrupted = True
+                stop_event.set()
+                wait(futures)
+            for f in futures:
+                f.result()
+    return outputs, interrupted
+
+
+__all__ = ["ChainOutput", "init_state", "run_chain", "run_chains"]

@@ -1,0 +1,96 @@
+"""One pass over the rows: per-group cross-products (DESIGN.md section 2, step 1).
+
+This is the only step whose cost grows with the number of observations. The statistics
+are additive over any partition of the rows, so partial results from chunks, files or
+cluster workers are combined with :func:`merge_suffstats`.
+"""
+
+import numpy as np
+from numba import njit
+
+from samplers.types import SuffStats
+
+
+@njit(cache=True, nogil=True)
+def _accumulate(y, F, X, g, w, n, XtX, XtF, Xty, yty_g, FtF, Fty, scal):
+    n_obs = y.shape[0]
+    p = F.shape[1]
+    d = X.shape[1]
+    for i in range(n_obs):
+        j = g[i]
+        wi = w[i]
+        yi = y[i]
+        n[j] += 1.0
+        yty_g[j] += wi * yi * yi
+        scal[0] += wi * yi * yi
+        scal[2] += np.log(wi)
+        for r in range(d):
+            xr = wi * X[i, r]
+            Xty[j, r] += xr * yi
+            for s in range(d):
+                XtX[j, r, s] += xr * X[i, s]
+            for q in range(p):
+                XtF[j, r, q] += xr * F[i, q]
+        for q in range(p):
+            fq = wi * F[i, q]
+            Fty[q] += fq * yi
+            for s in range(q + 1):
+                FtF[q, s] += fq * F[i, s]
+    scal[1] += n_obs
+    for q in range(p):
+        for s in range(q):
+            FtF[s, q] = FtF[q, s]
+
+
+def compute_suffstats(y, F, X, group_idx, n_groups, weights=None):
+    """Per-group sufficient statistics of a two-level model.
+
+    Parameters
+    ----------
+    y : ndarray of shape (n_obs,)
+        Response.
+    F : ndarray of shape (n_obs, n_fixed)
+        Fixed design (level-1 and level-2 predictors, cross-level interactions).
+    X : ndarray of shape (n_obs, n_coef)
+        Random design: the per-row values multiplying the group coefficients.
+    group_idx : ndarray of int64, shape (n_obs,)
+        Group code of each row, ``0 <= group_idx < n_groups``.
+    n_groups : int
+        Number of groups.
+    weights : ndarray of shape (n_obs,), optional
+        Observation weights ``w`` (the residual variance of row ``i`` is ``s2 / w_i``);
+        inverse known variances when the level-1 variances are known. Default 1.
+
+    Returns
+    -------
+    SuffStats
+    """
+    n_obs = y.shape[0]
+    p = F.shape[1]
+    d = X.shape[1]
+    if weights is None:
+        weights = np.ones(n_obs)
+    stats = SuffStats(
+        n=np.zeros(n_groups),
+        XtX=np.zeros((n_groups, d, d)),
+        XtF=np.zeros((n_groups, d, p)),
+        Xty=np.zeros((n_groups, d)),
+        yty_g=np.zeros(n_groups),
+        FtF=np.zeros((p, p)),
+        Fty=np.zeros(p),
+        scal=np.zeros(3),
+    )
+    _accumulate(
+        np.ascontiguousarray(y, dtype=np.float64),
+        np.ascontiguousarray(F, dtype=np.float64),
+        np.ascontiguousarray(X, dtype=np.float64),
+        np.ascontiguousarray(group_idx, dtype=np.int64),
+        np.ascontiguousarray(weights, dtype=np.float64),
+        *stats,
+    )
+    return stats
+
+
+def merge_suffstats(first, second):
+    """Add two sets of statistics computed on disjoint rows of the same model."""
+    return SuffStats(*(np.add(u, v) for u, v in zip(first, second, strict=True)))

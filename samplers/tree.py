@@ -1,0 +1,177 @@
+"""The Gaussian tree: upward pass (integrate out) and downward pass (draw or mean).
+
+Given the variance components, all coefficients are jointly Gaussian. The upward pass
+integrates the group coefficients out, group by group, in information form (DESIGN.md
+section 2), and then the fixed effects; it returns the marginal log-likelihood of the
+variance components. The downward pass draws the fixed effects from their conditional
+posterior and each group's coefficients given them: an exact joint draw of every
+coefficient given ``theta``. Neither pass touches the observations: the cost is
+``O(n_groups * (n_coef^2 n_fixed + n_coef n_fixed^2))``.
+
+Two levels are written out here; the message a group sends upward (its contribution to
+``A``, ``c``, ``y'V^{-1}y`` and ``log|V|``) is the same object a deeper tree passes from
+children to parents.
+
+References
+----------
+Lindley, D. V. & Smith, A. F. M. (1972). Bayes estimates for the linear model. JRSS B 34.
+Bates, D. et al. (2015). Fitting linear mixed-effects models using lme4. JSS 67(1).
+"""
+
+import numpy as np
+from numba import njit
+
+from samplers.linalg import chol_inplace, logdet_chol, solve_lower, solve_lower_cols, solve_upper
+
+LOG_2PI = np.log(2.0 * np.pi)
+
+
+@njit(cache=True, nogil=True)
+def upward(stats, s2, Lam, logdet_T, a_mean, a_prec, L_out, LA_out, c_out):
+    """Integrate out the group coefficients and the fixed effects.
+
+    With ``M_j = X_j'W_j X_j / s2 + T^{-1} = L_j L_j'`` the group messages are
+    ``F_j'V_j^{-1}F_j = F_j'W_jF_j/s2 - U_j'U_j`` with ``U_j = L_j^{-1} X_j'W_jF_j / s2``,
+    and likewise for ``F_j'V_j^{-1}y_j`` and ``y_j'V_j^{-1}y_j``;
+    ``log|V_j| = n_j log s2 - sum log w + log|T| + log|M_j|``. The fixed effects, with
+    independent ``N(a_mean, 1/a_prec)`` priors (flat where ``a_prec == 0``), are integrated
+    out with ``A+ = A + diag(a_prec)`` and ``c+ = c + a_prec * a_mean``.
+
+    Parameters
+    ----------
+    stats : SuffStats
+    s2 : float
+        Level-1 variance.
+    Lam : ndarray of shape (n_coef, n_coef)
+        ``T^{-1}``.
+    logdet_T : float
+        ``log |T|``.
+    a_mean, a_prec : ndarray of shape (n_fixed,)
+        Prior of the fixed effects.
+    L_out : ndarray of shape (n_groups, n_coef, n_coef)
+        Output: Cholesky factors ``L_j``.
+    LA_out : ndarray of shape (n_fixed, n_fixed)
+        Output: Cholesky factor of ``A+``.
+    c_out : ndarray of shape (n_fixed,)
+        Output: ``c+``.
+
+    Returns
+    -------
+    loglik : float
+        ``log p(y | theta)`` with the fixed effects integrated out against their prior
+        (with a flat prior, the restricted likelihood: lme4's REML criterion is ``-2`` times it).
+    ok : bool
+        False when a factorisation failed (``loglik`` is then ``-inf``).
+    """
+    n_groups = stats.n.shape[0]
+    d = Lam.shape[0]
+    p = a_mean.shape[0]
+    inv_s2 = 1.0 / s2
+    n_obs = stats.scal[1]
+    A = LA_out
+    for q in range(p):
+        c_out[q] = stats.Fty[q] * inv_s2 + a_prec[q] * a_mean[q]
+        for r in range(p):
+            A[q, r] = stats.FtF[q, r] * inv_s2
+        A[q, q] += a_prec[q]
+    yVy = stats.scal[0] * inv_s2
+    logdet = n_obs * np.log(s2) - stats.scal[2] + n_groups * logdet_T
+    u = np.empty(d)
+    U = np.empty((d, p))
+    for j in range(n_groups):
+        L = L_out[j]
+        for r in range(d):
+            for s in range(d):
+                L[r, s] = stats.XtX[j, r, s] * inv_s2 + Lam[r, s]
+        if not chol_inplace(L):
+            return -np.inf, False
+        det_L = 1.0
+        for r in range(d):
+            det_L *= L[r, r]
+        logdet += 2.0 * np.log(det_L)  # one logarithm per group: it dominates the cost when d is small
+        for r in range(d):
+            u[r] = stats.Xty[j, r] * inv_s2
+            for q in range(p):
+                U[r, q] = stats.XtF[j, r, q] * inv_s2
+        solve_lower(L, u)
+        solve_lower_cols(L, U)
+        for r in range(d):
+            yVy -= u[r] * u[r]
+        for q in range(p):
+            t = 0.0
+            for r in range(d):
+                t += U[r, q] * u[r]
+            c_out[q] -= t
+            for q2 in range(q + 1):
+                t2 = 0.0
+                for r in range(d):
+                    t2 += U[r, q] * U[r, q2]
+                A[q, q2] -= t2
+    if not chol_inplace(A):
+        return -np.inf, False
+    v = c_out.copy()
+    solve_lower(A, v)
+    quad = 0.0
+    for q in range(p):
+        quad += v[q] * v[q]
+    n_flat = 0
+    prior_terms = 0.0
+    for q in range(p):
+        if a_prec[q] > 0.0:
+            prior_terms += a_prec[q] * a_mean[q] * a_mean[q] - np.log(a_prec[q])
+        else:
+            n_flat += 1
+    loglik = -0.5 * (
+        (n_obs - n_flat) * LOG_2PI + logdet + yVy + prior_terms - quad + logdet_chol(A)
+    )
+    return loglik, True
+
+
+@njit(cache=True, nogil=True)
+def draw_coefficients(rng, stats, s2, L_all, LA, c_plus, a_out, b_out, draw):
+    """Downward pass: the fixed effects, then every group's coefficients given them.
+
+    ``a ~ N(A+^{-1} c+, A+^{-1})`` and
+    ``b_j | a ~ N(M_j^{-1} X_j'W_j(y_j - F_j a) / s2, M_j^{-1})``, using the factors left
+    by :func:`upward`. With ``draw`` False the means are returned instead (the E-step of EM).
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+    stats : SuffStats
+    s2 : float
+    L_all : ndarray of shape (n_groups, n_coef, n_coef)
+    LA : ndarray of shape (n_fixed, n_fixed)
+    c_plus : ndarray of shape (n_fixed,)
+    a_out : ndarray of shape (n_fixed,)
+        Output: fixed effects.
+    b_out : ndarray of shape (n_groups, n_coef)
+        Output: group coefficients.
+    draw : bool
+    """
+    p = c_plus.shape[0]
+    n_groups = b_out.shape[0]
+    d = b_out.shape[1]
+    inv_s2 = 1.0 / s2
+    for q in range(p):
+        a_out[q] = c_plus[q]
+    solve_lower(LA, a_out)
+    if draw:
+        for q in range(p):
+            a_out[q] += rng.standard_normal()
+    solve_upper(LA, a_out)
+    r = np.empty(d)
+    for j in range(n_groups):
+        L = L_all[j]
+        for k in range(d):
+            t = stats.Xty[j, k]
+            for q in range(p):
+                t -= stats.XtF[j, k, q] * a_out[q]
+            r[k] = t * inv_s2
+        solve_lower(L, r)
+        if draw:
+            for k in range(d):
+                r[k] += rng.standard_normal()
+        solve_upper(L, r)
+        for k in range(d):
+            b_out[j, k] = r[k]

@@ -1,0 +1,159 @@
+"""Values that cross the boundary between :mod:`bayeshlm` and the kernels.
+
+Every field is a C-contiguous ``float64`` or ``int64`` array, or a Python scalar, so that one
+compiled kernel serves every model: the model is data passed to the kernels, never code.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+
+# Codes of the priors on a standard deviation (sigma, or one SD of a group covariance).
+PRIOR_FLAT = 0  # improper uniform on (0, inf)
+PRIOR_HALF_NORMAL = 1  # params (scale, -)
+PRIOR_HALF_T = 2  # params (nu, scale); half-Cauchy is nu = 1
+PRIOR_UNIFORM = 3  # params (upper, -): uniform on (0, upper)
+PRIOR_INV_GAMMA = 4  # params (alpha, beta): inverse-gamma on the variance
+
+
+class SuffStats(NamedTuple):
+    """Per-group cross-products of the weighted data: the only O(n_obs) summary.
+
+    With ``w`` the observation weights (1, or the inverse known variances), ``F`` the fixed
+    design, ``X`` the random design and ``j`` a group:
+
+    Attributes
+    ----------
+    n : ndarray of shape (n_groups,)
+        Number of observations per group.
+    XtX : ndarray of shape (n_groups, n_coef, n_coef)
+        ``X_j' W_j X_j``.
+    XtF : ndarray of shape (n_groups, n_coef, n_fixed)
+        ``X_j' W_j F_j``.
+    Xty : ndarray of shape (n_groups, n_coef)
+        ``X_j' W_j y_j``.
+    yty_g : ndarray of shape (n_groups,)
+        ``y_j' W_j y_j`` (kept per group for group-wise likelihoods).
+    FtF : ndarray of shape (n_fixed, n_fixed)
+        ``F' W F`` summed over all rows.
+    Fty : ndarray of shape (n_fixed,)
+        ``F' W y`` summed over all rows.
+    scal : ndarray of shape (3,)
+        ``[y' W y, n_obs, sum(log w)]``.
+    """
+
+    n: np.ndarray
+    XtX: np.ndarray
+    XtF: np.ndarray
+    Xty: np.ndarray
+    yty_g: np.ndarray
+    FtF: np.ndarray
+    Fty: np.ndarray
+    scal: np.ndarray
+
+
+class Structure(NamedTuple):
+    """Shape of the variance components.
+
+    Attributes
+    ----------
+    block_ptr : ndarray of int64, shape (n_blocks + 1,)
+        Random coefficients ``block_ptr[k]:block_ptr[k+1]`` form covariance block ``k``;
+        blocks are independent (``T`` is block diagonal).
+    theta_ptr : ndarray of int64, shape (n_blocks + 1,)
+        Where each block's entries start in the unconstrained vector ``theta`` (after
+        ``log sigma`` when sigma is estimated).
+    sigma_known : int
+        1 when the level-1 variances are known (``s2`` fixed at 1 and the weights carry them).
+    """
+
+    block_ptr: np.ndarray
+    theta_ptr: np.ndarray
+    sigma_known: int
+
+
+class Priors(NamedTuple):
+    """Numeric hyperparameters.
+
+    Attributes
+    ----------
+    a_mean : ndarray of shape (n_fixed,)
+        Prior means of the fixed effects.
+    a_prec : ndarray of shape (n_fixed,)
+        Prior precisions of the fixed effects (independent normals); 0 means flat.
+    sigma_kind : int
+        Prior code for sigma (``PRIOR_*``).
+    sigma_par : ndarray of shape (2,)
+        Its parameters.
+    sd_kind : ndarray of int64, shape (n_coef,)
+        Prior code of each group SD (ignored inside inverse-Wishart blocks).
+    sd_par : ndarray of shape (n_coef, 2)
+        Their parameters.
+    block_iw : ndarray of int64, shape (n_blocks,)
+        1 where the block has an inverse-Wishart prior on its whole covariance.
+    block_eta : ndarray of shape (n_blocks,)
+        LKJ shape for the correlations of each block (or the IW degrees of freedom when
+        ``block_iw`` is 1).
+    iw_scale : ndarray of shape (n_coef, n_coef)
+        Block-diagonal scale matrices of the inverse-Wishart priors.
+    """
+
+    a_mean: np.ndarray
+    a_prec: np.ndarray
+    sigma_kind: int
+    sigma_par: np.ndarray
+    sd_kind: np.ndarray
+    sd_par: np.ndarray
+    block_iw: np.ndarray
+    block_eta: np.ndarray
+    iw_scale: np.ndarray
+
+
+class ChainState(NamedTuple):
+    """Mutable state of one chain, updated in place by the driver between chunks.
+
+    Attributes
+    ----------
+    theta : ndarray of shape (n_theta,)
+        Unconstrained variance components: ``log sigma`` (unless known), then per block the
+        log SDs and the hyperbolic-arctangent canonical partial correlations.
+    a : ndarray of shape (n_fixed,)
+        Fixed effects.
+    b : ndarray of shape (n_groups, n_coef)
+        Group coefficients (deviations from the fixed part).
+    scal : ndarray of shape (4,)
+        ``[log posterior of theta, log likelihood of theta, MH log step scale, failures]``.
+    ibuf : ndarray of int64, shape (4,)
+        ``[current tree buffer, iterations done, draws in the adaptation window,
+        iteration of the last proposal reset]``.
+    L_buf : ndarray of shape (2, n_groups, n_coef, n_coef)
+        Cholesky factors of ``M_j`` from the upward pass (two slots: current and proposal).
+    LA_buf : ndarray of shape (2, n_fixed, n_fixed)
+        Cholesky factor of the fixed-effect precision ``A`` plus its prior.
+    c_buf : ndarray of shape (2, n_fixed)
+        Linear term ``c`` plus its prior.
+    prop_chol : ndarray of shape (n_theta, n_theta)
+        Cholesky factor of the random-walk proposal covariance.
+    ad_mean : ndarray of shape (n_theta,)
+        Running mean of theta during warm-up.
+    ad_cov : ndarray of shape (n_theta, n_theta)
+        Running sum of squared deviations of theta during warm-up.
+    ind_mean : ndarray of shape (n_theta,)
+        Centre of the independence proposal (learnt during warm-up).
+    ind_chol : ndarray of shape (n_theta, n_theta)
+        Cholesky factor of its scale matrix (zero until learnt).
+    """
+
+    theta: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+    scal: np.ndarray
+    ibuf: np.ndarray
+    L_buf: np.ndarray
+    LA_buf: np.ndarray
+    c_buf: np.ndarray
+    prop_chol: np.ndarray
+    ad_mean: np.ndarray
+    ad_cov: np.ndarray
+    ind_mean: np.ndarray
+    ind_chol: np.ndarray
