@@ -15,7 +15,7 @@ from samplers.driver import init_state, run_chains
 from samplers.sweep import METHOD_GIBBS, METHOD_MH
 
 METHODS = {"mh": METHOD_MH, "gibbs": METHOD_GIBBS}
-DEFAULT_MH_STEPS = 2
+DEFAULT_MH_STEPS = 6
 
 
 class SamplingError(RuntimeError):
@@ -41,30 +41,38 @@ def _check_seed(seed):
 def starting_theta(model, rng, jitter):
     """A rough starting point for the variance components, jittered per chain.
 
-    sigma from the residuals of the fixed-effects-only GLS fit (computed from the
-    statistics); each group SD a fraction of that scale over the column's SD; correlations 0.
+    sigma from the residuals of the fixed-effects-only fit (computed from the statistics);
+    each group SD half of that scale over the column's SD, times a random factor in
+    ``exp(+-jitter)``; small random correlations.
     """
     stats = model.stats
     p = stats.Fty.shape[0]
-    a_hat = np.linalg.lstsq(stats.FtF + 1e-12 * np.eye(p) * np.trace(stats.FtF), stats.Fty, rcond=None)[0]
+    ridge = 1e-12 * np.trace(stats.FtF) * np.eye(p)
+    a_hat = np.linalg.lstsq(stats.FtF + ridge, stats.Fty, rcond=None)[0]
     rss = max(float(stats.scal[0] - a_hat @ stats.Fty), 0.0)
     n_obs = stats.scal[1]
-    if model.sigma_known:
-        scale = float(np.std(model.design.y)) or 1.0
+    y_sd = float(np.std(model.design.y)) or 1.0
+    if model.sigma_known or rss <= 0:
+        scale = y_sd
     else:
-        scale = np.sqrt(rss / n_obs) if rss > 0 else float(np.std(model.design.y)) or 1.0
+        scale = float(np.sqrt(rss / n_obs))
     theta = np.zeros(model.n_theta)
     structure = model.structure
     if not model.sigma_known:
-        theta[0] = np.log(scale)
+        theta[0] = np.log(scale) + rng.uniform(-jitter, jitter)
     X = model.design.X
     for k in range(len(structure.block_ptr) - 1):
         c0, c1 = structure.block_ptr[k], structure.block_ptr[k + 1]
-        t0 = structure.theta_ptr[k]
+        idx = structure.theta_ptr[k]
         for i in range(c1 - c0):
             col_sd = float(np.std(X[:, c0 + i]))
-            theta[t0 + i] = np.log(0.5 * scale / (col_sd if col_sd > 0 else 1.0))
-    return theta + rng.uniform(-jitter, jitter, size=theta.shape)
+            tau = 0.5 * scale / (col_sd if col_sd > 0 else 1.0) * np.exp(rng.uniform(-jitter, jitter))
+            for j in range(i):
+                theta[idx] = rng.uniform(-0.3, 0.3) * tau
+                idx += 1
+            theta[idx] = tau
+            idx += 1
+    return theta
 
 
 class _Progress:
@@ -131,7 +139,7 @@ def sample(
         coefficients (exact for inverse-gamma / inverse-Wishart priors, an independence MH
         correction otherwise); cheap, but slow to move when a group variance is small.
     mh_steps : int, optional
-        Metropolis-Hastings moves per sweep (``"mh"`` only; default 2).
+        Metropolis-Hastings moves per sweep (``"mh"`` only; default 6).
     keep_group_draws : bool
         Keep the draws of every group's coefficients (needed for the log-likelihood).
     log_likelihood : {"auto", "pointwise", "group", False}
@@ -148,7 +156,8 @@ def sample(
     xarray.DataTree
         ArviZ groups ``posterior``, ``sample_stats``, ``log_likelihood``, ``observed_data``,
         ``constant_data``; see :func:`bayeshlm.results.to_datatree`. A run stopped by
-        Ctrl-C returns the draws made so far, with ``attrs["interrupted"] = 1``.
+        Ctrl-C returns the draws made so far, with ``attrs["interrupted"] = 1``: every chain
+        that reached its kept draws, cut to the shortest of them.
 
     Raises
     ------
@@ -221,9 +230,13 @@ def sample(
                 "try a more informative prior on the SDs, or method='mh' if you used 'gibbs'."
             )
     kept = [max(0, -(-(out.iterations - warmup) // thin)) for out in outputs]
+    if interrupted:
+        # keep the chains that reached the kept draws, cut to a common length
+        outputs = [out for out, k in zip(outputs, kept, strict=True) if k > 0]
+        kept = [k for k in kept if k > 0]
+        if not outputs:
+            raise KeyboardInterrupt("sampling interrupted before the first kept draw")
     n_keep = min(kept)
-    if n_keep == 0:
-        raise KeyboardInterrupt("sampling interrupted before the first kept draw")
     settings = {
         "draws": draws, "warmup": warmup, "chains": chains, "thin": thin, "seed": seed,
         "method": method, "mh_steps": mh_steps if method == "mh" else 0,

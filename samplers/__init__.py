@@ -5,10 +5,14 @@ data frames or ArviZ: everything that crosses into it is a ``NamedTuple`` of pla
 (see :mod:`samplers.types`).
 """
 
-from samplers.driver import run_chains
-from samplers.suffstats import compute_suffstats, merge_suffstats
-from samplers.tree import draw_coefficients, upward
-from samplers.types import ChainState, Priors, Structure, SuffStats
+from samplers._cache import ensure_fresh_cache
+
+ensure_fresh_cache()
+
+from samplers.driver import run_chains  # noqa: E402
+from samplers.suffstats import compute_suffstats, merge_suffstats  # noqa: E402
+from samplers.tree import draw_coefficients, upward  # noqa: E402
+from samplers.types import ChainState, Priors, Structure, SuffStats  # noqa: E402
 
 __all__ = [
     "ChainState",

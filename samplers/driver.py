@@ -12,23 +12,14 @@ from concurrent.futures import ThreadPoolExecutor, wait
 import numpy as np
 from numba import njit
 
-from samplers.mh import CUR, FAILED, ITER, LL, LP, end_of_iteration, log_target
-from samplers.sweep import METHOD_MH, sweep
-from samplers.tree import draw_coefficients
+from samplers.mh import FAILED, ITER, LP, end_of_iteration
+from samplers.sweep import METHOD_MH, draw_all_coefficients, sweep
 from samplers.types import ChainState
 
 
 @njit(cache=True, nogil=True)
 def _init_chain(rng, state, stats, structure, priors):
-    lp, ll, ok = log_target(state.theta, stats, structure, priors, state, 0)
-    state.ibuf[CUR] = 0
-    state.scal[LP] = lp
-    state.scal[LL] = ll
-    if not ok or not np.isfinite(lp):
-        state.scal[FAILED] = 1.0
-        return
-    s2 = 1.0 if structure.sigma_known == 1 else np.exp(2.0 * state.theta[0])
-    draw_coefficients(rng, stats, s2, state.L_buf[0], state.LA_buf[0], state.c_buf[0], state.a, state.b, True)
+    draw_all_coefficients(rng, state, stats, structure, priors)
 
 
 def init_state(rng, theta0, stats, structure, priors, init_step=0.1):
@@ -57,8 +48,10 @@ def init_state(rng, theta0, stats, structure, priors, init_step=0.1):
         theta=np.array(theta0, dtype=np.float64),
         a=np.zeros(p),
         b=np.zeros((n_groups, d)),
-        scal=np.zeros(4),
+        scal=np.zeros(5),
         ibuf=np.zeros(4, dtype=np.int64),
+        C_buf=np.zeros((2, d, d)),
+        r_buf=np.zeros((n_groups, d)),
         L_buf=np.zeros((2, n_groups, d, d)),
         LA_buf=np.zeros((2, p, p)),
         c_buf=np.zeros((2, p)),

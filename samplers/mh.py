@@ -1,8 +1,11 @@
 """Collapsed Metropolis-Hastings on the variance components.
 
-The target is the marginal posterior ``p(theta | y)``: the coefficients are integrated
-out by one upward pass (:func:`samplers.tree.upward`), so the move does not depend on how
-well the data pin down the group effects. The proposal is a Gaussian random walk on the
+The target is ``p(theta | a, y)``: the group coefficients are integrated out
+(:func:`samplers.tree.loglik_given_a`), so the moves do not depend on how well the data pin
+down the group effects, while conditioning on the fixed effects makes each evaluation cost
+``O(n_coef^3)`` per group whatever the number of fixed effects, so that many moves fit in
+a sweep. The sweep then draws the fixed effects and group coefficients jointly given
+``theta``, which together is a partially collapsed Gibbs sampler on ``(theta, a, b)``. The proposal is a Gaussian random walk on the
 unconstrained ``theta``; during warm-up only, its covariance is learnt from the chain in
 three windows (Haario, Saksman & Tamminen 2001) and its scale by Robbins-Monro towards
 an acceptance rate suited to the dimension. The last window also fits a multivariate-t
@@ -19,33 +22,31 @@ from numba import njit
 
 from samplers.linalg import chol_inplace
 from samplers.theta import decode_theta
-from samplers.tree import upward
+from samplers.tree import loglik_given_a
 
 # ibuf slots of ChainState
-CUR, ITER, WIN_COUNT, LAST_RESET = 0, 1, 2, 3
+ITER, WIN_COUNT, LAST_RESET = 1, 2, 3
 # scal slots of ChainState
-LP, LL, LOG_SCALE, FAILED = 0, 1, 2, 3
+LP, LP_COND, LOG_SCALE, FAILED, RTR = 0, 1, 2, 3, 4
+SCRATCH = 1  # buffer slot used by the moves; slot 0 holds the factors of the current draw
 
 
 @njit(cache=True, nogil=True)
-def log_target(theta, stats, structure, priors, state, slot):
-    """Log marginal posterior of ``theta`` (constants dropped) and log-likelihood.
+def log_target(theta, stats, structure, priors, state):
+    """Log posterior of ``theta`` given the fixed effects, ``log p(y | theta, a) + log p(theta)``.
 
-    Runs the upward pass, leaving its factors in buffer ``slot`` of ``state``.
+    The group coefficients are integrated out; ``state.r_buf`` and ``state.scal[RTR]`` hold
+    the residual statistics of the current fixed effects.
     """
-    d = state.b.shape[1]
-    T_chol = np.empty((d, d))
-    Lam = np.empty((d, d))
-    s2, logdet_T, log_prior = decode_theta(theta, structure, priors, T_chol, Lam)
+    C = state.C_buf[SCRATCH]
+    s2, log_prior = decode_theta(theta, structure, priors, C)
     if not np.isfinite(log_prior):
-        return -np.inf, -np.inf, True
-    ll, ok = upward(
-        stats, s2, Lam, logdet_T, priors.a_mean, priors.a_prec,
-        state.L_buf[slot], state.LA_buf[slot], state.c_buf[slot],
-    )
+        return -np.inf
+    ll, ok = loglik_given_a(stats, s2, C, state.r_buf, state.scal[RTR], state.L_buf[SCRATCH])
     if not ok:
-        return -np.inf, -np.inf, False
-    return ll + log_prior, ll, True
+        # A factorisation failed at this point: numerically it has no posterior mass.
+        return -np.inf
+    return ll + log_prior
 
 
 @njit(cache=True, nogil=True)
@@ -68,18 +69,12 @@ def mh_step(rng, state, stats, structure, priors):
         for k in range(i + 1):
             t += state.prop_chol[i, k] * z[k]
         prop[i] += scale * t
-    other = 1 - state.ibuf[CUR]
-    lp_new, ll_new, ok = log_target(prop, stats, structure, priors, state, other)
-    if not ok:
-        # A factorisation failed at the proposal: numerically it has no posterior mass.
-        lp_new = -np.inf
-    log_alpha = lp_new - state.scal[LP]
+    lp_new = log_target(prop, stats, structure, priors, state)
+    log_alpha = lp_new - state.scal[LP_COND]
     alpha = 1.0 if log_alpha >= 0.0 else np.exp(log_alpha)
     if np.log(rng.random()) < log_alpha:
         state.theta[:] = prop
-        state.scal[LP] = lp_new
-        state.scal[LL] = ll_new
-        state.ibuf[CUR] = other
+        state.scal[LP_COND] = lp_new
     return alpha
 
 
@@ -116,19 +111,14 @@ def independence_step(rng, state, stats, structure, priors):
         for k in range(i + 1):
             t += state.ind_chol[i, k] * z[k]
         prop[i] += w * t
-    other = 1 - state.ibuf[CUR]
-    lp_new, ll_new, ok = log_target(prop, stats, structure, priors, state, other)
-    if not ok:
-        lp_new = -np.inf
+    lp_new = log_target(prop, stats, structure, priors, state)
     log_alpha = (lp_new - _ind_log_density(state, prop)) - (
-        state.scal[LP] - _ind_log_density(state, state.theta)
+        state.scal[LP_COND] - _ind_log_density(state, state.theta)
     )
     alpha = 1.0 if log_alpha >= 0.0 else np.exp(log_alpha)
     if np.log(rng.random()) < log_alpha:
         state.theta[:] = prop
-        state.scal[LP] = lp_new
-        state.scal[LL] = ll_new
-        state.ibuf[CUR] = other
+        state.scal[LP_COND] = lp_new
     return alpha
 
 

@@ -4,22 +4,48 @@ import numpy as np
 from numba import njit
 
 from samplers.gibbs import update_s2, update_T
-from samplers.mh import CUR, FAILED, LL, LP, adapt, independence_step, log_target, mh_step
+from samplers.mh import FAILED, LP, LP_COND, RTR, adapt, independence_step, log_target, mh_step
 from samplers.theta import decode_theta, encode_theta
-from samplers.tree import draw_coefficients
+from samplers.tree import draw_coefficients, residual_stats, upward
 
 METHOD_GIBBS = 0
 METHOD_MH = 1
+CURRENT = 0  # buffer slot of the factors at the current theta
+
+
+@njit(cache=True, nogil=True)
+def draw_all_coefficients(rng, state, stats, structure, priors):
+    """Upward pass at the current ``theta``, then an exact joint draw of ``(a, b) | theta, y``.
+
+    Stores ``log p(theta | y)`` (up to a constant; ``a`` and ``b`` integrated out) in
+    ``state.scal[LP]``. Returns False when a factorisation failed.
+    """
+    C = state.C_buf[CURRENT]
+    s2, log_prior = decode_theta(state.theta, structure, priors, C)
+    ll, ok = upward(
+        stats, s2, C, priors.a_mean, priors.a_prec,
+        state.L_buf[CURRENT], state.LA_buf[CURRENT], state.c_buf[CURRENT],
+    )
+    if not ok or not np.isfinite(log_prior):
+        state.scal[FAILED] = 1.0
+        return False
+    state.scal[LP] = ll + log_prior
+    draw_coefficients(
+        rng, stats, s2, C, state.L_buf[CURRENT], state.LA_buf[CURRENT], state.c_buf[CURRENT],
+        state.a, state.b, True,
+    )
+    return True
 
 
 @njit(cache=True, nogil=True)
 def sweep(rng, state, stats, structure, priors, method, mh_steps, warmup):
     """Advance the chain by one sweep, in place.
 
-    ``method`` 0 (Gibbs): ``s2 | a, b, y`` and ``T | b`` by their conditionals, then an
-    upward pass at the new values. ``method`` 1 (collapsed MH): ``mh_steps`` moves on
-    ``p(theta | y)``, alternating independence and random-walk proposals once the
-    independence proposal has been fitted (random walk only before). Both then draw ``(a, b) | theta, y`` exactly.
+    ``method`` 0 (Gibbs): ``s2 | a, b, y`` and ``T | b`` by their conditionals.
+    ``method`` 1 (MH): ``mh_steps`` Metropolis-Hastings moves on ``p(theta | a, y)`` with the
+    group coefficients integrated out: random walk only until the independence proposal has
+    been fitted, then two independence moves for every random-walk move. Both then
+    draw ``(a, b) | theta, y`` exactly and jointly.
 
     Returns
     -------
@@ -27,12 +53,14 @@ def sweep(rng, state, stats, structure, priors, method, mh_steps, warmup):
         Mean acceptance probability of the variance-component moves in this sweep
         (``nan`` when the sweep failed; ``state.scal[3]`` is then set).
     """
-    adapting = state.ibuf[1] < warmup
     if method == METHOD_MH:
-        acc = 0.0
+        state.scal[RTR] = residual_stats(stats, state.a, state.r_buf)
+        state.scal[LP_COND] = log_target(state.theta, stats, structure, priors, state)
+        adapting = state.ibuf[1] < warmup
         use_ind = state.ind_chol[0, 0] > 0.0
+        acc = 0.0
         for s in range(mh_steps):
-            if use_ind and s % 2 == 0:
+            if use_ind and s % 3 != 2:
                 alpha = independence_step(rng, state, stats, structure, priors)
             else:
                 alpha = mh_step(rng, state, stats, structure, priors)
@@ -42,10 +70,9 @@ def sweep(rng, state, stats, structure, priors, method, mh_steps, warmup):
         acc /= mh_steps
     else:
         d = state.b.shape[1]
-        T_chol = np.empty((d, d))
-        Lam = np.empty((d, d))
-        s2, _, _ = decode_theta(state.theta, structure, priors, T_chol, Lam)
-        T = T_chol @ T_chol.T
+        C = np.empty((d, d))
+        s2, _ = decode_theta(state.theta, structure, priors, C)
+        T = C @ C.T
         acc_s2 = 1.0
         if structure.sigma_known == 0:
             s2, acc_s2 = update_s2(rng, stats, state.a, state.b, s2, priors)
@@ -54,18 +81,6 @@ def sweep(rng, state, stats, structure, priors, method, mh_steps, warmup):
             state.scal[FAILED] = 1.0
             return np.nan
         acc = 0.5 * (acc_s2 + acc_T) if structure.sigma_known == 0 else acc_T
-        lp, ll, ok = log_target(state.theta, stats, structure, priors, state, state.ibuf[CUR])
-        if not ok:
-            state.scal[FAILED] = 1.0
-            return np.nan
-        state.scal[LP] = lp
-        state.scal[LL] = ll
-    cur = state.ibuf[CUR]
-    if structure.sigma_known == 1:
-        s2 = 1.0
-    else:
-        s2 = np.exp(2.0 * state.theta[0])
-    draw_coefficients(
-        rng, stats, s2, state.L_buf[cur], state.LA_buf[cur], state.c_buf[cur], state.a, state.b, True
-    )
+    if not draw_all_coefficients(rng, state, stats, structure, priors):
+        return np.nan
     return acc

@@ -1,16 +1,25 @@
 """The variance components and their unconstrained parameterisation.
 
 ``theta`` holds ``log sigma`` (unless the level-1 variances are known) and, for each
-covariance block of ``T``, the log standard deviations followed by the hyperbolic
-arctangents of the canonical partial correlations. The Cholesky factor of a block's
-correlation matrix is built from them as in Lewandowski, Kurowicka & Joe (2009), so every
-real vector is a valid covariance and the LKJ density has a closed form.
+covariance block ``T_k`` of the group coefficients, the entries of a lower-triangular
+factor ``C_k`` with ``T_k = C_k C_k'``, row by row (``C[0,0], C[1,0], C[1,1], C[2,0], ...``).
+Every entry, diagonal included, is a free real number: flipping the sign of a column of
+``C`` leaves ``T`` unchanged, so the map is ``2^d``-to-one and the prior density of
+``theta`` carries a factor ``2^{-d}``. This is the non-centred view of a variance: a
+standard deviation that shrinks to zero is an ordinary interior point (``C_ii = 0``), so
+the sampler moves through the boundary region as freely as anywhere else, where a log
+scale would stretch it into a funnel.
+
+The prior is set on the natural scale (standard deviations ``tau_i`` and correlations
+``R``, or an inverse-Wishart on ``T``); its density on ``theta`` uses the Jacobians
+``|dT / d(tau, R)| = 2^d prod tau_i^d`` and ``|dT / dC| = 2^d prod |C_ii|^(d-i)``
+(``i = 0 .. d-1``).
 """
 
 import numpy as np
 from numba import njit
 
-from samplers.linalg import chol_inplace, logdet_chol
+from samplers.linalg import chol_inplace, logdet_chol, solve_lower_cols
 from samplers.types import (
     PRIOR_FLAT,
     PRIOR_HALF_NORMAL,
@@ -18,6 +27,8 @@ from samplers.types import (
     PRIOR_INV_GAMMA,
     PRIOR_UNIFORM,
 )
+
+LOG2 = np.log(2.0)
 
 
 @njit(cache=True, nogil=True)
@@ -40,14 +51,7 @@ def sd_log_prior(kind, par, x):
 
 
 @njit(cache=True, nogil=True)
-def _log_sech2(y):
-    # log(1 - tanh(y)^2) without cancellation for large |y|.
-    ay = abs(y)
-    return 2.0 * (np.log(2.0) - ay - np.log1p(np.exp(-2.0 * ay)))
-
-
-@njit(cache=True, nogil=True)
-def decode_theta(theta, structure, priors, T_chol, Lam):
+def decode_theta(theta, structure, priors, C):
     """Variance components from ``theta``, with the log prior density of ``theta``.
 
     Parameters
@@ -55,24 +59,18 @@ def decode_theta(theta, structure, priors, T_chol, Lam):
     theta : ndarray of shape (n_theta,)
     structure : Structure
     priors : Priors
-    T_chol : ndarray of shape (n_coef, n_coef)
-        Output: block-diagonal lower Cholesky factor of ``T``.
-    Lam : ndarray of shape (n_coef, n_coef)
-        Output: ``T^{-1}``.
+    C : ndarray of shape (n_coef, n_coef)
+        Output: block-diagonal lower-triangular factor with ``T = C C'``.
 
     Returns
     -------
     s2 : float
         Level-1 variance (1 when known).
-    logdet_T : float
-        ``log |T|``.
     log_prior : float
-        Log prior density of ``theta`` on the unconstrained scale (Jacobians included,
-        additive constants dropped).
+        Log prior density of ``theta`` (Jacobians included, additive constants dropped);
+        ``-inf`` where a covariance block is singular and the prior gives it no density.
     """
-    d = T_chol.shape[0]
-    T_chol[:, :] = 0.0
-    Lam[:, :] = 0.0
+    C[:, :] = 0.0
     lp = 0.0
     if structure.sigma_known == 1:
         s2 = 1.0
@@ -80,75 +78,54 @@ def decode_theta(theta, structure, priors, T_chol, Lam):
         sigma = np.exp(theta[0])
         s2 = sigma * sigma
         lp += sd_log_prior(priors.sigma_kind, priors.sigma_par, sigma) + theta[0]
-    logdet_T = 0.0
     n_blocks = structure.block_ptr.shape[0] - 1
     for k in range(n_blocks):
         c0 = structure.block_ptr[k]
         dk = structure.block_ptr[k + 1] - c0
-        t0 = structure.theta_ptr[k]
-        # correlation Cholesky factor into T_chol's block, then scale rows by the SDs
-        idx = t0 + dk
-        log_jac = 0.0
-        lkj = 0.0
+        idx = structure.theta_ptr[k]
         for i in range(dk):
-            ss = 0.0
-            for j in range(i):
-                z = np.tanh(theta[idx])
-                rem = 1.0 - ss
-                v = z * np.sqrt(rem)
-                T_chol[c0 + i, c0 + j] = v
-                log_jac += _log_sech2(theta[idx]) + 0.5 * np.log(rem)
-                ss += v * v
-                idx += 1
-            lii = np.sqrt(max(1.0 - ss, 1e-300))
-            T_chol[c0 + i, c0 + i] = lii
-            if i > 0:
-                lkj += (dk - i - 1.0) * np.log(lii)  # Jacobian from R to its Cholesky factor
-                if priors.block_iw[k] == 0:
-                    lkj += (2.0 * priors.block_eta[k] - 2.0) * np.log(lii)
-        sum_log_sd = 0.0
-        for i in range(dk):
-            log_sd = theta[t0 + i]
-            sum_log_sd += log_sd
-            sd = np.exp(log_sd)
             for j in range(i + 1):
-                T_chol[c0 + i, c0 + j] *= sd
-            if priors.block_iw[k] == 0:
-                lp += sd_log_prior(priors.sd_kind[c0 + i], priors.sd_par[c0 + i], sd) + log_sd
-        block_logdet = 0.0
+                C[c0 + i, c0 + j] = theta[idx]
+                idx += 1
+        sum_log_cii = 0.0  # sum (d - i) log|C_ii|: the Jacobian of C -> T, over 2^d
+        log_det_T = 0.0
         for i in range(dk):
-            block_logdet += 2.0 * np.log(T_chol[c0 + i, c0 + i])
-        logdet_T += block_logdet
-        # Lam block = (C C')^{-1} = C^{-T} C^{-1}; C^{-1} by forward substitution
-        Cinv = np.zeros((dk, dk))
-        for col in range(dk):
-            for i in range(col, dk):
-                t = 1.0 if i == col else 0.0
-                for m in range(col, i):
-                    t -= T_chol[c0 + i, c0 + m] * Cinv[m, col]
-                Cinv[i, col] = t / T_chol[c0 + i, c0 + i]
-        for r in range(dk):
-            for s in range(dk):
-                t = 0.0
-                for m in range(max(r, s), dk):
-                    t += Cinv[m, r] * Cinv[m, s]
-                Lam[c0 + r, c0 + s] = t
-        lp += lkj + log_jac
+            cii = abs(C[c0 + i, c0 + i])
+            if cii == 0.0:
+                return s2, -np.inf
+            sum_log_cii += (dk - i) * np.log(cii)
+            log_det_T += 2.0 * np.log(cii)
+        lp += sum_log_cii
         if priors.block_iw[k] == 1:
             nu = priors.block_eta[k]
+            # tr(Psi T^{-1}) = ||C^{-1} P||_F^2 with Psi = P P'
+            P = priors.iw_scale[c0 : c0 + dk, c0 : c0 + dk].copy()
+            chol_inplace(P)
+            solve_lower_cols(C[c0 : c0 + dk, c0 : c0 + dk].copy(), P)
             tr = 0.0
-            for r in range(dk):
-                for s in range(dk):
-                    tr += priors.iw_scale[c0 + r, c0 + s] * Lam[c0 + s, c0 + r]
-            # density of T, times the Jacobian of (log sd, canonical params) -> T
-            lp += -0.5 * (nu + dk + 1.0) * block_logdet - 0.5 * tr
-            lp += dk * np.log(2.0) + (dk + 1.0) * sum_log_sd
-    return s2, logdet_T, lp
+            for i in range(dk):
+                for j in range(dk):
+                    tr += P[i, j] * P[i, j]
+            lp += -0.5 * (nu + dk + 1.0) * log_det_T - 0.5 * tr
+        else:
+            sum_log_tau = 0.0
+            for i in range(dk):
+                t = 0.0
+                for j in range(i + 1):
+                    t += C[c0 + i, c0 + j] * C[c0 + i, c0 + j]
+                tau = np.sqrt(t)
+                sum_log_tau += np.log(tau)
+                lp += sd_log_prior(priors.sd_kind[c0 + i], priors.sd_par[c0 + i], tau)
+            lp -= dk * LOG2 + dk * sum_log_tau
+            if dk > 1:
+                log_det_R = log_det_T - 2.0 * sum_log_tau
+                lp += (priors.block_eta[k] - 1.0) * log_det_R
+    return s2, lp
 
 
 @njit(cache=True, nogil=True)
 def encode_theta(s2, T, structure, theta):
-    """Inverse of :func:`decode_theta`: write the unconstrained ``theta`` of ``(s2, T)``.
+    """Inverse of :func:`decode_theta` (with positive diagonals): ``theta`` of ``(s2, T)``.
 
     Returns False when a block of ``T`` is not positive definite.
     """
@@ -158,23 +135,13 @@ def encode_theta(s2, T, structure, theta):
     for k in range(n_blocks):
         c0 = structure.block_ptr[k]
         dk = structure.block_ptr[k + 1] - c0
-        t0 = structure.theta_ptr[k]
-        R = np.empty((dk, dk))
-        for i in range(dk):
-            theta[t0 + i] = 0.5 * np.log(T[c0 + i, c0 + i])
-        for i in range(dk):
-            for j in range(dk):
-                R[i, j] = T[c0 + i, c0 + j] / np.sqrt(T[c0 + i, c0 + i] * T[c0 + j, c0 + j])
-        if not chol_inplace(R):
+        Cb = T[c0 : c0 + dk, c0 : c0 + dk].copy()
+        if not chol_inplace(Cb):
             return False
-        idx = t0 + dk
+        idx = structure.theta_ptr[k]
         for i in range(dk):
-            ss = 0.0
-            for j in range(i):
-                z = R[i, j] / np.sqrt(max(1.0 - ss, 1e-300))
-                z = min(max(z, -1.0 + 1e-15), 1.0 - 1e-15)
-                theta[idx] = np.arctanh(z)
-                ss += R[i, j] * R[i, j]
+            for j in range(i + 1):
+                theta[idx] = Cb[i, j]
                 idx += 1
     return True
 
@@ -219,9 +186,8 @@ def components(theta_draws, structure, priors, out_s2, out_sd, out_corr):
     """
     d = out_sd.shape[1]
     T_chol = np.empty((d, d))
-    Lam = np.empty((d, d))
     for s in range(theta_draws.shape[0]):
-        s2, _, _ = decode_theta(theta_draws[s], structure, priors, T_chol, Lam)
+        s2, _ = decode_theta(theta_draws[s], structure, priors, T_chol)
         out_s2[s] = s2
         for i in range(d):
             t = 0.0

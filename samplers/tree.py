@@ -27,29 +27,35 @@ LOG_2PI = np.log(2.0 * np.pi)
 
 
 @njit(cache=True, nogil=True)
-def upward(stats, s2, Lam, logdet_T, a_mean, a_prec, L_out, LA_out, c_out):
+def upward(stats, s2, C, a_mean, a_prec, L_out, LA_out, c_out):
     """Integrate out the group coefficients and the fixed effects.
 
-    With ``M_j = X_j'W_j X_j / s2 + T^{-1} = L_j L_j'`` the group messages are
-    ``F_j'V_j^{-1}F_j = F_j'W_jF_j/s2 - U_j'U_j`` with ``U_j = L_j^{-1} X_j'W_jF_j / s2``,
-    and likewise for ``F_j'V_j^{-1}y_j`` and ``y_j'V_j^{-1}y_j``;
-    ``log|V_j| = n_j log s2 - sum log w + log|T| + log|M_j|``. The fixed effects, with
-    independent ``N(a_mean, 1/a_prec)`` priors (flat where ``a_prec == 0``), are integrated
-    out with ``A+ = A + diag(a_prec)`` and ``c+ = c + a_prec * a_mean``.
+    The group covariance is given by a factor ``T = C C'`` (``C`` may be singular: a zero
+    variance is an ordinary value). Writing ``b_j = C beta_j`` with ``beta_j ~ N(0, I)``,
+    ``K_j = I + C'X_j'W_jX_jC / s2 = L_j L_j'``, and ``U_j = L_j^{-1} C'X_j'W_jF_j / s2``,
+    ``u_j = L_j^{-1} C'X_j'W_jy_j / s2``, the group's message is
+
+        F_j'V_j^{-1}F_j = F_j'W_jF_j / s2 - U_j'U_j
+        F_j'V_j^{-1}y_j = F_j'W_jy_j / s2 - U_j'u_j
+        y_j'V_j^{-1}y_j = y_j'W_jy_j / s2 - u_j'u_j
+        log|V_j|        = n_j log s2 - sum log w + log|K_j|
+
+    (the Woodbury and determinant identities for ``V_j = s2 W_j^{-1} + X_j T X_j'``, never
+    formed). The fixed effects, with independent ``N(a_mean, 1/a_prec)`` priors (flat where
+    ``a_prec == 0``), are integrated out with ``A+ = A + diag(a_prec)`` and
+    ``c+ = c + a_prec * a_mean``.
 
     Parameters
     ----------
     stats : SuffStats
     s2 : float
         Level-1 variance.
-    Lam : ndarray of shape (n_coef, n_coef)
-        ``T^{-1}``.
-    logdet_T : float
-        ``log |T|``.
+    C : ndarray of shape (n_coef, n_coef)
+        Lower-triangular factor of the group covariance ``T``.
     a_mean, a_prec : ndarray of shape (n_fixed,)
         Prior of the fixed effects.
     L_out : ndarray of shape (n_groups, n_coef, n_coef)
-        Output: Cholesky factors ``L_j``.
+        Output: Cholesky factors ``L_j`` of ``K_j``.
     LA_out : ndarray of shape (n_fixed, n_fixed)
         Output: Cholesky factor of ``A+``.
     c_out : ndarray of shape (n_fixed,)
@@ -64,7 +70,7 @@ def upward(stats, s2, Lam, logdet_T, a_mean, a_prec, L_out, LA_out, c_out):
         False when a factorisation failed (``loglik`` is then ``-inf``).
     """
     n_groups = stats.n.shape[0]
-    d = Lam.shape[0]
+    d = C.shape[0]
     p = a_mean.shape[0]
     inv_s2 = 1.0 / s2
     n_obs = stats.scal[1]
@@ -75,14 +81,25 @@ def upward(stats, s2, Lam, logdet_T, a_mean, a_prec, L_out, LA_out, c_out):
             A[q, r] = stats.FtF[q, r] * inv_s2
         A[q, q] += a_prec[q]
     yVy = stats.scal[0] * inv_s2
-    logdet = n_obs * np.log(s2) - stats.scal[2] + n_groups * logdet_T
+    logdet = n_obs * np.log(s2) - stats.scal[2]
     u = np.empty(d)
     U = np.empty((d, p))
+    XC = np.empty((d, d))
     for j in range(n_groups):
         L = L_out[j]
+        # XC = X'WX C, then K = I + C' XC / s2 (lower triangle suffices)
         for r in range(d):
             for s in range(d):
-                L[r, s] = stats.XtX[j, r, s] * inv_s2 + Lam[r, s]
+                t = 0.0
+                for m in range(s, d):
+                    t += stats.XtX[j, r, m] * C[m, s]
+                XC[r, s] = t
+        for r in range(d):
+            for s in range(r + 1):
+                t = 0.0
+                for m in range(r, d):
+                    t += C[m, r] * XC[m, s]
+                L[r, s] = t * inv_s2 + (1.0 if r == s else 0.0)
         if not chol_inplace(L):
             return -np.inf, False
         det_L = 1.0
@@ -90,9 +107,15 @@ def upward(stats, s2, Lam, logdet_T, a_mean, a_prec, L_out, LA_out, c_out):
             det_L *= L[r, r]
         logdet += 2.0 * np.log(det_L)  # one logarithm per group: it dominates the cost when d is small
         for r in range(d):
-            u[r] = stats.Xty[j, r] * inv_s2
+            t = 0.0
+            for m in range(r, d):
+                t += C[m, r] * stats.Xty[j, m]
+            u[r] = t * inv_s2
             for q in range(p):
-                U[r, q] = stats.XtF[j, r, q] * inv_s2
+                t = 0.0
+                for m in range(r, d):
+                    t += C[m, r] * stats.XtF[j, m, q]
+                U[r, q] = t * inv_s2
         solve_lower(L, u)
         solve_lower_cols(L, U)
         for r in range(d):
@@ -128,18 +151,21 @@ def upward(stats, s2, Lam, logdet_T, a_mean, a_prec, L_out, LA_out, c_out):
 
 
 @njit(cache=True, nogil=True)
-def draw_coefficients(rng, stats, s2, L_all, LA, c_plus, a_out, b_out, draw):
+def draw_coefficients(rng, stats, s2, C, L_all, LA, c_plus, a_out, b_out, draw):
     """Downward pass: the fixed effects, then every group's coefficients given them.
 
-    ``a ~ N(A+^{-1} c+, A+^{-1})`` and
-    ``b_j | a ~ N(M_j^{-1} X_j'W_j(y_j - F_j a) / s2, M_j^{-1})``, using the factors left
-    by :func:`upward`. With ``draw`` False the means are returned instead (the E-step of EM).
+    ``a ~ N(A+^{-1} c+, A+^{-1})``, then ``b_j = C beta_j`` with
+    ``beta_j | a ~ N(K_j^{-1} C'X_j'W_j(y_j - F_j a) / s2, K_j^{-1})``, using the factors
+    left by :func:`upward`. With ``draw`` False the means are returned instead (the E-step
+    of EM).
 
     Parameters
     ----------
     rng : numpy.random.Generator
     stats : SuffStats
     s2 : float
+    C : ndarray of shape (n_coef, n_coef)
+        Factor of the group covariance, as given to :func:`upward`.
     L_all : ndarray of shape (n_groups, n_coef, n_coef)
     LA : ndarray of shape (n_fixed, n_fixed)
     c_plus : ndarray of shape (n_fixed,)
@@ -161,6 +187,7 @@ def draw_coefficients(rng, stats, s2, L_all, LA, c_plus, a_out, b_out, draw):
             a_out[q] += rng.standard_normal()
     solve_upper(LA, a_out)
     r = np.empty(d)
+    beta = np.empty(d)
     for j in range(n_groups):
         L = L_all[j]
         for k in range(d):
@@ -168,10 +195,120 @@ def draw_coefficients(rng, stats, s2, L_all, LA, c_plus, a_out, b_out, draw):
             for q in range(p):
                 t -= stats.XtF[j, k, q] * a_out[q]
             r[k] = t * inv_s2
-        solve_lower(L, r)
+        for k in range(d):
+            t = 0.0
+            for m in range(k, d):
+                t += C[m, k] * r[m]
+            beta[k] = t
+        solve_lower(L, beta)
         if draw:
             for k in range(d):
-                r[k] += rng.standard_normal()
-        solve_upper(L, r)
+                beta[k] += rng.standard_normal()
+        solve_upper(L, beta)
         for k in range(d):
-            b_out[j, k] = r[k]
+            t = 0.0
+            for m in range(k + 1):
+                t += C[k, m] * beta[m]
+            b_out[j, k] = t
+
+
+@njit(cache=True, nogil=True)
+def residual_stats(stats, a, r_out):
+    """Statistics of the residuals ``y - F a`` needed by :func:`loglik_given_a`.
+
+    Writes ``r_j = X_j'W_j(y_j - F_j a)`` into ``r_out`` (shape (n_groups, n_coef)) and
+    returns ``(y - F a)'W(y - F a)``.
+    """
+    p = a.shape[0]
+    n_groups, d = r_out.shape
+    for j in range(n_groups):
+        for k in range(d):
+            t = stats.Xty[j, k]
+            for q in range(p):
+                t -= stats.XtF[j, k, q] * a[q]
+            r_out[j, k] = t
+    rtr = stats.scal[0]
+    for q in range(p):
+        rtr -= 2.0 * a[q] * stats.Fty[q]
+        for s in range(p):
+            rtr += a[q] * stats.FtF[q, s] * a[s]
+    return max(rtr, 0.0)
+
+
+@njit(cache=True, nogil=True)
+def loglik_given_a(stats, s2, C, r, rtr, L_scratch):
+    """``log p(y | theta, a)``: the group coefficients integrated out, the fixed effects given.
+
+    The same group factorisation as :func:`upward` without the fixed-effect messages, so
+    the cost per group is ``O(n_coef^3)`` whatever the number of fixed effects: it is the
+    target of the Metropolis-Hastings moves on ``theta``.
+
+    Parameters
+    ----------
+    stats : SuffStats
+    s2 : float
+    C : ndarray of shape (n_coef, n_coef)
+        Factor of the group covariance ``T = C C'``.
+    r : ndarray of shape (n_groups, n_coef)
+        ``X_j'W_j(y_j - F_j a)`` from :func:`residual_stats`.
+    rtr : float
+        ``(y - F a)'W(y - F a)``.
+    L_scratch : ndarray of shape (n_groups, n_coef, n_coef)
+        Work space.
+
+    Returns
+    -------
+    loglik : float
+    ok : bool
+    """
+    n_groups, d = r.shape
+    inv_s2 = 1.0 / s2
+    n_obs = stats.scal[1]
+    quad = rtr * inv_s2
+    logdet = n_obs * np.log(s2) - stats.scal[2]
+    det_prod = 1.0  # product of det(K_j) >= 1 over groups, logged in batches: one log per many groups
+    u = np.empty(d)
+    XC = np.empty((d, d))
+    for j in range(n_groups):
+        K = L_scratch[j]
+        for k in range(d):
+            for s in range(d):
+                t = 0.0
+                for m in range(s, d):
+                    t += stats.XtX[j, k, m] * C[m, s]
+                XC[k, s] = t
+        for k in range(d):
+            for s in range(k + 1):
+                t = 0.0
+                for m in range(k, d):
+                    t += C[m, k] * XC[m, s]
+                K[k, s] = t * inv_s2 + (1.0 if k == s else 0.0)
+        for k in range(d):
+            t = 0.0
+            for m in range(k, d):
+                t += C[m, k] * r[j, m]
+            u[k] = t * inv_s2
+        # u'K^{-1}u and det(K): closed forms for one and two coefficients (no square roots)
+        if d == 1:
+            det = K[0, 0]
+            quad -= u[0] * u[0] / det
+        elif d == 2:
+            det = K[0, 0] * K[1, 1] - K[1, 0] * K[1, 0]
+            if not det > 0.0:
+                return -np.inf, False
+            quad -= (K[1, 1] * u[0] * u[0] - 2.0 * K[1, 0] * u[0] * u[1] + K[0, 0] * u[1] * u[1]) / det
+        else:
+            if not chol_inplace(K):
+                return -np.inf, False
+            det = 1.0
+            for k in range(d):
+                det *= K[k, k] * K[k, k]
+            solve_lower(K, u)
+            for k in range(d):
+                quad -= u[k] * u[k]
+        det_prod *= det
+        if det_prod > 1e250:
+            logdet += np.log(det_prod)
+            det_prod = 1.0
+    logdet += np.log(det_prod)
+    return -0.5 * (n_obs * LOG_2PI + logdet + quad), True

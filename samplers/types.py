@@ -116,18 +116,24 @@ class ChainState(NamedTuple):
     ----------
     theta : ndarray of shape (n_theta,)
         Unconstrained variance components: ``log sigma`` (unless known), then per block the
-        log SDs and the hyperbolic-arctangent canonical partial correlations.
+        entries of the lower-triangular factor ``C`` of ``T = C C'`` (see :mod:`samplers.theta`).
     a : ndarray of shape (n_fixed,)
         Fixed effects.
     b : ndarray of shape (n_groups, n_coef)
         Group coefficients (deviations from the fixed part).
-    scal : ndarray of shape (4,)
-        ``[log posterior of theta, log likelihood of theta, MH log step scale, failures]``.
+    scal : ndarray of shape (5,)
+        ``[log p(theta | y), log p(theta | a, y), MH log step scale, failure flag,
+        (y - F a)'W(y - F a)]``.
     ibuf : ndarray of int64, shape (4,)
-        ``[current tree buffer, iterations done, draws in the adaptation window,
-        iteration of the last proposal reset]``.
+        ``[unused, iterations done, draws in the adaptation window, iteration of the last
+        proposal reset]``.
+    C_buf : ndarray of shape (2, n_coef, n_coef)
+        Factor ``C`` of the group covariance ``T = C C'`` (slot 0: current draw, slot 1:
+        scratch for proposals).
+    r_buf : ndarray of shape (n_groups, n_coef)
+        ``X_j'W_j(y_j - F_j a)`` at the current fixed effects.
     L_buf : ndarray of shape (2, n_groups, n_coef, n_coef)
-        Cholesky factors of ``M_j`` from the upward pass (two slots: current and proposal).
+        Cholesky factors of ``K_j`` from the upward pass (same slots).
     LA_buf : ndarray of shape (2, n_fixed, n_fixed)
         Cholesky factor of the fixed-effect precision ``A`` plus its prior.
     c_buf : ndarray of shape (2, n_fixed)
@@ -149,6 +155,8 @@ class ChainState(NamedTuple):
     b: np.ndarray
     scal: np.ndarray
     ibuf: np.ndarray
+    C_buf: np.ndarray
+    r_buf: np.ndarray
     L_buf: np.ndarray
     LA_buf: np.ndarray
     c_buf: np.ndarray
