@@ -306,9 +306,12 @@ def loglik_given_a(stats, s2, C, r, rtr, L_scratch):
             solve_lower(K, u)
             for k in range(d):
                 quad -= u[k] * u[k]
-        det_prod *= det
-        if det_prod > 1e250:
-            logdet += np.log(det_prod)
-            det_prod = 1.0
+        if det > 1e100:
+            logdet += np.log(det)
+        else:
+            det_prod *= det  # stays below 1e200 * 1e100: no overflow
+            if det_prod > 1e200:
+                logdet += np.log(det_prod)
+                det_prod = 1.0
     logdet += np.log(det_prod)
     return -0.5 * (n_obs * LOG_2PI + logdet + quad), True
