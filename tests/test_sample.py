@@ -180,3 +180,18 @@ def test_fresh_seed_is_recorded(sleep_model):
     again = bh.sample(sleep_model, draws=20, warmup=20, chains=1, seed=seed, progress=False,
                       log_likelihood=False)
     np.testing.assert_array_equal(post.posterior["fixed"].values, again.posterior["fixed"].values)
+
+
+def test_progress_bar_goes_to_stderr(sleep_model, capsys):
+    bh.sample(sleep_model, draws=20, warmup=20, chains=2, seed=1, progress=True, log_likelihood=False)
+    captured = capsys.readouterr()
+    assert "sampling" in captured.err and captured.out == ""
+
+
+def test_netcdf_round_trip(sleep_post, tmp_path):
+    path = tmp_path / "fit.nc"
+    sleep_post.to_netcdf(path)
+    back = xr.open_datatree(path)
+    for group in sleep_post.children:
+        xr.testing.assert_identical(back[group].to_dataset(), sleep_post[group].to_dataset())
+    assert back.attrs == sleep_post.attrs

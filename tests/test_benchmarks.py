@@ -1,0 +1,23 @@
+"""The core benchmark script runs end to end at a tiny size and writes its two outputs."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_core.py"
+
+
+def test_bench_core_quick(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("bench_core", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--quick", "--no-first-fit", "--models", "eight_schools", "radon", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["models"]) == {"eight_schools", "radon"}
+    run = results["models"]["radon"]["runs"][0]
+    for key in ("sampling_seconds", "min_ess_bulk", "min_ess_tail", "max_rhat", "min_ess_per_second"):
+        assert run[key] > 0
+    assert run["n_parameters"] == 2 + 1 + 1 + 85  # fixed, sigma, county SD, 85 county effects
+    assert results["machine"]["cpus"] >= 1
+    table = (tmp_path / "RESULTS.md").read_text()
+    assert "| radon | 89 |" in table and "min-ESS/s" in table
