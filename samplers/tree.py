@@ -82,54 +82,110 @@ def upward(stats, s2, C, a_mean, a_prec, L_out, LA_out, c_out):
         A[q, q] += a_prec[q]
     yVy = stats.scal[0] * inv_s2
     logdet = n_obs * np.log(s2) - stats.scal[2]
-    u = np.empty(d)
-    U = np.empty((d, p))
+    # Rows of U_j and u_j for all groups, stacked, so that the p x p and p x 1 reductions
+    # sum_j U_j'U_j and sum_j U_j'u_j are single matrix products after the loop.
+    U_all = np.empty((n_groups * d, p))
+    u_all = np.empty(n_groups * d)
     XC = np.empty((d, d))
+    det_prod = 1.0
+    c00 = C[0, 0]
+    c10 = C[1, 0] if d > 1 else 0.0
+    c11 = C[1, 1] if d > 1 else 0.0
     for j in range(n_groups):
         L = L_out[j]
-        # XC = X'WX C, then K = I + C' XC / s2 (lower triangle suffices)
-        for r in range(d):
-            for s in range(d):
-                t = 0.0
-                for m in range(s, d):
-                    t += stats.XtX[j, r, m] * C[m, s]
-                XC[r, s] = t
-        for r in range(d):
-            for s in range(r + 1):
-                t = 0.0
-                for m in range(r, d):
-                    t += C[m, r] * XC[m, s]
-                L[r, s] = t * inv_s2 + (1.0 if r == s else 0.0)
-        if not chol_inplace(L):
-            return -np.inf, False
-        det_L = 1.0
-        for r in range(d):
-            det_L *= L[r, r]
-        logdet += 2.0 * np.log(det_L)  # one logarithm per group: it dominates the cost when d is small
-        for r in range(d):
-            t = 0.0
-            for m in range(r, d):
-                t += C[m, r] * stats.Xty[j, m]
-            u[r] = t * inv_s2
+        row = j * d
+        U = U_all[row : row + d]
+        u = u_all[row : row + d]
+        if d == 1:
+            # closed forms for one coefficient: K = 1 + c^2 x'x / s2
+            k00 = 1.0 + c00 * c00 * stats.XtX[j, 0, 0] * inv_s2
+            l00 = np.sqrt(k00)
+            L[0, 0] = l00
+            det = k00
+            f = c00 * inv_s2 / l00
+            u[0] = f * stats.Xty[j, 0]
             for q in range(p):
+                U[0, q] = f * stats.XtF[j, 0, q]
+        elif d == 2:
+            # closed forms for two coefficients, C = [[c00, 0], [c10, c11]]
+            x00 = stats.XtX[j, 0, 0]
+            x10 = stats.XtX[j, 1, 0]
+            x11 = stats.XtX[j, 1, 1]
+            k00 = 1.0 + (c00 * c00 * x00 + 2.0 * c00 * c10 * x10 + c10 * c10 * x11) * inv_s2
+            k10 = (c11 * (c00 * x10 + c10 * x11)) * inv_s2
+            k11 = 1.0 + c11 * c11 * x11 * inv_s2
+            l00 = np.sqrt(k00)
+            l10 = k10 / l00
+            rem = k11 - l10 * l10
+            if not rem > 0.0:
+                return -np.inf, False
+            l11 = np.sqrt(rem)
+            L[0, 0] = l00
+            L[1, 0] = l10
+            L[0, 1] = 0.0
+            L[1, 1] = l11
+            det = k00 * rem
+            # rows of L^{-1} C' / s2 applied to X'y and X'F
+            a0 = c00 * inv_s2 / l00
+            a1 = c10 * inv_s2 / l00
+            b0 = -l10 / l11 * a0
+            b1 = (c11 * inv_s2 - l10 * a1) / l11
+            y0 = stats.Xty[j, 0]
+            y1 = stats.Xty[j, 1]
+            u[0] = a0 * y0 + a1 * y1
+            u[1] = b0 * y0 + b1 * y1
+            for q in range(p):
+                f0 = stats.XtF[j, 0, q]
+                f1 = stats.XtF[j, 1, q]
+                U[0, q] = a0 * f0 + a1 * f1
+                U[1, q] = b0 * f0 + b1 * f1
+        else:
+            # XC = X'WX C, then K = I + C' XC / s2 (lower triangle suffices)
+            for r in range(d):
+                for s in range(d):
+                    t = 0.0
+                    for m in range(s, d):
+                        t += stats.XtX[j, r, m] * C[m, s]
+                    XC[r, s] = t
+            for r in range(d):
+                for s in range(r + 1):
+                    t = 0.0
+                    for m in range(r, d):
+                        t += C[m, r] * XC[m, s]
+                    L[r, s] = t * inv_s2 + (1.0 if r == s else 0.0)
+            if not chol_inplace(L):
+                return -np.inf, False
+            det = 1.0
+            for r in range(d):
+                det *= L[r, r] * L[r, r]
+            for r in range(d):
                 t = 0.0
                 for m in range(r, d):
-                    t += C[m, r] * stats.XtF[j, m, q]
-                U[r, q] = t * inv_s2
-        solve_lower(L, u)
-        solve_lower_cols(L, U)
-        for r in range(d):
-            yVy -= u[r] * u[r]
-        for q in range(p):
-            t = 0.0
-            for r in range(d):
-                t += U[r, q] * u[r]
-            c_out[q] -= t
-            for q2 in range(q + 1):
-                t2 = 0.0
-                for r in range(d):
-                    t2 += U[r, q] * U[r, q2]
-                A[q, q2] -= t2
+                    t += C[m, r] * stats.Xty[j, m]
+                u[r] = t * inv_s2
+                for q in range(p):
+                    t = 0.0
+                    for m in range(r, d):
+                        t += C[m, r] * stats.XtF[j, m, q]
+                    U[r, q] = t * inv_s2
+            solve_lower(L, u)
+            solve_lower_cols(L, U)
+        if det > 1e100:  # logarithms in batches: one per group would dominate when d is small
+            logdet += np.log(det)
+        else:
+            det_prod *= det
+            if det_prod > 1e200:
+                logdet += np.log(det_prod)
+                det_prod = 1.0
+    logdet += np.log(det_prod)
+    for i in range(n_groups * d):
+        yVy -= u_all[i] * u_all[i]
+    UtU = U_all.T @ U_all
+    Utu = U_all.T @ u_all
+    for q in range(p):
+        c_out[q] -= Utu[q]
+        for q2 in range(q + 1):
+            A[q, q2] -= UtU[q, q2]
     if not chol_inplace(A):
         return -np.inf, False
     v = c_out.copy()
@@ -269,35 +325,48 @@ def loglik_given_a(stats, s2, C, r, rtr, L_scratch):
     det_prod = 1.0  # product of det(K_j) >= 1 over groups, logged in batches: one log per many groups
     u = np.empty(d)
     XC = np.empty((d, d))
+    c00 = C[0, 0]
+    c10 = C[1, 0] if d > 1 else 0.0
+    c11 = C[1, 1] if d > 1 else 0.0
     for j in range(n_groups):
-        K = L_scratch[j]
-        for k in range(d):
-            for s in range(d):
-                t = 0.0
-                for m in range(s, d):
-                    t += stats.XtX[j, k, m] * C[m, s]
-                XC[k, s] = t
-        for k in range(d):
-            for s in range(k + 1):
-                t = 0.0
-                for m in range(k, d):
-                    t += C[m, k] * XC[m, s]
-                K[k, s] = t * inv_s2 + (1.0 if k == s else 0.0)
-        for k in range(d):
-            t = 0.0
-            for m in range(k, d):
-                t += C[m, k] * r[j, m]
-            u[k] = t * inv_s2
         # u'K^{-1}u and det(K): closed forms for one and two coefficients (no square roots)
         if d == 1:
-            det = K[0, 0]
-            quad -= u[0] * u[0] / det
+            det = 1.0 + c00 * c00 * stats.XtX[j, 0, 0] * inv_s2
+            u0 = c00 * r[j, 0] * inv_s2
+            quad -= u0 * u0 / det
         elif d == 2:
-            det = K[0, 0] * K[1, 1] - K[1, 0] * K[1, 0]
+            x00 = stats.XtX[j, 0, 0]
+            x10 = stats.XtX[j, 1, 0]
+            x11 = stats.XtX[j, 1, 1]
+            # K = I + C'XC / s2 with C = [[c00, 0], [c10, c11]]
+            k00 = 1.0 + (c00 * c00 * x00 + 2.0 * c00 * c10 * x10 + c10 * c10 * x11) * inv_s2
+            k10 = (c11 * (c00 * x10 + c10 * x11)) * inv_s2
+            k11 = 1.0 + c11 * c11 * x11 * inv_s2
+            det = k00 * k11 - k10 * k10
             if not det > 0.0:
                 return -np.inf, False
-            quad -= (K[1, 1] * u[0] * u[0] - 2.0 * K[1, 0] * u[0] * u[1] + K[0, 0] * u[1] * u[1]) / det
+            u0 = (c00 * r[j, 0] + c10 * r[j, 1]) * inv_s2
+            u1 = c11 * r[j, 1] * inv_s2
+            quad -= (k11 * u0 * u0 - 2.0 * k10 * u0 * u1 + k00 * u1 * u1) / det
         else:
+            K = L_scratch[j]
+            for k in range(d):
+                for s in range(d):
+                    t = 0.0
+                    for m in range(s, d):
+                        t += stats.XtX[j, k, m] * C[m, s]
+                    XC[k, s] = t
+            for k in range(d):
+                for s in range(k + 1):
+                    t = 0.0
+                    for m in range(k, d):
+                        t += C[m, k] * XC[m, s]
+                    K[k, s] = t * inv_s2 + (1.0 if k == s else 0.0)
+            for k in range(d):
+                t = 0.0
+                for m in range(k, d):
+                    t += C[m, k] * r[j, m]
+                u[k] = t * inv_s2
             if not chol_inplace(K):
                 return -np.inf, False
             det = 1.0
