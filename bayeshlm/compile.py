@@ -12,7 +12,7 @@ from samplers.suffstats import compute_suffstats
 from samplers.types import Structure
 
 
-def structure_of(block_sizes, sigma_known):
+def structure_of(block_sizes, sigma_known, diag_scale):
     """Kernel description of the covariance blocks and the layout of ``theta``."""
     block_ptr = np.zeros(len(block_sizes) + 1, dtype=np.int64)
     theta_ptr = np.zeros(len(block_sizes) + 1, dtype=np.int64)
@@ -20,7 +20,26 @@ def structure_of(block_sizes, sigma_known):
     theta_ptr[0] = 0 if sigma_known else 1
     for k, size in enumerate(block_sizes):
         theta_ptr[k + 1] = theta_ptr[k] + size + size * (size - 1) // 2
-    return Structure(block_ptr=block_ptr, theta_ptr=theta_ptr, sigma_known=int(sigma_known))
+    return Structure(
+        block_ptr=block_ptr,
+        theta_ptr=theta_ptr,
+        sigma_known=int(sigma_known),
+        diag_scale=np.ascontiguousarray(diag_scale, dtype=np.float64),
+    )
+
+
+def coefficient_scales(y, X, obs_var=None):
+    """A scale for each random coefficient's SD: ``sd(y) / sd(x)`` (``sd(y)`` for a constant column).
+
+    With known level-1 variances ``sd(y)`` is ``sqrt(var(y) + mean(known variance))``.
+    """
+    y_sd = float(np.std(y))
+    if obs_var is not None:
+        y_sd = float(np.sqrt(y_sd**2 + np.mean(obs_var)))
+    if not y_sd > 0:
+        y_sd = 1.0
+    col_sd = np.std(X, axis=0)
+    return y_sd / np.where(col_sd > 0, col_sd, 1.0)
 
 
 def hlm(formula, data, *, priors=None, known_sd=None, known_var=None, missing="raise"):
@@ -67,7 +86,9 @@ def hlm(formula, data, *, priors=None, known_sd=None, known_var=None, missing="r
     stats = compute_suffstats(
         design.y, design.F, design.X, design.group_idx, design.group_labels.shape[0], weights
     )
-    structure = structure_of(design.block_sizes, sigma_known)
+    structure = structure_of(
+        design.block_sizes, sigma_known, 0.1 * coefficient_scales(design.y, design.X, design.obs_var)
+    )
     defaults = default_priors(
         design.y, design.F, design.fixed_names, design.X, design.coef_names, design.obs_var
     )

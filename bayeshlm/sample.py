@@ -70,7 +70,7 @@ def starting_theta(model, rng, jitter):
             for j in range(i):
                 theta[idx] = rng.uniform(-0.3, 0.3) * tau
                 idx += 1
-            theta[idx] = tau
+            theta[idx] = np.arcsinh(tau / structure.diag_scale[c0 + i])
             idx += 1
     return theta
 

@@ -3,17 +3,23 @@
 ``theta`` holds ``log sigma`` (unless the level-1 variances are known) and, for each
 covariance block ``T_k`` of the group coefficients, the entries of a lower-triangular
 factor ``C_k`` with ``T_k = C_k C_k'``, row by row (``C[0,0], C[1,0], C[1,1], C[2,0], ...``).
-Every entry, diagonal included, is a free real number: flipping the sign of a column of
-``C`` leaves ``T`` unchanged, so the map is ``2^d``-to-one and the prior density of
-``theta`` carries a factor ``2^{-d}``. This is the non-centred view of a variance: a
-standard deviation that shrinks to zero is an ordinary interior point (``C_ii = 0``), so
-the sampler moves through the boundary region as freely as anywhere else, where a log
-scale would stretch it into a funnel.
+Off the diagonal ``theta`` is the entry itself; on the diagonal ``C_ii = s_i sinh(theta)``
+with a fixed scale ``s_i`` (``Structure.diag_scale``, a tenth of the data's scale for that
+coefficient). Every real ``theta`` is valid, and flipping the sign of a column of ``C``
+leaves ``T`` unchanged, so the map is ``2^d``-to-one and the prior density of ``theta``
+carries a factor ``2^{-d}``.
+
+Why this form: near zero, ``sinh`` is linear, so a standard deviation that shrinks to zero
+is an ordinary interior point (the non-centred view of a variance) and the sampler moves
+through the boundary region as freely as anywhere else, where a log scale would stretch
+it into a funnel; far from zero, ``sinh`` is exponential, so a well-determined but skewed
+standard deviation is sampled on an almost logarithmic scale, where its posterior is close
+to symmetric.
 
 The prior is set on the natural scale (standard deviations ``tau_i`` and correlations
 ``R``, or an inverse-Wishart on ``T``); its density on ``theta`` uses the Jacobians
-``|dT / d(tau, R)| = 2^d prod tau_i^d`` and ``|dT / dC| = 2^d prod |C_ii|^(d-i)``
-(``i = 0 .. d-1``).
+``|dT / d(tau, R)| = 2^d prod tau_i^d``, ``|dT / dC| = 2^d prod |C_ii|^(d-i)``
+(``i = 0 .. d-1``) and ``dC_ii / dtheta = s_i cosh(theta)``.
 """
 
 import numpy as np
@@ -84,9 +90,14 @@ def decode_theta(theta, structure, priors, C):
         dk = structure.block_ptr[k + 1] - c0
         idx = structure.theta_ptr[k]
         for i in range(dk):
-            for j in range(i + 1):
+            for j in range(i):
                 C[c0 + i, c0 + j] = theta[idx]
                 idx += 1
+            eta = theta[idx]
+            scale = structure.diag_scale[c0 + i]
+            C[c0 + i, c0 + i] = scale * np.sinh(eta)
+            lp += np.log(scale * np.cosh(eta))
+            idx += 1
         sum_log_cii = 0.0  # sum (d - i) log|C_ii|: the Jacobian of C -> T, over 2^d
         log_det_T = 0.0
         for i in range(dk):
@@ -140,9 +151,11 @@ def encode_theta(s2, T, structure, theta):
             return False
         idx = structure.theta_ptr[k]
         for i in range(dk):
-            for j in range(i + 1):
+            for j in range(i):
                 theta[idx] = Cb[i, j]
                 idx += 1
+            theta[idx] = np.arcsinh(Cb[i, i] / structure.diag_scale[c0 + i])
+            idx += 1
     return True
 
 

@@ -65,11 +65,15 @@ class Structure(NamedTuple):
         ``log sigma`` when sigma is estimated).
     sigma_known : int
         1 when the level-1 variances are known (``s2`` fixed at 1 and the weights carry them).
+    diag_scale : ndarray of shape (n_coef,)
+        Scale ``s_i`` of the diagonal entries of ``C``: ``C_ii = s_i sinh(theta)`` (see
+        :mod:`samplers.theta`).
     """
 
     block_ptr: np.ndarray
     theta_ptr: np.ndarray
     sigma_known: int
+    diag_scale: np.ndarray
 
 
 class Priors(NamedTuple):

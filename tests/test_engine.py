@@ -57,11 +57,15 @@ def spd(rng, d, eps):
     return A @ A.T + eps * np.eye(d)
 
 
+DIAG_SCALE = 0.7  # scale s of the diagonal entries of C: C_ii = s sinh(theta)
+
+
 def make_structure(blocks, sigma_known=0):
     block_ptr = np.concatenate([[0], np.cumsum(blocks)]).astype(np.int64)
     sizes = [dk * (dk + 1) // 2 for dk in blocks]
     theta_ptr = (1 - sigma_known + np.concatenate([[0], np.cumsum(sizes)])).astype(np.int64)
-    return Structure(block_ptr=block_ptr, theta_ptr=theta_ptr, sigma_known=int(sigma_known))
+    return Structure(block_ptr=block_ptr, theta_ptr=theta_ptr, sigma_known=int(sigma_known),
+                     diag_scale=np.full(int(sum(blocks)), DIAG_SCALE))
 
 
 def make_priors(d, p=1, n_blocks=1, *, a_mean=None, a_prec=None, sigma_kind=PRIOR_FLAT,
@@ -102,13 +106,15 @@ def random_factor(rng, blocks, zero_diag=None):
 
 
 def theta_from_factor(C, structure, log_sigma=None):
-    """Row-major lower-triangular entries of each block of ``C`` (after ``log sigma``)."""
+    """Row-major lower-triangular entries of each block of ``C`` (after ``log sigma``),
+    the diagonal ones as ``arcsinh(C_ii / s)``."""
     entries = [] if structure.sigma_known == 1 else [log_sigma]
     bp = structure.block_ptr
     for k in range(bp.shape[0] - 1):
         B = C[bp[k]:bp[k + 1], bp[k]:bp[k + 1]]
         for i in range(B.shape[0]):
-            entries.extend(B[i, :i + 1])
+            entries.extend(B[i, :i])
+            entries.append(np.arcsinh(B[i, i] / structure.diag_scale[bp[k] + i]))
     return np.array(entries, dtype=np.float64)
 
 
@@ -630,6 +636,9 @@ def reference_log_prior(theta, blocks, sigma_known, priors):
         m = dk * (dk + 1) // 2
         Cb[np.tril_indices(dk)] = theta[pos:pos + m]
         pos += m
+        eta = np.diag(Cb).copy()
+        Cb[np.diag_indices(dk)] = DIAG_SCALE * np.sinh(eta)
+        lp += np.sum(np.log(DIAG_SCALE * np.cosh(eta)))  # dC_ii / dtheta
         T = Cb @ Cb.T
         if priors.block_iw[k] == 1:
             Psi = priors.iw_scale[c0:c0 + dk, c0:c0 + dk]
@@ -789,6 +798,7 @@ def test_components_are_sds_and_correlations():
         Cm = np.zeros((3, 3))
         Cm[np.tril_indices(2)] = theta[1:4]
         Cm[2, 2] = theta[4]
+        Cm[np.diag_indices(3)] = DIAG_SCALE * np.sinh(np.diag(Cm))
         T = Cm @ Cm.T
         sd = np.sqrt(np.diag(T))
         assert close(out_s2[s], np.exp(2 * theta[0]), 1e-12)
