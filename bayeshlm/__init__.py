@@ -12,6 +12,22 @@ __version__ = "0.1.0"
 if _sys.version_info < (3, 12):  # pragma: no cover - guarded by requires-python as well
     raise ImportError("bayeshlm needs Python >= 3.12 (ArviZ 1.x does)")
 
+
+def _check_arviz():
+    # ArviZ 0.x installs silently on old setups, and some of its calls then misbehave quietly.
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = version("arviz")
+    except PackageNotFoundError as err:  # pragma: no cover - a declared dependency
+        raise ImportError("bayeshlm needs arviz >= 1.3: pip install 'arviz[matplotlib]>=1.3,<2'") from err
+    major, minor = (int(x) for x in found.split(".")[:2])
+    if (major, minor) < (1, 3) or major >= 2:
+        raise ImportError(f"bayeshlm needs arviz >= 1.3 and < 2, found {found}")
+
+
+_check_arviz()
+
 from bayeshlm.compile import hlm  # noqa: E402
 from bayeshlm.data import DataError, Design  # noqa: E402
 from bayeshlm.datasets import list_datasets, load_dataset  # noqa: E402

@@ -1,4 +1,8 @@
-"""Raw draws + labels -> ArviZ ``DataTree`` (the only module of the sampler path importing ArviZ)."""
+"""Raw draws + labels -> ArviZ ``DataTree`` (the only module of the sampler path importing ArviZ).
+
+Only ``arviz_base`` is needed to build the result; the heavier ArviZ modules (statistics,
+plots) are imported where summaries and diagnostics are made.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,9 @@ import platform
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import arviz_base
 import numpy as np
+import xarray as xr
 
 from samplers.loglik import loglik_draws
 from samplers.theta import components
@@ -21,10 +27,10 @@ def dim_name(factor):
 
 
 def _versions():
-    import arviz
+    from importlib.metadata import version
+
     import numba
     import scipy
-    import xarray
 
     from bayeshlm import __version__
 
@@ -33,8 +39,9 @@ def _versions():
         "numpy": np.__version__,
         "scipy": scipy.__version__,
         "numba": numba.__version__,
-        "xarray": xarray.__version__,
-        "arviz": arviz.__version__,
+        "xarray": xr.__version__,
+        "arviz": version("arviz"),
+        "arviz_base": arviz_base.__version__,
         "python": platform.python_version(),
     }
 
@@ -171,14 +178,11 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
 
 def _build(groups, coords, attrs):
     """One ``DataTree`` from ``{group: (variables, dims)}``; each group gets only its coords."""
-    import arviz as az
-    import xarray as xr
-
     nodes = {}
     for group, (variables, dims) in groups.items():
         used = {dim for names in dims.values() for dim in names}
         extra = {} if group in ("posterior", "sample_stats", "log_likelihood") else {"sample_dims": []}
-        tree = az.from_dict(
+        tree = arviz_base.from_dict(
             {group: variables},
             coords={k: v for k, v in coords.items() if k in used},
             dims=dims,
