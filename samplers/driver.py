@@ -48,8 +48,8 @@ def init_state(rng, theta0, stats, structure, priors, init_step=0.1):
         theta=np.array(theta0, dtype=np.float64),
         a=np.zeros(p),
         b=np.zeros((n_groups, d)),
-        scal=np.zeros(5),
-        ibuf=np.zeros(4, dtype=np.int64),
+        scal=np.zeros(7),
+        ibuf=np.zeros(3, dtype=np.int64),
         C_buf=np.zeros((2, d, d)),
         r_buf=np.zeros((n_groups, d)),
         L_buf=np.zeros((2, n_groups, d, d)),
@@ -68,7 +68,7 @@ def init_state(rng, theta0, stats, structure, priors, init_step=0.1):
 @njit(cache=True, nogil=True)
 def run_chain(rng, state, stats, structure, priors, method, mh_steps, warmup, thin, stop,
               out_theta, out_a, out_b, out_lp, out_acc):
-    """Run sweeps until ``state.ibuf[1] == stop``, storing every ``thin``-th kept draw.
+    """Run sweeps until ``stop`` sweeps are done, storing every ``thin``-th kept draw.
 
     Outputs are indexed by kept draw ``k = (iteration - warmup) // thin``; ``out_b`` may hold
     fewer draws than the others (none, to keep no group coefficients).

@@ -9,9 +9,12 @@ a sweep. The sweep then draws the fixed effects and group coefficients jointly g
 unconstrained ``theta``; during warm-up only, its covariance is learnt from the chain in
 three windows (Haario, Saksman & Tamminen 2001) and its scale by Robbins-Monro towards
 an acceptance rate suited to the dimension. The last window also fits a multivariate-t
-independence proposal (mean and covariance of the window's draws); from then on the moves
+independence proposal (mean and covariance of the window's draws, each brought to the
+mirror image of ``C`` with a non-negative diagonal; a proposal then applies a random sign
+pattern, so that it covers every mirror image of the mode); from then on the moves
 alternate between the two proposals, each a valid Metropolis-Hastings kernel for the same
-target. When the posterior of ``theta`` is close to Gaussian, as with many groups, the
+target, unless the independence moves are accepted less than 15% of the time in the last
+tenth of warm-up, in which case the chain keeps the random walk alone. When the posterior of ``theta`` is close to Gaussian, as with many groups, the
 independence moves are accepted most of the time and give nearly independent draws; the
 random walk keeps the chain moving where the fit is poor. After warm-up both proposals are
 frozen, so the kept draws come from a fixed, valid kernel.
@@ -21,13 +24,14 @@ import numpy as np
 from numba import njit
 
 from samplers.linalg import chol_inplace
-from samplers.theta import decode_theta
+from samplers.theta import decode_theta, flip_columns
 from samplers.tree import loglik_given_a
 
 # ibuf slots of ChainState
-ITER, WIN_COUNT, LAST_RESET = 1, 2, 3
+ITER, WIN_COUNT, LAST_RESET = 0, 1, 2
 # scal slots of ChainState
-LP, LP_COND, LOG_SCALE, FAILED, RTR = 0, 1, 2, 3, 4
+LP, LP_COND, LOG_SCALE, FAILED, RTR, IND_ACC, IND_N = 0, 1, 2, 3, 4, 5, 6
+IND_MIN_ACCEPT = 0.15  # below this in the last tenth of warm-up, the independence proposal is dropped
 SCRATCH = 1  # buffer slot used by the moves; slot 0 holds the factors of the current draw
 
 
@@ -79,10 +83,11 @@ def mh_step(rng, state, stats, structure, priors):
 
 
 IND_NU = 5.0  # degrees of freedom of the independence proposal: tails heavier than the target's
+MAX_FLIP_COEFS = 8  # up to 2^8 sign patterns are summed in the proposal density
 
 
 @njit(cache=True, nogil=True)
-def _ind_log_density(state, x):
+def _t_log_density(state, x):
     n = x.shape[0]
     r = x - state.ind_mean
     # r <- L^{-1} r
@@ -98,11 +103,39 @@ def _ind_log_density(state, x):
 
 
 @njit(cache=True, nogil=True)
+def _n_patterns(structure):
+    d = structure.block_ptr[-1]
+    return 1 << d if d <= MAX_FLIP_COEFS else 1
+
+
+@njit(cache=True, nogil=True)
+def _ind_log_density(state, structure, x):
+    """Log density (up to a constant) of the proposal: the fitted t under a random sign pattern.
+
+    The target is symmetric under sign flips of the columns of ``C``; the t is fitted to
+    draws brought to the canonical representative (non-negative diagonal), and a proposal
+    applies a uniformly chosen flip pattern, so it reaches every mirror image of the mode.
+    Its density is the average of the t density over the patterns (each flip is its own
+    inverse).
+    """
+    n_pat = _n_patterns(structure)
+    if n_pat == 1:
+        return _t_log_density(state, x)
+    y = np.empty_like(x)
+    vals = np.empty(n_pat)
+    for mask in range(n_pat):
+        flip_columns(x, structure, mask, y)
+        vals[mask] = _t_log_density(state, y)
+    top = vals.max()
+    return top + np.log(np.mean(np.exp(vals - top)))
+
+
+@njit(cache=True, nogil=True)
 def independence_step(rng, state, stats, structure, priors):
     """One independence move from the fitted multivariate t; returns the acceptance probability."""
     n = state.theta.shape[0]
     w = np.sqrt(IND_NU / (2.0 * rng.standard_gamma(0.5 * IND_NU)))
-    prop = state.ind_mean.copy()
+    draw = state.ind_mean.copy()
     z = np.empty(n)
     for i in range(n):
         z[i] = rng.standard_normal()
@@ -110,10 +143,13 @@ def independence_step(rng, state, stats, structure, priors):
         t = 0.0
         for k in range(i + 1):
             t += state.ind_chol[i, k] * z[k]
-        prop[i] += w * t
+        draw[i] += w * t
+    n_pat = _n_patterns(structure)
+    prop = np.empty(n)
+    flip_columns(draw, structure, rng.integers(0, n_pat) if n_pat > 1 else 0, prop)
     lp_new = log_target(prop, stats, structure, priors, state)
-    log_alpha = (lp_new - _ind_log_density(state, prop)) - (
-        state.scal[LP_COND] - _ind_log_density(state, state.theta)
+    log_alpha = (lp_new - _ind_log_density(state, structure, prop)) - (
+        state.scal[LP_COND] - _ind_log_density(state, structure, state.theta)
     )
     alpha = 1.0 if log_alpha >= 0.0 else np.exp(log_alpha)
     if np.log(rng.random()) < log_alpha:
@@ -129,8 +165,13 @@ def window_ends(warmup):
 
 
 @njit(cache=True, nogil=True)
-def adapt(state, alpha, warmup):
-    """Warm-up adaptation after one MH move at the current iteration."""
+def adapt(state, structure, alpha, warmup):
+    """Warm-up adaptation after one MH move at the current iteration.
+
+    The window statistics are taken on the canonical representative of ``theta``
+    (non-negative diagonal of ``C``), so a chain that visits several mirror images of the
+    mode still learns the shape of one.
+    """
     n = state.theta.shape[0]
     it = state.ibuf[ITER]
     t = it - state.ibuf[LAST_RESET] + 1.0
@@ -139,14 +180,16 @@ def adapt(state, alpha, warmup):
     if it < w0 or it >= w3:
         return
     # Welford update of the window's mean and scatter
+    x = np.empty(n)
+    flip_columns(state.theta, structure, -1, x)
     state.ibuf[WIN_COUNT] += 1
     m = state.ibuf[WIN_COUNT]
-    delta = state.theta - state.ad_mean
+    delta = x - state.ad_mean
     for i in range(n):
         state.ad_mean[i] += delta[i] / m
     for i in range(n):
         for k in range(n):
-            state.ad_cov[i, k] += delta[i] * (state.theta[k] - state.ad_mean[k])
+            state.ad_cov[i, k] += delta[i] * (x[k] - state.ad_mean[k])
 
 
 @njit(cache=True, nogil=True)
@@ -155,6 +198,11 @@ def end_of_iteration(state, warmup):
     n = state.theta.shape[0]
     it = state.ibuf[ITER]
     w0, w1, w2, w3 = window_ends(warmup)
+    if it + 1 == warmup and state.scal[IND_N] > 0:
+        # a fit that is rarely accepted (a chain that was still settling in the last window)
+        # would only slow the chain down: keep the random walk alone
+        if state.scal[IND_ACC] / state.scal[IND_N] < IND_MIN_ACCEPT:
+            state.ind_chol[:, :] = 0.0
     if it + 1 != w1 and it + 1 != w2 and it + 1 != w3:
         return
     m = state.ibuf[WIN_COUNT]

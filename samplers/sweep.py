@@ -4,7 +4,19 @@ import numpy as np
 from numba import njit
 
 from samplers.gibbs import update_s2, update_T
-from samplers.mh import FAILED, LP, LP_COND, RTR, adapt, independence_step, log_target, mh_step
+from samplers.mh import (
+    FAILED,
+    IND_ACC,
+    IND_N,
+    ITER,
+    LP,
+    LP_COND,
+    RTR,
+    adapt,
+    independence_step,
+    log_target,
+    mh_step,
+)
 from samplers.theta import decode_theta, encode_theta
 from samplers.tree import draw_coefficients, residual_stats, upward
 
@@ -51,21 +63,24 @@ def sweep(rng, state, stats, structure, priors, method, mh_steps, warmup):
     -------
     float
         Mean acceptance probability of the variance-component moves in this sweep
-        (``nan`` when the sweep failed; ``state.scal[3]`` is then set).
+        (``nan`` when the sweep failed; the failure flag ``state.scal[3]`` is then set).
     """
     if method == METHOD_MH:
         state.scal[RTR] = residual_stats(stats, state.a, state.r_buf)
         state.scal[LP_COND] = log_target(state.theta, stats, structure, priors, state)
-        adapting = state.ibuf[1] < warmup
+        adapting = state.ibuf[ITER] < warmup
         use_ind = state.ind_chol[0, 0] > 0.0
         acc = 0.0
         for s in range(mh_steps):
             if use_ind and s % 3 != 2:
                 alpha = independence_step(rng, state, stats, structure, priors)
+                if adapting:
+                    state.scal[IND_ACC] += alpha
+                    state.scal[IND_N] += 1.0
             else:
                 alpha = mh_step(rng, state, stats, structure, priors)
                 if adapting:
-                    adapt(state, alpha, warmup)
+                    adapt(state, structure, alpha, warmup)
             acc += alpha
         acc /= mh_steps
     else:

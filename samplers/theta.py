@@ -213,3 +213,30 @@ def components(theta_draws, structure, priors, out_s2, out_sd, out_corr):
                 for m in range(min(i, j) + 1):
                     t += T_chol[i, m] * T_chol[j, m]
                 out_corr[s, i, j] = t / (out_sd[s, i] * out_sd[s, j])
+
+
+@njit(cache=True, nogil=True)
+def flip_columns(theta, structure, mask, out):
+    """``theta`` of ``C`` with the columns in bit mask ``mask`` negated (same ``T``, same density).
+
+    Negating column ``i`` of ``C`` negates ``C_ii`` (so its ``arcsinh`` entry) and the entries
+    below it in its block. The map is an involution. With ``mask < 0``, every column whose
+    diagonal entry is negative is flipped instead (the canonical representative, diagonal
+    ``>= 0``).
+    """
+    out[:] = theta
+    n_blocks = structure.block_ptr.shape[0] - 1
+    for k in range(n_blocks):
+        c0 = structure.block_ptr[k]
+        dk = structure.block_ptr[k + 1] - c0
+        t0 = structure.theta_ptr[k]
+        for col in range(dk):
+            diag_idx = t0 + col * (col + 1) // 2 + col
+            if mask < 0:
+                flip = theta[diag_idx] < 0.0
+            else:
+                flip = (mask >> (c0 + col)) & 1 == 1
+            if flip:
+                for row in range(col, dk):
+                    idx = t0 + row * (row + 1) // 2 + col
+                    out[idx] = -theta[idx]

@@ -125,12 +125,12 @@ class ChainState(NamedTuple):
         Fixed effects.
     b : ndarray of shape (n_groups, n_coef)
         Group coefficients (deviations from the fixed part).
-    scal : ndarray of shape (5,)
+    scal : ndarray of shape (7,)
         ``[log p(theta | y), log p(theta | a, y), MH log step scale, failure flag,
-        (y - F a)'W(y - F a)]``.
-    ibuf : ndarray of int64, shape (4,)
-        ``[unused, iterations done, draws in the adaptation window, iteration of the last
-        proposal reset]``.
+        (y - F a)'W(y - F a), summed acceptance and count of independence moves in
+        warm-up]``.
+    ibuf : ndarray of int64, shape (3,)
+        ``[sweeps done, draws in the adaptation window, sweep of the last proposal reset]``.
     C_buf : ndarray of shape (2, n_coef, n_coef)
         Factor ``C`` of the group covariance ``T = C C'`` (slot 0: current draw, slot 1:
         scratch for proposals).
