@@ -945,3 +945,30 @@ def test_import_samplers_pulls_in_no_frontend_modules():
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                          timeout=300, check=True)
     assert res.stdout.strip() == "", res.stdout
+
+
+def test_flip_columns_is_a_symmetry_and_an_involution():
+    """Every sign pattern leaves T and the prior density unchanged; flipping twice is the identity;
+    the canonical representative (mask -1) has a non-negative diagonal and the same T."""
+    from samplers.theta import flip_columns
+
+    rng = np.random.default_rng(31)
+    blocks = (2, 1, 3)
+    d = sum(blocks)
+    structure = make_structure(blocks)
+    priors = make_priors(d, n_blocks=len(blocks), sd_kind=[PRIOR_HALF_T] * d, sd_par=[(3.0, 1.0)] * d,
+                         block_eta=np.array([2.0, 1.0, 1.5]))
+    theta = theta_from_factor(random_factor(rng, blocks), structure, log_sigma=0.2)
+    C0 = np.empty((d, d))
+    _, lp0 = decode_theta(theta, structure, priors, C0)
+    flipped, back, C = np.empty_like(theta), np.empty_like(theta), np.empty((d, d))
+    for mask in list(range(1 << d)) + [-1]:
+        flip_columns(theta, structure, mask, flipped)
+        _, lp = decode_theta(flipped, structure, priors, C)
+        assert abs(lp - lp0) <= 1e-12 * max(1.0, abs(lp0))
+        np.testing.assert_allclose(C @ C.T, C0 @ C0.T, rtol=1e-13, atol=1e-14)
+        if mask >= 0:
+            flip_columns(flipped, structure, mask, back)
+            np.testing.assert_array_equal(back, theta)
+        else:
+            assert np.all(np.diag(C) >= 0)
