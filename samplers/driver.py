@@ -7,6 +7,7 @@ chunks Python reports progress and can stop the run (Ctrl-C) keeping what was dr
 """
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
@@ -48,7 +49,7 @@ def init_state(rng, theta0, stats, structure, priors, init_step=0.1):
         theta=np.array(theta0, dtype=np.float64),
         a=np.zeros(p),
         b=np.zeros((n_groups, d)),
-        scal=np.zeros(7),
+        scal=np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, np.nan]),
         ibuf=np.zeros(3, dtype=np.int64),
         C_buf=np.zeros((2, d, d)),
         r_buf=np.zeros((n_groups, d)),
@@ -105,7 +106,8 @@ class ChainOutput:
 
 
 def run_chains(rngs, states, stats, structure, priors, *, method, mh_steps, warmup, draws,
-               thin=1, keep_group_draws=True, n_threads=None, chunk=50, progress=None):
+               thin=1, keep_group_draws=True, n_threads=None, chunk_seconds=0.2, min_chunk=10,
+               progress=None):
     """Run independent chains, in threads, into freshly allocated outputs.
 
     Parameters
@@ -126,9 +128,12 @@ def run_chains(rngs, states, stats, structure, priors, *, method, mh_steps, warm
         Store the group coefficients of every kept draw.
     n_threads : int, optional
         Threads (default: one per chain, at most the number of CPUs).
-    chunk : int
-        Sweeps per compiled call, between which progress is reported and a stop request
-        is honoured.
+    chunk_seconds : float
+        Aimed duration of one compiled call; between calls progress is reported and a stop
+        request (Ctrl-C) is honoured. Calls start at ``min_chunk`` sweeps and double in
+        length while they are shorter than half of this.
+    min_chunk : int
+        Sweeps in the first call.
     progress : callable, optional
         ``progress(chain, n_sweeps_done_in_this_chunk)``, called from worker threads.
 
@@ -154,11 +159,17 @@ def run_chains(rngs, states, stats, structure, priors, *, method, mh_steps, warm
 
     def work(c):
         rng, state, out = rngs[c], states[c], outputs[c]
+        n_sweeps = min_chunk
         while state.ibuf[ITER] < total and not stop_event.is_set():
             start = int(state.ibuf[ITER])
-            stop = min(total, start + chunk)
+            stop = min(total, start + n_sweeps)
+            t0 = time.perf_counter()
             run_chain(rng, state, stats, structure, priors, method, mh_steps, warmup, thin, stop,
                       out.theta, out.a, out.b, out.lp, out.accept)
+            # Each call costs a fixed overhead (passing the model in): grow the chunks until
+            # a call lasts about chunk_seconds. The draws do not depend on the chunking.
+            if time.perf_counter() - t0 < 0.5 * chunk_seconds:
+                n_sweeps *= 2
             out.iterations = int(state.ibuf[ITER])
             if state.scal[FAILED] != 0.0:
                 out.failed = True

@@ -24,13 +24,13 @@ import numpy as np
 from numba import njit
 
 from samplers.linalg import chol_inplace
-from samplers.theta import decode_theta, flip_columns
+from samplers.theta import canonical_mask, decode_theta, flip_columns
 from samplers.tree import loglik_given_a
 
 # ibuf slots of ChainState
 ITER, WIN_COUNT, LAST_RESET = 0, 1, 2
 # scal slots of ChainState
-LP, LP_COND, LOG_SCALE, FAILED, RTR, IND_ACC, IND_N = 0, 1, 2, 3, 4, 5, 6
+LP, LP_COND, LOG_SCALE, FAILED, RTR, IND_ACC, IND_N, IND_LQ = 0, 1, 2, 3, 4, 5, 6, 7
 IND_MIN_ACCEPT = 0.15  # below this in the last tenth of warm-up, the independence proposal is dropped
 SCRATCH = 1  # buffer slot used by the moves; slot 0 holds the factors of the current draw
 
@@ -79,27 +79,12 @@ def mh_step(rng, state, stats, structure, priors):
     if np.log(rng.random()) < log_alpha:
         state.theta[:] = prop
         state.scal[LP_COND] = lp_new
+        state.scal[IND_LQ] = np.nan
     return alpha
 
 
 IND_NU = 5.0  # degrees of freedom of the independence proposal: tails heavier than the target's
 MAX_FLIP_COEFS = 8  # up to 2^8 sign patterns are summed in the proposal density
-
-
-@njit(cache=True, nogil=True)
-def _t_log_density(state, x):
-    n = x.shape[0]
-    r = x - state.ind_mean
-    # r <- L^{-1} r
-    for i in range(n):
-        t = r[i]
-        for k in range(i):
-            t -= state.ind_chol[i, k] * r[k]
-        r[i] = t / state.ind_chol[i, i]
-    q = 0.0
-    for i in range(n):
-        q += r[i] * r[i]
-    return -0.5 * (IND_NU + n) * np.log1p(q / IND_NU)
 
 
 @njit(cache=True, nogil=True)
@@ -109,25 +94,38 @@ def _n_patterns(structure):
 
 
 @njit(cache=True, nogil=True)
-def _ind_log_density(state, structure, x):
+def _ind_log_density(state, structure, x, r):
     """Log density (up to a constant) of the proposal: the fitted t under a random sign pattern.
 
     The target is symmetric under sign flips of the columns of ``C``; the t is fitted to
     draws brought to the canonical representative (non-negative diagonal), and a proposal
     applies a uniformly chosen flip pattern, so it reaches every mirror image of the mode.
     Its density is the average of the t density over the patterns (each flip is its own
-    inverse).
+    inverse). ``r`` is work space of the size of ``x``.
     """
-    n_pat = _n_patterns(structure)
-    if n_pat == 1:
-        return _t_log_density(state, x)
-    y = np.empty_like(x)
-    vals = np.empty(n_pat)
-    for mask in range(n_pat):
-        flip_columns(x, structure, mask, y)
-        vals[mask] = _t_log_density(state, y)
-    top = vals.max()
-    return top + np.log(np.mean(np.exp(vals - top)))
+    n = x.shape[0]
+    top = -np.inf
+    total = 0.0
+    for mask in range(_n_patterns(structure)):
+        for i in range(n):
+            col = structure.theta_col[i]
+            flipped = col >= 0 and (mask >> col) & 1 == 1
+            r[i] = (-x[i] if flipped else x[i]) - state.ind_mean[i]
+        q = 0.0
+        for i in range(n):  # r <- L^{-1} r, accumulating r'r
+            t = r[i]
+            for k in range(i):
+                t -= state.ind_chol[i, k] * r[k]
+            t /= state.ind_chol[i, i]
+            r[i] = t
+            q += t * t
+        v = -0.5 * (IND_NU + n) * np.log1p(q / IND_NU)
+        if v > top:  # running log-sum-exp
+            total = total * np.exp(top - v) + 1.0
+            top = v
+        else:
+            total += np.exp(v - top)
+    return top + np.log(total)
 
 
 @njit(cache=True, nogil=True)
@@ -148,13 +146,15 @@ def independence_step(rng, state, stats, structure, priors):
     prop = np.empty(n)
     flip_columns(draw, structure, rng.integers(0, n_pat) if n_pat > 1 else 0, prop)
     lp_new = log_target(prop, stats, structure, priors, state)
-    log_alpha = (lp_new - _ind_log_density(state, structure, prop)) - (
-        state.scal[LP_COND] - _ind_log_density(state, structure, state.theta)
-    )
+    lq_new = _ind_log_density(state, structure, prop, z)
+    if np.isnan(state.scal[IND_LQ]):
+        state.scal[IND_LQ] = _ind_log_density(state, structure, state.theta, z)
+    log_alpha = (lp_new - lq_new) - (state.scal[LP_COND] - state.scal[IND_LQ])
     alpha = 1.0 if log_alpha >= 0.0 else np.exp(log_alpha)
     if np.log(rng.random()) < log_alpha:
         state.theta[:] = prop
         state.scal[LP_COND] = lp_new
+        state.scal[IND_LQ] = lq_new
     return alpha
 
 
@@ -181,7 +181,7 @@ def adapt(state, structure, alpha, warmup):
         return
     # Welford update of the window's mean and scatter
     x = np.empty(n)
-    flip_columns(state.theta, structure, -1, x)
+    flip_columns(state.theta, structure, canonical_mask(state.theta, structure), x)
     state.ibuf[WIN_COUNT] += 1
     m = state.ibuf[WIN_COUNT]
     delta = x - state.ad_mean
@@ -203,6 +203,7 @@ def end_of_iteration(state, warmup):
         # would only slow the chain down: keep the random walk alone
         if state.scal[IND_ACC] / state.scal[IND_N] < IND_MIN_ACCEPT:
             state.ind_chol[:, :] = 0.0
+            state.scal[IND_LQ] = np.nan
     if it + 1 != w1 and it + 1 != w2 and it + 1 != w3:
         return
     m = state.ibuf[WIN_COUNT]
@@ -221,6 +222,7 @@ def end_of_iteration(state, warmup):
             if chol_inplace(C):
                 state.ind_chol[:, :] = C
                 state.ind_mean[:] = state.ad_mean
+                state.scal[IND_LQ] = np.nan
     state.ibuf[WIN_COUNT] = 0
     state.ad_mean[:] = 0.0
     state.ad_cov[:, :] = 0.0

@@ -216,27 +216,26 @@ def components(theta_draws, structure, priors, out_s2, out_sd, out_corr):
 
 
 @njit(cache=True, nogil=True)
+def canonical_mask(theta, structure):
+    """Bit mask of the columns of ``C`` whose diagonal entry is negative."""
+    mask = 0
+    for col in range(structure.diag_idx.shape[0]):
+        if theta[structure.diag_idx[col]] < 0.0:
+            mask |= 1 << col
+    return mask
+
+
+@njit(cache=True, nogil=True)
 def flip_columns(theta, structure, mask, out):
     """``theta`` of ``C`` with the columns in bit mask ``mask`` negated (same ``T``, same density).
 
     Negating column ``i`` of ``C`` negates ``C_ii`` (so its ``arcsinh`` entry) and the entries
-    below it in its block. The map is an involution. With ``mask < 0``, every column whose
-    diagonal entry is negative is flipped instead (the canonical representative, diagonal
-    ``>= 0``).
+    below it in its block. The map is an involution; ``canonical_mask(theta)`` gives the
+    canonical representative, with a non-negative diagonal.
     """
-    out[:] = theta
-    n_blocks = structure.block_ptr.shape[0] - 1
-    for k in range(n_blocks):
-        c0 = structure.block_ptr[k]
-        dk = structure.block_ptr[k + 1] - c0
-        t0 = structure.theta_ptr[k]
-        for col in range(dk):
-            diag_idx = t0 + col * (col + 1) // 2 + col
-            if mask < 0:
-                flip = theta[diag_idx] < 0.0
-            else:
-                flip = (mask >> (c0 + col)) & 1 == 1
-            if flip:
-                for row in range(col, dk):
-                    idx = t0 + row * (row + 1) // 2 + col
-                    out[idx] = -theta[idx]
+    for i in range(theta.shape[0]):
+        col = structure.theta_col[i]
+        if col >= 0 and (mask >> col) & 1 == 1:
+            out[i] = -theta[i]
+        else:
+            out[i] = theta[i]

@@ -68,12 +68,18 @@ class Structure(NamedTuple):
     diag_scale : ndarray of shape (n_coef,)
         Scale ``s_i`` of the diagonal entries of ``C``: ``C_ii = s_i sinh(theta)`` (see
         :mod:`samplers.theta`).
+    theta_col : ndarray of int64, shape (n_theta,)
+        Column of ``C`` holding each entry of ``theta`` (-1 for ``log sigma``).
+    diag_idx : ndarray of int64, shape (n_coef,)
+        Position in ``theta`` of each diagonal entry of ``C``.
     """
 
     block_ptr: np.ndarray
     theta_ptr: np.ndarray
     sigma_known: int
     diag_scale: np.ndarray
+    theta_col: np.ndarray
+    diag_idx: np.ndarray
 
 
 class Priors(NamedTuple):
@@ -125,10 +131,10 @@ class ChainState(NamedTuple):
         Fixed effects.
     b : ndarray of shape (n_groups, n_coef)
         Group coefficients (deviations from the fixed part).
-    scal : ndarray of shape (7,)
+    scal : ndarray of shape (8,)
         ``[log p(theta | y), log p(theta | a, y), MH log step scale, failure flag,
         (y - F a)'W(y - F a), summed acceptance and count of independence moves in
-        warm-up]``.
+        warm-up, independence-proposal log density at theta (nan when not known)]``.
     ibuf : ndarray of int64, shape (3,)
         ``[sweeps done, draws in the adaptation window, sweep of the last proposal reset]``.
     C_buf : ndarray of shape (2, n_coef, n_coef)

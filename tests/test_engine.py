@@ -64,8 +64,16 @@ def make_structure(blocks, sigma_known=0):
     block_ptr = np.concatenate([[0], np.cumsum(blocks)]).astype(np.int64)
     sizes = [dk * (dk + 1) // 2 for dk in blocks]
     theta_ptr = (1 - sigma_known + np.concatenate([[0], np.cumsum(sizes)])).astype(np.int64)
+    theta_col = np.full(theta_ptr[-1], -1, dtype=np.int64)
+    diag_idx = np.zeros(block_ptr[-1], dtype=np.int64)
+    for k, dk in enumerate(blocks):
+        rows, cols = np.tril_indices(dk)  # row-major order, as theta stores them
+        idx = theta_ptr[k] + np.arange(rows.size)
+        theta_col[idx] = block_ptr[k] + cols
+        diag_idx[block_ptr[k]:block_ptr[k + 1]] = idx[rows == cols]
     return Structure(block_ptr=block_ptr, theta_ptr=theta_ptr, sigma_known=int(sigma_known),
-                     diag_scale=np.full(int(sum(blocks)), DIAG_SCALE))
+                     diag_scale=np.full(int(sum(blocks)), DIAG_SCALE), theta_col=theta_col,
+                     diag_idx=diag_idx)
 
 
 def make_priors(d, p=1, n_blocks=1, *, a_mean=None, a_prec=None, sigma_kind=PRIOR_FLAT,
@@ -949,8 +957,8 @@ def test_import_samplers_pulls_in_no_frontend_modules():
 
 def test_flip_columns_is_a_symmetry_and_an_involution():
     """Every sign pattern leaves T and the prior density unchanged; flipping twice is the identity;
-    the canonical representative (mask -1) has a non-negative diagonal and the same T."""
-    from samplers.theta import flip_columns
+    the canonical representative has a non-negative diagonal and the same T."""
+    from samplers.theta import canonical_mask, flip_columns
 
     rng = np.random.default_rng(31)
     blocks = (2, 1, 3)
@@ -963,7 +971,7 @@ def test_flip_columns_is_a_symmetry_and_an_involution():
     _, lp0 = decode_theta(theta, structure, priors, C0)
     flipped, back, C = np.empty_like(theta), np.empty_like(theta), np.empty((d, d))
     for mask in list(range(1 << d)) + [-1]:
-        flip_columns(theta, structure, mask, flipped)
+        flip_columns(theta, structure, canonical_mask(theta, structure) if mask < 0 else mask, flipped)
         _, lp = decode_theta(flipped, structure, priors, C)
         assert abs(lp - lp0) <= 1e-12 * max(1.0, abs(lp0))
         np.testing.assert_allclose(C @ C.T, C0 @ C0.T, rtol=1e-13, atol=1e-14)
