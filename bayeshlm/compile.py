@@ -20,23 +20,25 @@ def structure_of(block_sizes, sigma_known, diag_scale):
     theta_ptr[0] = 0 if sigma_known else 1
     for k, size in enumerate(block_sizes):
         theta_ptr[k + 1] = theta_ptr[k] + size + size * (size - 1) // 2
-    theta_col = np.full(theta_ptr[-1], -1, dtype=np.int64)
-    diag_idx = np.zeros(block_ptr[-1], dtype=np.int64)
+    flip_bits = np.zeros(theta_ptr[-1], dtype=np.int64)
+    sd_idx = np.zeros(block_ptr[-1], dtype=np.int64)
     for k, size in enumerate(block_sizes):
-        idx = theta_ptr[k]
+        c0, t0 = block_ptr[k], theta_ptr[k]
         for i in range(size):
-            for j in range(i + 1):
-                theta_col[idx] = block_ptr[k] + j
-                if j == i:
-                    diag_idx[block_ptr[k] + i] = idx
+            sd_idx[c0 + i] = t0 + i
+            flip_bits[t0 + i] = 1 << (c0 + i)
+        idx = t0 + size
+        for i in range(size):
+            for j in range(i):
+                flip_bits[idx] = (1 << (c0 + i)) | (1 << (c0 + j))
                 idx += 1
     return Structure(
         block_ptr=block_ptr,
         theta_ptr=theta_ptr,
         sigma_known=int(sigma_known),
         diag_scale=np.ascontiguousarray(diag_scale, dtype=np.float64),
-        theta_col=theta_col,
-        diag_idx=diag_idx,
+        flip_bits=flip_bits,
+        sd_idx=sd_idx,
     )
 
 

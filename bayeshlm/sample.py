@@ -63,15 +63,13 @@ def starting_theta(model, rng, jitter):
     X = model.design.X
     for k in range(len(structure.block_ptr) - 1):
         c0, c1 = structure.block_ptr[k], structure.block_ptr[k + 1]
-        idx = structure.theta_ptr[k]
+        t0 = structure.theta_ptr[k]
         for i in range(c1 - c0):
             col_sd = float(np.std(X[:, c0 + i]))
             tau = 0.5 * scale / (col_sd if col_sd > 0 else 1.0) * np.exp(rng.uniform(-jitter, jitter))
-            for j in range(i):
-                theta[idx] = rng.uniform(-0.3, 0.3) * tau
-                idx += 1
-            theta[idx] = np.arcsinh(tau / structure.diag_scale[c0 + i])
-            idx += 1
+            theta[t0 + i] = np.arcsinh(tau / structure.diag_scale[c0 + i])
+        n_corr = structure.theta_ptr[k + 1] - t0 - (c1 - c0)
+        theta[t0 + (c1 - c0) : structure.theta_ptr[k + 1]] = rng.uniform(-0.3, 0.3, size=n_corr)
     return theta
 
 

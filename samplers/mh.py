@@ -107,10 +107,9 @@ def _ind_log_density(state, structure, x, r):
     top = -np.inf
     total = 0.0
     for mask in range(_n_patterns(structure)):
+        flip_columns(x, structure, mask, r)
         for i in range(n):
-            col = structure.theta_col[i]
-            flipped = col >= 0 and (mask >> col) & 1 == 1
-            r[i] = (-x[i] if flipped else x[i]) - state.ind_mean[i]
+            r[i] -= state.ind_mean[i]
         q = 0.0
         for i in range(n):  # r <- L^{-1} r, accumulating r'r
             t = r[i]

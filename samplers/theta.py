@@ -1,25 +1,31 @@
 """The variance components and their unconstrained parameterisation.
 
 ``theta`` holds ``log sigma`` (unless the level-1 variances are known) and, for each
-covariance block ``T_k`` of the group coefficients, the entries of a lower-triangular
-factor ``C_k`` with ``T_k = C_k C_k'``, row by row (``C[0,0], C[1,0], C[1,1], C[2,0], ...``).
-Off the diagonal ``theta`` is the entry itself; on the diagonal ``C_ii = s_i sinh(theta)``
-with a fixed scale ``s_i`` (``Structure.diag_scale``, a tenth of the data's scale for that
-coefficient). Every real ``theta`` is valid, and flipping the sign of a column of ``C``
-leaves ``T`` unchanged, so the map is ``2^d``-to-one and the prior density of ``theta``
-carries a factor ``2^{-d}``.
+covariance block ``T_k = D R D`` of the group coefficients, first one entry per standard
+deviation, ``tau_i = s_i sinh(theta)`` with a fixed scale ``s_i`` (``Structure.diag_scale``,
+a tenth of the data's scale for that coefficient), then the hyperbolic arctangents of the
+canonical partial correlations of ``R`` (Lewandowski, Kurowicka & Joe 2009), row by row.
+The kernels receive the factor ``C = D L`` (``L`` the Cholesky factor of ``R``), so that
+``T = C C'``.
 
-Why this form: near zero, ``sinh`` is linear, so a standard deviation that shrinks to zero
-is an ordinary interior point (the non-centred view of a variance) and the sampler moves
-through the boundary region as freely as anywhere else, where a log scale would stretch
-it into a funnel; far from zero, ``sinh`` is exponential, so a well-determined but skewed
-standard deviation is sampled on an almost logarithmic scale, where its posterior is close
-to symmetric.
+Why this form:
 
-The prior is set on the natural scale (standard deviations ``tau_i`` and correlations
-``R``, or an inverse-Wishart on ``T``); its density on ``theta`` uses the Jacobians
-``|dT / d(tau, R)| = 2^d prod tau_i^d``, ``|dT / dC| = 2^d prod |C_ii|^(d-i)``
-(``i = 0 .. d-1``) and ``dC_ii / dtheta = s_i cosh(theta)``.
+* ``tau_i`` carries a sign: ``tau_i = 0`` is an ordinary interior point, so a standard
+  deviation that shrinks to zero is no harder to sample than any other value (where a log
+  scale would stretch the boundary region into a funnel). ``sinh`` is linear near zero and
+  exponential far from it, so a well-determined but skewed SD is sampled on an almost
+  logarithmic scale, where its posterior is close to symmetric.
+* Standard deviations and correlations are separate coordinates: a prior with a finite
+  density at ``tau = 0`` keeps a finite density in ``theta`` (Cartesian entries of ``C``
+  would turn it into an infinite spike at the origin of each row, a trap for the sampler).
+* Negating ``tau_i`` together with every correlation of coefficient ``i`` leaves ``T``
+  unchanged: the map is ``2^d``-to-one, a symmetry the independence proposal uses
+  (:func:`flip_columns`).
+
+The prior is set on the natural scale (SDs and ``R``, or an inverse-Wishart on ``T``); its
+density on ``theta`` uses ``d tau_i / d theta = s_i cosh(theta)``, the Jacobian of the
+canonical partial correlations to the Cholesky factor of ``R`` and of that factor to
+``R``, and, for the inverse-Wishart, ``|dT / d(tau, R)| = 2^d prod |tau_i|^d``.
 """
 
 import numpy as np
@@ -57,6 +63,13 @@ def sd_log_prior(kind, par, x):
 
 
 @njit(cache=True, nogil=True)
+def _log_sech2(y):
+    # log(1 - tanh(y)^2) without cancellation for large |y|
+    ay = abs(y)
+    return 2.0 * (np.log(2.0) - ay - np.log1p(np.exp(-2.0 * ay)))
+
+
+@njit(cache=True, nogil=True)
 def decode_theta(theta, structure, priors, C):
     """Variance components from ``theta``, with the log prior density of ``theta``.
 
@@ -74,7 +87,7 @@ def decode_theta(theta, structure, priors, C):
         Level-1 variance (1 when known).
     log_prior : float
         Log prior density of ``theta`` (Jacobians included, additive constants dropped);
-        ``-inf`` where a covariance block is singular and the prior gives it no density.
+        ``-inf`` where the prior gives no density (a singular block under an inverse-Wishart).
     """
     C[:, :] = 0.0
     lp = 0.0
@@ -88,26 +101,45 @@ def decode_theta(theta, structure, priors, C):
     for k in range(n_blocks):
         c0 = structure.block_ptr[k]
         dk = structure.block_ptr[k + 1] - c0
-        idx = structure.theta_ptr[k]
+        t0 = structure.theta_ptr[k]
+        # Cholesky factor of the correlation matrix into C's block (rows scaled below)
+        idx = t0 + dk
+        log_jac = 0.0  # canonical partial correlations -> Cholesky factor of R
+        log_jac_R = 0.0  # Cholesky factor of R -> R
+        log_det_R = 0.0
         for i in range(dk):
+            ss = 0.0
             for j in range(i):
-                C[c0 + i, c0 + j] = theta[idx]
+                z = np.tanh(theta[idx])
+                rem = 1.0 - ss
+                v = z * np.sqrt(rem)
+                C[c0 + i, c0 + j] = v
+                log_jac += _log_sech2(theta[idx]) + 0.5 * np.log(rem)
+                ss += v * v
                 idx += 1
-            eta = theta[idx]
-            scale = structure.diag_scale[c0 + i]
-            C[c0 + i, c0 + i] = scale * np.sinh(eta)
-            lp += np.log(scale * np.cosh(eta))
-            idx += 1
-        sum_log_cii = 0.0  # sum (d - i) log|C_ii|: the Jacobian of C -> T, over 2^d
-        log_det_T = 0.0
+            lii = np.sqrt(max(1.0 - ss, 1e-300))
+            C[c0 + i, c0 + i] = lii
+            log_det_R += 2.0 * np.log(lii)
+            log_jac_R += (dk - i - 1.0) * np.log(lii)
+        lp += log_jac + log_jac_R
+        sum_log_tau = 0.0
         for i in range(dk):
-            cii = abs(C[c0 + i, c0 + i])
-            if cii == 0.0:
+            eta = theta[t0 + i]
+            scale = structure.diag_scale[c0 + i]
+            tau = scale * np.sinh(eta)
+            lp += np.log(scale * np.cosh(eta))
+            for j in range(i + 1):
+                C[c0 + i, c0 + j] *= tau
+            abs_tau = abs(tau)
+            if priors.block_iw[k] == 0:
+                lp += sd_log_prior(priors.sd_kind[c0 + i], priors.sd_par[c0 + i], abs_tau)
+            elif abs_tau == 0.0:
                 return s2, -np.inf
-            sum_log_cii += (dk - i) * np.log(cii)
-            log_det_T += 2.0 * np.log(cii)
-        lp += sum_log_cii
-        if priors.block_iw[k] == 1:
+            else:
+                sum_log_tau += np.log(abs_tau)
+        if priors.block_iw[k] == 0:
+            lp += (priors.block_eta[k] - 1.0) * log_det_R
+        else:
             nu = priors.block_eta[k]
             # tr(Psi T^{-1}) = ||C^{-1} P||_F^2 with Psi = P P'
             P = priors.iw_scale[c0 : c0 + dk, c0 : c0 + dk].copy()
@@ -117,26 +149,14 @@ def decode_theta(theta, structure, priors, C):
             for i in range(dk):
                 for j in range(dk):
                     tr += P[i, j] * P[i, j]
-            lp += -0.5 * (nu + dk + 1.0) * log_det_T - 0.5 * tr
-        else:
-            sum_log_tau = 0.0
-            for i in range(dk):
-                t = 0.0
-                for j in range(i + 1):
-                    t += C[c0 + i, c0 + j] * C[c0 + i, c0 + j]
-                tau = np.sqrt(t)
-                sum_log_tau += np.log(tau)
-                lp += sd_log_prior(priors.sd_kind[c0 + i], priors.sd_par[c0 + i], tau)
-            lp -= dk * LOG2 + dk * sum_log_tau
-            if dk > 1:
-                log_det_R = log_det_T - 2.0 * sum_log_tau
-                lp += (priors.block_eta[k] - 1.0) * log_det_R
+            log_det_T = 2.0 * sum_log_tau + log_det_R
+            lp += -0.5 * (nu + dk + 1.0) * log_det_T - 0.5 * tr + dk * sum_log_tau
     return s2, lp
 
 
 @njit(cache=True, nogil=True)
 def encode_theta(s2, T, structure, theta):
-    """Inverse of :func:`decode_theta` (with positive diagonals): ``theta`` of ``(s2, T)``.
+    """Inverse of :func:`decode_theta` (with positive SDs): write the ``theta`` of ``(s2, T)``.
 
     Returns False when a block of ``T`` is not positive definite.
     """
@@ -146,16 +166,24 @@ def encode_theta(s2, T, structure, theta):
     for k in range(n_blocks):
         c0 = structure.block_ptr[k]
         dk = structure.block_ptr[k + 1] - c0
-        Cb = T[c0 : c0 + dk, c0 : c0 + dk].copy()
-        if not chol_inplace(Cb):
-            return False
-        idx = structure.theta_ptr[k]
+        t0 = structure.theta_ptr[k]
+        R = np.empty((dk, dk))
         for i in range(dk):
+            tau = np.sqrt(T[c0 + i, c0 + i])
+            theta[t0 + i] = np.arcsinh(tau / structure.diag_scale[c0 + i])
+            for j in range(dk):
+                R[i, j] = T[c0 + i, c0 + j] / np.sqrt(T[c0 + i, c0 + i] * T[c0 + j, c0 + j])
+        if not chol_inplace(R):
+            return False
+        idx = t0 + dk
+        for i in range(dk):
+            ss = 0.0
             for j in range(i):
-                theta[idx] = Cb[i, j]
+                z = R[i, j] / np.sqrt(max(1.0 - ss, 1e-300))
+                z = min(max(z, -1.0 + 1e-15), 1.0 - 1e-15)
+                theta[idx] = np.arctanh(z)
+                ss += R[i, j] * R[i, j]
                 idx += 1
-            theta[idx] = np.arcsinh(Cb[i, i] / structure.diag_scale[c0 + i])
-            idx += 1
     return True
 
 
@@ -216,26 +244,35 @@ def components(theta_draws, structure, priors, out_s2, out_sd, out_corr):
 
 
 @njit(cache=True, nogil=True)
+def _odd(x):
+    parity = 0
+    while x:
+        parity ^= 1
+        x &= x - 1
+    return parity == 1
+
+
+@njit(cache=True, nogil=True)
 def canonical_mask(theta, structure):
-    """Bit mask of the columns of ``C`` whose diagonal entry is negative."""
+    """Bit mask of the coefficients whose signed SD is negative."""
     mask = 0
-    for col in range(structure.diag_idx.shape[0]):
-        if theta[structure.diag_idx[col]] < 0.0:
+    for col in range(structure.sd_idx.shape[0]):
+        if theta[structure.sd_idx[col]] < 0.0:
             mask |= 1 << col
     return mask
 
 
 @njit(cache=True, nogil=True)
 def flip_columns(theta, structure, mask, out):
-    """``theta`` of ``C`` with the columns in bit mask ``mask`` negated (same ``T``, same density).
+    """``theta`` with the coefficients in bit mask ``mask`` reflected (same ``T``, same density).
 
-    Negating column ``i`` of ``C`` negates ``C_ii`` (so its ``arcsinh`` entry) and the entries
-    below it in its block. The map is an involution; ``canonical_mask(theta)`` gives the
-    canonical representative, with a non-negative diagonal.
+    Reflecting coefficient ``i`` negates its signed SD and every correlation between it and
+    another coefficient (entry ``k`` is negated when an odd number of the coefficients in
+    ``Structure.flip_bits[k]`` are in the mask). The map is an involution;
+    ``canonical_mask(theta)`` gives the canonical representative, with non-negative SDs.
     """
     for i in range(theta.shape[0]):
-        col = structure.theta_col[i]
-        if col >= 0 and (mask >> col) & 1 == 1:
+        if _odd(mask & structure.flip_bits[i]):
             out[i] = -theta[i]
         else:
             out[i] = theta[i]

@@ -66,20 +66,21 @@ class Structure(NamedTuple):
     sigma_known : int
         1 when the level-1 variances are known (``s2`` fixed at 1 and the weights carry them).
     diag_scale : ndarray of shape (n_coef,)
-        Scale ``s_i`` of the diagonal entries of ``C``: ``C_ii = s_i sinh(theta)`` (see
-        :mod:`samplers.theta`).
-    theta_col : ndarray of int64, shape (n_theta,)
-        Column of ``C`` holding each entry of ``theta`` (-1 for ``log sigma``).
-    diag_idx : ndarray of int64, shape (n_coef,)
-        Position in ``theta`` of each diagonal entry of ``C``.
+        Scale ``s_i`` of the signed SDs: ``tau_i = s_i sinh(theta)`` (see :mod:`samplers.theta`).
+    flip_bits : ndarray of int64, shape (n_theta,)
+        For each entry of ``theta``, the bit mask of the coefficients whose reflection
+        negates it: its own bit for an SD, the two coefficients' bits for a correlation,
+        0 for ``log sigma``.
+    sd_idx : ndarray of int64, shape (n_coef,)
+        Position in ``theta`` of each coefficient's signed SD.
     """
 
     block_ptr: np.ndarray
     theta_ptr: np.ndarray
     sigma_known: int
     diag_scale: np.ndarray
-    theta_col: np.ndarray
-    diag_idx: np.ndarray
+    flip_bits: np.ndarray
+    sd_idx: np.ndarray
 
 
 class Priors(NamedTuple):
@@ -126,7 +127,7 @@ class ChainState(NamedTuple):
     ----------
     theta : ndarray of shape (n_theta,)
         Unconstrained variance components: ``log sigma`` (unless known), then per block the
-        entries of the lower-triangular factor ``C`` of ``T = C C'`` (see :mod:`samplers.theta`).
+        signed SDs and the canonical partial correlations (see :mod:`samplers.theta`).
     a : ndarray of shape (n_fixed,)
         Fixed effects.
     b : ndarray of shape (n_groups, n_coef)
