@@ -7,7 +7,7 @@ import numpy as np
 from bayeshlm.data import build_design
 from bayeshlm.formula import parse_formula
 from bayeshlm.model import Model
-from bayeshlm.priors import default_priors, prior_arrays, resolve_priors
+from bayeshlm.priors import coefficient_scales, default_priors, prior_arrays, resolve_priors
 from samplers.suffstats import compute_suffstats
 from samplers.types import Structure
 
@@ -40,20 +40,6 @@ def structure_of(block_sizes, sigma_known, diag_scale):
         flip_bits=flip_bits,
         sd_idx=sd_idx,
     )
-
-
-def coefficient_scales(y, X, obs_var=None):
-    """A scale for each random coefficient's SD: ``sd(y) / sd(x)`` (``sd(y)`` for a constant column).
-
-    With known level-1 variances ``sd(y)`` is ``sqrt(var(y) + mean(known variance))``.
-    """
-    y_sd = float(np.std(y))
-    if obs_var is not None:
-        y_sd = float(np.sqrt(y_sd**2 + np.mean(obs_var)))
-    if not y_sd > 0:
-        y_sd = 1.0
-    col_sd = np.std(X, axis=0)
-    return y_sd / np.where(col_sd > 0, col_sd, 1.0)
 
 
 def hlm(formula, data, *, priors=None, known_sd=None, known_var=None, missing="raise"):

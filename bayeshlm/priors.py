@@ -216,6 +216,20 @@ def _column_scale(col):
     return sd if sd > 0 else None
 
 
+def response_scale(y, obs_var=None):
+    """``sd(y)``, or ``sqrt(var(y) + mean(known variance))`` with known level-1 variances; 1 if 0."""
+    y_sd = float(np.std(y))
+    if obs_var is not None:
+        y_sd = math.sqrt(y_sd**2 + float(np.mean(obs_var)))
+    return y_sd if y_sd > 0 else 1.0
+
+
+def coefficient_scales(y, X, obs_var=None):
+    """A scale for each random coefficient's SD: ``response_scale / sd(x)`` (``/ 1`` for a constant column)."""
+    col_sd = np.std(X, axis=0)
+    return response_scale(y, obs_var) / np.where(col_sd > 0, col_sd, 1.0)
+
+
 def default_priors(y, F, fixed_names, X, coef_names, obs_var=None):
     """Weakly informative priors scaled to the data.
 
@@ -236,11 +250,7 @@ def default_priors(y, F, fixed_names, X, coef_names, obs_var=None):
         Role -> prior, with one entry per fixed term (``"fixed[<term>]"``), ``"sigma"``,
         one per random coefficient (``"sd[<coef>]"``) and ``"corr"``.
     """
-    y_sd = float(np.std(y))
-    if obs_var is not None:
-        y_sd = math.sqrt(y_sd**2 + float(np.mean(obs_var)))
-    if not y_sd > 0:
-        y_sd = 1.0
+    y_sd = response_scale(y, obs_var)
     y_abs_mean = abs(float(np.mean(y)))
     out = {}
     slope_scale = {}
@@ -254,9 +264,8 @@ def default_priors(y, F, fixed_names, X, coef_names, obs_var=None):
     for k, name in enumerate(fixed_names):
         out[f"fixed[{name}]"] = Normal(0.0, slope_scale.get(k, intercept_scale))
     out["sigma"] = HalfStudentT(3.0, 2.5 * y_sd)
-    for k, name in enumerate(coef_names):
-        sd = _column_scale(X[:, k])
-        out[f"sd[{name}]"] = HalfStudentT(3.0, 2.5 * y_sd / (sd if sd is not None else 1.0))
+    for name, scale in zip(coef_names, coefficient_scales(y, X, obs_var), strict=True):
+        out[f"sd[{name}]"] = HalfStudentT(3.0, 2.5 * float(scale))
     out["corr"] = LKJ(1.0)
     return out
 

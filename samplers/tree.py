@@ -27,6 +27,24 @@ LOG_2PI = np.log(2.0 * np.pi)
 
 
 @njit(cache=True, nogil=True)
+def _group_precision(XtX_j, C, inv_s2, K, XC):
+    """Lower triangle of ``K_j = I + C'X_j'W_jX_jC / s2`` into ``K`` (``XC`` is work space)."""
+    d = C.shape[0]
+    for r in range(d):
+        for s in range(d):
+            t = 0.0
+            for m in range(s, d):
+                t += XtX_j[r, m] * C[m, s]
+            XC[r, s] = t
+    for r in range(d):
+        for s in range(r + 1):
+            t = 0.0
+            for m in range(r, d):
+                t += C[m, r] * XC[m, s]
+            K[r, s] = t * inv_s2 + (1.0 if r == s else 0.0)
+
+
+@njit(cache=True, nogil=True)
 def upward(stats, s2, C, a_mean, a_prec, L_out, LA_out, c_out):
     """Integrate out the group coefficients and the fixed effects.
 
@@ -140,19 +158,7 @@ def upward(stats, s2, C, a_mean, a_prec, L_out, LA_out, c_out):
                 U[0, q] = a0 * f0 + a1 * f1
                 U[1, q] = b0 * f0 + b1 * f1
         else:
-            # XC = X'WX C, then K = I + C' XC / s2 (lower triangle suffices)
-            for r in range(d):
-                for s in range(d):
-                    t = 0.0
-                    for m in range(s, d):
-                        t += stats.XtX[j, r, m] * C[m, s]
-                    XC[r, s] = t
-            for r in range(d):
-                for s in range(r + 1):
-                    t = 0.0
-                    for m in range(r, d):
-                        t += C[m, r] * XC[m, s]
-                    L[r, s] = t * inv_s2 + (1.0 if r == s else 0.0)
+            _group_precision(stats.XtX[j], C, inv_s2, L, XC)
             if not chol_inplace(L):
                 return -np.inf, False
             det = 1.0
@@ -350,18 +356,7 @@ def loglik_given_a(stats, s2, C, r, rtr, L_scratch):
             quad -= (k11 * u0 * u0 - 2.0 * k10 * u0 * u1 + k00 * u1 * u1) / det
         else:
             K = L_scratch[j]
-            for k in range(d):
-                for s in range(d):
-                    t = 0.0
-                    for m in range(s, d):
-                        t += stats.XtX[j, k, m] * C[m, s]
-                    XC[k, s] = t
-            for k in range(d):
-                for s in range(k + 1):
-                    t = 0.0
-                    for m in range(k, d):
-                        t += C[m, k] * XC[m, s]
-                    K[k, s] = t * inv_s2 + (1.0 if k == s else 0.0)
+            _group_precision(stats.XtX[j], C, inv_s2, K, XC)
             for k in range(d):
                 t = 0.0
                 for m in range(k, d):
