@@ -5,12 +5,7 @@ Gibbs / Metropolis-Hastings sampler built on per-group sufficient statistics
 (:func:`sample`), and get an ArviZ ``DataTree`` back.
 """
 
-import sys as _sys
-
 __version__ = "0.1.0"
-
-if _sys.version_info < (3, 12):  # pragma: no cover - guarded by requires-python as well
-    raise ImportError("bayeshlm needs Python >= 3.12 (ArviZ 1.x does)")
 
 
 def _check_arviz():

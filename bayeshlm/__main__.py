@@ -32,8 +32,9 @@ def demo(args):
     print()
     print(f"sampling time: {diag['sampling_seconds']:.3f} s; data frame to result: {total:.3f} s "
           "(includes compilation on a first run)")
-    print(f"min bulk ESS over all {sum(v.size // (post.posterior.sizes['chain'] * post.posterior.sizes['draw']) for v in post.posterior.data_vars.values())} "
-          f"parameters: {diag['min_ess_bulk']:.0f} ({diag['argmin_ess_bulk']}); "
+    n_samples = post.posterior.sizes["chain"] * post.posterior.sizes["draw"]
+    n_params = sum(v.size // n_samples for v in post.posterior.data_vars.values())
+    print(f"min bulk ESS over all {n_params} parameters: {diag['min_ess_bulk']:.0f} ({diag['argmin_ess_bulk']}); "
           f"min tail ESS: {diag['min_ess_tail']:.0f}; max R-hat: {diag['max_rhat']:.4f}")
     print(f"min-ESS per second: {diag['min_ess_per_second']:.0f}")
     return 0

@@ -14,8 +14,8 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-import numpy as np
 import formulaic
+import numpy as np
 from formulaic.transforms import TRANSFORMS
 from formulaic.utils.variables import get_required_variables
 

@@ -254,7 +254,7 @@ def default_priors(y, F, fixed_names, X, coef_names, obs_var=None):
     y_abs_mean = abs(float(np.mean(y)))
     out = {}
     slope_scale = {}
-    for k, name in enumerate(fixed_names):
+    for k in range(len(fixed_names)):
         sd = _column_scale(F[:, k])
         if sd is not None:
             slope_scale[k] = 10.0 * y_sd / sd

@@ -180,7 +180,9 @@ def render(results):
             "|---|---|---|---|",
         ]
         for label, r in ff.items():
-            lines.append(f"| {label} | {r['import_seconds']:.2f} | {r['fit_seconds']:.2f} | {r['process_seconds']:.2f} |")
+            lines.append(
+                f"| {label} | {r['import_seconds']:.2f} | {r['fit_seconds']:.2f} | {r['process_seconds']:.2f} |"
+            )
     lines.append("")
     return "\n".join(lines)
 

@@ -6,6 +6,7 @@ another or side by side in threads. The compiled loop runs in chunks of sweeps; 
 chunks Python reports progress and can stop the run (Ctrl-C) keeping what was drawn.
 """
 
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -144,8 +145,6 @@ def run_chains(rngs, states, stats, structure, priors, *, method, mh_steps, warm
         True when the run was stopped by KeyboardInterrupt; each output's ``iterations``
         says how far its chain got.
     """
-    import os
-
     n_chains = len(rngs)
     total = warmup + draws * thin
     n_groups, d = stats.Xty.shape

@@ -1,23 +1,27 @@
-"""Collapsed Metropolis-Hastings on the variance components.
+"""Metropolis-Hastings on the variance components, with the group coefficients integrated out.
 
 The target is ``p(theta | a, y)``: the group coefficients are integrated out
 (:func:`samplers.tree.loglik_given_a`), so the moves do not depend on how well the data pin
 down the group effects, while conditioning on the fixed effects makes each evaluation cost
-``O(n_coef^3)`` per group whatever the number of fixed effects, so that many moves fit in
-a sweep. The sweep then draws the fixed effects and group coefficients jointly given
-``theta``, which together is a partially collapsed Gibbs sampler on ``(theta, a, b)``. The proposal is a Gaussian random walk on the
-unconstrained ``theta``; during warm-up only, its covariance is learnt from the chain in
-three windows (Haario, Saksman & Tamminen 2001) and its scale by Robbins-Monro towards
-an acceptance rate suited to the dimension. The last window also fits a multivariate-t
-independence proposal (mean and covariance of the window's draws, each brought to the
-mirror image of ``C`` with a non-negative diagonal; a proposal then applies a random sign
-pattern, so that it covers every mirror image of the mode); from then on the moves
-alternate between the two proposals, each a valid Metropolis-Hastings kernel for the same
-target, unless the independence moves are accepted less than 15% of the time in the last
-tenth of warm-up, in which case the chain keeps the random walk alone. When the posterior of ``theta`` is close to Gaussian, as with many groups, the
-independence moves are accepted most of the time and give nearly independent draws; the
-random walk keeps the chain moving where the fit is poor. After warm-up both proposals are
-frozen, so the kept draws come from a fixed, valid kernel.
+``O(n_coef^3)`` per group whatever the number of fixed effects, so that many moves fit in a
+sweep. The sweep then draws the fixed effects and the group coefficients jointly given
+``theta``; together this is a partially collapsed Gibbs sampler on ``(theta, a, b)``.
+
+Two proposals, each a valid Metropolis-Hastings kernel for the same target:
+
+* a Gaussian random walk on the unconstrained ``theta``, whose covariance is learnt during
+  warm-up in three windows (Haario, Saksman & Tamminen 2001) and whose scale is tuned by
+  Robbins-Monro towards an acceptance rate suited to the dimension;
+* from the end of the last window, a multivariate-t independence proposal fitted to that
+  window's draws, each brought to its canonical mirror image (non-negative SDs, see
+  :func:`samplers.theta.flip_columns`); a proposal applies a random sign pattern, so that
+  it covers every mirror image of the mode. When the posterior of ``theta`` is close to
+  Gaussian, as with many groups, these moves are accepted most of the time and give nearly
+  independent draws; the random walk keeps the chain moving where the fit is poor. If they
+  are accepted less than 15% of the time in the last tenth of warm-up, the chain keeps the
+  random walk alone.
+
+After warm-up both proposals are frozen, so the kept draws come from a fixed, valid kernel.
 """
 
 import numpy as np

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bayeshlm.data import DataError, Design, build_design
-from bayeshlm.formula import FormulaError, parse_formula
+from bayeshlm.formula import parse_formula
 
 SLEEPSTUDY = Path("/work/shared/data/sleepstudy.csv")
 

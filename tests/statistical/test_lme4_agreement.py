@@ -50,7 +50,9 @@ def test_posterior_agrees_with_reml(lme4_fits, key, dataset, formula):
         shift = abs(x.mean() - target["estimate"]) / x.std()
         ratio = x.std() / target["se"]
         if shift > 0.2:
-            problems.append(f"{name}: posterior mean {x.mean():.4f} is {shift:.3f} SD from REML {target['estimate']:.4f}")
+            problems.append(
+                f"{name}: posterior mean {x.mean():.4f} is {shift:.3f} SD from REML {target['estimate']:.4f}"
+            )
         if abs(ratio - 1) > 0.15:
             problems.append(f"{name}: posterior SD {x.std():.4f} vs REML SE {target['se']:.4f} (ratio {ratio:.3f})")
     sigma = post["sigma"].values
