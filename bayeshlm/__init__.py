@@ -26,6 +26,7 @@ _check_arviz()
 from bayeshlm.compile import hlm  # noqa: E402
 from bayeshlm.data import DataError, Design  # noqa: E402
 from bayeshlm.datasets import list_datasets, load_dataset  # noqa: E402
+from bayeshlm.em import EMResult, fit_em  # noqa: E402
 from bayeshlm.formula import FormulaError, parse_formula  # noqa: E402
 from bayeshlm.model import Model  # noqa: E402
 from bayeshlm.priors import (  # noqa: E402
@@ -47,6 +48,7 @@ __all__ = [
     "LKJ",
     "DataError",
     "Design",
+    "EMResult",
     "Flat",
     "FormulaError",
     "HalfCauchy",
@@ -60,6 +62,7 @@ __all__ = [
     "SamplingError",
     "Uniform",
     "__version__",
+    "fit_em",
     "hlm",
     "list_datasets",
     "load_dataset",

@@ -379,3 +379,45 @@ def loglik_given_a(stats, s2, C, r, rtr, L_scratch):
                 det_prod = 1.0
     logdet += np.log(det_prod)
     return -0.5 * (n_obs * LOG_2PI + logdet + quad), True
+
+
+@njit(cache=True, nogil=True)
+def group_moments(rng, stats, s2, C, L_all, LA, c_plus, a_out, b_mean, b_cov):
+    """E-step: the fixed effects' GLS estimate and each group's conditional mean and covariance.
+
+    With the factors left by :func:`upward` (flat prior on ``a``): ``a = A^{-1} c``,
+    ``E[b_j | a, y] = C K_j^{-1} C'X_j'W_j(y_j - F_j a) / s2`` and
+    ``Cov[b_j | a, y] = C K_j^{-1} C'`` (Dempster, Rubin & Tsutakawa 1981; Laird & Ware 1982).
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Not drawn from (it lets this share :func:`draw_coefficients`, compiled for a generator).
+    stats : SuffStats
+    s2 : float
+    C : ndarray of shape (n_coef, n_coef)
+    L_all : ndarray of shape (n_groups, n_coef, n_coef)
+    LA : ndarray of shape (n_fixed, n_fixed)
+    c_plus : ndarray of shape (n_fixed,)
+    a_out : ndarray of shape (n_fixed,)
+        Output: fixed effects.
+    b_mean : ndarray of shape (n_groups, n_coef)
+        Output: conditional means.
+    b_cov : ndarray of shape (n_groups, n_coef, n_coef)
+        Output: conditional covariances.
+    """
+    draw_coefficients(rng, stats, s2, C, L_all, LA, c_plus, a_out, b_mean, False)
+    n_groups, d = b_mean.shape
+    M = np.empty((d, d))
+    for j in range(n_groups):
+        # M = L_j^{-1} C', then Cov = M'M
+        for r in range(d):
+            for s in range(d):
+                M[r, s] = C[s, r]
+        solve_lower_cols(L_all[j], M)
+        for r in range(d):
+            for s in range(d):
+                t = 0.0
+                for m in range(d):
+                    t += M[m, r] * M[m, s]
+                b_cov[j, r, s] = t

@@ -1,0 +1,91 @@
+"""fit_em: ML and REML estimates against lme4's fits of the same models (tests/golden).
+
+lme4's numbers come from its own optimiser (BOBYQA, default tolerances), so they carry
+optimisation error of their own, largest for weakly determined variance components (the
+HSB slope SD moves by 1e-4 relative for a change of the log-likelihood below 1e-7).
+Tolerances: the log-likelihood to 1e-8 relative, and never below the log-likelihood of
+lme4's own estimates evaluated here; fixed effects within 1e-4 of their standard error;
+standard errors and sigma to 1e-4 relative; group SDs to 5e-4 relative; correlations to 1e-3.
+"""
+
+import numpy as np
+import pytest
+
+import bayeshlm as bh
+from bayeshlm.em import _Objective, fit_em
+from samplers.theta import encode_theta
+
+CASES = [
+    ("sleepstudy_corr", "sleepstudy", "reaction ~ days + (days | subject)"),
+    ("sleepstudy_uncorr", "sleepstudy", "reaction ~ days + (1 | subject) + (0 + days | subject)"),
+    ("dyestuff", "dyestuff", "yield ~ 1 + (1 | batch)"),
+    ("hsb_null", "hsb", "mathach ~ 1 + (1 | school)"),
+    ("hsb_rb", "hsb", "mathach ~ ses_centered * (sector + meanses) + (ses_centered | school)"),
+    ("radon_vi", "radon", "log_radon ~ floor + (1 | county)"),
+    ("radon_u_vi", "radon", "log_radon ~ floor + log_uranium + (1 | county)"),
+    ("radon_u_vs", "radon", "log_radon ~ floor + log_uranium + (1 + floor | county)"),
+]
+
+
+def _name(term):
+    return "(Intercept)" if term == "Intercept" else term
+
+
+@pytest.mark.parametrize("method", ["REML", "ML"])
+@pytest.mark.parametrize(("key", "dataset", "formula"), CASES, ids=[c[0] for c in CASES])
+def test_fit_em_matches_lme4(lme4_fits, key, dataset, formula, method):
+    ref = lme4_fits["models"][key]["fits"][method]
+    model = bh.hlm(formula, bh.load_dataset(dataset))
+    fit = fit_em(model, method.lower())
+    assert fit.converged, fit.message
+    assert fit.loglik == pytest.approx(ref["logLik"], rel=1e-8)
+    for term in model.fixed_names:
+        want = ref["fixef"][_name(term)]
+        assert abs(fit.fixed[term] - want["estimate"]) <= 1e-4 * want["se"], term
+        assert fit.fixed_se[term] == pytest.approx(want["se"], rel=1e-4), term
+    assert fit.sigma == pytest.approx(ref["sigma"], rel=1e-4)
+    sds = {}
+    cors = {}
+    for entry in ref["random"].values():
+        for term, sd in entry["sd"].items():
+            sds["Intercept" if term == "(Intercept)" else term] = sd
+        for pair, r in (entry["cor"] or {}).items():
+            a, b = pair.split("|")
+            cors[f"{'Intercept' if a == '(Intercept)' else a},{b}"] = r
+    for coef in model.coef_names:
+        assert fit.sd[coef] == pytest.approx(sds[coef], rel=5e-4), coef
+    for pair, r in cors.items():
+        assert abs(fit.corr[pair] - r) <= 1e-3, pair
+    # lme4's estimates, evaluated with our likelihood, are no better than ours
+    d = len(model.coef_names)
+    T = np.zeros((d, d))
+    names = list(model.coef_names)
+    for entry in ref["random"].values():
+        terms = ["Intercept" if t == "(Intercept)" else t for t in entry["terms"]]
+        idx = [names.index(t) for t in terms]
+        cov = entry["cov_matrix"] or [[entry["variance"][entry["terms"][0]]]]
+        T[np.ix_(idx, idx)] = np.asarray(cov)
+    theta = np.empty(model.n_theta)
+    assert encode_theta(ref["sigma"] ** 2, T, model.structure, theta)
+    assert fit.loglik >= _Objective(model, method.lower())(theta) - 1e-9 * abs(fit.loglik)
+    n_par = len(model.fixed_names) + model.n_theta
+    assert fit.aic == pytest.approx(-2 * fit.loglik + 2 * n_par)
+    if method == "ML":
+        assert fit.aic == pytest.approx(ref["AIC"], rel=1e-8)
+        assert fit.bic == pytest.approx(ref["BIC"], rel=1e-8)
+
+
+def test_group_means_are_the_conditional_modes(lme4_fits):
+    ref = lme4_fits["models"]["sleepstudy_corr"]["fits"]["REML"]["ranef"]["subject"]
+    model = bh.hlm("reaction ~ days + (days | subject)", bh.load_dataset("sleepstudy"))
+    fit = fit_em(model, "reml")
+    order = [list(model.design.group_labels).index(str(level)) for level in ref["levels"]]
+    np.testing.assert_allclose(fit.group_means[order, 0], ref["mode"]["(Intercept)"], rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(fit.group_means[order, 1], ref["mode"]["days"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.sqrt(fit.group_cov[order, 0, 0]), ref["cond_sd"]["(Intercept)"], rtol=1e-4)
+
+
+def test_bad_method():
+    model = bh.hlm("yield ~ 1 + (1 | batch)", bh.load_dataset("dyestuff"))
+    with pytest.raises(ValueError, match="method must be 'reml' or 'ml'"):
+        fit_em(model, "bayes")
