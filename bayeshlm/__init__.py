@@ -23,6 +23,7 @@ def _check_arviz():
 
 _check_arviz()
 
+from bayeshlm.compare import compare, shrinkage_table  # noqa: E402
 from bayeshlm.compile import hlm  # noqa: E402
 from bayeshlm.data import DataError, Design  # noqa: E402
 from bayeshlm.datasets import list_datasets, load_dataset  # noqa: E402
@@ -62,11 +63,13 @@ __all__ = [
     "SamplingError",
     "Uniform",
     "__version__",
+    "compare",
     "fit_em",
     "hlm",
     "list_datasets",
     "load_dataset",
     "parse_formula",
     "sample",
+    "shrinkage_table",
     "summary",
 ]

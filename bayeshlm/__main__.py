@@ -37,6 +37,11 @@ def demo(args):
     print(f"min bulk ESS over all {n_params} parameters: {diag['min_ess_bulk']:.0f} ({diag['argmin_ess_bulk']}); "
           f"min tail ESS: {diag['min_ess_tail']:.0f}; max R-hat: {diag['max_rhat']:.4f}")
     print(f"min-ESS per second: {diag['min_ess_per_second']:.0f}")
+    eb = bh.fit_em(model, "reml")
+    print()
+    print("The same model by REML (empirical Bayes), beside the posterior:")
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        print(bh.compare(post, eb).round(4).to_string())
     return 0
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import minimize
 
+from bayeshlm.priors import coefficient_scales
 from samplers.theta import components, decode_theta, encode_theta
 from samplers.tree import group_moments, upward
 
@@ -50,11 +51,53 @@ class EMResult:
     seconds: float
     message: str = ""
     labels: dict = field(default_factory=dict)
+    boundary: tuple = ()
+    icc: float | None = None
+    reliability: dict = field(default_factory=dict)
+    reliability_by_group: np.ndarray | None = None
 
     @property
     def deviance(self) -> float:
         """``-2`` times the log-likelihood (the REML criterion for a REML fit)."""
         return -2.0 * self.loglik
+
+    def fixed_table(self):
+        """Fixed effects: estimate, model-based SE, z statistic and two-sided normal p-value."""
+        import pandas as pd
+        from scipy.stats import norm
+
+        est = pd.Series(self.fixed)
+        se = pd.Series(self.fixed_se)
+        z = est / se
+        return pd.DataFrame({"estimate": est, "se": se, "z": z, "p_value": 2 * norm.sf(np.abs(z))})
+
+    def variance_table(self):
+        """Variance components: SD and variance of each random coefficient and of the residual."""
+        import pandas as pd
+
+        rows = {f"sd[{k}]": (v, v * v, self.reliability.get(k, np.nan)) for k, v in self.sd.items()}
+        if np.isfinite(self.sigma):
+            rows["sigma"] = (self.sigma, self.sigma**2, np.nan)
+        return pd.DataFrame.from_dict(rows, orient="index", columns=["sd", "variance", "reliability"])
+
+    def summary(self) -> str:
+        """A printed report in the layout of lme4 and HLM."""
+        lines = [
+            f"{'REML' if self.method == 'reml' else 'Maximum likelihood'} fit by EM and quasi-Newton"
+            f" ({self.n_em_iter} EM iterations, {self.n_evaluations} likelihood evaluations, {self.seconds:.3f} s)",
+            f"{'REML criterion' if self.method == 'reml' else 'deviance'}: {self.deviance:.4f}   "
+            f"logLik: {self.loglik:.4f}   AIC: {self.aic:.4f}   BIC: {self.bic:.4f}",
+            "converged" if self.converged else f"NOT converged: {self.message}",
+        ]
+        if self.boundary:
+            lines.append("estimate on the boundary (SD = 0): " + ", ".join(self.boundary))
+        lines += ["", "Random effects:", self.variance_table().to_string()]
+        if self.corr:
+            lines.append("correlations: " + ", ".join(f"{k}: {v:.4f}" for k, v in self.corr.items()))
+        if self.icc is not None:
+            lines.append(f"intraclass correlation: {self.icc:.4f}")
+        lines += ["", "Fixed effects:", self.fixed_table().to_string()]
+        return "\n".join(lines)
 
 
 class _Objective:
@@ -200,6 +243,13 @@ def fit_em(model, method="reml", *, em_iter=20, tol=1e-10, max_eval=5000):
                 corr[f"{names[j]},{names[i]}"] = float(out_corr[0, i, j])
     n_par = p + model.n_theta
     n_obs = model.n_obs
+    # a variance component at its lower bound: the SD is negligible on the data's scale
+    scales = coefficient_scales(model.design.y, model.design.X, model.design.obs_var)
+    boundary = tuple(name for name, sd, sc in zip(names, out_sd[0], scales, strict=True) if sd < 1e-4 * sc)
+    icc = None
+    if names == ("Intercept",) and not model.sigma_known:
+        icc = float(out_sd[0, 0] ** 2 / (out_sd[0, 0] ** 2 + s2))
+    rel = _reliability(stats, s2, C @ C.T)
     return EMResult(
         method=method,
         fixed=dict(zip(model.fixed_names, a.tolist(), strict=True)),
@@ -220,4 +270,27 @@ def fit_em(model, method="reml", *, em_iter=20, tol=1e-10, max_eval=5000):
         seconds=time.perf_counter() - t0,
         message=f"{opt.message}; largest gradient component {grad_max:.2e}",
         labels={"groups": list(model.design.group_labels), "coef": list(names)},
+        boundary=boundary,
+        icc=icc,
+        reliability={k: float(np.nanmean(rel[:, i])) if np.any(np.isfinite(rel[:, i])) else float("nan")
+                     for i, k in enumerate(names)},
+        reliability_by_group=rel,
     )
+
+
+def _reliability(stats, s2, T):
+    """Reliability of each group's OLS estimate of each random coefficient (Raudenbush & Bryk 2002).
+
+    ``lambda_jk = T_kk / (T_kk + v_jk)`` with ``v_jk`` the sampling variance of group ``j``'s
+    own least-squares estimate, ``s2 [(X_j'W_jX_j)^{-1}]_kk``; nan where ``X_j'W_jX_j`` is
+    singular (fewer observations than coefficients, or a predictor constant in the group).
+    """
+    n_groups, d = stats.Xty.shape
+    rel = np.full((n_groups, d), np.nan)
+    for j in range(n_groups):
+        M = stats.XtX[j]
+        if np.linalg.cond(M) > 1e12:
+            continue
+        v = s2 * np.diag(np.linalg.inv(M))
+        rel[j] = np.diag(T) / (np.diag(T) + v)
+    return rel

@@ -10,7 +10,8 @@ def test_demo_prints_a_summary(capsys):
     assert main(["demo", "--draws", "100", "--warmup", "100", "--chains", "2", "--quiet"]) == 0
     out = capsys.readouterr().out
     for text in ("fixed[ses_centered:sector]", "school_sd[Intercept]", "school_corr", "r_hat", "ess_bulk",
-                 "ess_tail", "eti95_lb", "sampling time", "min-ESS per second", "sigma: HalfStudentT"):
+                 "ess_tail", "eti95_lb", "sampling time", "min-ESS per second", "sigma: HalfStudentT",
+                 "by REML (empirical Bayes)", "difference_in_sd"):
         assert text in out, text
 
 

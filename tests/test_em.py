@@ -89,3 +89,55 @@ def test_bad_method():
     model = bh.hlm("yield ~ 1 + (1 | batch)", bh.load_dataset("dyestuff"))
     with pytest.raises(ValueError, match="method must be 'reml' or 'ml'"):
         fit_em(model, "bayes")
+
+
+def test_boundary_is_reported_eight_schools():
+    # the marginal ML (and REML) estimate of tau is 0 for these data (golden file)
+    model = bh.hlm("y ~ 1 + (1 | school)", bh.load_dataset("eight_schools"), known_sd="sigma")
+    for method in ("ml", "reml"):
+        fit = fit_em(model, method)
+        assert fit.converged
+        assert fit.boundary == ("Intercept",)
+        assert fit.sd["Intercept"] < 1e-3
+        assert "boundary" in fit.summary()
+
+
+def test_icc_and_reliability_follow_their_definitions():
+    model = bh.hlm("mathach ~ 1 + (1 | school)", bh.load_dataset("hsb"))
+    fit = fit_em(model, "reml")
+    tau2, s2 = fit.sd["Intercept"] ** 2, fit.sigma**2
+    assert fit.icc == pytest.approx(tau2 / (tau2 + s2), rel=1e-12)
+    n_j = model.stats.n
+    expected = tau2 / (tau2 + s2 / n_j)  # reliability of each school's sample mean
+    np.testing.assert_allclose(fit.reliability_by_group[:, 0], expected, rtol=1e-10)
+    assert fit.reliability["Intercept"] == pytest.approx(expected.mean(), rel=1e-10)
+    table = fit.variance_table()
+    assert table.loc["sd[Intercept]", "reliability"] == pytest.approx(expected.mean(), rel=1e-10)
+    assert "intraclass correlation" in fit.summary()
+
+
+def test_fixed_table_statistics():
+    model = bh.hlm("reaction ~ days + (days | subject)", bh.load_dataset("sleepstudy"))
+    table = fit_em(model, "reml").fixed_table()
+    assert list(table.columns) == ["estimate", "se", "z", "p_value"]
+    np.testing.assert_allclose(table["z"], table["estimate"] / table["se"])
+    assert (table["p_value"] < 1e-6).all()
+
+
+def test_compare_and_shrinkage_tables():
+    model = bh.hlm("reaction ~ days + (days | subject)", bh.load_dataset("sleepstudy"))
+    post = bh.sample(model, draws=300, warmup=300, chains=2, seed=4, progress=False)
+    eb = fit_em(model, "reml")
+    table = bh.compare(post, eb)
+    assert list(table.index) == ["fixed[Intercept]", "fixed[days]", "sigma", "sd[Intercept]", "sd[days]",
+                                 "corr[Intercept,days]"]
+    row = table.loc["fixed[days]"]
+    assert row["eb_estimate"] == eb.fixed["days"]
+    assert row["post_mean"] == pytest.approx(float(post.posterior["fixed"].sel(fixed_term="days").mean()))
+    assert row["ci_low"] < row["post_median"] < row["ci_high"]
+    assert row["difference"] == pytest.approx(row["post_mean"] - row["eb_estimate"])
+    shrink = bh.shrinkage_table(post, eb)
+    assert shrink.shape == (36, 4)
+    assert shrink.loc[("308", "days"), "eb"] == eb.group_means[0, 1]
+    # with 18 subjects and weak priors, posterior and EB group estimates are close
+    assert np.corrcoef(shrink["eb"], shrink["post_mean"])[0, 1] > 0.99
