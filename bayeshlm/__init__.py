@@ -29,6 +29,7 @@ from bayeshlm.data import DataError, Design  # noqa: E402
 from bayeshlm.datasets import list_datasets, load_dataset  # noqa: E402
 from bayeshlm.em import EMResult, fit_em  # noqa: E402
 from bayeshlm.formula import FormulaError, parse_formula  # noqa: E402
+from bayeshlm.lrt import LRTResult, lrt, lrt_hierarchy  # noqa: E402
 from bayeshlm.model import Model  # noqa: E402
 from bayeshlm.priors import (  # noqa: E402
     LKJ,
@@ -57,6 +58,7 @@ __all__ = [
     "HalfStudentT",
     "InverseGamma",
     "InverseWishart",
+    "LRTResult",
     "Model",
     "Normal",
     "PriorError",
@@ -68,6 +70,8 @@ __all__ = [
     "hlm",
     "list_datasets",
     "load_dataset",
+    "lrt",
+    "lrt_hierarchy",
     "parse_formula",
     "sample",
     "shrinkage_table",

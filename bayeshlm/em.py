@@ -52,6 +52,8 @@ class EMResult:
     message: str = ""
     labels: dict = field(default_factory=dict)
     boundary: tuple = ()
+    n_params: int = 0
+    n_obs: int = 0
     icc: float | None = None
     reliability: dict = field(default_factory=dict)
     reliability_by_group: np.ndarray | None = None
@@ -271,6 +273,8 @@ def fit_em(model, method="reml", *, em_iter=20, tol=1e-10, max_eval=5000):
         message=f"{opt.message}; largest gradient component {grad_max:.2e}",
         labels={"groups": list(model.design.group_labels), "coef": list(names)},
         boundary=boundary,
+        n_params=n_par,
+        n_obs=n_obs,
         icc=icc,
         reliability={k: float(np.nanmean(rel[:, i])) if np.any(np.isfinite(rel[:, i])) else float("nan")
                      for i, k in enumerate(names)},
