@@ -130,11 +130,24 @@ class _Objective:
         return ll
 
 
-def _em_iterations(model, theta, n_iter, rng):
+def em_iterations(model, theta, n_iter, method="reml", rng=None, trace=None):
+    """EM iterations from ``theta`` (unconstrained variance components); returns the new ``theta``.
+
+    E-step: the moments of the group coefficients given ``theta`` from the downward pass; for
+    REML they also carry the uncertainty of the fixed effects, which are integrated out
+    (``Cov[b_j | y] = Cov[b_j | a, y] + G_j A^{-1} G_j'`` with ``G_j`` the derivative of
+    ``E[b_j | a, y]`` in ``a``). M-step: ``T`` (per covariance block) the mean of
+    ``E[b_j b_j']``, ``s2 = E[residual sum of squares] / N``; the fixed effects are at their
+    GLS value, which maximises the likelihood given the variances. Each iteration does not
+    decrease the ML (or REML) likelihood (Dempster, Rubin & Tsutakawa 1981; Laird, Lange &
+    Stram 1987). With ``trace`` a list, the log-likelihood before each iteration is appended.
+    """
+    rng = np.random.default_rng(0) if rng is None else rng
     structure = model.structure
     stats = model.stats
     n_groups, d = stats.Xty.shape
     p = stats.Fty.shape[0]
+    objective = _Objective(model, method) if trace is not None else None
     C = np.empty((d, d))
     L = np.empty((n_groups, d, d))
     LA = np.empty((p, p))
@@ -143,22 +156,33 @@ def _em_iterations(model, theta, n_iter, rng):
     b = np.empty((n_groups, d))
     V = np.empty((n_groups, d, d))
     flat = np.zeros(p)
+    theta = theta.copy()
     for _ in range(n_iter):
+        if objective is not None:
+            trace.append(objective(theta))
         s2, _ = decode_theta(theta, structure, model.priors, C)
         _, ok = upward(stats, s2, C, flat, flat, L, LA, c)
         if not ok:
             break
         group_moments(rng, stats, s2, C, L, LA, c, a, b, V)
+        resid = stats.Xty - stats.XtF @ a
+        extra_rss = np.einsum("jkl,jlk->", stats.XtX, V)
+        if method == "reml":
+            LA_inv = np.linalg.inv(np.tril(LA))
+            A_inv = LA_inv.T @ LA_inv
+            G = -np.einsum("jkl,jlq->jkq", V, stats.XtF) / s2  # d E[b_j | a] / d a
+            cov_ab = np.einsum("pq,jkq->jpk", A_inv, G)  # Cov(a, b_j)
+            V = V + np.einsum("jkq,jmq->jkm", G, cov_ab.transpose(0, 2, 1))
+            extra_rss = (np.einsum("jkl,jlk->", stats.XtX, V) + np.trace(stats.FtF @ A_inv)
+                         + 2.0 * np.einsum("jpk,jkp->", cov_ab, stats.XtF))
         second = np.einsum("jk,jl->kl", b, b) + V.sum(axis=0)
         T = np.zeros((d, d))
         for k in range(len(structure.block_ptr) - 1):
             lo, hi = structure.block_ptr[k], structure.block_ptr[k + 1]
             T[lo:hi, lo:hi] = second[lo:hi, lo:hi] / n_groups
         if not structure.sigma_known:
-            rss = (stats.scal[0] - 2 * a @ stats.Fty + a @ stats.FtF @ a
-                   - 2 * np.einsum("jk,jk->", b, stats.Xty - stats.XtF @ a)
-                   + np.einsum("jk,jkl,jl->", b, stats.XtX, b)
-                   + np.einsum("jkl,jlk->", stats.XtX, V))
+            rss = (stats.scal[0] - 2 * a @ stats.Fty + a @ stats.FtF @ a - 2 * np.einsum("jk,jk->", b, resid)
+                   + np.einsum("jk,jkl,jl->", b, stats.XtX, b) + extra_rss)
             s2 = max(rss, 1e-300) / stats.scal[1]
         T += 1e-12 * np.trace(T) * np.eye(d)
         if not encode_theta(s2, T, structure, theta):
@@ -192,7 +216,7 @@ def fit_em(model, method="reml", *, em_iter=20, tol=1e-10, max_eval=5000):
     t0 = time.perf_counter()
     rng = np.random.default_rng(0)
     theta = starting_theta(model, rng, jitter=0.0)
-    theta = _em_iterations(model, theta, em_iter, rng)
+    theta = em_iterations(model, theta, em_iter, method, rng)
     objective = _Objective(model, method)
     n = theta.shape[0]
 

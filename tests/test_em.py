@@ -10,6 +10,8 @@ standard errors and sigma to 1e-4 relative; group SDs to 5e-4 relative; correlat
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import bayeshlm as bh
 from bayeshlm.em import _Objective, fit_em
@@ -141,3 +143,27 @@ def test_compare_and_shrinkage_tables():
     assert shrink.loc[("308", "days"), "eb"] == eb.group_means[0, 1]
     # with 18 subjects and weak priors, posterior and EB group estimates are close
     assert np.corrcoef(shrink["eb"], shrink["post_mean"])[0, 1] > 0.99
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n_groups=st.integers(2, 10),
+       formula=st.sampled_from(["y ~ x + (1 | g)", "y ~ x + (x | g)", "y ~ x + z + (x || g)", "y ~ z + (1 + x | g)"]),
+       method=st.sampled_from(["ml", "reml"]))
+def test_em_never_decreases_the_likelihood(seed, n_groups, formula, method):
+    from bayeshlm.em import em_iterations
+    from bayeshlm.sample import starting_theta
+
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 9, size=n_groups)
+    g = np.repeat([f"g{j}" for j in range(n_groups)], sizes)
+    n = g.size
+    x = rng.normal(size=n)
+    z = rng.normal(size=n)
+    u = rng.normal(size=(n_groups, 2)) * rng.uniform(0.0, 2.0, size=2)
+    idx = np.repeat(np.arange(n_groups), sizes)
+    y = 1.0 + 0.5 * x - 0.3 * z + u[idx, 0] + u[idx, 1] * x + rng.normal(size=n)
+    model = bh.hlm(formula, {"y": y, "x": x, "z": z, "g": g})
+    trace = []
+    em_iterations(model, starting_theta(model, rng, jitter=1.0), 15, method, trace=trace)
+    steps = np.diff(trace)
+    assert np.all(steps >= -1e-8 * max(1.0, abs(trace[-1]))), (trace, steps.min())
