@@ -22,10 +22,9 @@ import numpy as np
 from scipy.optimize import minimize
 
 from bayeshlm.priors import coefficient_scales
+from samplers.ml import loglik_and_gradient
 from samplers.theta import components, decode_theta, encode_theta
 from samplers.tree import group_moments, upward
-
-LOG_2PI = np.log(2.0 * np.pi)
 
 
 @dataclass(frozen=True)
@@ -103,31 +102,25 @@ class EMResult:
 
 
 class _Objective:
-    """The ML or REML log-likelihood of ``theta`` through one upward pass."""
+    """The ML or REML log-likelihood of ``theta`` (one compiled call per evaluation)."""
 
     def __init__(self, model, method):
         self.model = model
         self.reml = method == "reml"
-        stats = model.stats
-        n_groups, d = stats.Xty.shape
-        p = stats.Fty.shape[0]
-        self.flat = np.zeros(p)
-        self.C = np.empty((d, d))
-        self.L = np.empty((n_groups, d, d))
-        self.LA = np.empty((p, p))
-        self.c = np.empty(p)
         self.n_eval = 0
+        self.grad = np.empty(model.n_theta)
 
     def __call__(self, theta):
         self.n_eval += 1
-        s2, _ = decode_theta(theta, self.model.structure, self.model.priors, self.C)
-        ll, ok = upward(self.model.stats, s2, self.C, self.flat, self.flat, self.L, self.LA, self.c)
-        if not ok:
-            return -np.inf
-        if not self.reml:
-            # from the restricted to the profiled likelihood: drop log|A|, count all N rows
-            ll += np.sum(np.log(np.diag(self.LA))) - 0.5 * self.flat.shape[0] * LOG_2PI
-        return ll
+        m = self.model
+        return loglik_and_gradient(theta, m.stats, m.structure, m.priors, self.reml, self.grad)
+
+    def negative_with_gradient(self, theta):
+        """``(-loglik, -gradient)`` for a minimiser; ``inf`` where the likelihood is not finite."""
+        value = self(theta)
+        if not np.isfinite(value) or not np.all(np.isfinite(self.grad)):
+            return np.inf, np.zeros_like(theta)
+        return -value, -self.grad.copy()
 
 
 def em_iterations(model, theta, n_iter, method="reml", rng=None, trace=None):
@@ -166,23 +159,23 @@ def em_iterations(model, theta, n_iter, method="reml", rng=None, trace=None):
             break
         group_moments(rng, stats, s2, C, L, LA, c, a, b, V)
         resid = stats.Xty - stats.XtF @ a
-        extra_rss = np.einsum("jkl,jlk->", stats.XtX, V)
         if method == "reml":
             LA_inv = np.linalg.inv(np.tril(LA))
             A_inv = LA_inv.T @ LA_inv
-            G = -np.einsum("jkl,jlq->jkq", V, stats.XtF) / s2  # d E[b_j | a] / d a
-            cov_ab = np.einsum("pq,jkq->jpk", A_inv, G)  # Cov(a, b_j)
-            V = V + np.einsum("jkq,jmq->jkm", G, cov_ab.transpose(0, 2, 1))
-            extra_rss = (np.einsum("jkl,jlk->", stats.XtX, V) + np.trace(stats.FtF @ A_inv)
-                         + 2.0 * np.einsum("jpk,jkp->", cov_ab, stats.XtF))
-        second = np.einsum("jk,jl->kl", b, b) + V.sum(axis=0)
+            G = -(V @ stats.XtF) / s2  # d E[b_j | a] / d a, shape (n_groups, d, p)
+            cov_ba = G @ A_inv  # Cov(b_j, a), shape (n_groups, d, p)
+            V = V + cov_ba @ G.transpose(0, 2, 1)
+            extra_rss = (np.sum(stats.XtX * V) + np.sum(stats.FtF * A_inv) + 2.0 * np.sum(cov_ba * stats.XtF))
+        else:
+            extra_rss = np.sum(stats.XtX * V)
+        second = b.T @ b + V.sum(axis=0)
         T = np.zeros((d, d))
         for k in range(len(structure.block_ptr) - 1):
             lo, hi = structure.block_ptr[k], structure.block_ptr[k + 1]
             T[lo:hi, lo:hi] = second[lo:hi, lo:hi] / n_groups
         if not structure.sigma_known:
-            rss = (stats.scal[0] - 2 * a @ stats.Fty + a @ stats.FtF @ a - 2 * np.einsum("jk,jk->", b, resid)
-                   + np.einsum("jk,jkl,jl->", b, stats.XtX, b) + extra_rss)
+            quad_b = np.sum(b * (stats.XtX @ b[:, :, None])[:, :, 0])
+            rss = stats.scal[0] - 2 * a @ stats.Fty + a @ stats.FtF @ a - 2 * np.sum(b * resid) + quad_b + extra_rss
             s2 = max(rss, 1e-300) / stats.scal[1]
         T += 1e-12 * np.trace(T) * np.eye(d)
         if not encode_theta(s2, T, structure, theta):
@@ -190,7 +183,7 @@ def em_iterations(model, theta, n_iter, method="reml", rng=None, trace=None):
     return theta
 
 
-def fit_em(model, method="reml", *, em_iter=20, tol=1e-10, max_eval=5000):
+def fit_em(model, method="reml", *, em_iter=5, tol=1e-6, max_eval=5000):
     """Maximum-likelihood (``"ml"``) or restricted (``"reml"``) fit of the variance components.
 
     Parameters
@@ -218,29 +211,14 @@ def fit_em(model, method="reml", *, em_iter=20, tol=1e-10, max_eval=5000):
     theta = starting_theta(model, rng, jitter=0.0)
     theta = em_iterations(model, theta, em_iter, method, rng)
     objective = _Objective(model, method)
-    n = theta.shape[0]
-
-    def negative(th):
-        v = objective(th)
-        return np.inf if not np.isfinite(v) else -v
-
-    def gradient(th):
-        g = np.empty(n)
-        for i in range(n):
-            h = 1e-6 * max(1.0, abs(th[i]))
-            e = np.zeros(n)
-            e[i] = h
-            g[i] = (negative(th + e) - negative(th - e)) / (2 * h)
-        return g
-
-    opt = minimize(negative, theta, jac=gradient, method="L-BFGS-B",
+    opt = minimize(objective.negative_with_gradient, theta, jac=True, method="L-BFGS-B",
                    options={"gtol": tol, "ftol": 1e-15, "maxfun": max_eval, "maxiter": max_eval})
     theta = opt.x
     loglik = objective(theta)
     # Converged when the log-likelihood is flat at the optimum: a step of 1e-3 in any
     # unconstrained coordinate changes it by less than about 1e-6. The optimiser's own flag
     # also reports line searches that stop on rounding at the optimum.
-    grad_max = float(np.max(np.abs(gradient(theta)))) if n else 0.0
+    grad_max = float(np.max(np.abs(objective.grad))) if theta.size else 0.0
     converged = bool(np.isfinite(loglik) and grad_max <= 1e-3)
     # estimates at the optimum
     stats = model.stats
@@ -313,12 +291,10 @@ def _reliability(stats, s2, T):
     own least-squares estimate, ``s2 [(X_j'W_jX_j)^{-1}]_kk``; nan where ``X_j'W_jX_j`` is
     singular (fewer observations than coefficients, or a predictor constant in the group).
     """
-    n_groups, d = stats.Xty.shape
-    rel = np.full((n_groups, d), np.nan)
-    for j in range(n_groups):
-        M = stats.XtX[j]
-        if np.linalg.cond(M) > 1e12:
-            continue
-        v = s2 * np.diag(np.linalg.inv(M))
-        rel[j] = np.diag(T) / (np.diag(T) + v)
+    M = stats.XtX
+    ok = np.linalg.cond(M) < 1e12
+    rel = np.full(stats.Xty.shape, np.nan)
+    if np.any(ok):
+        v = s2 * np.diagonal(np.linalg.inv(M[ok]), axis1=1, axis2=2)
+        rel[ok] = np.diag(T) / (np.diag(T) + v)
     return rel

@@ -21,3 +21,15 @@ def test_bench_core_quick(tmp_path, capsys):
     assert results["machine"]["cpus"] >= 1
     table = (tmp_path / "RESULTS.md").read_text()
     assert "| radon | 89 |" in table and "min-ESS/s" in table
+
+
+def test_bench_em_quick(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_em", BENCH.parent / "bench_em.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--quick", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "em_results.json").read_text())
+    row = results["models"]["radon_vi"]["REML"]
+    assert row["bayeshlm_seconds"] > 0
+    assert abs(row["bayeshlm_loglik"] - row["lme4_loglik"]) < 1e-6 * abs(row["lme4_loglik"])
+    assert "| dyestuff | REML |" in (tmp_path / "EM_RESULTS.md").read_text()
