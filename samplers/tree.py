@@ -45,6 +45,22 @@ def _group_precision(XtX_j, C, inv_s2, K, XC):
 
 
 @njit(cache=True, nogil=True)
+def _precision_2x2(XtX_j, c00, c10, c11, inv_s2):
+    """``K_j = I + C'X_j'W_jX_jC / s2`` for two coefficients, ``C = [[c00, 0], [c10, c11]]``.
+
+    Returns ``(k00, k10, k11)``; written out because two coefficients are the common case
+    and the generic loops cost several times more there.
+    """
+    x00 = XtX_j[0, 0]
+    x10 = XtX_j[1, 0]
+    x11 = XtX_j[1, 1]
+    k00 = 1.0 + (c00 * c00 * x00 + 2.0 * c00 * c10 * x10 + c10 * c10 * x11) * inv_s2
+    k10 = (c11 * (c00 * x10 + c10 * x11)) * inv_s2
+    k11 = 1.0 + c11 * c11 * x11 * inv_s2
+    return k00, k10, k11
+
+
+@njit(cache=True, nogil=True)
 def upward(stats, s2, C, a_mean, a_prec, L_out, LA_out, c_out):
     """Integrate out the group coefficients and the fixed effects.
 
@@ -125,13 +141,7 @@ def upward(stats, s2, C, a_mean, a_prec, L_out, LA_out, c_out):
             for q in range(p):
                 U[0, q] = f * stats.XtF[j, 0, q]
         elif d == 2:
-            # closed forms for two coefficients, C = [[c00, 0], [c10, c11]]
-            x00 = stats.XtX[j, 0, 0]
-            x10 = stats.XtX[j, 1, 0]
-            x11 = stats.XtX[j, 1, 1]
-            k00 = 1.0 + (c00 * c00 * x00 + 2.0 * c00 * c10 * x10 + c10 * c10 * x11) * inv_s2
-            k10 = (c11 * (c00 * x10 + c10 * x11)) * inv_s2
-            k11 = 1.0 + c11 * c11 * x11 * inv_s2
+            k00, k10, k11 = _precision_2x2(stats.XtX[j], c00, c10, c11, inv_s2)
             l00 = np.sqrt(k00)
             l10 = k10 / l00
             rem = k11 - l10 * l10
@@ -341,13 +351,7 @@ def loglik_given_a(stats, s2, C, r, rtr, L_scratch):
             u0 = c00 * r[j, 0] * inv_s2
             quad -= u0 * u0 / det
         elif d == 2:
-            x00 = stats.XtX[j, 0, 0]
-            x10 = stats.XtX[j, 1, 0]
-            x11 = stats.XtX[j, 1, 1]
-            # K = I + C'XC / s2 with C = [[c00, 0], [c10, c11]]
-            k00 = 1.0 + (c00 * c00 * x00 + 2.0 * c00 * c10 * x10 + c10 * c10 * x11) * inv_s2
-            k10 = (c11 * (c00 * x10 + c10 * x11)) * inv_s2
-            k11 = 1.0 + c11 * c11 * x11 * inv_s2
+            k00, k10, k11 = _precision_2x2(stats.XtX[j], c00, c10, c11, inv_s2)
             det = k00 * k11 - k10 * k10
             if not det > 0.0:
                 return -np.inf, False
