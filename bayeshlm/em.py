@@ -54,6 +54,8 @@ class EMResult:
     n_params: int = 0
     n_obs: int = 0
     icc: float | None = None
+    robust_se: dict = field(default_factory=dict)
+    variance_se: dict = field(default_factory=dict)
     reliability: dict = field(default_factory=dict)
     reliability_by_group: np.ndarray | None = None
 
@@ -63,23 +65,25 @@ class EMResult:
         return -2.0 * self.loglik
 
     def fixed_table(self):
-        """Fixed effects: estimate, model-based SE, z statistic and two-sided normal p-value."""
+        """Fixed effects: estimate, model-based SE, z statistic, two-sided normal p-value, robust SE."""
         import pandas as pd
         from scipy.stats import norm
 
         est = pd.Series(self.fixed)
         se = pd.Series(self.fixed_se)
         z = est / se
-        return pd.DataFrame({"estimate": est, "se": se, "z": z, "p_value": 2 * norm.sf(np.abs(z))})
+        return pd.DataFrame({"estimate": est, "se": se, "z": z, "p_value": 2 * norm.sf(np.abs(z)),
+                             "robust_se": pd.Series(self.robust_se)})
 
     def variance_table(self):
         """Variance components: SD and variance of each random coefficient and of the residual."""
         import pandas as pd
 
-        rows = {f"sd[{k}]": (v, v * v, self.reliability.get(k, np.nan)) for k, v in self.sd.items()}
+        rows = {f"sd[{k}]": (v, self.variance_se.get(f"sd[{k}]", np.nan), v * v, self.reliability.get(k, np.nan))
+                for k, v in self.sd.items()}
         if np.isfinite(self.sigma):
-            rows["sigma"] = (self.sigma, self.sigma**2, np.nan)
-        return pd.DataFrame.from_dict(rows, orient="index", columns=["sd", "variance", "reliability"])
+            rows["sigma"] = (self.sigma, self.variance_se.get("sigma", np.nan), self.sigma**2, np.nan)
+        return pd.DataFrame.from_dict(rows, orient="index", columns=["sd", "se", "variance", "reliability"])
 
     def summary(self) -> str:
         """A printed report in the layout of lme4 and HLM."""
@@ -254,6 +258,8 @@ def fit_em(model, method="reml", *, em_iter=5, tol=1e-6, max_eval=5000):
     if names == ("Intercept",) and not model.sigma_known:
         icc = float(out_sd[0, 0] ** 2 / (out_sd[0, 0] ** 2 + s2))
     rel = _reliability(stats, s2, C @ C.T)
+    robust = _robust_vcov(model, a, s2, C, L, vcov)
+    variance_se = _variance_se(model, theta, method, boundary)
     return EMResult(
         method=method,
         fixed=dict(zip(model.fixed_names, a.tolist(), strict=True)),
@@ -278,6 +284,8 @@ def fit_em(model, method="reml", *, em_iter=5, tol=1e-6, max_eval=5000):
         n_params=n_par,
         n_obs=n_obs,
         icc=icc,
+        robust_se=dict(zip(model.fixed_names, np.sqrt(np.diag(robust)).tolist(), strict=True)),
+        variance_se=variance_se,
         reliability={k: float(np.nanmean(rel[:, i])) if np.any(np.isfinite(rel[:, i])) else float("nan")
                      for i, k in enumerate(names)},
         reliability_by_group=rel,
@@ -298,3 +306,76 @@ def _reliability(stats, s2, T):
         v = s2 * np.diagonal(np.linalg.inv(M[ok]), axis1=1, axis2=2)
         rel[ok] = np.diag(T) / (np.diag(T) + v)
     return rel
+
+
+def _robust_vcov(model, a, s2, C, L, vcov):
+    """Cluster-robust (sandwich, CR0) covariance of the fixed effects, clusters = groups.
+
+    ``A^{-1} (sum_j s_j s_j') A^{-1}`` with ``s_j = F_j'V_j^{-1}(y_j - F_j a)`` (Liang & Zeger
+    1986), ``V_j^{-1} = W_j/s2 - W_jX_jC K_j^{-1} C'X_j'W_j / s2^2``; one pass over the rows.
+    """
+    design, stats = model.design, model.stats
+    n_groups, d = stats.Xty.shape
+    w = np.ones(model.n_obs) if design.obs_var is None else 1.0 / design.obs_var
+    we = w * (design.y - design.F @ a)
+    g = design.group_idx
+    Fwe = np.stack([np.bincount(g, design.F[:, q] * we, minlength=n_groups) for q in range(design.F.shape[1])], 1)
+    Xwe = np.stack([np.bincount(g, design.X[:, k] * we, minlength=n_groups) for k in range(d)], 1)
+    # K_j^{-1} C'X_j'W_j e_j, by the factors of the upward pass
+    v = np.einsum("lk,jl->jk", C, Xwe)
+    v = np.linalg.solve(L, v[:, :, None])[:, :, 0]
+    v = np.linalg.solve(np.transpose(L, (0, 2, 1)), v[:, :, None])[:, :, 0]
+    correction = np.einsum("jkq,jk->jq", stats.XtF, np.einsum("kl,jl->jk", C, v))
+    score = Fwe / s2 - correction / s2**2
+    meat = score.T @ score
+    return vcov @ meat @ vcov
+
+
+def _natural(model, theta):
+    """``[sigma (unless known), SDs, correlations]`` of an unconstrained ``theta``."""
+    d = len(model.coef_names)
+    s2, sd, corr = np.empty(1), np.empty((1, d)), np.empty((1, d, d))
+    components(theta[None, :], model.structure, model.priors, s2, sd, corr)
+    bp = model.structure.block_ptr
+    pairs = [corr[0, i, j] for k in range(len(bp) - 1) for i in range(bp[k], bp[k + 1]) for j in range(bp[k], i)]
+    head = [] if model.sigma_known else [np.sqrt(s2[0])]
+    return np.array(head + list(sd[0]) + pairs)
+
+
+def _variance_se(model, theta, method, boundary):
+    """Standard errors of sigma, the SDs and the correlations from the observed information.
+
+    The Hessian of the log-likelihood in the unconstrained ``theta`` (central differences of
+    its gradient), inverted and carried to the natural scale by the delta method. Not given
+    (nan) when a variance is on the boundary, where the information is singular and the
+    normal approximation does not hold.
+    """
+    names = ([] if model.sigma_known else ["sigma"]) + [f"sd[{c}]" for c in model.coef_names]
+    bp = model.structure.block_ptr
+    coefs = model.coef_names
+    names += [f"corr[{coefs[j]},{coefs[i]}]" for k in range(len(bp) - 1)
+              for i in range(bp[k], bp[k + 1]) for j in range(bp[k], i)]
+    if boundary:
+        return dict.fromkeys(names, float("nan"))
+    n = theta.size
+    grad = np.empty(n)
+    H = np.empty((n, n))
+    J = np.empty((len(names), n))
+    reml = method == "reml"
+    for i in range(n):
+        h = 1e-4 * max(1.0, abs(theta[i]))
+        up, down = theta.copy(), theta.copy()
+        up[i] += h
+        down[i] -= h
+        loglik_and_gradient(up, model.stats, model.structure, model.priors, reml, grad)
+        g_up = grad.copy()
+        loglik_and_gradient(down, model.stats, model.structure, model.priors, reml, grad)
+        H[:, i] = (g_up - grad) / (2 * h)
+        J[:, i] = (_natural(model, up) - _natural(model, down)) / (2 * h)
+    H = 0.5 * (H + H.T)
+    try:
+        cov = np.linalg.inv(-H)
+    except np.linalg.LinAlgError:
+        return dict.fromkeys(names, float("nan"))
+    var = np.diag(J @ cov @ J.T)
+    return {name: float(np.sqrt(v)) if v >= 0 else float("nan") for name, v in zip(names, var, strict=True)}

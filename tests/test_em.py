@@ -121,7 +121,7 @@ def test_icc_and_reliability_follow_their_definitions():
 def test_fixed_table_statistics():
     model = bh.hlm("reaction ~ days + (days | subject)", bh.load_dataset("sleepstudy"))
     table = fit_em(model, "reml").fixed_table()
-    assert list(table.columns) == ["estimate", "se", "z", "p_value"]
+    assert list(table.columns) == ["estimate", "se", "z", "p_value", "robust_se"]
     np.testing.assert_allclose(table["z"], table["estimate"] / table["se"])
     assert (table["p_value"] < 1e-6).all()
 
@@ -167,3 +167,54 @@ def test_em_never_decreases_the_likelihood(seed, n_groups, formula, method):
     em_iterations(model, starting_theta(model, rng, jitter=1.0), 15, method, trace=trace)
     steps = np.diff(trace)
     assert np.all(steps >= -1e-8 * max(1.0, abs(trace[-1]))), (trace, steps.min())
+
+
+def test_variance_component_se_balanced_one_way_closed_form():
+    """ML on balanced one-way data: the information for (sigma^2, tau^2) has a closed form.
+
+    With J groups of n and lambda = sigma^2 + n tau^2, the log-likelihood is
+    -1/2 [J(n-1) log sigma^2 + J log lambda + SSW / sigma^2 + SSB / lambda] (+ the mean, which
+    is orthogonal), so I = J/2 [[(n-1)/sigma^4 + 1/lambda^2, n/lambda^2], [n/lambda^2, n^2/lambda^2]];
+    at the MLE the observed information equals it. SEs of the SDs by the delta method.
+    """
+    data = bh.load_dataset("dyestuff")
+    fit = fit_em(bh.hlm("yield ~ 1 + (1 | batch)", data), "ml")
+    J, n = 6, 5
+    s2, t2 = fit.sigma**2, fit.sd["Intercept"] ** 2
+    lam = s2 + n * t2
+    info = J / 2 * np.array([[(n - 1) / s2**2 + 1 / lam**2, n / lam**2], [n / lam**2, n**2 / lam**2]])
+    cov = np.linalg.inv(info)
+    se_sigma = np.sqrt(cov[0, 0]) / (2 * fit.sigma)
+    se_tau = np.sqrt(cov[1, 1]) / (2 * fit.sd["Intercept"])
+    assert fit.variance_se["sigma"] == pytest.approx(se_sigma, rel=1e-3)
+    assert fit.variance_se["sd[Intercept]"] == pytest.approx(se_tau, rel=1e-3)
+
+
+def test_robust_se_matches_dense_sandwich():
+    data = bh.load_dataset("sleepstudy")
+    model = bh.hlm("reaction ~ days + (days | subject)", data)
+    fit = fit_em(model, "reml")
+    d = model.design
+    a = np.array(list(fit.fixed.values()))
+    T = np.zeros((2, 2))
+    T[0, 0], T[1, 1] = fit.sd["Intercept"] ** 2, fit.sd["days"] ** 2
+    T[0, 1] = T[1, 0] = fit.corr["Intercept,days"] * fit.sd["Intercept"] * fit.sd["days"]
+    A = np.zeros((2, 2))
+    meat = np.zeros((2, 2))
+    for j in range(model.n_groups):
+        rows = d.group_idx == j
+        X, F, y = d.X[rows], d.F[rows], d.y[rows]
+        Vi = np.linalg.inv(fit.sigma**2 * np.eye(rows.sum()) + X @ T @ X.T)
+        A += F.T @ Vi @ F
+        s = F.T @ Vi @ (y - F @ a)
+        meat += np.outer(s, s)
+    Ainv = np.linalg.inv(A)
+    want = np.sqrt(np.diag(Ainv @ meat @ Ainv))
+    np.testing.assert_allclose(list(fit.robust_se.values()), want, rtol=1e-6)
+    np.testing.assert_allclose(list(fit.fixed_se.values()), np.sqrt(np.diag(Ainv)), rtol=1e-6)
+
+
+def test_no_variance_se_on_the_boundary():
+    model = bh.hlm("y ~ 1 + (1 | school)", bh.load_dataset("eight_schools"), known_sd="sigma")
+    fit = fit_em(model, "ml")
+    assert np.isnan(fit.variance_se["sd[Intercept]"])
