@@ -23,7 +23,7 @@ def _check_arviz():
 
 _check_arviz()
 
-from bayeshlm.compare import compare, shrinkage_table  # noqa: E402
+from bayeshlm.compare import compare, plot_shrinkage, shrinkage_table  # noqa: E402
 from bayeshlm.compile import hlm  # noqa: E402
 from bayeshlm.data import DataError, Design  # noqa: E402
 from bayeshlm.datasets import list_datasets, load_dataset  # noqa: E402
@@ -73,6 +73,7 @@ __all__ = [
     "lrt",
     "lrt_hierarchy",
     "parse_formula",
+    "plot_shrinkage",
     "sample",
     "shrinkage_table",
     "summary",

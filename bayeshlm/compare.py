@@ -81,7 +81,9 @@ def shrinkage_table(posterior, eb):
     Returns
     -------
     pandas.DataFrame
-        Index (group label, coefficient); columns ``eb``, ``eb_sd``, ``post_mean``, ``post_sd``.
+        Index (group label, coefficient); columns ``eb``, ``eb_sd``, ``post_mean``, ``post_sd``
+        (deviations from the fixed part), and ``ols``, the group's own least-squares
+        coefficient (total, not a deviation; nan where the group cannot estimate it).
     """
     g = dim_name(posterior.attrs["grouping_factor"])
     effect = posterior.posterior[f"{g}_effect"]
@@ -92,6 +94,44 @@ def shrinkage_table(posterior, eb):
     eb_sd = np.sqrt(np.stack([np.diag(v) for v in eb.group_cov]))
     return pd.DataFrame(
         {"eb": eb.group_means.reshape(-1), "eb_sd": eb_sd.reshape(-1),
-         "post_mean": mean.reshape(-1), "post_sd": sd.reshape(-1)},
+         "post_mean": mean.reshape(-1), "post_sd": sd.reshape(-1), "ols": eb.group_ols.reshape(-1)},
         index=index,
     )
+
+
+def plot_shrinkage(posterior, eb, coef="Intercept", *, ax=None):
+    """Shrinkage plot: each group's OLS, EB and posterior-mean coefficient on one axis.
+
+    For an intercept-only random part (or a coefficient whose fixed part is the matching
+    fixed term), the EB and posterior group coefficients are the fixed effect plus the
+    group's deviation; groups are sorted by their OLS estimate, and the lines show how far
+    each is pulled towards the overall value.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import matplotlib.pyplot as plt
+
+    table = shrinkage_table(posterior, eb).xs(coef, level="coef")
+    base = eb.fixed.get(coef, 0.0)
+    post_base = float(posterior.posterior["fixed"].sel(fixed_term=coef).mean()) if coef in eb.fixed else 0.0
+    order = np.argsort(table["ols"].to_numpy())
+    y = np.arange(len(order))
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, max(3.0, 0.06 * len(order) + 2)))
+    else:
+        fig = ax.figure
+    ols = table["ols"].to_numpy()[order]
+    ebv = base + table["eb"].to_numpy()[order]
+    post = post_base + table["post_mean"].to_numpy()[order]
+    ax.hlines(y, np.minimum(ols, ebv), np.maximum(ols, ebv), color="0.8", lw=0.8)
+    ax.plot(ols, y, "o", ms=3, mfc="none", label="OLS (group alone)")
+    ax.plot(ebv, y, "o", ms=3, label=f"EB ({eb.method.upper()})")
+    ax.plot(post, y, "x", ms=3, label="posterior mean")
+    ax.axvline(base, color="0.5", lw=0.8, ls="--")
+    ax.set_yticks([])
+    ax.set_xlabel(coef)
+    ax.set_ylabel("groups, by OLS estimate")
+    ax.legend(loc="best", fontsize="small")
+    return fig

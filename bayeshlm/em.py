@@ -55,6 +55,7 @@ class EMResult:
     n_obs: int = 0
     icc: float | None = None
     robust_se: dict = field(default_factory=dict)
+    group_ols: np.ndarray | None = None
     variance_se: dict = field(default_factory=dict)
     reliability: dict = field(default_factory=dict)
     reliability_by_group: np.ndarray | None = None
@@ -285,6 +286,7 @@ def fit_em(model, method="reml", *, em_iter=5, tol=1e-6, max_eval=5000):
         n_obs=n_obs,
         icc=icc,
         robust_se=dict(zip(model.fixed_names, np.sqrt(np.diag(robust)).tolist(), strict=True)),
+        group_ols=_group_ols(stats),
         variance_se=variance_se,
         reliability={k: float(np.nanmean(rel[:, i])) if np.any(np.isfinite(rel[:, i])) else float("nan")
                      for i, k in enumerate(names)},
@@ -379,3 +381,18 @@ def _variance_se(model, theta, method, boundary):
         return dict.fromkeys(names, float("nan"))
     var = np.diag(J @ cov @ J.T)
     return {name: float(np.sqrt(v)) if v >= 0 else float("nan") for name, v in zip(names, var, strict=True)}
+
+
+def _group_ols(stats):
+    """Each group's own least-squares coefficients of the random design, ``(X_j'W_jX_j)^{-1} X_j'W_jy_j``.
+
+    These are the within-group estimates HLM reports beside the EB ones (the group's total
+    coefficient, not a deviation from the fixed part); nan for a group whose ``X_j'W_jX_j`` is
+    singular (fewer rows than coefficients, or a predictor constant within the group).
+    """
+    M = stats.XtX
+    ok = np.linalg.cond(M) < 1e12
+    out = np.full(stats.Xty.shape, np.nan)
+    if np.any(ok):
+        out[ok] = np.linalg.solve(M[ok], stats.Xty[ok][:, :, None])[:, :, 0]
+    return out

@@ -139,7 +139,7 @@ def test_compare_and_shrinkage_tables():
     assert row["ci_low"] < row["post_median"] < row["ci_high"]
     assert row["difference"] == pytest.approx(row["post_mean"] - row["eb_estimate"])
     shrink = bh.shrinkage_table(post, eb)
-    assert shrink.shape == (36, 4)
+    assert shrink.shape == (36, 5)
     assert shrink.loc[("308", "days"), "eb"] == eb.group_means[0, 1]
     # with 18 subjects and weak priors, posterior and EB group estimates are close
     assert np.corrcoef(shrink["eb"], shrink["post_mean"])[0, 1] > 0.99
@@ -218,3 +218,24 @@ def test_no_variance_se_on_the_boundary():
     model = bh.hlm("y ~ 1 + (1 | school)", bh.load_dataset("eight_schools"), known_sd="sigma")
     fit = fit_em(model, "ml")
     assert np.isnan(fit.variance_se["sd[Intercept]"])
+
+
+def test_group_ols_and_shrinkage_plot(tmp_path):
+    data = bh.load_dataset("radon")
+    model = bh.hlm("log_radon ~ 1 + (1 | county)", data)
+    eb = fit_em(model, "reml")
+    means = data.groupby("county", sort=False)["log_radon"].mean()
+    np.testing.assert_allclose(eb.group_ols[:, 0], means.loc[list(model.design.group_labels)].to_numpy(),
+                               rtol=1e-10)
+    # EB estimates lie between each county's own mean and the overall estimate (shrinkage)
+    total = eb.fixed["Intercept"] + eb.group_means[:, 0]
+    lo = np.minimum(eb.group_ols[:, 0], eb.fixed["Intercept"]) - 1e-9
+    hi = np.maximum(eb.group_ols[:, 0], eb.fixed["Intercept"]) + 1e-9
+    assert np.all((total >= lo) & (total <= hi))
+    post = bh.sample(model, draws=200, warmup=200, chains=2, seed=3, progress=False)
+    fig = bh.plot_shrinkage(post, eb)
+    ax = fig.axes[0]
+    assert len(ax.lines) >= 3 and len(ax.get_legend().get_texts()) == 3
+    path = tmp_path / "shrinkage.png"
+    fig.savefig(path)
+    assert path.stat().st_size > 1000
