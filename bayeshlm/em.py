@@ -1,10 +1,11 @@
 """EM empirical-Bayes / maximum-likelihood fit (ML and REML) on the same tree passes as the sampler.
 
-It gives the estimates (fixed effects with model-based standard errors, sigma, the group
-SDs and correlations), the log-likelihood and information criteria, and the empirical-Bayes
-group estimates with their conditional covariances. Not yet here: cluster-robust standard
-errors, standard errors of the variance components, reliabilities, the ICC, likelihood-ratio
-tests and the printed report.
+It gives the fixed effects with model-based and cluster-robust standard errors, sigma, the
+group SDs and correlations with standard errors from the observed information, the
+log-likelihood and information criteria, boundary status, the intraclass correlation,
+reliabilities, each group's own least-squares coefficients, and the empirical-Bayes group
+estimates with their conditional covariances (:class:`EMResult`). Likelihood-ratio tests are
+in :mod:`bayeshlm.lrt`, the comparison with a posterior in :mod:`bayeshlm.compare`.
 
 Method: EM iterations (Dempster, Rubin & Tsutakawa 1981; Laird & Ware 1982) from a rough
 start, whose E-step is the downward pass without noise (:func:`samplers.tree.group_moments`)
