@@ -28,6 +28,7 @@ from bayeshlm.compile import hlm  # noqa: E402
 from bayeshlm.data import DataError, Design  # noqa: E402
 from bayeshlm.datasets import list_datasets, load_dataset  # noqa: E402
 from bayeshlm.em import EMResult, fit_em  # noqa: E402
+from bayeshlm.evidence import Evidence, bayes_factor, marginal_likelihood  # noqa: E402
 from bayeshlm.formula import FormulaError, parse_formula  # noqa: E402
 from bayeshlm.lrt import LRTResult, lrt, lrt_hierarchy  # noqa: E402
 from bayeshlm.model import Model  # noqa: E402
@@ -51,6 +52,7 @@ __all__ = [
     "DataError",
     "Design",
     "EMResult",
+    "Evidence",
     "Flat",
     "FormulaError",
     "HalfCauchy",
@@ -65,6 +67,7 @@ __all__ = [
     "SamplingError",
     "Uniform",
     "__version__",
+    "bayes_factor",
     "compare",
     "fit_em",
     "hlm",
@@ -72,6 +75,7 @@ __all__ = [
     "load_dataset",
     "lrt",
     "lrt_hierarchy",
+    "marginal_likelihood",
     "parse_formula",
     "plot_shrinkage",
     "sample",

@@ -1,0 +1,64 @@
+"""Marginal likelihood by bridge sampling against an exact value, and its ingredients."""
+
+import numpy as np
+import pytest
+from scipy import integrate, stats
+
+import bayeshlm as bh
+from bayeshlm.evidence import bayes_factor, lkj_log_norm, marginal_likelihood
+
+
+def _eight_schools_exact(y, s, mu_sd, tau_scale):
+    """log p(y) by quadrature over tau, mu integrated analytically (y ~ N(0, diag(s^2 + tau^2) + mu_sd^2))."""
+    def integrand(tau):
+        cov = np.diag(s**2 + tau**2) + mu_sd**2
+        prior = 2 * stats.norm(0, tau_scale).pdf(tau)
+        return np.exp(stats.multivariate_normal(np.zeros(y.size), cov).logpdf(y)) * prior
+
+    value, _ = integrate.quad(integrand, 0, np.inf, epsabs=0, epsrel=1e-10)
+    return np.log(value)
+
+
+def test_eight_schools_marginal_likelihood_matches_quadrature():
+    data = bh.load_dataset("eight_schools")
+    model = bh.hlm("y ~ 1 + (1 | school)", data, known_sd="sigma",
+                   priors={"fixed": bh.Normal(0, 20), "sd": bh.HalfNormal(15)})
+    post = bh.sample(model, draws=2000, seed=1, progress=False)
+    ev = marginal_likelihood(post, model)
+    exact = _eight_schools_exact(data["y"].to_numpy(float), data["sigma"].to_numpy(float), 20.0, 15.0)
+    # within 4 estimated standard errors (about 6e-5 two-sided false-alarm rate if the error
+    # estimate is right), plus 1e-3 for the approximation in that estimate
+    assert abs(ev.log_marginal_likelihood - exact) <= 4 * ev.se + 1e-3, (ev, exact)
+    assert ev.se < 0.02
+
+
+def test_bayes_factor_of_prior_scales():
+    data = bh.load_dataset("eight_schools")
+    evs = []
+    for tau_scale in (5.0, 50.0):
+        model = bh.hlm("y ~ 1 + (1 | school)", data, known_sd="sigma",
+                       priors={"fixed": bh.Normal(0, 20), "sd": bh.HalfNormal(tau_scale)})
+        evs.append(marginal_likelihood(bh.sample(model, draws=2000, seed=2, progress=False), model))
+    log_bf, se = bayes_factor(*evs)
+    y, s = data["y"].to_numpy(float), data["sigma"].to_numpy(float)
+    exact = _eight_schools_exact(y, s, 20.0, 5.0) - _eight_schools_exact(y, s, 20.0, 50.0)
+    assert abs(log_bf - exact) <= 4 * se + 2e-3
+
+
+@pytest.mark.parametrize("eta", [0.7, 1.0, 2.5])
+def test_lkj_normalising_constant_two_by_two(eta):
+    total, _ = integrate.quad(lambda r: (1 - r * r) ** (eta - 1), -1, 1)
+    assert lkj_log_norm(2, eta) == pytest.approx(-np.log(total), rel=1e-8)
+
+
+def test_lkj_normalising_constant_three_by_three():
+    # eta = 1: the volume of the 3 x 3 correlation matrices is pi^2 / 2
+    assert lkj_log_norm(3, 1.0) == pytest.approx(-np.log(np.pi**2 / 2), rel=1e-12)
+
+
+def test_improper_priors_are_refused():
+    data = bh.load_dataset("eight_schools")
+    model = bh.hlm("y ~ 1 + (1 | school)", data, known_sd="sigma", priors={"fixed": bh.Flat()})
+    post = bh.sample(model, draws=50, warmup=50, chains=1, seed=1, progress=False)
+    with pytest.raises(ValueError, match="proper"):
+        marginal_likelihood(post, model)
