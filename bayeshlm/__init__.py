@@ -28,7 +28,12 @@ from bayeshlm.compile import hlm  # noqa: E402
 from bayeshlm.data import DataError, Design  # noqa: E402
 from bayeshlm.datasets import list_datasets, load_dataset  # noqa: E402
 from bayeshlm.em import EMResult, fit_em  # noqa: E402
-from bayeshlm.evidence import Evidence, bayes_factor, marginal_likelihood  # noqa: E402
+from bayeshlm.evidence import (  # noqa: E402
+    Evidence,
+    bayes_factor,
+    marginal_likelihood,
+    marginal_likelihood_pooled,
+)
 from bayeshlm.formula import FormulaError, parse_formula  # noqa: E402
 from bayeshlm.lrt import LRTResult, lrt, lrt_hierarchy  # noqa: E402
 from bayeshlm.model import Model  # noqa: E402
@@ -76,6 +81,7 @@ __all__ = [
     "lrt",
     "lrt_hierarchy",
     "marginal_likelihood",
+    "marginal_likelihood_pooled",
     "parse_formula",
     "plot_shrinkage",
     "sample",

@@ -180,3 +180,52 @@ def bayes_factor(evidence_1, evidence_2):
     """``log B_12 = log p(y | model 1) - log p(y | model 2)`` with its standard error."""
     return (evidence_1.log_marginal_likelihood - evidence_2.log_marginal_likelihood,
             float(np.hypot(evidence_1.se, evidence_2.se)))
+
+
+def marginal_likelihood_pooled(model):
+    """Log marginal likelihood of the pooled regression nested in ``model`` (all group variances 0).
+
+    Same fixed effects and priors, no group coefficients: the likelihood given sigma is the
+    tree likelihood at ``T = 0``, and sigma (when estimated) is integrated by adaptive
+    quadrature on ``log sigma``. With :func:`marginal_likelihood` of the hierarchical fit it
+    gives the Bayes factor of the hierarchy (:func:`bayes_factor`).
+
+    Returns
+    -------
+    Evidence
+        ``se`` is the quadrature's error bound on the log scale.
+    """
+    from scipy.integrate import quad
+
+    priors = model.priors
+    if np.any(priors.a_prec == 0):
+        raise ValueError("the marginal likelihood needs a proper (Normal) prior on every fixed effect")
+    stats = model.stats
+    n_groups, d = stats.Xty.shape
+    p = stats.Fty.shape[0]
+    C = np.zeros((d, d))
+    L = np.empty((n_groups, d, d))
+    LA = np.empty((p, p))
+    c = np.empty(p)
+
+    def loglik(s2):
+        ll, _ = upward(stats, s2, C, priors.a_mean, priors.a_prec, L, LA, c)
+        return ll
+
+    if model.sigma_known:
+        return Evidence(float(loglik(1.0)), 0.0, 0)
+    norm = _sd_log_norm(priors.sigma_kind, priors.sigma_par, "sigma")
+    from samplers.theta import sd_log_prior
+
+    def log_integrand(log_sigma):  # density of log sigma: p(sigma) * sigma
+        sigma = np.exp(log_sigma)
+        return loglik(sigma * sigma) + sd_log_prior(priors.sigma_kind, priors.sigma_par, sigma) + norm + log_sigma
+
+    # centre and scale from the maximum, then integrate the rescaled integrand
+    grid = np.log(np.sqrt(stats.scal[0] / stats.scal[1])) + np.linspace(-12, 6, 721)
+    values = np.array([log_integrand(x) for x in grid])
+    peak = grid[np.argmax(values)]
+    top = values.max()
+    value, err = quad(lambda x: np.exp(log_integrand(x) - top), peak - 8, peak + 8, points=[peak],
+                      epsabs=0, epsrel=1e-10, limit=200)
+    return Evidence(float(np.log(value) + top), float(err / value), 0)

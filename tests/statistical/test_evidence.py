@@ -62,3 +62,32 @@ def test_improper_priors_are_refused():
     post = bh.sample(model, draws=50, warmup=50, chains=1, seed=1, progress=False)
     with pytest.raises(ValueError, match="proper"):
         marginal_likelihood(post, model)
+
+
+def test_pooled_marginal_likelihood_known_variances():
+    data = bh.load_dataset("eight_schools")
+    model = bh.hlm("y ~ 1 + (1 | school)", data, known_sd="sigma",
+                   priors={"fixed": bh.Normal(0, 20), "sd": bh.HalfNormal(15)})
+    y, s = data["y"].to_numpy(float), data["sigma"].to_numpy(float)
+    exact = stats.multivariate_normal(np.zeros(8), np.diag(s**2) + 400.0).logpdf(y)
+    assert bh.marginal_likelihood_pooled(model).log_marginal_likelihood == pytest.approx(exact, abs=1e-9)
+
+
+def test_pooled_marginal_likelihood_with_sigma_and_the_bayes_factor_of_the_hierarchy():
+    sleep = bh.load_dataset("sleepstudy")
+    model = bh.hlm("reaction ~ days + (1 | subject)", sleep,
+                   priors={"fixed": bh.Normal(250, 100), "sigma": bh.HalfNormal(100), "sd": bh.HalfNormal(50)})
+    y, F = model.design.y, model.design.F
+    prior_cov = np.diag([100.0**2, 100.0**2])
+    mean = F @ np.array([250.0, 250.0])
+
+    def integrand(sigma):  # a integrated analytically: y ~ N(F m0, sigma^2 I + F S0 F')
+        cov = sigma**2 * np.eye(y.size) + F @ prior_cov @ F.T
+        return np.exp(stats.multivariate_normal(mean, cov).logpdf(y) + 900.0) * 2 * stats.norm(0, 100).pdf(sigma)
+
+    value, _ = integrate.quad(integrand, 20, 80, epsabs=0, epsrel=1e-10, limit=200)
+    pooled = bh.marginal_likelihood_pooled(model)
+    assert pooled.log_marginal_likelihood == pytest.approx(np.log(value) - 900.0, abs=1e-6)
+    hier = marginal_likelihood(bh.sample(model, draws=2000, seed=3, progress=False), model)
+    log_bf, se = bayes_factor(hier, pooled)
+    assert log_bf > 20 and se < 0.05  # subjects differ: the hierarchy is overwhelmingly supported
