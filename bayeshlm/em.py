@@ -218,7 +218,7 @@ def fit_em(model, method="reml", *, em_iter=5, tol=1e-6, max_eval=5000):
     theta = em_iterations(model, theta, em_iter, method, rng)
     objective = _Objective(model, method)
     opt = minimize(objective.negative_with_gradient, theta, jac=True, method="L-BFGS-B",
-                   options={"gtol": tol, "ftol": 1e-15, "maxfun": max_eval, "maxiter": max_eval})
+                   options={"gtol": tol, "ftol": 1e-13, "maxfun": max_eval, "maxiter": max_eval})
     theta = opt.x
     loglik = objective(theta)
     # Converged when the log-likelihood is flat at the optimum: a step of 1e-3 in any

@@ -11,6 +11,7 @@ This is the only module of the package that imports formulaic.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import NamedTuple
 
@@ -467,9 +468,16 @@ def _parse_factor(scan, start, end):
     return factors
 
 
+@functools.lru_cache(maxsize=256)
+def _parsed(rhs):
+    # Parsing is the slow part of formulaic for small data; the same few strings are
+    # parsed again and again (checks, variables, evaluation, refits), so keep them.
+    return formulaic.Formula(rhs)
+
+
 def _check_formulaic(rhs, what, formula):
     try:
-        parsed = formulaic.Formula(rhs)
+        parsed = _parsed(rhs)
     except Exception as exc:
         # formulaic's first line says what is wrong; the rest redraws the
         # formula with terminal colour codes.
@@ -505,7 +513,7 @@ def required_variables(rhs: str) -> set[str]:
     >>> sorted(required_variables("x * C(g) + center(w)"))
     ['g', 'w', 'x']
     """
-    parsed = formulaic.Formula(rhs)
+    parsed = _parsed(rhs)
     found = set(parsed.required_variables)
     for term in parsed:
         for factor in term.factors:
@@ -560,7 +568,7 @@ def model_matrix(rhs: str, data, *, context=None):
     reference levels.
     """
     mm = formulaic.model_matrix(
-        rhs,
+        _parsed(rhs),
         data,
         context=dict(context) if context is not None else {},
         na_action="raise",
