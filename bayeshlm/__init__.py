@@ -50,6 +50,7 @@ from bayeshlm.priors import (  # noqa: E402
     Uniform,
 )
 from bayeshlm.sample import SamplingError, sample  # noqa: E402
+from bayeshlm.simulate import simulate_instructors  # noqa: E402
 from bayeshlm.summary import summary  # noqa: E402
 
 __all__ = [
@@ -86,5 +87,6 @@ __all__ = [
     "plot_shrinkage",
     "sample",
     "shrinkage_table",
+    "simulate_instructors",
     "summary",
 ]
