@@ -31,7 +31,8 @@ def compare(posterior, eb, *, ci_prob=0.95):
     -------
     pandas.DataFrame
         Rows ``fixed[<term>]``, ``sigma``, ``sd[<coef>]``, ``corr[<a>,<b>]``; columns
-        ``eb_estimate``, ``eb_se`` (model-based, fixed effects only), ``post_mean``,
+        ``eb_estimate``, ``eb_se`` (model-based for fixed effects, observed information for
+        the variance components; nan on the boundary), ``post_mean``,
         ``post_sd``, ``post_median``, the interval bounds ``ci_low`` and ``ci_high``,
         ``difference`` (posterior mean minus EB estimate) and ``difference_in_sd`` (the same
         in posterior SDs).
@@ -49,12 +50,14 @@ def compare(posterior, eb, *, ci_prob=0.95):
     rows = []
     for term, est in eb.fixed.items():
         rows.append((f"fixed[{term}]", est, eb.fixed_se[term], _draws(post, "fixed", "fixed_term", term)))
+    se = eb.variance_se
     if "sigma" in post:
-        rows.append(("sigma", eb.sigma, np.nan, _draws(post, "sigma")))
+        rows.append(("sigma", eb.sigma, se.get("sigma", np.nan), _draws(post, "sigma")))
     for coef, est in eb.sd.items():
-        rows.append((f"sd[{coef}]", est, np.nan, _draws(post, f"{g}_sd", f"{g}_coef", coef)))
+        rows.append((f"sd[{coef}]", est, se.get(f"sd[{coef}]", np.nan), _draws(post, f"{g}_sd", f"{g}_coef", coef)))
     for pair, est in eb.corr.items():
-        rows.append((f"corr[{pair}]", est, np.nan, _draws(post, f"{g}_corr", f"{g}_corr_pair", pair)))
+        rows.append((f"corr[{pair}]", est, se.get(f"corr[{pair}]", np.nan),
+                     _draws(post, f"{g}_corr", f"{g}_corr_pair", pair)))
     tail = (1.0 - ci_prob) / 2.0
     records = {}
     for name, est, se, x in rows:

@@ -239,3 +239,11 @@ def test_group_ols_and_shrinkage_plot(tmp_path):
     path = tmp_path / "shrinkage.png"
     fig.savefig(path)
     assert path.stat().st_size > 1000
+
+
+def test_compare_carries_variance_component_standard_errors():
+    model = bh.hlm("reaction ~ days + (days | subject)", bh.load_dataset("sleepstudy"))
+    eb = fit_em(model, "reml")
+    table = bh.compare(bh.sample(model, draws=100, warmup=100, chains=2, seed=6, progress=False), eb)
+    assert table.loc["sd[days]", "eb_se"] == eb.variance_se["sd[days]"]
+    assert table.loc["corr[Intercept,days]", "eb_se"] == eb.variance_se["corr[Intercept,days]"]
