@@ -35,6 +35,7 @@ from bayeshlm.evidence import (  # noqa: E402
     marginal_likelihood_pooled,
 )
 from bayeshlm.formula import FormulaError, parse_formula  # noqa: E402
+from bayeshlm.io import load, save  # noqa: E402
 from bayeshlm.lrt import LRTResult, lrt, lrt_hierarchy  # noqa: E402
 from bayeshlm.model import Model  # noqa: E402
 from bayeshlm.priors import (  # noqa: E402
@@ -78,6 +79,7 @@ __all__ = [
     "fit_em",
     "hlm",
     "list_datasets",
+    "load",
     "load_dataset",
     "lrt",
     "lrt_hierarchy",
@@ -86,6 +88,7 @@ __all__ = [
     "parse_formula",
     "plot_shrinkage",
     "sample",
+    "save",
     "shrinkage_table",
     "simulate_instructors",
     "summary",
