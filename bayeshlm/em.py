@@ -25,7 +25,7 @@ from scipy.optimize import minimize
 from bayeshlm.priors import coefficient_scales
 from samplers.ml import loglik_and_gradient
 from samplers.theta import components, decode_theta, encode_theta
-from samplers.tree import group_moments, upward
+from samplers.tree import group_moments, upward, workspace
 
 
 @dataclass(frozen=True)
@@ -147,10 +147,7 @@ def em_iterations(model, theta, n_iter, method="reml", rng=None, trace=None):
     n_groups, d = stats.Xty.shape
     p = stats.Fty.shape[0]
     objective = _Objective(model, method) if trace is not None else None
-    C = np.empty((d, d))
-    L = np.empty((n_groups, d, d))
-    LA = np.empty((p, p))
-    c = np.empty(p)
+    C, L, LA, c = workspace(stats)
     a = np.empty(p)
     b = np.empty((n_groups, d))
     V = np.empty((n_groups, d, d))
@@ -231,11 +228,8 @@ def fit_em(model, method="reml", *, em_iter=5, tol=1e-6, max_eval=5000):
     structure = model.structure
     n_groups, d = stats.Xty.shape
     p = stats.Fty.shape[0]
-    C = np.empty((d, d))
+    C, L, LA, c = workspace(stats)
     s2, _ = decode_theta(theta, structure, model.priors, C)
-    L = np.empty((n_groups, d, d))
-    LA = np.empty((p, p))
-    c = np.empty(p)
     upward(stats, s2, C, np.zeros(p), np.zeros(p), L, LA, c)
     a = np.empty(p)
     b = np.empty((n_groups, d))

@@ -21,7 +21,7 @@ import numpy as np
 from scipy.special import betaln, gammaln
 
 from samplers.theta import decode_theta, encode_theta
-from samplers.tree import upward
+from samplers.tree import upward, workspace
 from samplers.types import PRIOR_FLAT, PRIOR_HALF_NORMAL, PRIOR_HALF_T, PRIOR_INV_GAMMA, PRIOR_UNIFORM
 
 
@@ -107,12 +107,7 @@ def _theta_draws(posterior, model):
 def _log_q(model, theta, norm):
     """Log p(y | theta) + log p(theta) on the canonical half (SDs >= 0); -inf elsewhere."""
     stats, priors, structure = model.stats, model.priors, model.structure
-    n_groups, d = stats.Xty.shape
-    p = stats.Fty.shape[0]
-    C = np.empty((d, d))
-    L = np.empty((n_groups, d, d))
-    LA = np.empty((p, p))
-    c = np.empty(p)
+    C, L, LA, c = workspace(stats)
     out = np.empty(theta.shape[0])
     for s in range(theta.shape[0]):
         if np.any(theta[s, structure.sd_idx] < 0):
@@ -201,12 +196,7 @@ def marginal_likelihood_pooled(model):
     if np.any(priors.a_prec == 0):
         raise ValueError("the marginal likelihood needs a proper (Normal) prior on every fixed effect")
     stats = model.stats
-    n_groups, d = stats.Xty.shape
-    p = stats.Fty.shape[0]
-    C = np.zeros((d, d))
-    L = np.empty((n_groups, d, d))
-    LA = np.empty((p, p))
-    c = np.empty(p)
+    C, L, LA, c = workspace(stats)  # C = 0: the pooled model
 
     def loglik(s2):
         ll, _ = upward(stats, s2, C, priors.a_mean, priors.a_prec, L, LA, c)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import chi2
 
-from samplers.tree import upward
+from samplers.tree import upward, workspace
 
 
 @dataclass(frozen=True)
@@ -101,13 +101,10 @@ def lrt_hierarchy(fit, model):
         raise ValueError("with known level-1 variances the pooled model has no free parameter; "
                          "compare the log-likelihood at T = 0 directly")
     stats = model.stats
-    n_groups, d = stats.Xty.shape
+    d = stats.Xty.shape[1]
     p = stats.Fty.shape[0]
     zeros = np.zeros(p)
-    C = np.zeros((d, d))
-    L = np.empty((n_groups, d, d))
-    LA = np.empty((p, p))
-    c = np.empty(p)
+    C, L, LA, c = workspace(stats)  # C = 0: the pooled model
     n_obs = stats.scal[1]
     # at T = 0 the fit is OLS: RSS from the statistics, sigma^2 = RSS / N (ML) or / (N - p) (REML)
     upward(stats, 1.0, C, zeros, zeros, L, LA, c)

@@ -425,3 +425,13 @@ def group_moments(rng, stats, s2, C, L_all, LA, c_plus, a_out, b_mean, b_cov):
                 for m in range(d):
                     t += M[m, r] * M[m, s]
                 b_cov[j, r, s] = t
+
+
+def workspace(stats):
+    """Work arrays ``(C, L, LA, c)`` for :func:`upward` and the downward passes on ``stats``.
+
+    ``C`` (n_coef, n_coef) is zero, which is ``T = 0``; the others are uninitialised.
+    """
+    n_groups, d = stats.Xty.shape
+    p = stats.Fty.shape[0]
+    return np.zeros((d, d)), np.empty((n_groups, d, d)), np.empty((p, p)), np.empty(p)
