@@ -19,6 +19,11 @@ from samplers.sweep import METHOD_MH, draw_all_coefficients, sweep
 from samplers.types import ChainState
 
 
+def n_nodes_of(stats, structure):
+    """Number of groups of all grouping factors (the rows of the group coefficients)."""
+    return int(stats.n.shape[0] if structure.level_ptr.shape[0] == 2 else structure.node_ptr[-1])
+
+
 @njit(cache=True, nogil=True)
 def _init_chain(rng, state, stats, structure, priors):
     draw_all_coefficients(rng, state, stats, structure, priors)
@@ -46,15 +51,16 @@ def init_state(rng, theta0, stats, structure, priors, init_step=0.1):
     n_groups, d = stats.Xty.shape
     p = stats.Fty.shape[0]
     n_theta = theta0.shape[0]
+    n_nodes = n_nodes_of(stats, structure)
     state = ChainState(
         theta=np.array(theta0, dtype=np.float64),
         a=np.zeros(p),
-        b=np.zeros((n_groups, d)),
+        b=np.zeros((n_nodes, d)),
         scal=np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, np.nan]),
         ibuf=np.zeros(3, dtype=np.int64),
         C_buf=np.zeros((2, d, d)),
         r_buf=np.zeros((n_groups, d)),
-        L_buf=np.zeros((2, n_groups, d, d)),
+        L_buf=np.zeros((2, n_groups if n_nodes == n_groups else 1, d, d)),
         LA_buf=np.zeros((2, p, p)),
         c_buf=np.zeros((2, p)),
         prop_chol=np.eye(n_theta) * init_step,
@@ -147,7 +153,8 @@ def run_chains(rngs, states, stats, structure, priors, *, method, mh_steps, warm
     """
     n_chains = len(rngs)
     total = warmup + draws * thin
-    n_groups, d = stats.Xty.shape
+    _, d = stats.Xty.shape
+    n_groups = n_nodes_of(stats, structure)
     p = stats.Fty.shape[0]
     n_theta = states[0].theta.shape[0]
     outputs = [

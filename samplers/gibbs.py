@@ -119,14 +119,21 @@ def update_T(rng, b, T, structure, priors):
         False when a proposal could not be formed (fewer groups than coefficients in a block,
         or group coefficients that are exactly collinear).
     """
-    n_groups = b.shape[0]
     n_blocks = structure.block_ptr.shape[0] - 1
     n_acc = 0.0
+    lp = structure.level_ptr
     for k in range(n_blocks):
         c0 = structure.block_ptr[k]
         dk = structure.block_ptr[k + 1] - c0
+        # the rows of b holding the groups of this block's factor
+        g0, g1 = 0, b.shape[0]
+        if lp.shape[0] > 2:
+            for lev in range(lp.shape[0] - 1):
+                if lp[lev] <= c0 < lp[lev + 1]:
+                    g0, g1 = structure.node_ptr[lev], structure.node_ptr[lev + 1]
+        n_groups = g1 - g0
         S = np.zeros((dk, dk))
-        for j in range(n_groups):
+        for j in range(g0, g1):
             for r in range(dk):
                 for s in range(dk):
                     S[r, s] += b[j, c0 + r] * b[j, c0 + s]

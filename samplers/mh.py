@@ -28,6 +28,7 @@ import numpy as np
 from numba import njit
 
 from samplers.linalg import chol_inplace
+from samplers.nested import tree_upward, tree_workspace
 from samplers.theta import canonical_mask, decode_theta, flip_columns
 from samplers.tree import loglik_given_a
 
@@ -50,7 +51,12 @@ def log_target(theta, stats, structure, priors, state):
     s2, log_prior = decode_theta(theta, structure, priors, C)
     if not np.isfinite(log_prior):
         return -np.inf
-    ll, ok = loglik_given_a(stats, s2, C, state.r_buf, state.scal[RTR], state.L_buf[SCRATCH])
+    if structure.level_ptr.shape[0] > 2:
+        Lt, Ut, Acc, LA, cA, _ = tree_workspace(stats, structure)
+        ll, ok = tree_upward(stats, structure, s2, C, False, priors.a_mean, priors.a_prec, state.r_buf,
+                             state.scal[RTR], Lt, Ut, Acc, LA, cA)
+    else:
+        ll, ok = loglik_given_a(stats, s2, C, state.r_buf, state.scal[RTR], state.L_buf[SCRATCH])
     if not ok:
         # A factorisation failed at this point: numerically it has no posterior mass.
         return -np.inf

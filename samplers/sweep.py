@@ -17,6 +17,7 @@ from samplers.mh import (
     log_target,
     mh_step,
 )
+from samplers.nested import effective_coefficients, tree_draw, tree_upward, tree_workspace
 from samplers.theta import decode_theta, encode_theta
 from samplers.tree import draw_coefficients, residual_stats, upward
 
@@ -34,6 +35,17 @@ def draw_all_coefficients(rng, state, stats, structure, priors):
     """
     C = state.C_buf[CURRENT]
     s2, log_prior = decode_theta(state.theta, structure, priors, C)
+    if structure.level_ptr.shape[0] > 2:
+        # nested factors: the general tree passes
+        Lt, Ut, Acc, LA, cA, beta = tree_workspace(stats, structure)
+        ll, ok = tree_upward(stats, structure, s2, C, True, priors.a_mean, priors.a_prec, state.r_buf, 0.0,
+                             Lt, Ut, Acc, LA, cA)
+        if not ok or not np.isfinite(log_prior):
+            state.scal[FAILED] = 1.0
+            return False
+        state.scal[LP] = ll + log_prior
+        tree_draw(rng, structure, C, Lt, Ut, LA, cA, beta, state.a, state.b, True)
+        return True
     ll, ok = upward(
         stats, s2, C, priors.a_mean, priors.a_prec,
         state.L_buf[CURRENT], state.LA_buf[CURRENT], state.c_buf[CURRENT],
@@ -90,7 +102,12 @@ def sweep(rng, state, stats, structure, priors, method, mh_steps, warmup):
         T = C @ C.T
         acc_s2 = 1.0
         if structure.sigma_known == 0:
-            s2, acc_s2 = update_s2(rng, stats, state.a, state.b, s2, priors)
+            if structure.level_ptr.shape[0] > 2:
+                b_eff = np.zeros((stats.n.shape[0], d))
+                effective_coefficients(structure, state.b, b_eff)
+            else:
+                b_eff = state.b
+            s2, acc_s2 = update_s2(rng, stats, state.a, b_eff, s2, priors)
         acc_T, ok = update_T(rng, state.b, T, structure, priors)
         if not ok or not encode_theta(s2, T, structure, state.theta):
             state.scal[FAILED] = 1.0

@@ -73,6 +73,14 @@ class Structure(NamedTuple):
         0 for ``log sigma``.
     sd_idx : ndarray of int64, shape (n_coef,)
         Position in ``theta`` of each coefficient's signed SD.
+    level_ptr : ndarray of int64, shape (n_factors + 1,)
+        Coefficients ``level_ptr[k]:level_ptr[k+1]`` belong to grouping factor ``k``, finest
+        first (a covariance block never spans two factors). ``[0, n_coef]`` for one factor.
+    node_ptr : ndarray of int64, shape (n_factors + 1,)
+        The groups of all factors are numbered one after another, finest first: factor ``k``
+        has groups ``node_ptr[k]:node_ptr[k+1]``; the finest are the groups of the statistics.
+    parent : ndarray of int64, shape (node_ptr[-1],)
+        The group of the next coarser factor that contains each group (-1 for the coarsest).
     """
 
     block_ptr: np.ndarray
@@ -81,6 +89,9 @@ class Structure(NamedTuple):
     diag_scale: np.ndarray
     flip_bits: np.ndarray
     sd_idx: np.ndarray
+    level_ptr: np.ndarray
+    node_ptr: np.ndarray
+    parent: np.ndarray
 
 
 class Priors(NamedTuple):
@@ -130,8 +141,9 @@ class ChainState(NamedTuple):
         signed SDs and the canonical partial correlations (see :mod:`samplers.theta`).
     a : ndarray of shape (n_fixed,)
         Fixed effects.
-    b : ndarray of shape (n_groups, n_coef)
-        Group coefficients (deviations from the fixed part).
+    b : ndarray of shape (n_nodes, n_coef)
+        Group coefficients (deviations from the fixed part), one row per group of every factor
+        (``Structure.node_ptr``); a row uses its own factor's columns.
     scal : ndarray of shape (8,)
         ``[log p(theta | y), log p(theta | a, y), MH log step scale, failure flag,
         (y - F a)'W(y - F a), summed acceptance and count of independence moves in

@@ -60,7 +60,7 @@ def spd(rng, d, eps):
 DIAG_SCALE = 0.7  # scale s of the signed SDs: tau = s sinh(theta)
 
 
-def make_structure(blocks, sigma_known=0):
+def make_structure(blocks, sigma_known=0, n_groups=0):
     block_ptr = np.concatenate([[0], np.cumsum(blocks)]).astype(np.int64)
     sizes = [dk * (dk + 1) // 2 for dk in blocks]
     theta_ptr = (1 - sigma_known + np.concatenate([[0], np.cumsum(sizes)])).astype(np.int64)
@@ -74,7 +74,9 @@ def make_structure(blocks, sigma_known=0):
         flip_bits[t0 + dk:t0 + dk + rows.size] = (1 << (c0 + rows)) | (1 << (c0 + cols))
     return Structure(block_ptr=block_ptr, theta_ptr=theta_ptr, sigma_known=int(sigma_known),
                      diag_scale=np.full(int(sum(blocks)), DIAG_SCALE), flip_bits=flip_bits,
-                     sd_idx=sd_idx)
+                     sd_idx=sd_idx, level_ptr=np.array([0, sum(blocks)], dtype=np.int64),
+                     node_ptr=np.array([0, n_groups], dtype=np.int64),
+                     parent=np.full(n_groups, -1, dtype=np.int64))
 
 
 def make_priors(d, p=1, n_blocks=1, *, a_mean=None, a_prec=None, sigma_kind=PRIOR_FLAT,

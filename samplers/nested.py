@@ -1,0 +1,304 @@
+"""The Gaussian tree for nested grouping factors: three levels and more.
+
+The model has grouping factors ``1 .. K`` (finest first), each group of factor ``k`` lying in
+exactly one group of factor ``k + 1``. The coefficient vector of a row is the concatenation
+of the coefficients of its group at every level, so the per-group statistics of the finest
+groups, built on the full random design ``X = [X^(1) | ... | X^(K)]``, are sufficient for
+every level (:mod:`samplers.suffstats`).
+
+With ``b^(k)_g = C_k beta^(k)_g``, ``beta ~ N(0, I)``, the log joint density of every
+coefficient is a quadratic form in ``v = [beta's, a, -1]`` whose matrix is
+``G'[X, F, y]'W[X, F, y]G / s2`` plus the priors (``G = diag(C, I, 1)``). The upward pass
+eliminates the groups level by level, children before parents: a group adds the identity
+(its prior) to the accumulated block of its own coefficients, factorises it (``K = L L'``),
+and sends the Schur complement ``M_rr - U'U`` (``U = L^{-1} M_kr``) over its ancestors'
+coefficients, the fixed effects and the response to its parent. The root eliminates the
+fixed effects; what is left is ``y'V^{-1}y - c'A^{-1}c``. The downward pass draws the fixed
+effects, then each group given its ancestors, ``beta = L'^{-1}(-U v_rest + e)``.
+
+Work per pass is ``O(sum over groups of d_k W_k^2)`` with ``W_k`` the size of a message
+(the coefficients of the ancestors, the fixed effects and one), whatever the number of rows.
+
+The same pass with the fixed effects given (``R = y - F a`` in place of ``[F, y]``) is the
+target of the Metropolis-Hastings moves.
+"""
+
+import numpy as np
+from numba import njit
+
+from samplers.linalg import chol_inplace
+
+LOG_2PI = np.log(2.0 * np.pi)
+
+
+@njit(cache=True, nogil=True)
+def tree_workspace(stats, structure):
+    """Work arrays ``(Lt, Ut, Acc, LA, cA, beta)`` of the tree passes on ``stats``."""
+    lp = structure.level_ptr
+    n_nodes = structure.node_ptr[-1]
+    n1 = structure.node_ptr[1]
+    D = lp[-1]
+    p = stats.Fty.shape[0]
+    dm = 1
+    for k in range(lp.shape[0] - 1):
+        dm = max(dm, lp[k + 1] - lp[k])
+    w2 = D - lp[1] + p + 1
+    return (np.zeros((n_nodes, dm, dm)), np.zeros((n_nodes, dm, w2)), np.zeros((n_nodes - n1 + 1, w2, w2)),
+            np.zeros((p, p)), np.zeros(p), np.zeros((n_nodes, dm)))
+
+
+@njit(cache=True, nogil=True)
+def tree_upward(stats, structure, s2, C, full, a_mean, a_prec, r, rtr, Lt, Ut, Acc, LA, cA):
+    """Integrate out every group (and, with ``full``, the fixed effects) of a nested model.
+
+    Parameters
+    ----------
+    stats : SuffStats
+        Statistics of the finest groups on the full random design.
+    structure : Structure
+        With the tree: ``level_ptr`` (coefficients of each factor), ``node_ptr`` (groups of
+        each factor, numbered one after another, finest first) and ``parent``.
+    s2 : float
+    C : ndarray of shape (n_coef, n_coef)
+        Block-diagonal lower-triangular factor of the covariance of all group coefficients.
+    full : bool
+        True: the fixed effects are integrated out against their prior (``a_mean``,
+        ``a_prec``; flat where the precision is 0) and the result is ``log p(y | theta)``.
+        False: they are given through ``r = X_j'W_j(y_j - F_j a)`` (per finest group) and
+        ``rtr = (y - F a)'W(y - F a)``, and the result is ``log p(y | theta, a)``.
+    Lt, Ut, Acc, LA, cA : ndarray
+        Work arrays from :func:`tree_workspace`, left holding the factors for
+        :func:`tree_draw` (``LA`` and ``cA``: the factor of ``A+`` and ``c+``).
+
+    Returns
+    -------
+    loglik : float
+    ok : bool
+        False when a factorisation failed.
+    """
+    lp = structure.level_ptr
+    npt = structure.node_ptr
+    parent = structure.parent
+    n_levels = lp.shape[0] - 1
+    D = lp[n_levels]
+    d1 = lp[1]
+    p = stats.Fty.shape[0]
+    m = p + 1 if full else 1
+    n1 = npt[1]
+    root = Acc.shape[0] - 1
+    inv_s2 = 1.0 / s2
+    for i in range(Acc.shape[0]):
+        for a in range(Acc.shape[1]):
+            for b in range(a + 1):
+                Acc[i, a, b] = 0.0
+    logdet = 0.0
+    # finest groups: built from the data
+    PC = np.empty((D, D))
+    S = np.empty((D, D))
+    T = np.empty((D, m))
+    K = np.empty((d1, d1))
+    dr = D - d1
+    w = dr + m
+    for j in range(n1):
+        P = stats.XtX[j]
+        for a in range(D):
+            for b in range(D):
+                t = 0.0
+                for c in range(b, D):
+                    t += P[a, c] * C[c, b]
+                PC[a, b] = t
+        for a in range(D):
+            for b in range(a + 1):
+                t = 0.0
+                for c in range(a, D):
+                    t += C[c, a] * PC[c, b]
+                S[a, b] = t * inv_s2
+                S[b, a] = S[a, b]
+            for q in range(m):
+                t = 0.0
+                for c in range(a, D):
+                    if full:
+                        x = stats.XtF[j, c, q] if q < p else stats.Xty[j, c]
+                    else:
+                        x = r[j, c]
+                    t += C[c, a] * x
+                T[a, q] = t * inv_s2
+        for a in range(d1):
+            for b in range(a + 1):
+                K[a, b] = S[a, b] + (1.0 if a == b else 0.0)
+        if not chol_inplace(K):
+            return -np.inf, False
+        U = Ut[j]
+        for a in range(d1):
+            logdet += 2.0 * np.log(K[a, a])
+            for b in range(d1):
+                Lt[j, a, b] = K[a, b]
+            for c in range(w):
+                t = S[a, d1 + c] if c < dr else T[a, c - dr]
+                for b in range(a):
+                    t -= K[a, b] * U[b, c]
+                U[a, c] = t / K[a, a]
+        tgt = Acc[parent[j] - n1]
+        for a in range(w):
+            for b in range(a + 1):
+                if a < dr:
+                    t = S[d1 + a, d1 + b]
+                elif b < dr:
+                    t = T[d1 + b, a - dr]
+                else:
+                    t = 0.0
+                for c in range(d1):
+                    t -= U[c, a] * U[c, b]
+                tgt[a, b] += t
+    # upper levels: each group adds its prior, factorises, and passes the rest up
+    for lev in range(1, n_levels):
+        dk = lp[lev + 1] - lp[lev]
+        w = D - lp[lev + 1] + m
+        Kk = np.empty((dk, dk))
+        for g in range(npt[lev], npt[lev + 1]):
+            acc = Acc[g - n1]
+            for a in range(dk):
+                for b in range(a + 1):
+                    Kk[a, b] = acc[a, b] + (1.0 if a == b else 0.0)
+            if not chol_inplace(Kk):
+                return -np.inf, False
+            U = Ut[g]
+            for a in range(dk):
+                logdet += 2.0 * np.log(Kk[a, a])
+                for b in range(dk):
+                    Lt[g, a, b] = Kk[a, b]
+                for c in range(w):
+                    t = acc[dk + c, a]
+                    for b in range(a):
+                        t -= Kk[a, b] * U[b, c]
+                    U[a, c] = t / Kk[a, a]
+            tgt = Acc[root] if parent[g] < 0 else Acc[parent[g] - n1]
+            for a in range(w):
+                for b in range(a + 1):
+                    t = acc[dk + a, dk + b]
+                    for c in range(dk):
+                        t -= U[c, a] * U[c, b]
+                    tgt[a, b] += t
+    acc = Acc[root]
+    if not full:
+        final = acc[0, 0] + rtr * inv_s2
+        n_obs = stats.scal[1]
+        return -0.5 * (n_obs * LOG_2PI + n_obs * np.log(s2) - stats.scal[2] + logdet + final), True
+    # the root: data cross-products of [F, y], the prior of the fixed effects
+    prior_terms = 0.0
+    n_flat = 0
+    for q in range(p):
+        for q2 in range(q + 1):
+            acc[q, q2] += stats.FtF[q, q2] * inv_s2
+        acc[q, q] += a_prec[q]
+        acc[p, q] += stats.Fty[q] * inv_s2 + a_prec[q] * a_mean[q]
+        if a_prec[q] > 0.0:
+            acc[p, p] += a_prec[q] * a_mean[q] * a_mean[q]
+            prior_terms -= np.log(a_prec[q])
+        else:
+            n_flat += 1
+    acc[p, p] += stats.scal[0] * inv_s2
+    for q in range(p):
+        cA[q] = acc[p, q]
+        for q2 in range(q + 1):
+            LA[q, q2] = acc[q, q2]
+    if not chol_inplace(LA):
+        return -np.inf, False
+    final = acc[p, p]
+    v = np.empty(p)
+    for q in range(p):
+        t = cA[q]
+        for q2 in range(q):
+            t -= LA[q, q2] * v[q2]
+        v[q] = t / LA[q, q]
+        final -= v[q] * v[q]
+        logdet += 2.0 * np.log(LA[q, q])
+    n_obs = stats.scal[1]
+    return -0.5 * ((n_obs - n_flat) * LOG_2PI + n_obs * np.log(s2) - stats.scal[2] + logdet + prior_terms
+                   + final), True
+
+
+@njit(cache=True, nogil=True)
+def tree_draw(rng, structure, C, Lt, Ut, LA, cA, beta, a_out, b_out, draw):
+    """Downward pass after a ``full`` :func:`tree_upward`: fixed effects, then each level's groups.
+
+    ``a ~ N(A+^{-1} c+, A+^{-1})``; then, from the coarsest factor to the finest, each group's
+    whitened coefficients given its ancestors' and ``a``, ``beta = L'^{-1}(U_y - U_r v_r + e)``,
+    and ``b = C_k beta``. With ``draw`` False, the means (the conditional means at the
+    ancestors' means are the marginal means). ``b_out`` has one row per group of every
+    factor (``node_ptr``); a row holds its own factor's columns, the others are left alone.
+    """
+    lp = structure.level_ptr
+    npt = structure.node_ptr
+    parent = structure.parent
+    n_levels = lp.shape[0] - 1
+    D = lp[n_levels]
+    p = a_out.shape[0]
+    v = np.empty(p)
+    for q in range(p):
+        t = cA[q]
+        for q2 in range(q):
+            t -= LA[q, q2] * v[q2]
+        v[q] = t / LA[q, q]
+    if draw:
+        for q in range(p):
+            v[q] += rng.standard_normal()
+    for q in range(p - 1, -1, -1):
+        t = v[q]
+        for q2 in range(q + 1, p):
+            t -= LA[q2, q] * a_out[q2]
+        a_out[q] = t / LA[q, q]
+    dm = Lt.shape[1]
+    rhs = np.empty(dm)
+    for lev in range(n_levels - 1, -1, -1):
+        dk = lp[lev + 1] - lp[lev]
+        dr = D - lp[lev + 1]
+        for g in range(npt[lev], npt[lev + 1]):
+            U = Ut[g]
+            L = Lt[g]
+            for i in range(dk):
+                t = U[i, dr + p]
+                for q in range(p):
+                    t -= U[i, dr + q] * a_out[q]
+                rhs[i] = t
+            # ancestors' whitened coefficients, in the order of the columns of U
+            anc = parent[g]
+            alev = lev + 1
+            while anc >= 0:
+                off = lp[alev] - lp[lev + 1]
+                da = lp[alev + 1] - lp[alev]
+                for i in range(dk):
+                    t = 0.0
+                    for c in range(da):
+                        t += U[i, off + c] * beta[anc, c]
+                    rhs[i] -= t
+                anc = parent[anc]
+                alev += 1
+            if draw:
+                for i in range(dk):
+                    rhs[i] += rng.standard_normal()
+            for i in range(dk - 1, -1, -1):
+                t = rhs[i]
+                for c in range(i + 1, dk):
+                    t -= L[c, i] * beta[g, c]
+                beta[g, i] = t / L[i, i]
+            c0 = lp[lev]
+            for i in range(dk):
+                t = 0.0
+                for c in range(i + 1):
+                    t += C[c0 + i, c0 + c] * beta[g, c]
+                b_out[g, c0 + i] = t
+
+
+@njit(cache=True, nogil=True)
+def effective_coefficients(structure, b, out):
+    """Each finest group's full coefficient vector: its own and its ancestors' (``out[j]``)."""
+    lp = structure.level_ptr
+    parent = structure.parent
+    n_levels = lp.shape[0] - 1
+    for j in range(structure.node_ptr[1]):
+        g = j
+        for lev in range(n_levels):
+            for c in range(lp[lev], lp[lev + 1]):
+                out[j, c] = b[g, c]
+            g = parent[g]
