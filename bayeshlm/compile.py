@@ -12,8 +12,27 @@ from samplers.suffstats import compute_suffstats
 from samplers.types import Structure
 
 
-def structure_of(block_sizes, sigma_known, diag_scale):
-    """Kernel description of the covariance blocks and the layout of ``theta``."""
+def tree_of(design):
+    """``(level_ptr, node_ptr, parent)``: the nested grouping factors of a design as kernel arrays."""
+    sizes = design.factor_sizes or (len(design.coef_names),)
+    counts = [len(lab) for lab in design.factor_labels] or [len(design.group_labels)]
+    level_ptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    node_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    parent = np.full(node_ptr[-1], -1, dtype=np.int64)
+    for k, par in enumerate(design.parents):
+        parent[node_ptr[k]:node_ptr[k + 1]] = node_ptr[k + 1] + par
+    return level_ptr, node_ptr, parent
+
+
+def structure_of(block_sizes, sigma_known, diag_scale, tree=None):
+    """Kernel description of the covariance blocks, the layout of ``theta`` and the tree of factors.
+
+    ``tree`` is ``(level_ptr, node_ptr, parent)`` from :func:`tree_of`; without it, one
+    grouping factor whose groups are counted by the statistics.
+    """
+    if tree is None:
+        d = int(np.sum(block_sizes))
+        tree = (np.array([0, d], dtype=np.int64), np.array([0, 0], dtype=np.int64), np.zeros(0, dtype=np.int64))
     block_ptr = np.zeros(len(block_sizes) + 1, dtype=np.int64)
     theta_ptr = np.zeros(len(block_sizes) + 1, dtype=np.int64)
     block_ptr[1:] = np.cumsum(block_sizes)
@@ -39,11 +58,14 @@ def structure_of(block_sizes, sigma_known, diag_scale):
         diag_scale=np.ascontiguousarray(diag_scale, dtype=np.float64),
         flip_bits=flip_bits,
         sd_idx=sd_idx,
+        level_ptr=tree[0],
+        node_ptr=tree[1],
+        parent=tree[2],
     )
 
 
 def hlm(formula, data, *, priors=None, known_sd=None, known_var=None, missing="raise"):
-    """Compile a two-level hierarchical linear model from an lme4-style formula.
+    """Compile a hierarchical linear model from an lme4-style formula.
 
     Parameters
     ----------
@@ -53,7 +75,13 @@ def hlm(formula, data, *, priors=None, known_sd=None, known_var=None, missing="r
         the intercept); level-2 predictors and cross-level interactions are ordinary fixed
         terms. Random parts: ``(1 + x | g)`` or ``(x | g)`` correlated intercept and slope,
         ``(x || g)`` uncorrelated, ``(1 | g) + (0 + x | g)`` the same written out,
-        ``(0 + x | g)`` slope only, ``(1 | g)`` intercept only.
+        ``(0 + x | g)`` slope only, ``(1 | g)`` intercept only. Several nested grouping
+        factors give three levels and more: ``(1 | school/class)`` is
+        ``(1 | school) + (1 | school:class)``, and each factor may have its own random part,
+        ``(x | school) + (1 | school:class)``. The factors must be nested (each class in one
+        school); a factor whose labels repeat across the groups of a coarser one (class
+        "a" in every school) is refused with a message suggesting ``school/class``, where
+        lme4 would silently treat the two as crossed.
     data : pandas.DataFrame or dict of array_like
         The observations, one row each.
     priors : dict, optional
@@ -87,7 +115,8 @@ def hlm(formula, data, *, priors=None, known_sd=None, known_var=None, missing="r
         design.y, design.F, design.X, design.group_idx, design.group_labels.shape[0], weights
     )
     structure = structure_of(
-        design.block_sizes, sigma_known, 0.1 * coefficient_scales(design.y, design.X, design.obs_var)
+        design.block_sizes, sigma_known, 0.1 * coefficient_scales(design.y, design.X, design.obs_var),
+        tree_of(design),
     )
     defaults = default_priors(
         design.y, design.F, design.fixed_names, design.X, design.coef_names, design.obs_var

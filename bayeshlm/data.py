@@ -82,7 +82,22 @@ class Design(NamedTuple):
     fixed_spec : formulaic.ModelSpec
         Re-evaluates the fixed design on new data.
     random_spec : tuple of formulaic.ModelSpec
-        Re-evaluate each bar term's design on new data, in formula order.
+        Re-evaluate each bar term's design on new data, in the column order of `X`.
+    factors : tuple of str
+        The grouping factors, finest first (``("batch:cask", "batch")``); `factor` is the
+        first. Each group of a factor lies in exactly one group of the next.
+    factor_sizes : tuple of int
+        Number of random coefficients of each factor; the columns of `X` are the finest
+        factor's, then the next factor's, and so on.
+    factor_coef_names : tuple of tuple of str
+        The coefficient names of each factor as written (``coef_names`` qualifies them as
+        ``"<coef>|<factor>"`` when there are several factors).
+    factor_labels : tuple of ndarray
+        Group labels of each factor.
+    factor_idx : tuple of ndarray
+        Group code of each row for each factor (the first is `group_idx`).
+    parents : tuple of ndarray
+        ``parents[k][g]``: the group of factor ``k + 1`` containing group ``g`` of factor ``k``.
     """
 
     response: str
@@ -100,6 +115,12 @@ class Design(NamedTuple):
     kept_rows: np.ndarray
     fixed_spec: object
     random_spec: tuple
+    factors: tuple = ()
+    factor_sizes: tuple = ()
+    factor_coef_names: tuple = ()
+    factor_labels: tuple = ()
+    factor_idx: tuple = ()
+    parents: tuple = ()
 
 
 def build_design(
@@ -168,8 +189,8 @@ def build_design(
         raise ValueError("give known_sd or known_var, not both")
     if isinstance(spec, str):
         spec = parse_formula(spec)
-    factor = _single_factor(spec)
-    factor_columns = factor.split(":")
+    factors = _factors(spec)
+    factor_columns = list(dict.fromkeys(c for f in factors for c in f.split(":")))
 
     frame = _as_frame(data)
     n_input = len(frame)
@@ -218,16 +239,30 @@ def build_design(
     F, fixed_names, fixed_spec = _evaluate(spec.fixed, used, "the fixed part")
     _check_rank(F, fixed_names, "fixed-effects design")
 
-    X, coef_names, block_sizes, random_spec = _random_design(spec, used, factor)
-    _check_rank(X, coef_names, f"random-effects design of '{factor}'")
-
-    group_idx, group_labels = _group_codes(used, factor_columns)
-    if len(group_labels) < 2:
-        raise DataError(
-            f"the grouping factor '{factor}' has a single level "
-            f"({group_labels[0]!r}); a variance between groups cannot be "
-            "estimated from one group"
-        )
+    codes = {}
+    for factor in factors:
+        idx, labels = _group_codes(used, factor.split(":"))
+        if len(labels) < 2:
+            raise DataError(
+                f"the grouping factor '{factor}' has a single level "
+                f"({labels[0]!r}); a variance between groups cannot be "
+                "estimated from one group"
+            )
+        codes[factor] = (idx, labels)
+    factors, parents = _nesting(factors, codes)
+    blocks, coef_names, factor_coef_names, block_sizes, factor_sizes, random_spec = [], [], [], [], [], []
+    for factor in factors:
+        X_k, names_k, sizes_k, specs_k = _random_design(spec, used, factor)
+        _check_rank(X_k, names_k, f"random-effects design of '{factor}'")
+        blocks.append(X_k)
+        factor_coef_names.append(tuple(names_k))
+        coef_names += [f"{n}|{factor}" for n in names_k] if len(factors) > 1 else names_k
+        block_sizes += sizes_k
+        factor_sizes.append(len(names_k))
+        random_spec += specs_k
+    X = np.ascontiguousarray(np.hstack(blocks), dtype=np.float64)
+    factor = factors[0]
+    group_idx, group_labels = codes[factor]
 
     obs_var = None
     if known is not None:
@@ -251,10 +286,16 @@ def build_design(
         kept_rows=kept_rows,
         fixed_spec=fixed_spec,
         random_spec=tuple(random_spec),
+        factors=tuple(factors),
+        factor_sizes=tuple(factor_sizes),
+        factor_coef_names=tuple(factor_coef_names),
+        factor_labels=tuple(codes[f][1] for f in factors),
+        factor_idx=tuple(codes[f][0] for f in factors),
+        parents=tuple(parents),
     )
 
 
-def _single_factor(spec):
+def _factors(spec):
     if not spec.bars:
         raise FormulaError(
             "the formula has no random-effect term; bayeshlm fits hierarchical "
@@ -262,15 +303,45 @@ def _single_factor(spec):
             "'y ~ x + (1 | group)'",
             spec.formula,
         )
-    factors = list(dict.fromkeys(bar.factor for bar in spec.bars))
-    if len(factors) > 1:
-        listed = ", ".join(f"'{f}'" for f in factors)
-        raise FormulaError(
-            "models with several grouping factors (nested or crossed) are not "
-            f"supported yet; this formula groups by {listed}",
-            spec.formula,
-        )
-    return factors[0]
+    return list(dict.fromkeys(bar.factor for bar in spec.bars))
+
+
+def _nesting(factors, codes):
+    """Order the grouping factors finest first and check that each is nested in the next.
+
+    Returns the ordered factors and, for each but the last, the parent group of each of its
+    groups. Factors that are not nested (crossed, or labels reused across the groups of a
+    coarser factor) raise a DataError naming them and an offending group.
+    """
+    if len(factors) == 1:
+        return factors, []
+    order = sorted(factors, key=lambda f: -len(codes[f][1]))
+    parents = []
+    for fine, coarse in zip(order[:-1], order[1:], strict=True):
+        fi, fl = codes[fine]
+        ci, cl = codes[coarse]
+        if len(fl) == len(cl) and len(np.unique(fi * len(cl) + ci)) == len(fl):
+            raise DataError(
+                f"the grouping factors '{fine}' and '{coarse}' define the same groups; "
+                "their variances cannot be told apart: keep one of them"
+            )
+        parent = np.full(len(fl), -1, dtype=np.int64)
+        parent[fi] = ci
+        clash = np.flatnonzero(parent[fi] != ci)
+        if clash.size:
+            g = fi[clash[0]]
+            others = sorted({str(cl[c]) for c in ci[fi == g]})[:3]
+            hint = ""
+            if ":" not in fine and fine not in coarse.split(":"):
+                hint = (f"; if the labels of '{fine}' are only unique within '{coarse}', write "
+                        f"(1 | {coarse}/{fine}) or group by '{coarse}:{fine}'")
+            raise DataError(
+                f"the grouping factor '{fine}' is not nested in '{coarse}': its group "
+                f"{fl[g]!r} occurs in the '{coarse}' groups {', '.join(map(repr, others))}. "
+                "Only nested factors are supported (crossed factors are not)" + hint
+            )
+        parents.append(parent)
+    return order, parents
 
 
 def _as_frame(data):
@@ -418,6 +489,8 @@ def _evaluate(rhs, frame, role):
 def _random_design(spec, frame, factor):
     blocks, names, sizes, specs = [], [], [], []
     for bar in spec.bars:
+        if bar.factor != factor:
+            continue
         where = f"the random-effect term ({bar.expr} | {bar.factor})"
         matrix, cols, model_spec = _evaluate(bar.expr, frame, where)
         if not cols:

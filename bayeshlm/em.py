@@ -90,7 +90,8 @@ class EMResult:
     def summary(self) -> str:
         """A printed report in the layout of lme4 and HLM."""
         lines = [
-            f"{'REML' if self.method == 'reml' else 'Maximum likelihood'} fit by EM and quasi-Newton"
+            f"{'REML' if self.method == 'reml' else 'Maximum likelihood'} fit by "
+            f"{'EM and quasi-Newton' if self.n_em_iter else 'quasi-Newton'}"
             f" ({self.n_em_iter} EM iterations, {self.n_evaluations} likelihood evaluations, {self.seconds:.3f} s)",
             f"{'REML criterion' if self.method == 'reml' else 'deviance'}: {self.deviance:.4f}   "
             f"logLik: {self.loglik:.4f}   AIC: {self.aic:.4f}   BIC: {self.bic:.4f}",
@@ -212,7 +213,11 @@ def fit_em(model, method="reml", *, em_iter=5, tol=1e-6, max_eval=5000):
     t0 = time.perf_counter()
     rng = np.random.default_rng(0)
     theta = starting_theta(model, rng, jitter=0.0)
-    theta = em_iterations(model, theta, em_iter, method, rng)
+    nested = len(model.structure.level_ptr) > 2
+    if not nested:
+        theta = em_iterations(model, theta, em_iter, method, rng)
+    else:
+        em_iter = 0
     objective = _Objective(model, method)
     opt = minimize(objective.negative_with_gradient, theta, jac=True, method="L-BFGS-B",
                    options={"gtol": tol, "ftol": 1e-13, "maxfun": max_eval, "maxiter": max_eval})
@@ -228,15 +233,18 @@ def fit_em(model, method="reml", *, em_iter=5, tol=1e-6, max_eval=5000):
     structure = model.structure
     n_groups, d = stats.Xty.shape
     p = stats.Fty.shape[0]
-    C, L, LA, c = workspace(stats)
-    s2, _ = decode_theta(theta, structure, model.priors, C)
-    upward(stats, s2, C, np.zeros(p), np.zeros(p), L, LA, c)
-    a = np.empty(p)
-    b = np.empty((n_groups, d))
-    V = np.empty((n_groups, d, d))
-    group_moments(rng, stats, s2, C, L, LA, c, a, b, V)
-    LA_inv = np.linalg.inv(np.tril(LA))
-    vcov = LA_inv.T @ LA_inv
+    if nested:
+        s2, C, a, b, V, vcov = _tree_moments(model, theta)
+    else:
+        C, L, LA, c = workspace(stats)
+        s2, _ = decode_theta(theta, structure, model.priors, C)
+        upward(stats, s2, C, np.zeros(p), np.zeros(p), L, LA, c)
+        a = np.empty(p)
+        b = np.empty((n_groups, d))
+        V = np.empty((n_groups, d, d))
+        group_moments(rng, stats, s2, C, L, LA, c, a, b, V)
+        LA_inv = np.linalg.inv(np.tril(LA))
+        vcov = LA_inv.T @ LA_inv
     out_s2, out_sd, out_corr = np.empty(1), np.empty((1, d)), np.empty((1, d, d))
     components(theta[None, :], structure, model.priors, out_s2, out_sd, out_corr)
     names = model.coef_names
@@ -244,7 +252,7 @@ def fit_em(model, method="reml", *, em_iter=5, tol=1e-6, max_eval=5000):
     for k in range(len(structure.block_ptr) - 1):
         for i in range(structure.block_ptr[k], structure.block_ptr[k + 1]):
             for j in range(structure.block_ptr[k], i):
-                corr[f"{names[j]},{names[i]}"] = float(out_corr[0, i, j])
+                corr[corr_key(names[j], names[i])] = float(out_corr[0, i, j])
     n_par = p + model.n_theta
     n_obs = model.n_obs
     # a variance component at its lower bound: the SD is negligible on the data's scale
@@ -253,8 +261,25 @@ def fit_em(model, method="reml", *, em_iter=5, tol=1e-6, max_eval=5000):
     icc = None
     if names == ("Intercept",) and not model.sigma_known:
         icc = float(out_sd[0, 0] ** 2 / (out_sd[0, 0] ** 2 + s2))
-    rel = _reliability(stats, s2, C @ C.T)
-    robust = _robust_vcov(model, a, s2, C, L, vcov)
+    if nested:
+        T_diag = np.diag(C @ C.T)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rel = np.where(T_diag > 0, 1.0 - np.diagonal(V, axis1=1, axis2=2) / T_diag, np.nan)
+        lp = structure.level_ptr
+        for k in range(len(lp) - 1):  # only each group's own factor's columns are defined
+            rows = slice(structure.node_ptr[k], structure.node_ptr[k + 1])
+            rel[rows, :lp[k]] = np.nan
+            rel[rows, lp[k + 1]:] = np.nan
+        robust = _robust_vcov_clusters(model, a, b, s2, vcov)
+        group_ols = np.full(b.shape, np.nan)
+        group_ols[:stats.n.shape[0], :lp[1]] = _group_ols_cols(stats, lp[1])
+        group_labels = [f"{f}={lab}" for f, labels in zip(model.design.factors, model.design.factor_labels,
+                                                          strict=True) for lab in labels]
+    else:
+        rel = _reliability(stats, s2, C @ C.T)
+        robust = _robust_vcov(model, a, s2, C, L, vcov)
+        group_ols = _group_ols(stats)
+        group_labels = list(model.design.group_labels)
     variance_se = _variance_se(model, theta, method, boundary)
     return EMResult(
         method=method,
@@ -275,13 +300,13 @@ def fit_em(model, method="reml", *, em_iter=5, tol=1e-6, max_eval=5000):
         n_evaluations=objective.n_eval,
         seconds=time.perf_counter() - t0,
         message=f"{opt.message}; largest gradient component {grad_max:.2e}",
-        labels={"groups": list(model.design.group_labels), "coef": list(names)},
+        labels={"groups": group_labels, "coef": list(names)},
         boundary=boundary,
         n_params=n_par,
         n_obs=n_obs,
         icc=icc,
         robust_se=dict(zip(model.fixed_names, np.sqrt(np.diag(robust)).tolist(), strict=True)),
-        group_ols=_group_ols(stats),
+        group_ols=group_ols,
         variance_se=variance_se,
         reliability={k: float(np.nanmean(rel[:, i])) if np.any(np.isfinite(rel[:, i])) else float("nan")
                      for i, k in enumerate(names)},
@@ -350,7 +375,7 @@ def _variance_se(model, theta, method, boundary):
     names = ([] if model.sigma_known else ["sigma"]) + [f"sd[{c}]" for c in model.coef_names]
     bp = model.structure.block_ptr
     coefs = model.coef_names
-    names += [f"corr[{coefs[j]},{coefs[i]}]" for k in range(len(bp) - 1)
+    names += [f"corr[{corr_key(coefs[j], coefs[i])}]" for k in range(len(bp) - 1)
               for i in range(bp[k], bp[k + 1]) for j in range(bp[k], i)]
     if boundary:
         return dict.fromkeys(names, float("nan"))
@@ -390,4 +415,93 @@ def _group_ols(stats):
     out = np.full(stats.Xty.shape, np.nan)
     if np.any(ok):
         out[ok] = np.linalg.solve(M[ok], stats.Xty[ok][:, :, None])[:, :, 0]
+    return out
+
+
+def corr_key(first, second):
+    """Label of the correlation of two coefficients: ``"a,b"``, or ``"a,b|factor"`` for qualified names."""
+    f1, _, g1 = first.partition("|")
+    f2, _, g2 = second.partition("|")
+    return f"{f1},{f2}|{g1}" if g1 and g1 == g2 else f"{first},{second}"
+
+
+def _tree_moments(model, theta):
+    """Moments at ``theta`` of a model with nested factors, from the tree passes.
+
+    Returns ``(s2, C, a, b, V, vcov)``: the GLS fixed effects ``a`` with covariance
+    ``vcov = A^{-1}``, each group's conditional mean ``b`` (rows: groups of every factor,
+    ``Structure.node_ptr``) and conditional covariance ``V`` given ``a`` (lme4's conditional
+    variance), by the downward recursion on the joint covariance of a group and its
+    ancestors: ``beta_k = L'^{-1}(u - U z) + L'^{-1} e`` gives
+    ``Cov(beta_k) = K^{-1} + B Cov(z) B'`` and ``Cov(beta_k, z) = -B Cov(z)`` with
+    ``B = L'^{-1} U``.
+    """
+    from samplers.nested import tree_draw, tree_upward, tree_workspace
+
+    stats, st = model.stats, model.structure
+    D = int(st.level_ptr[-1])
+    p = stats.Fty.shape[0]
+    C = np.zeros((D, D))
+    s2, _ = decode_theta(theta, st, model.priors, C)
+    Lt, Ut, Acc, LA, cA, beta = tree_workspace(stats, st)
+    flat = np.zeros(p)
+    tree_upward(stats, st, s2, C, True, flat, flat, stats.Xty, 0.0, Lt, Ut, Acc, LA, cA)
+    a = np.empty(p)
+    b = np.zeros((int(st.node_ptr[-1]), D))
+    tree_draw(np.random.default_rng(0), st, C, Lt, Ut, LA, cA, beta, a, b, False)
+    LA_inv = np.linalg.inv(np.tril(LA))
+    vcov = LA_inv.T @ LA_inv
+    lp, npt, parent = st.level_ptr, st.node_ptr, st.parent
+    n_levels = len(lp) - 1
+    V = np.zeros((int(npt[-1]), D, D))
+    chain = None  # joint covariance of each group's whitened coefficients and its ancestors'
+    for k in range(n_levels - 1, -1, -1):
+        dk = int(lp[k + 1] - lp[k])
+        rows = np.arange(npt[k], npt[k + 1])
+        L = np.tril(Lt[rows, :dk, :dk])
+        K_inv = np.linalg.inv(L @ np.transpose(L, (0, 2, 1)))
+        if chain is None:
+            new = K_inv
+        else:
+            dz = int(D - lp[k + 1])
+            Sz = chain[parent[rows] - npt[k + 1]]
+            B = np.linalg.solve(np.transpose(L, (0, 2, 1)), Ut[rows, :dk, :dz])
+            BS = B @ Sz
+            new = np.zeros((rows.size, dk + dz, dk + dz))
+            new[:, :dk, :dk] = K_inv + BS @ np.transpose(B, (0, 2, 1))
+            new[:, :dk, dk:] = -BS
+            new[:, dk:, :dk] = -np.transpose(BS, (0, 2, 1))
+            new[:, dk:, dk:] = Sz
+        chain = new
+        Ck = C[lp[k]:lp[k + 1], lp[k]:lp[k + 1]]
+        V[rows, lp[k]:lp[k + 1], lp[k]:lp[k + 1]] = Ck @ new[:, :dk, :dk] @ Ck.T
+    return s2, C, a, b, V, vcov
+
+
+def _robust_vcov_clusters(model, a, b, s2, vcov):
+    """Cluster-robust (CR0) covariance of the fixed effects with the coarsest factor's groups as clusters.
+
+    The score of cluster ``c`` is ``F_c'V_c^{-1}(y_c - F_c a) = F_c'W_c(y_c - F_c a - Z_c b)/s2``
+    with ``b`` the conditional means (Henderson's identity): one pass over the rows.
+    """
+    from bayeshlm.results import finest_coefficients
+
+    design = model.design
+    w = np.ones(model.n_obs) if design.obs_var is None else 1.0 / design.obs_var
+    b_row = finest_coefficients(model, b)[design.group_idx]
+    resid = design.y - design.F @ a - np.einsum("ik,ik->i", design.X, b_row)
+    cluster = design.factor_idx[-1]
+    n_c = len(design.factor_labels[-1])
+    we = w * resid / s2
+    score = np.stack([np.bincount(cluster, design.F[:, q] * we, minlength=n_c) for q in range(design.F.shape[1])], 1)
+    return vcov @ (score.T @ score) @ vcov
+
+
+def _group_ols_cols(stats, d1):
+    """:func:`_group_ols` on the first ``d1`` columns of the random design (the finest factor's)."""
+    M = np.ascontiguousarray(stats.XtX[:, :d1, :d1])
+    ok = np.linalg.cond(M) < 1e12
+    out = np.full((M.shape[0], d1), np.nan)
+    if np.any(ok):
+        out[ok] = np.linalg.solve(M[ok], stats.Xty[ok, :d1][:, :, None])[:, :, 0]
     return out

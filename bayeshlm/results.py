@@ -75,6 +75,34 @@ def _log_likelihood(model, s2, a, b, mode):
     return out.reshape(n_chains, n_draws, n_out)
 
 
+def _factor_parts(model):
+    """Per grouping factor, finest first: ``(name, (first, last + 1) coefficient, labels, coef names)``."""
+    design = model.design
+    lp = model.structure.level_ptr
+    if len(lp) == 2:
+        return [(design.factor, (0, int(lp[1])), design.group_labels, design.coef_names)]
+    return [(f, (int(lp[k]), int(lp[k + 1])), design.factor_labels[k], design.factor_coef_names[k])
+            for k, f in enumerate(design.factors)]
+
+
+def finest_coefficients(model, b):
+    """Group coefficients ``b[..., node, coef]`` as each finest group's full vector (own and ancestors').
+
+    For one grouping factor this is ``b`` itself.
+    """
+    st = model.structure
+    if len(st.level_ptr) == 2:
+        return b
+    design = model.design
+    anc = np.arange(len(design.factor_labels[0]))
+    parts = []
+    for k in range(len(st.level_ptr) - 1):
+        if k:
+            anc = design.parents[k - 1][anc]
+        parts.append(b[..., st.node_ptr[k] + anc, st.level_ptr[k]:st.level_ptr[k + 1]])
+    return np.ascontiguousarray(np.concatenate(parts, axis=-1))
+
+
 def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_group_draws):
     """Assemble the ArviZ result of a run.
 
@@ -106,35 +134,39 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
     corr = np.empty((flat.shape[0], d, d))
     components(flat, model.structure, model.priors, s2, sd, corr)
     s2 = s2.reshape(chains, n_keep)
+    sd = sd.reshape(chains, n_keep, d)
+    corr = corr.reshape(chains, n_keep, d, d)
     g = dim_name(design.factor)
-    coef_dim = f"{g}_coef"
     posterior = {"fixed": a}
-    coords = {
-        "fixed_term": list(design.fixed_names),
-        coef_dim: list(design.coef_names),
-        g: [str(x) for x in design.group_labels],
-        "obs": np.asarray(design.kept_rows),
-    }
-    dims = {"fixed": ["fixed_term"], f"{g}_sd": [coef_dim]}
+    coords = {"fixed_term": list(design.fixed_names), "obs": np.asarray(design.kept_rows)}
+    dims = {"fixed": ["fixed_term"]}
     if not model.sigma_known:
         posterior["sigma"] = np.sqrt(s2)
-    posterior[f"{g}_sd"] = sd.reshape(chains, n_keep, d)
-    pairs = []
-    bp = model.structure.block_ptr
-    for k in range(len(bp) - 1):
-        for i in range(bp[k], bp[k + 1]):
-            for j in range(bp[k], i):
-                pairs.append((i, j))
-    if pairs:
-        corr = corr.reshape(chains, n_keep, d, d)
-        posterior[f"{g}_corr"] = np.stack([corr[:, :, i, j] for i, j in pairs], axis=-1)
-        coords[f"{g}_corr_pair"] = [f"{design.coef_names[j]},{design.coef_names[i]}" for i, j in pairs]
-        dims[f"{g}_corr"] = [f"{g}_corr_pair"]
-    b = None
-    if keep_group_draws:
-        b = np.stack([o.b[:n_keep] for o in outputs])
-        posterior[f"{g}_effect"] = b
-        dims[f"{g}_effect"] = [g, coef_dim]
+    b = np.stack([o.b[:n_keep] for o in outputs]) if keep_group_draws else None
+    for factor, (lo, hi), labels, names in _factor_parts(model):
+        gk = dim_name(factor)
+        coef_dim = f"{gk}_coef"
+        coords[coef_dim] = list(names)
+        coords[gk] = [str(x) for x in labels]
+        posterior[f"{gk}_sd"] = sd[:, :, lo:hi]
+        dims[f"{gk}_sd"] = [coef_dim]
+        pairs = []
+        bp = model.structure.block_ptr
+        for k in range(len(bp) - 1):
+            if lo <= bp[k] < hi:
+                for i in range(bp[k], bp[k + 1]):
+                    for j in range(bp[k], i):
+                        pairs.append((i, j))
+        if pairs:
+            posterior[f"{gk}_corr"] = np.stack([corr[:, :, i, j] for i, j in pairs], axis=-1)
+            coords[f"{gk}_corr_pair"] = [f"{names[j - lo]},{names[i - lo]}" for i, j in pairs]
+            dims[f"{gk}_corr"] = [f"{gk}_corr_pair"]
+        if b is not None:
+            k = len([f for f in posterior if f.endswith("_effect")])
+            nodes = model.structure.node_ptr
+            rows = slice(0, b.shape[2]) if len(model.structure.level_ptr) == 2 else slice(nodes[k], nodes[k + 1])
+            posterior[f"{gk}_effect"] = b[:, :, rows, lo:hi]
+            dims[f"{gk}_effect"] = [gk, coef_dim]
     groups = {
         "posterior": (posterior, dims),
         "sample_stats": (
@@ -150,11 +182,13 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
         mode = "pointwise" if chains * n_keep * model.n_obs <= POINTWISE_LIMIT else "group"
     response = design.response
     if mode:
-        ll = _log_likelihood(model, s2, a, b, mode)
+        ll = _log_likelihood(model, s2, a, None if b is None else finest_coefficients(model, b), mode)
         groups["log_likelihood"] = ({response: ll}, {response: ["obs"] if mode == "pointwise" else [g]})
     groups["observed_data"] = ({response: design.y}, {response: ["obs"]})
-    label_var = f"{g}_label"
-    constant = {label_var: np.array([str(x) for x in design.group_labels])[design.group_idx]}
+    constant = {}
+    for factor, _, labels, _ in _factor_parts(model):
+        idx = design.factor_idx[design.factors.index(factor)] if design.factors else design.group_idx
+        constant[f"{dim_name(factor)}_label"] = np.array([str(x) for x in labels])[idx]
     if design.obs_var is not None:
         constant["known_sd"] = np.sqrt(design.obs_var)
     groups["constant_data"] = (constant, {name: ["obs"] for name in constant})
@@ -162,6 +196,7 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
     attrs = {
         "formula": model.formula,
         "grouping_factor": design.factor,
+        "grouping_factors": json.dumps(list(design.factors or (design.factor,))),
         "priors": json.dumps({k: str(v) for k, v in model.prior_spec.items()}),
         "sampler": json.dumps(settings),
         "seed": settings["seed"],

@@ -254,18 +254,31 @@ def test_no_bar_term(df):
         design("y ~ x", df)
 
 
-@pytest.mark.parametrize(
-    ("formula", "names"),
-    [
-        ("y ~ (1 | school) + (1 | c)", "'school', 'c'"),
-        ("y ~ (1 | school/c)", "'school', 'school:c'"),
-    ],
-)
-def test_several_factors_not_supported(df, formula, names):
-    with pytest.raises(ValueError, match="several grouping factors") as info:
-        design(formula, df)
-    assert names in str(info.value)
-    assert "not supported yet" in str(info.value)
+def test_crossed_factors_are_refused_with_the_nesting_hint(df):
+    with pytest.raises(ValueError, match="is not nested in") as info:
+        design("y ~ (1 | school) + (1 | c)", df)
+    msg = str(info.value)
+    assert "crossed factors are not" in msg
+    assert "/" in msg  # suggests (1 | coarse/fine)
+
+
+def test_nested_factors_ordered_finest_first(df):
+    d = design("y ~ x + (1 | school/c) + (0 + x | school)", df)
+    assert d.factors == ("school:c", "school")
+    assert d.factor == "school:c"
+    assert d.factor_sizes == (1, 2)
+    assert d.coef_names == ("Intercept|school:c", "Intercept|school", "x|school")
+    assert d.X.shape == (12, 3)
+    fine, coarse = d.factor_idx
+    np.testing.assert_array_equal(d.parents[0][fine], coarse)
+    labels = d.factor_labels[0][fine]
+    np.testing.assert_array_equal([lab.split(":")[0] for lab in labels], df["school"])
+
+
+def test_identical_groupings_are_refused(df):
+    df = df.assign(s2=df["school"] + "x")
+    with pytest.raises(ValueError, match="define the same groups"):
+        design("y ~ (1 | school) + (1 | s2)", df)
 
 
 @pytest.mark.parametrize(

@@ -247,3 +247,53 @@ def test_compare_carries_variance_component_standard_errors():
     table = bh.compare(bh.sample(model, draws=100, warmup=100, chains=2, seed=6, progress=False), eb)
     assert table.loc["sd[days]", "eb_se"] == eb.variance_se["sd[days]"]
     assert table.loc["corr[Intercept,days]", "eb_se"] == eb.variance_se["corr[Intercept,days]"]
+
+
+@pytest.mark.parametrize("method", ["REML", "ML"])
+def test_pastes_three_levels_match_lme4(lme4_fits, method):
+    """Three levels, ``strength ~ 1 + (1 | batch/cask)``: every estimate to 1e-5 relative.
+
+    With one variance per factor the likelihood is sharply peaked and both optimisers reach
+    its maximum; the tolerance is lme4's printed precision of its own optimum.
+    """
+    ref = lme4_fits["models"]["pastes"]["fits"][method]
+    model = bh.hlm("strength ~ 1 + (1 | batch/cask)", bh.load_dataset("pastes"))
+    fit = fit_em(model, method.lower())
+    assert fit.converged, fit.message
+    assert fit.loglik == pytest.approx(ref["logLik"], rel=1e-9)
+    assert fit.fixed["Intercept"] == pytest.approx(ref["fixef"]["(Intercept)"]["estimate"], rel=1e-9)
+    assert fit.fixed_se["Intercept"] == pytest.approx(ref["fixef"]["(Intercept)"]["se"], rel=1e-5)
+    assert fit.sigma == pytest.approx(ref["sigma"], rel=1e-5)
+    assert fit.sd["Intercept|batch:cask"] == pytest.approx(ref["random"]["cask:batch"]["sd"]["(Intercept)"], rel=1e-5)
+    assert fit.sd["Intercept|batch"] == pytest.approx(ref["random"]["batch"]["sd"]["(Intercept)"], rel=1e-5)
+    if method == "ML":
+        assert fit.aic == pytest.approx(ref["AIC"], rel=1e-9)
+        assert fit.bic == pytest.approx(ref["BIC"], rel=1e-9)
+    # conditional modes and conditional SDs of both factors (lme4 labels casks "a:A")
+    for k, (factor, lme4_factor) in enumerate([("batch:cask", "cask:batch"), ("batch", "batch")]):
+        ranef = ref["ranef"][lme4_factor]
+        labels = list(model.design.factor_labels[k])
+        ours = [":".join(reversed(lev.split(":"))) for lev in ranef["levels"]] if ":" in factor else ranef["levels"]
+        rows = model.structure.node_ptr[k] + np.array([labels.index(lab) for lab in ours])
+        np.testing.assert_allclose(fit.group_means[rows, k], ranef["mode"]["(Intercept)"], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(np.sqrt(fit.group_cov[rows, k, k]), ranef["cond_sd"]["(Intercept)"], rtol=1e-4)
+
+
+def test_nested_robust_se_equals_dense_sandwich():
+    """Cluster-robust SEs with the coarsest factor as clusters equal the dense sandwich."""
+    model = bh.hlm("strength ~ 1 + (1 | batch/cask)", bh.load_dataset("pastes"))
+    fit = fit_em(model, "reml")
+    d = model.design
+    s2 = fit.sigma**2
+    sd_c, sd_b = fit.sd["Intercept|batch:cask"], fit.sd["Intercept|batch"]
+    fine, coarse = d.factor_idx
+    V = (s2 * np.eye(model.n_obs) + sd_c**2 * (fine[:, None] == fine[None, :])
+         + sd_b**2 * (coarse[:, None] == coarse[None, :]))
+    Vi = np.linalg.inv(V)
+    F = d.F
+    A_inv = np.linalg.inv(F.T @ Vi @ F)
+    e = Vi @ (d.y - F @ np.array(list(fit.fixed.values())))
+    scores = np.stack([F[coarse == c].T @ e[coarse == c] for c in range(coarse.max() + 1)])
+    robust = A_inv @ scores.T @ scores @ A_inv
+    np.testing.assert_allclose(fit.robust_se["Intercept"], np.sqrt(robust[0, 0]), rtol=1e-6)
+    np.testing.assert_allclose(fit.fixed_se["Intercept"], np.sqrt(A_inv[0, 0]), rtol=1e-6)
