@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 
@@ -13,6 +15,16 @@ def _draws(post, name, dim=None, label=None):
     if dim is not None:
         da = da.sel({dim: label})
     return np.asarray(da).reshape(-1)
+
+
+def _locate(name, g):
+    """``(dimension prefix, label)`` of an EB/ML coefficient or pair name in the posterior.
+
+    With several grouping factors the names are qualified, ``"x|school"`` or
+    ``"Intercept,x|school"``; with one they are bare and belong to ``g``.
+    """
+    label, sep, factor = name.rpartition("|")
+    return (dim_name(factor), label) if sep else (g, name)
 
 
 def compare(posterior, eb, *, ci_prob=0.95):
@@ -54,10 +66,12 @@ def compare(posterior, eb, *, ci_prob=0.95):
     if "sigma" in post:
         rows.append(("sigma", eb.sigma, se.get("sigma", np.nan), _draws(post, "sigma")))
     for coef, est in eb.sd.items():
-        rows.append((f"sd[{coef}]", est, se.get(f"sd[{coef}]", np.nan), _draws(post, f"{g}_sd", f"{g}_coef", coef)))
+        gk, short = _locate(coef, g)
+        rows.append((f"sd[{coef}]", est, se.get(f"sd[{coef}]", np.nan), _draws(post, f"{gk}_sd", f"{gk}_coef", short)))
     for pair, est in eb.corr.items():
+        gk, short = _locate(pair, g)
         rows.append((f"corr[{pair}]", est, se.get(f"corr[{pair}]", np.nan),
-                     _draws(post, f"{g}_corr", f"{g}_corr_pair", pair)))
+                     _draws(post, f"{gk}_corr", f"{gk}_corr_pair", short)))
     tail = (1.0 - ci_prob) / 2.0
     records = {}
     for name, est, se, x in rows:
@@ -78,31 +92,53 @@ def compare(posterior, eb, *, ci_prob=0.95):
     return table
 
 
-def shrinkage_table(posterior, eb):
+def shrinkage_table(posterior, eb, factor=None):
     """Each group's coefficient deviations: EB estimate and SD beside the posterior mean and SD.
+
+    Parameters
+    ----------
+    posterior : xarray.DataTree
+        From :func:`bayeshlm.sample`, with the group draws kept.
+    eb : EMResult
+        From :func:`bayeshlm.fit_em` on the same model.
+    factor : str, optional
+        With several grouping factors, the one whose groups to show (default: the finest).
 
     Returns
     -------
     pandas.DataFrame
         Index (group label, coefficient); columns ``eb``, ``eb_sd``, ``post_mean``, ``post_sd``
         (deviations from the fixed part), and ``ols``, the group's own least-squares
-        coefficient (total, not a deviation; nan where the group cannot estimate it).
+        coefficient (total, not a deviation; nan where the group cannot estimate it, and
+        for all but the finest factor).
     """
-    g = dim_name(posterior.attrs["grouping_factor"])
+    factors = json.loads(posterior.attrs.get("grouping_factors", json.dumps([posterior.attrs["grouping_factor"]])))
+    factor = factors[0] if factor is None else factor
+    if factor not in factors:
+        raise ValueError(f"factor must be one of {factors}, got {factor!r}")
+    g = dim_name(factor)
     effect = posterior.posterior[f"{g}_effect"]
     mean = effect.mean(("chain", "draw")).values
     sd = effect.std(("chain", "draw")).values
-    groups, coefs = eb.labels["groups"], eb.labels["coef"]
+    groups, coefs = list(eb.labels["groups"]), list(eb.labels["coef"])
+    rows, cols = np.arange(len(groups)), np.arange(len(coefs))
+    if len(factors) > 1:
+        rows = np.array([i for i, lab in enumerate(groups) if lab.startswith(f"{factor}=")])
+        cols = np.array([i for i, c in enumerate(coefs) if c.endswith(f"|{factor}")])
+        groups = [groups[i][len(factor) + 1:] for i in rows]
+        coefs = [coefs[i].rpartition("|")[0] for i in cols]
     index = pd.MultiIndex.from_product([[str(x) for x in groups], coefs], names=[g, "coef"])
-    eb_sd = np.sqrt(np.stack([np.diag(v) for v in eb.group_cov]))
+    cov = eb.group_cov[np.ix_(rows, cols, cols)]
+    eb_sd = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
     return pd.DataFrame(
-        {"eb": eb.group_means.reshape(-1), "eb_sd": eb_sd.reshape(-1),
-         "post_mean": mean.reshape(-1), "post_sd": sd.reshape(-1), "ols": eb.group_ols.reshape(-1)},
+        {"eb": eb.group_means[np.ix_(rows, cols)].reshape(-1), "eb_sd": eb_sd.reshape(-1),
+         "post_mean": mean.reshape(-1), "post_sd": sd.reshape(-1),
+         "ols": eb.group_ols[np.ix_(rows, cols)].reshape(-1)},
         index=index,
     )
 
 
-def plot_shrinkage(posterior, eb, coef="Intercept", *, ax=None):
+def plot_shrinkage(posterior, eb, coef="Intercept", *, factor=None, ax=None):
     """Shrinkage plot: each group's OLS, EB and posterior-mean coefficient on one axis.
 
     For an intercept-only random part (or a coefficient whose fixed part is the matching
@@ -116,7 +152,7 @@ def plot_shrinkage(posterior, eb, coef="Intercept", *, ax=None):
     """
     import matplotlib.pyplot as plt
 
-    table = shrinkage_table(posterior, eb).xs(coef, level="coef")
+    table = shrinkage_table(posterior, eb, factor).xs(coef, level="coef")
     base = eb.fixed.get(coef, 0.0)
     post_base = float(posterior.posterior["fixed"].sel(fixed_term=coef).mean()) if coef in eb.fixed else 0.0
     order = np.argsort(table["ols"].to_numpy())
