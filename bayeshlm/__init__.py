@@ -51,7 +51,7 @@ from bayeshlm.priors import (  # noqa: E402
     Uniform,
 )
 from bayeshlm.sample import SamplingError, sample  # noqa: E402
-from bayeshlm.simulate import simulate_instructors  # noqa: E402
+from bayeshlm.simulate import simulate_instructors, simulate_nested  # noqa: E402
 from bayeshlm.summary import summary  # noqa: E402
 
 __all__ = [
@@ -91,5 +91,6 @@ __all__ = [
     "save",
     "shrinkage_table",
     "simulate_instructors",
+    "simulate_nested",
     "summary",
 ]

@@ -93,3 +93,118 @@ def simulate_instructors(n_departments=40, instructors=(4, 20), *, params=None, 
     frame.attrs["truth"] = truth
     frame.attrs["group_effects"] = u
     return frame
+
+
+def _count(spec, rng, size):
+    if isinstance(spec, (int, np.integer)):
+        return np.full(size, int(spec))
+    lo, hi = spec
+    return rng.integers(lo, hi + 1, size=size)
+
+
+def simulate_nested(levels=(("district", 10), ("school", (2, 5)), ("class", (2, 4))), rows=(2, 8), *,
+                    fixed=None, sd=None, sigma=1.0, seed=None):
+    """Data from a hierarchy of nested groups of any depth, with known parameters.
+
+    Level 1 is a row (a student) with predictor ``x``; every grouping level above has random
+    coefficients with the SDs in ``sd``; the coarsest level has a context variable ``z``,
+    so that ``x:z`` is a cross-level interaction. With levels ``district > school > class``:
+
+        y = g0 + g1 x + g2 z + g3 x z + u_district + u_school + u_class + v_class x + e
+
+    Parameters
+    ----------
+    levels : sequence of (str, int or (int, int))
+        From the coarsest level down: the factor's column name, then the number of groups
+        (coarsest level) or of groups within each parent (an int, or uniform between two
+        bounds). Labels are unique only within their parent ("s1" in every district), as in
+        most real data: write the model with ``/`` or ``a:b``.
+    rows : int or (int, int)
+        Rows in each finest group.
+    fixed : dict, optional
+        Fixed effects among ``Intercept``, ``x``, ``z``, ``x:z``; default
+        ``{"Intercept": 10, "x": 2, "z": 1, "x:z": 0.5}``.
+    sd : dict, optional
+        ``{level name: {"Intercept": sd, "x": sd}}``, independent random coefficients; default
+        an intercept SD of 1 at every level and a slope SD of 0.5 on ``x`` at the finest.
+    sigma : float
+        Level-1 residual SD.
+    seed : int, optional
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``y``, ``x``, ``z`` and one per level. ``attrs["formula"]`` is the matching
+        model, ``attrs["truth"]`` the parameters under the names that
+        :func:`bayeshlm.fit_em` and :func:`bayeshlm.sample` use (``"Intercept|district:school"``).
+
+    Examples
+    --------
+    >>> import bayeshlm as bh
+    >>> df = bh.simulate_nested(seed=1)
+    >>> df.attrs["formula"]
+    'y ~ x * z + (1 | district) + (1 | district:school) + (x || district:school:class)'
+    """
+    rng = np.random.default_rng(seed)
+    names = [name for name, _ in levels]
+    if len(names) < 1 or len(set(names)) != len(names):
+        raise ValueError("levels must name one or more distinct grouping columns")
+    fixed = {"Intercept": 10.0, "x": 2.0, "z": 1.0, "x:z": 0.5} if fixed is None else dict(fixed)
+    unknown = set(fixed) - {"Intercept", "x", "z", "x:z"}
+    if unknown:
+        raise ValueError(f"unknown fixed effects {sorted(unknown)}; use Intercept, x, z, x:z")
+    if sd is None:
+        sd = {name: {"Intercept": 1.0} for name in names}
+        sd[names[-1]] = {"Intercept": 1.0, "x": 0.5}
+    for name, coefs in sd.items():
+        if name not in names or set(coefs) - {"Intercept", "x"}:
+            raise ValueError(f"sd must map level names {names} to {{'Intercept': sd, 'x': sd}}, got {name!r}: {coefs}")
+    # the tree, from the top: parent of each group of each level
+    counts = [int(_count(levels[0][1], rng, 1)[0])]
+    parents = [np.full(counts[0], -1)]
+    local = [np.arange(counts[0])]
+    for _, spec in levels[1:]:
+        kids = _count(spec, rng, counts[-1])
+        parents.append(np.repeat(np.arange(counts[-1]), kids))
+        local.append(np.concatenate([np.arange(k) for k in kids]))
+        counts.append(int(kids.sum()))
+    n_rows = _count(rows, rng, counts[-1])
+    finest = np.repeat(np.arange(counts[-1]), n_rows)
+    n = finest.size
+    # each row's group at every level, from the finest up
+    idx = [finest]
+    for k in range(len(levels) - 1, 0, -1):
+        idx.insert(0, parents[k][idx[0]])
+    x = rng.normal(size=n)
+    z_top = rng.normal(size=counts[0])
+    z = z_top[idx[0]]
+    y = (fixed.get("Intercept", 0.0) + fixed.get("x", 0.0) * x + fixed.get("z", 0.0) * z
+         + fixed.get("x:z", 0.0) * x * z + rng.normal(0.0, sigma, size=n))
+    truth = {"fixed": fixed, "sigma": sigma, "sd": {}}
+    effects = {}
+    bars = []
+    for k, name in enumerate(names):
+        factor = ":".join(names[: k + 1])
+        coefs = sd.get(name, {})
+        for coef, s in coefs.items():
+            u = rng.normal(0.0, s, size=counts[k])
+            effects[f"{coef}|{factor}"] = u
+            truth["sd"][f"{coef}|{factor}"] = s
+            y += u[idx[k]] * (1.0 if coef == "Intercept" else x)
+        if set(coefs) == {"Intercept", "x"}:
+            bars.append(f"(x || {factor})")
+        elif coefs:
+            bars.append(f"({'1' if 'Intercept' in coefs else '0 + x'} | {factor})")
+    frame = pd.DataFrame({"y": y, "x": x, "z": z})
+    prefix = {names[0]: "d", names[-1]: "c"}
+    for k, name in enumerate(names):
+        tag = prefix.get(name, "s") if len(names) > 1 else "g"
+        frame[name] = [f"{tag}{i + 1}" for i in local[k][idx[k]]]
+    terms = [t for t in ("x", "z") if t in fixed]
+    fixed_part = "x * z" if "x:z" in fixed else (" + ".join(terms) or "1")
+    if "Intercept" not in fixed:
+        fixed_part = "0 + " + fixed_part
+    frame.attrs["formula"] = f"y ~ {fixed_part} + " + " + ".join(bars)
+    frame.attrs["truth"] = truth
+    frame.attrs["group_effects"] = effects
+    return frame

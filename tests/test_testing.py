@@ -1,0 +1,60 @@
+"""The checking tools of :mod:`bayeshlm.testing`: prior draws, simulated responses, SBC plumbing."""
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+import bayeshlm as bh
+from bayeshlm.testing import draw_from_prior, lkj_corr, sbc, simulate_response, with_response
+
+
+def test_lkj_marginal_is_a_scaled_beta():
+    """Under LKJ(eta) in d dimensions each correlation is 2 Beta(b, b) - 1, b = eta - 1 + d/2.
+
+    Kolmogorov-Smirnov on 4000 draws of two entries, each at level 1e-4 (false alarm 2e-4).
+    """
+    rng = np.random.default_rng(0)
+    d, eta = 4, 1.5
+    draws = np.array([lkj_corr(d, eta, rng) for _ in range(4000)])
+    b = eta - 1 + d / 2
+    for i, j in [(1, 0), (3, 2)]:
+        u = (draws[:, i, j] + 1) / 2
+        assert sps.kstest(u, sps.beta(b, b).cdf).pvalue > 1e-4
+    assert np.all(np.linalg.eigvalsh(draws) > 0)
+
+
+def test_prior_draws_and_simulated_response_have_the_right_moments():
+    """Over many prior draws the simulated responses of one row have the prior predictive
+    variance ``sd_fixed^2 + E[sigma^2] + sum of E[sd_k^2]`` (mean and variance each to 5 Monte
+    Carlo SEs: a false-alarm rate near 1e-6)."""
+    df = bh.simulate_nested(levels=(("a", 4), ("b", 2)), rows=2, seed=1)
+    model = bh.hlm("y ~ 1 + (1 | a/b)", df, priors={"fixed": bh.Normal(1.0, 2.0), "sigma": bh.HalfNormal(1.0),
+                                                      "sd": bh.HalfNormal(0.5)})
+    rng = np.random.default_rng(5)
+    ys = np.array([simulate_response(model, draw_from_prior(model, rng), rng)[0] for _ in range(20000)])
+    var = 4.0 + 1.0 + 2 * 0.25  # E[HalfNormal(s)^2] = s^2
+    assert abs(ys.mean() - 1.0) < 5 * np.sqrt(var / ys.size)
+    se_var = np.std((ys - ys.mean()) ** 2) / np.sqrt(ys.size)  # holds for any finite fourth moment
+    assert abs(ys.var() - var) < 5 * se_var
+
+
+def test_with_response_keeps_design_and_priors():
+    df = bh.simulate_nested(levels=(("a", 4), ("b", 2)), rows=2, seed=1)
+    model = bh.hlm("y ~ x + (1 | a/b)", df)
+    y = np.arange(model.n_obs, dtype=float)
+    other = with_response(model, y)
+    assert other.priors is model.priors and other.structure is model.structure
+    assert other.stats.scal[0] == pytest.approx(np.sum(y**2))
+    np.testing.assert_array_equal(other.design.F, model.design.F)
+
+
+def test_sbc_refuses_flat_priors_and_returns_ranks():
+    df = bh.simulate_nested(levels=(("a", 4), ("b", 2)), rows=2, seed=1)
+    model = bh.hlm("y ~ 1 + (1 | a/b)", df, priors={"fixed": bh.Flat()})
+    with pytest.raises(ValueError, match=r"fixed\[Intercept\].*proper"):
+        sbc(model, n_sims=1)
+    model = bh.hlm("y ~ 1 + (1 | a/b)", df, priors={"fixed": bh.Normal(0, 1)})
+    res = sbc(model, n_sims=3, n_draws=9, warmup=50, draws_per_chain=20)
+    assert list(res.ranks.columns) == ["fixed[Intercept]", "sigma", "sd[Intercept|a:b]", "sd[Intercept|a]"]
+    assert res.ranks.to_numpy().min() >= 0 and res.ranks.to_numpy().max() <= 9
+    assert len(res.uniformity(bins=5)) == 4
