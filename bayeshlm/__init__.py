@@ -35,6 +35,7 @@ from bayeshlm.evidence import (  # noqa: E402
     marginal_likelihood_pooled,
 )
 from bayeshlm.formula import FormulaError, parse_formula  # noqa: E402
+from bayeshlm.hierarchy import Equation, Hierarchy  # noqa: E402
 from bayeshlm.io import load, save  # noqa: E402
 from bayeshlm.lrt import LRTResult, lrt, lrt_hierarchy  # noqa: E402
 from bayeshlm.model import Model  # noqa: E402
@@ -55,10 +56,12 @@ from bayeshlm.simulate import simulate_instructors, simulate_nested  # noqa: E40
 from bayeshlm.summary import summary  # noqa: E402
 
 __all__ = [
+    "Hierarchy",
     "LKJ",
     "DataError",
     "Design",
     "EMResult",
+    "Equation",
     "Evidence",
     "Flat",
     "FormulaError",

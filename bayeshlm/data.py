@@ -157,9 +157,9 @@ def build_design(
     Raises
     ------
     FormulaError
-        If the formula has no random-effect term, more than one grouping
-        factor, a bar term without columns, or the same random coefficient
-        twice.
+        If a bar term has no columns or the same random coefficient appears
+        twice on a factor. (A formula without bar terms is a single-level
+        regression; several grouping factors must be nested.)
     DataError
         If a column is unknown, holds missing or non-finite values (with
         ``missing="raise"``), or does not fit its role: a non-numeric or
@@ -260,9 +260,14 @@ def build_design(
         block_sizes += sizes_k
         factor_sizes.append(len(names_k))
         random_spec += specs_k
-    X = np.ascontiguousarray(np.hstack(blocks), dtype=np.float64)
-    factor = factors[0]
-    group_idx, group_labels = codes[factor]
+    if factors:
+        X = np.ascontiguousarray(np.hstack(blocks), dtype=np.float64)
+        factor = factors[0]
+        group_idx, group_labels = codes[factor]
+    else:  # a single-level regression: every row in one group without random coefficients
+        X = np.zeros((len(y), 0))
+        factor = ""
+        group_idx, group_labels = np.zeros(len(y), dtype=np.int64), np.array(["all rows"], dtype=object)
 
     obs_var = None
     if known is not None:
@@ -296,13 +301,6 @@ def build_design(
 
 
 def _factors(spec):
-    if not spec.bars:
-        raise FormulaError(
-            "the formula has no random-effect term; bayeshlm fits hierarchical "
-            "models, which need at least one '( ... | group)' term, e.g. "
-            "'y ~ x + (1 | group)'",
-            spec.formula,
-        )
     return list(dict.fromkeys(bar.factor for bar in spec.bars))
 
 
@@ -313,7 +311,7 @@ def _nesting(factors, codes):
     groups. Factors that are not nested (crossed, or labels reused across the groups of a
     coarser factor) raise a DataError naming them and an offending group.
     """
-    if len(factors) == 1:
+    if len(factors) <= 1:
         return factors, []
     order = sorted(factors, key=lambda f: -len(codes[f][1]))
     parents = []

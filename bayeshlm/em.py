@@ -24,6 +24,7 @@ from scipy.optimize import minimize
 
 from bayeshlm.priors import coefficient_scales
 from samplers.ml import loglik_and_gradient
+from samplers.nested import two_level
 from samplers.theta import components, decode_theta, encode_theta
 from samplers.tree import group_moments, upward, workspace
 
@@ -213,7 +214,7 @@ def fit_em(model, method="reml", *, em_iter=5, tol=1e-6, max_eval=5000):
     t0 = time.perf_counter()
     rng = np.random.default_rng(0)
     theta = starting_theta(model, rng, jitter=0.0)
-    nested = len(model.structure.level_ptr) > 2
+    nested = not two_level(model.structure)
     if not nested:
         theta = em_iterations(model, theta, em_iter, method, rng)
     else:
@@ -455,7 +456,7 @@ def _tree_moments(model, theta):
     n_levels = len(lp) - 1
     V = np.zeros((int(npt[-1]), D, D))
     chain = None  # joint covariance of each group's whitened coefficients and its ancestors'
-    for k in range(n_levels - 1, -1, -1):
+    for k in range(n_levels - 1 if D else -1, -1, -1):
         dk = int(lp[k + 1] - lp[k])
         rows = np.arange(npt[k], npt[k + 1])
         L = np.tril(Lt[rows, :dk, :dk])
@@ -479,8 +480,9 @@ def _tree_moments(model, theta):
 
 
 def _robust_vcov_clusters(model, a, b, s2, vcov):
-    """Cluster-robust (CR0) covariance of the fixed effects with the coarsest factor's groups as clusters.
+    """Cluster-robust (CR0) covariance of the fixed effects, clusters = the coarsest factor's groups.
 
+    Without grouping each row is a cluster (the HC0 sandwich).
     The score of cluster ``c`` is ``F_c'V_c^{-1}(y_c - F_c a) = F_c'W_c(y_c - F_c a - Z_c b)/s2``
     with ``b`` the conditional means (Henderson's identity): one pass over the rows.
     """
@@ -490,8 +492,12 @@ def _robust_vcov_clusters(model, a, b, s2, vcov):
     w = np.ones(model.n_obs) if design.obs_var is None else 1.0 / design.obs_var
     b_row = finest_coefficients(model, b)[design.group_idx]
     resid = design.y - design.F @ a - np.einsum("ik,ik->i", design.X, b_row)
-    cluster = design.factor_idx[-1]
-    n_c = len(design.factor_labels[-1])
+    if design.factor_idx:
+        cluster, n_c = design.factor_idx[-1], len(design.factor_labels[-1])
+    elif design.coef_names:
+        cluster, n_c = design.group_idx, len(design.group_labels)
+    else:  # no grouping: each row its own cluster (the HC0 sandwich)
+        cluster, n_c = np.arange(model.n_obs), model.n_obs
     we = w * resid / s2
     score = np.stack([np.bincount(cluster, design.F[:, q] * we, minlength=n_c) for q in range(design.F.shape[1])], 1)
     return vcov @ (score.T @ score) @ vcov
@@ -500,6 +506,8 @@ def _robust_vcov_clusters(model, a, b, s2, vcov):
 def _group_ols_cols(stats, d1):
     """:func:`_group_ols` on the first ``d1`` columns of the random design (the finest factor's)."""
     M = np.ascontiguousarray(stats.XtX[:, :d1, :d1])
+    if d1 == 0:
+        return np.zeros((M.shape[0], 0))
     ok = np.linalg.cond(M) < 1e12
     out = np.full((M.shape[0], d1), np.nan)
     if np.any(ok):

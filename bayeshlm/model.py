@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from bayeshlm.data import Design
 from bayeshlm.formula import FormulaSpec
@@ -11,7 +11,7 @@ from samplers.types import Priors, Structure, SuffStats
 
 @dataclass(frozen=True, eq=False)
 class Model:
-    """A two-level hierarchical linear model compiled against one data set.
+    """A hierarchical linear model compiled against one data set.
 
     Build it with :func:`bayeshlm.hlm`; it is immutable, and :meth:`with_data` gives a new
     model of the same structure on other data.
@@ -33,6 +33,9 @@ class Model:
     options : dict
         The keyword arguments of :func:`bayeshlm.hlm` (``priors``, ``known_sd``,
         ``known_var``, ``missing``), reused by :meth:`with_data`.
+    equations : str or None
+        The level-by-level equations when the model was declared with
+        :class:`bayeshlm.Hierarchy` (printed with the model).
     """
 
     spec: FormulaSpec
@@ -42,6 +45,7 @@ class Model:
     priors: Priors
     prior_spec: dict
     options: dict = field(default_factory=dict)
+    equations: str | None = None
 
     @property
     def formula(self) -> str:
@@ -93,16 +97,31 @@ class Model:
         from bayeshlm.compile import hlm
 
         options = {**self.options, "priors": dict(self.prior_spec), **overrides}
-        return hlm(self.formula, data, **options)
+        return replace(hlm(self.formula, data, **options), equations=self.equations)
+
+    @property
+    def factors(self) -> tuple[str, ...]:
+        """The grouping factors, finest first (one per level above level 1)."""
+        return self.design.factors or ((self.design.factor,) if self.design.coef_names else ())
 
     def __repr__(self) -> str:
-        blocks = ", ".join(str(s) for s in self.design.block_sizes)
+        design = self.design
         lines = [
             f"<bayeshlm.Model {self.formula!r}>",
-            f"  observations: {self.n_obs}; groups ({self.factor}): {self.n_groups}",
+            f"  observations: {self.n_obs}",
             f"  fixed effects: {', '.join(self.fixed_names)}",
-            f"  random coefficients by {self.factor}: {', '.join(self.coef_names)} "
-            f"(covariance blocks of size {blocks})",
-            "  level-1 variance: " + ("known (given per observation)" if self.sigma_known else "estimated"),
         ]
+        if len(design.factors) > 1:
+            for k, (factor, names) in enumerate(zip(design.factors, design.factor_coef_names, strict=True)):
+                lines.append(f"  level {k + 2}: {factor} ({len(design.factor_labels[k])} groups), "
+                             f"random {', '.join(names)}")
+        elif design.coef_names:
+            blocks = ", ".join(str(s) for s in design.block_sizes)
+            lines.append(f"  level 2: {self.factor} ({self.n_groups} groups), random "
+                         f"{', '.join(self.coef_names)} (covariance blocks of size {blocks})")
+        else:
+            lines.append("  no grouping: a single-level regression")
+        lines.append("  level-1 variance: " + ("known (given per observation)" if self.sigma_known else "estimated"))
+        if self.equations:
+            lines += ["", self.equations]
         return "\n".join(lines)

@@ -16,6 +16,7 @@ import numpy as np
 import xarray as xr
 
 from samplers.loglik import loglik_draws
+from samplers.nested import two_level
 from samplers.theta import components
 
 POINTWISE_LIMIT = 20_000_000  # chains x draws x observations above which "auto" stores group sums
@@ -61,7 +62,7 @@ def _log_likelihood(model, s2, a, b, mode):
     out = np.zeros((n_chains * n_draws, n_out))
     flat_s2 = s2.reshape(-1)
     flat_a = a.reshape(-1, a.shape[-1])
-    flat_b = b.reshape(-1, *b.shape[2:])
+    flat_b = b.reshape(n_chains * n_draws, *b.shape[2:])
     n_parts = 2
     bounds = np.linspace(0, flat_s2.shape[0], n_parts + 1).astype(int)
 
@@ -79,7 +80,9 @@ def _factor_parts(model):
     """Per grouping factor, finest first: ``(name, (first, last + 1) coefficient, labels, coef names)``."""
     design = model.design
     lp = model.structure.level_ptr
-    if len(lp) == 2:
+    if lp[-1] == 0:
+        return []
+    if two_level(model.structure):
         return [(design.factor, (0, int(lp[1])), design.group_labels, design.coef_names)]
     return [(f, (int(lp[k]), int(lp[k + 1])), design.factor_labels[k], design.factor_coef_names[k])
             for k, f in enumerate(design.factors)]
@@ -91,7 +94,7 @@ def finest_coefficients(model, b):
     For one grouping factor this is ``b`` itself.
     """
     st = model.structure
-    if len(st.level_ptr) == 2:
+    if two_level(st) or st.level_ptr[-1] == 0:
         return b
     design = model.design
     anc = np.arange(len(design.factor_labels[0]))
@@ -164,7 +167,7 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
         if b is not None:
             k = len([f for f in posterior if f.endswith("_effect")])
             nodes = model.structure.node_ptr
-            rows = slice(0, b.shape[2]) if len(model.structure.level_ptr) == 2 else slice(nodes[k], nodes[k + 1])
+            rows = slice(0, b.shape[2]) if two_level(model.structure) else slice(nodes[k], nodes[k + 1])
             posterior[f"{gk}_effect"] = b[:, :, rows, lo:hi]
             dims[f"{gk}_effect"] = [gk, coef_dim]
     groups = {

@@ -185,12 +185,17 @@ def sample(
     if n_threads is not None:
         n_threads = _check_count("n_threads", n_threads, 1)
     if method == "gibbs":
-        biggest = int(np.max(np.diff(model.structure.block_ptr)))
-        if model.n_groups < biggest:
-            raise ValueError(
-                f"method='gibbs' needs at least as many groups as coefficients in a covariance block "
-                f"({model.n_groups} groups of {model.factor!r}, block of {biggest}); use method='mh'"
-            )
+        st = model.structure
+        for k in range(len(st.block_ptr) - 1):
+            size = int(st.block_ptr[k + 1] - st.block_ptr[k])
+            lev = int(np.searchsorted(st.level_ptr, st.block_ptr[k], side="right") - 1)
+            factor = model.factors[lev]
+            n_groups = len(model.design.factor_labels[lev]) if model.design.factor_labels else model.n_groups
+            if n_groups < size:
+                raise ValueError(
+                    f"method='gibbs' needs at least as many groups as coefficients in a covariance block "
+                    f"({n_groups} groups of {factor!r}, block of {size}); use method='mh'"
+                )
 
     t_start = time.perf_counter()
     children = np.random.SeedSequence(seed).spawn(chains)

@@ -29,6 +29,7 @@ from bayeshlm.priors import (
     Normal,
     Uniform,
 )
+from samplers.nested import two_level
 from samplers.suffstats import compute_suffstats
 
 
@@ -103,11 +104,11 @@ def draw_from_prior(model, rng):
     with np.errstate(invalid="ignore", divide="ignore"):
         corr = cov / np.outer(sd, sd)
     st = model.structure
-    n_nodes = model.n_groups if len(st.level_ptr) == 2 else int(st.node_ptr[-1])
+    n_nodes = model.n_groups if two_level(st) else int(st.node_ptr[-1])
     b = np.zeros((n_nodes, D))
     for k in range(len(st.level_ptr) - 1):
         lo, hi = st.level_ptr[k], st.level_ptr[k + 1]
-        rows = slice(0, n_nodes) if len(st.level_ptr) == 2 else slice(st.node_ptr[k], st.node_ptr[k + 1])
+        rows = slice(0, n_nodes) if two_level(st) else slice(st.node_ptr[k], st.node_ptr[k + 1])
         n_k = rows.stop - rows.start
         b[rows, lo:hi] = rng.multivariate_normal(np.zeros(hi - lo), cov[lo:hi, lo:hi], size=n_k, method="eigh")
     return {"fixed": fixed, "sigma": sigma, "cov": cov, "sd": sd, "corr": corr, "b": b}

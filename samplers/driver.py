@@ -15,13 +15,14 @@ import numpy as np
 from numba import njit
 
 from samplers.mh import FAILED, ITER, LP, end_of_iteration
+from samplers.nested import two_level
 from samplers.sweep import METHOD_MH, draw_all_coefficients, sweep
 from samplers.types import ChainState
 
 
 def n_nodes_of(stats, structure):
     """Number of groups of all grouping factors (the rows of the group coefficients)."""
-    return int(stats.n.shape[0] if structure.level_ptr.shape[0] == 2 else structure.node_ptr[-1])
+    return int(stats.n.shape[0] if two_level(structure) else structure.node_ptr[-1])
 
 
 @njit(cache=True, nogil=True)

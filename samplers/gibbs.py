@@ -160,4 +160,4 @@ def update_T(rng, b, T, structure, priors):
             for r in range(dk):
                 for s in range(dk):
                     T[c0 + r, c0 + s] = prop[r, s]
-    return n_acc / n_blocks, True
+    return (n_acc / n_blocks if n_blocks else 1.0), True

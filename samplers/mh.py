@@ -28,7 +28,7 @@ import numpy as np
 from numba import njit
 
 from samplers.linalg import chol_inplace
-from samplers.nested import tree_upward, tree_workspace
+from samplers.nested import tree_upward, tree_workspace, uses_tree
 from samplers.theta import canonical_mask, decode_theta, flip_columns
 from samplers.tree import loglik_given_a
 
@@ -51,7 +51,7 @@ def log_target(theta, stats, structure, priors, state):
     s2, log_prior = decode_theta(theta, structure, priors, C)
     if not np.isfinite(log_prior):
         return -np.inf
-    if structure.level_ptr.shape[0] > 2:
+    if uses_tree(structure):
         Lt, Ut, Acc, LA, cA, _ = tree_workspace(stats, structure)
         ll, ok = tree_upward(stats, structure, s2, C, False, priors.a_mean, priors.a_prec, state.r_buf,
                              state.scal[RTR], Lt, Ut, Acc, LA, cA)

@@ -9,7 +9,7 @@ Python instead of one per pass.
 import numpy as np
 from numba import njit
 
-from samplers.nested import tree_upward, tree_workspace
+from samplers.nested import tree_upward, tree_workspace, uses_tree
 from samplers.theta import decode_theta
 from samplers.tree import upward
 
@@ -26,7 +26,7 @@ def profile_loglik(theta, stats, structure, priors, reml, C, L, LA, c):
     p = c.shape[0]
     flat = np.zeros(p)
     s2, _ = decode_theta(theta, structure, priors, C)
-    if structure.level_ptr.shape[0] > 2:
+    if uses_tree(structure):
         Lt, Ut, Acc, _, _, _ = tree_workspace(stats, structure)
         ll, ok = tree_upward(stats, structure, s2, C, True, flat, flat, stats.Xty, 0.0, Lt, Ut, Acc, LA, c)
     else:
@@ -47,7 +47,7 @@ def loglik_and_gradient(theta, stats, structure, priors, reml, grad):
     n_groups, d = stats.Xty.shape
     p = stats.Fty.shape[0]
     C = np.empty((d, d))
-    L = np.empty((n_groups if structure.level_ptr.shape[0] == 2 else 1, d, d))
+    L = np.empty((1 if uses_tree(structure) else n_groups, d, d))
     LA = np.empty((p, p))
     c = np.empty(p)
     value = profile_loglik(theta, stats, structure, priors, reml, C, L, LA, c)

@@ -32,6 +32,21 @@ LOG_2PI = np.log(2.0 * np.pi)
 
 
 @njit(cache=True, nogil=True)
+def uses_tree(structure):
+    """Whether the general tree passes apply: several grouping factors, or none (``n_coef == 0``).
+
+    One factor with random coefficients has the faster two-level passes of
+    :mod:`samplers.tree`.
+    """
+    return structure.level_ptr.shape[0] > 2 or structure.level_ptr[-1] == 0
+
+
+def two_level(structure):
+    """Python-side negation of :func:`uses_tree`."""
+    return len(structure.level_ptr) == 2 and structure.level_ptr[-1] > 0
+
+
+@njit(cache=True, nogil=True)
 def tree_workspace(stats, structure):
     """Work arrays ``(Lt, Ut, Acc, LA, cA, beta)`` of the tree passes on ``stats``."""
     lp = structure.level_ptr
@@ -138,7 +153,7 @@ def tree_upward(stats, structure, s2, C, full, a_mean, a_prec, r, rtr, Lt, Ut, A
                 for b in range(a):
                     t -= K[a, b] * U[b, c]
                 U[a, c] = t / K[a, a]
-        tgt = Acc[parent[j] - n1]
+        tgt = Acc[root] if parent[j] < 0 else Acc[parent[j] - n1]
         for a in range(w):
             for b in range(a + 1):
                 if a < dr:

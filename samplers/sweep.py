@@ -17,7 +17,7 @@ from samplers.mh import (
     log_target,
     mh_step,
 )
-from samplers.nested import effective_coefficients, tree_draw, tree_upward, tree_workspace
+from samplers.nested import effective_coefficients, tree_draw, tree_upward, tree_workspace, uses_tree
 from samplers.theta import decode_theta, encode_theta
 from samplers.tree import draw_coefficients, residual_stats, upward
 
@@ -35,8 +35,8 @@ def draw_all_coefficients(rng, state, stats, structure, priors):
     """
     C = state.C_buf[CURRENT]
     s2, log_prior = decode_theta(state.theta, structure, priors, C)
-    if structure.level_ptr.shape[0] > 2:
-        # nested factors: the general tree passes
+    if uses_tree(structure):
+        # nested factors, or none factors: the general tree passes
         Lt, Ut, Acc, LA, cA, beta = tree_workspace(stats, structure)
         ll, ok = tree_upward(stats, structure, s2, C, True, priors.a_mean, priors.a_prec, state.r_buf, 0.0,
                              Lt, Ut, Acc, LA, cA)
@@ -102,7 +102,7 @@ def sweep(rng, state, stats, structure, priors, method, mh_steps, warmup):
         T = C @ C.T
         acc_s2 = 1.0
         if structure.sigma_known == 0:
-            if structure.level_ptr.shape[0] > 2:
+            if uses_tree(structure):
                 b_eff = np.zeros((stats.n.shape[0], d))
                 effective_coefficients(structure, state.b, b_eff)
             else:

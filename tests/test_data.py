@@ -249,9 +249,10 @@ def test_non_default_index(df):
 # Model structure errors
 
 
-def test_no_bar_term(df):
-    with pytest.raises(ValueError, match=r"at least one '\( \.\.\. \| group\)' term"):
-        design("y ~ x", df)
+def test_no_bar_term_is_a_single_level_regression(df):
+    d = design("y ~ x", df)
+    assert d.X.shape == (12, 0) and d.coef_names == () and d.factors == ()
+    np.testing.assert_array_equal(d.group_idx, np.zeros(12))
 
 
 def test_crossed_factors_are_refused_with_the_nesting_hint(df):

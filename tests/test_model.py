@@ -15,7 +15,8 @@ def sleep():
 
 def test_repr_describes_the_model(sleep):
     text = repr(bh.hlm("reaction ~ days + (days | subject)", sleep))
-    assert "observations: 180; groups (subject): 18" in text
+    assert "observations: 180" in text
+    assert "level 2: subject (18 groups), random Intercept, days" in text
     assert "fixed effects: Intercept, days" in text
     assert "covariance blocks of size 2" in text
     assert "estimated" in text
@@ -42,3 +43,16 @@ def test_dropped_rows_are_counted_in_the_result(sleep):
     assert post.attrs["n_dropped_rows"] == 3
     assert 3 not in post.observed_data["obs"].values  # observations keep their row labels
     assert json.loads(post.attrs["sampler"])["draws"] == 30
+
+
+def test_repr_of_nested_and_builder_models():
+    df = bh.load_dataset("pastes")
+    text = repr(bh.hlm("strength ~ 1 + (1 | batch/cask)", df))
+    assert "level 2: batch:cask (30 groups), random Intercept" in text
+    assert "level 3: batch (10 groups), random Intercept" in text
+    model = bh.Hierarchy("strength").level("cask", {"Intercept": bh.Equation()}).level(
+        "batch", {"Intercept": bh.Equation()}).compile(df)
+    text = repr(model)
+    assert "Level 2 (cask)" in text and "Level 3 (batch)" in text
+    # the equations survive with_data
+    assert "Level 3 (batch)" in repr(model.with_data(df.iloc[:30]))
