@@ -33,3 +33,16 @@ def test_bench_em_quick(tmp_path):
     assert row["bayeshlm_seconds"] > 0
     assert abs(row["bayeshlm_loglik"] - row["lme4_loglik"]) < 1e-6 * abs(row["lme4_loglik"])
     assert "| dyestuff | REML |" in (tmp_path / "EM_RESULTS.md").read_text()
+
+
+def test_bench_levels_quick(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_levels", BENCH.parent / "bench_levels.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--quick", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "levels_results.json").read_text())
+    rows = results["rows"]
+    assert [r["rows_per_class"] for r in rows] == [5, 50]
+    assert rows[1]["n_rows"] == 10 * rows[0]["n_rows"] and rows[1]["n_groups"] == rows[0]["n_groups"]
+    assert all(r["sweep_ms"] > 0 for r in rows + results["groups"])
+    assert "| 50 |" in (tmp_path / "LEVELS_RESULTS.md").read_text()
