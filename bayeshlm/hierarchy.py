@@ -251,10 +251,12 @@ class Hierarchy:
                         parts.append(f"u{k + 2}[{c}]")
                         random.append(c)
                 lines.append(f"  {s_in}[{c}] = " + " + ".join(parts))
-            if random:
-                cov = "diagonal" if lev.covariance == "diagonal" and len(random) > 1 else "unstructured"
-                lines.append(f"  u{k + 2} ~ N(0, T{k + 2}), {cov} {len(random)} x {len(random)}, independent over "
-                             f"groups of {self._nested_factor(k)}")
+            where = f"independent over the groups of {self._nested_factor(k)}"
+            if len(random) == 1:
+                lines.append(f"  u{k + 2} ~ N(0, tau{k + 2}^2), {where}")
+            elif random:
+                cov = "diagonal" if lev.covariance == "diagonal" else "unstructured"
+                lines.append(f"  u{k + 2} ~ N(0, T{k + 2}), T{k + 2} {cov} {len(random)} x {len(random)}, {where}")
         top = sym[len(self.levels)]
         lines.append(f"Top: the {top}[.] are fixed effects with a hyperprior")
         lines.append(f"Mixed form: {self.formula}")

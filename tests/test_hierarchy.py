@@ -144,7 +144,8 @@ def test_printing_shows_every_level():
          .level("school", {"Intercept": Equation("s")}))
     text = str(h)
     for line in ["Level 1 (within units)", "y = b[Intercept] + b[x]*x + e", "Level 2 (class)",
-                 "u2 ~ N(0, T2), unstructured 2 x 2", "Level 3 (school)", "g[Intercept] = d[Intercept] + d[s]*s + u3",
+                 "u2 ~ N(0, T2), T2 unstructured 2 x 2",
+                 "u3 ~ N(0, tau3^2)", "Level 3 (school)", "g[Intercept] = d[Intercept] + d[s]*s + u3",
                  "g[x] = d[x]", "Mixed form: y ~ 1 + s + x + (1 + x | school:class) + (1 | school)"]:
         assert line in text, line
 
