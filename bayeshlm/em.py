@@ -8,10 +8,11 @@ estimates with their conditional covariances (:class:`EMResult`). Likelihood-rat
 in :mod:`bayeshlm.lrt`, the comparison with a posterior in :mod:`bayeshlm.compare`.
 
 Method: EM iterations (Dempster, Rubin & Tsutakawa 1981; Laird & Ware 1982) from a rough
-start, whose E-step is the downward pass without noise (:func:`samplers.tree.group_moments`)
-and whose M-step is closed form, then a quasi-Newton finish (L-BFGS on the unconstrained
-variance components of :mod:`samplers.theta`) on the exact ML or REML log-likelihood from
-the upward pass, which EM approaches only linearly.
+start, whose E-step is the downward pass without noise (:func:`samplers.tree.group_moments`,
+or the tree recursion of :func:`_tree_moments` for several nested factors) and whose M-step
+is closed form, then a quasi-Newton finish (L-BFGS on the unconstrained variance components
+of :mod:`samplers.theta`) on the exact ML or REML log-likelihood from the upward pass, which
+EM approaches only linearly, and a few Newton steps.
 """
 
 from __future__ import annotations
@@ -149,6 +150,8 @@ def em_iterations(model, theta, n_iter, method="reml", rng=None, trace=None):
     n_groups, d = stats.Xty.shape
     p = stats.Fty.shape[0]
     objective = _Objective(model, method) if trace is not None else None
+    if not two_level(structure):
+        return _tree_em_iterations(model, theta, n_iter, method, objective, trace)
     C, L, LA, c = workspace(stats)
     a = np.empty(p)
     b = np.empty((n_groups, d))
@@ -215,14 +218,11 @@ def fit_em(model, method="reml", *, em_iter=5, tol=1e-6, max_eval=5000):
     rng = np.random.default_rng(0)
     theta = starting_theta(model, rng, jitter=0.0)
     nested = not two_level(model.structure)
-    if not nested:
-        theta = em_iterations(model, theta, em_iter, method, rng)
-    else:
-        em_iter = 0
+    theta = em_iterations(model, theta, em_iter, method, rng)
     objective = _Objective(model, method)
     opt = minimize(objective.negative_with_gradient, theta, jac=True, method="L-BFGS-B",
                    options={"gtol": tol, "ftol": 1e-13, "maxfun": max_eval, "maxiter": max_eval})
-    theta = opt.x
+    theta = _newton_polish(objective, opt.x)
     loglik = objective(theta)
     # Converged when the log-likelihood is flat at the optimum: a step of 1e-3 in any
     # unconstrained coordinate changes it by less than about 1e-6. The optimiser's own flag
@@ -235,7 +235,7 @@ def fit_em(model, method="reml", *, em_iter=5, tol=1e-6, max_eval=5000):
     n_groups, d = stats.Xty.shape
     p = stats.Fty.shape[0]
     if nested:
-        s2, C, a, b, V, vcov = _tree_moments(model, theta)
+        s2, C, a, b, V, vcov, _ = _tree_moments(model, theta)
     else:
         C, L, LA, c = workspace(stats)
         s2, _ = decode_theta(theta, structure, model.priors, C)
@@ -419,6 +419,100 @@ def _group_ols(stats):
     return out
 
 
+def _newton_polish(objective, theta, max_steps=4):
+    """A few Newton steps on the log-likelihood from the quasi-Newton optimum.
+
+    L-BFGS stops on a gradient tolerance; where the likelihood is flat in one direction that
+    leaves the estimates a few 1e-5 from the optimum. Newton steps with the Hessian from
+    central differences of the gradient converge quadratically from there. A step is kept
+    only if it raises the log-likelihood, or keeps it within rounding while shrinking the
+    gradient (halved up to 10 times); a Hessian that is not
+    negative definite (an estimate on the boundary) ends the polish.
+    """
+    value = objective(theta)
+    for _ in range(max_steps):
+        grad = objective.grad.copy()
+        n = theta.size
+        H = np.empty((n, n))
+        for i in range(n):
+            h = 1e-5 * max(1.0, abs(theta[i]))
+            up, down = theta.copy(), theta.copy()
+            up[i] += h
+            down[i] -= h
+            objective(up)
+            g_up = objective.grad.copy()
+            objective(down)
+            H[:, i] = (g_up - objective.grad) / (2 * h)
+        H = 0.5 * (H + H.T)
+        try:
+            np.linalg.cholesky(-H)
+        except np.linalg.LinAlgError:
+            break
+        step = np.linalg.solve(-H, grad)
+        improved = False
+        gnorm = np.max(np.abs(grad))
+        for _ in range(10):
+            trial = theta + step
+            new = objective(trial)
+            # near the optimum the values differ by rounding only: a smaller gradient also counts
+            if np.isfinite(new) and (new > value or (new >= value - 1e-12 * abs(value)
+                                                     and np.max(np.abs(objective.grad)) < gnorm)):
+                theta, value, improved = trial, new, True
+                break
+            step = step / 2
+        if not improved or np.max(np.abs(step)) < 1e-10:
+            break
+    objective(theta)  # leave the gradient at the returned point
+    return theta
+
+
+def _tree_em_iterations(model, theta, n_iter, method, objective, trace):
+    """:func:`em_iterations` for several nested factors (or none), on the moments of :func:`_tree_moments`.
+
+    ``T`` of each covariance block is the mean of ``E[b b']`` over the groups of its factor;
+    ``E[residual sum of squares]`` adds to the residuals at the means the traces of each
+    finest group's cross-products with the joint covariance of its coefficients, its
+    ancestors' and (REML) the fixed effects.
+    """
+    from bayeshlm.results import finest_coefficients
+
+    st, stats = model.structure, model.stats
+    D = int(st.level_ptr[-1])
+    p = stats.Fty.shape[0]
+    reml = method == "reml"
+    theta = theta.copy()
+    for _ in range(n_iter):
+        if objective is not None:
+            trace.append(objective(theta))
+        s2, C, a, b, V, vcov, chain = _tree_moments(model, theta, with_fixed=reml)
+        if not (np.all(np.isfinite(b)) and np.isfinite(s2)):
+            break
+        T = np.zeros((D, D))
+        for k in range(len(st.block_ptr) - 1):
+            lo, hi = st.block_ptr[k], st.block_ptr[k + 1]
+            lev = int(np.searchsorted(st.level_ptr, lo, side="right") - 1)
+            rows = slice(st.node_ptr[lev], st.node_ptr[lev + 1])
+            bk = b[rows, lo:hi]
+            T[lo:hi, lo:hi] = (bk.T @ bk + V[rows, lo:hi, lo:hi].sum(axis=0)) / bk.shape[0]
+        if not st.sigma_known:
+            be = finest_coefficients(model, b)
+            resid = stats.Xty - stats.XtF @ a
+            rss = (stats.scal[0] - 2 * a @ stats.Fty + a @ stats.FtF @ a - 2 * np.sum(be * resid)
+                   + np.einsum("jk,jkl,jl->", be, stats.XtX, be))
+            G = np.zeros((D + p, D + p))
+            G[:D, :D] = C
+            G[D:, D:] = np.eye(p)
+            cov = G @ chain @ G.T  # per finest group: [b_j and ancestors, a]
+            rss += np.einsum("jkl,jlk->", stats.XtX, cov[:, :D, :D])
+            rss += 2.0 * np.einsum("jkq,jqk->", stats.XtF, cov[:, D:, :D])
+            rss += np.sum(stats.FtF * cov[0, D:, D:]) if cov.shape[0] else 0.0
+            s2 = max(rss, 1e-300) / stats.scal[1]
+        T += 1e-12 * max(np.trace(T), 1e-300) * np.eye(D)
+        if not encode_theta(s2, T, st, theta):
+            break
+    return theta
+
+
 def corr_key(first, second):
     """Label of the correlation of two coefficients: ``"a,b"``, or ``"a,b|factor"`` for qualified names."""
     f1, _, g1 = first.partition("|")
@@ -426,16 +520,18 @@ def corr_key(first, second):
     return f"{f1},{f2}|{g1}" if g1 and g1 == g2 else f"{first},{second}"
 
 
-def _tree_moments(model, theta):
-    """Moments at ``theta`` of a model with nested factors, from the tree passes.
+def _tree_moments(model, theta, with_fixed=False):
+    """Moments at ``theta`` of a model with nested factors (or none), from the tree passes.
 
-    Returns ``(s2, C, a, b, V, vcov)``: the GLS fixed effects ``a`` with covariance
-    ``vcov = A^{-1}``, each group's conditional mean ``b`` (rows: groups of every factor,
-    ``Structure.node_ptr``) and conditional covariance ``V`` given ``a`` (lme4's conditional
-    variance), by the downward recursion on the joint covariance of a group and its
-    ancestors: ``beta_k = L'^{-1}(u - U z) + L'^{-1} e`` gives
-    ``Cov(beta_k) = K^{-1} + B Cov(z) B'`` and ``Cov(beta_k, z) = -B Cov(z)`` with
-    ``B = L'^{-1} U``.
+    Returns ``(s2, C, a, b, V, vcov, chain)``: the GLS fixed effects ``a`` with covariance
+    ``vcov = A^{-1}``; each group's conditional mean ``b`` (rows: groups of every factor,
+    ``Structure.node_ptr``) and covariance ``V``, given ``a`` (lme4's conditional variance),
+    or with ``with_fixed`` also carrying the uncertainty of ``a`` (REML, ``a`` integrated
+    out); and ``chain``, for each finest group, the joint covariance of its whitened
+    coefficients, its ancestors' and ``a`` (in that order). By the downward recursion on the
+    joint covariance of a group and everything above it, ``z``:
+    ``beta_k = L'^{-1}(u - U z) + L'^{-1} e`` gives ``Cov(beta_k) = K^{-1} + B Cov(z) B'`` and
+    ``Cov(beta_k, z) = -B Cov(z)`` with ``B = L'^{-1} U``; ``Cov(a)`` is ``A^{-1}`` or 0.
     """
     from samplers.nested import tree_draw, tree_upward, tree_workspace
 
@@ -455,28 +551,27 @@ def _tree_moments(model, theta):
     lp, npt, parent = st.level_ptr, st.node_ptr, st.parent
     n_levels = len(lp) - 1
     V = np.zeros((int(npt[-1]), D, D))
-    chain = None  # joint covariance of each group's whitened coefficients and its ancestors'
+    chain = np.broadcast_to(vcov if with_fixed else np.zeros((p, p)), (1, p, p))
     for k in range(n_levels - 1 if D else -1, -1, -1):
         dk = int(lp[k + 1] - lp[k])
         rows = np.arange(npt[k], npt[k + 1])
         L = np.tril(Lt[rows, :dk, :dk])
         K_inv = np.linalg.inv(L @ np.transpose(L, (0, 2, 1)))
-        if chain is None:
-            new = K_inv
-        else:
-            dz = int(D - lp[k + 1])
-            Sz = chain[parent[rows] - npt[k + 1]]
-            B = np.linalg.solve(np.transpose(L, (0, 2, 1)), Ut[rows, :dk, :dz])
-            BS = B @ Sz
-            new = np.zeros((rows.size, dk + dz, dk + dz))
-            new[:, :dk, :dk] = K_inv + BS @ np.transpose(B, (0, 2, 1))
-            new[:, :dk, dk:] = -BS
-            new[:, dk:, :dk] = -np.transpose(BS, (0, 2, 1))
-            new[:, dk:, dk:] = Sz
+        dz = int(D - lp[k + 1]) + p
+        Sz = chain[np.zeros(rows.size, dtype=np.int64) if k == n_levels - 1 else parent[rows] - npt[k + 1]]
+        B = np.linalg.solve(np.transpose(L, (0, 2, 1)), Ut[rows, :dk, :dz])
+        BS = B @ Sz
+        new = np.zeros((rows.size, dk + dz, dk + dz))
+        new[:, :dk, :dk] = K_inv + BS @ np.transpose(B, (0, 2, 1))
+        new[:, :dk, dk:] = -BS
+        new[:, dk:, :dk] = -np.transpose(BS, (0, 2, 1))
+        new[:, dk:, dk:] = Sz
         chain = new
         Ck = C[lp[k]:lp[k + 1], lp[k]:lp[k + 1]]
         V[rows, lp[k]:lp[k + 1], lp[k]:lp[k + 1]] = Ck @ new[:, :dk, :dk] @ Ck.T
-    return s2, C, a, b, V, vcov
+    if not D:
+        chain = np.broadcast_to(chain[0], (int(npt[1]), p, p))
+    return s2, C, a, b, V, vcov, chain
 
 
 def _robust_vcov_clusters(model, a, b, s2, vcov):

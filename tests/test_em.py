@@ -297,3 +297,22 @@ def test_nested_robust_se_equals_dense_sandwich():
     robust = A_inv @ scores.T @ scores @ A_inv
     np.testing.assert_allclose(fit.robust_se["Intercept"], np.sqrt(robust[0, 0]), rtol=1e-6)
     np.testing.assert_allclose(fit.fixed_se["Intercept"], np.sqrt(A_inv[0, 0]), rtol=1e-6)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1),
+       formula=st.sampled_from(["y ~ x + (1 | a/b)", "y ~ x + (x | a) + (1 | a:b)", "y ~ x * z + (x || a:b) + (1 | a)",
+                                "y ~ x + (1 | a/b/c)", "y ~ x"]),
+       method=st.sampled_from(["ml", "reml"]))
+def test_em_never_decreases_the_likelihood_nested(seed, formula, method):
+    """The EM of several nested factors (and of none) is monotone in ML and in REML."""
+    from bayeshlm.em import em_iterations
+    from bayeshlm.sample import starting_theta
+
+    df = bh.simulate_nested(levels=(("a", 4), ("b", (2, 3)), ("c", (2, 3))), rows=(1, 4), seed=seed % 2**31)
+    model = bh.hlm(formula, df)
+    trace = []
+    rng = np.random.default_rng(seed)
+    em_iterations(model, starting_theta(model, rng, jitter=1.0), 12, method, trace=trace)
+    steps = np.diff(trace)
+    assert np.all(steps >= -1e-8 * max(1.0, abs(trace[-1]))), (trace, steps.min())
