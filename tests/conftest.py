@@ -24,3 +24,10 @@ def lme4_fits():
     """Reference lme4 fits and eight-schools values (see tests/golden/README.md)."""
     with open(GOLDEN_DIR / "lme4_fits.json", encoding="utf-8") as handle:
         return json.load(handle)
+
+
+@pytest.fixture(scope="session")
+def lme4_tight():
+    """lme4 fits with tight optimiser tolerances (tests/golden/lme4_tight.R)."""
+    with open(GOLDEN_DIR / "lme4_tight.json", encoding="utf-8") as handle:
+        return json.load(handle)
