@@ -18,8 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import betaln, gammaln
+from scipy.special import betaln, gammaln, multigammaln
 
+from samplers.nested import tree_upward, tree_workspace, two_level
 from samplers.theta import decode_theta, encode_theta
 from samplers.tree import upward, workspace
 from samplers.types import PRIOR_FLAT, PRIOR_HALF_NORMAL, PRIOR_HALF_T, PRIOR_INV_GAMMA, PRIOR_UNIFORM
@@ -67,33 +68,51 @@ def _log_prior_norm(model):
     priors, structure = model.priors, model.structure
     if np.any(priors.a_prec == 0):
         raise ValueError("the marginal likelihood needs a proper (Normal) prior on every fixed effect")
-    if np.any(priors.block_iw == 1):
-        raise ValueError("the marginal likelihood is not available with inverse-Wishart priors yet")
     total = 0.0 if model.sigma_known else _sd_log_norm(priors.sigma_kind, priors.sigma_par, "sigma")
-    for i, name in enumerate(model.coef_names):
-        total += _sd_log_norm(priors.sd_kind[i], priors.sd_par[i], f"sd[{name}]")
     for k in range(len(structure.block_ptr) - 1):
-        dk = int(structure.block_ptr[k + 1] - structure.block_ptr[k])
+        c0, c1 = int(structure.block_ptr[k]), int(structure.block_ptr[k + 1])
+        dk = c1 - c0
+        if priors.block_iw[k] == 1:
+            total += iw_log_norm(float(priors.block_eta[k]), priors.iw_scale[c0:c1, c0:c1])
+            continue
+        for i in range(c0, c1):
+            total += _sd_log_norm(priors.sd_kind[i], priors.sd_par[i], f"sd[{model.coef_names[i]}]")
         if dk > 1:
             total += lkj_log_norm(dk, float(priors.block_eta[k]))
     return total
 
 
+def iw_log_norm(nu, Psi):
+    """Log normalising constant of an inverse-Wishart block as :func:`samplers.theta.decode_theta` writes it.
+
+    The kernel keeps ``-(nu + d + 1)/2 log|T| - tr(Psi T^{-1})/2 + d sum log tau``, the
+    density of ``(tau, R)`` (SDs and correlations) up to a constant; the full density is the
+    inverse-Wishart one, ``|Psi|^{nu/2} / (2^{nu d/2} Gamma_d(nu/2))``, times the Jacobian of
+    ``T = diag(tau) R diag(tau)``, ``2^d prod tau^d``.
+    """
+    d = Psi.shape[0]
+    log_iw = 0.5 * nu * np.linalg.slogdet(Psi)[1] - 0.5 * nu * d * np.log(2.0) - multigammaln(0.5 * nu, d)
+    return log_iw + d * np.log(2.0)
+
+
 def _theta_draws(posterior, model):
+    from bayeshlm.results import _factor_parts, dim_name
+
     post = posterior.posterior
-    g = model.factor.replace(":", "_")
-    sd = post[f"{g}_sd"].values.reshape(-1, len(model.coef_names))
-    n = sd.shape[0]
-    d = sd.shape[1]
+    d = len(model.coef_names)
+    n = post["fixed"].shape[0] * post["fixed"].shape[1]
+    sd = np.zeros((n, d))
     corr = np.zeros((n, d, d))
-    if f"{g}_corr" in post:
-        pairs = list(post[f"{g}_corr_pair"].values)
-        values = post[f"{g}_corr"].values.reshape(n, -1)
-        names = list(model.coef_names)
-        for m, pair in enumerate(pairs):
-            a, b = pair.split(",")
-            i, j = names.index(a), names.index(b)
-            corr[:, i, j] = corr[:, j, i] = values[:, m]
+    for factor, (lo, hi), _, names in _factor_parts(model):
+        g = dim_name(factor)
+        sd[:, lo:hi] = post[f"{g}_sd"].values.reshape(n, hi - lo)
+        if f"{g}_corr" in post:
+            pairs = list(post[f"{g}_corr_pair"].values)
+            values = post[f"{g}_corr"].values.reshape(n, -1)
+            for m, pair in enumerate(pairs):
+                a, b = pair.split(",")
+                i, j = lo + list(names).index(a), lo + list(names).index(b)
+                corr[:, i, j] = corr[:, j, i] = values[:, m]
     corr[:, np.arange(d), np.arange(d)] = 1.0
     s2 = np.ones(n) if model.sigma_known else post["sigma"].values.reshape(-1) ** 2
     theta = np.empty((n, model.n_theta))
@@ -108,13 +127,19 @@ def _log_q(model, theta, norm):
     """Log p(y | theta) + log p(theta) on the canonical half (SDs >= 0); -inf elsewhere."""
     stats, priors, structure = model.stats, model.priors, model.structure
     C, L, LA, c = workspace(stats)
+    tree = None if two_level(structure) else tree_workspace(stats, structure)
     out = np.empty(theta.shape[0])
     for s in range(theta.shape[0]):
         if np.any(theta[s, structure.sd_idx] < 0):
             out[s] = -np.inf
             continue
         s2, lp = decode_theta(theta[s], structure, priors, C)
-        ll, ok = upward(stats, s2, C, priors.a_mean, priors.a_prec, L, LA, c)
+        if tree is None:
+            ll, ok = upward(stats, s2, C, priors.a_mean, priors.a_prec, L, LA, c)
+        else:
+            Lt, Ut, Acc, LA_t, cA, _ = tree
+            ll, ok = tree_upward(stats, structure, s2, C, True, priors.a_mean, priors.a_prec, stats.Xty, 0.0,
+                                 Lt, Ut, Acc, LA_t, cA)
         out[s] = ll + lp + norm if ok else -np.inf
     return out
 
