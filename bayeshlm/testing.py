@@ -93,9 +93,9 @@ def draw_from_prior(model, rng):
     bp = model.structure.block_ptr
     for k in range(len(bp) - 1):
         lo, hi = bp[k], bp[k + 1]
-        if isinstance(spec.get("cov"), InverseWishart) and hi - lo > 1:
+        if isinstance(spec.get("cov"), InverseWishart):  # every block, one-dimensional ones included
             scale = spec["cov"].matrix(hi - lo)
-            cov[lo:hi, lo:hi] = sps.invwishart(df=spec["cov"].nu, scale=scale).rvs(random_state=rng)
+            cov[lo:hi, lo:hi] = np.atleast_2d(sps.invwishart(df=spec["cov"].nu, scale=scale).rvs(random_state=rng))
             continue
         sd = np.array([_draw_sd(spec[f"sd[{names[i]}]"], rng, f"sd[{names[i]}]") for i in range(lo, hi)])
         R = lkj_corr(hi - lo, spec["corr"].eta, rng) if hi - lo > 1 else np.eye(1)
@@ -134,7 +134,12 @@ def with_response(model, y):
 
 
 def parameter_vector(model, fixed, sigma, sd, corr):
-    """``{name: value}`` of the scalar parameters checked by SBC, in one fixed order."""
+    """``{name: value}`` of the scalar parameters checked by SBC, in one fixed order.
+
+    Fixed effects, sigma, every group SD and correlation, and, when sigma is estimated, the
+    intraclass correlation of each random intercept, ``tau^2 / (sum of intercept variances
+    + sigma^2)`` (``icc[<coef>]``).
+    """
     out = {f"fixed[{n}]": fixed[q] for q, n in enumerate(model.fixed_names)}
     if not model.sigma_known:
         out["sigma"] = sigma
@@ -146,6 +151,11 @@ def parameter_vector(model, fixed, sigma, sd, corr):
         for i in range(bp[k], bp[k + 1]):
             for j in range(bp[k], i):
                 out[f"corr[{corr_key(names[j], names[i])}]"] = corr[..., i, j]
+    intercepts = [i for i, n in enumerate(names) if n.partition("|")[0] == "Intercept"]
+    if intercepts and not model.sigma_known:
+        total = sigma**2 + sum(sd[..., i] ** 2 for i in intercepts)
+        for i in intercepts:
+            out[f"icc[{names[i]}]"] = sd[..., i] ** 2 / total
     return out
 
 
@@ -157,29 +167,143 @@ class SBCResult:
     n_draws: int
 
     def uniformity(self, bins=10):
-        """Chi-square test of uniform ranks for each parameter: a DataFrame of statistic and p-value.
+        """Tests of uniform ranks for each parameter.
 
-        Ranks ``0 .. n_draws`` are grouped into ``bins`` equal bins (``n_draws + 1`` must be a
-        multiple of ``bins``).
+        Two tests per parameter: Pearson's chi-square on ``bins`` equal bins of the ranks
+        ``0 .. n_draws`` (``n_draws + 1`` must be a multiple of ``bins``), sensitive to any
+        shape (a posterior too wide or too narrow gives a hump or a U), and a z-test of the
+        mean rank against ``n_draws / 2``, the most sensitive to a shift (a biased
+        posterior). ``p_value`` is twice the smaller of the two p-values (Bonferroni over the
+        two tests).
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``chi2``, ``p_chi2``, ``z_mean``, ``p_mean``, ``p_value``.
         """
         if (self.n_draws + 1) % bins:
             raise ValueError(f"n_draws + 1 = {self.n_draws + 1} is not a multiple of bins = {bins}")
         width = (self.n_draws + 1) // bins
+        L = self.n_draws
         rows = {}
         for name, r in self.ranks.items():
-            counts = np.bincount(np.asarray(r) // width, minlength=bins)
-            stat, p = sps.chisquare(counts)
-            rows[name] = {"chi2": stat, "p_value": p}
+            r = np.asarray(r)
+            counts = np.bincount(r // width, minlength=bins)
+            stat, p_chi = sps.chisquare(counts)
+            sd_mean = np.sqrt(((L + 1) ** 2 - 1) / 12.0 / r.size)
+            z = (r.mean() - L / 2.0) / sd_mean
+            p_mean = 2 * sps.norm.sf(abs(z))
+            rows[name] = {"chi2": stat, "p_chi2": p_chi, "z_mean": z, "p_mean": p_mean,
+                          "p_value": min(1.0, 2 * min(p_chi, p_mean))}
         return pd.DataFrame.from_dict(rows, orient="index")
 
+    def plot(self, path=None, bins=10):
+        """Rank histograms and ECDF differences, one column per parameter; saved to ``path`` if given.
 
-def sbc(model, n_sims=100, *, n_draws=99, chains=2, warmup=300, draws_per_chain=300, seed=0, **sample_options):
-    """Simulation-based calibration of :func:`bayeshlm.sample` on a model's design and priors.
+        The ECDF difference is the empirical CDF of the scaled ranks minus the uniform CDF,
+        with a pointwise 99% band of a binomial proportion.
 
-    Each simulation draws parameters from the prior, a response given them, and a posterior
-    sample of ``chains x draws_per_chain`` draws, thinned evenly to ``n_draws`` (which also
-    reduces their autocorrelation); the rank of each true parameter is the number of
-    thinned draws below it.
+        Returns
+        -------
+        matplotlib.figure.Figure
+        """
+        import matplotlib
+
+        if path is not None:
+            matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        names = list(self.ranks.columns)
+        fig, axes = plt.subplots(2, len(names), figsize=(2.4 * len(names), 4.2), squeeze=False)
+        n = len(self.ranks)
+        width = (self.n_draws + 1) // bins
+        grid = np.linspace(0, 1, 101)
+        band = 2.576 * np.sqrt(grid * (1 - grid) / n)
+        for c, name in enumerate(names):
+            r = np.asarray(self.ranks[name])
+            ax = axes[0, c]
+            ax.hist(r // width, bins=np.arange(bins + 1) - 0.5, color="0.6")
+            ax.axhline(n / bins, color="k", lw=0.8)
+            ax.set_title(name, fontsize=8)
+            ax.set_xticks([])
+            u = (r + 0.5) / (self.n_draws + 1)
+            ecdf = np.searchsorted(np.sort(u), grid, side="right") / n
+            ax = axes[1, c]
+            ax.fill_between(grid, -band, band, color="0.85")
+            ax.plot(grid, ecdf - grid, color="C0")
+            ax.axhline(0, color="k", lw=0.5)
+        axes[0, 0].set_ylabel("rank counts")
+        axes[1, 0].set_ylabel("ECDF - uniform")
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=80)
+        return fig
+
+
+def posterior_draws(model, seed, *, chains=2, warmup=300, draws_per_chain=300, **sample_options):
+    """``(fixed, sigma, sd, corr)`` draws of :func:`bayeshlm.sample`: the default fit of :func:`sbc`.
+
+    Arrays over all draws (chains concatenated): ``fixed`` (S, n_fixed), ``sigma`` (S,) or
+    None, ``sd`` (S, n_coef) and ``corr`` (S, n_coef, n_coef).
+    """
+    from bayeshlm.sample import sample
+
+    p = sample(model, chains=chains, warmup=warmup, draws=draws_per_chain, seed=seed, progress=False,
+               log_likelihood=False, keep_group_draws=False, **sample_options).posterior
+    total = chains * draws_per_chain
+    fixed = p["fixed"].values.reshape(total, -1)
+    sigma = p["sigma"].values.reshape(-1) if "sigma" in p else None
+    sd = np.concatenate([p[v].values.reshape(total, -1) for v in p.data_vars if v.endswith("_sd")], axis=1)
+    corr = np.zeros((total, sd.shape[1], sd.shape[1]))
+    bp = model.structure.block_ptr
+    pairs = [(i, j) for k in range(len(bp) - 1) for i in range(bp[k], bp[k + 1]) for j in range(bp[k], i)]
+    if pairs:
+        flat = np.concatenate([p[v].values.reshape(total, -1) for v in p.data_vars if v.endswith("_corr")], axis=1)
+        for c, (i, j) in enumerate(pairs):
+            corr[:, i, j] = flat[:, c]
+    return fixed, sigma, sd, corr
+
+
+def python_chain_draws(model, seed, *, method="gibbs", warmup=300, draws=600, mh_steps=6):
+    """One chain run sweep by sweep from Python, through the pure-Python ``sweep`` function.
+
+    The inner kernels stay compiled, but ``samplers.sweep``'s own calls are looked up in its
+    module at every sweep, so a test can replace one (a deliberately broken full
+    conditional) and check that :func:`sbc` catches it. Returns what :func:`posterior_draws`
+    returns. Slower than :func:`bayeshlm.sample`; for tests only.
+    """
+    from bayeshlm.sample import starting_theta
+    from samplers import sweep as sweep_module
+    from samplers.driver import init_state
+    from samplers.mh import ITER, end_of_iteration
+    from samplers.theta import components
+
+    rng = np.random.Generator(np.random.PCG64(seed))
+    state = init_state(rng, starting_theta(model, rng, 0.5), model.stats, model.structure, model.priors)
+    code = sweep_module.METHOD_GIBBS if method == "gibbs" else sweep_module.METHOD_MH
+    theta = np.empty((draws, model.n_theta))
+    fixed = np.empty((draws, len(model.fixed_names)))
+    for it in range(warmup + draws):
+        sweep_module.sweep.py_func(rng, state, model.stats, model.structure, model.priors, code, mh_steps, warmup)
+        if code == sweep_module.METHOD_MH and it < warmup:
+            end_of_iteration(state, warmup)
+        state.ibuf[ITER] = it + 1
+        if it >= warmup:
+            theta[it - warmup] = state.theta
+            fixed[it - warmup] = state.a
+    d = len(model.coef_names)
+    s2, sd, corr = np.empty(draws), np.empty((draws, d)), np.empty((draws, d, d))
+    components(theta, model.structure, model.priors, s2, sd, corr)
+    return fixed, (None if model.sigma_known else np.sqrt(s2)), sd, corr
+
+
+def sbc(model, n_sims=100, *, n_draws=99, seed=0, fit=None, **options):
+    """Simulation-based calibration of the sampler on a model's design and priors.
+
+    Each simulation draws parameters from the prior, a response given them, and posterior
+    draws given that response, thinned evenly to ``n_draws`` (which also reduces their
+    autocorrelation); the rank of each true parameter (:func:`parameter_vector`) is the
+    number of thinned draws below it.
 
     Parameters
     ----------
@@ -189,39 +313,30 @@ def sbc(model, n_sims=100, *, n_draws=99, chains=2, warmup=300, draws_per_chain=
     n_draws : int
         Posterior draws per rank; the ranks run over ``0 .. n_draws``.
     seed : int
-    **sample_options
-        Passed to :func:`bayeshlm.sample` (e.g. ``method``).
+    fit : callable, optional
+        ``fit(model, seed, **options)`` returning ``(fixed, sigma, sd, corr)`` draws;
+        default :func:`posterior_draws` (:func:`bayeshlm.sample`, two chains of 300 draws
+        after 300 warm-up sweeps unless ``options`` say otherwise).
+    **options
+        Passed to ``fit`` (for the default: ``method``, ``chains``, ``warmup``,
+        ``draws_per_chain``, ...).
 
     Returns
     -------
     SBCResult
     """
-    from bayeshlm.sample import sample
-
+    fit = posterior_draws if fit is None else fit
     rng = np.random.default_rng(seed)
-    total = chains * draws_per_chain
-    if total < n_draws:
-        raise ValueError(f"chains * draws_per_chain = {total} is fewer than n_draws = {n_draws}")
-    keep = np.linspace(0, total - 1, n_draws).round().astype(int)
     records = []
     for _ in range(n_sims):
         params = draw_from_prior(model, rng)
         sim = with_response(model, simulate_response(model, params, rng))
-        post = sample(sim, chains=chains, warmup=warmup, draws=draws_per_chain, seed=int(rng.integers(2**31)),
-                      progress=False, log_likelihood=False, keep_group_draws=False, **sample_options)
-        p = post.posterior
-        fixed = p["fixed"].values.reshape(total, -1)[keep]
-        sigma = p["sigma"].values.reshape(-1)[keep] if "sigma" in p else None
-        sd = np.concatenate([p[v].values.reshape(total, -1)[keep] for v in p.data_vars if v.endswith("_sd")], axis=1)
-        corr = np.zeros((n_draws, sd.shape[1], sd.shape[1]))
-        bp = model.structure.block_ptr
-        pairs = [(i, j) for k in range(len(bp) - 1) for i in range(bp[k], bp[k + 1]) for j in range(bp[k], i)]
-        corr_draws = [p[v].values.reshape(total, -1)[keep] for v in p.data_vars if v.endswith("_corr")]
-        if pairs:
-            flat = np.concatenate(corr_draws, axis=1)
-            for c, (i, j) in enumerate(pairs):
-                corr[:, i, j] = flat[:, c]
-        draws = parameter_vector(model, fixed.T, sigma, sd, corr)
+        fixed, sigma, sd, corr = fit(sim, int(rng.integers(2**31)), **options)
+        total = fixed.shape[0]
+        if total < n_draws:
+            raise ValueError(f"the fit gave {total} draws, fewer than n_draws = {n_draws}")
+        keep = np.linspace(0, total - 1, n_draws).round().astype(int)
+        draws = parameter_vector(model, fixed[keep].T, None if sigma is None else sigma[keep], sd[keep], corr[keep])
         true = parameter_vector(model, params["fixed"], params["sigma"], params["sd"], params["corr"])
         records.append({k: int(np.sum(np.asarray(draws[k]) < true[k])) for k in true})
     return SBCResult(ranks=pd.DataFrame.from_records(records), n_draws=n_draws)

@@ -55,6 +55,7 @@ def test_sbc_refuses_flat_priors_and_returns_ranks():
         sbc(model, n_sims=1)
     model = bh.hlm("y ~ 1 + (1 | a/b)", df, priors={"fixed": bh.Normal(0, 1)})
     res = sbc(model, n_sims=3, n_draws=9, warmup=50, draws_per_chain=20)
-    assert list(res.ranks.columns) == ["fixed[Intercept]", "sigma", "sd[Intercept|a:b]", "sd[Intercept|a]"]
+    assert list(res.ranks.columns) == ["fixed[Intercept]", "sigma", "sd[Intercept|a:b]", "sd[Intercept|a]",
+                                       "icc[Intercept|a:b]", "icc[Intercept|a]"]
     assert res.ranks.to_numpy().min() >= 0 and res.ranks.to_numpy().max() <= 9
-    assert len(res.uniformity(bins=5)) == 4
+    assert len(res.uniformity(bins=5)) == 6
