@@ -25,7 +25,7 @@ _check_arviz()
 
 from bayeshlm.compare import compare, plot_shrinkage, shrinkage_table  # noqa: E402
 from bayeshlm.compile import hlm  # noqa: E402
-from bayeshlm.data import DataError, Design  # noqa: E402
+from bayeshlm.data import DataError, Design, IdentificationWarning  # noqa: E402
 from bayeshlm.datasets import list_datasets, load_dataset  # noqa: E402
 from bayeshlm.em import EMResult, fit_em  # noqa: E402
 from bayeshlm.evidence import (  # noqa: E402
@@ -57,6 +57,7 @@ from bayeshlm.summary import summary  # noqa: E402
 
 __all__ = [
     "Hierarchy",
+    "IdentificationWarning",
     "LKJ",
     "DataError",
     "Design",

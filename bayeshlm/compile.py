@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bayeshlm.data import build_design
+from bayeshlm.data import build_design, identification_warnings
 from bayeshlm.formula import parse_formula
 from bayeshlm.model import Model
 from bayeshlm.priors import coefficient_scales, default_priors, prior_arrays, resolve_priors
@@ -109,6 +109,7 @@ def hlm(formula, data, *, priors=None, known_sd=None, known_var=None, missing="r
     """
     spec = parse_formula(formula)
     design = build_design(spec, data, missing=missing, known_sd=known_sd, known_var=known_var)
+    identification_warnings(design)
     sigma_known = design.obs_var is not None
     weights = None if design.obs_var is None else 1.0 / design.obs_var
     stats = compute_suffstats(

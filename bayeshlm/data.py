@@ -38,6 +38,59 @@ class DataError(ValueError):
     """Data that cannot be used with the requested model."""
 
 
+class IdentificationWarning(UserWarning):
+    """A part of the model that the data can determine only weakly or only in combination."""
+
+
+def identification_warnings(design):
+    """Warn about variance components the design cannot separate.
+
+    * Every group of a factor has a single row while the factor has a random intercept and
+      the level-1 variance is estimated: only the sum of the group variance and sigma^2 is
+      determined by the data (the prior, or the ML/REML boundary, decides the split).
+    * A random slope on a column that is constant within every group of its factor, beside
+      a random intercept: within a group the slope and the intercept act alike, so their
+      variances are told apart only by how the column differs between groups.
+    """
+    import warnings
+
+    factors = design.factors or ((design.factor,) if design.coef_names else ())
+    if not factors:
+        return
+    sizes = design.factor_sizes or (len(design.coef_names),)
+    idx = design.factor_idx or (design.group_idx,)
+    names = design.factor_coef_names or (design.coef_names,)
+    col = 0
+    for factor, size, codes, coefs in zip(factors, sizes, idx, names, strict=True):
+        X = design.X[:, col:col + size]
+        col += size
+        counts = np.bincount(codes)
+        if "Intercept" in coefs and design.obs_var is None and counts.max() == 1:
+            warnings.warn(
+                f"every group of '{factor}' has a single row: the variance of its random intercept and "
+                "the level-1 variance sigma^2 are not separately identified (only their sum is); the "
+                "prior decides the split, and an ML/REML fit puts one of them on the boundary",
+                IdentificationWarning, stacklevel=3)
+            continue
+        if "Intercept" not in coefs:
+            continue
+        for j, coef in enumerate(coefs):
+            if coef == "Intercept":
+                continue
+            x = X[:, j]
+            lo = np.full(counts.size, np.inf)
+            hi = np.full(counts.size, -np.inf)
+            np.minimum.at(lo, codes, x)
+            np.maximum.at(hi, codes, x)
+            if np.all(hi - lo <= 1e-12 * max(1.0, float(np.max(np.abs(x))))):
+                warnings.warn(
+                    f"the random slope of '{coef}' is constant within every group of '{factor}': within a "
+                    "group it acts like the random intercept, and the two variances are told apart only "
+                    f"by how '{coef}' differs between groups (weakly identified); a level-2 predictor "
+                    "usually belongs in the fixed part only",
+                    IdentificationWarning, stacklevel=3)
+
+
 class Design(NamedTuple):
     """Numeric arrays describing a one-factor hierarchical linear model.
 
