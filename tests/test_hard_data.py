@@ -168,3 +168,15 @@ def test_very_unbalanced_groups():
     # the big group's estimate is its own least-squares fit, the small ones are pulled in
     rel = fit.reliability_by_group[:, 0]
     assert rel[-1] > 0.99 and (np.isnan(rel[0]) or rel[0] < rel[-1])
+
+
+def test_no_valid_start_is_reported_not_hidden():
+    """A prior that gives the data no density (a uniform SD bound far below the residual
+    scale) stops with a SamplingError saying what to check, after 50 jittered starts."""
+    df = _frame([5] * 10)
+    df["y"] *= 1000.0
+    model = bh.hlm("y ~ x + (1 | g)", df, priors={"sigma": bh.Uniform(1e-3)})
+    from bayeshlm.sample import SamplingError
+
+    with pytest.raises(SamplingError, match="no starting point.*Uniform upper bound"):
+        bh.sample(model, draws=10, warmup=10, chains=1, progress=False)
