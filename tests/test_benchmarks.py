@@ -46,3 +46,18 @@ def test_bench_levels_quick(tmp_path):
     assert rows[1]["n_rows"] == 10 * rows[0]["n_rows"] and rows[1]["n_groups"] == rows[0]["n_groups"]
     assert all(r["sweep_ms"] > 0 for r in rows + results["groups"])
     assert "| 50 |" in (tmp_path / "LEVELS_RESULTS.md").read_text()
+
+
+def test_bench_peers_quick(tmp_path):
+    """The peer harness end to end on eight schools, bayeshlm's sampler and EB/ML fit (the
+    Python peers are in the `bench` extra, not installed for the tests)."""
+    spec = importlib.util.spec_from_file_location("bench_peers", BENCH.parent / "bench_peers.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--quick", "--models", "eight_schools", "--systems", "bayeshlm", "bayeshlm_em",
+                       "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "peers_results.json").read_text())
+    ours = results["models"]["eight_schools"]["bayeshlm"]
+    assert ours["min_ess_bulk"] > 0 and ours["max_rhat"] < 1.1 and ours["peak_memory_mb"] > 0
+    assert results["models"]["eight_schools"]["bayeshlm_em"]["fit_seconds"] > 0
+    assert "| eight_schools | bayeshlm |" in (tmp_path / "PEERS_RESULTS.md").read_text()
