@@ -33,6 +33,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -309,13 +310,18 @@ def run(models, systems, draws, warmup, limit):
             with tempfile.TemporaryDirectory() as tmp:
                 out = Path(tmp) / "r.json"
                 cmd = [sys.executable, __file__, "--worker", model, system, str(draws), str(warmup), str(out)]
+                # its own session, so that a time limit also stops the peer's worker processes
+                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                        start_new_session=True)
                 try:
-                    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
+                    _, err = proc.communicate(timeout=limit)
                     if proc.returncode:
-                        rec = {"skipped": f"failed: {proc.stderr.strip()[-300:]}"}
+                        rec = {"skipped": f"failed: {err.strip()[-300:]}"}
                     else:
                         rec = json.loads(out.read_text())
                 except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.communicate()
                     rec = {"skipped": f"time limit of {limit} s reached"}
             results[model][system] = rec
             brief = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in rec.items() if k != "estimates"}

@@ -61,3 +61,15 @@ def test_bench_peers_quick(tmp_path):
     assert ours["min_ess_bulk"] > 0 and ours["max_rhat"] < 1.1 and ours["peak_memory_mb"] > 0
     assert results["models"]["eight_schools"]["bayeshlm_em"]["fit_seconds"] > 0
     assert "| eight_schools | bayeshlm |" in (tmp_path / "PEERS_RESULTS.md").read_text()
+
+
+def test_bench_scale_small(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_scale", BENCH.parent / "bench_scale.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--rows", "2e4", "--groups", "200", "--draws", "20", "--warmup", "20",
+                       "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "scale_results.json").read_text())
+    assert results["rows"] == 20000 and results["groups"] == 200
+    assert results["frame_to_posterior_seconds"] > 0 and results["peak_memory_mb"] > 0
+    assert "data frame to posterior" in (tmp_path / "SCALE_RESULTS.md").read_text()
