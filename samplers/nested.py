@@ -63,6 +63,41 @@ def tree_workspace(stats, structure):
 
 
 @njit(cache=True, nogil=True)
+def _eliminate(M, dk, w, K, L_out, U_out, tgt):
+    """Integrate one group out of its block ``M`` (lower triangle read) and send the rest up.
+
+    The group's own ``dk`` coefficients come first, then ``w`` entries (its ancestors'
+    coefficients, the fixed effects, the response). ``K = M[:dk, :dk] + I = L L'`` (the
+    identity is the group's prior), ``U = L^{-1} M[:dk, dk:]``, and
+    ``M[dk:, dk:] - U'U`` is added to the lower triangle of ``tgt``. ``L`` and ``U`` are
+    kept for the downward pass. Returns ``log|K|``, or ``-inf`` when ``K`` is not positive
+    definite.
+    """
+    for a in range(dk):
+        for b in range(a + 1):
+            K[a, b] = M[a, b] + (1.0 if a == b else 0.0)
+    if not chol_inplace(K):
+        return -np.inf
+    logdet = 0.0
+    for a in range(dk):
+        logdet += 2.0 * np.log(K[a, a])
+        for b in range(dk):
+            L_out[a, b] = K[a, b]
+        for c in range(w):
+            t = M[dk + c, a]
+            for b in range(a):
+                t -= K[a, b] * U_out[b, c]
+            U_out[a, c] = t / K[a, a]
+    for a in range(w):
+        for b in range(a + 1):
+            t = M[dk + a, dk + b]
+            for c in range(dk):
+                t -= U_out[c, a] * U_out[c, b]
+            tgt[a, b] += t
+    return logdet
+
+
+@njit(cache=True, nogil=True)
 def tree_upward(stats, structure, s2, C, full, a_mean, a_prec, r, rtr, Lt, Ut, Acc, LA, cA):
     """Integrate out every group (and, with ``full``, the fixed effects) of a nested model.
 
@@ -107,13 +142,12 @@ def tree_upward(stats, structure, s2, C, full, a_mean, a_prec, r, rtr, Lt, Ut, A
             for b in range(a + 1):
                 Acc[i, a, b] = 0.0
     logdet = 0.0
-    # finest groups: built from the data
+    # finest groups: their block of the quadratic form comes from the data, [S, T'; T, 0] with
+    # S = C'X'WXC / s2 over all levels' coefficients and T = (C'X'W[F, y] / s2)'
+    M = np.zeros((D + m, D + m))
     PC = np.empty((D, D))
-    S = np.empty((D, D))
-    T = np.empty((D, m))
     K = np.empty((d1, d1))
-    dr = D - d1
-    w = dr + m
+    w = D - d1 + m
     for j in range(n1):
         P = stats.XtX[j]
         for a in range(D):
@@ -127,8 +161,7 @@ def tree_upward(stats, structure, s2, C, full, a_mean, a_prec, r, rtr, Lt, Ut, A
                 t = 0.0
                 for c in range(a, D):
                     t += C[c, a] * PC[c, b]
-                S[a, b] = t * inv_s2
-                S[b, a] = S[a, b]
+                M[a, b] = t * inv_s2
             for q in range(m):
                 t = 0.0
                 for c in range(a, D):
@@ -137,63 +170,23 @@ def tree_upward(stats, structure, s2, C, full, a_mean, a_prec, r, rtr, Lt, Ut, A
                     else:
                         x = r[j, c]
                     t += C[c, a] * x
-                T[a, q] = t * inv_s2
-        for a in range(d1):
-            for b in range(a + 1):
-                K[a, b] = S[a, b] + (1.0 if a == b else 0.0)
-        if not chol_inplace(K):
-            return -np.inf, False
-        U = Ut[j]
-        for a in range(d1):
-            logdet += 2.0 * np.log(K[a, a])
-            for b in range(d1):
-                Lt[j, a, b] = K[a, b]
-            for c in range(w):
-                t = S[a, d1 + c] if c < dr else T[a, c - dr]
-                for b in range(a):
-                    t -= K[a, b] * U[b, c]
-                U[a, c] = t / K[a, a]
+                M[D + q, a] = t * inv_s2
         tgt = Acc[root] if parent[j] < 0 else Acc[parent[j] - n1]
-        for a in range(w):
-            for b in range(a + 1):
-                if a < dr:
-                    t = S[d1 + a, d1 + b]
-                elif b < dr:
-                    t = T[d1 + b, a - dr]
-                else:
-                    t = 0.0
-                for c in range(d1):
-                    t -= U[c, a] * U[c, b]
-                tgt[a, b] += t
-    # upper levels: each group adds its prior, factorises, and passes the rest up
+        ld = _eliminate(M, d1, w, K, Lt[j], Ut[j], tgt)
+        if not ld > -np.inf:
+            return -np.inf, False
+        logdet += ld
+    # upper levels: the accumulated messages of the children
     for lev in range(1, n_levels):
         dk = lp[lev + 1] - lp[lev]
         w = D - lp[lev + 1] + m
         Kk = np.empty((dk, dk))
         for g in range(npt[lev], npt[lev + 1]):
-            acc = Acc[g - n1]
-            for a in range(dk):
-                for b in range(a + 1):
-                    Kk[a, b] = acc[a, b] + (1.0 if a == b else 0.0)
-            if not chol_inplace(Kk):
-                return -np.inf, False
-            U = Ut[g]
-            for a in range(dk):
-                logdet += 2.0 * np.log(Kk[a, a])
-                for b in range(dk):
-                    Lt[g, a, b] = Kk[a, b]
-                for c in range(w):
-                    t = acc[dk + c, a]
-                    for b in range(a):
-                        t -= Kk[a, b] * U[b, c]
-                    U[a, c] = t / Kk[a, a]
             tgt = Acc[root] if parent[g] < 0 else Acc[parent[g] - n1]
-            for a in range(w):
-                for b in range(a + 1):
-                    t = acc[dk + a, dk + b]
-                    for c in range(dk):
-                        t -= U[c, a] * U[c, b]
-                    tgt[a, b] += t
+            ld = _eliminate(Acc[g - n1], dk, w, Kk, Lt[g], Ut[g], tgt)
+            if not ld > -np.inf:
+                return -np.inf, False
+            logdet += ld
     acc = Acc[root]
     if not full:
         final = acc[0, 0] + rtr * inv_s2
