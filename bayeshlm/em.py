@@ -411,12 +411,7 @@ def _group_ols(stats):
     coefficient, not a deviation from the fixed part); nan for a group whose ``X_j'W_jX_j`` is
     singular (fewer rows than coefficients, or a predictor constant within the group).
     """
-    M = stats.XtX
-    ok = np.linalg.cond(M) < 1e12
-    out = np.full(stats.Xty.shape, np.nan)
-    if np.any(ok):
-        out[ok] = np.linalg.solve(M[ok], stats.Xty[ok][:, :, None])[:, :, 0]
-    return out
+    return _group_ols_cols(stats, stats.Xty.shape[1])
 
 
 def _newton_polish(objective, theta, max_steps=4):
@@ -599,7 +594,7 @@ def _robust_vcov_clusters(model, a, b, s2, vcov):
 
 
 def _group_ols_cols(stats, d1):
-    """:func:`_group_ols` on the first ``d1`` columns of the random design (the finest factor's)."""
+    """:func:`_group_ols` on the first ``d1`` columns of the random design (the finest factor's, or all)."""
     M = np.ascontiguousarray(stats.XtX[:, :d1, :d1])
     if d1 == 0:
         return np.zeros((M.shape[0], 0))
