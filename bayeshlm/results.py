@@ -88,6 +88,27 @@ def _factor_parts(model):
             for k, f in enumerate(design.factors)]
 
 
+def group_selection(model, keep):
+    """The group coefficients kept: ``(rows, per_factor)``.
+
+    ``keep`` is True (all groups), False (none) or ``n`` (the first ``n`` groups of each
+    factor). ``rows`` are the rows of the sampler's group-coefficient array, in the order
+    stored; ``per_factor`` lists, per grouping factor finest first, the positions of its
+    kept groups among its own groups.
+    """
+    st = model.structure
+    per_factor = []
+    rows = []
+    for k, (_, _, labels, _) in enumerate(_factor_parts(model)):
+        n_k = len(labels)
+        count = n_k if keep is True else 0 if keep is False else min(int(keep), n_k)
+        pos = np.arange(count, dtype=np.int64)
+        per_factor.append(pos)
+        rows.append(pos + (0 if two_level(st) else int(st.node_ptr[k])))
+    rows = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+    return rows, per_factor
+
+
 def finest_coefficients(model, b):
     """Group coefficients ``b[..., node, coef]`` as each finest group's full vector (own and ancestors').
 
@@ -106,7 +127,8 @@ def finest_coefficients(model, b):
     return np.ascontiguousarray(np.concatenate(parts, axis=-1))
 
 
-def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_group_draws):
+def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_group_draws,
+                kept_per_chain=None):
     """Assemble the ArviZ result of a run.
 
     Groups and variables (``<g>`` is the grouping factor, e.g. ``school``):
@@ -115,7 +137,7 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
       known; ``<g>_sd`` (``<g>_coef``); ``<g>_corr`` (``<g>_corr_pair``, one entry per free
       correlation, labelled ``"a,b"``) when a block has more than one coefficient;
       ``<g>_effect`` (``<g>``, ``<g>_coef``), the group deviations from the fixed part,
-      when group draws are kept.
+      for the groups whose draws are kept (``keep_group_draws``).
     * ``sample_stats``: ``lp`` (log marginal posterior of the variance components, up to a
       constant) and ``accept_rate`` (mean acceptance probability of the variance-component
       moves of the sweep).
@@ -123,6 +145,10 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
       group (``<g>``), as recorded in ``attrs["log_likelihood"]``.
     * ``observed_data``: the response (``obs``); ``constant_data``: each observation's
       group label and, when given, known standard deviation.
+    * ``group_moments`` (when ``kept_per_chain``, the kept draws of each chain, is given):
+      ``<g>_effect_mean`` and ``<g>_effect_sd`` (``chain``, ``<g>``, ``<g>_coef``), the
+      running posterior mean and SD of every group's coefficients in each chain, and
+      ``n_draws`` (``chain``).
     """
     t0 = time.perf_counter()
     design = model.design
@@ -145,8 +171,11 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
     dims = {"fixed": ["fixed_term"]}
     if not model.sigma_known:
         posterior["sigma"] = np.sqrt(s2)
-    b = np.stack([o.b[:n_keep] for o in outputs]) if keep_group_draws else None
-    for factor, (lo, hi), labels, names in _factor_parts(model):
+    b = np.stack([o.b[:n_keep] for o in outputs]) if keep_group_draws is not False else None
+    _, kept_pos = group_selection(model, keep_group_draws)
+    offset = 0
+    moments = {}
+    for lev, (factor, (lo, hi), labels, names) in enumerate(_factor_parts(model)):
         gk = dim_name(factor)
         coef_dim = f"{gk}_coef"
         coords[coef_dim] = list(names)
@@ -164,12 +193,23 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
             posterior[f"{gk}_corr"] = np.stack([corr[:, :, i, j] for i, j in pairs], axis=-1)
             coords[f"{gk}_corr_pair"] = [f"{names[j - lo]},{names[i - lo]}" for i, j in pairs]
             dims[f"{gk}_corr"] = [f"{gk}_corr_pair"]
-        if b is not None:
-            k = len([f for f in posterior if f.endswith("_effect")])
-            nodes = model.structure.node_ptr
-            rows = slice(0, b.shape[2]) if two_level(model.structure) else slice(nodes[k], nodes[k + 1])
-            posterior[f"{gk}_effect"] = b[:, :, rows, lo:hi]
+        if b is not None and len(kept_pos[lev]):
+            n_k = len(kept_pos[lev])
+            coords[gk] = [str(x) for x in labels[kept_pos[lev]]]
+            posterior[f"{gk}_effect"] = b[:, :, offset:offset + n_k, lo:hi]
             dims[f"{gk}_effect"] = [gk, coef_dim]
+            offset += n_k
+        if kept_per_chain is not None:
+            first = 0 if two_level(model.structure) else int(model.structure.node_ptr[lev])
+            rows = slice(first, first + len(labels))
+            count = np.array(kept_per_chain, dtype=np.float64)[:, None, None]
+            mean = np.stack([o.b_moments[0, rows, lo:hi] for o in outputs])
+            m2 = np.stack([o.b_moments[1, rows, lo:hi] for o in outputs])
+            mom_sd = np.sqrt(m2 / np.maximum(count - 1.0, 1.0))
+            moments[f"{gk}_effect_mean"] = xr.DataArray(
+                mean, dims=("chain", gk, coef_dim),
+                coords={gk: [str(x) for x in labels], coef_dim: list(names)})
+            moments[f"{gk}_effect_sd"] = moments[f"{gk}_effect_mean"].copy(data=mom_sd)
     groups = {
         "posterior": (posterior, dims),
         "sample_stats": (
@@ -211,7 +251,11 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
         "sampling_time": timings["sampling_seconds"],
         "inference_library": "bayeshlm",
     }
-    return _build(groups, coords, attrs)
+    tree = _build(groups, coords, attrs)
+    if kept_per_chain is not None:
+        moments["n_draws"] = xr.DataArray(np.array(kept_per_chain, dtype=np.int64), dims=("chain",))
+        tree["group_moments"] = xr.DataTree(xr.Dataset(moments, coords={"chain": np.arange(chains)}))
+    return tree
 
 
 def _build(groups, coords, attrs):

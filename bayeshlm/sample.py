@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from bayeshlm.results import to_datatree
+from bayeshlm.results import group_selection, to_datatree
 from samplers.driver import init_state, run_chains
 from samplers.sweep import METHOD_GIBBS, METHOD_MH
 
@@ -103,6 +103,7 @@ def sample(
     method="mh",
     mh_steps=None,
     keep_group_draws=True,
+    group_moments=False,
     log_likelihood="auto",
     progress=True,
     n_threads=None,
@@ -138,12 +139,22 @@ def sample(
         correction otherwise); cheap, but slow to move when a group variance is small.
     mh_steps : int, optional
         Metropolis-Hastings moves per sweep (``"mh"`` only; default 6).
-    keep_group_draws : bool
-        Keep the draws of every group's coefficients (needed for the log-likelihood).
+    keep_group_draws : bool or int
+        Which groups' coefficient draws to keep, at full length: all (True, needed for the
+        log-likelihood), none (False), or the first ``n`` groups of each grouping factor (an
+        int ``n``, in order of appearance). The variance components and fixed effects are
+        always kept in full. With 100,000 groups, 2 coefficients, 4 chains and 1000 draws the
+        group draws alone take 6.4 GB; keep a subset, and ask for ``group_moments``.
+    group_moments : bool
+        Also accumulate, in every chain, the running posterior mean and standard deviation
+        of every group's coefficients over the kept draws (Welford's algorithm, memory of two
+        draws): the ``group_moments`` group of the result, ``<g>_effect_mean`` and
+        ``<g>_effect_sd`` by chain, group and coefficient, with ``n_draws`` per chain.
     log_likelihood : {"auto", "pointwise", "group", False}
         Store the log-likelihood of each observation (``"pointwise"``), of each group's
         observations (``"group"``), or none. ``"auto"``: pointwise unless
-        chains x draws x observations exceeds 2e7 values, else by group.
+        chains x draws x observations exceeds 2e7 values, else by group; none when not all
+        group draws are kept.
     progress : bool
         Show a progress bar on standard error.
     n_threads : int, optional
@@ -180,8 +191,15 @@ def sample(
     mh_steps = DEFAULT_MH_STEPS if mh_steps is None else _check_count("mh_steps", mh_steps, 1)
     if log_likelihood not in ("auto", "pointwise", "group", False):
         raise ValueError(f"log_likelihood must be 'auto', 'pointwise', 'group' or False, got {log_likelihood!r}")
-    if log_likelihood and not keep_group_draws:
-        raise ValueError("the log-likelihood needs the group draws: set keep_group_draws=True or log_likelihood=False")
+    if not isinstance(keep_group_draws, bool):
+        if not isinstance(keep_group_draws, numbers.Integral):
+            raise TypeError(f"keep_group_draws must be True, False or a number of groups, got {keep_group_draws!r}")
+        keep_group_draws = _check_count("keep_group_draws", keep_group_draws, 1)
+    if log_likelihood == "auto" and keep_group_draws is not True:
+        log_likelihood = False
+    if log_likelihood and keep_group_draws is not True:
+        raise ValueError("the log-likelihood needs the draws of all groups: set keep_group_draws=True "
+                         "or log_likelihood=False")
     if n_threads is not None:
         n_threads = _check_count("n_threads", n_threads, 1)
     if method == "gibbs":
@@ -213,6 +231,7 @@ def sample(
                 "check the priors (e.g. a Uniform upper bound below the scale of the data)"
             )
         states.append(state)
+    kept_rows, _ = group_selection(model, keep_group_draws)
     total = warmup + draws * thin
     bar = _Progress(total * chains, progress)
     t_sample = time.perf_counter()
@@ -220,7 +239,8 @@ def sample(
         outputs, interrupted = run_chains(
             rngs, states, model.stats, model.structure, model.priors,
             method=METHODS[method], mh_steps=mh_steps, warmup=warmup, draws=draws, thin=thin,
-            keep_group_draws=keep_group_draws, n_threads=n_threads, progress=bar,
+            keep_group_draws=kept_rows, group_moments=bool(group_moments), n_threads=n_threads,
+            progress=bar,
         )
     finally:
         bar.close()
@@ -247,4 +267,7 @@ def sample(
         "interrupted": int(interrupted),
     }
     timings = {"setup_seconds": t_sample - t_start, "sampling_seconds": sampling_seconds}
-    return to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_group_draws)
+    settings["keep_group_draws"] = keep_group_draws
+    settings["group_moments"] = bool(group_moments)
+    return to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_group_draws,
+                       kept_per_chain=kept if group_moments else None)

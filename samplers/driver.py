@@ -76,11 +76,14 @@ def init_state(rng, theta0, stats, structure, priors, init_step=0.1):
 
 @njit(cache=True, nogil=True)
 def run_chain(rng, state, stats, structure, priors, method, mh_steps, warmup, thin, stop,
-              out_theta, out_a, out_b, out_lp, out_acc):
+              out_theta, out_a, b_rows, out_b, b_moments, out_lp, out_acc):
     """Run sweeps until ``stop`` sweeps are done, storing every ``thin``-th kept draw.
 
-    Outputs are indexed by kept draw ``k = (iteration - warmup) // thin``; ``out_b`` may hold
-    fewer draws than the others (none, to keep no group coefficients).
+    Outputs are indexed by kept draw ``k = (iteration - warmup) // thin``. ``out_b[k]`` holds
+    the coefficients of the groups ``b_rows`` (``out_b`` may hold no draws, to keep no group
+    coefficients). ``b_moments`` (shape (2, n_nodes, d), or (0, ...) for none) accumulates the
+    running mean and sum of squared deviations (Welford) of every group's coefficients over
+    the kept draws.
     """
     while state.ibuf[ITER] < stop:
         it = state.ibuf[ITER]
@@ -94,7 +97,18 @@ def run_chain(rng, state, stats, structure, priors, method, mh_steps, warmup, th
             out_theta[k, :] = state.theta
             out_a[k, :] = state.a
             if k < out_b.shape[0]:
-                out_b[k, :, :] = state.b
+                for i in range(b_rows.shape[0]):
+                    out_b[k, i, :] = state.b[b_rows[i]]
+            if b_moments.shape[0] > 0:
+                inv = 1.0 / (k + 1)
+                mean = b_moments[0]
+                m2 = b_moments[1]
+                for g in range(mean.shape[0]):
+                    for r in range(mean.shape[1]):
+                        x = state.b[g, r]
+                        delta = x - mean[g, r]
+                        mean[g, r] += delta * inv
+                        m2[g, r] += delta * (x - mean[g, r])
             out_lp[k] = state.scal[LP]
             out_acc[k] = acc
         state.ibuf[ITER] = it + 1
@@ -103,10 +117,11 @@ def run_chain(rng, state, stats, structure, priors, method, mh_steps, warmup, th
 class ChainOutput:
     """Draws of one chain (arrays indexed by kept draw) and how far it got."""
 
-    def __init__(self, n_keep, n_keep_b, n_theta, n_fixed, n_groups, n_coef):
+    def __init__(self, n_keep, n_keep_b, n_theta, n_fixed, n_groups, n_coef, n_moment_groups=0):
         self.theta = np.full((n_keep, n_theta), np.nan)
         self.a = np.full((n_keep, n_fixed), np.nan)
         self.b = np.full((n_keep_b, n_groups, n_coef), np.nan)
+        self.b_moments = np.zeros((2 if n_moment_groups else 0, n_moment_groups, n_coef))
         self.lp = np.full(n_keep, np.nan)
         self.accept = np.full(n_keep, np.nan)
         self.iterations = 0
@@ -114,8 +129,8 @@ class ChainOutput:
 
 
 def run_chains(rngs, states, stats, structure, priors, *, method, mh_steps, warmup, draws,
-               thin=1, keep_group_draws=True, n_threads=None, chunk_seconds=0.2, min_chunk=10,
-               progress=None):
+               thin=1, keep_group_draws=True, group_moments=False, n_threads=None, chunk_seconds=0.2,
+               min_chunk=10, progress=None):
     """Run independent chains, in threads, into freshly allocated outputs.
 
     Parameters
@@ -132,8 +147,12 @@ def run_chains(rngs, states, stats, structure, priors, *, method, mh_steps, warm
         MH moves per sweep (method 1).
     warmup, draws, thin : int
         Sweeps of warm-up, kept draws per chain, and sweeps per kept draw.
-    keep_group_draws : bool
-        Store the group coefficients of every kept draw.
+    keep_group_draws : bool or ndarray of int
+        Store the group coefficients of every kept draw: of all groups (True), of none
+        (False), or of the groups (rows of ``state.b``) listed.
+    group_moments : bool
+        Accumulate the running mean and sum of squared deviations of every group's
+        coefficients over the kept draws (``ChainOutput.b_moments``).
     n_threads : int, optional
         Threads (default: one per chain, at most the number of CPUs).
     chunk_seconds : float
@@ -158,8 +177,15 @@ def run_chains(rngs, states, stats, structure, priors, *, method, mh_steps, warm
     n_groups = n_nodes_of(stats, structure)
     p = stats.Fty.shape[0]
     n_theta = states[0].theta.shape[0]
+    if keep_group_draws is True:
+        b_rows = np.arange(n_groups, dtype=np.int64)
+    elif keep_group_draws is False or keep_group_draws is None:
+        b_rows = np.zeros(0, dtype=np.int64)
+    else:
+        b_rows = np.asarray(keep_group_draws, dtype=np.int64)
+    n_keep_b = draws if b_rows.shape[0] else 0
     outputs = [
-        ChainOutput(draws, draws if keep_group_draws else 0, n_theta, p, n_groups, d)
+        ChainOutput(draws, n_keep_b, n_theta, p, b_rows.shape[0], d, n_groups if group_moments else 0)
         for _ in range(n_chains)
     ]
     stop_event = threading.Event()
@@ -172,7 +198,7 @@ def run_chains(rngs, states, stats, structure, priors, *, method, mh_steps, warm
             stop = min(total, start + n_sweeps)
             t0 = time.perf_counter()
             run_chain(rng, state, stats, structure, priors, method, mh_steps, warmup, thin, stop,
-                      out.theta, out.a, out.b, out.lp, out.accept)
+                      out.theta, out.a, b_rows, out.b, out.b_moments, out.lp, out.accept)
             # Each call costs a fixed overhead (passing the model in): grow the chunks until
             # a call lasts about chunk_seconds. The draws do not depend on the chunking.
             if time.perf_counter() - t0 < 0.5 * chunk_seconds:

@@ -116,6 +116,43 @@ def test_without_group_draws(sleep_model):
     assert post.attrs["log_likelihood"] == "none"
 
 
+def test_group_draw_subset_and_moments(sleep_model):
+    """A subset of groups at full length plus running moments of all groups: the same chains
+    as keeping everything (same seed), so the subset equals the full draws' first groups and
+    the moments equal the mean and SD of the full draws (up to rounding)."""
+    full = bh.sample(sleep_model, draws=80, warmup=50, chains=2, seed=3, progress=False)
+    part = bh.sample(sleep_model, draws=80, warmup=50, chains=2, seed=3, progress=False,
+                     keep_group_draws=4, group_moments=True)
+    assert "log_likelihood" not in part.children  # "auto" stores none without all groups
+    eff = full.posterior["subject_effect"]
+    np.testing.assert_array_equal(part.posterior["subject_effect"].values, eff.values[:, :, :4])
+    assert list(part.posterior["subject"].values) == list(eff["subject"].values[:4])
+    np.testing.assert_array_equal(part.posterior["fixed"].values, full.posterior["fixed"].values)
+    mom = part["group_moments"]
+    assert list(mom["n_draws"].values) == [80, 80]
+    np.testing.assert_allclose(mom["subject_effect_mean"].values,
+                               eff.mean("draw").transpose("chain", "subject", "subject_coef").values,
+                               rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(mom["subject_effect_sd"].values,
+                               eff.std("draw", ddof=1).transpose("chain", "subject", "subject_coef").values,
+                               rtol=1e-8)
+    assert list(mom["subject"].values) == list(eff["subject"].values)
+
+
+def test_group_moments_on_three_levels():
+    model = bh.hlm("strength ~ 1 + (1 | batch/cask)", bh.load_dataset("pastes"))
+    post = bh.sample(model, draws=60, warmup=60, chains=2, seed=2, progress=False,
+                     keep_group_draws=2, group_moments=True)
+    mom = post["group_moments"]
+    for g, n in (("batch_cask", 30), ("batch", 10)):
+        assert mom[f"{g}_effect_mean"].sizes[g] == n
+        assert post.posterior[f"{g}_effect"].sizes[g] == 2
+        np.testing.assert_allclose(
+            mom[f"{g}_effect_mean"].values[:, :2],
+            post.posterior[f"{g}_effect"].mean("draw").transpose("chain", g, f"{g}_coef").values,
+            rtol=1e-10, atol=1e-10)
+
+
 def test_known_variances_have_no_sigma():
     model = bh.hlm("y ~ 1 + (1 | school)", bh.load_dataset("eight_schools"), known_sd="sigma")
     post = bh.sample(model, draws=100, warmup=100, chains=2, seed=1, progress=False)
@@ -161,7 +198,10 @@ def test_interrupt_returns_draws_so_far(sleep_model, monkeypatch):
         ({"method": "nuts"}, ValueError, "method must be one of"),
         ({"mh_steps": 0}, ValueError, "mh_steps must be >= 1"),
         ({"log_likelihood": "yes"}, ValueError, "log_likelihood must be"),
-        ({"keep_group_draws": False}, ValueError, "needs the group draws"),
+        ({"keep_group_draws": False, "log_likelihood": "pointwise"}, ValueError, "needs the draws of all groups"),
+        ({"keep_group_draws": 3, "log_likelihood": "group"}, ValueError, "needs the draws of all groups"),
+        ({"keep_group_draws": 0}, ValueError, "keep_group_draws must be >= 1"),
+        ({"keep_group_draws": "some"}, TypeError, "keep_group_draws must be True, False or a number"),
     ],
 )
 def test_bad_arguments(sleep_model, kwargs, error, match):
