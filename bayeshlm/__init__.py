@@ -23,6 +23,7 @@ def _check_arviz():
 
 _check_arviz()
 
+from bayeshlm.chunked import hlm_stats  # noqa: E402
 from bayeshlm.compare import compare, plot_shrinkage, shrinkage_table  # noqa: E402
 from bayeshlm.compile import hlm  # noqa: E402
 from bayeshlm.data import DataError, Design, IdentificationWarning  # noqa: E402
@@ -82,6 +83,7 @@ __all__ = [
     "compare",
     "fit_em",
     "hlm",
+    "hlm_stats",
     "list_datasets",
     "load",
     "load_dataset",

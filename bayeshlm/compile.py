@@ -7,7 +7,7 @@ import numpy as np
 from bayeshlm.data import build_design, identification_warnings
 from bayeshlm.formula import parse_formula
 from bayeshlm.model import Model
-from bayeshlm.priors import coefficient_scales, default_priors, prior_arrays, resolve_priors
+from bayeshlm.priors import coefficient_scales, column_moments, default_priors, prior_arrays, resolve_priors
 from samplers.suffstats import compute_suffstats
 from samplers.types import Structure
 
@@ -110,23 +110,26 @@ def hlm(formula, data, *, priors=None, known_sd=None, known_var=None, missing="r
     spec = parse_formula(formula)
     design = build_design(spec, data, missing=missing, known_sd=known_sd, known_var=known_var)
     identification_warnings(design)
-    sigma_known = design.obs_var is not None
     weights = None if design.obs_var is None else 1.0 / design.obs_var
     stats = compute_suffstats(
         design.y, design.F, design.X, design.group_idx, design.group_labels.shape[0], weights
     )
+    moments = column_moments(design.y, design.F, design.X, design.obs_var)
+    options = {"priors": priors, "known_sd": known_sd, "known_var": known_var, "missing": missing}
+    return assemble(spec, design, stats, moments, priors, options)
+
+
+def assemble(spec, design, stats, moments, priors, options):
+    """The :class:`Model` of a design whose statistics and column moments are computed."""
+    sigma_known = design.obs_var is not None
     structure = structure_of(
-        design.block_sizes, sigma_known, 0.1 * coefficient_scales(design.y, design.X, design.obs_var),
-        tree_of(design),
+        design.block_sizes, sigma_known, 0.1 * coefficient_scales(moments), tree_of(design),
     )
-    defaults = default_priors(
-        design.y, design.F, design.fixed_names, design.X, design.coef_names, design.obs_var
-    )
+    defaults = default_priors(moments, design.fixed_names, design.coef_names)
     resolved = resolve_priors(
         priors, defaults, design.fixed_names, design.coef_names, design.block_sizes, sigma_known
     )
     arrays = prior_arrays(resolved, design.fixed_names, design.coef_names, design.block_sizes)
-    options = {"priors": priors, "known_sd": known_sd, "known_var": known_var, "missing": missing}
     return Model(
         spec=spec,
         design=design,
@@ -135,4 +138,5 @@ def hlm(formula, data, *, priors=None, known_sd=None, known_var=None, missing="r
         priors=arrays,
         prior_spec=resolved,
         options=options,
+        moments=moments,
     )

@@ -52,8 +52,6 @@ def identification_warnings(design):
       a random intercept: within a group the slope and the intercept act alike, so their
       variances are told apart only by how the column differs between groups.
     """
-    import warnings
-
     factors = design.factors or ((design.factor,) if design.coef_names else ())
     if not factors:
         return
@@ -65,30 +63,45 @@ def identification_warnings(design):
         X = design.X[:, col:col + size]
         col += size
         counts = np.bincount(codes)
-        if "Intercept" in coefs and design.obs_var is None and counts.max() == 1:
-            warnings.warn(
-                f"every group of '{factor}' has a single row: the variance of its random intercept and "
-                "the level-1 variance sigma^2 are not separately identified (only their sum is); the "
-                "prior decides the split, and an ML/REML fit puts one of them on the boundary",
-                IdentificationWarning, stacklevel=3)
-            continue
-        if "Intercept" not in coefs:
-            continue
-        for j, coef in enumerate(coefs):
-            if coef == "Intercept":
-                continue
-            x = X[:, j]
-            lo = np.full(counts.size, np.inf)
-            hi = np.full(counts.size, -np.inf)
-            np.minimum.at(lo, codes, x)
-            np.maximum.at(hi, codes, x)
-            if np.all(hi - lo <= 1e-12 * max(1.0, float(np.max(np.abs(x))))):
-                warnings.warn(
-                    f"the random slope of '{coef}' is constant within every group of '{factor}': within a "
-                    "group it acts like the random intercept, and the two variances are told apart only "
-                    f"by how '{coef}' differs between groups (weakly identified); a level-2 predictor "
-                    "usually belongs in the fixed part only",
-                    IdentificationWarning, stacklevel=3)
+        constant = []
+        if "Intercept" in coefs:
+            for j, coef in enumerate(coefs):
+                if coef == "Intercept":
+                    continue
+                x = X[:, j]
+                lo = np.full(counts.size, np.inf)
+                hi = np.full(counts.size, -np.inf)
+                np.minimum.at(lo, codes, x)
+                np.maximum.at(hi, codes, x)
+                if np.all(hi - lo <= 1e-12 * max(1.0, float(np.max(np.abs(x))))):
+                    constant.append(coef)
+        warn_identification(factor, coefs, counts.max() == 1, constant, design.obs_var is None)
+
+
+def warn_identification(factor, coefs, single_rows, constant_slopes, sigma_estimated, stacklevel=4):
+    """The warnings of :func:`identification_warnings` for one factor, from what was found.
+
+    ``single_rows``: every group of the factor has one row; ``constant_slopes``: the random
+    slopes whose column is constant within every group.
+    """
+    import warnings
+
+    if "Intercept" not in coefs:
+        return
+    if single_rows and sigma_estimated:
+        warnings.warn(
+            f"every group of '{factor}' has a single row: the variance of its random intercept and "
+            "the level-1 variance sigma^2 are not separately identified (only their sum is); the "
+            "prior decides the split, and an ML/REML fit puts one of them on the boundary",
+            IdentificationWarning, stacklevel=stacklevel)
+        return
+    for coef in constant_slopes:
+        warnings.warn(
+            f"the random slope of '{coef}' is constant within every group of '{factor}': within a "
+            "group it acts like the random intercept, and the two variances are told apart only "
+            f"by how '{coef}' differs between groups (weakly identified); a level-2 predictor "
+            "usually belongs in the fixed part only",
+            IdentificationWarning, stacklevel=stacklevel)
 
 
 class Design(NamedTuple):
@@ -243,7 +256,6 @@ def build_design(
     if isinstance(spec, str):
         spec = parse_formula(spec)
     factors = _factors(spec)
-    factor_columns = list(dict.fromkeys(c for f in factors for c in f.split(":")))
 
     frame = _as_frame(data)
     n_input = len(frame)
@@ -253,15 +265,7 @@ def build_design(
     known_name, known = ("known_sd", known_sd) if known_sd is not None else ("known_var", known_var)
     known_column = known if isinstance(known, str) else None
 
-    # Each used column with the role it plays, for messages.
-    roles = {spec.response: "the response"}
-    for name in sorted(required_variables(spec.fixed)):
-        roles.setdefault(name, "the fixed part")
-    for bar in spec.bars:
-        for name in sorted(required_variables(bar.expr)):
-            roles.setdefault(name, f"the random-effect term ({bar.expr} | {bar.factor})")
-    for name in factor_columns:
-        roles.setdefault(name, "the grouping factor")
+    roles = column_roles(spec)
     if known_column is not None:
         roles.setdefault(known_column, known_name)
     _check_columns(frame, roles)
@@ -351,6 +355,20 @@ def build_design(
         factor_idx=tuple(codes[f][0] for f in factors),
         parents=tuple(parents),
     )
+
+
+def column_roles(spec):
+    """Each column the formula uses, with the role it plays (for messages), response first."""
+    roles = {spec.response: "the response"}
+    for name in sorted(required_variables(spec.fixed)):
+        roles.setdefault(name, "the fixed part")
+    for bar in spec.bars:
+        for name in sorted(required_variables(bar.expr)):
+            roles.setdefault(name, f"the random-effect term ({bar.expr} | {bar.factor})")
+    for factor in _factors(spec):
+        for name in factor.split(":"):
+            roles.setdefault(name, "the grouping factor")
+    return roles
 
 
 def _factors(spec):
@@ -570,7 +588,13 @@ def _check_rank(M, names, what):
     """
     if M.shape[1] == 0:
         return
-    G = M.T @ M
+    check_gram_rank(M.T @ M, names, what)
+
+
+def check_gram_rank(G, names, what):
+    """:func:`_check_rank` given the cross-product matrix ``G = M'M`` (from statistics by chunks)."""
+    if G.shape[0] == 0:
+        return
     norm2 = np.diag(G).copy()
     zero = np.flatnonzero(norm2 == 0)
     if len(zero):

@@ -257,7 +257,7 @@ def fit_em(model, method="reml", *, em_iter=5, tol=1e-6, max_eval=5000):
     n_par = p + model.n_theta
     n_obs = model.n_obs
     # a variance component at its lower bound: the SD is negligible on the data's scale
-    scales = coefficient_scales(model.design.y, model.design.X, model.design.obs_var)
+    scales = coefficient_scales(model.moments)
     boundary = tuple(name for name, sd, sc in zip(names, out_sd[0], scales, strict=True) if sd < 1e-4 * sc)
     icc = None
     if names == ("Intercept",) and not model.sigma_known:
@@ -271,14 +271,14 @@ def fit_em(model, method="reml", *, em_iter=5, tol=1e-6, max_eval=5000):
             rows = slice(structure.node_ptr[k], structure.node_ptr[k + 1])
             rel[rows, :lp[k]] = np.nan
             rel[rows, lp[k + 1]:] = np.nan
-        robust = _robust_vcov_clusters(model, a, b, s2, vcov)
+        robust = _robust_vcov_clusters(model, a, b, s2, vcov) if model.rows_held else np.full_like(vcov, np.nan)
         group_ols = np.full(b.shape, np.nan)
         group_ols[:stats.n.shape[0], :lp[1]] = _group_ols_cols(stats, lp[1])
         group_labels = [f"{f}={lab}" for f, labels in zip(model.design.factors, model.design.factor_labels,
                                                           strict=True) for lab in labels]
     else:
         rel = _reliability(stats, s2, C @ C.T)
-        robust = _robust_vcov(model, a, s2, C, L, vcov)
+        robust = _robust_vcov(model, a, s2, C, L, vcov) if model.rows_held else np.full_like(vcov, np.nan)
         group_ols = _group_ols(stats)
         group_labels = list(model.design.group_labels)
     variance_se = _variance_se(model, theta, method, boundary)

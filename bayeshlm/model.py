@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 
 from bayeshlm.data import Design
 from bayeshlm.formula import FormulaSpec
+from bayeshlm.priors import ColumnMoments
 from samplers.types import Priors, Structure, SuffStats
 
 
@@ -36,6 +37,9 @@ class Model:
     equations : str or None
         The level-by-level equations when the model was declared with
         :class:`bayeshlm.Hierarchy` (printed with the model).
+    moments : ColumnMoments
+        Means and variances of the response and design columns (default priors, starting
+        points).
     """
 
     spec: FormulaSpec
@@ -46,6 +50,7 @@ class Model:
     prior_spec: dict
     options: dict = field(default_factory=dict)
     equations: str | None = None
+    moments: ColumnMoments | None = None
 
     @property
     def formula(self) -> str:
@@ -70,7 +75,16 @@ class Model:
     @property
     def n_obs(self) -> int:
         """Number of observations used."""
-        return int(self.design.y.shape[0])
+        return int(self.stats.scal[1])
+
+    @property
+    def rows_held(self) -> bool:
+        """True when the model keeps its rows (False when compiled from statistics by chunks).
+
+        Without the rows a model samples and fits exactly as with them, but has no pointwise
+        log-likelihood, observed data or cluster-robust standard errors.
+        """
+        return self.design.y is not None
 
     @property
     def n_groups(self) -> int:

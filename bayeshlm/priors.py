@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -211,27 +212,91 @@ def _sd_code(prior, role):
     raise PriorError(f"prior for {role!r} must be one of {allowed}; got {prior!r}")
 
 
-def _column_scale(col):
-    sd = float(np.std(col))
-    return sd if sd > 0 else None
+class ColumnMoments(NamedTuple):
+    """Means and (population) variances of the response and of the design columns.
+
+    All the default priors and the starting points read of the data; computed in one pass
+    (:func:`column_moments`) or merged from chunks of rows (:func:`merge_moments`).
+
+    Attributes
+    ----------
+    n : float
+        Number of rows.
+    mean, m2 : ndarray of shape (1 + n_fixed + n_coef,)
+        Column means and sums of squared deviations of ``[y, F, X]``.
+    n_fixed : int
+        Number of fixed-effect columns.
+    obs_var_mean : float or None
+        Mean known level-1 variance, None when sigma is estimated.
+    """
+
+    n: float
+    mean: np.ndarray
+    m2: np.ndarray
+    n_fixed: int
+    obs_var_mean: float | None = None
+
+    def var(self):
+        """Population variances of ``[y, F, X]``."""
+        return self.m2 / self.n
+
+    @property
+    def y_mean(self):
+        """Mean of the response."""
+        return float(self.mean[0])
+
+    def response_scale(self):
+        """``sd(y)``, or ``sqrt(var(y) + mean(known variance))`` with known level-1 variances; 1 if 0."""
+        y_var = float(self.var()[0])
+        if self.obs_var_mean is not None:
+            y_var += self.obs_var_mean
+        y_sd = math.sqrt(max(y_var, 0.0))
+        return y_sd if y_sd > 0 else 1.0
+
+    def fixed_sd(self):
+        """Standard deviation of each fixed-effect column."""
+        return np.sqrt(np.maximum(self.var()[1:1 + self.n_fixed], 0.0))
+
+    def fixed_mean(self):
+        """Mean of each fixed-effect column."""
+        return self.mean[1:1 + self.n_fixed]
+
+    def coef_sd(self):
+        """Standard deviation of each random-effect column."""
+        return np.sqrt(np.maximum(self.var()[1 + self.n_fixed:], 0.0))
 
 
-def response_scale(y, obs_var=None):
-    """``sd(y)``, or ``sqrt(var(y) + mean(known variance))`` with known level-1 variances; 1 if 0."""
-    y_sd = float(np.std(y))
-    if obs_var is not None:
-        y_sd = math.sqrt(y_sd**2 + float(np.mean(obs_var)))
-    return y_sd if y_sd > 0 else 1.0
+def column_moments(y, F, X, obs_var=None):
+    """:class:`ColumnMoments` of a response and its fixed and random designs."""
+    Z = np.column_stack([y, F, X]) if F.shape[1] + X.shape[1] else np.asarray(y, dtype=np.float64)[:, None]
+    mean = Z.mean(axis=0)
+    m2 = ((Z - mean) ** 2).sum(axis=0)
+    return ColumnMoments(float(len(y)), mean, m2, F.shape[1],
+                         None if obs_var is None else float(np.mean(obs_var)))
 
 
-def coefficient_scales(y, X, obs_var=None):
+def merge_moments(first, second):
+    """Moments of the union of two disjoint sets of rows (Chan, Golub & LeVeque's update)."""
+    if first is None:
+        return second
+    n = first.n + second.n
+    delta = second.mean - first.mean
+    mean = first.mean + delta * (second.n / n)
+    m2 = first.m2 + second.m2 + delta**2 * (first.n * second.n / n)
+    obs = None
+    if first.obs_var_mean is not None:
+        obs = (first.obs_var_mean * first.n + second.obs_var_mean * second.n) / n
+    return ColumnMoments(n, mean, m2, first.n_fixed, obs)
+
+
+def coefficient_scales(moments):
     """A scale for each random coefficient's SD: ``response_scale / sd(x)`` (``/ 1`` for a constant column)."""
-    col_sd = np.std(X, axis=0)
-    return response_scale(y, obs_var) / np.where(col_sd > 0, col_sd, 1.0)
+    col_sd = moments.coef_sd()
+    return moments.response_scale() / np.where(col_sd > 0, col_sd, 1.0)
 
 
-def default_priors(y, F, fixed_names, X, coef_names, obs_var=None):
-    """Weakly informative priors scaled to the data.
+def default_priors(moments, fixed_names, coef_names):
+    """Weakly informative priors scaled to the data (its :class:`ColumnMoments`).
 
     * each slope: ``Normal(0, 10 * sd(y) / sd(x))``; an intercept (constant column):
       ``Normal(0, s)`` with ``s = 10 * (|mean(y)| + sd(y))`` plus ``|mean(x)|`` times the
@@ -250,21 +315,21 @@ def default_priors(y, F, fixed_names, X, coef_names, obs_var=None):
         Role -> prior, with one entry per fixed term (``"fixed[<term>]"``), ``"sigma"``,
         one per random coefficient (``"sd[<coef>]"``) and ``"corr"``.
     """
-    y_sd = response_scale(y, obs_var)
-    y_abs_mean = abs(float(np.mean(y)))
+    y_sd = moments.response_scale()
+    y_abs_mean = abs(moments.y_mean)
     out = {}
     slope_scale = {}
+    f_sd, f_mean = moments.fixed_sd(), moments.fixed_mean()
     for k in range(len(fixed_names)):
-        sd = _column_scale(F[:, k])
-        if sd is not None:
-            slope_scale[k] = 10.0 * y_sd / sd
+        if f_sd[k] > 0:
+            slope_scale[k] = 10.0 * y_sd / float(f_sd[k])
     intercept_scale = 10.0 * (y_abs_mean + y_sd) + sum(
-        s * abs(float(np.mean(F[:, k]))) for k, s in slope_scale.items()
+        s * abs(float(f_mean[k])) for k, s in slope_scale.items()
     )
     for k, name in enumerate(fixed_names):
         out[f"fixed[{name}]"] = Normal(0.0, slope_scale.get(k, intercept_scale))
     out["sigma"] = HalfStudentT(3.0, 2.5 * y_sd)
-    for name, scale in zip(coef_names, coefficient_scales(y, X, obs_var), strict=True):
+    for name, scale in zip(coef_names, coefficient_scales(moments), strict=True):
         out[f"sd[{name}]"] = HalfStudentT(3.0, 2.5 * float(scale))
     out["corr"] = LKJ(1.0)
     return out

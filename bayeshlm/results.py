@@ -167,7 +167,9 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
     corr = corr.reshape(chains, n_keep, d, d)
     g = dim_name(design.factor)
     posterior = {"fixed": a}
-    coords = {"fixed_term": list(design.fixed_names), "obs": np.asarray(design.kept_rows)}
+    coords = {"fixed_term": list(design.fixed_names)}
+    if model.rows_held:
+        coords["obs"] = np.asarray(design.kept_rows)
     dims = {"fixed": ["fixed_term"]}
     if not model.sigma_known:
         posterior["sigma"] = np.sqrt(s2)
@@ -227,14 +229,16 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
     if mode:
         ll = _log_likelihood(model, s2, a, None if b is None else finest_coefficients(model, b), mode)
         groups["log_likelihood"] = ({response: ll}, {response: ["obs"] if mode == "pointwise" else [g]})
-    groups["observed_data"] = ({response: design.y}, {response: ["obs"]})
-    constant = {}
-    for factor, _, labels, _ in _factor_parts(model):
+    if model.rows_held:
+        groups["observed_data"] = ({response: design.y}, {response: ["obs"]})
+    constant = {} if model.rows_held else None
+    for factor, _, labels, _ in _factor_parts(model) if model.rows_held else ():
         idx = design.factor_idx[design.factors.index(factor)] if design.factors else design.group_idx
         constant[f"{dim_name(factor)}_label"] = np.array([str(x) for x in labels])[idx]
     if design.obs_var is not None:
         constant["known_sd"] = np.sqrt(design.obs_var)
-    groups["constant_data"] = (constant, {name: ["obs"] for name in constant})
+    if constant is not None:
+        groups["constant_data"] = (constant, {name: ["obs"] for name in constant})
     timings = {**timings, "results_seconds": time.perf_counter() - t0}
     attrs = {
         "formula": model.formula,

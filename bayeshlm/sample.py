@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 import sys
@@ -51,7 +52,7 @@ def starting_theta(model, rng, jitter):
     a_hat = np.linalg.lstsq(stats.FtF + ridge, stats.Fty, rcond=None)[0]
     rss = max(float(stats.scal[0] - a_hat @ stats.Fty), 0.0)
     n_obs = stats.scal[1]
-    y_sd = float(np.std(model.design.y)) or 1.0
+    y_sd = math.sqrt(float(model.moments.var()[0])) or 1.0
     if model.sigma_known or rss <= 0:
         scale = y_sd
     else:
@@ -60,12 +61,12 @@ def starting_theta(model, rng, jitter):
     structure = model.structure
     if not model.sigma_known:
         theta[0] = np.log(scale) + rng.uniform(-jitter, jitter)
-    X = model.design.X
+    coef_sd = model.moments.coef_sd()
     for k in range(len(structure.block_ptr) - 1):
         c0, c1 = structure.block_ptr[k], structure.block_ptr[k + 1]
         t0 = structure.theta_ptr[k]
         for i in range(c1 - c0):
-            col_sd = float(np.std(X[:, c0 + i]))
+            col_sd = float(coef_sd[c0 + i])
             tau = 0.5 * scale / (col_sd if col_sd > 0 else 1.0) * np.exp(rng.uniform(-jitter, jitter))
             theta[t0 + i] = np.arcsinh(tau / structure.diag_scale[c0 + i])
         n_corr = structure.theta_ptr[k + 1] - t0 - (c1 - c0)
@@ -195,8 +196,11 @@ def sample(
         if not isinstance(keep_group_draws, numbers.Integral):
             raise TypeError(f"keep_group_draws must be True, False or a number of groups, got {keep_group_draws!r}")
         keep_group_draws = _check_count("keep_group_draws", keep_group_draws, 1)
-    if log_likelihood == "auto" and keep_group_draws is not True:
+    if log_likelihood == "auto" and (keep_group_draws is not True or not model.rows_held):
         log_likelihood = False
+    if log_likelihood and not model.rows_held:
+        raise ValueError("the log-likelihood needs the rows, which a model from hlm_stats does not keep; "
+                         "use log_likelihood=False")
     if log_likelihood and keep_group_draws is not True:
         raise ValueError("the log-likelihood needs the draws of all groups: set keep_group_draws=True "
                          "or log_likelihood=False")

@@ -28,6 +28,7 @@ from bayeshlm.priors import (
     InverseWishart,
     Normal,
     Uniform,
+    column_moments,
 )
 from samplers.nested import two_level
 from samplers.suffstats import compute_suffstats
@@ -114,10 +115,17 @@ def draw_from_prior(model, rng):
     return {"fixed": fixed, "sigma": sigma, "cov": cov, "sd": sd, "corr": corr, "b": b}
 
 
+def _need_rows(model):
+    if not model.rows_held:
+        raise ValueError("simulating responses needs the model's rows; a model from hlm_stats does not keep "
+                         "them: compile it with bayeshlm.hlm")
+
+
 def simulate_response(model, params, rng):
     """A response drawn from the model given parameters from :func:`draw_from_prior`."""
     from bayeshlm.results import finest_coefficients
 
+    _need_rows(model)
     design = model.design
     b_row = finest_coefficients(model, params["b"])[design.group_idx]
     mean = design.F @ params["fixed"] + np.einsum("ik,ik->i", design.X, b_row)
@@ -127,10 +135,12 @@ def simulate_response(model, params, rng):
 
 def with_response(model, y):
     """The same model (design, priors, structure) with the response replaced by ``y``."""
+    _need_rows(model)
     design = model.design._replace(y=np.ascontiguousarray(y, dtype=np.float64))
     weights = None if design.obs_var is None else 1.0 / design.obs_var
     stats = compute_suffstats(design.y, design.F, design.X, design.group_idx, model.stats.n.shape[0], weights)
-    return dataclasses.replace(model, design=design, stats=stats)
+    moments = column_moments(design.y, design.F, design.X, design.obs_var)
+    return dataclasses.replace(model, design=design, stats=stats, moments=moments)
 
 
 def parameter_vector(model, fixed, sigma, sd, corr):

@@ -1,0 +1,400 @@
+"""Models compiled from per-group statistics computed chunk by chunk: data beyond memory.
+
+The samplers and the EM fit read nothing of the data but the per-group cross-products
+(:mod:`samplers.suffstats`) and the column moments behind the default priors; both are sums
+over rows, so they can be computed on pieces of the data and added. :func:`hlm_stats` does
+this in two passes over the rows, never holding more than one piece:
+
+1. a scan: the group labels (each combination of the grouping columns once), the levels of
+   categorical predictors, and the count of missing values per column;
+2. the statistics: each piece's fixed and random designs, evaluated with the formula's
+   specification fixed by the scan, reduced to per-group cross-products, then summed.
+
+The pieces are row chunks of a pandas DataFrame, or the partitions of a Dask DataFrame
+(Parquet files included), where both passes are a map-reduce run by Dask: per-partition
+results and a tree of sums, no shuffle. The per-piece functions are the same plain numpy
+code in both cases, and the result is the in-memory :func:`bayeshlm.hlm` model up to the
+order of floating-point additions.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from bayeshlm.compile import assemble
+from bayeshlm.data import (
+    DataError,
+    Design,
+    _bad_mask,
+    _check_columns,
+    _check_numeric,
+    _evaluate,
+    _factors,
+    _group_codes,
+    _nesting,
+    _random_design,
+    check_gram_rank,
+    column_roles,
+    warn_identification,
+)
+from bayeshlm.formula import parse_formula
+from bayeshlm.priors import column_moments, merge_moments
+from samplers.suffstats import compute_suffstats, merge_suffstats
+
+__all__ = ["hlm_stats"]
+
+_SHOW_ROWS = 5
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What every piece needs to compute its statistics (sent once to the workers)."""
+
+    response: str
+    columns: tuple          # all used columns
+    categorical: dict       # column -> its levels, for the formula's columns that are not numeric
+    factor_columns: tuple   # the columns of the grouping factors
+    combos: pd.Index        # one entry per combination of the grouping columns
+    combo_group: np.ndarray  # finest group of each combination
+    n_groups: int
+    fixed_spec: object
+    random_spec: tuple
+    drop: bool
+
+
+def _is_numeric(dtype):
+    return pd.api.types.is_bool_dtype(dtype) or (
+        pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_complex_dtype(dtype)
+    )
+
+
+def _scan(frame, columns, factor_columns, categorical, drop):
+    """Pass 1 on one piece: rows, missing values per column, grouping combinations, levels."""
+    bad = {name: _bad_mask(frame[name]) for name in columns}
+    counts = {name: int(mask.sum()) for name, mask in bad.items()}
+    first = {name: np.flatnonzero(mask)[:_SHOW_ROWS].tolist() for name, mask in bad.items() if counts[name]}
+    if drop and any(counts.values()):
+        frame = frame[~np.logical_or.reduce(list(bad.values()))]
+    combos = frame[list(factor_columns)].drop_duplicates() if factor_columns else None
+    levels = {name: pd.unique(frame[name].dropna()) for name in categorical}
+    return {"n": len(bad[columns[0]]), "bad": counts, "first_bad": first, "kept": len(frame),
+            "combos": combos, "levels": levels}
+
+
+def _prepare(frame, plan):
+    """Drop rows with missing values (``missing="drop"``) and fix the categorical levels."""
+    if plan.drop:
+        bad = np.logical_or.reduce([_bad_mask(frame[name]) for name in plan.columns])
+        if bad.any():
+            frame = frame[~bad]
+    if plan.categorical:
+        frame = frame.copy()
+        for name, levels in plan.categorical.items():
+            frame[name] = pd.Categorical(frame[name], categories=levels)
+    return frame
+
+
+def _group_of_rows(frame, plan):
+    if not plan.factor_columns:
+        return np.zeros(len(frame), dtype=np.int64)
+    if len(plan.factor_columns) == 1:
+        pos = plan.combos.get_indexer(frame[plan.factor_columns[0]])
+    else:
+        pos = plan.combos.get_indexer(pd.MultiIndex.from_frame(frame[list(plan.factor_columns)]))
+    if (pos < 0).any():  # the scan saw every combination: this is a bug, not bad data
+        raise RuntimeError("a group was not seen by the scan of the data")
+    return plan.combo_group[pos]
+
+
+def _matrix(model_spec, frame, role):
+    try:
+        M = np.asarray(model_spec.get_model_matrix(frame), dtype=np.float64)
+    except Exception as exc:
+        raise DataError(f"cannot evaluate {role}: {exc}") from exc
+    finite = np.isfinite(M)
+    if not finite.all():
+        j = int(np.flatnonzero((~finite).any(axis=0))[0])
+        raise DataError(f"column {j + 1} of {role} has non-finite values after evaluation (e.g. log of zero)")
+    return M
+
+
+def _piece_stats(frame, plan):
+    """Pass 2 on one piece: its per-group statistics and column moments (None for no rows)."""
+    frame = _prepare(frame, plan)
+    if len(frame) == 0:
+        return None
+    y = frame[plan.response].to_numpy(dtype=np.float64)
+    F = _matrix(plan.fixed_spec, frame, "the fixed part")
+    blocks = [_matrix(s, frame, "a random-effect term") for s in plan.random_spec]
+    X = np.ascontiguousarray(np.hstack(blocks)) if blocks else np.zeros((len(y), 0))
+    g = _group_of_rows(frame, plan)
+    return compute_suffstats(y, F, X, g, plan.n_groups), column_moments(y, F, X)
+
+
+def _merge(first, second):
+    if first is None:
+        return second
+    if second is None:
+        return first
+    return merge_suffstats(first[0], second[0]), merge_moments(first[1], second[1])
+
+
+class _Pieces:
+    """The pieces of the data and how to run a function on each (serially or by Dask)."""
+
+    def __init__(self, source, chunk_rows, columns):
+        self.dask = None
+        if isinstance(source, (str, os.PathLike)) or (
+            isinstance(source, (list, tuple)) and source and isinstance(source[0], (str, os.PathLike))
+        ):
+            dd = _dask_dataframe()
+            source = dd.read_parquet(source, columns=list(columns))
+        if hasattr(source, "to_delayed") and hasattr(source, "npartitions"):
+            _check_columns(source._meta, columns)
+            self.dask = source[list(columns)]
+            self.meta = self.dask._meta
+            return
+        if isinstance(source, pd.DataFrame):
+            frame = source
+        else:
+            from bayeshlm.data import _as_frame
+
+            frame = _as_frame(source)
+        _check_columns(frame, columns)
+        frame = frame[list(columns)]
+        self.meta = frame.iloc[:0]
+        step = max(int(chunk_rows), 1)
+        self.frames = [frame.iloc[i:i + step] for i in range(0, len(frame), step)] or [frame]
+
+    def map(self, fn, *args):
+        """``[fn(piece, *args) for piece in pieces]``, in order."""
+        if self.dask is None:
+            return [fn(piece, *args) for piece in self.frames]
+        import dask
+
+        shared = [dask.delayed(a) if isinstance(a, _Plan) else a for a in args]
+        tasks = [dask.delayed(fn, pure=True)(part, *shared) for part in self.dask.to_delayed()]
+        return list(dask.compute(*tasks))
+
+    def reduce(self, fn, merge, *args):
+        """The sum (by ``merge``) of ``fn(piece, *args)`` over the pieces: a tree on Dask."""
+        if self.dask is None:
+            total = None
+            for piece in self.frames:
+                total = merge(total, fn(piece, *args))
+            return total
+        import dask
+
+        shared = [dask.delayed(a) if isinstance(a, _Plan) else a for a in args]
+        level = [dask.delayed(fn, pure=True)(part, *shared) for part in self.dask.to_delayed()]
+        while len(level) > 1:
+            level = [dask.delayed(merge, pure=True)(level[i], level[i + 1]) if i + 1 < len(level) else level[i]
+                     for i in range(0, len(level), 2)]
+        return dask.compute(level[0])[0]
+
+
+def _dask_dataframe():
+    try:
+        import dask.dataframe as dd
+    except ImportError as exc:  # pragma: no cover - depends on the installation
+        raise ImportError(
+            "reading Parquet or Dask DataFrames needs the 'dask' extra: pip install 'bayeshlm[dask]'"
+        ) from exc
+    return dd
+
+
+def hlm_stats(formula, data, *, priors=None, missing="raise", chunk_rows=1_000_000):
+    """Compile a model from per-group statistics computed piece by piece, without keeping the rows.
+
+    The model samples and fits exactly as :func:`bayeshlm.hlm` on the same data (to rounding:
+    the sums are added in another order), while memory holds one piece of rows at a time
+    plus the per-group statistics. Without the rows it has no pointwise log-likelihood,
+    observed data or cluster-robust standard errors (``model.rows_held`` is False).
+
+    Parameters
+    ----------
+    formula : str
+        As for :func:`bayeshlm.hlm`. Stateful transforms (``center(x)``, ``scale(x)``) are
+        refused: they would be learnt from one piece; transform such columns beforehand.
+    data : pandas.DataFrame, mapping, Dask DataFrame, or path(s) to Parquet
+        A pandas frame is processed in chunks of ``chunk_rows`` rows in this process; a Dask
+        DataFrame, or Parquet files (a path, a glob or a list, read with
+        ``dask.dataframe.read_parquet`` and only the used columns), partition by partition
+        on Dask's scheduler: the active ``distributed.Client`` when there is one, so the
+        statistics are computed where the data lie. Dask needs ``pip install 'bayeshlm[dask]'``.
+    priors : dict, optional
+        As for :func:`bayeshlm.hlm`.
+    missing : {"raise", "drop"}
+        As for :func:`bayeshlm.hlm`; the count of dropped rows is kept in
+        ``model.design.n_dropped``.
+    chunk_rows : int
+        Rows per chunk of a pandas frame.
+
+    Returns
+    -------
+    Model
+        With ``model.design`` holding labels and formula specifications but no rows.
+
+    Raises
+    ------
+    DataError
+        As :func:`bayeshlm.hlm` for unknown or missing columns, non-numeric responses,
+        single-level or non-nested factors and rank-deficient designs; also for stateful
+        transforms. Known level-1 variances are not supported here.
+
+    Examples
+    --------
+    >>> import bayeshlm as bh
+    >>> hsb = bh.load_dataset("hsb")
+    >>> model = bh.hlm_stats("mathach ~ ses + (1 | school)", hsb, chunk_rows=2000)
+    >>> model.n_obs, model.n_groups, model.rows_held
+    (7185, 160, False)
+    """
+    if missing not in ("raise", "drop"):
+        raise ValueError(f"missing must be 'raise' or 'drop', got {missing!r}")
+    spec = parse_formula(formula)
+    factors = _factors(spec)
+    roles = column_roles(spec)
+    factor_columns = tuple(dict.fromkeys(c for f in factors for c in f.split(":")))
+    pieces = _Pieces(data, chunk_rows, roles)
+    meta = pieces.meta
+    _check_numeric(meta[spec.response], spec.response, "the response")
+    categorical = tuple(name for name in roles
+                        if name not in factor_columns and name != spec.response and not _is_numeric(meta[name].dtype))
+    columns = tuple(roles)
+
+    # pass 1: the scan
+    scans = pieces.map(_scan, columns, factor_columns, categorical, missing == "drop")
+    n_input = sum(s["n"] for s in scans)
+    if n_input == 0:
+        raise DataError("the data has no rows")
+    bad = {name: sum(s["bad"][name] for s in scans) for name in columns}
+    if missing == "raise" and any(bad.values()):
+        lines = []
+        for name, count in bad.items():
+            if not count:
+                continue
+            rows, offset = [], 0
+            for s in scans:
+                rows += [offset + r for r in s["first_bad"].get(name, [])]
+                offset += s["n"]
+            more = ", ..." if count > len(rows[:_SHOW_ROWS]) else ""
+            lines.append(f"column '{name}' has {count} missing or non-finite value{'s' if count > 1 else ''} "
+                         f"(row positions {', '.join(map(str, rows[:_SHOW_ROWS]))}{more})")
+        raise DataError("\n".join(lines) + "\npass missing='drop' to drop these rows, or fix the data")
+    n_kept = sum(s["kept"] for s in scans)
+    if n_kept == 0:
+        raise DataError("every row has a missing or non-finite value in a used column")
+
+    levels = {}
+    for name in categorical:
+        values = pd.unique(np.concatenate([np.asarray(s["levels"][name], dtype=object) for s in scans]))
+        levels[name] = sorted(values.tolist())
+
+    codes, combo_group = {}, None
+    if factor_columns:
+        combos = pd.concat([s["combos"] for s in scans], ignore_index=True).drop_duplicates(ignore_index=True)
+        for factor in factors:
+            idx, labels = _group_codes(combos, factor.split(":"))
+            if len(labels) < 2:
+                raise DataError(
+                    f"the grouping factor '{factor}' has a single level ({labels[0]!r}); a variance "
+                    "between groups cannot be estimated from one group"
+                )
+            codes[factor] = (idx, labels)
+        factors, parents = _nesting(factors, codes)
+        combo_group = codes[factors[0]][0]
+        combo_index = (pd.Index(combos[factor_columns[0]]) if len(factor_columns) == 1
+                       else pd.MultiIndex.from_frame(combos[list(factor_columns)]))
+        n_groups = len(codes[factors[0]][1])
+    else:
+        parents, combo_index, n_groups = [], None, 1
+
+    # the formula's specifications, fixed on the first piece that has rows
+    proto = next(f for f in _proto_frames(pieces, scans))
+    proto = _prepare(proto, _Plan(spec.response, columns, levels, (), None, None, 0, None, (), missing == "drop"))
+    _, fixed_names, fixed_spec = _evaluate(spec.fixed, proto, "the fixed part")
+    coef_names, factor_coef_names, block_sizes, factor_sizes, random_spec = [], [], [], [], []
+    for factor in factors:
+        _, names_k, sizes_k, specs_k = _random_design(spec, proto, factor)
+        factor_coef_names.append(tuple(names_k))
+        coef_names += [f"{n}|{factor}" for n in names_k] if len(factors) > 1 else names_k
+        block_sizes += sizes_k
+        factor_sizes.append(len(names_k))
+        random_spec += specs_k
+    stateful = sorted({name for s in (fixed_spec, *random_spec) for name in (s.transform_state or {})})
+    if stateful:
+        raise DataError(
+            f"the formula uses stateful transforms ({', '.join(stateful)}): computed piece by piece they "
+            "would differ between pieces; transform these columns in the data beforehand"
+        )
+
+    # pass 2: the statistics
+    plan = _Plan(spec.response, columns, levels, factor_columns, combo_index, combo_group, n_groups,
+                 fixed_spec, tuple(random_spec), missing == "drop")
+    stats, moments = pieces.reduce(_piece_stats, _merge, plan)
+    if moments.var()[0] == 0:
+        raise DataError(f"the response '{spec.response}' is constant ({moments.y_mean:g} in every row); "
+                        "there is nothing to model")
+    check_gram_rank(stats.FtF, fixed_names, "fixed-effects design")
+    XtX = stats.XtX.sum(axis=0)
+    col = 0
+    for factor, names_k in zip(factors, factor_coef_names, strict=True):
+        block = slice(col, col + len(names_k))
+        check_gram_rank(XtX[block, block], names_k, f"random-effects design of '{factor}'")
+        col += len(names_k)
+    _identification(stats, factors, factor_coef_names, parents)
+
+    labels = [codes[f][1] for f in factors]
+    design = Design(
+        response=spec.response, y=None, F=None, fixed_names=tuple(fixed_names), X=None,
+        coef_names=tuple(coef_names), block_sizes=tuple(block_sizes),
+        factor=factors[0] if factors else "", group_idx=None,
+        group_labels=labels[0] if factors else np.array(["all rows"], dtype=object),
+        obs_var=None, n_dropped=n_input - n_kept, kept_rows=None, fixed_spec=fixed_spec,
+        random_spec=tuple(random_spec), factors=tuple(factors), factor_sizes=tuple(factor_sizes),
+        factor_coef_names=tuple(factor_coef_names), factor_labels=tuple(labels), factor_idx=(),
+        parents=tuple(parents),
+    )
+    options = {"priors": priors, "known_sd": None, "known_var": None, "missing": missing}
+    return assemble(spec, design, stats, moments, priors, options)
+
+
+def _proto_frames(pieces, scans):
+    """The first piece with rows (as pandas)."""
+    if pieces.dask is None:
+        for piece, s in zip(pieces.frames, scans, strict=True):
+            if s["kept"]:
+                yield piece
+        return
+    for k, s in enumerate(scans):
+        if s["kept"]:
+            yield pieces.dask.get_partition(k).compute()
+
+
+def _identification(stats, factors, factor_coef_names, parents):
+    """:func:`bayeshlm.data.identification_warnings` from the statistics.
+
+    The single-row check is made for every factor (rows per group add up the tree); the
+    check of slopes constant within groups for the finest factor, from the within-group sums
+    of squares ``x'x - (1'x)^2 / n`` (it needs the rows for the coarser ones).
+    """
+    counts = stats.n
+    for k, (factor, coefs) in enumerate(zip(factors, factor_coef_names, strict=True)):
+        if k:
+            counts = np.bincount(parents[k - 1], weights=counts)
+        constant = []
+        if k == 0 and "Intercept" in coefs:
+            i0 = coefs.index("Intercept")
+            for j, coef in enumerate(coefs):
+                if j == i0:
+                    continue
+                ss = stats.XtX[:, j, j] - stats.XtX[:, i0, j] ** 2 / np.maximum(stats.n, 1.0)
+                scale = max(1.0, float(np.max(stats.XtX[:, j, j] / np.maximum(stats.n, 1.0))))
+                if np.all(ss <= 1e-10 * scale * np.maximum(stats.n, 1.0)):
+                    constant.append(coef)
+        warn_identification(factor, coefs, counts.max() == 1, constant, True, stacklevel=4)
