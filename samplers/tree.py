@@ -45,15 +45,16 @@ def _group_precision(XtX_j, C, inv_s2, K, XC):
 
 
 @njit(cache=True, nogil=True)
-def _precision_2x2(XtX_j, c00, c10, c11, inv_s2):
+def _precision_2x2(XtX, j, c00, c10, c11, inv_s2):
     """``K_j = I + C'X_j'W_jX_jC / s2`` for two coefficients, ``C = [[c00, 0], [c10, c11]]``.
 
-    Returns ``(k00, k10, k11)``; written out because two coefficients are the common case
-    and the generic loops cost several times more there.
+    Returns ``(k00, k10, k11)``; written out (and indexing ``XtX[j]`` without a view)
+    because two coefficients are the common case and the generic loops cost several times
+    more there.
     """
-    x00 = XtX_j[0, 0]
-    x10 = XtX_j[1, 0]
-    x11 = XtX_j[1, 1]
+    x00 = XtX[j, 0, 0]
+    x10 = XtX[j, 1, 0]
+    x11 = XtX[j, 1, 1]
     k00 = 1.0 + (c00 * c00 * x00 + 2.0 * c00 * c10 * x10 + c10 * c10 * x11) * inv_s2
     k10 = (c11 * (c00 * x10 + c10 * x11)) * inv_s2
     k11 = 1.0 + c11 * c11 * x11 * inv_s2
@@ -125,49 +126,52 @@ def upward(stats, s2, C, a_mean, a_prec, L_out, LA_out, c_out):
     c00 = C[0, 0]
     c10 = C[1, 0] if d > 1 else 0.0
     c11 = C[1, 1] if d > 1 else 0.0
+    XtX, XtF, Xty = stats.XtX, stats.XtF, stats.Xty
     for j in range(n_groups):
-        L = L_out[j]
         row = j * d
-        U = U_all[row : row + d]
-        u = u_all[row : row + d]
+        # one and two coefficients are written out with plain indexing: array views per
+        # group (L_out[j], U_all[row:row + d]) cost more than the arithmetic there
         if d == 1:
             # closed forms for one coefficient: K = 1 + c^2 x'x / s2
-            k00 = 1.0 + c00 * c00 * stats.XtX[j, 0, 0] * inv_s2
+            k00 = 1.0 + c00 * c00 * XtX[j, 0, 0] * inv_s2
             l00 = np.sqrt(k00)
-            L[0, 0] = l00
+            L_out[j, 0, 0] = l00
             det = k00
             f = c00 * inv_s2 / l00
-            u[0] = f * stats.Xty[j, 0]
+            u_all[row] = f * Xty[j, 0]
             for q in range(p):
-                U[0, q] = f * stats.XtF[j, 0, q]
+                U_all[row, q] = f * XtF[j, 0, q]
         elif d == 2:
-            k00, k10, k11 = _precision_2x2(stats.XtX[j], c00, c10, c11, inv_s2)
+            k00, k10, k11 = _precision_2x2(XtX, j, c00, c10, c11, inv_s2)
             l00 = np.sqrt(k00)
             l10 = k10 / l00
             rem = k11 - l10 * l10
             if not rem > 0.0:
                 return -np.inf, False
             l11 = np.sqrt(rem)
-            L[0, 0] = l00
-            L[1, 0] = l10
-            L[0, 1] = 0.0
-            L[1, 1] = l11
+            L_out[j, 0, 0] = l00
+            L_out[j, 1, 0] = l10
+            L_out[j, 0, 1] = 0.0
+            L_out[j, 1, 1] = l11
             det = k00 * rem
             # rows of L^{-1} C' / s2 applied to X'y and X'F
             a0 = c00 * inv_s2 / l00
             a1 = c10 * inv_s2 / l00
             b0 = -l10 / l11 * a0
             b1 = (c11 * inv_s2 - l10 * a1) / l11
-            y0 = stats.Xty[j, 0]
-            y1 = stats.Xty[j, 1]
-            u[0] = a0 * y0 + a1 * y1
-            u[1] = b0 * y0 + b1 * y1
+            y0 = Xty[j, 0]
+            y1 = Xty[j, 1]
+            u_all[row] = a0 * y0 + a1 * y1
+            u_all[row + 1] = b0 * y0 + b1 * y1
             for q in range(p):
-                f0 = stats.XtF[j, 0, q]
-                f1 = stats.XtF[j, 1, q]
-                U[0, q] = a0 * f0 + a1 * f1
-                U[1, q] = b0 * f0 + b1 * f1
+                f0 = XtF[j, 0, q]
+                f1 = XtF[j, 1, q]
+                U_all[row, q] = a0 * f0 + a1 * f1
+                U_all[row + 1, q] = b0 * f0 + b1 * f1
         else:
+            L = L_out[j]
+            U = U_all[row : row + d]
+            u = u_all[row : row + d]
             _group_precision(stats.XtX[j], C, inv_s2, L, XC)
             if not chol_inplace(L):
                 return -np.inf, False
@@ -258,6 +262,9 @@ def draw_coefficients(rng, stats, s2, C, L_all, LA, c_plus, a_out, b_out, draw):
         for q in range(p):
             a_out[q] += rng.standard_normal()
     solve_upper(LA, a_out)
+    if d <= 2:
+        _draw_small(rng, stats, inv_s2, C, L_all, a_out, b_out, draw)
+        return
     r = np.empty(d)
     beta = np.empty(d)
     for j in range(n_groups):
@@ -282,6 +289,46 @@ def draw_coefficients(rng, stats, s2, C, L_all, LA, c_plus, a_out, b_out, draw):
             for m in range(k + 1):
                 t += C[k, m] * beta[m]
             b_out[j, k] = t
+
+
+@njit(cache=True, nogil=True)
+def _draw_small(rng, stats, inv_s2, C, L_all, a, b_out, draw):
+    """The group loop of :func:`draw_coefficients` for one or two coefficients, written out."""
+    p = a.shape[0]
+    d = b_out.shape[1]
+    XtF, Xty = stats.XtF, stats.Xty
+    c00 = C[0, 0]
+    c10 = C[1, 0] if d > 1 else 0.0
+    c11 = C[1, 1] if d > 1 else 0.0
+    for j in range(b_out.shape[0]):
+        r0 = Xty[j, 0]
+        for q in range(p):
+            r0 -= XtF[j, 0, q] * a[q]
+        r0 *= inv_s2
+        if d == 1:
+            l00 = L_all[j, 0, 0]
+            beta0 = c00 * r0 / l00
+            if draw:
+                beta0 += rng.standard_normal()
+            b_out[j, 0] = c00 * beta0 / l00
+            continue
+        r1 = Xty[j, 1]
+        for q in range(p):
+            r1 -= XtF[j, 1, q] * a[q]
+        r1 *= inv_s2
+        l00 = L_all[j, 0, 0]
+        l10 = L_all[j, 1, 0]
+        l11 = L_all[j, 1, 1]
+        # beta = L^{-T} (L^{-1} C'r + z)
+        w0 = (c00 * r0 + c10 * r1) / l00
+        w1 = (c11 * r1 - l10 * w0) / l11
+        if draw:
+            w0 += rng.standard_normal()
+            w1 += rng.standard_normal()
+        beta1 = w1 / l11
+        beta0 = (w0 - l10 * beta1) / l00
+        b_out[j, 0] = c00 * beta0
+        b_out[j, 1] = c10 * beta0 + c11 * beta1
 
 
 @njit(cache=True, nogil=True)
@@ -351,7 +398,7 @@ def loglik_given_a(stats, s2, C, r, rtr, L_scratch):
             u0 = c00 * r[j, 0] * inv_s2
             quad -= u0 * u0 / det
         elif d == 2:
-            k00, k10, k11 = _precision_2x2(stats.XtX[j], c00, c10, c11, inv_s2)
+            k00, k10, k11 = _precision_2x2(stats.XtX, j, c00, c10, c11, inv_s2)
             det = k00 * k11 - k10 * k10
             if not det > 0.0:
                 return -np.inf, False
