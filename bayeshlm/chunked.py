@@ -64,6 +64,7 @@ class _Plan:
     fixed_spec: object
     random_spec: tuple
     drop: bool
+    chunk_rows: int = 250_000
 
 
 def _is_numeric(dtype):
@@ -123,7 +124,18 @@ def _matrix(model_spec, frame, role):
 
 
 def _piece_stats(frame, plan):
-    """Pass 2 on one piece: its per-group statistics and column moments (None for no rows)."""
+    """Pass 2 on one piece, in slices of ``plan.chunk_rows`` rows: statistics and moments (None for no rows).
+
+    Slicing bounds the memory of the designs evaluated at once, whatever the size of a
+    Dask partition.
+    """
+    total = None
+    for start in range(0, len(frame), plan.chunk_rows):
+        total = _merge(total, _slice_stats(frame.iloc[start:start + plan.chunk_rows], plan))
+    return total
+
+
+def _slice_stats(frame, plan):
     frame = _prepare(frame, plan)
     if len(frame) == 0:
         return None
@@ -207,7 +219,7 @@ def _dask_dataframe():
     return dd
 
 
-def hlm_stats(formula, data, *, priors=None, missing="raise", chunk_rows=1_000_000):
+def hlm_stats(formula, data, *, priors=None, missing="raise", chunk_rows=250_000):
     """Compile a model from per-group statistics computed piece by piece, without keeping the rows.
 
     The model samples and fits exactly as :func:`bayeshlm.hlm` on the same data (to rounding:
@@ -232,7 +244,9 @@ def hlm_stats(formula, data, *, priors=None, missing="raise", chunk_rows=1_000_0
         As for :func:`bayeshlm.hlm`; the count of dropped rows is kept in
         ``model.design.n_dropped``.
     chunk_rows : int
-        Rows per chunk of a pandas frame.
+        Rows per chunk of a pandas frame, and at most as many rows of a Dask partition
+        evaluated at once: this bounds the memory of the designs (about 100 bytes per row
+        and design column).
 
     Returns
     -------
@@ -335,7 +349,7 @@ def hlm_stats(formula, data, *, priors=None, missing="raise", chunk_rows=1_000_0
 
     # pass 2: the statistics
     plan = _Plan(spec.response, columns, levels, factor_columns, combo_index, combo_group, n_groups,
-                 fixed_spec, tuple(random_spec), missing == "drop")
+                 fixed_spec, tuple(random_spec), missing == "drop", max(int(chunk_rows), 1))
     stats, moments = pieces.reduce(_piece_stats, _merge, plan)
     if moments.var()[0] == 0:
         raise DataError(f"the response '{spec.response}' is constant ({moments.y_mean:g} in every row); "

@@ -6,15 +6,25 @@ Systems (each (model, system) runs in its own interpreter, with a time limit):
 * ``pymc``: PyMC's own NUTS (``nuts_sampler="pymc"``), non-centred group effects;
 * ``nutpie``: the same PyMC model compiled and sampled by nutpie;
 * ``pymc_centered`` (eight schools only): the centred parameterisation with PyMC's NUTS;
+* ``stan`` and ``jags``: Stan (rstan) and JAGS (rjags) through ``Rscript``, the programs
+  generated from the same design arrays (``_stan_code``, ``_jags_code``): non-centred group
+  effects in Stan, centred in JAGS (its Gibbs sampler's natural form); JAGS runs its chains
+  one after another in one process. Debian: ``apt install r-cran-rstan r-cran-bh jags
+  r-cran-rjags``; Debian's BH package ships no ``include`` directory, which rstan looks
+  for: ``ln -s /usr/include /usr/lib/R/site-library/BH/include``. Skipped with a note when
+  R or the package is missing;
 * ``bayeshlm_em``, ``statsmodels`` and ``lme4``: REML fits (time and estimates only);
   lme4 runs through ``Rscript`` when R and lme4 are installed (Debian: ``apt install
   r-cran-lme4``), and is skipped with a note otherwise.
 
-Stan, JAGS and numpyro are not run here: none is installed on this machine (they are
-listed in the output as skipped). Install the Python peers with ``pip install -e '.[bench]'``.
+numpyro is not run: JAX is not in the ``bench`` extra (it is listed as not run). The
+synthetic models have 50 rows per group; bayeshlm at ten million rows is in
+``bench_scale.py`` (no peer finishes the 1e6-row model within the time limit here). Install
+the Python peers with ``pip install -e '.[bench]'``.
 
 Priors (the same in every sampler; ``PRIORS`` below): normal on the fixed effects,
-half-normal on sigma and on every group SD, LKJ(2) on the correlations. Every sampler draws
+half-normal on sigma and on every group SD, LKJ(2) on the correlations (in JAGS, which has
+no LKJ, as ``(1 + rho) / 2 ~ Beta(2, 2)``, the same distribution for a 2 x 2 block). Every sampler draws
 4 chains of 1000 draws after 1000 warm-up iterations. Reported per (model, system): setup
 seconds (model building and compilation), sampling seconds, the minimum bulk and tail ESS
 over every scalar (fixed effects, sigma, group SDs and correlations, and every group
@@ -55,12 +65,12 @@ MODELS = {
     "eight_schools": ("eight_schools", "y ~ 1 + (1 | school)", "sigma", (0.0, 20.0, None, 10.0)),
     "pastes": ("pastes", "strength ~ 1 + (1 | batch/cask)", None, (60.0, 20.0, 5.0, 5.0)),
     "synthetic_1e5": ("synthetic:100000", "y ~ x + (x | g)", None, (0.0, 10.0, 5.0, 5.0)),
+    "synthetic_1e6": ("synthetic:1000000", "y ~ x + (x | g)", None, (0.0, 10.0, 5.0, 5.0)),
 }
-SAMPLERS = ["bayeshlm", "nutpie", "pymc"]
+SAMPLERS = ["bayeshlm", "nutpie", "pymc", "stan", "jags"]
 FITTERS = ["bayeshlm_em", "statsmodels", "lme4"]
 NEEDS = {"pymc": ("pymc",), "pymc_centered": ("pymc",), "nutpie": ("pymc", "nutpie"), "statsmodels": ("statsmodels",)}
-NOT_RUN = {"stan": "CmdStan/rstan not installed", "jags": "JAGS not installed",
-           "numpyro": "JAX not installed"}
+NOT_RUN = {"numpyro": "JAX is not installed by the bench extra"}
 
 
 def load_data(source, seed=0):
@@ -215,6 +225,175 @@ def run_pymc(name, draws, warmup, sampler, centered=False):
             "estimates": est}
 
 
+# --- Stan and JAGS through R -------------------------------------------------------------------
+
+R_PACKAGES = {"stan": ("rstan", "r-cran-rstan r-cran-bh"), "jags": ("rjags", "jags r-cran-rjags")}
+
+
+def _r_parts(name):
+    """The design of a model as plain arrays for R, one entry per grouping factor."""
+    import bayeshlm as bh
+
+    source, formula, known, prior = MODELS[name]
+    design = bh.hlm(formula, load_data(source), known_sd=known).design
+    sizes = design.factor_sizes or (len(design.coef_names),)
+    idx = design.factor_idx or (design.group_idx,)
+    labels = design.factor_labels or (design.group_labels,)
+    parts, col = [], 0
+    for k, (d, codes, labs) in enumerate(zip(sizes, idx, labels, strict=True)):
+        parts.append({"k": k + 1, "d": d, "codes": codes + 1, "n": len(labs), "X": design.X[:, col:col + d]})
+        col += d
+    return design, parts, prior
+
+
+def _rdump(values):
+    """An R dump file (``read_rdump`` / ``source``) of scalars, vectors and matrices."""
+    lines = []
+    for key, v in values.items():
+        a = np.asarray(v)
+        body = ", ".join(repr(int(x)) if a.dtype.kind in "iu" else f"{float(x):.17g}"
+                         for x in a.reshape(-1, order="F"))
+        if a.ndim == 0:
+            lines.append(f"{key} <- {body}")
+        elif a.ndim == 1:
+            lines.append(f"{key} <- c({body})")
+        else:
+            lines.append(f"{key} <- structure(c({body}), .Dim = c({a.shape[0]}L, {a.shape[1]}L))")
+    return "\n".join(lines) + "\n"
+
+
+def _stan_code(design, parts, prior):
+    """A Stan program (rstan 2.21 syntax) of the model, with the benchmark's priors."""
+    mean, fixed_sd, sigma_sd, sd_sd = prior
+    data = ["int<lower=1> N;", "int<lower=1> P;", "matrix[N, P] F;", "vector[N] y;"]
+    params = ["vector[P] fixed;"]
+    tparams, model, gq = [], [f"fixed ~ normal({mean}, {fixed_sd});"], []
+    mu = "F * fixed"
+    if design.obs_var is None:
+        params.append("real<lower=0> sigma;")
+        model.append(f"sigma ~ normal(0, {sigma_sd});")
+    else:
+        data.append("vector<lower=0>[N] obs_sd;")
+    for p in parts:
+        k, d = p["k"], p["d"]
+        data += [f"int<lower=1> G{k};", f"int<lower=1, upper=G{k}> g{k}[N];", f"matrix[N, {d}] X{k};"]
+        params += [f"vector<lower=0>[{d}] f{k}_sd;", f"matrix[{d}, G{k}] f{k}_z;"]
+        model += [f"f{k}_sd ~ normal(0, {sd_sd});", f"to_vector(f{k}_z) ~ std_normal();"]
+        if d == 1:
+            tparams.append(f"matrix[G{k}, 1] f{k}_effect = (f{k}_sd[1] * f{k}_z)';")
+        else:
+            params.append(f"cholesky_factor_corr[{d}] f{k}_L;")
+            model.append(f"f{k}_L ~ lkj_corr_cholesky(2);")
+            tparams.append(f"matrix[G{k}, {d}] f{k}_effect = (diag_pre_multiply(f{k}_sd, f{k}_L) * f{k}_z)';")
+            gq.append(f"real f{k}_corr = multiply_lower_tri_self_transpose(f{k}_L)[2, 1];")
+        mu += f" + rows_dot_product(X{k}, f{k}_effect[g{k}])"
+    scale = "sigma" if design.obs_var is None else "obs_sd"
+    model.append(f"y ~ normal({mu}, {scale});")
+    block = lambda name, body: f"{name} {{\n  " + "\n  ".join(body) + "\n}\n"  # noqa: E731
+    return (block("data", data) + block("parameters", params) + block("transformed parameters", tparams)
+            + block("model", model) + (block("generated quantities", gq) if gq else ""))
+
+
+def _jags_code(design, parts, prior):
+    """A JAGS model with the same priors: LKJ(2) on a 2 x 2 correlation is (1 + rho) / 2 ~ Beta(2, 2)."""
+    mean, fixed_sd, sigma_sd, sd_sd = prior
+    body = [f"for (q in 1:P) {{ fixed[q] ~ dnorm({mean}, {1 / fixed_sd**2!r}) }}"]
+    mu = "inprod(F[i, ], fixed)"
+    for p in parts:
+        k, d = p["k"], p["d"]
+        if d == 1:
+            body += [f"f{k}_sd ~ dnorm(0, {1 / sd_sd**2!r}) T(0,)",
+                     f"for (j in 1:G{k}) {{ f{k}_effect[j] ~ dnorm(0, 1 / f{k}_sd^2) }}"]
+            mu += f" + X{k}[i, 1] * f{k}_effect[g{k}[i]]"
+        elif d == 2:
+            body += [f"for (c in 1:2) {{ f{k}_sd[c] ~ dnorm(0, {1 / sd_sd**2!r}) T(0,) }}",
+                     f"f{k}_B ~ dbeta(2, 2)", f"f{k}_corr <- 2 * f{k}_B - 1",
+                     f"f{k}_S[1, 1] <- f{k}_sd[1]^2", f"f{k}_S[2, 2] <- f{k}_sd[2]^2",
+                     f"f{k}_S[1, 2] <- f{k}_corr * f{k}_sd[1] * f{k}_sd[2]", f"f{k}_S[2, 1] <- f{k}_S[1, 2]",
+                     f"f{k}_Omega <- inverse(f{k}_S)",
+                     f"for (j in 1:G{k}) {{ f{k}_effect[j, 1:2] ~ dmnorm(zero2, f{k}_Omega) }}"]
+            mu += f" + inprod(X{k}[i, ], f{k}_effect[g{k}[i], ])"
+        else:
+            raise ValueError("the JAGS version handles blocks of one or two coefficients")
+    if design.obs_var is None:
+        body.append(f"sigma ~ dnorm(0, {1 / sigma_sd**2!r}) T(0,)")
+        body.append(f"for (i in 1:N) {{ y[i] ~ dnorm({mu}, 1 / sigma^2) }}")
+    else:
+        body.append(f"for (i in 1:N) {{ y[i] ~ dnorm({mu}, 1 / obs_sd[i]^2) }}")
+    return "model {\n  " + "\n  ".join(body) + "\n}\n"
+
+
+def run_r_sampler(name, draws, warmup, system):
+    """Stan (rstan) or JAGS (rjags) through ``Rscript``: setup (compilation) and sampling seconds, and the draws."""
+    import pandas as pd
+
+    design, parts, prior = _r_parts(name)
+    values = {"N": len(design.y), "P": design.F.shape[1], "F": design.F, "y": design.y}
+    if design.obs_var is not None:
+        values["obs_sd"] = np.sqrt(design.obs_var)
+    for p in parts:
+        k = p["k"]
+        values.update({f"G{k}": p["n"], f"g{k}": p["codes"].astype(np.int64), f"X{k}": p["X"]})
+    if any(p["d"] == 2 for p in parts):
+        values["zero2"] = np.zeros(2)
+    monitor = ["fixed"] + (["sigma"] if design.obs_var is None else [])
+    for p in parts:
+        monitor += [f"f{p['k']}_sd", f"f{p['k']}_effect"] + ([f"f{p['k']}_corr"] if p["d"] > 1 else [])
+    pars = "c(" + ", ".join(f"'{m}'" for m in monitor) + ")"
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "data.R").write_text(_rdump(values if system == "jags" else {k: v for k, v in values.items()
+                                                                             if k != "zero2"}))
+        out = tmp / "draws.csv"
+        if system == "stan":
+            (tmp / "model.stan").write_text(_stan_code(design, parts, prior))
+            script = f"""
+suppressPackageStartupMessages(library(rstan))
+d <- new.env(); source('{tmp}/data.R', local = d); d <- as.list(d)
+t0 <- Sys.time(); sm <- stan_model('{tmp}/model.stan'); setup <- as.numeric(Sys.time() - t0, units = 'secs')
+t1 <- Sys.time()
+fit <- sampling(sm, data = d, chains = 4, iter = {warmup + draws}, warmup = {warmup}, cores = 2, seed = 1,
+                refresh = 0)
+secs <- as.numeric(Sys.time() - t1, units = 'secs')
+a <- as.array(fit, pars = {pars})
+m <- do.call(rbind, lapply(seq_len(dim(a)[2]), function(c) cbind(chain = c, a[, c, , drop = FALSE][, 1, ])))
+write.csv(m, '{out}', row.names = FALSE)
+div <- sum(get_divergent_iterations(fit))
+cat(setup, secs, div, '\\n')
+"""
+        else:
+            (tmp / "model.jags").write_text(_jags_code(design, parts, prior))
+            script = f"""
+suppressPackageStartupMessages(library(rjags))
+d <- new.env(); source('{tmp}/data.R', local = d); d <- as.list(d)
+inits <- lapply(1:4, function(c) list(.RNG.name = 'base::Mersenne-Twister', .RNG.seed = c))
+t0 <- Sys.time()
+m <- jags.model('{tmp}/model.jags', data = d, inits = inits, n.chains = 4, n.adapt = 0, quiet = TRUE)
+setup <- as.numeric(Sys.time() - t0, units = 'secs')
+t1 <- Sys.time()
+adapt(m, {warmup}, end.adaptation = TRUE)
+s <- coda.samples(m, {pars}, n.iter = {draws})
+secs <- as.numeric(Sys.time() - t1, units = 'secs')
+mm <- do.call(rbind, lapply(seq_along(s), function(c) cbind(chain = c, as.matrix(s[[c]]))))
+write.csv(mm, '{out}', row.names = FALSE)
+cat(setup, secs, 0, '\\n')
+"""
+        res = subprocess.run(["Rscript", "-e", script], capture_output=True, text=True)
+        if res.returncode:
+            raise RuntimeError(f"{system} failed: {res.stderr.strip()[-500:]}")
+        setup, seconds, div = (float(v) for v in res.stdout.split()[-3:])
+        frame = pd.read_csv(out)
+    chains = frame.pop("chain").to_numpy()
+    n_chains = int(chains.max())
+    arrays = {c: frame[c].to_numpy().reshape(n_chains, -1) for c in frame.columns}
+    est = {}
+    for c in frame.columns:
+        if c.startswith(("fixed", "sigma")) or "_sd" in c:
+            est[c] = float(frame[c].mean())
+    return {"setup_seconds": setup, "sampling_seconds": seconds, "arrays": arrays, "divergences": int(div),
+            "estimates": est}
+
+
 def run_fitter(name, system, repeats=3):
     """A REML fit: seconds (median of repeats, data frame to estimates) and estimates."""
     source, formula, known, _ = MODELS[name]
@@ -285,6 +464,8 @@ def worker(model, system, draws, warmup, out_path):
         rec = run_pymc(model, draws, warmup, system)
     elif system == "pymc_centered":
         rec = run_pymc(model, draws, warmup, "pymc", centered=True)
+    elif system in ("stan", "jags"):
+        rec = run_r_sampler(model, draws, warmup, system)
     else:
         rec = run_fitter(model, system)
     if "arrays" in rec:
@@ -296,6 +477,15 @@ def worker(model, system, draws, warmup, out_path):
     Path(out_path).write_text(json.dumps(rec))
 
 
+def _r_has(package):
+    """True when ``Rscript`` runs and can load ``package``."""
+    if shutil.which("Rscript") is None:
+        return False
+    res = subprocess.run(["Rscript", "-e", f"suppressPackageStartupMessages(library({package}))"],
+                         capture_output=True, text=True)
+    return res.returncode == 0
+
+
 def run(models, systems, draws, warmup, limit):
     """Every (model, system) in its own interpreter; returns ``{model: {system: record}}``."""
     results = {}
@@ -304,6 +494,11 @@ def run(models, systems, draws, warmup, limit):
         names = list(systems) + (["pymc_centered"] if model == "eight_schools" and "pymc" in systems else [])
         for system in names:
             missing = [m for m in NEEDS.get(system, ()) if importlib.util.find_spec(m) is None]
+            if system in R_PACKAGES and not _r_has(R_PACKAGES[system][0]):
+                results[model][system] = {"skipped": f"R package {R_PACKAGES[system][0]} not found "
+                                                     f"(Debian: apt install {R_PACKAGES[system][1]})"}
+                print(model, system, results[model][system], flush=True)
+                continue
             if missing:
                 results[model][system] = {"skipped": f"{', '.join(missing)} not installed (pip install -e '.[bench]')"}
                 continue
@@ -316,7 +511,7 @@ def run(models, systems, draws, warmup, limit):
                 try:
                     _, err = proc.communicate(timeout=limit)
                     if proc.returncode:
-                        rec = {"skipped": f"failed: {err.strip()[-300:]}"}
+                        rec = {"skipped": "failed: " + " ".join(err.strip()[-300:].split())}
                     else:
                         rec = json.loads(out.read_text())
                 except subprocess.TimeoutExpired:

@@ -64,12 +64,29 @@ def test_bench_peers_quick(tmp_path):
 
 
 def test_bench_scale_small(tmp_path):
+    """All three paths (frame with hlm_stats, Parquet on Dask, frame with hlm), each in its own
+    interpreter, at a tiny size: the same model from each."""
     spec = importlib.util.spec_from_file_location("bench_scale", BENCH.parent / "bench_scale.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     assert bench.main(["--rows", "2e4", "--groups", "200", "--draws", "20", "--warmup", "20",
                        "--out", str(tmp_path)]) == 0
-    results = json.loads((tmp_path / "scale_results.json").read_text())
-    assert results["rows"] == 20000 and results["groups"] == 200
-    assert results["frame_to_posterior_seconds"] > 0 and results["peak_memory_mb"] > 0
-    assert "data frame to posterior" in (tmp_path / "SCALE_RESULTS.md").read_text()
+    results = json.loads((tmp_path / "scale_results.json").read_text())["results"]
+    assert [r["path"] for r in results] == ["frame", "parquet", "frame_hlm"]
+    for r in results:
+        assert r["rows"] == 20000 and r["groups"] == 200
+        assert r["end_to_end_seconds"] > 0 and r["memory_over_baseline_mb"] > 0
+        assert abs(r["reml_sd"]["x"] - results[0]["reml_sd"]["x"]) < 1e-6
+    assert "Parquet (8 files)" in (tmp_path / "SCALE_RESULTS.md").read_text()
+
+
+def test_bench_sweep_quick(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_sweep", BENCH.parent / "bench_sweep.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--quick", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "sweep_results.json").read_text())
+    assert [r["rows"] for r in results["by_rows"]] == [1000, 10000]
+    assert [r["groups"] for r in results["by_groups"]] == [10, 100]
+    assert all(r["sweep_ms"] > 0 for r in results["by_rows"] + results["by_groups"])
+    assert (tmp_path / "sweep_scaling.png").stat().st_size > 1000
