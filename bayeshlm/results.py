@@ -11,7 +11,6 @@ import platform
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import arviz_base
 import numpy as np
 import xarray as xr
 
@@ -42,7 +41,7 @@ def _versions():
         "numba": numba.__version__,
         "xarray": xr.__version__,
         "arviz": version("arviz"),
-        "arviz_base": arviz_base.__version__,
+        "arviz_base": version("arviz-base"),
         "python": platform.python_version(),
     }
 
@@ -264,11 +263,13 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
 
 def _build(groups, coords, attrs):
     """One ``DataTree`` from ``{group: (variables, dims)}``; each group gets only its coords."""
+    from arviz_base import from_dict  # imported when a result is built, not with the package
+
     nodes = {}
     for group, (variables, dims) in groups.items():
         used = {dim for names in dims.values() for dim in names}
         extra = {} if group in ("posterior", "sample_stats", "log_likelihood") else {"sample_dims": []}
-        tree = arviz_base.from_dict(
+        tree = from_dict(
             {group: variables},
             coords={k: v for k, v in coords.items() if k in used},
             dims=dims,
