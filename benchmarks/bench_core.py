@@ -8,7 +8,7 @@ the repeats. Also measures, in fresh interpreters, the time from start-up to the
 HSB result with an empty kernel cache (cold: compilation included) and with a warm one,
 and the time from data frame to DataTree inside a process whose kernels are loaded.
 
-Writes ``benchmarks/results.json`` and ``benchmarks/RESULTS.md`` (or ``--out``).
+Writes ``benchmarks/results.json`` and ``benchmarks/CORE_RESULTS.md`` (or ``--out``).
 
     python benchmarks/bench_core.py            # full run
     python benchmarks/bench_core.py --quick    # tiny sizes, to check that it works
@@ -197,7 +197,7 @@ def main(argv=None):
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--quick", action="store_true", help="tiny run to check the script works")
     parser.add_argument("--no-first-fit", action="store_true", help="skip the fresh-interpreter timings")
-    parser.add_argument("--out", type=Path, default=HERE, help="folder for results.json and RESULTS.md")
+    parser.add_argument("--out", type=Path, default=HERE, help="folder for results.json and CORE_RESULTS.md")
     args = parser.parse_args(argv)
     if args.quick:
         args.draws, args.warmup, args.chains, args.seeds = 50, 50, 2, [1]
@@ -217,7 +217,7 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     text = render(results)
-    (args.out / "RESULTS.md").write_text(text)
+    (args.out / "CORE_RESULTS.md").write_text(text)
     print(text)
     return 0
 

@@ -19,7 +19,7 @@ def test_bench_core_quick(tmp_path, capsys):
         assert run[key] > 0
     assert run["n_parameters"] == 2 + 1 + 1 + 85  # fixed, sigma, county SD, 85 county effects
     assert results["machine"]["cpus"] >= 1
-    table = (tmp_path / "RESULTS.md").read_text()
+    table = (tmp_path / "CORE_RESULTS.md").read_text()
     assert "| radon | 89 |" in table and "min-ESS/s" in table
 
 
@@ -90,3 +90,28 @@ def test_bench_sweep_quick(tmp_path):
     assert [r["groups"] for r in results["by_groups"]] == [10, 100]
     assert all(r["sweep_ms"] > 0 for r in results["by_rows"] + results["by_groups"])
     assert (tmp_path / "sweep_scaling.png").stat().st_size > 1000
+
+
+def test_report_renders_targets(tmp_path):
+    """RESULTS.md states each target as met or missed from the JSON of the runs."""
+    spec = importlib.util.spec_from_file_location("report", BENCH.parent / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    peer = {"min_ess_per_second": 10.0}
+    peers = {"date": "2026-11-27", "draws": 1000, "warmup": 1000, "limit_seconds": 300, "machine": {},
+             "models": {"hsb": {"bayeshlm": {"min_ess_per_second": 2000.0}, "nutpie": peer,
+                                "jags": {"skipped": "time limit of 300 s reached"},
+                                "bayeshlm_em": {"fit_seconds": 0.01}, "lme4": {"fit_seconds": 0.05},
+                                "statsmodels": {"fit_seconds": 0.1}},
+                        "radon": {"bayeshlm": {"min_ess_per_second": 150.0}, "nutpie": peer}}}
+    (tmp_path / "peers_results.json").write_text(json.dumps(peers))
+    cold = [{"case": "no cache: sample", "seconds": 40.0, "import_seconds": 2.0},
+            {"case": "cached: fit_em", "seconds": 1.5, "import_seconds": 1.0}]
+    (tmp_path / "coldstart_results.json").write_text(json.dumps(cold))
+    report.render(tmp_path)
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "| hsb | 2000 | nutpie | 10.0 | 200x | 100x: met | jags (time limit of 300 s reached) |" in text
+    assert "| radon | 150 | nutpie | 10.0 | 15x | 20x: **missed** |" in text
+    assert "5.0x (met)" in text and "10x (**missed**)" in text
+    assert "| no cache: sample | 40.0 | 2.0 | 30 s: **missed** |" in text
+    assert "| cached: fit_em | 1.5 | 1.0 | 2 s: met |" in text
