@@ -58,6 +58,7 @@ def plot(results, path):
             ax.loglog(xs, [ref * x for x in xs], "--", color="grey", label="linear in groups")
         else:
             ax.axhline(ys[0], ls="--", color="grey", label="flat")
+            ax.set_ylim(min(ys) / 10, max(ys) * 10)  # a decade each way: noise is not mistaken for a trend
         ax.set_xlabel(other)
         ax.set_ylabel("ms per sweep (one chain)")
         ax.legend(frameon=False)

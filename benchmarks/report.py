@@ -80,8 +80,11 @@ def scale_section(scale):
              "| max R-hat |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in scale["results"]:
+        memory = _met(r["memory_ratio"] < 3)
+        if r["path"] == "frame_hlm":  # the full-design path, shown for comparison
+            memory = "not the target's path: `hlm` keeps the whole design"
         lines.append(f"| {r['path']} | {r['rows']:,} | {r['groups']:,} | {r['end_to_end_seconds']:.1f} | "
-                     f"{_met(r['end_to_end_seconds'] <= 60)} | {r['memory_ratio']:.2f} | {_met(r['memory_ratio'] < 3)} "
+                     f"{_met(r['end_to_end_seconds'] <= 60)} | {r['memory_ratio']:.2f} | {memory} "
                      f"| {min(r['min_ess_bulk'], r['min_ess_tail']):.0f} | {r['max_rhat']:.3f} |")
     return lines
 
