@@ -62,8 +62,9 @@ def peers_section(peers):
             continue
         lme4 = recs.get("lme4", {}).get("fit_seconds")
         sm = recs.get("statsmodels", {}).get("fit_seconds")
-        f_lme4 = f"{lme4 / ours:.1f}x ({_met(lme4 > ours)})" if lme4 else "not run"
-        f_sm = f"{sm / ours:.0f}x ({_met(sm / ours >= 20)})" if sm else "not run"
+        f_lme4 = f"{lme4 / ours:.1f}x ({_met(lme4 > ours)})" if lme4 else recs.get("lme4", {}).get("skipped", "not run")
+        f_sm = (f"{sm / ours:.0f}x ({_met(sm / ours >= 20)})" if sm
+                else recs.get("statsmodels", {}).get("skipped", "not run"))
         lines.append(f"| {model} | {ours:.4f} | {lme4 or float('nan'):.4f} | {sm or float('nan'):.4f} | "
                      f"{f_lme4} | {f_sm} |")
     return lines
