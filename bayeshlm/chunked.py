@@ -29,6 +29,7 @@ from bayeshlm.compile import assemble
 from bayeshlm.data import (
     DataError,
     Design,
+    _as_frame,
     _bad_mask,
     _check_columns,
     _check_numeric,
@@ -37,6 +38,7 @@ from bayeshlm.data import (
     _group_codes,
     _nesting,
     _random_design,
+    check_finite,
     check_gram_rank,
     column_roles,
     warn_identification,
@@ -116,10 +118,7 @@ def _matrix(model_spec, frame, role):
         M = np.asarray(model_spec.get_model_matrix(frame), dtype=np.float64)
     except Exception as exc:
         raise DataError(f"cannot evaluate {role}: {exc}") from exc
-    finite = np.isfinite(M)
-    if not finite.all():
-        j = int(np.flatnonzero((~finite).any(axis=0))[0])
-        raise DataError(f"column {j + 1} of {role} has non-finite values after evaluation (e.g. log of zero)")
+    check_finite(M, list(model_spec.column_names), role)
     return M
 
 
@@ -170,12 +169,7 @@ class _Pieces:
             self.dask = source[list(columns)]
             self.meta = self.dask._meta
             return
-        if isinstance(source, pd.DataFrame):
-            frame = source
-        else:
-            from bayeshlm.data import _as_frame
-
-            frame = _as_frame(source)
+        frame = _as_frame(source)
         _check_columns(frame, columns)
         frame = frame[list(columns)]
         self.meta = frame.iloc[:0]
@@ -188,9 +182,14 @@ class _Pieces:
             return [fn(piece, *args) for piece in self.frames]
         import dask
 
+        return list(dask.compute(*self._tasks(fn, args)))
+
+    def _tasks(self, fn, args):
+        """One delayed ``fn(partition, *args)`` per partition; a plan enters the graph once."""
+        import dask
+
         shared = [dask.delayed(a) if isinstance(a, _Plan) else a for a in args]
-        tasks = [dask.delayed(fn, pure=True)(part, *shared) for part in self.dask.to_delayed()]
-        return list(dask.compute(*tasks))
+        return [dask.delayed(fn, pure=True)(part, *shared) for part in self.dask.to_delayed()]
 
     def reduce(self, fn, merge, *args):
         """The sum (by ``merge``) of ``fn(piece, *args)`` over the pieces: a tree on Dask."""
@@ -201,8 +200,7 @@ class _Pieces:
             return total
         import dask
 
-        shared = [dask.delayed(a) if isinstance(a, _Plan) else a for a in args]
-        level = [dask.delayed(fn, pure=True)(part, *shared) for part in self.dask.to_delayed()]
+        level = self._tasks(fn, args)
         while len(level) > 1:
             level = [dask.delayed(merge, pure=True)(level[i], level[i + 1]) if i + 1 < len(level) else level[i]
                      for i in range(0, len(level), 2)]

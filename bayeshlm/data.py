@@ -544,6 +544,12 @@ def _evaluate(rhs, frame, role):
         matrix, names, spec = model_matrix(rhs, frame)
     except Exception as exc:
         raise DataError(f"cannot evaluate {role} '{rhs}': {exc}") from exc
+    check_finite(matrix, names, role)
+    return matrix, names, spec
+
+
+def check_finite(matrix, names, role):
+    """Raise naming the first column of an evaluated design with non-finite values."""
     finite = np.isfinite(matrix)
     if not finite.all():
         counts = (~finite).sum(axis=0)
@@ -552,7 +558,6 @@ def _evaluate(rhs, frame, role):
             f"column '{names[j]}' of {role} has {int(counts[j])} non-finite "
             "values after evaluation (e.g. log of zero)"
         )
-    return matrix, names, spec
 
 
 def _random_design(spec, frame, factor):

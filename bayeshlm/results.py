@@ -230,13 +230,13 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
         groups["log_likelihood"] = ({response: ll}, {response: ["obs"] if mode == "pointwise" else [g]})
     if model.rows_held:
         groups["observed_data"] = ({response: design.y}, {response: ["obs"]})
-    constant = {} if model.rows_held else None
-    for factor, _, labels, _ in _factor_parts(model) if model.rows_held else ():
-        idx = design.factor_idx[design.factors.index(factor)] if design.factors else design.group_idx
-        constant[f"{dim_name(factor)}_label"] = np.array([str(x) for x in labels])[idx]
-    if design.obs_var is not None:
-        constant["known_sd"] = np.sqrt(design.obs_var)
-    if constant is not None:
+    if model.rows_held:
+        constant = {}
+        for factor, _, labels, _ in _factor_parts(model):
+            idx = design.factor_idx[design.factors.index(factor)] if design.factors else design.group_idx
+            constant[f"{dim_name(factor)}_label"] = np.array([str(x) for x in labels])[idx]
+        if design.obs_var is not None:
+            constant["known_sd"] = np.sqrt(design.obs_var)
         groups["constant_data"] = (constant, {name: ["obs"] for name in constant})
     timings = {**timings, "results_seconds": time.perf_counter() - t0}
     attrs = {

@@ -7,10 +7,16 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_core.py"
 
 
+def _script(name):
+    """A benchmark script loaded as a module."""
+    spec = importlib.util.spec_from_file_location(name, BENCH.parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_bench_core_quick(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("bench_core", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _script("bench_core")
     assert bench.main(["--quick", "--no-first-fit", "--models", "eight_schools", "radon", "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["models"]) == {"eight_schools", "radon"}
@@ -24,9 +30,7 @@ def test_bench_core_quick(tmp_path, capsys):
 
 
 def test_bench_em_quick(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_em", BENCH.parent / "bench_em.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _script("bench_em")
     assert bench.main(["--quick", "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "em_results.json").read_text())
     row = results["models"]["radon_vi"]["REML"]
@@ -36,9 +40,7 @@ def test_bench_em_quick(tmp_path):
 
 
 def test_bench_levels_quick(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_levels", BENCH.parent / "bench_levels.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _script("bench_levels")
     assert bench.main(["--quick", "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "levels_results.json").read_text())
     rows = results["rows"]
@@ -51,9 +53,7 @@ def test_bench_levels_quick(tmp_path):
 def test_bench_peers_quick(tmp_path):
     """The peer harness end to end on eight schools, bayeshlm's sampler and EB/ML fit (the
     Python peers are in the `bench` extra, not installed for the tests)."""
-    spec = importlib.util.spec_from_file_location("bench_peers", BENCH.parent / "bench_peers.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _script("bench_peers")
     assert bench.main(["--quick", "--models", "eight_schools", "--systems", "bayeshlm", "bayeshlm_em",
                        "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "peers_results.json").read_text())
@@ -66,9 +66,7 @@ def test_bench_peers_quick(tmp_path):
 def test_bench_scale_small(tmp_path):
     """All three paths (frame with hlm_stats, Parquet on Dask, frame with hlm), each in its own
     interpreter, at a tiny size: the same model from each."""
-    spec = importlib.util.spec_from_file_location("bench_scale", BENCH.parent / "bench_scale.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _script("bench_scale")
     assert bench.main(["--rows", "2e4", "--groups", "200", "--draws", "20", "--warmup", "20",
                        "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "scale_results.json").read_text())["results"]
@@ -81,9 +79,7 @@ def test_bench_scale_small(tmp_path):
 
 
 def test_bench_sweep_quick(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_sweep", BENCH.parent / "bench_sweep.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _script("bench_sweep")
     assert bench.main(["--quick", "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "sweep_results.json").read_text())
     assert [r["rows"] for r in results["by_rows"]] == [1000, 10000]
@@ -94,9 +90,7 @@ def test_bench_sweep_quick(tmp_path):
 
 def test_report_renders_targets(tmp_path):
     """RESULTS.md states each target as met or missed from the JSON of the runs."""
-    spec = importlib.util.spec_from_file_location("report", BENCH.parent / "report.py")
-    report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report)
+    report = _script("report")
     peer = {"min_ess_per_second": 10.0}
     peers = {"date": "2026-11-27", "draws": 1000, "warmup": 1000, "limit_seconds": 300, "machine": {},
              "models": {"hsb": {"bayeshlm": {"min_ess_per_second": 2000.0}, "nutpie": peer,
