@@ -40,6 +40,14 @@ from bayeshlm.hierarchy import Equation, Hierarchy  # noqa: E402
 from bayeshlm.io import load, save  # noqa: E402
 from bayeshlm.lrt import LRTResult, lrt, lrt_hierarchy  # noqa: E402
 from bayeshlm.model import Model  # noqa: E402
+from bayeshlm.predict import (  # noqa: E402
+    group_log_likelihood,
+    loo,
+    marginal_group_log_likelihood,
+    posterior_predictive,
+    predict,
+    prior_predictive,
+)
 from bayeshlm.priors import (  # noqa: E402
     LKJ,
     Flat,
@@ -82,17 +90,23 @@ __all__ = [
     "bayes_factor",
     "compare",
     "fit_em",
+    "group_log_likelihood",
     "hlm",
     "hlm_stats",
     "list_datasets",
     "load",
     "load_dataset",
+    "loo",
     "lrt",
     "lrt_hierarchy",
+    "marginal_group_log_likelihood",
     "marginal_likelihood",
     "marginal_likelihood_pooled",
     "parse_formula",
     "plot_shrinkage",
+    "posterior_predictive",
+    "predict",
+    "prior_predictive",
     "sample",
     "save",
     "shrinkage_table",

@@ -38,9 +38,9 @@ from bayeshlm.data import (
     _group_codes,
     _nesting,
     _random_design,
-    check_finite,
     check_gram_rank,
     column_roles,
+    evaluate_spec,
     warn_identification,
 )
 from bayeshlm.formula import parse_formula
@@ -113,15 +113,6 @@ def _group_of_rows(frame, plan):
     return plan.combo_group[pos]
 
 
-def _matrix(model_spec, frame, role):
-    try:
-        M = np.asarray(model_spec.get_model_matrix(frame), dtype=np.float64)
-    except Exception as exc:
-        raise DataError(f"cannot evaluate {role}: {exc}") from exc
-    check_finite(M, list(model_spec.column_names), role)
-    return M
-
-
 def _piece_stats(frame, plan):
     """Pass 2 on one piece, in slices of ``plan.chunk_rows`` rows: statistics and moments (None for no rows).
 
@@ -139,8 +130,8 @@ def _slice_stats(frame, plan):
     if len(frame) == 0:
         return None
     y = frame[plan.response].to_numpy(dtype=np.float64)
-    F = _matrix(plan.fixed_spec, frame, "the fixed part")
-    blocks = [_matrix(s, frame, "a random-effect term") for s in plan.random_spec]
+    F = evaluate_spec(plan.fixed_spec, frame, "the fixed part")
+    blocks = [evaluate_spec(s, frame, "a random-effect term") for s in plan.random_spec]
     X = np.ascontiguousarray(np.hstack(blocks)) if blocks else np.zeros((len(y), 0))
     g = _group_of_rows(frame, plan)
     return compute_suffstats(y, F, X, g, plan.n_groups), column_moments(y, F, X)

@@ -548,6 +548,22 @@ def _evaluate(rhs, frame, role):
     return matrix, names, spec
 
 
+def evaluate_spec(model_spec, frame, role):
+    """A design evaluated on new rows with a formulaic ``ModelSpec`` kept from the fit.
+
+    Category levels and the state of transforms (``center``, ``scale``) are those of the
+    data the spec was made on; errors name ``role``.
+    """
+    try:
+        M = np.asarray(model_spec.get_model_matrix(frame), dtype=np.float64)
+    except Exception as exc:
+        raise DataError(f"cannot evaluate {role}: {exc}") from exc
+    if M.ndim == 1:
+        M = M[:, None]
+    check_finite(M, list(model_spec.column_names), role)
+    return np.ascontiguousarray(M)
+
+
 def check_finite(matrix, names, role):
     """Raise naming the first column of an evaluated design with non-finite values."""
     finite = np.isfinite(matrix)

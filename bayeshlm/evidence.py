@@ -96,24 +96,11 @@ def iw_log_norm(nu, Psi):
 
 
 def _theta_draws(posterior, model):
-    from bayeshlm.results import _factor_parts, dim_name
+    from bayeshlm.results import covariance_draws
 
     post = posterior.posterior
-    d = len(model.coef_names)
-    n = post["fixed"].shape[0] * post["fixed"].shape[1]
-    sd = np.zeros((n, d))
-    corr = np.zeros((n, d, d))
-    for factor, (lo, hi), _, names in _factor_parts(model):
-        g = dim_name(factor)
-        sd[:, lo:hi] = post[f"{g}_sd"].values.reshape(n, hi - lo)
-        if f"{g}_corr" in post:
-            pairs = list(post[f"{g}_corr_pair"].values)
-            values = post[f"{g}_corr"].values.reshape(n, -1)
-            for m, pair in enumerate(pairs):
-                a, b = pair.split(",")
-                i, j = lo + list(names).index(a), lo + list(names).index(b)
-                corr[:, i, j] = corr[:, j, i] = values[:, m]
-    corr[:, np.arange(d), np.arange(d)] = 1.0
+    sd, corr = covariance_draws(posterior, model)
+    n = sd.shape[0]
     s2 = np.ones(n) if model.sigma_known else post["sigma"].values.reshape(-1) ** 2
     theta = np.empty((n, model.n_theta))
     for s in range(n):

@@ -87,6 +87,30 @@ def _factor_parts(model):
             for k, f in enumerate(design.factors)]
 
 
+def covariance_draws(posterior, model):
+    """Group SDs and correlations of every draw as arrays over the model's coefficients.
+
+    Returns ``sd`` (n_draws, n_coef) and ``corr`` (n_draws, n_coef, n_coef) with chains
+    concatenated; correlations between coefficients of different blocks or factors are 0.
+    """
+    post = posterior.posterior
+    d = len(model.coef_names)
+    n = post.sizes["chain"] * post.sizes["draw"]
+    sd = np.zeros((n, d))
+    corr = np.zeros((n, d, d))
+    for factor, (lo, hi), _, names in _factor_parts(model):
+        g = dim_name(factor)
+        sd[:, lo:hi] = post[f"{g}_sd"].values.reshape(n, hi - lo)
+        if f"{g}_corr" in post:
+            values = post[f"{g}_corr"].values.reshape(n, -1)
+            for m, pair in enumerate(post[f"{g}_corr_pair"].values):
+                a, b = str(pair).split(",")
+                i, j = lo + list(names).index(a), lo + list(names).index(b)
+                corr[:, i, j] = corr[:, j, i] = values[:, m]
+    corr[:, np.arange(d), np.arange(d)] = 1.0
+    return sd, corr
+
+
 def group_selection(model, keep):
     """The group coefficients kept: ``(rows, per_factor)``.
 

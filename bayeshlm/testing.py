@@ -256,22 +256,17 @@ def posterior_draws(model, seed, *, chains=2, warmup=300, draws_per_chain=300, *
     Arrays over all draws (chains concatenated): ``fixed`` (S, n_fixed), ``sigma`` (S,) or
     None, ``sd`` (S, n_coef) and ``corr`` (S, n_coef, n_coef).
     """
+    from bayeshlm.results import covariance_draws
     from bayeshlm.sample import sample
 
-    p = sample(model, chains=chains, warmup=warmup, draws=draws_per_chain, seed=seed, progress=False,
-               log_likelihood=False, keep_group_draws=False, **sample_options).posterior
+    tree = sample(model, chains=chains, warmup=warmup, draws=draws_per_chain, seed=seed, progress=False,
+                  log_likelihood=False, keep_group_draws=False, **sample_options)
+    p = tree.posterior
     total = chains * draws_per_chain
     fixed = p["fixed"].values.reshape(total, -1)
     sigma = p["sigma"].values.reshape(-1) if "sigma" in p else None
-    sd = np.concatenate([p[v].values.reshape(total, -1) for v in p.data_vars if v.endswith("_sd")], axis=1)
-    corr = np.zeros((total, sd.shape[1], sd.shape[1]))
-    bp = model.structure.block_ptr
-    pairs = [(i, j) for k in range(len(bp) - 1) for i in range(bp[k], bp[k + 1]) for j in range(bp[k], i)]
-    if pairs:
-        flat = np.concatenate([p[v].values.reshape(total, -1) for v in p.data_vars if v.endswith("_corr")], axis=1)
-        for c, (i, j) in enumerate(pairs):
-            corr[:, i, j] = flat[:, c]
-    return fixed, sigma, sd, corr
+    sd, corr = covariance_draws(tree, model)
+    return fixed, sigma, sd, np.tril(corr, -1)
 
 
 def python_chain_draws(model, seed, *, method="gibbs", warmup=300, draws=600, mh_steps=6):

@@ -1,0 +1,414 @@
+"""Predictions from a posterior: new rows, existing and new groups, predictive groups for ArviZ.
+
+A prediction for row ``i`` is ``f_i' a + sum_k x_ik' b_k[g_k(i)]`` (fixed part plus each
+grouping factor's coefficients of the row's group), plus level-1 noise for predictive draws.
+A group the model was fitted on uses its own posterior draws; a group it has not seen draws
+its coefficients from the hierarchy, ``b ~ N(0, T_k)`` with the ``T_k`` of the same posterior
+draw, so its predictive spread includes the between-group variance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from bayeshlm.data import (
+    DataError,
+    _as_frame,
+    _bad_mask,
+    _check_columns,
+    _group_codes,
+    _known_array,
+    _obs_var,
+    column_roles,
+    evaluate_spec,
+)
+from bayeshlm.results import _factor_parts, covariance_draws, dim_name
+
+__all__ = ["group_log_likelihood", "loo", "marginal_group_log_likelihood", "posterior_predictive", "predict",
+           "prior_predictive"]
+
+_KINDS = ("predictive", "mean")
+_NEW_GROUPS = ("sample", "population", "raise")
+
+
+def _draws(post, name):
+    """Draws of a posterior variable with chains and draws flattened to one leading axis."""
+    values = post[name].values
+    return values.reshape(values.shape[0] * values.shape[1], *values.shape[2:])
+
+
+def _new_rows(model, data, known_sd, known_var):
+    """Fixed and per-factor random designs, per-factor group labels and known variances of new rows."""
+    spec = model.spec
+    frame = _as_frame(data)
+    if len(frame) == 0:
+        raise DataError("the new data has no rows")
+    roles = column_roles(spec)
+    roles.pop(spec.response)
+    _check_columns(frame, roles)
+    for name in roles:
+        bad = _bad_mask(frame[name])
+        if bad.any():
+            raise DataError(f"column '{name}' (used in {roles[name]}) has {int(bad.sum())} missing or "
+                            f"non-finite values in the new data, e.g. at row {int(np.flatnonzero(bad)[0])}; "
+                            "predictions need every column the model uses")
+    used = frame[list(roles)].reset_index(drop=True)
+    design = model.design
+    F = evaluate_spec(design.fixed_spec, used, "the fixed part")
+    blocks, labels = [], []
+    specs = iter(design.random_spec)
+    for factor in design.factors:
+        n_bars = sum(1 for bar in spec.bars if bar.factor == factor)
+        mats = [evaluate_spec(next(specs), used, f"the random-effect terms of '{factor}'") for _ in range(n_bars)]
+        blocks.append(np.hstack(mats))
+        codes, uniques = _group_codes(used, factor.split(":"))
+        labels.append(np.asarray(uniques, dtype=object)[codes])
+    obs_var = None
+    if known_sd is not None or known_var is not None:
+        name, values = ("known_sd", known_sd) if known_sd is not None else ("known_var", known_var)
+        arr = frame[values].to_numpy(dtype=np.float64) if isinstance(values, str) else _known_array(
+            values, name, len(frame))
+        obs_var = _obs_var(arr, name)
+    return F, blocks, labels, obs_var, frame.index
+
+
+def _effects_for(post, model, k, factor, labels, rows_T, new_groups, rng):
+    """Coefficients (n_draws, n_rows, n_coef_k) of factor ``k`` for rows with group ``labels``."""
+    g = dim_name(factor)
+    name = f"{g}_effect"
+    if name not in post:
+        raise ValueError(f"the posterior holds no draws of the '{factor}' group coefficients "
+                         "(sample(keep_group_draws=False)); predictions need them: sample again with "
+                         "keep_group_draws=True")
+    effect = _draws(post, name)  # (S, n_kept, d_k)
+    known = pd.Index(post[g].values.astype(str))
+    unique, inverse = np.unique(np.asarray(labels, dtype=str), return_inverse=True)
+    pos = known.get_indexer(unique)
+    missing = pos < 0
+    fitted = set(np.asarray(model.design.factor_labels[k], dtype=str)) if missing.any() else set()
+    not_kept = [u for u in unique[missing] if u in fitted]
+    if not_kept:
+        raise ValueError(f"the draws of '{factor}' group {str(not_kept[0])!r} were not kept "
+                         "(sample(keep_group_draws=n) keeps the first n groups); sample again with "
+                         "keep_group_draws=True to predict for it")
+    if missing.any() and new_groups == "raise":
+        raise ValueError(f"'{factor}' group {str(unique[missing][0])!r} is not in the fitted data "
+                         f"({int(missing.sum())} new groups); pass new_groups='sample' to draw their "
+                         "coefficients from the hierarchy or 'population' for the population-level prediction")
+    S, d_k = effect.shape[0], effect.shape[2]
+    per_unique = np.zeros((S, len(unique), d_k))
+    per_unique[:, ~missing] = effect[:, pos[~missing]]
+    n_new = int(missing.sum())
+    if n_new and new_groups == "sample":
+        jitter = 1e-12 * np.trace(rows_T, axis1=1, axis2=2)[:, None, None] * np.eye(d_k)
+        chol = np.linalg.cholesky(rows_T + jitter)  # (S, d_k, d_k)
+        z = rng.standard_normal((S, n_new, d_k))
+        per_unique[:, missing] = np.einsum("sij,snj->sni", chol, z)
+    return per_unique[:, inverse]
+
+
+def _linear_draws(model, posterior, F, blocks, labels, new_groups, rng, group_idx=None):
+    """Draws (S, n_rows) of the expected response."""
+    post = posterior.posterior
+    mean = _draws(post, "fixed") @ F.T
+    parts = _factor_parts(model)
+    if parts:
+        sd, corr = covariance_draws(posterior, model)
+    for k, (factor, (lo, hi), _, _) in enumerate(parts):
+        X_k = blocks[k]
+        if group_idx is not None:  # the fitted rows: positions are the model's own group codes
+            g = dim_name(factor)
+            name = f"{g}_effect"
+            if name not in post or post.sizes[g] != len(model.design.factor_labels[k]):
+                raise ValueError(f"the posterior does not hold the draws of every '{factor}' group; "
+                                 "sample with keep_group_draws=True to draw replicated data")
+            b = _draws(post, name)[:, group_idx[k]]
+        else:
+            T = corr[:, lo:hi, lo:hi] * sd[:, lo:hi, None] * sd[:, None, lo:hi]
+            b = _effects_for(post, model, k, factor, labels[k], T, new_groups, rng)
+        mean += np.einsum("snj,nj->sn", b, X_k)
+    return mean
+
+
+def _noise_sd(model, posterior, obs_var, n_rows):
+    """Level-1 SDs (S, n_rows) or (S, 1)."""
+    if model.sigma_known:
+        if obs_var is None:
+            raise ValueError("the model's level-1 variances are known per observation: give known_sd or "
+                             "known_var for the new rows to draw predictions (or use kind='mean')")
+        return np.sqrt(obs_var)[None, :]
+    return _draws(posterior.posterior, "sigma")[:, None]
+
+
+def predict(model, posterior, data, *, kind="predictive", new_groups="sample", seed=None,
+            known_sd=None, known_var=None):
+    """Posterior predictions for new rows.
+
+    Parameters
+    ----------
+    model : Model
+        The model the posterior was drawn from.
+    posterior : xarray.DataTree
+        From :func:`bayeshlm.sample`, with the group coefficients kept.
+    data : pandas.DataFrame or mapping
+        New rows with every column the model uses except the response. Group labels the
+        model was fitted on use their own coefficients; new labels are new groups.
+    kind : {"predictive", "mean"}
+        ``"predictive"``: draws of a new observation (expected value plus level-1 noise);
+        ``"mean"``: draws of the expected value.
+    new_groups : {"sample", "population", "raise"}
+        For groups not in the fitted data: draw their coefficients from the hierarchy
+        (``N(0, T)`` per posterior draw; the default), set them to zero (the
+        population-average prediction, without the between-group spread), or raise.
+    seed : int or numpy.random.Generator, optional
+        For the noise and the new groups' coefficients.
+    known_sd, known_var : str or array_like, optional
+        The new rows' known level-1 SDs or variances (models with known variances and
+        ``kind="predictive"`` only).
+
+    Returns
+    -------
+    xarray.DataArray
+        Named like the response, dimensions ``(chain, draw, obs)``; ``obs`` holds the index of
+        ``data``.
+
+    Examples
+    --------
+    >>> new = pd.DataFrame({"days": [0, 9], "subject": ["308", "a new subject"]})
+    >>> pred = predict(model, post, new)  # doctest: +SKIP
+    >>> pred.mean(("chain", "draw"))  # doctest: +SKIP
+    """
+    if kind not in _KINDS:
+        raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
+    if new_groups not in _NEW_GROUPS:
+        raise ValueError(f"new_groups must be one of {_NEW_GROUPS}, got {new_groups!r}")
+    rng = np.random.default_rng(seed)
+    F, blocks, labels, obs_var, index = _new_rows(model, data, known_sd, known_var)
+    mean = _linear_draws(model, posterior, F, blocks, labels, new_groups, rng)
+    if kind == "predictive":
+        mean = mean + _noise_sd(model, posterior, obs_var, len(index)) * rng.standard_normal(mean.shape)
+    return _as_array(posterior, mean, model.spec.response, np.asarray(index))
+
+
+def _as_array(posterior, flat, name, obs):
+    post = posterior.posterior
+    shape = (post.sizes["chain"], post.sizes["draw"], flat.shape[1])
+    return xr.DataArray(flat.reshape(shape), dims=("chain", "draw", "obs"), name=name,
+                        coords={"chain": post["chain"].values, "draw": post["draw"].values, "obs": obs})
+
+
+def _with_group(tree, name, dataset):
+    out = tree.copy()
+    out[name] = xr.DataTree(dataset)
+    return out
+
+
+def posterior_predictive(model, posterior, *, seed=None):
+    """The posterior with a ``posterior_predictive`` group: replicated data for the fitted rows.
+
+    Each draw replicates the response of every row from that draw's fixed effects, its
+    groups' coefficients and level-1 SD (the known SDs when they are known), the layout of
+    ``observed_data`` (dimension ``obs``). Used by posterior predictive checks
+    (:func:`bayeshlm.plots.plot_ppc`, ``arviz_plots.plot_ppc_dist``).
+
+    Returns
+    -------
+    xarray.DataTree
+        A copy of ``posterior`` with the group added (replacing one already there).
+    """
+    if not model.rows_held:
+        raise ValueError("replicated data need the model's rows; a model from hlm_stats does not keep "
+                         "them: compile it with bayeshlm.hlm")
+    design = model.design
+    rng = np.random.default_rng(seed)
+    blocks = [design.X[:, lo:hi] for _, (lo, hi), _, _ in _factor_parts(model)]
+    idx = list(design.factor_idx) if design.factors else []
+    mean = _linear_draws(model, posterior, design.F, blocks, None, "raise", rng, group_idx=idx)
+    y_rep = mean + _noise_sd(model, posterior, design.obs_var, model.n_obs) * rng.standard_normal(mean.shape)
+    arr = _as_array(posterior, y_rep, model.spec.response, np.arange(model.n_obs))
+    return _with_group(posterior, "posterior_predictive", arr.to_dataset())
+
+
+def prior_predictive(model, draws=500, *, seed=None):
+    """Draws from the prior and data sets simulated from them, for prior predictive checks.
+
+    Every parameter is drawn from the prior the model uses (:attr:`Model.prior_spec`;
+    improper priors, such as a flat prior on a fixed effect, cannot be drawn from and raise),
+    the group coefficients from the hierarchy, and a response for every fitted row.
+
+    Returns
+    -------
+    xarray.DataTree
+        Groups ``prior`` (the parameters, named as in the posterior, one chain),
+        ``prior_predictive`` (the response, dimension ``obs``) and ``observed_data``.
+    """
+    from bayeshlm.testing import draw_from_prior, simulate_response
+
+    if not model.rows_held:
+        raise ValueError("prior predictive data need the model's rows; a model from hlm_stats does not "
+                         "keep them: compile it with bayeshlm.hlm")
+    rng = np.random.default_rng(seed)
+    params = [draw_from_prior(model, rng) for _ in range(draws)]
+    y = np.stack([simulate_response(model, p, rng) for p in params])
+    prior = {"fixed": (("chain", "draw", "fixed_term"), np.stack([p["fixed"] for p in params])[None])}
+    coords = {"chain": [0], "draw": np.arange(draws), "fixed_term": list(model.fixed_names),
+              "obs": np.arange(model.n_obs)}
+    if not model.sigma_known:
+        prior["sigma"] = (("chain", "draw"), np.array([p["sigma"] for p in params])[None])
+    st = model.structure
+    for k, (factor, (lo, hi), group_labels, names) in enumerate(_factor_parts(model)):
+        g = dim_name(factor)
+        coords[f"{g}_coef"] = list(names)
+        coords[g] = np.asarray(group_labels, dtype=str)
+        prior[f"{g}_sd"] = (("chain", "draw", f"{g}_coef"), np.stack([p["sd"][lo:hi] for p in params])[None])
+        rows = slice(0, model.n_groups) if len(_factor_parts(model)) == 1 else slice(
+            int(st.node_ptr[k]), int(st.node_ptr[k + 1]))
+        prior[f"{g}_effect"] = ((("chain", "draw", g, f"{g}_coef")),
+                                np.stack([p["b"][rows, lo:hi] for p in params])[None])
+    ds_prior = xr.Dataset(prior, coords={k: v for k, v in coords.items() if k != "obs"})
+    y_name = model.spec.response
+    ds_pp = xr.Dataset({y_name: (("chain", "draw", "obs"), y[None])},
+                       coords={"chain": [0], "draw": np.arange(draws), "obs": coords["obs"]})
+    ds_obs = xr.Dataset({y_name: (("obs",), model.design.y)}, coords={"obs": coords["obs"]})
+    return xr.DataTree.from_dict({"prior": ds_prior, "prior_predictive": ds_pp, "observed_data": ds_obs})
+
+
+
+def _residual_sums(model, posterior, lo, hi, draws):
+    """Per draw and finest group: ``r'Wr`` and ``X'Wr`` of the residual without the group's own coefficients.
+
+    The residual removes the fixed part and every coarser factor's coefficients of that draw.
+    """
+    import scipy.sparse as sp
+
+    design = model.design
+    post = posterior.posterior
+    n, G = model.n_obs, model.n_groups
+    w = np.ones(n) if design.obs_var is None else 1.0 / design.obs_var
+    member = sp.csr_matrix((np.ones(n), (np.arange(n), design.group_idx)), shape=(n, G))
+    a = _draws(post, "fixed")[draws]
+    R = design.y[None, :] - a @ design.F.T
+    for k, (factor, (klo, khi), _, _) in enumerate(_factor_parts(model)):
+        if k == 0:
+            continue
+        b = _draws(post, f"{dim_name(factor)}_effect")[draws][:, design.factor_idx[k]]
+        R -= np.einsum("snj,nj->sn", b, design.X[:, klo:khi])
+    Rw = R * w
+    rwr = np.asarray((Rw * R) @ member)
+    xwr = np.stack([np.asarray((Rw * design.X[:, c]) @ member) for c in range(lo, hi)], axis=-1)
+    return rwr, xwr
+
+
+def marginal_group_log_likelihood(model, posterior, *, chunk=256):
+    """Log-likelihood of each finest group's rows with its own coefficients integrated out.
+
+    For draw ``s`` and group ``j``: ``log N(y_j | mu_j, V_j + X_j T X_j')`` where ``mu_j`` is the
+    fixed part plus the coarser factors' coefficients of that draw, ``V_j`` the level-1
+    variances and ``T`` the group covariance of the draw. This is the likelihood of a group
+    as a new group would be predicted, the one that makes importance-sampling
+    leave-one-group-out stable (the group's own coefficients are not held at values the
+    group itself informed).
+
+    Returns
+    -------
+    ndarray of shape (chain, draw, n_groups)
+    """
+    if not model.rows_held:
+        raise ValueError("group log-likelihoods need the model's rows; a model from hlm_stats does not keep "
+                         "them: compile it with bayeshlm.hlm")
+    parts = _factor_parts(model)
+    if not parts:
+        raise ValueError("the model has no grouping factor to leave groups out of")
+    factor, (lo, hi), _, _ = parts[0]
+    post = posterior.posterior
+    C, D = post.sizes["chain"], post.sizes["draw"]
+    S, d = C * D, hi - lo
+    sd, corr = covariance_draws(posterior, model)
+    T = corr[:, lo:hi, lo:hi] * sd[:, lo:hi, None] * sd[:, None, lo:hi]
+    jitter = 1e-12 * np.trace(T, axis1=1, axis2=2)[:, None, None] * np.eye(d)
+    L = np.linalg.cholesky(T + jitter)
+    s2 = np.ones(S) if model.sigma_known else _draws(post, "sigma") ** 2
+    stats = model.stats
+    A = stats.XtX[:, lo:hi, lo:hi]  # X_j' W_j X_j, W the weights without sigma
+    n_j = stats.n
+    w = np.ones(model.n_obs) if model.design.obs_var is None else 1.0 / model.design.obs_var
+    sum_log_w = np.bincount(model.design.group_idx, weights=np.log(w), minlength=model.n_groups)
+    out = np.empty((S, model.n_groups))
+    eye = np.eye(d)
+    for start in range(0, S, chunk):
+        draws = np.arange(start, min(start + chunk, S))
+        rwr, xwr = _residual_sums(model, posterior, lo, hi, draws)
+        s2_c = s2[draws][:, None]
+        Lc = L[draws]
+        B = eye + np.einsum("sji,gjk,skl->sgil", Lc, A, Lc) / s2_c[..., None, None]
+        v = np.einsum("sji,sgj->sgi", Lc, xwr) / s2_c[..., None]
+        chol_B = np.linalg.cholesky(B)
+        z = np.linalg.solve(chol_B, v[..., None])[..., 0]
+        logdet_B = 2.0 * np.log(np.diagonal(chol_B, axis1=-2, axis2=-1)).sum(-1)
+        quad = rwr / s2_c - np.sum(z * z, axis=-1)
+        log_V = n_j[None, :] * np.log(s2_c) - sum_log_w[None, :]
+        out[draws] = -0.5 * (n_j[None, :] * np.log(2.0 * np.pi) + log_V + logdet_B + quad)
+    return out.reshape(C, D, model.n_groups)
+
+
+def group_log_likelihood(model, posterior):
+    """The posterior with a ``log_likelihood`` group of whole finest groups, coefficients integrated out.
+
+    ``arviz.loo`` on the result estimates leave-one-group-out predictive accuracy: how well
+    the model predicts a new group (a new school) rather than a new row of a known group.
+    See :func:`marginal_group_log_likelihood`.
+
+    Returns
+    -------
+    xarray.DataTree
+        A copy of ``posterior`` whose ``log_likelihood`` has the finest factor's dimension.
+    """
+    ll = marginal_group_log_likelihood(model, posterior)
+    factor, _, labels, _ = _factor_parts(model)[0]
+    g = dim_name(factor)
+    post = posterior.posterior
+    ds = xr.Dataset({model.spec.response: (("chain", "draw", g), ll)},
+                    coords={"chain": post["chain"].values, "draw": post["draw"].values,
+                            g: np.asarray(labels, dtype=str)})
+    return _with_group(posterior, "log_likelihood", ds)
+
+
+def loo(posterior, model=None, *, by="obs", **kwargs):
+    """PSIS leave-one-out cross-validation through ``arviz.loo``: of observations or of groups.
+
+    Parameters
+    ----------
+    posterior : xarray.DataTree
+        From :func:`bayeshlm.sample`; with ``by="obs"`` it needs its pointwise log-likelihood.
+    model : Model, optional
+        The model of the posterior; needed with ``by`` a grouping factor.
+    by : str
+        ``"obs"`` leaves out one observation at a time; the name of the finest grouping
+        factor leaves out one group at a time, with the group's coefficients integrated out
+        (see :func:`group_log_likelihood`).
+    **kwargs
+        Passed to ``arviz.loo`` (e.g. ``pointwise=True``).
+
+    Returns
+    -------
+    The ``arviz.loo`` result (``elpd``, its SE, ``p``, Pareto ``k`` diagnostics); results of
+    several models go to ``arviz.compare``.
+    """
+    import arviz as az
+
+    if by == "obs":
+        if "log_likelihood" not in posterior.children:
+            raise ValueError("the posterior has no log_likelihood group: sample with log_likelihood='pointwise'")
+        return az.loo(posterior, **kwargs)
+    if model is None:
+        raise ValueError("leaving groups out needs the model: loo(posterior, model, by=...)")
+    parts = _factor_parts(model)
+    finest = parts[0][0] if parts else None
+    if by != finest:
+        names = [p[0] for p in parts]
+        raise ValueError(f"by must be 'obs' or the finest grouping factor {finest!r} "
+                         f"(the model's factors: {names}); leaving out groups of a coarser factor "
+                         "is not available")
+    return az.loo(group_log_likelihood(model, posterior), **kwargs)
