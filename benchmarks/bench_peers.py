@@ -5,6 +5,7 @@ Systems (each (model, system) runs in its own interpreter, with a time limit):
 * ``bayeshlm``: :func:`bayeshlm.sample` with its default collapsed Metropolis-Hastings;
 * ``pymc``: PyMC's own NUTS (``nuts_sampler="pymc"``), non-centred group effects;
 * ``nutpie``: the same PyMC model compiled and sampled by nutpie;
+* ``numpyro``: the same PyMC model sampled by NumPyro's NUTS through JAX (``nuts_sampler="numpyro"``);
 * ``pymc_centered`` (eight schools only): the centred parameterisation with PyMC's NUTS;
 * ``stan`` and ``jags``: Stan (rstan) and JAGS (rjags) through ``Rscript``, the programs
   generated from the same design arrays (``_stan_code``, ``_jags_code``): non-centred group
@@ -17,7 +18,8 @@ Systems (each (model, system) runs in its own interpreter, with a time limit):
   lme4 runs through ``Rscript`` when R and lme4 are installed (Debian: ``apt install
   r-cran-lme4``), and is skipped with a note otherwise.
 
-numpyro is not run: JAX is not in the ``bench`` extra (it is listed as not run). The
+NumPyro runs on JAX's CPU backend with 4 chains in parallel (``chain_method="parallel"``,
+which JAX needs told how many CPU devices to expose: done below before JAX is imported). The
 synthetic models have 50 rows per group; bayeshlm at ten million rows is in
 ``bench_scale.py`` (no peer finishes the 1e6-row model within the time limit here). Install
 the Python peers with ``pip install -e '.[bench]'``.
@@ -67,10 +69,11 @@ MODELS = {
     "synthetic_1e5": ("synthetic:100000", "y ~ x + (x | g)", None, (0.0, 10.0, 5.0, 5.0)),
     "synthetic_1e6": ("synthetic:1000000", "y ~ x + (x | g)", None, (0.0, 10.0, 5.0, 5.0)),
 }
-SAMPLERS = ["bayeshlm", "nutpie", "pymc", "stan", "jags"]
+SAMPLERS = ["bayeshlm", "nutpie", "numpyro", "pymc", "stan", "jags"]
 FITTERS = ["bayeshlm_em", "statsmodels", "lme4"]
-NEEDS = {"pymc": ("pymc",), "pymc_centered": ("pymc",), "nutpie": ("pymc", "nutpie"), "statsmodels": ("statsmodels",)}
-NOT_RUN = {"numpyro": "JAX is not installed by the bench extra"}
+NEEDS = {"pymc": ("pymc",), "pymc_centered": ("pymc",), "nutpie": ("pymc", "nutpie"),
+         "numpyro": ("pymc", "numpyro", "jax"), "statsmodels": ("statsmodels",)}
+NOT_RUN = {}
 
 
 def load_data(source, seed=0):
@@ -194,7 +197,7 @@ def _pymc_model(name, centered=False):
 
 
 def run_pymc(name, draws, warmup, sampler, centered=False):
-    """PyMC's NUTS or nutpie on the PyMC version of a model."""
+    """PyMC's NUTS, nutpie or NumPyro on the PyMC version of a model."""
     import pymc as pm
 
     t0 = time.perf_counter()
@@ -212,7 +215,7 @@ def run_pymc(name, draws, warmup, sampler, centered=False):
             setup = time.perf_counter() - t0
             t1 = time.perf_counter()
             post = pm.sample(draws, tune=warmup, chains=4, cores=2, random_seed=1, progressbar=False,
-                             nuts_sampler="pymc", compute_convergence_checks=False)
+                             nuts_sampler=sampler, compute_convergence_checks=False)
             seconds = time.perf_counter() - t1
     p = post["posterior"] if not hasattr(post, "posterior") else post.posterior
     keep = [v for v in p.data_vars if v == "fixed" or v == "sigma" or v.endswith(("_sd", "_corr", "_effect"))]
@@ -464,7 +467,9 @@ def worker(model, system, draws, warmup, out_path):
     t0 = time.perf_counter()
     if system == "bayeshlm":
         rec = run_bayeshlm(model, draws, warmup)
-    elif system in ("pymc", "nutpie"):
+    elif system in ("pymc", "nutpie", "numpyro"):
+        if system == "numpyro":  # before JAX is imported: one CPU device per chain
+            os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
         rec = run_pymc(model, draws, warmup, system)
     elif system == "pymc_centered":
         rec = run_pymc(model, draws, warmup, "pymc", centered=True)
@@ -559,7 +564,8 @@ def table(results):
                 continue
             ratio = "" if system == "bayeshlm_em" or not ours else f"{r['fit_seconds'] / ours:.1f}x"
             lines.append(f"| {model} | {system} | {r['fit_seconds']:.4f} | {r['loglik']:.4f} | {ratio} |")
-    lines += ["", "Not run: " + "; ".join(f"{k} ({v})" for k, v in NOT_RUN.items()) + "."]
+    if NOT_RUN:
+        lines += ["", "Not run: " + "; ".join(f"{k} ({v})" for k, v in NOT_RUN.items()) + "."]
     return "\n".join(lines)
 
 
@@ -585,8 +591,9 @@ def main(argv=None):
         merged = old["models"]
         for model, recs in results.items():
             merged.setdefault(model, {}).update(recs)
-        update_note = (f" Records of {', '.join(systems)} on {', '.join(models)} replaced by a run on "
-                       f"{time.strftime('%Y-%m-%d')} with a limit of {args.limit:.0f} s (`--update`).")
+        update_note = (f"{old.get('update_note', '')} Records of {', '.join(systems)} on {', '.join(models)} "
+                       f"from a later run on {time.strftime('%Y-%m-%d')} with a limit of {args.limit:.0f} s "
+                       "(`--update`).")
         results = merged
         args.limit = old.get("limit_seconds", args.limit)
     text = table(results)

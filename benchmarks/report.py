@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SAMPLER_PEERS = ("nutpie", "pymc", "pymc_centered", "stan", "jags")
+SAMPLER_PEERS = ("nutpie", "numpyro", "pymc", "pymc_centered", "stan", "jags")
 TARGETS = {"hsb": 100, "synthetic_1e6": 100, "sleepstudy": 20, "radon": 20}
 
 
@@ -36,7 +36,8 @@ def peers_section(peers):
              f"4 chains x {peers['draws']} draws after {peers['warmup']} warm-up iterations, the same priors in every "
              f"system, each (model, system) in its own interpreter with a limit of {peers['limit_seconds']:.0f} s. "
              "Min-ESS is the smallest bulk or tail ESS over every scalar, group coefficients included. "
-             "Details: `PEERS_RESULTS.md`.", "",
+             + (peers.get("update_note", "") + " " if peers.get("update_note") else "")
+             + "Details: `PEERS_RESULTS.md`.", "",
              "| model | bayeshlm min-ESS/s | best peer | its min-ESS/s | ratio | target | peers that did not finish |",
              "|---|---|---|---|---|---|---|"]
     for model, recs in peers["models"].items():
