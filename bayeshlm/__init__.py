@@ -40,6 +40,7 @@ from bayeshlm.hierarchy import Equation, Hierarchy  # noqa: E402
 from bayeshlm.io import load, save  # noqa: E402
 from bayeshlm.lrt import LRTResult, lrt, lrt_hierarchy  # noqa: E402
 from bayeshlm.model import Model  # noqa: E402
+from bayeshlm.plots import plot_caterpillar, plot_compare, plot_ppc, plot_rank, plot_trace  # noqa: E402
 from bayeshlm.predict import (  # noqa: E402
     group_log_likelihood,
     loo,
@@ -60,6 +61,7 @@ from bayeshlm.priors import (  # noqa: E402
     PriorError,
     Uniform,
 )
+from bayeshlm.report import Report, report  # noqa: E402
 from bayeshlm.sample import SamplingError, sample  # noqa: E402
 from bayeshlm.simulate import simulate_instructors, simulate_nested  # noqa: E402
 from bayeshlm.summary import summary  # noqa: E402
@@ -84,6 +86,7 @@ __all__ = [
     "Model",
     "Normal",
     "PriorError",
+    "Report",
     "SamplingError",
     "Uniform",
     "__version__",
@@ -103,10 +106,16 @@ __all__ = [
     "marginal_likelihood",
     "marginal_likelihood_pooled",
     "parse_formula",
+    "plot_caterpillar",
+    "plot_compare",
+    "plot_ppc",
+    "plot_rank",
     "plot_shrinkage",
+    "plot_trace",
     "posterior_predictive",
     "predict",
     "prior_predictive",
+    "report",
     "sample",
     "save",
     "shrinkage_table",

@@ -273,6 +273,8 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
         "interrupted": settings["interrupted"],
         "log_likelihood": mode or "none",
         "n_dropped_rows": int(design.n_dropped),
+        "n_obs": model.n_obs,
+        "n_groups": json.dumps({f: int(len(lab)) for f, _, lab, _ in _factor_parts(model)}),
         "versions": json.dumps(_versions()),
         "timings": json.dumps(timings),
         "sampling_time": timings["sampling_seconds"],

@@ -1,0 +1,213 @@
+"""A posterior fit reported the way the field reads it: random effects, ICC, fixed effects, checks.
+
+:func:`report` gives a :class:`Report`: printed, it is a text summary in the layout of lme4 and
+HLM (random effects as variances, SDs and correlations; fixed effects as estimates with their
+posterior SD and interval), with the convergence diagnostics and the priors used; in a
+notebook it renders as HTML. The tables underneath are tidy DataFrames.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["Report", "report"]
+
+RHAT_LIMIT = 1.01
+ESS_LIMIT = 400
+
+
+def _flat(da):
+    return da.transpose("chain", "draw", ...).values.reshape(da.sizes["chain"] * da.sizes["draw"], -1)
+
+
+def _interval(x, ci_prob):
+    tail = (1.0 - ci_prob) / 2.0
+    return np.quantile(x, [tail, 1.0 - tail], axis=0)
+
+
+@dataclass
+class Report:
+    """Summary tables of a posterior fit; ``str()`` is the text report, notebooks show HTML.
+
+    Attributes
+    ----------
+    header : dict
+        Formula, number of observations and groups, sampler settings.
+    fixed : pandas.DataFrame
+        One row per fixed effect: posterior mean, SD, interval, R-hat, bulk and tail ESS.
+    random : pandas.DataFrame
+        One row per variance component (group SDs, then the residual): posterior mean of the
+        variance and of the SD, the SD's interval, R-hat and the smaller ESS.
+    correlations : pandas.DataFrame
+        One row per correlation of random coefficients: mean and interval.
+    icc : pandas.DataFrame
+        Intraclass correlations of the intercepts (when the level-1 variance is estimated).
+    diagnostics : dict
+        Worst R-hat and ESS over every parameter, group coefficients included.
+    priors : dict
+        The priors in use, by role.
+    """
+
+    header: dict
+    fixed: pd.DataFrame
+    random: pd.DataFrame
+    correlations: pd.DataFrame
+    icc: pd.DataFrame
+    diagnostics: dict
+    priors: dict
+    ci_prob: float = 0.95
+    warnings: list = field(default_factory=list)
+
+    def _header_lines(self):
+        h = self.header
+        groups = "; ".join(f"{k}: {v} groups" for k, v in h["n_groups"].items())
+        s = h["sampler"]
+        lines = [
+            "Bayesian hierarchical linear model (bayeshlm posterior)",
+            f" Formula: {h['formula']}",
+            f" Data: {h['n_obs']} observations" + (f"; {groups}" if groups else ""),
+            f" Draws: {s['chains']} chains x {s['draws']} after {s['warmup']} warm-up "
+            f"(method {s['method']}, seed {s['seed']}); sampling {h['sampling_seconds']:.2f} s",
+        ]
+        if h.get("n_dropped_rows"):
+            lines.append(f" Rows dropped for missing values: {h['n_dropped_rows']}")
+        return lines
+
+    def _diagnostic_lines(self):
+        d = self.diagnostics
+        lines = [f" max R-hat {d['max_rhat']:.3f} ({d['argmax_rhat']}); "
+                 f"min bulk ESS {d['min_ess_bulk']:.0f} ({d['argmin_ess_bulk']}); "
+                 f"min tail ESS {d['min_ess_tail']:.0f} ({d['argmin_ess_tail']})"]
+        lines += [f" WARNING: {w}" for w in self.warnings]
+        return lines
+
+    def __str__(self):
+        pct = f"{100 * self.ci_prob:g}%"
+        fmt = {"float_format": lambda v: f"{v:.4g}"}
+        lines = self._header_lines()
+        lines += ["", f"Random effects (posterior means; {pct} intervals of the SDs):"]
+        lines.append(self.random.to_string(index=False, **fmt))
+        if len(self.correlations):
+            lines += ["", "Correlations of random coefficients:",
+                      self.correlations.to_string(index=False, **fmt)]
+        if len(self.icc):
+            lines += ["", "Intraclass correlation (intercept variances, covariates at 0):",
+                      self.icc.to_string(index=False, **fmt)]
+        lines += ["", f"Fixed effects (posterior mean, SD, {pct} interval):", self.fixed.to_string(**fmt)]
+        lines += ["", "Convergence (every parameter, group coefficients included):"]
+        lines += self._diagnostic_lines()
+        lines += ["", "Priors:"] + [f" {k}: {v}" for k, v in self.priors.items()]
+        return "\n".join(lines)
+
+    def __repr__(self):
+        return str(self)
+
+    def _repr_html_(self):
+        def table(df, index=False):
+            return df.to_html(index=index, float_format=lambda v: f"{v:.4g}", border=0)
+
+        esc = html.escape
+        head = "<br>".join(esc(line) for line in self._header_lines())
+        parts = [f"<div><p><b>{head.split('<br>', 1)[0]}</b><br>{head.split('<br>', 1)[1]}</p>",
+                 "<p><b>Random effects</b></p>", table(self.random)]
+        if len(self.correlations):
+            parts += ["<p><b>Correlations</b></p>", table(self.correlations)]
+        if len(self.icc):
+            parts += ["<p><b>Intraclass correlation</b></p>", table(self.icc)]
+        parts += ["<p><b>Fixed effects</b></p>", table(self.fixed, index=True),
+                  "<p><b>Convergence</b><br>" + "<br>".join(esc(x) for x in self._diagnostic_lines()) + "</p>",
+                  "<details><summary>Priors</summary><ul>"
+                  + "".join(f"<li>{esc(k)}: {esc(v)}</li>" for k, v in self.priors.items()) + "</ul></details></div>"]
+        return "\n".join(parts)
+
+
+def _row_stats(table, name):
+    row = table.loc[name]
+    return float(row["r_hat"]), float(min(row["ess_bulk"], row["ess_tail"]))
+
+
+def report(posterior, *, ci_prob=0.95):
+    """The summary of a posterior fit in the layout of lme4 and HLM.
+
+    Parameters
+    ----------
+    posterior : xarray.DataTree
+        From :func:`bayeshlm.sample` (or :func:`bayeshlm.load`).
+    ci_prob : float
+        Probability of the equal-tailed intervals.
+
+    Returns
+    -------
+    Report
+        Print it for the text; its attributes hold the tables.
+    """
+    from bayeshlm.summary import diagnostics, summary
+
+    post = posterior.posterior
+    attrs = posterior.attrs
+    table = summary(posterior, ci_prob=ci_prob)
+    lb, ub = table.columns[2], table.columns[3]
+    terms = [str(t) for t in post["fixed_term"].values]
+    keys = [f"fixed[{t}]" for t in terms]
+    picked = table.loc[keys]
+    fixed = pd.DataFrame({"estimate": picked["mean"].values, "est_error": picked["sd"].values,
+                          "lower": picked[lb].values, "upper": picked[ub].values,
+                          "r_hat": picked["r_hat"].values, "ess_bulk": picked["ess_bulk"].values},
+                         index=pd.Index(terms, name="term"))
+    fixed["ess_tail"] = table.loc[keys, "ess_tail"].values
+
+    factors = json.loads(attrs.get("grouping_factors", "[]"))
+    rows, corr_rows, icc_rows, intercept_vars = [], [], [], []
+    for factor in factors:
+        g = factor.replace(":", "_")
+        if f"{g}_sd" not in post:
+            continue
+        sd = _flat(post[f"{g}_sd"])
+        for i, coef in enumerate(post[f"{g}_coef"].values):
+            lo, hi = _interval(sd[:, i], ci_prob)
+            rhat, ess = _row_stats(table, f"{g}_sd[{coef}]")
+            rows.append({"group": factor, "name": str(coef), "variance": float(np.mean(sd[:, i] ** 2)),
+                         "sd": float(np.mean(sd[:, i])), "sd_lower": lo, "sd_upper": hi, "r_hat": rhat, "ess": ess})
+            if str(coef) == "Intercept":
+                intercept_vars.append((factor, sd[:, i] ** 2))
+        if f"{g}_corr" in post:
+            corr = _flat(post[f"{g}_corr"])
+            for m, pair in enumerate(post[f"{g}_corr_pair"].values):
+                lo, hi = _interval(corr[:, m], ci_prob)
+                corr_rows.append({"group": factor, "pair": str(pair), "corr": float(np.mean(corr[:, m])),
+                                  "lower": lo, "upper": hi})
+    if "sigma" in post:
+        sigma = _flat(post["sigma"])[:, 0]
+        lo, hi = _interval(sigma, ci_prob)
+        rhat, ess = _row_stats(table, "sigma")
+        rows.append({"group": "Residual", "name": "", "variance": float(np.mean(sigma ** 2)),
+                     "sd": float(np.mean(sigma)), "sd_lower": lo, "sd_upper": hi, "r_hat": rhat, "ess": ess})
+        total = sigma ** 2 + sum(v for _, v in intercept_vars)
+        for factor, v in intercept_vars:
+            lo, hi = _interval(v / total, ci_prob)
+            icc_rows.append({"group": factor, "icc": float(np.mean(v / total)), "lower": lo, "upper": hi})
+    diag = diagnostics(posterior)
+    warnings = []
+    if diag["max_rhat"] is not None and diag["max_rhat"] > RHAT_LIMIT:
+        warnings.append(f"R-hat above {RHAT_LIMIT} ({diag['argmax_rhat']}): the chains disagree; draw more")
+    if diag["min_ess_bulk"] is not None and min(diag["min_ess_bulk"], diag["min_ess_tail"]) < ESS_LIMIT:
+        warnings.append(f"an ESS below {ESS_LIMIT}: intervals are imprecise; draw more")
+    if int(attrs.get("interrupted", 0)):
+        warnings.append("the run was interrupted: the draws are those made before the interruption")
+    header = {
+        "formula": attrs.get("formula", ""),
+        "n_obs": attrs.get("n_obs", posterior.observed_data.sizes.get("obs", "?")
+                           if "observed_data" in posterior.children else "?"),
+        "n_groups": json.loads(attrs.get("n_groups", "{}")),
+        "sampler": json.loads(attrs["sampler"]),
+        "sampling_seconds": float(attrs.get("sampling_time", float("nan"))),
+        "n_dropped_rows": int(attrs.get("n_dropped_rows", 0)),
+    }
+    return Report(header=header, fixed=fixed, random=pd.DataFrame(rows), correlations=pd.DataFrame(corr_rows),
+                  icc=pd.DataFrame(icc_rows), diagnostics=diag, priors=json.loads(attrs.get("priors", "{}")),
+                  ci_prob=ci_prob, warnings=warnings)
