@@ -1,17 +1,23 @@
-"""Command line: ``python -m bayeshlm demo``."""
+"""Command line: ``bayeshlm fit``, ``em``, ``summary`` and ``demo`` (also ``python -m bayeshlm``)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from pathlib import Path
+
+import bayeshlm as bh
+from bayeshlm.sample import METHODS
+
+READERS = {".csv": ",", ".txt": ",", ".tsv": "\t", ".parquet": None, ".pq": None}
 
 
 def demo(args):
     """Fit the Raudenbush & Bryk model to High School and Beyond and print a summary."""
     import pandas as pd
 
-    import bayeshlm as bh
     from bayeshlm.summary import describe_run, diagnostics
 
     formula = "mathach ~ ses_centered * (sector + meanses) + (ses_centered | school)"
@@ -45,20 +51,188 @@ def demo(args):
     return 0
 
 
-def main(argv=None):
-    """Entry point of the ``bayeshlm`` command."""
+def read_data(path):
+    """Read a data file into a data frame, choosing the reader by extension.
+
+    Parameters
+    ----------
+    path : str
+        A ``.csv``, ``.tsv`` or ``.txt`` file (delimited text; ``.tsv`` tab-separated) or a
+        ``.parquet`` / ``.pq`` file.
+
+    Returns
+    -------
+    pandas.DataFrame
+
+    Raises
+    ------
+    FileNotFoundError
+        When the file does not exist.
+    ValueError
+        When the extension is not one of the accepted ones.
+    """
+    import pandas as pd
+
+    suffix = Path(path).suffix.lower()
+    if suffix not in READERS:
+        raise ValueError(f"cannot read data file {path!r}: unsupported extension {suffix or '(none)'!r}; "
+                         f"use one of {', '.join(READERS)}")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    if READERS[suffix] is None:
+        return pd.read_parquet(path)
+    return pd.read_csv(path, sep=READERS[suffix])
+
+
+def check_out(path):
+    """Fail early, before any sampling, when the output file cannot be written where asked."""
+    parent = Path(path).resolve().parent
+    if not parent.is_dir():
+        raise FileNotFoundError(f"output directory does not exist: {parent}")
+
+
+def build_model(args):
+    """The model of ``args.formula`` on ``args.data``, with the ``--missing`` and ``--known-sd`` options."""
+    data = read_data(args.data)
+    return bh.hlm(args.formula, data, missing=args.missing, known_sd=args.known_sd)
+
+
+def report_text(tree):
+    """Text summary of a posterior (:func:`bayeshlm.report`)."""
+    return str(bh.report(tree))
+
+
+def fit(args):
+    """Sample the posterior of a model, save it and print a summary."""
+    check_out(args.out)
+    model = build_model(args)
+    post = bh.sample(model, chains=args.chains, draws=args.draws, warmup=args.warmup, seed=args.seed,
+                     method=args.method, progress=not args.quiet)
+    bh.save(post, args.out)
+    print(report_text(post))
+    if post.attrs.get("interrupted"):
+        print("bayeshlm: sampling was interrupted; the saved draws are incomplete", file=sys.stderr)
+    if not args.quiet:
+        print(f"posterior saved to {args.out}", file=sys.stderr)
+    return 0
+
+
+def em(args):
+    """Fit a model by REML or ML, print the estimates, and save them when asked."""
+    if args.out is not None:
+        check_out(args.out)
+    result = bh.fit_em(build_model(args), args.method)
+    print(result.summary())
+    if args.out is not None:
+        bh.save(result, args.out)
+    return 0
+
+
+def summary(args):
+    """Print the summary of a saved posterior or REML/ML fit."""
+    if not Path(args.file).exists():
+        raise FileNotFoundError(f"result file not found: {args.file}")
+    try:
+        result = bh.load(args.file)
+    except OSError as err:
+        raise OSError(f"cannot read {args.file}: {err}") from err
+    print(result.summary() if isinstance(result, bh.EMResult) else report_text(result))
+    return 0
+
+
+def non_negative(text):
+    """An argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
+    return value
+
+
+def positive(text):
+    """An argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def add_model_arguments(parser):
+    """DATA, FORMULA and the options of :func:`bayeshlm.hlm` shared by ``fit`` and ``em``."""
+    parser.add_argument("data", metavar="DATA", help="data file: .csv, .tsv, .txt, .parquet or .pq")
+    parser.add_argument("formula", metavar="FORMULA", help='model formula, e.g. "y ~ x + (x | group)"')
+    parser.add_argument("--missing", choices=["raise", "drop"], default="raise",
+                        help="rows with missing values in a used column: refuse them (default) or drop them")
+    parser.add_argument("--known-sd", metavar="COLUMN", help="column of known level-1 standard deviations")
+
+
+def make_parser():
+    """The argument parser of the ``bayeshlm`` command."""
     parser = argparse.ArgumentParser(prog="bayeshlm", description="Bayesian hierarchical linear models")
+    parser.add_argument("--version", action="version", version=f"bayeshlm {bh.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p_fit = sub.add_parser("fit", help="sample the posterior of a model, save it and print a summary")
+    add_model_arguments(p_fit)
+    p_fit.add_argument("--chains", type=positive, default=4)
+    p_fit.add_argument("--draws", type=positive, default=1000, help="kept draws per chain")
+    p_fit.add_argument("--warmup", type=non_negative, default=1000, help="warm-up sweeps per chain")
+    p_fit.add_argument("--seed", type=non_negative, default=None, help="seed (default: a fresh one, recorded)")
+    p_fit.add_argument("--method", choices=sorted(METHODS), default="mh", help="variance-component moves")
+    p_fit.add_argument("--out", default="fit.nc", help="output file: .zarr for Zarr, else netCDF (default fit.nc)")
+    p_fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    p_fit.set_defaults(run=fit)
+
+    p_em = sub.add_parser("em", help="fit a model by REML or ML and print the estimates")
+    add_model_arguments(p_em)
+    p_em.add_argument("--method", choices=["reml", "ml"], default="reml")
+    p_em.add_argument("--out", help="also save the fit: .zarr for Zarr, else netCDF")
+    p_em.set_defaults(run=em)
+
+    p_summary = sub.add_parser("summary", help="print the summary of a result saved by fit or em")
+    p_summary.add_argument("file", metavar="FILE")
+    p_summary.set_defaults(run=summary)
+
     p_demo = sub.add_parser("demo", help="fit the classic High School and Beyond model and print a summary")
     p_demo.add_argument("--chains", type=int, default=4)
     p_demo.add_argument("--draws", type=int, default=1000)
     p_demo.add_argument("--warmup", type=int, default=1000)
     p_demo.add_argument("--seed", type=int, default=2026)
     p_demo.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        return demo(args)
-    return 2
+    p_demo.set_defaults(run=demo)
+    return parser
+
+
+def main(argv=None):
+    """Entry point of the ``bayeshlm`` command.
+
+    Errors in the user's input (data, formula, priors, files) are reported on standard error
+    as ``bayeshlm: error: <message>``, with exit code 2 and no traceback (a formula error
+    keeps the library's second and third lines, the formula with a caret under the fault);
+    a sampler failure likewise, with exit code 1.
+
+    Returns
+    -------
+    int
+        The exit code.
+    """
+    args = make_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except BrokenPipeError:  # output piped into e.g. `head`, which exited
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (ValueError, OSError) as err:  # includes DataError, FormulaError, PriorError
+        return fail(err, 2)
+    except bh.SamplingError as err:
+        return fail(err, 1)
+    except KeyboardInterrupt:  # before the first kept draw; later, sample() returns the draws so far
+        return fail("interrupted", 130)
+
+
+def fail(err, code):
+    """Report an error the argparse way and return the exit code."""
+    print(f"bayeshlm: error: {err}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -269,7 +269,7 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
         "grouping_factors": json.dumps(list(design.factors or (design.factor,))),
         "priors": json.dumps({k: str(v) for k, v in model.prior_spec.items()}),
         "sampler": json.dumps(settings),
-        "seed": settings["seed"],
+        "seed": settings["seed"] if settings["seed"] < 2**63 else str(settings["seed"]),  # netCDF: int64
         "interrupted": settings["interrupted"],
         "log_likelihood": mode or "none",
         "n_dropped_rows": int(design.n_dropped),

@@ -32,8 +32,8 @@ def _check_count(name, value, minimum):
 
 
 def _check_seed(seed):
-    if seed is None:
-        return int(np.random.SeedSequence().entropy)
+    if seed is None:  # fresh entropy, kept below 2**63 so that the result's files can store it
+        return int(np.random.SeedSequence().entropy) % 2**63
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise TypeError(f"seed must be a non-negative integer or None, got {seed!r}")
     return int(seed)

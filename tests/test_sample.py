@@ -218,9 +218,12 @@ def test_gibbs_needs_enough_groups():
         bh.sample(model, method="gibbs", progress=False)
 
 
-def test_fresh_seed_is_recorded(sleep_model):
+def test_fresh_seed_is_recorded(sleep_model, tmp_path):
     post = bh.sample(sleep_model, draws=20, warmup=20, chains=1, progress=False, log_likelihood=False)
     seed = post.attrs["seed"]
+    assert 0 <= seed < 2**63
+    bh.save(post, tmp_path / "fit.nc")  # netCDF attributes hold 64-bit integers
+    assert bh.load(tmp_path / "fit.nc").attrs["seed"] == seed
     again = bh.sample(sleep_model, draws=20, warmup=20, chains=1, seed=seed, progress=False,
                       log_likelihood=False)
     np.testing.assert_array_equal(post.posterior["fixed"].values, again.posterior["fixed"].values)
