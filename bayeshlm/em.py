@@ -89,6 +89,12 @@ class EMResult:
             rows["sigma"] = (self.sigma, self.variance_se.get("sigma", np.nan), self.sigma**2, np.nan)
         return pd.DataFrame.from_dict(rows, orient="index", columns=["sd", "se", "variance", "reliability"])
 
+    def __str__(self) -> str:
+        return self.summary()
+
+    def _repr_pretty_(self, printer, cycle):  # IPython and Jupyter show the report, not the arrays
+        printer.text(self.summary())
+
     def summary(self) -> str:
         """A printed report in the layout of lme4 and HLM."""
         lines = [
