@@ -80,7 +80,10 @@ def read_data(path):
     if not Path(path).is_file():
         raise FileNotFoundError(f"data file not found: {path}")
     if READERS[suffix] is None:
-        return pd.read_parquet(path)
+        try:
+            return pd.read_parquet(path)
+        except ImportError as err:  # pandas needs pyarrow (or fastparquet) for Parquet
+            raise ValueError(f"reading {path} needs a Parquet engine: pip install pyarrow ({err})") from err
     return pd.read_csv(path, sep=READERS[suffix])
 
 
@@ -89,6 +92,8 @@ def check_out(path):
     parent = Path(path).resolve().parent
     if not parent.is_dir():
         raise FileNotFoundError(f"output directory does not exist: {parent}")
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"output directory is not writable: {parent}")
 
 
 def build_model(args):
@@ -110,10 +115,11 @@ def fit(args):
                      method=args.method, progress=not args.quiet)
     bh.save(post, args.out)
     print(report_text(post))
-    if post.attrs.get("interrupted"):
-        print("bayeshlm: sampling was interrupted; the saved draws are incomplete", file=sys.stderr)
     if not args.quiet:
         print(f"posterior saved to {args.out}", file=sys.stderr)
+    if post.attrs.get("interrupted"):
+        print("bayeshlm: sampling was interrupted; the saved draws are incomplete", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -112,7 +112,10 @@ def shrinkage_table(posterior, eb, factor=None):
         coefficient (total, not a deviation; nan where the group cannot estimate it, and
         for all but the finest factor).
     """
-    factors = json.loads(posterior.attrs.get("grouping_factors", json.dumps([posterior.attrs["grouping_factor"]])))
+    factors = [f for f in json.loads(posterior.attrs.get("grouping_factors", json.dumps(
+        [posterior.attrs["grouping_factor"]]))) if f]
+    if not factors:
+        raise ValueError("the model has no grouping factor: there is nothing to shrink")
     factor = factors[0] if factor is None else factor
     if factor not in factors:
         raise ValueError(f"factor must be one of {factors}, got {factor!r}")

@@ -554,8 +554,15 @@ def evaluate_spec(model_spec, frame, role):
     Category levels and the state of transforms (``center``, ``scale``) are those of the
     data the spec was made on; errors name ``role``.
     """
+    import warnings
+
+    from formulaic.errors import DataMismatchWarning
+
     try:
-        M = np.asarray(model_spec.get_model_matrix(frame), dtype=np.float64)
+        with warnings.catch_warnings():
+            # a category level the spec has not seen would be coded as the reference level
+            warnings.simplefilter("error", DataMismatchWarning)
+            M = np.asarray(model_spec.get_model_matrix(frame), dtype=np.float64)
     except Exception as exc:
         raise DataError(f"cannot evaluate {role}: {exc}") from exc
     if M.ndim == 1:

@@ -26,7 +26,7 @@ def _factors(posterior):
     """Grouping factors of a result, finest first."""
     attrs = posterior.attrs
     if "grouping_factors" in attrs:
-        return list(json.loads(attrs["grouping_factors"]))
+        return [f for f in json.loads(attrs["grouping_factors"]) if f]
     return [attrs["grouping_factor"]] if attrs.get("grouping_factor") else []
 
 

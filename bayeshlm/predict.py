@@ -24,7 +24,7 @@ from bayeshlm.data import (
     column_roles,
     evaluate_spec,
 )
-from bayeshlm.results import _factor_parts, covariance_draws, dim_name
+from bayeshlm.results import _factor_parts, corr_pairs, covariance_draws, dim_name
 
 __all__ = ["group_log_likelihood", "loo", "marginal_group_log_likelihood", "posterior_predictive", "predict",
            "prior_predictive"]
@@ -65,7 +65,11 @@ def _new_rows(model, data, known_sd, known_var):
         blocks.append(np.hstack(mats))
         codes, uniques = _group_codes(used, factor.split(":"))
         labels.append(np.asarray(uniques, dtype=object)[codes])
+    _check_parents(model, labels)
     obs_var = None
+    if (known_sd is not None or known_var is not None) and not model.sigma_known:
+        raise ValueError("known_sd / known_var are for models with known level-1 variances; this model "
+                         "estimates sigma")
     if known_sd is not None or known_var is not None:
         name, values = ("known_sd", known_sd) if known_sd is not None else ("known_var", known_var)
         arr = frame[values].to_numpy(dtype=np.float64) if isinstance(values, str) else _known_array(
@@ -74,17 +78,37 @@ def _new_rows(model, data, known_sd, known_var):
     return F, blocks, labels, obs_var, frame.index
 
 
+def _check_parents(model, labels):
+    """A known group of a finer factor must sit in the coarser group it sat in when fitted."""
+    design = model.design
+    for k in range(len(design.factors) - 1):
+        fine = pd.Index(np.asarray(design.factor_labels[k], dtype=str))
+        coarse = np.asarray(design.factor_labels[k + 1], dtype=str)
+        pos = fine.get_indexer(np.asarray(labels[k], dtype=str))
+        known = pos >= 0
+        expected = coarse[design.parents[k][pos[known]]]
+        given = np.asarray(labels[k + 1], dtype=str)[known]
+        bad = np.flatnonzero(expected != given)
+        if bad.size:
+            i = np.flatnonzero(known)[bad[0]]
+            raise DataError(f"row {i} of the new data puts '{design.factors[k]}' group {str(labels[k][i])!r} "
+                            f"in '{design.factors[k + 1]}' group {str(given[bad[0]])!r}, but in the fitted data "
+                            f"it lies in {str(expected[bad[0]])!r}")
+
+
 def _effects_for(post, model, k, factor, labels, rows_T, new_groups, rng):
     """Coefficients (n_draws, n_rows, n_coef_k) of factor ``k`` for rows with group ``labels``."""
     g = dim_name(factor)
     name = f"{g}_effect"
-    if name not in post:
-        raise ValueError(f"the posterior holds no draws of the '{factor}' group coefficients "
-                         "(sample(keep_group_draws=False)); predictions need them: sample again with "
-                         "keep_group_draws=True")
-    effect = _draws(post, name)  # (S, n_kept, d_k)
-    known = pd.Index(post[g].values.astype(str))
     unique, inverse = np.unique(np.asarray(labels, dtype=str), return_inverse=True)
+    fitted_labels = pd.Index(np.asarray(model.design.factor_labels[k], dtype=str))
+    if name not in post and (fitted_labels.get_indexer(unique) >= 0).any():
+        raise ValueError(f"the posterior holds no draws of the '{factor}' group coefficients "
+                         "(sample(keep_group_draws=False)); predictions for its groups need them: sample "
+                         "again with keep_group_draws=True")
+    d_k = rows_T.shape[1]
+    effect = _draws(post, name) if name in post else np.zeros((rows_T.shape[0], 0, d_k))  # (S, n_kept, d_k)
+    known = pd.Index(post[g].values.astype(str)) if name in post else pd.Index([], dtype=str)
     pos = known.get_indexer(unique)
     missing = pos < 0
     fitted = set(np.asarray(model.design.factor_labels[k], dtype=str)) if missing.any() else set()
@@ -97,7 +121,7 @@ def _effects_for(post, model, k, factor, labels, rows_T, new_groups, rng):
         raise ValueError(f"'{factor}' group {str(unique[missing][0])!r} is not in the fitted data "
                          f"({int(missing.sum())} new groups); pass new_groups='sample' to draw their "
                          "coefficients from the hierarchy or 'population' for the population-level prediction")
-    S, d_k = effect.shape[0], effect.shape[2]
+    S = effect.shape[0]
     per_unique = np.zeros((S, len(unique), d_k))
     per_unique[:, ~missing] = effect[:, pos[~missing]]
     n_new = int(missing.sum())
@@ -263,6 +287,11 @@ def prior_predictive(model, draws=500, *, seed=None):
         coords[f"{g}_coef"] = list(names)
         coords[g] = np.asarray(group_labels, dtype=str)
         prior[f"{g}_sd"] = (("chain", "draw", f"{g}_coef"), np.stack([p["sd"][lo:hi] for p in params])[None])
+        pairs = corr_pairs(model, lo, hi)
+        if pairs:
+            coords[f"{g}_corr_pair"] = [f"{names[j - lo]},{names[i - lo]}" for i, j in pairs]
+            prior[f"{g}_corr"] = (("chain", "draw", f"{g}_corr_pair"),
+                                  np.array([[p["corr"][i, j] for i, j in pairs] for p in params])[None])
         rows = slice(0, model.n_groups) if len(_factor_parts(model)) == 1 else slice(
             int(st.node_ptr[k]), int(st.node_ptr[k + 1]))
         prior[f"{g}_effect"] = ((("chain", "draw", g, f"{g}_coef")),
@@ -293,7 +322,11 @@ def _residual_sums(model, posterior, lo, hi, draws):
     for k, (factor, (klo, khi), _, _) in enumerate(_factor_parts(model)):
         if k == 0:
             continue
-        b = _draws(post, f"{dim_name(factor)}_effect")[draws][:, design.factor_idx[k]]
+        name = f"{dim_name(factor)}_effect"
+        if name not in post or post.sizes[dim_name(factor)] != len(design.factor_labels[k]):
+            raise ValueError(f"the posterior does not hold the draws of every '{factor}' group, which the "
+                             "likelihood of the finer groups needs: sample with keep_group_draws=True")
+        b = _draws(post, name)[draws][:, design.factor_idx[k]]
         R -= np.einsum("snj,nj->sn", b, design.X[:, klo:khi])
     Rw = R * w
     rwr = np.asarray((Rw * R) @ member)
@@ -301,7 +334,7 @@ def _residual_sums(model, posterior, lo, hi, draws):
     return rwr, xwr
 
 
-def marginal_group_log_likelihood(model, posterior, *, chunk=256):
+def marginal_group_log_likelihood(model, posterior, *, chunk=None):
     """Log-likelihood of each finest group's rows with its own coefficients integrated out.
 
     For draw ``s`` and group ``j``: ``log N(y_j | mu_j, V_j + X_j T X_j')`` where ``mu_j`` is the
@@ -337,6 +370,8 @@ def marginal_group_log_likelihood(model, posterior, *, chunk=256):
     sum_log_w = np.bincount(model.design.group_idx, weights=np.log(w), minlength=model.n_groups)
     out = np.empty((S, model.n_groups))
     eye = np.eye(d)
+    if chunk is None:  # draws per block: residuals of at most ~2e7 values at a time
+        chunk = int(max(1, min(256, 20_000_000 // max(model.n_obs, 1))))
     for start in range(0, S, chunk):
         draws = np.arange(start, min(start + chunk, S))
         rwr, xwr = _residual_sums(model, posterior, lo, hi, draws)
@@ -399,8 +434,11 @@ def loo(posterior, model=None, *, by="obs", **kwargs):
     import arviz as az
 
     if by == "obs":
-        if "log_likelihood" not in posterior.children:
-            raise ValueError("the posterior has no log_likelihood group: sample with log_likelihood='pointwise'")
+        if "log_likelihood" not in posterior.children or "obs" not in posterior.log_likelihood.dims:
+            raise ValueError("leave-one-observation-out needs the pointwise log-likelihood, which this posterior "
+                             f"does not hold (log_likelihood={posterior.attrs.get('log_likelihood', 'none')!r}): "
+                             "sample with log_likelihood='pointwise', or leave out groups with loo(posterior, "
+                             "model, by=<factor>)")
         return az.loo(posterior, **kwargs)
     if model is None:
         raise ValueError("leaving groups out needs the model: loo(posterior, model, by=...)")

@@ -80,9 +80,13 @@ class Report:
 
     def _diagnostic_lines(self):
         d = self.diagnostics
-        lines = [f" max R-hat {d['max_rhat']:.3f} ({d['argmax_rhat']}); "
-                 f"min bulk ESS {d['min_ess_bulk']:.0f} ({d['argmin_ess_bulk']}); "
-                 f"min tail ESS {d['min_ess_tail']:.0f} ({d['argmin_ess_tail']})"]
+
+        def num(key, fmt):
+            return "n/a" if d.get(key) is None else format(d[key], fmt)
+
+        lines = [f" max R-hat {num('max_rhat', '.3f')} ({d['argmax_rhat']}); "
+                 f"min bulk ESS {num('min_ess_bulk', '.0f')} ({d['argmin_ess_bulk']}); "
+                 f"min tail ESS {num('min_ess_tail', '.0f')} ({d['argmin_ess_tail']})"]
         lines += [f" WARNING: {w}" for w in self.warnings]
         return lines
 
@@ -96,7 +100,7 @@ class Report:
             lines += ["", "Correlations of random coefficients:",
                       self.correlations.to_string(index=False, **fmt)]
         if len(self.icc):
-            lines += ["", "Intraclass correlation (intercept variances, covariates at 0):",
+            lines += ["", "Intraclass correlation: of two rows in the same group (covariates at 0):",
                       self.icc.to_string(index=False, **fmt)]
         lines += ["", f"Fixed effects (posterior mean, SD, {pct} interval):", self.fixed.to_string(**fmt)]
         lines += ["", "Convergence (every parameter, group coefficients included):"]
@@ -148,8 +152,11 @@ def report(posterior, *, ci_prob=0.95):
     """
     from bayeshlm.summary import diagnostics, summary
 
-    post = posterior.posterior
     attrs = posterior.attrs
+    if attrs.get("inference_library") != "bayeshlm" or "sampler" not in attrs or "posterior" not in posterior.children:
+        raise ValueError("not a posterior drawn by bayeshlm.sample: its report needs the model's attributes "
+                         "(use arviz.summary for other ArviZ results)")
+    post = posterior.posterior
     table = summary(posterior, ci_prob=ci_prob)
     lb, ub = table.columns[2], table.columns[3]
     terms = [str(t) for t in post["fixed_term"].values]
@@ -161,7 +168,7 @@ def report(posterior, *, ci_prob=0.95):
                          index=pd.Index(terms, name="term"))
     fixed["ess_tail"] = table.loc[keys, "ess_tail"].values
 
-    factors = json.loads(attrs.get("grouping_factors", "[]"))
+    factors = [f for f in json.loads(attrs.get("grouping_factors", "[]")) if f]
     rows, corr_rows, icc_rows, intercept_vars = [], [], [], []
     for factor in factors:
         g = factor.replace(":", "_")
@@ -188,14 +195,18 @@ def report(posterior, *, ci_prob=0.95):
         rows.append({"group": "Residual", "name": "", "variance": float(np.mean(sigma ** 2)),
                      "sd": float(np.mean(sigma)), "sd_lower": lo, "sd_upper": hi, "r_hat": rhat, "ess": ess})
         total = sigma ** 2 + sum(v for _, v in intercept_vars)
-        for factor, v in intercept_vars:
-            lo, hi = _interval(v / total, ci_prob)
-            icc_rows.append({"group": factor, "icc": float(np.mean(v / total)), "lower": lo, "upper": hi})
+        # two rows in the same group of a factor share its intercept and those of every coarser
+        # factor (the factors run finest first): their correlation sums those variances
+        for m, (factor, _) in enumerate(intercept_vars):
+            icc = sum(v for _, v in intercept_vars[m:]) / total
+            lo, hi = _interval(icc, ci_prob)
+            icc_rows.append({"group": factor, "icc": float(np.mean(icc)), "lower": lo, "upper": hi})
     diag = diagnostics(posterior)
     warnings = []
     if diag["max_rhat"] is not None and diag["max_rhat"] > RHAT_LIMIT:
         warnings.append(f"R-hat above {RHAT_LIMIT} ({diag['argmax_rhat']}): the chains disagree; draw more")
-    if diag["min_ess_bulk"] is not None and min(diag["min_ess_bulk"], diag["min_ess_tail"]) < ESS_LIMIT:
+    ess = [v for v in (diag["min_ess_bulk"], diag["min_ess_tail"]) if v is not None]
+    if ess and min(ess) < ESS_LIMIT:
         warnings.append(f"an ESS below {ESS_LIMIT}: intervals are imprecise; draw more")
     if int(attrs.get("interrupted", 0)):
         warnings.append("the run was interrupted: the draws are those made before the interruption")

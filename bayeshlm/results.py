@@ -87,6 +87,13 @@ def _factor_parts(model):
             for k, f in enumerate(design.factors)]
 
 
+def corr_pairs(model, lo, hi):
+    """The free correlations among coefficients ``lo..hi-1`` (one factor): ``(i, j)`` with ``j < i`` in a block."""
+    bp = model.structure.block_ptr
+    return [(i, j) for k in range(len(bp) - 1) if lo <= bp[k] < hi
+            for i in range(bp[k], bp[k + 1]) for j in range(bp[k], i)]
+
+
 def covariance_draws(posterior, model):
     """Group SDs and correlations of every draw as arrays over the model's coefficients.
 
@@ -207,13 +214,7 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
         coords[gk] = [str(x) for x in labels]
         posterior[f"{gk}_sd"] = sd[:, :, lo:hi]
         dims[f"{gk}_sd"] = [coef_dim]
-        pairs = []
-        bp = model.structure.block_ptr
-        for k in range(len(bp) - 1):
-            if lo <= bp[k] < hi:
-                for i in range(bp[k], bp[k + 1]):
-                    for j in range(bp[k], i):
-                        pairs.append((i, j))
+        pairs = corr_pairs(model, lo, hi)
         if pairs:
             posterior[f"{gk}_corr"] = np.stack([corr[:, :, i, j] for i, j in pairs], axis=-1)
             coords[f"{gk}_corr_pair"] = [f"{names[j - lo]},{names[i - lo]}" for i, j in pairs]
@@ -266,7 +267,7 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
     attrs = {
         "formula": model.formula,
         "grouping_factor": design.factor,
-        "grouping_factors": json.dumps(list(design.factors or (design.factor,))),
+        "grouping_factors": json.dumps(list(design.factors or ((design.factor,) if design.factor else ()))),
         "priors": json.dumps({k: str(v) for k, v in model.prior_spec.items()}),
         "sampler": json.dumps(settings),
         "seed": settings["seed"] if settings["seed"] < 2**63 else str(settings["seed"]),  # netCDF: int64

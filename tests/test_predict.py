@@ -201,3 +201,52 @@ def test_loo_by_observation_and_by_group(sleep):
     assert table.index[0] == "slopes"
     with pytest.raises(ValueError, match="needs the model"):
         bh.loo(post, by="subject")
+
+
+def test_predict_refuses_what_it_cannot_predict(sleep):
+    df, model, post = sleep
+    with pytest.raises(ValueError, match="known_sd / known_var are for models with known level-1 variances"):
+        bh.predict(model, post, pd.DataFrame({"days": [1.0], "subject": ["308"]}), known_sd=[1.0])
+    arms = df.assign(arm=np.array(["a", "b", "c"])[np.arange(len(df)) % 3])
+    with_arm = bh.hlm("reaction ~ days + arm + (1 | subject)", arms)
+    arm_post = bh.sample(with_arm, chains=1, draws=30, warmup=30, seed=1, progress=False)
+    ok = bh.predict(with_arm, arm_post, pd.DataFrame({"days": [1.0], "subject": ["308"], "arm": ["c"]}))
+    assert ok.shape == (1, 30, 1)
+    with pytest.raises(bh.DataError, match="fixed part"):  # an unseen level is not the reference level
+        bh.predict(with_arm, arm_post, pd.DataFrame({"days": [1.0], "subject": ["308"], "arm": ["zz"]}))
+    # without group draws, only new groups can be predicted
+    bare = bh.sample(model, chains=1, draws=30, warmup=30, seed=1, progress=False, keep_group_draws=False)
+    new = bh.predict(model, bare, pd.DataFrame({"days": [0.0], "subject": ["nobody"]}), kind="mean", seed=1)
+    assert np.isfinite(new.values).all()
+    # leave-one-observation-out needs the pointwise log-likelihood
+    grouped = bh.sample(model, chains=1, draws=30, warmup=30, seed=1, progress=False, log_likelihood="group")
+    with pytest.raises(ValueError, match="pointwise log-likelihood"):
+        bh.loo(grouped)
+
+
+def test_predict_checks_the_nesting_of_known_groups():
+    df = bh.simulate_nested(levels=(("district", 4), ("school", 3)), rows=(3, 6), seed=2)
+    df["sch"] = df["district"] + "-" + df["school"]  # labels unique on their own
+    model = bh.hlm("y ~ x + (1 | district) + (1 | sch)", df)
+    post = bh.sample(model, chains=1, draws=30, warmup=30, seed=4, progress=False)
+    row = df.iloc[[0]].copy()
+    assert bh.predict(model, post, row).shape == (1, 30, 1)
+    other = next(d for d in df["district"].unique() if d != row["district"].iloc[0])
+    with pytest.raises(bh.DataError, match=f"'sch' group '{row['sch'].iloc[0]}' in 'district' group '{other}'"):
+        bh.predict(model, post, row.assign(district=other))
+    # a new school in a known district: the district's draws plus a new school intercept
+    new = row.assign(sch="a new school")
+    mean = _flat(bh.predict(model, post, new, kind="mean", seed=1))[:, 0]
+    p = post.posterior
+    base = _flat(p["fixed"]) @ np.array([1.0, row["x"].iloc[0]]) + _flat(
+        p["district_effect"].sel(district=row["district"].iloc[0]))[:, 0]
+    z = (mean - base) / _flat(p["sch_sd"])[:, 0]
+    assert stats.kstest(z, "norm").pvalue > KS_LEVEL
+
+
+def test_prior_group_has_the_posterior_layout(sleep):
+    _, model, post = sleep
+    prior = bh.prior_predictive(model, 50, seed=1).prior
+    for name in ("fixed", "sigma", "subject_sd", "subject_corr", "subject_effect"):
+        assert prior[name].dims == post.posterior[name].dims
+    assert list(prior["subject_corr_pair"].values) == list(post.posterior["subject_corr_pair"].values)

@@ -64,3 +64,27 @@ def test_report_survives_save_and_load(sleep_fit, tmp_path):
     again = bh.report(bh.load(path))
     np.testing.assert_allclose(again.fixed["estimate"], bh.report(post).fixed["estimate"])
     assert again.header["n_groups"] == {"subject": 18}
+
+
+def test_report_icc_of_nested_groups_adds_the_coarser_variances():
+    df = bh.simulate_nested(levels=(("district", 6), ("school", 3)), rows=(4, 8), seed=5)
+    model = bh.hlm("y ~ x + (1 | district) + (1 | district:school)", df)
+    post = bh.sample(model, chains=2, draws=200, warmup=200, seed=5, progress=False)
+    icc = bh.report(post).icc.set_index("group")["icc"]
+    p = post.posterior
+    v_school = p["district_school_sd"].values.reshape(-1) ** 2
+    v_district = p["district_sd"].values.reshape(-1) ** 2
+    total = v_school + v_district + p["sigma"].values.reshape(-1) ** 2
+    np.testing.assert_allclose(icc["district:school"], np.mean((v_school + v_district) / total))
+    np.testing.assert_allclose(icc["district"], np.mean(v_district / total))
+
+
+def test_report_of_a_pooled_regression_and_of_a_foreign_tree():
+    import xarray as xr
+
+    pooled = bh.hlm("reaction ~ days", bh.load_dataset("sleepstudy"))
+    rep = bh.report(bh.sample(pooled, chains=2, draws=100, warmup=100, seed=1, progress=False))
+    assert list(rep.random["group"]) == ["Residual"] and len(rep.icc) == 0 and "Data: 180 observations" in str(rep)
+    foreign = xr.DataTree.from_dict({"posterior": xr.Dataset({"mu": (("chain", "draw"), np.zeros((1, 5)))})})
+    with pytest.raises(ValueError, match="not a posterior drawn by bayeshlm.sample"):
+        bh.report(foreign)
