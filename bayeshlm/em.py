@@ -431,24 +431,15 @@ def _newton_polish(objective, theta, max_steps=4):
     negative definite (an estimate on the boundary) ends the polish.
     """
     value = objective(theta)
+    H = None
     for _ in range(max_steps):
         grad = objective.grad.copy()
-        n = theta.size
-        H = np.empty((n, n))
-        for i in range(n):
-            h = 1e-5 * max(1.0, abs(theta[i]))
-            up, down = theta.copy(), theta.copy()
-            up[i] += h
-            down[i] -= h
-            objective(up)
-            g_up = objective.grad.copy()
-            objective(down)
-            H[:, i] = (g_up - objective.grad) / (2 * h)
-        H = 0.5 * (H + H.T)
-        try:
-            np.linalg.cholesky(-H)
-        except np.linalg.LinAlgError:
-            break
+        if H is None:  # one Hessian serves every step: the steps are tiny, it barely changes
+            H = _hessian(objective, theta)
+            try:
+                np.linalg.cholesky(-H)
+            except np.linalg.LinAlgError:
+                break
         step = np.linalg.solve(-H, grad)
         improved = False
         gnorm = np.max(np.abs(grad))
@@ -461,10 +452,26 @@ def _newton_polish(objective, theta, max_steps=4):
                 theta, value, improved = trial, new, True
                 break
             step = step / 2
-        if not improved or np.max(np.abs(step)) < 1e-10:
+        if not improved or np.max(np.abs(step)) < 1e-8:
             break
     objective(theta)  # leave the gradient at the returned point
     return theta
+
+
+def _hessian(objective, theta):
+    """Hessian of the log-likelihood at ``theta`` from central differences of its gradient."""
+    n = theta.size
+    H = np.empty((n, n))
+    for i in range(n):
+        h = 1e-5 * max(1.0, abs(theta[i]))
+        up, down = theta.copy(), theta.copy()
+        up[i] += h
+        down[i] -= h
+        objective(up)
+        g_up = objective.grad.copy()
+        objective(down)
+        H[:, i] = (g_up - objective.grad) / (2 * h)
+    return 0.5 * (H + H.T)
 
 
 def _tree_em_iterations(model, theta, n_iter, method, objective, trace):

@@ -401,14 +401,26 @@ cat(setup, secs, 0, '\\n')
             "estimates": est}
 
 
-def run_fitter(name, system, repeats=3):
-    """A REML fit: seconds (median of repeats, data frame to estimates) and estimates."""
+def _repeats(first_seconds, budget=2.0):
+    """Timed repeats after a first fit: enough for about ``budget`` seconds, from 3 to 25."""
+    return int(min(25, max(3, budget // max(first_seconds, 1e-9))))
+
+
+def run_fitter(name, system):
+    """A REML fit: seconds (median of repeats, data frame to estimates) and estimates.
+
+    Fits of a few milliseconds are timed 25 times, slow ones 3 times (see ``_repeats``): the
+    median of a few runs of a millisecond-long fit moves by tens of percent on a shared
+    machine.
+    """
     source, formula, known, _ = MODELS[name]
     df = load_data(source)
     if system == "bayeshlm_em":
         import bayeshlm as bh
 
+        t0 = time.perf_counter()
         bh.fit_em(bh.hlm(formula, df, known_sd=known))  # kernels loaded
+        repeats = _repeats(time.perf_counter() - t0)
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -431,6 +443,9 @@ def run_fitter(name, system, repeats=3):
         times = []
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            t0 = time.perf_counter()
+            smf.mixedlm(fixed, df, groups=df[group], re_formula=re_formula).fit(reml=True)
+            repeats = _repeats(time.perf_counter() - t0)
             for _ in range(repeats):
                 t0 = time.perf_counter()
                 res = smf.mixedlm(fixed, df, groups=df[group], re_formula=re_formula).fit(reml=True)
@@ -450,7 +465,9 @@ def run_fitter(name, system, repeats=3):
             else:
                 script = (f"suppressPackageStartupMessages(library(lme4)); d <- read.csv('{csv}'); "
                           f"f <- {formula}; invisible(lmer(f, d{weights}{control})); "
-                          f"t <- replicate({repeats}, system.time(lmer(f, d{weights}{control}))[['elapsed']]); "
+                          f"t1 <- system.time(lmer(f, d{weights}{control}))[['elapsed']]; "
+                          "r <- as.integer(min(25, max(3, 2 %/% max(t1, 1e-9)))); "
+                          f"t <- replicate(r, system.time(lmer(f, d{weights}{control}))[['elapsed']]); "
                           f"m <- lmer(f, d{control}); cat(median(t), as.numeric(logLik(m)))")
             out = subprocess.run(["Rscript", "-e", script], capture_output=True, text=True, timeout=600)
         if known:

@@ -54,7 +54,7 @@ def peers_section(peers):
         verdict = f"{target}x: {_met(ratio >= target)}" if target else ""
         lines.append(f"| {model} | {ours:.0f} | {best} | {done[best]['min_ess_per_second']:.1f} | {ratio:.0f}x | "
                      f"{verdict} | {missing} |")
-    lines += ["", "REML fits, data frame to estimates (median of three):", "",
+    lines += ["", "REML fits, data frame to estimates (median of 3 to 25 timed fits, as many as fit in about 2 s):", "",
               "| model | bayeshlm (s) | lme4 (s) | statsmodels (s) | vs lme4 | vs statsmodels (target 20x) |",
               "|---|---|---|---|---|---|"]
     for model, recs in peers["models"].items():
