@@ -37,6 +37,7 @@ from bayeshlm.data import (
     _factors,
     _group_codes,
     _nesting,
+    _obs_var,
     _random_design,
     check_gram_rank,
     column_roles,
@@ -67,6 +68,7 @@ class _Plan:
     random_spec: tuple
     drop: bool
     chunk_rows: int = 250_000
+    known: tuple = ()       # (column, "known_sd" or "known_var") of known level-1 variances
 
 
 def _is_numeric(dtype):
@@ -134,7 +136,12 @@ def _slice_stats(frame, plan):
     blocks = [evaluate_spec(s, frame, "a random-effect term") for s in plan.random_spec]
     X = np.ascontiguousarray(np.hstack(blocks)) if blocks else np.zeros((len(y), 0))
     g = _group_of_rows(frame, plan)
-    return compute_suffstats(y, F, X, g, plan.n_groups), column_moments(y, F, X)
+    obs_var = None
+    if plan.known:
+        column, kind = plan.known
+        obs_var = _obs_var(frame[column].to_numpy(dtype=np.float64), kind)
+    weights = None if obs_var is None else 1.0 / obs_var
+    return compute_suffstats(y, F, X, g, plan.n_groups, weights), column_moments(y, F, X, obs_var)
 
 
 def _merge(first, second):
@@ -163,6 +170,7 @@ class _Pieces:
         frame = _as_frame(source)
         _check_columns(frame, columns)
         frame = frame[list(columns)]
+        frame.attrs = {}  # a user's attrs (arrays, dicts) would be compared by every pandas.concat
         self.meta = frame.iloc[:0]
         step = max(int(chunk_rows), 1)
         self.frames = [frame.iloc[i:i + step] for i in range(0, len(frame), step)] or [frame]
@@ -208,7 +216,8 @@ def _dask_dataframe():
     return dd
 
 
-def hlm_stats(formula, data, *, priors=None, missing="raise", chunk_rows=250_000):
+def hlm_stats(formula, data, *, priors=None, missing="raise", known_sd=None, known_var=None,
+              chunk_rows=250_000):
     """Compile a model from per-group statistics computed piece by piece, without keeping the rows.
 
     The model samples and fits exactly as :func:`bayeshlm.hlm` on the same data (to rounding:
@@ -232,6 +241,9 @@ def hlm_stats(formula, data, *, priors=None, missing="raise", chunk_rows=250_000
     missing : {"raise", "drop"}
         As for :func:`bayeshlm.hlm`; the count of dropped rows is kept in
         ``model.design.n_dropped``.
+    known_sd, known_var : str, optional
+        The column holding each row's known level-1 SD or variance (as in meta-analysis);
+        at most one. Arrays are not accepted here: the rows are never all in memory.
     chunk_rows : int
         Rows per chunk of a pandas frame, and at most as many rows of a Dask partition
         evaluated at once: this bounds the memory of the designs (about 100 bytes per row
@@ -246,8 +258,8 @@ def hlm_stats(formula, data, *, priors=None, missing="raise", chunk_rows=250_000
     ------
     DataError
         As :func:`bayeshlm.hlm` for unknown or missing columns, non-numeric responses,
-        single-level or non-nested factors and rank-deficient designs; also for stateful
-        transforms. Known level-1 variances are not supported here.
+        single-level or non-nested factors, rank-deficient designs and known variances that
+        are not positive; also for stateful transforms.
 
     Examples
     --------
@@ -259,15 +271,28 @@ def hlm_stats(formula, data, *, priors=None, missing="raise", chunk_rows=250_000
     """
     if missing not in ("raise", "drop"):
         raise ValueError(f"missing must be 'raise' or 'drop', got {missing!r}")
+    if known_sd is not None and known_var is not None:
+        raise ValueError("give known_sd or known_var, not both")
+    known = ()
+    for kind, column in (("known_sd", known_sd), ("known_var", known_var)):
+        if column is not None:
+            if not isinstance(column, str):
+                raise TypeError(f"{kind} must name a column of the data for hlm_stats, got {type(column).__name__}")
+            known = (column, kind)
     spec = parse_formula(formula)
     factors = _factors(spec)
     roles = column_roles(spec)
+    if known:
+        roles.setdefault(known[0], known[1])
     factor_columns = tuple(dict.fromkeys(c for f in factors for c in f.split(":")))
     pieces = _Pieces(data, chunk_rows, roles)
     meta = pieces.meta
     _check_numeric(meta[spec.response], spec.response, "the response")
+    if known:
+        _check_numeric(meta[known[0]], known[0], known[1])
     categorical = tuple(name for name in roles
-                        if name not in factor_columns and name != spec.response and not _is_numeric(meta[name].dtype))
+                        if name not in factor_columns and name != spec.response and name not in known
+                        and not _is_numeric(meta[name].dtype))
     columns = tuple(roles)
 
     # pass 1: the scan
@@ -338,7 +363,7 @@ def hlm_stats(formula, data, *, priors=None, missing="raise", chunk_rows=250_000
 
     # pass 2: the statistics
     plan = _Plan(spec.response, columns, levels, factor_columns, combo_index, combo_group, n_groups,
-                 fixed_spec, tuple(random_spec), missing == "drop", max(int(chunk_rows), 1))
+                 fixed_spec, tuple(random_spec), missing == "drop", max(int(chunk_rows), 1), known)
     stats, moments = pieces.reduce(_piece_stats, _merge, plan)
     if moments.var()[0] == 0:
         raise DataError(f"the response '{spec.response}' is constant ({moments.y_mean:g} in every row); "
@@ -350,7 +375,7 @@ def hlm_stats(formula, data, *, priors=None, missing="raise", chunk_rows=250_000
         block = slice(col, col + len(names_k))
         check_gram_rank(XtX[block, block], names_k, f"random-effects design of '{factor}'")
         col += len(names_k)
-    _identification(stats, factors, factor_coef_names, parents)
+    _identification(stats, factors, factor_coef_names, parents, not known)
 
     labels = [codes[f][1] for f in factors]
     design = Design(
@@ -363,7 +388,7 @@ def hlm_stats(formula, data, *, priors=None, missing="raise", chunk_rows=250_000
         factor_coef_names=tuple(factor_coef_names), factor_labels=tuple(labels), factor_idx=(),
         parents=tuple(parents),
     )
-    options = {"priors": priors, "known_sd": None, "known_var": None, "missing": missing}
+    options = {"priors": priors, "known_sd": known_sd, "known_var": known_var, "missing": missing}
     return assemble(spec, design, stats, moments, priors, options)
 
 
@@ -379,7 +404,7 @@ def _proto_frames(pieces, scans):
             yield pieces.dask.get_partition(k).compute()
 
 
-def _identification(stats, factors, factor_coef_names, parents):
+def _identification(stats, factors, factor_coef_names, parents, sigma_estimated):
     """:func:`bayeshlm.data.identification_warnings` from the statistics.
 
     The single-row check is made for every factor (rows per group add up the tree); the
@@ -396,8 +421,10 @@ def _identification(stats, factors, factor_coef_names, parents):
             for j, coef in enumerate(coefs):
                 if j == i0:
                     continue
-                ss = stats.XtX[:, j, j] - stats.XtX[:, i0, j] ** 2 / np.maximum(stats.n, 1.0)
-                scale = max(1.0, float(np.max(stats.XtX[:, j, j] / np.maximum(stats.n, 1.0))))
-                if np.all(ss <= 1e-10 * scale * np.maximum(stats.n, 1.0)):
+                # weighted within-group sum of squares (weights 1 unless the variances are known)
+                w_sum = np.maximum(stats.XtX[:, i0, i0], 1e-300)
+                ss = stats.XtX[:, j, j] - stats.XtX[:, i0, j] ** 2 / w_sum
+                scale = max(1.0, float(np.max(stats.XtX[:, j, j] / w_sum)))
+                if np.all(ss <= 1e-10 * scale * w_sum):
                     constant.append(coef)
-        warn_identification(factor, coefs, counts.max() == 1, constant, True, stacklevel=4)
+        warn_identification(factor, coefs, counts.max() == 1, constant, sigma_estimated, stacklevel=4)

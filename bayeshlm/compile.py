@@ -121,7 +121,7 @@ def hlm(formula, data, *, priors=None, known_sd=None, known_var=None, missing="r
 
 def assemble(spec, design, stats, moments, priors, options):
     """The :class:`Model` of a design whose statistics and column moments are computed."""
-    sigma_known = design.obs_var is not None
+    sigma_known = design.obs_var is not None or moments.obs_var_mean is not None  # rows or statistics
     structure = structure_of(
         design.block_sizes, sigma_known, 0.1 * coefficient_scales(moments), tree_of(design),
     )

@@ -125,6 +125,38 @@ def test_identification_warning_from_statistics():
         bh.hlm_stats("y ~ x + (1 | g)", df, chunk_rows=5)
 
 
+def test_known_variances_in_chunks():
+    schools = bh.load_dataset("eight_schools")
+    full = bh.hlm("y ~ 1 + (1 | school)", schools, known_sd="sigma")
+    part = bh.hlm_stats("y ~ 1 + (1 | school)", schools, known_sd="sigma", chunk_rows=3)
+    _assert_same_model(full, part)
+    assert part.sigma_known and part.moments.obs_var_mean == pytest.approx(full.moments.obs_var_mean)
+    opts = {"draws": 100, "warmup": 100, "chains": 2, "seed": 3, "progress": False, "log_likelihood": False}
+    np.testing.assert_allclose(bh.sample(part, **opts).posterior["school_sd"].values,
+                               bh.sample(full, **opts).posterior["school_sd"].values, rtol=1e-6)
+    # weighted rows, nested groups, chunks cutting through them, variances given as variances
+    rng = np.random.default_rng(4)
+    df = bh.simulate_nested(levels=(("district", 5), ("school", (2, 4))), rows=(3, 9), seed=6)
+    df["v"] = rng.uniform(0.2, 3.0, len(df))
+    formula = "y ~ x + (1 | district) + (x | district:school)"
+    full = bh.hlm(formula, df, known_var="v")
+    _assert_same_model(full, bh.hlm_stats(formula, df, known_var="v", chunk_rows=17), rtol=1e-10)
+    assert bh.fit_em(bh.hlm_stats(formula, df, known_var="v", chunk_rows=17)).fixed["x"] == pytest.approx(
+        bh.fit_em(full).fixed["x"], rel=1e-8)
+
+
+def test_known_variances_bad_input():
+    schools = bh.load_dataset("eight_schools")
+    with pytest.raises(DataError, match="known_sd"):
+        bh.hlm_stats("y ~ 1 + (1 | school)", schools.assign(sigma=schools["sigma"] * 0), known_sd="sigma")
+    with pytest.raises(DataError, match="'sd'"):
+        bh.hlm_stats("y ~ 1 + (1 | school)", schools, known_sd="sd")
+    with pytest.raises(ValueError, match="not both"):
+        bh.hlm_stats("y ~ 1 + (1 | school)", schools, known_sd="sigma", known_var="sigma")
+    with pytest.raises(TypeError, match="must name a column"):
+        bh.hlm_stats("y ~ 1 + (1 | school)", schools, known_sd=schools["sigma"].to_numpy())
+
+
 # --- Dask: Parquet partitions, map-reduce on a LocalCluster ------------------------------------
 
 dd = pytest.importorskip("dask.dataframe", reason="the Dask path needs the 'dask' extra")
@@ -146,6 +178,15 @@ def test_parquet_partitions_equal_in_memory(hsb, hsb_parquet):
     ddf = dd.read_parquet(str(hsb_parquet))
     assert ddf.npartitions == 5
     _assert_same_model(full, bh.hlm_stats(FORMULA, ddf))
+    # a known-variance column read from the files with the others
+    weighted = hsb.assign(v=1.0 + hsb["ses"] ** 2)
+    folder = hsb_parquet.parent / "hsb_weighted"
+    folder.mkdir(exist_ok=True)
+    cuts = np.linspace(0, len(weighted), 4).astype(int)
+    for k in range(3):
+        weighted.iloc[cuts[k]:cuts[k + 1]].to_parquet(folder / f"part-{k}.parquet")
+    _assert_same_model(bh.hlm(FORMULA, weighted, known_var="v"), bh.hlm_stats(FORMULA, str(folder), known_var="v"),
+                       rtol=1e-10)
 
 
 def test_local_cluster(hsb, hsb_parquet):
