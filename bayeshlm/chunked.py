@@ -407,24 +407,31 @@ def _proto_frames(pieces, scans):
 def _identification(stats, factors, factor_coef_names, parents, sigma_estimated):
     """:func:`bayeshlm.data.identification_warnings` from the statistics.
 
-    The single-row check is made for every factor (rows per group add up the tree); the
-    check of slopes constant within groups for the finest factor, from the within-group sums
-    of squares ``x'x - (1'x)^2 / n`` (it needs the rows for the coarser ones).
+    Rows per group, and a slope column's weighted sums ``1'w``, ``x'w`` and ``x'wx`` per
+    group, add up the tree from the finest groups; a slope is constant within every group of
+    its factor when the within-group sum of squares ``x'wx - (x'w)^2 / 1'w`` vanishes.
     """
     counts = stats.n
+    ancestor = np.arange(stats.n.shape[0])  # each finest group's group of the current factor
+    col = 0
     for k, (factor, coefs) in enumerate(zip(factors, factor_coef_names, strict=True)):
         if k:
             counts = np.bincount(parents[k - 1], weights=counts)
+            ancestor = parents[k - 1][ancestor]
         constant = []
-        if k == 0 and "Intercept" in coefs:
-            i0 = coefs.index("Intercept")
+        if "Intercept" in coefs:
+            i0 = col + coefs.index("Intercept")
+            n_k = counts.shape[0]
+            w_sum = np.maximum(np.bincount(ancestor, weights=stats.XtX[:, i0, i0], minlength=n_k), 1e-300)
             for j, coef in enumerate(coefs):
-                if j == i0:
+                c = col + j
+                if c == i0:
                     continue
-                # weighted within-group sum of squares (weights 1 unless the variances are known)
-                w_sum = np.maximum(stats.XtX[:, i0, i0], 1e-300)
-                ss = stats.XtX[:, j, j] - stats.XtX[:, i0, j] ** 2 / w_sum
-                scale = max(1.0, float(np.max(stats.XtX[:, j, j] / w_sum)))
+                xx = np.bincount(ancestor, weights=stats.XtX[:, c, c], minlength=n_k)
+                x1 = np.bincount(ancestor, weights=stats.XtX[:, i0, c], minlength=n_k)
+                ss = xx - x1 ** 2 / w_sum
+                scale = max(1.0, float(np.max(xx / w_sum)))
                 if np.all(ss <= 1e-10 * scale * w_sum):
                     constant.append(coef)
+        col += len(coefs)
         warn_identification(factor, coefs, counts.max() == 1, constant, sigma_estimated, stacklevel=4)

@@ -123,6 +123,13 @@ def test_identification_warning_from_statistics():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         bh.hlm_stats("y ~ x + (1 | g)", df, chunk_rows=5)
+    # a coarser factor: z is constant within each district, x is not
+    nested = bh.simulate_nested(levels=(("district", 6), ("school", 3)), rows=(4, 8), seed=5)
+    with pytest.warns(bh.IdentificationWarning, match="'z' is constant within every group of 'district'"):
+        bh.hlm_stats("y ~ x + z + (z | district) + (1 | district:school)", nested, chunk_rows=7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bh.hlm_stats("y ~ x + (x | district) + (1 | district:school)", nested, chunk_rows=7)
 
 
 def test_known_variances_in_chunks():
