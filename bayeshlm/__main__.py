@@ -96,10 +96,50 @@ def check_out(path):
         raise PermissionError(f"output directory is not writable: {parent}")
 
 
+PRIOR_CLASSES = ("Normal", "Flat", "HalfNormal", "HalfStudentT", "HalfCauchy", "Uniform", "InverseGamma", "LKJ",
+                 "InverseWishart")
+
+
+def parse_prior(text):
+    """``ROLE=Dist(args)`` from the command line (``sd=HalfNormal(10)``) as ``(role, prior)``.
+
+    Only the prior classes of :mod:`bayeshlm.priors` with numeric arguments are accepted; the
+    text is parsed, never evaluated.
+    """
+    import ast
+
+    role, sep, call = text.partition("=")
+    role, call = role.strip(), call.strip()
+    if not sep or not role or not call:
+        raise ValueError(f"--prior {text!r}: write ROLE=DISTRIBUTION, e.g. sd=HalfNormal(10) or "
+                         "'fixed[x]=Normal(0, 5)'")
+    try:
+        node = ast.parse(call, mode="eval").body
+    except SyntaxError as err:
+        raise ValueError(f"--prior {text!r}: cannot read {call!r}") from err
+
+    def number(arg):
+        value = arg.operand if isinstance(arg, ast.UnaryOp) and isinstance(arg.op, ast.USub) else arg
+        if not (isinstance(value, ast.Constant) and isinstance(value.value, (int, float))
+                and not isinstance(value.value, bool)):
+            raise ValueError(f"--prior {text!r}: arguments must be numbers")
+        return -value.value if value is not arg else value.value
+
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in PRIOR_CLASSES):
+        raise ValueError(f"--prior {text!r}: the distribution must be one of {', '.join(PRIOR_CLASSES)}")
+    args = [number(a) for a in node.args]
+    kwargs = {kw.arg: number(kw.value) for kw in node.keywords}
+    try:
+        return role, getattr(bh, node.func.id)(*args, **kwargs)
+    except TypeError as err:
+        raise ValueError(f"--prior {text!r}: {err}") from err
+
+
 def build_model(args):
-    """The model of ``args.formula`` on ``args.data``, with the ``--missing`` and ``--known-sd`` options."""
+    """The model of ``args.formula`` on ``args.data`` with the ``--missing``, ``--known-sd``, ``--prior`` options."""
     data = read_data(args.data)
-    return bh.hlm(args.formula, data, missing=args.missing, known_sd=args.known_sd)
+    priors = dict(parse_prior(text) for text in (args.prior or [])) or None
+    return bh.hlm(args.formula, data, missing=args.missing, known_sd=args.known_sd, priors=priors)
 
 
 def report_text(tree):
@@ -169,6 +209,9 @@ def add_model_arguments(parser):
     parser.add_argument("--missing", choices=["raise", "drop"], default="raise",
                         help="rows with missing values in a used column: refuse them (default) or drop them")
     parser.add_argument("--known-sd", metavar="COLUMN", help="column of known level-1 standard deviations")
+    parser.add_argument("--prior", action="append", metavar="ROLE=DIST",
+                        help="a prior, repeatable: sd=HalfNormal(10), 'fixed[x]=Normal(0, 5)', sigma=HalfCauchy(5), "
+                             "corr=LKJ(2) (roles as in bayeshlm.hlm's priors)")
 
 
 def make_parser():

@@ -152,6 +152,11 @@ def test_em_with_known_sd_estimates_no_residual_sd(tmp_path, capsys):
     (["fit", "{csv}", FORMULA, "--out", "{dir}/no/such/dir/fit.nc"], "output directory does not exist"),
     (["summary", "{dir}/absent.nc"], "result file not found: {dir}/absent.nc"),
     (["summary", "{csv}"], "cannot read {csv}"),
+    (["em", "{csv}", FORMULA, "--prior", "sd"], "write ROLE=DISTRIBUTION"),
+    (["em", "{csv}", FORMULA, "--prior", "sd=__import__('os')"], "the distribution must be one of"),
+    (["em", "{csv}", FORMULA, "--prior", "sd=HalfNormal(x)"], "arguments must be numbers"),
+    (["em", "{csv}", FORMULA, "--prior", "sd=HalfNormal(-1)"], "sigma"),
+    (["em", "{csv}", FORMULA, "--prior", "sd[hours]=HalfNormal(1)"], "hours"),
 ])
 def test_user_errors_are_reported_without_traceback(sleep_csv, tmp_path, capsys, argv, message):
     fill = {"dir": tmp_path, "csv": sleep_csv}
@@ -162,6 +167,15 @@ def test_user_errors_are_reported_without_traceback(sleep_csv, tmp_path, capsys,
     assert err.startswith("bayeshlm: error: ")
     assert message.format(**fill) in err.splitlines()[0]
     assert "Traceback" not in err
+
+
+def test_fit_with_priors_from_the_command_line(sleep_csv, tmp_path, capsys):
+    priors = ["--prior", "sd=HalfNormal(20)", "--prior", "fixed[days]=Normal(mu=-1, sigma=5)", "--prior", "corr=LKJ(2)"]
+    code, out, err = run(capsys, "fit", sleep_csv, FORMULA, *TINY, "--seed", 1, "--quiet", "--out",
+                         tmp_path / "fit.nc", *priors)
+    assert code == 0, err
+    assert "sd[days]: HalfNormal(sigma=20)" in out and "fixed[days]: Normal(mu=-1, sigma=5)" in out
+    assert "corr: LKJ(eta=2)" in out
 
 
 def test_console_script_end_to_end(sleep_csv, tmp_path):
