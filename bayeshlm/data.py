@@ -651,10 +651,13 @@ def check_gram_rank(G, names, what):
 
 def _labels_as_str(uniques):
     values = np.asarray(uniques)
-    if values.dtype.kind == "f" and np.all(values == np.round(values)):
-        # Integer codes stored as floats (common after reading a CSV with
-        # gaps) should print as "12", not "12.0".
-        values = values.astype(np.int64)
+    if values.dtype.kind == "f":
+        # Integer codes stored as floats (common after reading a CSV with gaps) print as
+        # "12", not "12.0": value by value, so that a label reads the same in any subset of
+        # the rows (new data for predictions included).
+        integral = (values == np.round(values)) & (np.abs(values) < 2**62)
+        as_int = np.where(integral, values, 0).astype(np.int64).astype(str)
+        return np.where(integral, as_int, values.astype(str)).astype(object)
     return values.astype(str).astype(object)
 
 

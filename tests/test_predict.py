@@ -250,3 +250,15 @@ def test_prior_group_has_the_posterior_layout(sleep):
     for name in ("fixed", "sigma", "subject_sd", "subject_corr", "subject_effect"):
         assert prior[name].dims == post.posterior[name].dims
     assert list(prior["subject_corr_pair"].values) == list(post.posterior["subject_corr_pair"].values)
+
+
+def test_float_group_labels_match_in_any_subset_of_rows():
+    df = bh.load_dataset("sleepstudy")
+    codes = {s: c for c, s in enumerate(df["subject"].unique())}
+    df = df.assign(g=df["subject"].map(codes).astype(float) + np.where(df["subject"] == "308", 0.5, 0.0))
+    model = bh.hlm("reaction ~ days + (1 | g)", df)
+    assert "0.5" in list(model.design.group_labels) and "1" in list(model.design.group_labels)
+    post = bh.sample(model, chains=1, draws=30, warmup=30, seed=2, progress=False)
+    mean = _flat(bh.predict(model, post, pd.DataFrame({"days": [0.0], "g": [1.0]}), kind="mean", new_groups="raise"))
+    a = _flat(post.posterior["fixed"])[:, 0]
+    np.testing.assert_allclose(mean[:, 0], a + _flat(post.posterior["g_effect"].sel(g="1"))[:, 0], rtol=1e-12)
