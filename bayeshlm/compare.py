@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 
-from bayeshlm.results import dim_name
+from bayeshlm.results import dim_name, grouping_factors
 
 
 def _draws(post, name, dim=None, label=None):
@@ -112,8 +110,7 @@ def shrinkage_table(posterior, eb, factor=None):
         coefficient (total, not a deviation; nan where the group cannot estimate it, and
         for all but the finest factor).
     """
-    factors = [f for f in json.loads(posterior.attrs.get("grouping_factors", json.dumps(
-        [posterior.attrs["grouping_factor"]]))) if f]
+    factors = grouping_factors(posterior)
     if not factors:
         raise ValueError("the model has no grouping factor: there is nothing to shrink")
     factor = factors[0] if factor is None else factor

@@ -387,21 +387,14 @@ def _variance_se(model, theta, method, boundary):
     if boundary:
         return dict.fromkeys(names, float("nan"))
     n = theta.size
-    grad = np.empty(n)
-    H = np.empty((n, n))
+    H = _hessian(_Objective(model, method), theta, rel_step=1e-4)
     J = np.empty((len(names), n))
-    reml = method == "reml"
-    for i in range(n):
+    for i in range(n):  # the delta method: derivatives of the natural parameters in theta
         h = 1e-4 * max(1.0, abs(theta[i]))
         up, down = theta.copy(), theta.copy()
         up[i] += h
         down[i] -= h
-        loglik_and_gradient(up, model.stats, model.structure, model.priors, reml, grad)
-        g_up = grad.copy()
-        loglik_and_gradient(down, model.stats, model.structure, model.priors, reml, grad)
-        H[:, i] = (g_up - grad) / (2 * h)
         J[:, i] = (_natural(model, up) - _natural(model, down)) / (2 * h)
-    H = 0.5 * (H + H.T)
     try:
         cov = np.linalg.inv(-H)
     except np.linalg.LinAlgError:
@@ -458,12 +451,12 @@ def _newton_polish(objective, theta, max_steps=4):
     return theta
 
 
-def _hessian(objective, theta):
+def _hessian(objective, theta, rel_step=1e-5):
     """Hessian of the log-likelihood at ``theta`` from central differences of its gradient."""
     n = theta.size
     H = np.empty((n, n))
     for i in range(n):
-        h = 1e-5 * max(1.0, abs(theta[i]))
+        h = rel_step * max(1.0, abs(theta[i]))
         up, down = theta.copy(), theta.copy()
         up[i] += h
         down[i] -= h

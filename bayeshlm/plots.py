@@ -8,11 +8,9 @@ that importing :mod:`bayeshlm` does not import them.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
-from bayeshlm.results import dim_name
+from bayeshlm.results import dim_name, flat_draws, grouping_factors
 
 MAX_LABELLED_GROUPS = 60  # caterpillar: group labels on the y axis up to this many groups
 
@@ -20,20 +18,6 @@ MAX_LABELLED_GROUPS = 60  # caterpillar: group labels on the y axis up to this m
 def _check_prob(ci_prob):
     if not 0.0 < ci_prob < 1.0:
         raise ValueError(f"ci_prob must be strictly between 0 and 1, got {ci_prob!r}")
-
-
-def _factors(posterior):
-    """Grouping factors of a result, finest first."""
-    attrs = posterior.attrs
-    if "grouping_factors" in attrs:
-        return [f for f in json.loads(attrs["grouping_factors"]) if f]
-    return [attrs["grouping_factor"]] if attrs.get("grouping_factor") else []
-
-
-def _flat_draws(da):
-    """``(chain * draw, ...)`` array of a variable with leading sample dimensions."""
-    da = da.transpose("chain", "draw", ...)
-    return np.asarray(da).reshape(-1, *da.shape[2:])
 
 
 def _figure(ax, figsize):
@@ -96,7 +80,7 @@ def plot_caterpillar(posterior, coef="Intercept", *, factor=None, ci_prob=0.95, 
     >>> fig = plot_caterpillar(bh.sample(model, seed=1, progress=False), "days", total=True)
     """
     _check_prob(ci_prob)
-    factors = _factors(posterior)
+    factors = grouping_factors(posterior)
     if not factors:
         raise ValueError("the model has no grouping factor: there are no group coefficients to plot")
     factor = factors[0] if factor is None else factor
@@ -113,13 +97,13 @@ def plot_caterpillar(posterior, coef="Intercept", *, factor=None, ci_prob=0.95, 
     coefs = [str(c) for c in post[name].coords[f"{g}_coef"].values]
     if coef not in coefs:
         raise ValueError(f"unknown coefficient {coef!r} for factor {factor!r}; available: {coefs}")
-    draws = _flat_draws(post[name].sel({f"{g}_coef": coef}).transpose("chain", "draw", g))
+    draws = flat_draws(post[name].sel({f"{g}_coef": coef}).transpose("chain", "draw", g))
     ref, ref_label = 0.0, "zero deviation"
     if total:
         terms = [str(t) for t in post["fixed"].coords["fixed_term"].values]
         if coef not in terms:
             raise ValueError(f"total=True needs a fixed term named {coef!r}; fixed terms: {terms}")
-        fixed = _flat_draws(post["fixed"].sel(fixed_term=coef))
+        fixed = flat_draws(post["fixed"].sel(fixed_term=coef))
         draws = draws + fixed[:, None]
         ref = float(fixed.mean())
         ref_label = f"fixed effect ({ref:.4g})"
@@ -203,7 +187,7 @@ def _ppc_arrays(posterior):
         )
     name = names[0]
     y = np.asarray(observed[name], dtype=np.float64).reshape(-1)
-    rep = _flat_draws(pp[name])
+    rep = flat_draws(pp[name])
     rep = rep.reshape(rep.shape[0], -1)
     if rep.shape[1] != y.size:
         raise ValueError(f"posterior_predictive {name!r} has {rep.shape[1]} values per draw, observed {y.size}")
@@ -303,10 +287,16 @@ def _plot_ppc_stat(name, y, rep, ax):
     return fig
 
 
-def _default_var_names(posterior):
-    """The non-group parameters: ``fixed``, ``sigma``, every ``<g>_sd`` and ``<g>_corr``."""
-    return [str(v) for v in posterior.posterior.data_vars
-            if v in ("fixed", "sigma") or str(v).endswith(("_sd", "_corr"))]
+def _arviz_plot(name, posterior, var_names, kwargs):
+    """``arviz_plots.<name>`` on the model parameters (not the group coefficients) by default, with matplotlib."""
+    import arviz_plots
+
+    from bayeshlm.summary import _parameter_vars
+
+    kwargs.setdefault("backend", "matplotlib")
+    if var_names is None:
+        var_names = _parameter_vars(posterior.posterior, include_groups=False)
+    return getattr(arviz_plots, name)(posterior, var_names=var_names, **kwargs)
 
 
 def plot_trace(posterior, var_names=None, **kwargs):
@@ -331,11 +321,7 @@ def plot_trace(posterior, var_names=None, **kwargs):
         One row per variable (``compact=True``, the default), columns ``dist`` and ``trace``;
         the matplotlib figure is ``pc.viz["figure"].item()``.
     """
-    import arviz_plots
-
-    kwargs.setdefault("backend", "matplotlib")
-    return arviz_plots.plot_trace_dist(
-        posterior, var_names=_default_var_names(posterior) if var_names is None else var_names, **kwargs)
+    return _arviz_plot("plot_trace_dist", posterior, var_names, kwargs)
 
 
 def plot_rank(posterior, var_names=None, **kwargs):
@@ -361,11 +347,7 @@ def plot_rank(posterior, var_names=None, **kwargs):
         One panel per scalar parameter (per coordinate value of a vector variable); the
         matplotlib figure is ``pc.viz["figure"].item()``.
     """
-    import arviz_plots
-
-    kwargs.setdefault("backend", "matplotlib")
-    return arviz_plots.plot_rank(
-        posterior, var_names=_default_var_names(posterior) if var_names is None else var_names, **kwargs)
+    return _arviz_plot("plot_rank", posterior, var_names, kwargs)
 
 
 def plot_compare(posterior, eb, *, ci_prob=0.95, ax=None):

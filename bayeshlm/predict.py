@@ -24,19 +24,13 @@ from bayeshlm.data import (
     column_roles,
     evaluate_spec,
 )
-from bayeshlm.results import _factor_parts, corr_pairs, covariance_draws, dim_name
+from bayeshlm.results import _factor_parts, corr_pairs, covariance_draws, dim_name, flat_draws
 
 __all__ = ["group_log_likelihood", "loo", "marginal_group_log_likelihood", "posterior_predictive", "predict",
            "prior_predictive"]
 
 _KINDS = ("predictive", "mean")
 _NEW_GROUPS = ("sample", "population", "raise")
-
-
-def _draws(post, name):
-    """Draws of a posterior variable with chains and draws flattened to one leading axis."""
-    values = post[name].values
-    return values.reshape(values.shape[0] * values.shape[1], *values.shape[2:])
 
 
 def _new_rows(model, data, known_sd, known_var):
@@ -96,24 +90,34 @@ def _check_parents(model, labels):
                             f"it lies in {str(expected[bad[0]])!r}")
 
 
-def _effects_for(post, model, k, factor, labels, rows_T, new_groups, rng):
-    """Coefficients (n_draws, n_rows, n_coef_k) of factor ``k`` for rows with group ``labels``."""
+def _cov_chol(sd, corr, lo, hi):
+    """Cholesky factors (S, d, d) of each draw's covariance of coefficients ``lo..hi-1`` (one factor)."""
+    T = corr[:, lo:hi, lo:hi] * sd[:, lo:hi, None] * sd[:, None, lo:hi]
+    scale = np.maximum(np.trace(T, axis1=1, axis2=2), np.finfo(float).tiny)  # SDs of exactly 0 included
+    jitter = 1e-12 * scale[:, None, None] * np.eye(hi - lo)
+    return np.linalg.cholesky(T + jitter)
+
+
+def _effects_for(post, model, k, factor, labels, chol, new_groups, rng):
+    """Coefficients (n_draws, n_rows, n_coef_k) of factor ``k`` for rows with group ``labels``.
+
+    ``chol`` holds the Cholesky factors of the factor's covariance per draw, for new groups.
+    """
     g = dim_name(factor)
     name = f"{g}_effect"
     unique, inverse = np.unique(np.asarray(labels, dtype=str), return_inverse=True)
-    fitted_labels = pd.Index(np.asarray(model.design.factor_labels[k], dtype=str))
-    if name not in post and (fitted_labels.get_indexer(unique) >= 0).any():
+    fitted = pd.Index(np.asarray(model.design.factor_labels[k], dtype=str)).get_indexer(unique) >= 0
+    if name not in post and fitted.any():
         raise ValueError(f"the posterior holds no draws of the '{factor}' group coefficients "
                          "(sample(keep_group_draws=False)); predictions for its groups need them: sample "
                          "again with keep_group_draws=True")
-    d_k = rows_T.shape[1]
-    effect = _draws(post, name) if name in post else np.zeros((rows_T.shape[0], 0, d_k))  # (S, n_kept, d_k)
+    d_k = chol.shape[1]
+    effect = flat_draws(post[name]) if name in post else np.zeros((chol.shape[0], 0, d_k))  # (S, n_kept, d_k)
     known = pd.Index(post[g].values.astype(str)) if name in post else pd.Index([], dtype=str)
     pos = known.get_indexer(unique)
     missing = pos < 0
-    fitted = set(np.asarray(model.design.factor_labels[k], dtype=str)) if missing.any() else set()
-    not_kept = [u for u in unique[missing] if u in fitted]
-    if not_kept:
+    not_kept = unique[missing & fitted]
+    if not_kept.size:
         raise ValueError(f"the draws of '{factor}' group {str(not_kept[0])!r} were not kept "
                          "(sample(keep_group_draws=n) keeps the first n groups); sample again with "
                          "keep_group_draws=True to predict for it")
@@ -126,8 +130,6 @@ def _effects_for(post, model, k, factor, labels, rows_T, new_groups, rng):
     per_unique[:, ~missing] = effect[:, pos[~missing]]
     n_new = int(missing.sum())
     if n_new and new_groups == "sample":
-        jitter = 1e-12 * np.trace(rows_T, axis1=1, axis2=2)[:, None, None] * np.eye(d_k)
-        chol = np.linalg.cholesky(rows_T + jitter)  # (S, d_k, d_k)
         z = rng.standard_normal((S, n_new, d_k))
         per_unique[:, missing] = np.einsum("sij,snj->sni", chol, z)
     return per_unique[:, inverse]
@@ -136,24 +138,28 @@ def _effects_for(post, model, k, factor, labels, rows_T, new_groups, rng):
 def _linear_draws(model, posterior, F, blocks, labels, new_groups, rng, group_idx=None):
     """Draws (S, n_rows) of the expected response."""
     post = posterior.posterior
-    mean = _draws(post, "fixed") @ F.T
+    mean = flat_draws(post["fixed"]) @ F.T
     parts = _factor_parts(model)
-    if parts:
+    if parts and group_idx is None:  # new rows may hold new groups, drawn with the covariances
         sd, corr = covariance_draws(posterior, model)
     for k, (factor, (lo, hi), _, _) in enumerate(parts):
         X_k = blocks[k]
         if group_idx is not None:  # the fitted rows: positions are the model's own group codes
-            g = dim_name(factor)
-            name = f"{g}_effect"
-            if name not in post or post.sizes[g] != len(model.design.factor_labels[k]):
-                raise ValueError(f"the posterior does not hold the draws of every '{factor}' group; "
-                                 "sample with keep_group_draws=True to draw replicated data")
-            b = _draws(post, name)[:, group_idx[k]]
+            b = _every_group_draws(post, model, k, factor, "replicated data")[:, group_idx[k]]
         else:
-            T = corr[:, lo:hi, lo:hi] * sd[:, lo:hi, None] * sd[:, None, lo:hi]
-            b = _effects_for(post, model, k, factor, labels[k], T, new_groups, rng)
+            b = _effects_for(post, model, k, factor, labels[k], _cov_chol(sd, corr, lo, hi), new_groups, rng)
         mean += np.einsum("snj,nj->sn", b, X_k)
     return mean
+
+
+def _every_group_draws(post, model, k, factor, purpose):
+    """Flat draws (S, n_groups, n_coef_k) of every group of factor ``k``; raises naming ``purpose`` if not kept."""
+    g = dim_name(factor)
+    name = f"{g}_effect"
+    if name not in post or post.sizes[g] != len(model.design.factor_labels[k]):
+        raise ValueError(f"the posterior does not hold the draws of every '{factor}' group, which {purpose} "
+                         "need: sample with keep_group_draws=True")
+    return flat_draws(post[name])
 
 
 def _noise_sd(model, posterior, obs_var, n_rows):
@@ -163,7 +169,7 @@ def _noise_sd(model, posterior, obs_var, n_rows):
             raise ValueError("the model's level-1 variances are known per observation: give known_sd or "
                              "known_var for the new rows to draw predictions (or use kind='mean')")
         return np.sqrt(obs_var)[None, :]
-    return _draws(posterior.posterior, "sigma")[:, None]
+    return flat_draws(posterior.posterior["sigma"])[:, None]
 
 
 def predict(model, posterior, data, *, kind="predictive", new_groups="sample", seed=None,
@@ -305,29 +311,21 @@ def prior_predictive(model, draws=500, *, seed=None):
 
 
 
-def _residual_sums(model, posterior, lo, hi, draws):
+def _residual_sums(model, posterior, lo, hi, draws, w, member):
     """Per draw and finest group: ``r'Wr`` and ``X'Wr`` of the residual without the group's own coefficients.
 
-    The residual removes the fixed part and every coarser factor's coefficients of that draw.
+    The residual removes the fixed part and every coarser factor's coefficients of that draw;
+    ``w`` are the row weights and ``member`` the (rows x finest groups) indicator matrix.
     """
-    import scipy.sparse as sp
-
     design = model.design
     post = posterior.posterior
-    n, G = model.n_obs, model.n_groups
-    w = np.ones(n) if design.obs_var is None else 1.0 / design.obs_var
-    member = sp.csr_matrix((np.ones(n), (np.arange(n), design.group_idx)), shape=(n, G))
-    a = _draws(post, "fixed")[draws]
+    a = flat_draws(post["fixed"])[draws]
     R = design.y[None, :] - a @ design.F.T
     for k, (factor, (klo, khi), _, _) in enumerate(_factor_parts(model)):
         if k == 0:
             continue
-        name = f"{dim_name(factor)}_effect"
-        if name not in post or post.sizes[dim_name(factor)] != len(design.factor_labels[k]):
-            raise ValueError(f"the posterior does not hold the draws of every '{factor}' group, which the "
-                             "likelihood of the finer groups needs: sample with keep_group_draws=True")
-        b = _draws(post, name)[draws][:, design.factor_idx[k]]
-        R -= np.einsum("snj,nj->sn", b, design.X[:, klo:khi])
+        b = _every_group_draws(post, model, k, factor, "the likelihood of the finer groups")[draws]
+        R -= np.einsum("snj,nj->sn", b[:, design.factor_idx[k]], design.X[:, klo:khi])
     Rw = R * w
     rwr = np.asarray((Rw * R) @ member)
     xwr = np.stack([np.asarray((Rw * design.X[:, c]) @ member) for c in range(lo, hi)], axis=-1)
@@ -358,23 +356,24 @@ def marginal_group_log_likelihood(model, posterior, *, chunk=None):
     post = posterior.posterior
     C, D = post.sizes["chain"], post.sizes["draw"]
     S, d = C * D, hi - lo
-    sd, corr = covariance_draws(posterior, model)
-    T = corr[:, lo:hi, lo:hi] * sd[:, lo:hi, None] * sd[:, None, lo:hi]
-    jitter = 1e-12 * np.trace(T, axis1=1, axis2=2)[:, None, None] * np.eye(d)
-    L = np.linalg.cholesky(T + jitter)
-    s2 = np.ones(S) if model.sigma_known else _draws(post, "sigma") ** 2
+    L = _cov_chol(*covariance_draws(posterior, model), lo, hi)
+    s2 = np.ones(S) if model.sigma_known else flat_draws(post["sigma"]) ** 2
     stats = model.stats
     A = stats.XtX[:, lo:hi, lo:hi]  # X_j' W_j X_j, W the weights without sigma
     n_j = stats.n
-    w = np.ones(model.n_obs) if model.design.obs_var is None else 1.0 / model.design.obs_var
+    import scipy.sparse as sp
+
+    n = model.n_obs
+    w = np.ones(n) if model.design.obs_var is None else 1.0 / model.design.obs_var
     sum_log_w = np.bincount(model.design.group_idx, weights=np.log(w), minlength=model.n_groups)
+    member = sp.csr_matrix((np.ones(n), (np.arange(n), model.design.group_idx)), shape=(n, model.n_groups))
     out = np.empty((S, model.n_groups))
     eye = np.eye(d)
     if chunk is None:  # draws per block: residuals of at most ~2e7 values at a time
         chunk = int(max(1, min(256, 20_000_000 // max(model.n_obs, 1))))
     for start in range(0, S, chunk):
         draws = np.arange(start, min(start + chunk, S))
-        rwr, xwr = _residual_sums(model, posterior, lo, hi, draws)
+        rwr, xwr = _residual_sums(model, posterior, lo, hi, draws, w, member)
         s2_c = s2[draws][:, None]
         Lc = L[draws]
         B = eye + np.einsum("sji,gjk,skl->sgil", Lc, A, Lc) / s2_c[..., None, None]

@@ -21,10 +21,6 @@ RHAT_LIMIT = 1.01
 ESS_LIMIT = 400
 
 
-def _flat(da):
-    return da.transpose("chain", "draw", ...).values.reshape(da.sizes["chain"] * da.sizes["draw"], -1)
-
-
 def _interval(x, ci_prob):
     tail = (1.0 - ci_prob) / 2.0
     return np.quantile(x, [tail, 1.0 - tail], axis=0)
@@ -150,6 +146,7 @@ def report(posterior, *, ci_prob=0.95):
     Report
         Print it for the text; its attributes hold the tables.
     """
+    from bayeshlm.results import flat_draws, grouping_factors
     from bayeshlm.summary import diagnostics, summary
 
     attrs = posterior.attrs
@@ -168,13 +165,13 @@ def report(posterior, *, ci_prob=0.95):
                          index=pd.Index(terms, name="term"))
     fixed["ess_tail"] = table.loc[keys, "ess_tail"].values
 
-    factors = [f for f in json.loads(attrs.get("grouping_factors", "[]")) if f]
+    factors = grouping_factors(posterior)
     rows, corr_rows, icc_rows, intercept_vars = [], [], [], []
     for factor in factors:
         g = factor.replace(":", "_")
         if f"{g}_sd" not in post:
             continue
-        sd = _flat(post[f"{g}_sd"])
+        sd = flat_draws(post[f"{g}_sd"])
         for i, coef in enumerate(post[f"{g}_coef"].values):
             lo, hi = _interval(sd[:, i], ci_prob)
             rhat, ess = _row_stats(table, f"{g}_sd[{coef}]")
@@ -183,13 +180,13 @@ def report(posterior, *, ci_prob=0.95):
             if str(coef) == "Intercept":
                 intercept_vars.append((factor, sd[:, i] ** 2))
         if f"{g}_corr" in post:
-            corr = _flat(post[f"{g}_corr"])
+            corr = flat_draws(post[f"{g}_corr"])
             for m, pair in enumerate(post[f"{g}_corr_pair"].values):
                 lo, hi = _interval(corr[:, m], ci_prob)
                 corr_rows.append({"group": factor, "pair": str(pair), "corr": float(np.mean(corr[:, m])),
                                   "lower": lo, "upper": hi})
     if "sigma" in post:
-        sigma = _flat(post["sigma"])[:, 0]
+        sigma = flat_draws(post["sigma"])
         lo, hi = _interval(sigma, ci_prob)
         rhat, ess = _row_stats(table, "sigma")
         rows.append({"group": "Residual", "name": "", "variance": float(np.mean(sigma ** 2)),

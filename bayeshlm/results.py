@@ -87,6 +87,20 @@ def _factor_parts(model):
             for k, f in enumerate(design.factors)]
 
 
+def flat_draws(da):
+    """``(chain * draw, ...)`` array of a variable with the sample dimensions first."""
+    da = da.transpose("chain", "draw", ...)
+    return np.asarray(da).reshape(-1, *da.shape[2:])
+
+
+def grouping_factors(tree):
+    """The grouping factors recorded in a result's attributes, finest first (none for a pooled model)."""
+    attrs = tree.attrs
+    if "grouping_factors" in attrs:
+        return [f for f in json.loads(attrs["grouping_factors"]) if f]
+    return [attrs["grouping_factor"]] if attrs.get("grouping_factor") else []
+
+
 def corr_pairs(model, lo, hi):
     """The free correlations among coefficients ``lo..hi-1`` (one factor): ``(i, j)`` with ``j < i`` in a block."""
     bp = model.structure.block_ptr
