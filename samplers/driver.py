@@ -14,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor, wait
 import numpy as np
 from numba import njit
 
-from samplers.mh import FAILED, ITER, LP, end_of_iteration
+from samplers.linalg import copy_into
+from samplers.mh import FAILED, ITER, LP, READY, end_of_iteration
 from samplers.nested import two_level
 from samplers.sweep import METHOD_MH, draw_all_coefficients, sweep
 from samplers.types import ChainState
@@ -23,11 +24,6 @@ from samplers.types import ChainState
 def n_nodes_of(stats, structure):
     """Number of groups of all grouping factors (the rows of the group coefficients)."""
     return int(stats.n.shape[0] if two_level(structure) else structure.node_ptr[-1])
-
-
-@njit(cache=True, nogil=True)
-def _init_chain(rng, state, stats, structure, priors):
-    draw_all_coefficients(rng, state, stats, structure, priors)
 
 
 def init_state(rng, theta0, stats, structure, priors, init_step=0.1):
@@ -58,7 +54,7 @@ def init_state(rng, theta0, stats, structure, priors, init_step=0.1):
         a=np.zeros(p),
         b=np.zeros((n_nodes, d)),
         scal=np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, np.nan]),
-        ibuf=np.zeros(3, dtype=np.int64),
+        ibuf=np.zeros(4, dtype=np.int64),
         C_buf=np.zeros((2, d, d)),
         r_buf=np.zeros((n_groups, d)),
         L_buf=np.zeros((2, n_groups if n_nodes == n_groups else 1, d, d)),
@@ -70,7 +66,9 @@ def init_state(rng, theta0, stats, structure, priors, init_step=0.1):
         ind_mean=np.zeros(n_theta),
         ind_chol=np.zeros((n_theta, n_theta)),
     )
-    _init_chain(rng, state, stats, structure, priors)
+    # run_chain draws the first coefficients of a fresh state, then stops at sweep 0
+    run_chain(rng, state, stats, structure, priors, 0, 1, 0, 1, 0, np.empty((0, n_theta)), np.empty((0, p)),
+              np.zeros(0, dtype=np.int64), np.empty((0, 0, d)), np.empty((0, 0, d)), np.empty(0), np.empty(0))
     return state
 
 
@@ -83,8 +81,13 @@ def run_chain(rng, state, stats, structure, priors, method, mh_steps, warmup, th
     the coefficients of the groups ``b_rows`` (``out_b`` may hold no draws, to keep no group
     coefficients). ``b_moments`` (shape (2, n_nodes, d), or (0, ...) for none) accumulates the
     running mean and sum of squared deviations (Welford) of every group's coefficients over
-    the kept draws.
+    the kept draws. A fresh state (``state.ibuf[READY] == 0``) first gets its coefficients
+    drawn at its ``theta``; a failure there sets ``state.scal[FAILED]``.
     """
+    if state.ibuf[READY] == 0:
+        if not draw_all_coefficients(rng, state, stats, structure, priors):
+            return
+        state.ibuf[READY] = 1
     while state.ibuf[ITER] < stop:
         it = state.ibuf[ITER]
         acc = sweep(rng, state, stats, structure, priors, method, mh_steps, warmup)
@@ -94,11 +97,11 @@ def run_chain(rng, state, stats, structure, priors, method, mh_steps, warmup, th
             end_of_iteration(state, warmup)
         if it >= warmup and (it - warmup) % thin == 0:
             k = (it - warmup) // thin
-            out_theta[k, :] = state.theta
-            out_a[k, :] = state.a
+            copy_into(out_theta[k], state.theta)
+            copy_into(out_a[k], state.a)
             if k < out_b.shape[0]:
                 for i in range(b_rows.shape[0]):
-                    out_b[k, i, :] = state.b[b_rows[i]]
+                    copy_into(out_b[k, i], state.b[b_rows[i]])
             if b_moments.shape[0] > 0:
                 inv = 1.0 / (k + 1)
                 mean = b_moments[0]

@@ -37,7 +37,7 @@ def residual_ss(stats, a, b):
     return max(rss, 0.0)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def update_s2(rng, stats, a, b, s2, priors):
     """Draw ``s2 | a, b, y``.
 
@@ -107,7 +107,7 @@ def draw_inv_wishart(rng, nu, Psi, out):
     return True
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def update_T(rng, b, T, structure, priors):
     """Draw each covariance block ``T_k | b`` in place.
 

@@ -10,6 +10,17 @@ from numba import njit
 
 
 @njit(cache=True, nogil=True)
+def copy_into(dst, src):
+    """``dst[:] = src`` for 1-d arrays of the same length.
+
+    A loop rather than slice assignment: the slice assignment's shape check formats its
+    error message with string operations that add seconds to every kernel's compilation.
+    """
+    for i in range(dst.shape[0]):
+        dst[i] = src[i]
+
+
+@njit(cache=True, nogil=True)
 def chol_inplace(M):
     """Overwrite the symmetric matrix ``M`` with its lower Cholesky factor ``L`` (``M = L L'``).
 

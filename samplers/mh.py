@@ -27,13 +27,13 @@ After warm-up both proposals are frozen, so the kept draws come from a fixed, va
 import numpy as np
 from numba import njit
 
-from samplers.linalg import chol_inplace
+from samplers.linalg import chol_inplace, copy_into
 from samplers.nested import tree_upward, tree_workspace, uses_tree
 from samplers.theta import canonical_mask, decode_theta, flip_columns
 from samplers.tree import loglik_given_a
 
 # ibuf slots of ChainState
-ITER, WIN_COUNT, LAST_RESET = 0, 1, 2
+ITER, WIN_COUNT, LAST_RESET, READY = 0, 1, 2, 3
 # scal slots of ChainState
 LP, LP_COND, LOG_SCALE, FAILED, RTR, IND_ACC, IND_N, IND_LQ = 0, 1, 2, 3, 4, 5, 6, 7
 IND_MIN_ACCEPT = 0.15  # below this in the last tenth of warm-up, the independence proposal is dropped
@@ -69,7 +69,7 @@ def target_accept(n_theta):
     return 0.234 + 0.206 * np.exp(-(n_theta - 1.0) / 2.0)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def mh_step(rng, state, stats, structure, priors):
     """One random-walk move on ``theta``; returns the acceptance probability."""
     n = state.theta.shape[0]
@@ -87,7 +87,7 @@ def mh_step(rng, state, stats, structure, priors):
     log_alpha = lp_new - state.scal[LP_COND]
     alpha = 1.0 if log_alpha >= 0.0 else np.exp(log_alpha)
     if np.log(rng.random()) < log_alpha:
-        state.theta[:] = prop
+        copy_into(state.theta, prop)
         state.scal[LP_COND] = lp_new
         state.scal[IND_LQ] = np.nan
     return alpha
@@ -137,7 +137,7 @@ def _ind_log_density(state, structure, x, r):
     return top + np.log(total)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def independence_step(rng, state, stats, structure, priors):
     """One independence move from the fitted multivariate t; returns the acceptance probability."""
     n = state.theta.shape[0]
@@ -153,7 +153,8 @@ def independence_step(rng, state, stats, structure, priors):
         draw[i] += w * t
     n_pat = _n_patterns(structure)
     prop = np.empty(n)
-    flip_columns(draw, structure, rng.integers(0, n_pat) if n_pat > 1 else 0, prop)
+    mask = min(int(rng.random() * n_pat), n_pat - 1)  # uniform on 0 .. n_pat - 1
+    flip_columns(draw, structure, mask, prop)
     lp_new = log_target(prop, stats, structure, priors, state)
     lq_new = _ind_log_density(state, structure, prop, z)
     if np.isnan(state.scal[IND_LQ]):
@@ -161,7 +162,7 @@ def independence_step(rng, state, stats, structure, priors):
     log_alpha = (lp_new - lq_new) - (state.scal[LP_COND] - state.scal[IND_LQ])
     alpha = 1.0 if log_alpha >= 0.0 else np.exp(log_alpha)
     if np.log(rng.random()) < log_alpha:
-        state.theta[:] = prop
+        copy_into(state.theta, prop)
         state.scal[LP_COND] = lp_new
         state.scal[IND_LQ] = lq_new
     return alpha
@@ -173,7 +174,7 @@ def window_ends(warmup):
     return (int(0.1 * warmup), int(0.3 * warmup), int(0.6 * warmup), int(0.9 * warmup))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def adapt(state, structure, alpha, warmup):
     """Warm-up adaptation after one MH move at the current iteration.
 
@@ -201,7 +202,7 @@ def adapt(state, structure, alpha, warmup):
             state.ad_cov[i, k] += delta[i] * (x[k] - state.ad_mean[k])
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def end_of_iteration(state, warmup):
     """At the end of an adaptation window, adopt its covariance for the proposal."""
     n = state.theta.shape[0]
@@ -211,7 +212,7 @@ def end_of_iteration(state, warmup):
         # a fit that is rarely accepted (a chain that was still settling in the last window)
         # would only slow the chain down: keep the random walk alone
         if state.scal[IND_ACC] / state.scal[IND_N] < IND_MIN_ACCEPT:
-            state.ind_chol[:, :] = 0.0
+            state.ind_chol.fill(0.0)
             state.scal[IND_LQ] = np.nan
     if it + 1 != w1 and it + 1 != w2 and it + 1 != w3:
         return
@@ -221,7 +222,7 @@ def end_of_iteration(state, warmup):
         for i in range(n):
             C[i, i] += 1e-10
         if chol_inplace(C):
-            state.prop_chol[:, :] = C
+            copy_into(state.prop_chol.ravel(), C.ravel())
             state.scal[LOG_SCALE] = 0.0
             state.ibuf[LAST_RESET] = it
         if it + 1 == w3:
@@ -229,9 +230,9 @@ def end_of_iteration(state, warmup):
             for i in range(n):
                 C[i, i] += 1e-10
             if chol_inplace(C):
-                state.ind_chol[:, :] = C
-                state.ind_mean[:] = state.ad_mean
+                copy_into(state.ind_chol.ravel(), C.ravel())
+                copy_into(state.ind_mean, state.ad_mean)
                 state.scal[IND_LQ] = np.nan
     state.ibuf[WIN_COUNT] = 0
-    state.ad_mean[:] = 0.0
-    state.ad_cov[:, :] = 0.0
+    state.ad_mean.fill(0.0)
+    state.ad_cov.fill(0.0)

@@ -16,7 +16,7 @@ from samplers.tree import upward
 LOG_2PI = np.log(2.0 * np.pi)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def profile_loglik(theta, stats, structure, priors, reml, C, L, LA, c):
     """ML (fixed effects at their GLS value) or REML (integrated out) log-likelihood of ``theta``.
 
@@ -57,14 +57,21 @@ def loglik_and_gradient(theta, stats, structure, priors, reml, grad):
     L = np.empty((1 if uses_tree(structure) else n_groups, d, d))
     LA = np.empty((p, p))
     c = np.empty(p)
-    value = profile_loglik(theta, stats, structure, priors, reml, C, L, LA, c)
+    # one call site, so that profile_loglik is compiled inline here only: evaluation k = 0
+    # is theta itself, then theta + h e_i and theta - h e_i for each i
     work = theta.copy()
-    for i in range(theta.shape[0]):
-        h = 1e-4 * max(1.0, abs(theta[i]))
-        work[i] = theta[i] + h
-        up = profile_loglik(work, stats, structure, priors, reml, C, L, LA, c)
-        work[i] = theta[i] - h
-        down = profile_loglik(work, stats, structure, priors, reml, C, L, LA, c)
-        work[i] = theta[i]
-        grad[i] = (up - down) / (2.0 * h)
+    value = up = 0.0
+    for k in range(2 * theta.shape[0] + 1):
+        i = (k - 1) // 2
+        if k > 0:
+            h = 1e-4 * max(1.0, abs(theta[i]))
+            work[i] = theta[i] + h if k % 2 == 1 else theta[i] - h
+        ll = profile_loglik(work, stats, structure, priors, reml, C, L, LA, c)
+        if k == 0:
+            value = ll
+        elif k % 2 == 1:
+            up = ll
+        else:
+            grad[i] = (up - ll) / (2.0 * h)
+            work[i] = theta[i]
     return value

@@ -26,7 +26,7 @@ METHOD_MH = 1
 CURRENT = 0  # buffer slot of the factors at the current theta
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def draw_all_coefficients(rng, state, stats, structure, priors):
     """Upward pass at the current ``theta``, then an exact joint draw of ``(a, b) | theta, y``.
 
@@ -61,7 +61,7 @@ def draw_all_coefficients(rng, state, stats, structure, priors):
     return True
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def sweep(rng, state, stats, structure, priors, method, mh_steps, warmup):
     """Advance the chain by one sweep, in place.
 
@@ -99,7 +99,11 @@ def sweep(rng, state, stats, structure, priors, method, mh_steps, warmup):
         d = state.b.shape[1]
         C = np.empty((d, d))
         s2, _ = decode_theta(state.theta, structure, priors, C)
-        T = C @ C.T
+        T = np.zeros((d, d))  # C C'
+        for i in range(d):
+            for j in range(d):
+                for m in range(min(i, j) + 1):
+                    T[i, j] += C[i, m] * C[j, m]
         acc_s2 = 1.0
         if structure.sigma_known == 0:
             if uses_tree(structure):

@@ -117,8 +117,8 @@ def upward(stats, s2, C, a_mean, a_prec, L_out, LA_out, c_out):
         A[q, q] += a_prec[q]
     yVy = stats.scal[0] * inv_s2
     logdet = n_obs * np.log(s2) - stats.scal[2]
-    # Rows of U_j and u_j for all groups, stacked, so that the p x p and p x 1 reductions
-    # sum_j U_j'U_j and sum_j U_j'u_j are single matrix products after the loop.
+    # Rows of U_j and u_j for all groups, stacked; the p x p and p x 1 reductions
+    # sum_j U_j'U_j and sum_j U_j'u_j run over them after the loop.
     U_all = np.empty((n_groups * d, p))
     u_all = np.empty(n_groups * d)
     XC = np.empty((d, d))
@@ -200,12 +200,13 @@ def upward(stats, s2, C, a_mean, a_prec, L_out, LA_out, c_out):
     logdet += np.log(det_prod)
     for i in range(n_groups * d):
         yVy -= u_all[i] * u_all[i]
-    UtU = U_all.T @ U_all
-    Utu = U_all.T @ u_all
-    for q in range(p):
-        c_out[q] -= Utu[q]
-        for q2 in range(q + 1):
-            A[q, q2] -= UtU[q, q2]
+    for i in range(n_groups * d):
+        ui = u_all[i]
+        for q in range(p):
+            uq = U_all[i, q]
+            c_out[q] -= uq * ui
+            for q2 in range(q + 1):
+                A[q, q2] -= uq * U_all[i, q2]
     if not chol_inplace(A):
         return -np.inf, False
     v = c_out.copy()

@@ -148,8 +148,9 @@ class ChainState(NamedTuple):
         ``[log p(theta | y), log p(theta | a, y), MH log step scale, failure flag,
         (y - F a)'W(y - F a), summed acceptance and count of independence moves in
         warm-up, independence-proposal log density at theta (nan when not known)]``.
-    ibuf : ndarray of int64, shape (3,)
-        ``[sweeps done, draws in the adaptation window, sweep of the last proposal reset]``.
+    ibuf : ndarray of int64, shape (4,)
+        ``[sweeps done, draws in the adaptation window, sweep of the last proposal reset,
+        1 once the first coefficients are drawn]``.
     C_buf : ndarray of shape (2, n_coef, n_coef)
         Factor ``C`` of the group covariance ``T = C C'`` (slot 0: current draw, slot 1:
         scratch for proposals).
