@@ -25,7 +25,7 @@ from scipy.optimize import minimize
 
 from bayeshlm.priors import coefficient_scales
 from samplers.ml import loglik_and_gradient
-from samplers.nested import two_level
+from samplers.nested import tree_flag, two_level
 from samplers.theta import components, decode_theta, encode_theta
 from samplers.tree import group_moments, upward, workspace
 
@@ -124,11 +124,12 @@ class _Objective:
         self.reml = method == "reml"
         self.n_eval = 0
         self.grad = np.empty(model.n_theta)
+        self.tree = tree_flag(model.structure)
 
     def __call__(self, theta):
         self.n_eval += 1
         m = self.model
-        return loglik_and_gradient(theta, m.stats, m.structure, m.priors, self.reml, self.grad)
+        return loglik_and_gradient(theta, m.stats, m.structure, m.priors, self.reml, self.tree, self.grad)
 
     def negative_with_gradient(self, theta):
         """``(-loglik, -gradient)`` for a minimiser; ``inf`` where the likelihood is not finite."""

@@ -30,7 +30,7 @@ from bayeshlm.priors import (
     Uniform,
     column_moments,
 )
-from samplers.nested import two_level
+from samplers.nested import tree_flag, two_level
 from samplers.suffstats import compute_suffstats
 
 
@@ -286,11 +286,13 @@ def python_chain_draws(model, seed, *, method="gibbs", warmup=300, draws=600, mh
     rng = np.random.Generator(np.random.PCG64(seed))
     state = init_state(rng, starting_theta(model, rng, 0.5), model.stats, model.structure, model.priors)
     code = sweep_module.METHOD_GIBBS if method == "gibbs" else sweep_module.METHOD_MH
+    tree = tree_flag(model.structure)
     theta = np.empty((draws, model.n_theta))
     fixed = np.empty((draws, len(model.fixed_names)))
     for it in range(warmup + draws):
-        sweep_module.sweep.py_func(rng, state, model.stats, model.structure, model.priors, code, mh_steps, warmup)
-        if code == sweep_module.METHOD_MH and it < warmup:
+        sweep_module.sweep.py_func(rng, state, model.stats, model.structure, model.priors, tree, code, mh_steps,
+                                   warmup)
+        if code is sweep_module.METHOD_MH and it < warmup:
             end_of_iteration(state, warmup)
         state.ibuf[ITER] = it + 1
         if it >= warmup:
@@ -410,11 +412,12 @@ def geweke(model, n_iter=20000, *, method="mh", seed=0, mh_steps=6, n_prior=None
     kernel_rng = np.random.Generator(np.random.PCG64(int(rng.integers(2**31))))
     state = init_state(kernel_rng, theta0, sim.stats, model.structure, model.priors)
     code = METHOD_GIBBS if method == "gibbs" else METHOD_MH
+    tree = tree_flag(model.structure)
     theta = np.empty((n_iter, model.n_theta))
     fixed = np.empty((n_iter, len(model.fixed_names)))
     s2, sd, corr = np.empty(1), np.empty((1, d)), np.empty((1, d, d))
     for it in range(n_iter):
-        sweep(kernel_rng, state, sim.stats, model.structure, model.priors, code, mh_steps, 0)
+        sweep(kernel_rng, state, sim.stats, model.structure, model.priors, tree, code, mh_steps, 0)
         state.ibuf[ITER] = it + 1
         if state.scal[3] != 0.0:
             raise RuntimeError("a sweep failed during the Geweke test")

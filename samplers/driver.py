@@ -16,7 +16,7 @@ from numba import njit
 
 from samplers.linalg import copy_into
 from samplers.mh import FAILED, ITER, LP, READY, end_of_iteration
-from samplers.nested import two_level
+from samplers.nested import tree_flag, two_level
 from samplers.sweep import METHOD_MH, draw_all_coefficients, sweep
 from samplers.types import ChainState
 
@@ -67,13 +67,14 @@ def init_state(rng, theta0, stats, structure, priors, init_step=0.1):
         ind_chol=np.zeros((n_theta, n_theta)),
     )
     # run_chain draws the first coefficients of a fresh state, then stops at sweep 0
-    run_chain(rng, state, stats, structure, priors, 0, 1, 0, 1, 0, np.empty((0, n_theta)), np.empty((0, p)),
+    run_chain(rng, state, stats, structure, priors, tree_flag(structure), METHOD_MH, 1, 0, 1, 0,
+              np.empty((0, n_theta)), np.empty((0, p)),
               np.zeros(0, dtype=np.int64), np.empty((0, 0, d)), np.empty((0, 0, d)), np.empty(0), np.empty(0))
     return state
 
 
 @njit(cache=True, nogil=True)
-def run_chain(rng, state, stats, structure, priors, method, mh_steps, warmup, thin, stop,
+def run_chain(rng, state, stats, structure, priors, tree, method, mh_steps, warmup, thin, stop,
               out_theta, out_a, b_rows, out_b, b_moments, out_lp, out_acc):
     """Run sweeps until ``stop`` sweeps are done, storing every ``thin``-th kept draw.
 
@@ -82,18 +83,19 @@ def run_chain(rng, state, stats, structure, priors, method, mh_steps, warmup, th
     coefficients). ``b_moments`` (shape (2, n_nodes, d), or (0, ...) for none) accumulates the
     running mean and sum of squared deviations (Welford) of every group's coefficients over
     the kept draws. A fresh state (``state.ibuf[READY] == 0``) first gets its coefficients
-    drawn at its ``theta``; a failure there sets ``state.scal[FAILED]``.
+    drawn at its ``theta``; a failure there sets ``state.scal[FAILED]``. ``tree`` and
+    ``method`` are variant flags (:mod:`samplers.nested`, :mod:`samplers.sweep`).
     """
     if state.ibuf[READY] == 0:
-        if not draw_all_coefficients(rng, state, stats, structure, priors):
+        if not draw_all_coefficients(rng, state, stats, structure, priors, tree):
             return
         state.ibuf[READY] = 1
     while state.ibuf[ITER] < stop:
         it = state.ibuf[ITER]
-        acc = sweep(rng, state, stats, structure, priors, method, mh_steps, warmup)
+        acc = sweep(rng, state, stats, structure, priors, tree, method, mh_steps, warmup)
         if state.scal[FAILED] != 0.0:
             return
-        if method == METHOD_MH and it < warmup:
+        if method is None and it < warmup:  # METHOD_MH
             end_of_iteration(state, warmup)
         if it >= warmup and (it - warmup) % thin == 0:
             k = (it - warmup) // thin
@@ -144,8 +146,8 @@ def run_chains(rngs, states, stats, structure, priors, *, method, mh_steps, warm
         One initial state per chain (from :func:`init_state`); advanced in place.
     stats, structure, priors
         The model.
-    method : {0, 1}
-        0 conjugate Gibbs for the variance components, 1 collapsed Metropolis-Hastings.
+    method : METHOD_GIBBS or METHOD_MH
+        Conjugate Gibbs for the variance components, or collapsed Metropolis-Hastings.
     mh_steps : int
         MH moves per sweep (method 1).
     warmup, draws, thin : int
@@ -192,6 +194,7 @@ def run_chains(rngs, states, stats, structure, priors, *, method, mh_steps, warm
         for _ in range(n_chains)
     ]
     stop_event = threading.Event()
+    tree = tree_flag(structure)
 
     def work(c):
         rng, state, out = rngs[c], states[c], outputs[c]
@@ -200,7 +203,7 @@ def run_chains(rngs, states, stats, structure, priors, *, method, mh_steps, warm
             start = int(state.ibuf[ITER])
             stop = min(total, start + n_sweeps)
             t0 = time.perf_counter()
-            run_chain(rng, state, stats, structure, priors, method, mh_steps, warmup, thin, stop,
+            run_chain(rng, state, stats, structure, priors, tree, method, mh_steps, warmup, thin, stop,
                       out.theta, out.a, b_rows, out.b, out.b_moments, out.lp, out.accept)
             # Each call costs a fixed overhead (passing the model in): grow the chunks until
             # a call lasts about chunk_seconds. The draws do not depend on the chunking.

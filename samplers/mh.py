@@ -28,7 +28,7 @@ import numpy as np
 from numba import njit
 
 from samplers.linalg import chol_inplace, copy_into
-from samplers.nested import tree_upward, tree_workspace, uses_tree
+from samplers.nested import tree_upward, tree_workspace
 from samplers.theta import canonical_mask, decode_theta, flip_columns
 from samplers.tree import loglik_given_a
 
@@ -41,22 +41,23 @@ SCRATCH = 1  # buffer slot used by the moves; slot 0 holds the factors of the cu
 
 
 @njit(cache=True, nogil=True)
-def log_target(theta, stats, structure, priors, state):
+def log_target(theta, stats, structure, priors, state, tree):
     """Log posterior of ``theta`` given the fixed effects, ``log p(y | theta, a) + log p(theta)``.
 
     The group coefficients are integrated out; ``state.r_buf`` and ``state.scal[RTR]`` hold
-    the residual statistics of the current fixed effects.
+    the residual statistics of the current fixed effects. ``tree``: the variant flag of
+    :mod:`samplers.nested`.
     """
     C = state.C_buf[SCRATCH]
     s2, log_prior = decode_theta(theta, structure, priors, C)
     if not np.isfinite(log_prior):
         return -np.inf
-    if uses_tree(structure):
+    if tree is None:
+        ll, ok = loglik_given_a(stats, s2, C, state.r_buf, state.scal[RTR], state.L_buf[SCRATCH])
+    else:
         Lt, Ut, Acc, LA, cA, _ = tree_workspace(stats, structure)
         ll, ok = tree_upward(stats, structure, s2, C, False, priors.a_mean, priors.a_prec, state.r_buf,
                              state.scal[RTR], Lt, Ut, Acc, LA, cA)
-    else:
-        ll, ok = loglik_given_a(stats, s2, C, state.r_buf, state.scal[RTR], state.L_buf[SCRATCH])
     if not ok:
         # A factorisation failed at this point: numerically it has no posterior mass.
         return -np.inf
@@ -70,7 +71,7 @@ def target_accept(n_theta):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def mh_step(rng, state, stats, structure, priors):
+def mh_step(rng, state, stats, structure, priors, tree):
     """One random-walk move on ``theta``; returns the acceptance probability."""
     n = state.theta.shape[0]
     z = np.empty(n)
@@ -83,7 +84,7 @@ def mh_step(rng, state, stats, structure, priors):
         for k in range(i + 1):
             t += state.prop_chol[i, k] * z[k]
         prop[i] += scale * t
-    lp_new = log_target(prop, stats, structure, priors, state)
+    lp_new = log_target(prop, stats, structure, priors, state, tree)
     log_alpha = lp_new - state.scal[LP_COND]
     alpha = 1.0 if log_alpha >= 0.0 else np.exp(log_alpha)
     if np.log(rng.random()) < log_alpha:
@@ -138,7 +139,7 @@ def _ind_log_density(state, structure, x, r):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def independence_step(rng, state, stats, structure, priors):
+def independence_step(rng, state, stats, structure, priors, tree):
     """One independence move from the fitted multivariate t; returns the acceptance probability."""
     n = state.theta.shape[0]
     w = np.sqrt(IND_NU / (2.0 * rng.standard_gamma(0.5 * IND_NU)))
@@ -155,7 +156,7 @@ def independence_step(rng, state, stats, structure, priors):
     prop = np.empty(n)
     mask = min(int(rng.random() * n_pat), n_pat - 1)  # uniform on 0 .. n_pat - 1
     flip_columns(draw, structure, mask, prop)
-    lp_new = log_target(prop, stats, structure, priors, state)
+    lp_new = log_target(prop, stats, structure, priors, state, tree)
     lq_new = _ind_log_density(state, structure, prop, z)
     if np.isnan(state.scal[IND_LQ]):
         state.scal[IND_LQ] = _ind_log_density(state, structure, state.theta, z)

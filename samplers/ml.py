@@ -9,7 +9,7 @@ Python instead of one per pass.
 import numpy as np
 from numba import njit
 
-from samplers.nested import tree_upward, tree_workspace, uses_tree
+from samplers.nested import tree_upward, tree_workspace
 from samplers.theta import decode_theta
 from samplers.tree import upward
 
@@ -17,7 +17,7 @@ LOG_2PI = np.log(2.0 * np.pi)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def profile_loglik(theta, stats, structure, priors, reml, C, L, LA, c):
+def profile_loglik(theta, stats, structure, priors, reml, tree, C, L, LA, c):
     """ML (fixed effects at their GLS value) or REML (integrated out) log-likelihood of ``theta``.
 
     ``C``, ``L``, ``LA``, ``c`` are work arrays, left holding the factors at ``theta``.
@@ -26,11 +26,11 @@ def profile_loglik(theta, stats, structure, priors, reml, C, L, LA, c):
     p = c.shape[0]
     flat = np.zeros(p)
     s2, _ = decode_theta(theta, structure, priors, C)
-    if uses_tree(structure):
+    if tree is None:
+        ll, ok = upward(stats, s2, C, flat, flat, L, LA, c)
+    else:
         Lt, Ut, Acc, _, _, _ = tree_workspace(stats, structure)
         ll, ok = tree_upward(stats, structure, s2, C, True, flat, flat, stats.Xty, 0.0, Lt, Ut, Acc, LA, c)
-    else:
-        ll, ok = upward(stats, s2, C, flat, flat, L, LA, c)
     if not ok:
         return -np.inf
     if not reml:
@@ -42,19 +42,20 @@ def profile_loglik(theta, stats, structure, priors, reml, C, L, LA, c):
 
 
 @njit(cache=True, nogil=True)
-def loglik_and_gradient(theta, stats, structure, priors, reml, grad):
+def loglik_and_gradient(theta, stats, structure, priors, reml, tree, grad):
     """Value of :func:`profile_loglik` at ``theta``, with its gradient written into ``grad``.
 
     Central differences with step ``1e-4`` (relative beyond 1): the log-likelihood carries a
     rounding error of about ``1e-16 |loglik|``, so a step ``h`` adds about
     ``1e-16 |loglik| / h`` to the gradient and the truncation adds ``h^2 f3 / 6`` (``f3`` the
     third derivative); ``1e-4`` balances the two near ``1e-7`` for likelihoods of the size
-    met here, where ``1e-6`` would leave errors near ``1e-5``.
+    met here, where ``1e-6`` would leave errors near ``1e-5``. ``tree``: the variant flag of
+    :mod:`samplers.nested`.
     """
     n_groups, d = stats.Xty.shape
     p = stats.Fty.shape[0]
     C = np.empty((d, d))
-    L = np.empty((1 if uses_tree(structure) else n_groups, d, d))
+    L = np.empty((n_groups if tree is None else 1, d, d))
     LA = np.empty((p, p))
     c = np.empty(p)
     # one call site, so that profile_loglik is compiled inline here only: evaluation k = 0
@@ -66,7 +67,7 @@ def loglik_and_gradient(theta, stats, structure, priors, reml, grad):
         if k > 0:
             h = 1e-4 * max(1.0, abs(theta[i]))
             work[i] = theta[i] + h if k % 2 == 1 else theta[i] - h
-        ll = profile_loglik(work, stats, structure, priors, reml, C, L, LA, c)
+        ll = profile_loglik(work, stats, structure, priors, reml, tree, C, L, LA, c)
         if k == 0:
             value = ll
         elif k % 2 == 1:

@@ -31,19 +31,27 @@ from samplers.linalg import chol_inplace
 LOG_2PI = np.log(2.0 * np.pi)
 
 
-@njit(cache=True, nogil=True)
-def uses_tree(structure):
-    """Whether the general tree passes apply: several grouping factors, or none (``n_coef == 0``).
-
-    One factor with random coefficients has the faster two-level passes of
-    :mod:`samplers.tree`.
-    """
-    return structure.level_ptr.shape[0] > 2 or structure.level_ptr[-1] == 0
-
-
 def two_level(structure):
-    """Python-side negation of :func:`uses_tree`."""
+    """Whether the faster two-level passes of :mod:`samplers.tree` apply.
+
+    They do for one grouping factor with random coefficients; several factors, or none
+    (``n_coef == 0``), take the general tree passes.
+    """
     return len(structure.level_ptr) == 2 and structure.level_ptr[-1] > 0
+
+
+# Variant flags. A kernel that has both a two-level and a tree version of a step takes a
+# ``tree`` argument that is None (two-level) or True (tree) and tests it with ``tree is None``.
+# Numba compiles one version per type of the flag and prunes the other branch before typing
+# it (a None argument is known at compile time), so a two-level model never compiles the
+# tree passes, nor a nested model the two-level ones.
+TWO_LEVEL = None
+TREE = True
+
+
+def tree_flag(structure):
+    """The ``tree`` variant flag of a model: :data:`TWO_LEVEL` or :data:`TREE`."""
+    return TWO_LEVEL if two_level(structure) else TREE
 
 
 @njit(cache=True, nogil=True)

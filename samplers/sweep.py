@@ -17,26 +17,29 @@ from samplers.mh import (
     log_target,
     mh_step,
 )
-from samplers.nested import effective_coefficients, tree_draw, tree_upward, tree_workspace, uses_tree
+from samplers.nested import effective_coefficients, tree_draw, tree_upward, tree_workspace
 from samplers.theta import decode_theta, encode_theta
 from samplers.tree import draw_coefficients, residual_stats, upward
 
-METHOD_GIBBS = 0
-METHOD_MH = 1
+# The method is a variant flag like ``tree`` (see samplers.nested): None or True, tested with
+# ``method is None``, so that a chain compiles only the moves of its own method.
+METHOD_MH = None
+METHOD_GIBBS = True
 CURRENT = 0  # buffer slot of the factors at the current theta
 
 
 @njit(cache=True, nogil=True, inline="always")
-def draw_all_coefficients(rng, state, stats, structure, priors):
+def draw_all_coefficients(rng, state, stats, structure, priors, tree):
     """Upward pass at the current ``theta``, then an exact joint draw of ``(a, b) | theta, y``.
 
     Stores ``log p(theta | y)`` (up to a constant; ``a`` and ``b`` integrated out) in
-    ``state.scal[LP]``. Returns False when a factorisation failed.
+    ``state.scal[LP]``. Returns False when a factorisation failed. ``tree``: the variant
+    flag of :mod:`samplers.nested`.
     """
     C = state.C_buf[CURRENT]
     s2, log_prior = decode_theta(state.theta, structure, priors, C)
-    if uses_tree(structure):
-        # nested factors, or none factors: the general tree passes
+    if tree is not None:
+        # nested factors, or no factors: the general tree passes
         Lt, Ut, Acc, LA, cA, beta = tree_workspace(stats, structure)
         ll, ok = tree_upward(stats, structure, s2, C, True, priors.a_mean, priors.a_prec, state.r_buf, 0.0,
                              Lt, Ut, Acc, LA, cA)
@@ -62,11 +65,11 @@ def draw_all_coefficients(rng, state, stats, structure, priors):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def sweep(rng, state, stats, structure, priors, method, mh_steps, warmup):
+def sweep(rng, state, stats, structure, priors, tree, method, mh_steps, warmup):
     """Advance the chain by one sweep, in place.
 
-    ``method`` 0 (Gibbs): ``s2 | a, b, y`` and ``T | b`` by their conditionals.
-    ``method`` 1 (MH): ``mh_steps`` Metropolis-Hastings moves on ``p(theta | a, y)`` with the
+    ``method`` METHOD_GIBBS: ``s2 | a, b, y`` and ``T | b`` by their conditionals.
+    ``method`` METHOD_MH: ``mh_steps`` Metropolis-Hastings moves on ``p(theta | a, y)`` with the
     group coefficients integrated out: random walk only until the independence proposal has
     been fitted, then two independence moves for every random-walk move. Both then
     draw ``(a, b) | theta, y`` exactly and jointly.
@@ -77,20 +80,20 @@ def sweep(rng, state, stats, structure, priors, method, mh_steps, warmup):
         Mean acceptance probability of the variance-component moves in this sweep
         (``nan`` when the sweep failed; the failure flag ``state.scal[3]`` is then set).
     """
-    if method == METHOD_MH:
+    if method is None:  # METHOD_MH
         state.scal[RTR] = residual_stats(stats, state.a, state.r_buf)
-        state.scal[LP_COND] = log_target(state.theta, stats, structure, priors, state)
+        state.scal[LP_COND] = log_target(state.theta, stats, structure, priors, state, tree)
         adapting = state.ibuf[ITER] < warmup
         use_ind = state.ind_chol[0, 0] > 0.0
         acc = 0.0
         for s in range(mh_steps):
             if use_ind and s % 3 != 2:
-                alpha = independence_step(rng, state, stats, structure, priors)
+                alpha = independence_step(rng, state, stats, structure, priors, tree)
                 if adapting:
                     state.scal[IND_ACC] += alpha
                     state.scal[IND_N] += 1.0
             else:
-                alpha = mh_step(rng, state, stats, structure, priors)
+                alpha = mh_step(rng, state, stats, structure, priors, tree)
                 if adapting:
                     adapt(state, structure, alpha, warmup)
             acc += alpha
@@ -106,7 +109,7 @@ def sweep(rng, state, stats, structure, priors, method, mh_steps, warmup):
                     T[i, j] += C[i, m] * C[j, m]
         acc_s2 = 1.0
         if structure.sigma_known == 0:
-            if uses_tree(structure):
+            if tree is not None:
                 b_eff = np.zeros((stats.n.shape[0], d))
                 effective_coefficients(structure, state.b, b_eff)
             else:
@@ -117,6 +120,6 @@ def sweep(rng, state, stats, structure, priors, method, mh_steps, warmup):
             state.scal[FAILED] = 1.0
             return np.nan
         acc = 0.5 * (acc_s2 + acc_T) if structure.sigma_known == 0 else acc_T
-    if not draw_all_coefficients(rng, state, stats, structure, priors):
+    if not draw_all_coefficients(rng, state, stats, structure, priors, tree):
         return np.nan
     return acc
