@@ -64,41 +64,31 @@ def log_target(theta, stats, structure, priors, state, tree):
     return ll + log_prior
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def target_accept(n_theta):
     """Acceptance rate aimed at: 0.44 in one dimension, tending to 0.234 in many."""
     return 0.234 + 0.206 * np.exp(-(n_theta - 1.0) / 2.0)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def mh_step(rng, state, stats, structure, priors, tree):
-    """One random-walk move on ``theta``; returns the acceptance probability."""
+def propose_walk(rng, state, prop, z):
+    """Random-walk proposal from the current ``theta`` into ``prop`` (``z``: work space)."""
     n = state.theta.shape[0]
-    z = np.empty(n)
     for i in range(n):
         z[i] = rng.standard_normal()
     scale = np.exp(state.scal[LOG_SCALE])
-    prop = state.theta.copy()
     for i in range(n):
         t = 0.0
         for k in range(i + 1):
             t += state.prop_chol[i, k] * z[k]
-        prop[i] += scale * t
-    lp_new = log_target(prop, stats, structure, priors, state, tree)
-    log_alpha = lp_new - state.scal[LP_COND]
-    alpha = 1.0 if log_alpha >= 0.0 else np.exp(log_alpha)
-    if np.log(rng.random()) < log_alpha:
-        copy_into(state.theta, prop)
-        state.scal[LP_COND] = lp_new
-        state.scal[IND_LQ] = np.nan
-    return alpha
+        prop[i] = state.theta[i] + scale * t
 
 
 IND_NU = 5.0  # degrees of freedom of the independence proposal: tails heavier than the target's
 MAX_FLIP_COEFS = 8  # up to 2^8 sign patterns are summed in the proposal density
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _n_patterns(structure):
     d = structure.block_ptr[-1]
     return 1 << d if d <= MAX_FLIP_COEFS else 1
@@ -139,12 +129,11 @@ def _ind_log_density(state, structure, x, r):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def independence_step(rng, state, stats, structure, priors, tree):
-    """One independence move from the fitted multivariate t; returns the acceptance probability."""
+def propose_independent(rng, state, structure, prop, z):
+    """Independence proposal from the fitted multivariate t into ``prop`` (``z``: work space)."""
     n = state.theta.shape[0]
     w = np.sqrt(IND_NU / (2.0 * rng.standard_gamma(0.5 * IND_NU)))
     draw = state.ind_mean.copy()
-    z = np.empty(n)
     for i in range(n):
         z[i] = rng.standard_normal()
     for i in range(n):
@@ -153,23 +142,61 @@ def independence_step(rng, state, stats, structure, priors, tree):
             t += state.ind_chol[i, k] * z[k]
         draw[i] += w * t
     n_pat = _n_patterns(structure)
-    prop = np.empty(n)
     mask = min(int(rng.random() * n_pat), n_pat - 1)  # uniform on 0 .. n_pat - 1
-    flip_columns(draw, structure, mask, prop)
-    lp_new = log_target(prop, stats, structure, priors, state, tree)
-    lq_new = _ind_log_density(state, structure, prop, z)
-    if np.isnan(state.scal[IND_LQ]):
-        state.scal[IND_LQ] = _ind_log_density(state, structure, state.theta, z)
-    log_alpha = (lp_new - lq_new) - (state.scal[LP_COND] - state.scal[IND_LQ])
-    alpha = 1.0 if log_alpha >= 0.0 else np.exp(log_alpha)
-    if np.log(rng.random()) < log_alpha:
-        copy_into(state.theta, prop)
-        state.scal[LP_COND] = lp_new
-        state.scal[IND_LQ] = lq_new
-    return alpha
+    flip_columns(draw, structure, mask if n_pat > 1 else 0, prop)
 
 
 @njit(cache=True, nogil=True)
+def mh_moves(rng, state, stats, structure, priors, tree, mh_steps, warmup):
+    """``mh_steps`` moves on ``theta``; returns their mean acceptance probability.
+
+    Random-walk moves only until the independence proposal has been fitted, then two
+    independence moves for every random-walk move. ``state.r_buf`` and ``state.scal[RTR]``
+    must hold the residual statistics of the current fixed effects. The target is
+    evaluated at one call site, first at the current point and then at each proposal.
+    """
+    n = state.theta.shape[0]
+    adapting = state.ibuf[ITER] < warmup
+    use_ind = state.ind_chol[0, 0] > 0.0
+    prop = np.empty(n)
+    z = np.empty(n)
+    acc = 0.0
+    for s in range(-1, mh_steps):
+        independent = s >= 0 and use_ind and s % 3 != 2
+        if s < 0:
+            copy_into(prop, state.theta)
+        elif independent:
+            propose_independent(rng, state, structure, prop, z)
+        else:
+            propose_walk(rng, state, prop, z)
+        lp_new = log_target(prop, stats, structure, priors, state, tree)
+        if s < 0:
+            state.scal[LP_COND] = lp_new
+            continue
+        if independent:
+            lq_new = _ind_log_density(state, structure, prop, z)
+            if np.isnan(state.scal[IND_LQ]):
+                state.scal[IND_LQ] = _ind_log_density(state, structure, state.theta, z)
+            log_alpha = (lp_new - lq_new) - (state.scal[LP_COND] - state.scal[IND_LQ])
+        else:
+            lq_new = np.nan
+            log_alpha = lp_new - state.scal[LP_COND]
+        alpha = 1.0 if log_alpha >= 0.0 else np.exp(log_alpha)
+        if np.log(rng.random()) < log_alpha:
+            copy_into(state.theta, prop)
+            state.scal[LP_COND] = lp_new
+            state.scal[IND_LQ] = lq_new
+        if adapting:
+            if independent:
+                state.scal[IND_ACC] += alpha
+                state.scal[IND_N] += 1.0
+            else:
+                adapt(state, structure, alpha, warmup)
+        acc += alpha
+    return acc / mh_steps
+
+
+@njit(cache=True, nogil=True, inline="always")
 def window_ends(warmup):
     """Iterations at which the adaptation windows end (accumulation starts at the first)."""
     return (int(0.1 * warmup), int(0.3 * warmup), int(0.6 * warmup), int(0.9 * warmup))

@@ -4,19 +4,7 @@ import numpy as np
 from numba import njit
 
 from samplers.gibbs import update_s2, update_T
-from samplers.mh import (
-    FAILED,
-    IND_ACC,
-    IND_N,
-    ITER,
-    LP,
-    LP_COND,
-    RTR,
-    adapt,
-    independence_step,
-    log_target,
-    mh_step,
-)
+from samplers.mh import FAILED, LP, RTR, mh_moves
 from samplers.nested import effective_coefficients, tree_draw, tree_upward, tree_workspace
 from samplers.theta import decode_theta, encode_theta
 from samplers.tree import draw_coefficients, residual_stats, upward
@@ -82,22 +70,7 @@ def sweep(rng, state, stats, structure, priors, tree, method, mh_steps, warmup):
     """
     if method is None:  # METHOD_MH
         state.scal[RTR] = residual_stats(stats, state.a, state.r_buf)
-        state.scal[LP_COND] = log_target(state.theta, stats, structure, priors, state, tree)
-        adapting = state.ibuf[ITER] < warmup
-        use_ind = state.ind_chol[0, 0] > 0.0
-        acc = 0.0
-        for s in range(mh_steps):
-            if use_ind and s % 3 != 2:
-                alpha = independence_step(rng, state, stats, structure, priors, tree)
-                if adapting:
-                    state.scal[IND_ACC] += alpha
-                    state.scal[IND_N] += 1.0
-            else:
-                alpha = mh_step(rng, state, stats, structure, priors, tree)
-                if adapting:
-                    adapt(state, structure, alpha, warmup)
-            acc += alpha
-        acc /= mh_steps
+        acc = mh_moves(rng, state, stats, structure, priors, tree, mh_steps, warmup)
     else:
         d = state.b.shape[1]
         C = np.empty((d, d))

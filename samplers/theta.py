@@ -62,7 +62,7 @@ def sd_log_prior(kind, par, x):
     return -np.inf
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _log_sech2(y):
     # log(1 - tanh(y)^2) without cancellation for large |y|
     ay = abs(y)
@@ -243,7 +243,7 @@ def components(theta_draws, structure, priors, out_s2, out_sd, out_corr):
                 out_corr[s, i, j] = t / (out_sd[s, i] * out_sd[s, j])
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _odd(x):
     parity = 0
     while x:
@@ -252,7 +252,7 @@ def _odd(x):
     return parity == 1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def canonical_mask(theta, structure):
     """Bit mask of the coefficients whose signed SD is negative."""
     mask = 0

@@ -292,7 +292,7 @@ def draw_coefficients(rng, stats, s2, C, L_all, LA, c_plus, a_out, b_out, draw):
             b_out[j, k] = t
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _draw_small(rng, stats, inv_s2, C, L_all, a, b_out, draw):
     """The group loop of :func:`draw_coefficients` for one or two coefficients, written out."""
     p = a.shape[0]
@@ -332,7 +332,7 @@ def _draw_small(rng, stats, inv_s2, C, L_all, a, b_out, draw):
         b_out[j, 1] = c10 * beta0 + c11 * beta1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def residual_stats(stats, a, r_out):
     """Statistics of the residuals ``y - F a`` needed by :func:`loglik_given_a`.
 
@@ -355,7 +355,7 @@ def residual_stats(stats, a, r_out):
     return max(rtr, 0.0)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def loglik_given_a(stats, s2, C, r, rtr, L_scratch):
     """``log p(y | theta, a)``: the group coefficients integrated out, the fixed effects given.
 
