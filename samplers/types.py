@@ -2,6 +2,9 @@
 
 Every field is a C-contiguous ``float64`` or ``int64`` array, or a Python scalar, so that one
 compiled kernel serves every model: the model is data passed to the kernels, never code.
+Besides these values the chain kernels take two variant flags, ``tree`` and ``method``
+(:mod:`samplers.nested`, :mod:`samplers.sweep`), each None or True: each of the four
+combinations is compiled once, on first use, with only its own branches.
 """
 
 from typing import NamedTuple

@@ -1040,3 +1040,37 @@ def test_inverse_wishart_normalising_constant_of_the_marginal_likelihood(blocks)
         _, lp = decode_theta(theta, structure, priors, C)
         ref = reference_log_prior(theta, blocks, 0, priors)
         assert lp + norm == pytest.approx(ref, abs=1e-6 * max(1.0, abs(ref)))
+
+
+# ---------------------------------------------------------------------------
+# 10. Compilation: one kernel per variant, never one per model
+
+
+def test_chains_compile_once_per_variant_not_per_model():
+    """Two-level models of different sizes share one compiled chain; nesting is its own variant.
+
+    The variant flags (``tree``, ``method``) are None or True, so the compiled signatures
+    show which branches were pruned: a None flag was known at compile time.
+    """
+    import pandas as pd
+    from numba.core import types
+
+    import bayeshlm as bh
+    from samplers.driver import run_chain
+
+    rng = np.random.default_rng(0)
+    n = 240
+    df = pd.DataFrame({"g": np.repeat(np.arange(24), 10), "h": np.repeat(np.arange(6), 40),
+                       "x": rng.normal(size=n), "z": rng.normal(size=n), "y": rng.normal(size=n)})
+    formulas = ("y ~ x + (x | g)", "y ~ x + z + (1 | g)", "y ~ x + (1 | h/g)")
+    for formula in formulas:
+        bh.sample(bh.hlm(formula, df), draws=20, warmup=20, chains=1, seed=1, progress=False)
+    variants = {}
+    for sig in run_chain.signatures:
+        tree, method = sig[5], sig[6]
+        key = ("two-level" if tree == types.none else "tree", "mh" if method == types.none else "gibbs")
+        variants.setdefault(key, []).append(sig)
+    # the two two-level models (2 and 1 random coefficients, 2 and 3 fixed effects) share one
+    assert len(variants[("two-level", "mh")]) == 1, variants
+    assert len(variants[("tree", "mh")]) == 1, variants
+    assert types.boolean in (sig[5] for sig in variants[("tree", "mh")])
