@@ -17,7 +17,7 @@ from numba import njit
 from samplers.linalg import copy_into
 from samplers.mh import FAILED, ITER, LP, READY, end_of_iteration
 from samplers.nested import tree_flag, two_level
-from samplers.sweep import METHOD_MH, draw_all_coefficients, sweep
+from samplers.sweep import METHOD_MH, sweep
 from samplers.types import ChainState
 
 
@@ -86,15 +86,18 @@ def run_chain(rng, state, stats, structure, priors, tree, method, mh_steps, warm
     drawn at its ``theta``; a failure there sets ``state.scal[FAILED]``. ``tree`` and
     ``method`` are variant flags (:mod:`samplers.nested`, :mod:`samplers.sweep`).
     """
-    if state.ibuf[READY] == 0:
-        if not draw_all_coefficients(rng, state, stats, structure, priors, tree):
-            return
-        state.ibuf[READY] = 1
-    while state.ibuf[ITER] < stop:
+    while True:
+        # one call site of sweep, so that it is compiled inline once
+        fresh = state.ibuf[READY] == 0
         it = state.ibuf[ITER]
-        acc = sweep(rng, state, stats, structure, priors, tree, method, mh_steps, warmup)
+        if not fresh and it >= stop:
+            return
+        acc = sweep(rng, state, stats, structure, priors, tree, method, mh_steps, warmup, not fresh)
         if state.scal[FAILED] != 0.0:
             return
+        if fresh:
+            state.ibuf[READY] = 1
+            continue
         if method is None and it < warmup:  # METHOD_MH
             end_of_iteration(state, warmup)
         if it >= warmup and (it - warmup) % thin == 0:

@@ -40,7 +40,7 @@ IND_MIN_ACCEPT = 0.15  # below this in the last tenth of warm-up, the independen
 SCRATCH = 1  # buffer slot used by the moves; slot 0 holds the factors of the current draw
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def log_target(theta, stats, structure, priors, state, tree):
     """Log posterior of ``theta`` given the fixed effects, ``log p(y | theta, a) + log p(theta)``.
 

@@ -53,14 +53,15 @@ def draw_all_coefficients(rng, state, stats, structure, priors, tree):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def sweep(rng, state, stats, structure, priors, tree, method, mh_steps, warmup):
+def sweep(rng, state, stats, structure, priors, tree, method, mh_steps, warmup, move_theta=True):
     """Advance the chain by one sweep, in place.
 
     ``method`` METHOD_GIBBS: ``s2 | a, b, y`` and ``T | b`` by their conditionals.
     ``method`` METHOD_MH: ``mh_steps`` Metropolis-Hastings moves on ``p(theta | a, y)`` with the
     group coefficients integrated out: random walk only until the independence proposal has
     been fitted, then two independence moves for every random-walk move. Both then
-    draw ``(a, b) | theta, y`` exactly and jointly.
+    draw ``(a, b) | theta, y`` exactly and jointly. With ``move_theta`` False only the
+    coefficients are drawn, at the current ``theta`` (the first draw of a fresh chain).
 
     Returns
     -------
@@ -68,31 +69,33 @@ def sweep(rng, state, stats, structure, priors, tree, method, mh_steps, warmup):
         Mean acceptance probability of the variance-component moves in this sweep
         (``nan`` when the sweep failed; the failure flag ``state.scal[3]`` is then set).
     """
-    if method is None:  # METHOD_MH
-        state.scal[RTR] = residual_stats(stats, state.a, state.r_buf)
-        acc = mh_moves(rng, state, stats, structure, priors, tree, mh_steps, warmup)
-    else:
-        d = state.b.shape[1]
-        C = np.empty((d, d))
-        s2, _ = decode_theta(state.theta, structure, priors, C)
-        T = np.zeros((d, d))  # C C'
-        for i in range(d):
-            for j in range(d):
-                for m in range(min(i, j) + 1):
-                    T[i, j] += C[i, m] * C[j, m]
-        acc_s2 = 1.0
-        if structure.sigma_known == 0:
-            if tree is not None:
-                b_eff = np.zeros((stats.n.shape[0], d))
-                effective_coefficients(structure, state.b, b_eff)
-            else:
-                b_eff = state.b
-            s2, acc_s2 = update_s2(rng, stats, state.a, b_eff, s2, priors)
-        acc_T, ok = update_T(rng, state.b, T, structure, priors)
-        if not ok or not encode_theta(s2, T, structure, state.theta):
-            state.scal[FAILED] = 1.0
-            return np.nan
-        acc = 0.5 * (acc_s2 + acc_T) if structure.sigma_known == 0 else acc_T
+    acc = np.nan  # without a move only the coefficients are drawn
+    if move_theta:
+        if method is None:  # METHOD_MH
+            state.scal[RTR] = residual_stats(stats, state.a, state.r_buf)
+            acc = mh_moves(rng, state, stats, structure, priors, tree, mh_steps, warmup)
+        else:
+            d = state.b.shape[1]
+            C = np.empty((d, d))
+            s2, _ = decode_theta(state.theta, structure, priors, C)
+            T = np.zeros((d, d))  # C C'
+            for i in range(d):
+                for j in range(d):
+                    for m in range(min(i, j) + 1):
+                        T[i, j] += C[i, m] * C[j, m]
+            acc_s2 = 1.0
+            if structure.sigma_known == 0:
+                if tree is not None:
+                    b_eff = np.zeros((stats.n.shape[0], d))
+                    effective_coefficients(structure, state.b, b_eff)
+                else:
+                    b_eff = state.b
+                s2, acc_s2 = update_s2(rng, stats, state.a, b_eff, s2, priors)
+            acc_T, ok = update_T(rng, state.b, T, structure, priors)
+            if not ok or not encode_theta(s2, T, structure, state.theta):
+                state.scal[FAILED] = 1.0
+                return np.nan
+            acc = 0.5 * (acc_s2 + acc_T) if structure.sigma_known == 0 else acc_T
     if not draw_all_coefficients(rng, state, stats, structure, priors, tree):
         return np.nan
     return acc
