@@ -422,20 +422,22 @@ def _newton_polish(objective, theta, max_steps=4):
     leaves the estimates a few 1e-5 from the optimum. Newton steps with the Hessian from
     central differences of the gradient converge quadratically from there. A step is kept
     only if it raises the log-likelihood, or keeps it within rounding while shrinking the
-    gradient (halved up to 10 times); a Hessian that is not
-    negative definite (an estimate on the boundary) ends the polish.
+    gradient (halved up to 10 times). Directions in which the log-likelihood is flat or
+    curves upwards (a correlation tending to +-1, an estimate on the boundary) are left
+    out of the step: it is taken in the span of the eigenvectors of clearly negative
+    curvature, and the polish ends when there are none.
     """
     value = objective(theta)
-    H = None
+    basis = None
     for _ in range(max_steps):
         grad = objective.grad.copy()
-        if H is None:  # one Hessian serves every step: the steps are tiny, it barely changes
-            H = _hessian(objective, theta)
-            try:
-                np.linalg.cholesky(-H)
-            except np.linalg.LinAlgError:
+        if basis is None:  # one Hessian serves every step: the steps are tiny, it barely changes
+            curvature, vectors = np.linalg.eigh(-_hessian(objective, theta))
+            keep = curvature > 1e-8 * max(float(np.max(np.abs(curvature))), 1e-300)
+            if not keep.any():
                 break
-        step = np.linalg.solve(-H, grad)
+            basis, curvature = vectors[:, keep], curvature[keep]
+        step = basis @ ((basis.T @ grad) / curvature)
         improved = False
         gnorm = np.max(np.abs(grad))
         for _ in range(10):

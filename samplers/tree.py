@@ -200,13 +200,21 @@ def upward(stats, s2, C, a_mean, a_prec, L_out, LA_out, c_out):
     logdet += np.log(det_prod)
     for i in range(n_groups * d):
         yVy -= u_all[i] * u_all[i]
+    # summed apart from A and c, then subtracted once: A and c are differences of nearly
+    # equal quantities when the groups absorb most of the fixed effects' information
+    UtU = np.zeros((p, p))
+    Utu = np.zeros(p)
     for i in range(n_groups * d):
         ui = u_all[i]
         for q in range(p):
             uq = U_all[i, q]
-            c_out[q] -= uq * ui
+            Utu[q] += uq * ui
             for q2 in range(q + 1):
-                A[q, q2] -= uq * U_all[i, q2]
+                UtU[q, q2] += uq * U_all[i, q2]
+    for q in range(p):
+        c_out[q] -= Utu[q]
+        for q2 in range(q + 1):
+            A[q, q2] -= UtU[q, q2]
     if not chol_inplace(A):
         return -np.inf, False
     v = c_out.copy()

@@ -99,13 +99,16 @@ def test_report_renders_targets(tmp_path):
                                 "statsmodels": {"fit_seconds": 0.1}},
                         "radon": {"bayeshlm": {"min_ess_per_second": 150.0}, "nutpie": peer}}}
     (tmp_path / "peers_results.json").write_text(json.dumps(peers))
-    cold = [{"case": "no cache: sample", "seconds": 40.0, "import_seconds": 2.0},
-            {"case": "cached: fit_em", "seconds": 1.5, "import_seconds": 1.0}]
+    cold = [{"case": "no cache: sample", "seconds": 40.0, "import_seconds": 2.0, "min_seconds": 38.0,
+             "max_seconds": 43.0, "runs": 3},
+            {"case": "cached: fit_em", "seconds": 1.5, "import_seconds": 1.0, "min_seconds": 1.4,
+             "max_seconds": 1.9, "runs": 3}]
     (tmp_path / "coldstart_results.json").write_text(json.dumps(cold))
     report.render(tmp_path)
     text = (tmp_path / "RESULTS.md").read_text()
     assert "| hsb | 2000 | nutpie | 10.0 | 200x | 100x: met | jags (time limit of 300 s reached) |" in text
     assert "| radon | 150 | nutpie | 10.0 | 15x | 20x: **missed** |" in text
     assert "5.0x (met)" in text and "10x (**missed**)" in text
-    assert "| no cache: sample | 40.0 | 2.0 | 30 s: **missed** |" in text
-    assert "| cached: fit_em | 1.5 | 1.0 | 2 s: met |" in text
+    assert "Median of 3 runs" in text
+    assert "| no cache: sample | 40.0 | 38.0 | 43.0 | 2.0 | 30 s: **missed** |" in text
+    assert "| cached: fit_em | 1.5 | 1.4 | 1.9 | 1.0 | 2 s: met |" in text
