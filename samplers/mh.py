@@ -142,8 +142,8 @@ def propose_independent(rng, state, structure, prop, z):
             t += state.ind_chol[i, k] * z[k]
         draw[i] += w * t
     n_pat = _n_patterns(structure)
-    mask = min(int(rng.random() * n_pat), n_pat - 1)  # uniform on 0 .. n_pat - 1
-    flip_columns(draw, structure, mask if n_pat > 1 else 0, prop)
+    mask = min(int(rng.random() * n_pat), n_pat - 1) if n_pat > 1 else 0  # uniform on 0 .. n_pat - 1
+    flip_columns(draw, structure, mask, prop)
 
 
 @njit(cache=True, nogil=True)
