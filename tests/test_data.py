@@ -1,7 +1,5 @@
 """Tests for bayeshlm.data: design arrays and input validation."""
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,9 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bayeshlm.data import DataError, Design, build_design
-from bayeshlm.formula import parse_formula
-
-SLEEPSTUDY = Path("/work/shared/data/sleepstudy.csv")
+from bayeshlm.datasets import load_dataset
+from bayeshlm.formula import ColumnsSpec, parse_formula
 
 
 @pytest.fixture
@@ -139,7 +136,7 @@ def test_fixed_categorical_interaction_values(df):
 
 
 def test_sleepstudy():
-    data = pd.read_csv(SLEEPSTUDY)
+    data = load_dataset("sleepstudy")
     d = build_design(parse_formula("reaction ~ days + (days | subject)"), data)
     assert len(d.y) == 180
     assert d.fixed_names == ("Intercept", "days")
@@ -243,6 +240,20 @@ def test_non_default_index(df):
     shuffled = df.set_index(pd.Index([5, 3, 3, 9, 1, 0, 2, 2, 8, 7, 6, 4]))
     d = design("y ~ x + (1 | school)", shuffled)
     np.testing.assert_array_equal(d.F[:, 1], df["x"])
+
+
+@pytest.mark.parametrize("index", [None, [5, 3, 3, 9, 1, 0, 2, 2, 8, 7, 6, 4], list("abcdefghijkl")])
+def test_plain_columns_give_the_formulaic_design(df, index):
+    """Numeric columns named as they are skip formulaic; the arrays are those formulaic gives."""
+    frame = df if index is None else df.set_index(pd.Index(index))
+    plain = design("y ~ x + sector + (1 + z | school)", frame)
+    through = design("y ~ I(x) + I(sector) + (1 + I(z) | school)", frame)
+    assert isinstance(plain.fixed_spec, ColumnsSpec)
+    assert not isinstance(through.fixed_spec, ColumnsSpec)
+    for field in ("y", "F", "X", "group_idx", "group_labels", "kept_rows"):
+        np.testing.assert_array_equal(getattr(plain, field), getattr(through, field))
+    assert plain.fixed_names == ("Intercept", "x", "sector")
+    assert plain.coef_names == ("Intercept", "z")
 
 
 # ---------------------------------------------------------------------------
