@@ -20,6 +20,7 @@ from bayeshlm.formula import (
     FormulaSpec,
     model_matrix,
     parse_formula,
+    plain_columns,
     required_variables,
 )
 
@@ -282,14 +283,17 @@ def build_design(
         bad[known_name] = ~np.isfinite(known_values)
     kept_rows, n_dropped = _handle_missing(bad, missing, n_input)
 
-    used = frame[list(roles)]
-    if n_dropped:
-        used = used.iloc[kept_rows]
-        if known_values is not None:
-            known_values = known_values[kept_rows]
-    # formulaic aligns on the index; a fresh range index avoids surprises
-    # from duplicated or non-monotonic labels.
-    used = used.reset_index(drop=True)
+    if n_dropped or not _plain_design(spec, frame):
+        used = frame[list(roles)]
+        if n_dropped:
+            used = used.iloc[kept_rows]
+            if known_values is not None:
+                known_values = known_values[kept_rows]
+        # formulaic aligns on the index; a fresh range index avoids surprises
+        # from duplicated or non-monotonic labels.
+        used = used.reset_index(drop=True)
+    else:  # every row kept and no formulaic: the columns are read where they are
+        used = frame
 
     y = _response(used[spec.response], spec.response)
 
@@ -413,6 +417,11 @@ def _nesting(factors, codes):
     return order, parents
 
 
+def _plain_design(spec, frame):
+    """Whether every part of the formula is an intercept and numeric columns (no formulaic)."""
+    return all(plain_columns(rhs, frame) is not None for rhs in (spec.fixed, *(bar.expr for bar in spec.bars)))
+
+
 def _as_frame(data):
     if isinstance(data, pd.DataFrame):
         return data
@@ -459,6 +468,8 @@ def _check_columns(frame, roles):
         problems.append(f"column '{name}' (used in {role}) is not in the data{hint}")
     if problems:
         raise DataError("\n".join(problems))
+    if frame.columns.is_unique:
+        return
     duplicated = frame.columns[frame.columns.duplicated()]
     twice = [name for name in roles if name in duplicated]
     if twice:
@@ -494,6 +505,8 @@ def _known_array(values, name, n_rows):
 def _bad_mask(series):
     """Rows of a column that are missing or, for numbers, not finite."""
     dtype = series.dtype
+    if isinstance(dtype, np.dtype) and dtype.kind in "biu":  # cannot hold a missing value
+        return np.zeros(len(series), dtype=bool)
     if pd.api.types.is_bool_dtype(dtype) or (
         pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_complex_dtype(dtype)
     ):

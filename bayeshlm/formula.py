@@ -22,10 +22,12 @@ from formulaic.utils.variables import get_required_variables
 
 __all__ = [
     "BarTerm",
+    "ColumnsSpec",
     "FormulaError",
     "FormulaSpec",
     "model_matrix",
     "parse_formula",
+    "plain_columns",
     "required_variables",
 ]
 
@@ -566,9 +568,20 @@ def model_matrix(rhs: str, data, *, context=None):
     ``na_action="raise"`` so that rows can never disappear silently, and
     ``ensure_full_rank=True`` so that categorical predictors are coded with
     reference levels.
+
+    A formula made only of an intercept and numeric columns named as they are
+    (``"days"``, ``"1 + x + z"``, ``"0 + x"``) is evaluated here without
+    formulaic, which takes milliseconds to build a design however small; its
+    spec is a :class:`ColumnsSpec`. The matrix and names are those formulaic
+    gives.
     """
+    parsed = _parsed(rhs)
+    fast = _plain_columns(parsed, data)
+    if fast is not None:
+        spec = ColumnsSpec(fast)
+        return spec.get_model_matrix(data), list(spec.column_names), spec
     mm = formulaic.model_matrix(
-        _parsed(rhs),
+        parsed,
         data,
         context=dict(context) if context is not None else {},
         na_action="raise",
@@ -582,3 +595,99 @@ def model_matrix(rhs: str, data, *, context=None):
             f"formulaic returned a matrix of shape {matrix.shape} for {len(data)} rows"
         )
     return matrix, [str(c) for c in spec.column_names], spec
+
+
+def plain_columns(rhs: str, data):
+    """The columns of a one-sided formula made only of an intercept and numeric columns.
+
+    Parameters
+    ----------
+    rhs : str
+        A one-sided formula, e.g. ``"1 + days"``.
+    data : pandas.DataFrame
+
+    Returns
+    -------
+    tuple or None
+        One entry per design column, None for the intercept and a column name
+        otherwise; None when :func:`model_matrix` needs formulaic for `rhs`.
+    """
+    return _plain_columns(_parsed(rhs), data)
+
+
+def _plain_columns(parsed, data):
+    """The columns of a formula made of an intercept and numeric columns, else None.
+
+    The intercept is None in the tuple returned, a data column its name.
+
+    None sends the formula to formulaic: any term that is an expression, an
+    interaction or a column that is not of a NumPy integer or float dtype (formulaic
+    codes booleans and strings as categories), or a column with missing values
+    (formulaic raises on those with its own message).
+    """
+    names = []
+    for term in parsed:
+        factors = term.factors
+        if len(factors) != 1:
+            return None
+        factor = factors[0]
+        if factor.eval_method == factor.EvalMethod.LITERAL and factor.expr == "1":
+            names.append(None)
+            continue
+        if factor.eval_method != factor.EvalMethod.LOOKUP or factor.expr not in data:
+            return None
+        column = data[factor.expr]
+        dtype = getattr(column, "dtype", None)
+        if not isinstance(dtype, np.dtype) or dtype.kind not in "iuf" or getattr(column, "ndim", 1) != 1:
+            return None
+        if dtype.kind == "f" and not np.isfinite(np.asarray(column)).all():
+            return None
+        names.append(factor.expr)
+    return tuple(names) if names else None
+
+
+class ColumnsSpec:
+    """The spec of a design whose columns are an intercept and numeric data columns.
+
+    It plays the part of a formulaic ``ModelSpec`` for :func:`model_matrix`'s fast
+    path: ``get_model_matrix(data)`` evaluates the same columns on new data, and
+    there are no transforms, so ``transform_state`` is empty.
+
+    Parameters
+    ----------
+    columns : tuple of str or None
+        None for the intercept (a column of ones), otherwise a data column's name.
+
+    Attributes
+    ----------
+    column_names : tuple of str
+        The design's column names as formulaic writes them (``"Intercept"`` for None).
+    """
+
+    transform_state: dict = {}
+
+    def __init__(self, columns):
+        self.columns = tuple(columns)
+        self.column_names = tuple("Intercept" if c is None else c for c in self.columns)
+
+    def __repr__(self):
+        return f"ColumnsSpec({self.columns!r})"
+
+    def get_model_matrix(self, data):
+        """The design on `data`: a C-contiguous float64 array, one column per name."""
+        n = len(data)
+        matrix = np.empty((n, len(self.columns)), dtype=np.float64)
+        for j, name in enumerate(self.columns):
+            if name is None:
+                matrix[:, j] = 1.0
+                continue
+            if name not in data:
+                raise KeyError(f"the data has no column '{name}'")
+            column = data[name]
+            dtype = getattr(column, "dtype", None)
+            kind = dtype.kind if isinstance(dtype, np.dtype) else "O"
+            if kind not in "biuf":
+                raise TypeError(f"column '{name}' was numeric in the data the model was built on; "
+                                f"here its dtype is {dtype}")
+            matrix[:, j] = np.asarray(column, dtype=np.float64)
+        return matrix

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from bayeshlm.formula import (
     BarTerm,
+    ColumnsSpec,
     FormulaError,
     FormulaSpec,
     model_matrix,
@@ -267,3 +268,51 @@ def test_model_matrix_never_drops_missing(small):
 def test_model_matrix_context(small):
     matrix, names, _ = model_matrix("I(x * k)", small, context={"k": 2.0})
     np.testing.assert_array_equal(matrix[:, 1], 2.0 * small["x"])
+
+
+def _formulaic_matrix(rhs, frame):
+    import formulaic
+
+    mm = formulaic.model_matrix(rhs, frame, na_action="raise", ensure_full_rank=True, output="numpy")
+    return np.asarray(mm, dtype=np.float64).reshape(len(frame), -1), [str(c) for c in mm.model_spec.column_names]
+
+
+@pytest.fixture
+def numeric():
+    rng = np.random.default_rng(1)
+    return pd.DataFrame({
+        "x": rng.normal(size=7), "n": rng.integers(-5, 5, size=7), "u": np.arange(7, dtype=np.uint8),
+        "my x": rng.normal(size=7), "Intercept": rng.normal(size=7), "b": [True, False] * 3 + [True],
+        "c": list("abcabca"), "i": pd.array([1, 2, 3, 4, 5, 6, 7], dtype="Int64"),
+    })
+
+
+@pytest.mark.parametrize("rhs", ["x", "1", "0 + x", "x - 1", "n + x", "x + n", "1 + u + x", "0 + x + n + x",
+                                 "`my x` + x", "x + Intercept", "0 + Intercept", "b", "c + x", "x:n", "I(x)",
+                                 "i", "center(x)", "x + 1 + n"])
+def test_plain_numeric_columns_give_formulaic_design(numeric, rhs):
+    """The fast path for plain numeric columns builds exactly the design formulaic builds."""
+    matrix, names, spec = model_matrix(rhs, numeric)
+    expected, expected_names = _formulaic_matrix(rhs, numeric)
+    assert names == expected_names
+    np.testing.assert_array_equal(matrix, expected)
+    assert matrix.flags.c_contiguous and matrix.dtype == np.float64
+    again = np.asarray(spec.get_model_matrix(numeric.iloc[2:5]), dtype=np.float64).reshape(3, -1)
+    np.testing.assert_array_equal(again, expected[2:5])
+    fast = rhs in ("x", "1", "0 + x", "x - 1", "n + x", "x + n", "1 + u + x", "0 + x + n + x", "`my x` + x",
+                   "x + Intercept", "0 + Intercept", "x + 1 + n")
+    assert isinstance(spec, ColumnsSpec) == fast
+
+
+def test_columns_spec_on_new_data_names_the_column(numeric):
+    _, _, spec = model_matrix("x + n", numeric)
+    with pytest.raises(TypeError, match="column 'n' was numeric"):
+        spec.get_model_matrix(numeric.assign(n=numeric["c"]))
+    with pytest.raises(KeyError, match="no column 'x'"):
+        spec.get_model_matrix(numeric.drop(columns="x"))
+
+
+def test_columns_spec_leaves_missing_values_to_formulaic(numeric):
+    numeric.loc[3, "x"] = np.nan
+    with pytest.raises(Exception, match="null"):
+        model_matrix("x", numeric)
