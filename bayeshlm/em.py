@@ -230,7 +230,7 @@ def fit_em(model, method="reml", *, em_iter=5, tol=1e-6, max_eval=5000):
     objective = _Objective(model, method)
     opt = minimize(objective.negative_with_gradient, theta, jac=True, method="L-BFGS-B",
                    options={"gtol": tol, "ftol": 1e-13, "maxfun": max_eval, "maxiter": max_eval})
-    theta = _newton_polish(objective, opt.x)
+    theta, hessian = _newton_polish(objective, opt.x)
     loglik = objective(theta)
     # Converged when the log-likelihood is flat at the optimum: a step of 1e-3 in any
     # unconstrained coordinate changes it by less than about 1e-6. The optimiser's own flag
@@ -289,7 +289,7 @@ def fit_em(model, method="reml", *, em_iter=5, tol=1e-6, max_eval=5000):
         robust = _robust_vcov(model, a, s2, C, L, vcov) if model.rows_held else np.full_like(vcov, np.nan)
         group_ols = _group_ols(stats)
         group_labels = list(model.design.group_labels)
-    variance_se = _variance_se(model, theta, method, boundary)
+    variance_se = _variance_se(model, theta, method, boundary, hessian)
     return EMResult(
         method=method,
         fixed=dict(zip(model.fixed_names, a.tolist(), strict=True)),
@@ -373,13 +373,13 @@ def _natural(model, theta):
     return np.array(head + list(sd[0]) + pairs)
 
 
-def _variance_se(model, theta, method, boundary):
+def _variance_se(model, theta, method, boundary, hessian=None):
     """Standard errors of sigma, the SDs and the correlations from the observed information.
 
     The Hessian of the log-likelihood in the unconstrained ``theta`` (central differences of
-    its gradient), inverted and carried to the natural scale by the delta method. Not given
-    (nan) when a variance is on the boundary, where the information is singular and the
-    normal approximation does not hold.
+    its gradient; ``hessian`` when the caller has it at ``theta``), inverted and carried to
+    the natural scale by the delta method. Not given (nan) when a variance is on the
+    boundary, where the information is singular and the normal approximation does not hold.
     """
     names = ([] if model.sigma_known else ["sigma"]) + [f"sd[{c}]" for c in model.coef_names]
     bp = model.structure.block_ptr
@@ -389,7 +389,7 @@ def _variance_se(model, theta, method, boundary):
     if boundary:
         return dict.fromkeys(names, float("nan"))
     n = theta.size
-    H = _hessian(_Objective(model, method), theta, rel_step=1e-4)
+    H = _hessian(_Objective(model, method), theta) if hessian is None else hessian
     J = np.empty((len(names), n))
     for i in range(n):  # the delta method: derivatives of the natural parameters in theta
         h = 1e-4 * max(1.0, abs(theta[i]))
@@ -416,7 +416,7 @@ def _group_ols(stats):
 
 
 def _newton_polish(objective, theta, max_steps=4):
-    """A few Newton steps on the log-likelihood from the quasi-Newton optimum.
+    """A few Newton steps on the log-likelihood from the quasi-Newton optimum; ``(theta, H)``.
 
     L-BFGS stops on a gradient tolerance; where the likelihood is flat in one direction that
     leaves the estimates a few 1e-5 from the optimum. Newton steps with the Hessian from
@@ -426,13 +426,19 @@ def _newton_polish(objective, theta, max_steps=4):
     curves upwards (a correlation tending to +-1, an estimate on the boundary) are left
     out of the step: it is taken in the span of the eigenvectors of clearly negative
     curvature, and the polish ends when there are none.
+
+    ``H`` is the Hessian at the returned ``theta`` when the steps moved it by less than
+    1e-4 in every coordinate from where the Hessian was taken (its change over such a
+    distance is far below the precision of the standard errors it serves), else None.
     """
     value = objective(theta)
-    basis = None
+    start = theta
+    basis = hessian = None
     for _ in range(max_steps):
         grad = objective.grad.copy()
         if basis is None:  # one Hessian serves every step: the steps are tiny, it barely changes
-            curvature, vectors = np.linalg.eigh(-_hessian(objective, theta))
+            hessian = _hessian(objective, theta)
+            curvature, vectors = np.linalg.eigh(-hessian)
             keep = curvature > 1e-8 * max(float(np.max(np.abs(curvature))), 1e-300)
             if not keep.any():
                 break
@@ -452,10 +458,12 @@ def _newton_polish(objective, theta, max_steps=4):
         if not improved or np.max(np.abs(step)) < 1e-8:
             break
     objective(theta)  # leave the gradient at the returned point
-    return theta
+    if hessian is not None and np.max(np.abs(theta - start)) > 1e-4:
+        hessian = None
+    return theta, hessian
 
 
-def _hessian(objective, theta, rel_step=1e-5):
+def _hessian(objective, theta, rel_step=1e-4):
     """Hessian of the log-likelihood at ``theta`` from central differences of its gradient."""
     n = theta.size
     H = np.empty((n, n))
