@@ -546,7 +546,7 @@ def run(models, systems, draws, warmup, limit):
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.communicate()
-                    rec = {"skipped": f"time limit of {limit} s reached"}
+                    rec = {"skipped": f"time limit of {limit} s reached", "limit_seconds": limit}
             results[model][system] = rec
             brief = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in rec.items() if k != "estimates"}
             print(model, system, brief, flush=True)
