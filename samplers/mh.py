@@ -84,7 +84,7 @@ def propose_walk(rng, state, prop, z):
         prop[i] = state.theta[i] + scale * t
 
 
-IND_NU = 5.0  # degrees of freedom of the independence proposal: tails heavier than the target's
+IND_NU = 5.0  # degrees of freedom of the independence proposal (a whole number): tails heavier than the target's
 MAX_FLIP_COEFS = 8  # up to 2^8 sign patterns are summed in the proposal density
 
 
@@ -132,7 +132,13 @@ def _ind_log_density(state, structure, x, r):
 def propose_independent(rng, state, structure, prop, z):
     """Independence proposal from the fitted multivariate t into ``prop`` (``z``: work space)."""
     n = state.theta.shape[0]
-    w = np.sqrt(IND_NU / (2.0 * rng.standard_gamma(0.5 * IND_NU)))
+    # chi-square with IND_NU degrees of freedom as a sum of squared normals: numba's gamma
+    # sampler would add seconds of compilation for this one draw
+    chi2 = 0.0
+    for _ in range(int(IND_NU)):
+        e = rng.standard_normal()
+        chi2 += e * e
+    w = np.sqrt(IND_NU / chi2)
     draw = state.ind_mean.copy()
     for i in range(n):
         z[i] = rng.standard_normal()
