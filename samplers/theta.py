@@ -209,15 +209,19 @@ def block_log_ratio_weight(T_block, kind, par, eta):
     return h
 
 
-@njit(cache=True, nogil=True)
 def components(theta_draws, structure, priors, out_s2, out_sd, out_corr):
     """Natural-scale variance components of many draws of ``theta``.
+
+    The factor ``C`` of :func:`decode_theta` (without its prior density), for all draws at
+    once with NumPy: this runs once per fit, on a few thousand draws, and so is not worth
+    compiling.
 
     Parameters
     ----------
     theta_draws : ndarray of shape (n_draws, n_theta)
     structure : Structure
     priors : Priors
+        Unused: the components do not depend on the priors.
     out_s2 : ndarray of shape (n_draws,)
         Output: level-1 variance (1 when known).
     out_sd : ndarray of shape (n_draws, n_coef)
@@ -225,22 +229,28 @@ def components(theta_draws, structure, priors, out_s2, out_sd, out_corr):
     out_corr : ndarray of shape (n_draws, n_coef, n_coef)
         Output: their correlation matrix (zero across blocks).
     """
-    d = out_sd.shape[1]
-    T_chol = np.empty((d, d))
-    for s in range(theta_draws.shape[0]):
-        s2, _ = decode_theta(theta_draws[s], structure, priors, T_chol)
-        out_s2[s] = s2
-        for i in range(d):
-            t = 0.0
-            for m in range(i + 1):
-                t += T_chol[i, m] * T_chol[i, m]
-            out_sd[s, i] = np.sqrt(t)
-        for i in range(d):
-            for j in range(d):
-                t = 0.0
-                for m in range(min(i, j) + 1):
-                    t += T_chol[i, m] * T_chol[j, m]
-                out_corr[s, i, j] = t / (out_sd[s, i] * out_sd[s, j])
+    theta_draws = np.asarray(theta_draws, dtype=np.float64)
+    n_draws, d = out_sd.shape
+    out_s2[:] = 1.0 if structure.sigma_known == 1 else np.exp(2.0 * theta_draws[:, 0])
+    C = np.zeros((n_draws, d, d))
+    for k in range(structure.block_ptr.shape[0] - 1):
+        c0 = int(structure.block_ptr[k])
+        dk = int(structure.block_ptr[k + 1]) - c0
+        t0 = int(structure.theta_ptr[k])
+        idx = t0 + dk
+        for i in range(dk):  # row i of the Cholesky factor of the correlation matrix
+            ss = np.zeros(n_draws)
+            for j in range(i):
+                v = np.tanh(theta_draws[:, idx]) * np.sqrt(1.0 - ss)
+                C[:, c0 + i, c0 + j] = v
+                ss += v * v
+                idx += 1
+            C[:, c0 + i, c0 + i] = np.sqrt(np.maximum(1.0 - ss, 1e-300))
+            C[:, c0 + i, c0 : c0 + i + 1] *= (structure.diag_scale[c0 + i] * np.sinh(theta_draws[:, t0 + i]))[:, None]
+    T = C @ np.transpose(C, (0, 2, 1))
+    out_sd[:] = np.sqrt(np.einsum("sii->si", T))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out_corr[:] = T / (out_sd[:, :, None] * out_sd[:, None, :])
 
 
 @njit(cache=True, nogil=True, inline="always")

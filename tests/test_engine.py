@@ -842,6 +842,26 @@ def test_components_are_sds_and_correlations():
         assert out_corr[s, 0, 2] == 0.0 and out_corr[s, 2, 1] == 0.0
 
 
+@pytest.mark.parametrize("sigma_known", [0, 1])
+def test_components_agree_with_decode_theta(sigma_known):
+    """The NumPy components of many draws are those of the compiled decoder, draw by draw."""
+    rng = np.random.default_rng(31)
+    blocks = (3, 1, 2)
+    structure = make_structure(blocks, sigma_known=sigma_known)
+    priors = make_priors(6, n_blocks=3)
+    thetas = rng.normal(scale=1.5, size=(50, int(structure.theta_ptr[-1])))  # signed SDs included
+    out_s2, out_sd, out_corr = np.empty(50), np.empty((50, 6)), np.empty((50, 6, 6))
+    components(thetas, structure, priors, out_s2, out_sd, out_corr)
+    C = np.empty((6, 6))
+    for s, theta in enumerate(thetas):
+        s2, _ = decode_theta(theta, structure, priors, C)
+        T = C @ C.T
+        sd = np.sqrt(np.diag(T))
+        assert close(out_s2[s], s2, 1e-14)
+        np.testing.assert_allclose(out_sd[s], sd, rtol=1e-13)
+        np.testing.assert_allclose(out_corr[s], T / np.outer(sd, sd), rtol=1e-12, atol=1e-15)
+
+
 # ---------------------------------------------------------------------------
 # 6. Inverse-Wishart draws
 
