@@ -362,15 +362,17 @@ def _robust_vcov(model, a, s2, C, L, vcov):
     return vcov @ meat @ vcov
 
 
-def _natural(model, theta):
-    """``[sigma (unless known), SDs, correlations]`` of an unconstrained ``theta``."""
+def _natural(model, thetas):
+    """``[sigma (unless known), SDs, correlations]`` of each row of ``thetas`` (unconstrained)."""
     d = len(model.coef_names)
-    s2, sd, corr = np.empty(1), np.empty((1, d)), np.empty((1, d, d))
-    components(theta[None, :], model.structure, model.priors, s2, sd, corr)
+    n = thetas.shape[0]
+    s2, sd, corr = np.empty(n), np.empty((n, d)), np.empty((n, d, d))
+    components(thetas, model.structure, model.priors, s2, sd, corr)
     bp = model.structure.block_ptr
-    pairs = [corr[0, i, j] for k in range(len(bp) - 1) for i in range(bp[k], bp[k + 1]) for j in range(bp[k], i)]
-    head = [] if model.sigma_known else [np.sqrt(s2[0])]
-    return np.array(head + list(sd[0]) + pairs)
+    pairs = [(i, j) for k in range(len(bp) - 1) for i in range(bp[k], bp[k + 1]) for j in range(bp[k], i)]
+    rows, cols = [i for i, _ in pairs], [j for _, j in pairs]
+    head = [] if model.sigma_known else [np.sqrt(s2)[:, None]]
+    return np.concatenate([*head, sd, corr[:, rows, cols]], axis=1)
 
 
 def _variance_se(model, theta, method, boundary, hessian=None):
@@ -388,15 +390,11 @@ def _variance_se(model, theta, method, boundary, hessian=None):
               for i in range(bp[k], bp[k + 1]) for j in range(bp[k], i)]
     if boundary:
         return dict.fromkeys(names, float("nan"))
-    n = theta.size
     H = _hessian(_Objective(model, method), theta) if hessian is None else hessian
-    J = np.empty((len(names), n))
-    for i in range(n):  # the delta method: derivatives of the natural parameters in theta
-        h = 1e-4 * max(1.0, abs(theta[i]))
-        up, down = theta.copy(), theta.copy()
-        up[i] += h
-        down[i] -= h
-        J[:, i] = (_natural(model, up) - _natural(model, down)) / (2 * h)
+    # the delta method: derivatives of the natural parameters in theta, by central differences
+    h = 1e-4 * np.maximum(1.0, np.abs(theta))
+    steps = np.diag(h)
+    J = ((_natural(model, theta + steps) - _natural(model, theta - steps)) / (2 * h)[:, None]).T
     try:
         cov = np.linalg.inv(-H)
     except np.linalg.LinAlgError:
