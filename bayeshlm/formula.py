@@ -19,6 +19,7 @@ import formulaic
 import numpy as np
 from formulaic.transforms import TRANSFORMS
 from formulaic.utils.variables import get_required_variables
+from pandas.api.types import is_complex_dtype, is_numeric_dtype
 
 __all__ = [
     "BarTerm",
@@ -685,9 +686,10 @@ class ColumnsSpec:
                 raise KeyError(f"the data has no column '{name}'")
             column = data[name]
             dtype = getattr(column, "dtype", None)
-            kind = dtype.kind if isinstance(dtype, np.dtype) else "O"
-            if kind not in "biuf":
+            if dtype is None or not is_numeric_dtype(dtype) or is_complex_dtype(dtype):
                 raise TypeError(f"column '{name}' was numeric in the data the model was built on; "
                                 f"here its dtype is {dtype}")
-            matrix[:, j] = np.asarray(column, dtype=np.float64)
+            # nullable dtypes ("Int64") give nan for a missing value, which the caller reports
+            matrix[:, j] = (column.to_numpy(dtype=np.float64, na_value=np.nan) if hasattr(column, "to_numpy")
+                            else np.asarray(column, dtype=np.float64))
         return matrix

@@ -310,6 +310,9 @@ def test_columns_spec_on_new_data_names_the_column(numeric):
         spec.get_model_matrix(numeric.assign(n=numeric["c"]))
     with pytest.raises(KeyError, match="no column 'x'"):
         spec.get_model_matrix(numeric.drop(columns="x"))
+    # new rows may hold the column in a nullable or boolean dtype: read as numbers
+    again = spec.get_model_matrix(numeric.assign(n=numeric["n"].astype("Int64"), x=numeric["b"]))
+    np.testing.assert_array_equal(again[:, 1:], np.column_stack([numeric["b"], numeric["n"]]).astype(float))
 
 
 def test_columns_spec_leaves_missing_values_to_formulaic(numeric):
