@@ -92,12 +92,19 @@ def test_report_renders_targets(tmp_path):
     """RESULTS.md states each target as met or missed from the JSON of the runs."""
     report = _script("report")
     peer = {"min_ess_per_second": 10.0}
-    peers = {"date": "2026-11-27", "draws": 1000, "warmup": 1000, "limit_seconds": 300, "machine": {},
+    stopped = {"skipped": "time limit of 4000 s reached", "limit_seconds": 4000}
+    peers = {"date": "2026-11-27", "draws": 1000, "warmup": 1000, "chains": 4, "limit_seconds": 300, "machine": {},
              "models": {"hsb": {"bayeshlm": {"min_ess_per_second": 2000.0}, "nutpie": peer,
                                 "jags": {"skipped": "time limit of 300 s reached"},
                                 "bayeshlm_em": {"fit_seconds": 0.01}, "lme4": {"fit_seconds": 0.05},
                                 "statsmodels": {"fit_seconds": 0.1}},
-                        "radon": {"bayeshlm": {"min_ess_per_second": 150.0}, "nutpie": peer}}}
+                        "radon": {"bayeshlm": {"min_ess_per_second": 150.0}, "nutpie": peer},
+                        # no peer finished: 4000 draws in at most 4000 s bound the best peer by 1 ESS/s,
+                        # unless one was stopped sooner (200 s: 20 ESS/s)
+                        "sleepstudy": {"bayeshlm": {"min_ess_per_second": 185.0}, "nutpie": stopped,
+                                       "stan": stopped},
+                        "synthetic_1e6": {"bayeshlm": {"min_ess_per_second": 185.0}, "nutpie": stopped,
+                                          "pymc": {"skipped": "time limit of 200.0 s reached"}}}}
     (tmp_path / "peers_results.json").write_text(json.dumps(peers))
     cold = [{"case": "no cache: sample", "seconds": 40.0, "import_seconds": 2.0, "min_seconds": 38.0,
              "max_seconds": 43.0, "runs": 3},
@@ -108,6 +115,10 @@ def test_report_renders_targets(tmp_path):
     text = (tmp_path / "RESULTS.md").read_text()
     assert "| hsb | 2000 | nutpie | 10.0 | 200x | 100x: met | jags (time limit of 300 s reached) |" in text
     assert "| radon | 150 | nutpie | 10.0 | 15x | 20x: **missed** |" in text
+    assert ("| sleepstudy | 185 | none finished | at most 1.00 (nutpie) | at least 185x | "
+            "20x: met, by the bound |") in text
+    assert ("| synthetic_1e6 | 185 | none finished | at most 20.00 (pymc) | at least 9x | "
+            "100x: not shown: the bound is below it |") in text
     assert "5.0x (met)" in text and "10x (**missed**)" in text
     assert "Median of 3 runs" in text
     assert "| no cache: sample | 40.0 | 38.0 | 43.0 | 2.0 | 30 s: **missed** |" in text
