@@ -26,7 +26,7 @@ from bayeshlm.priors import coefficient_scales
 from samplers.ml import loglik_and_gradient
 from samplers.nested import tree_flag, two_level
 from samplers.theta import components, decode_theta, encode_theta
-from samplers.tree import group_moments, upward, workspace
+from samplers.tree import em_update, group_moments, upward, workspace
 
 
 @dataclass(frozen=True)
@@ -162,6 +162,7 @@ def em_iterations(model, theta, n_iter, method="reml", rng=None, trace=None):
     a = np.empty(p)
     b = np.empty((n_groups, d))
     V = np.empty((n_groups, d, d))
+    T = np.empty((d, d))
     flat = np.zeros(p)
     theta = theta.copy()
     for _ in range(n_iter):
@@ -171,27 +172,9 @@ def em_iterations(model, theta, n_iter, method="reml", rng=None, trace=None):
         _, ok = upward(stats, s2, C, flat, flat, L, LA, c)
         if not ok:
             break
-        group_moments(rng, stats, s2, C, L, LA, c, a, b, V)
-        resid = stats.Xty - stats.XtF @ a
-        if method == "reml":
-            LA_inv = np.linalg.inv(np.tril(LA))
-            A_inv = LA_inv.T @ LA_inv
-            G = -(V @ stats.XtF) / s2  # d E[b_j | a] / d a, shape (n_groups, d, p)
-            cov_ba = G @ A_inv  # Cov(b_j, a), shape (n_groups, d, p)
-            V = V + cov_ba @ G.transpose(0, 2, 1)
-            extra_rss = (np.sum(stats.XtX * V) + np.sum(stats.FtF * A_inv) + 2.0 * np.sum(cov_ba * stats.XtF))
-        else:
-            extra_rss = np.sum(stats.XtX * V)
-        second = b.T @ b + V.sum(axis=0)
-        T = np.zeros((d, d))
-        for k in range(len(structure.block_ptr) - 1):
-            lo, hi = structure.block_ptr[k], structure.block_ptr[k + 1]
-            T[lo:hi, lo:hi] = second[lo:hi, lo:hi] / n_groups
+        new_s2 = em_update(rng, stats, s2, C, L, LA, c, structure.block_ptr, method == "reml", a, b, V, T)
         if not structure.sigma_known:
-            quad_b = np.sum(b * (stats.XtX @ b[:, :, None])[:, :, 0])
-            rss = stats.scal[0] - 2 * a @ stats.Fty + a @ stats.FtF @ a - 2 * np.sum(b * resid) + quad_b + extra_rss
-            s2 = max(rss, 1e-300) / stats.scal[1]
-        T += 1e-12 * np.trace(T) * np.eye(d)
+            s2 = new_s2
         if not encode_theta(s2, T, structure, theta):
             break
     return theta

@@ -483,6 +483,107 @@ def group_moments(rng, stats, s2, C, L_all, LA, c_plus, a_out, b_mean, b_cov):
                 b_cov[j, r, s] = t
 
 
+@njit(cache=True, nogil=True)
+def em_update(rng, stats, s2, C, L_all, LA, c_plus, block_ptr, reml, a, b, V, T):
+    """One EM iteration's E- and M-steps after :func:`upward`; returns the new level-1 variance.
+
+    E-step: :func:`group_moments`; for REML the covariances also carry the uncertainty of
+    the fixed effects, which are integrated out: ``Cov[b_j | y] = V_j + G_j A^{-1} G_j'``
+    with ``G_j = -V_j X_j'W_jF_j / s2`` (the derivative of ``E[b_j | a, y]`` in ``a``) and
+    ``Cov[b_j, a | y] = G_j A^{-1}``. M-step: ``T`` (per diagonal block) the mean of
+    ``E[b_j b_j']`` over the groups, the level-1 variance ``E[residual sum of squares] / N``.
+
+    Parameters
+    ----------
+    rng, stats, s2, C, L_all, LA, c_plus : as for :func:`group_moments`, after :func:`upward`
+    block_ptr : ndarray of int64
+        Column ranges of the diagonal blocks of ``T``.
+    reml : bool
+    a, b, V : ndarray
+        Output: the fixed effects' GLS value, the groups' conditional means and their
+        (for REML, fixed-effect-integrated) covariances.
+    T : ndarray of shape (n_coef, n_coef)
+        Output: the new group covariance.
+
+    Returns
+    -------
+    float
+        The new level-1 variance (meaningless when it is known).
+    """
+    group_moments(rng, stats, s2, C, L_all, LA, c_plus, a, b, V)
+    n_groups, d = b.shape
+    p = a.shape[0]
+    A_inv = np.zeros((p, p))
+    extra = 0.0
+    if reml:
+        # A^{-1} = LA^{-T} LA^{-1}: invert the lower-triangular factor column by column
+        LA_inv = np.zeros((p, p))
+        for i in range(p):
+            LA_inv[i, i] = 1.0
+        solve_lower_cols(LA, LA_inv)
+        for q in range(p):
+            for r in range(p):
+                t = 0.0
+                for m in range(p):
+                    t += LA_inv[m, q] * LA_inv[m, r]
+                A_inv[q, r] = t
+        for q in range(p):
+            for r in range(p):
+                extra += stats.FtF[q, r] * A_inv[q, r]
+    G = np.empty((d, p))
+    GA = np.empty((d, p))
+    second = np.zeros((d, d))
+    quad_b = 0.0
+    cross = 0.0
+    for j in range(n_groups):
+        if reml:
+            for k in range(d):
+                for q in range(p):
+                    t = 0.0
+                    for m in range(d):
+                        t += V[j, k, m] * stats.XtF[j, m, q]
+                    G[k, q] = -t / s2
+            for k in range(d):
+                for q in range(p):
+                    t = 0.0
+                    for r in range(p):
+                        t += G[k, r] * A_inv[r, q]
+                    GA[k, q] = t
+                    extra += 2.0 * t * stats.XtF[j, k, q]
+            for k in range(d):
+                for m in range(d):
+                    t = 0.0
+                    for q in range(p):
+                        t += GA[k, q] * G[m, q]
+                    V[j, k, m] += t
+        for k in range(d):
+            resid = stats.Xty[j, k]
+            for q in range(p):
+                resid -= stats.XtF[j, k, q] * a[q]
+            cross += b[j, k] * resid
+            for m in range(d):
+                extra += stats.XtX[j, k, m] * V[j, k, m]
+                quad_b += b[j, k] * stats.XtX[j, k, m] * b[j, m]
+                second[k, m] += b[j, k] * b[j, m] + V[j, k, m]
+    for k in range(d):
+        for m in range(d):
+            T[k, m] = 0.0
+    trace = 0.0
+    for blk in range(block_ptr.shape[0] - 1):
+        for k in range(block_ptr[blk], block_ptr[blk + 1]):
+            for m in range(block_ptr[blk], block_ptr[blk + 1]):
+                T[k, m] = second[k, m] / n_groups
+            trace += T[k, k]
+    for k in range(d):
+        T[k, k] += 1e-12 * trace
+    rss = stats.scal[0] - 2.0 * cross + quad_b + extra
+    for q in range(p):
+        rss -= 2.0 * a[q] * stats.Fty[q]
+        for r in range(p):
+            rss += a[q] * stats.FtF[q, r] * a[r]
+    return max(rss, 1e-300) / stats.scal[1]
+
+
 def workspace(stats):
     """Work arrays ``(C, L, LA, c)`` for :func:`upward` and the downward passes on ``stats``.
 
