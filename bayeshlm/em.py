@@ -377,7 +377,8 @@ def _variance_se(model, theta, method, boundary, hessian=None):
     # the delta method: derivatives of the natural parameters in theta, by central differences
     h = 1e-4 * np.maximum(1.0, np.abs(theta))
     steps = np.diag(h)
-    J = ((_natural(model, theta + steps) - _natural(model, theta - steps)) / (2 * h)[:, None]).T
+    both = _natural(model, np.concatenate([theta + steps, theta - steps]))
+    J = ((both[: theta.size] - both[theta.size :]) / (2 * h)[:, None]).T
     try:
         cov = np.linalg.inv(-H)
     except np.linalg.LinAlgError:

@@ -27,6 +27,11 @@ def _load(folder, name):
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _ratio(x):
+    """A speed ratio: one decimal below 100, so that 19.8x does not read as 20x."""
+    return f"{x:.1f}x" if x < 100 else f"{x:.0f}x"
+
+
 def _met(ok):
     return "met" if ok else "**missed**"
 
@@ -102,7 +107,7 @@ def peers_section(peers):
         lme4 = recs.get("lme4", {}).get("fit_seconds")
         sm = recs.get("statsmodels", {}).get("fit_seconds")
         f_lme4 = f"{lme4 / ours:.1f}x ({_met(lme4 > ours)})" if lme4 else recs.get("lme4", {}).get("skipped", "not run")
-        f_sm = (f"{sm / ours:.0f}x ({_met(sm / ours >= 20)})" if sm
+        f_sm = (f"{_ratio(sm / ours)} ({_met(sm / ours >= 20)})" if sm
                 else recs.get("statsmodels", {}).get("skipped", "not run"))
         lines.append(f"| {model} | {ours:.4f} | {lme4 or float('nan'):.4f} | {sm or float('nan'):.4f} | "
                      f"{f_lme4} | {f_sm} |")

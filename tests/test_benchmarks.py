@@ -119,7 +119,7 @@ def test_report_renders_targets(tmp_path):
             "20x: met, by the bound |") in text
     assert ("| synthetic_1e6 | 185 | none finished | at most 20.00 (pymc) | at least 9x | "
             "100x: not shown: the bound is below it |") in text
-    assert "5.0x (met)" in text and "10x (**missed**)" in text
+    assert "5.0x (met)" in text and "10.0x (**missed**)" in text
     assert "Median of 3 runs" in text
     assert "| no cache: sample | 40.0 | 38.0 | 43.0 | 2.0 | 30 s: **missed** |" in text
     assert "| cached: fit_em | 1.5 | 1.4 | 1.9 | 1.0 | 2 s: met |" in text
