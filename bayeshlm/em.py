@@ -10,9 +10,10 @@ in :mod:`bayeshlm.lrt`, the comparison with a posterior in :mod:`bayeshlm.compar
 Method: EM iterations (Dempster, Rubin & Tsutakawa 1981; Laird & Ware 1982) from a rough
 start, whose E-step is the downward pass without noise (:func:`samplers.tree.group_moments`,
 or the tree recursion of :func:`_tree_moments` for several nested factors) and whose M-step
-is closed form, then a quasi-Newton finish (L-BFGS on the unconstrained variance components
-of :mod:`samplers.theta`) on the exact ML or REML log-likelihood from the upward pass, which
-EM approaches only linearly, and a few Newton steps.
+is closed form, then a finish on the exact ML or REML log-likelihood from the upward pass,
+which EM approaches only linearly: Newton steps on the unconstrained variance components of
+:mod:`samplers.theta` (Hessian from differences of the exact gradient) where they converge
+quickly, else a quasi-Newton search (L-BFGS) followed by a few Newton steps.
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ class EMResult:
         """A printed report in the layout of lme4 and HLM."""
         lines = [
             f"{'REML' if self.method == 'reml' else 'Maximum likelihood'} fit by "
-            f"{'EM and quasi-Newton' if self.n_em_iter else 'quasi-Newton'}"
+            f"{'EM and ' if self.n_em_iter else ''}"
+            f"{'Newton' if self.message.startswith('Newton') else 'quasi-Newton'}"
             f" ({self.n_em_iter} EM iterations, {self.n_evaluations} likelihood evaluations, {self.seconds:.3f} s)",
             f"{'REML criterion' if self.method == 'reml' else 'deviance'}: {self.deviance:.4f}   "
             f"logLik: {self.loglik:.4f}   AIC: {self.aic:.4f}   BIC: {self.bic:.4f}",
@@ -189,7 +191,7 @@ def fit_em(model, method="reml", *, em_iter=5, tol=1e-6, max_eval=5000):
         From :func:`bayeshlm.hlm`; its priors are ignored.
     method : {"reml", "ml"}
     em_iter : int
-        EM iterations before the quasi-Newton finish.
+        EM iterations before the Newton (or quasi-Newton) finish.
     tol : float
         Convergence tolerance of the finish (on the projected gradient).
     max_eval : int
@@ -211,9 +213,16 @@ def fit_em(model, method="reml", *, em_iter=5, tol=1e-6, max_eval=5000):
     nested = not two_level(model.structure)
     theta = em_iterations(model, theta, em_iter, method, rng)
     objective = _Objective(model, method)
-    opt = minimize(objective.negative_with_gradient, theta, jac=True, method="L-BFGS-B",
-                   options={"gtol": tol, "ftol": 1e-13, "maxfun": max_eval, "maxiter": max_eval})
-    theta, hessian = _newton_polish(objective, opt.x)
+    # Newton steps from the EM iterate: where they reach the tolerance (an interior optimum
+    # with a well-conditioned Hessian, the usual case) no quasi-Newton iterations are needed.
+    theta, hessian = _newton_polish(objective, theta, max_steps=8, rate=0.2)
+    if theta.size and np.max(np.abs(objective.grad)) <= tol:
+        finish = "Newton steps from the EM iterate"
+    else:  # a variance near zero, a flat or curved-up direction: quasi-Newton, then polish
+        opt = minimize(objective.negative_with_gradient, theta, jac=True, method="L-BFGS-B",
+                       options={"gtol": tol, "ftol": 1e-13, "maxfun": max_eval, "maxiter": max_eval})
+        theta, hessian = _newton_polish(objective, opt.x)
+        finish = str(opt.message)
     loglik = objective(theta)
     # Converged when the log-likelihood is flat at the optimum: a step of 1e-3 in any
     # unconstrained coordinate changes it by less than about 1e-6. The optimiser's own flag
@@ -291,7 +300,7 @@ def fit_em(model, method="reml", *, em_iter=5, tol=1e-6, max_eval=5000):
         n_em_iter=em_iter,
         n_evaluations=objective.n_eval,
         seconds=time.perf_counter() - t0,
-        message=f"{opt.message}; largest gradient component {grad_max:.2e}",
+        message=f"{finish}; largest gradient component {grad_max:.2e}",
         labels={"groups": group_labels, "coef": list(names)},
         boundary=boundary,
         n_params=n_par,
@@ -397,8 +406,8 @@ def _group_ols(stats):
     return _group_ols_cols(stats, stats.Xty.shape[1])
 
 
-def _newton_polish(objective, theta, max_steps=4):
-    """A few Newton steps on the log-likelihood from the quasi-Newton optimum; ``(theta, H)``.
+def _newton_polish(objective, theta, max_steps=4, rate=None):
+    """A few Newton steps on the log-likelihood, from the EM iterate or the quasi-Newton optimum; ``(theta, H)``.
 
     L-BFGS stops on a gradient tolerance; where the likelihood is flat in one direction that
     leaves the estimates a few 1e-5 from the optimum. Newton steps with the Hessian from
@@ -408,6 +417,10 @@ def _newton_polish(objective, theta, max_steps=4):
     curves upwards (a correlation tending to +-1, an estimate on the boundary) are left
     out of the step: it is taken in the span of the eigenvectors of clearly negative
     curvature, and the polish ends when there are none.
+
+    With ``rate``, the steps also end when one shrinks the largest gradient component by a
+    factor of less than ``1 / rate``: the Hessian taken at the start no longer describes the
+    curvature where the steps are, and more of them would be wasted.
 
     ``H`` is the Hessian at the returned ``theta`` when the steps moved it by less than
     1e-4 in every coordinate from where the Hessian was taken (its change over such a
@@ -438,6 +451,8 @@ def _newton_polish(objective, theta, max_steps=4):
                 break
             step = step / 2
         if not improved or np.max(np.abs(step)) < 1e-8:
+            break
+        if rate is not None and np.max(np.abs(objective.grad)) > rate * gnorm:
             break
     objective(theta)  # leave the gradient at the returned point
     if hessian is not None and np.max(np.abs(theta - start)) > 1e-4:
