@@ -12,8 +12,8 @@ loaded before the clock starts:
 * ``parquet``: eight Parquet files -> ``hlm_stats`` through Dask (threads; the data are
   never in memory at once) -> ``sample``.
 
-``sample`` draws 4 chains x 1000 draws after ``--warmup`` sweeps (1000 and ``mh_steps=6``
-by default, the sampler's own defaults), keeping every fixed
+``sample`` draws 4 chains x 1000 draws after ``--warmup`` sweeps (by default 1000 sweeps
+with ``mh_steps=6``, the sampler's own defaults), keeping every fixed
 effect and variance component at full length, the full-length draws of the first 100
 groups (``keep_group_draws=100``) and the running posterior mean and SD of all 200,000
 group coefficients (``group_moments=True``). Memory: the kernel's peak resident size
