@@ -43,6 +43,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -589,6 +590,23 @@ def table(results):
     return "\n".join(lines)
 
 
+_NOTE = re.compile(r"Records of (?P<systems>.+?) on (?P<models>.+?) from a later run .+?\(`--update`\)\.")
+
+
+def _kept_notes(note, models, systems):
+    """The sentences of an earlier update note whose records this run does not all replace.
+
+    A sentence names systems and models; it is dropped when every one of its (model, system)
+    records is run again now, so the note never describes a record that is no longer there.
+    """
+    kept = []
+    for match in _NOTE.finditer(note):
+        named = {(m, s) for m in match["models"].split(", ") for s in match["systems"].split(", ")}
+        if not named <= {(m, s) for m in models for s in systems}:
+            kept.append(match.group(0))
+    return " ".join(kept)
+
+
 def main(argv=None):
     """Run the harness, print the tables, write the JSON and Markdown files."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -611,7 +629,8 @@ def main(argv=None):
         merged = old["models"]
         for model, recs in results.items():
             merged.setdefault(model, {}).update(recs)
-        update_note = (f"{old.get('update_note', '')} Records of {', '.join(systems)} on {', '.join(models)} "
+        kept = _kept_notes(old.get("update_note", ""), models, systems)
+        update_note = (f"{kept} Records of {', '.join(systems)} on {', '.join(models)} "
                        f"from a later run on {time.strftime('%Y-%m-%d')} with a limit of {args.limit:.0f} s "
                        "(`--update`).")
         results = merged

@@ -63,6 +63,19 @@ def test_bench_peers_quick(tmp_path):
     assert "| eight_schools | bayeshlm |" in (tmp_path / "PEERS_RESULTS.md").read_text()
 
 
+def test_bench_peers_update_note_drops_replaced_records():
+    """An `--update` run drops the earlier note sentences whose records it replaces, every one,
+    and keeps those that still describe records in the file."""
+    bench = _script("bench_peers")
+    first = ("Records of nutpie, stan on radon, hsb from a later run on 2026-01-01 with a limit of 200 s "
+             "(`--update`).")
+    second = ("Records of nutpie on hsb from a later run on 2026-01-02 with a limit of 600 s (`--update`).")
+    note = f"{first} {second}"
+    assert bench._kept_notes(note, ["hsb"], ["nutpie"]) == first
+    assert bench._kept_notes(note, ["hsb", "radon"], ["nutpie", "stan", "pymc"]) == ""
+    assert bench._kept_notes(note, ["sleepstudy"], ["nutpie"]) == note
+
+
 def test_bench_scale_small(tmp_path):
     """All three paths (frame with hlm_stats, Parquet on Dask, frame with hlm), each in its own
     interpreter, at a tiny size: the same model from each."""
