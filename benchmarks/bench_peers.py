@@ -43,7 +43,6 @@ import argparse
 import importlib.util
 import json
 import os
-import re
 import resource
 import shutil
 import signal
@@ -590,21 +589,16 @@ def table(results):
     return "\n".join(lines)
 
 
-_NOTE = re.compile(r"Records of (?P<systems>.+?) on (?P<models>.+?) from a later run .+?\(`--update`\)\.")
+def _still_described(updates, models, systems):
+    """The earlier ``--update`` runs of which some record is not replaced by this run's."""
+    replaced = {(m, s) for m in models for s in systems}
+    return [u for u in updates if not {(m, s) for m in u["models"] for s in u["systems"]} <= replaced]
 
 
-def _kept_notes(note, models, systems):
-    """The sentences of an earlier update note whose records this run does not all replace.
-
-    A sentence names systems and models; it is dropped when every one of its (model, system)
-    records is run again now, so the note never describes a record that is no longer there.
-    """
-    kept = []
-    for match in _NOTE.finditer(note):
-        named = {(m, s) for m in match["models"].split(", ") for s in match["systems"].split(", ")}
-        if not named <= {(m, s) for m in models for s in systems}:
-            kept.append(match.group(0))
-    return " ".join(kept)
+def _update_note(updates):
+    """One sentence per ``--update`` run, saying which records it replaced and how."""
+    return " ".join(f"Records of {', '.join(u['systems'])} on {', '.join(u['models'])} from a later run on "
+                    f"{u['date']} with a limit of {u['limit_seconds']:.0f} s (`--update`)." for u in updates)
 
 
 def main(argv=None):
@@ -623,16 +617,14 @@ def main(argv=None):
     systems = args.systems or SAMPLERS + FITTERS
     results = run(models, systems, draws, warmup, args.limit)
     previous = args.out / "peers_results.json"
-    update_note = ""
+    updates = []  # the later runs whose records replaced some of the first run's
     if args.update and previous.exists():  # replace these (model, system) records in the last run
         old = json.loads(previous.read_text())
         merged = old["models"]
         for model, recs in results.items():
             merged.setdefault(model, {}).update(recs)
-        kept = _kept_notes(old.get("update_note", ""), models, systems)
-        update_note = (f"{kept} Records of {', '.join(systems)} on {', '.join(models)} "
-                       f"from a later run on {time.strftime('%Y-%m-%d')} with a limit of {args.limit:.0f} s "
-                       "(`--update`).")
+        updates = _still_described(old.get("updates", []), models, systems) + [
+            {"systems": systems, "models": models, "date": time.strftime("%Y-%m-%d"), "limit_seconds": args.limit}]
         results = merged
         args.limit = old.get("limit_seconds", args.limit)
     text = table(results)
@@ -641,13 +633,14 @@ def main(argv=None):
     from bench_core import machine
 
     meta = {"machine": machine(), "draws": draws, "warmup": warmup, "chains": 4, "date": time.strftime("%Y-%m-%d"),
-            "limit_seconds": args.limit, "not_run": NOT_RUN, "update_note": update_note.strip()}
+            "limit_seconds": args.limit, "not_run": NOT_RUN, "updates": updates,
+            "update_note": _update_note(updates)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "peers_results.json").write_text(json.dumps({**meta, "models": results}, indent=2))
     header = (f"# bayeshlm against its peers\n\n`python benchmarks/bench_peers.py` on {meta['date']}: "
               f"{meta['machine'].get('platform', '')}, {os.cpu_count()} CPUs. 4 chains x {draws} draws after "
               f"{warmup} warm-up iterations, the same priors everywhere; each run in its own interpreter, "
-              f"limited to {args.limit:.0f} s.{update_note}\n\n")
+              f"limited to {args.limit:.0f} s. {meta['update_note']}".rstrip() + "\n\n")
     (args.out / "PEERS_RESULTS.md").write_text(header + text + "\n")
     return 0
 

@@ -64,16 +64,18 @@ def test_bench_peers_quick(tmp_path):
 
 
 def test_bench_peers_update_note_drops_replaced_records():
-    """An `--update` run drops the earlier note sentences whose records it replaces, every one,
+    """An `--update` run drops the earlier update runs whose records it replaces, every one,
     and keeps those that still describe records in the file."""
     bench = _script("bench_peers")
-    first = ("Records of nutpie, stan on radon, hsb from a later run on 2026-01-01 with a limit of 200 s "
-             "(`--update`).")
-    second = ("Records of nutpie on hsb from a later run on 2026-01-02 with a limit of 600 s (`--update`).")
-    note = f"{first} {second}"
-    assert bench._kept_notes(note, ["hsb"], ["nutpie"]) == first
-    assert bench._kept_notes(note, ["hsb", "radon"], ["nutpie", "stan", "pymc"]) == ""
-    assert bench._kept_notes(note, ["sleepstudy"], ["nutpie"]) == note
+    first = {"systems": ["nutpie", "stan"], "models": ["radon", "hsb"], "date": "2026-01-01", "limit_seconds": 200.0}
+    second = {"systems": ["nutpie"], "models": ["hsb"], "date": "2026-01-02", "limit_seconds": 600.0}
+    updates = [first, second]
+    assert bench._still_described(updates, ["hsb"], ["nutpie"]) == [first]
+    assert bench._still_described(updates, ["hsb", "radon"], ["nutpie", "stan", "pymc"]) == []
+    assert bench._still_described(updates, ["sleepstudy"], ["nutpie"]) == updates
+    assert bench._update_note(updates) == (
+        "Records of nutpie, stan on radon, hsb from a later run on 2026-01-01 with a limit of 200 s (`--update`). "
+        "Records of nutpie on hsb from a later run on 2026-01-02 with a limit of 600 s (`--update`).")
 
 
 def test_bench_scale_small(tmp_path):
