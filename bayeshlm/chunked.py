@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from bayeshlm.basis import Basis
 from bayeshlm.compile import assemble
 from bayeshlm.data import (
     DataError,
@@ -69,6 +70,7 @@ class _Plan:
     drop: bool
     chunk_rows: int = 250_000
     known: tuple = ()       # (column, "known_sd" or "known_var") of known level-1 variances
+    basis: object = None    # the Basis the statistics are computed in
 
 
 def _is_numeric(dtype):
@@ -77,8 +79,13 @@ def _is_numeric(dtype):
     )
 
 
-def _scan(frame, columns, factor_columns, categorical, drop):
-    """Pass 1 on one piece: rows, missing values per column, grouping combinations, levels."""
+def _scan(frame, columns, factor_columns, categorical, drop, response, known):
+    """Pass 1 on one piece: rows, missing values per column, grouping combinations, levels.
+
+    Also the moments of the response (and the sum of the known level-1 variances) over the
+    rows kept, so that pass 2 can compute the statistics with the response already in its
+    final shift and scale.
+    """
     bad = {name: _bad_mask(frame[name]) for name in columns}
     counts = {name: int(mask.sum()) for name, mask in bad.items()}
     first = {name: np.flatnonzero(mask)[:_SHOW_ROWS].tolist() for name, mask in bad.items() if counts[name]}
@@ -86,8 +93,32 @@ def _scan(frame, columns, factor_columns, categorical, drop):
         frame = frame[~np.logical_or.reduce(list(bad.values()))]
     combos = frame[list(factor_columns)].drop_duplicates() if factor_columns else None
     levels = {name: pd.unique(frame[name].dropna()) for name in categorical}
+    y_moments = None
+    obs_sum = 0.0
+    if not any(counts.values()) or drop:  # with missing values and "raise" the fit stops after the scan
+        y = frame[response].to_numpy(dtype=np.float64)
+        if y.size:
+            y_moments = (float(y.size), float(y.mean()), float(((y - y.mean()) ** 2).sum()))
+        if known:
+            v = frame[known[0]].to_numpy(dtype=np.float64)
+            obs_sum = float(np.sum(v * v if known[1] == "known_sd" else v))
     return {"n": len(bad[columns[0]]), "bad": counts, "first_bad": first, "kept": len(frame),
-            "combos": combos, "levels": levels}
+            "combos": combos, "levels": levels, "y": y_moments, "obs_sum": obs_sum}
+
+
+def _merge_y(scans):
+    """Mean and variance of the response over all pieces (Chan, Golub & LeVeque's update)."""
+    n, mean, m2 = 0.0, 0.0, 0.0
+    for s in scans:
+        if s["y"] is None:
+            continue
+        n2, mean2, m2_2 = s["y"]
+        total = n + n2
+        delta = mean2 - mean
+        mean += delta * (n2 / total)
+        m2 += m2_2 + delta * delta * (n * n2 / total)
+        n = total
+    return mean, m2 / n
 
 
 def _prepare(frame, plan):
@@ -140,8 +171,9 @@ def _slice_stats(frame, plan):
     if plan.known:
         column, kind = plan.known
         obs_var = _obs_var(frame[column].to_numpy(dtype=np.float64), kind)
-    weights = None if obs_var is None else 1.0 / obs_var
-    return compute_suffstats(y, F, X, g, plan.n_groups, weights), column_moments(y, F, X, obs_var)
+    basis = plan.basis
+    stats = compute_suffstats(y, F, X, g, plan.n_groups, basis.weights(obs_var), basis.shift, basis.scale)
+    return stats, column_moments(y, F, X, obs_var)
 
 
 def _merge(first, second):
@@ -296,7 +328,7 @@ def hlm_stats(formula, data, *, priors=None, missing="raise", known_sd=None, kno
     columns = tuple(roles)
 
     # pass 1: the scan
-    scans = pieces.map(_scan, columns, factor_columns, categorical, missing == "drop")
+    scans = pieces.map(_scan, columns, factor_columns, categorical, missing == "drop", spec.response, known)
     n_input = sum(s["n"] for s in scans)
     if n_input == 0:
         raise DataError("the data has no rows")
@@ -345,7 +377,7 @@ def hlm_stats(formula, data, *, priors=None, missing="raise", known_sd=None, kno
     # the formula's specifications, fixed on the first piece that has rows
     proto = next(f for f in _proto_frames(pieces, scans))
     proto = _prepare(proto, _Plan(spec.response, columns, levels, (), None, None, 0, None, (), missing == "drop"))
-    _, fixed_names, fixed_spec = _evaluate(spec.fixed, proto, "the fixed part")
+    F_proto, fixed_names, fixed_spec = _evaluate(spec.fixed, proto, "the fixed part")
     coef_names, factor_coef_names, block_sizes, factor_sizes, random_spec = [], [], [], [], []
     for factor in factors:
         _, names_k, sizes_k, specs_k = _random_design(spec, proto, factor)
@@ -361,9 +393,20 @@ def hlm_stats(formula, data, *, priors=None, missing="raise", known_sd=None, kno
             "would differ between pieces; transform these columns in the data beforehand"
         )
 
+    # The statistics are computed in a basis standardised on the first piece (and on the
+    # response's moments over all rows, from the scan), which keeps the sums free of
+    # cancellation; they are then carried exactly to the basis of all the rows' moments.
+    y_mean, y_var = _merge_y(scans)
+    obs_mean = sum(s["obs_sum"] for s in scans) / n_kept if known else None
+    X_proto = [evaluate_spec(s, proto, "a random-effect term") for s in random_spec]
+    X_proto = np.hstack(X_proto) if X_proto else np.zeros((len(proto), 0))
+    y_proto = proto[spec.response].to_numpy(dtype=np.float64)
+    provisional = Basis.standardising(column_moments(y_proto, F_proto, X_proto), fixed_names, coef_names,
+                                      block_sizes, y_moments=(y_mean, y_var, obs_mean))
+
     # pass 2: the statistics
     plan = _Plan(spec.response, columns, levels, factor_columns, combo_index, combo_group, n_groups,
-                 fixed_spec, tuple(random_spec), missing == "drop", max(int(chunk_rows), 1), known)
+                 fixed_spec, tuple(random_spec), missing == "drop", max(int(chunk_rows), 1), known, provisional)
     stats, moments = pieces.reduce(_piece_stats, _merge, plan)
     if moments.var()[0] == 0:
         raise DataError(f"the response '{spec.response}' is constant ({moments.y_mean:g} in every row); "
@@ -388,8 +431,10 @@ def hlm_stats(formula, data, *, priors=None, missing="raise", known_sd=None, kno
         factor_coef_names=tuple(factor_coef_names), factor_labels=tuple(labels), factor_idx=(),
         parents=tuple(parents),
     )
+    basis = Basis.standardising(moments, fixed_names, coef_names, block_sizes, y_moments=(y_mean, y_var, obs_mean))
+    stats = provisional.transform_stats(stats, basis)
     options = {"priors": priors, "known_sd": known_sd, "known_var": known_var, "missing": missing}
-    return assemble(spec, design, stats, moments, priors, options)
+    return assemble(spec, design, stats, moments, basis, priors, options)
 
 
 def _proto_frames(pieces, scans):

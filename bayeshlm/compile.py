@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from bayeshlm.basis import Basis
 from bayeshlm.data import build_design, identification_warnings
 from bayeshlm.formula import parse_formula
 from bayeshlm.model import Model
-from bayeshlm.priors import coefficient_scales, column_moments, default_priors, prior_arrays, resolve_priors
+from bayeshlm.priors import column_moments, default_priors, prior_arrays, resolve_priors
 from samplers.suffstats import compute_suffstats
 from samplers.types import Structure
 
@@ -85,8 +86,10 @@ def hlm(formula, data, *, priors=None, known_sd=None, known_var=None, missing="r
     data : pandas.DataFrame or dict of array_like
         The observations, one row each.
     priors : dict, optional
-        Priors by role, see :mod:`bayeshlm.priors`; defaults are weakly informative and
-        scaled to the data (:func:`bayeshlm.priors.default_priors`).
+        Priors by role, see :mod:`bayeshlm.priors`, each on the coefficient as written;
+        defaults are weakly informative, scaled to the data and set at the predictors' means
+        (:func:`bayeshlm.priors.default_priors`), so that no result depends on the location
+        or units of a column.
     known_sd, known_var : str or array_like, optional
         Known level-1 standard deviations or variances, one per observation (a column name
         or an array), as in meta-analysis; then no level-1 variance is estimated.
@@ -107,29 +110,39 @@ def hlm(formula, data, *, priors=None, known_sd=None, known_var=None, missing="r
     >>> model.n_groups
     18
     """
+    return compile_formula(formula, data, priors=priors, known_sd=known_sd, known_var=known_var, missing=missing)
+
+
+def compile_formula(formula, data, *, priors=None, known_sd=None, known_var=None, missing="raise",
+                    prior_frame=None):
+    """:func:`hlm`, and with ``prior_frame`` the priors kept on a frame of earlier data (:meth:`Model.with_data`)."""
     spec = parse_formula(formula)
     design = build_design(spec, data, missing=missing, known_sd=known_sd, known_var=known_var)
     identification_warnings(design)
-    weights = None if design.obs_var is None else 1.0 / design.obs_var
-    stats = compute_suffstats(
-        design.y, design.F, design.X, design.group_idx, design.group_labels.shape[0], weights
-    )
     moments = column_moments(design.y, design.F, design.X, design.obs_var)
+    basis = Basis.standardising(moments, design.fixed_names, design.coef_names, design.block_sizes)
+    stats = compute_suffstats(design.y, design.F, design.X, design.group_idx, design.group_labels.shape[0],
+                              basis.weights(design.obs_var), basis.shift, basis.scale)
     options = {"priors": priors, "known_sd": known_sd, "known_var": known_var, "missing": missing}
-    return assemble(spec, design, stats, moments, priors, options)
+    return assemble(spec, design, stats, moments, basis, priors, options, prior_frame)
 
 
-def assemble(spec, design, stats, moments, priors, options):
-    """The :class:`Model` of a design whose statistics and column moments are computed."""
+def assemble(spec, design, stats, moments, basis, priors, options, prior_frame=None):
+    """The :class:`Model` of a design whose statistics (in ``basis``) and column moments are computed.
+
+    ``prior_frame``: keep the priors on this :class:`~bayeshlm.priors.PriorFrame` (the
+    ``priors`` are then a complete resolved mapping) instead of the defaults' frame.
+    """
     sigma_known = design.obs_var is not None or moments.obs_var_mean is not None  # rows or statistics
     structure = structure_of(
-        design.block_sizes, sigma_known, 0.1 * coefficient_scales(moments), tree_of(design),
+        design.block_sizes, sigma_known, np.full(len(design.coef_names), 0.1), tree_of(design),
     )
-    defaults = default_priors(moments, design.fixed_names, design.coef_names)
-    resolved = resolve_priors(
-        priors, defaults, design.fixed_names, design.coef_names, design.block_sizes, sigma_known
+    defaults, frame = default_priors(basis, design.fixed_names, design.coef_names, design.block_sizes, sigma_known)
+    resolved, frame = resolve_priors(
+        priors, defaults, frame if prior_frame is None else prior_frame, basis, design.fixed_names,
+        design.coef_names, design.block_sizes, sigma_known, keep_frame=prior_frame is not None,
     )
-    arrays = prior_arrays(resolved, design.fixed_names, design.coef_names, design.block_sizes)
+    arrays = prior_arrays(resolved, frame, basis, design.fixed_names, design.coef_names, design.block_sizes)
     return Model(
         spec=spec,
         design=design,
@@ -139,4 +152,6 @@ def assemble(spec, design, stats, moments, priors, options):
         prior_spec=resolved,
         options=options,
         moments=moments,
+        basis=basis,
+        prior_frame=frame,
     )

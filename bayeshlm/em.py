@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bayeshlm.priors import coefficient_scales
 from samplers.ml import loglik_and_gradient
 from samplers.nested import tree_flag, two_level
-from samplers.theta import components, decode_theta, encode_theta
+from samplers.theta import decode_theta, encode_theta
 from samplers.tree import em_update, group_moments, upward, workspace
+from samplers.types import flat_fixed_prior
 
 
 @dataclass(frozen=True)
@@ -140,6 +140,34 @@ class _Objective:
         return -value, -self.grad.copy()
 
 
+def loglik_at(model, sigma, cov, method="reml"):
+    """The ML or REML log-likelihood at given variance components, in the user's parametrisation.
+
+    Parameters
+    ----------
+    model : Model
+    sigma : float
+        Level-1 SD (ignored when the level-1 variances are known).
+    cov : ndarray of shape (n_coef, n_coef)
+        Covariance of the group coefficients (block diagonal as the model's blocks), for the
+        coefficients as the user wrote them.
+    method : {"reml", "ml"}
+
+    Returns
+    -------
+    float
+        The log-likelihood as :func:`fit_em` reports it (lme4's ``logLik``; for REML the
+        restricted log-likelihood), ``-inf`` where it is not defined.
+    """
+    basis = model.basis
+    s2 = 1.0 if model.sigma_known else float(sigma) ** 2 / basis.y_scale**2
+    T = basis.coef_cov_from_user(np.asarray(cov, dtype=np.float64))
+    theta = np.empty(model.n_theta)
+    if not encode_theta(s2, 0.5 * (T + T.T), model.structure, theta):
+        return -np.inf
+    return float(_Objective(model, method)(theta)) + basis.loglik_offset(model.n_obs, restricted=method == "reml")
+
+
 def em_iterations(model, theta, n_iter, method="reml", rng=None, trace=None):
     """EM iterations from ``theta`` (unconstrained variance components); returns the new ``theta``.
 
@@ -165,13 +193,13 @@ def em_iterations(model, theta, n_iter, method="reml", rng=None, trace=None):
     b = np.empty((n_groups, d))
     V = np.empty((n_groups, d, d))
     T = np.empty((d, d))
-    flat = np.zeros(p)
+    flat = flat_fixed_prior(p)
     theta = theta.copy()
     for _ in range(n_iter):
         if objective is not None:
             trace.append(objective(theta))
         s2, _ = decode_theta(theta, structure, model.priors, C)
-        _, ok = upward(stats, s2, C, flat, flat, L, LA, c)
+        _, ok = upward(stats, s2, C, flat, L, LA, c)
         if not ok:
             break
         new_s2 = em_update(rng, stats, s2, C, L, LA, c, structure.block_ptr, method == "reml", a, b, V, T)
@@ -229,9 +257,10 @@ def fit_em(model, method="reml", *, em_iter=5, tol=1e-6, max_eval=5000):
     # also reports line searches that stop on rounding at the optimum.
     grad_max = float(np.max(np.abs(objective.grad))) if theta.size else 0.0
     converged = bool(np.isfinite(loglik) and grad_max <= 1e-3)
-    # estimates at the optimum
+    # estimates at the optimum, in the kernels' basis, then in the user's parametrisation
     stats = model.stats
     structure = model.structure
+    basis = model.basis
     n_groups, d = stats.Xty.shape
     p = stats.Fty.shape[0]
     if nested:
@@ -239,33 +268,39 @@ def fit_em(model, method="reml", *, em_iter=5, tol=1e-6, max_eval=5000):
     else:
         C, L, LA, c = workspace(stats)
         s2, _ = decode_theta(theta, structure, model.priors, C)
-        upward(stats, s2, C, np.zeros(p), np.zeros(p), L, LA, c)
+        upward(stats, s2, C, flat_fixed_prior(p), L, LA, c)
         a = np.empty(p)
         b = np.empty((n_groups, d))
         V = np.empty((n_groups, d, d))
         group_moments(rng, stats, s2, C, L, LA, c, a, b, V)
         LA_inv = np.linalg.inv(np.tril(LA))
         vcov = LA_inv.T @ LA_inv
-    out_s2, out_sd, out_corr = np.empty(1), np.empty((1, d)), np.empty((1, d, d))
-    components(theta[None, :], structure, model.priors, out_s2, out_sd, out_corr)
+    from bayeshlm.results import variance_components
+
+    s2_user, sd_user, corr_user, T_user = variance_components(model, theta[None, :])
     names = model.coef_names
     corr = {}
     for k in range(len(structure.block_ptr) - 1):
         for i in range(structure.block_ptr[k], structure.block_ptr[k + 1]):
             for j in range(structure.block_ptr[k], i):
-                corr[corr_key(names[j], names[i])] = float(out_corr[0, i, j])
+                corr[corr_key(names[j], names[i])] = float(corr_user[0, i, j])
     n_par = p + model.n_theta
     n_obs = model.n_obs
-    # a variance component at its lower bound: the SD is negligible on the data's scale
-    scales = coefficient_scales(model.moments)
-    boundary = tuple(name for name, sd, sc in zip(names, out_sd[0], scales, strict=True) if sd < 1e-4 * sc)
+    # A variance component at its lower bound: the group covariance is singular. In the
+    # kernels' basis the coefficients have unit scale, so an SD below 1e-4 is negligible.
+    sd_kernel = np.sqrt(np.maximum(np.diag(C @ C.T), 0.0))
+    boundary = tuple(name for name, sd in zip(names, sd_kernel, strict=True) if sd < 1e-4)
     icc = None
     if names == ("Intercept",) and not model.sigma_known:
-        icc = float(out_sd[0, 0] ** 2 / (out_sd[0, 0] ** 2 + s2))
+        icc = float(sd_user[0, 0] ** 2 / (sd_user[0, 0] ** 2 + s2_user[0]))
+    a_user = basis.fixed_values(a)
+    vcov_user = basis.fixed_cov(vcov)
+    b_user = basis.coef_values(b)
+    V_user = basis.coef_cov(V)
     if nested:
-        T_diag = np.diag(C @ C.T)
+        T_diag = np.diag(T_user[0])
         with np.errstate(invalid="ignore", divide="ignore"):
-            rel = np.where(T_diag > 0, 1.0 - np.diagonal(V, axis1=1, axis2=2) / T_diag, np.nan)
+            rel = np.where(T_diag > 0, 1.0 - np.diagonal(V_user, axis1=1, axis2=2) / T_diag, np.nan)
         lp = structure.level_ptr
         for k in range(len(lp) - 1):  # only each group's own factor's columns are defined
             rows = slice(structure.node_ptr[k], structure.node_ptr[k + 1])
@@ -273,28 +308,30 @@ def fit_em(model, method="reml", *, em_iter=5, tol=1e-6, max_eval=5000):
             rel[rows, lp[k + 1]:] = np.nan
         robust = _robust_vcov_clusters(model, a, b, s2, vcov) if model.rows_held else np.full_like(vcov, np.nan)
         group_ols = np.full(b.shape, np.nan)
-        group_ols[:stats.n.shape[0], :lp[1]] = _group_ols_cols(stats, lp[1])
+        group_ols[:stats.n.shape[0], :lp[1]] = _group_ols_user(model, lp[1])
         group_labels = [f"{f}={lab}" for f, labels in zip(model.design.factors, model.design.factor_labels,
                                                           strict=True) for lab in labels]
     else:
-        rel = _reliability(stats, s2, C @ C.T)
+        rel = _reliability(model, s2, T_user[0])
         robust = _robust_vcov(model, a, s2, C, L, vcov) if model.rows_held else np.full_like(vcov, np.nan)
-        group_ols = _group_ols(stats)
+        group_ols = _group_ols_user(model, d)
         group_labels = list(model.design.group_labels)
+    robust = basis.fixed_cov(robust)
     variance_se = _variance_se(model, theta, method, boundary, hessian)
+    loglik = float(loglik) + basis.loglik_offset(n_obs, restricted=method == "reml")
     return EMResult(
         method=method,
-        fixed=dict(zip(model.fixed_names, a.tolist(), strict=True)),
-        fixed_se=dict(zip(model.fixed_names, np.sqrt(np.diag(vcov)).tolist(), strict=True)),
-        vcov_fixed=vcov,
-        sigma=float(np.sqrt(s2)) if not model.sigma_known else float("nan"),
-        sd=dict(zip(names, out_sd[0].tolist(), strict=True)),
+        fixed=dict(zip(model.fixed_names, a_user.tolist(), strict=True)),
+        fixed_se=dict(zip(model.fixed_names, np.sqrt(np.diag(vcov_user)).tolist(), strict=True)),
+        vcov_fixed=vcov_user,
+        sigma=float(np.sqrt(s2_user[0])) if not model.sigma_known else float("nan"),
+        sd=dict(zip(names, sd_user[0].tolist(), strict=True)),
         corr=corr,
-        loglik=float(loglik),
+        loglik=loglik,
         aic=float(-2 * loglik + 2 * n_par),
         bic=float(-2 * loglik + np.log(n_obs) * n_par),
-        group_means=b,
-        group_cov=V,
+        group_means=b_user,
+        group_cov=V_user,
         theta=theta,
         converged=converged,
         n_em_iter=em_iter,
@@ -315,20 +352,31 @@ def fit_em(model, method="reml", *, em_iter=5, tol=1e-6, max_eval=5000):
     )
 
 
-def _reliability(stats, s2, T):
+def _reliability(model, s2, T):
     """Reliability of each group's OLS estimate of each random coefficient (Raudenbush & Bryk 2002).
 
     ``lambda_jk = T_kk / (T_kk + v_jk)`` with ``v_jk`` the sampling variance of group ``j``'s
-    own least-squares estimate, ``s2 [(X_j'W_jX_j)^{-1}]_kk``; nan where ``X_j'W_jX_j`` is
-    singular (fewer observations than coefficients, or a predictor constant in the group).
+    own least-squares estimate, ``s2 [(X_j'W_jX_j)^{-1}]_kk``, both in the user's
+    parametrisation (``T`` is); computed in the kernels' basis and mapped. ``s2`` is the
+    level-1 variance in the kernels' basis. Nan where ``X_j'W_jX_j`` is singular (fewer
+    observations than coefficients, or a predictor constant in the group).
     """
-    M = stats.XtX
+    M = model.stats.XtX
     ok = np.linalg.cond(M) < 1e12
-    rel = np.full(stats.Xty.shape, np.nan)
+    rel = np.full(model.stats.Xty.shape, np.nan)
     if np.any(ok):
-        v = s2 * np.diagonal(np.linalg.inv(M[ok]), axis1=1, axis2=2)
+        v = model.basis.coef_cov(s2 * np.linalg.inv(M[ok]))
+        v = np.diagonal(v, axis1=1, axis2=2)
         rel[ok] = np.diag(T) / (np.diag(T) + v)
     return rel
+
+
+def _kernel_rows(model):
+    """The model's rows ``(y, F, X, w)`` in the kernels' basis (copies; for the sandwich estimators)."""
+    design, basis = model.design, model.basis
+    y, F, X = basis.rows(design.y, design.F, design.X)
+    w = basis.weights(design.obs_var)
+    return y, F, X, (np.ones(model.n_obs) if w is None else w)
 
 
 def _robust_vcov(model, a, s2, C, L, vcov):
@@ -336,14 +384,15 @@ def _robust_vcov(model, a, s2, C, L, vcov):
 
     ``A^{-1} (sum_j s_j s_j') A^{-1}`` with ``s_j = F_j'V_j^{-1}(y_j - F_j a)`` (Liang & Zeger
     1986), ``V_j^{-1} = W_j/s2 - W_jX_jC K_j^{-1} C'X_j'W_j / s2^2``; one pass over the rows.
+    Everything is in the kernels' basis (the caller maps the result).
     """
     design, stats = model.design, model.stats
     n_groups, d = stats.Xty.shape
-    w = np.ones(model.n_obs) if design.obs_var is None else 1.0 / design.obs_var
-    we = w * (design.y - design.F @ a)
+    y, F, X, w = _kernel_rows(model)
+    we = w * (y - F @ a)
     g = design.group_idx
-    Fwe = np.stack([np.bincount(g, design.F[:, q] * we, minlength=n_groups) for q in range(design.F.shape[1])], 1)
-    Xwe = np.stack([np.bincount(g, design.X[:, k] * we, minlength=n_groups) for k in range(d)], 1)
+    Fwe = np.stack([np.bincount(g, F[:, q] * we, minlength=n_groups) for q in range(F.shape[1])], 1)
+    Xwe = np.stack([np.bincount(g, X[:, k] * we, minlength=n_groups) for k in range(d)], 1)
     # K_j^{-1} C'X_j'W_j e_j, by the factors of the upward pass
     v = np.einsum("lk,jl->jk", C, Xwe)
     v = np.linalg.solve(L, v[:, :, None])[:, :, 0]
@@ -355,11 +404,10 @@ def _robust_vcov(model, a, s2, C, L, vcov):
 
 
 def _natural(model, thetas):
-    """``[sigma (unless known), SDs, correlations]`` of each row of ``thetas`` (unconstrained)."""
-    d = len(model.coef_names)
-    n = thetas.shape[0]
-    s2, sd, corr = np.empty(n), np.empty((n, d)), np.empty((n, d, d))
-    components(thetas, model.structure, model.priors, s2, sd, corr)
+    """``[sigma (unless known), SDs, correlations]`` of each row of ``thetas``, in the user's parametrisation."""
+    from bayeshlm.results import variance_components
+
+    s2, sd, corr, _ = variance_components(model, thetas)
     bp = model.structure.block_ptr
     pairs = [(i, j) for k in range(len(bp) - 1) for i in range(bp[k], bp[k + 1]) for j in range(bp[k], i)]
     rows, cols = [i for i, _ in pairs], [j for _, j in pairs]
@@ -396,14 +444,30 @@ def _variance_se(model, theta, method, boundary, hessian=None):
     return {name: float(np.sqrt(v)) if v >= 0 else float("nan") for name, v in zip(names, var, strict=True)}
 
 
-def _group_ols(stats):
-    """Each group's own least-squares coefficients of the random design, ``(X_j'W_jX_j)^{-1} X_j'W_jy_j``.
+def _group_ols_user(model, d1):
+    """Each group's own least-squares coefficients on the first ``d1`` random columns, in the user's units.
 
-    These are the within-group estimates HLM reports beside the EB ones (the group's total
-    coefficient, not a deviation from the fixed part); nan for a group whose ``X_j'W_jX_j`` is
-    singular (fewer rows than coefficients, or a predictor constant within the group).
+    ``(X_j'W_jX_j)^{-1} X_j'W_jy_j`` with the user's columns and response: the within-group
+    estimates HLM reports beside the EB ones (the group's total coefficient, not a deviation
+    from the fixed part). From the kernels' statistics: with ``X = X_N M^{-1}`` and
+    ``y = c_y + s_y y_N``, the estimate is ``M (s_y beta_N + c_y gamma)``, ``beta_N`` the
+    estimate of ``y_N`` and ``gamma`` that of the column of ones on ``X_N``. Nan for a group
+    whose ``X_j'W_jX_j`` is singular (fewer rows than coefficients, or a predictor constant
+    within the group).
     """
-    return _group_ols_cols(stats, stats.Xty.shape[1])
+    stats, basis = model.stats, model.basis
+    M = np.ascontiguousarray(stats.XtX[:, :d1, :d1])
+    if d1 == 0:
+        return np.zeros((M.shape[0], 0))
+    ok = np.linalg.cond(M) < 1e12
+    out = np.full((M.shape[0], d1), np.nan)
+    if np.any(ok):
+        rhs = basis.y_scale * stats.Xty[ok, :d1]
+        if basis.y_shift != 0.0:
+            rhs = rhs + basis.y_shift * stats.XtF[ok, :d1, basis.fixed_intercept]
+        beta = np.linalg.solve(M[ok], rhs[:, :, None])[:, :, 0]
+        out[ok] = beta @ basis.coef_matrix()[:d1, :d1].T
+    return out
 
 
 def _newton_polish(objective, theta, max_steps=4, rate=None):
@@ -551,8 +615,7 @@ def _tree_moments(model, theta, with_fixed=False):
     C = np.zeros((D, D))
     s2, _ = decode_theta(theta, st, model.priors, C)
     Lt, Ut, Acc, LA, cA, beta = tree_workspace(stats, st)
-    flat = np.zeros(p)
-    tree_upward(stats, st, s2, C, True, flat, flat, stats.Xty, 0.0, Lt, Ut, Acc, LA, cA)
+    tree_upward(stats, st, s2, C, True, flat_fixed_prior(p), stats.Xty, 0.0, Lt, Ut, Acc, LA, cA)
     a = np.empty(p)
     b = np.zeros((int(st.node_ptr[-1]), D))
     tree_draw(np.random.default_rng(0), st, C, Lt, Ut, LA, cA, beta, a, b, False)
@@ -589,14 +652,15 @@ def _robust_vcov_clusters(model, a, b, s2, vcov):
 
     Without grouping each row is a cluster (the HC0 sandwich).
     The score of cluster ``c`` is ``F_c'V_c^{-1}(y_c - F_c a) = F_c'W_c(y_c - F_c a - Z_c b)/s2``
-    with ``b`` the conditional means (Henderson's identity): one pass over the rows.
+    with ``b`` the conditional means (Henderson's identity): one pass over the rows. In the
+    kernels' basis (the caller maps the result).
     """
     from bayeshlm.results import finest_coefficients
 
     design = model.design
-    w = np.ones(model.n_obs) if design.obs_var is None else 1.0 / design.obs_var
+    y, F, X, w = _kernel_rows(model)
     b_row = finest_coefficients(model, b)[design.group_idx]
-    resid = design.y - design.F @ a - np.einsum("ik,ik->i", design.X, b_row)
+    resid = y - F @ a - np.einsum("ik,ik->i", X, b_row)
     if design.factor_idx:
         cluster, n_c = design.factor_idx[-1], len(design.factor_labels[-1])
     elif design.coef_names:
@@ -604,17 +668,5 @@ def _robust_vcov_clusters(model, a, b, s2, vcov):
     else:  # no grouping: each row its own cluster (the HC0 sandwich)
         cluster, n_c = np.arange(model.n_obs), model.n_obs
     we = w * resid / s2
-    score = np.stack([np.bincount(cluster, design.F[:, q] * we, minlength=n_c) for q in range(design.F.shape[1])], 1)
+    score = np.stack([np.bincount(cluster, F[:, q] * we, minlength=n_c) for q in range(F.shape[1])], 1)
     return vcov @ (score.T @ score) @ vcov
-
-
-def _group_ols_cols(stats, d1):
-    """:func:`_group_ols` on the first ``d1`` columns of the random design (the finest factor's, or all)."""
-    M = np.ascontiguousarray(stats.XtX[:, :d1, :d1])
-    if d1 == 0:
-        return np.zeros((M.shape[0], 0))
-    ok = np.linalg.cond(M) < 1e12
-    out = np.full((M.shape[0], d1), np.nan)
-    if np.any(ok):
-        out[ok] = np.linalg.solve(M[ok], stats.Xty[ok, :d1][:, :, None])[:, :, 0]
-    return out

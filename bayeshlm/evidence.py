@@ -66,7 +66,7 @@ def lkj_log_norm(d, eta):
 
 def _log_prior_norm(model):
     priors, structure = model.priors, model.structure
-    if np.any(priors.a_prec == 0):
+    if priors.fixed.n_flat:
         raise ValueError("the marginal likelihood needs a proper (Normal) prior on every fixed effect")
     total = 0.0 if model.sigma_known else _sd_log_norm(priors.sigma_kind, priors.sigma_par, "sigma")
     for k in range(len(structure.block_ptr) - 1):
@@ -79,6 +79,9 @@ def _log_prior_norm(model):
             total += _sd_log_norm(priors.sd_kind[i], priors.sd_par[i], f"sd[{model.coef_names[i]}]")
         if dk > 1:
             total += lkj_log_norm(dk, float(priors.block_eta[k]))
+        if priors.block_map[k] == 1:  # the constant samplers.theta leaves out for a mapped block
+            log_det_G = np.linalg.slogdet(priors.prior_map[c0:c1, c0:c1])[1]
+            total += (2.0 * float(priors.block_eta[k]) + dk - 1.0) * log_det_G
     return total
 
 
@@ -101,10 +104,12 @@ def _theta_draws(posterior, model):
     post = posterior.posterior
     sd, corr = covariance_draws(posterior, model)
     n = sd.shape[0]
-    s2 = np.ones(n) if model.sigma_known else post["sigma"].values.reshape(-1) ** 2
+    basis = model.basis
+    s2 = np.ones(n) if model.sigma_known else post["sigma"].values.reshape(-1) ** 2 / basis.y_scale**2
     theta = np.empty((n, model.n_theta))
+    T_all = basis.coef_cov_from_user(corr * sd[:, :, None] * sd[:, None, :])
     for s in range(n):
-        T = corr[s] * np.outer(sd[s], sd[s])
+        T = T_all[s]
         if not encode_theta(s2[s], T, model.structure, theta[s]):
             raise ValueError("a posterior draw has a singular group covariance")
     return theta
@@ -122,10 +127,10 @@ def _log_q(model, theta, norm):
             continue
         s2, lp = decode_theta(theta[s], structure, priors, C)
         if tree is None:
-            ll, ok = upward(stats, s2, C, priors.a_mean, priors.a_prec, L, LA, c)
+            ll, ok = upward(stats, s2, C, priors.fixed, L, LA, c)
         else:
             Lt, Ut, Acc, LA_t, cA, _ = tree
-            ll, ok = tree_upward(stats, structure, s2, C, True, priors.a_mean, priors.a_prec, stats.Xty, 0.0,
+            ll, ok = tree_upward(stats, structure, s2, C, True, priors.fixed, stats.Xty, 0.0,
                                  Lt, Ut, Acc, LA_t, cA)
         out[s] = ll + lp + norm if ok else -np.inf
     return out
@@ -180,7 +185,9 @@ def marginal_likelihood(posterior, model, *, seed=0, max_iter=1000, tol=1e-10):
     f1 = e2 / (s1 * e2 + s2 * r)
     f2 = 1.0 / (s1 * e1 + s2 * r)
     rel2 = np.var(f1) / np.mean(f1) ** 2 / n2 + np.var(f2) / np.mean(f2) ** 2 / n1
-    return Evidence(float(np.log(r) + shift), float(np.sqrt(rel2)), n_iter)
+    # the kernels' response is y / s_y (shifted): p(y) = p(y_N) s_y^{-N}
+    offset = model.basis.loglik_offset(model.n_obs)
+    return Evidence(float(np.log(r) + shift + offset), float(np.sqrt(rel2)), n_iter)
 
 
 def bayes_factor(evidence_1, evidence_2):
@@ -205,14 +212,16 @@ def marginal_likelihood_pooled(model):
     from scipy.integrate import quad
 
     priors = model.priors
-    if np.any(priors.a_prec == 0):
+    if priors.fixed.n_flat:
         raise ValueError("the marginal likelihood needs a proper (Normal) prior on every fixed effect")
     stats = model.stats
     C, L, LA, c = workspace(stats)  # C = 0: the pooled model
 
     def loglik(s2):
-        ll, _ = upward(stats, s2, C, priors.a_mean, priors.a_prec, L, LA, c)
-        return ll
+        ll, _ = upward(stats, s2, C, priors.fixed, L, LA, c)
+        return ll + offset
+
+    offset = model.basis.loglik_offset(model.n_obs)
 
     if model.sigma_known:
         return Evidence(float(loglik(1.0)), 0.0, 0)

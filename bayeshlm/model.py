@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from bayeshlm.basis import Basis
 from bayeshlm.data import Design
 from bayeshlm.formula import FormulaSpec
-from bayeshlm.priors import ColumnMoments
+from bayeshlm.priors import ColumnMoments, PriorFrame, describe
 from samplers.types import Priors, Structure, SuffStats
 
 
@@ -38,8 +39,13 @@ class Model:
         The level-by-level equations when the model was declared with
         :class:`bayeshlm.Hierarchy` (printed with the model).
     moments : ColumnMoments
-        Means and variances of the response and design columns (default priors, starting
-        points).
+        Means and variances of the response and design columns, in the user's units.
+    basis : Basis
+        The kernels' coordinates: ``stats``, ``priors`` and every draw or estimate the
+        kernels return are in this basis, and :mod:`bayeshlm.basis` maps them back to the
+        user's parametrisation exactly.
+    prior_frame : PriorFrame
+        The coordinates each prior is set on (the user's, or the centred ones of the defaults).
     """
 
     spec: FormulaSpec
@@ -51,6 +57,8 @@ class Model:
     options: dict = field(default_factory=dict)
     equations: str | None = None
     moments: ColumnMoments | None = None
+    basis: Basis | None = None
+    prior_frame: PriorFrame | None = None
 
     @property
     def formula(self) -> str:
@@ -104,14 +112,26 @@ class Model:
     def with_data(self, data, **overrides) -> Model:
         """The same model (formula, priors, options) compiled on new data.
 
-        The priors in use are kept as they are (defaults are not rescaled to the new data).
-        Keyword arguments override the stored options of :func:`bayeshlm.hlm`, e.g. a new
+        The priors in use are kept as they are (defaults are not rescaled to the new data, and
+        those set at the predictors' means stay at the means of the first data). Keyword
+        arguments override the stored options of :func:`bayeshlm.hlm`, e.g. a new
         ``known_sd`` array.
         """
-        from bayeshlm.compile import hlm
+        from bayeshlm.compile import compile_formula
 
         options = {**self.options, "priors": dict(self.prior_spec), **overrides}
-        return replace(hlm(self.formula, data, **options), equations=self.equations)
+        frame = self.prior_frame if "priors" not in overrides else None
+        return replace(compile_formula(self.formula, data, prior_frame=frame, **options), equations=self.equations)
+
+    def prior_descriptions(self) -> list[str]:
+        """One line per prior in use, with the centring of those set at the predictors' means."""
+        return describe(self.prior_spec, self.centred_priors())
+
+    def centred_priors(self) -> dict:
+        """The priors set at the predictors' means: ``{role: [centred predictors]}``."""
+        if self.prior_frame is None:
+            return {}
+        return self.prior_frame.centred_roles(self.fixed_names, self.coef_names, self.design.block_sizes)
 
     @property
     def factors(self) -> tuple[str, ...]:

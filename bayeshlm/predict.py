@@ -25,6 +25,7 @@ from bayeshlm.data import (
     evaluate_spec,
 )
 from bayeshlm.results import _factor_parts, corr_pairs, covariance_draws, dim_name, flat_draws
+from samplers.theta import sd_corr
 
 __all__ = ["group_log_likelihood", "loo", "marginal_group_log_likelihood", "posterior_predictive", "predict",
            "prior_predictive"]
@@ -356,15 +357,24 @@ def marginal_group_log_likelihood(model, posterior, *, chunk=None):
     post = posterior.posterior
     C, D = post.sizes["chain"], post.sizes["draw"]
     S, d = C * D, hi - lo
-    L = _cov_chol(*covariance_draws(posterior, model), lo, hi)
-    s2 = np.ones(S) if model.sigma_known else flat_draws(post["sigma"]) ** 2
+    # In the kernels' basis, where the statistics are: T_N = L^{-1} T L^{-T}, the rows'
+    # residuals r_N = r / s_y (the shift of the response cancels against the intercept's),
+    # X_N = X M, weights W_N; the log-likelihood of the user's rows is that of the kernels'
+    # minus n_j log s_y.
+    basis = model.basis
+    sd, corr = covariance_draws(posterior, model)
+    T_kernel = basis.coef_cov_from_user(corr * sd[:, :, None] * sd[:, None, :])
+    L = _cov_chol(*sd_corr(T_kernel), lo, hi)
+    s2 = np.ones(S) if model.sigma_known else flat_draws(post["sigma"]) ** 2 / basis.y_scale**2
+    M = basis.coef_matrix()[lo:hi, lo:hi]
     stats = model.stats
     A = stats.XtX[:, lo:hi, lo:hi]  # X_j' W_j X_j, W the weights without sigma
     n_j = stats.n
     import scipy.sparse as sp
 
     n = model.n_obs
-    w = np.ones(n) if model.design.obs_var is None else 1.0 / model.design.obs_var
+    w = basis.weights(model.design.obs_var)
+    w = np.ones(n) if w is None else w
     sum_log_w = np.bincount(model.design.group_idx, weights=np.log(w), minlength=model.n_groups)
     member = sp.csr_matrix((np.ones(n), (np.arange(n), model.design.group_idx)), shape=(n, model.n_groups))
     out = np.empty((S, model.n_groups))
@@ -374,6 +384,8 @@ def marginal_group_log_likelihood(model, posterior, *, chunk=None):
     for start in range(0, S, chunk):
         draws = np.arange(start, min(start + chunk, S))
         rwr, xwr = _residual_sums(model, posterior, lo, hi, draws, w, member)
+        rwr = rwr / basis.y_scale**2
+        xwr = (xwr @ M) / basis.y_scale
         s2_c = s2[draws][:, None]
         Lc = L[draws]
         B = eye + np.einsum("sji,gjk,skl->sgil", Lc, A, Lc) / s2_c[..., None, None]
@@ -384,6 +396,7 @@ def marginal_group_log_likelihood(model, posterior, *, chunk=None):
         quad = rwr / s2_c - np.sum(z * z, axis=-1)
         log_V = n_j[None, :] * np.log(s2_c) - sum_log_w[None, :]
         out[draws] = -0.5 * (n_j[None, :] * np.log(2.0 * np.pi) + log_V + logdet_B + quad)
+    out -= n_j[None, :] * np.log(basis.y_scale)
     return out.reshape(C, D, model.n_groups)
 
 

@@ -17,6 +17,13 @@ Priors are given to :func:`bayeshlm.hlm` as a dict keyed by the role of the para
 Standard-deviation priors: :class:`HalfNormal`, :class:`HalfStudentT`, :class:`HalfCauchy`,
 :class:`Uniform` (on the SD), :class:`InverseGamma` (on the variance), :class:`Flat`
 (improper uniform on the SD). Anything not given gets the default of :func:`default_priors`.
+
+Every prior a user gives holds for the parameter as the user wrote it: the coefficient of
+the column as it is in the data, in the data's units, whatever the kernels do inside. The
+kernels work in a standardised basis (:mod:`bayeshlm.basis`); :func:`prior_arrays` carries
+each prior there exactly. The defaults are set on centred coordinates (intercepts at the
+predictors' means, :class:`PriorFrame`), which makes them, and the posterior, independent
+of the location and units of every column.
 """
 
 from __future__ import annotations
@@ -27,12 +34,14 @@ from typing import NamedTuple
 
 import numpy as np
 
+from bayeshlm.basis import Basis
 from samplers.types import (
     PRIOR_FLAT,
     PRIOR_HALF_NORMAL,
     PRIOR_HALF_T,
     PRIOR_INV_GAMMA,
     PRIOR_UNIFORM,
+    FixedPrior,
     Priors,
 )
 
@@ -215,8 +224,9 @@ def _sd_code(prior, role):
 class ColumnMoments(NamedTuple):
     """Means and (population) variances of the response and of the design columns.
 
-    All the default priors and the starting points read of the data; computed in one pass
-    (:func:`column_moments`) or merged from chunks of rows (:func:`merge_moments`).
+    What the internal basis (:meth:`bayeshlm.basis.Basis.standardising`), and through it the
+    default priors, read of the data; computed in one pass (:func:`column_moments`) or merged
+    from chunks of rows (:func:`merge_moments`).
 
     Attributes
     ----------
@@ -245,26 +255,6 @@ class ColumnMoments(NamedTuple):
         """Mean of the response."""
         return float(self.mean[0])
 
-    def response_scale(self):
-        """``sd(y)``, or ``sqrt(var(y) + mean(known variance))`` with known level-1 variances; 1 if 0."""
-        y_var = float(self.var()[0])
-        if self.obs_var_mean is not None:
-            y_var += self.obs_var_mean
-        y_sd = math.sqrt(max(y_var, 0.0))
-        return y_sd if y_sd > 0 else 1.0
-
-    def fixed_sd(self):
-        """Standard deviation of each fixed-effect column."""
-        return np.sqrt(np.maximum(self.var()[1:1 + self.n_fixed], 0.0))
-
-    def fixed_mean(self):
-        """Mean of each fixed-effect column."""
-        return self.mean[1:1 + self.n_fixed]
-
-    def coef_sd(self):
-        """Standard deviation of each random-effect column."""
-        return np.sqrt(np.maximum(self.var()[1 + self.n_fixed:], 0.0))
-
 
 def column_moments(y, F, X, obs_var=None):
     """:class:`ColumnMoments` of a response and its fixed and random designs."""
@@ -289,60 +279,152 @@ def merge_moments(first, second):
     return ColumnMoments(n, mean, m2, first.n_fixed, obs)
 
 
-def coefficient_scales(moments):
-    """A scale for each random coefficient's SD: ``response_scale / sd(x)`` (``/ 1`` for a constant column)."""
-    col_sd = moments.coef_sd()
-    return moments.response_scale() / np.where(col_sd > 0, col_sd, 1.0)
+class PriorFrame(NamedTuple):
+    """The coordinates each prior is set on.
+
+    A prior the user gives holds for the coefficient as the user wrote it. The default priors
+    of a covariance block whose slopes are centred, and of the intercept of a centred fixed
+    part, hold instead on the *centred* coefficients: the intercepts at the predictors' means
+    (``centred``, see :meth:`bayeshlm.basis.Basis.centred`), so that they do not depend on
+    where the user's predictors happen to have their zero. A block's SDs and correlations
+    share one frame: as soon as the user sets any of them (``sd``, ``sd[<coef>]``, ``corr``,
+    ``cov``), the whole block's prior is on the user's coefficients.
+
+    Attributes
+    ----------
+    centred : Basis
+        The centred coordinates (shifts taken from the data the model was first compiled on).
+    fixed_centred : bool
+        The prior of the fixed intercept is on the intercept at the predictors' means.
+    block_centred : tuple of bool
+        Per covariance block: its SD and correlation priors are on the centred coefficients.
+    """
+
+    centred: object
+    fixed_centred: bool
+    block_centred: tuple
+
+    def centred_roles(self, fixed_names, coef_names, block_sizes):
+        """The roles whose prior differs from the user's coordinates: ``{role: [centred predictors]}``.
+
+        The intercepts (``fixed[Intercept]``, ``sd[<intercept>]``) of the centred frame, at the
+        means of the predictors listed, and ``corr`` when a block's correlations are those of
+        centred coefficients. A slope's own prior is the same in both frames.
+        """
+        roles = {}
+        c = self.centred
+        p = c.n_fixed
+        if self.fixed_centred:
+            at = [fixed_names[q] for q in range(p) if c.shift[1 + q] != 0.0]
+            roles[f"fixed[{fixed_names[c.fixed_intercept]}]"] = at
+        corr = []
+        for k, (lo, hi) in enumerate(_blocks(block_sizes)):
+            if self.block_centred[k]:
+                at = [coef_names[r] for r in range(lo, hi) if c.shift[1 + p + r] != 0.0]
+                roles[f"sd[{coef_names[c.coef_intercept[lo]]}]"] = at
+                if hi - lo > 1:
+                    corr += at
+        if corr:
+            roles["corr"] = corr
+        return roles
 
 
-def default_priors(moments, fixed_names, coef_names):
-    """Weakly informative priors scaled to the data (its :class:`ColumnMoments`).
+def _scaled(prior, factor):
+    """The prior of ``x / factor`` when ``x`` has the SD prior ``prior`` (same family)."""
+    if isinstance(prior, Flat):
+        return prior
+    if isinstance(prior, HalfNormal):
+        return HalfNormal(prior.sigma / factor)
+    if isinstance(prior, HalfStudentT):
+        return HalfStudentT(prior.nu, prior.sigma / factor)
+    if isinstance(prior, HalfCauchy):
+        return HalfCauchy(prior.beta / factor)
+    if isinstance(prior, Uniform):
+        return Uniform(prior.upper / factor)
+    if isinstance(prior, InverseGamma):  # on the variance x^2
+        return InverseGamma(prior.alpha, prior.beta / factor**2)
+    raise PriorError(f"cannot rescale the prior {prior!r}")
 
-    * each slope: ``Normal(0, 10 * sd(y) / sd(x))``; an intercept (constant column):
-      ``Normal(0, s)`` with ``s = 10 * (|mean(y)| + sd(y))`` plus ``|mean(x)|`` times the
-      scale of each slope, so the intercept of uncentred predictors is covered too;
-    * sigma: ``HalfStudentT(3, 2.5 * sd(y))``;
-    * SD of a random coefficient: ``HalfStudentT(3, 2.5 * sd(y) / sd(x))`` (``sd(y)`` for
-      an intercept);
-    * correlations: ``LKJ(1)`` (uniform).
 
-    With known level-1 variances, ``sd(y)`` is replaced by
-    ``sqrt(var(y) + mean(known variance))`` so that the scale reflects the data.
+def _blocks(block_sizes):
+    c0 = 0
+    for size in block_sizes:
+        yield c0, c0 + size
+        c0 += size
+
+
+def _default_sd_scales(basis, target):
+    """The default scale of each random coefficient's SD in the coordinates ``target``.
+
+    ``2.5 sqrt((G G')_ii)`` with ``G`` the map from the internal standardised coefficients
+    to ``target``: the SD coefficient ``i`` has when every standardised coefficient has SD 1
+    and none are correlated.
+    """
+    G = basis.coef_map_to(target)
+    return 2.5 * np.sqrt(np.einsum("ij,ij->i", G, G))
+
+
+def default_priors(basis, fixed_names, coef_names, block_sizes, sigma_known=False):
+    """Weakly informative priors scaled to the data, with the frame they are set on.
+
+    ``basis`` is the standardising :class:`~bayeshlm.basis.Basis` of the data (response
+    scale ``s_y``; predictor ``x`` centred at its mean ``m_x`` with scale ``s_x``, its standard
+    deviation, when it stands beside an intercept, else its root mean square). In the
+    standardised coordinates every fixed effect gets ``Normal(0, 10)``, sigma and every
+    group SD ``HalfStudentT(3, 2.5)``, correlations ``LKJ(1)``; expressed in the user's
+    units, with intercepts at the predictors' means (:class:`PriorFrame`):
+
+    * each slope: ``Normal(0, 10 s_y / s_x)``; the intercept: ``Normal(mean(y), 10 s_y)`` for
+      the mean response at the predictors' means;
+    * sigma: ``HalfStudentT(3, 2.5 s_y)``;
+    * SD of a random coefficient: ``HalfStudentT(3, 2.5 s_y / s_x)`` (``2.5 s_y`` for an
+      intercept, the intercept at the means of its block's slopes);
+    * correlations: ``LKJ(1)`` (uniform), of the centred coefficients.
+
+    None of them changes when a predictor or the response is shifted or rescaled (they
+    move with the data), so neither does the posterior.
 
     Returns
     -------
-    dict
-        Role -> prior, with one entry per fixed term (``"fixed[<term>]"``), ``"sigma"``,
-        one per random coefficient (``"sd[<coef>]"``) and ``"corr"``.
+    defaults : dict
+        Role -> prior, with one entry per fixed term (``"fixed[<term>]"``), ``"sigma"``
+        (unless the level-1 variances are known), one per random coefficient
+        (``"sd[<coef>]"``) and ``"corr"``.
+    frame : PriorFrame
     """
-    y_sd = moments.response_scale()
-    y_abs_mean = abs(moments.y_mean)
+    centred = basis.centred()
+    p = len(fixed_names)
+    G, g = basis.fixed_map_to(centred)
     out = {}
-    slope_scale = {}
-    f_sd, f_mean = moments.fixed_sd(), moments.fixed_mean()
-    for k in range(len(fixed_names)):
-        if f_sd[k] > 0:
-            slope_scale[k] = 10.0 * y_sd / float(f_sd[k])
-    intercept_scale = 10.0 * (y_abs_mean + y_sd) + sum(
-        s * abs(float(f_mean[k])) for k, s in slope_scale.items()
-    )
-    for k, name in enumerate(fixed_names):
-        out[f"fixed[{name}]"] = Normal(0.0, slope_scale.get(k, intercept_scale))
-    out["sigma"] = HalfStudentT(3.0, 2.5 * y_sd)
-    for name, scale in zip(coef_names, coefficient_scales(moments), strict=True):
-        out[f"sd[{name}]"] = HalfStudentT(3.0, 2.5 * float(scale))
+    for q, name in enumerate(fixed_names):
+        out[f"fixed[{name}]"] = Normal(float(g[q]), 10.0 * abs(float(G[q, q])))
+    if not sigma_known:
+        out["sigma"] = HalfStudentT(3.0, 2.5 * basis.y_scale)
+    for name, scale in zip(coef_names, _default_sd_scales(basis, centred), strict=True):
+        out[f"sd[{name}]"] = HalfStudentT(3.0, float(scale))
     out["corr"] = LKJ(1.0)
-    return out
+    shifted = basis.shift != 0.0
+    fixed_centred = basis.fixed_intercept >= 0 and bool(np.any(shifted[1:1 + p]))
+    block_centred = tuple(bool(np.any(shifted[1 + p + lo:1 + p + hi])) for lo, hi in _blocks(block_sizes))
+    return out, PriorFrame(centred, fixed_centred, block_centred)
 
 
-def resolve_priors(user, defaults, fixed_names, coef_names, block_sizes, sigma_known):
+def resolve_priors(user, defaults, frame, basis, fixed_names, coef_names, block_sizes, sigma_known,
+                   keep_frame=False):
     """Merge the user's priors over the defaults and check them.
 
+    A block (or the fixed intercept) that the user gives a prior for leaves the centred frame
+    of the defaults; its other coefficients then get the default scale expressed on the
+    user's coefficients (:func:`_default_sd_scales`). With ``keep_frame`` the frame is kept
+    as given (the priors of a model compiled again on new data).
+
     Returns
     -------
-    dict
+    resolved : dict
         The complete role -> prior mapping actually used (``"sigma"`` absent when the
         level-1 variances are known; ``"cov"`` present when an inverse-Wishart is used).
+    frame : PriorFrame
+        The frame of each prior.
     """
     user = dict(user or {})
     resolved = dict(defaults)
@@ -359,6 +441,21 @@ def resolve_priors(user, defaults, fixed_names, coef_names, block_sizes, sigma_k
             )
     if "sigma" in user and sigma_known:
         raise PriorError("a prior for 'sigma' was given but the level-1 variances are known")
+    fixed_centred = frame.fixed_centred
+    if fixed_centred and not keep_frame:
+        name = fixed_names[frame.centred.fixed_intercept]
+        fixed_centred = not ("fixed" in user or f"fixed[{name}]" in user)
+    block_centred = list(frame.block_centred)
+    own = Basis.identity(len(fixed_names), len(coef_names))
+    user_scales = None
+    for k, (lo, hi) in enumerate(_blocks(block_sizes)):
+        touched = {"sd", "corr", "cov"} | {f"sd[{coef_names[r]}]" for r in range(lo, hi)}
+        if block_centred[k] and touched & set(user) and not keep_frame:
+            block_centred[k] = False
+            if user_scales is None:
+                user_scales = _default_sd_scales(basis, own)
+            for r in range(lo, hi):
+                resolved[f"sd[{coef_names[r]}]"] = HalfStudentT(3.0, float(user_scales[r]))
     # general keys first, then the specific ones override them
     for key in ("fixed", "sd"):
         if key in user:
@@ -382,42 +479,90 @@ def resolve_priors(user, defaults, fixed_names, coef_names, block_sizes, sigma_k
             raise PriorError(f"prior for 'cov' must be InverseWishart, got {resolved['cov']!r}")
         for size in block_sizes:
             resolved["cov"].matrix(size)
-    return resolved
+    return resolved, PriorFrame(frame.centred, fixed_centred, tuple(block_centred))
 
 
-def prior_arrays(resolved, fixed_names, coef_names, block_sizes):
-    """Kernel arrays (:class:`samplers.types.Priors`) from a resolved prior mapping."""
+def _fixed_prior(resolved, frame, basis, fixed_names):
+    """The fixed effects' prior in the kernels' basis, in information form (:class:`FixedPrior`).
+
+    Each prior holds for one coordinate ``phi_k`` (the user's coefficient, or the intercept at
+    the predictors' means): ``phi = Lam a + o`` with ``a`` in the kernels' basis, so
+    ``P0 = Lam' D Lam``, ``h = Lam' D (m - o)`` and the constant makes the product of the
+    normal densities of the ``phi_k``, times ``|det Lam|``, a normalised density of ``a``.
+    """
     p = len(fixed_names)
-    d = len(coef_names)
-    a_mean = np.zeros(p)
-    a_prec = np.zeros(p)
-    for k, n in enumerate(fixed_names):
-        prior = resolved[f"fixed[{n}]"]
+    own = Basis.identity(p, basis.n_coef)
+    G_u, g_u = basis.fixed_map_to(own)
+    G_c, g_c = basis.fixed_map_to(frame.centred)
+    Lam = G_u.copy()
+    o = g_u.copy()
+    if frame.fixed_centred:
+        q = frame.centred.fixed_intercept
+        Lam[q], o[q] = G_c[q], g_c[q]
+    D = np.zeros(p)
+    m = np.zeros(p)
+    for q, name in enumerate(fixed_names):
+        prior = resolved[f"fixed[{name}]"]
         if isinstance(prior, Normal):
-            a_mean[k] = prior.mu
-            a_prec[k] = 1.0 / prior.sigma**2
+            D[q] = 1.0 / prior.sigma**2
+            m[q] = prior.mu
+    proper = D > 0
+    r = m - o
+    prec = Lam.T @ (D[:, None] * Lam)
+    lin = Lam.T @ (D * r)
+    const = float(np.sum(D[proper] * r[proper] ** 2) - np.sum(np.log(D[proper]))
+                  - 2.0 * np.linalg.slogdet(Lam)[1]) if p else 0.0
+    return FixedPrior(np.ascontiguousarray(0.5 * (prec + prec.T)), np.ascontiguousarray(lin), const,
+                      int(p - np.count_nonzero(proper)))
+
+
+def prior_arrays(resolved, frame, basis, fixed_names, coef_names, block_sizes):
+    """Kernel arrays (:class:`samplers.types.Priors`) in the kernels' basis ``basis``.
+
+    Each prior is carried from its frame (:class:`PriorFrame`) to ``basis``: a normal prior on
+    the fixed effects becomes a Gaussian in information form; sigma's prior is rescaled by
+    the response's scale; a block whose map ``G`` from the kernels' coefficients to the
+    prior's is diagonal gets its SD priors rescaled (same family), an inverse-Wishart its
+    scale matrix ``G^{-1} Psi G^{-T}``, and any other block keeps its priors and the map
+    ``G`` (``Priors.block_map``), applied in :func:`samplers.theta.decode_theta`.
+    """
+    d = len(coef_names)
+    fixed = _fixed_prior(resolved, frame, basis, fixed_names)
     if "sigma" in resolved:
-        sigma_kind, sigma_par = _sd_code(resolved["sigma"], "sigma")
+        sigma_kind, sigma_par = _sd_code(_scaled(resolved["sigma"], basis.y_scale), "sigma")
     else:
         sigma_kind, sigma_par = PRIOR_FLAT, (0.0, 0.0)
+    own = Basis.identity(len(fixed_names), d)
+    G_user = basis.coef_map_to(own)
+    G_centred = basis.coef_map_to(frame.centred)
     sd_kind = np.zeros(d, dtype=np.int64)
     sd_par = np.zeros((d, 2))
-    for k, n in enumerate(coef_names):
-        sd_kind[k], sd_par[k] = _sd_code(resolved[f"sd[{n}]"], f"sd[{n}]")
     n_blocks = len(block_sizes)
     block_iw = np.zeros(n_blocks, dtype=np.int64)
     block_eta = np.full(n_blocks, float(resolved["corr"].eta))
+    block_map = np.zeros(n_blocks, dtype=np.int64)
+    prior_map = np.eye(d)
     iw_scale = np.zeros((d, d))
-    if "cov" in resolved:
-        c0 = 0
-        for k, size in enumerate(block_sizes):
+    for k, (lo, hi) in enumerate(_blocks(block_sizes)):
+        G = (G_centred if frame.block_centred[k] else G_user)[lo:hi, lo:hi]
+        off = G - np.diag(np.diag(G))
+        diagonal = not np.any(np.abs(off) > 1e-12 * np.max(np.abs(np.diag(G))))
+        if "cov" in resolved:
             block_iw[k] = 1
             block_eta[k] = float(resolved["cov"].nu)
-            iw_scale[c0 : c0 + size, c0 : c0 + size] = resolved["cov"].matrix(size)
-            c0 += size
+            Gi = np.linalg.inv(G)
+            iw_scale[lo:hi, lo:hi] = Gi @ resolved["cov"].matrix(hi - lo) @ Gi.T
+            continue
+        for r in range(lo, hi):
+            prior = resolved[f"sd[{coef_names[r]}]"]
+            if diagonal:  # the prior of |G_rr| times the kernel's SD
+                prior = _scaled(prior, abs(float(G[r - lo, r - lo])))
+            sd_kind[r], sd_par[r] = _sd_code(prior, f"sd[{coef_names[r]}]")
+        if not diagonal:
+            block_map[k] = 1
+            prior_map[lo:hi, lo:hi] = G
     return Priors(
-        a_mean=a_mean,
-        a_prec=a_prec,
+        fixed=fixed,
         sigma_kind=int(sigma_kind),
         sigma_par=np.asarray(sigma_par, dtype=np.float64),
         sd_kind=sd_kind,
@@ -425,9 +570,26 @@ def prior_arrays(resolved, fixed_names, coef_names, block_sizes):
         block_iw=block_iw,
         block_eta=block_eta,
         iw_scale=iw_scale,
+        block_map=block_map,
+        prior_map=np.ascontiguousarray(prior_map),
     )
 
 
-def describe(resolved):
-    """One line per prior, for summaries and attributes."""
-    return [f"{key}: {prior}" for key, prior in resolved.items()]
+def describe(resolved, centred=None):
+    """One line per prior, for summaries and attributes.
+
+    ``centred`` is :meth:`PriorFrame.centred_roles`: those priors are said to hold at the
+    means of the predictors named.
+    """
+    return [f"{key}: {prior_text(key, prior, centred)}" for key, prior in resolved.items()]
+
+
+def prior_text(key, prior, centred=None):
+    """The prior of one role as text, with the centring it is set at."""
+    at = (centred or {}).get(key)
+    if not at:
+        return str(prior)
+    means = ", ".join(at)
+    if key == "corr":
+        return f"{prior} (of the coefficients with {means} centred at the mean)"
+    return f"{prior} (the intercept at the mean of {means})"

@@ -16,7 +16,7 @@ import xarray as xr
 
 from samplers.loglik import loglik_draws
 from samplers.nested import two_level
-from samplers.theta import components
+from samplers.theta import covariances, sd_corr
 
 POINTWISE_LIMIT = 20_000_000  # chains x draws x observations above which "auto" stores group sums
 
@@ -44,6 +44,18 @@ def _versions():
         "arviz_base": version("arviz-base"),
         "python": platform.python_version(),
     }
+
+
+def variance_components(model, theta):
+    """``(s2, sd, corr, T)`` of draws ``(n, n_theta)`` of the kernels' ``theta``, in the user's parametrisation.
+
+    The level-1 variance (1 when known), the group SDs and correlations, and the group
+    covariance, mapped from the kernels' basis (:meth:`bayeshlm.basis.Basis.coef_cov`).
+    """
+    s2, T_kernel = covariances(np.ascontiguousarray(theta, dtype=np.float64), model.structure)
+    T = model.basis.coef_cov(T_kernel)
+    sd, corr = sd_corr(T)
+    return model.basis.residual_variance(s2, model.sigma_known), sd, corr, T
 
 
 def _log_likelihood(model, s2, a, b, mode):
@@ -198,14 +210,10 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
     design = model.design
     chains = len(outputs)
     theta = np.stack([o.theta[:n_keep] for o in outputs])
-    a = np.stack([o.a[:n_keep] for o in outputs])
+    a = model.basis.fixed_values(np.stack([o.a[:n_keep] for o in outputs]))
     n_theta = theta.shape[-1]
     d = len(design.coef_names)
-    flat = np.ascontiguousarray(theta.reshape(-1, n_theta))
-    s2 = np.empty(flat.shape[0])
-    sd = np.empty((flat.shape[0], d))
-    corr = np.empty((flat.shape[0], d, d))
-    components(flat, model.structure, model.priors, s2, sd, corr)
+    s2, sd, corr, _ = variance_components(model, theta.reshape(-1, n_theta))
     s2 = s2.reshape(chains, n_keep)
     sd = sd.reshape(chains, n_keep, d)
     corr = corr.reshape(chains, n_keep, d, d)
@@ -282,7 +290,7 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
         "formula": model.formula,
         "grouping_factor": design.factor,
         "grouping_factors": json.dumps(list(design.factors or ((design.factor,) if design.factor else ()))),
-        "priors": json.dumps({k: str(v) for k, v in model.prior_spec.items()}),
+        "priors": json.dumps(dict(line.split(": ", 1) for line in model.prior_descriptions())),
         "sampler": json.dumps(settings),
         "seed": settings["seed"] if settings["seed"] < 2**63 else str(settings["seed"]),  # netCDF: int64
         "interrupted": settings["interrupted"],

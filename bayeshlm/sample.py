@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import numbers
 import os
 import sys
@@ -42,32 +41,30 @@ def _check_seed(seed):
 def starting_theta(model, rng, jitter):
     """A rough starting point for the variance components, jittered per chain.
 
-    sigma from the residuals of the fixed-effects-only fit (computed from the statistics);
-    each group SD half of that scale over the column's SD, times a random factor in
+    In the kernels' standardised basis (:mod:`bayeshlm.basis`), where the response and the
+    predictors have unit scale: sigma from the residuals of the fixed-effects-only fit
+    (computed from the statistics); each group SD half of that, times a random factor in
     ``exp(+-jitter)``; small random correlations.
     """
     stats = model.stats
     p = stats.Fty.shape[0]
-    ridge = 1e-12 * np.trace(stats.FtF) * np.eye(p)
-    a_hat = np.linalg.lstsq(stats.FtF + ridge, stats.Fty, rcond=None)[0]
+    ridge = 1e-12 * max(np.trace(stats.FtF), 1e-300) * np.eye(p)
+    a_hat = np.linalg.lstsq(stats.FtF + ridge, stats.Fty, rcond=None)[0] if p else np.zeros(0)
     rss = max(float(stats.scal[0] - a_hat @ stats.Fty), 0.0)
     n_obs = stats.scal[1]
-    y_sd = math.sqrt(float(model.moments.var()[0])) or 1.0
     if model.sigma_known or rss <= 0:
-        scale = y_sd
+        scale = 1.0
     else:
         scale = float(np.sqrt(rss / n_obs))
     theta = np.zeros(model.n_theta)
     structure = model.structure
     if not model.sigma_known:
         theta[0] = np.log(scale) + rng.uniform(-jitter, jitter)
-    coef_sd = model.moments.coef_sd()
     for k in range(len(structure.block_ptr) - 1):
         c0, c1 = structure.block_ptr[k], structure.block_ptr[k + 1]
         t0 = structure.theta_ptr[k]
         for i in range(c1 - c0):
-            col_sd = float(coef_sd[c0 + i])
-            tau = 0.5 * scale / (col_sd if col_sd > 0 else 1.0) * np.exp(rng.uniform(-jitter, jitter))
+            tau = 0.5 * scale * np.exp(rng.uniform(-jitter, jitter))
             theta[t0 + i] = np.arcsinh(tau / structure.diag_scale[c0 + i])
         n_corr = structure.theta_ptr[k + 1] - t0 - (c1 - c0)
         theta[t0 + (c1 - c0) : structure.theta_ptr[k + 1]] = rng.uniform(-0.3, 0.3, size=n_corr)
@@ -244,7 +241,7 @@ def sample(
             rngs, states, model.stats, model.structure, model.priors,
             method=METHODS[method], mh_steps=mh_steps, warmup=warmup, draws=draws, thin=thin,
             keep_group_draws=kept_rows, group_moments=bool(group_moments), n_threads=n_threads,
-            progress=bar,
+            progress=bar, coef_map=model.basis.coef_to_user(),
         )
     finally:
         bar.close()

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from bayeshlm.basis import Basis
 from bayeshlm.em import corr_key
 from bayeshlm.priors import (
     HalfCauchy,
@@ -30,6 +31,7 @@ from bayeshlm.priors import (
     Uniform,
     column_moments,
 )
+from bayeshlm.results import variance_components
 from samplers.nested import tree_flag, two_level
 from samplers.suffstats import compute_suffstats
 
@@ -81,13 +83,24 @@ def draw_from_prior(model, rng):
         factor, n_coef) group coefficients in the layout of the sampler's state.
     """
     spec = model.prior_spec
-    fixed = np.empty(len(model.fixed_names))
+    frame = model.prior_frame
+    own = Basis.identity(len(model.fixed_names), len(model.coef_names))
+    phi = np.empty(len(model.fixed_names))
     for q, name in enumerate(model.fixed_names):
         prior = spec[f"fixed[{name}]"]
         if not isinstance(prior, Normal):
             raise ValueError(f"the prior of fixed[{name}] is {prior}: draws from the prior need proper priors")
-        fixed[q] = rng.normal(prior.mu, prior.sigma)
+        phi[q] = rng.normal(prior.mu, prior.sigma)
+    # each prior holds for a coordinate phi = Lam a + o (the user's coefficient, or the
+    # intercept at the predictors' means): solve for the user's coefficients
+    Lam, o = np.eye(phi.size), np.zeros(phi.size)
+    if frame.fixed_centred:
+        G, g = own.fixed_map_to(frame.centred)
+        q = frame.centred.fixed_intercept
+        Lam[q], o[q] = G[q], g[q]
+    fixed = np.linalg.solve(Lam, phi - o)
     sigma = np.nan if model.sigma_known else _draw_sd(spec["sigma"], rng, "sigma")
+    G_centred = own.coef_map_to(frame.centred)
     names = model.coef_names
     D = len(names)
     cov = np.zeros((D, D))
@@ -100,7 +113,11 @@ def draw_from_prior(model, rng):
             continue
         sd = np.array([_draw_sd(spec[f"sd[{names[i]}]"], rng, f"sd[{names[i]}]") for i in range(lo, hi)])
         R = lkj_corr(hi - lo, spec["corr"].eta, rng) if hi - lo > 1 else np.eye(1)
-        cov[lo:hi, lo:hi] = R * np.outer(sd, sd)
+        block = R * np.outer(sd, sd)
+        if frame.block_centred[k]:  # drawn for the centred coefficients G b: T = G^{-1} T_G G^{-T}
+            Gi = np.linalg.inv(G_centred[lo:hi, lo:hi])
+            block = Gi @ block @ Gi.T
+        cov[lo:hi, lo:hi] = block
     sd = np.sqrt(np.diag(cov))
     with np.errstate(invalid="ignore", divide="ignore"):
         corr = cov / np.outer(sd, sd)
@@ -137,8 +154,9 @@ def with_response(model, y):
     """The same model (design, priors, structure) with the response replaced by ``y``."""
     _need_rows(model)
     design = model.design._replace(y=np.ascontiguousarray(y, dtype=np.float64))
-    weights = None if design.obs_var is None else 1.0 / design.obs_var
-    stats = compute_suffstats(design.y, design.F, design.X, design.group_idx, model.stats.n.shape[0], weights)
+    basis = model.basis  # the priors are in this basis: the statistics of the new response go there too
+    stats = compute_suffstats(design.y, design.F, design.X, design.group_idx, model.stats.n.shape[0],
+                              basis.weights(design.obs_var), basis.shift, basis.scale)
     moments = column_moments(design.y, design.F, design.X, design.obs_var)
     return dataclasses.replace(model, design=design, stats=stats, moments=moments)
 
@@ -281,7 +299,6 @@ def python_chain_draws(model, seed, *, method="gibbs", warmup=300, draws=600, mh
     from samplers import sweep as sweep_module
     from samplers.driver import init_state
     from samplers.mh import ITER, end_of_iteration
-    from samplers.theta import components
 
     rng = np.random.Generator(np.random.PCG64(seed))
     state = init_state(rng, starting_theta(model, rng, 0.5), model.stats, model.structure, model.priors)
@@ -298,10 +315,8 @@ def python_chain_draws(model, seed, *, method="gibbs", warmup=300, draws=600, mh
         if it >= warmup:
             theta[it - warmup] = state.theta
             fixed[it - warmup] = state.a
-    d = len(model.coef_names)
-    s2, sd, corr = np.empty(draws), np.empty((draws, d)), np.empty((draws, d, d))
-    components(theta, model.structure, model.priors, s2, sd, corr)
-    return fixed, (None if model.sigma_known else np.sqrt(s2)), sd, corr
+    s2, sd, corr, _ = variance_components(model, theta)
+    return model.basis.fixed_values(fixed), (None if model.sigma_known else np.sqrt(s2)), sd, corr
 
 
 def sbc(model, n_sims=100, *, n_draws=99, seed=0, fit=None, **options):
@@ -392,7 +407,7 @@ def geweke(model, n_iter=20000, *, method="mh", seed=0, mh_steps=6, n_prior=None
     from samplers.driver import init_state
     from samplers.mh import ITER
     from samplers.sweep import METHOD_GIBBS, METHOD_MH, sweep
-    from samplers.theta import components, encode_theta
+    from samplers.theta import encode_theta
 
     rng = np.random.default_rng(seed)
     n_prior = n_iter if n_prior is None else n_prior
@@ -406,8 +421,10 @@ def geweke(model, n_iter=20000, *, method="mh", seed=0, mh_steps=6, n_prior=None
     params = draw_from_prior(model, rng)
     sim = with_response(model, simulate_response(model, params, rng))
     theta0 = np.empty(model.n_theta)
-    s2_0 = 1.0 if model.sigma_known else params["sigma"] ** 2
-    if not encode_theta(s2_0, params["cov"] + 1e-12 * np.eye(d), model.structure, theta0):
+    basis = model.basis
+    s2_0 = 1.0 if model.sigma_known else params["sigma"] ** 2 / basis.y_scale**2
+    T0 = basis.coef_cov_from_user(params["cov"])
+    if not encode_theta(s2_0, T0 + 1e-12 * max(np.trace(T0), 1e-300) * np.eye(d), model.structure, theta0):
         raise ValueError("the prior draw has a singular group covariance")
     kernel_rng = np.random.Generator(np.random.PCG64(int(rng.integers(2**31))))
     state = init_state(kernel_rng, theta0, sim.stats, model.structure, model.priors)
@@ -415,19 +432,17 @@ def geweke(model, n_iter=20000, *, method="mh", seed=0, mh_steps=6, n_prior=None
     tree = tree_flag(model.structure)
     theta = np.empty((n_iter, model.n_theta))
     fixed = np.empty((n_iter, len(model.fixed_names)))
-    s2, sd, corr = np.empty(1), np.empty((1, d)), np.empty((1, d, d))
     for it in range(n_iter):
         sweep(kernel_rng, state, sim.stats, model.structure, model.priors, tree, code, mh_steps, 0)
         state.ibuf[ITER] = it + 1
         if state.scal[3] != 0.0:
             raise RuntimeError("a sweep failed during the Geweke test")
         theta[it] = state.theta
-        fixed[it] = state.a
-        components(state.theta[None, :], model.structure, model.priors, s2, sd, corr)
-        current = {"fixed": state.a.copy(), "sigma": float(np.sqrt(s2[0])), "b": state.b}
+        fixed[it] = basis.fixed_values(state.a)
+        s2, _, _, _ = variance_components(model, state.theta[None, :])
+        current = {"fixed": fixed[it], "sigma": float(np.sqrt(s2[0])), "b": basis.coef_values(state.b)}
         sim = with_response(model, simulate_response(model, current, rng))
-    s2_all, sd_all, corr_all = np.empty(n_iter), np.empty((n_iter, d)), np.empty((n_iter, d, d))
-    components(theta, model.structure, model.priors, s2_all, sd_all, corr_all)
+    s2_all, sd_all, _, _ = variance_components(model, theta)
     sc = _test_functions(model, fixed, None if model.sigma_known else np.sqrt(s2_all), sd_all)
     rows = {}
     for name in mc:

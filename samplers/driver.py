@@ -69,22 +69,26 @@ def init_state(rng, theta0, stats, structure, priors, init_step=0.1):
     # run_chain draws the first coefficients of a fresh state, then stops at sweep 0
     run_chain(rng, state, stats, structure, priors, tree_flag(structure), METHOD_MH, 1, 0, 1, 0,
               np.empty((0, n_theta)), np.empty((0, p)),
-              np.zeros(0, dtype=np.int64), np.empty((0, 0, d)), np.empty((0, 0, d)), np.empty(0), np.empty(0))
+              np.zeros(0, dtype=np.int64), np.empty((0, 0, d)), np.empty((0, 0, d)), np.empty(0), np.empty(0),
+              np.eye(d))
     return state
 
 
 @njit(cache=True, nogil=True)
 def run_chain(rng, state, stats, structure, priors, tree, method, mh_steps, warmup, thin, stop,
-              out_theta, out_a, b_rows, out_b, b_moments, out_lp, out_acc):
+              out_theta, out_a, b_rows, out_b, b_moments, out_lp, out_acc, coef_map):
     """Run sweeps until ``stop`` sweeps are done, storing every ``thin``-th kept draw.
 
     Outputs are indexed by kept draw ``k = (iteration - warmup) // thin``. ``out_b[k]`` holds
     the coefficients of the groups ``b_rows`` (``out_b`` may hold no draws, to keep no group
     coefficients). ``b_moments`` (shape (2, n_nodes, d), or (0, ...) for none) accumulates the
     running mean and sum of squared deviations (Welford) of every group's coefficients over
-    the kept draws. A fresh state (``state.ibuf[READY] == 0``) first gets its coefficients
-    drawn at its ``theta``; a failure there sets ``state.scal[FAILED]``. ``tree`` and
-    ``method`` are variant flags (:mod:`samplers.nested`, :mod:`samplers.sweep`).
+    the kept draws. Both hold the group coefficients mapped by ``coef_map`` (shape (d, d),
+    block diagonal: ``coef_map @ b`` of each group, the coefficients in the user's
+    parametrisation when the kernels work in another basis). A fresh state
+    (``state.ibuf[READY] == 0``) first gets its coefficients drawn at its ``theta``; a failure
+    there sets ``state.scal[FAILED]``. ``tree`` and ``method`` are variant flags
+    (:mod:`samplers.nested`, :mod:`samplers.sweep`).
     """
     while True:
         # one call site of sweep, so that it is compiled inline once
@@ -104,16 +108,24 @@ def run_chain(rng, state, stats, structure, priors, tree, method, mh_steps, warm
             k = (it - warmup) // thin
             copy_into(out_theta[k], state.theta)
             copy_into(out_a[k], state.a)
+            d = state.b.shape[1]
             if k < out_b.shape[0]:
                 for i in range(b_rows.shape[0]):
-                    copy_into(out_b[k, i], state.b[b_rows[i]])
+                    row = state.b[b_rows[i]]
+                    for r in range(d):
+                        t = 0.0
+                        for m in range(d):
+                            t += coef_map[r, m] * row[m]
+                        out_b[k, i, r] = t
             if b_moments.shape[0] > 0:
                 inv = 1.0 / (k + 1)
                 mean = b_moments[0]
                 m2 = b_moments[1]
                 for g in range(mean.shape[0]):
-                    for r in range(mean.shape[1]):
-                        x = state.b[g, r]
+                    for r in range(d):
+                        x = 0.0
+                        for m in range(d):
+                            x += coef_map[r, m] * state.b[g, m]
                         delta = x - mean[g, r]
                         mean[g, r] += delta * inv
                         m2[g, r] += delta * (x - mean[g, r])
@@ -138,7 +150,7 @@ class ChainOutput:
 
 def run_chains(rngs, states, stats, structure, priors, *, method, mh_steps, warmup, draws,
                thin=1, keep_group_draws=True, group_moments=False, n_threads=None, chunk_seconds=0.2,
-               min_chunk=10, progress=None):
+               min_chunk=10, progress=None, coef_map=None):
     """Run independent chains, in threads, into freshly allocated outputs.
 
     Parameters
@@ -171,6 +183,9 @@ def run_chains(rngs, states, stats, structure, priors, *, method, mh_steps, warm
         Sweeps in the first call.
     progress : callable, optional
         ``progress(chain, n_sweeps_done_in_this_chunk)``, called from worker threads.
+    coef_map : ndarray of shape (n_coef, n_coef), optional
+        Map applied to each group's coefficients before they are stored or averaged
+        (default the identity).
 
     Returns
     -------
@@ -198,6 +213,7 @@ def run_chains(rngs, states, stats, structure, priors, *, method, mh_steps, warm
     ]
     stop_event = threading.Event()
     tree = tree_flag(structure)
+    coef_map = np.eye(d) if coef_map is None else np.ascontiguousarray(coef_map, dtype=np.float64)
 
     def work(c):
         rng, state, out = rngs[c], states[c], outputs[c]
@@ -207,7 +223,7 @@ def run_chains(rngs, states, stats, structure, priors, *, method, mh_steps, warm
             stop = min(total, start + n_sweeps)
             t0 = time.perf_counter()
             run_chain(rng, state, stats, structure, priors, tree, method, mh_steps, warmup, thin, stop,
-                      out.theta, out.a, b_rows, out.b, out.b_moments, out.lp, out.accept)
+                      out.theta, out.a, b_rows, out.b, out.b_moments, out.lp, out.accept, coef_map)
             # Each call costs a fixed overhead (passing the model in): grow the chunks until
             # a call lasts about chunk_seconds. The draws do not depend on the chunking.
             if time.perf_counter() - t0 < 0.5 * chunk_seconds:

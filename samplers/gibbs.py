@@ -151,9 +151,16 @@ def update_T(rng, b, T, structure, priors):
             kind = priors.sd_kind[c0 : c0 + dk]
             par = priors.sd_par[c0 : c0 + dk]
             eta = priors.block_eta[k]
-            log_ratio = block_log_ratio_weight(prop, kind, par, eta) - block_log_ratio_weight(
-                np.ascontiguousarray(T[c0 : c0 + dk, c0 : c0 + dk]), kind, par, eta
-            )
+            current = np.ascontiguousarray(T[c0 : c0 + dk, c0 : c0 + dk])
+            if priors.block_map[k] == 1:
+                # the prior holds for G b: the reference |T|^{-(d+1)/2} is invariant under
+                # T -> G T G' up to a constant, so the ratio is the prior's at G T G'
+                G = np.ascontiguousarray(priors.prior_map[c0 : c0 + dk, c0 : c0 + dk])
+                log_ratio = block_log_ratio_weight(G @ prop @ G.T, kind, par, eta) - block_log_ratio_weight(
+                    G @ current @ G.T, kind, par, eta)
+            else:
+                log_ratio = block_log_ratio_weight(prop, kind, par, eta) - block_log_ratio_weight(
+                    current, kind, par, eta)
             accept = np.log(rng.random()) < log_ratio
         if accept:
             n_acc += 1.0

@@ -56,7 +56,7 @@ def log_target(theta, stats, structure, priors, state, tree):
         ll, ok = loglik_given_a(stats, s2, C, state.r_buf, state.scal[RTR], state.L_buf[SCRATCH])
     else:
         Lt, Ut, Acc, LA, cA, _ = tree_workspace(stats, structure)
-        ll, ok = tree_upward(stats, structure, s2, C, False, priors.a_mean, priors.a_prec, state.r_buf,
+        ll, ok = tree_upward(stats, structure, s2, C, False, priors.fixed, state.r_buf,
                              state.scal[RTR], Lt, Ut, Acc, LA, cA)
     if not ok:
         # A factorisation failed at this point: numerically it has no posterior mass.

@@ -12,6 +12,7 @@ from numba import njit
 from samplers.nested import tree_upward, tree_workspace
 from samplers.theta import decode_theta
 from samplers.tree import upward
+from samplers.types import FixedPrior
 
 LOG_2PI = np.log(2.0 * np.pi)
 
@@ -24,13 +25,13 @@ def profile_loglik(theta, stats, structure, priors, reml, tree, C, L, LA, c):
     Returns ``-inf`` where a factorisation fails.
     """
     p = c.shape[0]
-    flat = np.zeros(p)
+    flat = FixedPrior(np.zeros((p, p)), np.zeros(p), 0.0, p)
     s2, _ = decode_theta(theta, structure, priors, C)
     if tree is None:
-        ll, ok = upward(stats, s2, C, flat, flat, L, LA, c)
+        ll, ok = upward(stats, s2, C, flat, L, LA, c)
     else:
         Lt, Ut, Acc, _, _, _ = tree_workspace(stats, structure)
-        ll, ok = tree_upward(stats, structure, s2, C, True, flat, flat, stats.Xty, 0.0, Lt, Ut, Acc, LA, c)
+        ll, ok = tree_upward(stats, structure, s2, C, True, flat, stats.Xty, 0.0, Lt, Ut, Acc, LA, c)
     if not ok:
         return -np.inf
     if not reml:

@@ -106,7 +106,7 @@ def _eliminate(M, dk, w, K, L_out, U_out, tgt):
 
 
 @njit(cache=True, nogil=True)
-def tree_upward(stats, structure, s2, C, full, a_mean, a_prec, r, rtr, Lt, Ut, Acc, LA, cA):
+def tree_upward(stats, structure, s2, C, full, fixed, r, rtr, Lt, Ut, Acc, LA, cA):
     """Integrate out every group (and, with ``full``, the fixed effects) of a nested model.
 
     Parameters
@@ -120,8 +120,8 @@ def tree_upward(stats, structure, s2, C, full, a_mean, a_prec, r, rtr, Lt, Ut, A
     C : ndarray of shape (n_coef, n_coef)
         Block-diagonal lower-triangular factor of the covariance of all group coefficients.
     full : bool
-        True: the fixed effects are integrated out against their prior (``a_mean``,
-        ``a_prec``; flat where the precision is 0) and the result is ``log p(y | theta)``.
+        True: the fixed effects are integrated out against their prior ``fixed`` (a
+        :class:`~samplers.types.FixedPrior`) and the result is ``log p(y | theta)``.
         False: they are given through ``r = X_j'W_j(y_j - F_j a)`` (per finest group) and
         ``rtr = (y - F a)'W(y - F a)``, and the result is ``log p(y | theta, a)``.
     Lt, Ut, Acc, LA, cA : ndarray
@@ -201,18 +201,10 @@ def tree_upward(stats, structure, s2, C, full, a_mean, a_prec, r, rtr, Lt, Ut, A
         n_obs = stats.scal[1]
         return -0.5 * (n_obs * LOG_2PI + n_obs * np.log(s2) - stats.scal[2] + logdet + final), True
     # the root: data cross-products of [F, y], the prior of the fixed effects
-    prior_terms = 0.0
-    n_flat = 0
     for q in range(p):
         for q2 in range(q + 1):
-            acc[q, q2] += stats.FtF[q, q2] * inv_s2
-        acc[q, q] += a_prec[q]
-        acc[p, q] += stats.Fty[q] * inv_s2 + a_prec[q] * a_mean[q]
-        if a_prec[q] > 0.0:
-            acc[p, p] += a_prec[q] * a_mean[q] * a_mean[q]
-            prior_terms -= np.log(a_prec[q])
-        else:
-            n_flat += 1
+            acc[q, q2] += stats.FtF[q, q2] * inv_s2 + fixed.prec[q, q2]
+        acc[p, q] += stats.Fty[q] * inv_s2 + fixed.lin[q]
     acc[p, p] += stats.scal[0] * inv_s2
     for q in range(p):
         cA[q] = acc[p, q]
@@ -230,8 +222,8 @@ def tree_upward(stats, structure, s2, C, full, a_mean, a_prec, r, rtr, Lt, Ut, A
         final -= v[q] * v[q]
         logdet += 2.0 * np.log(LA[q, q])
     n_obs = stats.scal[1]
-    return -0.5 * ((n_obs - n_flat) * LOG_2PI + n_obs * np.log(s2) - stats.scal[2] + logdet + prior_terms
-                   + final), True
+    return -0.5 * ((n_obs - fixed.n_flat) * LOG_2PI + n_obs * np.log(s2) - stats.scal[2] + logdet
+                   + fixed.const + final), True
 
 
 @njit(cache=True, nogil=True)

@@ -12,37 +12,44 @@ from samplers.types import SuffStats
 
 
 @njit(cache=True, nogil=True)
-def _accumulate(y, F, X, g, w, n, XtX, XtF, Xty, yty_g, FtF, Fty, scal):
+def _accumulate(y, F, X, g, w, shift, scale, n, XtX, XtF, Xty, yty_g, FtF, Fty, scal):
     n_obs = y.shape[0]
     p = F.shape[1]
     d = X.shape[1]
+    f = np.empty(p)
+    x = np.empty(d)
     for i in range(n_obs):
         j = g[i]
         wi = w[i]
-        yi = y[i]
+        # the row in the statistics' basis: each column shifted, then scaled
+        yi = (y[i] - shift[0]) / scale[0]
+        for q in range(p):
+            f[q] = (F[i, q] - shift[1 + q]) / scale[1 + q]
+        for r in range(d):
+            x[r] = (X[i, r] - shift[1 + p + r]) / scale[1 + p + r]
         n[j] += 1.0
         yty_g[j] += wi * yi * yi
         scal[0] += wi * yi * yi
         scal[2] += np.log(wi)
         for r in range(d):
-            xr = wi * X[i, r]
+            xr = wi * x[r]
             Xty[j, r] += xr * yi
             for s in range(d):
-                XtX[j, r, s] += xr * X[i, s]
+                XtX[j, r, s] += xr * x[s]
             for q in range(p):
-                XtF[j, r, q] += xr * F[i, q]
+                XtF[j, r, q] += xr * f[q]
         for q in range(p):
-            fq = wi * F[i, q]
+            fq = wi * f[q]
             Fty[q] += fq * yi
             for s in range(q + 1):
-                FtF[q, s] += fq * F[i, s]
+                FtF[q, s] += fq * f[s]
     scal[1] += n_obs
     for q in range(p):
         for s in range(q):
             FtF[s, q] = FtF[q, s]
 
 
-def compute_suffstats(y, F, X, group_idx, n_groups, weights=None):
+def compute_suffstats(y, F, X, group_idx, n_groups, weights=None, shift=None, scale=None):
     """Per-group sufficient statistics of a two-level model.
 
     Parameters
@@ -60,6 +67,12 @@ def compute_suffstats(y, F, X, group_idx, n_groups, weights=None):
     weights : ndarray of shape (n_obs,), optional
         Observation weights ``w`` (the residual variance of row ``i`` is ``s2 / w_i``);
         inverse known variances when the level-1 variances are known. Default 1.
+    shift, scale : ndarray of shape (1 + n_fixed + n_coef,), optional
+        The statistics are those of the columns of ``[y, F, X]`` each shifted by ``shift``
+        and divided by ``scale`` (default 0 and 1), transformed row by row as they are
+        read, so that a column whose mean is large against its spread loses no precision
+        to cancellation. A shift is a linear map of the design only for a column beside a
+        column of ones (the intercept), which the caller ensures.
 
     Returns
     -------
@@ -80,12 +93,15 @@ def compute_suffstats(y, F, X, group_idx, n_groups, weights=None):
         Fty=np.zeros(p),
         scal=np.zeros(3),
     )
+    width = 1 + p + d
     _accumulate(
         np.ascontiguousarray(y, dtype=np.float64),
         np.ascontiguousarray(F, dtype=np.float64),
         np.ascontiguousarray(X, dtype=np.float64),
         np.ascontiguousarray(group_idx, dtype=np.int64),
         np.ascontiguousarray(weights, dtype=np.float64),
+        np.zeros(width) if shift is None else np.ascontiguousarray(shift, dtype=np.float64),
+        np.ones(width) if scale is None else np.ascontiguousarray(scale, dtype=np.float64),
         *stats,
     )
     return stats

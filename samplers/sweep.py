@@ -29,7 +29,7 @@ def draw_all_coefficients(rng, state, stats, structure, priors, tree):
     if tree is not None:
         # nested factors, or no factors: the general tree passes
         Lt, Ut, Acc, LA, cA, beta = tree_workspace(stats, structure)
-        ll, ok = tree_upward(stats, structure, s2, C, True, priors.a_mean, priors.a_prec, state.r_buf, 0.0,
+        ll, ok = tree_upward(stats, structure, s2, C, True, priors.fixed, state.r_buf, 0.0,
                              Lt, Ut, Acc, LA, cA)
         if not ok or not np.isfinite(log_prior):
             state.scal[FAILED] = 1.0
@@ -38,7 +38,7 @@ def draw_all_coefficients(rng, state, stats, structure, priors, tree):
         tree_draw(rng, structure, C, Lt, Ut, LA, cA, beta, state.a, state.b, True)
         return True
     ll, ok = upward(
-        stats, s2, C, priors.a_mean, priors.a_prec,
+        stats, s2, C, priors.fixed,
         state.L_buf[CURRENT], state.LA_buf[CURRENT], state.c_buf[CURRENT],
     )
     if not ok or not np.isfinite(log_prior):

@@ -70,6 +70,47 @@ def _log_sech2(y):
 
 
 @njit(cache=True, nogil=True)
+def _mapped_block_log_prior(C, priors, c0, dk, eta, sum_log_tau, log_det_R):
+    """Log prior of a block whose SD and LKJ priors hold for ``G b`` rather than ``b`` (``T_G = G T G'``).
+
+    With ``(s, R)`` the SDs and correlations of ``T`` in the kernels' coordinates and
+    ``(s_G, R_G)`` those of ``T_G``, the density of ``(s, R)`` induced by the prior on
+    ``(s_G, R_G)`` is ``p(s_G) p(R_G) |dT_G/d(s_G, R_G)|^{-1} |dT_G/dT| |dT/d(s, R)|``; with
+    ``|dT/d(s, R)| = 2^d prod s_i^d`` and ``|dT_G/dT| = |det G|^{d+1}`` this is, up to a
+    constant, ``p(s_G) det(R_G)^(eta - 1) prod (s_i / s_G,i)^d``, and
+    ``det R_G = det(G)^2 det(T) / prod s_G,i^2``. The constant
+    ``(2 eta - 2 + d + 1) log|det G|`` is left out (the marginal likelihood adds it).
+    """
+    T = np.zeros((dk, dk))
+    for i in range(dk):
+        for j in range(i + 1):
+            t = 0.0
+            for m in range(j + 1):
+                t += C[c0 + i, c0 + m] * C[c0 + j, c0 + m]
+            T[i, j] = t
+            T[j, i] = t
+    G = priors.prior_map[c0 : c0 + dk, c0 : c0 + dk]
+    lp = 0.0
+    sum_log_sd = 0.0
+    for i in range(dk):
+        v = 0.0  # (G T G')_ii
+        for a in range(dk):
+            ga = G[i, a]
+            if ga == 0.0:
+                continue
+            for b in range(dk):
+                v += ga * T[a, b] * G[i, b]
+        sd = np.sqrt(max(v, 0.0))
+        if sd == 0.0:
+            return -np.inf
+        sum_log_sd += np.log(sd)
+        lp += sd_log_prior(priors.sd_kind[c0 + i], priors.sd_par[c0 + i], sd)
+    log_det_T = 2.0 * sum_log_tau + log_det_R
+    lp += (eta - 1.0) * (log_det_T - 2.0 * sum_log_sd) + dk * (sum_log_tau - sum_log_sd)
+    return lp
+
+
+@njit(cache=True, nogil=True)
 def decode_theta(theta, structure, priors, C):
     """Variance components from ``theta``, with the log prior density of ``theta``.
 
@@ -123,6 +164,7 @@ def decode_theta(theta, structure, priors, C):
             log_jac_R += (dk - i - 1.0) * np.log(lii)
         lp += log_jac + log_jac_R
         sum_log_tau = 0.0
+        mapped = priors.block_iw[k] == 0 and priors.block_map[k] == 1
         for i in range(dk):
             eta = theta[t0 + i]
             scale = structure.diag_scale[c0 + i]
@@ -131,13 +173,15 @@ def decode_theta(theta, structure, priors, C):
             for j in range(i + 1):
                 C[c0 + i, c0 + j] *= tau
             abs_tau = abs(tau)
-            if priors.block_iw[k] == 0:
+            if priors.block_iw[k] == 0 and not mapped:
                 lp += sd_log_prior(priors.sd_kind[c0 + i], priors.sd_par[c0 + i], abs_tau)
             elif abs_tau == 0.0:
                 return s2, -np.inf
             else:
                 sum_log_tau += np.log(abs_tau)
-        if priors.block_iw[k] == 0:
+        if mapped:
+            lp += _mapped_block_log_prior(C, priors, c0, dk, priors.block_eta[k], sum_log_tau, log_det_R)
+        elif priors.block_iw[k] == 0:
             lp += (priors.block_eta[k] - 1.0) * log_det_R
         else:
             nu = priors.block_eta[k]
@@ -209,8 +253,8 @@ def block_log_ratio_weight(T_block, kind, par, eta):
     return h
 
 
-def components(theta_draws, structure, priors, out_s2, out_sd, out_corr):
-    """Natural-scale variance components of many draws of ``theta``.
+def covariances(theta_draws, structure):
+    """Level-1 variance and group covariance ``T = C C'`` of many draws of ``theta``.
 
     The factor ``C`` of :func:`decode_theta` (without its prior density), for all draws at
     once with NumPy: this runs once per fit, on a few thousand draws, and so is not worth
@@ -220,18 +264,18 @@ def components(theta_draws, structure, priors, out_s2, out_sd, out_corr):
     ----------
     theta_draws : ndarray of shape (n_draws, n_theta)
     structure : Structure
-    priors : Priors
-        Unused: the components do not depend on the priors.
-    out_s2 : ndarray of shape (n_draws,)
-        Output: level-1 variance (1 when known).
-    out_sd : ndarray of shape (n_draws, n_coef)
-        Output: standard deviations of the group coefficients.
-    out_corr : ndarray of shape (n_draws, n_coef, n_coef)
-        Output: their correlation matrix (zero across blocks).
+
+    Returns
+    -------
+    s2 : ndarray of shape (n_draws,)
+        Level-1 variance (1 when known).
+    T : ndarray of shape (n_draws, n_coef, n_coef)
+        Block-diagonal covariance of the group coefficients.
     """
     theta_draws = np.asarray(theta_draws, dtype=np.float64)
-    n_draws, d = out_sd.shape
-    out_s2[:] = 1.0 if structure.sigma_known == 1 else np.exp(2.0 * theta_draws[:, 0])
+    n_draws = theta_draws.shape[0]
+    d = int(structure.block_ptr[-1])
+    s2 = np.ones(n_draws) if structure.sigma_known == 1 else np.exp(2.0 * theta_draws[:, 0])
     C = np.zeros((n_draws, d, d))
     for k in range(structure.block_ptr.shape[0] - 1):
         c0 = int(structure.block_ptr[k])
@@ -247,10 +291,35 @@ def components(theta_draws, structure, priors, out_s2, out_sd, out_corr):
                 idx += 1
             C[:, c0 + i, c0 + i] = np.sqrt(np.maximum(1.0 - ss, 1e-300))
             C[:, c0 + i, c0 : c0 + i + 1] *= (structure.diag_scale[c0 + i] * np.sinh(theta_draws[:, t0 + i]))[:, None]
-    T = C @ np.transpose(C, (0, 2, 1))
-    out_sd[:] = np.sqrt(np.einsum("sii->si", T))
+    return s2, C @ np.transpose(C, (0, 2, 1))
+
+
+def sd_corr(T):
+    """Standard deviations ``(..., n)`` and correlation matrices ``(..., n, n)`` of covariance matrices."""
+    sd = np.sqrt(np.maximum(np.einsum("...ii->...i", T), 0.0))
     with np.errstate(invalid="ignore", divide="ignore"):
-        out_corr[:] = T / (out_sd[:, :, None] * out_sd[:, None, :])
+        corr = T / (sd[..., :, None] * sd[..., None, :])
+    return sd, corr
+
+
+def components(theta_draws, structure, priors, out_s2, out_sd, out_corr):
+    """Variance components of many draws of ``theta``, in the kernels' coordinates.
+
+    Parameters
+    ----------
+    theta_draws : ndarray of shape (n_draws, n_theta)
+    structure : Structure
+    priors : Priors
+        Unused: the components do not depend on the priors.
+    out_s2 : ndarray of shape (n_draws,)
+        Output: level-1 variance (1 when known).
+    out_sd : ndarray of shape (n_draws, n_coef)
+        Output: standard deviations of the group coefficients.
+    out_corr : ndarray of shape (n_draws, n_coef, n_coef)
+        Output: their correlation matrix (zero across blocks).
+    """
+    out_s2[:], T = covariances(theta_draws, structure)
+    out_sd[:], out_corr[:] = sd_corr(T)
 
 
 @njit(cache=True, nogil=True, inline="always")

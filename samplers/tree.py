@@ -62,7 +62,7 @@ def _precision_2x2(XtX, j, c00, c10, c11, inv_s2):
 
 
 @njit(cache=True, nogil=True)
-def upward(stats, s2, C, a_mean, a_prec, L_out, LA_out, c_out):
+def upward(stats, s2, C, fixed, L_out, LA_out, c_out):
     """Integrate out the group coefficients and the fixed effects.
 
     The group covariance is given by a factor ``T = C C'`` (``C`` may be singular: a zero
@@ -76,9 +76,9 @@ def upward(stats, s2, C, a_mean, a_prec, L_out, LA_out, c_out):
         log|V_j|        = n_j log s2 - sum log w + log|K_j|
 
     (the Woodbury and determinant identities for ``V_j = s2 W_j^{-1} + X_j T X_j'``, never
-    formed). The fixed effects, with independent ``N(a_mean, 1/a_prec)`` priors (flat where
-    ``a_prec == 0``), are integrated out with ``A+ = A + diag(a_prec)`` and
-    ``c+ = c + a_prec * a_mean``.
+    formed). The fixed effects, with their Gaussian prior in information form (precision
+    ``P0``, linear term ``h``, flat where ``P0`` is singular), are integrated out with
+    ``A+ = A + P0`` and ``c+ = c + h``.
 
     Parameters
     ----------
@@ -87,7 +87,7 @@ def upward(stats, s2, C, a_mean, a_prec, L_out, LA_out, c_out):
         Level-1 variance.
     C : ndarray of shape (n_coef, n_coef)
         Lower-triangular factor of the group covariance ``T``.
-    a_mean, a_prec : ndarray of shape (n_fixed,)
+    fixed : FixedPrior
         Prior of the fixed effects.
     L_out : ndarray of shape (n_groups, n_coef, n_coef)
         Output: Cholesky factors ``L_j`` of ``K_j``.
@@ -106,15 +106,14 @@ def upward(stats, s2, C, a_mean, a_prec, L_out, LA_out, c_out):
     """
     n_groups = stats.n.shape[0]
     d = C.shape[0]
-    p = a_mean.shape[0]
+    p = fixed.lin.shape[0]
     inv_s2 = 1.0 / s2
     n_obs = stats.scal[1]
     A = LA_out
     for q in range(p):
-        c_out[q] = stats.Fty[q] * inv_s2 + a_prec[q] * a_mean[q]
+        c_out[q] = stats.Fty[q] * inv_s2 + fixed.lin[q]
         for r in range(p):
-            A[q, r] = stats.FtF[q, r] * inv_s2
-        A[q, q] += a_prec[q]
+            A[q, r] = stats.FtF[q, r] * inv_s2 + fixed.prec[q, r]
     yVy = stats.scal[0] * inv_s2
     logdet = n_obs * np.log(s2) - stats.scal[2]
     # Rows of U_j and u_j for all groups, stacked; the p x p and p x 1 reductions
@@ -222,15 +221,8 @@ def upward(stats, s2, C, a_mean, a_prec, L_out, LA_out, c_out):
     quad = 0.0
     for q in range(p):
         quad += v[q] * v[q]
-    n_flat = 0
-    prior_terms = 0.0
-    for q in range(p):
-        if a_prec[q] > 0.0:
-            prior_terms += a_prec[q] * a_mean[q] * a_mean[q] - np.log(a_prec[q])
-        else:
-            n_flat += 1
     loglik = -0.5 * (
-        (n_obs - n_flat) * LOG_2PI + logdet + yVy + prior_terms - quad + logdet_chol(A)
+        (n_obs - fixed.n_flat) * LOG_2PI + logdet + yVy + fixed.const - quad + logdet_chol(A)
     )
     return loglik, True
 

@@ -97,15 +97,39 @@ class Structure(NamedTuple):
     parent: np.ndarray
 
 
-class Priors(NamedTuple):
-    """Numeric hyperparameters.
+class FixedPrior(NamedTuple):
+    """Gaussian prior of the fixed effects in information form (flat in some directions).
+
+    ``log p(a) = -1/2 (a' prec a - 2 lin' a + const) - (p - n_flat)/2 log(2 pi)``: ``prec`` is
+    positive semi-definite, and the directions it leaves out are flat (improper uniform).
+    A product of independent normals on any linear coordinates of ``a`` has this form.
 
     Attributes
     ----------
-    a_mean : ndarray of shape (n_fixed,)
-        Prior means of the fixed effects.
-    a_prec : ndarray of shape (n_fixed,)
-        Prior precisions of the fixed effects (independent normals); 0 means flat.
+    prec : ndarray of shape (n_fixed, n_fixed)
+        Prior precision ``P0`` (zero for a flat prior).
+    lin : ndarray of shape (n_fixed,)
+        Linear term ``h = P0 m0``.
+    const : float
+        ``m0' P0 m0 - log pdet(P0)``: with ``n_flat`` the constant that makes the proper part
+        a normalised density (0 for a flat prior).
+    n_flat : int
+        Number of flat directions, ``n_fixed - rank(P0)``.
+    """
+
+    prec: np.ndarray
+    lin: np.ndarray
+    const: float
+    n_flat: int
+
+
+class Priors(NamedTuple):
+    """Numeric hyperparameters, all in the kernels' (internal) basis.
+
+    Attributes
+    ----------
+    fixed : FixedPrior
+        Prior of the fixed effects.
     sigma_kind : int
         Prior code for sigma (``PRIOR_*``).
     sigma_par : ndarray of shape (2,)
@@ -121,10 +145,16 @@ class Priors(NamedTuple):
         ``block_iw`` is 1).
     iw_scale : ndarray of shape (n_coef, n_coef)
         Block-diagonal scale matrices of the inverse-Wishart priors.
+    block_map : ndarray of int64, shape (n_blocks,)
+        1 where the block's SD and correlation priors are set on other coordinates of its
+        coefficients than the kernels' own: on ``G_k b`` with ``G_k`` the block of
+        ``prior_map`` (a centred slope's intercept, say). Their density is then evaluated at
+        ``G_k T_k G_k'`` (see :func:`samplers.theta.decode_theta`).
+    prior_map : ndarray of shape (n_coef, n_coef)
+        Block-diagonal maps ``G_k`` (identity blocks where ``block_map`` is 0).
     """
 
-    a_mean: np.ndarray
-    a_prec: np.ndarray
+    fixed: FixedPrior
     sigma_kind: int
     sigma_par: np.ndarray
     sd_kind: np.ndarray
@@ -132,6 +162,13 @@ class Priors(NamedTuple):
     block_iw: np.ndarray
     block_eta: np.ndarray
     iw_scale: np.ndarray
+    block_map: np.ndarray
+    prior_map: np.ndarray
+
+
+def flat_fixed_prior(p):
+    """A :class:`FixedPrior` that is flat in every direction (ML, REML)."""
+    return FixedPrior(np.zeros((p, p)), np.zeros(p), 0.0, int(p))
 
 
 class ChainState(NamedTuple):

@@ -35,6 +35,7 @@ from samplers.types import (
     PRIOR_HALF_T,
     PRIOR_INV_GAMMA,
     PRIOR_UNIFORM,
+    FixedPrior,
     Priors,
     Structure,
 )
@@ -79,12 +80,20 @@ def make_structure(blocks, sigma_known=0, n_groups=0):
                      parent=np.full(n_groups, -1, dtype=np.int64))
 
 
+def diag_fixed_prior(a_mean, a_prec):
+    """Independent ``N(a_mean, 1 / a_prec)`` priors (flat where ``a_prec`` is 0) as a FixedPrior."""
+    a_mean = np.asarray(a_mean, dtype=np.float64)
+    a_prec = np.asarray(a_prec, dtype=np.float64)
+    normal = a_prec > 0
+    const = float(np.sum(a_prec[normal] * a_mean[normal] ** 2 - np.log(a_prec[normal])))
+    return FixedPrior(np.diag(a_prec), a_prec * a_mean, const, int(np.sum(~normal)))
+
+
 def make_priors(d, p=1, n_blocks=1, *, a_mean=None, a_prec=None, sigma_kind=PRIOR_FLAT,
                 sigma_par=(1.0, 1.0), sd_kind=None, sd_par=None, block_iw=None, block_eta=None,
-                iw_scale=None):
+                iw_scale=None, block_map=None, prior_map=None):
     return Priors(
-        a_mean=np.zeros(p) if a_mean is None else np.array(a_mean, dtype=np.float64),
-        a_prec=np.zeros(p) if a_prec is None else np.array(a_prec, dtype=np.float64),
+        fixed=diag_fixed_prior(np.zeros(p) if a_mean is None else a_mean, np.zeros(p) if a_prec is None else a_prec),
         sigma_kind=int(sigma_kind),
         sigma_par=np.array(sigma_par, dtype=np.float64),
         sd_kind=(np.zeros(d, dtype=np.int64) if sd_kind is None
@@ -95,6 +104,9 @@ def make_priors(d, p=1, n_blocks=1, *, a_mean=None, a_prec=None, sigma_kind=PRIO
         block_eta=(np.ones(n_blocks) if block_eta is None
                    else np.array(block_eta, dtype=np.float64)),
         iw_scale=np.eye(d) if iw_scale is None else np.array(iw_scale, dtype=np.float64),
+        block_map=(np.zeros(n_blocks, dtype=np.int64) if block_map is None
+                   else np.array(block_map, dtype=np.int64)),
+        prior_map=np.eye(d) if prior_map is None else np.array(prior_map, dtype=np.float64),
     )
 
 
@@ -263,7 +275,7 @@ def run_upward(prob, s2, C, a_mean, a_prec):
     L = np.zeros((n_groups, d, d))
     LA = np.zeros((p, p))
     c = np.zeros(p)
-    ll, ok = upward(prob.stats, float(s2), C, a_mean, a_prec, L, LA, c)
+    ll, ok = upward(prob.stats, float(s2), C, diag_fixed_prior(a_mean, a_prec), L, LA, c)
     return ll, ok, L, LA, c
 
 

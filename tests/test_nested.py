@@ -12,7 +12,7 @@ from scipy import stats as sps
 
 from samplers.nested import effective_coefficients, tree_draw, tree_upward, tree_workspace
 from samplers.suffstats import compute_suffstats
-from samplers.types import Structure
+from samplers.types import FixedPrior, Structure, flat_fixed_prior
 
 
 def random_tree(rng, n_top, fanout):
@@ -106,8 +106,8 @@ def test_tree_upward_matches_dense_density(case, seed):
     c = F.T @ Vi @ y
     work = tree_workspace(pr["stats"], pr["structure"])
     Lt, Ut, Acc, LA, cA, _ = work
-    flat = np.zeros(p)
-    ll, ok = tree_upward(pr["stats"], pr["structure"], pr["s2"], pr["C"], True, flat, flat,
+    flat = flat_fixed_prior(p)
+    ll, ok = tree_upward(pr["stats"], pr["structure"], pr["s2"], pr["C"], True, flat,
                          pr["stats"].Xty, 0.0, Lt, Ut, Acc, LA, cA)
     assert ok
     # flat fixed effects: the restricted likelihood
@@ -117,19 +117,31 @@ def test_tree_upward_matches_dense_density(case, seed):
     # normal prior on the fixed effects: the marginal density of y
     m0 = np.arange(p) * 0.3
     prec = np.full(p, 0.7)
-    ll, ok = tree_upward(pr["stats"], pr["structure"], pr["s2"], pr["C"], True, m0, prec,
+    ll, ok = tree_upward(pr["stats"], pr["structure"], pr["s2"], pr["C"], True, _normal_prior(m0, np.diag(prec)),
                          pr["stats"].Xty, 0.0, Lt, Ut, Acc, LA, cA)
     expect = sps.multivariate_normal(F @ m0, V + F @ np.diag(1 / prec) @ F.T).logpdf(y)
+    np.testing.assert_allclose(ll, expect, rtol=1e-10)
+    # a correlated normal prior (the information form the internal basis produces)
+    Q = np.random.default_rng(seed).normal(size=(p, p))
+    P0 = Q @ Q.T + 0.5 * np.eye(p)
+    ll, ok = tree_upward(pr["stats"], pr["structure"], pr["s2"], pr["C"], True, _normal_prior(m0, P0),
+                         pr["stats"].Xty, 0.0, Lt, Ut, Acc, LA, cA)
+    expect = sps.multivariate_normal(F @ m0, V + F @ np.linalg.inv(P0) @ F.T).logpdf(y)
     np.testing.assert_allclose(ll, expect, rtol=1e-10)
     # fixed effects given
     a = np.linspace(-1, 1, p)
     e = y - F @ a
     r = compute_suffstats(e, np.zeros((n, 0)), pr["X"], pr["g"], pr["stats"].n.shape[0], pr["w"]).Xty
     rtr = float(np.sum(pr["w"] * e * e))
-    ll, ok = tree_upward(pr["stats"], pr["structure"], pr["s2"], pr["C"], False, flat, flat, r, rtr,
+    ll, ok = tree_upward(pr["stats"], pr["structure"], pr["s2"], pr["C"], False, flat, r, rtr,
                          Lt, Ut, Acc, LA, cA)
     expect = sps.multivariate_normal(np.zeros(n), V).logpdf(e)
     np.testing.assert_allclose(ll, expect, rtol=1e-10)
+
+
+def _normal_prior(m0, P0):
+    """``a ~ N(m0, P0^{-1})`` as a FixedPrior (information form)."""
+    return FixedPrior(P0, P0 @ m0, float(m0 @ P0 @ m0 - np.linalg.slogdet(P0)[1]), 0)
 
 
 def _dense_posterior(pr, m0, prec):
@@ -165,7 +177,8 @@ def test_tree_draw_mean_is_posterior_mean(case):
     m0 = np.full(p, 0.2)
     prec = np.full(p, 0.5)
     Lt, Ut, Acc, LA, cA, beta = tree_workspace(pr["stats"], pr["structure"])
-    tree_upward(pr["stats"], pr["structure"], pr["s2"], pr["C"], True, m0, prec, pr["stats"].Xty, 0.0,
+    tree_upward(pr["stats"], pr["structure"], pr["s2"], pr["C"], True, _normal_prior(m0, np.diag(prec)),
+                pr["stats"].Xty, 0.0,
                 Lt, Ut, Acc, LA, cA)
     a = np.empty(p)
     b = np.zeros((pr["structure"].node_ptr[-1], pr["D"]))
@@ -187,7 +200,8 @@ def test_tree_draw_monte_carlo_matches_posterior_covariance():
     m0 = np.zeros(p)
     prec = np.full(p, 1.0)
     Lt, Ut, Acc, LA, cA, beta = tree_workspace(pr["stats"], pr["structure"])
-    tree_upward(pr["stats"], pr["structure"], pr["s2"], pr["C"], True, m0, prec, pr["stats"].Xty, 0.0,
+    tree_upward(pr["stats"], pr["structure"], pr["s2"], pr["C"], True, _normal_prior(m0, np.diag(prec)),
+                pr["stats"].Xty, 0.0,
                 Lt, Ut, Acc, LA, cA)
     mean, cov = _dense_posterior(pr, m0, prec)
     rng = np.random.default_rng(3)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import bayeshlm as bh
+from bayeshlm.basis import Basis
 from bayeshlm.priors import PriorError
 
 
@@ -35,7 +36,14 @@ def test_user_priors_override_general_then_specific(sleep):
     assert spec["fixed[days]"] == bh.Normal(10, 5)
     assert spec["sd[Intercept]"] == bh.HalfNormal(50)
     assert spec["sd[days]"] == bh.HalfCauchy(10)
-    np.testing.assert_array_equal(model.priors.a_prec, [0.0, 1 / 25])
+    # in the kernels' basis the flat intercept and Normal(10, 5) slope become a Gaussian of
+    # rank one: the slope's coordinate is the user's slope, sy / sx times the kernel's
+    basis = model.basis
+    fixed = model.priors.fixed
+    assert fixed.n_flat == 1
+    G, g = basis.fixed_map_to(Basis.identity(2, 2))
+    np.testing.assert_allclose(fixed.prec, np.outer(G[1], G[1]) / 25, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(fixed.lin, G[1] * (10 - g[1]) / 25, rtol=1e-12)
     assert model.priors.block_eta[0] == 2.0
 
 

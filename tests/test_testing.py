@@ -44,7 +44,10 @@ def test_with_response_keeps_design_and_priors():
     y = np.arange(model.n_obs, dtype=float)
     other = with_response(model, y)
     assert other.priors is model.priors and other.structure is model.structure
-    assert other.stats.scal[0] == pytest.approx(np.sum(y**2))
+    # the statistics are those of the new response in the model's own (kernels') basis
+    basis = model.basis
+    assert other.basis is basis
+    assert other.stats.scal[0] == pytest.approx(np.sum(((y - basis.y_shift) / basis.y_scale) ** 2))
     np.testing.assert_array_equal(other.design.F, model.design.F)
 
 
