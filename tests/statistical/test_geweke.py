@@ -20,8 +20,9 @@ PRIORS = {"fixed": bh.Normal(0, 1), "sigma": bh.HalfNormal(1), "sd": bh.HalfNorm
 def _data(seed=0):
     rng = np.random.default_rng(seed)
     g = np.repeat([f"g{j}" for j in range(6)], 3)
-    return {"y": rng.normal(size=g.size), "x": rng.normal(size=g.size), "g": g,
-            "h": np.repeat([f"h{j}" for j in range(3)], 6)}
+    y = rng.normal(size=g.size)
+    x = rng.normal(size=g.size)
+    return {"y": y, "x": x, "g": g, "h": np.repeat([f"h{j}" for j in range(3)], 6), "x_far": x + 5.0}
 
 
 CASES = {
@@ -31,6 +32,10 @@ CASES = {
     "slopes_iw_gibbs": ("y ~ x + (x | g)", {**PRIORS, "cov": bh.InverseWishart(4, np.eye(2))}, "gibbs"),
     "three_levels_mh": ("y ~ x + (1 | h) + (1 | h:g)", PRIORS, "mh"),
     "three_levels_gibbs": ("y ~ x + (1 | h) + (1 | h:g)", PRIORS, "gibbs"),
+    # priors on the user's coefficients of a slope the kernels centre (Priors.block_map):
+    # the prior is evaluated at G T G' in the MH target and the Gibbs acceptance ratio
+    "mapped_prior_mh": ("y ~ x_far + (x_far | g)", PRIORS, "mh"),
+    "mapped_prior_gibbs": ("y ~ x_far + (x_far | g)", PRIORS, "gibbs"),
 }
 
 
@@ -38,6 +43,8 @@ CASES = {
 def test_geweke(case):
     formula, priors, method = CASES[case]
     model = bh.hlm(formula, _data(), priors=priors)
+    if case.startswith("mapped"):
+        assert model.priors.block_map.tolist() == [1]
     table = geweke(model, 20000, method=method, seed=11)
     bad = table[table["p_value"] < 1e-3 / len(table)]
     assert bad.empty, f"Geweke test fails:\n{bad}"
