@@ -79,6 +79,8 @@ class Equation:
         for p in predictors:
             if not isinstance(p, str) or not p.strip():
                 raise FormulaError(f"a predictor must be a column name or formula term, got {p!r}")
+            if p.strip() in ("Intercept", "1", "0"):
+                raise FormulaError(f"{p.strip()!r} is not a predictor: every equation has its intercept already")
             names.append(p.strip())
         if len(set(names)) != len(names):
             raise FormulaError(f"a predictor is listed twice in Equation{tuple(names)}")
@@ -101,6 +103,16 @@ class _Level:
     equations: dict
     covariance: str
     fixed_groups: bool
+
+
+def _uses(term, column):
+    """Whether a predictor (column name or formula term) reads `column`."""
+    from bayeshlm.formula import required_variables
+
+    try:
+        return column == term or column in required_variables(term)
+    except Exception:  # noqa: BLE001 - a term formulaic cannot read is reported when compiled
+        return False
 
 
 @dataclass(frozen=True)
@@ -130,6 +142,10 @@ class Hierarchy:
         preds = tuple(p.strip() for p in predictors)
         if len(set(preds)) != len(preds) or "Intercept" in preds or "1" in preds:
             raise FormulaError(f"level-1 predictors must be distinct and not the intercept, got {list(predictors)}")
+        for p in preds:
+            if _uses(p, response.strip()):
+                raise FormulaError(f"the response '{response.strip()}' cannot be a predictor of itself "
+                                   f"(level 1: {p!r})")
         object.__setattr__(self, "response", response.strip())
         object.__setattr__(self, "predictors", preds)
         object.__setattr__(self, "intercept", bool(intercept))
@@ -196,6 +212,10 @@ class Hierarchy:
                 )
             if not isinstance(eq, Equation):
                 raise FormulaError(f"the equation of '{name}' must be an Equation, got {eq!r}")
+            for p in eq.predictors:
+                if _uses(p, self.response):
+                    raise FormulaError(f"the response '{self.response}' cannot be a predictor of itself (level "
+                                       f"{len(self.levels) + 2}, equation of '{name}': {p!r})")
         if fixed_groups and (self.levels or self.intercept or equations):
             raise FormulaError("fixed_groups (ANCOVA) needs a level-2 factor, no level-1 intercept and no equations")
         new = _Level(factor, equations, covariance, bool(fixed_groups))
