@@ -20,13 +20,14 @@ from bayeshlm.formula import (
     FormulaSpec,
     as_float_columns,
     categorical_columns,
+    level2_candidates,
     model_matrix,
     parse_formula,
     plain_columns,
     required_variables,
 )
 
-__all__ = ["DataError", "Design", "build_design"]
+__all__ = ["DataError", "Design", "GroupLevelWarning", "build_design"]
 
 # Relative eigenvalue below which the cross-product matrix of the centred, unit-length
 # columns is treated as singular, and relative weight above which a column counts as
@@ -42,6 +43,10 @@ _TINY = 1e-150
 _HUGE = 1e150
 # How many offending row positions an error message lists.
 _SHOW_ROWS = 5
+# A column that takes one value per group in all but this fraction of the groups (of two
+# rows or more), with at least _LEVEL_MIN_GROUPS such groups, looks like a group variable.
+_LEVEL_STRAY = 0.05
+_LEVEL_MIN_GROUPS = 10
 
 
 class DataError(ValueError):
@@ -50,6 +55,23 @@ class DataError(ValueError):
 
 class IdentificationWarning(UserWarning):
     """A part of the model that the data can determine only weakly or only in combination."""
+
+
+class GroupLevelWarning(UserWarning):
+    """A predictor meant as a variable of the groups (level 2 or above) that varies within them.
+
+    Attributes
+    ----------
+    column : str
+        The predictor (a data column or formula term).
+    factor : str
+        The grouping factor whose groups it should be constant in.
+    """
+
+    def __init__(self, message, column="", factor=""):
+        super().__init__(message)
+        self.column = column
+        self.factor = factor
 
 
 class ColumnRoles(dict):
@@ -331,7 +353,7 @@ def build_design(
                 "estimated from one group"
             )
         codes[factor] = (idx, labels)
-    factors, parents = _nesting(factors, codes)
+    factors, parents = _nesting(factors, codes, per_row=True)
     blocks, coef_names, factor_coef_names, block_sizes, factor_sizes, random_spec = [], [], [], [], [], []
     for factor in factors:
         X_k, names_k, sizes_k, specs_k = _random_design(spec, used, factor)
@@ -356,6 +378,7 @@ def build_design(
         if known_column is not None:
             known_values = used[known_column].to_numpy(dtype=np.float64, na_value=np.nan)
         obs_var = _obs_var(known_values, known_name)
+    _group_level_warnings(spec, used, factors, codes)
 
     return Design(
         response=spec.response,
@@ -382,6 +405,119 @@ def build_design(
     )
 
 
+def _first_rows(codes, n_groups):
+    """Row position of the first row of each group (codes numbered by first appearance, or not)."""
+    if len(codes) and n_groups:
+        running = np.maximum.accumulate(codes)
+        starts = np.flatnonzero(np.r_[True, running[1:] != running[:-1]])
+        if len(starts) == n_groups and np.array_equal(codes[starts], np.arange(n_groups)):
+            return starts
+    first = np.full(n_groups, -1, dtype=np.int64)
+    uniq, pos = np.unique(codes, return_index=True)
+    first[uniq] = pos
+    return first
+
+
+def within_group_variation(values, codes, n_groups):
+    """Which groups a column takes more than one value in.
+
+    Parameters
+    ----------
+    values : array_like of shape (n_rows,)
+        The column (numbers, or labels of any kind).
+    codes : ndarray of shape (n_rows,)
+        Group code of each row, ``0 .. n_groups - 1``.
+    n_groups : int
+
+    Returns
+    -------
+    varying : ndarray of bool, shape (n_groups,)
+        The column is not constant within the group.
+    example : tuple or None
+        ``(group, value, other value)`` for the first varying group, else None.
+    first_values : ndarray of shape (n_groups,)
+        The column's value in the first row of each group.
+    """
+    values = np.asarray(values)
+    v = values if values.dtype.kind in "biuf" else pd.factorize(values)[0]
+    first = _first_rows(codes, n_groups)
+    differs = v != v[first][codes]
+    varying = np.bincount(codes, weights=differs, minlength=n_groups) > 0
+    example = None
+    if varying.any():
+        row = int(np.flatnonzero(differs)[0])
+        g = int(codes[row])
+        example = (g, values[first[g]], values[row])
+    return varying, example, values[first]
+
+
+def show_value(value):
+    """A data value as a message shows it: ``0.5``, ``3``, ``'a'`` (no NumPy type names)."""
+    value = value.item() if isinstance(value, np.generic) else value
+    return f"{value:.6g}" if isinstance(value, float) else repr(value)
+
+
+def _group_level_warnings(spec, frame, factors, codes):
+    """Warn about a predictor meant as a variable of the groups of a factor that varies within them.
+
+    ``hlm`` reads a column as a variable of the groups of a factor in two cases:
+
+    * it enters the fixed part only through interactions with columns whose slope is random
+      on the factor (``y ~ x + x:z + (x | g)``: ``z`` predicts the slope of ``x``, a cross-level
+      interaction), and it varies within the groups of the finest factor;
+    * it takes one value per group in all but a few of the groups of a factor (at most 5% of
+      those with two rows or more, of at least 10 such groups), while its group values differ
+      between groups (no single value in 90% of them), and it is not a variable of a finer
+      factor: the look of a group variable with a few wrong rows.
+
+    Everything else is read as a level-1 predictor, and nothing is said.
+    """
+    import warnings
+
+    used = sorted(required_variables(spec.fixed) - {spec.response})
+    grouping = {c for f in factors for c in f.split(":")}
+    done = set()
+    for k, factor in enumerate(factors):
+        idx, labels = codes[factor]
+        n_groups = len(labels)
+        slopes = set().union(*(required_variables(b.expr) for b in spec.bars if b.factor == factor))
+        through_slopes = level2_candidates(spec.fixed, slopes) if slopes else set()
+        multi = np.bincount(idx, minlength=n_groups) >= 2
+        n_multi = int(multi.sum())
+        for column in used:
+            if column in grouping or column in slopes or column in done or column not in frame:
+                continue
+            values = frame[column].to_numpy()
+            varying, example, first_values = within_group_variation(values, idx, n_groups)
+            if example is None:
+                continue
+            n_vary = int(varying.sum())
+            stray = (n_multi >= _LEVEL_MIN_GROUPS and n_vary <= _LEVEL_STRAY * n_multi
+                     and pd.Series(first_values).value_counts().iloc[0] < 0.9 * n_groups)
+            if column not in through_slopes and not stray:
+                continue
+            # a variable of a finer factor is not meant at this level
+            if any(not within_group_variation(values, codes[f][0], len(codes[f][1]))[0].any() for f in factors[:k]):
+                continue
+            done.add(column)
+            at = f"'{factor}' group {str(labels[example[0]])!r}: {show_value(example[1])} and {show_value(example[2])}"
+            if column in through_slopes:
+                message = (
+                    f"'{column}' enters the fixed part only through interactions with slopes that vary over "
+                    f"'{factor}', so it reads as a predictor of those slopes, a variable of the '{factor}' groups "
+                    f"(a cross-level interaction), but it varies within {n_vary} of the {n_groups} groups (e.g. "
+                    f"{at}); if '{column}' is a level-1 variable, add its main effect, otherwise give it one value "
+                    "per group (e.g. its group mean)"
+                )
+            else:
+                message = (
+                    f"'{column}' looks like a variable of the '{factor}' groups (one value per group in "
+                    f"{n_multi - n_vary} of the {n_multi} groups with several rows) but varies within {n_vary} of "
+                    f"them (e.g. {at}); a level-2 predictor takes one value per group: check those rows"
+                )
+            warnings.warn(GroupLevelWarning(message, column=column, factor=factor), stacklevel=4)
+
+
 def column_roles(spec):
     """Each column the formula uses, with the role it plays (for messages), response first.
 
@@ -406,12 +542,14 @@ def _factors(spec):
     return list(dict.fromkeys(bar.factor for bar in spec.bars))
 
 
-def _nesting(factors, codes):
+def _nesting(factors, codes, per_row=False):
     """Order the grouping factors finest first and check that each is nested in the next.
 
     Returns the ordered factors and, for each but the last, the parent group of each of its
-    groups. Factors that are not nested (crossed, or labels reused across the groups of a
-    coarser factor) raise a DataError naming them and an offending group.
+    groups. Factors that are not nested raise a DataError naming them and an offending
+    group, and saying what the data look like (see :func:`_not_nested`). ``per_row``: the
+    codes are one per row (not one per distinct combination of labels), so that the rows of
+    each combination can be counted.
     """
     if len(factors) <= 1:
         return factors, []
@@ -429,19 +567,63 @@ def _nesting(factors, codes):
         parent[fi] = ci
         clash = np.flatnonzero(parent[fi] != ci)
         if clash.size:
-            g = fi[clash[0]]
-            others = sorted({str(cl[c]) for c in ci[fi == g]})[:3]
-            hint = ""
-            if ":" not in fine and fine not in coarse.split(":"):
-                hint = (f"; if the labels of '{fine}' are only unique within '{coarse}', write "
-                        f"(1 | {coarse}/{fine}) or group by '{coarse}:{fine}'")
-            raise DataError(
-                f"the grouping factor '{fine}' is not nested in '{coarse}': its group "
-                f"{fl[g]!r} occurs in the '{coarse}' groups {', '.join(map(repr, others))}. "
-                "Only nested factors are supported (crossed factors are not)" + hint
-            )
+            raise DataError(_not_nested(fine, coarse, codes, int(fi[clash[0]]), per_row))
         parents.append(parent)
     return order, parents
+
+
+def _example_groups(codes, labels, mask):
+    shown = [repr(str(labels[c])) for c in pd.unique(codes[mask])[:3]]
+    return ", ".join(shown) + (", ..." if len(pd.unique(codes[mask])) > 3 else "")
+
+
+def _not_nested(fine, coarse, codes, g, per_row):
+    """The message for grouping factors that are not nested (``fine`` has a group ``g`` in two ``coarse`` groups).
+
+    Two single-column factors whose labels cross are read in one of two ways:
+
+    * every combination of their labels holds one row (with ``per_row``): the factors are
+      crossed (raters and students, plates and samples), since nesting one in the other would
+      leave groups of one row whose variance cannot be told from the residual's; no nesting
+      is suggested, crossed factors are not supported yet;
+    * otherwise, labels numbered within the groups of the other factor (cask "a" in every
+      batch, as in pastes) are the common case: the factor with fewer labels is the one
+      numbered within the other, and ``(1 | other/numbered)`` is suggested, with the
+      crossed reading named as the alternative.
+    """
+    fi, fl = codes[fine]
+    ci, cl = codes[coarse]
+    found_in = _example_groups(ci, cl, fi == g)
+    head = f"the grouping factor '{fine}' is not nested in '{coarse}': its group {fl[g]!r} occurs in the " \
+           f"'{coarse}' groups {found_in}"
+    simple = ":" not in fine and ":" not in coarse
+    if not simple:
+        return (f"{head}. Only nested factors are supported (crossed factors are not yet); group the finer factor "
+                "within the coarser one by joining their columns with ':'")
+    cell_rows = np.bincount(pd.factorize(fi * len(cl) + ci)[0]) if per_row else None
+    if cell_rows is not None and np.median(cell_rows) == 1:
+        return (f"the grouping factors '{fine}' and '{coarse}' are crossed: each combination of their labels "
+                f"holds {'a single row' if cell_rows.max() == 1 else 'mostly a single row'}, and "
+                f"'{fine}' group {fl[g]!r} occurs in the '{coarse}' groups {found_in}, so neither is nested in "
+                "the other. Crossed grouping factors are not supported yet")
+    # the factor with fewer labels is taken as numbered within the other
+    if len(cl) < len(fl):
+        outer, inner = fine, coarse
+    else:
+        outer, inner = coarse, fine
+    both = len(cl) == len(fl)
+    lab = _first_label(codes, inner)
+    hint = (f"If the labels of '{inner}' are numbered within each '{outer}' group ('{inner}' {lab!r} of one "
+            f"'{outer}' group is not '{inner}' {lab!r} of another), write (1 | {outer}/{inner}), that is "
+            f"(1 | {outer}) + (1 | {outer}:{inner}), or group by '{outer}:{inner}' in place of '{inner}'")
+    if both:
+        hint += f" (or (1 | {inner}/{outer}) if it is the other way round)"
+    return (f"{head}. {hint}; if the same '{inner}' groups really occur in several '{outer}' groups, the factors "
+            "are crossed, and crossed factors are not supported yet")
+
+
+def _first_label(codes, factor):
+    return str(codes[factor][1][0])
 
 
 def _plain_design(spec, frame):
