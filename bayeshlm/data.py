@@ -18,21 +18,35 @@ import pandas as pd
 from bayeshlm.formula import (
     FormulaError,
     FormulaSpec,
+    as_float_columns,
+    categorical_columns,
+    level2_candidates,
     model_matrix,
     parse_formula,
     plain_columns,
     required_variables,
 )
 
-__all__ = ["DataError", "Design", "build_design"]
+__all__ = ["DataError", "Design", "GroupLevelWarning", "build_design"]
 
-# Relative eigenvalue below which the column-scaled cross-product matrix is
-# treated as singular, and relative weight above which a column counts as
+# Relative eigenvalue below which the cross-product matrix of the centred, unit-length
+# columns is treated as singular, and relative weight above which a column counts as
 # part of a dependency.
 _RANK_TOL = 1e-10
 _INVOLVED_TOL = 1e-6
+# A column whose centred values are this small against its largest value is constant
+# up to rounding.
+_CONSTANT_TOL = 1e-14
+# Largest absolute values outside [_TINY, _HUGE] cannot be squared and summed in double
+# precision (their squares underflow below 1e-300 or overflow above 1e300).
+_TINY = 1e-150
+_HUGE = 1e150
 # How many offending row positions an error message lists.
 _SHOW_ROWS = 5
+# A column that takes one value per group in all but this fraction of the groups (of two
+# rows or more), with at least _LEVEL_MIN_GROUPS such groups, looks like a group variable.
+_LEVEL_STRAY = 0.05
+_LEVEL_MIN_GROUPS = 10
 
 
 class DataError(ValueError):
@@ -41,6 +55,35 @@ class DataError(ValueError):
 
 class IdentificationWarning(UserWarning):
     """A part of the model that the data can determine only weakly or only in combination."""
+
+
+class GroupLevelWarning(UserWarning):
+    """A predictor meant as a variable of the groups (level 2 or above) that varies within them.
+
+    Attributes
+    ----------
+    column : str
+        The predictor (a data column or formula term).
+    factor : str
+        The grouping factor whose groups it should be constant in.
+    """
+
+    def __init__(self, message, column="", factor=""):
+        super().__init__(message)
+        self.column = column
+        self.factor = factor
+
+
+class ColumnRoles(dict):
+    """The columns a formula uses, each with its role (for messages), response first.
+
+    Attributes
+    ----------
+    categorical : frozenset of str
+        Columns the formula reads inside ``C(...)``: categories by the user's choice.
+    """
+
+    categorical: frozenset = frozenset()
 
 
 def identification_warnings(design):
@@ -310,7 +353,7 @@ def build_design(
                 "estimated from one group"
             )
         codes[factor] = (idx, labels)
-    factors, parents = _nesting(factors, codes)
+    factors, parents = _nesting(factors, codes, per_row=True)
     blocks, coef_names, factor_coef_names, block_sizes, factor_sizes, random_spec = [], [], [], [], [], []
     for factor in factors:
         X_k, names_k, sizes_k, specs_k = _random_design(spec, used, factor)
@@ -335,6 +378,7 @@ def build_design(
         if known_column is not None:
             known_values = used[known_column].to_numpy(dtype=np.float64, na_value=np.nan)
         obs_var = _obs_var(known_values, known_name)
+    _group_level_warnings(spec, used, factors, codes)
 
     return Design(
         response=spec.response,
@@ -361,9 +405,128 @@ def build_design(
     )
 
 
+def _first_rows(codes, n_groups):
+    """Row position of the first row of each group (codes numbered by first appearance, or not)."""
+    if len(codes) and n_groups:
+        running = np.maximum.accumulate(codes)
+        starts = np.flatnonzero(np.r_[True, running[1:] != running[:-1]])
+        if len(starts) == n_groups and np.array_equal(codes[starts], np.arange(n_groups)):
+            return starts
+    first = np.full(n_groups, -1, dtype=np.int64)
+    uniq, pos = np.unique(codes, return_index=True)
+    first[uniq] = pos
+    return first
+
+
+def within_group_variation(values, codes, n_groups):
+    """Which groups a column takes more than one value in.
+
+    Parameters
+    ----------
+    values : array_like of shape (n_rows,)
+        The column (numbers, or labels of any kind).
+    codes : ndarray of shape (n_rows,)
+        Group code of each row, ``0 .. n_groups - 1``.
+    n_groups : int
+
+    Returns
+    -------
+    varying : ndarray of bool, shape (n_groups,)
+        The column is not constant within the group.
+    example : tuple or None
+        ``(group, value, other value)`` for the first varying group, else None.
+    first_values : ndarray of shape (n_groups,)
+        The column's value in the first row of each group.
+    """
+    values = np.asarray(values)
+    v = values if values.dtype.kind in "biuf" else pd.factorize(values)[0]
+    first = _first_rows(codes, n_groups)
+    differs = v != v[first][codes]
+    varying = np.bincount(codes, weights=differs, minlength=n_groups) > 0
+    example = None
+    if varying.any():
+        row = int(np.flatnonzero(differs)[0])
+        g = int(codes[row])
+        example = (g, values[first[g]], values[row])
+    return varying, example, values[first]
+
+
+def show_value(value):
+    """A data value as a message shows it: ``0.5``, ``3``, ``'a'`` (no NumPy type names)."""
+    value = value.item() if isinstance(value, np.generic) else value
+    return f"{value:.6g}" if isinstance(value, float) else repr(value)
+
+
+def _group_level_warnings(spec, frame, factors, codes):
+    """Warn about a predictor meant as a variable of the groups of a factor that varies within them.
+
+    ``hlm`` reads a column as a variable of the groups of a factor in two cases:
+
+    * it enters the fixed part only through interactions with columns whose slope is random
+      on the factor (``y ~ x + x:z + (x | g)``: ``z`` predicts the slope of ``x``, a cross-level
+      interaction), and it varies within the groups of the finest factor;
+    * it takes one value per group in all but a few of the groups of a factor (at most 5% of
+      those with two rows or more, of at least 10 such groups), while its group values differ
+      between groups (no single value in 90% of them), and it is not a variable of a finer
+      factor: the look of a group variable with a few wrong rows.
+
+    Everything else is read as a level-1 predictor, and nothing is said.
+    """
+    import warnings
+
+    used = sorted(required_variables(spec.fixed) - {spec.response})
+    grouping = {c for f in factors for c in f.split(":")}
+    done = set()
+    for k, factor in enumerate(factors):
+        idx, labels = codes[factor]
+        n_groups = len(labels)
+        slopes = set().union(*(required_variables(b.expr) for b in spec.bars if b.factor == factor))
+        through_slopes = level2_candidates(spec.fixed, slopes) if slopes else set()
+        multi = np.bincount(idx, minlength=n_groups) >= 2
+        n_multi = int(multi.sum())
+        for column in used:
+            if column in grouping or column in slopes or column in done or column not in frame:
+                continue
+            values = frame[column].to_numpy()
+            varying, example, first_values = within_group_variation(values, idx, n_groups)
+            if example is None:
+                continue
+            n_vary = int(varying.sum())
+            stray = (n_multi >= _LEVEL_MIN_GROUPS and n_vary <= _LEVEL_STRAY * n_multi
+                     and pd.Series(first_values).value_counts().iloc[0] < 0.9 * n_groups)
+            if column not in through_slopes and not stray:
+                continue
+            # a variable of a finer factor is not meant at this level
+            if any(not within_group_variation(values, codes[f][0], len(codes[f][1]))[0].any() for f in factors[:k]):
+                continue
+            done.add(column)
+            at = f"'{factor}' group {str(labels[example[0]])!r}: {show_value(example[1])} and {show_value(example[2])}"
+            if column in through_slopes:
+                message = (
+                    f"'{column}' enters the fixed part only through interactions with slopes that vary over "
+                    f"'{factor}', so it reads as a predictor of those slopes, a variable of the '{factor}' groups "
+                    f"(a cross-level interaction), but it varies within {n_vary} of the {n_groups} groups (e.g. "
+                    f"{at}); if '{column}' is a level-1 variable, add its main effect, otherwise give it one value "
+                    "per group (e.g. its group mean)"
+                )
+            else:
+                message = (
+                    f"'{column}' looks like a variable of the '{factor}' groups (one value per group in "
+                    f"{n_multi - n_vary} of the {n_multi} groups with several rows) but varies within {n_vary} of "
+                    f"them (e.g. {at}); a level-2 predictor takes one value per group: check those rows"
+                )
+            warnings.warn(GroupLevelWarning(message, column=column, factor=factor), stacklevel=4)
+
+
 def column_roles(spec):
-    """Each column the formula uses, with the role it plays (for messages), response first."""
-    roles = {spec.response: "the response"}
+    """Each column the formula uses, with the role it plays (for messages), response first.
+
+    Returns a :class:`ColumnRoles` (a dict) whose ``categorical`` attribute holds the
+    columns read inside ``C(...)``.
+    """
+    roles = ColumnRoles({spec.response: "the response"})
+    parts = (spec.fixed, *(b.expr for b in spec.bars))
+    roles.categorical = frozenset().union(*(categorical_columns(rhs) for rhs in parts))
     for name in sorted(required_variables(spec.fixed)):
         roles.setdefault(name, "the fixed part")
     for bar in spec.bars:
@@ -379,12 +542,14 @@ def _factors(spec):
     return list(dict.fromkeys(bar.factor for bar in spec.bars))
 
 
-def _nesting(factors, codes):
+def _nesting(factors, codes, per_row=False):
     """Order the grouping factors finest first and check that each is nested in the next.
 
     Returns the ordered factors and, for each but the last, the parent group of each of its
-    groups. Factors that are not nested (crossed, or labels reused across the groups of a
-    coarser factor) raise a DataError naming them and an offending group.
+    groups. Factors that are not nested raise a DataError naming them and an offending
+    group, and saying what the data look like (see :func:`_not_nested`). ``per_row``: the
+    codes are one per row (not one per distinct combination of labels), so that the rows of
+    each combination can be counted.
     """
     if len(factors) <= 1:
         return factors, []
@@ -402,19 +567,63 @@ def _nesting(factors, codes):
         parent[fi] = ci
         clash = np.flatnonzero(parent[fi] != ci)
         if clash.size:
-            g = fi[clash[0]]
-            others = sorted({str(cl[c]) for c in ci[fi == g]})[:3]
-            hint = ""
-            if ":" not in fine and fine not in coarse.split(":"):
-                hint = (f"; if the labels of '{fine}' are only unique within '{coarse}', write "
-                        f"(1 | {coarse}/{fine}) or group by '{coarse}:{fine}'")
-            raise DataError(
-                f"the grouping factor '{fine}' is not nested in '{coarse}': its group "
-                f"{fl[g]!r} occurs in the '{coarse}' groups {', '.join(map(repr, others))}. "
-                "Only nested factors are supported (crossed factors are not)" + hint
-            )
+            raise DataError(_not_nested(fine, coarse, codes, int(fi[clash[0]]), per_row))
         parents.append(parent)
     return order, parents
+
+
+def _example_groups(codes, labels, mask):
+    shown = [repr(str(labels[c])) for c in pd.unique(codes[mask])[:3]]
+    return ", ".join(shown) + (", ..." if len(pd.unique(codes[mask])) > 3 else "")
+
+
+def _not_nested(fine, coarse, codes, g, per_row):
+    """The message for grouping factors that are not nested (``fine`` has a group ``g`` in two ``coarse`` groups).
+
+    Two single-column factors whose labels cross are read in one of two ways:
+
+    * every combination of their labels holds one row (with ``per_row``): the factors are
+      crossed (raters and students, plates and samples), since nesting one in the other would
+      leave groups of one row whose variance cannot be told from the residual's; no nesting
+      is suggested, crossed factors are not supported yet;
+    * otherwise, labels numbered within the groups of the other factor (cask "a" in every
+      batch, as in pastes) are the common case: the factor with fewer labels is the one
+      numbered within the other, and ``(1 | other/numbered)`` is suggested, with the
+      crossed reading named as the alternative.
+    """
+    fi, fl = codes[fine]
+    ci, cl = codes[coarse]
+    found_in = _example_groups(ci, cl, fi == g)
+    head = f"the grouping factor '{fine}' is not nested in '{coarse}': its group {fl[g]!r} occurs in the " \
+           f"'{coarse}' groups {found_in}"
+    simple = ":" not in fine and ":" not in coarse
+    if not simple:
+        return (f"{head}. Only nested factors are supported (crossed factors are not yet); group the finer factor "
+                "within the coarser one by joining their columns with ':'")
+    cell_rows = np.bincount(pd.factorize(fi * len(cl) + ci)[0]) if per_row else None
+    if cell_rows is not None and np.median(cell_rows) == 1:
+        return (f"the grouping factors '{fine}' and '{coarse}' are crossed: each combination of their labels "
+                f"holds {'a single row' if cell_rows.max() == 1 else 'mostly a single row'}, and "
+                f"'{fine}' group {fl[g]!r} occurs in the '{coarse}' groups {found_in}, so neither is nested in "
+                "the other. Crossed grouping factors are not supported yet")
+    # the factor with fewer labels is taken as numbered within the other
+    if len(cl) < len(fl):
+        outer, inner = fine, coarse
+    else:
+        outer, inner = coarse, fine
+    both = len(cl) == len(fl)
+    lab = _first_label(codes, inner)
+    hint = (f"If the labels of '{inner}' are numbered within each '{outer}' group ('{inner}' {lab!r} of one "
+            f"'{outer}' group is not '{inner}' {lab!r} of another), write (1 | {outer}/{inner}), that is "
+            f"(1 | {outer}) + (1 | {outer}:{inner}), or group by '{outer}:{inner}' in place of '{inner}'")
+    if both:
+        hint += f" (or (1 | {inner}/{outer}) if it is the other way round)"
+    return (f"{head}. {hint}; if the same '{inner}' groups really occur in several '{outer}' groups, the factors "
+            "are crossed, and crossed factors are not supported yet")
+
+
+def _first_label(codes, factor):
+    return str(codes[factor][1][0])
 
 
 def _plain_design(spec, frame):
@@ -468,12 +677,122 @@ def _check_columns(frame, roles):
         problems.append(f"column '{name}' (used in {role}) is not in the data{hint}")
     if problems:
         raise DataError("\n".join(problems))
-    if frame.columns.is_unique:
-        return
-    duplicated = frame.columns[frame.columns.duplicated()]
-    twice = [name for name in roles if name in duplicated]
-    if twice:
-        raise DataError(f"the data has several columns named '{twice[0]}'")
+    if not frame.columns.is_unique:
+        duplicated = frame.columns[frame.columns.duplicated()]
+        twice = [name for name in roles if name in duplicated]
+        if twice:
+            raise DataError(f"the data has several columns named '{twice[0]}'")
+    _check_column_types(frame, roles)
+
+
+_NOT_PREDICTORS = ("the response", "the grouping factor", "known_sd", "known_var")
+
+
+def _check_column_types(frame, roles):
+    """Refuse predictors that would be read as something other than what they hold.
+
+    A column named ``Intercept`` (the name of the generated intercept), complex numbers,
+    dates and durations, and numbers stored as text (which formulaic would turn into one
+    dummy column per distinct value) are refused with a message saying what to do.
+    """
+    categorical = getattr(roles, "categorical", frozenset())
+    for name, role in roles.items():
+        if role in _NOT_PREDICTORS:
+            continue
+        where = f"column '{name}' (used in {role})"
+        if name == "Intercept":
+            raise DataError(
+                f"{where} has the name bayeshlm gives the intercept, so the two could not be told apart "
+                "in the results; rename the column, e.g. df.rename(columns={'Intercept': 'intercept_value'})"
+            )
+        series = frame[name]
+        dtype = series.dtype
+        kind = _value_kind(series)
+        if kind == "complex":
+            raise DataError(
+                f"{where} holds complex numbers ({dtype}); a predictor must be real: put the real and "
+                "imaginary parts (or the modulus and angle) in separate columns"
+            )
+        if kind == "datetime":
+            raise DataError(
+                f"{where} holds dates or times ({dtype}); a predictor must be a number: convert it, e.g. to "
+                f"years since the first date with (df['{name}'] - df['{name}'].min()).dt.days / 365.25, or to "
+                f"the calendar year with df['{name}'].dt.year"
+            )
+        if kind == "timedelta":
+            raise DataError(
+                f"{where} holds durations ({dtype}); a predictor must be a number: convert it, e.g. to hours "
+                f"with df['{name}'].dt.total_seconds() / 3600"
+            )
+        if kind == "text" and name not in categorical:
+            problem = _numeric_text(series)
+            if problem:
+                raise DataError(
+                    f"{where} {problem[0]}, so it would be read as a category with one column per distinct value "
+                    f"({problem[1]} of them); convert it with pd.to_numeric(df['{name}'], errors='coerce') (the "
+                    "values that are not numbers become missing: fix them, or pass missing='drop'), or read the "
+                    "file with na_values=[...] for the marker; if it is a category, write C("
+                    f"{name}) in the formula or make the column categorical (df['{name}'].astype('category'))"
+                )
+
+
+def _value_kind(series):
+    """``"complex"``, ``"datetime"``, ``"timedelta"``, ``"text"`` (strings or Python objects) or ``"other"``."""
+    dtype = series.dtype
+    if pd.api.types.is_complex_dtype(dtype):
+        return "complex"
+    if pd.api.types.is_datetime64_any_dtype(dtype) or isinstance(dtype, pd.PeriodDtype):
+        return "datetime"
+    if pd.api.types.is_timedelta64_dtype(dtype):
+        return "timedelta"
+    if isinstance(dtype, pd.CategoricalDtype) or pd.api.types.is_bool_dtype(dtype):
+        return "other"
+    if pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype):
+        inferred = pd.api.types.infer_dtype(series, skipna=True)
+        if inferred in ("datetime", "datetime64", "date", "period"):
+            return "datetime"
+        if inferred == "timedelta":
+            return "timedelta"
+        if inferred == "complex":
+            return "complex"
+        return "text"
+    return "other"
+
+
+def _numeric_text(series):
+    """How a text column looks numeric, or None when it is ordinary text.
+
+    Returns ``(phrase, n_distinct)``: a phrase for a message (naming the values that are not
+    numbers and their rows), and the number of distinct values.
+
+    A column counts as numbers read as text when at least half of its non-missing rows parse
+    as numbers: typically a CSV column of numbers with a missing-value marker (``"."``) that
+    made the whole column text.
+    """
+    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    present = codes >= 0
+    n_rows = int(present.sum())
+    if n_rows == 0:
+        return None
+    parsed = pd.to_numeric(pd.Series(np.asarray(uniques, dtype=object), dtype=object), errors="coerce")
+    is_number = parsed.notna().to_numpy()
+    numeric_rows = int(is_number[codes[present]].sum())
+    if 2 * numeric_rows < n_rows:
+        return None
+    if numeric_rows == n_rows:
+        shown = ", ".join(repr(str(u)) for u in uniques[:3])
+        return f"holds numbers written as text (dtype {series.dtype}: {shown}, ...)", len(uniques)
+    bad = np.flatnonzero(~is_number)
+    parts = []
+    for u in bad[:3]:
+        rows = np.flatnonzero(codes == u)
+        listed = ", ".join(map(str, rows[:_SHOW_ROWS])) + (", ..." if rows.size > _SHOW_ROWS else "")
+        parts.append(f"{str(uniques[u])!r} in {rows.size} row{'s' if rows.size > 1 else ''} "
+                     f"(row position{'s' if rows.size > 1 else ''} {listed})")
+    more = f" and {bad.size - 3} other values" if bad.size > 3 else ""
+    return (f"looks numeric but is read as text (dtype {series.dtype}; a missing-value marker in a CSV file "
+            f"makes the whole column text): {numeric_rows} of its {n_rows} values are numbers, and these are "
+            f"not: {'; '.join(parts)}{more}"), len(uniques)
 
 
 def _check_numeric(series, name, role):
@@ -482,6 +801,12 @@ def _check_numeric(series, name, role):
         pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_complex_dtype(dtype)
     )
     if not numeric:
+        problem = _numeric_text(series) if _value_kind(series) == "text" else None
+        if problem:
+            raise DataError(
+                f"column '{name}' ({role}) must be numeric (float, int or bool): it {problem[0]}; convert it with "
+                f"pd.to_numeric(df['{name}'], errors='coerce') and fix or drop the values that are not numbers"
+            )
         raise DataError(
             f"column '{name}' ({role}) must be numeric (float, int or bool), "
             f"got dtype {dtype}"
@@ -557,6 +882,13 @@ def _evaluate(rhs, frame, role):
         matrix, names, spec = model_matrix(rhs, frame)
     except Exception as exc:
         raise DataError(f"cannot evaluate {role} '{rhs}': {exc}") from exc
+    twice = [name for name in dict.fromkeys(names) if names.count(name) > 1]
+    if twice:
+        raise DataError(
+            f"two columns of {role} '{rhs}' are both named '{twice[0]}': a data column has the name of a term "
+            f"the formula generates (a column named 'x:z' beside x * z, or 'c[T.b]' beside a categorical c); "
+            "rename that column"
+        )
     check_finite(matrix, names, role)
     return matrix, names, spec
 
@@ -571,7 +903,10 @@ def evaluate_spec(model_spec, frame, role):
 
     from formulaic.errors import DataMismatchWarning
 
+    formula = getattr(model_spec, "formula", None)
     try:
+        if formula is not None:  # integer columns evaluated as float64, as when the spec was made
+            frame = as_float_columns(str(formula), frame)
         with warnings.catch_warnings():
             # a category level the spec has not seen would be coded as the reference level
             warnings.simplefilter("error", DataMismatchWarning)
@@ -622,44 +957,209 @@ def _random_design(spec, frame, factor):
 
 
 def _check_rank(M, names, what):
-    """Raise if the columns of `M` are linearly dependent.
+    """Raise if the columns of `M` are linearly dependent, or cannot be computed with.
 
-    Works on the cross-product matrix with columns scaled to unit length, so
-    that the tolerance does not depend on the units of the covariates.
+    The rank is judged on the columns centred and scaled to unit length, so that the verdict
+    does not depend on the location or the units of any column: ``x + 1e5`` beside an
+    intercept is as good a column as ``x``, and ``x * 1e-300`` is not zero. Each column is
+    first divided by its largest absolute value (no overflow or underflow in the squares);
+    when the design holds a constant column (the intercept), or indicator columns that add up
+    to one in every row (``0 + C(g)``), the ones vector lies in its span, and every other
+    column is centred (two passes, so without cancellation), which changes the columns but
+    not their span. Without either, the columns are only scaled.
+
+    Raises
+    ------
+    DataError
+        Naming a column that is zero in every row, a column whose values are too small or too
+        large for double precision (with the factor to rescale it by), a column that is
+        constant up to rounding beside the intercept, or the columns of a dependency.
     """
     if M.shape[1] == 0:
         return
-    check_gram_rank(M.T @ M, names, what)
-
-
-def check_gram_rank(G, names, what):
-    """:func:`_check_rank` given the cross-product matrix ``G = M'M`` (from statistics by chunks)."""
-    if G.shape[0] == 0:
+    M = np.asarray(M, dtype=np.float64)
+    n, p = M.shape
+    hi, lo = M.max(axis=0), M.min(axis=0)
+    peak = np.maximum(np.abs(hi), np.abs(lo))
+    _check_magnitudes(peak, names, what)
+    constant = np.flatnonzero(hi == lo)
+    if len(constant) > 1:
+        _raise_dependent([[names[j] for j in constant]], what)
+    if len(constant):  # the intercept: orthogonal to the centred columns, left out
+        cover = []
+    else:
+        cover = _indicator_cover(M, lo, hi, names)
+        if not cover:  # the ones vector is not known to be in the span: scale only
+            G, _, _ = _scaled_gram(M, np.arange(p), peak, np.zeros(p))
+            d = 1.0 / np.sqrt(np.diag(G))
+            _judge(G * d[:, None] * d[None, :], names, what)
+            return
+    centred = [j for j in range(p) if j not in cover and j not in constant]
+    cols = np.array(cover + centred, dtype=np.int64)
+    if len(cols) == 0:
         return
-    norm2 = np.diag(G).copy()
-    zero = np.flatnonzero(norm2 == 0)
+    mean = np.where(np.arange(len(cols)) >= len(cover), M.sum(axis=0)[cols] / peak[cols] / n, 0.0)
+    G, t, squares = _scaled_gram(M, cols, peak[cols], mean)
+    # the second pass: remove what rounding left of the means of the centred columns
+    e = np.where(np.arange(len(cols)) >= len(cover), t, 0.0)
+    G -= (np.outer(t, e) + np.outer(e, t) - np.outer(e, e)) / n
+    var = np.diag(G).copy()
+    flat = [k for k in range(len(cover), len(cols)) if var[k] <= (_CONSTANT_TOL ** 2) * n]
+    if flat:
+        j = cols[flat[0]]
+        base = f"'{names[constant[0]]}'" if len(constant) else "the indicator columns, which add up to one,"
+        raise DataError(
+            f"column '{names[j]}' of the {what} is constant up to rounding (it varies by less than "
+            f"{_CONSTANT_TOL:g} of its largest value), so it duplicates {base}; remove it"
+        )
+    d = 1.0 / np.sqrt(var)
+    intercept = None
+    if len(constant):
+        intercept = (names[constant[0]], mean * np.sqrt(n) * d, np.sqrt(squares) * d)
+    _judge(G * d[:, None] * d[None, :], [names[j] for j in cols], what, intercept=intercept)
+
+
+def _scaled_gram(M, cols, peak, shift, rows=1 << 16):
+    """Cross-products of ``Z = M[:, cols] / peak - shift`` by chunks of rows: ``(Z'Z, Z'1, sum of (M / peak)^2)``.
+
+    Chunks keep the memory at a few MB whatever the number of rows.
+    """
+    p = len(cols)
+    G, t, squares = np.zeros((p, p)), np.zeros(p), np.zeros(p)
+    for start in range(0, M.shape[0], rows):
+        scaled = M[start:start + rows][:, cols] / peak
+        squares += np.einsum("ij,ij->j", scaled, scaled)
+        scaled -= shift
+        G += scaled.T @ scaled
+        t += scaled.sum(axis=0)
+    return G, t, squares
+
+
+def _check_magnitudes(peak, names, what):
+    """Raise for a zero column, or one whose values cannot be squared in double precision."""
+    zero = np.flatnonzero(peak == 0)
     if len(zero):
         raise DataError(
             f"column '{names[zero[0]]}' of the {what} is zero in every row "
             "(an unused level of a categorical variable?)"
         )
-    scale = 1.0 / np.sqrt(norm2)
-    G_scaled = G * scale[:, None] * scale[None, :]
-    eigval, eigvec = np.linalg.eigh(G_scaled)
-    null = eigval < _RANK_TOL * eigval[-1]
+    for j, p in enumerate(peak):
+        if not _TINY <= p <= _HUGE:
+            size = "small" if p < _TINY else "large"
+            raise DataError(
+                f"column '{names[j]}' of the {what} is too {size} to compute with: its largest absolute value is "
+                f"{p:.3g}, and squares of such numbers {'underflow to zero' if p < _TINY else 'overflow'} in "
+                f"double precision; rescale it, e.g. multiply it by {10.0 ** -np.round(np.log10(p)):.0e} "
+                "(a change of units)"
+            )
+
+
+def _indicator_cover(M, lo, hi, names):
+    """Indices of 0/1 columns that add up to one in every row (``0 + C(g)``), or an empty list.
+
+    Candidates are the indicator columns of one categorical term (``g[a]``, ``g[b]``, ...,
+    grouped by the name before ``[``), then all indicator columns together; the sum is
+    checked exactly.
+    """
+    indicator = [j for j in np.flatnonzero((lo >= 0) & (hi <= 1)) if np.all((M[:, j] == 0) | (M[:, j] == 1))]
+    if len(indicator) < 2:
+        return []
+    groups = {}
+    for j in indicator:
+        if "[" in names[j]:
+            groups.setdefault(names[j].rsplit("[", 1)[0], []).append(j)
+    for cols in [*groups.values(), indicator]:
+        if len(cols) > 1 and np.all(M[:, cols].sum(axis=1) == 1):
+            return [int(j) for j in cols]
+    return []
+
+
+def _judge(G, names, what, tol=_RANK_TOL, intercept=None):
+    """Raise if unit-length columns with cross-product matrix `G` are linearly dependent.
+
+    ``intercept = (name, a, b)`` when the columns were centred: a dependency ``v`` of the
+    centred columns is, in the columns as given, the terms ``v_j x_j`` (of length
+    ``|v_j| b_j``) and a multiple of the ones vector of length ``|a'v|``; the intercept is
+    part of the dependency when that multiple is not negligible beside the terms.
+    """
+    eigval, eigvec = np.linalg.eigh(G)
+    null = eigval < tol * max(eigval[-1], 1.0)
     if not null.any():
         return
     groups = []
     for v in eigvec[:, null].T:
-        weight = np.abs(v)
-        involved = np.flatnonzero(weight > _INVOLVED_TOL * weight.max())
-        groups.append(", ".join(f"'{names[j]}'" for j in involved))
-    listed = "; ".join(groups)
+        size = np.abs(v) if intercept is None else np.abs(v) * intercept[2]
+        involved = [names[j] for j in np.flatnonzero(size > _INVOLVED_TOL * size.max())]
+        if intercept is not None and abs(float(v @ intercept[1])) > _INVOLVED_TOL * size.max():
+            involved.insert(0, intercept[0])
+        groups.append(involved)
+    _raise_dependent(groups, what)
+
+
+def _raise_dependent(groups, what):
+    listed = "; ".join(", ".join(f"'{n}'" for n in g) for g in groups)
     raise DataError(
         f"the {what} is rank deficient: the columns {listed} are linearly "
         "dependent (one is a multiple of another, a combination of others, or "
         "a constant that duplicates the intercept); remove one of them"
     )
+
+
+def check_gram_rank(G, names, what):
+    """:func:`_check_rank` given the cross-product matrix ``G = M'M`` (from statistics by chunks).
+
+    Without the rows, a column is centred through the intercept's row of `G` (``n`` and the
+    column sums), ``G - s s' / n``. That difference loses the digits the column's mean has
+    beyond its spread, so the tolerance grows with that loss, and a column whose spread is
+    lost entirely is reported as such. A zero diagonal entry beside a non-zero sum is a
+    column whose squares underflowed, not a zero column.
+    """
+    G = np.asarray(G, dtype=np.float64)
+    if G.shape[0] == 0:
+        return
+    norm2 = np.diag(G).copy()
+    if not np.all(np.isfinite(G)):
+        j = int(np.flatnonzero(~np.isfinite(G).all(axis=0))[0])
+        raise DataError(
+            f"column '{names[j]}' of the {what} is too large to compute with: its squares overflow in double "
+            "precision; rescale it (a change of units)"
+        )
+    for j in np.flatnonzero(norm2 == 0):
+        if np.any(G[j] != 0):
+            raise DataError(
+                f"column '{names[j]}' of the {what} is too small to compute with: its squares underflow to zero "
+                "in double precision; rescale it (a change of units)"
+            )
+        raise DataError(
+            f"column '{names[j]}' of the {what} is zero in every row "
+            "(an unused level of a categorical variable?)"
+        )
+    if "Intercept" not in names:
+        scale = 1.0 / np.sqrt(norm2)
+        _judge(G * scale[:, None] * scale[None, :], names, what)
+        return
+    i = list(names).index("Intercept")
+    rest = np.array([j for j in range(len(names)) if j != i], dtype=np.int64)
+    if len(rest) == 0:
+        return
+    n, s = G[i, i], G[i, rest]
+    C = G[np.ix_(rest, rest)] - np.outer(s, s) / n
+    var = np.diag(C)
+    flat = np.flatnonzero(var <= 64 * np.finfo(float).eps * norm2[rest])
+    if len(flat):
+        j = rest[flat[0]]
+        raise DataError(
+            f"column '{names[j]}' of the {what} is constant, or varies too little against its mean for its "
+            "spread to survive in the statistics, so it duplicates 'Intercept'; if it does vary, subtract a "
+            "value near its mean first"
+        )
+    # digits lost to the means: each centred sum of squares against the uncentred one; the
+    # correlations are good to about eps times that ratio, summed over the columns
+    loss = np.finfo(float).eps * norm2[rest] / var
+    d = 1.0 / np.sqrt(var)
+    intercept = ("Intercept", s / np.sqrt(n) * d, np.sqrt(norm2[rest]) * d)
+    _judge(C * d[:, None] * d[None, :], [names[j] for j in rest], what,
+           tol=max(_RANK_TOL, 100.0 * len(rest) * float(loss.max())), intercept=intercept)
 
 
 def _labels_as_str(uniques):
@@ -675,22 +1175,56 @@ def _labels_as_str(uniques):
 
 
 def _group_codes(frame, columns):
-    """Group codes in order of first appearance, and their string labels."""
+    """Group codes in order of first appearance, and their string labels.
+
+    Groups are told apart by their values; their labels are text. Two different groups
+    whose labels read the same (``1`` and ``"1"`` in one column; ``a="p:q", b="z"`` and
+    ``a="p", b="q:z"`` in ``a:b``, both ``"p:q:z"``) raise a DataError naming both, since
+    results, predictions and saved files find groups by their labels.
+    """
     codes, labels = None, None
+    parts = []  # per column: (codes of the current groups into its uniques, its uniques)
     for name in columns:
         col_codes, uniques = pd.factorize(frame[name], sort=False)
         col_labels = _labels_as_str(uniques)
+        _check_distinct_labels(col_labels, lambda i, u=uniques, n=name: f"{n}={u[i]!r} ({type(u[i]).__name__})",
+                               f"the grouping column '{name}'",
+                               f"convert the column to one type, e.g. df['{name}'] = df['{name}'].astype(str)")
         if codes is None:
             codes, labels = col_codes, col_labels
+            parts = [(np.arange(len(uniques)), uniques)]
             continue
         # Interaction a:b: one code per observed pair, numbered by first
         # appearance of the pair.
         pair = codes.astype(np.int64) * len(col_labels) + col_codes
         codes, pairs = pd.factorize(pair, sort=False)
+        parts = [(p[pairs // len(col_labels)], u) for p, u in parts] + [(pairs % len(col_labels), uniques)]
         left = labels[pairs // len(col_labels)].astype(str)
         right = col_labels[pairs % len(col_labels)].astype(str)
         labels = np.char.add(np.char.add(left, ":"), right).astype(object)
+    if len(columns) > 1:
+        def describe(i):
+            return ", ".join(f"{n}={u[p[i]]!r}" for n, (p, u) in zip(columns, parts, strict=True))
+
+        _check_distinct_labels(labels, describe, f"the grouping factor '{':'.join(columns)}'",
+                               f"remove ':' from the labels of {' or '.join(repr(c) for c in columns)}")
     return np.ascontiguousarray(codes, dtype=np.int64), labels
+
+
+def _check_distinct_labels(labels, describe, what, fix):
+    """Raise if two groups (by value) share a label; ``describe(i)`` names group ``i``'s values."""
+    if len(labels) < 2:
+        return
+    _, first, counts = np.unique(np.asarray(labels, dtype=str), return_index=True, return_counts=True)
+    if counts.max() == 1:
+        return
+    clash = first[np.argmax(counts > 1)]
+    other = next(i for i in range(len(labels)) if i != clash and labels[i] == labels[clash])
+    i, j = sorted((int(clash), int(other)))
+    raise DataError(
+        f"{what} has two different groups with the same label {str(labels[i])!r}: {describe(i)} and "
+        f"{describe(j)}; labels are how results and predictions find groups, so {fix}"
+    )
 
 
 def _obs_var(values, name):

@@ -19,13 +19,16 @@ import formulaic
 import numpy as np
 from formulaic.transforms import TRANSFORMS
 from formulaic.utils.variables import get_required_variables
-from pandas.api.types import is_complex_dtype, is_numeric_dtype
+from pandas.api.types import is_bool_dtype, is_complex_dtype, is_integer_dtype, is_numeric_dtype
 
 __all__ = [
     "BarTerm",
     "ColumnsSpec",
     "FormulaError",
     "FormulaSpec",
+    "as_float_columns",
+    "categorical_columns",
+    "level2_candidates",
     "model_matrix",
     "parse_formula",
     "plain_columns",
@@ -296,7 +299,32 @@ def parse_formula(formula: str) -> FormulaSpec:
     _check_formulaic(fixed, "fixed part", formula)
     for bar in bars:
         _check_formulaic(bar.expr, f"random-effect term ({bar.expr} | {bar.factor})", formula)
+    _check_response_not_predictor(response, fixed, bars, formula, tilde)
     return FormulaSpec(formula, response, fixed, tuple(bars))
+
+
+def _check_response_not_predictor(response, fixed, bars, formula, tilde):
+    """Refuse a formula that uses its response on the right of ``~`` (``y ~ y``, ``(y | g)``, ``(1 | y)``)."""
+    where = None
+    if response in required_variables(fixed):
+        where = "in the fixed part"
+    for bar in bars:
+        if where is None and response in required_variables(bar.expr):
+            where = f"in the random-effect term ({bar.expr} | {bar.factor})"
+        if where is None and response in bar.factor.split(":"):
+            where = f"as the grouping factor of ({bar.expr} | {bar.factor})"
+    if where is None:
+        return
+    # the first mention on the right, as a whole name (a backticked name included)
+    name = re.escape(response)
+    found = re.search(rf"`{name}`|(?<![\w.`]){name}(?![\w.`])", formula[tilde + 1:])
+    position = tilde + 1 + found.start() if found else None
+    length = found.end() - found.start() if found else 1
+    raise FormulaError(
+        f"the response '{response}' is also on the right of '~' ({where}): a column cannot predict "
+        "itself; remove it from the right-hand side",
+        formula, position, length,
+    )
 
 
 def _parse_response(scan, tilde):
@@ -570,6 +598,10 @@ def model_matrix(rhs: str, data, *, context=None):
     ``ensure_full_rank=True`` so that categorical predictors are coded with
     reference levels.
 
+    Integer (and float32) columns are evaluated as float64
+    (:func:`as_float_columns`), so that an expression such as ``I(x ** 3)``
+    cannot wrap around silently in 64-bit integer arithmetic.
+
     A formula made only of an intercept and numeric columns named as they are
     (``"days"``, ``"1 + x + z"``, ``"0 + x"``) is evaluated here without
     formulaic, which takes milliseconds to build a design however small; its
@@ -583,7 +615,7 @@ def model_matrix(rhs: str, data, *, context=None):
         return spec.get_model_matrix(data), list(spec.column_names), spec
     mm = formulaic.model_matrix(
         parsed,
-        data,
+        as_float_columns(rhs, data),
         context=dict(context) if context is not None else {},
         na_action="raise",
         ensure_full_rank=True,
@@ -596,6 +628,94 @@ def model_matrix(rhs: str, data, *, context=None):
             f"formulaic returned a matrix of shape {matrix.shape} for {len(data)} rows"
         )
     return matrix, [str(c) for c in spec.column_names], spec
+
+
+def as_float_columns(rhs: str, data):
+    """The data with the integer and float32 columns a formula computes with turned into float64.
+
+    formulaic evaluates ``I(x ** 3)`` or ``I(a * b)`` in the dtype of the columns, and
+    int64 arithmetic wraps around without a warning (``I(x ** 3)`` for ``x`` near 3e6).
+    Evaluating on float64 gives the design the formula means. Columns read inside ``C(...)``
+    keep their dtype, so that category levels keep their names (``C(g)[T.2]``, not
+    ``C(g)[T.2.0]``); booleans stay categorical, as formulaic codes them.
+
+    Parameters
+    ----------
+    rhs : str
+        A one-sided formula, e.g. ``"I(x ** 3) + C(g)"``.
+    data : pandas.DataFrame
+
+    Returns
+    -------
+    pandas.DataFrame
+        `data` itself when there is nothing to convert, otherwise a copy with the
+        converted columns.
+    """
+    cast = {}
+    for name in required_variables(rhs) - categorical_columns(rhs):
+        if name not in data:
+            continue
+        dtype = getattr(data[name], "dtype", None)
+        if dtype is None or is_bool_dtype(dtype):
+            continue
+        if is_integer_dtype(dtype) or (isinstance(dtype, np.dtype) and dtype.kind == "f" and dtype.itemsize < 8):
+            cast[name] = data[name].astype(np.float64)
+    if not cast:
+        return data
+    return data.assign(**cast)
+
+
+def categorical_columns(rhs: str) -> set[str]:
+    """The columns a one-sided formula reads inside ``C(...)`` (categories by the user's choice).
+
+    Examples
+    --------
+    >>> sorted(categorical_columns("x + C(g) + C(h, contr.sum):x"))
+    ['g', 'h']
+    """
+    found = set()
+    for term in _parsed(rhs):
+        for factor in term.factors:
+            if factor.eval_method == factor.EvalMethod.PYTHON and re.search(r"(?<![\w.])C\(", factor.expr):
+                try:
+                    found.update(str(v).split(".", 1)[0] for v in get_required_variables(factor.expr, None))
+                except Exception:  # noqa: BLE001, S112 - formulaic reports bad code itself
+                    continue
+    return found - set(TRANSFORMS) - {"contr", "C"}
+
+
+def level2_candidates(rhs: str, slopes):
+    """Columns a fixed part uses only in interactions with the given random-slope columns.
+
+    In ``y ~ x + x:z + (x | g)`` the column ``z`` enters only through ``x:z``: it predicts the
+    slope of ``x`` between groups (a cross-level interaction), so it is meant as a variable of
+    the groups of ``g``.
+
+    Parameters
+    ----------
+    rhs : str
+        The fixed part, a one-sided formula.
+    slopes : collection of str
+        Columns that have a random slope on the grouping factor.
+
+    Returns
+    -------
+    set of str
+        Columns named as they are (no expression) that appear in at least one term, and in
+        every term they appear in beside one of `slopes`; never a column of `slopes`.
+    """
+    slopes = set(slopes)
+    seen, alone = set(), set()
+    for term in _parsed(rhs):
+        names = [f.expr for f in term.factors if f.eval_method == f.EvalMethod.LOOKUP]
+        with_slope = any(n in slopes for n in names)
+        for name in names:
+            if name in slopes:
+                continue
+            seen.add(name)
+            if not with_slope:
+                alone.add(name)
+    return seen - alone
 
 
 def plain_columns(rhs: str, data):

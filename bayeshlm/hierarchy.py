@@ -56,6 +56,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from bayeshlm.formula import FormulaError
 
 _SYMBOLS = ["b", "g", "d", "h", "k", "m", "q"]  # coefficient letters, level 1 up
@@ -79,6 +81,8 @@ class Equation:
         for p in predictors:
             if not isinstance(p, str) or not p.strip():
                 raise FormulaError(f"a predictor must be a column name or formula term, got {p!r}")
+            if p.strip() in ("Intercept", "1", "0"):
+                raise FormulaError(f"{p.strip()!r} is not a predictor: every equation has its intercept already")
             names.append(p.strip())
         if len(set(names)) != len(names):
             raise FormulaError(f"a predictor is listed twice in Equation{tuple(names)}")
@@ -101,6 +105,17 @@ class _Level:
     equations: dict
     covariance: str
     fixed_groups: bool
+    labels: str = "unique"
+
+
+def _uses(term, column):
+    """Whether a predictor (column name or formula term) reads `column`."""
+    from bayeshlm.formula import required_variables
+
+    try:
+        return column == term or column in required_variables(term)
+    except Exception:  # noqa: BLE001 - a term formulaic cannot read is reported when compiled
+        return False
 
 
 @dataclass(frozen=True)
@@ -130,6 +145,10 @@ class Hierarchy:
         preds = tuple(p.strip() for p in predictors)
         if len(set(preds)) != len(preds) or "Intercept" in preds or "1" in preds:
             raise FormulaError(f"level-1 predictors must be distinct and not the intercept, got {list(predictors)}")
+        for p in preds:
+            if _uses(p, response.strip()):
+                raise FormulaError(f"the response '{response.strip()}' cannot be a predictor of itself "
+                                   f"(level 1: {p!r})")
         object.__setattr__(self, "response", response.strip())
         object.__setattr__(self, "predictors", preds)
         object.__setattr__(self, "intercept", bool(intercept))
@@ -155,15 +174,18 @@ class Hierarchy:
             names = out
         return names
 
-    def level(self, factor, equations=None, *, covariance="unstructured", fixed_groups=False):
+    def level(self, factor, equations=None, *, covariance="unstructured", fixed_groups=False, labels="unique"):
         """A new hierarchy with one more level on top.
+
+        Levels are declared from the bottom up: level 2 first (classes), then the level
+        above it (schools).
 
         Parameters
         ----------
         factor : str
             The grouping column of the level (``"department"``); ``"a:b"`` for groups defined
-            by two columns. Its groups must be nested in those of the next level up: the
-            compiled model groups each level within all the levels above it.
+            by two columns. Its groups must be nested in those of the next level up (each
+            class in one school): :meth:`compile` checks this on the data.
         equations : dict of str to Equation, optional
             The equation of each coefficient of the level below (keys from
             :meth:`coefficients`). A coefficient without an equation passes up unchanged.
@@ -174,6 +196,15 @@ class Hierarchy:
             ANCOVA: the groups get their own fixed intercepts (``C(factor)`` in the fixed
             part) instead of random ones; allowed only at level 2 of a model without a
             level-1 intercept, and with no equations.
+        labels : {"unique", "within"}
+            ``"unique"``: a label names one group of the level across the whole data (each
+            class label in one school); the groups must then lie within those of the level
+            above. ``"within"``: labels are numbered within each group of the level above
+            (class "c1" in every school, cask "a" in every batch), and a group is a label
+            within its group above. The model groups each level within all the levels above
+            it in both cases; the choice says what the data must look like, so that levels
+            declared in the wrong order (top-down) are refused rather than fitted with groups
+            pooled across the level above.
 
         Returns
         -------
@@ -196,16 +227,22 @@ class Hierarchy:
                 )
             if not isinstance(eq, Equation):
                 raise FormulaError(f"the equation of '{name}' must be an Equation, got {eq!r}")
+            for p in eq.predictors:
+                if _uses(p, self.response):
+                    raise FormulaError(f"the response '{self.response}' cannot be a predictor of itself (level "
+                                       f"{len(self.levels) + 2}, equation of '{name}': {p!r})")
+        if labels not in ("unique", "within"):
+            raise ValueError(f"labels must be 'unique' or 'within', got {labels!r}")
         if fixed_groups and (self.levels or self.intercept or equations):
             raise FormulaError("fixed_groups (ANCOVA) needs a level-2 factor, no level-1 intercept and no equations")
-        new = _Level(factor, equations, covariance, bool(fixed_groups))
+        new = _Level(factor, equations, covariance, bool(fixed_groups), labels)
         return dataclasses.replace(self, levels=self.levels + (new,))
 
     # -- the mixed form ---------------------------------------------------------------
     def _nested_factor(self, k):
         """The formula factor of level ``k + 2``: its column within every level above it."""
-        names = [lev.factor for lev in self.levels[k:] if not lev.fixed_groups]
-        return ":".join(reversed(names))
+        names = [c for lev in reversed(self.levels[k:]) if not lev.fixed_groups for c in lev.factor.split(":")]
+        return ":".join(dict.fromkeys(names))
 
     @property
     def formula(self) -> str:
@@ -269,8 +306,117 @@ class Hierarchy:
         """The model (:func:`bayeshlm.hlm` on :attr:`formula`), which prints these equations.
 
         Keyword arguments are passed to :func:`bayeshlm.hlm` (``priors``, ``known_sd``, ...).
-        """
-        from bayeshlm.compile import hlm
 
-        model = hlm(self.formula, data, **options)
+        Before the model is built, the levels are checked against the data: each level's
+        groups must lie within those of the level above (``labels="unique"``), or its labels
+        are numbered within them (``labels="within"``); a level whose groups contain those of
+        the level above was declared top-down and is refused. A predictor in a level's
+        equations is a variable of that level's groups: one that varies within them gets a
+        :class:`bayeshlm.data.GroupLevelWarning`.
+
+        Raises
+        ------
+        bayeshlm.DataError
+            Levels that are not nested as declared, with what to write instead.
+        """
+        import warnings
+
+        from bayeshlm.compile import hlm
+        from bayeshlm.data import GroupLevelWarning, _as_frame
+
+        frame = _as_frame(data)
+        self._check_nesting(frame)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = hlm(self.formula, data, **options)
+        declared = {p for lev in self.levels for eq in lev.equations.values() for p in eq.predictors}
+        for w in caught:  # the builder says itself which of its level predictors vary
+            if not (issubclass(w.category, GroupLevelWarning) and w.message.column in declared):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        self._warn_varying_predictors(frame.iloc[model.design.kept_rows].reset_index(drop=True))
         return dataclasses.replace(model, equations=self.equations())
+
+    def _check_nesting(self, frame):
+        """Refuse levels whose groups are not nested as declared (see :meth:`level`)."""
+        from bayeshlm.data import DataError, _bad_mask, _example_groups, _group_codes
+
+        levels = [(k, lev) for k, lev in enumerate(self.levels) if not lev.fixed_groups]
+        columns = list(dict.fromkeys(c for _, lev in levels for c in lev.factor.split(":")))
+        if len(levels) < 2 or any(c not in frame.columns for c in columns):
+            return  # one level, or an unknown column that hlm reports
+        complete = ~np.logical_or.reduce([_bad_mask(frame[c]) for c in columns])
+        sub = frame.loc[complete, columns].reset_index(drop=True)
+        for (k, lower), (k_up, upper) in zip(levels[:-1], levels[1:], strict=True):
+            a, a_labels = _group_codes(sub, lower.factor.split(":"))
+            above, above_labels = _group_codes(sub, self._nested_factor(k_up).split(":"))
+            if _is_nested(a, above):
+                continue
+            up, _ = _group_codes(sub, upper.factor.split(":"))
+            where_low, where_up = f"'{lower.factor}' (level {k + 2})", f"'{upper.factor}' (level {k_up + 2})"
+            order = f"declare .level('{upper.factor}', ...) before .level('{lower.factor}', ...)"
+            if _is_nested(up, a):
+                raise DataError(f"the groups of {where_up} lie within those of {where_low}, but levels are declared "
+                                f"from the bottom up, the finest first: {order}")
+            if lower.labels == "within":
+                continue
+            g = _straddling(a, above)
+            label = str(a_labels[g])
+            raise DataError(
+                f"the groups of {where_low} are not nested in those of {where_up}: '{lower.factor}' group "
+                f"{label!r} occurs in the groups {_example_groups(above, above_labels, a == g)} of "
+                f"'{self._nested_factor(k_up)}'. Levels are declared from the bottom up, the finest first. If "
+                f"'{lower.factor}' is the finer level and its labels are numbered within each '{upper.factor}' "
+                f"group ({label!r} of one is not {label!r} of another), pass labels='within' to "
+                f".level('{lower.factor}', ...), which groups it by '{self._nested_factor(k)}'; if "
+                f"'{upper.factor}' is the finer level, {order}"
+            )
+
+    def _warn_varying_predictors(self, frame):
+        """Warn about a predictor of a level's equations that varies within the level's groups."""
+        import warnings
+
+        from bayeshlm.data import GroupLevelWarning, _group_codes, show_value, within_group_variation
+        from bayeshlm.formula import model_matrix
+
+        for k, lev in enumerate(self.levels):
+            if lev.fixed_groups or not lev.equations:
+                continue
+            factor = self._nested_factor(k)
+            idx, labels = _group_codes(frame, factor.split(":"))
+            seen = set()
+            for coef, eq in lev.equations.items():
+                for term in eq.predictors:
+                    if term in seen:
+                        continue
+                    seen.add(term)
+                    if term in frame.columns:
+                        columns = {term: frame[term].to_numpy()}
+                    else:
+                        matrix, names, _ = model_matrix(f"0 + {term}", frame)
+                        columns = dict(zip(names, matrix.T, strict=True))
+                    for values in columns.values():
+                        varying, example, _ = within_group_variation(values, idx, len(labels))
+                        if example is None:
+                            continue
+                        warnings.warn(GroupLevelWarning(
+                            f"the level-{k + 2} predictor '{term}' (in the equation of '{coef}' at level {k + 2}, "
+                            f"'{lev.factor}') varies within {int(varying.sum())} of the {len(labels)} groups of "
+                            f"'{factor}' (e.g. group {str(labels[example[0]])!r}: {show_value(example[1])} and "
+                            f"{show_value(example[2])}); a predictor at level {k + 2} takes one value per group: "
+                            "use its group mean, or make it a level-1 predictor",
+                            column=term, factor=factor), stacklevel=3)
+                        break
+
+
+def _is_nested(fine, coarse):
+    """Whether each group of the codes `fine` lies within one group of the codes `coarse`."""
+    parent = np.full(int(fine.max()) + 1, -1, dtype=np.int64)
+    parent[fine] = coarse
+    return bool(np.array_equal(parent[fine], coarse))
+
+
+def _straddling(fine, coarse):
+    """A group of `fine` that occurs in two groups of `coarse`."""
+    parent = np.full(int(fine.max()) + 1, -1, dtype=np.int64)
+    parent[fine] = coarse
+    return int(fine[np.flatnonzero(parent[fine] != coarse)[0]])

@@ -39,15 +39,86 @@ class LRTResult:
                 f"({kind}; {self.method.upper()})")
 
 
+# A statistic this small against the log-likelihoods is zero up to rounding: the larger model
+# found nothing the smaller one did not (typically an added variance estimated at zero).
+_ZERO_TOL = 1e-9
+
+
 def _mixture_p(stat, k):
-    """p-value under 0.5 chi2(k) + 0.5 chi2(k + 1) (chi2(0) = point mass at 0)."""
+    """p-value under 0.5 chi2(k) + 0.5 chi2(k + 1) (chi2(0) = point mass at 0); 1 for a statistic of 0."""
+    if stat <= 0:
+        return 1.0
     upper = chdtrc(k + 1, stat)
-    lower = chdtrc(k, stat) if k > 0 else (0.0 if stat > 0 else 1.0)
+    lower = chdtrc(k, stat) if k > 0 else 0.0
     return 0.5 * lower + 0.5 * upper
+
+
+def _statistic(smaller, larger):
+    """``2 (loglik_larger - loglik_smaller)``, set to 0 when it is zero up to rounding."""
+    stat = 2.0 * (larger.loglik - smaller.loglik)
+    scale = max(1.0, abs(larger.loglik), abs(smaller.loglik))
+    return 0.0 if stat <= _ZERO_TOL * scale else float(stat)
+
+
+def _factor_groups(fit):
+    """The group labels of each grouping factor of a fit: ``{factor: set of labels}``.
+
+    Fits with several factors name their groups ``"<factor>=<label>"``; a one-factor fit
+    names them by label alone, and its factor (unnamed in the fit) is keyed by None.
+    """
+    groups = list(fit.labels.get("groups", []))
+    coefs = list(fit.labels.get("coef", []))
+    if not coefs:
+        return {}
+    if any("|" in c for c in coefs):
+        out = {}
+        for g in groups:
+            factor, _, label = str(g).partition("=")
+            out.setdefault(factor, set()).add(label)
+        return out
+    return {None: {str(g) for g in groups}}
+
+
+def _random_terms(fit, other):
+    """The random coefficients of `fit` as ``(factor, coefficient)`` pairs, factors named where `other` allows.
+
+    A one-factor fit does not record its factor's name; it is taken from `other` when one of
+    its factors has the same groups (``(1 | batch)`` against ``(1 | batch/cask)``).
+    """
+    coefs = list(fit.labels.get("coef", []))
+    if any("|" in c for c in coefs):
+        return [tuple(reversed(c.rsplit("|", 1))) for c in coefs]
+    mine = _factor_groups(fit).get(None, set())
+    theirs = _factor_groups(other)
+    factor = None  # the other fit has no random part: nothing to match
+    if theirs:
+        same = [name for name, labels in theirs.items() if labels == mine]
+        factor = same[0] if same else _UNMATCHED
+    return [(factor, c) for c in coefs]
+
+
+_UNMATCHED = "\x00"  # the factor of a one-factor fit whose groups are those of no factor of the other fit
+
+
+def _name(term):
+    factor, coef = term
+    if factor is None:
+        return coef
+    if factor == _UNMATCHED:
+        return f"{coef} (on a grouping factor the other model does not have)"
+    return f"{coef}|{factor}"
 
 
 def lrt(smaller, larger):
     """Likelihood-ratio test of two nested fits from :func:`bayeshlm.fit_em`.
+
+    Random coefficients are matched by factor and coefficient, so that a fit with one
+    grouping factor is recognised inside a fit with more (``(1 | batch)`` in
+    ``(1 | batch/cask)``: the larger model adds the level ``batch:cask``). When the larger
+    model adds one random coefficient (with its covariances with the ``k`` coefficients it
+    joins, ``k = df - 1``; a whole new level with a random intercept is ``k = 0``), the
+    null distribution is the boundary mixture ``0.5 chi2(k) + 0.5 chi2(k + 1)``. A statistic
+    that is zero up to rounding (below 1e-9 of the log-likelihoods) is 0, with p = 1.
 
     Parameters
     ----------
@@ -59,6 +130,13 @@ def lrt(smaller, larger):
     Returns
     -------
     LRTResult
+
+    Raises
+    ------
+    ValueError
+        For fits by different methods, of different observations, REML fits with different
+        fixed parts, a second model without more parameters, or random coefficients of the
+        first model that the second does not have (the models are not nested).
     """
     if smaller.method != larger.method:
         raise ValueError(f"fits by different methods ({smaller.method}, {larger.method}) are not comparable")
@@ -70,13 +148,24 @@ def lrt(smaller, larger):
     if df <= 0:
         raise ValueError(f"the second model must have more parameters than the first ({larger.n_params} vs "
                          f"{smaller.n_params})")
-    stat = max(0.0, 2.0 * (larger.loglik - smaller.loglik))
+    small_terms, large_terms = _random_terms(smaller, larger), _random_terms(larger, smaller)
+    missing = [t for t in small_terms if t not in large_terms]
+    if missing:
+        raise ValueError(f"the first model's random {', '.join(_name(t) for t in missing)} is not in the second "
+                         "model: the models are not nested")
+    stat = _statistic(smaller, larger)
     naive = float(chdtrc(df, stat))
-    added = [c for c in larger.labels["coef"] if c not in smaller.labels["coef"]]
+    added = [t for t in large_terms if t not in small_terms]
     same_fixed = list(smaller.fixed) == list(larger.fixed)
     mixture = same_fixed and len(added) == 1
     p = float(_mixture_p(stat, df - 1)) if mixture else naive
-    what = f"adding random {', '.join(added)}" if added else "the larger model"
+    new_levels = {t[0] for t in added} - {t[0] for t in small_terms}
+    if len(added) == 1 and new_levels and small_terms:
+        what = f"adding the level '{added[0][0]}' (random {added[0][1]})"
+    elif added:
+        what = f"adding random {', '.join(_name(t) for t in added)}"
+    else:
+        what = "the larger model"
     return LRTResult(stat, df, p, naive, mixture, smaller.method, f"test of {what}")
 
 

@@ -40,9 +40,9 @@ def test_instructors_two_levels_equal_the_mixed_formula():
 
 def test_three_levels_equal_the_mixed_formula():
     df = bh.simulate_nested(seed=2)
-    h = (Hierarchy("y", ["x"])
-         .level("class", {"Intercept": Equation(), "x": Equation()}, covariance="diagonal")
-         .level("school", {"Intercept": Equation()})
+    h = (Hierarchy("y", ["x"])  # simulate_nested numbers classes within schools, schools within districts
+         .level("class", {"Intercept": Equation(), "x": Equation()}, covariance="diagonal", labels="within")
+         .level("school", {"Intercept": Equation()}, labels="within")
          .level("district", {"Intercept": Equation("z"), "x": Equation("z", random=False)}))
     built = h.compile(df)
     written = bh.hlm("y ~ x * z + (x || district:school:class) + (1 | district:school) + (1 | district)", df)
@@ -53,9 +53,11 @@ def test_three_levels_equal_the_mixed_formula():
 def test_a_random_slope_at_level_three_on_a_level_two_coefficient():
     """A level-2 coefficient (the slope of x on the class context w) varies over schools."""
     df = bh.simulate_nested(levels=(("school", 6), ("class", 4)), seed=5)
-    df["w"] = np.random.default_rng(1).normal(size=len(df))
+    classes = df["school"] + ":" + df["class"]  # w: one value per class
+    df["w"] = classes.map(dict(zip(classes.unique(), np.random.default_rng(1).normal(size=classes.nunique()),
+                                   strict=True)))
     h = (Hierarchy("y", ["x"])
-         .level("class", {"Intercept": Equation(), "x": Equation("w")})
+         .level("class", {"Intercept": Equation(), "x": Equation("w")}, labels="within")
          .level("school", {"Intercept": Equation(), "x:w": Equation()}))
     assert h.coefficients(2) == ["Intercept", "x", "x:w"]
     assert h.formula == "y ~ 1 + x + x:w + (1 + x | school:class) + (1 + x:w | school)"
@@ -89,7 +91,8 @@ def _reml(model):
          "mathach ~ 1 + sector + meanses + ses_centered + ses_centered:sector + ses_centered:meanses"
          " + (1 + ses_centered | school)"),
         ("pastes", "pastes",
-         Hierarchy("strength").level("cask", {"Intercept": Equation()}).level("batch", {"Intercept": Equation()}),
+         Hierarchy("strength").level("cask", {"Intercept": Equation()}, labels="within")
+         .level("batch", {"Intercept": Equation()}),
          "strength ~ 1 + (1 | batch:cask) + (1 | batch)"),
     ],
     ids=lambda v: v if isinstance(v, str) and " " not in v and "~" not in v else None,

@@ -50,7 +50,7 @@ def test_repr_of_nested_and_builder_models():
     text = repr(bh.hlm("strength ~ 1 + (1 | batch/cask)", df))
     assert "level 2: batch:cask (30 groups), random Intercept" in text
     assert "level 3: batch (10 groups), random Intercept" in text
-    model = bh.Hierarchy("strength").level("cask", {"Intercept": bh.Equation()}).level(
+    model = bh.Hierarchy("strength").level("cask", {"Intercept": bh.Equation()}, labels="within").level(
         "batch", {"Intercept": bh.Equation()}).compile(df)
     text = repr(model)
     assert "Level 2 (cask)" in text and "Level 3 (batch)" in text

@@ -1,0 +1,206 @@
+"""Statistical defects found on review (issue 18, part 6), each case with its expected result.
+
+* ``lrt`` recognises a model that adds a whole level, and a statistic that is zero up to
+  rounding gives p = 1;
+* ``Hierarchy`` refuses levels declared top-down or with labels repeated across the level
+  above unless told so, and never pools them;
+* a predictor meant at level 2 that varies within its groups is warned about, by the
+  builder and by ``hlm``, and ordinary models get no such warning;
+* the nesting-trap message suggests the right nesting, and none for crossed factors;
+* ``shrinkage_table`` and ``plot_shrinkage`` compare whole group coefficients with whole
+  group coefficients (level-2 predictors and cross-level terms included), or deviations
+  with deviations.
+"""
+
+import dataclasses
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import chi2
+
+import bayeshlm as bh
+from bayeshlm import Equation, Hierarchy
+from bayeshlm.data import DataError, GroupLevelWarning
+
+
+@pytest.fixture(scope="module")
+def pastes():
+    return bh.load_dataset("pastes")
+
+
+# ---------------------------------------------------------------------------
+# Likelihood-ratio tests
+
+
+@pytest.mark.parametrize("method", ["ml", "reml"])
+def test_lrt_of_a_whole_level_uses_the_boundary_mixture(pastes, method):
+    small = bh.fit_em(bh.hlm("strength ~ 1 + (1 | batch)", pastes), method)
+    large = bh.fit_em(bh.hlm("strength ~ 1 + (1 | batch/cask)", pastes), method)
+    test = bh.lrt(small, large)
+    assert test.df == 1 and test.mixture
+    assert test.statistic == pytest.approx(2 * (large.loglik - small.loglik), rel=1e-12)
+    # one variance on its boundary: 0.5 chi2(0) + 0.5 chi2(1), half the naive p-value
+    assert test.p_value == pytest.approx(0.5 * chi2.sf(test.statistic, 1), rel=1e-12)
+    assert test.p_value_naive == pytest.approx(2 * test.p_value, rel=1e-12)
+    assert "adding the level 'batch:cask' (random Intercept)" in str(test)
+
+
+def test_lrt_statistic_zero_up_to_rounding_gives_p_one(pastes):
+    small = bh.fit_em(bh.hlm("strength ~ 1 + (1 | batch)", pastes), "ml")
+    large = bh.fit_em(bh.hlm("strength ~ 1 + (1 | batch/cask)", pastes), "ml")
+    on_boundary = dataclasses.replace(large, loglik=small.loglik + 5e-14)  # LR = 1e-13
+    test = bh.lrt(small, on_boundary)
+    assert test.statistic == 0.0 and test.p_value == 1.0 and test.p_value_naive == 1.0
+    # a small statistic that is not rounding keeps the mixture's p-value (about 0.49, not 1)
+    barely = bh.lrt(small, dataclasses.replace(large, loglik=small.loglik + 1e-4))
+    assert barely.p_value == pytest.approx(0.5 * chi2.sf(2e-4, 1), rel=1e-12)
+
+
+def test_lrt_on_data_with_no_variance_at_the_added_level():
+    """Casks that do not differ within batches: the ML estimate of their SD is at the boundary."""
+    rng = np.random.default_rng(4)  # a seed whose ML fit puts the cask SD on the boundary
+    batch = np.repeat([f"B{i}" for i in range(10)], 6)
+    cask = np.tile(np.repeat(list("abc"), 2), 10)
+    y = 60 + rng.normal(0, 1.5, 10)[np.repeat(np.arange(10), 6)] + rng.normal(0, 1, 60)
+    data = pd.DataFrame({"y": y, "batch": batch, "cask": cask})
+    small = bh.fit_em(bh.hlm("y ~ 1 + (1 | batch)", data), "ml")
+    large = bh.fit_em(bh.hlm("y ~ 1 + (1 | batch/cask)", data), "ml")
+    assert "Intercept|batch:cask" in large.boundary
+    assert abs(2 * (large.loglik - small.loglik)) < 1e-8  # zero up to the optimiser's rounding
+    test = bh.lrt(small, large)
+    assert test.statistic == 0.0 and test.p_value == 1.0
+
+
+def test_lrt_refuses_models_that_are_not_nested(pastes):
+    by_cask = bh.fit_em(bh.hlm("strength ~ 1 + (1 | cask)", pastes), "ml")
+    nested = bh.fit_em(bh.hlm("strength ~ 1 + (1 | batch/cask)", pastes), "ml")
+    with pytest.raises(ValueError, match="random Intercept .*is not in the second model: the models are not nested"):
+        bh.lrt(by_cask, nested)
+
+
+# ---------------------------------------------------------------------------
+# Hierarchy: levels declared top-down, labels repeated across the level above
+
+
+@pytest.fixture(scope="module")
+def classes():
+    """20 schools, each with classes "c1", "c2", "c3" (labels repeated in every school), and a school variable."""
+    rng = np.random.default_rng(7)
+    school = np.repeat([f"s{i}" for i in range(20)], 30)
+    local = np.tile(np.repeat(["c1", "c2", "c3"], 10), 20)
+    school_effect = rng.normal(0, 1, 20)[np.repeat(np.arange(20), 30)]
+    class_effect = rng.normal(0, 0.5, 60)[np.repeat(np.arange(60), 10)]
+    return pd.DataFrame({
+        "y": school_effect + class_effect + rng.normal(size=600), "school": school, "class": local,
+        "class_id": np.char.add(np.char.add(school, "-"), local), "z": np.repeat(rng.normal(size=20), 30),
+    })
+
+
+I = {"Intercept": Equation()}  # noqa: E741 - a random intercept, as an equation
+
+
+def test_top_down_declaration_with_repeated_labels_is_refused(classes):
+    with pytest.raises(DataError) as info:
+        Hierarchy("y").level("school", I).level("class", I).compile(classes)
+    msg = str(info.value)
+    assert "the groups of 'school' (level 2) are not nested in those of 'class' (level 3)" in msg
+    assert "'school' group 's0' occurs in the groups 'c1', 'c2', 'c3' of 'class'" in msg
+    assert "declare .level('class', ...) before .level('school', ...)" in msg
+
+
+def test_repeated_labels_need_to_be_declared_and_then_nest(classes):
+    with pytest.raises(DataError, match=r"pass labels='within' to \.level\('class', \.\.\.\), which groups it by "
+                                        r"'school:class'"):
+        Hierarchy("y").level("class", I).level("school", I).compile(classes)
+    model = Hierarchy("y").level("class", I, labels="within").level("school", I).compile(classes)
+    # classes are grouped within schools: 60 classes, not the 3 labels pooled over schools
+    assert model.design.factors == ("school:class", "school")
+    assert [len(lab) for lab in model.design.factor_labels] == [60, 20]
+    written = bh.hlm("y ~ 1 + (1 | school/class)", classes)
+    np.testing.assert_array_equal(model.design.group_idx, written.design.group_idx)
+    assert bh.fit_em(model, "ml").loglik == pytest.approx(bh.fit_em(written, "ml").loglik, rel=1e-12)
+
+
+def test_top_down_declaration_with_unique_labels_is_refused(classes):
+    with pytest.raises(DataError, match=r"the groups of 'class_id' \(level 3\) lie within those of 'school' "
+                                        r"\(level 2\), but levels are declared from the bottom up"):
+        Hierarchy("y").level("school", I).level("class_id", I).compile(classes)
+    # bottom-up with unique labels needs nothing more
+    model = Hierarchy("y").level("class_id", I).level("school", I).compile(classes)
+    assert [len(lab) for lab in model.design.factor_labels] == [60, 20]
+
+
+# ---------------------------------------------------------------------------
+# Level-2 predictors that vary within their groups
+
+
+def test_builder_warns_about_a_level_two_predictor_that_varies(classes):
+    h = Hierarchy("y").level("school", {"Intercept": Equation("z")})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GroupLevelWarning)
+        h.compile(classes)  # z is a school variable: no warning
+    data = classes.copy()
+    data.loc[[5, 35], "z"] += 1.0  # one row in each of schools s0 and s1
+    with pytest.warns(GroupLevelWarning, match=r"the level-2 predictor 'z' \(in the equation of 'Intercept' at level "
+                                               r"2, 'school'\) varies within 2 of the 20 groups of 'school' \(e\.g\. "
+                                               r"group 's0'") as record:
+        h.compile(data)
+    assert len([w for w in record if issubclass(w.category, GroupLevelWarning)]) == 1  # said once, not twice
+
+
+def test_hlm_warns_about_a_group_variable_with_stray_values():
+    hsb = bh.load_dataset("hsb")
+    data = hsb.copy()
+    data.loc[[3, 100, 2000], "meanses"] += 0.1
+    with pytest.warns(GroupLevelWarning, match=r"'meanses' looks like a variable of the 'school' groups \(one value "
+                                               r"per group in 157 of the 160 groups with several rows\) but varies "
+                                               r"within 3 of them \(e\.g\. 'school' group '1224'"):
+        bh.hlm("mathach ~ ses_centered * (sector + meanses) + (ses_centered | school)", data)
+
+
+def test_hlm_warns_about_a_slope_predictor_that_varies():
+    hsb = bh.load_dataset("hsb")
+    with pytest.warns(GroupLevelWarning, match=r"'female' enters the fixed part only through interactions with "
+                                               r"slopes that vary over 'school'.*varies within 123 of the 160"):
+        bh.hlm("mathach ~ ses_centered + ses_centered:female + (ses_centered | school)", hsb)
+
+
+@pytest.mark.parametrize(("dataset", "formula"), [
+    ("hsb", "mathach ~ ses_centered * (sector + meanses) + (ses_centered | school)"),
+    ("hsb", "mathach ~ ses_centered * female + minority + sector + (ses_centered | school)"),
+    ("radon", "log_radon ~ floor + log_uranium + (1 | county)"),
+    ("radon", "log_radon ~ floor * log_uranium + (floor | county)"),
+    ("sleepstudy", "reaction ~ days + (days | subject)"),
+    ("pastes", "strength ~ 1 + (1 | batch/cask)"),
+])
+def test_ordinary_models_get_no_level_warning(dataset, formula):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GroupLevelWarning)
+        bh.hlm(formula, bh.load_dataset(dataset))
+
+
+# ---------------------------------------------------------------------------
+# The nesting trap
+
+
+@pytest.mark.parametrize("formula", ["strength ~ (1 | batch) + (1 | cask)", "strength ~ (1 | cask) + (1 | batch)"])
+def test_nesting_trap_suggests_batch_over_cask(pastes, formula):
+    for fit in (bh.hlm, bh.hlm_stats):
+        with pytest.raises(DataError) as info:
+            fit(formula, pastes)
+        msg = str(info.value)
+        assert "write (1 | batch/cask)" in msg and "(1 | batch) + (1 | batch:cask)" in msg
+        assert "cask/batch" not in msg
+
+
+def test_crossed_factors_get_no_nesting_suggestion():
+    rng = np.random.default_rng(11)  # plates x samples, one measurement each (as lme4's Penicillin)
+    data = pd.DataFrame({"y": rng.normal(size=144), "plate": np.repeat([f"p{i}" for i in range(24)], 6),
+                         "sample": np.tile(list("ABCDEF"), 24)})
+    with pytest.raises(DataError) as info:
+        bh.hlm("y ~ (1 | plate) + (1 | sample)", data)
+    msg = str(info.value)
+    assert "'plate' and 'sample' are crossed" in msg and "Crossed grouping factors are not supported yet" in msg
+    assert "/" not in msg
