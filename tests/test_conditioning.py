@@ -90,12 +90,13 @@ def _assert_maps_back(base, fit, sx, cx, sy, cy, n_obs, method):
     sd_want = np.sqrt(np.diag(T_want))
     np.testing.assert_allclose([fit.sd["Intercept"], fit.sd["x"]], sd_want, rtol=1e-6)
     assert fit.corr["Intercept,x"] == pytest.approx(T_want[0, 1] / (sd_want[0] * sd_want[1]), abs=1e-6)
-    assert fit.sigma == pytest.approx(sy * base.sigma, rel=1e-6)
+    assert fit.sigma == pytest.approx(abs(sy) * base.sigma, rel=1e-6)
     # the standard errors of sigma and of the slope's SD scale with them
-    assert fit.variance_se["sigma"] == pytest.approx(sy * base.variance_se["sigma"], rel=1e-5)
-    assert fit.variance_se["sd[x]"] == pytest.approx(sy / sx * base.variance_se["sd[x]"], rel=1e-5)
+    assert fit.variance_se["sigma"] == pytest.approx(abs(sy) * base.variance_se["sigma"], rel=1e-5)
+    assert fit.variance_se["sd[x]"] == pytest.approx(abs(sy / sx) * base.variance_se["sd[x]"], rel=1e-5)
     if cx == 0.0:
-        assert fit.variance_se["sd[Intercept]"] == pytest.approx(sy * base.variance_se["sd[Intercept]"], rel=1e-5)
+        assert fit.variance_se["sd[Intercept]"] == pytest.approx(abs(sy) * base.variance_se["sd[Intercept]"],
+                                                                 rel=1e-5)
     # log-likelihoods: the Jacobian of the response, and for REML that of the fixed effects
     offset = -n_obs * np.log(abs(sy)) + (np.log(abs(np.linalg.det(K))) if method == "reml" else 0.0)
     assert fit.loglik == pytest.approx(base.loglik + offset, abs=1e-6 * abs(base.loglik))
@@ -268,13 +269,16 @@ def test_chunked_statistics_keep_their_precision(panel):
     data = _transformed(panel, sx=1.0, cx=1e6, sy=1.0, cy=1e8)
     full = bh.hlm(FORMULA, data)
     part = bh.hlm_stats(FORMULA, data, chunk_rows=37)
+    # Both are sums of the same standardised rows; the response's shift (about 1e8, where one
+    # unit in the last place is 1.5e-8) is summed in another order, which moves each standardised
+    # value by about 1e-8: the statistics agree to that, where raw sums would keep no digit.
     for x, y in zip(full.stats, part.stats, strict=True):
-        np.testing.assert_allclose(y, x, rtol=1e-9, atol=1e-9 * max(1.0, float(np.max(np.abs(x)))))
+        np.testing.assert_allclose(y, x, rtol=1e-9, atol=1e-7 * max(1.0, float(np.max(np.abs(x)))))
     e_full, e_part = fit_em(full), fit_em(part)
     for term in e_full.fixed:
-        assert e_part.fixed[term] == pytest.approx(e_full.fixed[term], rel=1e-9, abs=1e-8 * e_full.fixed_se[term])
-        assert e_part.fixed_se[term] == pytest.approx(e_full.fixed_se[term], rel=1e-7)
-    assert e_part.sd["x"] == pytest.approx(e_full.sd["x"], rel=1e-7)
+        assert e_part.fixed[term] == pytest.approx(e_full.fixed[term], rel=1e-9, abs=1e-6 * e_full.fixed_se[term])
+        assert e_part.fixed_se[term] == pytest.approx(e_full.fixed_se[term], rel=1e-6)
+    assert e_part.sd["x"] == pytest.approx(e_full.sd["x"], rel=1e-6)
     # and the same as the untransformed data
     base = fit_em(bh.hlm(FORMULA, panel))
     assert e_part.sd["x"] == pytest.approx(base.sd["x"], rel=1e-6)
