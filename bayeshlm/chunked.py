@@ -33,6 +33,7 @@ from bayeshlm.data import (
     _as_frame,
     _bad_mask,
     _check_columns,
+    _check_magnitudes,
     _check_numeric,
     _evaluate,
     _factors,
@@ -173,7 +174,8 @@ def _slice_stats(frame, plan):
         obs_var = _obs_var(frame[column].to_numpy(dtype=np.float64), kind)
     basis = plan.basis
     stats = compute_suffstats(y, F, X, g, plan.n_groups, basis.weights(obs_var), basis.shift, basis.scale)
-    return stats, column_moments(y, F, X, obs_var)
+    peaks = np.concatenate([np.max(np.abs(F), axis=0, initial=0.0), np.max(np.abs(X), axis=0, initial=0.0)])
+    return stats, column_moments(y, F, X, obs_var), peaks
 
 
 def _merge(first, second):
@@ -181,7 +183,8 @@ def _merge(first, second):
         return second
     if second is None:
         return first
-    return merge_suffstats(first[0], second[0]), merge_moments(first[1], second[1])
+    return (merge_suffstats(first[0], second[0]), merge_moments(first[1], second[1]),
+            np.maximum(first[2], second[2]))
 
 
 class _Pieces:
@@ -407,10 +410,18 @@ def hlm_stats(formula, data, *, priors=None, missing="raise", known_sd=None, kno
     # pass 2: the statistics
     plan = _Plan(spec.response, columns, levels, factor_columns, combo_index, combo_group, n_groups,
                  fixed_spec, tuple(random_spec), missing == "drop", max(int(chunk_rows), 1), known, provisional)
-    stats, moments = pieces.reduce(_piece_stats, _merge, plan)
+    stats, moments, peaks = pieces.reduce(_piece_stats, _merge, plan)
     if moments.var()[0] == 0:
         raise DataError(f"the response '{spec.response}' is constant ({moments.y_mean:g} in every row); "
                         "there is nothing to model")
+    # columns too small or too large for double precision: judged on the values as given (the
+    # statistics are already standardised), before anything reads the statistics
+    p = len(fixed_names)
+    _check_magnitudes(peaks[:p], fixed_names, "fixed-effects design")
+    col = p
+    for factor, names_k in zip(factors, factor_coef_names, strict=True):
+        _check_magnitudes(peaks[col:col + len(names_k)], names_k, f"random-effects design of '{factor}'")
+        col += len(names_k)
     check_gram_rank(stats.FtF, fixed_names, "fixed-effects design")
     XtX = stats.XtX.sum(axis=0)
     col = 0
