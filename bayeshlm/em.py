@@ -32,7 +32,13 @@ from samplers.types import flat_fixed_prior
 
 @dataclass(frozen=True)
 class EMResult:
-    """Estimates of an ML or REML fit (see :func:`fit_em`)."""
+    """Estimates of an ML or REML fit (see :func:`fit_em`).
+
+    ``model`` is the identity of the model fitted (:meth:`bayeshlm.model.Model.identity`),
+    checked by every function that takes a model and a fit; ``model_record`` what
+    :func:`bayeshlm.model_from` needs to compile it again. ``theta`` holds the variance
+    components in the kernels' unconstrained coordinates (:mod:`bayeshlm.basis`).
+    """
 
     method: str
     fixed: dict
@@ -62,6 +68,8 @@ class EMResult:
     variance_se: dict = field(default_factory=dict)
     reliability: dict = field(default_factory=dict)
     reliability_by_group: np.ndarray | None = None
+    model: dict = field(default_factory=dict)
+    model_record: dict = field(default_factory=dict)
 
     @property
     def deviance(self) -> float:
@@ -349,6 +357,8 @@ def fit_em(model, method="reml", *, em_iter=5, tol=1e-6, max_eval=5000):
         reliability={k: float(np.nanmean(rel[:, i])) if np.any(np.isfinite(rel[:, i])) else float("nan")
                      for i, k in enumerate(names)},
         reliability_by_group=rel,
+        model=model.identity(),
+        model_record=model.record(),
     )
 
 

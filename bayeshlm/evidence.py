@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import betaln, gammaln, multigammaln
 
+from bayeshlm.model import check_result
 from samplers.nested import tree_upward, tree_workspace, two_level
 from samplers.theta import decode_theta, encode_theta
 from samplers.tree import upward, workspace
@@ -152,6 +153,7 @@ def marginal_likelihood(posterior, model, *, seed=0, max_iter=1000, tol=1e-10):
     -------
     Evidence
     """
+    check_result(model, posterior, "the posterior")
     norm = _log_prior_norm(model)
     theta = _theta_draws(posterior, model)
     rng = np.random.default_rng(seed)

@@ -187,6 +187,7 @@ def lrt_hierarchy(fit, model):
     LRTResult
         The boundary mixture applies when the model has a single random coefficient.
     """
+    check_result(model, fit, "the fit")
     if model.sigma_known:
         raise ValueError("with known level-1 variances the pooled model has no free parameter; "
                          "compare the log-likelihood at T = 0 directly")

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field, replace
 
 from bayeshlm.basis import Basis
 from bayeshlm.data import Design
 from bayeshlm.formula import FormulaSpec
-from bayeshlm.priors import ColumnMoments, PriorFrame, describe
+from bayeshlm.priors import (
+    ColumnMoments,
+    PriorFrame,
+    describe,
+    frame_from_json,
+    frame_to_json,
+    priors_from_json,
+    priors_to_json,
+)
 from samplers.types import Priors, Structure, SuffStats
+
+
+class ModelMismatchError(ValueError):
+    """A result given together with a model it was not computed from."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -159,3 +173,157 @@ class Model:
         if self.equations:
             lines += ["", self.equations]
         return "\n".join(lines)
+
+    # ------------------------------------------------------------------ identity
+    def identity(self) -> dict:
+        """What a result records of the model it was computed from.
+
+        The formula, response, fixed terms and random coefficients, grouping factors, a digest
+        of every factor's group labels and their counts, the number of observations, whether
+        the level-1 variances are known, and the priors in use. Two models with the same
+        identity give the same posterior; :func:`check_result` compares it with a result's.
+        """
+        design = self.design
+        labels = design.factor_labels or ((design.group_labels,) if design.coef_names else ())
+        digest = hashlib.sha256("\x1e".join("\x1f".join(str(x) for x in lab) for lab in labels).encode())
+        return {
+            "formula": self.formula,
+            "response": design.response,
+            "fixed": list(self.fixed_names),
+            "coef": list(self.coef_names),
+            "factors": list(self.factors),
+            "n_groups": [len(lab) for lab in labels],
+            "groups": digest.hexdigest()[:16],
+            "n_obs": self.n_obs,
+            "sigma_known": self.sigma_known,
+            "priors": self.prior_descriptions(),
+        }
+
+    @property
+    def fingerprint(self) -> str:
+        """A short digest of :meth:`identity`."""
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def record(self) -> dict:
+        """How to compile this model again (:func:`model_from`): formula, options and the priors in full."""
+        known = {k: self.options.get(k) for k in ("known_sd", "known_var")}
+        return {
+            "formula": self.formula,
+            "priors": priors_to_json(self.prior_spec),
+            "prior_frame": None if self.prior_frame is None else frame_to_json(self.prior_frame),
+            "known_sd": known["known_sd"] if isinstance(known["known_sd"], str) else None,
+            "known_var": known["known_var"] if isinstance(known["known_var"], str) else None,
+            "known_as_array": any(v is not None and not isinstance(v, str) for v in known.values()),
+            "missing": self.options.get("missing", "raise"),
+            "equations": self.equations,
+        }
+
+
+def result_identity(result):
+    """The model identity a posterior (``attrs["model"]``) or an EM fit records, None if it records none."""
+    if hasattr(result, "attrs") and "model" in getattr(result, "attrs", {}):
+        return json.loads(result.attrs["model"])
+    identity = getattr(result, "model", None)
+    return identity if isinstance(identity, dict) and identity else None
+
+
+def _record_of(result):
+    if hasattr(result, "attrs") and "model_record" in getattr(result, "attrs", {}):
+        return json.loads(result.attrs["model_record"])
+    record = getattr(result, "model_record", None)
+    if isinstance(record, dict) and record:
+        return record
+    raise ValueError("this result does not record its model (it was made by an older version of bayeshlm): "
+                     "compile the model with bayeshlm.hlm")
+
+
+def _differences(mine, theirs):
+    names = {"formula": "formula", "response": "response", "fixed": "fixed effects", "coef": "random coefficients",
+             "factors": "grouping factors", "n_groups": "numbers of groups", "groups": "group labels",
+             "n_obs": "number of observations", "sigma_known": "known level-1 variances", "priors": "priors"}
+    out = []
+    for key, label in names.items():
+        a, b = mine.get(key), theirs.get(key)
+        if a == b:
+            continue
+        if key in ("formula", "response", "n_obs", "n_groups", "factors"):
+            out.append(f"{label} {b!r} in the result, {a!r} in the model")
+        elif key == "priors":
+            changed = [x for x in a if x not in b] if isinstance(a, list) and isinstance(b, list) else a
+            out.append(f"priors ({'; '.join(changed[:3])} in the model)")
+        else:
+            out.append(label)
+    return out
+
+
+def check_result(model, result, what="the result"):
+    """Refuse a result computed from another model than ``model``, naming what differs.
+
+    Results that record no model (files written by older versions) are let through.
+    """
+    theirs = result_identity(result)
+    if theirs is None:
+        return
+    mine = model.identity()
+    if mine == theirs:
+        return
+    diffs = _differences(mine, theirs) or ["their identities"]
+    raise ModelMismatchError(
+        f"{what} was not computed from this model: they differ in {', '.join(diffs)}. Pass the model it was "
+        "computed from (bayeshlm.model_from(result, data) compiles it again from the data)"
+    )
+
+
+def check_same_model(first, second, what):
+    """Refuse two results of different models (both recording one)."""
+    a, b = result_identity(first), result_identity(second)
+    if a is None or b is None or a == b:
+        return
+    raise ModelMismatchError(f"{what} are of different models: they differ in {', '.join(_differences(a, b))}")
+
+
+def model_from(result, data, **overrides):
+    """The model a saved posterior or EM fit was computed from, compiled again on ``data``.
+
+    With the data the result was fitted to, this is the same model (same formula, options and
+    priors, the defaults included, set where they were), so that :func:`bayeshlm.predict` and
+    the other functions taking a model and a result accept the pair. With other data it is
+    the same specification on those data (as :meth:`Model.with_data`).
+
+    Parameters
+    ----------
+    result : xarray.DataTree or EMResult
+        From :func:`bayeshlm.sample` or :func:`bayeshlm.fit_em`, or loaded by :func:`bayeshlm.load`.
+    data : pandas.DataFrame or mapping
+        The data.
+    **overrides
+        Options of :func:`bayeshlm.hlm` to set anew, e.g. ``known_sd`` when the model was
+        compiled with an array of known SDs (an array is not stored with the result).
+
+    Returns
+    -------
+    Model
+
+    Examples
+    --------
+    >>> import bayeshlm as bh
+    >>> sleep = bh.load_dataset("sleepstudy")
+    >>> fit = bh.fit_em(bh.hlm("reaction ~ days + (days | subject)", sleep))
+    >>> bh.model_from(fit, sleep).formula
+    'reaction ~ days + (days | subject)'
+    """
+    from bayeshlm.compile import compile_formula
+
+    record = _record_of(result)
+    if record["known_as_array"] and not ({"known_sd", "known_var"} & set(overrides)):
+        raise ValueError("the model was compiled with known level-1 SDs or variances given as an array, which the "
+                         "result does not store: pass them again, model_from(result, data, known_sd=...)")
+    options = {"known_sd": record["known_sd"], "known_var": record["known_var"], "missing": record["missing"],
+               "priors": priors_from_json(record["priors"])}
+    frame = None if record["prior_frame"] is None else frame_from_json(record["prior_frame"])
+    if "priors" in overrides:
+        frame = None
+    options.update(overrides)
+    model = compile_formula(record["formula"], data, prior_frame=frame, **options)
+    return replace(model, equations=record["equations"])
+

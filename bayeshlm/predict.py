@@ -24,6 +24,7 @@ from bayeshlm.data import (
     column_roles,
     evaluate_spec,
 )
+from bayeshlm.model import check_result
 from bayeshlm.results import _factor_parts, corr_pairs, covariance_draws, dim_name, flat_draws
 from samplers.theta import sd_corr
 
@@ -211,6 +212,7 @@ def predict(model, posterior, data, *, kind="predictive", new_groups="sample", s
     >>> pred = predict(model, post, new)  # doctest: +SKIP
     >>> pred.mean(("chain", "draw"))  # doctest: +SKIP
     """
+    check_result(model, posterior, "the posterior")
     if kind not in _KINDS:
         raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
     if new_groups not in _NEW_GROUPS:
@@ -249,6 +251,7 @@ def posterior_predictive(model, posterior, *, seed=None):
     xarray.DataTree
         A copy of ``posterior`` with the group added (replacing one already there).
     """
+    check_result(model, posterior, "the posterior")
     if not model.rows_held:
         raise ValueError("replicated data need the model's rows; a model from hlm_stats does not keep "
                          "them: compile it with bayeshlm.hlm")
@@ -347,6 +350,7 @@ def marginal_group_log_likelihood(model, posterior, *, chunk=None):
     -------
     ndarray of shape (chain, draw, n_groups)
     """
+    check_result(model, posterior, "the posterior")
     if not model.rows_held:
         raise ValueError("group log-likelihoods need the model's rows; a model from hlm_stats does not keep "
                          "them: compile it with bayeshlm.hlm")
@@ -454,6 +458,7 @@ def loo(posterior, model=None, *, by="obs", **kwargs):
         return az.loo(posterior, **kwargs)
     if model is None:
         raise ValueError("leaving groups out needs the model: loo(posterior, model, by=...)")
+    check_result(model, posterior, "the posterior")
     parts = _factor_parts(model)
     finest = parts[0][0] if parts else None
     if by != finest:

@@ -593,3 +593,44 @@ def prior_text(key, prior, centred=None):
     if key == "corr":
         return f"{prior} (of the coefficients with {means} centred at the mean)"
     return f"{prior} (the intercept at the mean of {means})"
+
+
+_PRIOR_TYPES = {cls.__name__: cls for cls in (Flat, Normal, HalfNormal, HalfStudentT, HalfCauchy, Uniform,
+                                              InverseGamma, LKJ, InverseWishart)}
+
+
+def priors_to_json(resolved):
+    """A resolved prior mapping as JSON-able data (:func:`priors_from_json` reads it back)."""
+    out = {}
+    for role, prior in resolved.items():
+        fields = {k: (np.asarray(v).tolist() if isinstance(v, np.ndarray) else v) for k, v in vars(prior).items()}
+        out[role] = {"type": type(prior).__name__, **fields}
+    return out
+
+
+def priors_from_json(data):
+    """The prior mapping written by :func:`priors_to_json`."""
+    out = {}
+    for role, item in data.items():
+        item = dict(item)
+        kind = item.pop("type")
+        if kind not in _PRIOR_TYPES:
+            raise PriorError(f"unknown prior type {kind!r} for {role!r}")
+        out[role] = _PRIOR_TYPES[kind](**item)
+    return out
+
+
+def frame_to_json(frame):
+    """A :class:`PriorFrame` as JSON-able data."""
+    c = frame.centred
+    return {"shift": c.shift.tolist(), "scale": c.scale.tolist(), "n_fixed": c.n_fixed,
+            "fixed_intercept": c.fixed_intercept, "coef_intercept": list(c.coef_intercept),
+            "fixed_centred": frame.fixed_centred, "block_centred": list(frame.block_centred)}
+
+
+def frame_from_json(data):
+    """The :class:`PriorFrame` written by :func:`frame_to_json`."""
+    centred = Basis(np.asarray(data["shift"], dtype=np.float64), np.asarray(data["scale"], dtype=np.float64),
+                    int(data["n_fixed"]), int(data["fixed_intercept"]), tuple(int(i) for i in data["coef_intercept"]))
+    return PriorFrame(centred, bool(data["fixed_centred"]), tuple(bool(b) for b in data["block_centred"]))
+

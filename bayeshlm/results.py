@@ -302,6 +302,8 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
         "timings": json.dumps(timings),
         "sampling_time": timings["sampling_seconds"],
         "inference_library": "bayeshlm",
+        "model": json.dumps(model.identity()),
+        "model_record": json.dumps(model.record()),
     }
     tree = _build(groups, coords, attrs)
     if kept_per_chain is not None:
