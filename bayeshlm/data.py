@@ -60,6 +60,15 @@ class IdentificationWarning(UserWarning):
 class GroupLevelWarning(UserWarning):
     """A predictor meant as a variable of the groups (level 2 or above) that varies within them.
 
+    :class:`bayeshlm.Hierarchy` knows the level of every predictor: each predictor of a
+    level's equations must take one value per group of that level. :func:`bayeshlm.hlm` reads
+    a column as a variable of a factor's groups when it enters the fixed part only through
+    interactions with columns whose slopes are random on that factor (``y ~ x + x:z + (x | g)``:
+    ``z`` predicts the slope of ``x``), or when it takes one value per group in all but a few
+    groups (at most 5% of at least 10 groups with two rows or more) while differing between
+    groups, as a group variable with a few wrong rows does; other columns are level-1
+    predictors, about which nothing is said.
+
     Attributes
     ----------
     column : str
