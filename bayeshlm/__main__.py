@@ -6,9 +6,13 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import bayeshlm as bh
+from bayeshlm.formula import FormulaError
+from bayeshlm.io import check_destination
+from bayeshlm.memory import check_memory
 from bayeshlm.sample import METHODS
 
 READERS = {".csv": ",", ".txt": ",", ".tsv": "\t", ".parquet": None, ".pq": None}
@@ -20,6 +24,7 @@ def demo(args):
 
     from bayeshlm.summary import describe_run, diagnostics
 
+    check_draws(args.draws)
     formula = "mathach ~ ses_centered * (sector + meanses) + (ses_centered | school)"
     data = bh.load_dataset("hsb")
     print("High School and Beyond: 7185 students in 160 schools (Raudenbush & Bryk 2002, Table 4.5)")
@@ -88,12 +93,36 @@ def read_data(path):
 
 
 def check_out(path):
-    """Fail early, before any sampling, when the output file cannot be written where asked."""
-    parent = Path(path).resolve().parent
-    if not parent.is_dir():
-        raise FileNotFoundError(f"output directory does not exist: {parent}")
-    if not os.access(parent, os.W_OK):
-        raise PermissionError(f"output directory is not writable: {parent}")
+    """Fail early, before any sampling, when the output file cannot be written where asked.
+
+    The directory must exist and be writable, and ``path`` must not be a directory or file of
+    another kind than the one written (:func:`bayeshlm.io.check_destination`).
+    """
+    check_destination(path)
+
+
+MIN_DRAWS = 4  # the fewest draws per chain for which ArviZ defines an ESS, shown in every report
+
+# the remedies of bayeshlm.memory.check_memory, as options of `bayeshlm fit`
+CLI_SPELLING = {"draws": "--draws {n}", "keep": "--keep-group-draws {n} (with --group-moments for every group's "
+                "posterior mean and SD)", "loglik_group": "--log-likelihood group",
+                "loglik_none": "--log-likelihood none"}
+
+
+def check_draws(draws):
+    """Refuse fewer draws per chain than the report's convergence checks need."""
+    if draws < MIN_DRAWS:
+        raise ValueError(f"--draws {draws}: the report's convergence checks (R-hat, ESS) need at least "
+                         f"{MIN_DRAWS} draws per chain; ask for more (bayeshlm.sample accepts fewer)")
+
+
+def numerical_failure(what, model, err):
+    """An arithmetic error of a fit (a division by zero on tiny data) as a user error naming the model's size."""
+    return ValueError(
+        f"{what} failed numerically ({type(err).__name__}: {err}) on {model.n_obs} observations with "
+        f"{len(model.fixed_names)} fixed effects and {model.n_theta} variance parameters: the data are too few "
+        "or too extreme for this model; simplify it (fewer random terms or predictors) or add data"
+    )
 
 
 PRIOR_CLASSES = ("Normal", "Flat", "HalfNormal", "HalfStudentT", "HalfCauchy", "Uniform", "InverseGamma", "LKJ",
@@ -148,15 +177,22 @@ def report_text(tree):
 
 
 def fit(args):
-    """Sample the posterior of a model, save it and print a summary."""
+    """Sample the posterior of a model, print its report, then save it."""
+    check_draws(args.draws)
     check_out(args.out)
     model = build_model(args)
-    post = bh.sample(model, chains=args.chains, draws=args.draws, warmup=args.warmup, seed=args.seed,
-                     method=args.method, progress=not args.quiet)
-    bh.save(post, args.out)
-    print(report_text(post))
+    options = {"draws": args.draws, "chains": args.chains, "keep_group_draws": args.keep_group_draws,
+               "group_moments": args.group_moments, "log_likelihood": args.log_likelihood}
+    check_memory(model, **options, spelling=CLI_SPELLING)
+    try:
+        post = bh.sample(model, warmup=args.warmup, seed=args.seed, method=args.method, progress=not args.quiet,
+                         **options)
+    except ArithmeticError as err:
+        raise numerical_failure("sampling", model, err) from err
+    print(report_text(post), flush=True)  # first: a failed save must not lose what the run found
+    saved = bh.save(post, args.out)
     if not args.quiet:
-        print(f"posterior saved to {args.out}", file=sys.stderr)
+        print(f"posterior saved to {saved}", file=sys.stderr)
     if post.attrs.get("interrupted"):
         print("bayeshlm: sampling was interrupted; the saved draws are incomplete", file=sys.stderr)
         return 1
@@ -167,8 +203,12 @@ def em(args):
     """Fit a model by REML or ML, print the estimates, and save them when asked."""
     if args.out is not None:
         check_out(args.out)
-    result = bh.fit_em(build_model(args), args.method)
-    print(result.summary())
+    model = build_model(args)
+    try:
+        result = bh.fit_em(model, args.method)
+    except ArithmeticError as err:
+        raise numerical_failure(f"the {args.method.upper()} fit", model, err) from err
+    print(result.summary(), flush=True)
     if args.out is not None:
         bh.save(result, args.out)
     return 0
@@ -176,13 +216,14 @@ def em(args):
 
 def summary(args):
     """Print the summary of a saved posterior or REML/ML fit."""
-    if not Path(args.file).exists():
-        raise FileNotFoundError(f"result file not found: {args.file}")
-    try:
-        result = bh.load(args.file)
-    except OSError as err:
-        raise OSError(f"cannot read {args.file}: {err}") from err
-    print(result.summary() if isinstance(result, bh.EMResult) else report_text(result))
+    result = bh.load(args.file)  # its errors name the file: absent, foreign, damaged
+    if isinstance(result, bh.EMResult):
+        print(result.summary())
+    elif result.attrs.get("inference_library") == "bayeshlm" and "sampler" in result.attrs:
+        print(report_text(result))
+    else:
+        raise ValueError(f"{args.file} holds no result of bayeshlm fit or em (neither a posterior drawn by "
+                         "bayeshlm nor a REML/ML fit); for other ArviZ files use arviz.summary")
     return 0
 
 
@@ -200,6 +241,25 @@ def positive(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return value
+
+
+def group_draws(text):
+    """An argparse type for ``--keep-group-draws``: ``all``, ``none`` or a number of groups >= 1."""
+    words = {"all": True, "none": False}
+    if text.lower() in words:
+        return words[text.lower()]
+    try:
+        return positive(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"must be all, none or a number of groups, got {text!r}") from err
+
+
+def loglik_choice(text):
+    """An argparse type for ``--log-likelihood``: auto, pointwise, group or none (False)."""
+    choices = {"auto": "auto", "pointwise": "pointwise", "group": "group", "none": False}
+    if text not in choices:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(choices)}, got {text!r}")
+    return choices[text]
 
 
 def add_model_arguments(parser):
@@ -227,6 +287,14 @@ def make_parser():
     p_fit.add_argument("--warmup", type=non_negative, default=1000, help="warm-up sweeps per chain")
     p_fit.add_argument("--seed", type=non_negative, default=None, help="seed (default: a fresh one, recorded)")
     p_fit.add_argument("--method", choices=sorted(METHODS), default="mh", help="variance-component moves")
+    p_fit.add_argument("--keep-group-draws", type=group_draws, default=True, metavar="all|none|N",
+                       help="keep the draws of all groups' coefficients (default), none, or the first N groups of "
+                            "each factor (many groups need much memory)")
+    p_fit.add_argument("--group-moments", action="store_true",
+                       help="also keep every group's running posterior mean and SD (by chain)")
+    p_fit.add_argument("--log-likelihood", type=loglik_choice, default="auto", metavar="auto|pointwise|group|none",
+                       help="store the log-likelihood per observation, per group or not at all (default auto: "
+                            "per observation unless chains x draws x rows exceeds 2e7)")
     p_fit.add_argument("--out", default="fit.nc", help="output file: .zarr for Zarr, else netCDF (default fit.nc)")
     p_fit.add_argument("--quiet", action="store_true", help="no progress bar")
     p_fit.set_defaults(run=fit)
@@ -242,10 +310,10 @@ def make_parser():
     p_summary.set_defaults(run=summary)
 
     p_demo = sub.add_parser("demo", help="fit the classic High School and Beyond model and print a summary")
-    p_demo.add_argument("--chains", type=int, default=4)
-    p_demo.add_argument("--draws", type=int, default=1000)
-    p_demo.add_argument("--warmup", type=int, default=1000)
-    p_demo.add_argument("--seed", type=int, default=2026)
+    p_demo.add_argument("--chains", type=positive, default=4)
+    p_demo.add_argument("--draws", type=positive, default=1000)
+    p_demo.add_argument("--warmup", type=non_negative, default=1000)
+    p_demo.add_argument("--seed", type=non_negative, default=2026)
     p_demo.add_argument("--quiet", action="store_true", help="no progress bar")
     p_demo.set_defaults(run=demo)
     return parser
@@ -254,10 +322,13 @@ def make_parser():
 def main(argv=None):
     """Entry point of the ``bayeshlm`` command.
 
-    Errors in the user's input (data, formula, priors, files) are reported on standard error
-    as ``bayeshlm: error: <message>``, with exit code 2 and no traceback (a formula error
-    keeps the library's second and third lines, the formula with a caret under the fault);
-    a sampler failure likewise, with exit code 1.
+    Errors in the user's input (data, formula, priors, files, a run too large for the memory,
+    data too few for the model) are reported on standard error as one line,
+    ``bayeshlm: error: <message>``, with exit code 2 and no traceback (a formula error keeps
+    the library's second and third lines, the formula with a caret under the fault); a
+    sampler failure likewise, with exit code 1. Warnings are one line each,
+    ``bayeshlm: warning: <message>``. Anything else is a bug: it is reported in one line too,
+    with exit code 1 (``BAYESHLM_TRACEBACK=1`` in the environment shows the traceback).
 
     Returns
     -------
@@ -265,22 +336,40 @@ def main(argv=None):
         The exit code.
     """
     args = make_parser().parse_args(argv)
-    try:
-        return args.run(args)
-    except BrokenPipeError:  # output piped into e.g. `head`, which exited
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-    except (ValueError, OSError) as err:  # includes DataError, FormulaError, PriorError
-        return fail(err, 2)
-    except bh.SamplingError as err:
-        return fail(err, 1)
-    except KeyboardInterrupt:  # before the first kept draw; later, sample() returns the draws so far
-        return fail("interrupted", 130)
+    with warnings.catch_warnings():
+        warnings.showwarning = show_warning
+        # ArviZ's guess that the dimensions were swapped, when there are more chains than draws
+        warnings.filterwarnings("ignore", message="Found chain dimension to be longer than draw dimension")
+        try:
+            return args.run(args)
+        except BrokenPipeError:  # output piped into e.g. `head`, which exited
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
+        except (ValueError, OSError) as err:  # includes DataError, FormulaError, PriorError, load and save errors
+            return fail(err, 2)
+        except MemoryError as err:  # an allocation failed after all (the check is an estimate)
+            return fail(f"out of memory ({err or 'an allocation failed'}); ask for fewer draws, "
+                        "--keep-group-draws N or --log-likelihood group", 2)
+        except bh.SamplingError as err:
+            return fail(err, 1)
+        except KeyboardInterrupt:  # before the first kept draw; later, sample() returns the draws so far
+            return fail("interrupted", 130)
+        except Exception as err:
+            if os.environ.get("BAYESHLM_TRACEBACK"):
+                raise
+            return fail(f"unexpected {type(err).__name__}: {err} (a bug in bayeshlm: please report it with the "
+                        "command; BAYESHLM_TRACEBACK=1 shows where it happened)", 1)
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None):
+    """Print a warning as one line, ``bayeshlm: warning: ...``, without the source line."""
+    print(f"bayeshlm: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
 def fail(err, code):
-    """Report an error the argparse way and return the exit code."""
-    print(f"bayeshlm: error: {err}", file=sys.stderr)
+    """Report an error the argparse way, on one line (a formula error with its caret lines), and return the code."""
+    text = str(err) if isinstance(err, FormulaError) else " ".join(str(err).split())
+    print(f"bayeshlm: error: {text}", file=sys.stderr)
     return code
 
 

@@ -60,6 +60,15 @@ class IdentificationWarning(UserWarning):
 class GroupLevelWarning(UserWarning):
     """A predictor meant as a variable of the groups (level 2 or above) that varies within them.
 
+    :class:`bayeshlm.Hierarchy` knows the level of every predictor: each predictor of a
+    level's equations must take one value per group of that level. :func:`bayeshlm.hlm` reads
+    a column as a variable of a factor's groups when it enters the fixed part only through
+    interactions with columns whose slopes are random on that factor (``y ~ x + x:z + (x | g)``:
+    ``z`` predicts the slope of ``x``), or when it takes one value per group in all but a few
+    groups (at most 5% of at least 10 groups with two rows or more) while differing between
+    groups, as a group variable with a few wrong rows does; other columns are level-1
+    predictors, about which nothing is said.
+
     Attributes
     ----------
     column : str
@@ -418,7 +427,7 @@ def _first_rows(codes, n_groups):
     return first
 
 
-def within_group_variation(values, codes, n_groups):
+def within_group_variation(values, codes, n_groups, first=None):
     """Which groups a column takes more than one value in.
 
     Parameters
@@ -428,6 +437,8 @@ def within_group_variation(values, codes, n_groups):
     codes : ndarray of shape (n_rows,)
         Group code of each row, ``0 .. n_groups - 1``.
     n_groups : int
+    first : ndarray of shape (n_groups,), optional
+        The position of each group's first row, when already known.
 
     Returns
     -------
@@ -440,15 +451,14 @@ def within_group_variation(values, codes, n_groups):
     """
     values = np.asarray(values)
     v = values if values.dtype.kind in "biuf" else pd.factorize(values)[0]
-    first = _first_rows(codes, n_groups)
-    differs = v != v[first][codes]
-    varying = np.bincount(codes, weights=differs, minlength=n_groups) > 0
-    example = None
-    if varying.any():
-        row = int(np.flatnonzero(differs)[0])
-        g = int(codes[row])
-        example = (g, values[first[g]], values[row])
-    return varying, example, values[first]
+    first = _first_rows(codes, n_groups) if first is None else first
+    differs = np.flatnonzero(v != v[first][codes])
+    if differs.size == 0:
+        return np.zeros(n_groups, dtype=bool), None, values[first]
+    varying = np.bincount(codes[differs], minlength=n_groups) > 0
+    row = int(differs[0])
+    g = int(codes[row])
+    return varying, (g, values[first[g]], values[row]), values[first]
 
 
 def show_value(value):
@@ -474,21 +484,22 @@ def _group_level_warnings(spec, frame, factors, codes):
     """
     import warnings
 
-    used = sorted(required_variables(spec.fixed) - {spec.response})
     grouping = {c for f in factors for c in f.split(":")}
+    used = sorted(required_variables(spec.fixed) - {spec.response} - grouping)
     done = set()
     for k, factor in enumerate(factors):
+        slopes = set().union(*(required_variables(b.expr) for b in spec.bars if b.factor == factor))
+        columns = [c for c in used if c not in slopes and c not in done and c in frame]
+        if not columns:
+            continue
         idx, labels = codes[factor]
         n_groups = len(labels)
-        slopes = set().union(*(required_variables(b.expr) for b in spec.bars if b.factor == factor))
         through_slopes = level2_candidates(spec.fixed, slopes) if slopes else set()
-        multi = np.bincount(idx, minlength=n_groups) >= 2
-        n_multi = int(multi.sum())
-        for column in used:
-            if column in grouping or column in slopes or column in done or column not in frame:
-                continue
+        n_multi = int(np.count_nonzero(np.bincount(idx, minlength=n_groups) >= 2))
+        first = _first_rows(idx, n_groups)
+        for column in columns:
             values = frame[column].to_numpy()
-            varying, example, first_values = within_group_variation(values, idx, n_groups)
+            varying, example, first_values = within_group_variation(values, idx, n_groups, first)
             if example is None:
                 continue
             n_vary = int(varying.sum())
@@ -707,6 +718,8 @@ def _check_column_types(frame, roles):
             )
         series = frame[name]
         dtype = series.dtype
+        if isinstance(dtype, np.dtype) and dtype.kind in "biuf":
+            continue  # plain numbers: nothing to say
         kind = _value_kind(series)
         if kind == "complex":
             raise DataError(
@@ -978,8 +991,59 @@ def _check_rank(M, names, what):
     if M.shape[1] == 0:
         return
     M = np.asarray(M, dtype=np.float64)
+    if not _rank_from_gram(M, names, what):
+        _rank_two_pass(M, names, what)
+
+
+def _rank_from_gram(M, names, what):
+    """:func:`_check_rank` from ``M'M`` and the column sums, when they are accurate enough; else False.
+
+    The usual design (an intercept, columns of moderate magnitude whose means are within a
+    few tens of their spreads) is judged from one cross-product, as fast as the check ever
+    was: centring ``M'M - s s' / n`` then loses about ``eps (1 + mean^2 / var)`` of each
+    correlation, and the verdict is taken only when that is far below the rank tolerance.
+    Anything else (no or several constant columns, a column nearly constant, tiny or huge
+    values, large means) goes to the two-pass computation.
+    """
     n, p = M.shape
-    hi, lo = M.max(axis=0), M.min(axis=0)
+    if p == 1 and names[0] == "Intercept":
+        return True
+    G = M.T @ M
+    if "Intercept" in names:  # the generated column of ones (a data column cannot take its name)
+        i = list(names).index("Intercept")
+        s = G[i]
+    else:
+        s = np.ones(n) @ M
+        i = -1
+    diag = G.diagonal()
+    eps = np.finfo(float).eps
+    if not (np.isfinite(G.sum()) and diag.min() >= n * _TINY**2 and diag.max() <= _HUGE**2):
+        return False
+    var = diag - s * s / n
+    suspect = np.flatnonzero(var <= 64 * eps * diag)
+    if len(suspect) != 1 or (i < 0 and M[:, suspect[0]].max() != M[:, suspect[0]].min()) or (0 <= i != suspect[0]):
+        return False
+    i = int(suspect[0])
+    rest = np.arange(p)
+    rest = rest[rest != i]
+    if len(rest) <= 1:  # one column beside the intercept, and not constant: nothing can depend
+        return True
+    C = G[rest][:, rest] - np.outer(s[rest], s[rest]) / n
+    v = C.diagonal()
+    if 100.0 * len(rest) * eps * float((diag[rest] / v).max()) > _RANK_TOL:
+        return False
+    d = 1.0 / np.sqrt(v)
+    intercept = (names[i], s[rest] / np.sqrt(n) * d, np.sqrt(diag[rest]) * d)
+    _judge(C * d[:, None] * d[None, :], [names[j] for j in rest], what, intercept=intercept)
+    return True
+
+
+def _rank_two_pass(M, names, what):
+    """:func:`_check_rank` on the columns scaled by their largest values and centred in two passes."""
+    n, p = M.shape
+    # column by column: NumPy reduces a tall, narrow array along its rows slowly
+    hi = np.array([M[:, j].max() for j in range(p)])
+    lo = np.array([M[:, j].min() for j in range(p)])
     peak = np.maximum(np.abs(hi), np.abs(lo))
     _check_magnitudes(peak, names, what)
     constant = np.flatnonzero(hi == lo)
@@ -998,7 +1062,8 @@ def _check_rank(M, names, what):
     cols = np.array(cover + centred, dtype=np.int64)
     if len(cols) == 0:
         return
-    mean = np.where(np.arange(len(cols)) >= len(cover), M.sum(axis=0)[cols] / peak[cols] / n, 0.0)
+    # a first estimate of the means; the second pass below removes what is left of them
+    mean = np.where(np.arange(len(cols)) >= len(cover), (np.ones(n) @ M)[cols] / peak[cols] / n, 0.0)
     G, t, squares = _scaled_gram(M, cols, peak[cols], mean)
     # the second pass: remove what rounding left of the means of the centred columns
     e = np.where(np.arange(len(cols)) >= len(cover), t, 0.0)
@@ -1025,13 +1090,16 @@ def _scaled_gram(M, cols, peak, shift, rows=1 << 16):
     Chunks keep the memory at a few MB whatever the number of rows.
     """
     p = len(cols)
-    G, t, squares = np.zeros((p, p)), np.zeros(p), np.zeros(p)
+    if p and np.array_equal(cols, np.arange(cols[0], cols[0] + p)):
+        cols = slice(int(cols[0]), int(cols[0]) + p)  # a view, not a copy, of each chunk
+    G, t = np.zeros((p, p)), np.zeros(p)
     for start in range(0, M.shape[0], rows):
-        scaled = M[start:start + rows][:, cols] / peak
-        squares += np.einsum("ij,ij->j", scaled, scaled)
+        scaled = M[start:start + rows, cols] / peak
         scaled -= shift
         G += scaled.T @ scaled
-        t += scaled.sum(axis=0)
+        t += np.ones(scaled.shape[0]) @ scaled
+    # the squares of the unshifted columns, only used to weigh the terms of a dependency
+    squares = np.diag(G) + 2.0 * shift * t + M.shape[0] * shift**2
     return G, t, squares
 
 
@@ -1213,7 +1281,7 @@ def _group_codes(frame, columns):
 
 def _check_distinct_labels(labels, describe, what, fix):
     """Raise if two groups (by value) share a label; ``describe(i)`` names group ``i``'s values."""
-    if len(labels) < 2:
+    if len(labels) < 2 or len(set(labels.tolist())) == len(labels):
         return
     _, first, counts = np.unique(np.asarray(labels, dtype=str), return_index=True, return_counts=True)
     if counts.max() == 1:

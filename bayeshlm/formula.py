@@ -544,6 +544,11 @@ def required_variables(rhs: str) -> set[str]:
     >>> sorted(required_variables("x * C(g) + center(w)"))
     ['g', 'w', 'x']
     """
+    return set(_required_variables(rhs))
+
+
+@functools.lru_cache(maxsize=256)
+def _required_variables(rhs):
     parsed = _parsed(rhs)
     found = set(parsed.required_variables)
     for term in parsed:
@@ -563,7 +568,7 @@ def required_variables(rhs: str) -> set[str]:
         root = var.split(".", 1)[0]
         if root not in TRANSFORMS:
             names.add(str(root))
-    return names
+    return frozenset(names)
 
 
 def model_matrix(rhs: str, data, *, context=None):
@@ -659,13 +664,17 @@ def as_float_columns(rhs: str, data):
         if dtype is None or is_bool_dtype(dtype):
             continue
         if is_integer_dtype(dtype) or (isinstance(dtype, np.dtype) and dtype.kind == "f" and dtype.itemsize < 8):
+            values = data[name].to_numpy()
+            if dtype.kind in "iu" and len(values) and max(abs(int(values.min())), abs(int(values.max()))) <= 1:
+                continue  # 0, 1 (and -1): no product, power or sum of a few such values overflows
             cast[name] = data[name].astype(np.float64)
     if not cast:
         return data
     return data.assign(**cast)
 
 
-def categorical_columns(rhs: str) -> set[str]:
+@functools.lru_cache(maxsize=256)
+def categorical_columns(rhs: str) -> frozenset[str]:
     """The columns a one-sided formula reads inside ``C(...)`` (categories by the user's choice).
 
     Examples
@@ -681,7 +690,7 @@ def categorical_columns(rhs: str) -> set[str]:
                     found.update(str(v).split(".", 1)[0] for v in get_required_variables(factor.expr, None))
                 except Exception:  # noqa: BLE001, S112 - formulaic reports bad code itself
                     continue
-    return found - set(TRANSFORMS) - {"contr", "C"}
+    return frozenset(found - set(TRANSFORMS) - {"contr", "C"})
 
 
 def level2_candidates(rhs: str, slopes):
@@ -704,7 +713,11 @@ def level2_candidates(rhs: str, slopes):
         Columns named as they are (no expression) that appear in at least one term, and in
         every term they appear in beside one of `slopes`; never a column of `slopes`.
     """
-    slopes = set(slopes)
+    return set(_level2_candidates(rhs, frozenset(slopes)))
+
+
+@functools.lru_cache(maxsize=256)
+def _level2_candidates(rhs, slopes):
     seen, alone = set(), set()
     for term in _parsed(rhs):
         names = [f.expr for f in term.factors if f.eval_method == f.EvalMethod.LOOKUP]
@@ -715,7 +728,7 @@ def level2_candidates(rhs: str, slopes):
             seen.add(name)
             if not with_slope:
                 alone.add(name)
-    return seen - alone
+    return frozenset(seen - alone)
 
 
 def plain_columns(rhs: str, data):

@@ -353,6 +353,16 @@ def _destination(tree, path):
     return beside
 
 
+def _is_zarr_array(path):
+    """True when the directory ``path`` is one Zarr array (version 2 or 3) rather than a group."""
+    if (path / ".zarray").is_file():
+        return True
+    try:
+        return json.loads((path / "zarr.json").read_text()).get("node_type") == "array"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _is_zarr_store(path):
     return any((path / name).is_file() for name in ("zarr.json", ".zgroup", ".zarray"))
 
@@ -520,6 +530,8 @@ def load(path, *, fmt=None):
             raise ResultFileError(f"cannot read {path}: a netCDF-3 file; results are netCDF-4 (HDF5) files")
         if head != _HDF5_SIGNATURE:
             raise ResultFileError(f"cannot read {path}: not a netCDF-4 (HDF5) file or Zarr store")
+    if fmt == "zarr" and _is_zarr_array(path):
+        raise ResultFileError(f"cannot read {path}: a single Zarr array, not a Zarr store of results (a group)")
     try:
         if fmt == "zarr":
             with xr.open_datatree(path, engine="zarr", consolidated=False) as tree:

@@ -77,12 +77,13 @@ class Report:
     def _diagnostic_lines(self):
         d = self.diagnostics
 
-        def num(key, fmt):
-            return "n/a" if d.get(key) is None else format(d[key], fmt)
+        def num(key, fmt, undefined):
+            where = key.replace("min_", "argmin_").replace("max_", "argmax_")
+            return f"n/a ({undefined})" if d.get(key) is None else f"{format(d[key], fmt)} ({d[where]})"
 
-        lines = [f" max R-hat {num('max_rhat', '.3f')} ({d['argmax_rhat']}); "
-                 f"min bulk ESS {num('min_ess_bulk', '.0f')} ({d['argmin_ess_bulk']}); "
-                 f"min tail ESS {num('min_ess_tail', '.0f')} ({d['argmin_ess_tail']})"]
+        lines = [f" max R-hat {num('max_rhat', '.3f', 'needs 2 chains of 4 draws')}; "
+                 f"min bulk ESS {num('min_ess_bulk', '.0f', 'needs 4 draws per chain')}; "
+                 f"min tail ESS {num('min_ess_tail', '.0f', 'needs 4 draws per chain')}"]
         lines += [f" WARNING: {w}" for w in self.warnings]
         return lines
 
@@ -203,7 +204,9 @@ def report(posterior, *, ci_prob=0.95):
     if diag["max_rhat"] is not None and diag["max_rhat"] > RHAT_LIMIT:
         warnings.append(f"R-hat above {RHAT_LIMIT} ({diag['argmax_rhat']}): the chains disagree; draw more")
     ess = [v for v in (diag["min_ess_bulk"], diag["min_ess_tail"]) if v is not None]
-    if ess and min(ess) < ESS_LIMIT:
+    if not ess:
+        warnings.append("too few draws to check convergence (an ESS needs 4 draws per chain): draw more")
+    elif min(ess) < ESS_LIMIT:
         warnings.append(f"an ESS below {ESS_LIMIT}: intervals are imprecise; draw more")
     if int(attrs.get("interrupted", 0)):
         warnings.append("the run was interrupted: the draws are those made before the interruption")

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 
+from bayeshlm.memory import check_memory
 from bayeshlm.results import group_selection, to_datatree
 from samplers.driver import init_state, run_chains
 from samplers.sweep import METHOD_GIBBS, METHOD_MH
@@ -170,6 +171,8 @@ def sample(
     ------
     SamplingError
         When a factorisation fails in a way the sampler cannot step around.
+    bayeshlm.memory.InsufficientMemoryError
+        Before sampling, when the draws would need more memory than is available.
 
     Examples
     --------
@@ -216,6 +219,9 @@ def sample(
                     f"({n_groups} groups of {factor!r}, block of {size}); use method='mh'"
                 )
 
+    # refuse, before any work, a run whose draws cannot fit in memory
+    check_memory(model, draws=draws, chains=chains, keep_group_draws=keep_group_draws,
+                 group_moments=bool(group_moments), log_likelihood=log_likelihood)
     t_start = time.perf_counter()
     children = np.random.SeedSequence(seed).spawn(chains)
     rngs = [np.random.Generator(np.random.PCG64(s)) for s in children]

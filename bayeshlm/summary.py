@@ -47,7 +47,9 @@ def diagnostics(result):
         ``min_ess_bulk``, ``min_ess_tail``, ``max_rhat`` over all parameters (fixed effects,
         variance components, correlations and every group coefficient), the parameter
         attaining each, the sampling seconds, and ``min_ess_per_second``
-        (``min_ess_bulk`` over the sampling seconds).
+        (``min_ess_bulk`` over the sampling seconds). A diagnostic that is defined for no
+        parameter (an ESS with fewer than four draws per chain, R-hat with one chain) is
+        None, and its parameter too; ``min_ess_per_second`` is then NaN.
     """
     import arviz as az
 
@@ -78,7 +80,9 @@ def diagnostics(result):
         out[key.replace("min_", "argmin_").replace("max_", "argmax_")] = best_name
     seconds = float(result.attrs.get("sampling_time", np.nan))
     out["sampling_seconds"] = seconds
-    out["min_ess_per_second"] = out["min_ess_bulk"] / seconds if seconds > 0 else float("nan")
+    # with fewer than four draws per chain ArviZ defines no ESS (None here), and none per second
+    ess = out["min_ess_bulk"]
+    out["min_ess_per_second"] = ess / seconds if ess is not None and seconds > 0 else float("nan")
     return out
 
 

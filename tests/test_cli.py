@@ -5,15 +5,21 @@ script end to end. The REML references are lme4's fits of sleepstudy in
 tests/golden/lme4_fits.json (key ``sleepstudy_corr``, see tests/golden/README.md).
 """
 
+import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import xarray as xr
 
 import bayeshlm as bh
+import bayeshlm.__main__ as cli
 from bayeshlm.__main__ import main
+from bayeshlm.summary import diagnostics
 
 FORMULA = "reaction ~ days + (days | subject)"
 TINY = ["--chains", "2", "--draws", "100", "--warmup", "100"]
@@ -195,3 +201,283 @@ def test_console_script_end_to_end(sleep_csv, tmp_path):
     proc = subprocess.run([*command, "summary", str(out_file)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "Intercept" in proc.stdout and "days" in proc.stdout
+
+
+# --- issue 18, part 4: no uncaught exception, no crash ------------------------------------------
+
+TINY_DATA = {
+    "three_rows": pd.DataFrame({"y": [1.0, 2.0, 1.5], "x": [0.5, 0.7, 0.1], "g": ["a", "b", "b"]}),
+    "two_rows": pd.DataFrame({"y": [1.0, 2.0], "x": [0.5, 0.7], "g": ["a", "b"]}),
+    "one_row": pd.DataFrame({"y": [1.0], "x": [0.5], "g": ["a"]}),
+    "no_rows": pd.DataFrame({"y": [], "x": [], "g": []}),
+}
+
+
+def _one_error_line(err, code):
+    """Standard error holds only warnings and, for a failure, one error line at the end."""
+    lines = err.splitlines()
+    assert "Traceback" not in err
+    assert all(line.startswith(("bayeshlm: warning: ", "bayeshlm: error: ")) for line in lines), err
+    if code:
+        assert lines and lines[-1].startswith("bayeshlm: error: ") and sum("error:" in x for x in lines) == 1
+
+
+@pytest.mark.parametrize("data", sorted(TINY_DATA))
+@pytest.mark.parametrize("formula", ["y ~ x + (1 | g)", "y ~ x + (x | g)", "y ~ 1 + (1 | g)", "y ~ x"])
+@pytest.mark.parametrize("command", [["em"], ["em", "--method", "ml"], ["fit", "--quiet", *TINY]])
+def test_tiny_data_never_raises(tmp_path, capsys, data, formula, command):
+    path = tmp_path / f"{data}.csv"
+    TINY_DATA[data].to_csv(path, index=False)
+    extra = ["--out", tmp_path / "fit.nc"] if command[0] == "fit" else []
+    code, out, err = run(capsys, command[0], path, formula, *command[1:], *extra)
+    assert code in (0, 1, 2)  # a fit, a sampler failure (1) or a user error (2): never an exception
+    _one_error_line(err, code)
+
+
+def test_the_division_by_zero_of_an_ml_fit_on_three_rows(tmp_path, capsys):
+    """Three rows, two fixed effects, a group variance: the ML optimiser drives sigma^2 to 0.
+
+    Today the likelihood kernel divides by that zero; the command line says what it means.
+    Should the fit one day succeed, its summary is printed instead.
+    """
+    path = tmp_path / "three.csv"
+    TINY_DATA["three_rows"].to_csv(path, index=False)
+    code, out, err = run(capsys, "em", path, "y ~ x + (1 | g)", "--method", "ml")
+    _one_error_line(err, code)
+    if code:
+        assert code == 2 and out == ""
+        assert err.splitlines()[-1] == (
+            "bayeshlm: error: the ML fit failed numerically (ZeroDivisionError: division by zero) on 3 observations "
+            "with 2 fixed effects and 2 variance parameters: the data are too few or too extreme for this model; "
+            "simplify it (fewer random terms or predictors) or add data")
+    else:
+        assert "Fixed effects:" in out
+
+
+@pytest.mark.parametrize("command, target, what", [(["em"], "fit_em", "the REML fit"),
+                                                   (["fit", "--quiet", *TINY], "sample", "sampling")])
+def test_arithmetic_errors_of_a_fit_are_user_errors(sleep_csv, tmp_path, capsys, monkeypatch, command, target, what):
+    def divide(*args, **kwargs):
+        return 1 / 0
+
+    monkeypatch.setattr(bh, target, divide)
+    code, out, err = run(capsys, command[0], sleep_csv, FORMULA, *command[1:], "--out", tmp_path / "x.nc")
+    assert code == 2 and out == ""
+    assert err == (f"bayeshlm: error: {what} failed numerically (ZeroDivisionError: division by zero) on 180 "
+                   "observations with 2 fixed effects and 4 variance parameters: the data are too few or too extreme "
+                   "for this model; simplify it (fewer random terms or predictors) or add data\n")
+
+
+@pytest.mark.parametrize("draws", ["1", "3"])
+def test_too_few_draws_for_the_report_are_refused_before_sampling(sleep_csv, tmp_path, capsys, monkeypatch, draws):
+    monkeypatch.setattr(bh, "sample", lambda *a, **k: pytest.fail("sampled"))
+    code, out, err = run(capsys, "fit", sleep_csv, FORMULA, "--draws", draws, "--out", tmp_path / "fit.nc")
+    assert code == 2 and out == ""
+    assert err == (f"bayeshlm: error: --draws {draws}: the report's convergence checks (R-hat, ESS) need at least 4 "
+                   "draws per chain; ask for more (bayeshlm.sample accepts fewer)\n")
+    code, out, err = run(capsys, "demo", "--draws", draws)
+    assert code == 2 and err.startswith(f"bayeshlm: error: --draws {draws}: ")
+
+
+def test_four_draws_give_a_report(sleep_csv, tmp_path, capsys):
+    code, out, err = run(capsys, "fit", sleep_csv, FORMULA, "--draws", 4, "--chains", 1, "--warmup", 20,
+                         "--seed", 3, "--quiet", "--out", tmp_path / "fit.nc")
+    assert code == 0, err
+    assert "max R-hat n/a (needs 2 chains of 4 draws); min bulk ESS" in out
+
+
+@pytest.mark.filterwarnings("ignore:Found chain dimension to be longer than draw dimension")
+def test_the_report_of_a_single_draw(capsys):
+    """The library's report never fails for lack of draws: it says what it cannot compute."""
+    model = bh.hlm(FORMULA, bh.load_dataset("sleepstudy"))
+    post = bh.sample(model, draws=1, warmup=10, chains=2, seed=4, progress=False)
+    text = str(bh.report(post))
+    assert ("max R-hat n/a (needs 2 chains of 4 draws); min bulk ESS n/a (needs 4 draws per chain); "
+            "min tail ESS n/a (needs 4 draws per chain)") in text
+    assert "WARNING: too few draws to check convergence (an ESS needs 4 draws per chain): draw more" in text
+    assert diagnostics(post)["min_ess_bulk"] is None and np.isnan(diagnostics(post)["min_ess_per_second"])
+
+
+@pytest.mark.parametrize("draws", [10**8, 10**12])
+def test_draws_that_cannot_fit_in_memory_are_refused_before_sampling(sleep_csv, tmp_path, capsys, monkeypatch,
+                                                                     draws):
+    monkeypatch.setattr(bh, "sample", lambda *a, **k: pytest.fail("sampled"))
+    code, out, err = run(capsys, "fit", sleep_csv, FORMULA, "--draws", draws, "--out", tmp_path / "fit.nc")
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith(f"bayeshlm: error: 4 chains x {draws} draws need about ")
+    for text in ("of memory for the draws (posterior ", "is available; ask for fewer draws (--draws ",
+                 "--keep-group-draws 100 (with --group-moments", "--log-likelihood none"):
+        assert text in err, text
+
+
+def test_memory_options_reach_the_sampler(sleep_csv, tmp_path, capsys):
+    out_file = tmp_path / "fit.nc"
+    code, out, err = run(capsys, "fit", sleep_csv, FORMULA, *TINY, "--seed", 2, "--quiet", "--out", out_file,
+                         "--keep-group-draws", 5, "--group-moments", "--log-likelihood", "none")
+    assert code == 0, err
+    post = bh.load(out_file)
+    assert post.posterior.sizes["subject"] == 5
+    assert "group_moments" in post.children and "log_likelihood" not in post.children
+    with pytest.raises(SystemExit) as info:  # argparse's usage line and error
+        main(["fit", str(sleep_csv), FORMULA, "--keep-group-draws", "some"])
+    assert info.value.code == 2
+    assert "must be all, none or a number of groups, got 'some'" in capsys.readouterr().err
+
+
+def _foreign_files(tmp_path):
+    import h5py
+    import zarr
+
+    ds = xr.Dataset({"t": ("x", np.arange(3.0))}, attrs={"title": "another tool's file"})
+    ds.to_netcdf(tmp_path / "foreign.nc", engine="h5netcdf")
+    ds.to_zarr(tmp_path / "foreign.zarr", mode="w", consolidated=False)
+    arr = zarr.open_array(tmp_path / "array.zarr", mode="w", shape=(3,), dtype="f8")
+    arr[:] = 1.0
+    zarr.open_group(tmp_path / "v2.zarr", mode="w", zarr_format=2).create_array("a", shape=(3,), dtype="f8")
+    (tmp_path / "empty.zarr").mkdir()
+    with h5py.File(tmp_path / "plain.h5", "w") as f:
+        f["a"] = np.arange(3)
+    (tmp_path / "junk.nc").write_bytes(b"not a netCDF file at all")
+    (tmp_path / "old.nc").write_bytes(b"CDF\x01" + bytes(28))
+    from arviz_base import from_dict
+
+    from_dict({"posterior": {"mu": np.zeros((2, 10))}}).to_netcdf(tmp_path / "arviz.nc", engine="h5netcdf")
+
+
+NOT_OURS = "holds no result of bayeshlm fit or em (neither a posterior drawn by bayeshlm nor a REML/ML fit); " \
+           "for other ArviZ files use arviz.summary"
+
+
+@pytest.mark.parametrize("name, message", [
+    ("foreign.nc", "{p} " + NOT_OURS),
+    ("foreign.zarr", "{p} " + NOT_OURS),
+    ("plain.h5", "{p} " + NOT_OURS),
+    ("arviz.nc", "{p} " + NOT_OURS),
+    ("array.zarr", "cannot read {p}: a single Zarr array, not a Zarr store of results (a group)"),
+    ("v2.zarr", "cannot read {p} as a Zarr store of results: "),
+    ("empty.zarr", "cannot read {p} as a Zarr store of results: "),
+    ("junk.nc", "cannot read {p}: not a netCDF-4 (HDF5) file or Zarr store"),
+    ("old.nc", "cannot read {p}: a netCDF-3 file; results are netCDF-4 (HDF5) files"),
+])
+def test_summary_of_a_foreign_file_is_one_error_line(tmp_path, capsys, name, message):
+    _foreign_files(tmp_path)
+    path = tmp_path / name
+    code, out, err = run(capsys, "summary", path)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("bayeshlm: error: " + message.format(p=path))
+
+
+def test_summary_of_a_damaged_file(sleep_csv, tmp_path, capsys):
+    import h5py
+
+    out_file = tmp_path / "em.nc"
+    assert run(capsys, "em", sleep_csv, FORMULA, "--out", out_file)[0] == 0
+    with h5py.File(out_file, "r+") as f:
+        f.attrs["sigma"] = "1.0"
+    code, out, err = run(capsys, "summary", out_file)
+    assert code == 2 and out == ""
+    assert err.startswith(f"bayeshlm: error: {out_file} is damaged: /@attrs no longer match the checksums")
+
+
+def test_the_report_is_printed_before_the_file_is_written(sleep_csv, tmp_path, capsys, monkeypatch):
+    def full(result, path, **kwargs):
+        raise OSError(f"cannot write {path}: No space left on device")
+
+    monkeypatch.setattr(bh, "save", full)
+    code, out, err = run(capsys, "fit", sleep_csv, FORMULA, *TINY, "--seed", 1, "--quiet", "--out",
+                         tmp_path / "fit.nc")
+    assert code == 2
+    assert "Fixed effects (posterior mean" in out and "days" in out
+    assert err == f"bayeshlm: error: cannot write {tmp_path / 'fit.nc'}: No space left on device\n"
+
+
+_FULL_DISK_CLI = textwrap.dedent("""
+    import resource, signal, sys
+    import bayeshlm as bh
+    from bayeshlm.__main__ import main
+
+    real_save = bh.save
+
+    def save_on_a_full_disk(result, path, **kwargs):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.RLIM_INFINITY))
+        return real_save(result, path, **kwargs)
+
+    bh.save = save_on_a_full_disk
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+@pytest.mark.parametrize("command, name", [(["fit", *TINY, "--seed", "1", "--quiet"], "fit.nc"),
+                                           (["fit", *TINY, "--seed", "1", "--quiet"], "fit.zarr"),
+                                           (["em"], "em.nc")])
+def test_a_full_disk_during_save_is_an_error_not_a_crash(sleep_csv, tmp_path, command, name):
+    script = tmp_path / "full.py"
+    script.write_text(_FULL_DISK_CLI)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = subprocess.run([sys.executable, str(script), command[0], str(sleep_csv), FORMULA, *command[1:],
+                           "--out", str(out_dir / name)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-3000:]  # never -11 (SIGSEGV)
+    assert "days" in proc.stdout  # the report or the estimates came first
+    assert proc.stderr == (f"bayeshlm: error: cannot write {out_dir / name}: File too large (the disk is full, a "
+                           f"quota or a file-size limit was reached); nothing was written to {out_dir / name}\n")
+    assert list(out_dir.iterdir()) == []
+
+
+def test_an_interrupted_run_is_saved_beside_a_complete_result(sleep_csv, tmp_path, capsys, monkeypatch):
+    out_file = tmp_path / "fit.nc"
+    assert run(capsys, "fit", sleep_csv, FORMULA, *TINY, "--seed", 1, "--quiet", "--out", out_file)[0] == 0
+    complete = bh.load(out_file)
+    stopped = complete.isel(draw=slice(0, 30))
+    stopped.attrs = {**complete.attrs, "interrupted": 1}
+    monkeypatch.setattr(bh, "sample", lambda *a, **k: stopped)
+    code, out, err = run(capsys, "fit", sleep_csv, FORMULA, *TINY, "--out", out_file)
+    assert code == 1
+    beside = tmp_path / "fit.interrupted.nc"
+    assert err.splitlines() == [
+        f"bayeshlm: warning: the run was interrupted and {out_file} holds another result, which is kept; the draws "
+        f"of the interrupted run are saved to {beside}",
+        f"posterior saved to {beside}",
+        "bayeshlm: sampling was interrupted; the saved draws are incomplete",
+    ]
+    assert bh.load(out_file).posterior.sizes["draw"] == 100 and bh.load(beside).posterior.sizes["draw"] == 30
+
+
+def test_warnings_are_one_line_each(tmp_path, capsys):
+    path = tmp_path / "two.csv"
+    TINY_DATA["two_rows"].to_csv(path, index=False)
+    code, out, err = run(capsys, "em", path, "y ~ x + (1 | g)")
+    assert code == 0
+    lines = err.splitlines()
+    assert lines and all(line.startswith("bayeshlm: warning: ") for line in lines)
+    assert lines[0].startswith("bayeshlm: warning: every group of 'g' has a single row")
+
+
+def test_a_bug_is_one_line_too(sleep_csv, capsys, monkeypatch):
+    def broken(*args, **kwargs):
+        raise TypeError("unsupported operand type(s) for /: 'NoneType' and 'float'")
+
+    monkeypatch.setattr(cli, "report_text", broken)
+    tree = xr.DataTree()
+    tree.attrs.update({"inference_library": "bayeshlm", "sampler": "{}"})
+    monkeypatch.setattr(bh, "load", lambda path: tree)
+    monkeypatch.delenv("BAYESHLM_TRACEBACK", raising=False)
+    code, out, err = run(capsys, "summary", sleep_csv)
+    assert code == 1
+    assert err == ("bayeshlm: error: unexpected TypeError: unsupported operand type(s) for /: 'NoneType' and 'float' "
+                   "(a bug in bayeshlm: please report it with the command; BAYESHLM_TRACEBACK=1 shows where it "
+                   "happened)\n")
+    monkeypatch.setenv("BAYESHLM_TRACEBACK", "1")
+    with pytest.raises(TypeError):
+        main(["summary", str(sleep_csv)])
+
+
+def test_an_output_that_would_replace_a_directory_is_refused_before_sampling(sleep_csv, tmp_path, capsys,
+                                                                             monkeypatch):
+    monkeypatch.setattr(bh, "sample", lambda *a, **k: pytest.fail("sampled"))
+    (tmp_path / "results.nc").mkdir()
+    code, out, err = run(capsys, "fit", sleep_csv, FORMULA, "--out", tmp_path / "results.nc")
+    assert code == 2
+    assert err.startswith(f"bayeshlm: error: {tmp_path / 'results.nc'} is a directory; a netCDF result is a file")
+    os.rmdir(tmp_path / "results.nc")

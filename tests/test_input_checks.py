@@ -270,9 +270,11 @@ def test_rank_verdict_is_shift_and_scale_invariant(shift, scale, seed):
     n = 40
     x, z = rng.normal(size=n), rng.normal(size=n)
     F = np.column_stack([np.ones(n), scale * (x + shift), z])
-    from bayeshlm.data import _check_rank
+    from bayeshlm.data import _check_rank, _rank_two_pass
 
-    _check_rank(F, ["Intercept", "x", "z"], "fixed-effects design")  # full rank: accepted
-    dependent = np.column_stack([F, 2.5 * F[:, 1] - 3.0 * z])
-    with pytest.raises(DataError, match="rank deficient"):
-        _check_rank(dependent, ["Intercept", "x", "z", "w"], "fixed-effects design")
+    # the quick verdict from one cross-product (taken when it is accurate) and the two-pass one agree
+    for check in (_check_rank, _rank_two_pass):
+        check(F, ["Intercept", "x", "z"], "fixed-effects design")  # full rank: accepted
+        dependent = np.column_stack([F, 2.5 * F[:, 1] - 3.0 * z])
+        with pytest.raises(DataError, match="rank deficient"):
+            check(dependent, ["Intercept", "x", "z", "w"], "fixed-effects design")

@@ -428,9 +428,11 @@ def test_a_zarr_array_or_a_v2_group_is_refused_with_its_name(tmp_path):
     arr[:] = 1.0
     group = zarr.open_group(tmp_path / "v2.zarr", mode="w", zarr_format=2)
     group.create_array("a", shape=(3,), dtype="f8")
-    for name in ("array.zarr", "v2.zarr"):
-        with pytest.raises(bio.ResultFileError, match=rf"cannot read {tmp_path / name} as a Zarr store of results"):
-            bh.load(tmp_path / name)
+    with pytest.raises(bio.ResultFileError, match=rf"cannot read {tmp_path / 'array.zarr'}: a single Zarr array, "
+                                                  r"not a Zarr store of results \(a group\)$"):
+        bh.load(tmp_path / "array.zarr")
+    with pytest.raises(bio.ResultFileError, match=rf"cannot read {tmp_path / 'v2.zarr'} as a Zarr store of results"):
+        bh.load(tmp_path / "v2.zarr")
 
 
 @pytest.mark.parametrize("name, make, message", [

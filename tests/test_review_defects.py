@@ -204,3 +204,117 @@ def test_crossed_factors_get_no_nesting_suggestion():
     msg = str(info.value)
     assert "'plate' and 'sample' are crossed" in msg and "Crossed grouping factors are not supported yet" in msg
     assert "/" not in msg
+
+
+# ---------------------------------------------------------------------------
+# Shrinkage: like with like
+
+
+@pytest.fixture(scope="module")
+def instructors():
+    """Departments with many instructors each (strong data): EB barely moves a group's own estimate."""
+    data = bh.simulate_instructors(n_departments=30, instructors=(200, 200), params={"sigma": 0.05}, seed=12)
+    model = bh.hlm("evaluation ~ experience * class_size + research + (experience | department)", data)
+    eb = bh.fit_em(model, "reml")
+    post = bh.sample(model, draws=200, warmup=200, chains=2, seed=5, progress=False)
+    return data, model, eb, post
+
+
+def _by_department(data, model, column):
+    return data.groupby("department")[column].first().loc[list(model.design.group_labels)].to_numpy()
+
+
+def test_shrinkage_totals_include_level_two_predictors(instructors):
+    data, model, eb, post = instructors
+    with pytest.raises(ValueError, match=r"fixed part has terms that are not random coefficients of 'department' "
+                                         r"\(class_size, research, experience:class_size\).*pass model="):
+        bh.shrinkage_table(post, eb)
+    table = bh.shrinkage_table(post, eb, model=model, kind="total")
+    assert list(table.columns) == ["ols", "eb_implied", "eb", "post_mean", "post_sd"]
+    f = eb.fixed
+    size, research = _by_department(data, model, "class_size"), _by_department(data, model, "research")
+    intercept = table.xs("Intercept", level="coef")
+    slope = table.xs("experience", level="coef")
+    # the coefficient equations of level 2, cross-level interaction included
+    np.testing.assert_allclose(intercept["eb_implied"], f["Intercept"] + f["class_size"] * size
+                               + f["research"] * research, rtol=1e-9)
+    np.testing.assert_allclose(slope["eb_implied"], f["experience"] + f["experience:class_size"] * size, rtol=1e-9)
+    np.testing.assert_allclose(intercept["eb"], intercept["eb_implied"] + eb.group_means[:, 0], rtol=1e-12)
+    # each department's own least squares, from its rows
+    for j, label in enumerate(model.design.group_labels[:5]):
+        rows = data[data["department"] == label]
+        own = np.linalg.lstsq(np.column_stack([np.ones(len(rows)), rows["experience"]]), rows["evaluation"],
+                              rcond=None)[0]
+        np.testing.assert_allclose([intercept["ols"].iloc[j], slope["ols"].iloc[j]], own, rtol=1e-9)
+    # with strong data EB hardly shrinks: the totals sit on the groups' own estimates (reliability
+    # above 0.999, so within 0.01), while the fixed intercept plus the deviation misses the
+    # level-2 part g01 class_size + g02 research (median about 0.1)
+    assert np.max(np.abs(intercept["eb"] - intercept["ols"])) < 0.01
+    assert np.max(np.abs(slope["eb"] - slope["ols"])) < 1e-3
+    old = f["Intercept"] + eb.group_means[:, 0]
+    assert np.median(np.abs(old - intercept["ols"].to_numpy())) > 0.05
+
+
+def test_posterior_totals_are_computed_draw_by_draw(instructors):
+    data, model, eb, post = instructors
+    table = bh.shrinkage_table(post, eb, model=model, kind="total")
+    a = post.posterior["fixed"].stack(s=("chain", "draw"))
+    u = post.posterior["department_effect"].stack(s=("chain", "draw")).sel(department_coef="Intercept")
+    size, research = _by_department(data, model, "class_size"), _by_department(data, model, "research")
+    draws = (a.sel(fixed_term="Intercept").values[None, :] + size[:, None] * a.sel(fixed_term="class_size").values
+             + research[:, None] * a.sel(fixed_term="research").values + u.values)
+    intercept = table.xs("Intercept", level="coef")
+    np.testing.assert_allclose(intercept["post_mean"], draws.mean(axis=1), rtol=1e-9)
+    np.testing.assert_allclose(intercept["post_sd"], draws.std(axis=1), rtol=1e-6)
+
+
+def test_deviation_table_holds_only_deviations(instructors):
+    data, model, eb, post = instructors
+    dev = bh.shrinkage_table(post, eb, model=model)
+    total = bh.shrinkage_table(post, eb, model=model, kind="total")
+    assert list(dev.columns) == ["eb", "eb_sd", "post_mean", "post_sd", "ols"]
+    np.testing.assert_array_equal(dev["eb"].to_numpy().reshape(-1, 2), eb.group_means)
+    np.testing.assert_allclose(dev["ols"], total["ols"] - total["eb_implied"], rtol=1e-12, atol=1e-12)
+    effect = post.posterior["department_effect"].mean(("chain", "draw")).values
+    np.testing.assert_allclose(dev["post_mean"].to_numpy().reshape(-1, 2), effect, rtol=1e-12)
+    with pytest.raises(ValueError, match="kind must be"):
+        bh.shrinkage_table(post, eb, model=model, kind="both")
+
+
+def test_shrinkage_plot_draws_totals_towards_each_groups_implied_value(instructors):
+    data, model, eb, post = instructors
+    fig = bh.plot_shrinkage(post, eb, "Intercept", model=model)
+    ax = fig.axes[0]
+    table = bh.shrinkage_table(post, eb, model=model, kind="total").xs("Intercept", level="coef")
+    order = np.argsort(table["ols"].to_numpy())
+    by_label = {line.get_label(): line.get_xdata() for line in ax.lines}
+    np.testing.assert_allclose(by_label["OLS (group alone)"], table["ols"].to_numpy()[order])
+    np.testing.assert_allclose(by_label["EB (REML)"], table["eb"].to_numpy()[order])
+    np.testing.assert_allclose(by_label["implied by the model, without the group's deviation"],
+                               table["eb_implied"].to_numpy()[order])
+    assert len(ax.get_legend().get_texts()) == 4
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    with pytest.raises(ValueError, match="pass model="):
+        bh.plot_shrinkage(post, eb)
+
+
+def test_shrinkage_of_nested_factors_adds_the_groups_above(pastes):
+    model = bh.hlm("strength ~ 1 + (1 | batch/cask)", pastes)
+    eb = bh.fit_em(model, "reml")
+    post = bh.sample(model, draws=100, warmup=100, chains=2, seed=2, progress=False)
+    with pytest.raises(ValueError, match="several grouping factors: .*pass model="):
+        bh.shrinkage_table(post, eb)
+    casks = bh.shrinkage_table(post, eb, model=model, kind="total")
+    batch_of = {lab: lab.split(":")[0] for lab in casks.index.get_level_values(0)}
+    batch_eb = {lab[len("batch="):]: eb.group_means[i, 1] for i, lab in enumerate(eb.labels["groups"])
+                if lab.startswith("batch=")}
+    implied = np.array([eb.fixed["Intercept"] + batch_eb[batch_of[lab]] for lab in casks.index.get_level_values(0)])
+    np.testing.assert_allclose(casks["eb_implied"], implied, rtol=1e-12)
+    means = pastes.groupby(["batch", "cask"])["strength"].mean()
+    ols = [means.loc[tuple(lab.split(":"))] for lab in casks.index.get_level_values(0)]
+    np.testing.assert_allclose(casks["ols"], ols, rtol=1e-12)
+    batches = bh.shrinkage_table(post, eb, model=model, factor="batch", kind="total")
+    np.testing.assert_allclose(batches["ols"], pastes.groupby("batch")["strength"].mean().loc[
+        list(batches.index.get_level_values(0))], rtol=1e-12)
