@@ -26,7 +26,7 @@ _check_arviz()
 from bayeshlm.chunked import hlm_stats  # noqa: E402
 from bayeshlm.compare import compare, plot_shrinkage, shrinkage_table  # noqa: E402
 from bayeshlm.compile import hlm  # noqa: E402
-from bayeshlm.data import DataError, Design, IdentificationWarning  # noqa: E402
+from bayeshlm.data import DataError, Design, GroupLevelWarning, IdentificationWarning  # noqa: E402
 from bayeshlm.datasets import list_datasets, load_dataset  # noqa: E402
 from bayeshlm.em import EMResult, fit_em  # noqa: E402
 from bayeshlm.evidence import (  # noqa: E402
@@ -39,7 +39,7 @@ from bayeshlm.formula import FormulaError, parse_formula  # noqa: E402
 from bayeshlm.hierarchy import Equation, Hierarchy  # noqa: E402
 from bayeshlm.io import load, save  # noqa: E402
 from bayeshlm.lrt import LRTResult, lrt, lrt_hierarchy  # noqa: E402
-from bayeshlm.model import Model  # noqa: E402
+from bayeshlm.model import Model, ModelMismatchError, model_from  # noqa: E402
 from bayeshlm.plots import plot_caterpillar, plot_compare, plot_ppc, plot_rank, plot_trace  # noqa: E402
 from bayeshlm.predict import (  # noqa: E402
     group_log_likelihood,
@@ -67,6 +67,7 @@ from bayeshlm.simulate import simulate_instructors, simulate_nested  # noqa: E40
 from bayeshlm.summary import summary  # noqa: E402
 
 __all__ = [
+    "GroupLevelWarning",
     "Hierarchy",
     "IdentificationWarning",
     "LKJ",
@@ -84,6 +85,7 @@ __all__ = [
     "InverseWishart",
     "LRTResult",
     "Model",
+    "ModelMismatchError",
     "Normal",
     "PriorError",
     "Report",
@@ -105,6 +107,7 @@ __all__ = [
     "marginal_group_log_likelihood",
     "marginal_likelihood",
     "marginal_likelihood_pooled",
+    "model_from",
     "parse_formula",
     "plot_caterpillar",
     "plot_compare",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from bayeshlm.model import check_result, check_same_model
 from bayeshlm.results import dim_name, flat_draws, grouping_factors
 
 
@@ -55,6 +56,7 @@ def compare(posterior, eb, *, ci_prob=0.95):
     >>> list(table.index[:2])
     ['fixed[Intercept]', 'fixed[days]']
     """
+    check_same_model(posterior, eb, "the posterior and the EM fit")
     post = posterior.posterior
     g = dim_name(posterior.attrs["grouping_factor"])
     rows = []
@@ -211,6 +213,10 @@ def shrinkage_table(posterior, eb, factor=None, *, model=None, kind="deviation")
     """
     if kind not in ("deviation", "total"):
         raise ValueError(f"kind must be 'deviation' or 'total', got {kind!r}")
+    check_same_model(posterior, eb, "the posterior and the EM fit")
+    if model is not None:
+        check_result(model, posterior, "the posterior")
+        check_result(model, eb, "the EM fit")
     factors = grouping_factors(posterior)
     if not factors:
         raise ValueError("the model has no grouping factor: there is nothing to shrink")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import chdtrc  # chi-square survival function (lighter to import than scipy.stats)
 
+from bayeshlm.model import check_result
 from samplers.tree import upward, workspace
 from samplers.types import flat_fixed_prior
 
