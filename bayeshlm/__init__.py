@@ -62,6 +62,7 @@ from bayeshlm.priors import (  # noqa: E402
     Uniform,
 )
 from bayeshlm.report import Report, report  # noqa: E402
+from bayeshlm.safe_formula import check_formula  # noqa: E402
 from bayeshlm.sample import SamplingError, sample  # noqa: E402
 from bayeshlm.simulate import simulate_instructors, simulate_nested  # noqa: E402
 from bayeshlm.summary import summary  # noqa: E402
@@ -93,6 +94,7 @@ __all__ = [
     "Uniform",
     "__version__",
     "bayes_factor",
+    "check_formula",
     "compare",
     "fit_em",
     "group_log_likelihood",

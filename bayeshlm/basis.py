@@ -201,6 +201,16 @@ class Basis:
         D, N = self._coef_parts()
         return (np.eye(D.size) - N) / D
 
+    def fixed_matrix_inverse(self):
+        """``M_F^{-1} = D (I + N)``, exactly."""
+        D, N = self._fixed_parts()
+        return D[:, None] * (np.eye(D.size) + N)
+
+    def coef_matrix_inverse(self):
+        """``M_X^{-1} = D (I + N)``, exactly."""
+        D, N = self._coef_parts()
+        return D[:, None] * (np.eye(D.size) + N)
+
     def fixed_to_user(self):
         """``(L, t)`` with ``a_user = L a + t`` for the fixed effects ``a`` in this basis."""
         L = self.y_scale * self.fixed_matrix()
@@ -260,8 +270,7 @@ class Basis:
 
     def coef_cov_from_user(self, T_user):
         """Inverse of :meth:`coef_cov`: ``L^{-1} T L^{-T}`` with ``L^{-1} = D (I + N) / s_y``."""
-        D, N = self._coef_parts()
-        Li = (D[:, None] * (np.eye(D.size) + N)) / self.y_scale
+        Li = self.coef_matrix_inverse() / self.y_scale
         return Li @ np.asarray(T_user) @ Li.T
 
     def residual_variance(self, s2, sigma_known):

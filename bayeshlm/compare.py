@@ -157,18 +157,30 @@ def _implied(model, k):
         np.add.at(out, anc, a)
         return out
 
+    # The statistics are in the kernels' basis (bayeshlm.basis: X_N = X M, F_N = F M_F,
+    # y_N = (y - c_y) / s_y); the projections are carried to the user's columns exactly:
+    # (X'WX)^-1 X'W F = M (X_N'W X_N)^-1 X_N'W F_N M_F^-1, and the own least squares of y is
+    # M (s_y beta_N + c_y gamma) with gamma that of the column of ones.
+    basis = model.basis
+    M = basis.coef_matrix()
+    M_inv = basis.coef_matrix_inverse()
+    Mk = M[cols, cols]
     A = gather(stats.XtX[:, cols, cols])
     ok = np.linalg.cond(A) < 1e12
     A_inv = np.full_like(A, np.nan)
     A_inv[ok] = np.linalg.inv(A[ok])
-    ols = np.einsum("gij,gj->gi", A_inv, gather(stats.Xty[:, cols]))
-    K = A_inv @ gather(stats.XtF[:, cols, :])
+    rhs = basis.y_scale * gather(stats.Xty[:, cols])
+    if basis.y_shift != 0.0:
+        rhs = rhs + basis.y_shift * gather(stats.XtF[:, cols, basis.fixed_intercept])
+    ols = np.einsum("gij,gj->gi", A_inv, rhs) @ Mk.T
+    K = Mk @ (A_inv @ gather(stats.XtF[:, cols, :])) @ basis.fixed_matrix_inverse()
     L = []
     up = np.arange(n_k)
     for m in range(k + 1, len(sizes)):
         up = design.parents[m - 1][up]
-        C = gather(stats.XtX[:, cols, starts[m]:starts[m + 1]])
-        L.append((A_inv @ C, up.copy(), m))
+        other = slice(starts[m], starts[m + 1])
+        C = gather(stats.XtX[:, cols, other])
+        L.append((Mk @ (A_inv @ C) @ M_inv[other, other], up.copy(), m))
     return ols, K, L
 
 

@@ -134,6 +134,8 @@ def tree_upward(stats, structure, s2, C, full, fixed, r, rtr, Lt, Ut, Acc, LA, c
     ok : bool
         False when a factorisation failed.
     """
+    if not s2 > 0.0:  # a level-1 variance that underflowed: no density (and no division by zero)
+        return -np.inf, False
     lp = structure.level_ptr
     npt = structure.node_ptr
     parent = structure.parent

@@ -104,6 +104,8 @@ def upward(stats, s2, C, fixed, L_out, LA_out, c_out):
     ok : bool
         False when a factorisation failed (``loglik`` is then ``-inf``).
     """
+    if not s2 > 0.0:  # a level-1 variance that underflowed: no density (and no division by zero)
+        return -np.inf, False
     n_groups = stats.n.shape[0]
     d = C.shape[0]
     p = fixed.lin.shape[0]
@@ -381,6 +383,8 @@ def loglik_given_a(stats, s2, C, r, rtr, L_scratch):
     loglik : float
     ok : bool
     """
+    if not s2 > 0.0:
+        return -np.inf, False
     n_groups, d = r.shape
     inv_s2 = 1.0 / s2
     n_obs = stats.scal[1]

@@ -9,6 +9,7 @@ standard errors and sigma to 1e-4 relative; group SDs to 5e-4 relative; correlat
 """
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -349,3 +350,16 @@ def test_estimates_match_lme4_run_to_tight_tolerances(lme4_tight, key, method):
         coef = "Intercept" if term == "(Intercept)" else term
         assert abs(fit.fixed[coef] - est) <= 1e-5 * r["fixef_se"][term], coef
         assert fit.fixed_se[coef] == pytest.approx(r["fixef_se"][term], rel=1e-5), coef
+
+
+def test_a_likelihood_without_maximum_is_reported_not_raised():
+    """Three rows fitted exactly by the fixed part: the likelihood grows without bound as sigma -> 0.
+
+    The level-1 variance underflows to 0 on the way; the passes then report no density
+    instead of dividing by zero, and the fit ends, not converged, with sigma at the bottom.
+    """
+    data = pd.DataFrame({"y": [1.0, 2.0, 4.0], "x": [0.0, 1.0, 3.0], "g": ["a", "a", "b"]})
+    for method in ("ml", "reml"):
+        fit = fit_em(bh.hlm("y ~ x + (1 | g)", data), method)
+        assert not fit.converged
+        assert fit.sigma < 1e-5
