@@ -13,6 +13,7 @@ import bayeshlm as bh
 from bayeshlm.formula import FormulaError
 from bayeshlm.io import check_destination
 from bayeshlm.memory import check_memory
+from bayeshlm.safe_formula import check_formula
 from bayeshlm.sample import METHODS
 
 READERS = {".csv": ",", ".txt": ",", ".tsv": "\t", ".parquet": None, ".pq": None}
@@ -164,8 +165,18 @@ def parse_prior(text):
         raise ValueError(f"--prior {text!r}: {err}") from err
 
 
+UNSAFE_HINT = ("; to evaluate the formula as Python code anyway (only a formula you trust: it can run any "
+               "command), pass --unsafe-formula")
+
+
 def build_model(args):
-    """The model of ``args.formula`` on ``args.data`` with the ``--missing``, ``--known-sd``, ``--prior`` options."""
+    """The model of ``args.formula`` on ``args.data`` with the ``--missing``, ``--known-sd``, ``--prior`` options.
+
+    The formula is checked first, before the data are read, in the safe mode of
+    :func:`bayeshlm.safe_formula.check_formula`, unless ``--unsafe-formula`` was given.
+    """
+    if not args.unsafe_formula:
+        check_formula(args.formula, hint=UNSAFE_HINT)
     data = read_data(args.data)
     priors = dict(parse_prior(text) for text in (args.prior or [])) or None
     return bh.hlm(args.formula, data, missing=args.missing, known_sd=args.known_sd, priors=priors)
@@ -265,7 +276,13 @@ def loglik_choice(text):
 def add_model_arguments(parser):
     """DATA, FORMULA and the options of :func:`bayeshlm.hlm` shared by ``fit`` and ``em``."""
     parser.add_argument("data", metavar="DATA", help="data file: .csv, .tsv, .txt, .parquet or .pq")
-    parser.add_argument("formula", metavar="FORMULA", help='model formula, e.g. "y ~ x + (x | group)"')
+    parser.add_argument("formula", metavar="FORMULA",
+                        help='model formula, e.g. "y ~ x + (x | group)"; checked in safe mode: column names, numbers, '
+                             "formula operators and known transforms (log, exp, np.sqrt, I(...) of arithmetic, "
+                             "C(...), center, scale, poly, bs, ...) only")
+    parser.add_argument("--unsafe-formula", action="store_true",
+                        help="evaluate the formula without the safe-mode check, as formulaic does: its Python "
+                             "(I(...), {...}) can then run any code with your rights; only for formulas you trust")
     parser.add_argument("--missing", choices=["raise", "drop"], default="raise",
                         help="rows with missing values in a used column: refuse them (default) or drop them")
     parser.add_argument("--known-sd", metavar="COLUMN", help="column of known level-1 standard deviations")
@@ -276,7 +293,12 @@ def add_model_arguments(parser):
 
 def make_parser():
     """The argument parser of the ``bayeshlm`` command."""
-    parser = argparse.ArgumentParser(prog="bayeshlm", description="Bayesian hierarchical linear models")
+    parser = argparse.ArgumentParser(
+        prog="bayeshlm", description="Bayesian hierarchical linear models",
+        epilog="A formula is code: formulaic evaluates the Python in it (I(...), {...}), and Python can run any "
+               "command. fit and em therefore check the formula first (safe mode: names, numbers, operators and "
+               "the transforms listed in bayeshlm.safe_formula.ALLOWED_CALLS) and refuse anything else, unless "
+               "given --unsafe-formula.")
     parser.add_argument("--version", action="version", version=f"bayeshlm {bh.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -480,6 +480,20 @@ def save(result, path, *, fmt=None):
 # --- reading ----------------------------------------------------------------------------------
 
 
+def _hdf5_head(path):
+    """The HDF5 signature when the file has one (at 0, or after a user block of 512, 1024, ... bytes), else the head."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        size = os.fstat(f.fileno()).st_size
+        offset = 512
+        while head != _HDF5_SIGNATURE and offset + 8 <= min(size, 2**24):
+            f.seek(offset)
+            if f.read(8) == _HDF5_SIGNATURE:
+                return _HDF5_SIGNATURE
+            offset *= 2
+    return head
+
+
 def _reason(err):
     """The first line of an error's text (HDF5 errors run over several)."""
     text = str(err).strip().splitlines()
@@ -524,8 +538,7 @@ def load(path, *, fmt=None):
     if fmt == "netcdf":
         if path.is_dir():
             raise ResultFileError(f"cannot read {path}: it is a directory, not a netCDF file (a Zarr store?)")
-        with open(path, "rb") as f:
-            head = f.read(8)
+        head = _hdf5_head(path)
         if head[:3] == b"CDF":
             raise ResultFileError(f"cannot read {path}: a netCDF-3 file; results are netCDF-4 (HDF5) files")
         if head != _HDF5_SIGNATURE:

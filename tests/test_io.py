@@ -453,3 +453,12 @@ def test_a_save_never_replaces_something_of_another_kind(post, tmp_path, name, m
 def test_a_missing_directory_is_named(post, tmp_path):
     with pytest.raises(FileNotFoundError, match=f"output directory does not exist: {tmp_path / 'absent'}"):
         bh.save(post, tmp_path / "absent" / "fit.nc")
+
+
+def test_a_netcdf_file_with_a_user_block_is_read(tmp_path):
+    """HDF5 allows a user block before its signature (at 512, 1024, ... bytes): still a netCDF-4 file."""
+    import h5py
+
+    with h5py.File(tmp_path / "block.nc", "w", userblock_size=512) as f:
+        f["a"] = np.arange(3.0)
+    np.testing.assert_array_equal(bh.load(tmp_path / "block.nc").to_dataset()["a"].values, np.arange(3.0))

@@ -1,10 +1,13 @@
 """The memory check of a sampler run (issue 18, part 4): the estimate, the memory available, the refusal."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
 import bayeshlm as bh
+from bayeshlm import memory
 from bayeshlm.memory import InsufficientMemoryError, available_memory, check_memory, draws_memory
 
 
@@ -102,7 +105,8 @@ def test_arguments_sample_refuses_are_left_to_sample(sleep_model):
         assert check_memory(sleep_model, available=0, **bad) is None
 
 
-def test_available_memory_reads_meminfo_and_the_control_group(tmp_path):
+def test_available_memory_reads_meminfo_and_the_control_group(tmp_path, monkeypatch):
+    monkeypatch.setattr(memory, "_address_space_available", lambda: None)  # whatever ulimit -v the tests run under
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:       16000000 kB\nMemFree:         1000000 kB\nMemAvailable:    8000000 kB\n")
     cgroup = tmp_path / "cgroup"
@@ -116,9 +120,10 @@ def test_available_memory_reads_meminfo_and_the_control_group(tmp_path):
     assert available_memory(meminfo=meminfo, cgroup=cgroup) == 1024**3  # a container's limit is smaller
 
 
-def test_available_memory_without_meminfo_falls_back_on_sysconf(tmp_path):
+def test_available_memory_without_meminfo_falls_back_on_sysconf(tmp_path, monkeypatch):
     import os
 
+    monkeypatch.setattr(memory, "_address_space_available", lambda: None)
     found = available_memory(meminfo=tmp_path / "absent", cgroup=tmp_path / "absent")
     expected = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     assert found is not None and abs(found - expected) <= 0.2 * expected  # free memory moves a little meanwhile
@@ -134,3 +139,18 @@ def test_many_groups_point_at_keeping_fewer_group_draws():
     assert parts["group_draws"] == 2 * 8 * 4 * 1000 * model.n_groups * 2  # about 2.2 GB
     with pytest.raises(InsufficientMemoryError, match=r"keep the draws of fewer groups: keep_group_draws=100"):
         check_memory(model, draws=1000, chains=4, log_likelihood=False, available=10**9)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="the process's size is read from /proc (Linux)")
+def test_an_address_space_limit_counts():
+    """Under ``ulimit -v`` the room left below the limit is what a run can use."""
+    import subprocess
+    import sys
+
+    script = ("import resource; from bayeshlm.memory import available_memory\n"
+              "used = next(int(x.split()[1]) * 1024 for x in open('/proc/self/status') if x.startswith('VmSize:'))\n"
+              "resource.setrlimit(resource.RLIMIT_AS, (used + 2**30, resource.RLIM_INFINITY))\n"
+              "print(available_memory())")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert 0 < int(proc.stdout) <= 2**30
