@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -185,11 +186,19 @@ class Basis:
                 N[intercept[i], i] = self.shift[lo + i]
         return D, N
 
-    def _fixed_parts(self):
+    @cached_property
+    def _fixed(self):
         return self._parts(1, self.n_fixed, [self.fixed_intercept] * self.n_fixed)
 
-    def _coef_parts(self):
+    @cached_property
+    def _coef(self):
         return self._parts(1 + self.n_fixed, self.n_coef, self.coef_intercept)
+
+    def _fixed_parts(self):
+        return self._fixed
+
+    def _coef_parts(self):
+        return self._coef
 
     def fixed_matrix(self):
         """``M_F``: ``F_basis = F M_F``."""
@@ -237,9 +246,12 @@ class Basis:
         Ds, Ns = self._fixed_parts()
         Do, No = other._fixed_parts()
         G = self._between(self.y_scale, Ds, Ns, other.y_scale, Do, No)
-        _, t_s = self.fixed_to_user()
-        _, t_o = other.fixed_to_user()
-        g = Do * ((np.eye(Do.size) + No) @ (t_s - t_o)) / other.y_scale
+        # t = c_y e_int, and (I + N_o) e_int = e_int (an intercept is never shifted)
+        g = np.zeros(Do.size)
+        shift = self.y_shift - other.y_shift
+        if shift != 0.0:
+            q = self.fixed_intercept if self.y_shift != 0.0 else other.fixed_intercept
+            g[q] = Do[q] * shift / other.y_scale
         return G, g
 
     def coef_map_to(self, other):
@@ -288,9 +300,9 @@ class Basis:
         also ``log |det(s_y M_F)|``, the Jacobian of the fixed effects it integrates.
         """
         offset = -float(n_obs) * math.log(self.y_scale)
-        if restricted and self.n_fixed:
-            L, _ = self.fixed_to_user()
-            offset += float(np.linalg.slogdet(L)[1])
+        if restricted and self.n_fixed:  # det(s_y (I - N) D^{-1}) = s_y^p / prod D, as det(I - N) = 1
+            D, _ = self._fixed_parts()
+            offset += self.n_fixed * math.log(self.y_scale) - float(np.sum(np.log(np.abs(D))))
         return offset
 
     def rows(self, y, F, X):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 from bayeshlm.basis import Basis
 from bayeshlm.data import Design
@@ -176,17 +177,21 @@ class Model:
 
     # ------------------------------------------------------------------ identity
     def identity(self) -> dict:
-        """What a result records of the model it was computed from.
+        """What a result records of the model it was computed from (a copy).
 
         The formula, response, fixed terms and random coefficients, grouping factors, a digest
         of every factor's group labels and their counts, the number of observations, whether
         the level-1 variances are known, and the priors in use. Two models with the same
         identity give the same posterior; :func:`check_result` compares it with a result's.
         """
+        return json.loads(self._identity_json)
+
+    @cached_property
+    def _identity_json(self) -> str:
         design = self.design
         labels = design.factor_labels or ((design.group_labels,) if design.coef_names else ())
         digest = hashlib.sha256("\x1e".join("\x1f".join(str(x) for x in lab) for lab in labels).encode())
-        return {
+        identity = {
             "formula": self.formula,
             "response": design.response,
             "fixed": list(self.fixed_names),
@@ -198,16 +203,21 @@ class Model:
             "sigma_known": self.sigma_known,
             "priors": self.prior_descriptions(),
         }
+        return json.dumps(identity, sort_keys=True)
 
     @property
     def fingerprint(self) -> str:
         """A short digest of :meth:`identity`."""
-        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(self._identity_json.encode()).hexdigest()[:16]
 
     def record(self) -> dict:
-        """How to compile this model again (:func:`model_from`): formula, options and the priors in full."""
+        """How to compile this model again (:func:`model_from`): formula, options and the priors in full (a copy)."""
+        return json.loads(self._record_json)
+
+    @cached_property
+    def _record_json(self) -> str:
         known = {k: self.options.get(k) for k in ("known_sd", "known_var")}
-        return {
+        return json.dumps({
             "formula": self.formula,
             "priors": priors_to_json(self.prior_spec),
             "prior_frame": None if self.prior_frame is None else frame_to_json(self.prior_frame),
@@ -216,7 +226,7 @@ class Model:
             "known_as_array": any(v is not None and not isinstance(v, str) for v in known.values()),
             "missing": self.options.get("missing", "raise"),
             "equations": self.equations,
-        }
+        })
 
 
 def result_identity(result):

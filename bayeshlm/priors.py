@@ -491,12 +491,9 @@ def _fixed_prior(resolved, frame, basis, fixed_names):
     normal densities of the ``phi_k``, times ``|det Lam|``, a normalised density of ``a``.
     """
     p = len(fixed_names)
-    own = Basis.identity(p, basis.n_coef)
-    G_u, g_u = basis.fixed_map_to(own)
-    G_c, g_c = basis.fixed_map_to(frame.centred)
-    Lam = G_u.copy()
-    o = g_u.copy()
+    Lam, o = basis.fixed_to_user()  # a_user = Lam a + o
     if frame.fixed_centred:
+        G_c, g_c = basis.fixed_map_to(frame.centred)
         q = frame.centred.fixed_intercept
         Lam[q], o[q] = G_c[q], g_c[q]
     D = np.zeros(p)
@@ -532,9 +529,8 @@ def prior_arrays(resolved, frame, basis, fixed_names, coef_names, block_sizes):
         sigma_kind, sigma_par = _sd_code(_scaled(resolved["sigma"], basis.y_scale), "sigma")
     else:
         sigma_kind, sigma_par = PRIOR_FLAT, (0.0, 0.0)
-    own = Basis.identity(len(fixed_names), d)
-    G_user = basis.coef_map_to(own)
-    G_centred = basis.coef_map_to(frame.centred)
+    G_user = basis.coef_to_user()
+    G_centred = basis.coef_map_to(frame.centred) if any(frame.block_centred) else None
     sd_kind = np.zeros(d, dtype=np.int64)
     sd_par = np.zeros((d, 2))
     n_blocks = len(block_sizes)
@@ -545,8 +541,8 @@ def prior_arrays(resolved, frame, basis, fixed_names, coef_names, block_sizes):
     iw_scale = np.zeros((d, d))
     for k, (lo, hi) in enumerate(_blocks(block_sizes)):
         G = (G_centred if frame.block_centred[k] else G_user)[lo:hi, lo:hi]
-        off = G - np.diag(np.diag(G))
-        diagonal = not np.any(np.abs(off) > 1e-12 * np.max(np.abs(np.diag(G))))
+        diag = np.abs(G.diagonal())
+        diagonal = bool(np.all(np.abs(G - np.diag(G.diagonal())) <= 1e-12 * diag.max()))
         if "cov" in resolved:
             block_iw[k] = 1
             block_eta[k] = float(resolved["cov"].nu)

@@ -302,8 +302,8 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
         "timings": json.dumps(timings),
         "sampling_time": timings["sampling_seconds"],
         "inference_library": "bayeshlm",
-        "model": json.dumps(model.identity()),
-        "model_record": json.dumps(model.record()),
+        "model": model._identity_json,
+        "model_record": model._record_json,
     }
     tree = _build(groups, coords, attrs)
     if kept_per_chain is not None:

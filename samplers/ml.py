@@ -18,14 +18,13 @@ LOG_2PI = np.log(2.0 * np.pi)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def profile_loglik(theta, stats, structure, priors, reml, tree, C, L, LA, c):
+def profile_loglik(theta, stats, structure, priors, reml, tree, C, L, LA, c, flat):
     """ML (fixed effects at their GLS value) or REML (integrated out) log-likelihood of ``theta``.
 
-    ``C``, ``L``, ``LA``, ``c`` are work arrays, left holding the factors at ``theta``.
-    Returns ``-inf`` where a factorisation fails.
+    ``C``, ``L``, ``LA``, ``c`` are work arrays, left holding the factors at ``theta``; ``flat``
+    is the flat prior of the fixed effects. Returns ``-inf`` where a factorisation fails.
     """
     p = c.shape[0]
-    flat = FixedPrior(np.zeros((p, p)), np.zeros(p), 0.0, p)
     s2, _ = decode_theta(theta, structure, priors, C)
     if tree is None:
         ll, ok = upward(stats, s2, C, flat, L, LA, c)
@@ -59,6 +58,7 @@ def loglik_and_gradient(theta, stats, structure, priors, reml, tree, grad):
     L = np.empty((n_groups if tree is None else 1, d, d))
     LA = np.empty((p, p))
     c = np.empty(p)
+    flat = FixedPrior(np.zeros((p, p)), np.zeros(p), 0.0, p)
     # one call site, so that profile_loglik is compiled inline here only: evaluation k = 0
     # is theta itself, then theta + h e_i and theta - h e_i for each i
     work = theta.copy()
@@ -68,7 +68,7 @@ def loglik_and_gradient(theta, stats, structure, priors, reml, tree, grad):
         if k > 0:
             h = 1e-4 * max(1.0, abs(theta[i]))
             work[i] = theta[i] + h if k % 2 == 1 else theta[i] - h
-        ll = profile_loglik(work, stats, structure, priors, reml, tree, C, L, LA, c)
+        ll = profile_loglik(work, stats, structure, priors, reml, tree, C, L, LA, c, flat)
         if k == 0:
             value = ll
         elif k % 2 == 1:
