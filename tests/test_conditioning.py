@@ -108,21 +108,15 @@ def _assert_maps_back(base, fit, sx, cx, sy, cy, n_obs, method):
 @pytest.mark.parametrize("method", ["reml", "ml"])
 @pytest.mark.parametrize("scale", SCALES)
 @pytest.mark.parametrize("shift", SHIFTS)
-def test_em_maps_back_under_shift_and_scale_of_the_slope_predictor(panel, shift, scale, method):
+@pytest.mark.parametrize("column", ["slope predictor", "response"])
+def test_em_maps_back_under_shift_and_scale(panel, column, shift, scale, method):
+    """Every shift and scale of the random slope's predictor, then of the response."""
+    change = {"sx": scale, "cx": shift} if column == "slope predictor" else {"sy": scale, "cy": shift}
     base = fit_em(bh.hlm(FORMULA, panel), method)
-    fit = fit_em(bh.hlm(FORMULA, _transformed(panel, sx=scale, cx=shift)), method)
+    fit = fit_em(bh.hlm(FORMULA, _transformed(panel, **change)), method)
     assert base.converged and fit.converged, fit.message
-    _assert_maps_back(base, fit, scale, shift, 1.0, 0.0, len(panel), method)
-
-
-@pytest.mark.parametrize("method", ["reml", "ml"])
-@pytest.mark.parametrize("scale", SCALES)
-@pytest.mark.parametrize("shift", SHIFTS)
-def test_em_maps_back_under_shift_and_scale_of_the_response(panel, shift, scale, method):
-    base = fit_em(bh.hlm(FORMULA, panel), method)
-    fit = fit_em(bh.hlm(FORMULA, _transformed(panel, sy=scale, cy=shift)), method)
-    assert base.converged and fit.converged, fit.message
-    _assert_maps_back(base, fit, 1.0, 0.0, scale, shift, len(panel), method)
+    full = {"sx": 1.0, "cx": 0.0, "sy": 1.0, "cy": 0.0, **change}
+    _assert_maps_back(base, fit, full["sx"], full["cx"], full["sy"], full["cy"], len(panel), method)
 
 
 @settings(max_examples=25)
