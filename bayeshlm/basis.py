@@ -305,6 +305,15 @@ class Basis:
             offset += self.n_fixed * math.log(self.y_scale) - float(np.sum(np.log(np.abs(D))))
         return offset
 
+    def response_cross(self, Xty, Xt1):
+        """``X_N'W y`` for the user's response, from the basis's ``X_N'W y_N`` and ``X_N'W 1``.
+
+        ``y = c_y + s_y y_N``; ``Xt1`` (the cross-products with the fixed part's intercept
+        column, None without one) is read only when the response is shifted, which it is
+        only beside an intercept.
+        """
+        return self.y_scale * Xty + (self.y_shift * Xt1 if self.y_shift != 0.0 else 0.0)
+
     def rows(self, y, F, X):
         """The rows ``(y, F, X)`` in this basis (copies)."""
         p = self.n_fixed

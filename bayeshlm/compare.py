@@ -169,9 +169,8 @@ def _implied(model, k):
     ok = np.linalg.cond(A) < 1e12
     A_inv = np.full_like(A, np.nan)
     A_inv[ok] = np.linalg.inv(A[ok])
-    rhs = basis.y_scale * gather(stats.Xty[:, cols])
-    if basis.y_shift != 0.0:
-        rhs = rhs + basis.y_shift * gather(stats.XtF[:, cols, basis.fixed_intercept])
+    q = basis.fixed_intercept
+    rhs = basis.response_cross(gather(stats.Xty[:, cols]), gather(stats.XtF[:, cols, q]) if q >= 0 else None)
     ols = np.einsum("gij,gj->gi", A_inv, rhs) @ Mk.T
     K = Mk @ (A_inv @ gather(stats.XtF[:, cols, :])) @ basis.fixed_matrix_inverse()
     L = []

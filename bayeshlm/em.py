@@ -472,9 +472,8 @@ def _group_ols_user(model, d1):
     ok = np.linalg.cond(M) < 1e12
     out = np.full((M.shape[0], d1), np.nan)
     if np.any(ok):
-        rhs = basis.y_scale * stats.Xty[ok, :d1]
-        if basis.y_shift != 0.0:
-            rhs = rhs + basis.y_shift * stats.XtF[ok, :d1, basis.fixed_intercept]
+        q = basis.fixed_intercept
+        rhs = basis.response_cross(stats.Xty[ok, :d1], stats.XtF[ok, :d1, q] if q >= 0 else None)
         beta = np.linalg.solve(M[ok], rhs[:, :, None])[:, :, 0]
         out[ok] = beta @ basis.coef_matrix()[:d1, :d1].T
     return out

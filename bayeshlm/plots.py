@@ -382,9 +382,6 @@ def plot_compare(posterior, eb, *, ci_prob=0.95, ax=None):
         The parameters are the y tick labels, top to bottom in the order of
         :func:`bayeshlm.compare`.
     """
-    from bayeshlm.model import check_same_model
-
-    check_same_model(posterior, eb, "the posterior and the EM fit")
     from scipy.stats import norm
 
     from bayeshlm.compare import compare

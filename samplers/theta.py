@@ -302,26 +302,6 @@ def sd_corr(T):
     return sd, corr
 
 
-def components(theta_draws, structure, priors, out_s2, out_sd, out_corr):
-    """Variance components of many draws of ``theta``, in the kernels' coordinates.
-
-    Parameters
-    ----------
-    theta_draws : ndarray of shape (n_draws, n_theta)
-    structure : Structure
-    priors : Priors
-        Unused: the components do not depend on the priors.
-    out_s2 : ndarray of shape (n_draws,)
-        Output: level-1 variance (1 when known).
-    out_sd : ndarray of shape (n_draws, n_coef)
-        Output: standard deviations of the group coefficients.
-    out_corr : ndarray of shape (n_draws, n_coef, n_coef)
-        Output: their correlation matrix (zero across blocks).
-    """
-    out_s2[:], T = covariances(theta_draws, structure)
-    out_sd[:], out_corr[:] = sd_corr(T)
-
-
 @njit(cache=True, nogil=True, inline="always")
 def _odd(x):
     parity = 0

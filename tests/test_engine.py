@@ -27,7 +27,7 @@ from samplers.linalg import (
 )
 from samplers.loglik import loglik_draws
 from samplers.suffstats import compute_suffstats, merge_suffstats
-from samplers.theta import components, decode_theta, encode_theta
+from samplers.theta import covariances, decode_theta, encode_theta, sd_corr
 from samplers.tree import draw_coefficients, loglik_given_a, residual_stats, upward
 from samplers.types import (
     PRIOR_FLAT,
@@ -837,11 +837,10 @@ def test_components_are_sds_and_correlations():
     rng = np.random.default_rng(12)
     blocks = (2, 1)
     structure = make_structure(blocks)
-    priors = make_priors(3, n_blocks=2)
     thetas = np.array([theta_from_factor(random_factor(rng, blocks), structure, rng.normal())
                        for _ in range(4)])
-    out_s2, out_sd, out_corr = np.empty(4), np.empty((4, 3)), np.empty((4, 3, 3))
-    components(thetas, structure, priors, out_s2, out_sd, out_corr)
+    out_s2, T_all = covariances(thetas, structure)
+    out_sd, out_corr = sd_corr(T_all)
     for s, theta in enumerate(thetas):
         T = np.zeros((3, 3))
         (_, _, _, _, T0), (_, _, _, _, T1) = reference_decode(theta, blocks, 0)
@@ -862,8 +861,8 @@ def test_components_agree_with_decode_theta(sigma_known):
     structure = make_structure(blocks, sigma_known=sigma_known)
     priors = make_priors(6, n_blocks=3)
     thetas = rng.normal(scale=1.5, size=(50, int(structure.theta_ptr[-1])))  # signed SDs included
-    out_s2, out_sd, out_corr = np.empty(50), np.empty((50, 6)), np.empty((50, 6, 6))
-    components(thetas, structure, priors, out_s2, out_sd, out_corr)
+    out_s2, T_all = covariances(thetas, structure)
+    out_sd, out_corr = sd_corr(T_all)
     C = np.empty((6, 6))
     for s, theta in enumerate(thetas):
         s2, _ = decode_theta(theta, structure, priors, C)
