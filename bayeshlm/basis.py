@@ -355,4 +355,7 @@ class Basis:
             FtF=BF.T @ stats.FtF @ BF,
             Fty=stats.Fty @ BF,
             scal=stats.scal.copy(),
+            FtF_g=np.einsum("qa,jqr,rb->jab", BF, stats.FtF_g, BF),
+            Fty_g=stats.Fty_g @ BF,
+            logw_g=stats.logw_g.copy(),
         )

@@ -13,7 +13,7 @@ import numbers
 import os
 import resource
 
-from bayeshlm.results import POINTWISE_LIMIT, group_selection
+from bayeshlm.results import group_selection, loglik_mode
 from samplers.driver import n_nodes_of
 from samplers.nested import two_level
 
@@ -59,12 +59,8 @@ def _size(n_bytes):
 
 
 def _loglik_mode(model, chains, draws, keep_group_draws, log_likelihood):
-    """The log-likelihood a run stores (as :func:`bayeshlm.sample` and the results resolve ``"auto"``)."""
-    if log_likelihood == "auto":
-        if keep_group_draws is not True or not model.rows_held:
-            return False
-        return "pointwise" if chains * draws * model.n_obs <= POINTWISE_LIMIT else "group"
-    return log_likelihood
+    """The log-likelihood a run stores (:func:`bayeshlm.results.loglik_mode`)."""
+    return loglik_mode(model, chains, draws, keep_group_draws, log_likelihood)
 
 
 def draws_memory(model, *, draws=1000, chains=4, keep_group_draws=True, group_moments=False, log_likelihood="auto"):
@@ -109,7 +105,7 @@ def draws_memory(model, *, draws=1000, chains=4, keep_group_draws=True, group_mo
     # per-chain buffers (theta, a, lp, acceptance) and their stacked copies in the result, plus
     # the derived sigma, SDs, correlation matrices and the correlations kept
     posterior = samples * (2 * (n_theta + p + 2) + 2 + d + d * d + n_pairs)
-    group_draws = 2 * samples * n_kept * d
+    group_draws = samples * n_kept * d  # one block, written by the chains and taken by the result as it is
     mode = _loglik_mode(model, chains, draws, keep_group_draws, log_likelihood)
     loglik = 0
     if mode:

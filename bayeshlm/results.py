@@ -12,9 +12,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pandas as pd
 import xarray as xr
+from xarray.indexes import PandasIndex
 
-from samplers.loglik import loglik_draws
+from samplers.loglik import group_loglik_stats, loglik_draws
 from samplers.nested import two_level
 from samplers.theta import covariances, sd_corr
 
@@ -58,10 +60,51 @@ def variance_components(model, theta):
     return model.basis.residual_variance(s2, model.sigma_known), sd, corr, T
 
 
-def _log_likelihood(model, s2, a, b, mode):
-    """Array (chain, draw, n_out) of log-likelihoods, rows summed into groups when mode is 'group'."""
-    design = model.design
+def group_stats_held(model):
+    """True when the model's statistics hold every group's ``F_j'W F_j``: group log-likelihoods need no rows."""
+    return model.stats.FtF_g.shape[0] == model.stats.n.shape[0]
+
+
+def loglik_mode(model, chains, draws, keep_group_draws, log_likelihood):
+    """The log-likelihood a run stores: ``"pointwise"``, ``"group"`` or False.
+
+    ``"auto"`` is pointwise when the rows are held and chains x draws x observations is at
+    most :data:`POINTWISE_LIMIT`, else by group, from the statistics (a cost per draw in
+    the groups, not the rows) or, when they do not hold every group's ``F_j'W F_j``, from
+    the rows; none when not every group's draws are kept.
+    """
+    if log_likelihood != "auto":
+        return log_likelihood
+    if keep_group_draws is not True:
+        return False
+    if model.rows_held and chains * draws * model.n_obs <= POINTWISE_LIMIT:
+        return "pointwise"
+    return "group" if model.rows_held or group_stats_held(model) else False
+
+
+def _in_parts(n_draws, fill):
+    """Call ``fill(lo, hi)`` on two halves of the draws in two threads (the kernels release the GIL)."""
+    n_parts = 2
+    bounds = np.linspace(0, n_draws, n_parts + 1).astype(int)
+    with ThreadPoolExecutor(max_workers=n_parts) as pool:
+        list(pool.map(lambda i: fill(bounds[i], bounds[i + 1]), range(n_parts)))
+
+
+def _log_likelihood(model, s2, a, b, mode, a_kernel=None):
+    """Array (chain, draw, n_out) of log-likelihoods, by observation or by finest group.
+
+    ``s2``, ``a`` and ``b`` (each finest group's full coefficient vector) are in the user's
+    units. By group, when the statistics hold every group's ``F_j'W F_j``, the values are
+    quadratic forms in them (:func:`samplers.loglik.group_loglik_stats`, a cost per draw
+    in the groups); otherwise, and pointwise, each row is read once per draw
+    (:func:`samplers.loglik.loglik_draws`). ``a_kernel``: the fixed effects in the
+    kernels' basis, when at hand (else mapped from ``a``).
+    """
     n_chains, n_draws = s2.shape
+    flat_s2 = s2.reshape(-1)
+    if mode == "group" and group_stats_held(model):
+        return _group_loglik(model, flat_s2, a, b, a_kernel).reshape(n_chains, n_draws, -1)
+    design = model.design
     w = np.ones(model.n_obs) if design.obs_var is None else 1.0 / design.obs_var
     log_w = np.log(w)
     if mode == "pointwise":
@@ -71,20 +114,62 @@ def _log_likelihood(model, s2, a, b, mode):
         out_idx = design.group_idx
         n_out = model.n_groups
     out = np.zeros((n_chains * n_draws, n_out))
-    flat_s2 = s2.reshape(-1)
     flat_a = a.reshape(-1, a.shape[-1])
     flat_b = b.reshape(n_chains * n_draws, *b.shape[2:])
-    n_parts = 2
-    bounds = np.linspace(0, flat_s2.shape[0], n_parts + 1).astype(int)
 
-    def part(i):
-        lo, hi = bounds[i], bounds[i + 1]
+    def fill(lo, hi):
         loglik_draws(design.y, design.F, design.X, design.group_idx, log_w, w,
                      flat_s2[lo:hi], flat_a[lo:hi], flat_b[lo:hi], out_idx, out[lo:hi])
 
-    with ThreadPoolExecutor(max_workers=n_parts) as pool:
-        list(pool.map(part, range(n_parts)))
+    _in_parts(flat_s2.shape[0], fill)
     return out.reshape(n_chains, n_draws, n_out)
+
+
+def _group_loglik(model, s2, a, b, a_kernel=None):
+    """``(n_draws, n_groups)`` log-likelihoods from the statistics, draws given in the user's units.
+
+    The draws are carried to the statistics' basis (``a = L a_N + t``, ``b = L_X b_N``;
+    docs/design.md, "The internal basis"; the group coefficients inside the kernel), where
+    the quadratic forms lose no precision to large or shifted columns.
+    """
+    basis, st = model.basis, model.stats
+    n = s2.shape[0]
+    if a_kernel is None:
+        L, t = basis.fixed_to_user()
+        a_kernel = np.linalg.solve(L, (a.reshape(n, -1) - t).T).T
+    a_kernel = np.ascontiguousarray(np.asarray(a_kernel, dtype=np.float64).reshape(n, -1))
+    n_groups = st.n.shape[0]
+    if b is None or b.shape[-1] == 0:
+        b = np.zeros((n, n_groups, 0))
+    b = np.ascontiguousarray(b.reshape(n, n_groups, -1), dtype=np.float64)
+    b_map = np.ascontiguousarray(basis.coef_matrix_inverse() / basis.y_scale)
+    if model.sigma_known:  # s2 = 1 in both units; w = s_y^2 w_user
+        s2N = np.ones(n)
+        log_s2_user = np.zeros(n)
+        log_w_shift = -2.0 * np.log(basis.y_scale)
+    else:
+        s2N = np.ascontiguousarray(s2 / basis.y_scale**2)
+        log_s2_user = np.log(s2)
+        log_w_shift = 0.0
+    out = np.empty((n, n_groups))
+
+    def fill(lo, hi):
+        group_loglik_stats(st.n, st.yty_g, st.Fty_g, st.FtF_g, st.Xty, st.XtF, st.XtX, st.logw_g, log_w_shift,
+                           s2N[lo:hi], log_s2_user[lo:hi], a_kernel[lo:hi], b[lo:hi], b_map, out[lo:hi])
+
+    _in_parts(n, fill)
+    return out
+
+
+def _stacked_group_draws(outputs, n_keep):
+    """The chains' group draws as one ``(chain, draw, group, coef)`` array, their common block when it is one."""
+    base = outputs[0].b.base
+    if (base is not None and base.ndim == 4 and base.shape[0] == len(outputs) and base.shape[1] == n_keep
+            and all(o.b.base is base for o in outputs)
+            and all(o.b.ctypes.data == base[c].ctypes.data and o.b.shape == base[c].shape
+                    for c, o in enumerate(outputs))):
+        return base
+    return np.stack([o.b[:n_keep] for o in outputs])
 
 
 def _factor_parts(model):
@@ -199,8 +284,9 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
       moves of the sweep).
     * ``log_likelihood``: the response's log-likelihood by observation (``obs``) or by
       group (``<g>``), as recorded in ``attrs["log_likelihood"]``.
-    * ``observed_data``: the response (``obs``); ``constant_data``: each observation's
-      group label and, when given, known standard deviation.
+    * ``observed_data``: the response (``obs``, each row's position in the data as given);
+      ``constant_data``: each observation's group code ``<g>_index`` (the position of its
+      group's label in the coordinate ``<g>``) and, when given, known standard deviation.
     * ``group_moments`` (when ``kept_per_chain``, the kept draws of each chain, is given):
       ``<g>_effect_mean`` and ``<g>_effect_sd`` (``chain``, ``<g>``, ``<g>_coef``), the
       running posterior mean and SD of every group's coefficients in each chain, and
@@ -210,7 +296,8 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
     design = model.design
     chains = len(outputs)
     theta = np.stack([o.theta[:n_keep] for o in outputs])
-    a = model.basis.fixed_values(np.stack([o.a[:n_keep] for o in outputs]))
+    a_kernel = np.stack([o.a[:n_keep] for o in outputs])
+    a = model.basis.fixed_values(a_kernel)
     n_theta = theta.shape[-1]
     d = len(design.coef_names)
     s2, sd, corr, _ = variance_components(model, theta.reshape(-1, n_theta))
@@ -225,7 +312,7 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
     dims = {"fixed": ["fixed_term"]}
     if not model.sigma_known:
         posterior["sigma"] = np.sqrt(s2)
-    b = np.stack([o.b[:n_keep] for o in outputs]) if keep_group_draws is not False else None
+    b = _stacked_group_draws(outputs, n_keep) if keep_group_draws is not False else None
     _, kept_pos = group_selection(model, keep_group_draws)
     offset = 0
     moments = {}
@@ -268,23 +355,13 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
             {},
         ),
     }
-    mode = log_likelihood
-    if mode == "auto":
-        mode = "pointwise" if chains * n_keep * model.n_obs <= POINTWISE_LIMIT else "group"
+    mode = loglik_mode(model, chains, n_keep, keep_group_draws, log_likelihood)
     response = design.response
     if mode:
-        ll = _log_likelihood(model, s2, a, None if b is None else finest_coefficients(model, b), mode)
+        ll = _log_likelihood(model, s2, a, None if b is None else finest_coefficients(model, b), mode,
+                             a_kernel=a_kernel)
         groups["log_likelihood"] = ({response: ll}, {response: ["obs"] if mode == "pointwise" else [g]})
-    if model.rows_held:
-        groups["observed_data"] = ({response: design.y}, {response: ["obs"]})
-    if model.rows_held:
-        constant = {}
-        for factor, _, labels, _ in _factor_parts(model):
-            idx = design.factor_idx[design.factors.index(factor)] if design.factors else design.group_idx
-            constant[f"{dim_name(factor)}_label"] = np.array([str(x) for x in labels])[idx]
-        if design.obs_var is not None:
-            constant["known_sd"] = np.sqrt(design.obs_var)
-        groups["constant_data"] = (constant, {name: ["obs"] for name in constant})
+    row_groups = _row_data(model) if model.rows_held else {}
     timings = {**timings, "results_seconds": time.perf_counter() - t0}
     attrs = {
         "formula": model.formula,
@@ -306,10 +383,55 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
         "model_record": model._record_json,
     }
     tree = _build(groups, coords, attrs)
+    for name, ds in row_groups.items():
+        tree[name] = xr.DataTree(ds)
     if kept_per_chain is not None:
         moments["n_draws"] = xr.DataArray(np.array(kept_per_chain, dtype=np.int64), dims=("chain",))
         tree["group_moments"] = xr.DataTree(xr.Dataset(moments, coords={"chain": np.arange(chains)}))
     return tree
+
+
+def _read_only(x):
+    """A read-only view of ``x``: a result shares the model's arrays, and must not change them."""
+    v = np.asarray(x).view()
+    v.flags.writeable = False
+    return v
+
+
+def _row_data(model):
+    """``{"observed_data", "constant_data"}`` Datasets of a model holding its rows, sharing its arrays.
+
+    Nothing is copied per row: the response and each row's group codes are read-only views
+    of the design, and the ``obs`` coordinate (each row's position in the data, as given)
+    is a range when no row was dropped, else an index built once per model. The group
+    codes index the group labels, given beside them as a coordinate (``<g>``).
+    """
+    design = model.design
+    coords = xr.Coordinates.from_xindex(PandasIndex(_obs_index(model), "obs"))
+    observed = xr.Dataset({design.response: ("obs", _read_only(design.y))}, coords=coords)
+    constant = {}
+    label_coords = {}
+    for factor, _, labels, _ in _factor_parts(model):
+        g = dim_name(factor)
+        idx = design.factor_idx[design.factors.index(factor)] if design.factors else design.group_idx
+        constant[f"{g}_index"] = ("obs", _read_only(idx))
+        label_coords[g] = [str(x) for x in labels]
+    if design.obs_var is not None:
+        constant["known_sd"] = ("obs", np.sqrt(design.obs_var))
+    ds = xr.Dataset(constant, coords=coords).assign_coords(label_coords)
+    return {"observed_data": observed, "constant_data": ds}
+
+
+def _obs_index(model):
+    """The ``obs`` coordinate's index: a range when every row was kept, else the kept rows' positions (cached)."""
+    rows = model.design.kept_rows
+    n = rows.shape[0]
+    if n == 0 or (rows[0] == 0 and rows[-1] == n - 1):  # increasing, distinct: the range 0 .. n-1
+        return pd.RangeIndex(n)
+    cache = model.__dict__.setdefault("_result_cache", {})
+    if "obs_index" not in cache:
+        cache["obs_index"] = pd.Index(np.asarray(rows))
+    return cache["obs_index"]
 
 
 def _build(groups, coords, attrs):

@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from bayeshlm.memory import check_memory
-from bayeshlm.results import group_selection, to_datatree
+from bayeshlm.results import group_selection, group_stats_held, loglik_mode, to_datatree
 from samplers.driver import init_state, run_chains
 from samplers.sweep import METHOD_GIBBS, METHOD_MH
 
@@ -150,10 +150,12 @@ def sample(
         draws): the ``group_moments`` group of the result, ``<g>_effect_mean`` and
         ``<g>_effect_sd`` by chain, group and coefficient, with ``n_draws`` per chain.
     log_likelihood : {"auto", "pointwise", "group", False}
-        Store the log-likelihood of each observation (``"pointwise"``), of each group's
-        observations (``"group"``), or none. ``"auto"``: pointwise unless
-        chains x draws x observations exceeds 2e7 values, else by group; none when not all
-        group draws are kept.
+        Store the log-likelihood of each observation (``"pointwise"``), of each finest
+        group's observations (``"group"``), or none. ``"auto"``: pointwise when the rows are
+        held and chains x draws x observations is at most 2e7 values, else by group; none
+        when not all group draws are kept. By group, the values are quadratic forms in each
+        group's statistics, kept when the model is compiled (also by ``hlm_stats``): the
+        cost per draw grows with the groups, not the rows.
     progress : bool
         Show a progress bar on standard error.
     n_threads : int, optional
@@ -196,10 +198,13 @@ def sample(
         if not isinstance(keep_group_draws, numbers.Integral):
             raise TypeError(f"keep_group_draws must be True, False or a number of groups, got {keep_group_draws!r}")
         keep_group_draws = _check_count("keep_group_draws", keep_group_draws, 1)
-    if log_likelihood == "auto" and (keep_group_draws is not True or not model.rows_held):
-        log_likelihood = False
-    if log_likelihood and not model.rows_held:
-        raise ValueError("the log-likelihood needs the rows, which a model from hlm_stats does not keep; "
+    log_likelihood = loglik_mode(model, chains, draws, keep_group_draws, log_likelihood)
+    if log_likelihood == "pointwise" and not model.rows_held:
+        raise ValueError("the pointwise log-likelihood needs the rows, which a model from hlm_stats does not "
+                         "keep; use log_likelihood='group' or False")
+    if log_likelihood == "group" and not (model.rows_held or group_stats_held(model)):
+        raise ValueError("the group log-likelihood needs the rows or every group's fixed-part statistics, "
+                         "which this model from hlm_stats does not keep (too many groups x fixed effects); "
                          "use log_likelihood=False")
     if log_likelihood and keep_group_draws is not True:
         raise ValueError("the log-likelihood needs the draws of all groups: set keep_group_draws=True "

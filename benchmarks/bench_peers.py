@@ -1,37 +1,45 @@
 """bayeshlm against other samplers and fitters: the same models, the same priors, one machine, one run.
 
-Systems (each (model, system) runs in its own interpreter, with a time limit):
+Systems (each (model, system/form) runs in its own interpreter, with one time limit for all):
 
-* ``bayeshlm``: :func:`bayeshlm.sample` with its default collapsed Metropolis-Hastings;
-* ``pymc``: PyMC's own NUTS (``nuts_sampler="pymc"``), non-centred group effects;
-* ``nutpie``: the same PyMC model compiled and sampled by nutpie;
-* ``numpyro``: the same PyMC model sampled by NumPyro's NUTS through JAX (``nuts_sampler="numpyro"``);
-* ``pymc_centered`` (eight schools only): the centred parameterisation with PyMC's NUTS;
-* ``stan`` and ``jags``: Stan (rstan) and JAGS (rjags) through ``Rscript``, the programs
-  generated from the same design arrays (``_stan_code``, ``_jags_code``): non-centred group
-  effects in Stan, centred in JAGS (its Gibbs sampler's natural form); JAGS runs its chains
-  one after another in one process. Debian: ``apt install r-cran-rstan r-cran-bh jags
-  r-cran-rjags``; Debian's BH package ships no ``include`` directory, which rstan looks
-  for: ``ln -s /usr/include /usr/lib/R/site-library/BH/include``. Skipped with a note when
-  R or the package is missing;
-* ``bayeshlm_em``, ``statsmodels`` and ``lme4``: REML fits (time and estimates only);
-  lme4 runs through ``Rscript`` when R and lme4 are installed (Debian: ``apt install
+* ``bayeshlm``: ``bh.sample(model)`` as a user calls it (default collapsed Metropolis-Hastings,
+  the default log-likelihood, the ArviZ result built), timed as a whole; the sampler's own
+  seconds are kept beside it;
+* ``nutpie``, ``numpyro``, ``pymc``: the same PyMC model sampled by nutpie, by NumPyro's NUTS
+  through JAX (``nuts_sampler="numpyro"``) and by PyMC's own NUTS, each in three forms (see
+  ``FORMS``): ``centred`` group effects, ``noncentred`` ones (standard normals scaled by the
+  covariance's Cholesky factor), and ``collapsed``, the finest factor's effects integrated
+  out analytically with a ``pm.Potential`` on per-group cross-products (``_pymc_collapsed``;
+  an evaluation costs a pass over the groups, not the rows), the group effects then drawn
+  given each posterior draw, which is counted in the peer's time;
+* ``stan`` (rstan) in the ``centred`` and ``noncentred`` forms, and ``jags`` (rjags) in the
+  centred form, its Gibbs sampler's natural one, through ``Rscript``, the programs generated
+  from the same design arrays (``_stan_code``, ``_jags_code``); JAGS runs its chains one after
+  another in one process. Debian: ``apt install r-cran-rstan r-cran-bh jags r-cran-rjags``;
+  Debian's BH package ships no ``include`` directory, which rstan looks for:
+  ``ln -s /usr/include /usr/lib/R/site-library/BH/include``. Skipped with a note when R or the
+  package is missing;
+* ``bayeshlm_em``, ``statsmodels`` and ``lme4``: REML fits (time and estimates only); lme4
+  runs through ``Rscript`` when R and lme4 are installed (Debian: ``apt install
   r-cran-lme4``), and is skipped with a note otherwise.
 
 NumPyro runs on JAX's CPU backend with 4 chains in parallel (``chain_method="parallel"``,
-which JAX needs told how many CPU devices to expose: done below before JAX is imported). The
-synthetic models have 50 rows per group; bayeshlm at ten million rows is in
-``bench_scale.py`` (no peer finishes the 1e6-row model within the time limit here). Install
-the Python peers with ``pip install -e '.[bench]'``.
+which JAX needs told how many CPU devices to expose: done below before JAX is imported).
+PyMC's own sampler compiles through PyTensor's C backend, which needs a BLAS it is told of:
+with OpenBLAS installed (Debian: ``apt install libopenblas-dev``) the worker sets
+``PYTENSOR_FLAGS=blas__ldflags=-lopenblas`` unless the flags are set already. The synthetic
+models have 50 rows per group. Install the Python peers with ``pip install -e '.[bench]'``.
 
-Priors (the same in every sampler; ``PRIORS`` below): normal on the fixed effects,
+Priors (the same in every sampler; the last entry of each ``MODELS`` row): normal on the fixed effects,
 half-normal on sigma and on every group SD, LKJ(2) on the correlations (in JAGS, which has
 no LKJ, as ``(1 + rho) / 2 ~ Beta(2, 2)``, the same distribution for a 2 x 2 block). Every sampler draws
-4 chains of 1000 draws after 1000 warm-up iterations. Reported per (model, system): setup
+4 chains of 1000 draws after 1000 warm-up iterations. Reported per (model, system/form): setup
 seconds (model building and compilation), sampling seconds, the minimum bulk and tail ESS
 over every scalar (fixed effects, sigma, group SDs and correlations, and every group
 coefficient), min-ESS per second of sampling, the largest R-hat, divergences, the peak
-memory of the process, and the posterior means of the fixed effects and SDs.
+memory of the process, and the posterior means of the fixed effects and SDs. A run stopped
+by the time limit is reported with the most it could have reached, draws / limit
+(``limit_bound``): a bound, never a ratio.
 
     python benchmarks/bench_peers.py                  # writes peers_results.json, PEERS_RESULTS.md
     python benchmarks/bench_peers.py --quick          # small draws, two models, to check it works
@@ -40,6 +48,7 @@ memory of the process, and the posterior means of the fixed effects and SDs.
 from __future__ import annotations
 
 import argparse
+import ctypes.util
 import importlib.util
 import json
 import os
@@ -70,8 +79,13 @@ MODELS = {
     "synthetic_1e6": ("synthetic:1000000", "y ~ x + (x | g)", None, (0.0, 10.0, 5.0, 5.0)),
 }
 SAMPLERS = ["bayeshlm", "nutpie", "numpyro", "pymc", "stan", "jags"]
+# each peer in every form a skilled user would try: both parametrisations of the group
+# effects and, where the language can express a likelihood of per-group statistics, the
+# collapsed model (group effects integrated out, drawn afterwards given each draw)
+FORMS = {"nutpie": ("centred", "noncentred", "collapsed"), "numpyro": ("centred", "noncentred", "collapsed"),
+         "pymc": ("centred", "noncentred", "collapsed"), "stan": ("centred", "noncentred"), "jags": ("centred",)}
 FITTERS = ["bayeshlm_em", "statsmodels", "lme4"]
-NEEDS = {"pymc": ("pymc",), "pymc_centered": ("pymc",), "nutpie": ("pymc", "nutpie"),
+NEEDS = {"pymc": ("pymc",), "nutpie": ("pymc", "nutpie"),
          "numpyro": ("pymc", "numpyro", "jax"), "statsmodels": ("statsmodels",)}
 NOT_RUN = {}
 
@@ -128,7 +142,12 @@ def _ess_summary(arrays):
 
 
 def run_bayeshlm(name, draws, warmup):
-    """Bayeshlm's default sampler on a model; setup includes loading the compiled kernels."""
+    """Bayeshlm's default sampler as a user calls it: ``bh.sample(model)``, the result built.
+
+    The time charged (``sampling_seconds``) is the whole call, defaults included (the
+    log-likelihood of ``log_likelihood="auto"``, the ArviZ result); the sampler's own time
+    is kept beside it (``sampler_seconds``). Setup includes loading the compiled kernels.
+    """
     import bayeshlm as bh
 
     source, formula, known, prior = MODELS[name]
@@ -137,7 +156,9 @@ def run_bayeshlm(name, draws, warmup):
     model = bh.hlm(formula, df, priors=bh_priors(prior), known_sd=known)
     bh.sample(model, draws=5, warmup=5, chains=1, seed=0, progress=False)  # load the compiled kernels
     setup = time.perf_counter() - t0
-    post = bh.sample(model, draws=draws, warmup=warmup, chains=4, seed=1, progress=False, log_likelihood=False)
+    t1 = time.perf_counter()
+    post = bh.sample(model, draws=draws, warmup=warmup, chains=4, seed=1, progress=False)
+    seconds = time.perf_counter() - t1
     p = post.posterior
     arrays = {v: p[v].values for v in p.data_vars}
     est = {f"fixed[{t}]": float(p["fixed"].sel(fixed_term=t).mean()) for t in model.fixed_names}
@@ -145,48 +166,78 @@ def run_bayeshlm(name, draws, warmup):
         if v.endswith("_sd"):
             for c in p[v].coords[p[v].dims[-1]].values:
                 est[f"{v}[{c}]"] = float(p[v].sel({p[v].dims[-1]: c}).mean())
-    return {"setup_seconds": setup, "sampling_seconds": float(post.attrs["sampling_time"]), "arrays": arrays,
-            "divergences": 0, "estimates": est}
+    return {"setup_seconds": setup, "sampling_seconds": seconds, "sampler_seconds": float(post.attrs["sampling_time"]),
+            "log_likelihood": post.attrs["log_likelihood"], "arrays": arrays, "divergences": 0, "estimates": est}
 
 
-def _pymc_model(name, centered=False):
-    """The PyMC version of a model, built from bayeshlm's design arrays (the same columns)."""
-    import pymc as pm
-
+def _design(name):
+    """The model's design and benchmark priors."""
     import bayeshlm as bh
 
     source, formula, known, prior = MODELS[name]
-    df = load_data(source)
-    design = bh.hlm(formula, df, known_sd=known).design
-    mean, fixed_sd, sigma_sd, sd_sd = prior
+    return bh.hlm(formula, load_data(source), known_sd=known).design, prior
+
+
+def _factors(design):
+    """Per grouping factor, finest first: ``(name, size, row codes, labels, first column of X)``."""
     factors = design.factors or (design.factor,)
     sizes = design.factor_sizes or (len(design.coef_names),)
     idx = design.factor_idx or (design.group_idx,)
     labels = design.factor_labels or (design.group_labels,)
+    out, col = [], 0
+    for factor, d, codes, labs in zip(factors, sizes, idx, labels, strict=True):
+        out.append((factor.replace(":", "_"), d, codes, labs, col))
+        col += d
+    return out
+
+
+def _group_cov(pm, g, d, sd_sd):
+    """The SDs (and for two coefficients the correlation) of a factor, with the benchmark's priors.
+
+    Returns ``(sds, chol)``: ``chol`` is the Cholesky factor of the covariance (None for one
+    coefficient).
+    """
+    if d == 1:
+        return pm.HalfNormal(f"{g}_sd", sd_sd), None
+    chol, corr, sds = pm.LKJCholeskyCov(f"{g}_chol", n=d, eta=2.0, sd_dist=pm.HalfNormal.dist(sd_sd, shape=d),
+                                        compute_corr=True)
+    pm.Deterministic(f"{g}_sd", sds)
+    pm.Deterministic(f"{g}_corr", corr[np.tril_indices(d, -1)])
+    return sds, chol
+
+
+def _pymc_model(name, form="noncentred"):
+    """The PyMC version of a model, built from bayeshlm's design arrays (the same columns).
+
+    ``form``: ``"centred"`` (group effects drawn from their normal), ``"noncentred"``
+    (standard normals scaled by the covariance's Cholesky factor) or ``"collapsed"`` (the
+    finest factor's effects integrated out: :func:`_collapsed_loglik`).
+    """
+    import pymc as pm
+
+    design, (mean, fixed_sd, sigma_sd, sd_sd) = _design(name)
+    if form == "collapsed":
+        return _pymc_collapsed(design, (mean, fixed_sd, sigma_sd, sd_sd)), design
     with pm.Model() as model:
         a = pm.Normal("fixed", mean, fixed_sd, shape=design.F.shape[1])
         mu = pm.math.dot(design.F, a)
-        col = 0
-        for factor, d, codes, labs in zip(factors, sizes, idx, labels, strict=True):
-            g = factor.replace(":", "_")
+        for g, d, codes, labs, col in _factors(design):
             X = design.X[:, col:col + d]
-            col += d
             n_g = len(labs)
+            sds, chol = _group_cov(pm, g, d, sd_sd)
             if d == 1:
-                tau = pm.HalfNormal(f"{g}_sd", sd_sd)
-                if centered:
-                    b = pm.Normal(f"{g}_effect", 0.0, tau, shape=n_g)
+                if form == "centred":
+                    b = pm.Normal(f"{g}_effect", 0.0, sds, shape=n_g)
                 else:
                     z = pm.Normal(f"{g}_z", 0.0, 1.0, shape=n_g)
-                    b = pm.Deterministic(f"{g}_effect", tau * z)
+                    b = pm.Deterministic(f"{g}_effect", sds * z)
                 mu = mu + X[:, 0] * b[codes]
             else:
-                chol, corr, sds = pm.LKJCholeskyCov(f"{g}_chol", n=d, eta=2.0,
-                                                    sd_dist=pm.HalfNormal.dist(sd_sd, shape=d), compute_corr=True)
-                pm.Deterministic(f"{g}_sd", sds)
-                pm.Deterministic(f"{g}_corr", corr[np.tril_indices(d, -1)])
-                z = pm.Normal(f"{g}_z", 0.0, 1.0, shape=(n_g, d))
-                b = pm.Deterministic(f"{g}_effect", pm.math.dot(z, chol.T))
+                if form == "centred":
+                    b = pm.MvNormal(f"{g}_effect", mu=np.zeros(d), chol=chol, shape=(n_g, d))
+                else:
+                    z = pm.Normal(f"{g}_z", 0.0, 1.0, shape=(n_g, d))
+                    b = pm.Deterministic(f"{g}_effect", pm.math.dot(z, chol.T))
                 mu = mu + (X * b[codes]).sum(axis=1)
         if design.obs_var is None:
             sigma = pm.HalfNormal("sigma", sigma_sd)
@@ -196,12 +247,143 @@ def _pymc_model(name, centered=False):
     return model, design
 
 
-def run_pymc(name, draws, warmup, sampler, centered=False):
-    """PyMC's NUTS, nutpie or NumPyro on the PyMC version of a model."""
+# --- the collapsed model ------------------------------------------------------------------------
+#
+# With the finest factor's coefficients b_j integrated out, group j's rows are
+# y_j ~ N(F_j a + m_j, s2 W_j^-1 + X_j T X_j'), m_j the coarser factors' (intercept) effects.
+# Woodbury's identity writes its log-density with M_j = T^-1 + X_j'W_j X_j / s2 and
+# r_j = y_j - F_j a - m_j:
+#   log|V_j| = n_j log s2 - sum log w + log|T| + log|M_j|,
+#   r_j'V_j^-1 r_j = r_j'W r_j / s2 - c_j'M_j^-1 c_j,   c_j = X_j'W r_j / s2,
+# every term a function of per-group cross-products: the cost of an evaluation grows with
+# the groups, not the rows, as in bayeshlm's own collapsed sampler.
+
+
+def collapsed_stats(design):
+    """Per-group cross-products (weighted) of the finest factor, for :func:`_pymc_collapsed` and the draws of b."""
+    parts = _factors(design)
+    _, d, codes, labs, col = parts[0]
+    G = len(labs)
+    w = np.ones(len(design.y)) if design.obs_var is None else 1.0 / design.obs_var
+    X, F, y = design.X[:, col:col + d], design.F, design.y
+    add = lambda v: np.stack([np.bincount(codes, weights=c, minlength=G) for c in v.reshape(len(y), -1).T],  # noqa: E731
+                             axis=-1)
+    XtX = add(np.einsum("ir,is->irs", X * w[:, None], X)).reshape(G, d, d)
+    XtF = add(np.einsum("ir,iq->irq", X * w[:, None], F)).reshape(G, d, F.shape[1])
+    first = np.full(G, -1)
+    first[codes[::-1]] = np.arange(len(codes))[::-1]
+    coarse = [(g, k_codes[first], len(k_labs)) for g, k_d, k_codes, k_labs, _ in parts[1:]]
+    if any(k_d != 1 for _, k_d, _, _, _ in parts[1:]):
+        raise ValueError("the collapsed form keeps coarser factors with one coefficient (an intercept)")
+    return {
+        "G": G, "d": d, "name": parts[0][0], "n_obs": len(y), "sum_log_w": float(np.log(w).sum()),
+        "XtX": XtX, "XtF": XtF, "Xty": add(X * (w * y)[:, None]), "Xt1": add(X * w[:, None]),
+        "yty": float(y @ (w * y)), "Fty": F.T @ (w * y), "FtF": (F * w[:, None]).T @ F,
+        "sy": np.bincount(codes, weights=w * y, minlength=G), "sF": add(F * w[:, None]),
+        "sw": np.bincount(codes, weights=w, minlength=G), "coarse": coarse,
+    }
+
+
+def _pymc_collapsed(design, prior):
+    """The PyMC model with the finest factor's coefficients integrated out (a ``pm.Potential``)."""
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    mean, fixed_sd, sigma_sd, sd_sd = prior
+    cs = collapsed_stats(design)
+    d = cs["d"]
+    with pm.Model() as model:
+        a = pm.Normal("fixed", mean, fixed_sd, shape=design.F.shape[1])
+        s2 = pm.HalfNormal("sigma", sigma_sd) ** 2 if design.obs_var is None else pt.constant(1.0)
+        sds, chol = _group_cov(pm, cs["name"], d, sd_sd)
+        m = pt.zeros(cs["G"])
+        for g, parent, n_k in cs["coarse"]:
+            tau = pm.HalfNormal(f"{g}_sd", sd_sd)
+            z = pm.Normal(f"{g}_z", 0.0, 1.0, shape=n_k)
+            u = pm.Deterministic(f"{g}_effect", tau * z)
+            m = m + u[parent]
+        Xr = (cs["Xty"] - pt.dot(cs["XtF"], a) - m[:, None] * cs["Xt1"]) / s2  # c_j, (G, d)
+        rr = (cs["yty"] - 2 * pt.dot(a, cs["Fty"]) + pt.dot(a, pt.dot(cs["FtF"], a))
+              - 2 * pt.sum(m * (cs["sy"] - pt.dot(cs["sF"], a))) + pt.sum(cs["sw"] * m**2))
+        if d == 1:
+            tau2 = sds**2
+            M = 1.0 / tau2 + cs["XtX"][:, 0, 0] / s2
+            logdet_T, logdet_M = cs["G"] * pt.log(tau2), pt.sum(pt.log(M))
+            quad = pt.sum(Xr[:, 0] ** 2 / M)
+        else:
+            T = pt.dot(chol, chol.T)
+            det_T = T[0, 0] * T[1, 1] - T[0, 1] ** 2
+            Ti = pt.stack([T[1, 1], -T[0, 1], T[0, 0]]) / det_T
+            m11 = Ti[0] + cs["XtX"][:, 0, 0] / s2
+            m12 = Ti[1] + cs["XtX"][:, 0, 1] / s2
+            m22 = Ti[2] + cs["XtX"][:, 1, 1] / s2
+            det_M = m11 * m22 - m12**2
+            logdet_T, logdet_M = cs["G"] * pt.log(det_T), pt.sum(pt.log(det_M))
+            quad = pt.sum((m22 * Xr[:, 0] ** 2 - 2 * m12 * Xr[:, 0] * Xr[:, 1] + m11 * Xr[:, 1] ** 2) / det_M)
+        n = cs["n_obs"]
+        logdet_V = n * pt.log(s2) - cs["sum_log_w"] + logdet_T + logdet_M
+        pm.Potential("y", -0.5 * (n * np.log(2 * np.pi) + logdet_V + rr / s2 - quad))
+    return model
+
+
+def collapsed_group_draws(cs, draws, rng):
+    """Draws of the finest factor's coefficients given each posterior draw: ``b_j | a, s2, T, m, y``.
+
+    ``b_j ~ N(M_j^-1 c_j, M_j^-1)``: what a user of the collapsed model computes after
+    sampling to have the group coefficients (their cost is counted in the peer's time).
+    ``draws``: ``fixed`` (S, p), ``s2`` (S,), ``T`` (S, d, d), ``m`` (S, G). Returns (S, G, d).
+    """
+    a, s2, T, m = draws["fixed"], draws["s2"], draws["T"], draws["m"]
+    XtX, d = cs["XtX"], cs["d"]
+    c = (cs["Xty"][None] - np.einsum("grq,sq->sgr", cs["XtF"], a) - m[..., None] * cs["Xt1"][None]) / s2[:, None, None]
+    z = rng.standard_normal(c.shape)
+    if d == 1:
+        M = 1.0 / T[:, 0, 0][:, None] + XtX[None, :, 0, 0] / s2[:, None]
+        return (c[..., 0] / M + z[..., 0] / np.sqrt(M))[..., None]
+    det_T = T[:, 0, 0] * T[:, 1, 1] - T[:, 0, 1] ** 2
+    m11 = (T[:, 1, 1] / det_T)[:, None] + XtX[None, :, 0, 0] / s2[:, None]
+    m12 = (-T[:, 0, 1] / det_T)[:, None] + XtX[None, :, 0, 1] / s2[:, None]
+    m22 = (T[:, 0, 0] / det_T)[:, None] + XtX[None, :, 1, 1] / s2[:, None]
+    det = m11 * m22 - m12**2
+    mean = np.stack([(m22 * c[..., 0] - m12 * c[..., 1]) / det, (m11 * c[..., 1] - m12 * c[..., 0]) / det], axis=-1)
+    l11 = np.sqrt(m11)  # M = L L'; L' x = z gives x ~ N(0, M^-1)
+    l21 = m12 / l11
+    l22 = np.sqrt(m22 - l21**2)
+    x2 = z[..., 1] / l22
+    x1 = (z[..., 0] - l21 * x2) / l11
+    return mean + np.stack([x1, x2], axis=-1)
+
+
+def _collapsed_effects(design, p, seed):
+    """The finest factor's coefficient draws ``(chain, draw, G, d)`` of a collapsed run's posterior ``p``."""
+    cs = collapsed_stats(design)
+    n_chain, n_draw = p["fixed"].shape[:2]
+    S = n_chain * n_draw
+    flat = lambda v: np.asarray(v).reshape(S, *np.asarray(v).shape[2:])  # noqa: E731
+    sd = flat(p[f"{cs['name']}_sd"]).reshape(S, -1)
+    if cs["d"] == 1:
+        T = (sd**2)[:, :, None]
+    else:
+        rho = flat(p[f"{cs['name']}_corr"]).reshape(S)
+        T = np.stack([np.stack([sd[:, 0] ** 2, rho * sd[:, 0] * sd[:, 1]], -1),
+                      np.stack([rho * sd[:, 0] * sd[:, 1], sd[:, 1] ** 2], -1)], axis=1)
+    m = np.zeros((S, cs["G"]))
+    for g, parent, _ in cs["coarse"]:
+        m += flat(p[f"{g}_effect"])[:, parent]
+    s2 = flat(p["sigma"]) ** 2 if "sigma" in p else np.ones(S)
+    draws = {"fixed": flat(p["fixed"]), "s2": s2, "T": T, "m": m}
+    rng = np.random.default_rng(seed)
+    out = np.concatenate([collapsed_group_draws(cs, {k: v[lo:lo + 500] for k, v in draws.items()}, rng)
+                          for lo in range(0, S, 500)])
+    return f"{cs['name']}_effect", out.reshape(n_chain, n_draw, cs["G"], cs["d"])
+
+
+def run_pymc(name, draws, warmup, sampler, form="noncentred"):
+    """PyMC's NUTS, nutpie or NumPyro on the PyMC version of a model in one of its forms."""
     import pymc as pm
 
     t0 = time.perf_counter()
-    model, design = _pymc_model(name, centered)
+    model, design = _pymc_model(name, form)
     if sampler == "nutpie":
         import nutpie
 
@@ -220,6 +402,12 @@ def run_pymc(name, draws, warmup, sampler, centered=False):
     p = post["posterior"] if not hasattr(post, "posterior") else post.posterior
     keep = [v for v in p.data_vars if v == "fixed" or v == "sigma" or v.endswith(("_sd", "_corr", "_effect"))]
     arrays = {v: p[v].values for v in keep}
+    extra = 0.0
+    if form == "collapsed":  # the group coefficients, drawn given each draw: part of the peer's time
+        t2 = time.perf_counter()
+        key, values = _collapsed_effects(design, {v: p[v].values for v in p.data_vars}, seed=1)
+        arrays[key] = values
+        extra = time.perf_counter() - t2
     stats = post["sample_stats"] if not hasattr(post, "sample_stats") else post.sample_stats
     div = int(np.asarray(stats["diverging"]).sum()) if "diverging" in stats else -1
     est = {f"fixed[{t}]": float(v) for t, v in zip(design.fixed_names, p["fixed"].values.mean((0, 1)), strict=True)}
@@ -228,8 +416,8 @@ def run_pymc(name, draws, warmup, sampler, centered=False):
             vals = np.atleast_1d(p[v].values.mean((0, 1)))
             for i, val in enumerate(vals):
                 est[f"{v}[{i}]"] = float(val)
-    return {"setup_seconds": setup, "sampling_seconds": seconds, "arrays": arrays, "divergences": div,
-            "estimates": est}
+    return {"setup_seconds": setup, "sampling_seconds": seconds + extra, "group_draw_seconds": extra,
+            "arrays": arrays, "divergences": div, "estimates": est}
 
 
 # --- Stan and JAGS through R -------------------------------------------------------------------
@@ -269,8 +457,8 @@ def _rdump(values):
     return "\n".join(lines) + "\n"
 
 
-def _stan_code(design, parts, prior):
-    """A Stan program (rstan 2.21 syntax) of the model, with the benchmark's priors."""
+def _stan_code(design, parts, prior, form="noncentred"):
+    """A Stan program (rstan 2.21 syntax) of the model, with the benchmark's priors, centred or not."""
     mean, fixed_sd, sigma_sd, sd_sd = prior
     data = ["int<lower=1> N;", "int<lower=1> P;", "matrix[N, P] F;", "vector[N] y;"]
     params = ["vector[P] fixed;"]
@@ -284,15 +472,26 @@ def _stan_code(design, parts, prior):
     for p in parts:
         k, d = p["k"], p["d"]
         data += [f"int<lower=1> G{k};", f"int<lower=1, upper=G{k}> g{k}[N];", f"matrix[N, {d}] X{k};"]
-        params += [f"vector<lower=0>[{d}] f{k}_sd;", f"matrix[{d}, G{k}] f{k}_z;"]
-        model += [f"f{k}_sd ~ normal(0, {sd_sd});", f"to_vector(f{k}_z) ~ std_normal();"]
-        if d == 1:
-            tparams.append(f"matrix[G{k}, 1] f{k}_effect = (f{k}_sd[1] * f{k}_z)';")
-        else:
+        params.append(f"vector<lower=0>[{d}] f{k}_sd;")
+        model.append(f"f{k}_sd ~ normal(0, {sd_sd});")
+        if d > 1:
             params.append(f"cholesky_factor_corr[{d}] f{k}_L;")
             model.append(f"f{k}_L ~ lkj_corr_cholesky(2);")
-            tparams.append(f"matrix[G{k}, {d}] f{k}_effect = (diag_pre_multiply(f{k}_sd, f{k}_L) * f{k}_z)';")
             gq.append(f"real f{k}_corr = multiply_lower_tri_self_transpose(f{k}_L)[2, 1];")
+        if form == "centred":
+            params.append(f"matrix[G{k}, {d}] f{k}_effect;")
+            if d == 1:
+                model.append(f"col(f{k}_effect, 1) ~ normal(0, f{k}_sd[1]);")
+            else:
+                model.append(f"for (j in 1:G{k}) f{k}_effect[j] ~ multi_normal_cholesky(rep_row_vector(0, {d}), "
+                             f"diag_pre_multiply(f{k}_sd, f{k}_L));")
+        else:
+            params.append(f"matrix[{d}, G{k}] f{k}_z;")
+            model.append(f"to_vector(f{k}_z) ~ std_normal();")
+            if d == 1:
+                tparams.append(f"matrix[G{k}, 1] f{k}_effect = (f{k}_sd[1] * f{k}_z)';")
+            else:
+                tparams.append(f"matrix[G{k}, {d}] f{k}_effect = (diag_pre_multiply(f{k}_sd, f{k}_L) * f{k}_z)';")
         mu += f" + rows_dot_product(X{k}, f{k}_effect[g{k}])"
     scale = "sigma" if design.obs_var is None else "obs_sd"
     model.append(f"y ~ normal({mu}, {scale});")
@@ -330,7 +529,7 @@ def _jags_code(design, parts, prior):
     return "model {\n  " + "\n  ".join(body) + "\n}\n"
 
 
-def run_r_sampler(name, draws, warmup, system):
+def run_r_sampler(name, draws, warmup, system, form="centred"):
     """Stan (rstan) or JAGS (rjags) through ``Rscript``: setup (compilation) and sampling seconds, and the draws."""
     import pandas as pd
 
@@ -353,7 +552,7 @@ def run_r_sampler(name, draws, warmup, system):
                                                                              if k != "zero2"}))
         out = tmp / "draws.csv"
         if system == "stan":
-            (tmp / "model.stan").write_text(_stan_code(design, parts, prior))
+            (tmp / "model.stan").write_text(_stan_code(design, parts, prior, form))
             script = f"""
 suppressPackageStartupMessages(library(rstan))
 d <- new.env(); source('{tmp}/data.R', local = d); d <- as.list(d)
@@ -483,24 +682,28 @@ def run_fitter(name, system):
 
 
 def worker(model, system, draws, warmup, out_path):
-    """Run one (model, system) in this process and write its JSON record."""
+    """Run one (model, system[/form]) in this process and write its JSON record."""
     t0 = time.perf_counter()
+    system, _, form = system.partition("/")
     if system == "bayeshlm":
         rec = run_bayeshlm(model, draws, warmup)
     elif system in ("pymc", "nutpie", "numpyro"):
+        if "PYTENSOR_FLAGS" not in os.environ and ctypes.util.find_library("openblas"):
+            # PyTensor's C backend (PyMC's own sampler) links a BLAS only when told where one is
+            os.environ["PYTENSOR_FLAGS"] = "blas__ldflags=-lopenblas"
         if system == "numpyro":  # before JAX is imported: one CPU device per chain
             os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-        rec = run_pymc(model, draws, warmup, system)
-    elif system == "pymc_centered":
-        rec = run_pymc(model, draws, warmup, "pymc", centered=True)
+        rec = run_pymc(model, draws, warmup, system, form)
     elif system in ("stan", "jags"):
-        rec = run_r_sampler(model, draws, warmup, system)
+        rec = run_r_sampler(model, draws, warmup, system, form)
     else:
         rec = run_fitter(model, system)
     if "arrays" in rec:
         bulk, tail, rhat = _ess_summary(rec.pop("arrays"))
         rec.update(min_ess_bulk=bulk, min_ess_tail=tail, max_rhat=rhat,
                    min_ess_per_second=min(bulk, tail) / rec["sampling_seconds"])
+        if "sampler_seconds" in rec:
+            rec["min_ess_per_sampler_second"] = min(bulk, tail) / rec["sampler_seconds"]
     rec["wall_seconds"] = time.perf_counter() - t0
     rec["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     Path(out_path).write_text(json.dumps(rec))
@@ -520,20 +723,21 @@ def run(models, systems, draws, warmup, limit):
     results = {}
     for model in models:
         results[model] = {}
-        names = list(systems) + (["pymc_centered"] if model == "eight_schools" and "pymc" in systems else [])
-        for system in names:
+        names = [f"{system}/{form}" if form else system for system in systems for form in FORMS.get(system, ("",))]
+        for name in names:
+            system = name.partition("/")[0]
             missing = [m for m in NEEDS.get(system, ()) if importlib.util.find_spec(m) is None]
             if system in R_PACKAGES and not _r_has(R_PACKAGES[system][0]):
-                results[model][system] = {"skipped": f"R package {R_PACKAGES[system][0]} not found "
-                                                     f"(Debian: apt install {R_PACKAGES[system][1]})"}
-                print(model, system, results[model][system], flush=True)
+                results[model][name] = {"skipped": f"R package {R_PACKAGES[system][0]} not found "
+                                                   f"(Debian: apt install {R_PACKAGES[system][1]})"}
+                print(model, name, results[model][name], flush=True)
                 continue
             if missing:
-                results[model][system] = {"skipped": f"{', '.join(missing)} not installed (pip install -e '.[bench]')"}
+                results[model][name] = {"skipped": f"{', '.join(missing)} not installed (pip install -e '.[bench]')"}
                 continue
             with tempfile.TemporaryDirectory() as tmp:
                 out = Path(tmp) / "r.json"
-                cmd = [sys.executable, __file__, "--worker", model, system, str(draws), str(warmup), str(out)]
+                cmd = [sys.executable, __file__, "--worker", model, name, str(draws), str(warmup), str(out)]
                 # its own session, so that a time limit also stops the peer's worker processes
                 proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                         start_new_session=True)
@@ -547,16 +751,63 @@ def run(models, systems, draws, warmup, limit):
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.communicate()
                     rec = {"skipped": f"time limit of {limit} s reached", "limit_seconds": limit}
-            results[model][system] = rec
+            results[model][name] = rec
             brief = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in rec.items() if k != "estimates"}
-            print(model, system, brief, flush=True)
+            print(model, name, brief, flush=True)
     return results
 
 
-def table(results):
-    """Markdown tables: samplers with ratios to the best peer, then the REML fitters."""
+def limit_bound(rec, n_draws):
+    """The most a run stopped by its time limit could have reached: ``n_draws / limit`` min-ESS/s, else None.
+
+    A run stopped at ``L`` seconds would, had it finished at that moment with a minimum ESS
+    equal to its number of draws (the most NUTS gives on the worst of many parameters),
+    have reached ``n_draws / L``: a bound, not a measurement.
+    """
+    limit = rec.get("limit_seconds")
+    return n_draws / limit if limit else None
+
+
+def summarise(recs, n_draws):
+    """One model's peer comparison: each peer's best form, the best peer overall, and bounds.
+
+    Returns a dict with ``ours`` (bayeshlm's min-ESS/s on the time of ``bh.sample`` as a user
+    calls it), ``ours_sampler`` (on the sampler's own time), ``peers``: per peer
+    ``{"row": (form, min-ESS/s) of its best row-level form or None, "collapsed": ...,
+    "stopped": [forms stopped by the limit], "failed": [...]}``, ``best``: ``(peer/form,
+    min-ESS/s)`` over every finished peer form, and ``bound``: ``(peer/form, n_draws /
+    limit)``, the largest bound of a stopped form, or None.
+    """
+    ours = recs.get("bayeshlm", {})
+    out = {"ours": ours.get("min_ess_per_second"), "ours_sampler": ours.get("min_ess_per_sampler_second"),
+           "peers": {}, "best": None, "bound": None}
+    for name, rec in recs.items():
+        system, _, form = name.partition("/")
+        if system not in FORMS:
+            continue
+        peer = out["peers"].setdefault(system, {"row": None, "collapsed": None, "stopped": [], "failed": []})
+        if "min_ess_per_second" in rec:
+            value = rec["min_ess_per_second"]
+            slot = "collapsed" if form == "collapsed" else "row"
+            if peer[slot] is None or value > peer[slot][1]:
+                peer[slot] = (form, value)
+            if out["best"] is None or value > out["best"][1]:
+                out["best"] = (name, value)
+        elif (bound := limit_bound(rec, n_draws)) is not None:
+            peer["stopped"].append(form)
+            if out["bound"] is None or bound > out["bound"][1]:
+                out["bound"] = (name, bound)
+        elif "skipped" in rec:
+            peer["failed"].append(f"{form}: {rec['skipped']}")
+    return out
+
+
+def table(results, n_draws=4000):
+    """Markdown tables: every (peer, form) with its ratio, each peer's best forms, then the REML fitters."""
     lines = ["## Samplers", "",
-             "| model | system | setup (s) | sampling (s) | min bulk ESS | min tail ESS | min-ESS/s | max R-hat "
+             "bayeshlm's time is that of `bh.sample(model)` as a user calls it (defaults, result built); the sampler's "
+             "own seconds are in brackets. Ratios are bayeshlm's min-ESS/s over the peer's.", "",
+             "| model | system/form | setup (s) | sampling (s) | min bulk ESS | min tail ESS | min-ESS/s | max R-hat "
              "| divergences | peak MB | bayeshlm / this |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for model, recs in results.items():
@@ -565,12 +816,29 @@ def table(results):
             if system in FITTERS:
                 continue
             if "skipped" in r:
-                lines.append(f"| {model} | {system} | {r['skipped']} |||||||||")
+                bound = limit_bound(r, n_draws)
+                note = f" (at most {bound:.2f} min-ESS/s: a bound)" if bound else ""
+                lines.append(f"| {model} | {system} | {r['skipped']}{note} |||||||||")
                 continue
-            ratio = "" if system == "bayeshlm" or not ours else f"{ours / r['min_ess_per_second']:.0f}x"
-            lines.append(f"| {model} | {system} | {r['setup_seconds']:.1f} | {r['sampling_seconds']:.2f} | "
-                         f"{r['min_ess_bulk']:.0f} | {r['min_ess_tail']:.0f} | {r['min_ess_per_second']:.0f} | "
+            ratio = "" if system == "bayeshlm" or not ours else f"{ours / r['min_ess_per_second']:.1f}x"
+            secs = f"{r['sampling_seconds']:.2f}"
+            if "sampler_seconds" in r:
+                secs += f" ({r['sampler_seconds']:.2f})"
+            elif r.get("group_draw_seconds"):
+                secs += f" (of which {r['group_draw_seconds']:.2f} drawing the group effects)"
+            lines.append(f"| {model} | {system} | {r['setup_seconds']:.1f} | {secs} | "
+                         f"{r['min_ess_bulk']:.0f} | {r['min_ess_tail']:.0f} | {r['min_ess_per_second']:.1f} | "
                          f"{r['max_rhat']:.3f} | {r['divergences']} | {r['peak_memory_mb']:.0f} | {ratio} |")
+    lines += ["", "## Each peer in its best form", "",
+              "| model | peer | best row-level form (min-ESS/s) | collapsed (min-ESS/s) | stopped at the limit |",
+              "|---|---|---|---|---|"]
+    for model, recs in results.items():
+        summary = summarise(recs, n_draws)
+        for peer, v in summary["peers"].items():
+            row = f"{v['row'][0]} ({v['row'][1]:.1f})" if v["row"] else "none finished"
+            col = f"{v['collapsed'][0]} ({v['collapsed'][1]:.1f})" if v["collapsed"] else (
+                "not expressible" if peer not in ("nutpie", "numpyro", "pymc") else "did not finish")
+            lines.append(f"| {model} | {peer} | {row} | {col} | {', '.join(v['stopped']) or ''} |")
     lines += ["", "## REML fits", "", "| model | system | seconds | log-likelihood | bayeshlm faster by |",
               "|---|---|---|---|---|"]
     for model, recs in results.items():
@@ -589,58 +857,38 @@ def table(results):
     return "\n".join(lines)
 
 
-def _still_described(updates, models, systems):
-    """The earlier ``--update`` runs of which some record is not replaced by this run's."""
-    replaced = {(m, s) for m in models for s in systems}
-    return [u for u in updates if not {(m, s) for m in u["models"] for s in u["systems"]} <= replaced]
-
-
-def _update_note(updates):
-    """One sentence per ``--update`` run, saying which records it replaced and how."""
-    return " ".join(f"Records of {', '.join(u['systems'])} on {', '.join(u['models'])} from a later run on "
-                    f"{u['date']} with a limit of {u['limit_seconds']:.0f} s (`--update`)." for u in updates)
+DEFAULT_LIMIT = 150.0  # seconds per (model, system/form), the same for every run of a table
 
 
 def main(argv=None):
-    """Run the harness, print the tables, write the JSON and Markdown files."""
+    """Run the harness, print the tables, write the JSON and Markdown files (always one whole run)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="100 draws, two small models")
     parser.add_argument("--models", nargs="*", default=None)
     parser.add_argument("--systems", nargs="*", default=None)
-    parser.add_argument("--limit", type=float, default=600.0, help="seconds allowed per (model, system)")
+    parser.add_argument("--limit", type=float, default=DEFAULT_LIMIT, help="seconds allowed per (model, system/form)")
     parser.add_argument("--out", type=Path, default=HERE)
-    parser.add_argument("--update", action="store_true",
-                        help="replace only the (model, system) records run now in the existing results")
     args = parser.parse_args(argv)
     draws = warmup = 100 if args.quick else 1000
     models = args.models or (["eight_schools", "radon"] if args.quick else list(MODELS))
     systems = args.systems or SAMPLERS + FITTERS
+    started = time.strftime("%Y-%m-%d %H:%M")
+    t0 = time.perf_counter()
     results = run(models, systems, draws, warmup, args.limit)
-    previous = args.out / "peers_results.json"
-    updates = []  # the later runs whose records replaced some of the first run's
-    if args.update and previous.exists():  # replace these (model, system) records in the last run
-        old = json.loads(previous.read_text())
-        merged = old["models"]
-        for model, recs in results.items():
-            merged.setdefault(model, {}).update(recs)
-        updates = _still_described(old.get("updates", []), models, systems) + [
-            {"systems": systems, "models": models, "date": time.strftime("%Y-%m-%d"), "limit_seconds": args.limit}]
-        results = merged
-        args.limit = old.get("limit_seconds", args.limit)
-    text = table(results)
+    text = table(results, 4 * draws)
     print(text)
     sys.path.insert(0, str(HERE))
     from bench_core import machine
 
     meta = {"machine": machine(), "draws": draws, "warmup": warmup, "chains": 4, "date": time.strftime("%Y-%m-%d"),
-            "limit_seconds": args.limit, "not_run": NOT_RUN, "updates": updates,
-            "update_note": _update_note(updates)}
+            "started": started, "run_minutes": (time.perf_counter() - t0) / 60, "limit_seconds": args.limit,
+            "not_run": NOT_RUN, "forms": FORMS}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "peers_results.json").write_text(json.dumps({**meta, "models": results}, indent=2))
-    header = (f"# bayeshlm against its peers\n\n`python benchmarks/bench_peers.py` on {meta['date']}: "
-              f"{meta['machine'].get('platform', '')}, {os.cpu_count()} CPUs. 4 chains x {draws} draws after "
-              f"{warmup} warm-up iterations, the same priors everywhere; each run in its own interpreter, "
-              f"limited to {args.limit:.0f} s. {meta['update_note']}".rstrip() + "\n\n")
+    header = (f"# bayeshlm against its peers\n\n`python benchmarks/bench_peers.py`, one run started {started} "
+              f"({meta['run_minutes']:.0f} minutes): {meta['machine'].get('platform', '')}, {os.cpu_count()} CPUs. "
+              f"4 chains x {draws} draws after {warmup} warm-up iterations, the same priors everywhere; each "
+              f"(model, system/form) in its own interpreter, limited to {args.limit:.0f} s.\n\n")
     (args.out / "PEERS_RESULTS.md").write_text(header + text + "\n")
     return 0
 

@@ -137,10 +137,10 @@ def run_chain(rng, state, stats, structure, priors, tree, method, mh_steps, warm
 class ChainOutput:
     """Draws of one chain (arrays indexed by kept draw) and how far it got."""
 
-    def __init__(self, n_keep, n_keep_b, n_theta, n_fixed, n_groups, n_coef, n_moment_groups=0):
+    def __init__(self, n_keep, n_keep_b, n_theta, n_fixed, n_groups, n_coef, n_moment_groups=0, b=None):
         self.theta = np.full((n_keep, n_theta), np.nan)
         self.a = np.full((n_keep, n_fixed), np.nan)
-        self.b = np.full((n_keep_b, n_groups, n_coef), np.nan)
+        self.b = np.full((n_keep_b, n_groups, n_coef), np.nan) if b is None else b
         self.b_moments = np.zeros((2 if n_moment_groups else 0, n_moment_groups, n_coef))
         self.lp = np.full(n_keep, np.nan)
         self.accept = np.full(n_keep, np.nan)
@@ -207,9 +207,13 @@ def run_chains(rngs, states, stats, structure, priors, *, method, mh_steps, warm
     else:
         b_rows = np.asarray(keep_group_draws, dtype=np.int64)
     n_keep_b = draws if b_rows.shape[0] else 0
+    # the chains' group draws as views of one block, (chain, draw, group, coef): the result takes
+    # the block as it is, without a copy of what is often the largest array of a run
+    b_block = np.full((n_chains, n_keep_b, b_rows.shape[0], d), np.nan)
     outputs = [
-        ChainOutput(draws, n_keep_b, n_theta, p, b_rows.shape[0], d, n_groups if group_moments else 0)
-        for _ in range(n_chains)
+        ChainOutput(draws, n_keep_b, n_theta, p, b_rows.shape[0], d, n_groups if group_moments else 0,
+                    b=b_block[c])
+        for c in range(n_chains)
     ]
     stop_event = threading.Event()
     tree = tree_flag(structure)

@@ -44,3 +44,66 @@ def loglik_draws(y, F, X, group_idx, log_w, w, s2, a, b, out_idx, out):
                 mu += X[i, k] * b[s, j, k]
             r = y[i] - mu
             out[s, out_idx[i]] += -0.5 * (LOG_2PI + log_s2 - log_w[i] + w[i] * r * r * inv_s2)
+
+
+@njit(cache=True, nogil=True)
+def group_loglik_stats(n, yty_g, Fty_g, FtF_g, Xty, XtF, XtX, logw_g, log_w_shift, s2, log_s2_user, a, b, b_map,
+                       out):
+    """Each group's log-likelihood at each draw from per-group statistics, never the rows.
+
+    The residual sum of squares of group ``j`` at ``(a, b_j)`` is the quadratic form
+
+        ``RSS_j = y'Wy - 2 a'F'Wy - 2 b_j'X'Wy + a'F'WF a + 2 b_j'X'WF a + b_j'X'WX b_j``
+
+    of its statistics (docs/design.md, "Per-group log-likelihood"), and
+
+        ``out[s, j] = -0.5 (n_j log(2 pi) + n_j log s2_user[s] - sum_j log w_user + RSS_j / s2[s])``.
+
+    Parameters
+    ----------
+    n, yty_g, Fty_g, FtF_g, Xty, XtF, XtX, logw_g
+        The :class:`~samplers.types.SuffStats` fields, in the statistics' basis.
+    log_w_shift : float
+        ``log w_user - log w`` for every row (the weights' change of units).
+    s2 : ndarray of shape (n_draws,)
+        Level-1 variance in the statistics' basis.
+    log_s2_user : ndarray of shape (n_draws,)
+        Its logarithm in the user's units.
+    a : ndarray of shape (n_draws, n_fixed)
+    b : ndarray of shape (n_draws, n_groups, n_coef)
+        Fixed effects in the statistics' basis, and each group's coefficients in any
+        coordinates ``b_user`` with ``b = b_map b_user`` in the statistics' basis (mapped here,
+        group by group, rather than copied in advance).
+    b_map : ndarray of shape (n_coef, n_coef)
+    out : ndarray of shape (n_draws, n_groups)
+        Written in place.
+    """
+    n_groups = n.shape[0]
+    p = a.shape[1]
+    d = b.shape[2]
+    bj = np.empty(d)
+    for s in range(s2.shape[0]):
+        inv_s2 = 1.0 / s2[s]
+        for j in range(n_groups):
+            for k in range(d):
+                acc = 0.0
+                for m in range(d):
+                    acc += b_map[k, m] * b[s, j, m]
+                bj[k] = acc
+            rss = yty_g[j]
+            for q in range(p):
+                acc = 0.0
+                for r in range(p):
+                    acc += FtF_g[j, q, r] * a[s, r]
+                rss += a[s, q] * (acc - 2.0 * Fty_g[j, q])
+            for k in range(d):
+                acc = -2.0 * Xty[j, k]
+                for q in range(p):
+                    acc += 2.0 * XtF[j, k, q] * a[s, q]
+                for m in range(d):
+                    acc += XtX[j, k, m] * bj[m]
+                rss += bj[k] * acc
+            if rss < 0.0:  # rounding, when the fit is all but exact
+                rss = 0.0
+            nj = n[j]
+            out[s, j] = -0.5 * (nj * LOG_2PI + nj * log_s2_user[s] - (logw_g[j] + nj * log_w_shift) + rss * inv_s2)

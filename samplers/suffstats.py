@@ -10,12 +10,23 @@ from numba import njit
 
 from samplers.types import SuffStats
 
+# Largest n_groups * n_fixed**2 for which the per-group F_j' W_j F_j are kept (160 MB); above
+# it the per-group log-likelihood is computed from the rows (docs/design.md, "Per-group
+# log-likelihood").
+GROUP_FIXED_LIMIT = 20_000_000
+
+
+def keeps_group_fixed(n_groups, n_fixed):
+    """True when the statistics of ``n_groups`` groups keep each group's ``F_j' W_j F_j``."""
+    return n_groups * n_fixed * n_fixed <= GROUP_FIXED_LIMIT
+
 
 @njit(cache=True, nogil=True)
-def _accumulate(y, F, X, g, w, shift, scale, n, XtX, XtF, Xty, yty_g, FtF, Fty, scal):
+def _accumulate(y, F, X, g, w, shift, scale, n, XtX, XtF, Xty, yty_g, FtF, Fty, scal, FtF_g, Fty_g, logw_g):
     n_obs = y.shape[0]
     p = F.shape[1]
     d = X.shape[1]
+    per_group = FtF_g.shape[0] > 0
     f = np.empty(p)
     x = np.empty(d)
     for i in range(n_obs):
@@ -30,7 +41,9 @@ def _accumulate(y, F, X, g, w, shift, scale, n, XtX, XtF, Xty, yty_g, FtF, Fty, 
         n[j] += 1.0
         yty_g[j] += wi * yi * yi
         scal[0] += wi * yi * yi
-        scal[2] += np.log(wi)
+        log_wi = np.log(wi)
+        scal[2] += log_wi
+        logw_g[j] += log_wi
         for r in range(d):
             xr = wi * x[r]
             Xty[j, r] += xr * yi
@@ -41,12 +54,18 @@ def _accumulate(y, F, X, g, w, shift, scale, n, XtX, XtF, Xty, yty_g, FtF, Fty, 
         for q in range(p):
             fq = wi * f[q]
             Fty[q] += fq * yi
+            Fty_g[j, q] += fq * yi
             for s in range(q + 1):
                 FtF[q, s] += fq * f[s]
+            if per_group:
+                for s in range(q + 1):
+                    FtF_g[j, q, s] += fq * f[s]
     scal[1] += n_obs
     for q in range(p):
         for s in range(q):
             FtF[s, q] = FtF[q, s]
+            for j in range(FtF_g.shape[0]):
+                FtF_g[j, s, q] = FtF_g[j, q, s]
 
 
 def compute_suffstats(y, F, X, group_idx, n_groups, weights=None, shift=None, scale=None):
@@ -92,6 +111,9 @@ def compute_suffstats(y, F, X, group_idx, n_groups, weights=None, shift=None, sc
         FtF=np.zeros((p, p)),
         Fty=np.zeros(p),
         scal=np.zeros(3),
+        FtF_g=np.zeros((n_groups if keeps_group_fixed(n_groups, p) else 0, p, p)),
+        Fty_g=np.zeros((n_groups, p)),
+        logw_g=np.zeros(n_groups),
     )
     width = 1 + p + d
     _accumulate(

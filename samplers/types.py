@@ -43,6 +43,15 @@ class SuffStats(NamedTuple):
         ``F' W y`` summed over all rows.
     scal : ndarray of shape (3,)
         ``[y' W y, n_obs, sum(log w)]``.
+    FtF_g : ndarray of shape (n_groups, n_fixed, n_fixed), or (0, n_fixed, n_fixed)
+        ``F_j' W_j F_j``, kept when ``n_groups * n_fixed**2`` is at most
+        :data:`samplers.suffstats.GROUP_FIXED_LIMIT` (else empty): with ``Fty_g`` and the
+        fields above, every group's residual sum of squares at any ``(a, b_j)`` is a
+        quadratic form, so per-group log-likelihoods never read the rows.
+    Fty_g : ndarray of shape (n_groups, n_fixed)
+        ``F_j' W_j y_j``.
+    logw_g : ndarray of shape (n_groups,)
+        ``sum(log w)`` over group ``j``'s rows.
     """
 
     n: np.ndarray
@@ -53,6 +62,9 @@ class SuffStats(NamedTuple):
     FtF: np.ndarray
     Fty: np.ndarray
     scal: np.ndarray
+    FtF_g: np.ndarray
+    Fty_g: np.ndarray
+    logw_g: np.ndarray
 
 
 class Structure(NamedTuple):

@@ -46,13 +46,16 @@ def test_chunks_equal_in_memory_model_draws_and_fit(hsb):
     assert full.rows_held and not part.rows_held
     _assert_same_model(full, part)
     opts = {"draws": 200, "warmup": 200, "chains": 2, "seed": 11, "progress": False}
-    p_full = bh.sample(full, log_likelihood=False, **opts)
-    p_part = bh.sample(part, **opts)
+    p_full = bh.sample(full, log_likelihood="group", **opts)
+    p_part = bh.sample(part, **opts)  # by default, the group log-likelihood from the statistics
     # same seed, statistics equal to rounding: the same chains to ~1e-8 (rounding, amplified)
     for name in ("fixed", "sigma", "school_sd", "school_corr", "school_effect"):
         np.testing.assert_allclose(p_part.posterior[name].values, p_full.posterior[name].values,
                                    rtol=1e-6, atol=1e-8, err_msg=name)
-    assert "observed_data" not in p_part.children and "log_likelihood" not in p_part.children
+    assert "observed_data" not in p_part.children and p_part.attrs["log_likelihood"] == "group"
+    # the chunks' statistics give each school's log-likelihood as the rows do (the draws agree to ~1e-8)
+    np.testing.assert_allclose(p_part.log_likelihood["mathach"].values, p_full.log_likelihood["mathach"].values,
+                               rtol=1e-6)
     e_full, e_part = bh.fit_em(full), bh.fit_em(part)
     for k in e_full.fixed:
         assert e_part.fixed[k] == pytest.approx(e_full.fixed[k], rel=1e-8)

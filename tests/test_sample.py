@@ -41,7 +41,9 @@ def test_groups_dims_and_coords(sleep_post, sleep_model):
     assert set(dt.sample_stats.data_vars) == {"lp", "accept_rate"}
     assert dt.log_likelihood["reaction"].dims == ("chain", "draw", "obs")
     assert dt.observed_data["reaction"].shape == (180,)
-    assert dt.constant_data["subject_label"].values[0] == "308"
+    cd = dt.constant_data
+    assert cd["subject"].values[cd["subject_index"].values[0]] == "308"
+    assert not cd["subject_index"].values.flags.writeable  # the model's own codes, shared read-only
     assert dt.attrs["log_likelihood"] == "pointwise"
     settings = json.loads(dt.attrs["sampler"])
     assert settings["seed"] == 5 and settings["chains"] == 3 and settings["method"] == "mh"
