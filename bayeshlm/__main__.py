@@ -316,7 +316,8 @@ def make_parser():
                        help="also keep every group's running posterior mean and SD (by chain)")
     p_fit.add_argument("--log-likelihood", type=loglik_choice, default="auto", metavar="auto|pointwise|group|none",
                        help="store the log-likelihood per observation, per group or not at all (default auto: "
-                            "per observation unless chains x draws x rows exceeds 2e7)")
+                            "per observation unless chains x draws x rows exceeds 2e7, else per group, from the "
+                            "groups' statistics)")
     p_fit.add_argument("--out", default="fit.nc", help="output file: .zarr for Zarr, else netCDF (default fit.nc)")
     p_fit.add_argument("--quiet", action="store_true", help="no progress bar")
     p_fit.set_defaults(run=fit)

@@ -257,8 +257,9 @@ def hlm_stats(formula, data, *, priors=None, missing="raise", known_sd=None, kno
 
     The model samples and fits exactly as :func:`bayeshlm.hlm` on the same data (to rounding:
     the sums are added in another order), while memory holds one piece of rows at a time
-    plus the per-group statistics. Without the rows it has no pointwise log-likelihood,
-    observed data or cluster-robust standard errors (``model.rows_held`` is False).
+    plus the per-group statistics. Its posterior has each group's log-likelihood, computed
+    from the statistics; without the rows it has no pointwise log-likelihood, observed data
+    or cluster-robust standard errors (``model.rows_held`` is False).
 
     Parameters
     ----------

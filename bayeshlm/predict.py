@@ -25,7 +25,7 @@ from bayeshlm.data import (
     evaluate_spec,
 )
 from bayeshlm.model import check_result
-from bayeshlm.results import _factor_parts, corr_pairs, covariance_draws, dim_name, flat_draws
+from bayeshlm.results import _factor_parts, corr_pairs, covariance_draws, dim_name, flat_draws, group_stats_held
 from samplers.theta import sd_corr
 
 __all__ = ["group_log_likelihood", "loo", "marginal_group_log_likelihood", "posterior_predictive", "predict",
@@ -336,6 +336,40 @@ def _residual_sums(model, posterior, lo, hi, draws, w, member):
     return rwr, xwr
 
 
+def _residual_sums_from_stats(model, posterior, lo, hi, draws):
+    """:func:`_residual_sums` from each group's statistics, in the kernels' basis: no row is read.
+
+    With ``a`` the fixed effects and ``v_j`` finest group ``j``'s coefficient vector holding its
+    ancestors' coefficients and zeros for its own (all in the statistics' basis), the residual
+    ``r_j = y_j - F_j a - X_j v_j`` has ``r'Wr`` the quadratic form of
+    :func:`samplers.loglik.group_loglik_stats` and ``X_own'W r = X_own'Wy - X_own'WF a -
+    X_own'WX v`` (docs/design.md, "Per-group log-likelihood").
+    """
+    design, basis, st = model.design, model.basis, model.stats
+    post = posterior.posterior
+    L, t = basis.fixed_to_user()
+    a = np.linalg.solve(L, (flat_draws(post["fixed"])[draws] - t).T).T  # (S, p), the kernels' basis
+    rwr = (st.yty_g[None, :] - 2.0 * a @ st.Fty_g.T
+           + np.einsum("sp,gpq,sq->sg", a, st.FtF_g, a, optimize=True))
+    xwr = st.Xty[None, :, lo:hi] - np.einsum("gkq,sq->sgk", st.XtF[:, lo:hi], a, optimize=True)
+    parts = _factor_parts(model)
+    if len(parts) > 1:
+        v = np.zeros((len(draws), st.n.shape[0], st.Xty.shape[1]))
+        anc = np.arange(st.n.shape[0])
+        for k, (factor, (klo, khi), _, _) in enumerate(parts):
+            if k == 0:
+                continue
+            anc = design.parents[k - 1][anc]
+            b = _every_group_draws(post, model, k, factor, "the likelihood of the finer groups")[draws]
+            v[:, :, klo:khi] = b[:, anc]
+        v = v @ (basis.coef_matrix_inverse() / basis.y_scale).T
+        rwr += (-2.0 * np.einsum("sgk,gk->sg", v, st.Xty) + 2.0 * np.einsum("sgk,gkq,sq->sg", v, st.XtF, a,
+                                                                             optimize=True)
+                + np.einsum("sgk,gkm,sgm->sg", v, st.XtX, v, optimize=True))
+        xwr -= np.einsum("gkm,sgm->sgk", st.XtX[:, lo:hi], v, optimize=True)
+    return np.maximum(rwr, 0.0), xwr
+
+
 def marginal_group_log_likelihood(model, posterior, *, chunk=None):
     """Log-likelihood of each finest group's rows with its own coefficients integrated out.
 
@@ -351,9 +385,11 @@ def marginal_group_log_likelihood(model, posterior, *, chunk=None):
     ndarray of shape (chain, draw, n_groups)
     """
     check_result(model, posterior, "the posterior")
-    if not model.rows_held:
-        raise ValueError("group log-likelihoods need the model's rows; a model from hlm_stats does not keep "
-                         "them: compile it with bayeshlm.hlm")
+    from_stats = group_stats_held(model)
+    if not (from_stats or model.rows_held):
+        raise ValueError("group log-likelihoods need the model's rows or every group's fixed-part statistics, "
+                         "which this model from hlm_stats does not keep (too many groups x fixed effects): "
+                         "compile it with bayeshlm.hlm")
     parts = _factor_parts(model)
     if not parts:
         raise ValueError("the model has no grouping factor to leave groups out of")
@@ -376,20 +412,25 @@ def marginal_group_log_likelihood(model, posterior, *, chunk=None):
     n_j = stats.n
     import scipy.sparse as sp
 
-    n = model.n_obs
-    w = basis.weights(model.design.obs_var)
-    w = np.ones(n) if w is None else w
-    sum_log_w = np.bincount(model.design.group_idx, weights=np.log(w), minlength=model.n_groups)
-    member = sp.csr_matrix((np.ones(n), (np.arange(n), model.design.group_idx)), shape=(n, model.n_groups))
+    sum_log_w = stats.logw_g
+    if not from_stats:
+        n = model.n_obs
+        w = basis.weights(model.design.obs_var)
+        w = np.ones(n) if w is None else w
+        member = sp.csr_matrix((np.ones(n), (np.arange(n), model.design.group_idx)), shape=(n, model.n_groups))
     out = np.empty((S, model.n_groups))
     eye = np.eye(d)
-    if chunk is None:  # draws per block: residuals of at most ~2e7 values at a time
-        chunk = int(max(1, min(256, 20_000_000 // max(model.n_obs, 1))))
+    if chunk is None:  # draws per block: at most ~2e7 values at a time (residuals of the rows, or per group)
+        width = model.n_groups * stats.Xty.shape[1] if from_stats else model.n_obs
+        chunk = int(max(1, min(256, 20_000_000 // max(width, 1))))
     for start in range(0, S, chunk):
         draws = np.arange(start, min(start + chunk, S))
-        rwr, xwr = _residual_sums(model, posterior, lo, hi, draws, w, member)
-        rwr = rwr / basis.y_scale**2
-        xwr = (xwr @ M) / basis.y_scale
+        if from_stats:  # already in the kernels' basis
+            rwr, xwr = _residual_sums_from_stats(model, posterior, lo, hi, draws)
+        else:
+            rwr, xwr = _residual_sums(model, posterior, lo, hi, draws, w, member)
+            rwr = rwr / basis.y_scale**2
+            xwr = (xwr @ M) / basis.y_scale
         s2_c = s2[draws][:, None]
         Lc = L[draws]
         B = eye + np.einsum("sji,gjk,skl->sgil", Lc, A, Lc) / s2_c[..., None, None]

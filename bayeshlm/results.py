@@ -385,6 +385,8 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
     tree = _build(groups, coords, attrs)
     for name, ds in row_groups.items():
         tree[name] = xr.DataTree(ds)
+    timings["results_seconds"] = time.perf_counter() - t0  # the whole result, built
+    tree.attrs["timings"] = json.dumps(timings)
     if kept_per_chain is not None:
         moments["n_draws"] = xr.DataArray(np.array(kept_per_chain, dtype=np.int64), dims=("chain",))
         tree["group_moments"] = xr.DataTree(xr.Dataset(moments, coords={"chain": np.arange(chains)}))

@@ -1,8 +1,9 @@
-"""benchmarks/RESULTS.md: the peer comparison, ten million rows, sweep scaling and cold start in one page.
+"""benchmarks/RESULTS.md: the peer comparison, the user's wait, ten million rows, sweep scaling and cold start.
 
-Reads the JSON written by ``bench_peers.py``, ``bench_scale.py``, ``bench_sweep.py`` and
-``bench_coldstart.py`` (each from one run on this machine; the page says when) and states
-each target beside what was measured. ``--run`` runs the four scripts first, in that order.
+Reads the JSON written by ``bench_peers.py``, ``bench_overhead.py``, ``bench_scale.py``,
+``bench_sweep.py`` and ``bench_coldstart.py`` (each from one run on this machine; the page
+says when) and states each target beside what was measured. ``--run`` runs the five scripts
+first, in that order.
 
     python benchmarks/report.py            # render from the committed JSON
     python benchmarks/report.py --run      # run everything (about an hour and a half), then render
@@ -32,6 +33,30 @@ def _ratio(x):
 
 def _met(ok):
     return "met" if ok else "**missed**"
+
+
+def readme_rows(peers):
+    """The peer table of ``README.md``: one line per model, from the run's JSON (the tests hold the README to it)."""
+    sys.path.insert(0, str(HERE))
+    from bench_peers import summarise
+
+    n_draws = peers["chains"] * peers["draws"]
+    lines = ["| model | bayeshlm min-ESS/s | best peer (form) | its min-ESS/s | ratio | target |",
+             "|---|---|---|---|---|---|"]
+    for model, recs in peers["models"].items():
+        v = summarise(recs, n_draws)
+        if v["ours"] is None:
+            continue
+        target = f"{TARGETS[model]}x" if model in TARGETS else ""
+        if v["best"] is None and v["bound"] is not None:
+            name, bound = v["bound"]
+            lines.append(f"| {model} | {v['ours']:.0f} | none finished | at most {bound:.2f} ({name}, a bound) | "
+                         f"at least {_ratio(v['ours'] / bound)} | {target} |")
+        elif v["best"] is not None:
+            name, best = v["best"]
+            lines.append(f"| {model} | {v['ours']:.0f} | {name} | {best:.1f} | {_ratio(v['ours'] / best)} | "
+                         f"{target} |")
+    return lines
 
 
 def peers_section(peers):
@@ -143,6 +168,22 @@ def sweep_section(sweep):
             + ", ".join(f"{v:.2f}" for v in per_group) + " microseconds per group. Details: `SWEEP_RESULTS.md`."]
 
 
+def overhead_section(overhead):
+    """``bh.sample(model)`` as a user calls it against the sampler's own time."""
+    lines = [f"## What the user waits for ({overhead['date']}, `python benchmarks/bench_overhead.py`)", "",
+             "`y ~ x + (x | g)` with 1,000 groups, 4 chains x 1000 draws, every default of `bh.sample` kept "
+             f"(log-likelihood, all group draws, the ArviZ result); median of {overhead['repeats']} calls. "
+             f"Target: the whole call at most {overhead['target_ratio']}x the sampler. Details: "
+             "`OVERHEAD_RESULTS.md`.", "",
+             "| rows | bh.sample (s) | sampler (s) | result (s) | ratio | log-likelihood | target |",
+             "|---|---|---|---|---|---|---|"]
+    for r in overhead["results"]:
+        lines.append(f"| {r['rows']:,} | {r['total_seconds']:.2f} | {r['sampler_seconds']:.2f} | "
+                     f"{r['results_seconds']:.2f} | {r['ratio']:.2f}x | {r['log_likelihood']} | "
+                     f"{_met(r['ratio'] <= overhead['target_ratio'])} |")
+    return lines
+
+
 def cold_section(cold):
     """Cold start against its targets."""
     lines = ["## Cold start (`python benchmarks/bench_coldstart.py`)", "",
@@ -159,8 +200,9 @@ def cold_section(cold):
 
 def render(folder=HERE):
     """Write ``folder/RESULTS.md`` from the JSON files present in ``folder``."""
-    peers, scale, sweep, cold = (_load(folder, n) for n in ("peers_results.json", "scale_results.json",
-                                                    "sweep_results.json", "coldstart_results.json"))
+    peers, overhead, scale, sweep, cold = (
+        _load(folder, n) for n in ("peers_results.json", "overhead_results.json", "scale_results.json",
+                                   "sweep_results.json", "coldstart_results.json"))
     lines = ["# Benchmark results", "",
              "Rendered by `python benchmarks/report.py` from the JSON of the scripts named in each section, "
              "all run on the same 2-core machine (shared: timings vary by tens of percent between runs, so "
@@ -170,6 +212,8 @@ def render(folder=HERE):
         lines += [f"Machine: {machine.get('platform', '')}, {machine.get('cpus', '')} CPUs, "
                   f"Python {machine.get('python', '')}.", ""]
         lines += peers_section(peers) + [""]
+    if overhead:
+        lines += overhead_section(overhead) + [""]
     if scale:
         lines += scale_section(scale) + [""]
     if sweep:
@@ -183,9 +227,14 @@ def main(argv=None):
     """Optionally run the benchmarks, then render."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", action="store_true")
+    parser.add_argument("--readme", action="store_true", help="print README.md's peer table from the JSON")
     args = parser.parse_args(argv)
+    if args.readme:
+        print("\n".join(readme_rows(_load(HERE, "peers_results.json"))))
+        return 0
     if args.run:
-        for script in ("bench_peers.py", "bench_scale.py", "bench_sweep.py", "bench_coldstart.py"):
+        for script in ("bench_peers.py", "bench_overhead.py", "bench_scale.py", "bench_sweep.py",
+                       "bench_coldstart.py"):
             subprocess.run([sys.executable, str(HERE / script)], check=True)
     render()
     return 0

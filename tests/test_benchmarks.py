@@ -85,8 +85,8 @@ def test_collapsed_peer_draws_the_group_effects_exactly():
     a, s2 = np.array([250.0, 10.0]), 650.0
     T = np.array([[600.0, 10.0], [10.0, 35.0]])
     S = 40_000
-    draws = {"fixed": np.tile(a, (S, 1)), "s2": np.full(S, s2), "T": np.tile(T, (S, 1, 1)), "m": np.zeros((S, cs["G"]))}
-    b = bench.collapsed_group_draws(cs, draws, np.random.default_rng(3))
+    draws = {"fixed": np.tile(a, (S, 1)), "s2": np.full(S, s2), "T": np.tile(T, (S, 1, 1)), "m": np.zeros((S, 0))}
+    b = bench.collapsed_group_draws(cs, draws, 3)
     for j in (0, 7, 17):
         rows = design.group_idx == j
         X, r = design.X[rows], design.y[rows] - design.F[rows] @ a
@@ -96,6 +96,18 @@ def test_collapsed_peer_draws_the_group_effects_exactly():
         assert np.all(np.abs(b[:, j].mean(axis=0) - mean) < 5 * se)
         scale = np.sqrt(np.outer(np.diag(cov), np.diag(cov)))
         assert np.all(np.abs(np.cov(b[:, j].T) - cov) <= 0.03 * scale)
+
+
+def test_bench_overhead_quick(tmp_path):
+    bench = _script("bench_overhead")
+    assert bench.main(["--quick", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "overhead_results.json").read_text())["results"]
+    assert [r["rows"] for r in results] == [10_000, 100_000]
+    for r in results:
+        assert 0 < r["sampler_seconds"] < r["total_seconds"] and r["ratio"] > 1
+        assert r["results_seconds"] < r["total_seconds"]
+    assert results[1]["log_likelihood"] == "group"  # 4 x 100 draws x 1e5 rows is over the pointwise limit
+    assert "| 100,000 | 1,000 |" in (tmp_path / "OVERHEAD_RESULTS.md").read_text()
 
 
 def test_bench_scale_small(tmp_path):
@@ -168,3 +180,15 @@ def test_report_renders_targets(tmp_path):
     assert "Median of 3 runs" in text
     assert "| no cache: sample | 40.0 | 38.0 | 43.0 | 2.0 | 30 s: **missed** |" in text
     assert "| cached: fit_em | 1.5 | 1.4 | 1.9 | 1.0 | 2 s: met |" in text
+
+
+def test_readme_quotes_the_committed_peer_run():
+    """Every ratio README.md gives against the peers is the one of the committed run's JSON."""
+    report = _script("report")
+    peers = json.loads((BENCH.parent / "peers_results.json").read_text())
+    readme = (BENCH.parents[1] / "README.md").read_text()
+    rows = report.readme_rows(peers)
+    assert len(rows) > 2
+    for line in rows:
+        assert line in readme, line
+    assert f"limit of {peers['limit_seconds']:.0f} s" in readme and peers["started"] in readme

@@ -136,3 +136,35 @@ def test_without_per_group_fixed_statistics(monkeypatch):
     assert "log_likelihood" not in bh.sample(part, **OPTS).children  # auto: nothing to compute it from
     with pytest.raises(ValueError, match="fixed-part statistics"):
         bh.sample(part, log_likelihood="group", **OPTS)
+
+
+MARGINAL = {
+    "sleepstudy": ("sleepstudy", "reaction ~ days + (days | subject)", None),
+    "pastes": ("pastes", "strength ~ 1 + (1 | batch/cask)", None),
+    "eight_schools": ("eight_schools", "y ~ 1 + (1 | school)", "sigma"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MARGINAL))
+def test_marginal_group_loglik_from_statistics_equals_the_rows(case):
+    """Leave-one-group-out's likelihood (each group's own coefficients integrated out) needs no rows either."""
+    name, formula, known = MARGINAL[case]
+    model = bh.hlm(formula, bh.load_dataset(name), known_sd=known)
+    post = bh.sample(model, **OPTS)
+    from_stats = bh.marginal_group_log_likelihood(model, post)
+    rows_only = dataclasses.replace(model, stats=model.stats._replace(FtF_g=model.stats.FtF_g[:0]))
+    from_rows = bh.marginal_group_log_likelihood(rows_only, post)
+    np.testing.assert_allclose(from_stats, from_rows, rtol=1e-10, atol=0)
+
+
+def test_marginal_group_loglik_of_a_chunked_model_on_calendar_years():
+    df = pd.read_csv(GOLDEN / "year_panel.csv")
+    full = bh.hlm("y ~ year + (year | unit)", df)
+    part = bh.hlm_stats("y ~ year + (year | unit)", df, chunk_rows=100)
+    assert full.identity() == part.identity()  # the same model: a result of one is a result of the other
+    post = bh.sample(part, **OPTS)
+    from_rows = bh.marginal_group_log_likelihood(dataclasses.replace(
+        full, stats=full.stats._replace(FtF_g=full.stats.FtF_g[:0])), post)
+    np.testing.assert_allclose(bh.marginal_group_log_likelihood(part, post), from_rows, rtol=1e-9, atol=0)
+    loo = bh.loo(post, part, by="unit")  # leave-one-unit-out on a model that never held its rows
+    assert np.isfinite(loo.elpd) and loo.n_data_points == part.n_groups
