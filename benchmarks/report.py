@@ -45,9 +45,11 @@ def readme_rows(peers):
              "|---|---|---|---|---|---|"]
     for model, recs in peers["models"].items():
         v = summarise(recs, n_draws)
-        if v["ours"] is None:
-            continue
         target = f"{TARGETS[model]}x" if model in TARGETS else ""
+        if v["ours"] is None:
+            why = recs.get("bayeshlm", {}).get("skipped", "not run")
+            lines.append(f"| {model} | not measured ({why}) | | | | {target} |")
+            continue
         if v["best"] is None and v["bound"] is not None:
             name, bound = v["bound"]
             lines.append(f"| {model} | {v['ours']:.0f} | none finished | at most {bound:.2f} ({name}, a bound) | "
@@ -84,6 +86,9 @@ def peers_section(peers):
         v = summarise(recs, n_draws)
         ours, target = v["ours"], TARGETS.get(model)
         if ours is None:
+            why = recs.get("bayeshlm", {}).get("skipped", "not run")
+            lines.append(f"| {model} | not measured ({why}) | | | | {f'{target}x: not shown' if target else ''} "
+                         "| | |")
             continue
         stopped = ", ".join(f"{p}/{f}" for p, pv in v["peers"].items() for f in pv["stopped"])
         rows = [(f"{p}/{pv['row'][0]}", pv["row"][1]) for p, pv in v["peers"].items() if pv["row"]]

@@ -192,3 +192,23 @@ def test_readme_quotes_the_committed_peer_run():
     for line in rows:
         assert line in readme, line
     assert f"limit of {peers['limit_seconds']:.0f} s" in readme and peers["started"] in readme
+
+
+def test_the_time_limit_covers_the_sampling_not_the_diagnostics(tmp_path):
+    """A worker past the limit before it marks its sampling done is stopped; after the mark it may finish."""
+    import sys
+
+    bench = _script("bench_peers")
+
+    def worker(out, mark, seconds):
+        code = (f"import time, pathlib; p = pathlib.Path({str(out)!r})\n"
+                + ("pathlib.Path(str(p) + '.sampled').write_text('1')\n" if mark else "")
+                + f"time.sleep({seconds}); p.write_text('{{\"min_ess_bulk\": 1}}')")
+        return [sys.executable, "-c", code]
+
+    out = [tmp_path / f"r{i}.json" for i in range(3)]  # each worker its own file, as in the harness
+    assert bench._run_worker(worker(out[0], True, 1.5), out[0], tmp_path / "e0", limit=0.5) == {"min_ess_bulk": 1}
+    stopped = bench._run_worker(worker(out[1], False, 1.5), out[1], tmp_path / "e1", limit=0.5)
+    assert stopped == {"skipped": "time limit of 0.5 s reached", "limit_seconds": 0.5}
+    failed = bench._run_worker([sys.executable, "-c", "raise SystemExit('no such model')"], out[2], tmp_path / "e2", 5)
+    assert failed["skipped"] == "failed: no such model"
