@@ -23,27 +23,18 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
 TARGET = 1.5
 
 
-def make_data(n_rows, n_groups, seed=0):
-    """Two-level data with a random intercept and slope."""
-    import pandas as pd
-
-    rng = np.random.default_rng(seed)
-    g = rng.integers(0, n_groups, size=n_rows)
-    x = rng.normal(size=n_rows)
-    u = rng.multivariate_normal([0.0, 0.0], [[1.0, 0.3], [0.3, 0.25]], size=n_groups)
-    y = 1.0 + 0.5 * x + u[g, 0] + u[g, 1] * x + rng.normal(size=n_rows)
-    return pd.DataFrame({"y": y, "x": x, "g": g})
-
-
 def measure(n_rows, n_groups, draws, warmup, repeats):
     """Seconds of the whole call and of its parts, median over ``repeats`` calls."""
+    from bench_scale import FORMULA, synthetic  # the same data as the ten-million-row run
+
     import bayeshlm as bh
 
-    model = bh.hlm("y ~ x + (x | g)", make_data(n_rows, n_groups))
+    model = bh.hlm(FORMULA, synthetic(n_rows, n_groups))
     bh.sample(model, draws=5, warmup=5, chains=1, seed=0, progress=False)  # compiled code loaded
     calls = []
     for r in range(repeats):
@@ -86,7 +77,6 @@ def main(argv=None):
         print(rows[-1]["rows"], {k: v for k, v in rows[-1].items() if k != "calls"}, flush=True)
     text = table(rows)
     print(text)
-    sys.path.insert(0, str(HERE))
     from bench_core import machine
 
     meta = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "draws": draws, "warmup": draws, "chains": 4,
