@@ -8,9 +8,9 @@ estimates with their conditional covariances (:class:`EMResult`). Likelihood-rat
 in :mod:`bayeshlm.lrt`, the comparison with a posterior in :mod:`bayeshlm.compare`.
 
 Method: EM iterations (Dempster, Rubin & Tsutakawa 1981; Laird & Ware 1982) from a rough
-start, whose E-step is the downward pass without noise (:func:`samplers.tree.group_moments`,
-or the tree recursion of :func:`_tree_moments` for several nested factors) and whose M-step
-is closed form, then a finish on the exact ML or REML log-likelihood from the upward pass,
+start, whose E-step is the downward pass without noise and whose M-step is closed form, both
+compiled behind the core's seam (:func:`samplers.gaussian.em_iteration`, docs/design.md,
+"EM"), then a finish on the exact ML or REML log-likelihood from the upward pass,
 which EM approaches only linearly: Newton steps on the unconstrained variance components of
 :mod:`samplers.theta` (Hessian from differences of the exact gradient) where they converge
 quickly, else a quasi-Newton search (L-BFGS) followed by a few Newton steps.
@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bayeshlm.start import starting_theta
+from samplers.gaussian import em_iteration, group_moments, integrate, workspace
 from samplers.ml import loglik_and_gradient
-from samplers.nested import tree_flag, two_level
 from samplers.theta import decode_theta, encode_theta
-from samplers.tree import em_update, group_moments, upward, workspace
 from samplers.types import flat_fixed_prior
 
 
@@ -133,12 +133,12 @@ class _Objective:
         self.reml = method == "reml"
         self.n_eval = 0
         self.grad = np.empty(model.n_theta)
-        self.tree = tree_flag(model.structure)
+        self.work = workspace(model.stats, model.structure)
 
     def __call__(self, theta):
         self.n_eval += 1
         m = self.model
-        return loglik_and_gradient(theta, m.stats, m.structure, m.priors, self.reml, self.tree, self.grad)
+        return loglik_and_gradient(theta, self.work, m.stats, m.structure, m.priors, self.reml, self.grad)
 
     def negative_with_gradient(self, theta):
         """``(-loglik, -gradient)`` for a minimiser; ``inf`` where the likelihood is not finite."""
@@ -189,28 +189,29 @@ def em_iterations(model, theta, n_iter, method="reml", rng=None, trace=None):
     Stram 1987). With ``trace`` a list, the log-likelihood before each iteration is appended.
     """
     rng = np.random.default_rng(0) if rng is None else rng
-    structure = model.structure
-    stats = model.stats
+    structure, stats = model.structure, model.stats
     n_groups, d = stats.Xty.shape
     p = stats.Fty.shape[0]
     objective = _Objective(model, method) if trace is not None else None
-    if not two_level(structure):
-        return _tree_em_iterations(model, theta, n_iter, method, objective, trace)
-    C, L, LA, c = workspace(stats)
+    work = workspace(stats, structure)
+    n_nodes = int(structure.node_ptr[-1])
     a = np.empty(p)
-    b = np.empty((n_groups, d))
-    V = np.empty((n_groups, d, d))
+    b = np.empty((n_nodes, d))
+    V = np.empty((n_nodes, d, d))
+    A_inv = np.empty((p, p))
     T = np.empty((d, d))
     flat = flat_fixed_prior(p)
     theta = theta.copy()
     for _ in range(n_iter):
         if objective is not None:
             trace.append(objective(theta))
-        s2, _ = decode_theta(theta, structure, model.priors, C)
-        _, ok = upward(stats, s2, C, flat, L, LA, c)
+        s2, _ = decode_theta(theta, structure, model.priors, work.C)
+        _, ok = integrate(work, stats, structure, s2, flat)
         if not ok:
             break
-        new_s2 = em_update(rng, stats, s2, C, L, LA, c, structure.block_ptr, method == "reml", a, b, V, T)
+        new_s2 = em_iteration(rng, work, stats, structure, s2, method == "reml", a, b, V, A_inv, T)
+        if not (np.isfinite(new_s2) and np.all(np.isfinite(T))):
+            break
         if not structure.sigma_known:
             s2 = new_s2
         if not encode_theta(s2, T, structure, theta):
@@ -241,12 +242,9 @@ def fit_em(model, method="reml", *, em_iter=5, tol=1e-6, max_eval=5000):
 
     if method not in ("reml", "ml"):
         raise ValueError(f"method must be 'reml' or 'ml', got {method!r}")
-    from bayeshlm.sample import starting_theta
-
     t0 = time.perf_counter()
     rng = np.random.default_rng(0)
     theta = starting_theta(model, rng, jitter=0.0)
-    nested = not two_level(model.structure)
     theta = em_iterations(model, theta, em_iter, method, rng)
     objective = _Objective(model, method)
     # Newton steps from the EM iterate: where they reach the tolerance (an interior optimum
@@ -271,18 +269,16 @@ def fit_em(model, method="reml", *, em_iter=5, tol=1e-6, max_eval=5000):
     basis = model.basis
     n_groups, d = stats.Xty.shape
     p = stats.Fty.shape[0]
-    if nested:
-        s2, C, a, b, V, vcov, _ = _tree_moments(model, theta)
-    else:
-        C, L, LA, c = workspace(stats)
-        s2, _ = decode_theta(theta, structure, model.priors, C)
-        upward(stats, s2, C, flat_fixed_prior(p), L, LA, c)
-        a = np.empty(p)
-        b = np.empty((n_groups, d))
-        V = np.empty((n_groups, d, d))
-        group_moments(rng, stats, s2, C, L, LA, c, a, b, V)
-        LA_inv = np.linalg.inv(np.tril(LA))
-        vcov = LA_inv.T @ LA_inv
+    work = workspace(stats, structure)
+    s2, _ = decode_theta(theta, structure, model.priors, work.C)
+    integrate(work, stats, structure, s2, flat_fixed_prior(p))
+    n_nodes = int(structure.node_ptr[-1])
+    a = np.empty(p)
+    b = np.zeros((n_nodes, d))
+    V = np.zeros((n_nodes, d, d))
+    vcov = np.empty((p, p))
+    group_moments(rng, work, stats, structure, s2, a, b, V, vcov)
+    C = work.C
     from bayeshlm.results import variance_components
 
     s2_user, sd_user, corr_user, T_user = variance_components(model, theta[None, :])
@@ -305,24 +301,15 @@ def fit_em(model, method="reml", *, em_iter=5, tol=1e-6, max_eval=5000):
     vcov_user = basis.fixed_cov(vcov)
     b_user = basis.coef_values(b)
     V_user = basis.coef_cov(V)
-    if nested:
-        T_diag = np.diag(T_user[0])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            rel = np.where(T_diag > 0, 1.0 - np.diagonal(V_user, axis1=1, axis2=2) / T_diag, np.nan)
-        lp = structure.level_ptr
-        for k in range(len(lp) - 1):  # only each group's own factor's columns are defined
-            rows = slice(structure.node_ptr[k], structure.node_ptr[k + 1])
-            rel[rows, :lp[k]] = np.nan
-            rel[rows, lp[k + 1]:] = np.nan
-        robust = _robust_vcov_clusters(model, a, b, s2, vcov) if model.rows_held else np.full_like(vcov, np.nan)
-        group_ols = np.full(b.shape, np.nan)
-        group_ols[:stats.n.shape[0], :lp[1]] = _group_ols_user(model, lp[1])
+    lp = structure.level_ptr
+    rel = _reliability(model, s2, T_user[0], V_user)
+    robust = _robust_vcov_clusters(model, a, b, s2, vcov) if model.rows_held else np.full_like(vcov, np.nan)
+    group_ols = np.full(b.shape, np.nan)
+    group_ols[:n_groups, :lp[1]] = _group_ols_user(model, lp[1])
+    if len(lp) > 2:  # several factors: each group's label says its factor
         group_labels = [f"{f}={lab}" for f, labels in zip(model.design.factors, model.design.factor_labels,
                                                           strict=True) for lab in labels]
     else:
-        rel = _reliability(model, s2, T_user[0])
-        robust = _robust_vcov(model, a, s2, C, L, vcov) if model.rows_held else np.full_like(vcov, np.nan)
-        group_ols = _group_ols_user(model, d)
         group_labels = list(model.design.group_labels)
     robust = basis.fixed_cov(robust)
     variance_se = _variance_se(model, theta, method, boundary, hessian)
@@ -362,22 +349,38 @@ def fit_em(model, method="reml", *, em_iter=5, tol=1e-6, max_eval=5000):
     )
 
 
-def _reliability(model, s2, T):
-    """Reliability of each group's OLS estimate of each random coefficient (Raudenbush & Bryk 2002).
+def _reliability(model, s2, T, V):
+    """Reliability of each group's estimate of each of its random coefficients.
 
-    ``lambda_jk = T_kk / (T_kk + v_jk)`` with ``v_jk`` the sampling variance of group ``j``'s
-    own least-squares estimate, ``s2 [(X_j'W_jX_j)^{-1}]_kk``, both in the user's
-    parametrisation (``T`` is); computed in the kernels' basis and mapped. ``s2`` is the
-    level-1 variance in the kernels' basis. Nan where ``X_j'W_jX_j`` is singular (fewer
-    observations than coefficients, or a predictor constant in the group).
+    For the finest groups, Raudenbush & Bryk's (2002) reliability of the group's own
+    least-squares estimate: ``lambda_jk = T_kk / (T_kk + v_jk)`` with ``v_jk`` its sampling
+    variance ``s2 [(X_j'W_jX_j)^{-1}]_kk`` on the finest factor's columns, in the user's
+    parametrisation (``T`` is; ``s2`` is in the kernels' basis). Nan where ``X_j'W_jX_j`` is
+    singular (fewer observations than coefficients, or a predictor constant in the group).
+    For the groups of a coarser factor, which have no least-squares estimate of their own,
+    ``1 - V_jk / T_kk`` with ``V`` the conditional covariances (user's parametrisation): the
+    share of the coefficient's variance that the data explain. A row has values in its own
+    factor's columns only.
     """
-    M = model.stats.XtX
-    ok = np.linalg.cond(M) < 1e12
-    rel = np.full(model.stats.Xty.shape, np.nan)
+    stats, st = model.stats, model.structure
+    lp = st.level_ptr
+    n_groups, D = stats.Xty.shape
+    d1 = int(lp[1])
+    rel = np.full((int(st.node_ptr[-1]), D), np.nan)
+    T_diag = np.diag(T)
+    M = stats.XtX[:, :d1, :d1]
+    ok = np.linalg.cond(M) < 1e12 if d1 else np.zeros(n_groups, dtype=bool)
     if np.any(ok):
-        v = model.basis.coef_cov(s2 * np.linalg.inv(M[ok]))
-        v = np.diagonal(v, axis1=1, axis2=2)
-        rel[ok] = np.diag(T) / (np.diag(T) + v)
+        full = np.zeros((int(ok.sum()), D, D))
+        full[:, :d1, :d1] = s2 * np.linalg.inv(M[ok])
+        v = np.diagonal(model.basis.coef_cov(full), axis1=1, axis2=2)[:, :d1]
+        rel[np.flatnonzero(ok), :d1] = T_diag[:d1] / (T_diag[:d1] + v)
+    for k in range(1, len(lp) - 1):
+        rows = slice(int(st.node_ptr[k]), int(st.node_ptr[k + 1]))
+        cols = slice(int(lp[k]), int(lp[k + 1]))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rel[rows, cols] = np.where(T_diag[cols] > 0, 1.0 - np.diagonal(V[rows, cols, cols], axis1=1, axis2=2)
+                                       / T_diag[cols], np.nan)
     return rel
 
 
@@ -387,30 +390,6 @@ def _kernel_rows(model):
     y, F, X = basis.rows(design.y, design.F, design.X)
     w = basis.weights(design.obs_var)
     return y, F, X, (np.ones(model.n_obs) if w is None else w)
-
-
-def _robust_vcov(model, a, s2, C, L, vcov):
-    """Cluster-robust (sandwich, CR0) covariance of the fixed effects, clusters = groups.
-
-    ``A^{-1} (sum_j s_j s_j') A^{-1}`` with ``s_j = F_j'V_j^{-1}(y_j - F_j a)`` (Liang & Zeger
-    1986), ``V_j^{-1} = W_j/s2 - W_jX_jC K_j^{-1} C'X_j'W_j / s2^2``; one pass over the rows.
-    Everything is in the kernels' basis (the caller maps the result).
-    """
-    design, stats = model.design, model.stats
-    n_groups, d = stats.Xty.shape
-    y, F, X, w = _kernel_rows(model)
-    we = w * (y - F @ a)
-    g = design.group_idx
-    Fwe = np.stack([np.bincount(g, F[:, q] * we, minlength=n_groups) for q in range(F.shape[1])], 1)
-    Xwe = np.stack([np.bincount(g, X[:, k] * we, minlength=n_groups) for k in range(d)], 1)
-    # K_j^{-1} C'X_j'W_j e_j, by the factors of the upward pass
-    v = np.einsum("lk,jl->jk", C, Xwe)
-    v = np.linalg.solve(L, v[:, :, None])[:, :, 0]
-    v = np.linalg.solve(np.transpose(L, (0, 2, 1)), v[:, :, None])[:, :, 0]
-    correction = np.einsum("jkq,jk->jq", stats.XtF, np.einsum("kl,jl->jk", C, v))
-    score = Fwe / s2 - correction / s2**2
-    meat = score.T @ score
-    return vcov @ meat @ vcov
 
 
 def _natural(model, thetas):
@@ -549,111 +528,11 @@ def _hessian(objective, theta, rel_step=1e-4):
     return 0.5 * (H + H.T)
 
 
-def _tree_em_iterations(model, theta, n_iter, method, objective, trace):
-    """:func:`em_iterations` for several nested factors (or none), on the moments of :func:`_tree_moments`.
-
-    ``T`` of each covariance block is the mean of ``E[b b']`` over the groups of its factor;
-    ``E[residual sum of squares]`` adds to the residuals at the means the traces of each
-    finest group's cross-products with the joint covariance of its coefficients, its
-    ancestors' and (REML) the fixed effects.
-    """
-    from bayeshlm.results import finest_coefficients
-
-    st, stats = model.structure, model.stats
-    D = int(st.level_ptr[-1])
-    p = stats.Fty.shape[0]
-    reml = method == "reml"
-    theta = theta.copy()
-    for _ in range(n_iter):
-        if objective is not None:
-            trace.append(objective(theta))
-        s2, C, a, b, V, vcov, chain = _tree_moments(model, theta, with_fixed=reml)
-        if not (np.all(np.isfinite(b)) and np.isfinite(s2)):
-            break
-        T = np.zeros((D, D))
-        for k in range(len(st.block_ptr) - 1):
-            lo, hi = st.block_ptr[k], st.block_ptr[k + 1]
-            lev = int(np.searchsorted(st.level_ptr, lo, side="right") - 1)
-            rows = slice(st.node_ptr[lev], st.node_ptr[lev + 1])
-            bk = b[rows, lo:hi]
-            T[lo:hi, lo:hi] = (bk.T @ bk + V[rows, lo:hi, lo:hi].sum(axis=0)) / bk.shape[0]
-        if not st.sigma_known:
-            be = finest_coefficients(model, b)
-            resid = stats.Xty - stats.XtF @ a
-            rss = (stats.scal[0] - 2 * a @ stats.Fty + a @ stats.FtF @ a - 2 * np.sum(be * resid)
-                   + np.einsum("jk,jkl,jl->", be, stats.XtX, be))
-            G = np.zeros((D + p, D + p))
-            G[:D, :D] = C
-            G[D:, D:] = np.eye(p)
-            cov = G @ chain @ G.T  # per finest group: [b_j and ancestors, a]
-            rss += np.einsum("jkl,jlk->", stats.XtX, cov[:, :D, :D])
-            rss += 2.0 * np.einsum("jkq,jqk->", stats.XtF, cov[:, D:, :D])
-            rss += np.sum(stats.FtF * cov[0, D:, D:]) if cov.shape[0] else 0.0
-            s2 = max(rss, 1e-300) / stats.scal[1]
-        T += 1e-12 * max(np.trace(T), 1e-300) * np.eye(D)
-        if not encode_theta(s2, T, st, theta):
-            break
-    return theta
-
-
 def corr_key(first, second):
     """Label of the correlation of two coefficients: ``"a,b"``, or ``"a,b|factor"`` for qualified names."""
     f1, _, g1 = first.partition("|")
     f2, _, g2 = second.partition("|")
     return f"{f1},{f2}|{g1}" if g1 and g1 == g2 else f"{first},{second}"
-
-
-def _tree_moments(model, theta, with_fixed=False):
-    """Moments at ``theta`` of a model with nested factors (or none), from the tree passes.
-
-    Returns ``(s2, C, a, b, V, vcov, chain)``: the GLS fixed effects ``a`` with covariance
-    ``vcov = A^{-1}``; each group's conditional mean ``b`` (rows: groups of every factor,
-    ``Structure.node_ptr``) and covariance ``V``, given ``a`` (lme4's conditional variance),
-    or with ``with_fixed`` also carrying the uncertainty of ``a`` (REML, ``a`` integrated
-    out); and ``chain``, for each finest group, the joint covariance of its whitened
-    coefficients, its ancestors' and ``a`` (in that order). By the downward recursion on the
-    joint covariance of a group and everything above it, ``z``:
-    ``beta_k = L'^{-1}(u - U z) + L'^{-1} e`` gives ``Cov(beta_k) = K^{-1} + B Cov(z) B'`` and
-    ``Cov(beta_k, z) = -B Cov(z)`` with ``B = L'^{-1} U``; ``Cov(a)`` is ``A^{-1}`` or 0.
-    """
-    from samplers.nested import tree_draw, tree_upward, tree_workspace
-
-    stats, st = model.stats, model.structure
-    D = int(st.level_ptr[-1])
-    p = stats.Fty.shape[0]
-    C = np.zeros((D, D))
-    s2, _ = decode_theta(theta, st, model.priors, C)
-    Lt, Ut, Acc, LA, cA, beta = tree_workspace(stats, st)
-    tree_upward(stats, st, s2, C, True, flat_fixed_prior(p), stats.Xty, 0.0, Lt, Ut, Acc, LA, cA)
-    a = np.empty(p)
-    b = np.zeros((int(st.node_ptr[-1]), D))
-    tree_draw(np.random.default_rng(0), st, C, Lt, Ut, LA, cA, beta, a, b, False)
-    LA_inv = np.linalg.inv(np.tril(LA))
-    vcov = LA_inv.T @ LA_inv
-    lp, npt, parent = st.level_ptr, st.node_ptr, st.parent
-    n_levels = len(lp) - 1
-    V = np.zeros((int(npt[-1]), D, D))
-    chain = np.broadcast_to(vcov if with_fixed else np.zeros((p, p)), (1, p, p))
-    for k in range(n_levels - 1 if D else -1, -1, -1):
-        dk = int(lp[k + 1] - lp[k])
-        rows = np.arange(npt[k], npt[k + 1])
-        L = np.tril(Lt[rows, :dk, :dk])
-        K_inv = np.linalg.inv(L @ np.transpose(L, (0, 2, 1)))
-        dz = int(D - lp[k + 1]) + p
-        Sz = chain[np.zeros(rows.size, dtype=np.int64) if k == n_levels - 1 else parent[rows] - npt[k + 1]]
-        B = np.linalg.solve(np.transpose(L, (0, 2, 1)), Ut[rows, :dk, :dz])
-        BS = B @ Sz
-        new = np.zeros((rows.size, dk + dz, dk + dz))
-        new[:, :dk, :dk] = K_inv + BS @ np.transpose(B, (0, 2, 1))
-        new[:, :dk, dk:] = -BS
-        new[:, dk:, :dk] = -np.transpose(BS, (0, 2, 1))
-        new[:, dk:, dk:] = Sz
-        chain = new
-        Ck = C[lp[k]:lp[k + 1], lp[k]:lp[k + 1]]
-        V[rows, lp[k]:lp[k + 1], lp[k]:lp[k + 1]] = Ck @ new[:, :dk, :dk] @ Ck.T
-    if not D:
-        chain = np.broadcast_to(chain[0], (int(npt[1]), p, p))
-    return s2, C, a, b, V, vcov, chain
 
 
 def _robust_vcov_clusters(model, a, b, s2, vcov):

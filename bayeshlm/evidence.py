@@ -21,10 +21,9 @@ import numpy as np
 from scipy.special import betaln, gammaln, multigammaln
 
 from bayeshlm.model import check_result
-from samplers.nested import tree_upward, tree_workspace, two_level
+from samplers.gaussian import integrate, workspace
 from samplers.theta import decode_theta, encode_theta
-from samplers.tree import upward, workspace
-from samplers.types import PRIOR_FLAT, PRIOR_HALF_NORMAL, PRIOR_HALF_T, PRIOR_INV_GAMMA, PRIOR_UNIFORM
+from samplers.types import N_OBS, PRIOR_FLAT, PRIOR_HALF_NORMAL, PRIOR_HALF_T, PRIOR_INV_GAMMA, PRIOR_UNIFORM, YTY
 
 
 @dataclass(frozen=True)
@@ -119,20 +118,14 @@ def _theta_draws(posterior, model):
 def _log_q(model, theta, norm):
     """Log p(y | theta) + log p(theta) on the canonical half (SDs >= 0); -inf elsewhere."""
     stats, priors, structure = model.stats, model.priors, model.structure
-    C, L, LA, c = workspace(stats)
-    tree = None if two_level(structure) else tree_workspace(stats, structure)
+    work = workspace(stats, structure)
     out = np.empty(theta.shape[0])
     for s in range(theta.shape[0]):
         if np.any(theta[s, structure.sd_idx] < 0):
             out[s] = -np.inf
             continue
-        s2, lp = decode_theta(theta[s], structure, priors, C)
-        if tree is None:
-            ll, ok = upward(stats, s2, C, priors.fixed, L, LA, c)
-        else:
-            Lt, Ut, Acc, LA_t, cA, _ = tree
-            ll, ok = tree_upward(stats, structure, s2, C, True, priors.fixed, stats.Xty, 0.0,
-                                 Lt, Ut, Acc, LA_t, cA)
+        s2, lp = decode_theta(theta[s], structure, priors, work.C)
+        ll, ok = integrate(work, stats, structure, s2, priors.fixed)
         out[s] = ll + lp + norm if ok else -np.inf
     return out
 
@@ -217,10 +210,10 @@ def marginal_likelihood_pooled(model):
     if priors.fixed.n_flat:
         raise ValueError("the marginal likelihood needs a proper (Normal) prior on every fixed effect")
     stats = model.stats
-    C, L, LA, c = workspace(stats)  # C = 0: the pooled model
+    work = workspace(stats, model.structure)  # C = 0: the pooled model
 
     def loglik(s2):
-        ll, _ = upward(stats, s2, C, priors.fixed, L, LA, c)
+        ll, _ = integrate(work, stats, model.structure, s2, priors.fixed)
         return ll + offset
 
     offset = model.basis.loglik_offset(model.n_obs)
@@ -235,7 +228,7 @@ def marginal_likelihood_pooled(model):
         return loglik(sigma * sigma) + sd_log_prior(priors.sigma_kind, priors.sigma_par, sigma) + norm + log_sigma
 
     # centre and scale from the maximum, then integrate the rescaled integrand
-    grid = np.log(np.sqrt(stats.scal[0] / stats.scal[1])) + np.linspace(-12, 6, 721)
+    grid = np.log(np.sqrt(stats.scal[YTY] / stats.scal[N_OBS])) + np.linspace(-12, 6, 721)
     values = np.array([log_integrand(x) for x in grid])
     peak = grid[np.argmax(values)]
     top = values.max()

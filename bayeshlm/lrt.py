@@ -18,8 +18,8 @@ import numpy as np
 from scipy.special import chdtrc  # chi-square survival function (lighter to import than scipy.stats)
 
 from bayeshlm.model import check_result
-from samplers.tree import upward, workspace
-from samplers.types import flat_fixed_prior
+from samplers.gaussian import integrate, workspace
+from samplers.types import N_OBS, YTY, flat_fixed_prior
 
 
 @dataclass(frozen=True)
@@ -196,17 +196,18 @@ def lrt_hierarchy(fit, model):
     d = stats.Xty.shape[1]
     p = stats.Fty.shape[0]
     flat = flat_fixed_prior(p)
-    C, L, LA, c = workspace(stats)  # C = 0: the pooled model
-    n_obs = stats.scal[1]
+    st = model.structure
+    work = workspace(stats, st)  # C = 0: the pooled model
+    n_obs = stats.scal[N_OBS]
     # at T = 0 the fit is OLS: RSS from the statistics, sigma^2 = RSS / N (ML) or / (N - p) (REML)
-    upward(stats, 1.0, C, flat, L, LA, c)
-    v = np.linalg.solve(np.tril(LA), c)
-    rss = stats.scal[0] - v @ v
+    integrate(work, stats, st, 1.0, flat)
+    v = np.linalg.solve(np.tril(work.LA), work.cA)
+    rss = stats.scal[YTY] - v @ v
     denom = n_obs if fit.method == "ml" else n_obs - p
     s2 = rss / denom
-    ll, _ = upward(stats, s2, C, flat, L, LA, c)
+    ll, _ = integrate(work, stats, st, s2, flat)
     if fit.method == "ml":
-        ll += np.sum(np.log(np.diag(LA))) - 0.5 * p * np.log(2.0 * np.pi)
+        ll += np.sum(np.log(np.diag(work.LA))) - 0.5 * p * np.log(2.0 * np.pi)
     # from the kernels' basis to the user's units, as the fit's log-likelihood
     ll += model.basis.loglik_offset(n_obs, restricted=fit.method == "reml")
     stat = max(0.0, 2.0 * (fit.loglik - ll))

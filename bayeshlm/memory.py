@@ -15,7 +15,7 @@ import resource
 
 from bayeshlm.results import group_selection, loglik_mode
 from samplers.driver import n_nodes_of
-from samplers.nested import two_level
+from samplers.gaussian import workspace_values
 
 __all__ = ["InsufficientMemoryError", "available_memory", "check_memory", "draws_memory"]
 
@@ -97,7 +97,7 @@ def draws_memory(model, *, draws=1000, chains=4, keep_group_draws=True, group_mo
     n_groups, d = stats.Xty.shape  # finest groups; random coefficients of all factors
     p = stats.Fty.shape[0]
     n_theta = model.n_theta
-    n_nodes = n_nodes_of(stats, structure)
+    n_nodes = n_nodes_of(structure)
     samples = chains * draws
     rows, _ = group_selection(model, keep_group_draws)
     n_kept = int(rows.shape[0])
@@ -110,11 +110,11 @@ def draws_memory(model, *, draws=1000, chains=4, keep_group_draws=True, group_mo
     loglik = 0
     if mode:
         loglik = samples * (model.n_obs if mode == "pointwise" else model.n_groups)
-        if not two_level(structure) and structure.level_ptr[-1] > 0:
-            # every finest group's coefficients, ancestors' included: gathered, then joined
+        if len(structure.level_ptr) > 2:
+            # several factors: every finest group's coefficients, ancestors' included, gathered, then joined
             loglik += 2 * samples * n_groups * d
-    l_groups = n_groups if n_nodes == n_groups else 1
-    states = chains * (n_nodes * d + n_groups * d + 2 * l_groups * d * d + 2 * p * p + 2 * d * d + 4 * p
+    # b, r, two workspaces (the current draw's and the proposals'), the proposal's matrices
+    states = chains * (n_nodes * d + n_groups * d + 2 * workspace_values(n_groups, d, p, structure)
                        + 3 * n_theta * n_theta)
     if group_moments:
         # the running moments (2), and in the result their stacked means, sums of squares and SDs with

@@ -19,7 +19,7 @@ from bayeshlm.priors import (
     priors_from_json,
     priors_to_json,
 )
-from samplers.types import Priors, Structure, SuffStats
+from samplers.types import N_OBS, Priors, Structure, SuffStats
 
 
 class ModelMismatchError(ValueError):
@@ -98,7 +98,7 @@ class Model:
     @property
     def n_obs(self) -> int:
         """Number of observations used."""
-        return int(self.stats.scal[1])
+        return int(self.stats.scal[N_OBS])
 
     @property
     def rows_held(self) -> bool:

@@ -17,7 +17,6 @@ import xarray as xr
 from xarray.indexes import PandasIndex
 
 from samplers.loglik import group_loglik_stats, loglik_draws
-from samplers.nested import two_level
 from samplers.theta import covariances, sd_corr
 
 POINTWISE_LIMIT = 20_000_000  # chains x draws x observations above which "auto" stores group sums
@@ -178,10 +177,10 @@ def _factor_parts(model):
     lp = model.structure.level_ptr
     if lp[-1] == 0:
         return []
-    if two_level(model.structure):
-        return [(design.factor, (0, int(lp[1])), design.group_labels, design.coef_names)]
-    return [(f, (int(lp[k]), int(lp[k + 1])), design.factor_labels[k], design.factor_coef_names[k])
-            for k, f in enumerate(design.factors)]
+    factors = design.factors or (design.factor,)
+    labels = design.factor_labels or (design.group_labels,)
+    coef_names = design.factor_coef_names or (design.coef_names,)
+    return [(f, (int(lp[k]), int(lp[k + 1])), labels[k], coef_names[k]) for k, f in enumerate(factors)]
 
 
 def flat_draws(da):
@@ -245,7 +244,7 @@ def group_selection(model, keep):
         count = n_k if keep is True else 0 if keep is False else min(int(keep), n_k)
         pos = np.arange(count, dtype=np.int64)
         per_factor.append(pos)
-        rows.append(pos + (0 if two_level(st) else int(st.node_ptr[k])))
+        rows.append(pos + int(st.node_ptr[k]))
     rows = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
     return rows, per_factor
 
@@ -253,10 +252,10 @@ def group_selection(model, keep):
 def finest_coefficients(model, b):
     """Group coefficients ``b[..., node, coef]`` as each finest group's full vector (own and ancestors').
 
-    For one grouping factor this is ``b`` itself.
+    For one grouping factor (or none) this is ``b`` itself.
     """
     st = model.structure
-    if two_level(st) or st.level_ptr[-1] == 0:
+    if len(st.level_ptr) <= 2:
         return b
     design = model.design
     anc = np.arange(len(design.factor_labels[0]))
@@ -335,7 +334,7 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
             dims[f"{gk}_effect"] = [gk, coef_dim]
             offset += n_k
         if kept_per_chain is not None:
-            first = 0 if two_level(model.structure) else int(model.structure.node_ptr[lev])
+            first = int(model.structure.node_ptr[lev])
             rows = slice(first, first + len(labels))
             count = np.array(kept_per_chain, dtype=np.float64)[:, None, None]
             mean = np.stack([o.b_moments[0, rows, lo:hi] for o in outputs])

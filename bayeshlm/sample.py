@@ -12,10 +12,11 @@ import numpy as np
 
 from bayeshlm.memory import check_memory
 from bayeshlm.results import group_selection, group_stats_held, loglik_mode, to_datatree
+from bayeshlm.start import starting_theta
 from samplers.driver import init_state, run_chains
-from samplers.sweep import METHOD_GIBBS, METHOD_MH
+from samplers.types import FAILED, GibbsMoves, MHMoves
 
-METHODS = {"mh": METHOD_MH, "gibbs": METHOD_GIBBS}
+METHODS = ("mh", "gibbs")
 DEFAULT_MH_STEPS = 6
 
 
@@ -37,39 +38,6 @@ def _check_seed(seed):
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise TypeError(f"seed must be a non-negative integer or None, got {seed!r}")
     return int(seed)
-
-
-def starting_theta(model, rng, jitter):
-    """A rough starting point for the variance components, jittered per chain.
-
-    In the kernels' standardised basis (:mod:`bayeshlm.basis`), where the response and the
-    predictors have unit scale: sigma from the residuals of the fixed-effects-only fit
-    (computed from the statistics); each group SD half of that, times a random factor in
-    ``exp(+-jitter)``; small random correlations.
-    """
-    stats = model.stats
-    p = stats.Fty.shape[0]
-    ridge = 1e-12 * max(np.trace(stats.FtF), 1e-300) * np.eye(p)
-    a_hat = np.linalg.lstsq(stats.FtF + ridge, stats.Fty, rcond=None)[0] if p else np.zeros(0)
-    rss = max(float(stats.scal[0] - a_hat @ stats.Fty), 0.0)
-    n_obs = stats.scal[1]
-    if model.sigma_known or rss <= 0:
-        scale = 1.0
-    else:
-        scale = float(np.sqrt(rss / n_obs))
-    theta = np.zeros(model.n_theta)
-    structure = model.structure
-    if not model.sigma_known:
-        theta[0] = np.log(scale) + rng.uniform(-jitter, jitter)
-    for k in range(len(structure.block_ptr) - 1):
-        c0, c1 = structure.block_ptr[k], structure.block_ptr[k + 1]
-        t0 = structure.theta_ptr[k]
-        for i in range(c1 - c0):
-            tau = 0.5 * scale * np.exp(rng.uniform(-jitter, jitter))
-            theta[t0 + i] = np.arcsinh(tau / structure.diag_scale[c0 + i])
-        n_corr = structure.theta_ptr[k + 1] - t0 - (c1 - c0)
-        theta[t0 + (c1 - c0) : structure.theta_ptr[k + 1]] = rng.uniform(-0.3, 0.3, size=n_corr)
-    return theta
 
 
 class _Progress:
@@ -235,7 +203,7 @@ def sample(
         for attempt in range(50):
             theta0 = starting_theta(model, rng, jitter=0.5 if attempt == 0 else 1.0 + 0.1 * attempt)
             state = init_state(rng, theta0, model.stats, model.structure, model.priors)
-            if state.scal[3] == 0.0:
+            if state.scal[FAILED] == 0.0:
                 break
         else:
             raise SamplingError(
@@ -250,7 +218,7 @@ def sample(
     try:
         outputs, interrupted = run_chains(
             rngs, states, model.stats, model.structure, model.priors,
-            method=METHODS[method], mh_steps=mh_steps, warmup=warmup, draws=draws, thin=thin,
+            moves=MHMoves(mh_steps) if method == "mh" else GibbsMoves(), warmup=warmup, draws=draws, thin=thin,
             keep_group_draws=kept_rows, group_moments=bool(group_moments), n_threads=n_threads,
             progress=bar, coef_map=model.basis.coef_to_user(),
         )

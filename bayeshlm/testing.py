@@ -32,7 +32,6 @@ from bayeshlm.priors import (
     column_moments,
 )
 from bayeshlm.results import variance_components
-from samplers.nested import tree_flag, two_level
 from samplers.suffstats import compute_suffstats
 
 
@@ -122,11 +121,11 @@ def draw_from_prior(model, rng):
     with np.errstate(invalid="ignore", divide="ignore"):
         corr = cov / np.outer(sd, sd)
     st = model.structure
-    n_nodes = model.n_groups if two_level(st) else int(st.node_ptr[-1])
+    n_nodes = int(st.node_ptr[-1])
     b = np.zeros((n_nodes, D))
     for k in range(len(st.level_ptr) - 1):
         lo, hi = st.level_ptr[k], st.level_ptr[k + 1]
-        rows = slice(0, n_nodes) if two_level(st) else slice(st.node_ptr[k], st.node_ptr[k + 1])
+        rows = slice(st.node_ptr[k], st.node_ptr[k + 1])
         n_k = rows.stop - rows.start
         b[rows, lo:hi] = rng.multivariate_normal(np.zeros(hi - lo), cov[lo:hi, lo:hi], size=n_k, method="eigh")
     return {"fixed": fixed, "sigma": sigma, "cov": cov, "sd": sd, "corr": corr, "b": b}
@@ -290,26 +289,33 @@ def posterior_draws(model, seed, *, chains=2, warmup=300, draws_per_chain=300, *
 def python_chain_draws(model, seed, *, method="gibbs", warmup=300, draws=600, mh_steps=6):
     """One chain run sweep by sweep from Python, through the pure-Python ``sweep`` function.
 
-    The inner kernels stay compiled, but ``samplers.sweep``'s own calls are looked up in its
-    module at every sweep, so a test can replace one (a deliberately broken full
-    conditional) and check that :func:`sbc` catches it. Returns what :func:`posterior_draws`
+    The inner kernels stay compiled, but the Gibbs moves run as Python
+    (``samplers.sweep.gibbs_moves``), whose calls are looked up in its module at every
+    sweep, so a test can replace one (a deliberately broken full conditional) and check
+    that :func:`sbc` catches it. Returns what :func:`posterior_draws`
     returns. Slower than :func:`bayeshlm.sample`; for tests only.
     """
-    from bayeshlm.sample import starting_theta
+    from bayeshlm.start import starting_theta
     from samplers import sweep as sweep_module
     from samplers.driver import init_state
-    from samplers.mh import ITER, end_of_iteration
+    from samplers.mh import end_of_iteration, mh_moves
+    from samplers.suffstats import residual_stats
+    from samplers.types import FAILED, ITER, RTR
 
     rng = np.random.Generator(np.random.PCG64(seed))
-    state = init_state(rng, starting_theta(model, rng, 0.5), model.stats, model.structure, model.priors)
-    code = sweep_module.METHOD_GIBBS if method == "gibbs" else sweep_module.METHOD_MH
-    tree = tree_flag(model.structure)
+    stats, structure, priors = model.stats, model.structure, model.priors
+    state = init_state(rng, starting_theta(model, rng, 0.5), stats, structure, priors)
     theta = np.empty((draws, model.n_theta))
     fixed = np.empty((draws, len(model.fixed_names)))
     for it in range(warmup + draws):
-        sweep_module.sweep.py_func(rng, state, model.stats, model.structure, model.priors, tree, code, mh_steps,
-                                   warmup)
-        if code is sweep_module.METHOD_MH and it < warmup:
+        if method == "gibbs":
+            sweep_module.gibbs_moves.py_func(rng, state, stats, structure, priors)
+        else:
+            state.scal[RTR] = residual_stats(stats, state.a, state.r)
+            mh_moves(rng, state, stats, structure, priors, mh_steps, warmup)
+        if state.scal[FAILED] != 0.0 or not sweep_module.draw_all_coefficients(rng, state, stats, structure, priors):
+            raise RuntimeError(f"sweep {it} failed")
+        if method != "gibbs" and it < warmup:
             end_of_iteration(state, warmup)
         state.ibuf[ITER] = it + 1
         if it >= warmup:
@@ -405,9 +411,9 @@ def geweke(model, n_iter=20000, *, method="mh", seed=0, mh_steps=6, n_prior=None
         and its two-sided p-value.
     """
     from samplers.driver import init_state
-    from samplers.mh import ITER
-    from samplers.sweep import METHOD_GIBBS, METHOD_MH, sweep
+    from samplers.sweep import sweep
     from samplers.theta import encode_theta
+    from samplers.types import FAILED, ITER, GibbsMoves, MHMoves
 
     rng = np.random.default_rng(seed)
     n_prior = n_iter if n_prior is None else n_prior
@@ -428,14 +434,13 @@ def geweke(model, n_iter=20000, *, method="mh", seed=0, mh_steps=6, n_prior=None
         raise ValueError("the prior draw has a singular group covariance")
     kernel_rng = np.random.Generator(np.random.PCG64(int(rng.integers(2**31))))
     state = init_state(kernel_rng, theta0, sim.stats, model.structure, model.priors)
-    code = METHOD_GIBBS if method == "gibbs" else METHOD_MH
-    tree = tree_flag(model.structure)
+    moves = GibbsMoves() if method == "gibbs" else MHMoves(mh_steps)
     theta = np.empty((n_iter, model.n_theta))
     fixed = np.empty((n_iter, len(model.fixed_names)))
     for it in range(n_iter):
-        sweep(kernel_rng, state, sim.stats, model.structure, model.priors, tree, code, mh_steps, 0)
+        sweep(kernel_rng, state, sim.stats, model.structure, model.priors, moves, 0)
         state.ibuf[ITER] = it + 1
-        if state.scal[3] != 0.0:
+        if state.scal[FAILED] != 0.0:
             raise RuntimeError("a sweep failed during the Geweke test")
         theta[it] = state.theta
         fixed[it] = basis.fixed_values(state.a)

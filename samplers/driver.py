@@ -14,16 +14,35 @@ from concurrent.futures import ThreadPoolExecutor, wait
 import numpy as np
 from numba import njit
 
+from samplers.gaussian import workspace
 from samplers.linalg import copy_into
-from samplers.mh import FAILED, ITER, LP, READY, end_of_iteration
-from samplers.nested import tree_flag, two_level
-from samplers.sweep import METHOD_MH, sweep
-from samplers.types import ChainState
+from samplers.sweep import draw_all_coefficients, end_of_sweep, sweep
+from samplers.types import (
+    FAILED,
+    IND_LQ,
+    ITER,
+    LP,
+    N_IBUF,
+    N_SCAL,
+    READY,
+    ChainState,
+    DrawStore,
+    Schedule,
+)
 
 
-def n_nodes_of(stats, structure):
+def n_nodes_of(structure):
     """Number of groups of all grouping factors (the rows of the group coefficients)."""
-    return int(stats.n.shape[0] if two_level(structure) else structure.node_ptr[-1])
+    return int(structure.node_ptr[-1])
+
+
+@njit(cache=True, nogil=True)
+def first_draw(rng, state, stats, structure, priors):
+    """Draw a fresh chain's first coefficients at its ``theta``; False (and ``FAILED`` set) on failure."""
+    ok = draw_all_coefficients(rng, state, stats, structure, priors)
+    if ok:
+        state.ibuf[READY] = 1
+    return ok
 
 
 def init_state(rng, theta0, stats, structure, priors, init_step=0.1):
@@ -43,94 +62,86 @@ def init_state(rng, theta0, stats, structure, priors, init_step=0.1):
     Returns
     -------
     ChainState
-        ``state.scal[3]`` is 1 when the starting point has no posterior density.
+        ``state.scal[FAILED]`` is 1 when the starting point has no posterior density.
     """
     n_groups, d = stats.Xty.shape
     p = stats.Fty.shape[0]
     n_theta = theta0.shape[0]
-    n_nodes = n_nodes_of(stats, structure)
+    scal = np.zeros(N_SCAL)
+    scal[IND_LQ] = np.nan
     state = ChainState(
         theta=np.array(theta0, dtype=np.float64),
         a=np.zeros(p),
-        b=np.zeros((n_nodes, d)),
-        scal=np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, np.nan]),
-        ibuf=np.zeros(4, dtype=np.int64),
-        C_buf=np.zeros((2, d, d)),
-        r_buf=np.zeros((n_groups, d)),
-        L_buf=np.zeros((2, n_groups if n_nodes == n_groups else 1, d, d)),
-        LA_buf=np.zeros((2, p, p)),
-        c_buf=np.zeros((2, p)),
+        b=np.zeros((n_nodes_of(structure), d)),
+        scal=scal,
+        ibuf=np.zeros(N_IBUF, dtype=np.int64),
+        r=np.zeros((n_groups, d)),
+        work=workspace(stats, structure),
+        scratch=workspace(stats, structure),
         prop_chol=np.eye(n_theta) * init_step,
         ad_mean=np.zeros(n_theta),
         ad_cov=np.zeros((n_theta, n_theta)),
         ind_mean=np.zeros(n_theta),
         ind_chol=np.zeros((n_theta, n_theta)),
     )
-    # run_chain draws the first coefficients of a fresh state, then stops at sweep 0
-    run_chain(rng, state, stats, structure, priors, tree_flag(structure), METHOD_MH, 1, 0, 1, 0,
-              np.empty((0, n_theta)), np.empty((0, p)),
-              np.zeros(0, dtype=np.int64), np.empty((0, 0, d)), np.empty((0, 0, d)), np.empty(0), np.empty(0),
-              np.eye(d))
+    first_draw(rng, state, stats, structure, priors)
     return state
 
 
-@njit(cache=True, nogil=True)
-def run_chain(rng, state, stats, structure, priors, tree, method, mh_steps, warmup, thin, stop,
-              out_theta, out_a, b_rows, out_b, b_moments, out_lp, out_acc, coef_map):
-    """Run sweeps until ``stop`` sweeps are done, storing every ``thin``-th kept draw.
+@njit(cache=True, nogil=True, inline="always")
+def _store(state, store, k, acc):
+    """Keep the current draw as kept draw ``k`` (see :class:`~samplers.types.DrawStore`)."""
+    copy_into(store.theta[k], state.theta)
+    copy_into(store.a[k], state.a)
+    d = state.b.shape[1]
+    coef_map = store.coef_map
+    if k < store.b.shape[0]:
+        for i in range(store.b_rows.shape[0]):
+            row = state.b[store.b_rows[i]]
+            for r in range(d):
+                t = 0.0
+                for m in range(d):
+                    t += coef_map[r, m] * row[m]
+                store.b[k, i, r] = t
+    if store.b_moments.shape[0] > 0:
+        inv = 1.0 / (k + 1)
+        mean = store.b_moments[0]
+        m2 = store.b_moments[1]
+        for g in range(mean.shape[0]):
+            for r in range(d):
+                x = 0.0
+                for m in range(d):
+                    x += coef_map[r, m] * state.b[g, m]
+                delta = x - mean[g, r]
+                mean[g, r] += delta * inv
+                m2[g, r] += delta * (x - mean[g, r])
+    store.lp[k] = state.scal[LP]
+    store.accept[k] = acc
 
-    Outputs are indexed by kept draw ``k = (iteration - warmup) // thin``. ``out_b[k]`` holds
-    the coefficients of the groups ``b_rows`` (``out_b`` may hold no draws, to keep no group
-    coefficients). ``b_moments`` (shape (2, n_nodes, d), or (0, ...) for none) accumulates the
-    running mean and sum of squared deviations (Welford) of every group's coefficients over
-    the kept draws. Both hold the group coefficients mapped by ``coef_map`` (shape (d, d),
-    block diagonal: ``coef_map @ b`` of each group, the coefficients in the user's
-    parametrisation when the kernels work in another basis). A fresh state
-    (``state.ibuf[READY] == 0``) first gets its coefficients drawn at its ``theta``; a failure
-    there sets ``state.scal[FAILED]``. ``tree`` and ``method`` are variant flags
-    (:mod:`samplers.nested`, :mod:`samplers.sweep`).
+
+@njit(cache=True, nogil=True)
+def run_chain(rng, state, stats, structure, priors, moves, schedule, store):
+    """Run sweeps until ``schedule.stop`` sweeps are done, storing every ``thin``-th kept draw.
+
+    ``moves`` is :class:`~samplers.types.GibbsMoves` or :class:`~samplers.types.MHMoves`,
+    ``schedule`` a :class:`~samplers.types.Schedule`, ``store`` a
+    :class:`~samplers.types.DrawStore` (``store.b`` may hold no draws, to keep no group
+    coefficients; ``store.b_moments`` (0, ...) to keep no running moments). The state must
+    have its first coefficients drawn (:func:`init_state`). A failed factorisation sets
+    ``state.scal[FAILED]`` and returns.
     """
-    while True:
-        # one call site of sweep, so that it is compiled inline once
-        fresh = state.ibuf[READY] == 0
+    warmup = schedule.warmup
+    thin = schedule.thin
+    while state.ibuf[ITER] < schedule.stop:
         it = state.ibuf[ITER]
-        if not fresh and it >= stop:
-            return
-        acc = sweep(rng, state, stats, structure, priors, tree, method, mh_steps, warmup, not fresh)
+        # one call site of sweep, so that it is compiled inline once
+        acc = sweep(rng, state, stats, structure, priors, moves, warmup)
         if state.scal[FAILED] != 0.0:
             return
-        if fresh:
-            state.ibuf[READY] = 1
-            continue
-        if method is None and it < warmup:  # METHOD_MH
-            end_of_iteration(state, warmup)
+        if it < warmup:
+            end_of_sweep(state, moves, warmup)
         if it >= warmup and (it - warmup) % thin == 0:
-            k = (it - warmup) // thin
-            copy_into(out_theta[k], state.theta)
-            copy_into(out_a[k], state.a)
-            d = state.b.shape[1]
-            if k < out_b.shape[0]:
-                for i in range(b_rows.shape[0]):
-                    row = state.b[b_rows[i]]
-                    for r in range(d):
-                        t = 0.0
-                        for m in range(d):
-                            t += coef_map[r, m] * row[m]
-                        out_b[k, i, r] = t
-            if b_moments.shape[0] > 0:
-                inv = 1.0 / (k + 1)
-                mean = b_moments[0]
-                m2 = b_moments[1]
-                for g in range(mean.shape[0]):
-                    for r in range(d):
-                        x = 0.0
-                        for m in range(d):
-                            x += coef_map[r, m] * state.b[g, m]
-                        delta = x - mean[g, r]
-                        mean[g, r] += delta * inv
-                        m2[g, r] += delta * (x - mean[g, r])
-            out_lp[k] = state.scal[LP]
-            out_acc[k] = acc
+            _store(state, store, (it - warmup) // thin, acc)
         state.ibuf[ITER] = it + 1
 
 
@@ -148,7 +159,7 @@ class ChainOutput:
         self.failed = False
 
 
-def run_chains(rngs, states, stats, structure, priors, *, method, mh_steps, warmup, draws,
+def run_chains(rngs, states, stats, structure, priors, *, moves, warmup, draws,
                thin=1, keep_group_draws=True, group_moments=False, n_threads=None, chunk_seconds=0.2,
                min_chunk=10, progress=None, coef_map=None):
     """Run independent chains, in threads, into freshly allocated outputs.
@@ -161,10 +172,9 @@ def run_chains(rngs, states, stats, structure, priors, *, method, mh_steps, warm
         One initial state per chain (from :func:`init_state`); advanced in place.
     stats, structure, priors
         The model.
-    method : METHOD_GIBBS or METHOD_MH
-        Conjugate Gibbs for the variance components, or collapsed Metropolis-Hastings.
-    mh_steps : int
-        MH moves per sweep (method 1).
+    moves : GibbsMoves or MHMoves
+        Conjugate Gibbs for the variance components, or collapsed Metropolis-Hastings
+        (with its number of moves per sweep), :mod:`samplers.types`.
     warmup, draws, thin : int
         Sweeps of warm-up, kept draws per chain, and sweeps per kept draw.
     keep_group_draws : bool or ndarray of int
@@ -197,7 +207,7 @@ def run_chains(rngs, states, stats, structure, priors, *, method, mh_steps, warm
     n_chains = len(rngs)
     total = warmup + draws * thin
     _, d = stats.Xty.shape
-    n_groups = n_nodes_of(stats, structure)
+    n_groups = n_nodes_of(structure)
     p = stats.Fty.shape[0]
     n_theta = states[0].theta.shape[0]
     if keep_group_draws is True:
@@ -216,7 +226,6 @@ def run_chains(rngs, states, stats, structure, priors, *, method, mh_steps, warm
         for c in range(n_chains)
     ]
     stop_event = threading.Event()
-    tree = tree_flag(structure)
     coef_map = np.eye(d) if coef_map is None else np.ascontiguousarray(coef_map, dtype=np.float64)
 
     def work(c):
@@ -226,8 +235,8 @@ def run_chains(rngs, states, stats, structure, priors, *, method, mh_steps, warm
             start = int(state.ibuf[ITER])
             stop = min(total, start + n_sweeps)
             t0 = time.perf_counter()
-            run_chain(rng, state, stats, structure, priors, tree, method, mh_steps, warmup, thin, stop,
-                      out.theta, out.a, b_rows, out.b, out.b_moments, out.lp, out.accept, coef_map)
+            store = DrawStore(out.theta, out.a, b_rows, out.b, out.b_moments, out.lp, out.accept, coef_map)
+            run_chain(rng, state, stats, structure, priors, moves, Schedule(warmup, thin, stop), store)
             # Each call costs a fixed overhead (passing the model in): grow the chunks until
             # a call lasts about chunk_seconds. The draws do not depend on the chunking.
             if time.perf_counter() - t0 < 0.5 * chunk_seconds:
@@ -264,4 +273,4 @@ def run_chains(rngs, states, stats, structure, priors, *, method, mh_steps, warm
     return outputs, interrupted
 
 
-__all__ = ["ChainOutput", "init_state", "run_chain", "run_chains"]
+__all__ = ["ChainOutput", "first_draw", "init_state", "run_chain", "run_chains"]

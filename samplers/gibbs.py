@@ -12,7 +12,7 @@ from numba import njit
 
 from samplers.linalg import chol_inplace
 from samplers.theta import block_log_ratio_weight, sd_log_prior
-from samplers.types import PRIOR_INV_GAMMA
+from samplers.types import N_OBS, PRIOR_INV_GAMMA, YTY
 
 
 @njit(cache=True, nogil=True)
@@ -21,7 +21,7 @@ def residual_ss(stats, a, b):
     p = a.shape[0]
     n_groups = b.shape[0]
     d = b.shape[1]
-    rss = stats.scal[0]
+    rss = stats.scal[YTY]
     for q in range(p):
         rss -= 2.0 * a[q] * stats.Fty[q]
         for r in range(p):
@@ -49,7 +49,7 @@ def update_s2(rng, stats, a, b, s2, priors):
         1.0 if the move was accepted (always for the conjugate inverse-gamma prior).
     """
     rss = residual_ss(stats, a, b)
-    n_obs = stats.scal[1]
+    n_obs = stats.scal[N_OBS]
     if priors.sigma_kind == PRIOR_INV_GAMMA:
         shape = priors.sigma_par[0] + 0.5 * n_obs
         rate = priors.sigma_par[1] + 0.5 * rss
@@ -126,11 +126,10 @@ def update_T(rng, b, T, structure, priors):
         c0 = structure.block_ptr[k]
         dk = structure.block_ptr[k + 1] - c0
         # the rows of b holding the groups of this block's factor
-        g0, g1 = 0, b.shape[0]
-        if lp.shape[0] > 2:
-            for lev in range(lp.shape[0] - 1):
-                if lp[lev] <= c0 < lp[lev + 1]:
-                    g0, g1 = structure.node_ptr[lev], structure.node_ptr[lev + 1]
+        lev = 0
+        while lp[lev + 1] <= c0:
+            lev += 1
+        g0, g1 = structure.node_ptr[lev], structure.node_ptr[lev + 1]
         n_groups = g1 - g0
         S = np.zeros((dk, dk))
         for j in range(g0, g1):

@@ -1,7 +1,7 @@
 """Metropolis-Hastings on the variance components, with the group coefficients integrated out.
 
 The target is ``p(theta | a, y)``: the group coefficients are integrated out
-(:func:`samplers.tree.loglik_given_a`), so the moves do not depend on how well the data pin
+(:func:`samplers.gaussian.integrate_given_a`), so the moves do not depend on how well the data pin
 down the group effects, while conditioning on the fixed effects makes each evaluation cost
 ``O(n_coef^3)`` per group whatever the number of fixed effects, so that many moves fit in a
 sweep. The sweep then draws the fixed effects and the group coefficients jointly given
@@ -27,37 +27,27 @@ After warm-up both proposals are frozen, so the kept draws come from a fixed, va
 import numpy as np
 from numba import njit
 
+from samplers.gaussian import integrate_given_a
 from samplers.linalg import chol_inplace, copy_into
-from samplers.nested import tree_upward, tree_workspace
 from samplers.theta import canonical_mask, decode_theta, flip_columns
-from samplers.tree import loglik_given_a
+from samplers.types import IND_ACC, IND_LQ, IND_N, ITER, LAST_RESET, LOG_SCALE, LP_COND, RTR, WIN_COUNT
 
-# ibuf slots of ChainState
-ITER, WIN_COUNT, LAST_RESET, READY = 0, 1, 2, 3
-# scal slots of ChainState
-LP, LP_COND, LOG_SCALE, FAILED, RTR, IND_ACC, IND_N, IND_LQ = 0, 1, 2, 3, 4, 5, 6, 7
 IND_MIN_ACCEPT = 0.15  # below this in the last tenth of warm-up, the independence proposal is dropped
-SCRATCH = 1  # buffer slot used by the moves; slot 0 holds the factors of the current draw
 
 
 @njit(cache=True, nogil=True, inline="always")
-def log_target(theta, stats, structure, priors, state, tree):
+def log_target(theta, stats, structure, priors, state):
     """Log posterior of ``theta`` given the fixed effects, ``log p(y | theta, a) + log p(theta)``.
 
-    The group coefficients are integrated out; ``state.r_buf`` and ``state.scal[RTR]`` hold
-    the residual statistics of the current fixed effects. ``tree``: the variant flag of
-    :mod:`samplers.nested`.
+    The group coefficients are integrated out; ``state.r`` and ``state.scal[RTR]`` hold the
+    residual statistics of the current fixed effects. Evaluated in ``state.scratch``, so
+    that the factors of the current draw in ``state.work`` are kept.
     """
-    C = state.C_buf[SCRATCH]
-    s2, log_prior = decode_theta(theta, structure, priors, C)
+    work = state.scratch
+    s2, log_prior = decode_theta(theta, structure, priors, work.C)
     if not np.isfinite(log_prior):
         return -np.inf
-    if tree is None:
-        ll, ok = loglik_given_a(stats, s2, C, state.r_buf, state.scal[RTR], state.L_buf[SCRATCH])
-    else:
-        Lt, Ut, Acc, LA, cA, _ = tree_workspace(stats, structure)
-        ll, ok = tree_upward(stats, structure, s2, C, False, priors.fixed, state.r_buf,
-                             state.scal[RTR], Lt, Ut, Acc, LA, cA)
+    ll, ok = integrate_given_a(work, stats, structure, s2, state.r, state.scal[RTR])
     if not ok:
         # A factorisation failed at this point: numerically it has no posterior mass.
         return -np.inf
@@ -153,11 +143,11 @@ def propose_independent(rng, state, structure, prop, z):
 
 
 @njit(cache=True, nogil=True)
-def mh_moves(rng, state, stats, structure, priors, tree, mh_steps, warmup):
+def mh_moves(rng, state, stats, structure, priors, mh_steps, warmup):
     """``mh_steps`` moves on ``theta``; returns their mean acceptance probability.
 
     Random-walk moves only until the independence proposal has been fitted, then two
-    independence moves for every random-walk move. ``state.r_buf`` and ``state.scal[RTR]``
+    independence moves for every random-walk move. ``state.r`` and ``state.scal[RTR]``
     must hold the residual statistics of the current fixed effects. The target is
     evaluated at one call site, first at the current point and then at each proposal.
     """
@@ -175,7 +165,7 @@ def mh_moves(rng, state, stats, structure, priors, tree, mh_steps, warmup):
             propose_independent(rng, state, structure, prop, z)
         else:
             propose_walk(rng, state, prop, z)
-        lp_new = log_target(prop, stats, structure, priors, state, tree)
+        lp_new = log_target(prop, stats, structure, priors, state)
         if s < 0:
             state.scal[LP_COND] = lp_new
             continue

@@ -1,4 +1,7 @@
-"""The Gaussian tree for nested grouping factors: three levels and more.
+"""The Gaussian part of a model with nested grouping factors: three levels and more (or none).
+
+One implementation of the seam of :mod:`samplers.gaussian` (docs/design.md, "The single
+seam" and "Nested factors").
 
 The model has grouping factors ``1 .. K`` (finest first), each group of factor ``k`` lying in
 exactly one group of factor ``k + 1``. The coefficient vector of a row is the concatenation
@@ -27,35 +30,13 @@ import numpy as np
 from numba import njit
 
 from samplers.linalg import chol_inplace
+from samplers.types import N_OBS, SUM_LOG_W, YTY
 
 LOG_2PI = np.log(2.0 * np.pi)
 
 
-def two_level(structure):
-    """Whether the faster two-level passes of :mod:`samplers.tree` apply.
-
-    They do for one grouping factor with random coefficients; several factors, or none
-    (``n_coef == 0``), take the general tree passes.
-    """
-    return len(structure.level_ptr) == 2 and structure.level_ptr[-1] > 0
-
-
-# Variant flags. A kernel that has both a two-level and a tree version of a step takes a
-# ``tree`` argument that is None (two-level) or True (tree) and tests it with ``tree is None``.
-# Numba compiles one version per type of the flag and prunes the other branch before typing
-# it (a None argument is known at compile time), so a two-level model never compiles the
-# tree passes, nor a nested model the two-level ones.
-TWO_LEVEL = None
-TREE = True
-
-
-def tree_flag(structure):
-    """The ``tree`` variant flag of a model: :data:`TWO_LEVEL` or :data:`TREE`."""
-    return TWO_LEVEL if two_level(structure) else TREE
-
-
 @njit(cache=True, nogil=True)
-def tree_workspace(stats, structure):
+def workspace_arrays(stats, structure):
     """Work arrays ``(Lt, Ut, Acc, LA, cA, beta)`` of the tree passes on ``stats``."""
     lp = structure.level_ptr
     n_nodes = structure.node_ptr[-1]
@@ -106,7 +87,7 @@ def _eliminate(M, dk, w, K, L_out, U_out, tgt):
 
 
 @njit(cache=True, nogil=True)
-def tree_upward(stats, structure, s2, C, full, fixed, r, rtr, Lt, Ut, Acc, LA, cA):
+def upward(stats, structure, s2, C, full, fixed, r, rtr, Lt, Ut, Acc, LA, cA):
     """Integrate out every group (and, with ``full``, the fixed effects) of a nested model.
 
     Parameters
@@ -125,8 +106,8 @@ def tree_upward(stats, structure, s2, C, full, fixed, r, rtr, Lt, Ut, Acc, LA, c
         False: they are given through ``r = X_j'W_j(y_j - F_j a)`` (per finest group) and
         ``rtr = (y - F a)'W(y - F a)``, and the result is ``log p(y | theta, a)``.
     Lt, Ut, Acc, LA, cA : ndarray
-        Work arrays from :func:`tree_workspace`, left holding the factors for
-        :func:`tree_draw` (``LA`` and ``cA``: the factor of ``A+`` and ``c+``).
+        Work arrays from :func:`workspace_arrays`, left holding the factors for
+        :func:`draw` (``LA`` and ``cA``: the factor of ``A+`` and ``c+``).
 
     Returns
     -------
@@ -200,14 +181,14 @@ def tree_upward(stats, structure, s2, C, full, fixed, r, rtr, Lt, Ut, Acc, LA, c
     acc = Acc[root]
     if not full:
         final = acc[0, 0] + rtr * inv_s2
-        n_obs = stats.scal[1]
-        return -0.5 * (n_obs * LOG_2PI + n_obs * np.log(s2) - stats.scal[2] + logdet + final), True
+        n_obs = stats.scal[N_OBS]
+        return -0.5 * (n_obs * LOG_2PI + n_obs * np.log(s2) - stats.scal[SUM_LOG_W] + logdet + final), True
     # the root: data cross-products of [F, y], the prior of the fixed effects
     for q in range(p):
         for q2 in range(q + 1):
             acc[q, q2] += stats.FtF[q, q2] * inv_s2 + fixed.prec[q, q2]
         acc[p, q] += stats.Fty[q] * inv_s2 + fixed.lin[q]
-    acc[p, p] += stats.scal[0] * inv_s2
+    acc[p, p] += stats.scal[YTY] * inv_s2
     for q in range(p):
         cA[q] = acc[p, q]
         for q2 in range(q + 1):
@@ -223,14 +204,14 @@ def tree_upward(stats, structure, s2, C, full, fixed, r, rtr, Lt, Ut, Acc, LA, c
         v[q] = t / LA[q, q]
         final -= v[q] * v[q]
         logdet += 2.0 * np.log(LA[q, q])
-    n_obs = stats.scal[1]
-    return -0.5 * ((n_obs - fixed.n_flat) * LOG_2PI + n_obs * np.log(s2) - stats.scal[2] + logdet
+    n_obs = stats.scal[N_OBS]
+    return -0.5 * ((n_obs - fixed.n_flat) * LOG_2PI + n_obs * np.log(s2) - stats.scal[SUM_LOG_W] + logdet
                    + fixed.const + final), True
 
 
 @njit(cache=True, nogil=True)
-def tree_draw(rng, structure, C, Lt, Ut, LA, cA, beta, a_out, b_out, draw):
-    """Downward pass after a ``full`` :func:`tree_upward`: fixed effects, then each level's groups.
+def draw(rng, structure, C, Lt, Ut, LA, cA, beta, a_out, b_out, draw):
+    """Downward pass after a ``full`` :func:`upward`: fixed effects, then each level's groups.
 
     ``a ~ N(A+^{-1} c+, A+^{-1})``; then, from the coarsest factor to the finest, each group's
     whitened coefficients given its ancestors' and ``a``, ``beta = L'^{-1}(U_y - U_r v_r + e)``,
@@ -312,3 +293,211 @@ def effective_coefficients(structure, b, out):
             for c in range(lp[lev], lp[lev + 1]):
                 out[j, c] = b[g, c]
             g = parent[g]
+
+
+@njit(cache=True, nogil=True)
+def _lower_inverse_gram(LA, out):
+    """``out = (LA LA')^{-1}`` for a lower-triangular ``LA``."""
+    p = LA.shape[0]
+    inv = np.zeros((p, p))
+    for c in range(p):  # columns of LA^{-1}, by forward substitution
+        for i in range(c, p):
+            t = 1.0 if i == c else 0.0
+            for m in range(c, i):
+                t -= LA[i, m] * inv[m, c]
+            inv[i, c] = t / LA[i, i]
+    for q in range(p):
+        for r in range(p):
+            t = 0.0
+            for m in range(max(q, r), p):
+                t += inv[m, q] * inv[m, r]
+            out[q, r] = t
+
+
+@njit(cache=True, nogil=True)
+def moments(rng, stats, structure, s2, C, Lt, Ut, LA, cA, beta, with_fixed, a, b, V, A_inv):
+    """E-step after a ``full`` :func:`upward` with a flat prior: means, covariances, expected RSS.
+
+    Writes the GLS fixed effects ``a``, ``A_inv = A^{-1}`` (their covariance), each group's
+    conditional mean ``b`` and the covariance ``V`` of its own coefficients (rows: groups of
+    every factor), given ``a`` or, with ``with_fixed``, with ``a`` integrated out (REML).
+    Returns ``E[(y - F a - X b)'W(y - F a - X b) | y]`` over the same distribution.
+
+    The covariances come from the downward recursion on the joint covariance of a group's
+    whitened coefficients and everything above it (its ancestors' and ``a``), ``z``:
+    ``beta = L'^{-1}(u - U z) + L'^{-1} e`` gives ``Cov(beta) = K^{-1} + B Cov(z) B'`` and
+    ``Cov(beta, z) = -B Cov(z)`` with ``B = L'^{-1} U`` (docs/design.md, "EM"). ``Cov(a)`` is
+    ``A^{-1}`` or 0. ``rng`` is not drawn from.
+    """
+    lp = structure.level_ptr
+    npt = structure.node_ptr
+    parent = structure.parent
+    n_levels = lp.shape[0] - 1
+    D = lp[n_levels]
+    p = a.shape[0]
+    n1 = npt[1]
+    for g in range(b.shape[0]):
+        for c in range(D):
+            b[g, c] = 0.0
+            for c2 in range(D):
+                V[g, c, c2] = 0.0
+    draw(rng, structure, C, Lt, Ut, LA, cA, beta, a, b, False)
+    _lower_inverse_gram(LA, A_inv)
+    Sa = np.zeros((p, p))
+    if with_fixed:
+        for q in range(p):
+            for r in range(p):
+                Sa[q, r] = A_inv[q, r]
+    # residual sum of squares at the means, from the statistics
+    rss = stats.scal[YTY]
+    for q in range(p):
+        rss -= 2.0 * a[q] * stats.Fty[q]
+        for r in range(p):
+            rss += a[q] * stats.FtF[q, r] * a[r]
+            rss += stats.FtF[q, r] * Sa[q, r]
+    be = np.zeros(D)
+    for j in range(n1):
+        g = j
+        for lev in range(n_levels):
+            for c in range(lp[lev], lp[lev + 1]):
+                be[c] = b[g, c]
+            g = parent[g]
+        for k in range(D):
+            t = stats.Xty[j, k]
+            for q in range(p):
+                t -= stats.XtF[j, k, q] * a[q]
+            rss -= 2.0 * be[k] * t
+            for m in range(D):
+                rss += be[k] * stats.XtX[j, k, m] * be[m]
+    if D == 0:
+        return max(rss, 1e-300)
+    Wc = D - lp[1] + p  # size of the joint covariance kept for a group above the finest
+    upper = np.zeros((max(npt[-1] - n1, 1), Wc, Wc))
+    W1 = D + p
+    chain = np.empty((W1, W1))
+    B = np.empty((D, W1))
+    BS = np.empty((D, W1))
+    GC = np.empty((W1, W1))
+    for lev in range(n_levels - 1, -1, -1):
+        dk = lp[lev + 1] - lp[lev]
+        dz = D - lp[lev + 1] + p
+        c0 = lp[lev]
+        for g in range(npt[lev], npt[lev + 1]):
+            L = Lt[g]
+            U = Ut[g]
+            if lev == n_levels - 1:
+                Sz = Sa
+            else:
+                Sz = upper[parent[g] - n1]
+            # B = L'^{-1} U[:, :dz], column by column (back substitution)
+            for c in range(dz):
+                for i in range(dk - 1, -1, -1):
+                    t = U[i, c]
+                    for m in range(i + 1, dk):
+                        t -= L[m, i] * B[m, c]
+                    B[i, c] = t / L[i, i]
+            for i in range(dk):
+                for c in range(dz):
+                    t = 0.0
+                    for m in range(dz):
+                        t += B[i, m] * Sz[m, c]
+                    BS[i, c] = t
+            # the joint covariance [[Cov(beta), -B Sz], [-(B Sz)', Sz]] into chain
+            for i in range(dk):  # B Cov(z) B', then K^{-1} = L'^{-1} L^{-1} added
+                for i2 in range(dk):
+                    t = 0.0
+                    for c in range(dz):
+                        t += BS[i, c] * B[i2, c]
+                    chain[i, i2] = t
+            Linv = np.zeros((dk, dk))
+            for c in range(dk):
+                for i in range(c, dk):
+                    t = 1.0 if i == c else 0.0
+                    for m in range(c, i):
+                        t -= L[i, m] * Linv[m, c]
+                    Linv[i, c] = t / L[i, i]
+            for i in range(dk):
+                for i2 in range(dk):
+                    t = 0.0
+                    for m in range(max(i, i2), dk):
+                        t += Linv[m, i] * Linv[m, i2]
+                    chain[i, i2] += t
+            for i in range(dk):
+                for c in range(dz):
+                    chain[i, dk + c] = -BS[i, c]
+                    chain[dk + c, i] = -BS[i, c]
+            for c in range(dz):
+                for c2 in range(dz):
+                    chain[dk + c, dk + c2] = Sz[c, c2]
+            # the group's own covariance, C_k Cov(beta) C_k'
+            for i in range(dk):
+                for i2 in range(dk):
+                    t = 0.0
+                    for m in range(i + 1):
+                        for m2 in range(i2 + 1):
+                            t += C[c0 + i, c0 + m] * chain[m, m2] * C[c0 + i2, c0 + m2]
+                    V[g, c0 + i, c0 + i2] = t
+            if lev > 0:
+                up = upper[g - n1]
+                for i in range(dk + dz):
+                    for i2 in range(dk + dz):
+                        up[i, i2] = chain[i, i2]
+                continue
+            # a finest group: the trace terms of E[RSS] from the covariance of [b_eff, a],
+            # G chain G' with G = diag(C, I); GC = G chain (rows), then the traces
+            for i in range(W1):
+                for c in range(W1):
+                    if i < D:
+                        t = 0.0
+                        for m in range(i + 1):
+                            t += C[i, m] * chain[m, c]
+                        GC[i, c] = t
+                    else:
+                        GC[i, c] = chain[i, c]
+            for k in range(D):
+                for k2 in range(D):
+                    # Cov(b_eff)[k2, k] = sum_m GC[k2, m] C[k, m]
+                    t = 0.0
+                    for m in range(k + 1):
+                        t += GC[k2, m] * C[k, m]
+                    rss += stats.XtX[g, k, k2] * t
+                for q in range(p):
+                    t = 0.0
+                    for m in range(k + 1):
+                        t += GC[D + q, m] * C[k, m]
+                    rss += 2.0 * stats.XtF[g, k, q] * t
+    return max(rss, 1e-300)
+
+
+@njit(cache=True, nogil=True)
+def em_update(rng, stats, structure, s2, C, Lt, Ut, LA, cA, beta, reml, a, b, V, A_inv, T):
+    """One EM iteration's E- and M-steps after a ``full`` :func:`upward`; returns the new level-1 variance.
+
+    E-step: :func:`moments`. M-step: ``T`` of each covariance block the mean of
+    ``E[b b']`` over the groups of its factor, the level-1 variance ``E[RSS] / N``.
+    """
+    rss = moments(rng, stats, structure, s2, C, Lt, Ut, LA, cA, beta, reml, a, b, V, A_inv)
+    lp = structure.level_ptr
+    D = T.shape[0]
+    for k in range(D):
+        for m in range(D):
+            T[k, m] = 0.0
+    trace = 0.0
+    for blk in range(structure.block_ptr.shape[0] - 1):
+        lo = structure.block_ptr[blk]
+        hi = structure.block_ptr[blk + 1]
+        lev = 0
+        while lp[lev + 1] <= lo:
+            lev += 1
+        g0 = structure.node_ptr[lev]
+        g1 = structure.node_ptr[lev + 1]
+        for k in range(lo, hi):
+            for m in range(lo, hi):
+                t = 0.0
+                for g in range(g0, g1):
+                    t += b[g, k] * b[g, m] + V[g, k, m]
+                T[k, m] = t / (g1 - g0)
+            trace += T[k, k]
+    for k in range(D):
+        T[k, k] += 1e-12 * max(trace, 1e-300)
+    return rss / stats.scal[N_OBS]

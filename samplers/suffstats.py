@@ -1,4 +1,4 @@
-"""One pass over the rows: per-group cross-products (DESIGN.md section 2, step 1).
+"""One pass over the rows: per-group cross-products (docs/design.md, "The Gaussian passes").
 
 This is the only step whose cost grows with the number of observations. The statistics
 are additive over any partition of the rows, so partial results from chunks, files or
@@ -8,7 +8,7 @@ cluster workers are combined with :func:`merge_suffstats`.
 import numpy as np
 from numba import njit
 
-from samplers.types import SuffStats
+from samplers.types import N_OBS, SUM_LOG_W, YTY, SuffStats
 
 # Largest n_groups * n_fixed**2 for which the per-group F_j' W_j F_j are kept (160 MB); above
 # it the per-group log-likelihood is computed from the rows (docs/design.md, "Per-group
@@ -40,9 +40,9 @@ def _accumulate(y, F, X, g, w, shift, scale, n, XtX, XtF, Xty, yty_g, FtF, Fty, 
             x[r] = (X[i, r] - shift[1 + p + r]) / scale[1 + p + r]
         n[j] += 1.0
         yty_g[j] += wi * yi * yi
-        scal[0] += wi * yi * yi
+        scal[YTY] += wi * yi * yi
         log_wi = np.log(wi)
-        scal[2] += log_wi
+        scal[SUM_LOG_W] += log_wi
         logw_g[j] += log_wi
         for r in range(d):
             xr = wi * x[r]
@@ -60,7 +60,7 @@ def _accumulate(y, F, X, g, w, shift, scale, n, XtX, XtF, Xty, yty_g, FtF, Fty, 
             if per_group:
                 for s in range(q + 1):
                     FtF_g[j, q, s] += fq * f[s]
-    scal[1] += n_obs
+    scal[N_OBS] += n_obs
     for q in range(p):
         for s in range(q):
             FtF[s, q] = FtF[q, s]
@@ -129,6 +129,49 @@ def compute_suffstats(y, F, X, group_idx, n_groups, weights=None, shift=None, sc
     return stats
 
 
+@njit(cache=True, nogil=True)
+def recompute(stats, y, F, X, group_idx, weights):
+    """Overwrite ``stats`` in place with the statistics of new rows ``y`` and weights ``w``.
+
+    For a sampler that changes the working response and the weights every sweep (a data
+    augmentation for a non-Gaussian level 1): the rows are in the statistics' basis already
+    (no shift, no scale), ``stats`` keeps its arrays, and the Gaussian passes of
+    :mod:`samplers.gaussian` are then called on it as on any other statistics.
+    """
+    for field in (stats.n, stats.yty_g, stats.Fty, stats.scal, stats.logw_g):
+        field[:] = 0.0
+    for field3 in (stats.XtX, stats.XtF, stats.FtF_g):
+        field3[:] = 0.0
+    stats.Xty[:] = 0.0
+    stats.FtF[:] = 0.0
+    stats.Fty_g[:] = 0.0
+    width = 1 + F.shape[1] + X.shape[1]
+    _accumulate(y, F, X, group_idx, weights, np.zeros(width), np.ones(width), *stats)
+
+
 def merge_suffstats(first, second):
     """Add two sets of statistics computed on disjoint rows of the same model."""
     return SuffStats(*(np.add(u, v) for u, v in zip(first, second, strict=True)))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def residual_stats(stats, a, r_out):
+    """Statistics of the residuals ``y - F a`` needed by :func:`samplers.gaussian.integrate_given_a`.
+
+    Writes ``r_j = X_j'W_j(y_j - F_j a)`` into ``r_out`` (shape (n_groups, n_coef)) and
+    returns ``(y - F a)'W(y - F a)``.
+    """
+    p = a.shape[0]
+    n_groups, d = r_out.shape
+    for j in range(n_groups):
+        for k in range(d):
+            t = stats.Xty[j, k]
+            for q in range(p):
+                t -= stats.XtF[j, k, q] * a[q]
+            r_out[j, k] = t
+    rtr = stats.scal[YTY]
+    for q in range(p):
+        rtr -= 2.0 * a[q] * stats.Fty[q]
+        for s in range(p):
+            rtr += a[q] * stats.FtF[q, s] * a[s]
+    return max(rtr, 0.0)

@@ -2,9 +2,11 @@
 
 Every field is a C-contiguous ``float64`` or ``int64`` array, or a Python scalar, so that one
 compiled kernel serves every model: the model is data passed to the kernels, never code.
-Besides these values the chain kernels take two variant flags, ``tree`` and ``method``
-(:mod:`samplers.nested`, :mod:`samplers.sweep`), each None or True: each of the four
-combinations is compiled once, on first use, with only its own branches.
+Two choices are made by the *type* of a value rather than by its contents, so that each
+variant is compiled once, on first use, with only its own code: the structure of the
+Gaussian part by the type of its workspace (:mod:`samplers.gaussian`, docs/design.md,
+"The single seam"), and the moves on the variance components by :class:`GibbsMoves` or
+:class:`MHMoves`.
 """
 
 from typing import NamedTuple
@@ -17,6 +19,9 @@ PRIOR_HALF_NORMAL = 1  # params (scale, -)
 PRIOR_HALF_T = 2  # params (nu, scale); half-Cauchy is nu = 1
 PRIOR_UNIFORM = 3  # params (upper, -): uniform on (0, upper)
 PRIOR_INV_GAMMA = 4  # params (alpha, beta): inverse-gamma on the variance
+
+# Slots of SuffStats.scal
+YTY, N_OBS, SUM_LOG_W = 0, 1, 2
 
 
 class SuffStats(NamedTuple):
@@ -42,7 +47,8 @@ class SuffStats(NamedTuple):
     Fty : ndarray of shape (n_fixed,)
         ``F' W y`` summed over all rows.
     scal : ndarray of shape (3,)
-        ``[y' W y, n_obs, sum(log w)]``.
+        ``[y' W y, n_obs, sum(log w)]``, read by the slot names :data:`YTY`, :data:`N_OBS`
+        and :data:`SUM_LOG_W`.
     FtF_g : ndarray of shape (n_groups, n_fixed, n_fixed), or (0, n_fixed, n_fixed)
         ``F_j' W_j F_j``, kept when ``n_groups * n_fixed**2`` is at most
         :data:`samplers.suffstats.GROUP_FIXED_LIMIT` (else empty): with ``Fty_g`` and the
@@ -183,6 +189,24 @@ def flat_fixed_prior(p):
     return FixedPrior(np.zeros((p, p)), np.zeros(p), 0.0, int(p))
 
 
+# Slots of ChainState.scal
+LP = 0  # log p(theta | y) up to a constant, at the current draw
+LP_COND = 1  # log p(theta | a, y), the target of the Metropolis-Hastings moves
+LOG_SCALE = 2  # log of the random-walk step scale
+FAILED = 3  # 1.0 once a factorisation failed: the chain stops
+RTR = 4  # (y - F a)'W(y - F a) at the current fixed effects
+IND_ACC = 5  # summed acceptance of the independence moves in warm-up
+IND_N = 6  # their count
+IND_LQ = 7  # independence-proposal log density at theta (nan when not known)
+N_SCAL = 8
+# Slots of ChainState.ibuf
+ITER = 0  # sweeps done
+WIN_COUNT = 1  # draws in the current adaptation window
+LAST_RESET = 2  # sweep of the last reset of the proposal scale
+READY = 3  # 1 once the first coefficients are drawn
+N_IBUF = 4
+
+
 class ChainState(NamedTuple):
     """Mutable state of one chain, updated in place by the driver between chunks.
 
@@ -196,24 +220,17 @@ class ChainState(NamedTuple):
     b : ndarray of shape (n_nodes, n_coef)
         Group coefficients (deviations from the fixed part), one row per group of every factor
         (``Structure.node_ptr``); a row uses its own factor's columns.
-    scal : ndarray of shape (8,)
-        ``[log p(theta | y), log p(theta | a, y), MH log step scale, failure flag,
-        (y - F a)'W(y - F a), summed acceptance and count of independence moves in
-        warm-up, independence-proposal log density at theta (nan when not known)]``.
-    ibuf : ndarray of int64, shape (4,)
-        ``[sweeps done, draws in the adaptation window, sweep of the last proposal reset,
-        1 once the first coefficients are drawn]``.
-    C_buf : ndarray of shape (2, n_coef, n_coef)
-        Factor ``C`` of the group covariance ``T = C C'`` (slot 0: current draw, slot 1:
-        scratch for proposals).
-    r_buf : ndarray of shape (n_groups, n_coef)
-        ``X_j'W_j(y_j - F_j a)`` at the current fixed effects.
-    L_buf : ndarray of shape (2, n_groups, n_coef, n_coef)
-        Cholesky factors of ``K_j`` from the upward pass (same slots).
-    LA_buf : ndarray of shape (2, n_fixed, n_fixed)
-        Cholesky factor of the fixed-effect precision ``A`` plus its prior.
-    c_buf : ndarray of shape (2, n_fixed)
-        Linear term ``c`` plus its prior.
+    scal : ndarray of shape (N_SCAL,)
+        Scalars, by the slot names above (:data:`LP`, :data:`FAILED`, ...).
+    ibuf : ndarray of int64, shape (N_IBUF,)
+        Counters, by the slot names above (:data:`ITER`, :data:`READY`, ...).
+    r : ndarray of shape (n_groups, n_coef)
+        ``X_j'W_j(y_j - F_j a)`` at the current fixed effects (finest groups).
+    work : TwoLevelWork or NestedWork
+        Workspace of the Gaussian passes (:mod:`samplers.gaussian`), holding the factors at
+        the current ``theta`` after each draw of the coefficients.
+    scratch : TwoLevelWork or NestedWork
+        A second workspace of the same type, for the Metropolis-Hastings proposals.
     prop_chol : ndarray of shape (n_theta, n_theta)
         Cholesky factor of the random-walk proposal covariance.
     ad_mean : ndarray of shape (n_theta,)
@@ -231,13 +248,64 @@ class ChainState(NamedTuple):
     b: np.ndarray
     scal: np.ndarray
     ibuf: np.ndarray
-    C_buf: np.ndarray
-    r_buf: np.ndarray
-    L_buf: np.ndarray
-    LA_buf: np.ndarray
-    c_buf: np.ndarray
+    r: np.ndarray
+    work: tuple
+    scratch: tuple
     prop_chol: np.ndarray
     ad_mean: np.ndarray
     ad_cov: np.ndarray
     ind_mean: np.ndarray
     ind_chol: np.ndarray
+
+
+class GibbsMoves(NamedTuple):
+    """Moves on the variance components: conjugate Gibbs updates given the coefficients."""
+
+
+class MHMoves(NamedTuple):
+    """Moves on the variance components: ``steps`` Metropolis-Hastings moves with the groups integrated out."""
+
+    steps: int
+
+
+class Schedule(NamedTuple):
+    """Where a call of :func:`samplers.driver.run_chain` stops and which sweeps it keeps.
+
+    Sweeps ``0 .. warmup - 1`` are warm-up; from ``warmup`` every ``thin``-th sweep is kept;
+    the call returns once ``stop`` sweeps are done.
+    """
+
+    warmup: int
+    thin: int
+    stop: int
+
+
+class DrawStore(NamedTuple):
+    """Where one chain's kept draws go, indexed by kept draw ``k = (sweep - warmup) // thin``.
+
+    Attributes
+    ----------
+    theta : ndarray of shape (n_keep, n_theta)
+    a : ndarray of shape (n_keep, n_fixed)
+    b_rows : ndarray of int64, shape (n_kept_groups,)
+        The groups (rows of ``ChainState.b``) whose coefficients are stored.
+    b : ndarray of shape (n_keep_b, n_kept_groups, n_coef)
+        Their coefficients (``n_keep_b`` is 0 to store none).
+    b_moments : ndarray of shape (2, n_nodes, n_coef), or (0, 0, n_coef)
+        Running mean and sum of squared deviations (Welford) of every group's coefficients.
+    lp : ndarray of shape (n_keep,)
+        ``log p(theta | y)`` up to a constant.
+    accept : ndarray of shape (n_keep,)
+        Mean acceptance of the moves on the variance components in the sweep.
+    coef_map : ndarray of shape (n_coef, n_coef)
+        Map applied to each group's coefficients before they are stored or averaged.
+    """
+
+    theta: np.ndarray
+    a: np.ndarray
+    b_rows: np.ndarray
+    b: np.ndarray
+    b_moments: np.ndarray
+    lp: np.ndarray
+    accept: np.ndarray
+    coef_map: np.ndarray

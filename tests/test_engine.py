@@ -26,9 +26,10 @@ from samplers.linalg import (
     solve_upper,
 )
 from samplers.loglik import loglik_draws
-from samplers.suffstats import compute_suffstats, merge_suffstats
+from samplers.suffstats import compute_suffstats, merge_suffstats, residual_stats
 from samplers.theta import covariances, decode_theta, encode_theta, sd_corr
-from samplers.tree import draw_coefficients, loglik_given_a, residual_stats, upward
+from samplers.two_level import draw as draw_coefficients
+from samplers.two_level import loglik_given_a, upward
 from samplers.types import (
     PRIOR_FLAT,
     PRIOR_HALF_NORMAL,
@@ -1080,14 +1081,15 @@ def test_inverse_wishart_normalising_constant_of_the_marginal_likelihood(blocks)
 def test_chains_compile_once_per_variant_not_per_model():
     """Two-level models of different sizes share one compiled chain; nesting is its own variant.
 
-    The variant flags (``tree``, ``method``) are None or True, so the compiled signatures
-    show which branches were pruned: a None flag was known at compile time.
+    The structure is chosen by the type of the chain's workspace and the moves by the type
+    of ``moves`` (:mod:`samplers.gaussian`, :mod:`samplers.types`), so the compiled
+    signatures show one kernel per pair of types, whatever the model's size.
     """
     import pandas as pd
-    from numba.core import types
 
     import bayeshlm as bh
     from samplers.driver import run_chain
+    from samplers.types import ChainState
 
     rng = np.random.default_rng(0)
     n = 240
@@ -1098,10 +1100,9 @@ def test_chains_compile_once_per_variant_not_per_model():
         bh.sample(bh.hlm(formula, df), draws=20, warmup=20, chains=1, seed=1, progress=False)
     variants = {}
     for sig in run_chain.signatures:
-        tree, method = sig[5], sig[6]
-        key = ("two-level" if tree == types.none else "tree", "mh" if method == types.none else "gibbs")
+        work = sig[1].types[ChainState._fields.index("work")]
+        key = (work.instance_class.__name__, sig[5].instance_class.__name__)
         variants.setdefault(key, []).append(sig)
     # the two two-level models (2 and 1 random coefficients, 2 and 3 fixed effects) share one
-    assert len(variants[("two-level", "mh")]) == 1, variants
-    assert len(variants[("tree", "mh")]) == 1, variants
-    assert types.boolean in (sig[5] for sig in variants[("tree", "mh")])
+    assert len(variants[("TwoLevelWork", "MHMoves")]) == 1, variants
+    assert len(variants[("NestedWork", "MHMoves")]) == 1, variants

@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from samplers.nested import effective_coefficients, tree_draw, tree_upward, tree_workspace
+from samplers.nested import draw as tree_draw
+from samplers.nested import effective_coefficients
+from samplers.nested import upward as tree_upward
+from samplers.nested import workspace_arrays as tree_workspace
 from samplers.suffstats import compute_suffstats
 from samplers.types import FixedPrior, Structure, flat_fixed_prior
 

@@ -1,15 +1,18 @@
-"""The Gaussian tree: upward pass (integrate out) and downward pass (draw or mean).
+"""The Gaussian part of a two-level model: upward pass (integrate out), downward pass (draw or mean).
 
-Given the variance components, all coefficients are jointly Gaussian. The upward pass
-integrates the group coefficients out, group by group, in information form (DESIGN.md
-section 2), and then the fixed effects; it returns the marginal log-likelihood of the
-variance components. The downward pass draws the fixed effects from their conditional
-posterior and each group's coefficients given them: an exact joint draw of every
-coefficient given ``theta``. Neither pass touches the observations: the cost is
-``O(n_groups * (n_coef^2 n_fixed + n_coef n_fixed^2))``.
+One implementation of the seam of :mod:`samplers.gaussian` (docs/design.md, "The single
+seam"): one grouping factor with random coefficients. Given the variance components, all
+coefficients are jointly Gaussian. The upward pass integrates the group coefficients out,
+group by group, in information form (docs/design.md, "The Gaussian passes"), and then the
+fixed effects; it returns the marginal log-likelihood of the variance components. The
+downward pass draws the fixed effects from their conditional posterior and each group's
+coefficients given them: an exact joint draw of every coefficient given ``theta``. Neither
+pass touches the observations: the cost is ``O(n_groups * (n_coef^2 n_fixed + n_coef
+n_fixed^2))``.
 
-Two levels are written out here; the message a group sends upward (its contribution to
-``A``, ``c``, ``y'V^{-1}y`` and ``log|V|``) is the same object a deeper tree passes from
+Two levels are written out here, with closed forms for one and two coefficients; the
+message a group sends upward (its contribution to ``A``, ``c``, ``y'V^{-1}y`` and
+``log|V|``) is the same object the nested passes of :mod:`samplers.nested` send from
 children to parents.
 
 References
@@ -22,6 +25,7 @@ import numpy as np
 from numba import njit
 
 from samplers.linalg import chol_inplace, logdet_chol, solve_lower, solve_lower_cols, solve_upper
+from samplers.types import N_OBS, SUM_LOG_W, YTY
 
 LOG_2PI = np.log(2.0 * np.pi)
 
@@ -110,14 +114,14 @@ def upward(stats, s2, C, fixed, L_out, LA_out, c_out):
     d = C.shape[0]
     p = fixed.lin.shape[0]
     inv_s2 = 1.0 / s2
-    n_obs = stats.scal[1]
+    n_obs = stats.scal[N_OBS]
     A = LA_out
     for q in range(p):
         c_out[q] = stats.Fty[q] * inv_s2 + fixed.lin[q]
         for r in range(p):
             A[q, r] = stats.FtF[q, r] * inv_s2 + fixed.prec[q, r]
-    yVy = stats.scal[0] * inv_s2
-    logdet = n_obs * np.log(s2) - stats.scal[2]
+    yVy = stats.scal[YTY] * inv_s2
+    logdet = n_obs * np.log(s2) - stats.scal[SUM_LOG_W]
     # Rows of U_j and u_j for all groups, stacked; the p x p and p x 1 reductions
     # sum_j U_j'U_j and sum_j U_j'u_j run over them after the loop.
     U_all = np.empty((n_groups * d, p))
@@ -230,7 +234,7 @@ def upward(stats, s2, C, fixed, L_out, LA_out, c_out):
 
 
 @njit(cache=True, nogil=True)
-def draw_coefficients(rng, stats, s2, C, L_all, LA, c_plus, a_out, b_out, draw):
+def draw(rng, stats, s2, C, L_all, LA, c_plus, a_out, b_out, draw):
     """Downward pass: the fixed effects, then every group's coefficients given them.
 
     ``a ~ N(A+^{-1} c+, A+^{-1})``, then ``b_j = C beta_j`` with
@@ -296,7 +300,7 @@ def draw_coefficients(rng, stats, s2, C, L_all, LA, c_plus, a_out, b_out, draw):
 
 @njit(cache=True, nogil=True, inline="always")
 def _draw_small(rng, stats, inv_s2, C, L_all, a, b_out, draw):
-    """The group loop of :func:`draw_coefficients` for one or two coefficients, written out."""
+    """The group loop of :func:`draw` for one or two coefficients, written out."""
     p = a.shape[0]
     d = b_out.shape[1]
     XtF, Xty = stats.XtF, stats.Xty
@@ -335,29 +339,6 @@ def _draw_small(rng, stats, inv_s2, C, L_all, a, b_out, draw):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def residual_stats(stats, a, r_out):
-    """Statistics of the residuals ``y - F a`` needed by :func:`loglik_given_a`.
-
-    Writes ``r_j = X_j'W_j(y_j - F_j a)`` into ``r_out`` (shape (n_groups, n_coef)) and
-    returns ``(y - F a)'W(y - F a)``.
-    """
-    p = a.shape[0]
-    n_groups, d = r_out.shape
-    for j in range(n_groups):
-        for k in range(d):
-            t = stats.Xty[j, k]
-            for q in range(p):
-                t -= stats.XtF[j, k, q] * a[q]
-            r_out[j, k] = t
-    rtr = stats.scal[0]
-    for q in range(p):
-        rtr -= 2.0 * a[q] * stats.Fty[q]
-        for s in range(p):
-            rtr += a[q] * stats.FtF[q, s] * a[s]
-    return max(rtr, 0.0)
-
-
-@njit(cache=True, nogil=True, inline="always")
 def loglik_given_a(stats, s2, C, r, rtr, L_scratch):
     """``log p(y | theta, a)``: the group coefficients integrated out, the fixed effects given.
 
@@ -372,7 +353,7 @@ def loglik_given_a(stats, s2, C, r, rtr, L_scratch):
     C : ndarray of shape (n_coef, n_coef)
         Factor of the group covariance ``T = C C'``.
     r : ndarray of shape (n_groups, n_coef)
-        ``X_j'W_j(y_j - F_j a)`` from :func:`residual_stats`.
+        ``X_j'W_j(y_j - F_j a)`` from :func:`samplers.suffstats.residual_stats`.
     rtr : float
         ``(y - F a)'W(y - F a)``.
     L_scratch : ndarray of shape (n_groups, n_coef, n_coef)
@@ -387,9 +368,9 @@ def loglik_given_a(stats, s2, C, r, rtr, L_scratch):
         return -np.inf, False
     n_groups, d = r.shape
     inv_s2 = 1.0 / s2
-    n_obs = stats.scal[1]
+    n_obs = stats.scal[N_OBS]
     quad = rtr * inv_s2
-    logdet = n_obs * np.log(s2) - stats.scal[2]
+    logdet = n_obs * np.log(s2) - stats.scal[SUM_LOG_W]
     det_prod = 1.0  # product of det(K_j) >= 1 over groups, logged in batches: one log per many groups
     u = np.empty(d)
     XC = np.empty((d, d))
@@ -438,7 +419,7 @@ def loglik_given_a(stats, s2, C, r, rtr, L_scratch):
 
 
 @njit(cache=True, nogil=True)
-def group_moments(rng, stats, s2, C, L_all, LA, c_plus, a_out, b_mean, b_cov):
+def moments(rng, stats, s2, C, L_all, LA, c_plus, a_out, b_mean, b_cov):
     """E-step: the fixed effects' GLS estimate and each group's conditional mean and covariance.
 
     With the factors left by :func:`upward` (flat prior on ``a``): ``a = A^{-1} c``,
@@ -448,7 +429,7 @@ def group_moments(rng, stats, s2, C, L_all, LA, c_plus, a_out, b_mean, b_cov):
     Parameters
     ----------
     rng : numpy.random.Generator
-        Not drawn from (it lets this share :func:`draw_coefficients`, compiled for a generator).
+        Not drawn from (it lets this share :func:`draw`, compiled for a generator).
     stats : SuffStats
     s2 : float
     C : ndarray of shape (n_coef, n_coef)
@@ -462,7 +443,7 @@ def group_moments(rng, stats, s2, C, L_all, LA, c_plus, a_out, b_mean, b_cov):
     b_cov : ndarray of shape (n_groups, n_coef, n_coef)
         Output: conditional covariances.
     """
-    draw_coefficients(rng, stats, s2, C, L_all, LA, c_plus, a_out, b_mean, False)
+    draw(rng, stats, s2, C, L_all, LA, c_plus, a_out, b_mean, False)
     n_groups, d = b_mean.shape
     M = np.empty((d, d))
     for j in range(n_groups):
@@ -483,7 +464,7 @@ def group_moments(rng, stats, s2, C, L_all, LA, c_plus, a_out, b_mean, b_cov):
 def em_update(rng, stats, s2, C, L_all, LA, c_plus, block_ptr, reml, a, b, V, T):
     """One EM iteration's E- and M-steps after :func:`upward`; returns the new level-1 variance.
 
-    E-step: :func:`group_moments`; for REML the covariances also carry the uncertainty of
+    E-step: :func:`moments`; for REML the covariances also carry the uncertainty of
     the fixed effects, which are integrated out: ``Cov[b_j | y] = V_j + G_j A^{-1} G_j'``
     with ``G_j = -V_j X_j'W_jF_j / s2`` (the derivative of ``E[b_j | a, y]`` in ``a``) and
     ``Cov[b_j, a | y] = G_j A^{-1}``. M-step: ``T`` (per diagonal block) the mean of
@@ -491,7 +472,7 @@ def em_update(rng, stats, s2, C, L_all, LA, c_plus, block_ptr, reml, a, b, V, T)
 
     Parameters
     ----------
-    rng, stats, s2, C, L_all, LA, c_plus : as for :func:`group_moments`, after :func:`upward`
+    rng, stats, s2, C, L_all, LA, c_plus : as for :func:`moments`, after :func:`upward`
     block_ptr : ndarray of int64
         Column ranges of the diagonal blocks of ``T``.
     reml : bool
@@ -506,7 +487,7 @@ def em_update(rng, stats, s2, C, L_all, LA, c_plus, block_ptr, reml, a, b, V, T)
     float
         The new level-1 variance (meaningless when it is known).
     """
-    group_moments(rng, stats, s2, C, L_all, LA, c_plus, a, b, V)
+    moments(rng, stats, s2, C, L_all, LA, c_plus, a, b, V)
     n_groups, d = b.shape
     p = a.shape[0]
     A_inv = np.zeros((p, p))
@@ -572,19 +553,9 @@ def em_update(rng, stats, s2, C, L_all, LA, c_plus, block_ptr, reml, a, b, V, T)
             trace += T[k, k]
     for k in range(d):
         T[k, k] += 1e-12 * trace
-    rss = stats.scal[0] - 2.0 * cross + quad_b + extra
+    rss = stats.scal[YTY] - 2.0 * cross + quad_b + extra
     for q in range(p):
         rss -= 2.0 * a[q] * stats.Fty[q]
         for r in range(p):
             rss += a[q] * stats.FtF[q, r] * a[r]
-    return max(rss, 1e-300) / stats.scal[1]
-
-
-def workspace(stats):
-    """Work arrays ``(C, L, LA, c)`` for :func:`upward` and the downward passes on ``stats``.
-
-    ``C`` (n_coef, n_coef) is zero, which is ``T = 0``; the others are uninitialised.
-    """
-    n_groups, d = stats.Xty.shape
-    p = stats.Fty.shape[0]
-    return np.zeros((d, d)), np.empty((n_groups, d, d)), np.empty((p, p)), np.empty(p)
+    return max(rss, 1e-300) / stats.scal[N_OBS]

@@ -1,0 +1,306 @@
+"""The single seam of the core: the Gaussian part of the model given the variance components.
+
+Given ``theta`` every coefficient (fixed effects ``a``, group coefficients ``b``) is jointly
+Gaussian, and everything the samplers and the EB/ML fit need from that Gaussian goes
+through the functions here (docs/design.md, "The single seam"):
+
+* :func:`integrate` -- the upward pass: ``log p(y | theta)`` with ``a`` and ``b`` integrated out
+  (``a`` against its prior; with a flat prior, the restricted likelihood), leaving the
+  factors in the workspace;
+* :func:`integrate_given_a` -- ``log p(y | theta, a)``, ``b`` integrated out, ``a`` given through
+  the residual statistics ``r = X_j'W_j(y_j - F_j a)`` (the target of the Metropolis-Hastings
+  moves);
+* :func:`draw_coefficients` -- after :func:`integrate`, an exact joint draw of ``(a, b)`` (or
+  their means);
+* :func:`group_moments` -- after :func:`integrate` with a flat prior, the GLS fixed effects and
+  each group's conditional mean and covariance (the EB estimates);
+* :func:`em_iteration` -- after :func:`integrate` with a flat prior, the E-step moments and the
+  closed-form M-step of EM;
+* :func:`finest_coefficients` -- each finest group's full coefficient vector.
+
+Each structure implements them once, in its own module (:mod:`samplers.two_level`,
+:mod:`samplers.nested`), and the implementation is chosen by the *type* of the workspace,
+which :func:`workspace` makes when a model is compiled: that is the only place in the
+package that asks which structure a model has. Numba compiles each function once per
+workspace type, with only that structure's code.
+
+Every function reads the data through :class:`~samplers.types.SuffStats` only. The
+statistics may carry per-row weights and a working response (``w_i`` and ``y_i`` of
+:func:`samplers.suffstats.compute_suffstats`, recomputed in place by
+:func:`samplers.suffstats.recompute`), so that a data-augmentation step for a non-Gaussian
+level 1 recomputes the statistics and calls the same passes.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit
+from numba.extending import overload
+
+from samplers import nested, two_level
+
+
+class TwoLevelWork(NamedTuple):
+    """Workspace of the two-level passes (:mod:`samplers.two_level`).
+
+    Attributes
+    ----------
+    C : ndarray of shape (n_coef, n_coef)
+        Lower-triangular factor of the group covariance ``T = C C'`` (written by
+        :func:`samplers.theta.decode_theta`).
+    L : ndarray of shape (n_groups, n_coef, n_coef)
+        Cholesky factors of each group's ``K_j``.
+    LA : ndarray of shape (n_fixed, n_fixed)
+        Cholesky factor of the fixed-effect precision ``A`` plus its prior.
+    cA : ndarray of shape (n_fixed,)
+        Linear term ``c`` plus its prior.
+    """
+
+    C: np.ndarray
+    L: np.ndarray
+    LA: np.ndarray
+    cA: np.ndarray
+
+
+class NestedWork(NamedTuple):
+    """Workspace of the nested passes (:mod:`samplers.nested`).
+
+    ``C``, ``LA``, ``cA`` as in :class:`TwoLevelWork`; ``Lt``, ``Ut`` each group's factor and
+    message, ``Acc`` the messages accumulated at each parent, ``beta`` the whitened
+    coefficients of the downward pass.
+    """
+
+    C: np.ndarray
+    Lt: np.ndarray
+    Ut: np.ndarray
+    Acc: np.ndarray
+    LA: np.ndarray
+    cA: np.ndarray
+    beta: np.ndarray
+
+
+def is_two_level(structure):
+    """Whether the two-level passes apply: one grouping factor with random coefficients."""
+    return len(structure.level_ptr) == 2 and structure.level_ptr[-1] > 0
+
+
+def workspace(stats, structure):
+    """The workspace of a model's Gaussian passes; its type chooses the implementation.
+
+    This is where the structure is dispatched on, once per model: one grouping factor with
+    random coefficients takes the two-level passes, several nested factors (or none) the
+    nested ones. ``C`` starts at zero (``T = 0``).
+    """
+    n_groups, d = stats.Xty.shape
+    p = stats.Fty.shape[0]
+    if is_two_level(structure):
+        return TwoLevelWork(np.zeros((d, d)), np.zeros((n_groups, d, d)), np.zeros((p, p)), np.zeros(p))
+    Lt, Ut, Acc, LA, cA, beta = nested.workspace_arrays(stats, structure)
+    return NestedWork(np.zeros((d, d)), Lt, Ut, Acc, LA, cA, beta)
+
+
+def workspace_values(n_groups, n_coef, n_fixed, structure):
+    """Number of float64 values in one :func:`workspace` (for memory estimates, without allocating)."""
+    d, p = n_coef, n_fixed
+    if is_two_level(structure):
+        return d * d + n_groups * d * d + p * p + p
+    lp = structure.level_ptr
+    n_nodes = int(structure.node_ptr[-1])
+    dm = max([1] + [int(lp[k + 1] - lp[k]) for k in range(len(lp) - 1)])
+    w2 = int(lp[-1] - lp[1]) + p + 1
+    n_acc = n_nodes - int(structure.node_ptr[1]) + 1
+    return d * d + n_nodes * dm * dm + n_nodes * dm * w2 + n_acc * w2 * w2 + p * p + p + n_nodes * dm
+
+
+def _is_two_level_work(work):
+    return work.instance_class is TwoLevelWork
+
+
+# ---- the dispatch: one overload per operation, choosing by the workspace's type ----------
+
+def _upward(work, stats, structure, s2, fixed):
+    raise NotImplementedError("compiled code only")
+
+
+@overload(_upward, inline="always")
+def _upward_impl(work, stats, structure, s2, fixed):
+    if _is_two_level_work(work):
+        return lambda work, stats, structure, s2, fixed: two_level.upward(
+            stats, s2, work.C, fixed, work.L, work.LA, work.cA)
+    return lambda work, stats, structure, s2, fixed: nested.upward(
+        stats, structure, s2, work.C, True, fixed, stats.Xty, 0.0, work.Lt, work.Ut, work.Acc, work.LA, work.cA)
+
+
+def _upward_given_a(work, stats, structure, s2, r, rtr):
+    raise NotImplementedError("compiled code only")
+
+
+@overload(_upward_given_a, inline="always")
+def _upward_given_a_impl(work, stats, structure, s2, r, rtr):
+    if _is_two_level_work(work):
+        return lambda work, stats, structure, s2, r, rtr: two_level.loglik_given_a(stats, s2, work.C, r, rtr, work.L)
+
+    def impl(work, stats, structure, s2, r, rtr):
+        # the fixed effects are given: their prior does not enter (an empty one of the right type)
+        return nested.upward(stats, structure, s2, work.C, False, _no_fixed_prior(work), r, rtr,
+                             work.Lt, work.Ut, work.Acc, work.LA, work.cA)
+
+    return impl
+
+
+def _downward(rng, work, stats, structure, s2, a, b, draw):
+    raise NotImplementedError("compiled code only")
+
+
+@overload(_downward, inline="always")
+def _downward_impl(rng, work, stats, structure, s2, a, b, draw):
+    if _is_two_level_work(work):
+        return lambda rng, work, stats, structure, s2, a, b, draw: two_level.draw(
+            rng, stats, s2, work.C, work.L, work.LA, work.cA, a, b, draw)
+    return lambda rng, work, stats, structure, s2, a, b, draw: nested.draw(
+        rng, structure, work.C, work.Lt, work.Ut, work.LA, work.cA, work.beta, a, b, draw)
+
+
+def _moments(rng, work, stats, structure, s2, a, b, V, A_inv):
+    raise NotImplementedError("compiled code only")
+
+
+@overload(_moments, inline="always")
+def _moments_impl(rng, work, stats, structure, s2, a, b, V, A_inv):
+    if _is_two_level_work(work):
+        def impl(rng, work, stats, structure, s2, a, b, V, A_inv):
+            two_level.moments(rng, stats, s2, work.C, work.L, work.LA, work.cA, a, b, V)
+            nested._lower_inverse_gram(work.LA, A_inv)
+
+        return impl
+
+    def impl(rng, work, stats, structure, s2, a, b, V, A_inv):
+        nested.moments(rng, stats, structure, s2, work.C, work.Lt, work.Ut, work.LA, work.cA, work.beta, False,
+                       a, b, V, A_inv)
+
+    return impl
+
+
+def _em(rng, work, stats, structure, s2, reml, a, b, V, A_inv, T):
+    raise NotImplementedError("compiled code only")
+
+
+@overload(_em, inline="always")
+def _em_impl(rng, work, stats, structure, s2, reml, a, b, V, A_inv, T):
+    if _is_two_level_work(work):
+        return lambda rng, work, stats, structure, s2, reml, a, b, V, A_inv, T: two_level.em_update(
+            rng, stats, s2, work.C, work.L, work.LA, work.cA, structure.block_ptr, reml, a, b, V, T)
+    return lambda rng, work, stats, structure, s2, reml, a, b, V, A_inv, T: nested.em_update(
+        rng, stats, structure, s2, work.C, work.Lt, work.Ut, work.LA, work.cA, work.beta, reml, a, b, V, A_inv, T)
+
+
+def _finest(work, structure, b):
+    raise NotImplementedError("compiled code only")
+
+
+@overload(_finest, inline="always")
+def _finest_impl(work, structure, b):
+    if _is_two_level_work(work):
+        return lambda work, structure, b: b  # the groups are the finest: no copy
+
+    def impl(work, structure, b):
+        out = np.zeros((structure.node_ptr[1], b.shape[1]))
+        nested.effective_coefficients(structure, b, out)
+        return out
+
+    return impl
+
+
+def _no_fixed_prior(work):
+    raise NotImplementedError("compiled code only")
+
+
+@overload(_no_fixed_prior, inline="always")
+def _no_fixed_prior_impl(work):
+    from samplers.types import FixedPrior
+
+    def impl(work):  # never read when the fixed effects are given
+        return FixedPrior(np.zeros((0, 0)), np.zeros(0), 0.0, 0)
+
+    return impl
+
+
+# ---- the seam: callable from Python and from the kernels ---------------------------------
+
+@njit(cache=True, nogil=True)
+def integrate(work, stats, structure, s2, fixed):
+    """``log p(y | theta)`` with every coefficient integrated out; the factors are left in ``work``.
+
+    ``work.C`` must hold the factor of the group covariance at ``theta`` and ``s2`` its
+    level-1 variance; ``fixed`` is the prior of the fixed effects
+    (:class:`~samplers.types.FixedPrior`; a flat one gives the restricted likelihood).
+    Returns ``(loglik, ok)``, ``ok`` False when a factorisation failed.
+    """
+    return _upward(work, stats, structure, s2, fixed)
+
+
+@njit(cache=True, nogil=True)
+def integrate_given_a(work, stats, structure, s2, r, rtr):
+    """``log p(y | theta, a)``: the group coefficients integrated out, the fixed effects given.
+
+    ``r`` (n_groups, n_coef) holds ``X_j'W_j(y_j - F_j a)`` and ``rtr`` the weighted residual
+    sum of squares at ``a`` (:func:`samplers.two_level.residual_stats`). Returns
+    ``(loglik, ok)``.
+    """
+    return _upward_given_a(work, stats, structure, s2, r, rtr)
+
+
+@njit(cache=True, nogil=True)
+def draw_coefficients(rng, work, stats, structure, s2, a, b, draw):
+    """After :func:`integrate`: an exact joint draw of ``(a, b) | theta, y`` into ``a`` and ``b``.
+
+    ``b`` has one row per group of every factor (``Structure.node_ptr``). With ``draw`` False
+    the posterior means are written instead.
+    """
+    _downward(rng, work, stats, structure, s2, a, b, draw)
+
+
+@njit(cache=True, nogil=True)
+def group_moments(rng, work, stats, structure, s2, a, b, V, A_inv):
+    """After :func:`integrate` with a flat prior: the EB estimates.
+
+    Writes the GLS fixed effects ``a`` and their covariance ``A_inv``, each group's
+    conditional mean ``b`` and the covariance ``V`` of its own coefficients given ``a``
+    (lme4's conditional variances). ``rng`` is not drawn from.
+    """
+    _moments(rng, work, stats, structure, s2, a, b, V, A_inv)
+
+
+@njit(cache=True, nogil=True)
+def em_iteration(rng, work, stats, structure, s2, reml, a, b, V, A_inv, T):
+    """After :func:`integrate` with a flat prior: one EM iteration; returns the new level-1 variance.
+
+    E-step: the moments of the coefficients given ``theta`` (for REML with the fixed effects
+    integrated out). M-step: ``T`` (written, per covariance block) the mean of ``E[b b']``
+    over the groups of the block's factor, the level-1 variance ``E[RSS] / N``.
+    """
+    return _em(rng, work, stats, structure, s2, reml, a, b, V, A_inv, T)
+
+
+@njit(cache=True, nogil=True)
+def finest_coefficients(work, structure, b):
+    """Each finest group's full coefficient vector (its own and its ancestors' columns).
+
+    For a two-level model that is ``b`` itself (not a copy).
+    """
+    return _finest(work, structure, b)
+
+
+__all__ = [
+    "NestedWork",
+    "TwoLevelWork",
+    "draw_coefficients",
+    "em_iteration",
+    "finest_coefficients",
+    "group_moments",
+    "integrate",
+    "integrate_given_a",
+    "is_two_level",
+    "workspace",
+    "workspace_values",
+]
