@@ -5,7 +5,7 @@ Gibbs / Metropolis-Hastings sampler built on per-group sufficient statistics
 (:func:`sample`), and get an ArviZ ``DataTree`` back.
 """
 
-__version__ = "0.1.0"
+from bayeshlm.version import __version__
 
 
 def _check_arviz():
@@ -25,7 +25,6 @@ _check_arviz()
 
 from bayeshlm.chunked import hlm_stats  # noqa: E402
 from bayeshlm.compare import compare, plot_shrinkage, shrinkage_table  # noqa: E402
-from bayeshlm.compile import hlm  # noqa: E402
 from bayeshlm.data import DataError, Design, GroupLevelWarning, IdentificationWarning  # noqa: E402
 from bayeshlm.datasets import list_datasets, load_dataset  # noqa: E402
 from bayeshlm.em import EMResult, fit_em  # noqa: E402
@@ -39,7 +38,12 @@ from bayeshlm.formula import FormulaError, parse_formula  # noqa: E402
 from bayeshlm.hierarchy import Equation, Hierarchy  # noqa: E402
 from bayeshlm.io import load, save  # noqa: E402
 from bayeshlm.lrt import LRTResult, lrt, lrt_hierarchy  # noqa: E402
-from bayeshlm.model import Model, ModelMismatchError, model_from  # noqa: E402
+from bayeshlm.model import (  # noqa: E402
+    Model,
+    ModelMismatchError,
+    hlm,  # noqa: E402
+    model_from,
+)
 from bayeshlm.plots import plot_caterpillar, plot_compare, plot_ppc, plot_rank, plot_trace  # noqa: E402
 from bayeshlm.predict import (  # noqa: E402
     group_log_likelihood,

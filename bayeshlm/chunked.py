@@ -26,27 +26,27 @@ import numpy as np
 import pandas as pd
 
 from bayeshlm.basis import Basis
-from bayeshlm.compile import assemble
 from bayeshlm.data import (
     DataError,
     Design,
-    _as_frame,
-    _bad_mask,
-    _check_columns,
-    _check_magnitudes,
-    _check_numeric,
-    _evaluate,
-    _factors,
-    _group_codes,
-    _nesting,
-    _obs_var,
-    _random_design,
+    as_frame,
+    bad_mask,
+    check_columns,
     check_gram_rank,
+    check_magnitudes,
+    check_numeric,
     column_roles,
     evaluate_spec,
+    evaluate_terms,
+    factors_of_spec,
+    group_codes,
+    obs_var_from,
+    order_nested,
+    random_design,
     warn_identification,
 )
 from bayeshlm.formula import parse_formula
+from bayeshlm.model import assemble
 from bayeshlm.priors import column_moments, merge_moments
 from samplers.suffstats import compute_suffstats, merge_suffstats
 
@@ -87,7 +87,7 @@ def _scan(frame, columns, factor_columns, categorical, drop, response, known):
     rows kept, so that pass 2 can compute the statistics with the response already in its
     final shift and scale.
     """
-    bad = {name: _bad_mask(frame[name]) for name in columns}
+    bad = {name: bad_mask(frame[name]) for name in columns}
     counts = {name: int(mask.sum()) for name, mask in bad.items()}
     first = {name: np.flatnonzero(mask)[:_SHOW_ROWS].tolist() for name, mask in bad.items() if counts[name]}
     if drop and any(counts.values()):
@@ -125,7 +125,7 @@ def _merge_y(scans):
 def _prepare(frame, plan):
     """Drop rows with missing values (``missing="drop"``) and fix the categorical levels."""
     if plan.drop:
-        bad = np.logical_or.reduce([_bad_mask(frame[name]) for name in plan.columns])
+        bad = np.logical_or.reduce([bad_mask(frame[name]) for name in plan.columns])
         if bad.any():
             frame = frame[~bad]
     if plan.categorical:
@@ -171,7 +171,7 @@ def _slice_stats(frame, plan):
     obs_var = None
     if plan.known:
         column, kind = plan.known
-        obs_var = _obs_var(frame[column].to_numpy(dtype=np.float64), kind)
+        obs_var = obs_var_from(frame[column].to_numpy(dtype=np.float64), kind)
     basis = plan.basis
     stats = compute_suffstats(y, F, X, g, plan.n_groups, basis.weights(obs_var), basis.shift, basis.scale)
     peaks = np.concatenate([np.max(np.abs(F), axis=0, initial=0.0), np.max(np.abs(X), axis=0, initial=0.0)])
@@ -198,12 +198,12 @@ class _Pieces:
             dd = _dask_dataframe()
             source = dd.read_parquet(source, columns=list(columns))
         if hasattr(source, "to_delayed") and hasattr(source, "npartitions"):
-            _check_columns(source._meta, columns)
+            check_columns(source._meta, columns)
             self.dask = source[list(columns)]
             self.meta = self.dask._meta
             return
-        frame = _as_frame(source)
-        _check_columns(frame, columns)
+        frame = as_frame(source)
+        check_columns(frame, columns)
         frame = frame[list(columns)]
         frame.attrs = {}  # a user's attrs (arrays, dicts) would be compared by every pandas.concat
         self.meta = frame.iloc[:0]
@@ -316,16 +316,16 @@ def hlm_stats(formula, data, *, priors=None, missing="raise", known_sd=None, kno
                 raise TypeError(f"{kind} must name a column of the data for hlm_stats, got {type(column).__name__}")
             known = (column, kind)
     spec = parse_formula(formula)
-    factors = _factors(spec)
+    factors = factors_of_spec(spec)
     roles = column_roles(spec)
     if known:
         roles.setdefault(known[0], known[1])
     factor_columns = tuple(dict.fromkeys(c for f in factors for c in f.split(":")))
     pieces = _Pieces(data, chunk_rows, roles)
     meta = pieces.meta
-    _check_numeric(meta[spec.response], spec.response, "the response")
+    check_numeric(meta[spec.response], spec.response, "the response")
     if known:
-        _check_numeric(meta[known[0]], known[0], known[1])
+        check_numeric(meta[known[0]], known[0], known[1])
     categorical = tuple(name for name in roles
                         if name not in factor_columns and name != spec.response and name not in known
                         and not _is_numeric(meta[name].dtype))
@@ -363,14 +363,14 @@ def hlm_stats(formula, data, *, priors=None, missing="raise", known_sd=None, kno
     if factor_columns:
         combos = pd.concat([s["combos"] for s in scans], ignore_index=True).drop_duplicates(ignore_index=True)
         for factor in factors:
-            idx, labels = _group_codes(combos, factor.split(":"))
+            idx, labels = group_codes(combos, factor.split(":"))
             if len(labels) < 2:
                 raise DataError(
                     f"the grouping factor '{factor}' has a single level ({labels[0]!r}); a variance "
                     "between groups cannot be estimated from one group"
                 )
             codes[factor] = (idx, labels)
-        factors, parents = _nesting(factors, codes)
+        factors, parents = order_nested(factors, codes)
         combo_group = codes[factors[0]][0]
         combo_index = (pd.Index(combos[factor_columns[0]]) if len(factor_columns) == 1
                        else pd.MultiIndex.from_frame(combos[list(factor_columns)]))
@@ -381,10 +381,10 @@ def hlm_stats(formula, data, *, priors=None, missing="raise", known_sd=None, kno
     # the formula's specifications, fixed on the first piece that has rows
     proto = next(f for f in _proto_frames(pieces, scans))
     proto = _prepare(proto, _Plan(spec.response, columns, levels, (), None, None, 0, None, (), missing == "drop"))
-    F_proto, fixed_names, fixed_spec = _evaluate(spec.fixed, proto, "the fixed part")
+    F_proto, fixed_names, fixed_spec = evaluate_terms(spec.fixed, proto, "the fixed part")
     coef_names, factor_coef_names, block_sizes, factor_sizes, random_spec = [], [], [], [], []
     for factor in factors:
-        _, names_k, sizes_k, specs_k = _random_design(spec, proto, factor)
+        _, names_k, sizes_k, specs_k = random_design(spec, proto, factor)
         factor_coef_names.append(tuple(names_k))
         coef_names += [f"{n}|{factor}" for n in names_k] if len(factors) > 1 else names_k
         block_sizes += sizes_k
@@ -418,10 +418,10 @@ def hlm_stats(formula, data, *, priors=None, missing="raise", known_sd=None, kno
     # columns too small or too large for double precision: judged on the values as given (the
     # statistics are already standardised), before anything reads the statistics
     p = len(fixed_names)
-    _check_magnitudes(peaks[:p], fixed_names, "fixed-effects design")
+    check_magnitudes(peaks[:p], fixed_names, "fixed-effects design")
     col = p
     for factor, names_k in zip(factors, factor_coef_names, strict=True):
-        _check_magnitudes(peaks[col:col + len(names_k)], names_k, f"random-effects design of '{factor}'")
+        check_magnitudes(peaks[col:col + len(names_k)], names_k, f"random-effects design of '{factor}'")
         col += len(names_k)
     check_gram_rank(stats.FtF, fixed_names, "fixed-effects design")
     XtX = stats.XtX.sum(axis=0)

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 
 from bayeshlm.model import check_result, check_same_model
-from bayeshlm.results import dim_name, flat_draws, grouping_factors
+from bayeshlm.results import flat_draws, grouping_factors
+from bayeshlm.schema import FIXED, FIXED_DIM, coef_dim, corr_pair_dim, corr_var, dim_name, effect_var, sd_var
 
 
 def _draws(post, name, dim=None, label=None):
@@ -61,17 +62,17 @@ def compare(posterior, eb, *, ci_prob=0.95):
     g = dim_name(posterior.attrs["grouping_factor"])
     rows = []
     for term, est in eb.fixed.items():
-        rows.append((f"fixed[{term}]", est, eb.fixed_se[term], _draws(post, "fixed", "fixed_term", term)))
+        rows.append((f"fixed[{term}]", est, eb.fixed_se[term], _draws(post, FIXED, FIXED_DIM, term)))
     se = eb.variance_se
     if "sigma" in post:
         rows.append(("sigma", eb.sigma, se.get("sigma", np.nan), _draws(post, "sigma")))
     for coef, est in eb.sd.items():
         gk, short = _locate(coef, g)
-        rows.append((f"sd[{coef}]", est, se.get(f"sd[{coef}]", np.nan), _draws(post, f"{gk}_sd", f"{gk}_coef", short)))
+        rows.append((f"sd[{coef}]", est, se.get(f"sd[{coef}]", np.nan), _draws(post, sd_var(gk), coef_dim(gk), short)))
     for pair, est in eb.corr.items():
         gk, short = _locate(pair, g)
         rows.append((f"corr[{pair}]", est, se.get(f"corr[{pair}]", np.nan),
-                     _draws(post, f"{gk}_corr", f"{gk}_corr_pair", short)))
+                     _draws(post, corr_var(gk), corr_pair_dim(gk), short)))
     tail = (1.0 - ci_prob) / 2.0
     records = {}
     for name, est, se, x in rows:
@@ -110,12 +111,12 @@ def _group_draws(posterior, factor, labels, coefs):
     Groups whose draws were not kept (``keep_group_draws=n``) are nan.
     """
     g = dim_name(factor)
-    name = f"{g}_effect"
+    name = effect_var(g)
     if name not in posterior.posterior:
         raise ValueError(f"the posterior holds no draws of the '{factor}' group coefficients; sample with "
                          "keep_group_draws=True (or a number of groups) to compare them")
     da = posterior.posterior[name]
-    draws = flat_draws(da.sel({f"{g}_coef": list(coefs)}).transpose("chain", "draw", g, f"{g}_coef"))
+    draws = flat_draws(da.sel({coef_dim(g): list(coefs)}).transpose("chain", "draw", g, coef_dim(g)))
     pos = pd.Index([str(x) for x in da[g].values]).get_indexer(labels)
     out = np.full((draws.shape[0], len(labels), len(coefs)), np.nan)
     out[:, pos >= 0] = draws[:, pos[pos >= 0]]
@@ -242,7 +243,7 @@ def shrinkage_table(posterior, eb, factor=None, *, model=None, kind="deviation")
     eb_sd = np.sqrt(np.diagonal(eb.group_cov[np.ix_(rows, cols, cols)], axis1=1, axis2=2))
     fixed_names = list(eb.fixed)
     a_eb = np.array([eb.fixed[n] for n in fixed_names])
-    a_draws = flat_draws(posterior.posterior["fixed"].sel(fixed_term=fixed_names).transpose("chain", "draw", ...))
+    a_draws = flat_draws(posterior.posterior[FIXED].sel({FIXED_DIM: fixed_names}).transpose("chain", "draw", ...))
     simple = len(factors) == 1 and set(fixed_names) == set(coefs)
     if model is None and not simple:
         others = [n for n in fixed_names if n not in coefs]

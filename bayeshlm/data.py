@@ -308,9 +308,9 @@ def build_design(
         raise ValueError("give known_sd or known_var, not both")
     if isinstance(spec, str):
         spec = parse_formula(spec)
-    factors = _factors(spec)
+    factors = factors_of_spec(spec)
 
-    frame = _as_frame(data)
+    frame = as_frame(data)
     n_input = len(frame)
     if n_input == 0:
         raise DataError("the data has no rows")
@@ -321,16 +321,16 @@ def build_design(
     roles = column_roles(spec)
     if known_column is not None:
         roles.setdefault(known_column, known_name)
-    _check_columns(frame, roles)
+    check_columns(frame, roles)
 
-    _check_numeric(frame[spec.response], spec.response, "the response")
+    check_numeric(frame[spec.response], spec.response, "the response")
     known_values = None
     if known_column is not None:
-        _check_numeric(frame[known_column], known_column, known_name)
+        check_numeric(frame[known_column], known_column, known_name)
     elif known is not None:
-        known_values = _known_array(known, known_name, n_input)
+        known_values = known_array(known, known_name, n_input)
 
-    bad = {name: _bad_mask(frame[name]) for name in roles}
+    bad = {name: bad_mask(frame[name]) for name in roles}
     if known_values is not None:
         bad[known_name] = ~np.isfinite(known_values)
     kept_rows, n_dropped = _handle_missing(bad, missing, n_input)
@@ -349,12 +349,12 @@ def build_design(
 
     y = _response(used[spec.response], spec.response)
 
-    F, fixed_names, fixed_spec = _evaluate(spec.fixed, used, "the fixed part")
+    F, fixed_names, fixed_spec = evaluate_terms(spec.fixed, used, "the fixed part")
     _check_rank(F, fixed_names, "fixed-effects design")
 
     codes = {}
     for factor in factors:
-        idx, labels = _group_codes(used, factor.split(":"))
+        idx, labels = group_codes(used, factor.split(":"))
         if len(labels) < 2:
             raise DataError(
                 f"the grouping factor '{factor}' has a single level "
@@ -362,10 +362,10 @@ def build_design(
                 "estimated from one group"
             )
         codes[factor] = (idx, labels)
-    factors, parents = _nesting(factors, codes, per_row=True)
+    factors, parents = order_nested(factors, codes, per_row=True)
     blocks, coef_names, factor_coef_names, block_sizes, factor_sizes, random_spec = [], [], [], [], [], []
     for factor in factors:
-        X_k, names_k, sizes_k, specs_k = _random_design(spec, used, factor)
+        X_k, names_k, sizes_k, specs_k = random_design(spec, used, factor)
         _check_rank(X_k, names_k, f"random-effects design of '{factor}'")
         blocks.append(X_k)
         factor_coef_names.append(tuple(names_k))
@@ -386,7 +386,7 @@ def build_design(
     if known is not None:
         if known_column is not None:
             known_values = used[known_column].to_numpy(dtype=np.float64, na_value=np.nan)
-        obs_var = _obs_var(known_values, known_name)
+        obs_var = obs_var_from(known_values, known_name)
     _group_level_warnings(spec, used, factors, codes)
 
     return Design(
@@ -543,17 +543,17 @@ def column_roles(spec):
     for bar in spec.bars:
         for name in sorted(required_variables(bar.expr)):
             roles.setdefault(name, f"the random-effect term ({bar.expr} | {bar.factor})")
-    for factor in _factors(spec):
+    for factor in factors_of_spec(spec):
         for name in factor.split(":"):
             roles.setdefault(name, "the grouping factor")
     return roles
 
 
-def _factors(spec):
+def factors_of_spec(spec):
     return list(dict.fromkeys(bar.factor for bar in spec.bars))
 
 
-def _nesting(factors, codes, per_row=False):
+def order_nested(factors, codes, per_row=False):
     """Order the grouping factors finest first and check that each is nested in the next.
 
     Returns the ordered factors and, for each but the last, the parent group of each of its
@@ -583,7 +583,7 @@ def _nesting(factors, codes, per_row=False):
     return order, parents
 
 
-def _example_groups(codes, labels, mask):
+def example_groups(codes, labels, mask):
     shown = [repr(str(labels[c])) for c in pd.unique(codes[mask])[:3]]
     return ", ".join(shown) + (", ..." if len(pd.unique(codes[mask])) > 3 else "")
 
@@ -604,7 +604,7 @@ def _not_nested(fine, coarse, codes, g, per_row):
     """
     fi, fl = codes[fine]
     ci, cl = codes[coarse]
-    found_in = _example_groups(ci, cl, fi == g)
+    found_in = example_groups(ci, cl, fi == g)
     head = f"the grouping factor '{fine}' is not nested in '{coarse}': its group {fl[g]!r} occurs in the " \
            f"'{coarse}' groups {found_in}"
     simple = ":" not in fine and ":" not in coarse
@@ -642,7 +642,7 @@ def _plain_design(spec, frame):
     return all(plain_columns(rhs, frame) is not None for rhs in (spec.fixed, *(bar.expr for bar in spec.bars)))
 
 
-def _as_frame(data):
+def as_frame(data):
     if isinstance(data, pd.DataFrame):
         return data
     if not isinstance(data, Mapping):
@@ -668,7 +668,7 @@ def _as_frame(data):
     return pd.DataFrame(columns)
 
 
-def _check_columns(frame, roles):
+def check_columns(frame, roles):
     available = [str(c) for c in frame.columns]
     problems = []
     for name, role in roles.items():
@@ -808,7 +808,7 @@ def _numeric_text(series):
             f"not: {'; '.join(parts)}{more}"), len(uniques)
 
 
-def _check_numeric(series, name, role):
+def check_numeric(series, name, role):
     dtype = series.dtype
     numeric = pd.api.types.is_bool_dtype(dtype) or (
         pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_complex_dtype(dtype)
@@ -826,7 +826,7 @@ def _check_numeric(series, name, role):
         )
 
 
-def _known_array(values, name, n_rows):
+def known_array(values, name, n_rows):
     try:
         arr = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -840,7 +840,7 @@ def _known_array(values, name, n_rows):
     return arr
 
 
-def _bad_mask(series):
+def bad_mask(series):
     """Rows of a column that are missing or, for numbers, not finite."""
     dtype = series.dtype
     if isinstance(dtype, np.dtype) and dtype.kind in "biu":  # cannot hold a missing value
@@ -890,7 +890,7 @@ def _response(series, name):
     return y
 
 
-def _evaluate(rhs, frame, role):
+def evaluate_terms(rhs, frame, role):
     try:
         matrix, names, spec = model_matrix(rhs, frame)
     except Exception as exc:
@@ -944,13 +944,13 @@ def check_finite(matrix, names, role):
         )
 
 
-def _random_design(spec, frame, factor):
+def random_design(spec, frame, factor):
     blocks, names, sizes, specs = [], [], [], []
     for bar in spec.bars:
         if bar.factor != factor:
             continue
         where = f"the random-effect term ({bar.expr} | {bar.factor})"
-        matrix, cols, model_spec = _evaluate(bar.expr, frame, where)
+        matrix, cols, model_spec = evaluate_terms(bar.expr, frame, where)
         if not cols:
             raise FormulaError(f"{where} has no columns", spec.formula)
         for col in cols:
@@ -1045,7 +1045,7 @@ def _rank_two_pass(M, names, what):
     hi = np.array([M[:, j].max() for j in range(p)])
     lo = np.array([M[:, j].min() for j in range(p)])
     peak = np.maximum(np.abs(hi), np.abs(lo))
-    _check_magnitudes(peak, names, what)
+    check_magnitudes(peak, names, what)
     constant = np.flatnonzero(hi == lo)
     if len(constant) > 1:
         _raise_dependent([[names[j] for j in constant]], what)
@@ -1103,7 +1103,7 @@ def _scaled_gram(M, cols, peak, shift, rows=1 << 16):
     return G, t, squares
 
 
-def _check_magnitudes(peak, names, what):
+def check_magnitudes(peak, names, what):
     """Raise for a zero column, or one whose values cannot be squared in double precision."""
     zero = np.flatnonzero(peak == 0)
     if len(zero):
@@ -1242,7 +1242,7 @@ def _labels_as_str(uniques):
     return values.astype(str).astype(object)
 
 
-def _group_codes(frame, columns):
+def group_codes(frame, columns):
     """Group codes in order of first appearance, and their string labels.
 
     Groups are told apart by their values; their labels are text. Two different groups
@@ -1295,7 +1295,7 @@ def _check_distinct_labels(labels, describe, what, fix):
     )
 
 
-def _obs_var(values, name):
+def obs_var_from(values, name):
     var = values**2 if name == "known_sd" else values
     bad = ~(np.isfinite(values) & (values > 0))
     if bad.any():

@@ -18,12 +18,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import betaln, gammaln, multigammaln
+from scipy.special import betaln, multigammaln
 
 from bayeshlm.model import check_result
+from bayeshlm.results import flat_draws
+from bayeshlm.schema import SAMPLE_STATS, SIGMA, THETA
 from samplers.gaussian import integrate, workspace
-from samplers.theta import decode_theta, encode_theta
-from samplers.types import N_OBS, PRIOR_FLAT, PRIOR_HALF_NORMAL, PRIOR_HALF_T, PRIOR_INV_GAMMA, PRIOR_UNIFORM, YTY
+from samplers.sd_priors import sd_log_norm, sd_log_prior
+from samplers.theta import canonical_mask, decode_theta, encode_theta, flip_columns
+from samplers.types import N_OBS, YTY
 
 
 @dataclass(frozen=True)
@@ -33,22 +36,6 @@ class Evidence:
     log_marginal_likelihood: float
     se: float
     n_iterations: int
-
-
-def _sd_log_norm(kind, par, role):
-    """Log normalising constant of an SD prior as :func:`samplers.theta.sd_log_prior` writes it."""
-    if kind == PRIOR_FLAT:
-        raise ValueError(f"the prior of {role} is flat (improper): the marginal likelihood is not defined")
-    if kind == PRIOR_HALF_NORMAL:
-        return -0.5 * np.log(np.pi / 2.0) - np.log(par[0])
-    if kind == PRIOR_HALF_T:
-        nu, s = par
-        return np.log(2.0) + gammaln((nu + 1) / 2) - gammaln(nu / 2) - 0.5 * np.log(nu * np.pi) - np.log(s)
-    if kind == PRIOR_UNIFORM:
-        return -np.log(par[0])
-    if kind == PRIOR_INV_GAMMA:  # density of the SD x: IG(v = x^2) * 2x; the kernel keeps log x only
-        return par[0] * np.log(par[1]) - gammaln(par[0]) + np.log(2.0)
-    raise ValueError(f"unknown prior code {kind} for {role}")
 
 
 def lkj_log_norm(d, eta):
@@ -68,7 +55,7 @@ def _log_prior_norm(model):
     priors, structure = model.priors, model.structure
     if priors.fixed.n_flat:
         raise ValueError("the marginal likelihood needs a proper (Normal) prior on every fixed effect")
-    total = 0.0 if model.sigma_known else _sd_log_norm(priors.sigma_kind, priors.sigma_par, "sigma")
+    total = 0.0 if model.sigma_known else sd_log_norm(priors.sigma_kind, priors.sigma_par, "sigma")
     for k in range(len(structure.block_ptr) - 1):
         c0, c1 = int(structure.block_ptr[k]), int(structure.block_ptr[k + 1])
         dk = c1 - c0
@@ -76,7 +63,7 @@ def _log_prior_norm(model):
             total += iw_log_norm(float(priors.block_eta[k]), priors.iw_scale[c0:c1, c0:c1])
             continue
         for i in range(c0, c1):
-            total += _sd_log_norm(priors.sd_kind[i], priors.sd_par[i], f"sd[{model.coef_names[i]}]")
+            total += sd_log_norm(priors.sd_kind[i], priors.sd_par[i], f"sd[{model.coef_names[i]}]")
         if dk > 1:
             total += lkj_log_norm(dk, float(priors.block_eta[k]))
         if priors.block_map[k] == 1:  # the constant samplers.theta leaves out for a mapped block
@@ -99,13 +86,27 @@ def iw_log_norm(nu, Psi):
 
 
 def _theta_draws(posterior, model):
+    """The draws of ``theta`` on the canonical half (non-negative SDs).
+
+    As the sampler stored them (``sample_stats.theta``), each brought to its canonical mirror
+    image (the same variance components); results written before ``theta`` was stored are
+    rebuilt from the posterior's SDs and correlations.
+    """
     from bayeshlm.results import covariance_draws
 
+    stats = posterior.children.get(SAMPLE_STATS)
+    if stats is not None and THETA in stats:
+        stored = np.ascontiguousarray(flat_draws(stats[THETA]), dtype=np.float64)
+        if stored.shape[1] == model.n_theta:
+            theta = np.empty_like(stored)
+            for s in range(stored.shape[0]):
+                flip_columns(stored[s], model.structure, canonical_mask(stored[s], model.structure), theta[s])
+            return theta
     post = posterior.posterior
     sd, corr = covariance_draws(posterior, model)
     n = sd.shape[0]
     basis = model.basis
-    s2 = np.ones(n) if model.sigma_known else post["sigma"].values.reshape(-1) ** 2 / basis.y_scale**2
+    s2 = np.ones(n) if model.sigma_known else post[SIGMA].values.reshape(-1) ** 2 / basis.y_scale**2
     theta = np.empty((n, model.n_theta))
     T_all = basis.coef_cov_from_user(corr * sd[:, :, None] * sd[:, None, :])
     for s in range(n):
@@ -220,8 +221,7 @@ def marginal_likelihood_pooled(model):
 
     if model.sigma_known:
         return Evidence(float(loglik(1.0)), 0.0, 0)
-    norm = _sd_log_norm(priors.sigma_kind, priors.sigma_par, "sigma")
-    from samplers.theta import sd_log_prior
+    norm = sd_log_norm(priors.sigma_kind, priors.sigma_par, "sigma")
 
     def log_integrand(log_sigma):  # density of log sigma: p(sigma) * sigma
         sigma = np.exp(log_sigma)

@@ -321,10 +321,10 @@ class Hierarchy:
         """
         import warnings
 
-        from bayeshlm.compile import hlm
-        from bayeshlm.data import GroupLevelWarning, _as_frame
+        from bayeshlm.data import GroupLevelWarning, as_frame
+        from bayeshlm.model import hlm
 
-        frame = _as_frame(data)
+        frame = as_frame(data)
         self._check_nesting(frame)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -338,20 +338,20 @@ class Hierarchy:
 
     def _check_nesting(self, frame):
         """Refuse levels whose groups are not nested as declared (see :meth:`level`)."""
-        from bayeshlm.data import DataError, _bad_mask, _example_groups, _group_codes
+        from bayeshlm.data import DataError, bad_mask, example_groups, group_codes
 
         levels = [(k, lev) for k, lev in enumerate(self.levels) if not lev.fixed_groups]
         columns = list(dict.fromkeys(c for _, lev in levels for c in lev.factor.split(":")))
         if len(levels) < 2 or any(c not in frame.columns for c in columns):
             return  # one level, or an unknown column that hlm reports
-        complete = ~np.logical_or.reduce([_bad_mask(frame[c]) for c in columns])
+        complete = ~np.logical_or.reduce([bad_mask(frame[c]) for c in columns])
         sub = frame.loc[complete, columns].reset_index(drop=True)
         for (k, lower), (k_up, upper) in zip(levels[:-1], levels[1:], strict=True):
-            a, a_labels = _group_codes(sub, lower.factor.split(":"))
-            above, above_labels = _group_codes(sub, self._nested_factor(k_up).split(":"))
+            a, a_labels = group_codes(sub, lower.factor.split(":"))
+            above, above_labels = group_codes(sub, self._nested_factor(k_up).split(":"))
             if _is_nested(a, above):
                 continue
-            up, _ = _group_codes(sub, upper.factor.split(":"))
+            up, _ = group_codes(sub, upper.factor.split(":"))
             where_low, where_up = f"'{lower.factor}' (level {k + 2})", f"'{upper.factor}' (level {k_up + 2})"
             order = f"declare .level('{upper.factor}', ...) before .level('{lower.factor}', ...)"
             if _is_nested(up, a):
@@ -363,7 +363,7 @@ class Hierarchy:
             label = str(a_labels[g])
             raise DataError(
                 f"the groups of {where_low} are not nested in those of {where_up}: '{lower.factor}' group "
-                f"{label!r} occurs in the groups {_example_groups(above, above_labels, a == g)} of "
+                f"{label!r} occurs in the groups {example_groups(above, above_labels, a == g)} of "
                 f"'{self._nested_factor(k_up)}'. Levels are declared from the bottom up, the finest first. If "
                 f"'{lower.factor}' is the finer level and its labels are numbered within each '{upper.factor}' "
                 f"group ({label!r} of one is not {label!r} of another), pass labels='within' to "
@@ -375,14 +375,14 @@ class Hierarchy:
         """Warn about a predictor of a level's equations that varies within the level's groups."""
         import warnings
 
-        from bayeshlm.data import GroupLevelWarning, _group_codes, show_value, within_group_variation
+        from bayeshlm.data import GroupLevelWarning, group_codes, show_value, within_group_variation
         from bayeshlm.formula import model_matrix
 
         for k, lev in enumerate(self.levels):
             if lev.fixed_groups or not lev.equations:
                 continue
             factor = self._nested_factor(k)
-            idx, labels = _group_codes(frame, factor.split(":"))
+            idx, labels = group_codes(frame, factor.split(":"))
             seen = set()
             for coef, eq in lev.equations.items():
                 for term in eq.predictors:

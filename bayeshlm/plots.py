@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from bayeshlm.results import dim_name, flat_draws, grouping_factors
+from bayeshlm.results import flat_draws, grouping_factors
+from bayeshlm.schema import FIXED, FIXED_DIM, coef_dim, dim_name, effect_var
 
 MAX_LABELLED_GROUPS = 60  # caterpillar: group labels on the y axis up to this many groups
 
@@ -88,22 +89,22 @@ def plot_caterpillar(posterior, coef="Intercept", *, factor=None, ci_prob=0.95, 
         raise ValueError(f"unknown grouping factor {factor!r}; available: {factors}")
     post = posterior.posterior
     g = dim_name(factor)
-    name = f"{g}_effect"
+    name = effect_var(g)
     if name not in post:
         raise ValueError(
             f"the posterior has no group draws for {factor!r} (no variable {name!r}): "
             "sample with keep_group_draws=True to plot group coefficients"
         )
-    coefs = [str(c) for c in post[name].coords[f"{g}_coef"].values]
+    coefs = [str(c) for c in post[name].coords[coef_dim(g)].values]
     if coef not in coefs:
         raise ValueError(f"unknown coefficient {coef!r} for factor {factor!r}; available: {coefs}")
-    draws = flat_draws(post[name].sel({f"{g}_coef": coef}).transpose("chain", "draw", g))
+    draws = flat_draws(post[name].sel({coef_dim(g): coef}).transpose("chain", "draw", g))
     ref, ref_label = 0.0, "zero deviation"
     if total:
-        terms = [str(t) for t in post["fixed"].coords["fixed_term"].values]
+        terms = [str(t) for t in post[FIXED].coords[FIXED_DIM].values]
         if coef not in terms:
             raise ValueError(f"total=True needs a fixed term named {coef!r}; fixed terms: {terms}")
-        fixed = flat_draws(post["fixed"].sel(fixed_term=coef))
+        fixed = flat_draws(post[FIXED].sel({FIXED_DIM: coef}))
         draws = draws + fixed[:, None]
         ref = float(fixed.mean())
         ref_label = f"fixed effect ({ref:.4g})"
@@ -291,11 +292,11 @@ def _arviz_plot(name, posterior, var_names, kwargs):
     """``arviz_plots.<name>`` on the model parameters (not the group coefficients) by default, with matplotlib."""
     import arviz_plots
 
-    from bayeshlm.summary import _parameter_vars
+    from bayeshlm.summary import parameter_vars
 
     kwargs.setdefault("backend", "matplotlib")
     if var_names is None:
-        var_names = _parameter_vars(posterior.posterior, include_groups=False)
+        var_names = parameter_vars(posterior.posterior, include_groups=False)
     return getattr(arviz_plots, name)(posterior, var_names=var_names, **kwargs)
 
 

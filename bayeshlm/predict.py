@@ -15,17 +15,28 @@ import xarray as xr
 
 from bayeshlm.data import (
     DataError,
-    _as_frame,
-    _bad_mask,
-    _check_columns,
-    _group_codes,
-    _known_array,
-    _obs_var,
+    as_frame,
+    bad_mask,
+    check_columns,
     column_roles,
     evaluate_spec,
+    group_codes,
+    known_array,
+    obs_var_from,
 )
 from bayeshlm.model import check_result
-from bayeshlm.results import _factor_parts, corr_pairs, covariance_draws, dim_name, flat_draws, group_stats_held
+from bayeshlm.results import corr_pairs, covariance_draws, factor_parts, flat_draws, group_stats_held
+from bayeshlm.schema import (
+    FIXED,
+    SIGMA,
+    coef_dim,
+    corr_pair_dim,
+    corr_pair_label,
+    corr_var,
+    dim_name,
+    effect_var,
+    sd_var,
+)
 from samplers.theta import sd_corr
 
 __all__ = ["group_log_likelihood", "loo", "marginal_group_log_likelihood", "posterior_predictive", "predict",
@@ -38,14 +49,14 @@ _NEW_GROUPS = ("sample", "population", "raise")
 def _new_rows(model, data, known_sd, known_var):
     """Fixed and per-factor random designs, per-factor group labels and known variances of new rows."""
     spec = model.spec
-    frame = _as_frame(data)
+    frame = as_frame(data)
     if len(frame) == 0:
         raise DataError("the new data has no rows")
     roles = column_roles(spec)
     roles.pop(spec.response)
-    _check_columns(frame, roles)
+    check_columns(frame, roles)
     for name in roles:
-        bad = _bad_mask(frame[name])
+        bad = bad_mask(frame[name])
         if bad.any():
             raise DataError(f"column '{name}' (used in {roles[name]}) has {int(bad.sum())} missing or "
                             f"non-finite values in the new data, e.g. at row {int(np.flatnonzero(bad)[0])}; "
@@ -59,7 +70,7 @@ def _new_rows(model, data, known_sd, known_var):
         n_bars = sum(1 for bar in spec.bars if bar.factor == factor)
         mats = [evaluate_spec(next(specs), used, f"the random-effect terms of '{factor}'") for _ in range(n_bars)]
         blocks.append(np.hstack(mats))
-        codes, uniques = _group_codes(used, factor.split(":"))
+        codes, uniques = group_codes(used, factor.split(":"))
         labels.append(np.asarray(uniques, dtype=object)[codes])
     _check_parents(model, labels)
     obs_var = None
@@ -68,9 +79,9 @@ def _new_rows(model, data, known_sd, known_var):
                          "estimates sigma")
     if known_sd is not None or known_var is not None:
         name, values = ("known_sd", known_sd) if known_sd is not None else ("known_var", known_var)
-        arr = frame[values].to_numpy(dtype=np.float64) if isinstance(values, str) else _known_array(
+        arr = frame[values].to_numpy(dtype=np.float64) if isinstance(values, str) else known_array(
             values, name, len(frame))
-        obs_var = _obs_var(arr, name)
+        obs_var = obs_var_from(arr, name)
     return F, blocks, labels, obs_var, frame.index
 
 
@@ -106,7 +117,7 @@ def _effects_for(post, model, k, factor, labels, chol, new_groups, rng):
     ``chol`` holds the Cholesky factors of the factor's covariance per draw, for new groups.
     """
     g = dim_name(factor)
-    name = f"{g}_effect"
+    name = effect_var(g)
     unique, inverse = np.unique(np.asarray(labels, dtype=str), return_inverse=True)
     fitted = pd.Index(np.asarray(model.design.factor_labels[k], dtype=str)).get_indexer(unique) >= 0
     if name not in post and fitted.any():
@@ -140,8 +151,8 @@ def _effects_for(post, model, k, factor, labels, chol, new_groups, rng):
 def _linear_draws(model, posterior, F, blocks, labels, new_groups, rng, group_idx=None):
     """Draws (S, n_rows) of the expected response."""
     post = posterior.posterior
-    mean = flat_draws(post["fixed"]) @ F.T
-    parts = _factor_parts(model)
+    mean = flat_draws(post[FIXED]) @ F.T
+    parts = factor_parts(model)
     if parts and group_idx is None:  # new rows may hold new groups, drawn with the covariances
         sd, corr = covariance_draws(posterior, model)
     for k, (factor, (lo, hi), _, _) in enumerate(parts):
@@ -157,7 +168,7 @@ def _linear_draws(model, posterior, F, blocks, labels, new_groups, rng, group_id
 def _every_group_draws(post, model, k, factor, purpose):
     """Flat draws (S, n_groups, n_coef_k) of every group of factor ``k``; raises naming ``purpose`` if not kept."""
     g = dim_name(factor)
-    name = f"{g}_effect"
+    name = effect_var(g)
     if name not in post or post.sizes[g] != len(model.design.factor_labels[k]):
         raise ValueError(f"the posterior does not hold the draws of every '{factor}' group, which {purpose} "
                          "need: sample with keep_group_draws=True")
@@ -171,7 +182,7 @@ def _noise_sd(model, posterior, obs_var, n_rows):
             raise ValueError("the model's level-1 variances are known per observation: give known_sd or "
                              "known_var for the new rows to draw predictions (or use kind='mean')")
         return np.sqrt(obs_var)[None, :]
-    return flat_draws(posterior.posterior["sigma"])[:, None]
+    return flat_draws(posterior.posterior[SIGMA])[:, None]
 
 
 def predict(model, posterior, data, *, kind="predictive", new_groups="sample", seed=None,
@@ -257,7 +268,7 @@ def posterior_predictive(model, posterior, *, seed=None):
                          "them: compile it with bayeshlm.hlm")
     design = model.design
     rng = np.random.default_rng(seed)
-    blocks = [design.X[:, lo:hi] for _, (lo, hi), _, _ in _factor_parts(model)]
+    blocks = [design.X[:, lo:hi] for _, (lo, hi), _, _ in factor_parts(model)]
     idx = list(design.factor_idx) if design.factors else []
     mean = _linear_draws(model, posterior, design.F, blocks, None, "raise", rng, group_idx=idx)
     y_rep = mean + _noise_sd(model, posterior, design.obs_var, model.n_obs) * rng.standard_normal(mean.shape)
@@ -278,7 +289,7 @@ def prior_predictive(model, draws=500, *, seed=None):
         Groups ``prior`` (the parameters, named as in the posterior, one chain),
         ``prior_predictive`` (the response, dimension ``obs``) and ``observed_data``.
     """
-    from bayeshlm.testing import draw_from_prior, simulate_response
+    from bayeshlm.prior_draws import draw_from_prior, simulate_response
 
     if not model.rows_held:
         raise ValueError("prior predictive data need the model's rows; a model from hlm_stats does not "
@@ -292,19 +303,19 @@ def prior_predictive(model, draws=500, *, seed=None):
     if not model.sigma_known:
         prior["sigma"] = (("chain", "draw"), np.array([p["sigma"] for p in params])[None])
     st = model.structure
-    for k, (factor, (lo, hi), group_labels, names) in enumerate(_factor_parts(model)):
+    for k, (factor, (lo, hi), group_labels, names) in enumerate(factor_parts(model)):
         g = dim_name(factor)
-        coords[f"{g}_coef"] = list(names)
+        coords[coef_dim(g)] = list(names)
         coords[g] = np.asarray(group_labels, dtype=str)
-        prior[f"{g}_sd"] = (("chain", "draw", f"{g}_coef"), np.stack([p["sd"][lo:hi] for p in params])[None])
+        prior[sd_var(g)] = (("chain", "draw", coef_dim(g)), np.stack([p["sd"][lo:hi] for p in params])[None])
         pairs = corr_pairs(model, lo, hi)
         if pairs:
-            coords[f"{g}_corr_pair"] = [f"{names[j - lo]},{names[i - lo]}" for i, j in pairs]
-            prior[f"{g}_corr"] = (("chain", "draw", f"{g}_corr_pair"),
+            coords[corr_pair_dim(g)] = [corr_pair_label(names[j - lo], names[i - lo]) for i, j in pairs]
+            prior[corr_var(g)] = (("chain", "draw", corr_pair_dim(g)),
                                   np.array([[p["corr"][i, j] for i, j in pairs] for p in params])[None])
-        rows = slice(0, model.n_groups) if len(_factor_parts(model)) == 1 else slice(
+        rows = slice(0, model.n_groups) if len(factor_parts(model)) == 1 else slice(
             int(st.node_ptr[k]), int(st.node_ptr[k + 1]))
-        prior[f"{g}_effect"] = ((("chain", "draw", g, f"{g}_coef")),
+        prior[effect_var(g)] = ((("chain", "draw", g, coef_dim(g))),
                                 np.stack([p["b"][rows, lo:hi] for p in params])[None])
     ds_prior = xr.Dataset(prior, coords={k: v for k, v in coords.items() if k != "obs"})
     y_name = model.spec.response
@@ -323,9 +334,9 @@ def _residual_sums(model, posterior, lo, hi, draws, w, member):
     """
     design = model.design
     post = posterior.posterior
-    a = flat_draws(post["fixed"])[draws]
+    a = flat_draws(post[FIXED])[draws]
     R = design.y[None, :] - a @ design.F.T
-    for k, (factor, (klo, khi), _, _) in enumerate(_factor_parts(model)):
+    for k, (factor, (klo, khi), _, _) in enumerate(factor_parts(model)):
         if k == 0:
             continue
         b = _every_group_draws(post, model, k, factor, "the likelihood of the finer groups")[draws]
@@ -348,11 +359,11 @@ def _residual_sums_from_stats(model, posterior, lo, hi, draws):
     design, basis, st = model.design, model.basis, model.stats
     post = posterior.posterior
     L, t = basis.fixed_to_user()
-    a = np.linalg.solve(L, (flat_draws(post["fixed"])[draws] - t).T).T  # (S, p), the kernels' basis
+    a = np.linalg.solve(L, (flat_draws(post[FIXED])[draws] - t).T).T  # (S, p), the kernels' basis
     rwr = (st.yty_g[None, :] - 2.0 * a @ st.Fty_g.T
            + np.einsum("sp,gpq,sq->sg", a, st.FtF_g, a, optimize=True))
     xwr = st.Xty[None, :, lo:hi] - np.einsum("gkq,sq->sgk", st.XtF[:, lo:hi], a, optimize=True)
-    parts = _factor_parts(model)
+    parts = factor_parts(model)
     if len(parts) > 1:
         v = np.zeros((len(draws), st.n.shape[0], st.Xty.shape[1]))
         anc = np.arange(st.n.shape[0])
@@ -390,7 +401,7 @@ def marginal_group_log_likelihood(model, posterior, *, chunk=None):
         raise ValueError("group log-likelihoods need the model's rows or every group's fixed-part statistics, "
                          "which this model from hlm_stats does not keep (too many groups x fixed effects): "
                          "compile it with bayeshlm.hlm")
-    parts = _factor_parts(model)
+    parts = factor_parts(model)
     if not parts:
         raise ValueError("the model has no grouping factor to leave groups out of")
     factor, (lo, hi), _, _ = parts[0]
@@ -405,7 +416,7 @@ def marginal_group_log_likelihood(model, posterior, *, chunk=None):
     sd, corr = covariance_draws(posterior, model)
     T_kernel = basis.coef_cov_from_user(corr * sd[:, :, None] * sd[:, None, :])
     L = _cov_chol(*sd_corr(T_kernel), lo, hi)
-    s2 = np.ones(S) if model.sigma_known else flat_draws(post["sigma"]) ** 2 / basis.y_scale**2
+    s2 = np.ones(S) if model.sigma_known else flat_draws(post[SIGMA]) ** 2 / basis.y_scale**2
     M = basis.coef_matrix()[lo:hi, lo:hi]
     stats = model.stats
     A = stats.XtX[:, lo:hi, lo:hi]  # X_j' W_j X_j, W the weights without sigma
@@ -458,7 +469,7 @@ def group_log_likelihood(model, posterior):
         A copy of ``posterior`` whose ``log_likelihood`` has the finest factor's dimension.
     """
     ll = marginal_group_log_likelihood(model, posterior)
-    factor, _, labels, _ = _factor_parts(model)[0]
+    factor, _, labels, _ = factor_parts(model)[0]
     g = dim_name(factor)
     post = posterior.posterior
     ds = xr.Dataset({model.spec.response: (("chain", "draw", g), ll)},
@@ -500,7 +511,7 @@ def loo(posterior, model=None, *, by="obs", **kwargs):
     if model is None:
         raise ValueError("leaving groups out needs the model: loo(posterior, model, by=...)")
     check_result(model, posterior, "the posterior")
-    parts = _factor_parts(model)
+    parts = factor_parts(model)
     finest = parts[0][0] if parts else None
     if by != finest:
         names = [p[0] for p in parts]

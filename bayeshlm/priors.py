@@ -35,15 +35,14 @@ from typing import NamedTuple
 import numpy as np
 
 from bayeshlm.basis import Basis
-from samplers.types import (
+from samplers.sd_priors import (
     PRIOR_FLAT,
     PRIOR_HALF_NORMAL,
     PRIOR_HALF_T,
     PRIOR_INV_GAMMA,
     PRIOR_UNIFORM,
-    FixedPrior,
-    Priors,
 )
+from samplers.types import FixedPrior, Priors
 
 
 class PriorError(ValueError):
@@ -204,7 +203,8 @@ class InverseWishart:
 SD_PRIORS = (Flat, HalfNormal, HalfStudentT, HalfCauchy, Uniform, InverseGamma)
 
 
-def _sd_code(prior, role):
+def sd_code(prior, role):
+    """``(code, params)`` of a prior on a standard deviation, as the kernels know it (:mod:`samplers.sd_priors`)."""
     if isinstance(prior, Flat):
         return PRIOR_FLAT, (0.0, 0.0)
     if isinstance(prior, HalfNormal):
@@ -469,9 +469,9 @@ def resolve_priors(user, defaults, frame, basis, fixed_names, coef_names, block_
         if not isinstance(resolved[f"fixed[{n}]"], (Normal, Flat)):
             raise PriorError(f"prior for fixed effect {n!r} must be Normal or Flat, got {resolved[f'fixed[{n}]']!r}")
     if "sigma" in resolved:
-        _sd_code(resolved["sigma"], "sigma")
+        sd_code(resolved["sigma"], "sigma")
     for n in coef_names:
-        _sd_code(resolved[f"sd[{n}]"], f"sd[{n}]")
+        sd_code(resolved[f"sd[{n}]"], f"sd[{n}]")
     if not isinstance(resolved["corr"], LKJ):
         raise PriorError(f"prior for 'corr' must be LKJ, got {resolved['corr']!r}")
     if "cov" in resolved:
@@ -526,7 +526,7 @@ def prior_arrays(resolved, frame, basis, fixed_names, coef_names, block_sizes):
     d = len(coef_names)
     fixed = _fixed_prior(resolved, frame, basis, fixed_names)
     if "sigma" in resolved:
-        sigma_kind, sigma_par = _sd_code(_scaled(resolved["sigma"], basis.y_scale), "sigma")
+        sigma_kind, sigma_par = sd_code(_scaled(resolved["sigma"], basis.y_scale), "sigma")
     else:
         sigma_kind, sigma_par = PRIOR_FLAT, (0.0, 0.0)
     G_user = basis.coef_to_user()
@@ -553,7 +553,7 @@ def prior_arrays(resolved, frame, basis, fixed_names, coef_names, block_sizes):
             prior = resolved[f"sd[{coef_names[r]}]"]
             if diagonal:  # the prior of |G_rr| times the kernel's SD
                 prior = _scaled(prior, abs(float(G[r - lo, r - lo])))
-            sd_kind[r], sd_par[r] = _sd_code(prior, f"sd[{coef_names[r]}]")
+            sd_kind[r], sd_par[r] = sd_code(prior, f"sd[{coef_names[r]}]")
         if not diagonal:
             block_map[k] = 1
             prior_map[lo:hi, lo:hi] = G

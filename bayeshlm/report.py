@@ -148,6 +148,7 @@ def report(posterior, *, ci_prob=0.95):
         Print it for the text; its attributes hold the tables.
     """
     from bayeshlm.results import flat_draws, grouping_factors
+    from bayeshlm.schema import FIXED_DIM, SIGMA, coef_dim, corr_pair_dim, corr_var, sd_var
     from bayeshlm.summary import diagnostics, summary
 
     attrs = posterior.attrs
@@ -157,7 +158,7 @@ def report(posterior, *, ci_prob=0.95):
     post = posterior.posterior
     table = summary(posterior, ci_prob=ci_prob)
     lb, ub = table.columns[2], table.columns[3]
-    terms = [str(t) for t in post["fixed_term"].values]
+    terms = [str(t) for t in post[FIXED_DIM].values]
     keys = [f"fixed[{t}]" for t in terms]
     picked = table.loc[keys]
     fixed = pd.DataFrame({"estimate": picked["mean"].values, "est_error": picked["sd"].values,
@@ -170,24 +171,24 @@ def report(posterior, *, ci_prob=0.95):
     rows, corr_rows, icc_rows, intercept_vars = [], [], [], []
     for factor in factors:
         g = factor.replace(":", "_")
-        if f"{g}_sd" not in post:
+        if sd_var(g) not in post:
             continue
-        sd = flat_draws(post[f"{g}_sd"])
-        for i, coef in enumerate(post[f"{g}_coef"].values):
+        sd = flat_draws(post[sd_var(g)])
+        for i, coef in enumerate(post[coef_dim(g)].values):
             lo, hi = _interval(sd[:, i], ci_prob)
             rhat, ess = _row_stats(table, f"{g}_sd[{coef}]")
             rows.append({"group": factor, "name": str(coef), "variance": float(np.mean(sd[:, i] ** 2)),
                          "sd": float(np.mean(sd[:, i])), "sd_lower": lo, "sd_upper": hi, "r_hat": rhat, "ess": ess})
             if str(coef) == "Intercept":
                 intercept_vars.append((factor, sd[:, i] ** 2))
-        if f"{g}_corr" in post:
-            corr = flat_draws(post[f"{g}_corr"])
-            for m, pair in enumerate(post[f"{g}_corr_pair"].values):
+        if corr_var(g) in post:
+            corr = flat_draws(post[corr_var(g)])
+            for m, pair in enumerate(post[corr_pair_dim(g)].values):
                 lo, hi = _interval(corr[:, m], ci_prob)
                 corr_rows.append({"group": factor, "pair": str(pair), "corr": float(np.mean(corr[:, m])),
                                   "lower": lo, "upper": hi})
     if "sigma" in post:
-        sigma = flat_draws(post["sigma"])
+        sigma = flat_draws(post[SIGMA])
         lo, hi = _interval(sigma, ci_prob)
         rhat, ess = _row_stats(table, "sigma")
         rows.append({"group": "Residual", "name": "", "variance": float(np.mean(sigma ** 2)),

@@ -16,15 +16,32 @@ import pandas as pd
 import xarray as xr
 from xarray.indexes import PandasIndex
 
+from bayeshlm.schema import (
+    ACCEPT_RATE,
+    FIXED,
+    FIXED_DIM,
+    KNOWN_SD,
+    LP,
+    OBS,
+    SIGMA,
+    THETA,
+    THETA_DIM,
+    coef_dim,
+    corr_pair_dim,
+    corr_pair_label,
+    corr_var,
+    dim_name,
+    effect_mean_var,
+    effect_sd_var,
+    effect_var,
+    index_var,
+    sd_var,
+)
 from samplers.loglik import group_loglik_stats, loglik_draws
 from samplers.theta import covariances, sd_corr
 
 POINTWISE_LIMIT = 20_000_000  # chains x draws x observations above which "auto" stores group sums
 
-
-def dim_name(factor):
-    """Dimension name of a grouping factor (``a:b`` becomes ``a_b``)."""
-    return factor.replace(":", "_")
 
 
 def _versions():
@@ -33,7 +50,7 @@ def _versions():
     import numba
     import scipy
 
-    from bayeshlm import __version__
+    from bayeshlm.version import __version__
 
     return {
         "bayeshlm": __version__,
@@ -171,7 +188,7 @@ def _stacked_group_draws(outputs, n_keep):
     return np.stack([o.b[:n_keep] for o in outputs])
 
 
-def _factor_parts(model):
+def factor_parts(model):
     """Per grouping factor, finest first: ``(name, (first, last + 1) coefficient, labels, coef names)``."""
     design = model.design
     lp = model.structure.level_ptr
@@ -197,6 +214,17 @@ def grouping_factors(tree):
     return [attrs["grouping_factor"]] if attrs.get("grouping_factor") else []
 
 
+def theta_labels(model):
+    """Labels of the entries of ``theta`` (:mod:`samplers.theta`): ``log_sigma``, ``tau[c]``, ``z[c1,c2]``."""
+    st, names = model.structure, model.coef_names
+    labels = [] if model.sigma_known else ["log_sigma"]
+    for k in range(len(st.block_ptr) - 1):
+        lo, hi = int(st.block_ptr[k]), int(st.block_ptr[k + 1])
+        labels += [f"tau[{names[i]}]" for i in range(lo, hi)]
+        labels += [f"z[{names[j]},{names[i]}]" for i in range(lo, hi) for j in range(lo, i)]
+    return labels
+
+
 def corr_pairs(model, lo, hi):
     """The free correlations among coefficients ``lo..hi-1`` (one factor): ``(i, j)`` with ``j < i`` in a block."""
     bp = model.structure.block_ptr
@@ -215,12 +243,12 @@ def covariance_draws(posterior, model):
     n = post.sizes["chain"] * post.sizes["draw"]
     sd = np.zeros((n, d))
     corr = np.zeros((n, d, d))
-    for factor, (lo, hi), _, names in _factor_parts(model):
+    for factor, (lo, hi), _, names in factor_parts(model):
         g = dim_name(factor)
-        sd[:, lo:hi] = post[f"{g}_sd"].values.reshape(n, hi - lo)
-        if f"{g}_corr" in post:
-            values = post[f"{g}_corr"].values.reshape(n, -1)
-            for m, pair in enumerate(post[f"{g}_corr_pair"].values):
+        sd[:, lo:hi] = post[sd_var(g)].values.reshape(n, hi - lo)
+        if corr_var(g) in post:
+            values = post[corr_var(g)].values.reshape(n, -1)
+            for m, pair in enumerate(post[corr_pair_dim(g)].values):
                 a, b = str(pair).split(",")
                 i, j = lo + list(names).index(a), lo + list(names).index(b)
                 corr[:, i, j] = corr[:, j, i] = values[:, m]
@@ -239,7 +267,7 @@ def group_selection(model, keep):
     st = model.structure
     per_factor = []
     rows = []
-    for k, (_, _, labels, _) in enumerate(_factor_parts(model)):
+    for k, (_, _, labels, _) in enumerate(factor_parts(model)):
         n_k = len(labels)
         count = n_k if keep is True else 0 if keep is False else min(int(keep), n_k)
         pos = np.arange(count, dtype=np.int64)
@@ -279,8 +307,9 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
       ``<g>_effect`` (``<g>``, ``<g>_coef``), the group deviations from the fixed part,
       for the groups whose draws are kept (``keep_group_draws``).
     * ``sample_stats``: ``lp`` (log marginal posterior of the variance components, up to a
-      constant) and ``accept_rate`` (mean acceptance probability of the variance-component
-      moves of the sweep).
+      constant), ``accept_rate`` (mean acceptance probability of the variance-component
+      moves of the sweep) and ``theta`` (``theta_index``: the variance components on the
+      sampler's own unconstrained scale, :func:`theta_labels`).
     * ``log_likelihood``: the response's log-likelihood by observation (``obs``) or by
       group (``<g>``), as recorded in ``attrs["log_likelihood"]``.
     * ``observed_data``: the response (``obs``, each row's position in the data as given);
@@ -304,34 +333,34 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
     sd = sd.reshape(chains, n_keep, d)
     corr = corr.reshape(chains, n_keep, d, d)
     g = dim_name(design.factor)
-    posterior = {"fixed": a}
-    coords = {"fixed_term": list(design.fixed_names)}
+    posterior = {FIXED: a}
+    coords = {FIXED_DIM: list(design.fixed_names), THETA_DIM: theta_labels(model)}
     if model.rows_held:
-        coords["obs"] = np.asarray(design.kept_rows)
-    dims = {"fixed": ["fixed_term"]}
+        coords[OBS] = np.asarray(design.kept_rows)
+    dims = {FIXED: [FIXED_DIM]}
     if not model.sigma_known:
-        posterior["sigma"] = np.sqrt(s2)
+        posterior[SIGMA] = np.sqrt(s2)
     b = _stacked_group_draws(outputs, n_keep) if keep_group_draws is not False else None
     _, kept_pos = group_selection(model, keep_group_draws)
     offset = 0
     moments = {}
-    for lev, (factor, (lo, hi), labels, names) in enumerate(_factor_parts(model)):
+    for lev, (factor, (lo, hi), labels, names) in enumerate(factor_parts(model)):
         gk = dim_name(factor)
-        coef_dim = f"{gk}_coef"
-        coords[coef_dim] = list(names)
+        cdim = coef_dim(gk)
+        coords[cdim] = list(names)
         coords[gk] = [str(x) for x in labels]
-        posterior[f"{gk}_sd"] = sd[:, :, lo:hi]
-        dims[f"{gk}_sd"] = [coef_dim]
+        posterior[sd_var(gk)] = sd[:, :, lo:hi]
+        dims[sd_var(gk)] = [cdim]
         pairs = corr_pairs(model, lo, hi)
         if pairs:
-            posterior[f"{gk}_corr"] = np.stack([corr[:, :, i, j] for i, j in pairs], axis=-1)
-            coords[f"{gk}_corr_pair"] = [f"{names[j - lo]},{names[i - lo]}" for i, j in pairs]
-            dims[f"{gk}_corr"] = [f"{gk}_corr_pair"]
+            posterior[corr_var(gk)] = np.stack([corr[:, :, i, j] for i, j in pairs], axis=-1)
+            coords[corr_pair_dim(gk)] = [corr_pair_label(names[j - lo], names[i - lo]) for i, j in pairs]
+            dims[corr_var(gk)] = [corr_pair_dim(gk)]
         if b is not None and len(kept_pos[lev]):
             n_k = len(kept_pos[lev])
             coords[gk] = [str(x) for x in labels[kept_pos[lev]]]
-            posterior[f"{gk}_effect"] = b[:, :, offset:offset + n_k, lo:hi]
-            dims[f"{gk}_effect"] = [gk, coef_dim]
+            posterior[effect_var(gk)] = b[:, :, offset:offset + n_k, lo:hi]
+            dims[effect_var(gk)] = [gk, cdim]
             offset += n_k
         if kept_per_chain is not None:
             first = int(model.structure.node_ptr[lev])
@@ -340,18 +369,19 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
             mean = np.stack([o.b_moments[0, rows, lo:hi] for o in outputs])
             m2 = np.stack([o.b_moments[1, rows, lo:hi] for o in outputs])
             mom_sd = np.sqrt(m2 / np.maximum(count - 1.0, 1.0))
-            moments[f"{gk}_effect_mean"] = xr.DataArray(
-                mean, dims=("chain", gk, coef_dim),
-                coords={gk: [str(x) for x in labels], coef_dim: list(names)})
-            moments[f"{gk}_effect_sd"] = moments[f"{gk}_effect_mean"].copy(data=mom_sd)
+            moments[effect_mean_var(gk)] = xr.DataArray(
+                mean, dims=("chain", gk, cdim),
+                coords={gk: [str(x) for x in labels], cdim: list(names)})
+            moments[effect_sd_var(gk)] = moments[effect_mean_var(gk)].copy(data=mom_sd)
     groups = {
         "posterior": (posterior, dims),
         "sample_stats": (
             {
-                "lp": np.stack([o.lp[:n_keep] for o in outputs]),
-                "accept_rate": np.stack([o.accept[:n_keep] for o in outputs]),
+                LP: np.stack([o.lp[:n_keep] for o in outputs]),
+                ACCEPT_RATE: np.stack([o.accept[:n_keep] for o in outputs]),
+                THETA: theta,
             },
-            {},
+            {THETA: [THETA_DIM]},
         ),
     }
     mode = loglik_mode(model, chains, n_keep, keep_group_draws, log_likelihood)
@@ -359,7 +389,7 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
     if mode:
         ll = _log_likelihood(model, s2, a, None if b is None else finest_coefficients(model, b), mode,
                              a_kernel=a_kernel)
-        groups["log_likelihood"] = ({response: ll}, {response: ["obs"] if mode == "pointwise" else [g]})
+        groups["log_likelihood"] = ({response: ll}, {response: [OBS] if mode == "pointwise" else [g]})
     row_groups = _row_data(model) if model.rows_held else {}
     timings = {**timings, "results_seconds": time.perf_counter() - t0}
     attrs = {
@@ -373,7 +403,7 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
         "log_likelihood": mode or "none",
         "n_dropped_rows": int(design.n_dropped),
         "n_obs": model.n_obs,
-        "n_groups": json.dumps({f: int(len(lab)) for f, _, lab, _ in _factor_parts(model)}),
+        "n_groups": json.dumps({f: int(len(lab)) for f, _, lab, _ in factor_parts(model)}),
         "versions": json.dumps(_versions()),
         "timings": json.dumps(timings),
         "sampling_time": timings["sampling_seconds"],
@@ -408,17 +438,17 @@ def _row_data(model):
     codes index the group labels, given beside them as a coordinate (``<g>``).
     """
     design = model.design
-    coords = xr.Coordinates.from_xindex(PandasIndex(_obs_index(model), "obs"))
-    observed = xr.Dataset({design.response: ("obs", _read_only(design.y))}, coords=coords)
+    coords = xr.Coordinates.from_xindex(PandasIndex(_obs_index(model), OBS))
+    observed = xr.Dataset({design.response: (OBS, _read_only(design.y))}, coords=coords)
     constant = {}
     label_coords = {}
-    for factor, _, labels, _ in _factor_parts(model):
+    for factor, _, labels, _ in factor_parts(model):
         g = dim_name(factor)
         idx = design.factor_idx[design.factors.index(factor)] if design.factors else design.group_idx
-        constant[f"{g}_index"] = ("obs", _read_only(idx))
+        constant[index_var(g)] = (OBS, _read_only(idx))
         label_coords[g] = [str(x) for x in labels]
     if design.obs_var is not None:
-        constant["known_sd"] = ("obs", np.sqrt(design.obs_var))
+        constant[KNOWN_SD] = (OBS, np.sqrt(design.obs_var))
     ds = xr.Dataset(constant, coords=coords).assign_coords(label_coords)
     return {"observed_data": observed, "constant_data": ds}
 

@@ -6,11 +6,14 @@ import json
 
 import numpy as np
 
+from bayeshlm.schema import is_effect_var
 
-def _parameter_vars(posterior, include_groups):
+
+def parameter_vars(posterior, include_groups):
+    """The posterior's variables to summarise: all, or all but the group coefficients."""
     names = list(posterior.data_vars)
     if not include_groups:
-        names = [n for n in names if not n.endswith("_effect")]
+        names = [n for n in names if not is_effect_var(n)]
     return names
 
 
@@ -34,7 +37,7 @@ def summary(result, *, ci_prob=0.95, include_groups=False, round_to="none"):
     """
     import arviz as az
 
-    names = _parameter_vars(result.posterior, include_groups)
+    names = parameter_vars(result.posterior, include_groups)
     return az.summary(result, var_names=names, ci_prob=ci_prob, ci_kind="eti", round_to=round_to)
 
 

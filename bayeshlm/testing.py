@@ -19,139 +19,16 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from bayeshlm.basis import Basis
 from bayeshlm.em import corr_key
-from bayeshlm.priors import (
-    HalfCauchy,
-    HalfNormal,
-    HalfStudentT,
-    InverseGamma,
-    InverseWishart,
-    Normal,
-    Uniform,
-    column_moments,
-)
+from bayeshlm.prior_draws import draw_from_prior, require_rows, simulate_response
+from bayeshlm.priors import column_moments
 from bayeshlm.results import variance_components
 from samplers.suffstats import compute_suffstats
 
 
-def _draw_sd(prior, rng, role):
-    if isinstance(prior, HalfNormal):
-        return abs(rng.normal(0.0, prior.sigma))
-    if isinstance(prior, HalfStudentT):
-        return abs(rng.standard_t(prior.nu)) * prior.sigma
-    if isinstance(prior, HalfCauchy):
-        return abs(rng.standard_cauchy()) * prior.beta
-    if isinstance(prior, Uniform):
-        return rng.uniform(0.0, prior.upper)
-    if isinstance(prior, InverseGamma):
-        return float(np.sqrt(1.0 / rng.gamma(prior.alpha, 1.0 / prior.beta)))
-    raise ValueError(f"the prior of {role} is {prior}, which is improper: draws from the prior need proper priors")
-
-
-def lkj_corr(d, eta, rng):
-    """A ``d x d`` correlation matrix from the LKJ(eta) distribution, by the vine method.
-
-    Partial correlations on a C-vine are independent, ``2 Beta(b_k, b_k) - 1`` with
-    ``b_k = eta + (d - 2 - k) / 2`` at tree level ``k`` (Lewandowski, Kurowicka & Joe 2009,
-    section 2.4), and are turned into correlations by the recursion of partial correlations.
-    """
-    P = np.zeros((d, d))
-    R = np.eye(d)
-    b = eta + (d - 1) / 2.0
-    for k in range(d - 1):
-        b -= 0.5
-        for i in range(k + 1, d):
-            P[k, i] = 2.0 * rng.beta(b, b) - 1.0
-            r = P[k, i]
-            for m in range(k - 1, -1, -1):
-                r = r * np.sqrt((1.0 - P[m, i] ** 2) * (1.0 - P[m, k] ** 2)) + P[m, i] * P[m, k]
-            R[k, i] = R[i, k] = r
-    return R
-
-
-def draw_from_prior(model, rng):
-    """Parameters and group coefficients drawn from the model's priors.
-
-    Returns
-    -------
-    dict
-        ``fixed`` (n_fixed,), ``sigma`` (float, nan when the level-1 variances are known),
-        ``cov`` (n_coef, n_coef) block-diagonal covariance of the group coefficients,
-        ``sd`` and ``corr`` (its SDs and correlation matrix), ``b`` (n_groups of every
-        factor, n_coef) group coefficients in the layout of the sampler's state.
-    """
-    spec = model.prior_spec
-    frame = model.prior_frame
-    own = Basis.identity(len(model.fixed_names), len(model.coef_names))
-    phi = np.empty(len(model.fixed_names))
-    for q, name in enumerate(model.fixed_names):
-        prior = spec[f"fixed[{name}]"]
-        if not isinstance(prior, Normal):
-            raise ValueError(f"the prior of fixed[{name}] is {prior}: draws from the prior need proper priors")
-        phi[q] = rng.normal(prior.mu, prior.sigma)
-    # each prior holds for a coordinate phi = Lam a + o (the user's coefficient, or the
-    # intercept at the predictors' means): solve for the user's coefficients
-    Lam, o = np.eye(phi.size), np.zeros(phi.size)
-    if frame.fixed_centred:
-        G, g = own.fixed_map_to(frame.centred)
-        q = frame.centred.fixed_intercept
-        Lam[q], o[q] = G[q], g[q]
-    fixed = np.linalg.solve(Lam, phi - o)
-    sigma = np.nan if model.sigma_known else _draw_sd(spec["sigma"], rng, "sigma")
-    G_centred = own.coef_map_to(frame.centred)
-    names = model.coef_names
-    D = len(names)
-    cov = np.zeros((D, D))
-    bp = model.structure.block_ptr
-    for k in range(len(bp) - 1):
-        lo, hi = bp[k], bp[k + 1]
-        if isinstance(spec.get("cov"), InverseWishart):  # every block, one-dimensional ones included
-            scale = spec["cov"].matrix(hi - lo)
-            cov[lo:hi, lo:hi] = np.atleast_2d(sps.invwishart(df=spec["cov"].nu, scale=scale).rvs(random_state=rng))
-            continue
-        sd = np.array([_draw_sd(spec[f"sd[{names[i]}]"], rng, f"sd[{names[i]}]") for i in range(lo, hi)])
-        R = lkj_corr(hi - lo, spec["corr"].eta, rng) if hi - lo > 1 else np.eye(1)
-        block = R * np.outer(sd, sd)
-        if frame.block_centred[k]:  # drawn for the centred coefficients G b: T = G^{-1} T_G G^{-T}
-            Gi = np.linalg.inv(G_centred[lo:hi, lo:hi])
-            block = Gi @ block @ Gi.T
-        cov[lo:hi, lo:hi] = block
-    sd = np.sqrt(np.diag(cov))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        corr = cov / np.outer(sd, sd)
-    st = model.structure
-    n_nodes = int(st.node_ptr[-1])
-    b = np.zeros((n_nodes, D))
-    for k in range(len(st.level_ptr) - 1):
-        lo, hi = st.level_ptr[k], st.level_ptr[k + 1]
-        rows = slice(st.node_ptr[k], st.node_ptr[k + 1])
-        n_k = rows.stop - rows.start
-        b[rows, lo:hi] = rng.multivariate_normal(np.zeros(hi - lo), cov[lo:hi, lo:hi], size=n_k, method="eigh")
-    return {"fixed": fixed, "sigma": sigma, "cov": cov, "sd": sd, "corr": corr, "b": b}
-
-
-def _need_rows(model):
-    if not model.rows_held:
-        raise ValueError("simulating responses needs the model's rows; a model from hlm_stats does not keep "
-                         "them: compile it with bayeshlm.hlm")
-
-
-def simulate_response(model, params, rng):
-    """A response drawn from the model given parameters from :func:`draw_from_prior`."""
-    from bayeshlm.results import finest_coefficients
-
-    _need_rows(model)
-    design = model.design
-    b_row = finest_coefficients(model, params["b"])[design.group_idx]
-    mean = design.F @ params["fixed"] + np.einsum("ik,ik->i", design.X, b_row)
-    var = design.obs_var if model.sigma_known else np.full(model.n_obs, params["sigma"] ** 2)
-    return mean + rng.normal(size=model.n_obs) * np.sqrt(var)
-
-
 def with_response(model, y):
     """The same model (design, priors, structure) with the response replaced by ``y``."""
-    _need_rows(model)
+    require_rows(model)
     design = model.design._replace(y=np.ascontiguousarray(y, dtype=np.float64))
     basis = model.basis  # the priors are in this basis: the statistics of the new response go there too
     stats = compute_suffstats(design.y, design.F, design.X, design.group_idx, model.stats.n.shape[0],

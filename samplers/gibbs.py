@@ -11,8 +11,9 @@ import numpy as np
 from numba import njit
 
 from samplers.linalg import chol_inplace
-from samplers.theta import block_log_ratio_weight, sd_log_prior
-from samplers.types import N_OBS, PRIOR_INV_GAMMA, YTY
+from samplers.sd_priors import PRIOR_INV_GAMMA, sd_log_prior
+from samplers.theta import block_log_ratio_weight
+from samplers.types import N_OBS, YTY
 
 
 @njit(cache=True, nogil=True)

@@ -146,7 +146,8 @@ def recompute(stats, y, F, X, group_idx, weights):
     stats.FtF[:] = 0.0
     stats.Fty_g[:] = 0.0
     width = 1 + F.shape[1] + X.shape[1]
-    _accumulate(y, F, X, group_idx, weights, np.zeros(width), np.ones(width), *stats)
+    _accumulate(y, F, X, group_idx, weights, np.zeros(width), np.ones(width), stats.n, stats.XtX, stats.XtF,
+                stats.Xty, stats.yty_g, stats.FtF, stats.Fty, stats.scal, stats.FtF_g, stats.Fty_g, stats.logw_g)
 
 
 def merge_suffstats(first, second):

@@ -32,34 +32,9 @@ import numpy as np
 from numba import njit
 
 from samplers.linalg import chol_inplace, logdet_chol, solve_lower_cols
-from samplers.types import (
-    PRIOR_FLAT,
-    PRIOR_HALF_NORMAL,
-    PRIOR_HALF_T,
-    PRIOR_INV_GAMMA,
-    PRIOR_UNIFORM,
-)
+from samplers.sd_priors import sd_log_prior
 
 LOG2 = np.log(2.0)
-
-
-@njit(cache=True, nogil=True)
-def sd_log_prior(kind, par, x):
-    """Log prior density (up to a constant) of a standard deviation ``x > 0``."""
-    if kind == PRIOR_FLAT:
-        return 0.0
-    if kind == PRIOR_HALF_NORMAL:
-        u = x / par[0]
-        return -0.5 * u * u
-    if kind == PRIOR_HALF_T:
-        u = x / par[1]
-        return -0.5 * (par[0] + 1.0) * np.log1p(u * u / par[0])
-    if kind == PRIOR_UNIFORM:
-        return 0.0 if x < par[0] else -np.inf
-    if kind == PRIOR_INV_GAMMA:
-        v = x * x
-        return -(par[0] + 1.0) * np.log(v) - par[1] / v + np.log(x)
-    return -np.inf
 
 
 @njit(cache=True, nogil=True, inline="always")

@@ -13,13 +13,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-# Codes of the priors on a standard deviation (sigma, or one SD of a group covariance).
-PRIOR_FLAT = 0  # improper uniform on (0, inf)
-PRIOR_HALF_NORMAL = 1  # params (scale, -)
-PRIOR_HALF_T = 2  # params (nu, scale); half-Cauchy is nu = 1
-PRIOR_UNIFORM = 3  # params (upper, -): uniform on (0, upper)
-PRIOR_INV_GAMMA = 4  # params (alpha, beta): inverse-gamma on the variance
-
 # Slots of SuffStats.scal
 YTY, N_OBS, SUM_LOG_W = 0, 1, 2
 
@@ -149,7 +142,7 @@ class Priors(NamedTuple):
     fixed : FixedPrior
         Prior of the fixed effects.
     sigma_kind : int
-        Prior code for sigma (``PRIOR_*``).
+        Prior code for sigma (``PRIOR_*`` of :mod:`samplers.sd_priors`).
     sigma_par : ndarray of shape (2,)
         Its parameters.
     sd_kind : ndarray of int64, shape (n_coef,)
@@ -226,10 +219,10 @@ class ChainState(NamedTuple):
         Counters, by the slot names above (:data:`ITER`, :data:`READY`, ...).
     r : ndarray of shape (n_groups, n_coef)
         ``X_j'W_j(y_j - F_j a)`` at the current fixed effects (finest groups).
-    work : TwoLevelWork or NestedWork
-        Workspace of the Gaussian passes (:mod:`samplers.gaussian`), holding the factors at
-        the current ``theta`` after each draw of the coefficients.
-    scratch : TwoLevelWork or NestedWork
+    work : NamedTuple
+        Workspace of the Gaussian passes (from :func:`samplers.gaussian.workspace`), holding
+        the factors at the current ``theta`` after each draw of the coefficients.
+    scratch : NamedTuple
         A second workspace of the same type, for the Metropolis-Hastings proposals.
     prop_chol : ndarray of shape (n_theta, n_theta)
         Cholesky factor of the random-walk proposal covariance.

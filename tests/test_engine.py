@@ -26,16 +26,18 @@ from samplers.linalg import (
     solve_upper,
 )
 from samplers.loglik import loglik_draws
-from samplers.suffstats import compute_suffstats, merge_suffstats, residual_stats
-from samplers.theta import covariances, decode_theta, encode_theta, sd_corr
-from samplers.two_level import draw as draw_coefficients
-from samplers.two_level import loglik_given_a, upward
-from samplers.types import (
+from samplers.sd_priors import (
     PRIOR_FLAT,
     PRIOR_HALF_NORMAL,
     PRIOR_HALF_T,
     PRIOR_INV_GAMMA,
     PRIOR_UNIFORM,
+)
+from samplers.suffstats import compute_suffstats, merge_suffstats, residual_stats
+from samplers.theta import covariances, decode_theta, encode_theta, sd_corr
+from samplers.two_level import draw as draw_coefficients
+from samplers.two_level import loglik_given_a, upward
+from samplers.types import (
     FixedPrior,
     Priors,
     Structure,
@@ -1106,3 +1108,21 @@ def test_chains_compile_once_per_variant_not_per_model():
     # the two two-level models (2 and 1 random coefficients, 2 and 3 fixed effects) share one
     assert len(variants[("TwoLevelWork", "MHMoves")]) == 1, variants
     assert len(variants[("NestedWork", "MHMoves")]) == 1, variants
+
+
+def test_recompute_overwrites_statistics_with_new_weights_and_response():
+    """``recompute`` (the hook of a data-augmentation step) gives the statistics of the new rows, in place."""
+    from samplers.suffstats import recompute
+
+    rng = np.random.default_rng(3)
+    n, p, d, n_groups = 200, 3, 2, 7
+    F, X = rng.normal(size=(n, p)), rng.normal(size=(n, d))
+    g = rng.integers(0, n_groups, size=n)
+    stats = compute_suffstats(rng.normal(size=n), F, X, g, n_groups)
+    y2, w2 = rng.normal(size=n), rng.uniform(0.2, 3.0, size=n)
+    fields = [id(x) for x in stats]
+    recompute(stats, y2, F, X, g, w2)
+    expected = compute_suffstats(y2, F, X, g, n_groups, weights=w2)
+    assert [id(x) for x in stats] == fields  # the same arrays
+    for name, got, want in zip(stats._fields, stats, expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=name)

@@ -38,7 +38,10 @@ def test_groups_dims_and_coords(sleep_post, sleep_model):
     assert post["subject_effect"].dims == ("chain", "draw", "subject", "subject_coef")
     labels = list(post["subject"].values)
     assert labels[:3] == ["308", "309", "310"] and len(labels) == 18
-    assert set(dt.sample_stats.data_vars) == {"lp", "accept_rate"}
+    assert set(dt.sample_stats.data_vars) == {"lp", "accept_rate", "theta"}
+    assert dt.sample_stats["theta"].dims == ("chain", "draw", "theta_index")
+    assert list(dt.sample_stats["theta_index"].values) == [
+        "log_sigma", "tau[Intercept]", "tau[days]", "z[Intercept,days]"]
     assert dt.log_likelihood["reaction"].dims == ("chain", "draw", "obs")
     assert dt.observed_data["reaction"].shape == (180,)
     cd = dt.constant_data
@@ -244,3 +247,13 @@ def test_netcdf_round_trip(sleep_post, tmp_path):
     for group in sleep_post.children:
         xr.testing.assert_identical(back[group].to_dataset(), sleep_post[group].to_dataset())
     assert back.attrs == sleep_post.attrs
+
+
+def test_stored_theta_is_the_variance_components(sleep_post, sleep_model):
+    """``sample_stats.theta`` holds the sampler's own coordinates: brought to the canonical half, they are
+    the posterior's sigma, SDs and correlations encoded again (what evidence used to rebuild)."""
+    from bayeshlm.evidence import _theta_draws
+
+    stored = _theta_draws(sleep_post, sleep_model)
+    rebuilt = _theta_draws(sleep_post.copy().drop_nodes("sample_stats"), sleep_model)
+    np.testing.assert_allclose(stored, rebuilt, rtol=1e-9, atol=1e-9)

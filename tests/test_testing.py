@@ -5,7 +5,8 @@ import pytest
 from scipy import stats as sps
 
 import bayeshlm as bh
-from bayeshlm.testing import draw_from_prior, lkj_corr, sbc, simulate_response, with_response
+from bayeshlm.prior_draws import draw_from_prior, lkj_corr, simulate_response
+from bayeshlm.testing import sbc, with_response
 
 
 def test_lkj_marginal_is_a_scaled_beta():
