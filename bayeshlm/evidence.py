@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import betaln, multigammaln
 
-from bayeshlm.model import check_result
+from bayeshlm.model import check_result, model_first
 from bayeshlm.results import flat_draws
 from bayeshlm.schema import SAMPLE_STATS, SIGMA, THETA
 from samplers.gaussian import integrate, workspace
@@ -131,15 +131,15 @@ def _log_q(model, theta, norm):
     return out
 
 
-def marginal_likelihood(posterior, model, *, seed=0, max_iter=1000, tol=1e-10):
+def marginal_likelihood(model, posterior, *, seed=0, max_iter=1000, tol=1e-10):
     """Log marginal likelihood ``log p(y)`` of a model from its posterior draws.
 
     Parameters
     ----------
-    posterior : xarray.DataTree
-        From :func:`bayeshlm.sample` on ``model``.
     model : Model
         With proper priors on everything (Normal fixed effects; no Flat SD prior).
+    posterior : xarray.DataTree
+        From :func:`bayeshlm.sample` on ``model``.
     seed : int
         Seed of the draws from the normal approximation.
 
@@ -147,6 +147,7 @@ def marginal_likelihood(posterior, model, *, seed=0, max_iter=1000, tol=1e-10):
     -------
     Evidence
     """
+    model, posterior = model_first(model, posterior, "marginal_likelihood")
     check_result(model, posterior, "the posterior")
     norm = _log_prior_norm(model)
     theta = _theta_draws(posterior, model)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import chdtrc  # chi-square survival function (lighter to import than scipy.stats)
 
-from bayeshlm.model import check_result
+from bayeshlm.model import check_result, model_first
 from samplers.gaussian import integrate, workspace
 from samplers.types import N_OBS, YTY, flat_fixed_prior
 
@@ -170,7 +170,7 @@ def lrt(smaller, larger):
     return LRTResult(stat, df, p, naive, mixture, smaller.method, f"test of {what}")
 
 
-def lrt_hierarchy(fit, model):
+def lrt_hierarchy(model, fit):
     """Test the hierarchical model against the pooled regression nested in it (all ``T = 0``).
 
     The pooled model has the same fixed effects and no group coefficients; its likelihood is
@@ -178,16 +178,17 @@ def lrt_hierarchy(fit, model):
 
     Parameters
     ----------
-    fit : EMResult
-        ML or REML fit of ``model``.
     model : Model
         The model that was fitted (level-1 variance estimated).
+    fit : EMResult
+        ML or REML fit of ``model``.
 
     Returns
     -------
     LRTResult
         The boundary mixture applies when the model has a single random coefficient.
     """
+    model, fit = model_first(model, fit, "lrt_hierarchy")
     check_result(model, fit, "the fit")
     if model.sigma_known:
         raise ValueError("with known level-1 variances the pooled model has no free parameter; "

@@ -294,6 +294,22 @@ def check_result(model, result, what="the result"):
     )
 
 
+def model_first(first, second, name):
+    """``(model, result)`` of a function called ``name(model, result, ...)``, the public order.
+
+    Every function that takes a model and a result takes the model first. The order of
+    earlier versions, ``name(result, model)``, is still accepted for now, with a
+    ``DeprecationWarning``; anything else is left for the function's own checks.
+    """
+    if not isinstance(first, Model) and isinstance(second, Model):
+        import warnings
+
+        warnings.warn(f"{name}(result, model) is deprecated: the model comes first, {name}(model, result)",
+                      DeprecationWarning, stacklevel=3)
+        return second, first
+    return first, second
+
+
 def check_same_model(first, second, what):
     """Refuse two results of different models (both recording one)."""
     a, b = result_identity(first), result_identity(second)

@@ -289,15 +289,24 @@ def _plot_ppc_stat(name, y, rep, ax):
 
 
 def _arviz_plot(name, posterior, var_names, kwargs):
-    """``arviz_plots.<name>`` on the model parameters (not the group coefficients) by default, with matplotlib."""
+    """``arviz_plots.<name>`` on the model parameters (not the group coefficients) by default, with matplotlib.
+
+    Returns the matplotlib figure, like every plotting function of the package, with the
+    ``arviz_plots.PlotCollection`` that drew it as its attribute ``plot_collection``.
+    """
     import arviz_plots
 
     from bayeshlm.summary import parameter_vars
 
-    kwargs.setdefault("backend", "matplotlib")
+    if kwargs.setdefault("backend", "matplotlib") != "matplotlib":
+        raise ValueError("the plots of bayeshlm are drawn with matplotlib; call arviz_plots directly for other "
+                         "backends")
     if var_names is None:
         var_names = parameter_vars(posterior.posterior, include_groups=False)
-    return getattr(arviz_plots, name)(posterior, var_names=var_names, **kwargs)
+    pc = getattr(arviz_plots, name)(posterior, var_names=var_names, **kwargs)
+    fig = pc.viz["figure"].item()
+    fig.plot_collection = pc
+    return fig
 
 
 def plot_trace(posterior, var_names=None, **kwargs):
@@ -318,9 +327,9 @@ def plot_trace(posterior, var_names=None, **kwargs):
 
     Returns
     -------
-    arviz_plots.PlotCollection
+    matplotlib.figure.Figure
         One row per variable (``compact=True``, the default), columns ``dist`` and ``trace``;
-        the matplotlib figure is ``pc.viz["figure"].item()``.
+        ``fig.plot_collection`` is the ``arviz_plots.PlotCollection`` that drew it.
     """
     return _arviz_plot("plot_trace_dist", posterior, var_names, kwargs)
 
@@ -344,9 +353,9 @@ def plot_rank(posterior, var_names=None, **kwargs):
 
     Returns
     -------
-    arviz_plots.PlotCollection
-        One panel per scalar parameter (per coordinate value of a vector variable); the
-        matplotlib figure is ``pc.viz["figure"].item()``.
+    matplotlib.figure.Figure
+        One panel per scalar parameter (per coordinate value of a vector variable);
+        ``fig.plot_collection`` is the ``arviz_plots.PlotCollection`` that drew it.
     """
     return _arviz_plot("plot_rank", posterior, var_names, kwargs)
 

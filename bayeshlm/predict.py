@@ -24,7 +24,7 @@ from bayeshlm.data import (
     known_array,
     obs_var_from,
 )
-from bayeshlm.model import check_result
+from bayeshlm.model import Model, check_result, model_first
 from bayeshlm.results import corr_pairs, covariance_draws, factor_parts, flat_draws, group_stats_held
 from bayeshlm.schema import (
     FIXED,
@@ -478,15 +478,18 @@ def group_log_likelihood(model, posterior):
     return _with_group(posterior, "log_likelihood", ds)
 
 
-def loo(posterior, model=None, *, by="obs", **kwargs):
+def loo(model, posterior=None, *, by="obs", **kwargs):
     """PSIS leave-one-out cross-validation through ``arviz.loo``: of observations or of groups.
+
+    ``loo(model, posterior, by=...)``; leaving out observations needs no model, so
+    ``loo(posterior)`` alone is the same as ``loo(model, posterior)`` with ``by="obs"``.
 
     Parameters
     ----------
+    model : Model
+        The model of the posterior; needed with ``by`` a grouping factor.
     posterior : xarray.DataTree
         From :func:`bayeshlm.sample`; with ``by="obs"`` it needs its pointwise log-likelihood.
-    model : Model, optional
-        The model of the posterior; needed with ``by`` a grouping factor.
     by : str
         ``"obs"`` leaves out one observation at a time; the name of the finest grouping
         factor leaves out one group at a time, with the group's coefficients integrated out
@@ -501,15 +504,19 @@ def loo(posterior, model=None, *, by="obs", **kwargs):
     """
     import arviz as az
 
+    if posterior is None and not isinstance(model, Model):  # loo(posterior)
+        model, posterior = None, model
+    else:
+        model, posterior = model_first(model, posterior, "loo")
     if by == "obs":
         if "log_likelihood" not in posterior.children or "obs" not in posterior.log_likelihood.dims:
             raise ValueError("leave-one-observation-out needs the pointwise log-likelihood, which this posterior "
                              f"does not hold (log_likelihood={posterior.attrs.get('log_likelihood', 'none')!r}): "
-                             "sample with log_likelihood='pointwise', or leave out groups with loo(posterior, "
-                             "model, by=<factor>)")
+                             "sample with log_likelihood='pointwise', or leave out groups with loo(model, "
+                             "posterior, by=<factor>)")
         return az.loo(posterior, **kwargs)
     if model is None:
-        raise ValueError("leaving groups out needs the model: loo(posterior, model, by=...)")
+        raise ValueError("leaving groups out needs the model: loo(model, posterior, by=...)")
     check_result(model, posterior, "the posterior")
     parts = factor_parts(model)
     finest = parts[0][0] if parts else None

@@ -166,5 +166,5 @@ def test_marginal_group_loglik_of_a_chunked_model_on_calendar_years():
     from_rows = bh.marginal_group_log_likelihood(dataclasses.replace(
         full, stats=full.stats._replace(FtF_g=full.stats.FtF_g[:0])), post)
     np.testing.assert_allclose(bh.marginal_group_log_likelihood(part, post), from_rows, rtol=1e-9, atol=0)
-    loo = bh.loo(post, part, by="unit")  # leave-one-unit-out on a model that never held its rows
+    loo = bh.loo(part, post, by="unit")  # leave-one-unit-out on a model that never held its rows
     assert np.isfinite(loo.elpd) and loo.n_data_points == part.n_groups

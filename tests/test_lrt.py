@@ -27,7 +27,7 @@ def test_random_slope_mixture_p_value(sleep):
 def test_single_variance_uses_half_chi_square(sleep):
     model = bh.hlm("reaction ~ days + (1 | subject)", sleep)
     fit = bh.fit_em(model, "ml")
-    test = bh.lrt_hierarchy(fit, model)
+    test = bh.lrt_hierarchy(model, fit)
     # the pooled regression by ordinary least squares, written out
     y, F = model.design.y, model.design.F
     n = y.size
@@ -45,7 +45,7 @@ def test_reml_hierarchy_against_pooled_restricted_likelihood(sleep):
     n, p = F.shape
     rss = np.sum((y - F @ np.linalg.lstsq(F, y, rcond=None)[0]) ** 2)
     pooled = -0.5 * ((n - p) * (np.log(2 * np.pi) + np.log(rss / (n - p)) + 1) + np.linalg.slogdet(F.T @ F)[1])
-    assert bh.lrt_hierarchy(fit, model).statistic == pytest.approx(2 * (fit.loglik - pooled), rel=1e-9)
+    assert bh.lrt_hierarchy(model, fit).statistic == pytest.approx(2 * (fit.loglik - pooled), rel=1e-9)
 
 
 def test_incomparable_fits_are_refused(sleep):
@@ -58,3 +58,13 @@ def test_incomparable_fits_are_refused(sleep):
         bh.lrt(a, c)
     with pytest.raises(ValueError, match="more parameters"):
         bh.lrt(a, a)
+
+
+def test_the_model_comes_first_and_the_old_order_warns(sleep):
+    """Functions taking a model and a result take the model first; the old order still works, with a warning."""
+    model = bh.hlm("reaction ~ days + (1 | subject)", sleep)
+    fit = bh.fit_em(model, "ml")
+    new = bh.lrt_hierarchy(model, fit)
+    with pytest.warns(DeprecationWarning, match=r"lrt_hierarchy\(model, result\)"):
+        old = bh.lrt_hierarchy(fit, model)
+    assert old.statistic == new.statistic

@@ -55,9 +55,9 @@ def test_every_function_refuses_another_model(sleep, fitted, which):
         "posterior_predictive": lambda: bh.posterior_predictive(other, post),
         "group_log_likelihood": lambda: bh.group_log_likelihood(other, post),
         "marginal_group_log_likelihood": lambda: bh.marginal_group_log_likelihood(other, post),
-        "loo": lambda: bh.loo(post, other, by="subject"),
-        "marginal_likelihood": lambda: bh.marginal_likelihood(post, other),
-        "lrt_hierarchy": lambda: bh.lrt_hierarchy(fit, other),
+        "loo": lambda: bh.loo(other, post, by="subject"),
+        "marginal_likelihood": lambda: bh.marginal_likelihood(other, post),
+        "lrt_hierarchy": lambda: bh.lrt_hierarchy(other, fit),
         "shrinkage_table": lambda: bh.shrinkage_table(post, fit, model=other),
     }
     for name, call in calls.items():
@@ -81,7 +81,7 @@ def test_the_right_model_is_accepted(sleep, fitted):
     model, post, fit = fitted
     assert bh.predict(model, post, sleep.iloc[:3]).sizes["obs"] == 3
     assert bh.compare(post, fit).shape[0] > 0
-    assert np.isfinite(bh.marginal_likelihood(post, model).log_marginal_likelihood)
+    assert np.isfinite(bh.marginal_likelihood(model, post).log_marginal_likelihood)
 
 
 @pytest.mark.parametrize("suffix", [".nc", ".zarr"])

@@ -246,7 +246,7 @@ DEFAULT_VARS = ["fixed", "sigma", "subject_sd", "subject_corr"]
 
 
 def test_trace_defaults_to_non_group_parameters(sleep_post):
-    pc = plot_trace(sleep_post)
+    pc = plot_trace(sleep_post).plot_collection
     plots = pc.viz["plot"]
     assert sorted(plots.data_vars) == sorted(DEFAULT_VARS)
     assert list(plots["column"].values) == ["dist", "trace"]
@@ -259,13 +259,13 @@ def test_trace_defaults_to_non_group_parameters(sleep_post):
 
 
 def test_trace_var_names(sleep_post):
-    pc = plot_trace(sleep_post, var_names=["sigma"])
+    pc = plot_trace(sleep_post, var_names=["sigma"]).plot_collection
     assert list(pc.viz["plot"].data_vars) == ["sigma"]
     _renders(pc.viz["figure"].item())
 
 
 def test_rank_panel_per_scalar_parameter(sleep_post):
-    pc = plot_rank(sleep_post)
+    pc = plot_rank(sleep_post).plot_collection
     plots = pc.viz["plot"]
     assert sorted(plots.data_vars) == sorted(DEFAULT_VARS)
     # one panel per scalar: 2 fixed + sigma + 2 sd + 1 corr
@@ -274,9 +274,18 @@ def test_rank_panel_per_scalar_parameter(sleep_post):
 
 
 def test_rank_var_names(sleep_post):
-    pc = plot_rank(sleep_post, var_names=["fixed"])
+    pc = plot_rank(sleep_post, var_names=["fixed"]).plot_collection
     assert list(pc.viz["plot"].data_vars) == ["fixed"]
     assert pc.viz["plot"]["fixed"].size == 2
+
+
+def test_every_plot_returns_a_figure(sleep_post, sleep_eb):
+    """One return type: each plotting function gives a matplotlib figure."""
+    from matplotlib.figure import Figure
+
+    figures = [plot_trace(sleep_post), plot_rank(sleep_post), bh.plot_caterpillar(sleep_post),
+               bh.plot_compare(sleep_post, sleep_eb), bh.plot_shrinkage(sleep_post, sleep_eb)]
+    assert all(isinstance(f, Figure) for f in figures)
 
 
 # -- EB vs posterior ----------------------------------------------------------------------

@@ -177,7 +177,7 @@ def test_marginal_group_log_likelihood_known_variances_and_nested():
     cov = float(p["sigma"].values[0, s]) ** 2 * np.eye(rows.sum()) + X @ T @ X.T
     np.testing.assert_allclose(ll[0, s, j], stats.multivariate_normal(mean, cov).logpdf(design.y[rows]), rtol=1e-10)
     with pytest.raises(ValueError, match="finest grouping factor 'district:school'"):
-        bh.loo(npost, nested, by="district")
+        bh.loo(nested, npost, by="district")
 
 
 def test_loo_by_observation_and_by_group(sleep):
@@ -189,7 +189,7 @@ def test_loo_by_observation_and_by_group(sleep):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pareto k warnings of a few influential subjects
         by_obs = bh.loo(post)
-        by_group = bh.loo(post, model, by="subject")
+        by_group = bh.loo(model, post, by="subject")
         table = az.compare({"slopes": bh.group_log_likelihood(model, post),
                             "intercepts": bh.group_log_likelihood(intercepts, post0)})
     assert np.isfinite(by_obs.elpd) and by_obs.n_data_points == 180

@@ -24,7 +24,7 @@ def test_eight_schools_marginal_likelihood_matches_quadrature():
     model = bh.hlm("y ~ 1 + (1 | school)", data, known_sd="sigma",
                    priors={"fixed": bh.Normal(0, 20), "sd": bh.HalfNormal(15)})
     post = bh.sample(model, draws=2000, seed=1, progress=False)
-    ev = marginal_likelihood(post, model)
+    ev = marginal_likelihood(model, post)
     exact = _eight_schools_exact(data["y"].to_numpy(float), data["sigma"].to_numpy(float), 20.0, 15.0)
     # within 4 estimated standard errors (about 6e-5 two-sided false-alarm rate if the error
     # estimate is right), plus 1e-3 for the approximation in that estimate
@@ -38,7 +38,7 @@ def test_bayes_factor_of_prior_scales():
     for tau_scale in (5.0, 50.0):
         model = bh.hlm("y ~ 1 + (1 | school)", data, known_sd="sigma",
                        priors={"fixed": bh.Normal(0, 20), "sd": bh.HalfNormal(tau_scale)})
-        evs.append(marginal_likelihood(bh.sample(model, draws=2000, seed=2, progress=False), model))
+        evs.append(marginal_likelihood(model, bh.sample(model, draws=2000, seed=2, progress=False)))
     log_bf, se = bayes_factor(*evs)
     y, s = data["y"].to_numpy(float), data["sigma"].to_numpy(float)
     exact = _eight_schools_exact(y, s, 20.0, 5.0) - _eight_schools_exact(y, s, 20.0, 50.0)
@@ -61,7 +61,7 @@ def test_improper_priors_are_refused():
     model = bh.hlm("y ~ 1 + (1 | school)", data, known_sd="sigma", priors={"fixed": bh.Flat()})
     post = bh.sample(model, draws=50, warmup=50, chains=1, seed=1, progress=False)
     with pytest.raises(ValueError, match="proper"):
-        marginal_likelihood(post, model)
+        marginal_likelihood(model, post)
 
 
 def test_pooled_marginal_likelihood_known_variances():
@@ -88,7 +88,7 @@ def test_pooled_marginal_likelihood_with_sigma_and_the_bayes_factor_of_the_hiera
     value, _ = integrate.quad(integrand, 20, 80, epsabs=0, epsrel=1e-10, limit=200)
     pooled = bh.marginal_likelihood_pooled(model)
     assert pooled.log_marginal_likelihood == pytest.approx(np.log(value) - 900.0, abs=1e-6)
-    hier = marginal_likelihood(bh.sample(model, draws=2000, seed=3, progress=False), model)
+    hier = marginal_likelihood(model, bh.sample(model, draws=2000, seed=3, progress=False))
     log_bf, se = bayes_factor(hier, pooled)
     assert log_bf > 20 and se < 0.05  # subjects differ: the hierarchy is overwhelmingly supported
 
@@ -100,7 +100,7 @@ def test_eight_schools_marginal_likelihood_inverse_wishart_prior():
     nu, psi = 3.0, 100.0
     model = bh.hlm("y ~ 1 + (1 | school)", data, known_sd="sigma",
                    priors={"fixed": bh.Normal(0, 20), "cov": bh.InverseWishart(nu, psi)})
-    ev = marginal_likelihood(bh.sample(model, draws=2000, seed=3, progress=False), model)
+    ev = marginal_likelihood(model, bh.sample(model, draws=2000, seed=3, progress=False))
     y, s = data["y"].to_numpy(float), data["sigma"].to_numpy(float)
 
     def integrand(tau):  # density of tau: IG(tau^2; nu/2, psi/2) * 2 tau
@@ -120,7 +120,7 @@ def test_marginal_likelihood_of_three_levels_matches_quadrature():
     sigma = 0.8234
     priors = {"fixed": bh.Normal(60, 10), "sd": bh.HalfNormal(3.0)}
     model = bh.hlm("strength ~ 1 + (1 | batch/cask)", data, known_sd=np.full(len(data), sigma), priors=priors)
-    ev = marginal_likelihood(bh.sample(model, draws=2000, seed=4, progress=False), model)
+    ev = marginal_likelihood(model, bh.sample(model, draws=2000, seed=4, progress=False))
     y = data["strength"].to_numpy(float)
     fine, coarse = model.design.factor_idx
     same_cask = (fine[:, None] == fine[None, :]).astype(float)
