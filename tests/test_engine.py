@@ -1,7 +1,7 @@
 """Tests for the numerical core (``samplers``): linear algebra, statistics, the Gaussian tree.
 
 Every kernel is checked against an independent dense NumPy / SciPy computation on small
-random problems (DESIGN.md section 2), the Monte Carlo checks use tolerances derived from
+random problems (docs/design.md, "The Gaussian passes"), the Monte Carlo checks use tolerances derived from
 the exact Monte Carlo error with a stated false-alarm rate (STYLE.md section 8), and the
 random inputs come from fixed seeds or from derandomised hypothesis examples.
 """
@@ -1001,7 +1001,7 @@ def test_same_seed_same_draws():
 
 
 # ---------------------------------------------------------------------------
-# 9. Import boundary (DESIGN.md section 2: the engine knows no data frames or ArviZ)
+# 9. Import boundary (docs/design.md, "Data flow": the engine knows no data frames or ArviZ)
 
 
 def test_import_samplers_pulls_in_no_frontend_modules():

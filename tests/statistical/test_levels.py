@@ -24,7 +24,7 @@ def test_pastes_posterior_close_to_reml(lme4_fits, method):
     variance, which REML's standard error ignores: it must lie between 1 and 1.35 times the
     REML SE. Every checked quantity has a bulk ESS of at least 400 (asserted): MCSE at most
     0.05 posterior SD, a quarter of the tightest margin. The Gibbs sampler mixes slowly on
-    the batch SD (the funnel of DESIGN.md section 3) and runs 10 times longer.
+    the batch SD (the funnel of docs/design.md, "The samplers") and runs 10 times longer.
     """
     ref = lme4_fits["models"]["pastes"]["fits"]["REML"]
     model = bh.hlm("strength ~ 1 + (1 | batch/cask)", bh.load_dataset("pastes"))
