@@ -134,11 +134,12 @@ class _Objective:
         self.n_eval = 0
         self.grad = np.empty(model.n_theta)
         self.work = workspace(model.stats, model.structure)
+        self.rng = np.random.default_rng(0)  # typed argument of the compiled passes, never drawn from
 
     def __call__(self, theta):
         self.n_eval += 1
         m = self.model
-        return loglik_and_gradient(theta, self.work, m.stats, m.structure, m.priors, self.reml, self.grad)
+        return loglik_and_gradient(self.rng, theta, self.work, m.stats, m.structure, m.priors, self.reml, self.grad)
 
     def negative_with_gradient(self, theta):
         """``(-loglik, -gradient)`` for a minimiser; ``inf`` where the likelihood is not finite."""

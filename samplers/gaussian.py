@@ -16,6 +16,8 @@ through the functions here (docs/design.md, "The single seam"):
   each group's conditional mean and covariance (the EB estimates);
 * :func:`em_iteration` -- after :func:`integrate` with a flat prior, the E-step moments and the
   closed-form M-step of EM;
+* :func:`score` -- after :func:`integrate` with a flat prior, the derivatives of the ML or
+  REML log-likelihood in ``C`` and ``s2`` (Fisher's identity);
 * :func:`finest_coefficients` -- each finest group's full coefficient vector.
 
 Each structure implements them once, in its own module (:mod:`samplers.two_level`,
@@ -176,7 +178,7 @@ def _moments_impl(rng, work, stats, structure, s2, a, b, V, A_inv):
 
     def impl(rng, work, stats, structure, s2, a, b, V, A_inv):
         nested.moments(rng, stats, structure, s2, work.C, work.Lt, work.Ut, work.LA, work.cA, work.beta, False,
-                       a, b, V, A_inv)
+                       a, b, V, A_inv, np.zeros((0, 0)))
 
     return impl
 
@@ -192,6 +194,19 @@ def _em_impl(rng, work, stats, structure, s2, reml, a, b, V, A_inv, T):
             rng, stats, s2, work.C, work.L, work.LA, work.cA, structure.block_ptr, reml, a, b, V, T)
     return lambda rng, work, stats, structure, s2, reml, a, b, V, A_inv, T: nested.em_update(
         rng, stats, structure, s2, work.C, work.Lt, work.Ut, work.LA, work.cA, work.beta, reml, a, b, V, A_inv, T)
+
+
+def _score(rng, work, stats, structure, s2, reml, gC):
+    raise NotImplementedError("compiled code only")
+
+
+@overload(_score, inline="always")
+def _score_impl(rng, work, stats, structure, s2, reml, gC):
+    if _is_two_level_work(work):
+        return lambda rng, work, stats, structure, s2, reml, gC: two_level.score_terms(
+            stats, s2, work.C, work.L, work.LA, work.cA, reml, gC)
+    return lambda rng, work, stats, structure, s2, reml, gC: nested.score_terms(
+        rng, stats, structure, s2, work.C, work.Lt, work.Ut, work.LA, work.cA, work.beta, reml, gC)
 
 
 def _finest(work, structure, b):
@@ -283,6 +298,19 @@ def em_iteration(rng, work, stats, structure, s2, reml, a, b, V, A_inv, T):
 
 
 @njit(cache=True, nogil=True)
+def score(rng, work, stats, structure, s2, reml, gC):
+    """After :func:`integrate` with a flat prior: the derivatives of the ML or REML log-likelihood.
+
+    By Fisher's identity, the posterior mean of the complete-data score (docs/design.md,
+    "EM"): ``d loglik / dC`` is written into ``gC`` (n_coef x n_coef, for the entries that
+    ``C`` has) and ``d loglik / ds2`` is returned. For REML the fixed effects are integrated
+    out; for ML they are at their GLS value (the profile's maximiser). ``rng`` is not drawn
+    from.
+    """
+    return _score(rng, work, stats, structure, s2, reml, gC)
+
+
+@njit(cache=True, nogil=True)
 def finest_coefficients(work, structure, b):
     """Each finest group's full coefficient vector (its own and its ancestors' columns).
 
@@ -301,6 +329,7 @@ __all__ = [
     "integrate",
     "integrate_given_a",
     "is_two_level",
+    "score",
     "workspace",
     "workspace_values",
 ]

@@ -1,15 +1,18 @@
 """The ML and REML log-likelihood of the variance components, and its gradient, in one compiled call.
 
 Used by the EB/ML fit (:func:`bayeshlm.fit_em`): the optimiser asks for the value and the
-gradient together, and computing both here (central differences over the unconstrained
-``theta`` of :mod:`samplers.theta`, ``2 n_theta + 1`` upward passes) costs one call from
-Python instead of one per pass.
+gradient together. The value is one upward pass; the gradient is exact, by Fisher's
+identity (:func:`samplers.gaussian.score`: the derivatives in the factor ``C`` of the group
+covariance and in ``s2``), carried to the unconstrained ``theta`` of :mod:`samplers.theta`
+by the chain rule, with the derivatives of ``(s2, C)`` in ``theta`` from central
+differences of :func:`samplers.theta.decode_theta`, which reads no data (docs/design.md,
+"EM").
 """
 
 import numpy as np
 from numba import njit
 
-from samplers.gaussian import integrate
+from samplers.gaussian import integrate, score
 from samplers.theta import decode_theta
 from samplers.types import FixedPrior
 
@@ -38,20 +41,52 @@ def profile_loglik(theta, work, stats, structure, priors, reml, flat):
 
 
 @njit(cache=True, nogil=True)
-def loglik_and_gradient(theta, work, stats, structure, priors, reml, grad):
-    """Value of :func:`profile_loglik` at ``theta``, with its gradient written into ``grad``.
+def loglik_and_gradient(rng, theta, work, stats, structure, priors, reml, grad):
+    """Value of :func:`profile_loglik` at ``theta``, with its exact gradient written into ``grad``.
 
-    Central differences with step ``1e-4`` (relative beyond 1): the log-likelihood carries a
-    rounding error of about ``1e-16 |loglik|``, so a step ``h`` adds about
-    ``1e-16 |loglik| / h`` to the gradient and the truncation adds ``h^2 f3 / 6`` (``f3`` the
-    third derivative); ``1e-4`` balances the two near ``1e-7`` for likelihoods of the size
-    met here, where ``1e-6`` would leave errors near ``1e-5``. ``work`` is left holding the
-    factors of the last evaluation (not of ``theta``).
+    ``work`` is left holding the factors at ``theta``; ``rng`` is not drawn from. Where the
+    log-likelihood is not finite the gradient is set to nan.
+    """
+    p = stats.Fty.shape[0]
+    d = work.C.shape[0]
+    flat = FixedPrior(np.zeros((p, p)), np.zeros(p), 0.0, p)
+    value = profile_loglik(theta, work, stats, structure, priors, reml, flat)
+    if not np.isfinite(value):
+        for i in range(grad.shape[0]):
+            grad[i] = np.nan
+        return value
+    Cp = np.empty((d, d))
+    Cm = np.empty((d, d))
+    s2, _ = decode_theta(theta, structure, priors, Cp)
+    gC = np.zeros((d, d))
+    g_s2 = score(rng, work, stats, structure, s2, reml, gC)
+    # chain rule: (s2, C) as functions of theta, differentiated by central differences of
+    # the decoding, which is exact to about 1e-10 at this step and reads no data
+    shifted = theta.copy()
+    for i in range(theta.shape[0]):
+        h = 1e-5 * max(1.0, abs(theta[i]))
+        shifted[i] = theta[i] + h
+        s2p, _ = decode_theta(shifted, structure, priors, Cp)
+        shifted[i] = theta[i] - h
+        s2m, _ = decode_theta(shifted, structure, priors, Cm)
+        shifted[i] = theta[i]
+        g = g_s2 * (s2p - s2m)
+        for k in range(d):
+            for m in range(k + 1):
+                g += gC[k, m] * (Cp[k, m] - Cm[k, m])
+        grad[i] = g / (2.0 * h)
+    return value
+
+
+@njit(cache=True, nogil=True)
+def loglik_and_difference_gradient(theta, work, stats, structure, priors, reml, grad):
+    """:func:`loglik_and_gradient` with the gradient from central differences of the value.
+
+    ``2 n_theta + 1`` upward passes with step ``1e-4`` (relative beyond 1); kept to check the
+    exact gradient against.
     """
     p = stats.Fty.shape[0]
     flat = FixedPrior(np.zeros((p, p)), np.zeros(p), 0.0, p)
-    # one call site, so that profile_loglik is compiled inline here only: evaluation k = 0
-    # is theta itself, then theta + h e_i and theta - h e_i for each i
     work_theta = theta.copy()
     value = up = 0.0
     for k in range(2 * theta.shape[0] + 1):

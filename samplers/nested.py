@@ -315,7 +315,7 @@ def _lower_inverse_gram(LA, out):
 
 
 @njit(cache=True, nogil=True)
-def moments(rng, stats, structure, s2, C, Lt, Ut, LA, cA, beta, with_fixed, a, b, V, A_inv):
+def moments(rng, stats, structure, s2, C, Lt, Ut, LA, cA, beta, with_fixed, a, b, V, A_inv, gC):
     """E-step after a ``full`` :func:`upward` with a flat prior: means, covariances, expected RSS.
 
     Writes the GLS fixed effects ``a``, ``A_inv = A^{-1}`` (their covariance), each group's
@@ -328,6 +328,12 @@ def moments(rng, stats, structure, s2, C, Lt, Ut, LA, cA, beta, with_fixed, a, b
     ``beta = L'^{-1}(u - U z) + L'^{-1} e`` gives ``Cov(beta) = K^{-1} + B Cov(z) B'`` and
     ``Cov(beta, z) = -B Cov(z)`` with ``B = L'^{-1} U`` (docs/design.md, "EM"). ``Cov(a)`` is
     ``A^{-1}`` or 0. ``rng`` is not drawn from.
+
+    With ``gC`` of shape (n_coef, n_coef) (not (0, 0)), also the derivative of the
+    log-likelihood in ``C``, by Fisher's identity: the posterior mean of the complete-data
+    score ``sum_j X_j'W_j(y_j - F_j a - X_jC beta_j) beta_j' / s2`` over the finest groups, with
+    ``beta_j`` a finest group's whitened coefficients and its ancestors' (see
+    :func:`samplers.two_level.score_terms`).
     """
     lp = structure.level_ptr
     npt = structure.node_ptr
@@ -374,6 +380,14 @@ def moments(rng, stats, structure, s2, C, Lt, Ut, LA, cA, beta, with_fixed, a, b
     Wc = D - lp[1] + p  # size of the joint covariance kept for a group above the finest
     upper = np.zeros((max(npt[-1] - n1, 1), Wc, Wc))
     W1 = D + p
+    score = gC.shape[0] > 0
+    if score:
+        for k in range(D):
+            for m in range(D):
+                gC[k, m] = 0.0
+    m_eff = np.empty(D)
+    CE = np.empty((D, D))
+    inv_s2 = 1.0 / s2
     chain = np.empty((W1, W1))
     B = np.empty((D, W1))
     BS = np.empty((D, W1))
@@ -466,6 +480,30 @@ def moments(rng, stats, structure, s2, C, Lt, Ut, LA, cA, beta, with_fixed, a, b
                     for m in range(k + 1):
                         t += GC[D + q, m] * C[k, m]
                     rss += 2.0 * stats.XtF[g, k, q] * t
+            if not score:
+                continue
+            anc = g
+            for lev2 in range(n_levels):
+                for c in range(lp[lev2], lp[lev2 + 1]):
+                    m_eff[c] = beta[anc, c - lp[lev2]]
+                anc = parent[anc]
+            for k in range(D):
+                for m in range(D):
+                    t = 0.0
+                    for n in range(k + 1):
+                        t += C[k, n] * (chain[n, m] + m_eff[n] * m_eff[m])
+                    CE[k, m] = t
+            for k in range(D):
+                rk = stats.Xty[g, k]
+                for q in range(p):
+                    rk -= stats.XtF[g, k, q] * a[q]
+                for m in range(D):
+                    t = rk * m_eff[m]
+                    for q in range(p):
+                        t -= stats.XtF[g, k, q] * chain[D + q, m]
+                    for n in range(D):
+                        t -= stats.XtX[g, k, n] * CE[n, m]
+                    gC[k, m] += t * inv_s2
     return max(rss, 1e-300)
 
 
@@ -476,7 +514,7 @@ def em_update(rng, stats, structure, s2, C, Lt, Ut, LA, cA, beta, reml, a, b, V,
     E-step: :func:`moments`. M-step: ``T`` of each covariance block the mean of
     ``E[b b']`` over the groups of its factor, the level-1 variance ``E[RSS] / N``.
     """
-    rss = moments(rng, stats, structure, s2, C, Lt, Ut, LA, cA, beta, reml, a, b, V, A_inv)
+    rss = moments(rng, stats, structure, s2, C, Lt, Ut, LA, cA, beta, reml, a, b, V, A_inv, np.zeros((0, 0)))
     lp = structure.level_ptr
     D = T.shape[0]
     for k in range(D):
@@ -501,3 +539,22 @@ def em_update(rng, stats, structure, s2, C, Lt, Ut, LA, cA, beta, reml, a, b, V,
     for k in range(D):
         T[k, k] += 1e-12 * max(trace, 1e-300)
     return rss / stats.scal[N_OBS]
+
+
+@njit(cache=True, nogil=True)
+def score_terms(rng, stats, structure, s2, C, Lt, Ut, LA, cA, beta, reml, gC):
+    """After a ``full`` :func:`upward` with a flat prior: ``d loglik / dC`` into ``gC``; returns ``d loglik / ds2``.
+
+    The nested counterpart of :func:`samplers.two_level.score_terms`, from :func:`moments`
+    (``rng`` is not drawn from).
+    """
+    D = stats.Xty.shape[1]
+    p = stats.Fty.shape[0]
+    n_nodes = structure.node_ptr[-1]
+    a = np.empty(p)
+    b = np.zeros((n_nodes, D))
+    V = np.zeros((n_nodes, D, D))
+    A_inv = np.empty((p, p))
+    rss = moments(rng, stats, structure, s2, C, Lt, Ut, LA, cA, beta, reml, a, b, V, A_inv,
+                  gC)
+    return -0.5 * stats.scal[N_OBS] / s2 + 0.5 * rss / (s2 * s2)

@@ -559,3 +559,148 @@ def em_update(rng, stats, s2, C, L_all, LA, c_plus, block_ptr, reml, a, b, V, T)
         for r in range(p):
             rss += a[q] * stats.FtF[q, r] * a[r]
     return max(rss, 1e-300) / stats.scal[N_OBS]
+
+
+@njit(cache=True, nogil=True)
+def score_terms(stats, s2, C, L_all, LA, c_plus, reml, gC):
+    """After :func:`upward` with a flat prior: the derivatives of the log-likelihood in ``C`` and ``s2``.
+
+    By Fisher's identity the score is the posterior mean of the complete-data score. With
+    ``b_j = C beta_j``, ``beta_j ~ N(0, I)`` (whose density does not involve ``C``), the
+    complete-data log-likelihood depends on ``C`` through the residuals only, and
+
+        ``d/dC = sum_j X_j'W_j(y_j - F_j a - X_jC beta_j) beta_j' / s2``,
+        ``d/ds2 = -n_obs / (2 s2) + RSS / (2 s2^2)``,
+
+    whose means over ``(beta, a) | y`` (REML: ``a`` integrated out; ML: ``a`` at its GLS value,
+    the maximiser of the profile, so the envelope theorem applies) need each group's
+    whitened mean ``m_j``, ``Cov(beta_j)`` and ``Cov(a, beta_j)``: ``m_j = K_j^{-1} C'r_j / s2``
+    with ``r_j = X_j'W_j(y_j - F_j a)``, ``Cov(beta_j | a) = K_j^{-1}``, and for REML, with
+    ``B_j = K_j^{-1} C'X_j'W_jF_j / s2``, ``Cov(beta_j) = K_j^{-1} + B_j A^{-1} B_j'`` and
+    ``Cov(a, beta_j) = -A^{-1} B_j'`` (docs/design.md, "EM").
+
+    Writes ``d loglik / dC`` into ``gC`` (n_coef x n_coef; every entry, of which the caller
+    uses those that ``C`` has) and returns ``d loglik / ds2``.
+    """
+    n_groups, d = stats.Xty.shape
+    p = c_plus.shape[0]
+    inv_s2 = 1.0 / s2
+    a = c_plus.copy()
+    solve_lower(LA, a)
+    solve_upper(LA, a)
+    A_inv = np.zeros((p, p))
+    LA_inv = np.zeros((p, p))
+    for i in range(p):
+        LA_inv[i, i] = 1.0
+    solve_lower_cols(LA, LA_inv)
+    for q in range(p):
+        for r in range(p):
+            t = 0.0
+            for m in range(p):
+                t += LA_inv[m, q] * LA_inv[m, r]
+            A_inv[q, r] = t
+    for k in range(d):
+        for m in range(d):
+            gC[k, m] = 0.0
+    rss = stats.scal[YTY]
+    for q in range(p):
+        rss -= 2.0 * a[q] * stats.Fty[q]
+        for r in range(p):
+            rss += a[q] * stats.FtF[q, r] * a[r]
+            if reml:
+                rss += stats.FtF[q, r] * A_inv[q, r]
+    rj = np.empty(d)
+    mean = np.empty(d)
+    Kinv = np.empty((d, d))
+    B = np.zeros((d, p))
+    cov = np.empty((d, d))  # Cov(beta_j)
+    cov_ab = np.zeros((p, d))  # Cov(a, beta_j)
+    CE = np.empty((d, d))  # C E[beta beta']
+    bj = np.empty(d)
+    for j in range(n_groups):
+        L = L_all[j]
+        for k in range(d):
+            t = stats.Xty[j, k]
+            for q in range(p):
+                t -= stats.XtF[j, k, q] * a[q]
+            rj[k] = t
+        for k in range(d):  # m = K^{-1} C'r / s2
+            t = 0.0
+            for m in range(k, d):
+                t += C[m, k] * rj[m]
+            mean[k] = t * inv_s2
+        solve_lower(L, mean)
+        solve_upper(L, mean)
+        for k in range(d):  # K^{-1} column by column
+            for m in range(d):
+                Kinv[m, k] = 1.0 if m == k else 0.0
+        for k in range(d):
+            col = Kinv[:, k].copy()
+            solve_lower(L, col)
+            solve_upper(L, col)
+            for m in range(d):
+                cov[m, k] = col[m]
+        if reml:
+            for q in range(p):  # B[:, q] = K^{-1} C' XtF[:, q] / s2
+                col = np.empty(d)
+                for k in range(d):
+                    t = 0.0
+                    for m in range(k, d):
+                        t += C[m, k] * stats.XtF[j, m, q]
+                    col[k] = t * inv_s2
+                solve_lower(L, col)
+                solve_upper(L, col)
+                for k in range(d):
+                    B[k, q] = col[k]
+            for q in range(p):  # Cov(a, beta) = -A^{-1} B'
+                for k in range(d):
+                    t = 0.0
+                    for r in range(p):
+                        t += A_inv[q, r] * B[k, r]
+                    cov_ab[q, k] = -t
+            for k in range(d):  # Cov(beta) += B A^{-1} B' = -B Cov(a, beta)
+                for m in range(d):
+                    t = 0.0
+                    for q in range(p):
+                        t -= B[k, q] * cov_ab[q, m]
+                    cov[k, m] += t
+        # C E[beta beta'] and the means of the group's coefficients b = C m
+        for k in range(d):
+            t = 0.0
+            for m in range(k + 1):
+                t += C[k, m] * mean[m]
+            bj[k] = t
+            for m in range(d):
+                t = 0.0
+                for n in range(k + 1):
+                    t += C[k, n] * (cov[n, m] + mean[n] * mean[m])
+                CE[k, m] = t
+        for k in range(d):
+            for m in range(d):
+                t = rj[k] * mean[m]
+                for q in range(p):
+                    t -= stats.XtF[j, k, q] * cov_ab[q, m]
+                for n in range(d):
+                    t -= stats.XtX[j, k, n] * CE[n, m]
+                gC[k, m] += t * inv_s2
+        # E[RSS]: the residuals at the means, then the traces of the covariances
+        for k in range(d):
+            rss -= 2.0 * bj[k] * rj[k]
+            for m in range(d):
+                rss += bj[k] * stats.XtX[j, k, m] * bj[m]
+        for k in range(d):
+            for m in range(d):
+                # Cov(b)[m, k] = (C cov C')[m, k]; Cov(a, b)[q, k] = (cov_ab C')[q, k]
+                t = 0.0
+                for n in range(m + 1):
+                    for n2 in range(k + 1):
+                        t += C[m, n] * cov[n, n2] * C[k, n2]
+                rss += stats.XtX[j, k, m] * t
+            if reml:
+                for q in range(p):
+                    t = 0.0
+                    for n in range(k + 1):
+                        t += cov_ab[q, n] * C[k, n]
+                    rss += 2.0 * stats.XtF[j, k, q] * t
+    n_obs = stats.scal[N_OBS]
+    return -0.5 * n_obs * inv_s2 + 0.5 * max(rss, 0.0) * inv_s2 * inv_s2
