@@ -39,6 +39,17 @@ def test_bench_em_quick(tmp_path):
     assert "| dyestuff | REML |" in (tmp_path / "EM_RESULTS.md").read_text()
 
 
+def test_bench_em_levels_quick(tmp_path):
+    """The three-level EM benchmark runs (bayeshlm alone: R is not needed here) and fits what it simulated."""
+    bench = _script("bench_em_levels")
+    assert bench.main(["--quick", "--no-lme4", "--out", str(tmp_path)]) == 0
+    run = json.loads((tmp_path / "em_levels_results.json").read_text())["runs"][0]
+    assert run["schools"] == 10 and run["children"] > 100 and run["lme4"] is None
+    for method in ("REML", "ML"):
+        assert run["bayeshlm"][method]["converged"] and run["bayeshlm"][method]["seconds"] > 0
+    assert "| REML |" in (tmp_path / "EM_LEVELS_RESULTS.md").read_text()
+
+
 def test_bench_levels_quick(tmp_path):
     bench = _script("bench_levels")
     assert bench.main(["--quick", "--out", str(tmp_path)]) == 0
