@@ -24,10 +24,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bayeshlm.start import starting_theta
-from samplers.gaussian import em_iteration, group_moments, integrate, workspace
-from samplers.ml import loglik_and_gradient
-from samplers.theta import decode_theta, encode_theta
-from samplers.types import flat_fixed_prior
+from samplers.gaussian import workspace
+from samplers.ml import eb_estimates, em_step, loglik_and_gradient
+from samplers.theta import encode_theta
 
 
 @dataclass(frozen=True)
@@ -134,12 +133,11 @@ class _Objective:
         self.n_eval = 0
         self.grad = np.empty(model.n_theta)
         self.work = workspace(model.stats, model.structure)
-        self.rng = np.random.default_rng(0)  # typed argument of the compiled passes, never drawn from
 
     def __call__(self, theta):
         self.n_eval += 1
         m = self.model
-        return loglik_and_gradient(self.rng, theta, self.work, m.stats, m.structure, m.priors, self.reml, self.grad)
+        return loglik_and_gradient(None, theta, self.work, m.stats, m.structure, m.priors, self.reml, self.grad)
 
     def negative_with_gradient(self, theta):
         """``(-loglik, -gradient)`` for a minimiser; ``inf`` where the likelihood is not finite."""
@@ -177,7 +175,7 @@ def loglik_at(model, sigma, cov, method="reml"):
     return float(_Objective(model, method)(theta)) + basis.loglik_offset(model.n_obs, restricted=method == "reml")
 
 
-def em_iterations(model, theta, n_iter, method="reml", rng=None, trace=None):
+def em_iterations(model, theta, n_iter, method="reml", trace=None):
     """EM iterations from ``theta`` (unconstrained variance components); returns the new ``theta``.
 
     E-step: the moments of the group coefficients given ``theta`` from the downward pass; for
@@ -189,7 +187,6 @@ def em_iterations(model, theta, n_iter, method="reml", rng=None, trace=None):
     decrease the ML (or REML) likelihood (Dempster, Rubin & Tsutakawa 1981; Laird, Lange &
     Stram 1987). With ``trace`` a list, the log-likelihood before each iteration is appended.
     """
-    rng = np.random.default_rng(0) if rng is None else rng
     structure, stats = model.structure, model.stats
     n_groups, d = stats.Xty.shape
     p = stats.Fty.shape[0]
@@ -201,22 +198,14 @@ def em_iterations(model, theta, n_iter, method="reml", rng=None, trace=None):
     V = np.empty((n_nodes, d, d))
     A_inv = np.empty((p, p))
     T = np.empty((d, d))
-    flat = flat_fixed_prior(p)
     theta = theta.copy()
     for _ in range(n_iter):
         if objective is not None:
             trace.append(objective(theta))
-        s2, _ = decode_theta(theta, structure, model.priors, work.C)
-        _, ok = integrate(work, stats, structure, s2, flat)
-        if not ok:
+        trial = theta.copy()
+        if not em_step(None, trial, work, stats, structure, model.priors, method == "reml", a, b, V, A_inv, T):
             break
-        new_s2 = em_iteration(rng, work, stats, structure, s2, method == "reml", a, b, V, A_inv, T)
-        if not (np.isfinite(new_s2) and np.all(np.isfinite(T))):
-            break
-        if not structure.sigma_known:
-            s2 = new_s2
-        if not encode_theta(s2, T, structure, theta):
-            break
+        theta = trial
     return theta
 
 
@@ -246,7 +235,7 @@ def fit_em(model, method="reml", *, em_iter=5, tol=1e-6, max_eval=5000):
     t0 = time.perf_counter()
     rng = np.random.default_rng(0)
     theta = starting_theta(model, rng, jitter=0.0)
-    theta = em_iterations(model, theta, em_iter, method, rng)
+    theta = em_iterations(model, theta, em_iter, method)
     objective = _Objective(model, method)
     # Newton steps from the EM iterate: where they reach the tolerance (an interior optimum
     # with a well-conditioned Hessian, the usual case) no quasi-Newton iterations are needed.
@@ -271,14 +260,12 @@ def fit_em(model, method="reml", *, em_iter=5, tol=1e-6, max_eval=5000):
     n_groups, d = stats.Xty.shape
     p = stats.Fty.shape[0]
     work = workspace(stats, structure)
-    s2, _ = decode_theta(theta, structure, model.priors, work.C)
-    integrate(work, stats, structure, s2, flat_fixed_prior(p))
     n_nodes = int(structure.node_ptr[-1])
     a = np.empty(p)
     b = np.zeros((n_nodes, d))
     V = np.zeros((n_nodes, d, d))
     vcov = np.empty((p, p))
-    group_moments(rng, work, stats, structure, s2, a, b, V, vcov)
+    s2 = eb_estimates(None, theta, work, stats, structure, model.priors, a, b, V, vcov)
     C = work.C
     from bayeshlm.results import variance_components
 

@@ -196,13 +196,14 @@ def sample(
     check_memory(model, draws=draws, chains=chains, keep_group_draws=keep_group_draws,
                  group_moments=bool(group_moments), log_likelihood=log_likelihood)
     t_start = time.perf_counter()
+    moves = MHMoves(mh_steps) if method == "mh" else GibbsMoves()
     children = np.random.SeedSequence(seed).spawn(chains)
     rngs = [np.random.Generator(np.random.PCG64(s)) for s in children]
     states = []
     for c, rng in enumerate(rngs):
         for attempt in range(50):
             theta0 = starting_theta(model, rng, jitter=0.5 if attempt == 0 else 1.0 + 0.1 * attempt)
-            state = init_state(rng, theta0, model.stats, model.structure, model.priors)
+            state = init_state(rng, theta0, model.stats, model.structure, model.priors, moves=moves)
             if state.scal[FAILED] == 0.0:
                 break
         else:
@@ -218,7 +219,7 @@ def sample(
     try:
         outputs, interrupted = run_chains(
             rngs, states, model.stats, model.structure, model.priors,
-            moves=MHMoves(mh_steps) if method == "mh" else GibbsMoves(), warmup=warmup, draws=draws, thin=thin,
+            moves=moves, warmup=warmup, draws=draws, thin=thin,
             keep_group_draws=kept_rows, group_moments=bool(group_moments), n_threads=n_threads,
             progress=bar, coef_map=model.basis.coef_to_user(),
         )

@@ -16,7 +16,8 @@ from numba import njit
 
 from samplers.gaussian import workspace
 from samplers.linalg import copy_into
-from samplers.sweep import draw_all_coefficients, end_of_sweep, sweep
+from samplers.mh import end_of_iteration
+from samplers.sweep import sweep
 from samplers.types import (
     FAILED,
     IND_LQ,
@@ -27,6 +28,7 @@ from samplers.types import (
     READY,
     ChainState,
     DrawStore,
+    MHMoves,
     Schedule,
 )
 
@@ -36,16 +38,7 @@ def n_nodes_of(structure):
     return int(structure.node_ptr[-1])
 
 
-@njit(cache=True, nogil=True)
-def first_draw(rng, state, stats, structure, priors):
-    """Draw a fresh chain's first coefficients at its ``theta``; False (and ``FAILED`` set) on failure."""
-    ok = draw_all_coefficients(rng, state, stats, structure, priors)
-    if ok:
-        state.ibuf[READY] = 1
-    return ok
-
-
-def init_state(rng, theta0, stats, structure, priors, init_step=0.1):
+def init_state(rng, theta0, stats, structure, priors, init_step=0.1, moves=None):
     """Allocate a chain's state at ``theta0`` and draw its first coefficients.
 
     Parameters
@@ -58,6 +51,9 @@ def init_state(rng, theta0, stats, structure, priors, init_step=0.1):
     priors : Priors
     init_step : float
         Standard deviation of the first random-walk proposal, before adaptation.
+    moves : GibbsMoves or MHMoves, optional
+        The moves the chain will run (default ``MHMoves(1)``): the first draw runs in the
+        same compiled chain, so no other variant is compiled for it.
 
     Returns
     -------
@@ -84,7 +80,9 @@ def init_state(rng, theta0, stats, structure, priors, init_step=0.1):
         ind_mean=np.zeros(n_theta),
         ind_chol=np.zeros((n_theta, n_theta)),
     )
-    first_draw(rng, state, stats, structure, priors)
+    # a call that stops at sweep 0 draws the first coefficients of a fresh state and keeps nothing
+    run_chain(rng, state, stats, structure, priors, MHMoves(1) if moves is None else moves, Schedule(0, 1, 0),
+              DrawStore.keeping_nothing(n_theta, p, d))
     return state
 
 
@@ -126,20 +124,27 @@ def run_chain(rng, state, stats, structure, priors, moves, schedule, store):
     ``moves`` is :class:`~samplers.types.GibbsMoves` or :class:`~samplers.types.MHMoves`,
     ``schedule`` a :class:`~samplers.types.Schedule`, ``store`` a
     :class:`~samplers.types.DrawStore` (``store.b`` may hold no draws, to keep no group
-    coefficients; ``store.b_moments`` (0, ...) to keep no running moments). The state must
-    have its first coefficients drawn (:func:`init_state`). A failed factorisation sets
-    ``state.scal[FAILED]`` and returns.
+    coefficients; ``store.b_moments`` (0, ...) to keep no running moments). A fresh state
+    (``state.ibuf[READY] == 0``) first gets its coefficients drawn at its ``theta``
+    (:func:`init_state` does this with a schedule that stops at sweep 0). A failed
+    factorisation sets ``state.scal[FAILED]`` and returns.
     """
     warmup = schedule.warmup
     thin = schedule.thin
-    while state.ibuf[ITER] < schedule.stop:
+    while True:
+        fresh = state.ibuf[READY] == 0
         it = state.ibuf[ITER]
+        if not fresh and it >= schedule.stop:
+            return
         # one call site of sweep, so that it is compiled inline once
-        acc = sweep(rng, state, stats, structure, priors, moves, warmup)
+        acc = sweep(rng, state, stats, structure, priors, moves, warmup, not fresh)
         if state.scal[FAILED] != 0.0:
             return
-        if it < warmup:
-            end_of_sweep(state, moves, warmup)
+        if fresh:
+            state.ibuf[READY] = 1
+            continue
+        if it < warmup:  # the MH proposal's adaptation (a Gibbs chain never uses the proposal)
+            end_of_iteration(state, warmup)
         if it >= warmup and (it - warmup) % thin == 0:
             _store(state, store, (it - warmup) // thin, acc)
         state.ibuf[ITER] = it + 1
@@ -273,4 +278,4 @@ def run_chains(rngs, states, stats, structure, priors, *, moves, warmup, draws,
     return outputs, interrupted
 
 
-__all__ = ["ChainOutput", "first_draw", "init_state", "run_chain", "run_chains"]
+__all__ = ["ChainOutput", "init_state", "run_chain", "run_chains"]

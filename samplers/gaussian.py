@@ -40,6 +40,7 @@ from numba import njit
 from numba.extending import overload
 
 from samplers import nested, two_level
+from samplers.types import FixedPrior
 
 
 class TwoLevelWork(NamedTuple):
@@ -118,14 +119,27 @@ def _is_two_level_work(work):
     return work.instance_class is TwoLevelWork
 
 
-# ---- the dispatch: one overload per operation, choosing by the workspace's type ----------
+# ---- the seam ------------------------------------------------------------------------------
+#
+# Each operation is a Python function with an ``overload``: in compiled code the overload picks
+# the structure's implementation by the workspace's type and is inlined at the call site (no
+# extra call, so no copies of the arguments); called from Python, the function runs a compiled
+# entry point that calls the same overload.
 
-def _upward(work, stats, structure, s2, fixed):
-    raise NotImplementedError("compiled code only")
+
+def integrate(work, stats, structure, s2, fixed):
+    """``log p(y | theta)`` with every coefficient integrated out; the factors are left in ``work``.
+
+    ``work.C`` must hold the factor of the group covariance at ``theta`` and ``s2`` its
+    level-1 variance; ``fixed`` is the prior of the fixed effects
+    (:class:`~samplers.types.FixedPrior`; a flat one gives the restricted likelihood).
+    Returns ``(loglik, ok)``, ``ok`` False when a factorisation failed.
+    """
+    return _integrate_entry(work, stats, structure, s2, fixed)
 
 
-@overload(_upward, inline="always")
-def _upward_impl(work, stats, structure, s2, fixed):
+@overload(integrate)
+def _integrate_impl(work, stats, structure, s2, fixed):
     if _is_two_level_work(work):
         return lambda work, stats, structure, s2, fixed: two_level.upward(
             stats, s2, work.C, fixed, work.L, work.LA, work.cA)
@@ -133,29 +147,37 @@ def _upward_impl(work, stats, structure, s2, fixed):
         stats, structure, s2, work.C, True, fixed, stats.Xty, 0.0, work.Lt, work.Ut, work.Acc, work.LA, work.cA)
 
 
-def _upward_given_a(work, stats, structure, s2, r, rtr):
-    raise NotImplementedError("compiled code only")
+def integrate_given_a(work, stats, structure, s2, r, rtr):
+    """``log p(y | theta, a)``: the group coefficients integrated out, the fixed effects given.
+
+    ``r`` (n_groups, n_coef) holds ``X_j'W_j(y_j - F_j a)`` and ``rtr`` the weighted residual
+    sum of squares at ``a`` (:func:`samplers.suffstats.residual_stats`). Returns
+    ``(loglik, ok)``.
+    """
+    return _integrate_given_a_entry(work, stats, structure, s2, r, rtr)
 
 
-@overload(_upward_given_a, inline="always")
-def _upward_given_a_impl(work, stats, structure, s2, r, rtr):
+@overload(integrate_given_a)
+def _integrate_given_a_impl(work, stats, structure, s2, r, rtr):
     if _is_two_level_work(work):
         return lambda work, stats, structure, s2, r, rtr: two_level.loglik_given_a(stats, s2, work.C, r, rtr, work.L)
-
-    def impl(work, stats, structure, s2, r, rtr):
-        # the fixed effects are given: their prior does not enter (an empty one of the right type)
-        return nested.upward(stats, structure, s2, work.C, False, _no_fixed_prior(work), r, rtr,
-                             work.Lt, work.Ut, work.Acc, work.LA, work.cA)
-
-    return impl
+    # the fixed effects are given: their prior does not enter (an empty one of the right type)
+    return lambda work, stats, structure, s2, r, rtr: nested.upward(
+        stats, structure, s2, work.C, False, FixedPrior(np.zeros((0, 0)), np.zeros(0), 0.0, 0), r, rtr,
+        work.Lt, work.Ut, work.Acc, work.LA, work.cA)
 
 
-def _downward(rng, work, stats, structure, s2, a, b, draw):
-    raise NotImplementedError("compiled code only")
+def draw_coefficients(rng, work, stats, structure, s2, a, b, draw):
+    """After :func:`integrate`: an exact joint draw of ``(a, b) | theta, y`` into ``a`` and ``b``.
+
+    ``b`` has one row per group of every factor (``Structure.node_ptr``). With ``draw`` False
+    the posterior means are written instead.
+    """
+    _draw_coefficients_entry(rng, work, stats, structure, s2, a, b, draw)
 
 
-@overload(_downward, inline="always")
-def _downward_impl(rng, work, stats, structure, s2, a, b, draw):
+@overload(draw_coefficients)
+def _draw_coefficients_impl(rng, work, stats, structure, s2, a, b, draw):
     if _is_two_level_work(work):
         return lambda rng, work, stats, structure, s2, a, b, draw: two_level.draw(
             rng, stats, s2, work.C, work.L, work.LA, work.cA, a, b, draw)
@@ -163,16 +185,22 @@ def _downward_impl(rng, work, stats, structure, s2, a, b, draw):
         rng, structure, work.C, work.Lt, work.Ut, work.LA, work.cA, work.beta, a, b, draw)
 
 
-def _moments(rng, work, stats, structure, s2, a, b, V, A_inv):
-    raise NotImplementedError("compiled code only")
+def group_moments(rng, work, stats, structure, s2, a, b, V, A_inv):
+    """After :func:`integrate` with a flat prior: the EB estimates.
+
+    Writes the GLS fixed effects ``a`` and their covariance ``A_inv``, each group's
+    conditional mean ``b`` and the covariance ``V`` of its own coefficients given ``a``
+    (lme4's conditional variances). ``rng`` is not drawn from (None will do).
+    """
+    _group_moments_entry(rng, work, stats, structure, s2, a, b, V, A_inv)
 
 
-@overload(_moments, inline="always")
-def _moments_impl(rng, work, stats, structure, s2, a, b, V, A_inv):
+@overload(group_moments)
+def _group_moments_impl(rng, work, stats, structure, s2, a, b, V, A_inv):
     if _is_two_level_work(work):
         def impl(rng, work, stats, structure, s2, a, b, V, A_inv):
             two_level.moments(rng, stats, s2, work.C, work.L, work.LA, work.cA, a, b, V)
-            nested._lower_inverse_gram(work.LA, A_inv)
+            nested.lower_inverse_gram(work.LA, A_inv)
 
         return impl
 
@@ -183,12 +211,18 @@ def _moments_impl(rng, work, stats, structure, s2, a, b, V, A_inv):
     return impl
 
 
-def _em(rng, work, stats, structure, s2, reml, a, b, V, A_inv, T):
-    raise NotImplementedError("compiled code only")
+def em_iteration(rng, work, stats, structure, s2, reml, a, b, V, A_inv, T):
+    """After :func:`integrate` with a flat prior: one EM iteration; returns the new level-1 variance.
+
+    E-step: the moments of the coefficients given ``theta`` (for REML with the fixed effects
+    integrated out). M-step: ``T`` (written, per covariance block) the mean of ``E[b b']``
+    over the groups of the block's factor, the level-1 variance ``E[RSS] / N``.
+    """
+    return _em_iteration_entry(rng, work, stats, structure, s2, reml, a, b, V, A_inv, T)
 
 
-@overload(_em, inline="always")
-def _em_impl(rng, work, stats, structure, s2, reml, a, b, V, A_inv, T):
+@overload(em_iteration)
+def _em_iteration_impl(rng, work, stats, structure, s2, reml, a, b, V, A_inv, T):
     if _is_two_level_work(work):
         return lambda rng, work, stats, structure, s2, reml, a, b, V, A_inv, T: two_level.em_update(
             rng, stats, s2, work.C, work.L, work.LA, work.cA, structure.block_ptr, reml, a, b, V, T)
@@ -196,11 +230,19 @@ def _em_impl(rng, work, stats, structure, s2, reml, a, b, V, A_inv, T):
         rng, stats, structure, s2, work.C, work.Lt, work.Ut, work.LA, work.cA, work.beta, reml, a, b, V, A_inv, T)
 
 
-def _score(rng, work, stats, structure, s2, reml, gC):
-    raise NotImplementedError("compiled code only")
+def score(rng, work, stats, structure, s2, reml, gC):
+    """After :func:`integrate` with a flat prior: the derivatives of the ML or REML log-likelihood.
+
+    By Fisher's identity, the posterior mean of the complete-data score (docs/design.md,
+    "EM"): ``d loglik / dC`` is written into ``gC`` (n_coef x n_coef, for the entries that
+    ``C`` has) and ``d loglik / ds2`` is returned. For REML the fixed effects are integrated
+    out; for ML they are at their GLS value (the profile's maximiser). ``rng`` is not drawn
+    from.
+    """
+    return _score_entry(rng, work, stats, structure, s2, reml, gC)
 
 
-@overload(_score, inline="always")
+@overload(score)
 def _score_impl(rng, work, stats, structure, s2, reml, gC):
     if _is_two_level_work(work):
         return lambda rng, work, stats, structure, s2, reml, gC: two_level.score_terms(
@@ -209,12 +251,16 @@ def _score_impl(rng, work, stats, structure, s2, reml, gC):
         rng, stats, structure, s2, work.C, work.Lt, work.Ut, work.LA, work.cA, work.beta, reml, gC)
 
 
-def _finest(work, structure, b):
-    raise NotImplementedError("compiled code only")
+def finest_coefficients(work, structure, b):
+    """Each finest group's full coefficient vector (its own and its ancestors' columns).
+
+    For a two-level model that is ``b`` itself (not a copy).
+    """
+    return _finest_coefficients_entry(work, structure, b)
 
 
-@overload(_finest, inline="always")
-def _finest_impl(work, structure, b):
+@overload(finest_coefficients)
+def _finest_coefficients_impl(work, structure, b):
     if _is_two_level_work(work):
         return lambda work, structure, b: b  # the groups are the finest: no copy
 
@@ -226,97 +272,41 @@ def _finest_impl(work, structure, b):
     return impl
 
 
-def _no_fixed_prior(work):
-    raise NotImplementedError("compiled code only")
-
-
-@overload(_no_fixed_prior, inline="always")
-def _no_fixed_prior_impl(work):
-    from samplers.types import FixedPrior
-
-    def impl(work):  # never read when the fixed effects are given
-        return FixedPrior(np.zeros((0, 0)), np.zeros(0), 0.0, 0)
-
-    return impl
-
-
-# ---- the seam: callable from Python and from the kernels ---------------------------------
+# ---- compiled entry points for calls from Python ---------------------------------------------
 
 @njit(cache=True, nogil=True)
-def integrate(work, stats, structure, s2, fixed):
-    """``log p(y | theta)`` with every coefficient integrated out; the factors are left in ``work``.
-
-    ``work.C`` must hold the factor of the group covariance at ``theta`` and ``s2`` its
-    level-1 variance; ``fixed`` is the prior of the fixed effects
-    (:class:`~samplers.types.FixedPrior`; a flat one gives the restricted likelihood).
-    Returns ``(loglik, ok)``, ``ok`` False when a factorisation failed.
-    """
-    return _upward(work, stats, structure, s2, fixed)
+def _integrate_entry(work, stats, structure, s2, fixed):
+    return integrate(work, stats, structure, s2, fixed)
 
 
 @njit(cache=True, nogil=True)
-def integrate_given_a(work, stats, structure, s2, r, rtr):
-    """``log p(y | theta, a)``: the group coefficients integrated out, the fixed effects given.
-
-    ``r`` (n_groups, n_coef) holds ``X_j'W_j(y_j - F_j a)`` and ``rtr`` the weighted residual
-    sum of squares at ``a`` (:func:`samplers.two_level.residual_stats`). Returns
-    ``(loglik, ok)``.
-    """
-    return _upward_given_a(work, stats, structure, s2, r, rtr)
+def _integrate_given_a_entry(work, stats, structure, s2, r, rtr):
+    return integrate_given_a(work, stats, structure, s2, r, rtr)
 
 
 @njit(cache=True, nogil=True)
-def draw_coefficients(rng, work, stats, structure, s2, a, b, draw):
-    """After :func:`integrate`: an exact joint draw of ``(a, b) | theta, y`` into ``a`` and ``b``.
-
-    ``b`` has one row per group of every factor (``Structure.node_ptr``). With ``draw`` False
-    the posterior means are written instead.
-    """
-    _downward(rng, work, stats, structure, s2, a, b, draw)
+def _draw_coefficients_entry(rng, work, stats, structure, s2, a, b, draw):
+    draw_coefficients(rng, work, stats, structure, s2, a, b, draw)
 
 
 @njit(cache=True, nogil=True)
-def group_moments(rng, work, stats, structure, s2, a, b, V, A_inv):
-    """After :func:`integrate` with a flat prior: the EB estimates.
-
-    Writes the GLS fixed effects ``a`` and their covariance ``A_inv``, each group's
-    conditional mean ``b`` and the covariance ``V`` of its own coefficients given ``a``
-    (lme4's conditional variances). ``rng`` is not drawn from.
-    """
-    _moments(rng, work, stats, structure, s2, a, b, V, A_inv)
+def _group_moments_entry(rng, work, stats, structure, s2, a, b, V, A_inv):
+    group_moments(rng, work, stats, structure, s2, a, b, V, A_inv)
 
 
 @njit(cache=True, nogil=True)
-def em_iteration(rng, work, stats, structure, s2, reml, a, b, V, A_inv, T):
-    """After :func:`integrate` with a flat prior: one EM iteration; returns the new level-1 variance.
-
-    E-step: the moments of the coefficients given ``theta`` (for REML with the fixed effects
-    integrated out). M-step: ``T`` (written, per covariance block) the mean of ``E[b b']``
-    over the groups of the block's factor, the level-1 variance ``E[RSS] / N``.
-    """
-    return _em(rng, work, stats, structure, s2, reml, a, b, V, A_inv, T)
+def _em_iteration_entry(rng, work, stats, structure, s2, reml, a, b, V, A_inv, T):
+    return em_iteration(rng, work, stats, structure, s2, reml, a, b, V, A_inv, T)
 
 
 @njit(cache=True, nogil=True)
-def score(rng, work, stats, structure, s2, reml, gC):
-    """After :func:`integrate` with a flat prior: the derivatives of the ML or REML log-likelihood.
-
-    By Fisher's identity, the posterior mean of the complete-data score (docs/design.md,
-    "EM"): ``d loglik / dC`` is written into ``gC`` (n_coef x n_coef, for the entries that
-    ``C`` has) and ``d loglik / ds2`` is returned. For REML the fixed effects are integrated
-    out; for ML they are at their GLS value (the profile's maximiser). ``rng`` is not drawn
-    from.
-    """
-    return _score(rng, work, stats, structure, s2, reml, gC)
+def _score_entry(rng, work, stats, structure, s2, reml, gC):
+    return score(rng, work, stats, structure, s2, reml, gC)
 
 
 @njit(cache=True, nogil=True)
-def finest_coefficients(work, structure, b):
-    """Each finest group's full coefficient vector (its own and its ancestors' columns).
-
-    For a two-level model that is ``b`` itself (not a copy).
-    """
-    return _finest(work, structure, b)
+def _finest_coefficients_entry(work, structure, b):
+    return finest_coefficients(work, structure, b)
 
 
 __all__ = [

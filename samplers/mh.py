@@ -142,7 +142,7 @@ def propose_independent(rng, state, structure, prop, z):
     flip_columns(draw, structure, mask, prop)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def mh_moves(rng, state, stats, structure, priors, mh_steps, warmup):
     """``mh_steps`` moves on ``theta``; returns their mean acceptance probability.
 

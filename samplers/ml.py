@@ -12,8 +12,8 @@ differences of :func:`samplers.theta.decode_theta`, which reads no data (docs/de
 import numpy as np
 from numba import njit
 
-from samplers.gaussian import integrate, score
-from samplers.theta import decode_theta
+from samplers.gaussian import em_iteration, group_moments, integrate, score
+from samplers.theta import decode_theta, encode_theta
 from samplers.types import FixedPrior
 
 LOG_2PI = np.log(2.0 * np.pi)
@@ -40,16 +40,43 @@ def profile_loglik(theta, work, stats, structure, priors, reml, flat):
     return ll
 
 
-@njit(cache=True, nogil=True)
-def loglik_and_gradient(rng, theta, work, stats, structure, priors, reml, grad):
-    """Value of :func:`profile_loglik` at ``theta``, with its exact gradient written into ``grad``.
+VALUE_AND_GRADIENT, EM_STEP, EB_ESTIMATES = 0, 1, 2  # what evaluate() computes
 
-    ``work`` is left holding the factors at ``theta``; ``rng`` is not drawn from. Where the
-    log-likelihood is not finite the gradient is set to nan.
+
+@njit(cache=True, nogil=True)
+def evaluate(mode, rng, theta, work, stats, structure, priors, reml, grad, a, b, V, A_inv, T):
+    """Everything the EB/ML fit asks of the compiled passes, in one kernel (one compilation).
+
+    ``mode`` :data:`VALUE_AND_GRADIENT`: the ML or REML log-likelihood at ``theta``, its exact
+    gradient written into ``grad`` (see :func:`loglik_and_gradient`). :data:`EM_STEP`: one EM
+    iteration from ``theta``, written back into ``theta``; returns 1.0, or 0.0 when it cannot
+    be taken. :data:`EB_ESTIMATES`: the EB estimates at ``theta`` into ``a``, ``b``, ``V``,
+    ``A_inv``; returns ``s2``. Arrays a mode does not use may have length 0. ``work`` is left
+    holding the factors at ``theta``; ``rng`` is not drawn from (None will do).
     """
     p = stats.Fty.shape[0]
     d = work.C.shape[0]
     flat = FixedPrior(np.zeros((p, p)), np.zeros(p), 0.0, p)
+    if mode == EM_STEP:
+        s2, _ = decode_theta(theta, structure, priors, work.C)
+        _, ok = integrate(work, stats, structure, s2, flat)
+        if not ok:
+            return 0.0
+        new_s2 = em_iteration(rng, work, stats, structure, s2, reml, a, b, V, A_inv, T)
+        if not np.isfinite(new_s2):
+            return 0.0
+        for i in range(T.shape[0]):
+            for j in range(T.shape[1]):
+                if not np.isfinite(T[i, j]):
+                    return 0.0
+        if structure.sigma_known == 0:
+            s2 = new_s2
+        return 1.0 if encode_theta(s2, T, structure, theta) else 0.0
+    if mode == EB_ESTIMATES:
+        s2, _ = decode_theta(theta, structure, priors, work.C)
+        integrate(work, stats, structure, s2, flat)
+        group_moments(rng, work, stats, structure, s2, a, b, V, A_inv)
+        return s2
     value = profile_loglik(theta, work, stats, structure, priors, reml, flat)
     if not np.isfinite(value):
         for i in range(grad.shape[0]):
@@ -76,6 +103,38 @@ def loglik_and_gradient(rng, theta, work, stats, structure, priors, reml, grad):
                 g += gC[k, m] * (Cp[k, m] - Cm[k, m])
         grad[i] = g / (2.0 * h)
     return value
+
+
+def _none(*shape):
+    return np.empty(shape)
+
+
+def loglik_and_gradient(rng, theta, work, stats, structure, priors, reml, grad):
+    """Value of :func:`profile_loglik` at ``theta``, with its exact gradient written into ``grad``.
+
+    The gradient is the score of :func:`samplers.gaussian.score` (Fisher's identity) carried
+    to ``theta`` by the chain rule. ``work`` is left holding the factors at ``theta``;
+    ``rng`` is not drawn from (None will do). Where the log-likelihood is not finite the
+    gradient is set to nan.
+    """
+    return evaluate(VALUE_AND_GRADIENT, rng, theta, work, stats, structure, priors, reml, grad, _none(0),
+                    _none(0, 0), _none(0, 0, 0), _none(0, 0), _none(0, 0))
+
+
+def em_step(rng, theta, work, stats, structure, priors, reml, a, b, V, A_inv, T):
+    """One EM iteration from ``theta``, written back into ``theta``; False when it cannot be taken.
+
+    The E-step's moments and the closed-form M-step of :func:`samplers.gaussian.em_iteration`
+    at ``theta`` (for REML with the fixed effects integrated out); ``a``, ``b``, ``V``,
+    ``A_inv`` and ``T`` are work arrays.
+    """
+    return evaluate(EM_STEP, rng, theta, work, stats, structure, priors, reml, _none(0), a, b, V, A_inv, T) == 1.0
+
+
+def eb_estimates(rng, theta, work, stats, structure, priors, a, b, V, A_inv):
+    """The EB estimates at ``theta`` (:func:`samplers.gaussian.group_moments`); returns ``s2``."""
+    return evaluate(EB_ESTIMATES, rng, theta, work, stats, structure, priors, False, _none(0), a, b, V, A_inv,
+                    _none(0, 0))
 
 
 @njit(cache=True, nogil=True)

@@ -86,7 +86,7 @@ def _eliminate(M, dk, w, K, L_out, U_out, tgt):
     return logdet
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def upward(stats, structure, s2, C, full, fixed, r, rtr, Lt, Ut, Acc, LA, cA):
     """Integrate out every group (and, with ``full``, the fixed effects) of a nested model.
 
@@ -209,7 +209,7 @@ def upward(stats, structure, s2, C, full, fixed, r, rtr, Lt, Ut, Acc, LA, cA):
                    + fixed.const + final), True
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def draw(rng, structure, C, Lt, Ut, LA, cA, beta, a_out, b_out, draw):
     """Downward pass after a ``full`` :func:`upward`: fixed effects, then each level's groups.
 
@@ -231,9 +231,10 @@ def draw(rng, structure, C, Lt, Ut, LA, cA, beta, a_out, b_out, draw):
         for q2 in range(q):
             t -= LA[q, q2] * v[q2]
         v[q] = t / LA[q, q]
-    if draw:
-        for q in range(p):
-            v[q] += rng.standard_normal()
+    if rng is not None:  # None: the means only, no generator (pruned when compiled)
+        if draw:
+            for q in range(p):
+                v[q] += rng.standard_normal()
     for q in range(p - 1, -1, -1):
         t = v[q]
         for q2 in range(q + 1, p):
@@ -265,9 +266,10 @@ def draw(rng, structure, C, Lt, Ut, LA, cA, beta, a_out, b_out, draw):
                     rhs[i] -= t
                 anc = parent[anc]
                 alev += 1
-            if draw:
-                for i in range(dk):
-                    rhs[i] += rng.standard_normal()
+            if rng is not None:  # None: the means only, no generator (pruned when compiled)
+                if draw:
+                    for i in range(dk):
+                        rhs[i] += rng.standard_normal()
             for i in range(dk - 1, -1, -1):
                 t = rhs[i]
                 for c in range(i + 1, dk):
@@ -296,7 +298,7 @@ def effective_coefficients(structure, b, out):
 
 
 @njit(cache=True, nogil=True)
-def _lower_inverse_gram(LA, out):
+def lower_inverse_gram(LA, out):
     """``out = (LA LA')^{-1}`` for a lower-triangular ``LA``."""
     p = LA.shape[0]
     inv = np.zeros((p, p))
@@ -327,7 +329,7 @@ def moments(rng, stats, structure, s2, C, Lt, Ut, LA, cA, beta, with_fixed, a, b
     whitened coefficients and everything above it (its ancestors' and ``a``), ``z``:
     ``beta = L'^{-1}(u - U z) + L'^{-1} e`` gives ``Cov(beta) = K^{-1} + B Cov(z) B'`` and
     ``Cov(beta, z) = -B Cov(z)`` with ``B = L'^{-1} U`` (docs/design.md, "EM"). ``Cov(a)`` is
-    ``A^{-1}`` or 0. ``rng`` is not drawn from.
+    ``A^{-1}`` or 0. ``rng`` is not drawn from (None will do).
 
     With ``gC`` of shape (n_coef, n_coef) (not (0, 0)), also the derivative of the
     log-likelihood in ``C``, by Fisher's identity: the posterior mean of the complete-data
@@ -348,7 +350,7 @@ def moments(rng, stats, structure, s2, C, Lt, Ut, LA, cA, beta, with_fixed, a, b
             for c2 in range(D):
                 V[g, c, c2] = 0.0
     draw(rng, structure, C, Lt, Ut, LA, cA, beta, a, b, False)
-    _lower_inverse_gram(LA, A_inv)
+    lower_inverse_gram(LA, A_inv)
     Sa = np.zeros((p, p))
     if with_fixed:
         for q in range(p):
@@ -507,7 +509,7 @@ def moments(rng, stats, structure, s2, C, Lt, Ut, LA, cA, beta, with_fixed, a, b
     return max(rss, 1e-300)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def em_update(rng, stats, structure, s2, C, Lt, Ut, LA, cA, beta, reml, a, b, V, A_inv, T):
     """One EM iteration's E- and M-steps after a ``full`` :func:`upward`; returns the new level-1 variance.
 
@@ -541,12 +543,12 @@ def em_update(rng, stats, structure, s2, C, Lt, Ut, LA, cA, beta, reml, a, b, V,
     return rss / stats.scal[N_OBS]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def score_terms(rng, stats, structure, s2, C, Lt, Ut, LA, cA, beta, reml, gC):
     """After a ``full`` :func:`upward` with a flat prior: ``d loglik / dC`` into ``gC``; returns ``d loglik / ds2``.
 
     The nested counterpart of :func:`samplers.two_level.score_terms`, from :func:`moments`
-    (``rng`` is not drawn from).
+    (``rng`` is not drawn from (None will do)).
     """
     D = stats.Xty.shape[1]
     p = stats.Fty.shape[0]

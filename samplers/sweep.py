@@ -6,7 +6,7 @@ from numba.extending import overload
 
 from samplers.gaussian import draw_coefficients, finest_coefficients, integrate
 from samplers.gibbs import update_s2, update_T
-from samplers.mh import end_of_iteration, mh_moves
+from samplers.mh import mh_moves
 from samplers.suffstats import residual_stats
 from samplers.theta import decode_theta, encode_theta
 from samplers.types import FAILED, LP, RTR, GibbsMoves
@@ -57,7 +57,7 @@ def move_theta(rng, state, stats, structure, priors, moves, warmup):
     raise NotImplementedError("compiled code only")
 
 
-@overload(move_theta, inline="always")
+@overload(move_theta)
 def _move_theta_impl(rng, state, stats, structure, priors, moves, warmup):
     if moves.instance_class is GibbsMoves:
         return lambda rng, state, stats, structure, priors, moves, warmup: gibbs_moves(
@@ -68,18 +68,6 @@ def _move_theta_impl(rng, state, stats, structure, priors, moves, warmup):
         return mh_moves(rng, state, stats, structure, priors, moves.steps, warmup)
 
     return impl
-
-
-def end_of_sweep(state, moves, warmup):
-    """Adaptation after a warm-up sweep (compiled code only; nothing for Gibbs moves)."""
-    raise NotImplementedError("compiled code only")
-
-
-@overload(end_of_sweep, inline="always")
-def _end_of_sweep_impl(state, moves, warmup):
-    if moves.instance_class is GibbsMoves:
-        return lambda state, moves, warmup: None
-    return lambda state, moves, warmup: end_of_iteration(state, warmup)
 
 
 @njit(cache=True, nogil=True, inline="always")

@@ -65,7 +65,7 @@ def _precision_2x2(XtX, j, c00, c10, c11, inv_s2):
     return k00, k10, k11
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def upward(stats, s2, C, fixed, L_out, LA_out, c_out):
     """Integrate out the group coefficients and the fixed effects.
 
@@ -233,7 +233,7 @@ def upward(stats, s2, C, fixed, L_out, LA_out, c_out):
     return loglik, True
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def draw(rng, stats, s2, C, L_all, LA, c_plus, a_out, b_out, draw):
     """Downward pass: the fixed effects, then every group's coefficients given them.
 
@@ -265,9 +265,10 @@ def draw(rng, stats, s2, C, L_all, LA, c_plus, a_out, b_out, draw):
     for q in range(p):
         a_out[q] = c_plus[q]
     solve_lower(LA, a_out)
-    if draw:
-        for q in range(p):
-            a_out[q] += rng.standard_normal()
+    if rng is not None:  # None: the means only, no generator (pruned when compiled)
+        if draw:
+            for q in range(p):
+                a_out[q] += rng.standard_normal()
     solve_upper(LA, a_out)
     if d <= 2:
         _draw_small(rng, stats, inv_s2, C, L_all, a_out, b_out, draw)
@@ -287,9 +288,10 @@ def draw(rng, stats, s2, C, L_all, LA, c_plus, a_out, b_out, draw):
                 t += C[m, k] * r[m]
             beta[k] = t
         solve_lower(L, beta)
-        if draw:
-            for k in range(d):
-                beta[k] += rng.standard_normal()
+        if rng is not None:  # None: the means only, no generator (pruned when compiled)
+            if draw:
+                for k in range(d):
+                    beta[k] += rng.standard_normal()
         solve_upper(L, beta)
         for k in range(d):
             t = 0.0
@@ -315,8 +317,9 @@ def _draw_small(rng, stats, inv_s2, C, L_all, a, b_out, draw):
         if d == 1:
             l00 = L_all[j, 0, 0]
             beta0 = c00 * r0 / l00
-            if draw:
-                beta0 += rng.standard_normal()
+            if rng is not None:  # None: the means only, no generator (pruned when compiled)
+                if draw:
+                    beta0 += rng.standard_normal()
             b_out[j, 0] = c00 * beta0 / l00
             continue
         r1 = Xty[j, 1]
@@ -329,9 +332,10 @@ def _draw_small(rng, stats, inv_s2, C, L_all, a, b_out, draw):
         # beta = L^{-T} (L^{-1} C'r + z)
         w0 = (c00 * r0 + c10 * r1) / l00
         w1 = (c11 * r1 - l10 * w0) / l11
-        if draw:
-            w0 += rng.standard_normal()
-            w1 += rng.standard_normal()
+        if rng is not None:  # None: the means only, no generator (pruned when compiled)
+            if draw:
+                w0 += rng.standard_normal()
+                w1 += rng.standard_normal()
         beta1 = w1 / l11
         beta0 = (w0 - l10 * beta1) / l00
         b_out[j, 0] = c00 * beta0
@@ -460,7 +464,7 @@ def moments(rng, stats, s2, C, L_all, LA, c_plus, a_out, b_mean, b_cov):
                 b_cov[j, r, s] = t
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def em_update(rng, stats, s2, C, L_all, LA, c_plus, block_ptr, reml, a, b, V, T):
     """One EM iteration's E- and M-steps after :func:`upward`; returns the new level-1 variance.
 
@@ -561,7 +565,7 @@ def em_update(rng, stats, s2, C, L_all, LA, c_plus, block_ptr, reml, a, b, V, T)
     return max(rss, 1e-300) / stats.scal[N_OBS]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def score_terms(stats, s2, C, L_all, LA, c_plus, reml, gC):
     """After :func:`upward` with a flat prior: the derivatives of the log-likelihood in ``C`` and ``s2``.
 

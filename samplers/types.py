@@ -302,3 +302,9 @@ class DrawStore(NamedTuple):
     lp: np.ndarray
     accept: np.ndarray
     coef_map: np.ndarray
+
+    @classmethod
+    def keeping_nothing(cls, n_theta, n_fixed, n_coef):
+        """A store for a call that keeps no draw (arrays of length 0 in the draws)."""
+        return cls(np.empty((0, n_theta)), np.empty((0, n_fixed)), np.zeros(0, dtype=np.int64),
+                   np.empty((0, 0, n_coef)), np.empty((0, 0, n_coef)), np.empty(0), np.empty(0), np.eye(n_coef))
