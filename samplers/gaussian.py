@@ -157,7 +157,7 @@ def integrate_given_a(work, stats, structure, s2, r, rtr):
     return _integrate_given_a_entry(work, stats, structure, s2, r, rtr)
 
 
-@overload(integrate_given_a)
+@overload(integrate_given_a, inline="always")
 def _integrate_given_a_impl(work, stats, structure, s2, r, rtr):
     if _is_two_level_work(work):
         return lambda work, stats, structure, s2, r, rtr: two_level.loglik_given_a(stats, s2, work.C, r, rtr, work.L)
