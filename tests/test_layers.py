@@ -136,3 +136,17 @@ def test_the_structure_is_asked_in_the_seam_only():
            for name, path in MODULES.items() if name != "samplers.gaussian"
            for i, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
     assert not bad, "\n".join(bad)
+
+
+def test_code_cites_sections_the_design_notes_have():
+    """Every section of docs/design.md that the code cites (by its title, in quotes after the file name) exists."""
+    titles = set(re.findall(r"^#+ (.*)$", (ROOT / "docs" / "design.md").read_text(), re.M))
+    cited = re.compile(r'design\.md(?:``)?,\s+((?:"[^"]+"(?:\s*(?:and|,)\s*)?)+)')
+    bad = []
+    for path in [p for pkg in PACKAGES + ("tests", "benchmarks") for p in (ROOT / pkg).rglob("*.py")]:
+        for match in cited.finditer(path.read_text()):
+            for title in re.findall(r'"([^"]+)"', match.group(1)):
+                title = re.sub(r"\s*#\s*", " ", " ".join(title.split()))  # a title wrapped over comment lines
+                if title not in titles:
+                    bad.append(f"{path.relative_to(ROOT)}: {title!r}")
+    assert not bad, "\n".join(bad)
