@@ -68,7 +68,7 @@ from bayeshlm.priors import (  # noqa: E402
 from bayeshlm.report import Report, report  # noqa: E402
 from bayeshlm.safe_formula import check_formula  # noqa: E402
 from bayeshlm.sample import SamplingError, sample  # noqa: E402
-from bayeshlm.simulate import simulate_instructors, simulate_nested  # noqa: E402
+from bayeshlm.simulate import simulate_crossed, simulate_instructors, simulate_nested  # noqa: E402
 from bayeshlm.summary import summary  # noqa: E402
 
 __all__ = [
@@ -129,6 +129,7 @@ __all__ = [
     "save",
     "shrinkage_table",
     "simulate_instructors",
+    "simulate_crossed",
     "simulate_nested",
     "summary",
 ]

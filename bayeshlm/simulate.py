@@ -208,3 +208,103 @@ def simulate_nested(levels=(("district", 10), ("school", (2, 5)), ("class", (2, 
     frame.attrs["truth"] = truth
     frame.attrs["group_effects"] = effects
     return frame
+
+
+def simulate_crossed(n_subjects=30, n_items=20, *, fill=1.0, reps=1, fixed=None, sd=None, sigma=1.0, seed=None):
+    """Data from two crossed random factors, subjects x items, with known parameters.
+
+    Every subject meets a subset of the items (each subject-item cell is observed with
+    probability ``fill``, with at least one item per subject and one subject per item), and
+    each observed cell gives ``reps`` rows. A row-level predictor ``x`` (a condition, say)
+    has a fixed slope; the subjects have a random intercept and a random slope on ``x``, the
+    items a random intercept:
+
+        y = g0 + g1 x + u_subject + v_subject x + w_item + e
+
+    which in mixed form is ``y ~ x + (x || subject) + (1 | item)`` (psycholinguistics'
+    by-subject and by-item random effects). With ``fill`` below 1 the design is partially
+    crossed, the normal case in practice.
+
+    Parameters
+    ----------
+    n_subjects, n_items : int
+        Numbers of levels of the two factors.
+    fill : float
+        Probability that a subject-item cell is observed, in (0, 1].
+    reps : int or (int, int)
+        Rows per observed cell (or uniform between two bounds).
+    fixed : dict, optional
+        ``{"Intercept": g0, "x": g1}``; default ``{"Intercept": 10, "x": 2}``.
+    sd : dict, optional
+        ``{"subject": {"Intercept": sd, "x": sd}, "item": {"Intercept": sd, "x": sd}}``,
+        independent random coefficients; default ``{"subject": {"Intercept": 1, "x": 0.5},
+        "item": {"Intercept": 0.8}}``.
+    sigma : float
+        Level-1 residual SD.
+    seed : int, optional
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``y``, ``x``, ``subject`` (``"s1"``, ...) and ``item`` (``"i1"``, ...).
+        ``attrs["formula"]`` is the matching model, ``attrs["truth"]`` the parameters
+        (SDs under ``"<coef>|<factor>"``), ``attrs["group_effects"]`` the drawn effects.
+
+    Examples
+    --------
+    >>> import bayeshlm as bh
+    >>> df = bh.simulate_crossed(n_subjects=40, n_items=25, fill=0.5, seed=1)
+    >>> df.attrs["formula"]
+    'y ~ x + (x || subject) + (1 | item)'
+    """
+    rng = np.random.default_rng(seed)
+    for name, value in (("n_subjects", n_subjects), ("n_items", n_items)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not 0.0 < fill <= 1.0:
+        raise ValueError(f"fill must be in (0, 1], got {fill!r}")
+    fixed = {"Intercept": 10.0, "x": 2.0} if fixed is None else dict(fixed)
+    unknown = set(fixed) - {"Intercept", "x"}
+    if unknown:
+        raise ValueError(f"unknown fixed effects {sorted(unknown)}; use Intercept, x")
+    if sd is None:
+        sd = {"subject": {"Intercept": 1.0, "x": 0.5}, "item": {"Intercept": 0.8}}
+    for name, coefs in sd.items():
+        if name not in ("subject", "item") or set(coefs) - {"Intercept", "x"}:
+            raise ValueError(f"sd must map 'subject' and 'item' to {{'Intercept': sd, 'x': sd}}, got {name!r}: {coefs}")
+    # the observed cells: Bernoulli(fill), then at least one per subject and per item
+    cells = rng.random((n_subjects, n_items)) < fill
+    empty_rows = ~cells.any(axis=1)
+    cells[empty_rows, rng.integers(0, n_items, size=int(empty_rows.sum()))] = True
+    empty_cols = ~cells.any(axis=0)
+    cells[rng.integers(0, n_subjects, size=int(empty_cols.sum())), empty_cols] = True
+    subj_cell, item_cell = np.nonzero(cells)
+    n_rows = _count(reps, rng, subj_cell.size)
+    subject = np.repeat(subj_cell, n_rows)
+    item = np.repeat(item_cell, n_rows)
+    n = subject.size
+    x = rng.normal(size=n)
+    y = fixed.get("Intercept", 0.0) + fixed.get("x", 0.0) * x + rng.normal(0.0, sigma, size=n)
+    truth = {"fixed": fixed, "sigma": sigma, "sd": {}}
+    effects = {}
+    bars = []
+    for factor, idx, count in (("subject", subject, n_subjects), ("item", item, n_items)):
+        coefs = sd.get(factor, {})
+        for coef, s in coefs.items():
+            u = rng.normal(0.0, s, size=count)
+            effects[f"{coef}|{factor}"] = u
+            truth["sd"][f"{coef}|{factor}"] = s
+            y += u[idx] * (1.0 if coef == "Intercept" else x)
+        if set(coefs) == {"Intercept", "x"}:
+            bars.append(f"(x || {factor})")
+        elif coefs:
+            bars.append(f"({'1' if 'Intercept' in coefs else '0 + x'} | {factor})")
+    frame = pd.DataFrame({"y": y, "x": x, "subject": [f"s{i + 1}" for i in subject],
+                          "item": [f"i{j + 1}" for j in item]})
+    fixed_part = "x" if "x" in fixed else "1"
+    if "Intercept" not in fixed:
+        fixed_part = "0 + " + fixed_part
+    frame.attrs["formula"] = f"y ~ {fixed_part} + " + " + ".join(bars)
+    frame.attrs["truth"] = truth
+    frame.attrs["group_effects"] = effects
+    return frame

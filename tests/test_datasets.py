@@ -13,6 +13,7 @@ N_ROWS = {
     "hsb": 7185,
     "radon": 919,
     "eight_schools": 8,
+    "scotssec": 3435,
 }
 
 ID_COLUMNS = {
@@ -22,7 +23,11 @@ ID_COLUMNS = {
     "hsb": ["school"],
     "radon": ["county"],
     "eight_schools": ["school"],
+    "scotssec": ["primary", "second"],
 }
+
+# Text columns that are predictors, not group labels (categorical).
+TEXT_COLUMNS = {"scotssec": ["sex"]}
 
 # Keys of tests/golden/lme4_fits.json, as listed in tests/golden/README.md.
 MODEL_KEYS = {
@@ -57,7 +62,7 @@ def test_id_columns_are_strings_and_the_rest_numeric(name):
     ids = ID_COLUMNS[name]
     assert not df.isna().any().any()
     for column in df.columns:
-        if column in ids:
+        if column in ids or column in TEXT_COLUMNS.get(name, []):
             assert pd.api.types.is_string_dtype(df[column]), column
             assert all(isinstance(v, str) for v in df[column]), column
         else:
@@ -87,6 +92,20 @@ def test_group_structure():
 
     assert load_dataset("sleepstudy").groupby("subject").size().eq(10).all()
     assert load_dataset("dyestuff").groupby("batch").size().eq(5).all()
+
+
+def test_scotssec_is_crossed_and_matches_its_golden_fits():
+    """148 primary x 19 secondary schools, not nested; the golden lme4 fits were computed on this file."""
+    import json
+    from pathlib import Path
+
+    df = load_dataset("scotssec")
+    assert df["primary"].nunique() == 148 and df["second"].nunique() == 19
+    assert (df.groupby("primary")["second"].nunique() > 1).sum() == 91  # primaries feeding several secondaries
+    golden = json.loads((Path(__file__).parent / "golden" / "crossed_fits.json").read_text())["scotssec"]
+    for fit in golden["fits"].values():
+        assert sorted(fit["ranef_labels"]["primary"], key=int) == sorted(set(df["primary"]), key=int)
+        assert sorted(fit["ranef_labels"]["second"], key=int) == sorted(set(df["second"]), key=int)
 
 
 def test_each_call_returns_a_fresh_frame():

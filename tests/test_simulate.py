@@ -1,5 +1,6 @@
 """The instructors-within-departments generator, and recovery of its parameters."""
 
+import numpy as np
 import pytest
 from scipy.stats import norm
 
@@ -80,3 +81,45 @@ def test_simulate_nested_rejects_bad_arguments():
         bh.simulate_nested(fixed={"w": 1.0})
     with pytest.raises(ValueError, match="sd must map"):
         bh.simulate_nested(sd={"nowhere": {"Intercept": 1.0}})
+
+
+def test_simulate_crossed_design():
+    """Partially crossed subjects x items: every level present, the fill as asked, the rows per cell."""
+    df = bh.simulate_crossed(n_subjects=40, n_items=25, fill=0.3, reps=(1, 3), seed=1)
+    assert df.attrs["formula"] == "y ~ x + (x || subject) + (1 | item)"
+    assert df["subject"].nunique() == 40 and df["item"].nunique() == 25
+    per_cell = df.groupby(["subject", "item"]).size()
+    assert per_cell.between(1, 3).all()
+    # observed cells ~ Binomial(1000, 0.3) (SD 14.5) plus at most 65 forced ones: 4.5 SDs
+    # either side leave a false-alarm rate below 1e-5
+    assert 300 - 65 <= per_cell.size <= 300 + 65 + 65
+    # crossed, not nested: subjects meet several items and items several subjects
+    assert df.groupby("subject")["item"].nunique().max() > 1
+    assert df.groupby("item")["subject"].nunique().max() > 1
+    full = bh.simulate_crossed(n_subjects=6, n_items=5, fill=1.0, reps=2, seed=2)
+    assert len(full) == 6 * 5 * 2
+
+
+def test_simulate_crossed_effects_reproduce_the_response():
+    """y minus the fixed part and the drawn group effects is N(0, sigma^2) noise."""
+    df = bh.simulate_crossed(n_subjects=50, n_items=40, fill=0.5, reps=2, sigma=1.5, seed=3)
+    truth, fx = df.attrs["truth"], df.attrs["group_effects"]
+    s = df["subject"].str[1:].astype(int).to_numpy() - 1
+    i = df["item"].str[1:].astype(int).to_numpy() - 1
+    x = df["x"].to_numpy()
+    mean = (truth["fixed"]["Intercept"] + truth["fixed"]["x"] * x + fx["Intercept|subject"][s]
+            + fx["x|subject"][s] * x + fx["Intercept|item"][i])
+    e = df["y"].to_numpy() - mean
+    n = e.size
+    # the sample SD of n normal draws has relative SE 1/sqrt(2n); 5 SEs: false alarm < 1e-6
+    assert abs(e.std() / 1.5 - 1.0) < 5.0 / np.sqrt(2 * n)
+    assert abs(e.mean()) < 5.0 * 1.5 / np.sqrt(n)
+    assert set(truth["sd"]) == {"Intercept|subject", "x|subject", "Intercept|item"}
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [({"fill": 0.0}, "fill"), ({"n_items": 0}, "n_items"),
+                                               ({"fixed": {"z": 1.0}}, "unknown fixed"),
+                                               ({"sd": {"rater": {"Intercept": 1.0}}}, "sd must map")])
+def test_simulate_crossed_refuses_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        bh.simulate_crossed(**kwargs)

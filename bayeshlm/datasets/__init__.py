@@ -1,8 +1,9 @@
 """Real multilevel data sets shipped with bayeshlm.
 
-Six small published data sets, stored as CSV files next to this module and
+Seven small published data sets, stored as CSV files next to this module and
 described in its README.md: ``sleepstudy``, ``dyestuff``, ``pastes``, ``hsb``,
-``radon`` and ``eight_schools``. They serve the examples, the tests (the
+``radon``, ``eight_schools`` and ``scotssec`` (pupils cross-classified by primary and
+secondary school). They serve the examples, the tests (the
 reference fits in ``tests/golden/`` were computed from these very files) and
 the benchmarks.
 
@@ -24,6 +25,7 @@ _ID_COLUMNS: dict[str, tuple[str, ...]] = {
     "hsb": ("school",),
     "radon": ("county",),
     "eight_schools": ("school",),
+    "scotssec": ("primary", "second"),
 }
 
 
@@ -39,7 +41,7 @@ def list_datasets() -> list[str]:
     --------
     >>> from bayeshlm.datasets import list_datasets
     >>> list_datasets()
-    ['dyestuff', 'eight_schools', 'hsb', 'pastes', 'radon', 'sleepstudy']
+    ['dyestuff', 'eight_schools', 'hsb', 'pastes', 'radon', 'scotssec', 'sleepstudy']
     """
     return sorted(_ID_COLUMNS)
 
