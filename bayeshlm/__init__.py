@@ -25,7 +25,7 @@ _check_arviz()
 
 from bayeshlm.chunked import hlm_stats  # noqa: E402
 from bayeshlm.compare import compare, plot_shrinkage, shrinkage_table  # noqa: E402
-from bayeshlm.data import DataError, Design, GroupLevelWarning, IdentificationWarning  # noqa: E402
+from bayeshlm.data import DataError, Design, GroupLevelWarning, IdentificationWarning, NestingWarning  # noqa: E402
 from bayeshlm.datasets import list_datasets, load_dataset  # noqa: E402
 from bayeshlm.em import EMResult, fit_em  # noqa: E402
 from bayeshlm.evidence import (  # noqa: E402
@@ -73,6 +73,7 @@ from bayeshlm.summary import summary  # noqa: E402
 
 __all__ = [
     "GroupLevelWarning",
+    "NestingWarning",
     "Hierarchy",
     "IdentificationWarning",
     "LKJ",

@@ -41,7 +41,8 @@ from bayeshlm.data import (
     factors_of_spec,
     group_codes,
     obs_var_from,
-    order_nested,
+    cells_of,
+    order_factors,
     random_design,
     warn_identification,
 )
@@ -53,6 +54,7 @@ from samplers.suffstats import compute_suffstats, merge_suffstats
 __all__ = ["hlm_stats"]
 
 _SHOW_ROWS = 5
+_ROWS = "\x00rows"  # the column of row counts beside the grouping columns' combinations
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,9 @@ def _scan(frame, columns, factor_columns, categorical, drop, response, known):
     first = {name: np.flatnonzero(mask)[:_SHOW_ROWS].tolist() for name, mask in bad.items() if counts[name]}
     if drop and any(counts.values()):
         frame = frame[~np.logical_or.reduce(list(bad.values()))]
-    combos = frame[list(factor_columns)].drop_duplicates() if factor_columns else None
+    # each combination of the grouping columns once, in order of appearance, with its rows
+    combos = (frame[list(factor_columns)].value_counts(sort=False, dropna=False).rename(_ROWS).reset_index()
+              if factor_columns else None)
     levels = {name: pd.unique(frame[name].dropna()) for name in categorical}
     y_moments = None
     obs_sum = 0.0
@@ -359,9 +363,10 @@ def hlm_stats(formula, data, *, priors=None, missing="raise", known_sd=None, kno
         values = pd.unique(np.concatenate([np.asarray(s["levels"][name], dtype=object) for s in scans]))
         levels[name] = sorted(values.tolist())
 
-    codes, combo_group = {}, None
+    codes, combo_group, crossed, cell_codes, cell_labels = {}, None, False, None, None
     if factor_columns:
-        combos = pd.concat([s["combos"] for s in scans], ignore_index=True).drop_duplicates(ignore_index=True)
+        combos = pd.concat([s["combos"] for s in scans], ignore_index=True)
+        combos = combos.groupby(list(factor_columns), sort=False, dropna=False)[_ROWS].sum().reset_index()
         for factor in factors:
             idx, labels = group_codes(combos, factor.split(":"))
             if len(labels) < 2:
@@ -370,11 +375,13 @@ def hlm_stats(formula, data, *, priors=None, missing="raise", known_sd=None, kno
                     "between groups cannot be estimated from one group"
                 )
             codes[factor] = (idx, labels)
-        factors, parents = order_nested(factors, codes)
+        factors, parents, crossed = order_factors(factors, codes, weights=combos[_ROWS].to_numpy(dtype=np.float64))
         combo_group = codes[factors[0]][0]
+        if crossed:  # each combination of the grouping columns is a cell
+            combo_group, cell_codes, cell_labels = cells_of([codes[f] for f in factors])
         combo_index = (pd.Index(combos[factor_columns[0]]) if len(factor_columns) == 1
                        else pd.MultiIndex.from_frame(combos[list(factor_columns)]))
-        n_groups = len(codes[factors[0]][1])
+        n_groups = len(cell_labels) if crossed else len(codes[factors[0]][1])
     else:
         parents, combo_index, n_groups = [], None, 1
 
@@ -430,18 +437,24 @@ def hlm_stats(formula, data, *, priors=None, missing="raise", known_sd=None, kno
         block = slice(col, col + len(names_k))
         check_gram_rank(XtX[block, block], names_k, f"random-effects design of '{factor}'")
         col += len(names_k)
-    _identification(stats, factors, factor_coef_names, parents, not known)
+    if crossed:
+        members = [cell_codes[:, k] for k in range(len(factors))]
+    else:  # each finest group's group of every factor, up the tree
+        members = [np.arange(stats.n.shape[0])]
+        for par in parents:
+            members.append(par[members[-1]])
+    _identification(stats, factors, factor_coef_names, members, not known)
 
     labels = [codes[f][1] for f in factors]
     design = Design(
         response=spec.response, y=None, F=None, fixed_names=tuple(fixed_names), X=None,
         coef_names=tuple(coef_names), block_sizes=tuple(block_sizes),
         factor=factors[0] if factors else "", group_idx=None,
-        group_labels=labels[0] if factors else np.array(["all rows"], dtype=object),
+        group_labels=(cell_labels if crossed else labels[0]) if factors else np.array(["all rows"], dtype=object),
         obs_var=None, n_dropped=n_input - n_kept, kept_rows=None, fixed_spec=fixed_spec,
         random_spec=tuple(random_spec), factors=tuple(factors), factor_sizes=tuple(factor_sizes),
         factor_coef_names=tuple(factor_coef_names), factor_labels=tuple(labels), factor_idx=(),
-        parents=tuple(parents),
+        parents=tuple(parents), crossed=crossed, cell_codes=cell_codes,
     )
     basis = Basis.standardising(moments, fixed_names, coef_names, block_sizes, y_moments=(y_mean, y_var, obs_mean))
     stats = provisional.transform_stats(stats, basis)
@@ -461,20 +474,18 @@ def _proto_frames(pieces, scans):
             yield pieces.dask.get_partition(k).compute()
 
 
-def _identification(stats, factors, factor_coef_names, parents, sigma_estimated):
+def _identification(stats, factors, factor_coef_names, members, sigma_estimated):
     """:func:`bayeshlm.data.identification_warnings` from the statistics.
 
     Rows per group, and a slope column's weighted sums ``1'w``, ``x'w`` and ``x'wx`` per
-    group, add up the tree from the finest groups; a slope is constant within every group of
-    its factor when the within-group sum of squares ``x'wx - (x'w)^2 / 1'w`` vanishes.
+    group, add up from the groups of the statistics (``members[k]``: each one's group of
+    factor ``k``); a slope is constant within every group of its factor when the
+    within-group sum of squares ``x'wx - (x'w)^2 / 1'w`` vanishes.
     """
-    counts = stats.n
-    ancestor = np.arange(stats.n.shape[0])  # each finest group's group of the current factor
     col = 0
     for k, (factor, coefs) in enumerate(zip(factors, factor_coef_names, strict=True)):
-        if k:
-            counts = np.bincount(parents[k - 1], weights=counts)
-            ancestor = parents[k - 1][ancestor]
+        ancestor = members[k]
+        counts = np.bincount(ancestor, weights=stats.n)
         constant = []
         if "Intercept" in coefs:
             i0 = col + coefs.index("Intercept")

@@ -27,7 +27,7 @@ from bayeshlm.formula import (
     required_variables,
 )
 
-__all__ = ["DataError", "Design", "GroupLevelWarning", "build_design"]
+__all__ = ["DataError", "Design", "GroupLevelWarning", "NestingWarning", "build_design"]
 
 # Relative eigenvalue below which the cross-product matrix of the centred, unit-length
 # columns is treated as singular, and relative weight above which a column counts as
@@ -81,6 +81,28 @@ class GroupLevelWarning(UserWarning):
         super().__init__(message)
         self.column = column
         self.factor = factor
+
+
+class NestingWarning(UserWarning):
+    """Two grouping factors fitted as crossed whose labels may be numbered within each other's groups.
+
+    ``(1 | batch) + (1 | cask)`` with casks labelled ``a``, ``b``, ``c`` in every batch is
+    read as crossed factors (as lme4 reads it): three casks shared by all batches. When cask
+    ``a`` of one batch is not cask ``a`` of another, the model meant is
+    ``(1 | batch/cask)``. The data cannot tell the two apart; the warning is given when every
+    combination of the two factors' labels occurs with several rows each and neither
+    column appears in an interaction factor of the formula.
+
+    Attributes
+    ----------
+    outer, inner : str
+        The factor with more groups and the one whose labels may be numbered within it.
+    """
+
+    def __init__(self, message, outer="", inner=""):
+        super().__init__(message)
+        self.outer = outer
+        self.inner = inner
 
 
 class ColumnRoles(dict):
@@ -216,7 +238,15 @@ class Design(NamedTuple):
     factor_idx : tuple of ndarray
         Group code of each row for each factor (the first is `group_idx`).
     parents : tuple of ndarray
-        ``parents[k][g]``: the group of factor ``k + 1`` containing group ``g`` of factor ``k``.
+        ``parents[k][g]``: the group of factor ``k + 1`` containing group ``g`` of factor ``k``
+        (empty when the factors are crossed).
+    crossed : bool
+        The grouping factors are crossed (not each nested in the next): then `factors` are
+        ordered by their number of groups, largest first, and the groups of the statistics
+        (`group_idx`, `group_labels`) are the *cells*, the combinations of one group of every
+        factor that occur in the data, labelled ``"<group>:<group>"``.
+    cell_codes : ndarray of int64, shape (n_cells, n_factors), or None
+        With `crossed`, each cell's group code in every factor.
     """
 
     response: str
@@ -240,6 +270,8 @@ class Design(NamedTuple):
     factor_labels: tuple = ()
     factor_idx: tuple = ()
     parents: tuple = ()
+    crossed: bool = False
+    cell_codes: np.ndarray | None = None
 
 
 def build_design(
@@ -362,7 +394,7 @@ def build_design(
                 "estimated from one group"
             )
         codes[factor] = (idx, labels)
-    factors, parents = order_nested(factors, codes, per_row=True)
+    factors, parents, crossed = order_factors(factors, codes, per_row=True)
     blocks, coef_names, factor_coef_names, block_sizes, factor_sizes, random_spec = [], [], [], [], [], []
     for factor in factors:
         X_k, names_k, sizes_k, specs_k = random_design(spec, used, factor)
@@ -373,7 +405,12 @@ def build_design(
         block_sizes += sizes_k
         factor_sizes.append(len(names_k))
         random_spec += specs_k
-    if factors:
+    cell_codes = None
+    if crossed:
+        X = np.ascontiguousarray(np.hstack(blocks), dtype=np.float64)
+        factor = factors[0]
+        group_idx, cell_codes, group_labels = cells_of([codes[f] for f in factors])
+    elif factors:
         X = np.ascontiguousarray(np.hstack(blocks), dtype=np.float64)
         factor = factors[0]
         group_idx, group_labels = codes[factor]
@@ -411,7 +448,29 @@ def build_design(
         factor_labels=tuple(codes[f][1] for f in factors),
         factor_idx=tuple(codes[f][0] for f in factors),
         parents=tuple(parents),
+        crossed=crossed,
+        cell_codes=cell_codes,
     )
+
+
+def cells_of(factor_codes):
+    """The cells of crossed factors: each row's cell, each cell's group in every factor, the cells' labels.
+
+    ``factor_codes``: per factor ``(codes, labels)``, codes one per row (or per combination
+    of labels). Cells are numbered by first appearance and labelled ``"<label>:<label>"``.
+    """
+    key = np.zeros(len(factor_codes[0][0]), dtype=np.int64)
+    for codes, labels in factor_codes:
+        key, _ = pd.factorize(key * len(labels) + codes, sort=False)
+        key = key.astype(np.int64)
+    n_cells = int(key.max()) + 1 if key.size else 0
+    first = np.full(n_cells, -1, dtype=np.int64)
+    first[key[::-1]] = np.arange(len(key) - 1, -1, -1)
+    cell_codes = np.ascontiguousarray(np.column_stack([codes[first] for codes, _ in factor_codes]), dtype=np.int64)
+    labels = np.asarray(factor_codes[0][1], dtype=object)[cell_codes[:, 0]].astype(str)
+    for k in range(1, len(factor_codes)):
+        labels = np.char.add(np.char.add(labels, ":"), np.asarray(factor_codes[k][1], dtype=str)[cell_codes[:, k]])
+    return np.ascontiguousarray(key), cell_codes, labels.astype(object)
 
 
 def _first_rows(codes, n_groups):
@@ -553,6 +612,69 @@ def factors_of_spec(spec):
     return list(dict.fromkeys(bar.factor for bar in spec.bars))
 
 
+def order_factors(factors, codes, per_row=False, weights=None):
+    """Order the grouping factors and decide whether they are nested or crossed.
+
+    Returns ``(factors, parents, crossed)``. Nested factors (each group of one in a single
+    group of the next, by number of groups) are ordered finest first, with each one's
+    parent groups (:func:`order_nested`); otherwise the factors are crossed, ordered by
+    their number of groups, largest first, without parents. Two factors that define the
+    same groups raise a DataError; a pair that looks like labels numbered within the groups
+    of the other (every combination occurs, with several rows each, as casks ``a``, ``b``,
+    ``c`` in every batch) gets a warning suggesting the nested formula.
+    """
+    try:
+        order, parents = order_nested(factors, codes, per_row)
+        return order, parents, False
+    except _NotNested:
+        pass
+    order = sorted(factors, key=lambda f: -len(codes[f][1]))
+    for i, f1 in enumerate(order):
+        for f2 in order[i + 1:]:
+            _check_distinct_factors(f1, f2, codes)
+    if per_row or weights is not None:
+        _warn_numbered_within(order, codes, weights)
+    return order, [], True
+
+
+class _NotNested(DataError):
+    """Two grouping factors that are not nested (so crossed); the message says which."""
+
+
+def _check_distinct_factors(f1, f2, codes):
+    fi, fl = codes[f1]
+    ci, cl = codes[f2]
+    if len(fl) == len(cl) and len(np.unique(fi * len(cl) + ci)) == len(fl):
+        raise DataError(
+            f"the grouping factors '{f1}' and '{f2}' define the same groups; "
+            "their variances cannot be told apart: keep one of them"
+        )
+
+
+def _warn_numbered_within(order, codes, weights=None):
+    """Warn where two single-column crossed factors look like labels numbered within the other's groups."""
+    import warnings
+
+    # a column that also appears in an interaction factor (group in group/subject) is
+    # known to the formula's author as a grouping of its own: no warning about it
+    in_interactions = {col for f in order if ":" in f for col in f.split(":")}
+    for i, big in enumerate(order):
+        for small in order[i + 1:]:
+            if ":" in big or ":" in small or big in in_interactions or small in in_interactions:
+                continue
+            bi, bl = codes[big]
+            si, sl = codes[small]
+            cell_rows = np.bincount(pd.factorize(bi * len(sl) + si)[0], weights=weights)
+            if len(cell_rows) == len(bl) * len(sl) and np.median(cell_rows) > 1:
+                lab = str(sl[0])
+                warnings.warn(NestingWarning(
+                    f"the grouping factors '{big}' and '{small}' are fitted as crossed: every '{small}' label "
+                    f"occurs in every '{big}' group, with several rows in each combination. If the labels of "
+                    f"'{small}' are numbered within each '{big}' group ('{small}' {lab!r} of one '{big}' group is "
+                    f"not '{small}' {lab!r} of another), write (1 | {big}/{small}), that is (1 | {big}) + "
+                    f"(1 | {big}:{small})", outer=big, inner=small), stacklevel=5)
+
+
 def order_nested(factors, codes, per_row=False):
     """Order the grouping factors finest first and check that each is nested in the next.
 
@@ -578,7 +700,7 @@ def order_nested(factors, codes, per_row=False):
         parent[fi] = ci
         clash = np.flatnonzero(parent[fi] != ci)
         if clash.size:
-            raise DataError(_not_nested(fine, coarse, codes, int(fi[clash[0]]), per_row))
+            raise _NotNested(_not_nested(fine, coarse, codes, int(fi[clash[0]]), per_row))
         parents.append(parent)
     return order, parents
 

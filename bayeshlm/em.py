@@ -293,7 +293,8 @@ def fit_em(model, method="reml", *, em_iter=5, tol=1e-6, max_eval=5000):
     rel = _reliability(model, s2, T_user[0], V_user)
     robust = _robust_vcov_clusters(model, a, b, s2, vcov) if model.rows_held else np.full_like(vcov, np.nan)
     group_ols = np.full(b.shape, np.nan)
-    group_ols[:n_groups, :lp[1]] = _group_ols_user(model, lp[1])
+    if not model.crossed:  # a group of crossed factors has no least-squares estimate of its own
+        group_ols[:n_groups, :lp[1]] = _group_ols_user(model, lp[1])
     if len(lp) > 2:  # several factors: each group's label says its factor
         group_labels = [f"{f}={lab}" for f, labels in zip(model.design.factors, model.design.factor_labels,
                                                           strict=True) for lab in labels]
@@ -348,12 +349,14 @@ def _reliability(model, s2, T, V):
     For the groups of a coarser factor, which have no least-squares estimate of their own,
     ``1 - V_jk / T_kk`` with ``V`` the conditional covariances (user's parametrisation): the
     share of the coefficient's variance that the data explain. A row has values in its own
-    factor's columns only.
+    factor's columns only. With crossed factors every factor's groups are as the coarser
+    ones: the rows of a group are shared with the groups of the other factors, so it has no
+    least-squares estimate of its own.
     """
     stats, st = model.stats, model.structure
     lp = st.level_ptr
     n_groups, D = stats.Xty.shape
-    d1 = int(lp[1])
+    d1 = 0 if model.crossed else int(lp[1])
     rel = np.full((int(st.node_ptr[-1]), D), np.nan)
     T_diag = np.diag(T)
     M = stats.XtX[:, :d1, :d1]
@@ -363,7 +366,7 @@ def _reliability(model, s2, T, V):
         full[:, :d1, :d1] = s2 * np.linalg.inv(M[ok])
         v = np.diagonal(model.basis.coef_cov(full), axis1=1, axis2=2)[:, :d1]
         rel[np.flatnonzero(ok), :d1] = T_diag[:d1] / (T_diag[:d1] + v)
-    for k in range(1, len(lp) - 1):
+    for k in range(0 if model.crossed else 1, len(lp) - 1):
         rows = slice(int(st.node_ptr[k]), int(st.node_ptr[k + 1]))
         cols = slice(int(lp[k]), int(lp[k + 1]))
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -526,7 +529,11 @@ def corr_key(first, second):
 def _robust_vcov_clusters(model, a, b, s2, vcov):
     """Cluster-robust (CR0) covariance of the fixed effects, clusters = the coarsest factor's groups.
 
-    Without grouping each row is a cluster (the HC0 sandwich).
+    Without grouping each row is a cluster (the HC0 sandwich). With crossed factors the
+    clustering is multiway (Cameron, Gelbach & Miller 2011, JBES 29(2)): the sum over every
+    non-empty set of factors of ``(-1)^(size + 1)`` times the sandwich clustered on the
+    combinations of their groups (for two factors: by the first, plus by the second, minus
+    by the cells), with negative eigenvalues set to zero.
     The score of cluster ``c`` is ``F_c'V_c^{-1}(y_c - F_c a) = F_c'W_c(y_c - F_c a - Z_c b)/s2``
     with ``b`` the conditional means (Henderson's identity): one pass over the rows. In the
     kernels' basis (the caller maps the result).
@@ -537,12 +544,31 @@ def _robust_vcov_clusters(model, a, b, s2, vcov):
     y, F, X, w = _kernel_rows(model)
     b_row = finest_coefficients(model, b)[design.group_idx]
     resid = y - F @ a - np.einsum("ik,ik->i", X, b_row)
+    we = w * resid / s2
+    if design.crossed:
+        from itertools import combinations
+
+        import pandas as pd
+
+        out = np.zeros_like(vcov)
+        K = len(design.factor_idx)
+        for size in range(1, K + 1):
+            for subset in combinations(range(K), size):
+                key = np.zeros(model.n_obs, dtype=np.int64)
+                for k in subset:
+                    key = pd.factorize(key * len(design.factor_labels[k]) + design.factor_idx[k])[0].astype(np.int64)
+                n_c = int(key.max()) + 1
+                score = np.stack([np.bincount(key, F[:, q] * we, minlength=n_c) for q in range(F.shape[1])], 1)
+                out += (-1) ** (size + 1) * (vcov @ (score.T @ score) @ vcov)
+        # the inclusion-exclusion sum need not be positive semi-definite: negative
+        # eigenvalues are set to zero (Cameron, Gelbach & Miller 2011, section 2.3)
+        vals, vecs = np.linalg.eigh(0.5 * (out + out.T))
+        return (vecs * np.maximum(vals, 0.0)) @ vecs.T
     if design.factor_idx:
         cluster, n_c = design.factor_idx[-1], len(design.factor_labels[-1])
     elif design.coef_names:
         cluster, n_c = design.group_idx, len(design.group_labels)
     else:  # no grouping: each row its own cluster (the HC0 sandwich)
         cluster, n_c = np.arange(model.n_obs), model.n_obs
-    we = w * resid / s2
     score = np.stack([np.bincount(cluster, F[:, q] * we, minlength=n_c) for q in range(F.shape[1])], 1)
     return vcov @ (score.T @ score) @ vcov

@@ -123,8 +123,13 @@ class Model:
 
     @property
     def n_groups(self) -> int:
-        """Number of groups."""
+        """Number of groups of the statistics: the finest factor's, or, for crossed factors, the cells."""
         return int(self.design.group_labels.shape[0])
+
+    @property
+    def crossed(self) -> bool:
+        """True when the grouping factors are crossed rather than nested."""
+        return bool(self.design.crossed)
 
     @property
     def sigma_known(self) -> bool:
@@ -170,7 +175,12 @@ class Model:
             f"  observations: {self.n_obs}",
             f"  fixed effects: {', '.join(self.fixed_names)}",
         ]
-        if len(design.factors) > 1:
+        if design.crossed:
+            lines.append(f"  crossed grouping factors ({self.n_groups} cells occur):")
+            for k, (factor, names) in enumerate(zip(design.factors, design.factor_coef_names, strict=True)):
+                lines.append(f"  level 2: {factor} ({len(design.factor_labels[k])} groups), "
+                             f"random {', '.join(names)}")
+        elif len(design.factors) > 1:
             for k, (factor, names) in enumerate(zip(design.factors, design.factor_coef_names, strict=True)):
                 lines.append(f"  level {k + 2}: {factor} ({len(design.factor_labels[k])} groups), "
                              f"random {', '.join(names)}")
@@ -213,6 +223,8 @@ class Model:
             "sigma_known": self.sigma_known,
             "priors": self.prior_descriptions(),
         }
+        if design.crossed:  # only then: the identities of nested models stay as they were
+            identity["crossed"] = True
         return json.dumps(identity, sort_keys=True)
 
     @property
@@ -363,7 +375,11 @@ def model_from(result, data, **overrides):
 
 
 def tree_of(design):
-    """``(level_ptr, node_ptr, parent)``: the nested grouping factors of a design as kernel arrays."""
+    """``(level_ptr, node_ptr, parent, cell_node)``: the grouping factors of a design as kernel arrays.
+
+    ``cell_node`` is empty for nested factors; for crossed ones it holds each cell's group of
+    every factor, numbered as the kernels number the groups (``node_ptr``).
+    """
     sizes = design.factor_sizes or (len(design.coef_names),)
     counts = [len(lab) for lab in design.factor_labels] or [len(design.group_labels)]
     level_ptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
@@ -371,13 +387,16 @@ def tree_of(design):
     parent = np.full(node_ptr[-1], -1, dtype=np.int64)
     for k, par in enumerate(design.parents):
         parent[node_ptr[k]:node_ptr[k + 1]] = node_ptr[k + 1] + par
-    return level_ptr, node_ptr, parent
+    cell_node = np.zeros((0, 0), dtype=np.int64)
+    if design.crossed:
+        cell_node = np.ascontiguousarray(design.cell_codes + node_ptr[:-1], dtype=np.int64)
+    return level_ptr, node_ptr, parent, cell_node
 
 
 def structure_of(block_sizes, sigma_known, diag_scale, tree):
-    """Kernel description of the covariance blocks, the layout of ``theta`` and the tree of factors.
+    """Kernel description of the covariance blocks, the layout of ``theta`` and the grouping factors.
 
-    ``tree`` is ``(level_ptr, node_ptr, parent)`` from :func:`tree_of`.
+    ``tree`` is ``(level_ptr, node_ptr, parent, cell_node)`` from :func:`tree_of`.
     """
     block_ptr = np.zeros(len(block_sizes) + 1, dtype=np.int64)
     theta_ptr = np.zeros(len(block_sizes) + 1, dtype=np.int64)
@@ -407,6 +426,7 @@ def structure_of(block_sizes, sigma_known, diag_scale, tree):
         level_ptr=tree[0],
         node_ptr=tree[1],
         parent=tree[2],
+        cell_node=tree[3],
     )
 
 

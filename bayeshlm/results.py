@@ -280,12 +280,16 @@ def group_selection(model, keep):
 def finest_coefficients(model, b):
     """Group coefficients ``b[..., node, coef]`` as each finest group's full vector (own and ancestors').
 
-    For one grouping factor (or none) this is ``b`` itself.
+    For one grouping factor (or none) this is ``b`` itself; for crossed factors, each cell's
+    (its group of every factor).
     """
     st = model.structure
     if len(st.level_ptr) <= 2:
         return b
     design = model.design
+    if design.crossed:
+        parts = [b[..., st.cell_node[:, k], st.level_ptr[k]:st.level_ptr[k + 1]] for k in range(len(st.level_ptr) - 1)]
+        return np.ascontiguousarray(np.concatenate(parts, axis=-1))
     anc = np.arange(len(design.factor_labels[0]))
     parts = []
     for k in range(len(st.level_ptr) - 1):

@@ -39,7 +39,7 @@ import numpy as np
 from numba import njit
 from numba.extending import overload
 
-from samplers import nested, two_level
+from samplers import crossed, nested, two_level
 from samplers.types import FixedPrior
 
 
@@ -82,6 +82,40 @@ class NestedWork(NamedTuple):
     beta: np.ndarray
 
 
+class CrossedWork(NamedTuple):
+    """Workspace of the crossed passes (:mod:`samplers.crossed`).
+
+    ``C``, ``LA``, ``cA``, ``beta`` as in :class:`NestedWork`; ``L``, ``Ue``, ``Ua``, ``u`` the
+    factors and whitened couplings of the groups of the largest factor; ``S``, ``s`` the
+    dense rest (the other factors' coefficients and the fixed effects) and ``Lx`` its factor;
+    the index arrays locate each group's support (:func:`samplers.crossed.workspace_arrays`).
+    """
+
+    C: np.ndarray
+    L: np.ndarray
+    Ue: np.ndarray
+    Ua: np.ndarray
+    u: np.ndarray
+    S: np.ndarray
+    s: np.ndarray
+    Lx: np.ndarray
+    LA: np.ndarray
+    cA: np.ndarray
+    beta: np.ndarray
+    xoff: np.ndarray
+    cell_ptr: np.ndarray
+    cell_order: np.ndarray
+    supp_ptr: np.ndarray
+    supp_node: np.ndarray
+    supp_col: np.ndarray
+    cell_supp: np.ndarray
+
+
+def is_crossed(structure):
+    """Whether the grouping factors are crossed: the statistics' groups are cells of several factors."""
+    return structure.cell_node.shape[0] > 0
+
+
 def is_two_level(structure):
     """Whether the two-level passes apply: one grouping factor with random coefficients."""
     return len(structure.level_ptr) == 2 and structure.level_ptr[-1] > 0
@@ -96,6 +130,8 @@ def workspace(stats, structure):
     """
     n_groups, d = stats.Xty.shape
     p = stats.Fty.shape[0]
+    if is_crossed(structure):
+        return CrossedWork(np.zeros((d, d)), *crossed.workspace_arrays(stats, structure))
     if is_two_level(structure):
         return TwoLevelWork(np.zeros((d, d)), np.zeros((n_groups, d, d)), np.zeros((p, p)), np.zeros(p))
     Lt, Ut, Acc, LA, cA, beta = nested.workspace_arrays(stats, structure)
@@ -105,6 +141,13 @@ def workspace(stats, structure):
 def workspace_values(n_groups, n_coef, n_fixed, structure):
     """Number of float64 values in one :func:`workspace` (for memory estimates, without allocating)."""
     d, p = n_coef, n_fixed
+    if is_crossed(structure):
+        lp, npt = structure.level_ptr, structure.node_ptr
+        w = int(sum((npt[k + 1] - npt[k]) * (lp[k + 1] - lp[k]) for k in range(1, len(lp) - 1))) + p
+        n0, d0 = int(npt[1]), int(lp[1])
+        n_cells = structure.cell_node.shape[0]
+        # the couplings of each cell's group of factor 0, the dense rest twice, its inverse when the moments are asked
+        return d * d + n0 * d0 * (d0 + p + 1) + n_cells * d0 * d + 3 * w * w + int(npt[-1]) * d
     if is_two_level(structure):
         return d * d + n_groups * d * d + p * p + p
     lp = structure.level_ptr
@@ -117,6 +160,10 @@ def workspace_values(n_groups, n_coef, n_fixed, structure):
 
 def _is_two_level_work(work):
     return work.instance_class is TwoLevelWork
+
+
+def _is_crossed_work(work):
+    return work.instance_class is CrossedWork
 
 
 # ---- the seam ------------------------------------------------------------------------------
@@ -140,6 +187,9 @@ def integrate(work, stats, structure, s2, fixed):
 
 @overload(integrate)
 def _integrate_impl(work, stats, structure, s2, fixed):
+    if _is_crossed_work(work):
+        return lambda work, stats, structure, s2, fixed: crossed.upward(
+            stats, structure, s2, work.C, True, fixed, stats.Xty, 0.0, work)
     if _is_two_level_work(work):
         return lambda work, stats, structure, s2, fixed: two_level.upward(
             stats, s2, work.C, fixed, work.L, work.LA, work.cA)
@@ -159,6 +209,9 @@ def integrate_given_a(work, stats, structure, s2, r, rtr):
 
 @overload(integrate_given_a, inline="always")
 def _integrate_given_a_impl(work, stats, structure, s2, r, rtr):
+    if _is_crossed_work(work):
+        return lambda work, stats, structure, s2, r, rtr: crossed.upward(
+            stats, structure, s2, work.C, False, FixedPrior(np.zeros((0, 0)), np.zeros(0), 0.0, 0), r, rtr, work)
     if _is_two_level_work(work):
         return lambda work, stats, structure, s2, r, rtr: two_level.loglik_given_a(stats, s2, work.C, r, rtr, work.L)
     # the fixed effects are given: their prior does not enter (an empty one of the right type)
@@ -178,6 +231,9 @@ def draw_coefficients(rng, work, stats, structure, s2, a, b, draw):
 
 @overload(draw_coefficients)
 def _draw_coefficients_impl(rng, work, stats, structure, s2, a, b, draw):
+    if _is_crossed_work(work):
+        return lambda rng, work, stats, structure, s2, a, b, draw: crossed.draw(
+            rng, structure, work.C, work, a, b, draw)
     if _is_two_level_work(work):
         return lambda rng, work, stats, structure, s2, a, b, draw: two_level.draw(
             rng, stats, s2, work.C, work.L, work.LA, work.cA, a, b, draw)
@@ -197,6 +253,11 @@ def group_moments(rng, work, stats, structure, s2, a, b, V, A_inv):
 
 @overload(group_moments)
 def _group_moments_impl(rng, work, stats, structure, s2, a, b, V, A_inv):
+    if _is_crossed_work(work):
+        def impl(rng, work, stats, structure, s2, a, b, V, A_inv):
+            crossed.moments(rng, stats, structure, s2, work.C, work, False, a, b, V, A_inv, np.zeros((0, 0)))
+
+        return impl
     if _is_two_level_work(work):
         def impl(rng, work, stats, structure, s2, a, b, V, A_inv):
             two_level.moments(rng, stats, s2, work.C, work.L, work.LA, work.cA, a, b, V)
@@ -223,6 +284,9 @@ def em_iteration(rng, work, stats, structure, s2, reml, a, b, V, A_inv, T):
 
 @overload(em_iteration)
 def _em_iteration_impl(rng, work, stats, structure, s2, reml, a, b, V, A_inv, T):
+    if _is_crossed_work(work):
+        return lambda rng, work, stats, structure, s2, reml, a, b, V, A_inv, T: crossed.em_update(
+            rng, stats, structure, s2, work.C, work, reml, a, b, V, A_inv, T)
     if _is_two_level_work(work):
         return lambda rng, work, stats, structure, s2, reml, a, b, V, A_inv, T: two_level.em_update(
             rng, stats, s2, work.C, work.L, work.LA, work.cA, structure.block_ptr, reml, a, b, V, T)
@@ -244,6 +308,9 @@ def score(rng, work, stats, structure, s2, reml, gC):
 
 @overload(score)
 def _score_impl(rng, work, stats, structure, s2, reml, gC):
+    if _is_crossed_work(work):
+        return lambda rng, work, stats, structure, s2, reml, gC: crossed.score_terms(
+            rng, stats, structure, s2, work.C, work, reml, gC)
     if _is_two_level_work(work):
         return lambda rng, work, stats, structure, s2, reml, gC: two_level.score_terms(
             stats, s2, work.C, work.L, work.LA, work.cA, reml, gC)
@@ -263,6 +330,13 @@ def finest_coefficients(work, structure, b):
 def _finest_coefficients_impl(work, structure, b):
     if _is_two_level_work(work):
         return lambda work, structure, b: b  # the groups are the finest: no copy
+    if _is_crossed_work(work):
+        def impl_cells(work, structure, b):
+            out = np.zeros((structure.cell_node.shape[0], b.shape[1]))
+            crossed.cell_coefficients(structure, b, out)
+            return out
+
+        return impl_cells
 
     def impl(work, structure, b):
         out = np.zeros((structure.node_ptr[1], b.shape[1]))
@@ -310,6 +384,7 @@ def _finest_coefficients_entry(work, structure, b):
 
 
 __all__ = [
+    "CrossedWork",
     "NestedWork",
     "TwoLevelWork",
     "draw_coefficients",
@@ -318,6 +393,7 @@ __all__ = [
     "group_moments",
     "integrate",
     "integrate_given_a",
+    "is_crossed",
     "is_two_level",
     "score",
     "workspace",

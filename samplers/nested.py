@@ -513,10 +513,21 @@ def moments(rng, stats, structure, s2, C, Lt, Ut, LA, cA, beta, with_fixed, a, b
 def em_update(rng, stats, structure, s2, C, Lt, Ut, LA, cA, beta, reml, a, b, V, A_inv, T):
     """One EM iteration's E- and M-steps after a ``full`` :func:`upward`; returns the new level-1 variance.
 
-    E-step: :func:`moments`. M-step: ``T`` of each covariance block the mean of
-    ``E[b b']`` over the groups of its factor, the level-1 variance ``E[RSS] / N``.
+    E-step: :func:`moments`. M-step: :func:`m_step`, and the level-1 variance ``E[RSS] / N``.
     """
     rss = moments(rng, stats, structure, s2, C, Lt, Ut, LA, cA, beta, reml, a, b, V, A_inv, np.zeros((0, 0)))
+    m_step(structure, b, V, T)
+    return rss / stats.scal[N_OBS]
+
+
+@njit(cache=True, nogil=True)
+def m_step(structure, b, V, T):
+    """The M-step of ``T``: each covariance block the mean of ``E[b b']`` over the groups of its factor.
+
+    ``b`` and ``V`` hold every group's conditional mean and covariance (rows: the groups of
+    every factor, ``Structure.node_ptr``); a ridge of ``1e-12`` times the trace keeps ``T``
+    positive definite.
+    """
     lp = structure.level_ptr
     D = T.shape[0]
     for k in range(D):
@@ -540,7 +551,6 @@ def em_update(rng, stats, structure, s2, C, Lt, Ut, LA, cA, beta, reml, a, b, V,
             trace += T[k, k]
     for k in range(D):
         T[k, k] += 1e-12 * max(trace, 1e-300)
-    return rss / stats.scal[N_OBS]
 
 
 @njit(cache=True, nogil=True, inline="always")

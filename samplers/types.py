@@ -94,7 +94,13 @@ class Structure(NamedTuple):
         The groups of all factors are numbered one after another, finest first: factor ``k``
         has groups ``node_ptr[k]:node_ptr[k+1]``; the finest are the groups of the statistics.
     parent : ndarray of int64, shape (node_ptr[-1],)
-        The group of the next coarser factor that contains each group (-1 for the coarsest).
+        The group of the next coarser factor that contains each group (-1 for the coarsest,
+        and for every group when the factors are crossed).
+    cell_node : ndarray of int64, shape (n_cells, n_factors), or (0, 0)
+        For crossed factors (:mod:`samplers.crossed`): the groups of the statistics are the
+        cells, the combinations of groups that occur, and ``cell_node[c, k]`` is cell ``c``'s
+        group of factor ``k`` (a number in ``node_ptr[k]:node_ptr[k+1]``); factor 0 has the
+        most groups. Empty for nested factors, whose finest groups are the statistics'.
     """
 
     block_ptr: np.ndarray
@@ -106,6 +112,7 @@ class Structure(NamedTuple):
     level_ptr: np.ndarray
     node_ptr: np.ndarray
     parent: np.ndarray
+    cell_node: np.ndarray = np.zeros((0, 0), dtype=np.int64)
 
 
 class FixedPrior(NamedTuple):

@@ -116,10 +116,14 @@ def test_bad_input(formula, match):
         bh.hlm_stats(formula, sleep, chunk_rows=40)
 
 
-def test_not_nested_and_single_level_errors():
+def test_crossed_factors_and_single_level_errors():
     df = pd.DataFrame({"y": np.arange(8.0) ** 2, "school": list("aabbaabb"), "cls": list("xyxyxyxy")})
-    with pytest.raises(DataError, match="not nested"):
-        bh.hlm_stats("y ~ 1 + (1 | school) + (1 | cls)", df, chunk_rows=3)
+    # every class label in every school, two rows each: crossed, with the nesting suggested, as hlm does
+    with pytest.warns(bh.NestingWarning, match=r"\(1 \| school/cls\)"):
+        part = bh.hlm_stats("y ~ 1 + (1 | school) + (1 | cls)", df, chunk_rows=3)
+    with pytest.warns(bh.NestingWarning):
+        _assert_same_model(bh.hlm("y ~ 1 + (1 | school) + (1 | cls)", df), part)
+    assert part.crossed
     with pytest.raises(DataError, match="single level"):
         bh.hlm_stats("y ~ 1 + (1 | k)", df.assign(k="one"), chunk_rows=3)
 

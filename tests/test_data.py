@@ -1,5 +1,7 @@
 """Tests for bayeshlm.data: design arrays and input validation."""
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -266,13 +268,14 @@ def test_no_bar_term_is_a_single_level_regression(df):
     np.testing.assert_array_equal(d.group_idx, np.zeros(12))
 
 
-def test_crossed_factors_are_refused_without_a_nesting_hint(df):
+def test_crossed_factors_are_read_as_crossed_without_a_nesting_hint(df):
     # school and c cross with (mostly) one row per combination: crossed, not labels numbered within
-    with pytest.raises(ValueError, match="'school' and 'c' are crossed") as info:
-        design("y ~ (1 | school) + (1 | c)", df)
-    msg = str(info.value)
-    assert "Crossed grouping factors are not supported yet" in msg
-    assert "/" not in msg  # no nesting suggested
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        d = design("y ~ (1 | school) + (1 | c)", df)
+    assert d.crossed and d.parents == ()
+    assert set(d.factors) == {"school", "c"}
+    assert len(d.group_labels) == len(set(zip(df["school"], df["c"], strict=True)))
 
 
 def test_nested_factors_ordered_finest_first(df):

@@ -1,0 +1,672 @@
+"""The Gaussian part of a model with crossed grouping factors (subjects x items, pupils in schools x schools).
+
+One implementation of the seam of :mod:`samplers.gaussian` (docs/design.md, "Crossed
+factors"). The factors ``0 .. K-1`` are ordered by their number of groups, largest first;
+a row lies in one group of every factor, and the groups of the statistics are the *cells*,
+the combinations of groups that occur (``Structure.cell_node``). A cell's random design
+holds the columns of every factor, so the per-cell statistics carry ``Z'WZ``, ``Z'WF`` and
+``Z'Wy`` of the whole model: a pass costs ``O(n_cells)`` and never reads the rows.
+
+With ``b_g = C_k beta_g`` and ``beta_g ~ N(0, I)`` for a group ``g`` of factor ``k``, the
+joint precision of the whitened coefficients of every group and the fixed effects is
+``I + G'Z'WZG / s2`` (with ``F`` and the prior of ``a`` appended). It is factorised with
+the structure it has (Bates et al. 2015, section 3; the blocked Cholesky of
+MixedModels.jl):
+
+* the groups of factor 0 are eliminated one by one: no two of them share a cell, so their
+  block is block diagonal; group ``g`` sends the Schur complement ``-U_g'U_g`` over its
+  *support* (the groups of the other factors it shares a cell with, and ``a``);
+* what is left, ``S``, over the coefficients of the other factors and ``a`` (in that order),
+  is dense and is factorised by LAPACK (``S = L_x L_x'``); the trailing ``p x p`` block of
+  ``L_x`` is the factor of the fixed effects' precision ``A``.
+
+The downward pass draws ``x = (beta of factors 1..K-1, a)`` from ``L_x`` and then each group
+of factor 0 given its support. The cost of a pass is ``O(sum_g |support_g|^2 + W^3 / 3)``
+with ``W`` the number of coefficients of all factors but the largest plus ``p``: fast when
+one factor is much larger than the others (pupils' primary x secondary schools, students x
+instructors), and dense linear algebra on ``W`` otherwise.
+
+References
+----------
+Bates, D., Maechler, M., Bolker, B. & Walker, S. (2015). Fitting linear mixed-effects
+models using lme4. Journal of Statistical Software 67(1).
+"""
+
+import numpy as np
+from numba import njit
+
+from samplers.linalg import chol_inplace, solve_lower, solve_upper
+from samplers.nested import lower_inverse_gram, m_step
+from samplers.types import N_OBS, SUM_LOG_W, YTY
+
+LOG_2PI = np.log(2.0 * np.pi)
+
+
+@njit(cache=True, nogil=True)
+def workspace_arrays(stats, structure):
+    """The arrays of a crossed workspace: the factors' storage and the supports of factor 0's groups.
+
+    Returns ``(L, Ue, Ua, u, S, s, Lx, LA, cA, beta, xoff, cell_ptr, cell_order, supp_ptr,
+    supp_node, supp_col, cell_supp)``:
+
+    * ``xoff[h]``: where group ``h`` of factor 1.. sits in ``x`` (-1 for factor 0);
+    * ``cell_ptr``, ``cell_order``: the cells of each group of factor 0;
+    * ``supp_ptr``, ``supp_node``: each group of factor 0's support (ascending groups),
+      ``supp_col[e]`` where support entry ``e``'s columns start in the group's coupling row;
+    * ``cell_supp[c, m]``: the support entry of cell ``c``'s group of factor ``m >= 1``.
+    """
+    lp = structure.level_ptr
+    npt = structure.node_ptr
+    cn = structure.cell_node
+    K = lp.shape[0] - 1
+    n_cells = cn.shape[0]
+    n0 = npt[1]
+    n_nodes = npt[K]
+    d0 = lp[1] - lp[0]
+    p = stats.Fty.shape[0]
+    dm = 1
+    dR = 1
+    for k in range(K):
+        dm = max(dm, lp[k + 1] - lp[k])
+        if k > 0:
+            dR = max(dR, lp[k + 1] - lp[k])
+    xoff = np.full(n_nodes, -1, dtype=np.int64)
+    off = 0
+    for k in range(1, K):
+        dk = lp[k + 1] - lp[k]
+        for h in range(npt[k], npt[k + 1]):
+            xoff[h] = off
+            off += dk
+    qR = off
+    W = qR + p
+    # cells of each group of factor 0 (a counting sort)
+    cell_ptr = np.zeros(n0 + 1, dtype=np.int64)
+    for c in range(n_cells):
+        cell_ptr[cn[c, 0] + 1] += 1
+    for g in range(n0):
+        cell_ptr[g + 1] += cell_ptr[g]
+    fill = cell_ptr[:-1].copy()
+    cell_order = np.empty(n_cells, dtype=np.int64)
+    for c in range(n_cells):
+        g = cn[c, 0]
+        cell_order[fill[g]] = c
+        fill[g] += 1
+    # supports: the distinct groups of the other factors met in each group's cells
+    seen = np.full(n_nodes, -1, dtype=np.int64)
+    supp_ptr = np.zeros(n0 + 1, dtype=np.int64)
+    for g in range(n0):
+        cnt = 0
+        for i in range(cell_ptr[g], cell_ptr[g + 1]):
+            c = cell_order[i]
+            for m in range(1, K):
+                h = cn[c, m]
+                if seen[h] != g:
+                    seen[h] = g
+                    cnt += 1
+        supp_ptr[g + 1] = supp_ptr[g] + cnt
+    n_supp = supp_ptr[n0]
+    supp_node = np.empty(n_supp, dtype=np.int64)
+    seen[:] = -1
+    for g in range(n0):
+        e = supp_ptr[g]
+        for i in range(cell_ptr[g], cell_ptr[g + 1]):
+            c = cell_order[i]
+            for m in range(1, K):
+                h = cn[c, m]
+                if seen[h] != g:
+                    seen[h] = g
+                    supp_node[e] = h
+                    e += 1
+        supp_node[supp_ptr[g]:supp_ptr[g + 1]] = np.sort(supp_node[supp_ptr[g]:supp_ptr[g + 1]])
+    pos = np.full(n_nodes, -1, dtype=np.int64)
+    supp_col = np.empty(n_supp, dtype=np.int64)
+    cell_supp = np.zeros((n_cells, max(K, 1)), dtype=np.int64)
+    for g in range(n0):
+        col = 0
+        for e in range(supp_ptr[g], supp_ptr[g + 1]):
+            h = supp_node[e]
+            pos[h] = e
+            supp_col[e] = col
+            k = 1
+            while npt[k + 1] <= h:
+                k += 1
+            col += lp[k + 1] - lp[k]
+        for i in range(cell_ptr[g], cell_ptr[g + 1]):
+            c = cell_order[i]
+            cell_supp[c, 0] = g
+            for m in range(1, K):
+                cell_supp[c, m] = pos[cn[c, m]]
+    return (np.zeros((n0, d0, d0)), np.zeros((n_supp, d0, dR)), np.zeros((n0, d0, p)), np.zeros((n0, d0)),
+            np.zeros((W, W)), np.zeros(W), np.zeros((W, W)), np.zeros((p, p)), np.zeros(p),
+            np.zeros((n_nodes, dm)), xoff, cell_ptr, cell_order, supp_ptr, supp_node, supp_col, cell_supp)
+
+
+@njit(cache=True, nogil=True)
+def _factor_of(structure, h):
+    """The factor of group ``h``."""
+    npt = structure.node_ptr
+    k = 0
+    while npt[k + 1] <= h:
+        k += 1
+    return k
+
+
+@njit(cache=True, nogil=True)
+def upward(stats, structure, s2, C, full, fixed, yx, yy, work):
+    """Integrate out every group's coefficients (and, with ``full``, the fixed effects).
+
+    ``full``: the response statistics are ``stats.Xty`` and ``y'Wy`` (``yx``, ``yy`` are
+    ignored), the fixed effects are integrated out against ``fixed`` and the factors are
+    left in ``work`` for the downward pass. Otherwise the fixed effects are given through
+    ``yx`` (n_cells, n_coef) ``= X_c'W_c(y_c - F_c a)`` and ``yy`` the residual sum of squares
+    at ``a``. Returns ``(loglik, ok)`` as :func:`samplers.two_level.upward` does.
+    """
+    if not s2 > 0.0:
+        return -np.inf, False
+    lp = structure.level_ptr
+    cn = structure.cell_node
+    K = lp.shape[0] - 1
+    D = lp[K]
+    d0 = lp[1]
+    n_cells = cn.shape[0]
+    n0 = structure.node_ptr[1]
+    p = stats.Fty.shape[0] if full else 0
+    qR = work.S.shape[0] - stats.Fty.shape[0]
+    W = qR + p
+    inv_s2 = 1.0 / s2
+    L, Ue, Ua, u, S, s, xoff = work.L, work.Ue, work.Ua, work.u, work.S, work.s, work.xoff
+    L[:] = 0.0
+    Ue[:] = 0.0
+    Ua[:] = 0.0
+    u[:] = 0.0
+    for i in range(W):
+        s[i] = 0.0
+        for j in range(W):
+            S[i, j] = 0.0
+    Y = stats.Xty if full else yx
+    Xw = np.empty((D, D))
+    Cw = np.empty((D, D))
+    CF = np.empty((D, p))
+    Cy = np.empty(D)
+    for c in range(n_cells):
+        # the cell's whitened cross-products: C'X'WX C / s2, C'X'WF / s2, C'X'Wy / s2
+        for i in range(D):
+            for j in range(D):
+                t = 0.0
+                for m in range(j, D):
+                    t += stats.XtX[c, i, m] * C[m, j]
+                Xw[i, j] = t
+        for i in range(D):
+            for j in range(i + 1):
+                t = 0.0
+                for m in range(i, D):
+                    t += C[m, i] * Xw[m, j]
+                Cw[i, j] = t * inv_s2
+                Cw[j, i] = Cw[i, j]
+            t = 0.0
+            for m in range(i, D):
+                t += C[m, i] * Y[c, m]
+            Cy[i] = t * inv_s2
+            for q in range(p):
+                t = 0.0
+                for m in range(i, D):
+                    t += C[m, i] * stats.XtF[c, m, q]
+                CF[i, q] = t * inv_s2
+        g = cn[c, 0]
+        for i in range(d0):
+            u[g, i] += Cy[i]
+            for j in range(d0):
+                L[g, i, j] += Cw[i, j]
+            for q in range(p):
+                Ua[g, i, q] += CF[i, q]
+        for m in range(1, K):
+            e = work.cell_supp[c, m]
+            h = cn[c, m]
+            c0 = lp[m]
+            dmk = lp[m + 1] - c0
+            xo = xoff[h]
+            for i in range(d0):
+                for j in range(dmk):
+                    Ue[e, i, j] += Cw[i, c0 + j]
+            for j in range(dmk):
+                s[xo + j] += Cy[c0 + j]
+                for q in range(p):
+                    S[qR + q, xo + j] += CF[c0 + j, q]
+                for m2 in range(1, m + 1):
+                    h2 = cn[c, m2]
+                    c2 = lp[m2]
+                    xo2 = xoff[h2]
+                    for j2 in range(lp[m2 + 1] - c2):
+                        if xo + j >= xo2 + j2:
+                            S[xo + j, xo2 + j2] += Cw[c0 + j, c2 + j2]
+                        elif m2 < m:  # the same pair of rows from the other side
+                            S[xo2 + j2, xo + j] += Cw[c0 + j, c2 + j2]
+    for i in range(qR):
+        S[i, i] += 1.0
+    yyv = (stats.scal[YTY] if full else yy) * inv_s2
+    if full:
+        for q in range(p):
+            s[qR + q] = stats.Fty[q] * inv_s2 + fixed.lin[q]
+            for r in range(q + 1):
+                S[qR + q, qR + r] = stats.FtF[q, r] * inv_s2 + fixed.prec[q, r]
+    logdet = stats.scal[N_OBS] * np.log(s2) - stats.scal[SUM_LOG_W]
+    # eliminate the groups of factor 0, each into the lower triangle of S over its support
+    sp, sn = work.supp_ptr, work.supp_node
+    dR = Ue.shape[2]
+    for g in range(n0):
+        Lg = L[g]
+        for i in range(d0):
+            Lg[i, i] += 1.0
+        if not chol_inplace(Lg):
+            return -np.inf, False
+        for i in range(d0):
+            logdet += 2.0 * np.log(Lg[i, i])
+        for e in range(sp[g], sp[g + 1]):
+            for j in range(dR):
+                for i in range(d0):
+                    t = Ue[e, i, j]
+                    for m in range(i):
+                        t -= Lg[i, m] * Ue[e, m, j]
+                    Ue[e, i, j] = t / Lg[i, i]
+        for q in range(p):
+            for i in range(d0):
+                t = Ua[g, i, q]
+                for m in range(i):
+                    t -= Lg[i, m] * Ua[g, m, q]
+                Ua[g, i, q] = t / Lg[i, i]
+        for i in range(d0):
+            t = u[g, i]
+            for m in range(i):
+                t -= Lg[i, m] * u[g, m]
+            u[g, i] = t / Lg[i, i]
+            yyv -= u[g, i] * u[g, i]
+        for e1 in range(sp[g], sp[g + 1]):
+            h1 = sn[e1]
+            x1 = xoff[h1]
+            k1 = _factor_of(structure, h1)
+            w1 = lp[k1 + 1] - lp[k1]
+            for j1 in range(w1):
+                t = 0.0
+                for i in range(d0):
+                    t += Ue[e1, i, j1] * u[g, i]
+                s[x1 + j1] -= t
+                for q in range(p):
+                    t = 0.0
+                    for i in range(d0):
+                        t += Ua[g, i, q] * Ue[e1, i, j1]
+                    S[qR + q, x1 + j1] -= t
+                for e2 in range(sp[g], e1 + 1):
+                    h2 = sn[e2]
+                    x2 = xoff[h2]
+                    w2 = w1 if e2 == e1 else lp[_factor_of(structure, h2) + 1] - lp[_factor_of(structure, h2)]
+                    top = j1 + 1 if e2 == e1 else w2
+                    for j2 in range(top):
+                        t = 0.0
+                        for i in range(d0):
+                            t += Ue[e1, i, j1] * Ue[e2, i, j2]
+                        S[x1 + j1, x2 + j2] -= t
+        for q in range(p):
+            t = 0.0
+            for i in range(d0):
+                t += Ua[g, i, q] * u[g, i]
+            s[qR + q] -= t
+            for r in range(q + 1):
+                t = 0.0
+                for i in range(d0):
+                    t += Ua[g, i, q] * Ua[g, i, r]
+                S[qR + q, qR + r] -= t
+    # the dense rest: factors 1.. then the fixed effects
+    Sd = np.empty((W, W))
+    for i in range(W):
+        for j in range(i + 1):
+            Sd[i, j] = S[i, j]
+            Sd[j, i] = S[i, j]
+    try:
+        Lx = np.linalg.cholesky(Sd)
+    except Exception:  # noqa: BLE001 -- numba raises LinAlgError, caught as Exception only
+        return -np.inf, False
+    v = np.empty(W)
+    for i in range(W):
+        t = s[i]
+        for m in range(i):
+            t -= Lx[i, m] * v[m]
+        v[i] = t / Lx[i, i]
+    for i in range(W):
+        for j in range(i + 1):
+            work.Lx[i, j] = Lx[i, j]
+        if i < qR:
+            logdet += 2.0 * np.log(Lx[i, i])
+        yyv -= v[i] * v[i]
+    if not full:
+        return -0.5 * (stats.scal[N_OBS] * LOG_2PI + logdet + yyv), True
+    logdet_A = 0.0
+    for q in range(p):
+        logdet_A += 2.0 * np.log(Lx[qR + q, qR + q])
+        t = 0.0
+        for r in range(q + 1):
+            work.LA[q, r] = Lx[qR + q, qR + r]
+            t += Lx[qR + q, qR + r] * v[qR + r]
+        work.cA[q] = t  # LA^{-1} cA is the fixed effects' part of v
+    return -0.5 * ((stats.scal[N_OBS] - fixed.n_flat) * LOG_2PI + logdet + yyv + fixed.const + logdet_A), True
+
+
+@njit(cache=True, nogil=True)
+def draw(rng, structure, C, work, a_out, b_out, draw):
+    """Downward pass after a ``full`` :func:`upward`: an exact joint draw of ``(a, b)`` (or the means).
+
+    ``x = L_x'^{-1}(v + z)`` for the coefficients of factors 1.. and ``a``, then each group
+    of factor 0 given its support, ``beta_g = L_g'^{-1}(u_g - U_g x_g + z_g)``; ``b = C beta``.
+    The whitened values are kept in ``work.beta``.
+    """
+    lp = structure.level_ptr
+    npt = structure.node_ptr
+    K = lp.shape[0] - 1
+    d0 = lp[1]
+    p = a_out.shape[0]
+    Lx = work.Lx
+    W = Lx.shape[0]
+    qR = W - p
+    x = np.empty(W)
+    for i in range(W):
+        t = work.s[i]
+        for m in range(i):
+            t -= Lx[i, m] * x[m]
+        x[i] = t / Lx[i, i]
+    if rng is not None:  # None: the means only, no generator (pruned when compiled)
+        if draw:
+            for i in range(W):
+                x[i] += rng.standard_normal()
+    for i in range(W - 1, -1, -1):
+        t = x[i]
+        for m in range(i + 1, W):
+            t -= Lx[m, i] * x[m]
+        x[i] = t / Lx[i, i]
+    for q in range(p):
+        a_out[q] = x[qR + q]
+    b_out[:] = 0.0
+    beta = work.beta
+    for k in range(1, K):
+        c0 = lp[k]
+        dk = lp[k + 1] - c0
+        for h in range(npt[k], npt[k + 1]):
+            xo = work.xoff[h]
+            for i in range(dk):
+                beta[h, i] = x[xo + i]
+            for i in range(dk):
+                t = 0.0
+                for m in range(i + 1):
+                    t += C[c0 + i, c0 + m] * beta[h, m]
+                b_out[h, c0 + i] = t
+    sp, sn = work.supp_ptr, work.supp_node
+    z = np.empty(d0)
+    for g in range(npt[1]):
+        for i in range(d0):
+            t = work.u[g, i]
+            for q in range(p):
+                t -= work.Ua[g, i, q] * a_out[q]
+            for e in range(sp[g], sp[g + 1]):
+                h = sn[e]
+                xo = work.xoff[h]
+                k = _factor_of(structure, h)
+                for j in range(lp[k + 1] - lp[k]):
+                    t -= work.Ue[e, i, j] * x[xo + j]
+            z[i] = t
+        if rng is not None:  # None: the means only, no generator (pruned when compiled)
+            if draw:
+                for i in range(d0):
+                    z[i] += rng.standard_normal()
+        solve_upper(work.L[g], z)
+        for i in range(d0):
+            beta[g, i] = z[i]
+        for i in range(d0):
+            t = 0.0
+            for m in range(i + 1):
+                t += C[i, m] * z[m]
+            b_out[g, i] = t
+
+
+@njit(cache=True, nogil=True)
+def cell_coefficients(structure, b, out):
+    """Each cell's full coefficient vector (every factor's group's columns) into ``out``."""
+    lp = structure.level_ptr
+    cn = structure.cell_node
+    for c in range(cn.shape[0]):
+        for k in range(lp.shape[0] - 1):
+            h = cn[c, k]
+            for i in range(lp[k], lp[k + 1]):
+                out[c, i] = b[h, i]
+
+
+@njit(cache=True, nogil=True)
+def moments(rng, stats, structure, s2, C, work, with_fixed, a, b, V, A_inv, gC):
+    """E-step after a ``full`` :func:`upward` with a flat prior: means, covariances, expected RSS.
+
+    Writes the GLS fixed effects ``a``, ``A_inv = A^{-1}``, each group's conditional mean
+    ``b`` and the covariance ``V`` of its own coefficients, given ``a`` or, with
+    ``with_fixed``, with ``a`` integrated out (REML). Returns
+    ``E[(y - F a - X b)'W(y - F a - X b) | y]`` over the same distribution. With ``gC`` of
+    shape (n_coef, n_coef), also ``d loglik / dC`` by Fisher's identity (see
+    :func:`samplers.two_level.score_terms`), summed over the cells.
+
+    The joint covariance of ``x`` (factors 1.. and ``a``) is ``Sigma = L_x'^{-1} L_x^{-1}``, or,
+    given ``a``, the inverse of its leading block, ``Sigma_RR = (L_x^{-1})_RR' (L_x^{-1})_RR``
+    (the inverse of a triangular matrix's leading block is the leading block of its
+    inverse). A group of factor 0 has ``beta_g = L_g'^{-1}(u_g - U_g x_g + e)``, so
+    ``Cov(beta_g) = K_g^{-1} + B_g Sigma_gg B_g'`` and ``Cov(beta_g, x_g) = -B_g Sigma_gg`` with
+    ``B_g = L_g'^{-1} U_g`` over its support ``x_g`` (docs/design.md, "Crossed factors").
+    """
+    lp = structure.level_ptr
+    npt = structure.node_ptr
+    cn = structure.cell_node
+    K = lp.shape[0] - 1
+    D = lp[K]
+    d0 = lp[1]
+    p = a.shape[0]
+    Lx = work.Lx
+    W = Lx.shape[0]
+    qR = W - p
+    inv_s2 = 1.0 / s2
+    draw(rng, structure, C, work, a, b, False)
+    lower_inverse_gram(work.LA, A_inv)
+    V[:] = 0.0
+    # Sigma from the inverse of L_x
+    Linv = np.zeros((W, W))
+    for c in range(W):
+        for i in range(c, W):
+            t = 1.0 if i == c else 0.0
+            for m in range(c, i):
+                t -= Lx[i, m] * Linv[m, c]
+            Linv[i, c] = t / Lx[i, i]
+    lim = W if with_fixed else qR
+    Sig = np.ascontiguousarray(Linv[:lim].T) @ np.ascontiguousarray(Linv[:lim])
+    beta = work.beta
+    # groups of factors 1..: their own covariance
+    for k in range(1, K):
+        c0 = lp[k]
+        dk = lp[k + 1] - c0
+        for h in range(npt[k], npt[k + 1]):
+            xo = work.xoff[h]
+            for i in range(dk):
+                for j in range(dk):
+                    t = 0.0
+                    for m in range(i + 1):
+                        for m2 in range(j + 1):
+                            t += C[c0 + i, c0 + m] * Sig[xo + m, xo + m2] * C[c0 + j, c0 + m2]
+                    V[h, c0 + i, c0 + j] = t
+    # the residual sum of squares at the means
+    rss = stats.scal[YTY]
+    for q in range(p):
+        rss -= 2.0 * a[q] * stats.Fty[q]
+        for r in range(p):
+            rss += a[q] * stats.FtF[q, r] * a[r]
+            rss += stats.FtF[q, r] * Sig[qR + q, qR + r]
+    n_cells = cn.shape[0]
+    be = np.zeros((n_cells, D))
+    cell_coefficients(structure, b, be)
+    for c in range(n_cells):
+        for k in range(D):
+            t = stats.Xty[c, k]
+            for q in range(p):
+                t -= stats.XtF[c, k, q] * a[q]
+            rss -= 2.0 * be[c, k] * t
+            for m in range(D):
+                rss += be[c, k] * stats.XtX[c, k, m] * be[c, m]
+    score = gC.shape[0] > 0
+    if score:
+        gC[:] = 0.0
+    sp, sn, sc = work.supp_ptr, work.supp_node, work.supp_col
+    cov_cell = np.empty((D, D))  # Cov(beta_cell)
+    cov_ca = np.empty((D, p))  # Cov(beta_cell, a)
+    CC = np.empty((D, D))
+    CA = np.empty((D, p))
+    m_c = np.empty(D)
+    CE = np.empty((D, D))
+    for g in range(npt[1]):
+        Lg = work.L[g]
+        # the support's columns in x: each entry's group's, then a
+        nsup = sp[g + 1] - sp[g]
+        wg = 0
+        if nsup > 0:
+            e_last = sp[g + 1] - 1
+            k_last = _factor_of(structure, sn[e_last])
+            wg = sc[e_last] + lp[k_last + 1] - lp[k_last]
+        wt = wg + p
+        cols = np.empty(wt, dtype=np.int64)
+        B = np.empty((d0, wt))
+        for e in range(sp[g], sp[g + 1]):
+            h = sn[e]
+            k = _factor_of(structure, h)
+            for j in range(lp[k + 1] - lp[k]):
+                cols[sc[e] + j] = work.xoff[h] + j
+                for i in range(d0):
+                    B[i, sc[e] + j] = work.Ue[e, i, j]
+        for q in range(p):
+            cols[wg + q] = qR + q
+            for i in range(d0):
+                B[i, wg + q] = work.Ua[g, i, q]
+        for j in range(wt):  # B = L_g'^{-1} U_g
+            for i in range(d0 - 1, -1, -1):
+                t = B[i, j]
+                for m in range(i + 1, d0):
+                    t -= Lg[m, i] * B[m, j]
+                B[i, j] = t / Lg[i, i]
+        BS = np.zeros((d0, wt))  # B Sigma_gg
+        for i in range(d0):
+            for j in range(wt):
+                t = 0.0
+                cj = cols[j]
+                for m in range(wt):
+                    t += B[i, m] * Sig[cols[m], cj]
+                BS[i, j] = t
+        covg = np.zeros((d0, d0))
+        for i in range(d0):  # K_g^{-1} = L_g'^{-1} L_g^{-1}
+            col = np.zeros(d0)
+            col[i] = 1.0
+            solve_lower(Lg, col)
+            solve_upper(Lg, col)
+            for j in range(d0):
+                covg[j, i] = col[j]
+        for i in range(d0):
+            for j in range(d0):
+                t = 0.0
+                for m in range(wt):
+                    t += BS[i, m] * B[j, m]
+                covg[i, j] += t
+        for i in range(d0):
+            for j in range(d0):
+                t = 0.0
+                for m in range(i + 1):
+                    for m2 in range(j + 1):
+                        t += C[i, m] * covg[m, m2] * C[j, m2]
+                V[g, i, j] = t
+        for ic in range(work.cell_ptr[g], work.cell_ptr[g + 1]):
+            c = work.cell_order[ic]
+            # Cov(beta_cell) and Cov(beta_cell, a), block by block
+            for i in range(d0):
+                for j in range(d0):
+                    cov_cell[i, j] = covg[i, j]
+                for q in range(p):
+                    cov_ca[i, q] = -BS[i, wg + q]
+            for m in range(1, K):
+                h = cn[c, m]
+                c0 = lp[m]
+                dmk = lp[m + 1] - c0
+                xo = work.xoff[h]
+                col0 = sc[work.cell_supp[c, m]]
+                for j in range(dmk):
+                    for i in range(d0):
+                        cov_cell[i, c0 + j] = -BS[i, col0 + j]
+                        cov_cell[c0 + j, i] = -BS[i, col0 + j]
+                    for q in range(p):
+                        cov_ca[c0 + j, q] = Sig[xo + j, qR + q]
+                    for m2 in range(1, K):
+                        h2 = cn[c, m2]
+                        c2 = lp[m2]
+                        for j2 in range(lp[m2 + 1] - c2):
+                            cov_cell[c0 + j, c2 + j2] = Sig[xo + j, work.xoff[h2] + j2]
+            # the trace terms of E[RSS]: X'WX with C Cov C', X'WF with C Cov(beta, a)
+            for i in range(D):
+                for j in range(D):
+                    t = 0.0
+                    for m in range(i + 1):
+                        t += C[i, m] * cov_cell[m, j]
+                    CC[i, j] = t
+                for q in range(p):
+                    t = 0.0
+                    for m in range(i + 1):
+                        t += C[i, m] * cov_ca[m, q]
+                    CA[i, q] = t
+            for i in range(D):
+                for j in range(D):
+                    t = 0.0
+                    for m in range(j + 1):
+                        t += CC[i, m] * C[j, m]
+                    rss += stats.XtX[c, i, j] * t
+                for q in range(p):
+                    rss += 2.0 * stats.XtF[c, i, q] * CA[i, q]
+            if not score:
+                continue
+            for k in range(K):
+                h = cn[c, k]
+                for i in range(lp[k], lp[k + 1]):
+                    m_c[i] = beta[h, i - lp[k]]
+            for i in range(D):
+                for j in range(D):
+                    t = 0.0
+                    for n in range(i + 1):
+                        t += C[i, n] * (cov_cell[n, j] + m_c[n] * m_c[j])
+                    CE[i, j] = t
+            for i in range(D):
+                ri = stats.Xty[c, i]
+                for q in range(p):
+                    ri -= stats.XtF[c, i, q] * a[q]
+                for j in range(D):
+                    t = ri * m_c[j]
+                    for q in range(p):
+                        t -= stats.XtF[c, i, q] * cov_ca[j, q]
+                    for n in range(D):
+                        t -= stats.XtX[c, i, n] * CE[n, j]
+                    gC[i, j] += t * inv_s2
+    return max(rss, 1e-300)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def em_update(rng, stats, structure, s2, C, work, reml, a, b, V, A_inv, T):
+    """One EM iteration's E- and M-steps after a ``full`` :func:`upward`; returns the new level-1 variance."""
+    rss = moments(rng, stats, structure, s2, C, work, reml, a, b, V, A_inv, np.zeros((0, 0)))
+    m_step(structure, b, V, T)
+    return rss / stats.scal[N_OBS]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def score_terms(rng, stats, structure, s2, C, work, reml, gC):
+    """After a ``full`` :func:`upward` with a flat prior: ``d loglik / dC`` into ``gC``; returns ``d loglik / ds2``."""
+    D = stats.Xty.shape[1]
+    p = stats.Fty.shape[0]
+    n_nodes = structure.node_ptr[-1]
+    a = np.empty(p)
+    b = np.zeros((n_nodes, D))
+    V = np.zeros((n_nodes, D, D))
+    A_inv = np.empty((p, p))
+    rss = moments(rng, stats, structure, s2, C, work, reml, a, b, V, A_inv, gC)
+    return -0.5 * stats.scal[N_OBS] / s2 + 0.5 * rss / (s2 * s2)
