@@ -140,18 +140,23 @@ def _implied(model, k):
         The group's own (weighted) least-squares coefficients; nan where ``X'WX`` is singular.
     K : ndarray (n_groups, d, n_fixed)
         The map from the fixed effects.
-    L : list of (ndarray (n_groups, d, d_m), ndarray (n_groups,), int)
+    L : list of (ndarray (n, d, d_m), ndarray (n,), int, ndarray (n,) or None)
         For each coarser factor ``m``: the map from its deviations, the group of ``m`` that
-        contains each group, and ``m``.
+        contains each group, ``m``, and None. For crossed factors, for every other factor
+        ``m``, per cell (``n`` cells): the map from the deviation of the cell's group of
+        ``m``, that group, ``m``, and the cell's group of factor ``k``, over whose cells the
+        terms are added up.
     """
     stats, design = model.stats, model.design
     sizes = list(design.factor_sizes or (len(model.coef_names),))
     starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
     cols = slice(starts[k], starts[k + 1])
     n_k = len(design.factor_labels[k]) if design.factor_labels else len(design.group_labels)
-    anc = np.arange(stats.n.shape[0])  # each finest group's group of factor k
+    anc = np.arange(stats.n.shape[0])  # each finest group's (or cell's) group of factor k
     for par in design.parents[:k]:
         anc = par[anc]
+    if design.crossed:
+        anc = design.cell_codes[:, k]
 
     def gather(a):
         out = np.zeros((n_k, *a.shape[1:]))
@@ -175,13 +180,28 @@ def _implied(model, k):
     ols = np.einsum("gij,gj->gi", A_inv, rhs) @ Mk.T
     K = Mk @ (A_inv @ gather(stats.XtF[:, cols, :])) @ basis.fixed_matrix_inverse()
     L = []
+    if design.crossed:
+        for m in range(len(sizes)):
+            if m != k:
+                other = slice(starts[m], starts[m + 1])
+                Lc = Mk @ (A_inv[anc] @ stats.XtX[:, cols, other]) @ M_inv[other, other]
+                L.append((Lc, design.cell_codes[:, m], m, anc))
+        return ols, K, L
     up = np.arange(n_k)
     for m in range(k + 1, len(sizes)):
         up = design.parents[m - 1][up]
         other = slice(starts[m], starts[m + 1])
         C = gather(stats.XtX[:, cols, other])
-        L.append((Mk @ (A_inv @ C) @ M_inv[other, other], up.copy(), m))
+        L.append((Mk @ (A_inv @ C) @ M_inv[other, other], up.copy(), m, None))
     return ols, K, L
+
+
+def _sum_by(values, member, n, axis):
+    """Sums of ``values`` along ``axis`` over the entries of each of ``n`` groups (``member`` their codes)."""
+    values = np.moveaxis(values, axis, 0)
+    out = np.zeros((n, *values.shape[1:]))
+    np.add.at(out, member, values)
+    return np.moveaxis(out, 0, axis)
 
 
 def shrinkage_table(posterior, eb, factor=None, *, model=None, kind="deviation"):
@@ -266,11 +286,15 @@ def shrinkage_table(posterior, eb, factor=None, *, model=None, kind="deviation")
         ols, K, L = _implied(model, k)
         eb_implied = np.einsum("gip,p->gi", K, a_eb)
         post_implied = np.einsum("gip,sp->sgi", K, a_draws)
-        for Lm, up, m in L:
+        for Lm, up, m, cell_group in L:
             rows_m, cols_m, groups_m, coefs_m = _eb_rows(eb, factors, factors[m])
-            eb_implied = eb_implied + np.einsum("gij,gj->gi", Lm, eb.group_means[np.ix_(rows_m, cols_m)][up])
-            post_implied = post_implied + np.einsum(
-                "gij,sgj->sgi", Lm, _group_draws(posterior, factors[m], groups_m, coefs_m)[:, up])
+            eb_part = np.einsum("gij,gj->gi", Lm, eb.group_means[np.ix_(rows_m, cols_m)][up])
+            post_part = np.einsum("gij,sgj->sgi", Lm, _group_draws(posterior, factors[m], groups_m, coefs_m)[:, up])
+            if cell_group is not None:  # crossed: from the cells to the groups of factor k
+                eb_part = _sum_by(eb_part, cell_group, len(groups), axis=0)
+                post_part = _sum_by(post_part, cell_group, len(groups), axis=1)
+            eb_implied = eb_implied + eb_part
+            post_implied = post_implied + post_part
     index = pd.MultiIndex.from_product([groups, coefs], names=[g, "coef"])
     if kind == "deviation":
         data = {"eb": eb_dev, "eb_sd": eb_sd, "post_mean": dev_draws.mean(axis=0), "post_sd": dev_draws.std(axis=0),

@@ -48,7 +48,18 @@ additive variance components               ``y ~ x + (1 | g) + (0 + x | g)`` (tw
 ANCOVA, fixed group intercepts             ``Hierarchy("y", ["x"], intercept=False).level("g",
                                            {}, fixed_groups=True)`` = ``y ~ 0 + C(g) + x``
 pooled regression (no hierarchy)           ``Hierarchy("y", ["x"])`` with no level: ``y ~ x``
+cross-classified (HLM's HCM2)              ``Hierarchy("y", ["x"]).cross({"primary": {"Intercept":
+                                           Equation("w")}, "second": {"Intercept": Equation()}})``
+                                           = ``y ~ x + w + (1 | primary) + (1 | second)``
 =========================================  ====================================================
+
+A cross-classified level (:meth:`Hierarchy.cross`) has two or more classifications of the
+level-1 units that are not nested in each other (pupils by primary and by secondary
+school): each coefficient of level 1 gets an equation in every classification, with that
+classification's predictors and its own random term, and the terms of the classifications
+add up::
+
+    level 2:  b0 = g00 + g01 w_primary + u0_primary + v0_second
 """
 
 from __future__ import annotations
@@ -106,6 +117,21 @@ class _Level:
     covariance: str
     fixed_groups: bool
     labels: str = "unique"
+    classifications: tuple = ()  # a cross-classified level: one _Level per classification
+
+
+def _check_equations(equations, below, where, response):
+    """Raise unless every key is a coefficient of the level below and every value an Equation without the response."""
+    for name, eq in equations.items():
+        if name not in below:
+            raise FormulaError(f"{where} has an equation for '{name}', which is not a coefficient of the level "
+                               f"below; those are {below}")
+        if not isinstance(eq, Equation):
+            raise FormulaError(f"the equation of '{name}' must be an Equation, got {eq!r}")
+        for p in eq.predictors:
+            if _uses(p, response):
+                raise FormulaError(f"the response '{response}' cannot be a predictor of itself ({where}, "
+                                   f"equation of '{name}': {p!r})")
 
 
 def _uses(term, column):
@@ -167,10 +193,11 @@ class Hierarchy:
         for lev in self.levels[: level - 1]:
             out = []
             for c in names:
-                eq = lev.equations.get(c)
                 out.append(c)
-                if eq is not None:
-                    out += [_product(c, z) for z in eq.predictors]
+                for part in lev.classifications or (lev,):
+                    eq = part.equations.get(c)
+                    if eq is not None:
+                        out += [_product(c, z) for z in eq.predictors]
             names = out
         return names
 
@@ -213,30 +240,82 @@ class Hierarchy:
         if not isinstance(factor, str) or not factor.strip():
             raise FormulaError(f"the grouping factor must be a column name, got {factor!r}")
         factor = factor.strip()
-        if any(lev.factor == factor for lev in self.levels):
-            raise FormulaError(f"the grouping factor '{factor}' is used by two levels")
+        self._check_new_level([factor])
         if covariance not in ("unstructured", "diagonal"):
             raise ValueError(f"covariance must be 'unstructured' or 'diagonal', got {covariance!r}")
         equations = dict(equations or {})
-        below = self.coefficients()
-        for name, eq in equations.items():
-            if name not in below:
-                raise FormulaError(
-                    f"level {len(self.levels) + 2} ('{factor}') has an equation for '{name}', which is not a "
-                    f"coefficient of the level below; those are {below}"
-                )
-            if not isinstance(eq, Equation):
-                raise FormulaError(f"the equation of '{name}' must be an Equation, got {eq!r}")
-            for p in eq.predictors:
-                if _uses(p, self.response):
-                    raise FormulaError(f"the response '{self.response}' cannot be a predictor of itself (level "
-                                       f"{len(self.levels) + 2}, equation of '{name}': {p!r})")
+        _check_equations(equations, self.coefficients(), f"level {len(self.levels) + 2} ('{factor}')", self.response)
         if labels not in ("unique", "within"):
             raise ValueError(f"labels must be 'unique' or 'within', got {labels!r}")
         if fixed_groups and (self.levels or self.intercept or equations):
             raise FormulaError("fixed_groups (ANCOVA) needs a level-2 factor, no level-1 intercept and no equations")
         new = _Level(factor, equations, covariance, bool(fixed_groups), labels)
         return dataclasses.replace(self, levels=self.levels + (new,))
+
+    def cross(self, classifications, *, covariance="unstructured"):
+        """A new hierarchy with a cross-classified level on top (HLM's HCM2).
+
+        The level-1 units are classified two (or more) ways at once, neither nested in the
+        other: pupils by primary and by secondary school, ratings by student and by rater.
+        Each classification gives the coefficients of level 1 their equations, with its own
+        predictors (variables of its groups) and random terms; a coefficient's equations in
+        the classifications add up, with one intercept::
+
+            b0 = g00 + g01 w[primary] + g02 x[second] + u0[primary] + v0[second]
+
+        A cross-classified level is level 2 and the top level.
+
+        Parameters
+        ----------
+        classifications : dict of str to dict of str to Equation
+            For each grouping column (``"primary"``, or ``"a:b"``), the equations of the
+            coefficients of level 1 in that classification (keys from :meth:`coefficients`).
+            A predictor may appear in one classification's equation of a coefficient only.
+        covariance : {"unstructured", "diagonal"} or dict of str to either
+            Covariance of each classification's random terms (one value for all, or one per
+            classification).
+
+        Returns
+        -------
+        Hierarchy
+        """
+        if self.levels:
+            raise FormulaError("a cross-classified level is level 2: declare it on a hierarchy without levels")
+        if not isinstance(classifications, dict) or len(classifications) < 2:
+            raise FormulaError("a cross-classified level needs at least two classifications, as "
+                               "{factor: {coefficient: Equation, ...}, ...}")
+        parts = []
+        below = self.coefficients()
+        predicted = {}
+        for factor, equations in classifications.items():
+            if not isinstance(factor, str) or not factor.strip():
+                raise FormulaError(f"a classification must be a column name, got {factor!r}")
+            factor = factor.strip()
+            cov = covariance.get(factor, "unstructured") if isinstance(covariance, dict) else covariance
+            if cov not in ("unstructured", "diagonal"):
+                raise ValueError(f"covariance must be 'unstructured' or 'diagonal', got {cov!r}")
+            equations = dict(equations or {})
+            _check_equations(equations, below, f"level 2 ('{factor}' classification)", self.response)
+            for coef, eq in equations.items():
+                for z in eq.predictors:
+                    if (coef, z) in predicted:
+                        raise FormulaError(f"'{z}' predicts '{coef}' in both the '{predicted[coef, z]}' and the "
+                                           f"'{factor}' classifications: one coefficient, one equation per predictor")
+                    predicted[coef, z] = factor
+            parts.append(_Level(factor, equations, cov, False))
+        names = [part.factor for part in parts]
+        if len(set(names)) != len(names):
+            raise FormulaError(f"a classification is listed twice: {names}")
+        new = _Level(" x ".join(names), {}, "unstructured", False, "unique", tuple(parts))
+        return dataclasses.replace(self, levels=(new,))
+
+    def _check_new_level(self, factors):
+        if self.levels and self.levels[-1].classifications:
+            raise FormulaError("a cross-classified level is the top level: no level can be declared above it")
+        used = {c.factor for lev in self.levels for c in (lev.classifications or (lev,))}
+        for factor in factors:
+            if factor in used:
+                raise FormulaError(f"the grouping factor '{factor}' is used by two levels")
 
     # -- the mixed form ---------------------------------------------------------------
     def _nested_factor(self, k):
@@ -255,14 +334,16 @@ class Hierarchy:
                 terms.append(f"C({lev.factor})")
                 continue
             below = self.coefficients(k + 1)
-            random = [c for c in below if c in lev.equations and lev.equations[c].random]
-            if not random:
-                continue
-            cols = [_column(c) for c in random]
-            if "1" not in cols:
-                cols.insert(0, "0")
-            bar = "||" if lev.covariance == "diagonal" and len(random) > 1 else "|"
-            bars.append(f"({' + '.join(cols)} {bar} {self._nested_factor(k)})")
+            for part in lev.classifications or (lev,):
+                random = [c for c in below if c in part.equations and part.equations[c].random]
+                if not random:
+                    continue
+                cols = [_column(c) for c in random]
+                if "1" not in cols:
+                    cols.insert(0, "0")
+                bar = "||" if part.covariance == "diagonal" and len(random) > 1 else "|"
+                factor = part.factor if lev.classifications else self._nested_factor(k)
+                bars.append(f"({' + '.join(cols)} {bar} {factor})")
         return f"{self.response} ~ " + " + ".join(terms + bars)
 
     def equations(self) -> str:
@@ -276,6 +357,9 @@ class Hierarchy:
             s_in, s_out = sym[k], sym[k + 1]
             if lev.fixed_groups:
                 lines.append(f"Level {k + 2} ({lev.factor}): each group has its own fixed intercept (ANCOVA)")
+                continue
+            if lev.classifications:
+                lines += self._crossed_equations(k, lev, s_in, s_out)
                 continue
             lines.append(f"Level {k + 2} ({lev.factor})")
             random = []
@@ -298,6 +382,32 @@ class Hierarchy:
         lines.append(f"Top: the {top}[.] are fixed effects with a hyperprior")
         lines.append(f"Mixed form: {self.formula}")
         return "\n".join(lines)
+
+    def _crossed_equations(self, k, lev, s_in, s_out):
+        """The lines of a cross-classified level: each coefficient's equation, the terms of every classification."""
+        lines = [f"Level {k + 2} (cross-classified: {', '.join(p.factor for p in lev.classifications)})"]
+        letters = "uvwrstpq"
+        for c in self.coefficients(k + 1):
+            parts = [f"{s_out}[{c}]"]
+            for part in lev.classifications:
+                eq = part.equations.get(c)
+                if eq is not None:
+                    parts += [f"{s_out}[{_product(c, z)}]*{z}" for z in eq.predictors]
+            for i, part in enumerate(lev.classifications):
+                eq = part.equations.get(c)
+                if eq is not None and eq.random:
+                    parts.append(f"{letters[i % len(letters)]}[{c}]_{part.factor}")
+            lines.append(f"  {s_in}[{c}] = " + " + ".join(parts))
+        for i, part in enumerate(lev.classifications):
+            random = [c for c in self.coefficients(k + 1) if c in part.equations and part.equations[c].random]
+            name = letters[i % len(letters)]
+            where = f"independent over the groups of {part.factor}"
+            if len(random) == 1:
+                lines.append(f"  {name}_{part.factor} ~ N(0, tau_{part.factor}^2), {where}")
+            elif random:
+                lines.append(f"  {name}_{part.factor} ~ N(0, T_{part.factor}), {part.covariance} {len(random)} x "
+                             f"{len(random)}, {where}")
+        return lines
 
     def __str__(self):
         return self.equations()
@@ -340,7 +450,7 @@ class Hierarchy:
         """Refuse levels whose groups are not nested as declared (see :meth:`level`)."""
         from bayeshlm.data import DataError, bad_mask, example_groups, group_codes
 
-        levels = [(k, lev) for k, lev in enumerate(self.levels) if not lev.fixed_groups]
+        levels = [(k, lev) for k, lev in enumerate(self.levels) if not lev.fixed_groups and not lev.classifications]
         columns = list(dict.fromkeys(c for _, lev in levels for c in lev.factor.split(":")))
         if len(levels) < 2 or any(c not in frame.columns for c in columns):
             return  # one level, or an unknown column that hlm reports
@@ -378,10 +488,11 @@ class Hierarchy:
         from bayeshlm.data import GroupLevelWarning, group_codes, show_value, within_group_variation
         from bayeshlm.formula import model_matrix
 
-        for k, lev in enumerate(self.levels):
+        units = [(k, part, part.factor if lev.classifications else self._nested_factor(k))
+                 for k, lev in enumerate(self.levels) for part in (lev.classifications or (lev,))]
+        for k, lev, factor in units:
             if lev.fixed_groups or not lev.equations:
                 continue
-            factor = self._nested_factor(k)
             idx, labels = group_codes(frame, factor.split(":"))
             seen = set()
             for coef, eq in lev.equations.items():

@@ -88,6 +88,8 @@ def _new_rows(model, data, known_sd, known_var):
 def _check_parents(model, labels):
     """A known group of a finer factor must sit in the coarser group it sat in when fitted."""
     design = model.design
+    if design.crossed:  # each factor's groups are found by their own labels
+        return
     for k in range(len(design.factors) - 1):
         fine = pd.Index(np.asarray(design.factor_labels[k], dtype=str))
         coarse = np.asarray(design.factor_labels[k + 1], dtype=str)
@@ -326,18 +328,19 @@ def prior_predictive(model, draws=500, *, seed=None):
 
 
 
-def _residual_sums(model, posterior, lo, hi, draws, w, member):
-    """Per draw and finest group: ``r'Wr`` and ``X'Wr`` of the residual without the group's own coefficients.
+def _residual_sums(model, posterior, lo, hi, draws, w, member, own=0):
+    """Per draw and group of factor ``own``: ``r'Wr`` and ``X'Wr`` of the residual without the group's own coefficients.
 
-    The residual removes the fixed part and every coarser factor's coefficients of that draw;
-    ``w`` are the row weights and ``member`` the (rows x finest groups) indicator matrix.
+    The residual removes the fixed part and every other factor's coefficients of that draw
+    (the coarser ones for nested factors, where ``own`` is the finest);
+    ``w`` are the row weights and ``member`` the (rows x groups) indicator matrix.
     """
     design = model.design
     post = posterior.posterior
     a = flat_draws(post[FIXED])[draws]
     R = design.y[None, :] - a @ design.F.T
     for k, (factor, (klo, khi), _, _) in enumerate(factor_parts(model)):
-        if k == 0:
+        if k == own:
             continue
         b = _every_group_draws(post, model, k, factor, "the likelihood of the finer groups")[draws]
         R -= np.einsum("snj,nj->sn", b[:, design.factor_idx[k]], design.X[:, klo:khi])
@@ -347,14 +350,16 @@ def _residual_sums(model, posterior, lo, hi, draws, w, member):
     return rwr, xwr
 
 
-def _residual_sums_from_stats(model, posterior, lo, hi, draws):
+def _residual_sums_from_stats(model, posterior, lo, hi, draws, own=0):
     """:func:`_residual_sums` from each group's statistics, in the kernels' basis: no row is read.
 
     With ``a`` the fixed effects and ``v_j`` finest group ``j``'s coefficient vector holding its
     ancestors' coefficients and zeros for its own (all in the statistics' basis), the residual
     ``r_j = y_j - F_j a - X_j v_j`` has ``r'Wr`` the quadratic form of
     :func:`samplers.loglik.group_loglik_stats` and ``X_own'W r = X_own'Wy - X_own'WF a -
-    X_own'WX v`` (docs/design.md, "Per-group log-likelihood").
+    X_own'WX v`` (docs/design.md, "Per-group log-likelihood"). For crossed factors the same
+    holds per cell, ``v_c`` holding the other factors' coefficients, and the sums are then
+    added up over the cells of each group of factor ``own``.
     """
     design, basis, st = model.design, model.basis, model.stats
     post = posterior.posterior
@@ -368,20 +373,33 @@ def _residual_sums_from_stats(model, posterior, lo, hi, draws):
         v = np.zeros((len(draws), st.n.shape[0], st.Xty.shape[1]))
         anc = np.arange(st.n.shape[0])
         for k, (factor, (klo, khi), _, _) in enumerate(parts):
-            if k == 0:
+            if design.crossed:
+                anc = design.cell_codes[:, k]
+            elif k:
+                anc = design.parents[k - 1][anc]
+            if k == own:
                 continue
-            anc = design.parents[k - 1][anc]
-            b = _every_group_draws(post, model, k, factor, "the likelihood of the finer groups")[draws]
+            b = _every_group_draws(post, model, k, factor, "the likelihood of the groups left out")[draws]
             v[:, :, klo:khi] = b[:, anc]
         v = v @ (basis.coef_matrix_inverse() / basis.y_scale).T
         rwr += (-2.0 * np.einsum("sgk,gk->sg", v, st.Xty) + 2.0 * np.einsum("sgk,gkq,sq->sg", v, st.XtF, a,
                                                                              optimize=True)
                 + np.einsum("sgk,gkm,sgm->sg", v, st.XtX, v, optimize=True))
         xwr -= np.einsum("gkm,sgm->sgk", st.XtX[:, lo:hi], v, optimize=True)
+    if design.crossed:  # from the cells to the groups of the factor left out
+        rwr, xwr = _by_group(rwr, design.cell_codes[:, own], axis=1), _by_group(xwr, design.cell_codes[:, own], axis=1)
     return np.maximum(rwr, 0.0), xwr
 
 
-def marginal_group_log_likelihood(model, posterior, *, chunk=None):
+def _by_group(values, member, axis=0):
+    """Sums of ``values`` along ``axis`` over the entries of each group (``member`` their group codes)."""
+    values = np.moveaxis(values, axis, 0)
+    out = np.zeros((int(member.max()) + 1, *values.shape[1:]))
+    np.add.at(out, member, values)
+    return np.moveaxis(out, 0, axis)
+
+
+def marginal_group_log_likelihood(model, posterior, *, factor=None, chunk=None):
     """Log-likelihood of each finest group's rows with its own coefficients integrated out.
 
     For draw ``s`` and group ``j``: ``log N(y_j | mu_j, V_j + X_j T X_j')`` where ``mu_j`` is the
@@ -391,9 +409,13 @@ def marginal_group_log_likelihood(model, posterior, *, chunk=None):
     leave-one-group-out stable (the group's own coefficients are not held at values the
     group itself informed).
 
+    With crossed factors, ``factor`` (default the one with most groups) names the factor
+    whose groups are left out: ``mu_j`` then holds the other factors' coefficients of the
+    draw (a subject's rows, with the items' effects as drawn).
+
     Returns
     -------
-    ndarray of shape (chain, draw, n_groups)
+    ndarray of shape (chain, draw, n_groups of the factor)
     """
     check_result(model, posterior, "the posterior")
     from_stats = group_stats_held(model)
@@ -404,7 +426,13 @@ def marginal_group_log_likelihood(model, posterior, *, chunk=None):
     parts = factor_parts(model)
     if not parts:
         raise ValueError("the model has no grouping factor to leave groups out of")
-    factor, (lo, hi), _, _ = parts[0]
+    names = [part[0] for part in parts]
+    own = 0 if factor is None else names.index(factor) if factor in names else -1
+    if own < 0 or (own > 0 and not model.crossed):
+        raise ValueError(f"factor must be {names[0]!r}" + (f" or another of {names}" if model.crossed else
+                         " (the finest: leaving out groups of a coarser factor is not available)")
+                         + f", got {factor!r}")
+    factor, (lo, hi), _, _ = parts[own]
     post = posterior.posterior
     C, D = post.sizes["chain"], post.sizes["draw"]
     S, d = C * D, hi - lo
@@ -421,25 +449,31 @@ def marginal_group_log_likelihood(model, posterior, *, chunk=None):
     stats = model.stats
     A = stats.XtX[:, lo:hi, lo:hi]  # X_j' W_j X_j, W the weights without sigma
     n_j = stats.n
+    sum_log_w = stats.logw_g
+    n_groups, group_idx = model.n_groups, model.design.group_idx
+    if model.crossed:  # from the cells to the groups of the factor left out
+        cells = model.design.cell_codes[:, own]
+        A, n_j, sum_log_w = _by_group(A, cells), _by_group(n_j, cells), _by_group(sum_log_w, cells)
+        n_groups = len(model.design.factor_labels[own])
+        group_idx = None if group_idx is None else model.design.factor_idx[own]
     import scipy.sparse as sp
 
-    sum_log_w = stats.logw_g
     if not from_stats:
         n = model.n_obs
         w = basis.weights(model.design.obs_var)
         w = np.ones(n) if w is None else w
-        member = sp.csr_matrix((np.ones(n), (np.arange(n), model.design.group_idx)), shape=(n, model.n_groups))
-    out = np.empty((S, model.n_groups))
+        member = sp.csr_matrix((np.ones(n), (np.arange(n), group_idx)), shape=(n, n_groups))
+    out = np.empty((S, n_groups))
     eye = np.eye(d)
     if chunk is None:  # draws per block: at most ~2e7 values at a time (residuals of the rows, or per group)
-        width = model.n_groups * stats.Xty.shape[1] if from_stats else model.n_obs
+        width = stats.n.shape[0] * stats.Xty.shape[1] if from_stats else model.n_obs
         chunk = int(max(1, min(256, 20_000_000 // max(width, 1))))
     for start in range(0, S, chunk):
         draws = np.arange(start, min(start + chunk, S))
         if from_stats:  # already in the kernels' basis
-            rwr, xwr = _residual_sums_from_stats(model, posterior, lo, hi, draws)
+            rwr, xwr = _residual_sums_from_stats(model, posterior, lo, hi, draws, own)
         else:
-            rwr, xwr = _residual_sums(model, posterior, lo, hi, draws, w, member)
+            rwr, xwr = _residual_sums(model, posterior, lo, hi, draws, w, member, own)
             rwr = rwr / basis.y_scale**2
             xwr = (xwr @ M) / basis.y_scale
         s2_c = s2[draws][:, None]
@@ -453,23 +487,24 @@ def marginal_group_log_likelihood(model, posterior, *, chunk=None):
         log_V = n_j[None, :] * np.log(s2_c) - sum_log_w[None, :]
         out[draws] = -0.5 * (n_j[None, :] * np.log(2.0 * np.pi) + log_V + logdet_B + quad)
     out -= n_j[None, :] * np.log(basis.y_scale)
-    return out.reshape(C, D, model.n_groups)
+    return out.reshape(C, D, n_groups)
 
 
-def group_log_likelihood(model, posterior):
+def group_log_likelihood(model, posterior, *, factor=None):
     """The posterior with a ``log_likelihood`` group of whole finest groups, coefficients integrated out.
 
     ``arviz.loo`` on the result estimates leave-one-group-out predictive accuracy: how well
     the model predicts a new group (a new school) rather than a new row of a known group.
-    See :func:`marginal_group_log_likelihood`.
+    See :func:`marginal_group_log_likelihood` (and its ``factor``, for crossed factors).
 
     Returns
     -------
     xarray.DataTree
-        A copy of ``posterior`` whose ``log_likelihood`` has the finest factor's dimension.
+        A copy of ``posterior`` whose ``log_likelihood`` has the factor's dimension.
     """
-    ll = marginal_group_log_likelihood(model, posterior)
-    factor, _, labels, _ = factor_parts(model)[0]
+    ll = marginal_group_log_likelihood(model, posterior, factor=factor)
+    parts = factor_parts(model)
+    factor, _, labels, _ = next(part for part in parts if part[0] == factor) if factor is not None else parts[0]
     g = dim_name(factor)
     post = posterior.posterior
     ds = xr.Dataset({model.spec.response: (("chain", "draw", g), ll)},
@@ -492,8 +527,8 @@ def loo(model, posterior=None, *, by="obs", **kwargs):
         From :func:`bayeshlm.sample`; with ``by="obs"`` it needs its pointwise log-likelihood.
     by : str
         ``"obs"`` leaves out one observation at a time; the name of the finest grouping
-        factor leaves out one group at a time, with the group's coefficients integrated out
-        (see :func:`group_log_likelihood`).
+        factor (of any factor, when they are crossed) leaves out one group at a time, with
+        the group's coefficients integrated out (see :func:`group_log_likelihood`).
     **kwargs
         Passed to ``arviz.loo`` (e.g. ``pointwise=True``).
 
@@ -520,6 +555,8 @@ def loo(model, posterior=None, *, by="obs", **kwargs):
     check_result(model, posterior, "the posterior")
     parts = factor_parts(model)
     finest = parts[0][0] if parts else None
+    if model.crossed and by in [p[0] for p in parts]:
+        return az.loo(group_log_likelihood(model, posterior, factor=by), **kwargs)
     if by != finest:
         names = [p[0] for p in parts]
         raise ValueError(f"by must be 'obs' or the finest grouping factor {finest!r} "

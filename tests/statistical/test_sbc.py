@@ -31,6 +31,18 @@ def _data(n_groups, rows, seed=0, slope=False):
     return out
 
 
+def _crossed_data(n_subjects, n_items, fill, seed=0, groups=0):
+    """Subjects x items, each cell present with probability ``fill`` with one or two rows; subjects in ``groups``."""
+    rng = np.random.default_rng(seed)
+    rows = [(f"s{i}", f"i{j}") for i in range(n_subjects) for j in range(n_items) if rng.random() < fill
+            for _ in range(int(rng.integers(1, 3)))]
+    subject, item = (np.array(col) for col in zip(*rows, strict=True))
+    out = {"y": rng.normal(size=subject.size), "x": rng.normal(size=subject.size), "subject": subject, "item": item}
+    if groups:
+        out["group"] = np.array([f"g{int(s[1:]) % groups}" for s in subject])
+    return out
+
+
 def _check(model, n_sims=200, seed=1, **options):
     table = sbc(model, n_sims=n_sims, seed=seed, **options).uniformity()
     bad = table[table["p_value"] < ALPHA / len(table)]
@@ -64,6 +76,16 @@ FAMILIES = {
     # strong data: 40 to 60 rows per group
     "strong_data_mh": ("y ~ x + (x | g)", _data(8, (40, 60)),
                        {"fixed": NORMAL, "sigma": bh.HalfNormal(1), "sd": bh.HalfNormal(1), "corr": bh.LKJ(2)}, "mh"),
+    # crossed factors (samplers/crossed.py): partially crossed subjects x items, intercepts
+    "crossed_intercepts_mh": ("y ~ x + (1 | subject) + (1 | item)", _crossed_data(10, 6, 0.5),
+                              {"fixed": NORMAL, "sigma": bh.HalfNormal(1), "sd": bh.HalfNormal(1)}, "mh"),
+    # correlated slopes on subjects, crossed with items
+    "crossed_slopes_mh": ("y ~ x + (x | subject) + (1 | item)", _crossed_data(10, 6, 0.6, seed=1),
+                          {"fixed": NORMAL, "sigma": bh.HalfNormal(1), "sd": bh.HalfNormal(1), "corr": bh.LKJ(2)},
+                          "mh"),
+    # subjects nested in groups, crossed with items, conjugate Gibbs
+    "crossed_nested_gibbs": ("y ~ x + (1 | item) + (1 | group/subject)", _crossed_data(12, 6, 0.5, seed=2, groups=4),
+                             {"fixed": NORMAL, "sigma": bh.InverseGamma(3, 2), "sd": bh.InverseGamma(3, 2)}, "gibbs"),
 }
 
 
