@@ -444,10 +444,12 @@ def hlm(formula, data, *, priors=None, known_sd=None, known_var=None, missing="r
         ``(0 + x | g)`` slope only, ``(1 | g)`` intercept only. Several nested grouping
         factors give three levels and more: ``(1 | school/class)`` is
         ``(1 | school) + (1 | school:class)``, and each factor may have its own random part,
-        ``(x | school) + (1 | school:class)``. The factors must be nested (each class in one
-        school); a factor whose labels repeat across the groups of a coarser one (class
-        "a" in every school) is refused with a message suggesting ``school/class``, where
-        lme4 would silently treat the two as crossed.
+        ``(x | school) + (1 | school:class)``. Factors that are not nested are crossed
+        (``(1 | primary) + (1 | second)``, subjects and items), each with its own random
+        part, and may be mixed with nested ones (``(1 | item) + (1 | group/subject)``);
+        the data decide. A factor whose labels repeat in every group of another with
+        several rows each (cask "a" in every batch) is fitted as crossed, as lme4 does,
+        with a :class:`~bayeshlm.data.NestingWarning` suggesting ``batch/cask``.
     data : pandas.DataFrame or dict of array_like
         The observations, one row each.
     priors : dict, optional

@@ -18,10 +18,11 @@ through the functions here (docs/design.md, "The single seam"):
   closed-form M-step of EM;
 * :func:`score` -- after :func:`integrate` with a flat prior, the derivatives of the ML or
   REML log-likelihood in ``C`` and ``s2`` (Fisher's identity);
-* :func:`finest_coefficients` -- each finest group's full coefficient vector.
+* :func:`finest_coefficients` -- each statistics group's full coefficient vector (a finest
+  group's, or a cell's of crossed factors).
 
 Each structure implements them once, in its own module (:mod:`samplers.two_level`,
-:mod:`samplers.nested`), and the implementation is chosen by the *type* of the workspace,
+:mod:`samplers.nested`, :mod:`samplers.crossed`), and the implementation is chosen by the *type* of the workspace,
 which :func:`workspace` makes when a model is compiled: that is the only place in the
 package that asks which structure a model has. Numba compiles each function once per
 workspace type, with only that structure's code.
@@ -124,9 +125,9 @@ def is_two_level(structure):
 def workspace(stats, structure):
     """The workspace of a model's Gaussian passes; its type chooses the implementation.
 
-    This is where the structure is dispatched on, once per model: one grouping factor with
-    random coefficients takes the two-level passes, several nested factors (or none) the
-    nested ones. ``C`` starts at zero (``T = 0``).
+    This is where the structure is dispatched on, once per model: crossed factors take the
+    crossed passes, one grouping factor with random coefficients the two-level passes,
+    several nested factors (or none) the nested ones. ``C`` starts at zero (``T = 0``).
     """
     n_groups, d = stats.Xty.shape
     p = stats.Fty.shape[0]
@@ -321,7 +322,8 @@ def _score_impl(rng, work, stats, structure, s2, reml, gC):
 def finest_coefficients(work, structure, b):
     """Each finest group's full coefficient vector (its own and its ancestors' columns).
 
-    For a two-level model that is ``b`` itself (not a copy).
+    For a two-level model that is ``b`` itself (not a copy); for crossed factors, each
+    cell's (its group of every factor).
     """
     return _finest_coefficients_entry(work, structure, b)
 

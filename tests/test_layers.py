@@ -22,11 +22,12 @@ LAYERS = {
     "samplers._cache": 0, "samplers.types": 0, "samplers.linalg": 0, "samplers.sd_priors": 0,
     "samplers.theta": 1, "samplers.suffstats": 1, "samplers.loglik": 1, "samplers.two_level": 1,
     "samplers.nested": 1,
-    "samplers.gaussian": 2,
-    "samplers.gibbs": 3, "samplers.mh": 3, "samplers.ml": 3,
-    "samplers.sweep": 4,
-    "samplers.driver": 5,
-    "samplers": 6,
+    "samplers.crossed": 2,  # shares the nested M-step
+    "samplers.gaussian": 3,
+    "samplers.gibbs": 4, "samplers.mh": 4, "samplers.ml": 4,
+    "samplers.sweep": 5,
+    "samplers.driver": 6,
+    "samplers": 7,
     # the front end: foundations, inputs, the model, result layout and the fits' parts, the
     # fits, what reads fits, the command line and the test tools, the package
     "bayeshlm.version": 10, "bayeshlm.schema": 10, "bayeshlm.formula": 10, "bayeshlm.basis": 10,
