@@ -448,10 +448,8 @@ def moments(rng, stats, structure, s2, C, work, with_fixed, a, b, V, A_inv, gC):
     shape (n_coef, n_coef), also ``d loglik / dC`` by Fisher's identity (see
     :func:`samplers.two_level.score_terms`), summed over the cells.
 
-    The joint covariance of ``x`` (factors 1.. and ``a``) is ``Sigma = L_x'^{-1} L_x^{-1}``, or,
-    given ``a``, the inverse of its leading block, ``Sigma_RR = (L_x^{-1})_RR' (L_x^{-1})_RR``
-    (the inverse of a triangular matrix's leading block is the leading block of its
-    inverse). A group of factor 0 has ``beta_g = L_g'^{-1}(u_g - U_g x_g + e)``, so
+    The joint covariance of ``x`` (factors 1.. and ``a``) is ``Sigma = S^{-1}``, or, given ``a``,
+    the inverse of the leading block of ``S`` (zero for ``a``). A group of factor 0 has ``beta_g = L_g'^{-1}(u_g - U_g x_g + e)``, so
     ``Cov(beta_g) = K_g^{-1} + B_g Sigma_gg B_g'`` and ``Cov(beta_g, x_g) = -B_g Sigma_gg`` with
     ``B_g = L_g'^{-1} U_g`` over its support ``x_g`` (docs/design.md, "Crossed factors").
     """
@@ -469,16 +467,16 @@ def moments(rng, stats, structure, s2, C, work, with_fixed, a, b, V, A_inv, gC):
     draw(rng, structure, C, work, a, b, False)
     lower_inverse_gram(work.LA, A_inv)
     V[:] = 0.0
-    # Sigma from the inverse of L_x
-    Linv = np.zeros((W, W))
-    for c in range(W):
-        for i in range(c, W):
-            t = 1.0 if i == c else 0.0
-            for m in range(c, i):
-                t -= Lx[i, m] * Linv[m, c]
-            Linv[i, c] = t / Lx[i, i]
+    # Sigma: the inverse of S (REML), or of its leading block (given a), by LAPACK
     lim = W if with_fixed else qR
-    Sig = np.ascontiguousarray(Linv[:lim].T) @ np.ascontiguousarray(Linv[:lim])
+    Sd = np.empty((lim, lim))
+    for i in range(lim):
+        for j in range(i + 1):
+            Sd[i, j] = work.S[i, j]
+            Sd[j, i] = work.S[i, j]
+    Sig = np.zeros((W, W))
+    if lim > 0:
+        Sig[:lim, :lim] = np.linalg.inv(Sd)
     beta = work.beta
     # groups of factors 1..: their own covariance
     for k in range(1, K):
