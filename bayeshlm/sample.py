@@ -14,9 +14,9 @@ from bayeshlm.memory import check_memory
 from bayeshlm.results import group_selection, group_stats_held, loglik_mode, to_datatree
 from bayeshlm.start import starting_theta
 from samplers.driver import init_state, run_chains
-from samplers.types import FAILED, GibbsMoves, MHMoves
+from samplers.types import FAILED, BlockedGibbsMoves, GibbsMoves, MHMoves
 
-METHODS = ("mh", "gibbs")
+METHODS = ("mh", "gibbs", "blocked")
 DEFAULT_MH_STEPS = 6
 
 
@@ -97,13 +97,20 @@ def sample(
         Seed of the run: the same seed gives the same draws, whatever ``n_threads``. Chain
         ``c`` uses the ``c``-th child of ``numpy.random.SeedSequence(seed)``. When None a
         fresh seed is drawn and recorded in the result's attributes.
-    method : {"mh", "gibbs"}
+    method : {"mh", "gibbs", "blocked"}
         How the variance components move. ``"mh"`` (default): Metropolis-Hastings on their
         marginal posterior with the coefficients integrated out (adaptive random walk and a
         fitted independence proposal); it mixes well whether groups carry much information
         or little, and accepts any prior. ``"gibbs"``: conditional draws given the group
         coefficients (exact for inverse-gamma / inverse-Wishart priors, an independence MH
         correction otherwise); cheap, but slow to move when a group variance is small.
+        Both then draw every coefficient exactly and jointly. ``"blocked"`` (crossed factors
+        only): the Gibbs moves, then each factor's coefficients jointly with the fixed
+        effects given the other factors' (the collapsed Gibbs sampler of Papaspiliopoulos,
+        Roberts & Zanella 2020), a pass over the cells per factor instead of the joint
+        factorisation, whose cost grows as the cube of the second-largest factor's
+        coefficients: the choice for crossed designs with thousands of groups in more than
+        one factor. Its ``sample_stats.lp`` is nan.
     mh_steps : int, optional
         Metropolis-Hastings moves per sweep (``"mh"`` only; default 6).
     keep_group_draws : bool or int
@@ -196,7 +203,10 @@ def sample(
     check_memory(model, draws=draws, chains=chains, keep_group_draws=keep_group_draws,
                  group_moments=bool(group_moments), log_likelihood=log_likelihood)
     t_start = time.perf_counter()
-    moves = MHMoves(mh_steps) if method == "mh" else GibbsMoves()
+    if method == "blocked" and not model.crossed:
+        raise ValueError("method='blocked' draws crossed factors one at a time; this model's factors are nested, "
+                         "where the exact joint draw of 'gibbs' costs as little: use method='gibbs' or 'mh'")
+    moves = {"mh": MHMoves(mh_steps), "gibbs": GibbsMoves(), "blocked": BlockedGibbsMoves()}[method]
     children = np.random.SeedSequence(seed).spawn(chains)
     rngs = [np.random.Generator(np.random.PCG64(s)) for s in children]
     states = []

@@ -35,6 +35,7 @@ models using lme4. Journal of Statistical Software 67(1).
 import numpy as np
 from numba import njit
 
+from samplers import two_level
 from samplers.linalg import chol_inplace, solve_lower, solve_upper
 from samplers.nested import lower_inverse_gram, m_step
 from samplers.types import N_OBS, SUM_LOG_W, YTY
@@ -449,7 +450,8 @@ def moments(rng, stats, structure, s2, C, work, with_fixed, a, b, V, A_inv, gC):
     :func:`samplers.two_level.score_terms`), summed over the cells.
 
     The joint covariance of ``x`` (factors 1.. and ``a``) is ``Sigma = S^{-1}``, or, given ``a``,
-    the inverse of the leading block of ``S`` (zero for ``a``). A group of factor 0 has ``beta_g = L_g'^{-1}(u_g - U_g x_g + e)``, so
+    the inverse of the leading block of ``S`` (zero for ``a``). A group of factor 0 has
+    ``beta_g = L_g'^{-1}(u_g - U_g x_g + e)``, so
     ``Cov(beta_g) = K_g^{-1} + B_g Sigma_gg B_g'`` and ``Cov(beta_g, x_g) = -B_g Sigma_gg`` with
     ``B_g = L_g'^{-1} U_g`` over its support ``x_g`` (docs/design.md, "Crossed factors").
     """
@@ -668,3 +670,83 @@ def score_terms(rng, stats, structure, s2, C, work, reml, gC):
     A_inv = np.empty((p, p))
     rss = moments(rng, stats, structure, s2, C, work, reml, a, b, V, A_inv, gC)
     return -0.5 * stats.scal[N_OBS] / s2 + 0.5 * rss / (s2 * s2)
+
+
+@njit(cache=True, nogil=True)
+def draw_blocks(rng, structure, C, work, stats, s2, fixed, a, b):
+    """One sweep of the collapsed Gibbs sampler over the factors: each factor's coefficients with ``a``, given the rest.
+
+    For factor ``k``, given the other factors' coefficients ``b`` (rows of the other
+    factors), the model is a two-level one with the groups of ``k``: its statistics are the
+    cells' added up over each group, with the response less the other factors' part,
+    ``X_c,k'W_c(y_c - X_c,-k b_-k)`` and ``F_c'W_c(y_c - X_c,-k b_-k)``
+    (``work.blocks[k]``). The fixed effects and the factor's coefficients are drawn jointly
+    by the two-level passes (:func:`samplers.two_level.upward`, :func:`samplers.two_level.draw`),
+    so the fixed effects are integrated out of each factor's update (Papaspiliopoulos,
+    Roberts & Zanella 2020, Biometrika 107(1), "Scalable inference for crossed random
+    effects models"). A pass over the cells per factor; ``b`` and ``a`` are overwritten.
+    Returns False when a factorisation failed.
+    """
+    lp = structure.level_ptr
+    npt = structure.node_ptr
+    cn = structure.cell_node
+    K = lp.shape[0] - 1
+    D = lp[K]
+    p = a.shape[0]
+    n_cells = cn.shape[0]
+    for k in range(K):
+        st = work.blocks[k]
+        Ck = work.Cb[k]
+        c0 = lp[k]
+        dk = lp[k + 1] - c0
+        for i in range(dk):
+            for j in range(dk):
+                Ck[i, j] = C[c0 + i, c0 + j]
+        st.n[:] = 0.0
+        st.XtX[:] = 0.0
+        st.XtF[:] = 0.0
+        st.Xty[:] = 0.0
+        st.logw_g[:] = 0.0
+        for q in range(p):
+            st.Fty[q] = stats.Fty[q]
+            for r in range(p):
+                st.FtF[q, r] = stats.FtF[q, r]
+        st.scal[YTY] = 0.0  # the log-likelihood of the update is not used
+        st.scal[N_OBS] = stats.scal[N_OBS]
+        st.scal[SUM_LOG_W] = stats.scal[SUM_LOG_W]
+        for c in range(n_cells):
+            g = cn[c, k] - npt[k]
+            st.n[g] += stats.n[c]
+            st.logw_g[g] += stats.logw_g[c]
+            for i in range(dk):
+                t = stats.Xty[c, c0 + i]
+                for m in range(K):
+                    if m == k:
+                        continue
+                    h = cn[c, m]
+                    for j in range(lp[m], lp[m + 1]):
+                        t -= stats.XtX[c, c0 + i, j] * b[h, j]
+                st.Xty[g, i] += t
+                for j in range(dk):
+                    st.XtX[g, i, j] += stats.XtX[c, c0 + i, c0 + j]
+                for q in range(p):
+                    st.XtF[g, i, q] += stats.XtF[c, c0 + i, q]
+            for m in range(K):
+                if m == k:
+                    continue
+                h = cn[c, m]
+                for j in range(lp[m], lp[m + 1]):
+                    bj = b[h, j]
+                    for q in range(p):
+                        st.Fty[q] -= stats.XtF[c, j, q] * bj
+        _, ok = two_level.upward(st, s2, Ck, fixed, work.Lb[k], work.LA, work.cA)
+        if not ok:
+            return False
+        bk = work.bb[k]
+        two_level.draw(rng, st, s2, Ck, work.Lb[k], work.LA, work.cA, a, bk, True)
+        for h in range(npt[k], npt[k + 1]):
+            for j in range(D):
+                b[h, j] = 0.0
+            for i in range(dk):
+                b[h, c0 + i] = bk[h - npt[k], i]
+    return True

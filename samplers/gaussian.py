@@ -90,6 +90,9 @@ class CrossedWork(NamedTuple):
     factors and whitened couplings of the groups of the largest factor; ``S``, ``s`` the
     dense rest (the other factors' coefficients and the fixed effects) and ``Lx`` its factor;
     the index arrays locate each group's support (:func:`samplers.crossed.workspace_arrays`).
+    ``blocks``, ``Cb``, ``Lb``, ``bb``: per factor, the statistics, covariance factor,
+    group factors and coefficients of the factor-by-factor draw
+    (:func:`samplers.crossed.draw_blocks`).
     """
 
     C: np.ndarray
@@ -110,6 +113,10 @@ class CrossedWork(NamedTuple):
     supp_node: np.ndarray
     supp_col: np.ndarray
     cell_supp: np.ndarray
+    blocks: tuple
+    Cb: tuple
+    Lb: tuple
+    bb: tuple
 
 
 def is_crossed(structure):
@@ -132,11 +139,30 @@ def workspace(stats, structure):
     n_groups, d = stats.Xty.shape
     p = stats.Fty.shape[0]
     if is_crossed(structure):
-        return CrossedWork(np.zeros((d, d)), *crossed.workspace_arrays(stats, structure))
+        return CrossedWork(np.zeros((d, d)), *crossed.workspace_arrays(stats, structure),
+                           *_block_arrays(stats, structure))
     if is_two_level(structure):
         return TwoLevelWork(np.zeros((d, d)), np.zeros((n_groups, d, d)), np.zeros((p, p)), np.zeros(p))
     Lt, Ut, Acc, LA, cA, beta = nested.workspace_arrays(stats, structure)
     return NestedWork(np.zeros((d, d)), Lt, Ut, Acc, LA, cA, beta)
+
+
+def _block_arrays(stats, structure):
+    """Per factor: its groups' statistics, covariance factor, group factors and coefficients (the blocked draw)."""
+    from samplers.types import SuffStats
+
+    p = stats.Fty.shape[0]
+    lp, npt = structure.level_ptr, structure.node_ptr
+    blocks, Cb, Lb, bb = [], [], [], []
+    for k in range(len(lp) - 1):
+        n_k, d_k = int(npt[k + 1] - npt[k]), int(lp[k + 1] - lp[k])
+        blocks.append(SuffStats(np.zeros(n_k), np.zeros((n_k, d_k, d_k)), np.zeros((n_k, d_k, p)), np.zeros((n_k, d_k)),
+                                np.zeros(n_k), np.zeros((p, p)), np.zeros(p), np.zeros(3), np.zeros((0, p, p)),
+                                np.zeros((0, p)), np.zeros(n_k)))
+        Cb.append(np.zeros((d_k, d_k)))
+        Lb.append(np.zeros((n_k, d_k, d_k)))
+        bb.append(np.zeros((n_k, d_k)))
+    return tuple(blocks), tuple(Cb), tuple(Lb), tuple(bb)
 
 
 def workspace_values(n_groups, n_coef, n_fixed, structure):
@@ -148,7 +174,8 @@ def workspace_values(n_groups, n_coef, n_fixed, structure):
         n0, d0 = int(npt[1]), int(lp[1])
         n_cells = structure.cell_node.shape[0]
         # the couplings of each cell's group of factor 0, the dense rest twice, its inverse when the moments are asked
-        return d * d + n0 * d0 * (d0 + p + 1) + n_cells * d0 * d + 3 * w * w + int(npt[-1]) * d
+        # and, for the blocked draw, every group's statistics and factors again
+        return d * d + n0 * d0 * (d0 + p + 1) + n_cells * d0 * d + 3 * w * w + int(npt[-1]) * d * (2 * d + p + 3)
     if is_two_level(structure):
         return d * d + n_groups * d * d + p * p + p
     lp = structure.level_ptr
@@ -319,6 +346,34 @@ def _score_impl(rng, work, stats, structure, s2, reml, gC):
         rng, stats, structure, s2, work.C, work.Lt, work.Ut, work.LA, work.cA, work.beta, reml, gC)
 
 
+def draw_by_factor(rng, work, stats, structure, s2, fixed, a, b):
+    """A draw of ``(a, b)`` by blocks: for crossed factors each factor's coefficients with ``a`` given the others.
+
+    For crossed factors, one sweep of :func:`samplers.crossed.draw_blocks` (``b`` and ``a``
+    are read as the current state and overwritten): a Gibbs update whose stationary
+    distribution is ``p(a, b | theta, y)``, costing a pass over the cells per factor. For
+    the other structures, where the exact joint draw costs as little, :func:`integrate`
+    and :func:`draw_coefficients`. ``work.C`` must hold the factor of the group covariance.
+    Returns False when a factorisation failed.
+    """
+    return _draw_by_factor_entry(rng, work, stats, structure, s2, fixed, a, b)
+
+
+@overload(draw_by_factor)
+def _draw_by_factor_impl(rng, work, stats, structure, s2, fixed, a, b):
+    if _is_crossed_work(work):
+        return lambda rng, work, stats, structure, s2, fixed, a, b: crossed.draw_blocks(
+            rng, structure, work.C, work, stats, s2, fixed, a, b)
+
+    def impl(rng, work, stats, structure, s2, fixed, a, b):
+        _, ok = integrate(work, stats, structure, s2, fixed)
+        if ok:
+            draw_coefficients(rng, work, stats, structure, s2, a, b, True)
+        return ok
+
+    return impl
+
+
 def finest_coefficients(work, structure, b):
     """Each finest group's full coefficient vector (its own and its ancestors' columns).
 
@@ -381,6 +436,11 @@ def _score_entry(rng, work, stats, structure, s2, reml, gC):
 
 
 @njit(cache=True, nogil=True)
+def _draw_by_factor_entry(rng, work, stats, structure, s2, fixed, a, b):
+    return draw_by_factor(rng, work, stats, structure, s2, fixed, a, b)
+
+
+@njit(cache=True, nogil=True)
 def _finest_coefficients_entry(work, structure, b):
     return finest_coefficients(work, structure, b)
 
@@ -389,6 +449,7 @@ __all__ = [
     "CrossedWork",
     "NestedWork",
     "TwoLevelWork",
+    "draw_by_factor",
     "draw_coefficients",
     "em_iteration",
     "finest_coefficients",

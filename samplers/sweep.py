@@ -4,12 +4,12 @@ import numpy as np
 from numba import njit
 from numba.extending import overload
 
-from samplers.gaussian import draw_coefficients, finest_coefficients, integrate
+from samplers.gaussian import draw_by_factor, draw_coefficients, finest_coefficients, integrate
 from samplers.gibbs import update_s2, update_T
 from samplers.mh import mh_moves
 from samplers.suffstats import residual_stats
 from samplers.theta import decode_theta, encode_theta
-from samplers.types import FAILED, LP, RTR, GibbsMoves
+from samplers.types import FAILED, LP, RTR, BlockedGibbsMoves, GibbsMoves
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -52,6 +52,37 @@ def gibbs_moves(rng, state, stats, structure, priors):
     return 0.5 * (acc_s2 + acc_T) if structure.sigma_known == 0 else acc_T
 
 
+@njit(cache=True, nogil=True, inline="always")
+def draw_coefficients_by_factor(rng, state, stats, structure, priors):
+    """The coefficients factor by factor (:func:`samplers.gaussian.draw_by_factor`), at the current ``theta``.
+
+    ``log p(theta | y)`` is not computed (it would need the exact factorisation this move
+    avoids): ``state.scal[LP]`` holds nan. Returns False when a factorisation failed.
+    """
+    work = state.work
+    s2, log_prior = decode_theta(state.theta, structure, priors, work.C)
+    if not np.isfinite(log_prior) or not draw_by_factor(rng, work, stats, structure, s2, priors.fixed, state.a,
+                                                        state.b):
+        state.scal[FAILED] = 1.0
+        return False
+    state.scal[LP] = np.nan
+    return True
+
+
+def draw_all(rng, state, stats, structure, priors, moves):
+    """The coefficients of one sweep, as the moves ask (compiled code only)."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(draw_all)
+def _draw_all_impl(rng, state, stats, structure, priors, moves):
+    if moves.instance_class is BlockedGibbsMoves:
+        return lambda rng, state, stats, structure, priors, moves: draw_coefficients_by_factor(
+            rng, state, stats, structure, priors)
+    return lambda rng, state, stats, structure, priors, moves: draw_all_coefficients(
+        rng, state, stats, structure, priors)
+
+
 def move_theta(rng, state, stats, structure, priors, moves, warmup):
     """The moves on the variance components of one sweep (compiled code only)."""
     raise NotImplementedError("compiled code only")
@@ -59,7 +90,7 @@ def move_theta(rng, state, stats, structure, priors, moves, warmup):
 
 @overload(move_theta)
 def _move_theta_impl(rng, state, stats, structure, priors, moves, warmup):
-    if moves.instance_class is GibbsMoves:
+    if moves.instance_class is GibbsMoves or moves.instance_class is BlockedGibbsMoves:
         return lambda rng, state, stats, structure, priors, moves, warmup: gibbs_moves(
             rng, state, stats, structure, priors)
 
@@ -78,7 +109,9 @@ def sweep(rng, state, stats, structure, priors, moves, warmup, move=True):
     conditionals. :class:`~samplers.types.MHMoves`: ``moves.steps`` Metropolis-Hastings moves
     on ``p(theta | a, y)`` with the group coefficients integrated out: random walk only until
     the independence proposal has been fitted, then two independence moves for every
-    random-walk move. Both then draw ``(a, b) | theta, y`` exactly and jointly. With
+    random-walk move. Both then draw ``(a, b) | theta, y`` exactly and jointly.
+    :class:`~samplers.types.BlockedGibbsMoves`: the Gibbs moves, then the coefficients
+    factor by factor (crossed factors: :func:`samplers.gaussian.draw_by_factor`). With
     ``move`` False only the coefficients are drawn, at the current ``theta`` (the first draw
     of a fresh chain).
 
@@ -93,6 +126,6 @@ def sweep(rng, state, stats, structure, priors, moves, warmup, move=True):
         acc = move_theta(rng, state, stats, structure, priors, moves, warmup)
         if state.scal[FAILED] != 0.0:
             return np.nan
-    if not draw_all_coefficients(rng, state, stats, structure, priors):
+    if not draw_all(rng, state, stats, structure, priors, moves):
         return np.nan
     return acc

@@ -262,6 +262,16 @@ class GibbsMoves(NamedTuple):
     """Moves on the variance components: conjugate Gibbs updates given the coefficients."""
 
 
+class BlockedGibbsMoves(NamedTuple):
+    """Conjugate Gibbs moves on the variance components, and the coefficients drawn factor by factor.
+
+    For crossed factors: each factor's group coefficients are drawn jointly with the fixed
+    effects given the other factors' (the collapsed Gibbs sampler of Papaspiliopoulos,
+    Roberts & Zanella 2020), a pass over the cells per factor instead of the exact joint
+    factorisation. For nested factors the draw is the exact joint one.
+    """
+
+
 class MHMoves(NamedTuple):
     """Moves on the variance components: ``steps`` Metropolis-Hastings moves with the groups integrated out."""
 

@@ -83,6 +83,13 @@ FAMILIES = {
     "crossed_slopes_mh": ("y ~ x + (x | subject) + (1 | item)", _crossed_data(10, 6, 0.6, seed=1),
                           {"fixed": NORMAL, "sigma": bh.HalfNormal(1), "sd": bh.HalfNormal(1), "corr": bh.LKJ(2)},
                           "mh"),
+    # the same intercepts, coefficients drawn factor by factor (the collapsed Gibbs sampler)
+    "crossed_intercepts_blocked": ("y ~ x + (1 | subject) + (1 | item)", _crossed_data(10, 6, 0.5, seed=3),
+                                   {"fixed": NORMAL, "sigma": bh.InverseGamma(3, 2), "sd": bh.InverseGamma(3, 2)},
+                                   "blocked"),
+    "crossed_slopes_blocked": ("y ~ x + (x | subject) + (1 | item)", _crossed_data(10, 6, 0.6, seed=4),
+                               {"fixed": NORMAL, "sigma": bh.HalfNormal(1), "sd": bh.HalfNormal(1), "corr": bh.LKJ(2)},
+                               "blocked"),
     # subjects nested in groups, crossed with items, conjugate Gibbs
     "crossed_nested_gibbs": ("y ~ x + (1 | item) + (1 | group/subject)", _crossed_data(12, 6, 0.5, seed=2, groups=4),
                              {"fixed": NORMAL, "sigma": bh.InverseGamma(3, 2), "sd": bh.InverseGamma(3, 2)}, "gibbs"),
