@@ -223,3 +223,15 @@ def test_the_time_limit_covers_the_sampling_not_the_diagnostics(tmp_path):
     assert stopped == {"skipped": "time limit of 0.5 s reached", "limit_seconds": 0.5}
     failed = bench._run_worker([sys.executable, "-c", "raise SystemExit('no such model')"], out[2], tmp_path / "e2", 5)
     assert failed["skipped"] == "failed: no such model"
+
+
+def test_bench_crossed_quick(tmp_path):
+    """The crossed benchmark runs on a small synthetic design (no R) with every sampler."""
+    bench = _script("bench_crossed")
+    assert bench.main(["--quick", "--out", str(tmp_path)]) == 0
+    run = json.loads((tmp_path / "crossed_results.json").read_text())["designs"]["crossed_small"]
+    assert run["em"]["converged"] and run["lme4"] is None and run["levels"] == "200 x 80"
+    assert [s["method"] for s in run["samplers"]] == ["mh", "gibbs", "blocked"]
+    for s in run["samplers"]:
+        assert s["run"] and s["min_ess_bulk"] > 0 and s["n_scalars"] == 2 + 1 + 2 + 200 + 80
+    assert "| crossed_small | blocked |" in (tmp_path / "CROSSED_RESULTS.md").read_text()
