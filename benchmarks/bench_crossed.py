@@ -178,8 +178,9 @@ def render(results, meta):
     for name, r in results.items():
         for s in r["samplers"]:
             if s["run"]:
-                lines.append(f"| {name} | {s['method']} | {s['sampling_seconds']:.2f} | {s['end_to_end_seconds']:.2f} | "
-                             f"{s['min_ess_bulk']:.0f} | {s['min_ess_per_second']:.1f} | {s['n_scalars']:,} |")
+                lines.append(f"| {name} | {s['method']} | {s['sampling_seconds']:.2f} | "
+                             f"{s['end_to_end_seconds']:.2f} | {s['min_ess_bulk']:.0f} | "
+                             f"{s['min_ess_per_second']:.1f} | {s['n_scalars']:,} |")
             else:
                 lines.append(f"| {name} | {s['method']} | not run: about {s['predicted_seconds']:.0f} s predicted "
                              "(a bound from 40 sweeps) | - | - | - | - |")

@@ -78,6 +78,9 @@ MODELS = {
     "pastes": ("pastes", "strength ~ 1 + (1 | batch/cask)", None, (60.0, 20.0, 5.0, 5.0)),
     "synthetic_1e5": ("synthetic:100000", "y ~ x + (x | g)", None, (0.0, 10.0, 5.0, 5.0)),
     "synthetic_1e6": ("synthetic:1000000", "y ~ x + (x | g)", None, (0.0, 10.0, 5.0, 5.0)),
+    # crossed factors (pupils in primary x secondary schools; students x instructors)
+    "scotssec": ("scotssec", "attain ~ verbal + sex + (1 | primary) + (1 | second)", None, (0.0, 20.0, 10.0, 5.0)),
+    "crossed_73k": ("crossed:3000:1100:73000", "y ~ x + (1 | subject) + (1 | item)", None, (0.0, 20.0, 5.0, 5.0)),
 }
 SAMPLERS = ["bayeshlm", "nutpie", "numpyro", "pymc", "stan", "jags"]
 # each peer in every form a skilled user would try: both parametrisations of the group
@@ -92,11 +95,15 @@ NOT_RUN = {}
 
 
 def load_data(source, seed=0):
-    """A bundled data set, or synthetic two-level data with ``rows`` rows and 50 rows per group."""
+    """A bundled data set, synthetic two-level data with ``rows`` rows and 50 rows per group, or crossed data."""
     import pandas as pd
 
     import bayeshlm as bh
 
+    if source.startswith("crossed:"):  # subjects x items, one row per observed cell (bench_crossed.py's designs)
+        n_s, n_i, rows = (int(v) for v in source.split(":")[1:])
+        return bh.simulate_crossed(n_subjects=n_s, n_items=n_i, fill=rows / (n_s * n_i), reps=1, seed=1,
+                                   sd={"subject": {"Intercept": 1.0}, "item": {"Intercept": 0.8}})
     if not source.startswith("synthetic:"):
         return bh.load_dataset(source)
     n = int(source.split(":")[1])
@@ -262,6 +269,9 @@ def _pymc_model(name, form="noncentred"):
 
 def collapsed_stats(design):
     """Per-group cross-products (weighted) of the finest factor, for :func:`_pymc_collapsed` and the draws of b."""
+    if design.crossed:
+        raise ValueError("the collapsed form integrates out the finest factor's groups given the coarser ones, "
+                         "which must contain them: with crossed factors a group's rows meet many groups of the other")
     parts = _factors(design)
     _, d, codes, labs, col = parts[0]
     G = len(labs)
