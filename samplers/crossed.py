@@ -673,20 +673,80 @@ def score_terms(rng, stats, structure, s2, C, work, reml, gC):
 
 
 @njit(cache=True, nogil=True)
+def block_constants(structure, work, stats):
+    """The per-group sums of the cells' statistics that the factor-by-factor draw reuses every sweep.
+
+    For each factor ``k`` and group ``g``: rows, ``sum log w``, ``X_k'WX_k``, ``X_k'WF`` and
+    ``X_k'Wy`` (the response part before the other factors are taken off), into
+    ``work.blocks[k]``; each cell's ``X_c,k'W_cX_c,-k`` into ``work.cross[k]`` and its groups in
+    32 bits into ``work.cell_node32`` (what the draw reads per cell, packed);
+    ``work.block_ready[0]`` is set. Computed on the first draw of a
+    workspace: a step that recomputes the statistics (:func:`samplers.suffstats.recompute`)
+    sets ``work.block_ready[0] = 0``.
+    """
+    lp = structure.level_ptr
+    npt = structure.node_ptr
+    cn = structure.cell_node
+    K = lp.shape[0] - 1
+    p = stats.Fty.shape[0]
+    for k in range(K):
+        st = work.blocks[k]
+        c0 = lp[k]
+        dk = lp[k + 1] - c0
+        st.n[:] = 0.0
+        st.logw_g[:] = 0.0
+        st.XtX[:] = 0.0
+        st.XtF[:] = 0.0
+        work.Xty0[k][:] = 0.0
+        cross = work.cross[k]
+        for c in range(cn.shape[0]):
+            g = cn[c, k] - npt[k]
+            work.cell_node32[c, k] = cn[c, k]
+            st.n[g] += stats.n[c]
+            st.logw_g[g] += stats.logw_g[c]
+            for i in range(dk):
+                jj = 0
+                for j in range(lp[K]):
+                    if j < c0 or j >= c0 + dk:
+                        cross[c, i, jj] = stats.XtX[c, c0 + i, j]
+                        jj += 1
+                work.Xty0[k][g, i] += stats.Xty[c, c0 + i]
+                for j in range(dk):
+                    st.XtX[g, i, j] += stats.XtX[c, c0 + i, c0 + j]
+                for q in range(p):
+                    st.XtF[g, i, q] += stats.XtF[c, c0 + i, q]
+        for q in range(p):
+            for r in range(p):
+                st.FtF[q, r] = stats.FtF[q, r]
+        st.scal[YTY] = 0.0  # the log-likelihood of a factor's update is not used
+        st.scal[N_OBS] = stats.scal[N_OBS]
+        st.scal[SUM_LOG_W] = stats.scal[SUM_LOG_W]
+    work.block_ready[0] = 1
+
+
+@njit(cache=True, nogil=True)
 def draw_blocks(rng, structure, C, work, stats, s2, fixed, a, b):
     """One sweep of the collapsed Gibbs sampler over the factors: each factor's coefficients with ``a``, given the rest.
 
     For factor ``k``, given the other factors' coefficients ``b`` (rows of the other
     factors), the model is a two-level one with the groups of ``k``: its statistics are the
     cells' added up over each group, with the response less the other factors' part,
-    ``X_c,k'W_c(y_c - X_c,-k b_-k)`` and ``F_c'W_c(y_c - X_c,-k b_-k)``
-    (``work.blocks[k]``). The fixed effects and the factor's coefficients are drawn jointly
-    by the two-level passes (:func:`samplers.two_level.upward`, :func:`samplers.two_level.draw`),
-    so the fixed effects are integrated out of each factor's update (Papaspiliopoulos,
-    Roberts & Zanella 2020, Biometrika 107(1), "Scalable inference for crossed random
-    effects models"). A pass over the cells per factor; ``b`` and ``a`` are overwritten.
-    Returns False when a factorisation failed.
+    ``X_c,k'W_c(y_c - X_c,-k b_-k)`` and ``F'W(y - X_-k b_-k)`` (``work.blocks[k]``; the
+    parts that do not depend on ``b`` are summed once, :func:`block_constants`, and
+    ``F'WX_-k b_-k`` is a sum over the other factors' groups). The fixed effects and the
+    factor's coefficients are drawn jointly by the two-level passes
+    (:func:`samplers.two_level.upward`, :func:`samplers.two_level.draw`), so the fixed
+    effects are integrated out of each factor's update (Papaspiliopoulos, Roberts & Zanella
+    2020, Biometrika 107(1), "Scalable inference for crossed random effects models"). Each
+    factor costs a pass over the cells reading their groups and ``X_c'W_cX_c``; ``b`` and
+    ``a`` are overwritten.
+
+    Returns the weighted residual sum of squares at the new ``(a, b)`` (for the move on
+    ``s2``), from the groups' sums and the last factor's pass; -1 when a factorisation
+    failed.
     """
+    if work.block_ready[0] == 0:
+        block_constants(structure, work, stats)
     lp = structure.level_ptr
     npt = structure.node_ptr
     cn = structure.cell_node
@@ -694,6 +754,7 @@ def draw_blocks(rng, structure, C, work, stats, s2, fixed, a, b):
     D = lp[K]
     p = a.shape[0]
     n_cells = cn.shape[0]
+    pairs = 0.0  # sum over cells of the other factors' cross terms, in the last factor's pass (K > 2)
     for k in range(K):
         st = work.blocks[k]
         Ck = work.Cb[k]
@@ -702,46 +763,54 @@ def draw_blocks(rng, structure, C, work, stats, s2, fixed, a, b):
         for i in range(dk):
             for j in range(dk):
                 Ck[i, j] = C[c0 + i, c0 + j]
-        st.n[:] = 0.0
-        st.XtX[:] = 0.0
-        st.XtF[:] = 0.0
-        st.Xty[:] = 0.0
-        st.logw_g[:] = 0.0
-        for q in range(p):
-            st.Fty[q] = stats.Fty[q]
-            for r in range(p):
-                st.FtF[q, r] = stats.FtF[q, r]
-        st.scal[YTY] = 0.0  # the log-likelihood of the update is not used
-        st.scal[N_OBS] = stats.scal[N_OBS]
-        st.scal[SUM_LOG_W] = stats.scal[SUM_LOG_W]
-        for c in range(n_cells):
-            g = cn[c, k] - npt[k]
-            st.n[g] += stats.n[c]
-            st.logw_g[g] += stats.logw_g[c]
+        Xty0 = work.Xty0[k]
+        for g in range(npt[k + 1] - npt[k]):
             for i in range(dk):
-                t = stats.Xty[c, c0 + i]
-                for m in range(K):
-                    if m == k:
-                        continue
-                    h = cn[c, m]
-                    for j in range(lp[m], lp[m + 1]):
-                        t -= stats.XtX[c, c0 + i, j] * b[h, j]
-                st.Xty[g, i] += t
-                for j in range(dk):
-                    st.XtX[g, i, j] += stats.XtX[c, c0 + i, c0 + j]
-                for q in range(p):
-                    st.XtF[g, i, q] += stats.XtF[c, c0 + i, q]
+                st.Xty[g, i] = Xty0[g, i]
+        # F'W(y - X_-k b_-k): the other factors' groups' X_m'WF
+        for q in range(p):
+            t = stats.Fty[q]
             for m in range(K):
                 if m == k:
                     continue
-                h = cn[c, m]
+                stm = work.blocks[m]
+                for h in range(npt[m + 1] - npt[m]):
+                    for j in range(lp[m + 1] - lp[m]):
+                        t -= stm.XtF[h, j, q] * b[npt[m] + h, lp[m] + j]
+            st.Fty[q] = t
+        last = k == K - 1
+        cross = work.cross[k]
+        cn32 = work.cell_node32
+        if K == 2 and D == 2:  # two crossed intercepts (or slopes), the common case: the loop written out
+            other = 1 - k
+            col = lp[other]
+            Xty = st.Xty
+            for c in range(n_cells):
+                Xty[cn32[c, k] - npt[k], 0] -= cross[c, 0, 0] * b[cn32[c, other], col]
+            n_loop = 0
+        else:
+            n_loop = n_cells
+        for c in range(n_loop):
+            g = cn32[c, k] - npt[k]
+            jj = 0
+            for m in range(K):
+                if m == k:
+                    continue
+                h = cn32[c, m]
                 for j in range(lp[m], lp[m + 1]):
                     bj = b[h, j]
-                    for q in range(p):
-                        st.Fty[q] -= stats.XtF[c, j, q] * bj
+                    for i in range(dk):
+                        st.Xty[g, i] -= cross[c, i, jj] * bj
+                    jj += 1
+                if last:
+                    for m2 in range(m + 1, K - 1):
+                        h2 = cn[c, m2]
+                        for i in range(lp[m], lp[m + 1]):
+                            for j in range(lp[m2], lp[m2 + 1]):
+                                pairs += b[h, i] * stats.XtX[c, i, j] * b[h2, j]
         _, ok = two_level.upward(st, s2, Ck, fixed, work.Lb[k], work.LA, work.cA)
         if not ok:
-            return False
+            return -1.0
         bk = work.bb[k]
         two_level.draw(rng, st, s2, Ck, work.Lb[k], work.LA, work.cA, a, bk, True)
         for h in range(npt[k], npt[k + 1]):
@@ -749,4 +818,29 @@ def draw_blocks(rng, structure, C, work, stats, s2, fixed, a, b):
                 b[h, j] = 0.0
             for i in range(dk):
                 b[h, c0 + i] = bk[h - npt[k], i]
-    return True
+    # the residual sum of squares at the new (a, b): every term but the cells' cross terms
+    # between factors is a sum over groups; those with the last factor are b'(X'Wy - adjusted)
+    rss = stats.scal[YTY]
+    for q in range(p):
+        rss -= 2.0 * a[q] * stats.Fty[q]
+        for r in range(p):
+            rss += a[q] * stats.FtF[q, r] * a[r]
+    for k in range(K):
+        st = work.blocks[k]
+        c0 = lp[k]
+        dk = lp[k + 1] - c0
+        Xty0 = work.Xty0[k]
+        for g in range(npt[k + 1] - npt[k]):
+            h = npt[k] + g
+            for i in range(dk):
+                bi = b[h, c0 + i]
+                t = -2.0 * Xty0[g, i]
+                for q in range(p):
+                    t += 2.0 * st.XtF[g, i, q] * a[q]
+                for j in range(dk):
+                    t += st.XtX[g, i, j] * b[h, c0 + j]
+                if k == K - 1:
+                    t += 2.0 * (Xty0[g, i] - st.Xty[g, i])
+                rss += bi * t
+    rss += 2.0 * pairs
+    return max(rss, 0.0)

@@ -90,9 +90,12 @@ class CrossedWork(NamedTuple):
     factors and whitened couplings of the groups of the largest factor; ``S``, ``s`` the
     dense rest (the other factors' coefficients and the fixed effects) and ``Lx`` its factor;
     the index arrays locate each group's support (:func:`samplers.crossed.workspace_arrays`).
-    ``blocks``, ``Cb``, ``Lb``, ``bb``: per factor, the statistics, covariance factor,
-    group factors and coefficients of the factor-by-factor draw
-    (:func:`samplers.crossed.draw_blocks`).
+    ``blocks``, ``Cb``, ``Lb``, ``bb``, ``Xty0``, ``cross``: per factor, the statistics,
+    covariance factor, group factors, coefficients, response sums and each cell's
+    cross-products with the other factors' columns, of the factor-by-factor draw
+    (:func:`samplers.crossed.draw_blocks`), with ``cell_node32`` the cells' groups in 32 bits
+    (the draw reads them every sweep); ``block_ready[0]`` is 1 once what does not change
+    between draws is made (set it to 0 after recomputing the statistics).
     """
 
     C: np.ndarray
@@ -117,6 +120,10 @@ class CrossedWork(NamedTuple):
     Cb: tuple
     Lb: tuple
     bb: tuple
+    Xty0: tuple
+    cross: tuple
+    cell_node32: np.ndarray
+    block_ready: np.ndarray
 
 
 def is_crossed(structure):
@@ -153,7 +160,8 @@ def _block_arrays(stats, structure):
 
     p = stats.Fty.shape[0]
     lp, npt = structure.level_ptr, structure.node_ptr
-    blocks, Cb, Lb, bb = [], [], [], []
+    blocks, Cb, Lb, bb, Xty0, cross = [], [], [], [], [], []
+    n_cells, D = structure.cell_node.shape[0], int(lp[-1])
     for k in range(len(lp) - 1):
         n_k, d_k = int(npt[k + 1] - npt[k]), int(lp[k + 1] - lp[k])
         blocks.append(SuffStats(np.zeros(n_k), np.zeros((n_k, d_k, d_k)), np.zeros((n_k, d_k, p)), np.zeros((n_k, d_k)),
@@ -162,7 +170,10 @@ def _block_arrays(stats, structure):
         Cb.append(np.zeros((d_k, d_k)))
         Lb.append(np.zeros((n_k, d_k, d_k)))
         bb.append(np.zeros((n_k, d_k)))
-    return tuple(blocks), tuple(Cb), tuple(Lb), tuple(bb)
+        Xty0.append(np.zeros((n_k, d_k)))
+        cross.append(np.zeros((n_cells, d_k, D - d_k)))
+    return (tuple(blocks), tuple(Cb), tuple(Lb), tuple(bb), tuple(Xty0), tuple(cross),
+            np.zeros(structure.cell_node.shape, dtype=np.int32), np.zeros(1, dtype=np.int64))
 
 
 def workspace_values(n_groups, n_coef, n_fixed, structure):
@@ -174,8 +185,9 @@ def workspace_values(n_groups, n_coef, n_fixed, structure):
         n0, d0 = int(npt[1]), int(lp[1])
         n_cells = structure.cell_node.shape[0]
         # the couplings of each cell's group of factor 0, the dense rest twice, its inverse when the moments are asked
-        # and, for the blocked draw, every group's statistics and factors again
-        return d * d + n0 * d0 * (d0 + p + 1) + n_cells * d0 * d + 3 * w * w + int(npt[-1]) * d * (2 * d + p + 3)
+        # and, for the blocked draw, every group's statistics and factors again, each cell's cross-products
+        return (d * d + n0 * d0 * (d0 + p + 1) + n_cells * d0 * d + 3 * w * w + int(npt[-1]) * d * (2 * d + p + 3)
+                + n_cells * d * d)
     if is_two_level(structure):
         return d * d + n_groups * d * d + p * p + p
     lp = structure.level_ptr
@@ -354,7 +366,8 @@ def draw_by_factor(rng, work, stats, structure, s2, fixed, a, b):
     distribution is ``p(a, b | theta, y)``, costing a pass over the cells per factor. For
     the other structures, where the exact joint draw costs as little, :func:`integrate`
     and :func:`draw_coefficients`. ``work.C`` must hold the factor of the group covariance.
-    Returns False when a factorisation failed.
+    Returns the weighted residual sum of squares at the new ``(a, b)`` (nan where the draw
+    does not give it: the exact one), or -1 when a factorisation failed.
     """
     return _draw_by_factor_entry(rng, work, stats, structure, s2, fixed, a, b)
 
@@ -367,9 +380,10 @@ def _draw_by_factor_impl(rng, work, stats, structure, s2, fixed, a, b):
 
     def impl(rng, work, stats, structure, s2, fixed, a, b):
         _, ok = integrate(work, stats, structure, s2, fixed)
-        if ok:
-            draw_coefficients(rng, work, stats, structure, s2, a, b, True)
-        return ok
+        if not ok:
+            return -1.0
+        draw_coefficients(rng, work, stats, structure, s2, a, b, True)
+        return np.nan  # the exact draw does not give the residual sum of squares
 
     return impl
 

@@ -49,8 +49,12 @@ def update_s2(rng, stats, a, b, s2, priors):
     accepted : float
         1.0 if the move was accepted (always for the conjugate inverse-gamma prior).
     """
-    rss = residual_ss(stats, a, b)
-    n_obs = stats.scal[N_OBS]
+    return update_s2_given_rss(rng, residual_ss(stats, a, b), stats.scal[N_OBS], s2, priors)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def update_s2_given_rss(rng, rss, n_obs, s2, priors):
+    """Draw ``s2 | a, b, y`` given the weighted residual sum of squares at ``(a, b)``; as :func:`update_s2`."""
     if priors.sigma_kind == PRIOR_INV_GAMMA:
         shape = priors.sigma_par[0] + 0.5 * n_obs
         rate = priors.sigma_par[1] + 0.5 * rss

@@ -5,11 +5,11 @@ from numba import njit
 from numba.extending import overload
 
 from samplers.gaussian import draw_by_factor, draw_coefficients, finest_coefficients, integrate
-from samplers.gibbs import update_s2, update_T
+from samplers.gibbs import residual_ss, update_s2, update_s2_given_rss, update_T
 from samplers.mh import mh_moves
 from samplers.suffstats import residual_stats
 from samplers.theta import decode_theta, encode_theta
-from samplers.types import FAILED, LP, RTR, BlockedGibbsMoves, GibbsMoves
+from samplers.types import FAILED, LP, N_OBS, RSS, RTR, BlockedGibbsMoves, GibbsMoves
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -31,8 +31,12 @@ def draw_all_coefficients(rng, state, stats, structure, priors):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def gibbs_moves(rng, state, stats, structure, priors):
-    """``s2 | a, b, y`` and each ``T_k | b`` by their conditionals; returns the mean acceptance."""
+def gibbs_moves(rng, state, stats, structure, priors, rss_known=False):
+    """``s2 | a, b, y`` and each ``T_k | b`` by their conditionals; returns the mean acceptance.
+
+    With ``rss_known`` the residual sum of squares at ``(a, b)`` is ``state.scal[RSS]``, left
+    by the factor-by-factor draw of the coefficients.
+    """
     d = state.b.shape[1]
     C = np.empty((d, d))
     s2, _ = decode_theta(state.theta, structure, priors, C)
@@ -43,8 +47,11 @@ def gibbs_moves(rng, state, stats, structure, priors):
                 T[i, j] += C[i, m] * C[j, m]
     acc_s2 = 1.0
     if structure.sigma_known == 0:
-        b_eff = finest_coefficients(state.work, structure, state.b)
-        s2, acc_s2 = update_s2(rng, stats, state.a, b_eff, s2, priors)
+        if rss_known:
+            s2, acc_s2 = update_s2_given_rss(rng, state.scal[RSS], stats.scal[N_OBS], s2, priors)
+        else:
+            b_eff = finest_coefficients(state.work, structure, state.b)
+            s2, acc_s2 = update_s2(rng, stats, state.a, b_eff, s2, priors)
     acc_T, ok = update_T(rng, state.b, T, structure, priors)
     if not ok or not encode_theta(s2, T, structure, state.theta):
         state.scal[FAILED] = 1.0
@@ -61,11 +68,15 @@ def draw_coefficients_by_factor(rng, state, stats, structure, priors):
     """
     work = state.work
     s2, log_prior = decode_theta(state.theta, structure, priors, work.C)
-    if not np.isfinite(log_prior) or not draw_by_factor(rng, work, stats, structure, s2, priors.fixed, state.a,
-                                                        state.b):
+    rss = draw_by_factor(rng, work, stats, structure, s2, priors.fixed, state.a, state.b) if np.isfinite(
+        log_prior) else -1.0
+    if rss < 0.0:
         state.scal[FAILED] = 1.0
         return False
+    if np.isnan(rss):  # an exact draw: the residual sum of squares from the statistics
+        rss = residual_ss(stats, state.a, finest_coefficients(work, structure, state.b))
     state.scal[LP] = np.nan
+    state.scal[RSS] = rss
     return True
 
 
@@ -90,9 +101,12 @@ def move_theta(rng, state, stats, structure, priors, moves, warmup):
 
 @overload(move_theta)
 def _move_theta_impl(rng, state, stats, structure, priors, moves, warmup):
-    if moves.instance_class is GibbsMoves or moves.instance_class is BlockedGibbsMoves:
+    if moves.instance_class is GibbsMoves:
         return lambda rng, state, stats, structure, priors, moves, warmup: gibbs_moves(
             rng, state, stats, structure, priors)
+    if moves.instance_class is BlockedGibbsMoves:
+        return lambda rng, state, stats, structure, priors, moves, warmup: gibbs_moves(
+            rng, state, stats, structure, priors, True)
 
     def impl(rng, state, stats, structure, priors, moves, warmup):
         state.scal[RTR] = residual_stats(stats, state.a, state.r)

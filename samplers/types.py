@@ -198,7 +198,8 @@ RTR = 4  # (y - F a)'W(y - F a) at the current fixed effects
 IND_ACC = 5  # summed acceptance of the independence moves in warm-up
 IND_N = 6  # their count
 IND_LQ = 7  # independence-proposal log density at theta (nan when not known)
-N_SCAL = 8
+RSS = 8  # weighted residual sum of squares at the current (a, b), when the coefficient draw gives it
+N_SCAL = 9
 # Slots of ChainState.ibuf
 ITER = 0  # sweeps done
 WIN_COUNT = 1  # draws in the current adaptation window

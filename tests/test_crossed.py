@@ -518,7 +518,7 @@ def test_draws_by_factor_leave_the_exact_conditional_invariant():
     S = 12_000
     draws = np.empty((S, P["Z"].shape[1] + p))
     for i in range(S):
-        assert gaussian.draw_by_factor(rng, work, stats, st, s2, fixed, a, b)
+        assert gaussian.draw_by_factor(rng, work, stats, st, s2, fixed, a, b) >= 0.0
         draws[i] = np.concatenate([_flat_b(st, b), a])
     y, F, Z = P["y"], P["F"], P["Z"]
     M = np.block([[Z.T @ Z / s2 + np.linalg.inv(P["G"]), Z.T @ F / s2],
@@ -529,6 +529,25 @@ def test_draws_by_factor_leave_the_exact_conditional_invariant():
     z = (batches.mean(0) - mean) / (batches.std(0, ddof=1) / np.sqrt(40))
     assert np.abs(z).max() < 4.5
     np.testing.assert_allclose(draws.var(0), var, rtol=0.1)
+
+
+def test_draw_by_factor_gives_the_residual_sum_of_squares():
+    """The sum of squares the blocked draw returns (for the move on sigma) is that of its new (a, b)."""
+    from samplers.gibbs import residual_ss
+
+    for n_levels, sizes in (((6, 4), (2, 1)), ((5, 4, 3), (1, 2, 1))):
+        P = _problem(5, n_levels=n_levels, sizes=sizes, p=2)
+        st, stats = P["structure"], P["stats"]
+        work = gaussian.workspace(stats, st)
+        work.C[:] = P["C"]
+        a, b = np.zeros(2), np.zeros((int(st.node_ptr[-1]), P["C"].shape[0]))
+        rng = np.random.default_rng(1)
+        for _ in range(3):
+            rss = gaussian.draw_by_factor(rng, work, stats, st, 0.8, FixedPrior(np.eye(2), np.zeros(2), 0.0, 0), a, b)
+            direct = residual_ss(stats, a, gaussian.finest_coefficients(work, st, b))
+            assert rss == pytest.approx(direct, rel=1e-10)
+            r = P["y"] - P["F"] @ a - P["Z"] @ _flat_b(st, b)
+            assert rss == pytest.approx(r @ r, rel=1e-10)
 
 
 def test_blocked_method_is_for_crossed_factors_and_agrees_with_the_exact_draw(scots_fit, scotssec):
