@@ -106,6 +106,37 @@ def _in_parts(n_draws, fill):
         list(pool.map(lambda i: fill(bounds[i], bounds[i + 1]), range(n_parts)))
 
 
+def _crossed_log_likelihood(model, s2, a, b, mode, a_kernel=None, chunk_values=20_000_000):
+    """:func:`_log_likelihood` of crossed factors, ``b`` one row per group of every factor (not per cell).
+
+    Each cell's coefficient vector is gathered for a block of draws at a time (at most about
+    ``chunk_values`` numbers), so that the cells' coefficients of every draw are never held at
+    once. By group: each group of the factor with most groups (the rows of a subject, say),
+    every coefficient at the draw: the sum of its cells' log-likelihoods.
+    """
+    n_chains, n_draws = s2.shape
+    S = n_chains * n_draws
+    flat = {"s2": s2.reshape(S), "a": a.reshape(S, -1), "b": b.reshape(S, *b.shape[2:])}
+    flat_ak = None if a_kernel is None else np.asarray(a_kernel).reshape(S, -1)
+    n_cells, D = model.n_groups, b.shape[-1]
+    design = model.design
+    cells = design.cell_codes[:, 0]
+    n_out = model.n_obs if mode == "pointwise" else len(design.factor_labels[0])
+    out = np.empty((S, n_out))
+    step = max(1, chunk_values // max(1, n_cells * D, n_out))
+    for lo in range(0, S, step):
+        hi = min(S, lo + step)
+        b_cells = finest_coefficients(model, flat["b"][lo:hi])
+        part = _log_likelihood(model, flat["s2"][lo:hi][None], flat["a"][lo:hi][None], b_cells[None], mode,
+                               None if flat_ak is None else flat_ak[lo:hi][None])[0]
+        if mode == "pointwise":
+            out[lo:hi] = part
+        else:  # from the cells to the groups of the largest factor
+            out[lo:hi] = 0.0
+            np.add.at(out[lo:hi].T, cells, part.T)
+    return out.reshape(n_chains, n_draws, n_out)
+
+
 def _log_likelihood(model, s2, a, b, mode, a_kernel=None):
     """Array (chain, draw, n_out) of log-likelihoods, by observation or by finest group.
 
@@ -391,8 +422,11 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
     mode = loglik_mode(model, chains, n_keep, keep_group_draws, log_likelihood)
     response = design.response
     if mode:
-        ll = _log_likelihood(model, s2, a, None if b is None else finest_coefficients(model, b), mode,
-                             a_kernel=a_kernel)
+        if model.crossed:
+            ll = _crossed_log_likelihood(model, s2, a, b, mode, a_kernel=a_kernel)
+        else:
+            ll = _log_likelihood(model, s2, a, None if b is None else finest_coefficients(model, b), mode,
+                                 a_kernel=a_kernel)
         groups["log_likelihood"] = ({response: ll}, {response: [OBS] if mode == "pointwise" else [g]})
     row_groups = _row_data(model) if model.rows_held else {}
     timings = {**timings, "results_seconds": time.perf_counter() - t0}

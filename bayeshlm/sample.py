@@ -130,7 +130,10 @@ def sample(
         held and chains x draws x observations is at most 2e7 values, else by group; none
         when not all group draws are kept. By group, the values are quadratic forms in each
         group's statistics, kept when the model is compiled (also by ``hlm_stats``): the
-        cost per draw grows with the groups, not the rows.
+        cost per draw grows with the groups, not the rows. With crossed factors "group" is
+        each group of the factor with most groups (a subject's rows, every coefficient at
+        the draw); leaving out a group of any factor is ``bh.loo(model, posterior,
+        by=factor)``.
     progress : bool
         Show a progress bar on standard error.
     n_threads : int, optional

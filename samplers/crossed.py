@@ -41,6 +41,9 @@ from samplers.nested import lower_inverse_gram, m_step
 from samplers.types import N_OBS, SUM_LOG_W, YTY
 
 LOG_2PI = np.log(2.0 * np.pi)
+# the dense rest up to this size is factorised in place by hand: a LAPACK call allocates and
+# copies, which costs more than the arithmetic there
+SMALL_DENSE = 40
 
 
 @njit(cache=True, nogil=True)
@@ -48,7 +51,8 @@ def workspace_arrays(stats, structure):
     """The arrays of a crossed workspace: the factors' storage and the supports of factor 0's groups.
 
     Returns ``(L, Ue, Ua, u, S, s, Lx, LA, cA, beta, xoff, cell_ptr, cell_order, supp_ptr,
-    supp_node, supp_col, cell_supp)``:
+    supp_node, supp_col, cell_supp, Xw, Cw, CF, Cy, v)`` (the last five scratch space of
+    :func:`upward`):
 
     * ``xoff[h]``: where group ``h`` of factor 1.. sits in ``x`` (-1 for factor 0);
     * ``cell_ptr``, ``cell_order``: the cells of each group of factor 0;
@@ -137,9 +141,33 @@ def workspace_arrays(stats, structure):
             cell_supp[c, 0] = g
             for m in range(1, K):
                 cell_supp[c, m] = pos[cn[c, m]]
+    D = lp[K]
     return (np.zeros((n0, d0, d0)), np.zeros((n_supp, d0, dR)), np.zeros((n0, d0, p)), np.zeros((n0, d0)),
             np.zeros((W, W)), np.zeros(W), np.zeros((W, W)), np.zeros((p, p)), np.zeros(p),
-            np.zeros((n_nodes, dm)), xoff, cell_ptr, cell_order, supp_ptr, supp_node, supp_col, cell_supp)
+            np.zeros((n_nodes, dm)), xoff, cell_ptr, cell_order, supp_ptr, supp_node, supp_col, cell_supp,
+            np.zeros((D, D)), np.zeros((D, D)), np.zeros((D, p)), np.zeros(D), np.zeros(W))
+
+
+@njit(cache=True, nogil=True)
+def _chol_leading(M, n):
+    """Overwrite the leading ``n x n`` block of ``M`` (lower triangle read) with its lower Cholesky factor.
+
+    False when it is not numerically positive definite.
+    """
+    for j in range(n):
+        t = M[j, j]
+        for k in range(j):
+            t -= M[j, k] * M[j, k]
+        if not t > 0.0:
+            return False
+        ljj = np.sqrt(t)
+        M[j, j] = ljj
+        for i in range(j + 1, n):
+            t = M[i, j]
+            for k in range(j):
+                t -= M[i, k] * M[j, k]
+            M[i, j] = t / ljj
+    return True
 
 
 @njit(cache=True, nogil=True)
@@ -185,10 +213,7 @@ def upward(stats, structure, s2, C, full, fixed, yx, yy, work):
         for j in range(W):
             S[i, j] = 0.0
     Y = stats.Xty if full else yx
-    Xw = np.empty((D, D))
-    Cw = np.empty((D, D))
-    CF = np.empty((D, p))
-    Cy = np.empty(D)
+    Xw, Cw, CF, Cy = work.Xw, work.Cw, work.CF, work.Cy
     for c in range(n_cells):
         # the cell's whitened cross-products: C'X'WX C / s2, C'X'WF / s2, C'X'Wy / s2
         for i in range(D):
@@ -316,25 +341,34 @@ def upward(stats, structure, s2, C, full, fixed, yx, yy, work):
                 for i in range(d0):
                     t += Ua[g, i, q] * Ua[g, i, r]
                 S[qR + q, qR + r] -= t
-    # the dense rest: factors 1.. then the fixed effects
-    Sd = np.empty((W, W))
-    for i in range(W):
-        for j in range(i + 1):
-            Sd[i, j] = S[i, j]
-            Sd[j, i] = S[i, j]
-    try:
-        Lx = np.linalg.cholesky(Sd)
-    except Exception:  # noqa: BLE001 -- numba raises LinAlgError, caught as Exception only
-        return -np.inf, False
-    v = np.empty(W)
+    # the dense rest: factors 1.. then the fixed effects, into the lower triangle of work.Lx
+    Lx = work.Lx
+    if W <= SMALL_DENSE:
+        for i in range(W):
+            for j in range(i + 1):
+                Lx[i, j] = S[i, j]
+        if not _chol_leading(Lx, W):
+            return -np.inf, False
+    else:
+        Sd = np.empty((W, W))
+        for i in range(W):
+            for j in range(i + 1):
+                Sd[i, j] = S[i, j]
+                Sd[j, i] = S[i, j]
+        try:
+            Ld = np.linalg.cholesky(Sd)
+        except Exception:  # noqa: BLE001 -- numba raises LinAlgError, caught as Exception only
+            return -np.inf, False
+        for i in range(W):
+            for j in range(i + 1):
+                Lx[i, j] = Ld[i, j]
+    v = work.v
     for i in range(W):
         t = s[i]
         for m in range(i):
             t -= Lx[i, m] * v[m]
         v[i] = t / Lx[i, i]
     for i in range(W):
-        for j in range(i + 1):
-            work.Lx[i, j] = Lx[i, j]
         if i < qR:
             logdet += 2.0 * np.log(Lx[i, i])
         yyv -= v[i] * v[i]

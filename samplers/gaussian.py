@@ -116,6 +116,11 @@ class CrossedWork(NamedTuple):
     supp_node: np.ndarray
     supp_col: np.ndarray
     cell_supp: np.ndarray
+    Xw: np.ndarray
+    Cw: np.ndarray
+    CF: np.ndarray
+    Cy: np.ndarray
+    v: np.ndarray
     blocks: tuple
     Cb: tuple
     Lb: tuple
