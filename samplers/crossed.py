@@ -149,28 +149,6 @@ def workspace_arrays(stats, structure):
 
 
 @njit(cache=True, nogil=True)
-def _chol_leading(M, n):
-    """Overwrite the leading ``n x n`` block of ``M`` (lower triangle read) with its lower Cholesky factor.
-
-    False when it is not numerically positive definite.
-    """
-    for j in range(n):
-        t = M[j, j]
-        for k in range(j):
-            t -= M[j, k] * M[j, k]
-        if not t > 0.0:
-            return False
-        ljj = np.sqrt(t)
-        M[j, j] = ljj
-        for i in range(j + 1, n):
-            t = M[i, j]
-            for k in range(j):
-                t -= M[i, k] * M[j, k]
-            M[i, j] = t / ljj
-    return True
-
-
-@njit(cache=True, nogil=True)
 def _factor_of(structure, h):
     """The factor of group ``h``."""
     npt = structure.node_ptr
@@ -347,7 +325,7 @@ def upward(stats, structure, s2, C, full, fixed, yx, yy, work):
         for i in range(W):
             for j in range(i + 1):
                 Lx[i, j] = S[i, j]
-        if not _chol_leading(Lx, W):
+        if not chol_inplace(Lx[:W, :W]):
             return -np.inf, False
     else:
         Sd = np.empty((W, W))
