@@ -128,16 +128,15 @@ def _crossed_log_likelihood(model, s2, a, b, mode, a_kernel=None, chunk_values=2
         hi = min(S, lo + step)
         b_cells = finest_coefficients(model, flat["b"][lo:hi])
         part = _log_likelihood(model, flat["s2"][lo:hi][None], flat["a"][lo:hi][None], b_cells[None], mode,
-                               None if flat_ak is None else flat_ak[lo:hi][None])[0]
-        if mode == "pointwise":
-            out[lo:hi] = part
-        else:  # from the cells to the groups of the largest factor
+                               None if flat_ak is None else flat_ak[lo:hi][None],
+                               out=out[lo:hi] if mode == "pointwise" else None)[0]
+        if mode != "pointwise":  # from the cells to the groups of the largest factor
             out[lo:hi] = 0.0
             np.add.at(out[lo:hi].T, cells, part.T)
     return out.reshape(n_chains, n_draws, n_out)
 
 
-def _log_likelihood(model, s2, a, b, mode, a_kernel=None):
+def _log_likelihood(model, s2, a, b, mode, a_kernel=None, out=None):
     """Array (chain, draw, n_out) of log-likelihoods, by observation or by finest group.
 
     ``s2``, ``a`` and ``b`` (each finest group's full coefficient vector) are in the user's
@@ -145,7 +144,8 @@ def _log_likelihood(model, s2, a, b, mode, a_kernel=None):
     quadratic forms in them (:func:`samplers.loglik.group_loglik_stats`, a cost per draw
     in the groups); otherwise, and pointwise, each row is read once per draw
     (:func:`samplers.loglik.loglik_draws`). ``a_kernel``: the fixed effects in the
-    kernels' basis, when at hand (else mapped from ``a``).
+    kernels' basis, when at hand (else mapped from ``a``). ``out``: where the values go
+    (chain x draw, n_out), when not by group from the statistics.
     """
     n_chains, n_draws = s2.shape
     flat_s2 = s2.reshape(-1)
@@ -160,11 +160,12 @@ def _log_likelihood(model, s2, a, b, mode, a_kernel=None):
     else:
         out_idx = design.group_idx
         n_out = model.n_groups
-    out = np.zeros((n_chains * n_draws, n_out))
+    out = np.empty((n_chains * n_draws, n_out)) if out is None else out
     flat_a = a.reshape(-1, a.shape[-1])
     flat_b = b.reshape(n_chains * n_draws, *b.shape[2:])
 
     def fill(lo, hi):
+        out[lo:hi] = 0.0  # the kernel adds into it; zeroed here, in the two threads
         loglik_draws(design.y, design.F, design.X, design.group_idx, log_w, w,
                      flat_s2[lo:hi], flat_a[lo:hi], flat_b[lo:hi], out_idx, out[lo:hi])
 

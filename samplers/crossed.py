@@ -51,14 +51,17 @@ def workspace_arrays(stats, structure):
     """The arrays of a crossed workspace: the factors' storage and the supports of factor 0's groups.
 
     Returns ``(L, Ue, Ua, u, S, s, Lx, LA, cA, beta, xoff, cell_ptr, cell_order, supp_ptr,
-    supp_node, supp_col, cell_supp, Xw, Cw, CF, Cy, v)`` (the last five scratch space of
-    :func:`upward`):
+    supp_node, supp_col, supp_fac, cell_supp, Esum, Cy, v)`` (the last two scratch
+    space of :func:`upward`):
 
     * ``xoff[h]``: where group ``h`` of factor 1.. sits in ``x`` (-1 for factor 0);
     * ``cell_ptr``, ``cell_order``: the cells of each group of factor 0;
     * ``supp_ptr``, ``supp_node``: each group of factor 0's support (ascending groups),
-      ``supp_col[e]`` where support entry ``e``'s columns start in the group's coupling row;
-    * ``cell_supp[c, m]``: the support entry of cell ``c``'s group of factor ``m >= 1``.
+      ``supp_col[e]`` where support entry ``e``'s columns start in the group's coupling row,
+      ``supp_fac[e]`` the factor of its group;
+    * ``cell_supp[c, m]``: the support entry of cell ``c``'s group of factor ``m >= 1``;
+    * ``Esum[e]``: ``X_0'WX_m`` summed over the cells of support entry ``e``
+      (:func:`block_constants` fills it).
     """
     lp = structure.level_ptr
     npt = structure.node_ptr
@@ -125,6 +128,7 @@ def workspace_arrays(stats, structure):
         supp_node[supp_ptr[g]:supp_ptr[g + 1]] = np.sort(supp_node[supp_ptr[g]:supp_ptr[g + 1]])
     pos = np.full(n_nodes, -1, dtype=np.int64)
     supp_col = np.empty(n_supp, dtype=np.int64)
+    supp_fac = np.empty(n_supp, dtype=np.int64)
     cell_supp = np.zeros((n_cells, max(K, 1)), dtype=np.int64)
     for g in range(n0):
         col = 0
@@ -135,6 +139,7 @@ def workspace_arrays(stats, structure):
             k = 1
             while npt[k + 1] <= h:
                 k += 1
+            supp_fac[e] = k
             col += lp[k + 1] - lp[k]
         for i in range(cell_ptr[g], cell_ptr[g + 1]):
             c = cell_order[i]
@@ -144,8 +149,8 @@ def workspace_arrays(stats, structure):
     D = lp[K]
     return (np.zeros((n0, d0, d0)), np.zeros((n_supp, d0, dR)), np.zeros((n0, d0, p)), np.zeros((n0, d0)),
             np.zeros((W, W)), np.zeros(W), np.zeros((W, W)), np.zeros((p, p)), np.zeros(p),
-            np.zeros((n_nodes, dm)), xoff, cell_ptr, cell_order, supp_ptr, supp_node, supp_col, cell_supp,
-            np.zeros((D, D)), np.zeros((D, D)), np.zeros((D, p)), np.zeros(D), np.zeros(W))
+            np.zeros((n_nodes, dm)), xoff, cell_ptr, cell_order, supp_ptr, supp_node, supp_col, supp_fac, cell_supp,
+            np.zeros((n_supp, d0, dR)), np.zeros(D), np.zeros(W))
 
 
 @njit(cache=True, nogil=True)
@@ -167,13 +172,18 @@ def upward(stats, structure, s2, C, full, fixed, yx, yy, work):
     left in ``work`` for the downward pass. Otherwise the fixed effects are given through
     ``yx`` (n_cells, n_coef) ``= X_c'W_c(y_c - F_c a)`` and ``yy`` the residual sum of squares
     at ``a``. Returns ``(loglik, ok)`` as :func:`samplers.two_level.upward` does.
+
+    The diagonal blocks come from each group's sums of its cells' statistics and the
+    couplings of factor 0 from each support entry's (:func:`block_constants`, made once per
+    workspace), so a pass costs ``O(groups + support entries)`` before the dense rest; the
+    cells themselves are read only for the response given ``a`` and, with three factors or
+    more, for the couplings between the other factors.
     """
     if not s2 > 0.0:
         return -np.inf, False
     lp = structure.level_ptr
     cn = structure.cell_node
     K = lp.shape[0] - 1
-    D = lp[K]
     d0 = lp[1]
     n_cells = cn.shape[0]
     n0 = structure.node_ptr[1]
@@ -182,71 +192,114 @@ def upward(stats, structure, s2, C, full, fixed, yx, yy, work):
     W = qR + p
     inv_s2 = 1.0 / s2
     L, Ue, Ua, u, S, s, xoff = work.L, work.Ue, work.Ua, work.u, work.S, work.s, work.xoff
-    L[:] = 0.0
-    Ue[:] = 0.0
-    Ua[:] = 0.0
-    u[:] = 0.0
+    if work.block_ready[0] == 0:
+        block_constants(structure, work, stats)
+    npt = structure.node_ptr
     for i in range(W):
         s[i] = 0.0
         for j in range(W):
             S[i, j] = 0.0
-    Y = stats.Xty if full else yx
-    Xw, Cw, CF, Cy = work.Xw, work.Cw, work.CF, work.Cy
-    for c in range(n_cells):
-        # the cell's whitened cross-products: C'X'WX C / s2, C'X'WF / s2, C'X'Wy / s2
-        for i in range(D):
-            for j in range(D):
-                t = 0.0
-                for m in range(j, D):
-                    t += stats.XtX[c, i, m] * C[m, j]
-                Xw[i, j] = t
-        for i in range(D):
+    Cy = work.Cy
+    # the response sums of each group: constant (full), or the cells' X'W(y - Fa) added up
+    if not full:
+        u[:] = 0.0
+        for c in range(n_cells):
+            g = cn[c, 0]
+            for i in range(d0):
+                u[g, i] += yx[c, i]
+            for m in range(1, K):
+                xo = xoff[cn[c, m]]
+                c0 = lp[m]
+                for j in range(lp[m + 1] - c0):
+                    s[xo + j] += yx[c, c0 + j]
+    # the groups of factor 0: C_0'(X'WX)_g C_0 / s2 (I is added below), C_0'(X'Wy)_g / s2, C_0'(X'WF)_g / s2
+    B0X, B0F = work.blocks[0].XtX, work.blocks[0].XtF
+    Y0 = work.Xty0[0]
+    for g in range(n0):  # indexed, not sliced: a view per group costs more than its arithmetic
+        for i in range(d0):
             for j in range(i + 1):
                 t = 0.0
-                for m in range(i, D):
-                    t += C[m, i] * Xw[m, j]
-                Cw[i, j] = t * inv_s2
-                Cw[j, i] = Cw[i, j]
+                for a in range(i, d0):
+                    ca = C[a, i]
+                    for b in range(j, d0):
+                        t += ca * B0X[g, a, b] * C[b, j]
+                L[g, i, j] = t * inv_s2
+                L[g, j, i] = t * inv_s2
             t = 0.0
-            for m in range(i, D):
-                t += C[m, i] * Y[c, m]
+            for a in range(i, d0):
+                t += C[a, i] * (Y0[g, a] if full else u[g, a])
             Cy[i] = t * inv_s2
             for q in range(p):
                 t = 0.0
-                for m in range(i, D):
-                    t += C[m, i] * stats.XtF[c, m, q]
-                CF[i, q] = t * inv_s2
-        g = cn[c, 0]
+                for a in range(i, d0):
+                    t += C[a, i] * B0F[g, a, q]
+                Ua[g, i, q] = t * inv_s2
         for i in range(d0):
-            u[g, i] += Cy[i]
-            for j in range(d0):
-                L[g, i, j] += Cw[i, j]
-            for q in range(p):
-                Ua[g, i, q] += CF[i, q]
-        for m in range(1, K):
-            e = work.cell_supp[c, m]
-            h = cn[c, m]
+            u[g, i] = Cy[i]
+    # the groups of the other factors: their diagonal blocks and responses in S and s
+    for m in range(1, K):
+        BmX, BmF = work.blocks[m].XtX, work.blocks[m].XtF
+        Ym = work.Xty0[m]
+        c0 = lp[m]
+        dmk = lp[m + 1] - c0
+        for h in range(npt[m], npt[m + 1]):
+            gi = h - npt[m]
+            xo = xoff[h]
+            for i in range(dmk):
+                for j in range(i + 1):
+                    t = 0.0
+                    for a in range(i, dmk):
+                        ca = C[c0 + a, c0 + i]
+                        for b in range(j, dmk):
+                            t += ca * BmX[gi, a, b] * C[c0 + b, c0 + j]
+                    S[xo + i, xo + j] = t * inv_s2
+                S[xo + i, xo + i] += 1.0
+                t = 0.0
+                for a in range(i, dmk):
+                    t += C[c0 + a, c0 + i] * (Ym[gi, a] if full else s[xo + a])
+                Cy[i] = t * inv_s2
+                for q in range(p):
+                    t = 0.0
+                    for a in range(i, dmk):
+                        t += C[c0 + a, c0 + i] * BmF[gi, a, q]
+                    S[qR + q, xo + i] = t * inv_s2
+            for i in range(dmk):
+                s[xo + i] = Cy[i]
+    # each group of factor 0 with its support: C_0'(X_0'WX_m) C_m / s2, summed over the cells they share
+    sn, sf, Es = work.supp_node, work.supp_fac, work.Esum
+    dR = Ue.shape[2]
+    for e in range(sn.shape[0]):
+        m = sf[e]
+        c0 = lp[m]
+        dmk = lp[m + 1] - c0
+        for i in range(d0):
+            for j in range(dmk):
+                t = 0.0
+                for a in range(i, d0):
+                    ca = C[a, i]
+                    for b in range(j, dmk):
+                        t += ca * Es[e, a, b] * C[c0 + b, c0 + j]
+                Ue[e, i, j] = t * inv_s2
+            for j in range(dmk, dR):
+                Ue[e, i, j] = 0.0
+    # three factors or more: the other factors' groups meet in cells, coupled cell by cell
+    for c in range(n_cells if K > 2 else 0):
+        for m in range(2, K):
             c0 = lp[m]
             dmk = lp[m + 1] - c0
-            xo = xoff[h]
-            for i in range(d0):
+            xo = xoff[cn[c, m]]
+            for m2 in range(1, m):
+                c2 = lp[m2]
+                dm2 = lp[m2 + 1] - c2
+                xo2 = xoff[cn[c, m2]]
                 for j in range(dmk):
-                    Ue[e, i, j] += Cw[i, c0 + j]
-            for j in range(dmk):
-                s[xo + j] += Cy[c0 + j]
-                for q in range(p):
-                    S[qR + q, xo + j] += CF[c0 + j, q]
-                for m2 in range(1, m + 1):
-                    h2 = cn[c, m2]
-                    c2 = lp[m2]
-                    xo2 = xoff[h2]
-                    for j2 in range(lp[m2 + 1] - c2):
-                        if xo + j >= xo2 + j2:
-                            S[xo + j, xo2 + j2] += Cw[c0 + j, c2 + j2]
-                        elif m2 < m:  # the same pair of rows from the other side
-                            S[xo2 + j2, xo + j] += Cw[c0 + j, c2 + j2]
-    for i in range(qR):
-        S[i, i] += 1.0
+                    for j2 in range(dm2):
+                        t = 0.0
+                        for a in range(j, dmk):
+                            ca = C[c0 + a, c0 + j]
+                            for b in range(j2, dm2):
+                                t += ca * stats.XtX[c, c0 + a, c2 + b] * C[c2 + b, c2 + j2]
+                        S[xo + j, xo2 + j2] += t * inv_s2
     yyv = (stats.scal[YTY] if full else yy) * inv_s2
     if full:
         for q in range(p):
@@ -257,37 +310,46 @@ def upward(stats, structure, s2, C, full, fixed, yx, yy, work):
     # eliminate the groups of factor 0, each into the lower triangle of S over its support
     sp, sn = work.supp_ptr, work.supp_node
     dR = Ue.shape[2]
+    # (indexed, not sliced; the pivots multiplied and their logarithm taken now and then: each
+    # is at least 1 and at most 1e154, so the product stays finite)
+    prod = 1.0
     for g in range(n0):
-        Lg = L[g]
         for i in range(d0):
-            Lg[i, i] += 1.0
-        if not chol_inplace(Lg):
+            L[g, i, i] += 1.0
+        if d0 == 1:  # a random intercept: no call
+            if not L[g, 0, 0] > 0.0:
+                return -np.inf, False
+            L[g, 0, 0] = np.sqrt(L[g, 0, 0])
+        elif not chol_inplace(L[g]):
             return -np.inf, False
         for i in range(d0):
-            logdet += 2.0 * np.log(Lg[i, i])
+            prod *= L[g, i, i]
+            if prod > 1e100:
+                logdet += 2.0 * np.log(prod)
+                prod = 1.0
         for e in range(sp[g], sp[g + 1]):
             for j in range(dR):
                 for i in range(d0):
                     t = Ue[e, i, j]
                     for m in range(i):
-                        t -= Lg[i, m] * Ue[e, m, j]
-                    Ue[e, i, j] = t / Lg[i, i]
+                        t -= L[g, i, m] * Ue[e, m, j]
+                    Ue[e, i, j] = t / L[g, i, i]
         for q in range(p):
             for i in range(d0):
                 t = Ua[g, i, q]
                 for m in range(i):
-                    t -= Lg[i, m] * Ua[g, m, q]
-                Ua[g, i, q] = t / Lg[i, i]
+                    t -= L[g, i, m] * Ua[g, m, q]
+                Ua[g, i, q] = t / L[g, i, i]
         for i in range(d0):
             t = u[g, i]
             for m in range(i):
-                t -= Lg[i, m] * u[g, m]
-            u[g, i] = t / Lg[i, i]
+                t -= L[g, i, m] * u[g, m]
+            u[g, i] = t / L[g, i, i]
             yyv -= u[g, i] * u[g, i]
         for e1 in range(sp[g], sp[g + 1]):
             h1 = sn[e1]
             x1 = xoff[h1]
-            k1 = _factor_of(structure, h1)
+            k1 = sf[e1]
             w1 = lp[k1 + 1] - lp[k1]
             for j1 in range(w1):
                 t = 0.0
@@ -302,7 +364,7 @@ def upward(stats, structure, s2, C, full, fixed, yx, yy, work):
                 for e2 in range(sp[g], e1 + 1):
                     h2 = sn[e2]
                     x2 = xoff[h2]
-                    w2 = w1 if e2 == e1 else lp[_factor_of(structure, h2) + 1] - lp[_factor_of(structure, h2)]
+                    w2 = w1 if e2 == e1 else lp[sf[e2] + 1] - lp[sf[e2]]
                     top = j1 + 1 if e2 == e1 else w2
                     for j2 in range(top):
                         t = 0.0
@@ -319,6 +381,7 @@ def upward(stats, structure, s2, C, full, fixed, yx, yy, work):
                 for i in range(d0):
                     t += Ua[g, i, q] * Ua[g, i, r]
                 S[qR + q, qR + r] -= t
+    logdet += 2.0 * np.log(prod)
     # the dense rest: factors 1.. then the fixed effects, into the lower triangle of work.Lx
     Lx = work.Lx
     if W <= SMALL_DENSE:
@@ -692,9 +755,9 @@ def block_constants(structure, work, stats):
     ``X_k'Wy`` (the response part before the other factors are taken off), into
     ``work.blocks[k]``; each cell's ``X_c,k'W_cX_c,-k`` into ``work.cross[k]`` and its groups in
     32 bits into ``work.cell_node32`` (what the draw reads per cell, packed);
-    ``work.block_ready[0]`` is set. Computed on the first draw of a
-    workspace: a step that recomputes the statistics (:func:`samplers.suffstats.recompute`)
-    sets ``work.block_ready[0] = 0``.
+    ``Esum`` of the passes of :func:`upward`; ``work.block_ready[0]`` is set. Computed on
+    the first pass or draw of a workspace: a step that recomputes the statistics
+    (:func:`samplers.suffstats.recompute`) sets ``work.block_ready[0] = 0``.
     """
     lp = structure.level_ptr
     npt = structure.node_ptr
@@ -733,6 +796,17 @@ def block_constants(structure, work, stats):
         st.scal[YTY] = 0.0  # the log-likelihood of a factor's update is not used
         st.scal[N_OBS] = stats.scal[N_OBS]
         st.scal[SUM_LOG_W] = stats.scal[SUM_LOG_W]
+    # each group of factor 0 with each group of its support: X_0'WX_m summed over the cells they share
+    Es = work.Esum
+    Es[:] = 0.0
+    d0 = lp[1]
+    for c in range(cn.shape[0]):
+        for m in range(1, K):
+            e = work.cell_supp[c, m]
+            c0 = lp[m]
+            for i in range(d0):
+                for j in range(lp[m + 1] - c0):
+                    Es[e, i, j] += stats.XtX[c, i, c0 + j]
     work.block_ready[0] = 1
 
 

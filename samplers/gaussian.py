@@ -115,10 +115,9 @@ class CrossedWork(NamedTuple):
     supp_ptr: np.ndarray
     supp_node: np.ndarray
     supp_col: np.ndarray
+    supp_fac: np.ndarray
     cell_supp: np.ndarray
-    Xw: np.ndarray
-    Cw: np.ndarray
-    CF: np.ndarray
+    Esum: np.ndarray
     Cy: np.ndarray
     v: np.ndarray
     blocks: tuple
@@ -191,7 +190,7 @@ def workspace_values(n_groups, n_coef, n_fixed, structure):
         n_cells = structure.cell_node.shape[0]
         # the couplings of each cell's group of factor 0, the dense rest twice, its inverse when the moments are asked
         # and, for the blocked draw, every group's statistics and factors again, each cell's cross-products
-        return (d * d + n0 * d0 * (d0 + p + 1) + n_cells * d0 * d + 3 * w * w + int(npt[-1]) * d * (2 * d + p + 3)
+        return (d * d + n0 * d0 * (d0 + p + 1) + 2 * n_cells * d0 * d + 3 * w * w + int(npt[-1]) * d * (2 * d + p + 3)
                 + n_cells * d * d)
     if is_two_level(structure):
         return d * d + n_groups * d * d + p * p + p
