@@ -163,6 +163,46 @@ def _factor_of(structure, h):
     return k
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _eliminate_intercepts(n0, p, qR, sp, sn, xoff, L, Ue, Ua, u, S, s, logdet, yyv):
+    """The elimination of :func:`upward` when every factor has one column: scalars throughout.
+
+    Returns ``(ok, logdet, yyv)`` updated.
+    """
+    prod = 1.0  # the pivots' product, its logarithm taken now and then (each pivot is in [1, 1e154])
+    for g in range(n0):
+        l2 = L[g, 0, 0] + 1.0
+        if not l2 > 0.0:
+            return False, logdet, yyv
+        lg = np.sqrt(l2)
+        L[g, 0, 0] = lg
+        prod *= lg
+        if prod > 1e100:
+            logdet += 2.0 * np.log(prod)
+            prod = 1.0
+        inv = 1.0 / lg
+        ug = u[g, 0] * inv
+        u[g, 0] = ug
+        yyv -= ug * ug
+        for q in range(p):
+            Ua[g, 0, q] *= inv
+        for e1 in range(sp[g], sp[g + 1]):
+            v1 = Ue[e1, 0, 0] * inv
+            Ue[e1, 0, 0] = v1
+            x1 = xoff[sn[e1]]
+            s[x1] -= v1 * ug
+            for q in range(p):
+                S[qR + q, x1] -= Ua[g, 0, q] * v1
+            for e2 in range(sp[g], e1 + 1):
+                S[x1, xoff[sn[e2]]] -= v1 * Ue[e2, 0, 0]
+        for q in range(p):
+            aq = Ua[g, 0, q]
+            s[qR + q] -= aq * ug
+            for r in range(q + 1):
+                S[qR + q, qR + r] -= aq * Ua[g, 0, r]
+    return True, logdet + 2.0 * np.log(prod), yyv
+
+
 @njit(cache=True, nogil=True)
 def upward(stats, structure, s2, C, full, fixed, yx, yy, work):
     """Integrate out every group's coefficients (and, with ``full``, the fixed effects).
@@ -215,7 +255,14 @@ def upward(stats, structure, s2, C, full, fixed, yx, yy, work):
     # the groups of factor 0: C_0'(X'WX)_g C_0 / s2 (I is added below), C_0'(X'Wy)_g / s2, C_0'(X'WF)_g / s2
     B0X, B0F = work.blocks[0].XtX, work.blocks[0].XtF
     Y0 = work.Xty0[0]
-    for g in range(n0):  # indexed, not sliced: a view per group costs more than its arithmetic
+    intercepts = d0 == 1 and Ue.shape[2] == 1  # every factor one column: scalars
+    c00 = C[0, 0]
+    for g in range(n0 if intercepts else 0):
+        L[g, 0, 0] = c00 * c00 * B0X[g, 0, 0] * inv_s2
+        u[g, 0] = c00 * (Y0[g, 0] if full else u[g, 0]) * inv_s2
+        for q in range(p):
+            Ua[g, 0, q] = c00 * B0F[g, 0, q] * inv_s2
+    for g in range(0 if intercepts else n0):  # indexed, not sliced: a view per group costs more than its arithmetic
         for i in range(d0):
             for j in range(i + 1):
                 t = 0.0
@@ -268,7 +315,12 @@ def upward(stats, structure, s2, C, full, fixed, yx, yy, work):
     # each group of factor 0 with its support: C_0'(X_0'WX_m) C_m / s2, summed over the cells they share
     sn, sf, Es = work.supp_node, work.supp_fac, work.Esum
     dR = Ue.shape[2]
-    for e in range(sn.shape[0]):
+    if intercepts:
+        for m in range(1, K):
+            Cy[m] = c00 * C[lp[m], lp[m]] * inv_s2
+        for e in range(sn.shape[0]):
+            Ue[e, 0, 0] = Es[e, 0, 0] * Cy[sf[e]]
+    for e in range(0 if intercepts else sn.shape[0]):
         m = sf[e]
         c0 = lp[m]
         dmk = lp[m + 1] - c0
@@ -309,79 +361,83 @@ def upward(stats, structure, s2, C, full, fixed, yx, yy, work):
     logdet = stats.scal[N_OBS] * np.log(s2) - stats.scal[SUM_LOG_W]
     # eliminate the groups of factor 0, each into the lower triangle of S over its support
     sp, sn = work.supp_ptr, work.supp_node
-    dR = Ue.shape[2]
-    # (indexed, not sliced; the pivots multiplied and their logarithm taken now and then: each
-    # is at least 1 and at most 1e154, so the product stays finite)
-    prod = 1.0
-    for g in range(n0):
-        for i in range(d0):
-            L[g, i, i] += 1.0
-        if d0 == 1:  # a random intercept: no call
-            if not L[g, 0, 0] > 0.0:
-                return -np.inf, False
-            L[g, 0, 0] = np.sqrt(L[g, 0, 0])
-        elif not chol_inplace(L[g]):
+    if intercepts:
+        ok, logdet, yyv = _eliminate_intercepts(n0, p, qR, sp, sn, xoff, L, Ue, Ua, u, S, s, logdet, yyv)
+        if not ok:
             return -np.inf, False
-        for i in range(d0):
-            prod *= L[g, i, i]
-            if prod > 1e100:
-                logdet += 2.0 * np.log(prod)
-                prod = 1.0
-        for e in range(sp[g], sp[g + 1]):
-            for j in range(dR):
-                for i in range(d0):
-                    t = Ue[e, i, j]
-                    for m in range(i):
-                        t -= L[g, i, m] * Ue[e, m, j]
-                    Ue[e, i, j] = t / L[g, i, i]
-        for q in range(p):
+    else:
+        # (indexed, not sliced; the pivots multiplied and their logarithm taken now and then: each
+        # is at least 1 and at most 1e154, so the product stays finite)
+        prod = 1.0
+        for g in range(n0):
             for i in range(d0):
-                t = Ua[g, i, q]
-                for m in range(i):
-                    t -= L[g, i, m] * Ua[g, m, q]
-                Ua[g, i, q] = t / L[g, i, i]
-        for i in range(d0):
-            t = u[g, i]
-            for m in range(i):
-                t -= L[g, i, m] * u[g, m]
-            u[g, i] = t / L[g, i, i]
-            yyv -= u[g, i] * u[g, i]
-        for e1 in range(sp[g], sp[g + 1]):
-            h1 = sn[e1]
-            x1 = xoff[h1]
-            k1 = sf[e1]
-            w1 = lp[k1 + 1] - lp[k1]
-            for j1 in range(w1):
-                t = 0.0
+                L[g, i, i] += 1.0
+            if d0 == 1:  # a random intercept: no call
+                if not L[g, 0, 0] > 0.0:
+                    return -np.inf, False
+                L[g, 0, 0] = np.sqrt(L[g, 0, 0])
+            elif not chol_inplace(L[g]):
+                return -np.inf, False
+            for i in range(d0):
+                prod *= L[g, i, i]
+                if prod > 1e100:
+                    logdet += 2.0 * np.log(prod)
+                    prod = 1.0
+            for e in range(sp[g], sp[g + 1]):
+                for j in range(dR):
+                    for i in range(d0):
+                        t = Ue[e, i, j]
+                        for m in range(i):
+                            t -= L[g, i, m] * Ue[e, m, j]
+                        Ue[e, i, j] = t / L[g, i, i]
+            for q in range(p):
                 for i in range(d0):
-                    t += Ue[e1, i, j1] * u[g, i]
-                s[x1 + j1] -= t
-                for q in range(p):
+                    t = Ua[g, i, q]
+                    for m in range(i):
+                        t -= L[g, i, m] * Ua[g, m, q]
+                    Ua[g, i, q] = t / L[g, i, i]
+            for i in range(d0):
+                t = u[g, i]
+                for m in range(i):
+                    t -= L[g, i, m] * u[g, m]
+                u[g, i] = t / L[g, i, i]
+                yyv -= u[g, i] * u[g, i]
+            for e1 in range(sp[g], sp[g + 1]):
+                h1 = sn[e1]
+                x1 = xoff[h1]
+                k1 = sf[e1]
+                w1 = lp[k1 + 1] - lp[k1]
+                for j1 in range(w1):
                     t = 0.0
                     for i in range(d0):
-                        t += Ua[g, i, q] * Ue[e1, i, j1]
-                    S[qR + q, x1 + j1] -= t
-                for e2 in range(sp[g], e1 + 1):
-                    h2 = sn[e2]
-                    x2 = xoff[h2]
-                    w2 = w1 if e2 == e1 else lp[sf[e2] + 1] - lp[sf[e2]]
-                    top = j1 + 1 if e2 == e1 else w2
-                    for j2 in range(top):
+                        t += Ue[e1, i, j1] * u[g, i]
+                    s[x1 + j1] -= t
+                    for q in range(p):
                         t = 0.0
                         for i in range(d0):
-                            t += Ue[e1, i, j1] * Ue[e2, i, j2]
-                        S[x1 + j1, x2 + j2] -= t
-        for q in range(p):
-            t = 0.0
-            for i in range(d0):
-                t += Ua[g, i, q] * u[g, i]
-            s[qR + q] -= t
-            for r in range(q + 1):
+                            t += Ua[g, i, q] * Ue[e1, i, j1]
+                        S[qR + q, x1 + j1] -= t
+                    for e2 in range(sp[g], e1 + 1):
+                        h2 = sn[e2]
+                        x2 = xoff[h2]
+                        w2 = w1 if e2 == e1 else lp[sf[e2] + 1] - lp[sf[e2]]
+                        top = j1 + 1 if e2 == e1 else w2
+                        for j2 in range(top):
+                            t = 0.0
+                            for i in range(d0):
+                                t += Ue[e1, i, j1] * Ue[e2, i, j2]
+                            S[x1 + j1, x2 + j2] -= t
+            for q in range(p):
                 t = 0.0
                 for i in range(d0):
-                    t += Ua[g, i, q] * Ua[g, i, r]
-                S[qR + q, qR + r] -= t
-    logdet += 2.0 * np.log(prod)
+                    t += Ua[g, i, q] * u[g, i]
+                s[qR + q] -= t
+                for r in range(q + 1):
+                    t = 0.0
+                    for i in range(d0):
+                        t += Ua[g, i, q] * Ua[g, i, r]
+                    S[qR + q, qR + r] -= t
+        logdet += 2.0 * np.log(prod)
     # the dense rest: factors 1.. then the fixed effects, into the lower triangle of work.Lx
     Lx = work.Lx
     if W <= SMALL_DENSE:
@@ -473,7 +529,7 @@ def draw(rng, structure, C, work, a_out, b_out, draw):
                 for m in range(i + 1):
                     t += C[c0 + i, c0 + m] * beta[h, m]
                 b_out[h, c0 + i] = t
-    sp, sn = work.supp_ptr, work.supp_node
+    sp, sn, sf = work.supp_ptr, work.supp_node, work.supp_fac
     z = np.empty(d0)
     for g in range(npt[1]):
         for i in range(d0):
@@ -483,7 +539,7 @@ def draw(rng, structure, C, work, a_out, b_out, draw):
             for e in range(sp[g], sp[g + 1]):
                 h = sn[e]
                 xo = work.xoff[h]
-                k = _factor_of(structure, h)
+                k = sf[e]
                 for j in range(lp[k + 1] - lp[k]):
                     t -= work.Ue[e, i, j] * x[xo + j]
             z[i] = t
@@ -491,7 +547,10 @@ def draw(rng, structure, C, work, a_out, b_out, draw):
             if draw:
                 for i in range(d0):
                     z[i] += rng.standard_normal()
-        solve_upper(work.L[g], z)
+        if d0 == 1:  # no view of the group's factor
+            z[0] /= work.L[g, 0, 0]
+        else:
+            solve_upper(work.L[g], z)
         for i in range(d0):
             beta[g, i] = z[i]
         for i in range(d0):

@@ -95,11 +95,11 @@ def _store(state, store, k, acc):
     coef_map = store.coef_map
     if k < store.b.shape[0]:
         for i in range(store.b_rows.shape[0]):
-            row = state.b[store.b_rows[i]]
+            g = store.b_rows[i]  # indexed, not a view per group
             for r in range(d):
                 t = 0.0
                 for m in range(d):
-                    t += coef_map[r, m] * row[m]
+                    t += coef_map[r, m] * state.b[g, m]
                 store.b[k, i, r] = t
     if store.b_moments.shape[0] > 0:
         inv = 1.0 / (k + 1)

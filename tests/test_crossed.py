@@ -76,6 +76,7 @@ DESIGNS = {
     "two_factors_slopes": {"n_levels": (7, 4), "sizes": (2, 1)},
     "two_factors_intercepts": {"n_levels": (9, 5), "sizes": (1, 1), "fill": 0.4},
     "three_factors": {"n_levels": (6, 4, 3), "sizes": (1, 2, 1)},
+    "three_factors_intercepts": {"n_levels": (7, 4, 3), "sizes": (1, 1, 1)},  # the scalar path of the passes
     "slopes_on_both": {"n_levels": (8, 5), "sizes": (2, 2), "p": 3},
 }
 
