@@ -106,46 +106,32 @@ def _in_parts(n_draws, fill):
         list(pool.map(lambda i: fill(bounds[i], bounds[i + 1]), range(n_parts)))
 
 
-def _crossed_log_likelihood(model, s2, a, b, mode, a_kernel=None, chunk_values=20_000_000):
-    """:func:`_log_likelihood` of crossed factors, ``b`` one row per group of every factor (not per cell).
+def _cell_gather(model):
+    """``(cell_node, col_factor, cell_group)`` of crossed factors for the log-likelihood kernels.
 
-    Each cell's coefficient vector is gathered for a block of draws at a time (at most about
-    ``chunk_values`` numbers), so that the cells' coefficients of every draw are never held at
-    once. By group: each group of the factor with most groups (the rows of a subject, say),
-    every coefficient at the draw: the sum of its cells' log-likelihoods.
+    ``cell_group``: each cell's group of the largest factor (the groups of the group mode).
+    Not crossed: empty index arrays (``b`` is read by the rows' groups) and ``None``.
     """
-    n_chains, n_draws = s2.shape
-    S = n_chains * n_draws
-    flat = {"s2": s2.reshape(S), "a": a.reshape(S, -1), "b": b.reshape(S, *b.shape[2:])}
-    flat_ak = None if a_kernel is None else np.asarray(a_kernel).reshape(S, -1)
-    n_cells, D = model.n_groups, b.shape[-1]
-    design = model.design
-    cells = design.cell_codes[:, 0]
-    n_out = model.n_obs if mode == "pointwise" else len(design.factor_labels[0])
-    out = np.empty((S, n_out))
-    step = max(1, chunk_values // max(1, n_cells * D, n_out))
-    for lo in range(0, S, step):
-        hi = min(S, lo + step)
-        b_cells = finest_coefficients(model, flat["b"][lo:hi])
-        part = _log_likelihood(model, flat["s2"][lo:hi][None], flat["a"][lo:hi][None], b_cells[None], mode,
-                               None if flat_ak is None else flat_ak[lo:hi][None],
-                               out=out[lo:hi] if mode == "pointwise" else None)[0]
-        if mode != "pointwise":  # from the cells to the groups of the largest factor
-            out[lo:hi] = 0.0
-            np.add.at(out[lo:hi].T, cells, part.T)
-    return out.reshape(n_chains, n_draws, n_out)
+    st = model.structure
+    if not model.crossed:
+        return np.zeros((0, 0), dtype=np.int64), np.zeros(0, dtype=np.int64), None
+    lp = st.level_ptr
+    col_factor = np.repeat(np.arange(len(lp) - 1, dtype=np.int64), np.diff(lp))
+    return (np.ascontiguousarray(st.cell_node, dtype=np.int64), col_factor,
+            np.ascontiguousarray(model.design.cell_codes[:, 0], dtype=np.int64))
 
 
-def _log_likelihood(model, s2, a, b, mode, a_kernel=None, out=None):
+def _log_likelihood(model, s2, a, b, mode, a_kernel=None):
     """Array (chain, draw, n_out) of log-likelihoods, by observation or by finest group.
 
-    ``s2``, ``a`` and ``b`` (each finest group's full coefficient vector) are in the user's
-    units. By group, when the statistics hold every group's ``F_j'W F_j``, the values are
-    quadratic forms in them (:func:`samplers.loglik.group_loglik_stats`, a cost per draw
-    in the groups); otherwise, and pointwise, each row is read once per draw
+    ``s2``, ``a`` and ``b`` (each finest group's full coefficient vector; with crossed
+    factors, one row per group of every factor, as drawn, and the groups are those of the
+    largest factor) are in the user's units. By group, when the statistics hold every
+    group's ``F_j'W F_j``, the values are quadratic forms in them
+    (:func:`samplers.loglik.group_loglik_stats`, a cost per draw in the groups); otherwise,
+    and pointwise, each row is read once per draw
     (:func:`samplers.loglik.loglik_draws`). ``a_kernel``: the fixed effects in the
-    kernels' basis, when at hand (else mapped from ``a``). ``out``: where the values go
-    (chain x draw, n_out), when not by group from the statistics.
+    kernels' basis, when at hand (else mapped from ``a``).
     """
     n_chains, n_draws = s2.shape
     flat_s2 = s2.reshape(-1)
@@ -154,20 +140,24 @@ def _log_likelihood(model, s2, a, b, mode, a_kernel=None, out=None):
     design = model.design
     w = np.ones(model.n_obs) if design.obs_var is None else 1.0 / design.obs_var
     log_w = np.log(w)
+    cell_node, col_factor, cell_group = _cell_gather(model)
     if mode == "pointwise":
         out_idx = np.arange(model.n_obs, dtype=np.int64)
         n_out = model.n_obs
+    elif cell_group is not None:
+        out_idx = cell_group[design.group_idx]
+        n_out = len(design.factor_labels[0])
     else:
         out_idx = design.group_idx
         n_out = model.n_groups
-    out = np.empty((n_chains * n_draws, n_out)) if out is None else out
+    out = np.empty((n_chains * n_draws, n_out))
     flat_a = a.reshape(-1, a.shape[-1])
     flat_b = b.reshape(n_chains * n_draws, *b.shape[2:])
 
     def fill(lo, hi):
         out[lo:hi] = 0.0  # the kernel adds into it; zeroed here, in the two threads
-        loglik_draws(design.y, design.F, design.X, design.group_idx, log_w, w,
-                     flat_s2[lo:hi], flat_a[lo:hi], flat_b[lo:hi], out_idx, out[lo:hi])
+        loglik_draws(design.y, design.F, design.X, design.group_idx, log_w, w, flat_s2[lo:hi], flat_a[lo:hi],
+                     flat_b[lo:hi], out_idx, out[lo:hi], cell_node, col_factor)
 
     _in_parts(flat_s2.shape[0], fill)
     return out.reshape(n_chains, n_draws, n_out)
@@ -187,9 +177,11 @@ def _group_loglik(model, s2, a, b, a_kernel=None):
         a_kernel = np.linalg.solve(L, (a.reshape(n, -1) - t).T).T
     a_kernel = np.ascontiguousarray(np.asarray(a_kernel, dtype=np.float64).reshape(n, -1))
     n_groups = st.n.shape[0]
+    cell_node, col_factor, cell_group = _cell_gather(model)
+    n_rows_b = n_groups if cell_group is None else int(model.structure.node_ptr[-1])
     if b is None or b.shape[-1] == 0:
-        b = np.zeros((n, n_groups, 0))
-    b = np.ascontiguousarray(b.reshape(n, n_groups, -1), dtype=np.float64)
+        b = np.zeros((n, n_rows_b, 0))
+    b = np.ascontiguousarray(b.reshape(n, n_rows_b, -1), dtype=np.float64)
     b_map = np.ascontiguousarray(basis.coef_matrix_inverse() / basis.y_scale)
     if model.sigma_known:  # s2 = 1 in both units; w = s_y^2 w_user
         s2N = np.ones(n)
@@ -199,11 +191,17 @@ def _group_loglik(model, s2, a, b, a_kernel=None):
         s2N = np.ascontiguousarray(s2 / basis.y_scale**2)
         log_s2_user = np.log(s2)
         log_w_shift = 0.0
-    out = np.empty((n, n_groups))
+    if cell_group is None:
+        out_col, n_out = np.arange(n_groups, dtype=np.int64), n_groups
+    else:
+        out_col, n_out = cell_group, len(model.design.factor_labels[0])
+    out = np.empty((n, n_out))
 
     def fill(lo, hi):
+        out[lo:hi] = 0.0  # the kernel adds into it
         group_loglik_stats(st.n, st.yty_g, st.Fty_g, st.FtF_g, st.Xty, st.XtF, st.XtX, st.logw_g, log_w_shift,
-                           s2N[lo:hi], log_s2_user[lo:hi], a_kernel[lo:hi], b[lo:hi], b_map, out[lo:hi])
+                           s2N[lo:hi], log_s2_user[lo:hi], a_kernel[lo:hi], b[lo:hi], b_map, out[lo:hi], out_col,
+                           cell_node, col_factor)
 
     _in_parts(n, fill)
     return out
@@ -423,11 +421,9 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
     mode = loglik_mode(model, chains, n_keep, keep_group_draws, log_likelihood)
     response = design.response
     if mode:
-        if model.crossed:
-            ll = _crossed_log_likelihood(model, s2, a, b, mode, a_kernel=a_kernel)
-        else:
-            ll = _log_likelihood(model, s2, a, None if b is None else finest_coefficients(model, b), mode,
-                                 a_kernel=a_kernel)
+        if b is not None and not model.crossed:  # crossed: the kernels gather each cell's coefficients
+            b = finest_coefficients(model, b)
+        ll = _log_likelihood(model, s2, a, b, mode, a_kernel=a_kernel)
         groups["log_likelihood"] = ({response: ll}, {response: [OBS] if mode == "pointwise" else [g]})
     row_groups = _row_data(model) if model.rows_held else {}
     timings = {**timings, "results_seconds": time.perf_counter() - t0}

@@ -36,8 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +44,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from rscript import run_r  # noqa: E402
+
 sys.path.insert(0, str(HERE.parent))
 
 DESIGNS = {
@@ -104,20 +105,11 @@ def time_em(df, formula, repeats):
 
 def time_lme4(csv, formula, repeats):
     """Median seconds of ``lmer`` (REML) and its log-likelihood; None when R or lme4 is missing."""
-    rscript = shutil.which("Rscript")
-    if rscript is None:
-        return None
-    with tempfile.NamedTemporaryFile("w", suffix=".R", delete=False) as f:
-        f.write(R_SCRIPT)
-        script = f.name
-    proc = subprocess.run([rscript, script, str(csv), str(repeats), formula], capture_output=True, text=True)
-    Path(script).unlink()
-    if proc.returncode != 0:
-        print("lme4 not run:", proc.stderr.strip().splitlines()[-1:] or proc.returncode, file=sys.stderr)
+    lines = run_r(R_SCRIPT, csv, repeats, formula)
+    if lines is None:
         return None
     out = {}
-    for line in proc.stdout.splitlines():
-        parts = line.split()
+    for parts in lines:
         if parts and parts[0] == "REML":
             out.update(seconds=float(parts[1]), loglik=float(parts[2]))
         elif parts and parts[0] == "VERSION":

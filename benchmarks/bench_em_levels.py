@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +30,9 @@ import numpy as np
 import pandas as pd
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from rscript import run_r  # noqa: E402
+
 FORMULA = "score ~ time * (female + ses) + (time | school) + (time | school:child)"
 
 R_SCRIPT = r"""
@@ -101,20 +102,11 @@ def time_bayeshlm(df, repeats):
 
 def time_lme4(csv, repeats):
     """Median seconds of ``lmer`` by REML and ML, from Rscript; None when R or lme4 is missing."""
-    rscript = shutil.which("Rscript")
-    if rscript is None:
-        return None
-    with tempfile.NamedTemporaryFile("w", suffix=".R", delete=False) as f:
-        f.write(R_SCRIPT)
-        script = f.name
-    proc = subprocess.run([rscript, script, str(csv), str(repeats)], capture_output=True, text=True)
-    Path(script).unlink()
-    if proc.returncode != 0:
-        print("lme4 not run:", proc.stderr.strip().splitlines()[-1:] or proc.returncode, file=sys.stderr)
+    lines = run_r(R_SCRIPT, csv, repeats)
+    if lines is None:
         return None
     out = {}
-    for line in proc.stdout.splitlines():
-        parts = line.split()
+    for parts in lines:
         if parts and parts[0] in ("REML", "ML"):
             out[parts[0]] = {"seconds": float(parts[1]), "loglik": float(parts[2]), "warnings": int(parts[3])}
         elif parts and parts[0] == "VERSION":

@@ -37,7 +37,7 @@ from numba import njit
 
 from samplers import two_level
 from samplers.linalg import chol_inplace, solve_lower, solve_upper
-from samplers.nested import lower_inverse_gram, m_step
+from samplers.nested import add_score_terms, lower_inverse_gram, m_step
 from samplers.types import N_OBS, SUM_LOG_W, YTY
 
 LOG_2PI = np.log(2.0 * np.pi)
@@ -650,7 +650,7 @@ def moments(rng, stats, structure, s2, C, work, with_fixed, a, b, V, A_inv, gC):
         gC[:] = 0.0
     sp, sn, sc = work.supp_ptr, work.supp_node, work.supp_col
     cov_cell = np.empty((D, D))  # Cov(beta_cell)
-    cov_ca = np.empty((D, p))  # Cov(beta_cell, a)
+    cov_ac = np.empty((p, D))  # Cov(a, beta_cell)
     CC = np.empty((D, D))
     CA = np.empty((D, p))
     m_c = np.empty(D)
@@ -720,7 +720,7 @@ def moments(rng, stats, structure, s2, C, work, with_fixed, a, b, V, A_inv, gC):
                 for j in range(d0):
                     cov_cell[i, j] = covg[i, j]
                 for q in range(p):
-                    cov_ca[i, q] = -BS[i, wg + q]
+                    cov_ac[q, i] = -BS[i, wg + q]
             for m in range(1, K):
                 h = cn[c, m]
                 c0 = lp[m]
@@ -732,7 +732,7 @@ def moments(rng, stats, structure, s2, C, work, with_fixed, a, b, V, A_inv, gC):
                         cov_cell[i, c0 + j] = -BS[i, col0 + j]
                         cov_cell[c0 + j, i] = -BS[i, col0 + j]
                     for q in range(p):
-                        cov_ca[c0 + j, q] = Sig[xo + j, qR + q]
+                        cov_ac[q, c0 + j] = Sig[xo + j, qR + q]
                     for m2 in range(1, K):
                         h2 = cn[c, m2]
                         c2 = lp[m2]
@@ -748,7 +748,7 @@ def moments(rng, stats, structure, s2, C, work, with_fixed, a, b, V, A_inv, gC):
                 for q in range(p):
                     t = 0.0
                     for m in range(i + 1):
-                        t += C[i, m] * cov_ca[m, q]
+                        t += C[i, m] * cov_ac[q, m]
                     CA[i, q] = t
             for i in range(D):
                 for j in range(D):
@@ -764,23 +764,7 @@ def moments(rng, stats, structure, s2, C, work, with_fixed, a, b, V, A_inv, gC):
                 h = cn[c, k]
                 for i in range(lp[k], lp[k + 1]):
                     m_c[i] = beta[h, i - lp[k]]
-            for i in range(D):
-                for j in range(D):
-                    t = 0.0
-                    for n in range(i + 1):
-                        t += C[i, n] * (cov_cell[n, j] + m_c[n] * m_c[j])
-                    CE[i, j] = t
-            for i in range(D):
-                ri = stats.Xty[c, i]
-                for q in range(p):
-                    ri -= stats.XtF[c, i, q] * a[q]
-                for j in range(D):
-                    t = ri * m_c[j]
-                    for q in range(p):
-                        t -= stats.XtF[c, i, q] * cov_ca[j, q]
-                    for n in range(D):
-                        t -= stats.XtX[c, i, n] * CE[n, j]
-                    gC[i, j] += t * inv_s2
+            add_score_terms(stats, c, C, a, m_c, cov_cell, cov_ac, 0, CE, gC, inv_s2)
     return max(rss, 1e-300)
 
 

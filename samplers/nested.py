@@ -316,6 +316,37 @@ def lower_inverse_gram(LA, out):
             out[q, r] = t
 
 
+@njit(cache=True, nogil=True, inline="always")
+def add_score_terms(stats, g, C, a, mean, cov, cov_a, a_off, CE, gC, inv_s2):
+    """Add group ``g``'s part of ``d loglik / dC`` by Fisher's identity into ``gC``.
+
+    ``E[X_g'W_g(y_g - F_g a - X_g C beta) beta'] / s2`` over the conditional distribution of
+    the group's whitened coefficients ``beta`` (its own and its ancestors', or a cell's of
+    every factor: mean ``mean``, covariance ``cov[:D, :D]``) and of the fixed effects (mean
+    ``a``, ``Cov(a_q, beta_m) = cov_a[a_off + q, m]``); see
+    :func:`samplers.two_level.score_terms`. ``CE`` (D x D) is work space.
+    """
+    D = mean.shape[0]
+    p = a.shape[0]
+    for k in range(D):
+        for m in range(D):
+            t = 0.0
+            for n in range(k + 1):
+                t += C[k, n] * (cov[n, m] + mean[n] * mean[m])
+            CE[k, m] = t
+    for k in range(D):
+        rk = stats.Xty[g, k]
+        for q in range(p):
+            rk -= stats.XtF[g, k, q] * a[q]
+        for m in range(D):
+            t = rk * mean[m]
+            for q in range(p):
+                t -= stats.XtF[g, k, q] * cov_a[a_off + q, m]
+            for n in range(D):
+                t -= stats.XtX[g, k, n] * CE[n, m]
+            gC[k, m] += t * inv_s2
+
+
 @njit(cache=True, nogil=True)
 def moments(rng, stats, structure, s2, C, Lt, Ut, LA, cA, beta, with_fixed, a, b, V, A_inv, gC):
     """E-step after a ``full`` :func:`upward` with a flat prior: means, covariances, expected RSS.
@@ -489,23 +520,7 @@ def moments(rng, stats, structure, s2, C, Lt, Ut, LA, cA, beta, with_fixed, a, b
                 for c in range(lp[lev2], lp[lev2 + 1]):
                     m_eff[c] = beta[anc, c - lp[lev2]]
                 anc = parent[anc]
-            for k in range(D):
-                for m in range(D):
-                    t = 0.0
-                    for n in range(k + 1):
-                        t += C[k, n] * (chain[n, m] + m_eff[n] * m_eff[m])
-                    CE[k, m] = t
-            for k in range(D):
-                rk = stats.Xty[g, k]
-                for q in range(p):
-                    rk -= stats.XtF[g, k, q] * a[q]
-                for m in range(D):
-                    t = rk * m_eff[m]
-                    for q in range(p):
-                        t -= stats.XtF[g, k, q] * chain[D + q, m]
-                    for n in range(D):
-                        t -= stats.XtX[g, k, n] * CE[n, m]
-                    gC[k, m] += t * inv_s2
+            add_score_terms(stats, g, C, a, m_eff, chain, chain, D, CE, gC, inv_s2)
     return max(rss, 1e-300)
 
 

@@ -576,3 +576,29 @@ def test_group_log_likelihood_of_crossed_factors_sums_the_rows(scotssec):
                                          name="primary")).sum()
     expected = summed.sel(primary=by_group["primary"].values).transpose("chain", "draw", "primary")
     np.testing.assert_allclose(by_group.transpose("chain", "draw", "primary").values, expected.values, rtol=1e-10)
+
+
+def test_pointwise_log_likelihood_of_crossed_factors_is_the_normal_density(scotssec):
+    """Each row's value at each draw is log N(y | F a + u_primary + v_second, sigma^2), from the draws themselves;
+    by group from the rows alone (statistics without the groups' F'WF) it is the same as from the statistics."""
+    import dataclasses
+
+    from scipy.stats import norm
+
+    model = bh.hlm("attain ~ verbal + sex + (1 | primary) + (1 | second)", scotssec)
+    kwargs = {"draws": 5, "warmup": 20, "chains": 2, "seed": 2, "progress": False}
+    post = bh.sample(model, log_likelihood="pointwise", **kwargs)
+    p = post.posterior
+    F = np.column_stack([np.ones(len(scotssec)), scotssec["verbal"], (scotssec["sex"] == "M").astype(float)])
+    a = p["fixed"].sel(fixed_term=["Intercept", "verbal", "sex[T.M]"]).values.reshape(-1, 3)
+    u = p["primary_effect"].sel(primary=scotssec["primary"].astype(str).to_numpy()).values
+    v = p["second_effect"].sel(second=scotssec["second"].astype(str).to_numpy()).values
+    mu = a @ F.T + u.reshape(len(a), -1) + v.reshape(len(a), -1)
+    sigma = p["sigma"].values.reshape(-1, 1)
+    want = norm(mu, sigma).logpdf(scotssec["attain"].to_numpy())
+    got = post.log_likelihood["attain"].values.reshape(len(a), -1)
+    np.testing.assert_allclose(got, want, rtol=1e-10)
+    from_stats = bh.sample(model, log_likelihood="group", **kwargs).log_likelihood["attain"].values
+    rows_only = dataclasses.replace(model, stats=model.stats._replace(FtF_g=model.stats.FtF_g[:0]))
+    from_rows = bh.sample(rows_only, log_likelihood="group", **kwargs).log_likelihood["attain"].values
+    np.testing.assert_allclose(from_rows, from_stats, rtol=1e-10)

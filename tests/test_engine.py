@@ -936,6 +936,9 @@ def test_residual_ss_matches_dense(n_groups, d, p, seed):
     assert close(residual_ss(prob.stats, a, b), want, 1e-10)
 
 
+NOT_CROSSED = (np.zeros((0, 0), dtype=np.int64), np.zeros(0, dtype=np.int64))  # b read by the rows' groups
+
+
 def test_loglik_draws_pointwise_and_by_group():
     rng = np.random.default_rng(44)
     prob = Problem(rng, [3, 1, 2], 2, 2, weighted=True)
@@ -949,10 +952,10 @@ def test_loglik_draws_pointwise_and_by_group():
         want[s] = sps.norm(mu, np.sqrt(s2[s] / prob.w)).logpdf(prob.y)
     log_w = np.log(prob.w)
     out = np.zeros((n_draws, prob.n))
-    loglik_draws(prob.y, prob.F, prob.X, prob.g, log_w, prob.w, s2, a, b, np.arange(prob.n), out)
+    loglik_draws(prob.y, prob.F, prob.X, prob.g, log_w, prob.w, s2, a, b, np.arange(prob.n), out, *NOT_CROSSED)
     np.testing.assert_allclose(out, want, rtol=1e-12)
     out_g = np.zeros((n_draws, 3))
-    loglik_draws(prob.y, prob.F, prob.X, prob.g, log_w, prob.w, s2, a, b, prob.g, out_g)
+    loglik_draws(prob.y, prob.F, prob.X, prob.g, log_w, prob.w, s2, a, b, prob.g, out_g, *NOT_CROSSED)
     by_group = [[want[s, prob.g == j].sum() for j in range(3)] for s in range(n_draws)]
     np.testing.assert_allclose(out_g, by_group, rtol=1e-12)
 
