@@ -36,7 +36,7 @@ import numpy as np
 from numba import njit
 
 from samplers import two_level
-from samplers.linalg import chol_inplace, solve_lower, solve_upper
+from samplers.linalg import chol_inplace, draw_canonical, solve_lower, solve_upper
 from samplers.nested import add_score_terms, lower_inverse_gram, m_step
 from samplers.types import N_OBS, SUM_LOG_W, YTY
 
@@ -202,6 +202,18 @@ def _eliminate_intercepts(n0, p, qR, sp, sn, xoff, L, Ue, Ua, u, S, s, logdet, y
                 S[qR + q, qR + r] -= aq * Ua[g, 0, r]
     return True, logdet + 2.0 * np.log(prod), yyv
 
+
+
+@njit(cache=True, nogil=True)
+def _solve_lower_rows(L, g, A, r, m):
+    """Overwrite the first ``m`` columns of ``A[r]`` (d0 x m) with ``L[g]^{-1} A[r]``, indexed, no views."""
+    d0 = L.shape[1]
+    for j in range(m):
+        for i in range(d0):
+            t = A[r, i, j]
+            for k in range(i):
+                t -= L[g, i, k] * A[r, k, j]
+            A[r, i, j] = t / L[g, i, i]
 
 @njit(cache=True, nogil=True)
 def upward(stats, structure, s2, C, full, fixed, yx, yy, work):
@@ -384,18 +396,8 @@ def upward(stats, structure, s2, C, full, fixed, yx, yy, work):
                     logdet += 2.0 * np.log(prod)
                     prod = 1.0
             for e in range(sp[g], sp[g + 1]):
-                for j in range(dR):
-                    for i in range(d0):
-                        t = Ue[e, i, j]
-                        for m in range(i):
-                            t -= L[g, i, m] * Ue[e, m, j]
-                        Ue[e, i, j] = t / L[g, i, i]
-            for q in range(p):
-                for i in range(d0):
-                    t = Ua[g, i, q]
-                    for m in range(i):
-                        t -= L[g, i, m] * Ua[g, m, q]
-                    Ua[g, i, q] = t / L[g, i, i]
+                _solve_lower_rows(L, g, Ue, e, dR)
+            _solve_lower_rows(L, g, Ua, g, p)
             for i in range(d0):
                 t = u[g, i]
                 for m in range(i):
@@ -499,20 +501,7 @@ def draw(rng, structure, C, work, a_out, b_out, draw):
     W = Lx.shape[0]
     qR = W - p
     x = np.empty(W)
-    for i in range(W):
-        t = work.s[i]
-        for m in range(i):
-            t -= Lx[i, m] * x[m]
-        x[i] = t / Lx[i, i]
-    if rng is not None:  # None: the means only, no generator (pruned when compiled)
-        if draw:
-            for i in range(W):
-                x[i] += rng.standard_normal()
-    for i in range(W - 1, -1, -1):
-        t = x[i]
-        for m in range(i + 1, W):
-            t -= Lx[m, i] * x[m]
-        x[i] = t / Lx[i, i]
+    draw_canonical(Lx, work.s, rng, draw, x)  # rng None: the means only
     for q in range(p):
         a_out[q] = x[qR + q]
     b_out[:] = 0.0

@@ -108,3 +108,27 @@ def gaussian_from_precision(L, mean, z, out):
     solve_upper(L, out)
     for i in range(z.shape[0]):
         out[i] += mean[i]
+
+
+@njit(cache=True, nogil=True)
+def draw_canonical(L, c, rng, draw, out):
+    """Write a draw from ``N(P^{-1} c, P^{-1})``, ``P = L L'``, into ``out`` (or its mean).
+
+    ``out = L'^{-1}(L^{-1} c + z)`` with ``z`` standard normals when ``draw`` is true and
+    ``rng`` is not None (a None generator is pruned when compiled), else ``z = 0``.
+    """
+    n = out.shape[0]
+    for i in range(n):
+        t = c[i]
+        for k in range(i):
+            t -= L[i, k] * out[k]
+        out[i] = t / L[i, i]
+    if rng is not None:
+        if draw:
+            for i in range(n):
+                out[i] += rng.standard_normal()
+    for i in range(n - 1, -1, -1):
+        t = out[i]
+        for k in range(i + 1, n):
+            t -= L[k, i] * out[k]
+        out[i] = t / L[i, i]

@@ -29,7 +29,7 @@ target of the Metropolis-Hastings moves.
 import numpy as np
 from numba import njit
 
-from samplers.linalg import chol_inplace
+from samplers.linalg import chol_inplace, draw_canonical
 from samplers.types import N_OBS, SUM_LOG_W, YTY
 
 LOG_2PI = np.log(2.0 * np.pi)
@@ -225,21 +225,7 @@ def draw(rng, structure, C, Lt, Ut, LA, cA, beta, a_out, b_out, draw):
     n_levels = lp.shape[0] - 1
     D = lp[n_levels]
     p = a_out.shape[0]
-    v = np.empty(p)
-    for q in range(p):
-        t = cA[q]
-        for q2 in range(q):
-            t -= LA[q, q2] * v[q2]
-        v[q] = t / LA[q, q]
-    if rng is not None:  # None: the means only, no generator (pruned when compiled)
-        if draw:
-            for q in range(p):
-                v[q] += rng.standard_normal()
-    for q in range(p - 1, -1, -1):
-        t = v[q]
-        for q2 in range(q + 1, p):
-            t -= LA[q2, q] * a_out[q2]
-        a_out[q] = t / LA[q, q]
+    draw_canonical(LA, cA, rng, draw, a_out)  # rng None: the means only
     dm = Lt.shape[1]
     rhs = np.empty(dm)
     for lev in range(n_levels - 1, -1, -1):

@@ -25,6 +25,7 @@ import numpy as np
 from numba import njit
 
 from samplers.linalg import chol_inplace, logdet_chol, solve_lower, solve_lower_cols, solve_upper
+from samplers.nested import add_score_terms
 from samplers.types import N_OBS, SUM_LOG_W, YTY
 
 LOG_2PI = np.log(2.0 * np.pi)
@@ -668,25 +669,12 @@ def score_terms(stats, s2, C, L_all, LA, c_plus, reml, gC):
                     for q in range(p):
                         t -= B[k, q] * cov_ab[q, m]
                     cov[k, m] += t
-        # C E[beta beta'] and the means of the group's coefficients b = C m
-        for k in range(d):
+        add_score_terms(stats, j, C, a, mean, cov, cov_ab, 0, CE, gC, inv_s2)
+        for k in range(d):  # the means of the group's coefficients b = C m
             t = 0.0
             for m in range(k + 1):
                 t += C[k, m] * mean[m]
             bj[k] = t
-            for m in range(d):
-                t = 0.0
-                for n in range(k + 1):
-                    t += C[k, n] * (cov[n, m] + mean[n] * mean[m])
-                CE[k, m] = t
-        for k in range(d):
-            for m in range(d):
-                t = rj[k] * mean[m]
-                for q in range(p):
-                    t -= stats.XtF[j, k, q] * cov_ab[q, m]
-                for n in range(d):
-                    t -= stats.XtX[j, k, n] * CE[n, m]
-                gC[k, m] += t * inv_s2
         # E[RSS]: the residuals at the means, then the traces of the covariances
         for k in range(d):
             rss -= 2.0 * bj[k] * rj[k]
