@@ -73,6 +73,8 @@ def test_bench_peers_quick(tmp_path):
     # the user's call, defaults and result included, is charged; the sampler's own time kept beside it
     assert 0 < ours["sampler_seconds"] < ours["sampling_seconds"] and ours["log_likelihood"] == "pointwise"
     assert ours["min_ess_per_sampler_second"] > ours["min_ess_per_second"]
+    # and the same call without the log-likelihood, which no peer computes: the same draws, checked in the worker
+    assert 0 < ours["like_for_like_seconds"] and ours["min_ess_per_like_for_like_second"] > 0
     assert results["models"]["eight_schools"]["bayeshlm_em"]["fit_seconds"] > 0
     assert results["limit_seconds"] == bench.DEFAULT_LIMIT and "run_minutes" in results
     assert "| eight_schools | bayeshlm |" in (tmp_path / "PEERS_RESULTS.md").read_text()
