@@ -5,8 +5,9 @@ Systems (each (model, system/form) runs in its own interpreter, with one time li
 * ``bayeshlm``: ``bh.sample(model)`` as a user calls it (default collapsed Metropolis-Hastings,
   the default log-likelihood, the ArviZ result built), timed as a whole; the sampler's own
   seconds are kept beside it, and the seconds of the same call with ``log_likelihood=False``
-  (the same draws; the outputs every peer returns, which compute no log-likelihood). On the large crossed design (``BH_METHOD``) the method is
-  ``"blocked"``, its best form there, as a user of such data is told to choose;
+  (the same draws; the outputs every peer returns, which compute no log-likelihood). On the
+  large crossed design (``BH_METHOD``) the method is ``"blocked"``, its best form there, as a
+  user of such data is told to choose;
 * ``nutpie``, ``numpyro``, ``pymc``: the same PyMC model sampled by nutpie, by NumPyro's NUTS
   through JAX (``nuts_sampler="numpyro"``) and by PyMC's own NUTS, each in three forms (see
   ``FORMS``): ``centred`` group effects, ``noncentred`` ones (standard normals scaled by the
@@ -967,7 +968,7 @@ def table(results, n_draws=4000):
                          f"{r['min_ess_bulk']:.0f} | {r['min_ess_tail']:.0f} | {r['min_ess_per_second']:.1f} | "
                          f"{r['max_rhat']:.3f} | {r['divergences']} | {r['peak_memory_mb']:.0f} | {ratio} |")
     lines += ["", "## bayeshlm over the best peer", "",
-              "Three times for bayeshlm: the default call (which also stores the pointwise log-likelihood, "
+              "Three times for bayeshlm: the default call (which also stores a log-likelihood, pointwise or by group, "
               "which no peer computes), the same call with `log_likelihood=False` (the same draws, the "
               "outputs every peer gives: posterior and sampler statistics), and the sampler alone.", "",
               "| model | best peer (min-ESS/s) | default call | like for like | sampler alone |",

@@ -1,7 +1,8 @@
-"""benchmarks/RESULTS.md: the peer comparison, the user's wait, ten million rows, sweep scaling and cold start.
+"""benchmarks/RESULTS.md: peers, crossed factors, the user's wait, ten million rows, sweeps and cold start.
 
-Reads the JSON written by ``bench_peers.py``, ``bench_overhead.py``, ``bench_scale.py``,
-``bench_sweep.py`` and ``bench_coldstart.py`` (each from one run on this machine; the page
+Reads the JSON written by ``bench_peers.py`` (also its crossed run in ``crossed_peers/``),
+``bench_crossed.py``, ``bench_overhead.py``, ``bench_scale.py``, ``bench_sweep.py`` and
+``bench_coldstart.py`` (each from one run on this machine; the page
 says when) and states each target beside what was measured. ``--run`` runs the five scripts
 first, in that order.
 
@@ -139,6 +140,71 @@ def peers_section(peers):
     return lines
 
 
+CROSSED_TARGETS = {"scotssec": 20, "crossed_73k": 20}
+CROSSED_NAMES = {"scotssec": "ScotsSec (3,435 pupils, 148 x 19 schools)", "crossed_73k": "73k rows, 3,000 x 1,100"}
+
+
+def crossed_section(peers, crossed):
+    """Crossed factors against their targets: the peers, REML and the million rows.
+
+    ``peers`` is ``crossed_peers/peers_results.json``, ``crossed`` is ``crossed_results.json``.
+    """
+    sys.path.insert(0, str(HERE))
+    from bench_peers import summarise
+
+    lines = ["## Crossed factors"]
+    if peers:
+        n_draws = peers["chains"] * peers["draws"]
+        lines += ["", f"Against the peers: one run started {peers['started']}, `python benchmarks/bench_peers.py "
+                  "--models scotssec crossed_73k --out benchmarks/crossed_peers` (details in "
+                  f"`crossed_peers/PEERS_RESULTS.md`); 4 chains x {peers['draws']} draws after {peers['warmup']} "
+                  f"warm-up, the same priors, {peers['limit_seconds']:.0f} s per (design, system/form). No peer can "
+                  "write a collapsed form of a crossed model: one factor's groups do not contain the other's. "
+                  "bayeshlm's min-ESS/s is given three ways: the default `bh.sample` call, which also stores the "
+                  "log-likelihood (no peer computes one); the same call with `log_likelihood=False`, the same "
+                  "draws with the outputs every peer returns (like for like); and the sampler alone. Its method "
+                  "is the default `mh` on ScotsSec and `blocked` on the 73k design.", "",
+                  "| design | bayeshlm min-ESS/s: default (like for like; sampler) | best peer (form) | its min-ESS/s "
+                  "| ratio: default | like for like | target | stopped at the limit |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for model, recs in peers["models"].items():
+            v = summarise(recs, n_draws)
+            target = CROSSED_TARGETS.get(model)
+            name = CROSSED_NAMES.get(model, model)
+            if v["ours"] is None or v["best"] is None:
+                why = recs.get("bayeshlm", {}).get("skipped", "no peer finished")
+                lines.append(f"| {name} | not compared ({why}) | | | | | {target}x: not shown | |")
+                continue
+            peer, best = v["best"]
+            stopped = ", ".join(f"{p}/{f}" for p, pv in v["peers"].items() for f in pv["stopped"])
+            default, like = v["ours"] / best, v["ours_like_for_like"] / best
+            verdict = (f"{target}x: {_met(like >= target)} like for like, {_met(default >= target)} on the default "
+                       "call")
+            lines.append(f"| {name} | {v['ours']:.0f} ({v['ours_like_for_like']:.0f}; {v['ours_sampler']:.0f}) | "
+                         f"{peer} | {best:.1f} | {_ratio(default)} | {_ratio(like)} | {verdict} | {stopped} |")
+    if crossed:
+        designs = crossed["designs"]
+        lines += ["", f"REML and the largest design: `python benchmarks/bench_crossed.py --large` "
+                  f"(`CROSSED_RESULTS.md`; {crossed['meta']})", "",
+                  "| design | rows | REML, bayeshlm (s) | lme4 (s) | logLik bayeshlm - lme4 | posterior, `blocked`, "
+                  "end to end (s) | target |",
+                  "|---|---|---|---|---|---|---|"]
+        for model, d in designs.items():
+            em, lme4 = d["em"], d.get("lme4")
+            blocked = next((r for r in d["samplers"] if r["method"] == "blocked" and r["run"]), None)
+            target = ""
+            if model == "crossed_73k":
+                target = f"REML under 2 s: {_met(em['seconds'] < 2)}"
+            elif model == "crossed_1m":
+                target = (f"posterior under 60 s: {_met(blocked['end_to_end_seconds'] < 60)}" if blocked
+                          else "posterior under 60 s: not run")
+            lme4_s = f"{lme4['seconds']:.3f}" if lme4 else "not run"
+            diff = f"{em['loglik'] - lme4['loglik']:.1e}" if lme4 else ""
+            post = f"{blocked['end_to_end_seconds']:.1f}" if blocked else "not run"
+            lines.append(f"| {model} | {d['rows']:,} | {em['seconds']:.3f} | {lme4_s} | {diff} | {post} | {target} |")
+    return lines
+
+
 def scale_section(scale):
     """The ten-million-row runs."""
     s = scale["settings"]
@@ -217,6 +283,10 @@ def render(folder=HERE):
         lines += [f"Machine: {machine.get('platform', '')}, {machine.get('cpus', '')} CPUs, "
                   f"Python {machine.get('python', '')}.", ""]
         lines += peers_section(peers) + [""]
+    crossed_peers = _load(Path(folder) / "crossed_peers", "peers_results.json")
+    crossed = _load(folder, "crossed_results.json")
+    if crossed_peers or crossed:
+        lines += crossed_section(crossed_peers, crossed) + [""]
     if overhead:
         lines += overhead_section(overhead) + [""]
     if scale:
