@@ -115,20 +115,14 @@ def draw_canonical(L, c, rng, draw, out):
     """Write a draw from ``N(P^{-1} c, P^{-1})``, ``P = L L'``, into ``out`` (or its mean).
 
     ``out = L'^{-1}(L^{-1} c + z)`` with ``z`` standard normals when ``draw`` is true and
-    ``rng`` is not None (a None generator is pruned when compiled), else ``z = 0``.
+    ``rng`` is not None (a None generator is pruned when compiled), else ``z = 0``. ``L`` is
+    ``n x n`` with ``n`` the length of ``out``.
     """
-    n = out.shape[0]
-    for i in range(n):
-        t = c[i]
-        for k in range(i):
-            t -= L[i, k] * out[k]
-        out[i] = t / L[i, i]
+    for i in range(out.shape[0]):
+        out[i] = c[i]
+    solve_lower(L, out)
     if rng is not None:
         if draw:
-            for i in range(n):
+            for i in range(out.shape[0]):
                 out[i] += rng.standard_normal()
-    for i in range(n - 1, -1, -1):
-        t = out[i]
-        for k in range(i + 1, n):
-            t -= L[k, i] * out[k]
-        out[i] = t / L[i, i]
+    solve_upper(L, out)

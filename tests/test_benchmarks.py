@@ -237,3 +237,29 @@ def test_bench_crossed_quick(tmp_path):
     for s in run["samplers"]:
         assert s["run"] and s["min_ess_bulk"] > 0 and s["n_scalars"] == 2 + 1 + 2 + 200 + 80
     assert "| crossed_small | blocked |" in (tmp_path / "CROSSED_RESULTS.md").read_text()
+
+
+def test_report_renders_the_crossed_targets(tmp_path):
+    """The crossed section judges the 20x target both on the default call and like for like, REML and 1M rows."""
+    report = _script("report")
+    peers = {"date": "2026-12-05", "started": "2026-12-05 13:00", "draws": 1000, "warmup": 1000, "chains": 4,
+             "limit_seconds": 100, "machine": {},
+             "models": {"scotssec": {"bayeshlm": {"min_ess_per_second": 3000.0, "min_ess_per_sampler_second": 6000.0,
+                                                  "min_ess_per_like_for_like_second": 5000.0},
+                                     "nutpie/noncentred": {"min_ess_per_second": 200.0},
+                                     "stan/centred": {"skipped": "time limit of 100 s reached",
+                                                      "limit_seconds": 100}}}}
+    (tmp_path / "crossed_peers").mkdir()
+    (tmp_path / "crossed_peers" / "peers_results.json").write_text(json.dumps(peers))
+    run = {"samplers": [{"method": "blocked", "run": True, "end_to_end_seconds": 30.0}]}
+    crossed = {"meta": "a run", "designs": {
+        "crossed_73k": {"rows": 73159, "em": {"seconds": 2.5, "loglik": -10.0}, "lme4": {"seconds": 3.0,
+                                                                                          "loglik": -10.0}, **run},
+        "crossed_1m": {"rows": 1000225, "em": {"seconds": 20.0, "loglik": -5.0}, "lme4": None, **run}}}
+    (tmp_path / "crossed_results.json").write_text(json.dumps(crossed))
+    report.render(tmp_path)
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert ("| ScotsSec (3,435 pupils, 148 x 19 schools) | 3000 (5000; 6000) | nutpie/noncentred | 200.0 | 15.0x "
+            "| 25.0x | 20x: met like for like, **missed** on the default call | stan/centred |") in text
+    assert "| crossed_73k | 73,159 | 2.500 | 3.000 | 0.0e+00 | 30.0 | REML under 2 s: **missed** |" in text
+    assert "| crossed_1m | 1,000,225 | 20.000 | not run |  | 30.0 | posterior under 60 s: met |" in text
