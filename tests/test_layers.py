@@ -20,14 +20,15 @@ PACKAGES = ("bayeshlm", "samplers")
 LAYERS = {
     # the numerical core: values, then the passes, the seam, the moves, the chains
     "samplers._cache": 0, "samplers.types": 0, "samplers.linalg": 0, "samplers.sd_priors": 0,
-    "samplers.theta": 1, "samplers.suffstats": 1, "samplers.loglik": 1, "samplers.two_level": 1,
-    "samplers.nested": 1,
-    "samplers.crossed": 2,  # shares the nested M-step
-    "samplers.gaussian": 3,
-    "samplers.gibbs": 4, "samplers.mh": 4, "samplers.ml": 4,
-    "samplers.sweep": 5,
-    "samplers.driver": 6,
-    "samplers": 7,
+    "samplers.polyagamma": 0,
+    "samplers.theta": 1, "samplers.suffstats": 1, "samplers.loglik": 1, "samplers.nested": 1,
+    "samplers.two_level": 2,  # shares the nested score terms
+    "samplers.crossed": 3,  # shares the nested M-step and the two-level passes
+    "samplers.gaussian": 4,
+    "samplers.gibbs": 5, "samplers.mh": 5, "samplers.ml": 5,
+    "samplers.sweep": 6,
+    "samplers.driver": 7,
+    "samplers": 8,
     # the front end: foundations, inputs, the model, result layout and the fits' parts, the
     # fits, what reads fits, the command line and the test tools, the package
     "bayeshlm.version": 10, "bayeshlm.schema": 10, "bayeshlm.formula": 10, "bayeshlm.basis": 10,
