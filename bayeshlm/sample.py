@@ -14,10 +14,12 @@ from bayeshlm.memory import check_memory
 from bayeshlm.results import group_selection, group_stats_held, loglik_mode, to_datatree
 from bayeshlm.start import starting_theta
 from samplers.driver import init_state, run_chains
+from samplers.gaussian import marginal_moves_pay
 from samplers.types import FAILED, BlockedGibbsMoves, GibbsMoves, MHMoves
 
 METHODS = ("mh", "gibbs", "blocked")
-DEFAULT_MH_STEPS = 6
+DEFAULT_MH_STEPS = 6  # moves on p(theta | a, y) a sweep
+DEFAULT_MARGINAL_MH_STEPS = 2  # moves on p(theta | y) a sweep (crossed factors)
 
 
 class SamplingError(RuntimeError):
@@ -112,7 +114,12 @@ def sample(
         coefficients: the choice for crossed designs with thousands of groups in more than
         one factor. Its ``sample_stats.lp`` is nan.
     mh_steps : int, optional
-        Metropolis-Hastings moves per sweep (``"mh"`` only; default 6).
+        Metropolis-Hastings moves per sweep (``"mh"`` only). Default 6 when the moves target
+        ``p(theta | a, y)``, given the fixed effects (nested factors), and 2 when they target
+        ``p(theta | y)`` (crossed factors: each move then costs a full factorisation, and the
+        one of the last accepted move is the one the coefficients are drawn from). Once the
+        independence proposal is fitted, two of every three moves in a sweep use it and the
+        third is a random-walk move, so with 2 moves a sweep both are independence moves.
     keep_group_draws : bool or int
         Which groups' coefficient draws to keep, at full length: all (True, needed for the
         log-likelihood), none (False), or the first ``n`` groups of each grouping factor (an
@@ -169,7 +176,10 @@ def sample(
     seed = _check_seed(seed)
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
-    mh_steps = DEFAULT_MH_STEPS if mh_steps is None else _check_count("mh_steps", mh_steps, 1)
+    marginal = marginal_moves_pay(model.structure)
+    if mh_steps is None:
+        mh_steps = DEFAULT_MARGINAL_MH_STEPS if marginal else DEFAULT_MH_STEPS
+    mh_steps = _check_count("mh_steps", mh_steps, 1)
     if log_likelihood not in ("auto", "pointwise", "group", False):
         raise ValueError(f"log_likelihood must be 'auto', 'pointwise', 'group' or False, got {log_likelihood!r}")
     if not isinstance(keep_group_draws, bool):
@@ -209,7 +219,8 @@ def sample(
     if method == "blocked" and not model.crossed:
         raise ValueError("method='blocked' draws crossed factors one at a time; this model's factors are nested, "
                          "where the exact joint draw of 'gibbs' costs as little: use method='gibbs' or 'mh'")
-    moves = {"mh": MHMoves(mh_steps), "gibbs": GibbsMoves(), "blocked": BlockedGibbsMoves()}[method]
+    moves = {"mh": MHMoves(mh_steps, int(marginal)), "gibbs": GibbsMoves(),
+             "blocked": BlockedGibbsMoves()}[method]
     children = np.random.SeedSequence(seed).spawn(chains)
     rngs = [np.random.Generator(np.random.PCG64(s)) for s in children]
     states = []

@@ -163,18 +163,20 @@ def posterior_draws(model, seed, *, chains=2, warmup=300, draws_per_chain=300, *
     return fixed, sigma, sd, np.tril(corr, -1)
 
 
-def python_chain_draws(model, seed, *, method="gibbs", warmup=300, draws=600, mh_steps=6):
+def python_chain_draws(model, seed, *, method="gibbs", warmup=300, draws=600, mh_steps=6, marginal=None):
     """One chain run sweep by sweep from Python, through the pure-Python ``sweep`` function.
 
     The inner kernels stay compiled, but the Gibbs moves run as Python
     (``samplers.sweep.gibbs_moves``), whose calls are looked up in its module at every
     sweep, so a test can replace one (a deliberately broken full conditional) and check
     that :func:`sbc` catches it. Returns what :func:`posterior_draws`
-    returns. Slower than :func:`bayeshlm.sample`; for tests only.
+    returns. Slower than :func:`bayeshlm.sample`; for tests only. ``marginal``: whether
+    the MH moves target ``p(theta | y)`` (default: as :func:`bayeshlm.sample` chooses).
     """
     from bayeshlm.start import starting_theta
     from samplers import sweep as sweep_module
     from samplers.driver import init_state
+    from samplers.gaussian import marginal_moves_pay
     from samplers.mh import end_of_iteration, mh_moves
     from samplers.suffstats import residual_stats
     from samplers.types import FAILED, ITER, RTR
@@ -184,13 +186,16 @@ def python_chain_draws(model, seed, *, method="gibbs", warmup=300, draws=600, mh
     state = init_state(rng, starting_theta(model, rng, 0.5), stats, structure, priors)
     theta = np.empty((draws, model.n_theta))
     fixed = np.empty((draws, len(model.fixed_names)))
+    marginal = int(marginal_moves_pay(structure) if marginal is None else marginal) if method != "gibbs" else 0
     for it in range(warmup + draws):
         if method == "gibbs":
             sweep_module.gibbs_moves.py_func(rng, state, stats, structure, priors)
         else:
-            state.scal[RTR] = residual_stats(stats, state.a, state.r)
-            mh_moves(rng, state, stats, structure, priors, mh_steps, warmup)
-        if state.scal[FAILED] != 0.0 or not sweep_module.draw_all_coefficients(rng, state, stats, structure, priors):
+            if not marginal:
+                state.scal[RTR] = residual_stats(stats, state.a, state.r)
+            mh_moves(rng, state, stats, structure, priors, mh_steps, warmup, marginal)
+        if state.scal[FAILED] != 0.0 or not sweep_module.draw_all_coefficients(rng, state, stats, structure, priors,
+                                                                               marginal):
             raise RuntimeError(f"sweep {it} failed")
         if method != "gibbs" and it < warmup:
             end_of_iteration(state, warmup)
@@ -269,7 +274,7 @@ def _test_functions(model, fixed, sigma, sd):
     return out
 
 
-def geweke(model, n_iter=20000, *, method="mh", seed=0, mh_steps=6, n_prior=None):
+def geweke(model, n_iter=20000, *, method="mh", seed=0, mh_steps=6, n_prior=None, marginal=None):
     """Geweke's joint-distribution test of one sweep of the sampler.
 
     Two simulators of the joint distribution of parameters and data: the
@@ -287,7 +292,8 @@ def geweke(model, n_iter=20000, *, method="mh", seed=0, mh_steps=6, n_prior=None
         standard errors (the successive-conditional one by batch means), the z statistic
         and its two-sided p-value.
     """
-    from samplers.driver import init_state
+    from samplers.driver import init_state, statistics_replaced
+    from samplers.gaussian import marginal_moves_pay
     from samplers.sweep import sweep
     from samplers.theta import encode_theta
     from samplers.types import FAILED, ITER, GibbsMoves, MHMoves
@@ -311,7 +317,9 @@ def geweke(model, n_iter=20000, *, method="mh", seed=0, mh_steps=6, n_prior=None
         raise ValueError("the prior draw has a singular group covariance")
     kernel_rng = np.random.Generator(np.random.PCG64(int(rng.integers(2**31))))
     state = init_state(kernel_rng, theta0, sim.stats, model.structure, model.priors)
-    moves = GibbsMoves() if method == "gibbs" else MHMoves(mh_steps)
+    if marginal is None:
+        marginal = marginal_moves_pay(model.structure)
+    moves = GibbsMoves() if method == "gibbs" else MHMoves(mh_steps, int(marginal))
     theta = np.empty((n_iter, model.n_theta))
     fixed = np.empty((n_iter, len(model.fixed_names)))
     for it in range(n_iter):
@@ -324,6 +332,7 @@ def geweke(model, n_iter=20000, *, method="mh", seed=0, mh_steps=6, n_prior=None
         s2, _, _, _ = variance_components(model, state.theta[None, :])
         current = {"fixed": fixed[it], "sigma": float(np.sqrt(s2[0])), "b": basis.coef_values(state.b)}
         sim = with_response(model, simulate_response(model, current, rng))
+        statistics_replaced(state)  # what the chain keeps of the old data goes
     s2_all, sd_all, _, _ = variance_components(model, theta)
     sc = _test_functions(model, fixed, None if model.sigma_known else np.sqrt(s2_all), sd_all)
     rows = {}

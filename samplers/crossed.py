@@ -788,8 +788,9 @@ def block_constants(structure, work, stats):
     ``work.blocks[k]``; each cell's ``X_c,k'W_cX_c,-k`` into ``work.cross[k]`` and its groups in
     32 bits into ``work.cell_node32`` (what the draw reads per cell, packed);
     ``Esum`` of the passes of :func:`upward`; ``work.block_ready[0]`` is set. Computed on
-    the first pass or draw of a workspace: a step that recomputes the statistics
-    (:func:`samplers.suffstats.recompute`) sets ``work.block_ready[0] = 0``.
+    the first pass or draw of a workspace: whatever replaces the statistics (a new response,
+    :func:`samplers.suffstats.recompute`) must clear ``work.block_ready[0]``
+    (:func:`samplers.gaussian.forget_statistics`).
     """
     lp = structure.level_ptr
     npt = structure.node_ptr

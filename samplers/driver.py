@@ -14,11 +14,12 @@ from concurrent.futures import ThreadPoolExecutor, wait
 import numpy as np
 from numba import njit
 
-from samplers.gaussian import workspace
+from samplers.gaussian import forget_statistics, workspace
 from samplers.linalg import copy_into
 from samplers.mh import end_of_iteration
 from samplers.sweep import sweep
 from samplers.types import (
+    FACTORED,
     FAILED,
     IND_LQ,
     ITER,
@@ -84,6 +85,18 @@ def init_state(rng, theta0, stats, structure, priors, init_step=0.1, moves=None)
     run_chain(rng, state, stats, structure, priors, MHMoves(1) if moves is None else moves, Schedule(0, 1, 0),
               DrawStore.keeping_nothing(n_theta, p, d))
     return state
+
+
+def statistics_replaced(state):
+    """Tell a chain that the statistics it runs on were replaced (a new response or new weights).
+
+    Whatever the chain keeps of the old ones goes: the factors at the current ``theta``
+    (``ibuf[FACTORED]``, so the next moves on ``p(theta | y)`` evaluate it afresh) and the
+    workspaces' sums of the statistics (:func:`samplers.gaussian.forget_statistics`).
+    """
+    state.ibuf[FACTORED] = 0
+    forget_statistics(state.work)
+    forget_statistics(state.scratch)
 
 
 @njit(cache=True, nogil=True, inline="always")

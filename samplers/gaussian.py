@@ -140,6 +140,30 @@ def is_two_level(structure):
     return len(structure.level_ptr) == 2 and structure.level_ptr[-1] > 0
 
 
+def marginal_moves_pay(structure):
+    """Whether the Metropolis-Hastings moves should target ``p(theta | y)`` rather than ``p(theta | a, y)``.
+
+    With crossed factors the fixed effects sit in the dense part of the factorisation
+    whether they are given or integrated out, so an evaluation of ``p(theta | y)`` costs
+    about the same, and the moves gain the factors they leave behind (one factorisation a
+    sweep fewer, no evaluation at the current point). Nested passes given the fixed effects
+    cost ``O(n_coef^3)`` per group whatever the number of fixed effects; integrating them out
+    adds ``O(n_coef * n_fixed^2)`` per group to every evaluation.
+    """
+    return is_crossed(structure)
+
+
+def forget_statistics(work):
+    """Mark what a workspace keeps of the statistics as stale, after they were replaced.
+
+    The crossed passes sum each factor's group statistics once per workspace
+    (:func:`samplers.crossed.block_constants`); a new response or new weights must clear
+    them. The other workspaces keep nothing of the data between passes.
+    """
+    if isinstance(work, CrossedWork):
+        work.block_ready[0] = 0
+
+
 def workspace(stats, structure):
     """The workspace of a model's Gaussian passes; its type chooses the implementation.
 
@@ -471,11 +495,13 @@ __all__ = [
     "draw_coefficients",
     "em_iteration",
     "finest_coefficients",
+    "forget_statistics",
     "group_moments",
     "integrate",
     "integrate_given_a",
     "is_crossed",
     "is_two_level",
+    "marginal_moves_pay",
     "score",
     "workspace",
     "workspace_values",

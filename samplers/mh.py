@@ -7,6 +7,15 @@ down the group effects, while conditioning on the fixed effects makes each evalu
 sweep. The sweep then draws the fixed effects and the group coefficients jointly given
 ``theta``; together this is a partially collapsed Gibbs sampler on ``(theta, a, b)``.
 
+With ``MHMoves.marginal`` the target is ``p(theta | y)``, the fixed effects integrated out as
+well (:func:`samplers.gaussian.integrate`). Where that costs about as much per evaluation
+(crossed factors, whose fixed effects sit in the dense part of the factorisation anyway) it
+is the better choice: the moves no longer depend on the fixed effects, nothing is evaluated
+again at the current point after the coefficients are drawn, and the factors of the last
+accepted proposal are the ones the coefficients are drawn from (``ChainState.scratch``), so
+a sweep factorises at its proposals only. The chain is then a blocked sampler: ``theta`` by
+a kernel that leaves ``p(theta | y)`` invariant, then ``(a, b) | theta, y`` exactly.
+
 Two proposals, each a valid Metropolis-Hastings kernel for the same target:
 
 * a Gaussian random walk on the unconstrained ``theta``, whose covariance is learnt during
@@ -27,27 +36,43 @@ After warm-up both proposals are frozen, so the kept draws come from a fixed, va
 import numpy as np
 from numba import njit
 
-from samplers.gaussian import integrate_given_a
+from samplers.gaussian import integrate, integrate_given_a
 from samplers.linalg import chol_inplace, copy_into
 from samplers.theta import canonical_mask, decode_theta, flip_columns
-from samplers.types import IND_ACC, IND_LQ, IND_N, ITER, LAST_RESET, LOG_SCALE, LP_COND, RTR, WIN_COUNT
+from samplers.types import (
+    CURRENT,
+    FACTORED,
+    IND_ACC,
+    IND_LQ,
+    IND_N,
+    ITER,
+    LAST_RESET,
+    LOG_SCALE,
+    LP,
+    LP_COND,
+    RTR,
+    WIN_COUNT,
+)
 
 IND_MIN_ACCEPT = 0.15  # below this in the last tenth of warm-up, the independence proposal is dropped
 
 
 @njit(cache=True, nogil=True, inline="always")
-def log_target(theta, stats, structure, priors, state):
-    """Log posterior of ``theta`` given the fixed effects, ``log p(y | theta, a) + log p(theta)``.
+def log_target(theta, stats, structure, priors, state, work, marginal):
+    """Log posterior of ``theta``, evaluated in ``work`` (the workspace not holding the current factors).
 
-    The group coefficients are integrated out; ``state.r`` and ``state.scal[RTR]`` hold the
-    residual statistics of the current fixed effects. Evaluated in ``state.scratch``, so
-    that the factors of the current draw in ``state.work`` are kept.
+    ``marginal`` 0: given the fixed effects, ``log p(y | theta, a) + log p(theta)``, with
+    ``state.r`` and ``state.scal[RTR]`` the residual statistics of the current ``a``.
+    ``marginal`` 1: ``log p(y | theta) + log p(theta)``, every coefficient integrated out, the
+    same value as :func:`samplers.sweep.draw_all_coefficients` stores in ``state.scal[LP]``.
     """
-    work = state.scratch
     s2, log_prior = decode_theta(theta, structure, priors, work.C)
     if not np.isfinite(log_prior):
         return -np.inf
-    ll, ok = integrate_given_a(work, stats, structure, s2, state.r, state.scal[RTR])
+    if marginal:
+        ll, ok = integrate(work, stats, structure, s2, priors.fixed)
+    else:
+        ll, ok = integrate_given_a(work, stats, structure, s2, state.r, state.scal[RTR])
     if not ok:
         # A factorisation failed at this point: numerically it has no posterior mass.
         return -np.inf
@@ -143,13 +168,17 @@ def propose_independent(rng, state, structure, prop, z):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def mh_moves(rng, state, stats, structure, priors, mh_steps, warmup):
+def mh_moves(rng, state, stats, structure, priors, mh_steps, warmup, marginal):
     """``mh_steps`` moves on ``theta``; returns their mean acceptance probability.
 
     Random-walk moves only until the independence proposal has been fitted, then two
-    independence moves for every random-walk move. ``state.r`` and ``state.scal[RTR]``
-    must hold the residual statistics of the current fixed effects. The target is
-    evaluated at one call site, first at the current point and then at each proposal.
+    independence moves for every random-walk move. ``marginal`` 0: the target is
+    ``p(theta | a, y)``; ``state.r`` and ``state.scal[RTR]`` must hold the residual
+    statistics of the current fixed effects, and the target is evaluated at one call site,
+    first at the current point and then at each proposal. ``marginal`` 1: the target is
+    ``p(theta | y)``, known at the current point (``state.scal[LP]``) unless
+    ``state.ibuf[FACTORED]`` is 0 (the data changed under the chain); an accepted proposal's
+    workspace becomes the current one (``state.ibuf[CURRENT]``).
     """
     n = state.theta.shape[0]
     adapting = state.ibuf[ITER] < warmup
@@ -158,6 +187,9 @@ def mh_moves(rng, state, stats, structure, priors, mh_steps, warmup):
     z = np.empty(n)
     acc = 0.0
     for s in range(-1, mh_steps):
+        if s < 0 and marginal and state.ibuf[FACTORED] != 0:
+            state.scal[LP_COND] = state.scal[LP]
+            continue
         independent = s >= 0 and use_ind and s % 3 != 2
         if s < 0:
             copy_into(prop, state.theta)
@@ -165,9 +197,15 @@ def mh_moves(rng, state, stats, structure, priors, mh_steps, warmup):
             propose_independent(rng, state, structure, prop, z)
         else:
             propose_walk(rng, state, prop, z)
-        lp_new = log_target(prop, stats, structure, priors, state)
+        # the workspace not holding the current factors (always scratch when not marginal)
+        other = state.scratch if state.ibuf[CURRENT] == 0 else state.work
+        lp_new = log_target(prop, stats, structure, priors, state, other, marginal)
         if s < 0:
             state.scal[LP_COND] = lp_new
+            if marginal:  # the factors at the current point, computed afresh (new data)
+                state.scal[LP] = lp_new
+                state.ibuf[CURRENT] = 1 - state.ibuf[CURRENT]
+                state.ibuf[FACTORED] = 1
             continue
         if independent:
             lq_new = _ind_log_density(state, structure, prop, z)
@@ -182,6 +220,9 @@ def mh_moves(rng, state, stats, structure, priors, mh_steps, warmup):
             copy_into(state.theta, prop)
             state.scal[LP_COND] = lp_new
             state.scal[IND_LQ] = lq_new
+            if marginal:  # its factors are the current ones now
+                state.scal[LP] = lp_new
+                state.ibuf[CURRENT] = 1 - state.ibuf[CURRENT]
         if adapting:
             if independent:
                 state.scal[IND_ACC] += alpha

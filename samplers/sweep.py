@@ -9,23 +9,28 @@ from samplers.gibbs import residual_ss, update_s2, update_s2_given_rss, update_T
 from samplers.mh import mh_moves
 from samplers.suffstats import residual_stats
 from samplers.theta import decode_theta, encode_theta
-from samplers.types import FAILED, LP, N_OBS, RSS, RTR, BlockedGibbsMoves, GibbsMoves
+from samplers.types import CURRENT, FACTORED, FAILED, LP, N_OBS, RSS, RTR, BlockedGibbsMoves, GibbsMoves, MHMoves
 
 
 @njit(cache=True, nogil=True, inline="always")
-def draw_all_coefficients(rng, state, stats, structure, priors):
+def draw_all_coefficients(rng, state, stats, structure, priors, reuse=0):
     """Upward pass at the current ``theta``, then an exact joint draw of ``(a, b) | theta, y``.
 
     Stores ``log p(theta | y)`` (up to a constant; ``a`` and ``b`` integrated out) in
-    ``state.scal[LP]``. Returns False when a factorisation failed.
+    ``state.scal[LP]``. With ``reuse`` (moves on ``p(theta | y)``, which leave the factors
+    at the current ``theta`` in the current workspace) the upward pass is skipped once it
+    has been done. Returns False when a factorisation failed.
     """
-    work = state.work
+    work = state.work if state.ibuf[CURRENT] == 0 else state.scratch
     s2, log_prior = decode_theta(state.theta, structure, priors, work.C)
-    ll, ok = integrate(work, stats, structure, s2, priors.fixed)
-    if not ok or not np.isfinite(log_prior):
-        state.scal[FAILED] = 1.0
-        return False
-    state.scal[LP] = ll + log_prior
+    if not (reuse and state.ibuf[FACTORED] != 0):
+        ll, ok = integrate(work, stats, structure, s2, priors.fixed)
+        if not ok or not np.isfinite(log_prior):
+            state.scal[FAILED] = 1.0
+            return False
+        state.scal[LP] = ll + log_prior
+    # other moves change theta without factorising: only these moves may trust the factors
+    state.ibuf[FACTORED] = 1 if reuse else 0
     draw_coefficients(rng, work, stats, structure, s2, state.a, state.b, True)
     return True
 
@@ -90,6 +95,9 @@ def _draw_all_impl(rng, state, stats, structure, priors, moves):
     if moves.instance_class is BlockedGibbsMoves:
         return lambda rng, state, stats, structure, priors, moves: draw_coefficients_by_factor(
             rng, state, stats, structure, priors)
+    if moves.instance_class is MHMoves:
+        return lambda rng, state, stats, structure, priors, moves: draw_all_coefficients(
+            rng, state, stats, structure, priors, moves.marginal)
     return lambda rng, state, stats, structure, priors, moves: draw_all_coefficients(
         rng, state, stats, structure, priors)
 
@@ -109,8 +117,9 @@ def _move_theta_impl(rng, state, stats, structure, priors, moves, warmup):
             rng, state, stats, structure, priors, True)
 
     def impl(rng, state, stats, structure, priors, moves, warmup):
-        state.scal[RTR] = residual_stats(stats, state.a, state.r)
-        return mh_moves(rng, state, stats, structure, priors, moves.steps, warmup)
+        if not moves.marginal:
+            state.scal[RTR] = residual_stats(stats, state.a, state.r)
+        return mh_moves(rng, state, stats, structure, priors, moves.steps, warmup, moves.marginal)
 
     return impl
 
@@ -121,9 +130,10 @@ def sweep(rng, state, stats, structure, priors, moves, warmup, move=True):
 
     ``moves`` :class:`~samplers.types.GibbsMoves`: ``s2 | a, b, y`` and ``T | b`` by their
     conditionals. :class:`~samplers.types.MHMoves`: ``moves.steps`` Metropolis-Hastings moves
-    on ``p(theta | a, y)`` with the group coefficients integrated out: random walk only until
-    the independence proposal has been fitted, then two independence moves for every
-    random-walk move. Both then draw ``(a, b) | theta, y`` exactly and jointly.
+    on ``p(theta | a, y)`` with the group coefficients integrated out (or on ``p(theta | y)``
+    with ``moves.marginal``): random walk only until the independence proposal has been
+    fitted, then two independence moves for every random-walk move. Both then draw
+    ``(a, b) | theta, y`` exactly and jointly.
     :class:`~samplers.types.BlockedGibbsMoves`: the Gibbs moves, then the coefficients
     factor by factor (crossed factors: :func:`samplers.gaussian.draw_by_factor`). With
     ``move`` False only the coefficients are drawn, at the current ``theta`` (the first draw

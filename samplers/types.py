@@ -191,7 +191,7 @@ def flat_fixed_prior(p):
 
 # Slots of ChainState.scal
 LP = 0  # log p(theta | y) up to a constant, at the current draw
-LP_COND = 1  # log p(theta | a, y), the target of the Metropolis-Hastings moves
+LP_COND = 1  # the target of the Metropolis-Hastings moves at the current theta: log p(theta | a, y) or log p(theta | y)
 LOG_SCALE = 2  # log of the random-walk step scale
 FAILED = 3  # 1.0 once a factorisation failed: the chain stops
 RTR = 4  # (y - F a)'W(y - F a) at the current fixed effects
@@ -205,7 +205,9 @@ ITER = 0  # sweeps done
 WIN_COUNT = 1  # draws in the current adaptation window
 LAST_RESET = 2  # sweep of the last reset of the proposal scale
 READY = 3  # 1 once the first coefficients are drawn
-N_IBUF = 4
+CURRENT = 4  # which workspace holds the factors at the current theta: 0 work, 1 scratch
+FACTORED = 5  # 1 when that workspace holds them (moves on p(theta | y) keep it so)
+N_IBUF = 6
 
 
 class ChainState(NamedTuple):
@@ -231,7 +233,11 @@ class ChainState(NamedTuple):
         Workspace of the Gaussian passes (from :func:`samplers.gaussian.workspace`), holding
         the factors at the current ``theta`` after each draw of the coefficients.
     scratch : NamedTuple
-        A second workspace of the same type, for the Metropolis-Hastings proposals.
+        A second workspace of the same type, for the Metropolis-Hastings proposals. Moves on
+        ``p(theta | y)`` (``MHMoves.marginal``) evaluate a proposal in whichever of the two
+        does not hold the current factors (``ibuf[CURRENT]``) and, when it is accepted, make
+        it the current one, so that the coefficients are drawn from its factors without
+        factorising again.
     prop_chol : ndarray of shape (n_theta, n_theta)
         Cholesky factor of the random-walk proposal covariance.
     ad_mean : ndarray of shape (n_theta,)
@@ -274,9 +280,17 @@ class BlockedGibbsMoves(NamedTuple):
 
 
 class MHMoves(NamedTuple):
-    """Moves on the variance components: ``steps`` Metropolis-Hastings moves with the groups integrated out."""
+    """Moves on the variance components: ``steps`` Metropolis-Hastings moves with the groups integrated out.
+
+    ``marginal`` 0: the target is ``p(theta | a, y)``, the fixed effects given (each
+    evaluation then costs the same whatever their number). 1: the target is ``p(theta | y)``,
+    the fixed effects integrated out as well; the factors of an accepted proposal are the
+    ones the coefficients are drawn from, so a sweep factorises only at its proposals
+    (:func:`samplers.gaussian.marginal_moves_pay`).
+    """
 
     steps: int
+    marginal: int = 0
 
 
 class Schedule(NamedTuple):

@@ -602,3 +602,52 @@ def test_pointwise_log_likelihood_of_crossed_factors_is_the_normal_density(scots
     rows_only = dataclasses.replace(model, stats=model.stats._replace(FtF_g=model.stats.FtF_g[:0]))
     from_rows = bh.sample(rows_only, log_likelihood="group", **kwargs).log_likelihood["attain"].values
     np.testing.assert_allclose(from_rows, from_stats, rtol=1e-10)
+
+
+# ---------------------------------------------------------------------------
+# moves on p(theta | y): the factors of the accepted proposal are the ones drawn from
+
+
+@pytest.mark.parametrize("formula", ["attain ~ verbal + sex + (1 | primary) + (1 | second)",
+                                     "attain ~ verbal + (1 | second/primary)"])
+def test_marginal_moves_keep_the_factors_of_the_current_theta(scotssec, formula):
+    """Sweep by sweep, the workspace the chain calls current holds the factors at its ``theta``.
+
+    After every sweep of the moves on ``p(theta | y)`` (crossed factors by default; forced on
+    a nested model here), ``state.scal[LP]`` must equal ``log p(y | theta) + log p(theta)``
+    evaluated afresh, and a draw from the chain's current workspace must equal, to rounding,
+    a draw with the same generator from a fresh factorisation at the chain's ``theta``. A
+    slip in which workspace is current would draw the coefficients at a rejected proposal.
+    """
+    from bayeshlm.start import starting_theta
+    from samplers.driver import init_state, run_chain
+    from samplers.theta import decode_theta
+    from samplers.types import CURRENT, LP, DrawStore, MHMoves, Schedule
+
+    model = bh.hlm(formula, scotssec)
+    st, S, pri = model.stats, model.structure, model.priors
+    rng = np.random.default_rng(4)
+    state = init_state(rng, starting_theta(model, rng, 0.5), st, S, pri)
+    p, d, n_theta = st.Fty.shape[0], st.Xty.shape[1], model.n_theta
+    warmup, total = 40, 70
+    store = DrawStore(np.empty((total, n_theta)), np.empty((total, p)), np.zeros(0, dtype=np.int64),
+                      np.empty((0, 0, d)), np.empty((0, 0, d)), np.empty(total), np.empty(total), np.eye(d))
+    fresh = gaussian.workspace(st, S)
+    n_moved = 0
+    last = state.theta.copy()
+    for it in range(total):
+        run_chain(rng, state, st, S, pri, MHMoves(2, 1), Schedule(warmup, 1, it + 1), store)
+        n_moved += not np.array_equal(last, state.theta)
+        last = state.theta.copy()
+        s2, log_prior = decode_theta(state.theta, S, pri, fresh.C)
+        ll, ok = gaussian.integrate(fresh, st, S, s2, pri.fixed)
+        assert ok
+        assert state.scal[LP] == pytest.approx(ll + log_prior, rel=1e-12, abs=1e-9)
+        current = state.work if state.ibuf[CURRENT] == 0 else state.scratch
+        draws = []
+        for work in (current, fresh):
+            a, b = np.empty(p), np.zeros_like(state.b)
+            gaussian.draw_coefficients(np.random.default_rng(it), work, st, S, s2, a, b, True)
+            draws.append(np.concatenate([a, b.ravel()]))
+        np.testing.assert_allclose(draws[0], draws[1], rtol=1e-9, atol=1e-12)
+    assert n_moved > 20  # the moves were accepted often enough for the check to mean something

@@ -22,7 +22,8 @@ def _data(seed=0):
     g = np.repeat([f"g{j}" for j in range(6)], 3)
     y = rng.normal(size=g.size)
     x = rng.normal(size=g.size)
-    return {"y": y, "x": x, "g": g, "h": np.repeat([f"h{j}" for j in range(3)], 6), "x_far": x + 5.0}
+    return {"y": y, "x": x, "g": g, "h": np.repeat([f"h{j}" for j in range(3)], 6), "x_far": x + 5.0,
+            "k": np.tile([f"k{j}" for j in range(3)], 6)}  # crossed with g: every g sees every k
 
 
 CASES = {
@@ -36,6 +37,16 @@ CASES = {
     # the prior is evaluated at G T G' in the MH target and the Gibbs acceptance ratio
     "mapped_prior_mh": ("y ~ x_far + (x_far | g)", PRIORS, "mh"),
     "mapped_prior_gibbs": ("y ~ x_far + (x_far | g)", PRIORS, "gibbs"),
+    # crossed factors: the moves target p(theta | y) and keep the factors of what they accept
+    "crossed_mh": ("y ~ x + (1 | g) + (1 | k)", PRIORS, "mh"),
+    "crossed_slopes_mh": ("y ~ x + (x | g) + (1 | k)", PRIORS, "mh"),
+    "crossed_gibbs": ("y ~ x + (1 | g) + (1 | k)", PRIORS, "gibbs"),
+}
+# the other target of the MH moves than the one the structure gets by default
+MARGINAL = {
+    "intercept_mh_marginal": ("y ~ x + (1 | g)", 1),
+    "three_levels_mh_marginal": ("y ~ x + (1 | h) + (1 | h:g)", 1),
+    "crossed_mh_conditional": ("y ~ x + (1 | g) + (1 | k)", 0),
 }
 
 
@@ -46,5 +57,14 @@ def test_geweke(case):
     if case.startswith("mapped"):
         assert model.priors.block_map.tolist() == [1]
     table = geweke(model, 20000, method=method, seed=11)
+    bad = table[table["p_value"] < 1e-3 / len(table)]
+    assert bad.empty, f"Geweke test fails:\n{bad}"
+
+
+@pytest.mark.parametrize("case", list(MARGINAL))
+def test_geweke_of_the_other_mh_target(case):
+    formula, marginal = MARGINAL[case]
+    model = bh.hlm(formula, _data(), priors=PRIORS)
+    table = geweke(model, 20000, method="mh", seed=11, marginal=marginal)
     bad = table[table["p_value"] < 1e-3 / len(table)]
     assert bad.empty, f"Geweke test fails:\n{bad}"
