@@ -133,11 +133,22 @@ class _Objective:
         self.n_eval = 0
         self.grad = np.empty(model.n_theta)
         self.work = workspace(model.stats, model.structure)
+        self._last = None  # (theta, value, gradient) of the last evaluation
 
     def __call__(self, theta):
+        """The log-likelihood at ``theta``, its gradient left in ``self.grad``.
+
+        The point evaluated last is not evaluated again (the polish and the fit ask for the
+        value at the optimum they have just reached).
+        """
+        if self._last is not None and np.array_equal(theta, self._last[0]):
+            self.grad[:] = self._last[2]
+            return self._last[1]
         self.n_eval += 1
         m = self.model
-        return loglik_and_gradient(None, theta, self.work, m.stats, m.structure, m.priors, self.reml, self.grad)
+        value = loglik_and_gradient(None, theta, self.work, m.stats, m.structure, m.priors, self.reml, self.grad)
+        self._last = (np.array(theta, dtype=np.float64), value, self.grad.copy())
+        return value
 
     def negative_with_gradient(self, theta):
         """``(-loglik, -gradient)`` for a minimiser; ``inf`` where the likelihood is not finite."""

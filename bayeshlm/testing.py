@@ -292,11 +292,10 @@ def geweke(model, n_iter=20000, *, method="mh", seed=0, mh_steps=6, n_prior=None
         standard errors (the successive-conditional one by batch means), the z statistic
         and its two-sided p-value.
     """
-    from samplers.driver import init_state, statistics_replaced
+    from samplers.driver import init_state, run_chain, statistics_replaced
     from samplers.gaussian import marginal_moves_pay
-    from samplers.sweep import sweep
     from samplers.theta import encode_theta
-    from samplers.types import FAILED, ITER, GibbsMoves, MHMoves
+    from samplers.types import FAILED, DrawStore, GibbsMoves, MHMoves, Schedule
 
     rng = np.random.default_rng(seed)
     n_prior = n_iter if n_prior is None else n_prior
@@ -316,18 +315,23 @@ def geweke(model, n_iter=20000, *, method="mh", seed=0, mh_steps=6, n_prior=None
     if not encode_theta(s2_0, T0 + 1e-12 * max(np.trace(T0), 1e-300) * np.eye(d), model.structure, theta0):
         raise ValueError("the prior draw has a singular group covariance")
     kernel_rng = np.random.Generator(np.random.PCG64(int(rng.integers(2**31))))
-    state = init_state(kernel_rng, theta0, sim.stats, model.structure, model.priors)
     if marginal is None:
         marginal = marginal_moves_pay(model.structure)
     moves = GibbsMoves() if method == "gibbs" else MHMoves(mh_steps, int(marginal))
-    theta = np.empty((n_iter, model.n_theta))
-    fixed = np.empty((n_iter, len(model.fixed_names)))
+    state = init_state(kernel_rng, theta0, sim.stats, model.structure, model.priors, moves=moves)
+    # The sweeps run in the chain's own compiled loop (the one `sample` runs, so no other
+    # variant is compiled), one sweep per call, without warm-up: a fixed Markov kernel. Each
+    # call keeps its sweep as kept draw `it` of a store with room for all of them.
+    n_fixed = len(model.fixed_names)
+    store = DrawStore.keeping_nothing(model.n_theta, n_fixed, d)._replace(
+        theta=np.empty((n_iter, model.n_theta)), a=np.empty((n_iter, n_fixed)), lp=np.empty(n_iter),
+        accept=np.empty(n_iter))
+    theta = store.theta
+    fixed = np.empty((n_iter, n_fixed))
     for it in range(n_iter):
-        sweep(kernel_rng, state, sim.stats, model.structure, model.priors, moves, 0)
-        state.ibuf[ITER] = it + 1
+        run_chain(kernel_rng, state, sim.stats, model.structure, model.priors, moves, Schedule(0, 1, it + 1), store)
         if state.scal[FAILED] != 0.0:
             raise RuntimeError("a sweep failed during the Geweke test")
-        theta[it] = state.theta
         fixed[it] = basis.fixed_values(state.a)
         s2, _, _, _ = variance_components(model, state.theta[None, :])
         current = {"fixed": fixed[it], "sigma": float(np.sqrt(s2[0])), "b": basis.coef_values(state.b)}

@@ -36,7 +36,14 @@ import numpy as np
 from numba import njit
 
 from samplers import two_level
-from samplers.linalg import chol_inplace, draw_canonical, solve_lower, solve_upper
+from samplers.linalg import (
+    chol_inplace,
+    dense_cholesky,
+    draw_canonical,
+    inverse_from_cholesky,
+    solve_lower,
+    solve_upper,
+)
 from samplers.nested import add_score_terms, lower_inverse_gram, m_step
 from samplers.types import N_OBS, SUM_LOG_W, YTY
 
@@ -449,18 +456,11 @@ def upward(stats, structure, s2, C, full, fixed, yx, yy, work):
         if not chol_inplace(Lx[:W, :W]):
             return -np.inf, False
     else:
-        Sd = np.empty((W, W))
         for i in range(W):
             for j in range(i + 1):
-                Sd[i, j] = S[i, j]
-                Sd[j, i] = S[i, j]
-        try:
-            Ld = np.linalg.cholesky(Sd)
-        except Exception:  # noqa: BLE001 -- numba raises LinAlgError, caught as Exception only
+                Lx[i, j] = S[i, j]
+        if not dense_cholesky(Lx, W):
             return -np.inf, False
-        for i in range(W):
-            for j in range(i + 1):
-                Lx[i, j] = Ld[i, j]
     v = work.v
     for i in range(W):
         t = s[i]
@@ -592,16 +592,16 @@ def moments(rng, stats, structure, s2, C, work, with_fixed, a, b, V, A_inv, gC):
     draw(rng, structure, C, work, a, b, False)
     lower_inverse_gram(work.LA, A_inv)
     V[:] = 0.0
-    # Sigma: the inverse of S (REML), or of its leading block (given a), by LAPACK
+    # Sigma: the inverse of S (REML), or of its leading block (given a), from the factor
+    # L_x of the upward pass (the leading block of L_x is the factor of S's leading block)
     lim = W if with_fixed else qR
-    Sd = np.empty((lim, lim))
-    for i in range(lim):
-        for j in range(i + 1):
-            Sd[i, j] = work.S[i, j]
-            Sd[j, i] = work.S[i, j]
     Sig = np.zeros((W, W))
     if lim > 0:
-        Sig[:lim, :lim] = np.linalg.inv(Sd)
+        Sd = np.empty((lim, lim))
+        inverse_from_cholesky(Lx, lim, Sd)
+        for i in range(lim):
+            for j in range(lim):
+                Sig[i, j] = Sd[i, j]
     beta = work.beta
     # groups of factors 1..: their own covariance
     for k in range(1, K):

@@ -5,8 +5,28 @@ factorisation into a preallocated buffer is several times faster than a LAPACK c
 allocates. All routines work in place and never form an inverse they can solve with.
 """
 
+import llvmlite.binding as llvm
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import get_cython_function_address
+
+
+def _lapack(name):
+    """A LAPACK routine of SciPy's ``cython_lapack`` as a compiled external function.
+
+    The routine's address is registered under a symbol of our own and the compiled code
+    calls it by that name, so the kernels that call it can still be cached on disk (a
+    ctypes function pointer would be a constant address, which Numba refuses to cache).
+    Every routine used here takes ``(uplo, n, a, lda, info)``, all by pointer.
+    """
+    symbol = f"bayeshlm_{name}"
+    llvm.add_symbol(symbol, get_cython_function_address("scipy.linalg.cython_lapack", name))
+    return types.ExternalFunction(symbol, types.void(*(types.voidptr,) * 5))
+
+
+_dpotrf = _lapack("dpotrf")
+_dpotri = _lapack("dpotri")
+_UPPER = 85  # ord("U"): a C-ordered lower triangle is the upper triangle of the Fortran view
 
 
 @njit(cache=True, nogil=True)
@@ -126,3 +146,41 @@ def draw_canonical(L, c, rng, draw, out):
             for i in range(out.shape[0]):
                 out[i] += rng.standard_normal()
     solve_upper(L, out)
+
+
+@njit(cache=True, nogil=True)
+def dense_cholesky(A, n):
+    """In place, LAPACK's ``dpotrf``: the lower triangle of ``A[:n, :n]`` becomes its Cholesky factor.
+
+    For the large dense blocks (hundreds of rows and more), where LAPACK's blocked algorithm
+    is many times faster than :func:`chol_inplace`. Only the lower triangle is read and
+    written; ``A`` is C-contiguous, its leading dimension its row length. Returns False when
+    the block is not numerically positive definite.
+    """
+    uplo = np.array([_UPPER], dtype=np.uint8)
+    nn = np.array([n], dtype=np.int32)
+    lda = np.array([A.shape[1]], dtype=np.int32)
+    info = np.zeros(1, dtype=np.int32)
+    _dpotrf(uplo.ctypes, nn.ctypes, A.ctypes, lda.ctypes, info.ctypes)
+    return info[0] == 0
+
+
+@njit(cache=True, nogil=True)
+def inverse_from_cholesky(L, n, out):
+    """``out = (L L')^{-1}`` for the leading ``n x n`` block of a lower Cholesky factor ``L``, by LAPACK's ``dpotri``.
+
+    ``out`` (C-contiguous, shape (n, n)) receives the full symmetric inverse. A third of the
+    work of inverting the matrix itself (``np.linalg.inv`` factorises it again, by LU).
+    Returns False when LAPACK reports a zero on the diagonal of ``L``.
+    """
+    for i in range(n):
+        for j in range(i + 1):
+            out[i, j] = L[i, j]
+    uplo = np.array([_UPPER], dtype=np.uint8)
+    nn = np.array([n], dtype=np.int32)
+    info = np.zeros(1, dtype=np.int32)
+    _dpotri(uplo.ctypes, nn.ctypes, out.ctypes, nn.ctypes, info.ctypes)
+    for i in range(n):
+        for j in range(i):
+            out[j, i] = out[i, j]
+    return info[0] == 0

@@ -78,6 +78,9 @@ DESIGNS = {
     "three_factors": {"n_levels": (6, 4, 3), "sizes": (1, 2, 1)},
     "three_factors_intercepts": {"n_levels": (7, 4, 3), "sizes": (1, 1, 1)},  # the scalar path of the passes
     "slopes_on_both": {"n_levels": (8, 5), "sizes": (2, 2), "p": 3},
+    # more than crossed.SMALL_DENSE coefficients outside the largest factor: the dense rest
+    # is factored by LAPACK's dpotrf and inverted by dpotri
+    "wide_second_factor": {"n_levels": (30, 24), "sizes": (1, 2), "fill": 0.15, "reps": 1},
 }
 
 
