@@ -34,6 +34,7 @@ from bayeshlm.evidence import (  # noqa: E402
     marginal_likelihood,
     marginal_likelihood_pooled,
 )
+from bayeshlm.family import FamilyWarning  # noqa: E402
 from bayeshlm.formula import FormulaError, parse_formula  # noqa: E402
 from bayeshlm.hierarchy import Equation, Hierarchy  # noqa: E402
 from bayeshlm.io import load, save  # noqa: E402
@@ -74,6 +75,7 @@ from bayeshlm.summary import summary  # noqa: E402
 __all__ = [
     "GroupLevelWarning",
     "NestingWarning",
+    "FamilyWarning",
     "Hierarchy",
     "IdentificationWarning",
     "LKJ",

@@ -220,14 +220,22 @@ def em_iterations(model, theta, n_iter, method="reml", trace=None):
     return theta
 
 
-def fit_em(model, method="reml", *, em_iter=5, tol=1e-6, max_eval=5000):
+def fit_em(model, method=None, *, em_iter=5, tol=1e-6, max_eval=5000, n_agq=1):
     """Maximum-likelihood (``"ml"``) or restricted (``"reml"``) fit of the variance components.
+
+    A model with a non-Gaussian level 1 (``family=`` of :func:`bayeshlm.hlm`) is fitted by
+    maximum likelihood with the Laplace approximation, or adaptive Gauss-Hermite quadrature
+    with ``n_agq`` nodes (:func:`bayeshlm.glmm.fit_glmm`), as lme4's ``glmer``.
 
     Parameters
     ----------
     model : Model
         From :func:`bayeshlm.hlm`; its priors are ignored.
-    method : {"reml", "ml"}
+    method : {"reml", "ml"}, optional
+        Default ``"reml"`` for a Gaussian level 1; a non-Gaussian one takes ``"ml"`` only.
+    n_agq : int
+        Nodes of the adaptive quadrature of a non-Gaussian model (1: the Laplace
+        approximation; more: one grouping factor with one random coefficient only).
     em_iter : int
         EM iterations before the Newton (or quasi-Newton) finish.
     tol : float
@@ -241,6 +249,17 @@ def fit_em(model, method="reml", *, em_iter=5, tol=1e-6, max_eval=5000):
     """
     from scipy.optimize import minimize  # imported here: it adds 0.2 s to `import bayeshlm`
 
+    if not model.gaussian:
+        if method not in (None, "ml"):
+            raise ValueError(f"a {model.family} model is fitted by maximum likelihood (method='ml'); REML is for "
+                             "Gaussian models")
+        from bayeshlm.glmm import fit_glmm
+
+        return _glmm_result(model, fit_glmm(model, n_agq, max_eval=max(max_eval, 20000)), n_agq)
+    if n_agq != 1:
+        raise ValueError("n_agq is for non-Gaussian models (family= in bayeshlm.hlm); a Gaussian model's "
+                         "likelihood is exact")
+    method = "reml" if method is None else method
     if method not in ("reml", "ml"):
         raise ValueError(f"method must be 'reml' or 'ml', got {method!r}")
     t0 = time.perf_counter()
@@ -394,7 +413,7 @@ def _kernel_rows(model):
     return y, F, X, (np.ones(model.n_obs) if w is None else w)
 
 
-def _natural(model, thetas):
+def natural_variance_parameters(model, thetas):
     """``[sigma (unless known), SDs, correlations]`` of each row of ``thetas``, in the user's parametrisation."""
     from bayeshlm.results import variance_components
 
@@ -425,7 +444,7 @@ def _variance_se(model, theta, method, boundary, hessian=None):
     # the delta method: derivatives of the natural parameters in theta, by central differences
     h = 1e-4 * np.maximum(1.0, np.abs(theta))
     steps = np.diag(h)
-    both = _natural(model, np.concatenate([theta + steps, theta - steps]))
+    both = natural_variance_parameters(model, np.concatenate([theta + steps, theta - steps]))
     J = ((both[: theta.size] - both[theta.size :]) / (2 * h)[:, None]).T
     try:
         cov = np.linalg.inv(-H)
@@ -583,3 +602,89 @@ def _robust_vcov_clusters(model, a, b, s2, vcov):
         cluster, n_c = np.arange(model.n_obs), model.n_obs
     score = np.stack([np.bincount(cluster, F[:, q] * we, minlength=n_c) for q in range(F.shape[1])], 1)
     return vcov @ (score.T @ score) @ vcov
+
+
+def _glmm_result(model, opt, n_agq):
+    """The :class:`~bayeshlm.em.EMResult` of a GLMM fit (no level-1 variance; group estimates: conditional modes)."""
+    basis, structure = model.basis, model.structure
+    phi, value, H = opt.phi, opt.loglik, opt.hessian
+    nth = model.n_theta
+    theta, a = phi[:nth], phi[nth:]
+    p = a.size
+    # the inverse of the observed information; its fixed-effects block is their covariance
+    try:
+        cov = np.linalg.inv(-H)
+    except np.linalg.LinAlgError:
+        cov = np.full(H.shape, np.nan)
+    vcov = basis.fixed_cov(cov[nth:, nth:])
+    a_user = basis.fixed_values(a)
+    b, V = opt.b, opt.V  # the conditional modes and their covariances
+    from bayeshlm.results import variance_components
+
+    _, sd_user, corr_user, _ = variance_components(model, theta[None, :])
+    names = model.coef_names
+    corr = {}
+    bp = structure.block_ptr
+    for k in range(len(bp) - 1):
+        for i in range(bp[k], bp[k + 1]):
+            for j in range(bp[k], i):
+                corr[corr_key(names[j], names[i])] = float(corr_user[0, i, j])
+    boundary = tuple(n for n, s in zip(names, sd_user[0], strict=True) if s < 1e-4 * max(1.0, float(np.max(sd_user))))
+    var_names = [f"sd[{c}]" for c in names] + [f"corr[{corr_key(names[j], names[i])}]" for k in range(len(bp) - 1)
+                                                for i in range(bp[k], bp[k + 1]) for j in range(bp[k], i)]
+    if boundary:
+        variance_se = dict.fromkeys(var_names, float("nan"))
+    else:  # the delta method from theta to the SDs and correlations
+        h = 1e-5 * np.maximum(1.0, np.abs(theta))
+        both = natural_variance_parameters(model, np.concatenate([theta + np.diag(h), theta - np.diag(h)]))
+        J = ((both[:nth] - both[nth:]) / (2 * h)[:, None]).T
+        var = np.diag(J @ cov[:nth, :nth] @ J.T)
+        variance_se = {n: float(np.sqrt(v)) if v >= 0 else float("nan") for n, v in zip(var_names, var, strict=True)}
+    lp = structure.level_ptr
+    if len(lp) > 2:
+        group_labels = [f"{f}={lab}" for f, labels in zip(model.design.factors, model.design.factor_labels,
+                                                          strict=True) for lab in labels]
+    else:
+        group_labels = list(model.design.group_labels)
+    n_par = p + nth
+    n_obs = model.n_obs
+    method = "laplace" if n_agq == 1 else f"agq{n_agq}"
+    icc = None
+    if names == ("Intercept",) and model.link in ("logit", "probit"):
+        # on the latent scale: the logistic (pi^2 / 3) or standard normal (1) level-1 variance
+        e = np.pi**2 / 3 if model.link == "logit" else 1.0
+        icc = float(sd_user[0, 0] ** 2 / (sd_user[0, 0] ** 2 + e))
+    return EMResult(
+        method=method,
+        fixed=dict(zip(model.fixed_names, a_user.tolist(), strict=True)),
+        fixed_se=dict(zip(model.fixed_names, np.sqrt(np.diag(vcov)).tolist(), strict=True)),
+        vcov_fixed=vcov,
+        sigma=float("nan"),
+        sd=dict(zip(names, sd_user[0].tolist(), strict=True)),
+        corr=corr,
+        loglik=float(value),
+        aic=float(-2 * value + 2 * n_par),
+        bic=float(-2 * value + np.log(n_obs) * n_par),
+        group_means=basis.coef_values(b),
+        group_cov=basis.coef_cov(V),
+        theta=theta.copy(),
+        converged=opt.converged,
+        n_em_iter=0,
+        n_evaluations=opt.n_eval,
+        seconds=opt.seconds,
+        message=f"{model.family} ({model.link} link), "
+                + ("Laplace approximation" if n_agq == 1 else f"adaptive Gauss-Hermite quadrature, {n_agq} nodes")
+                + f"; L-BFGS: {opt.message}; largest gradient component {opt.grad_max:.2e}",
+        labels={"groups": group_labels, "coef": list(names)},
+        boundary=boundary,
+        n_params=n_par,
+        n_obs=n_obs,
+        icc=icc,
+        robust_se=dict.fromkeys(model.fixed_names, float("nan")),
+        group_ols=np.full(b.shape, np.nan),
+        variance_se=variance_se,
+        reliability={},
+        reliability_by_group=None,
+        model=model.identity(),
+        model_record=model.record(),
+    )

@@ -73,6 +73,11 @@ class Model:
         user's parametrisation exactly.
     prior_frame : PriorFrame
         The coordinates each prior is set on (the user's, or the centred ones of the defaults).
+    family, link : str
+        The level-1 family and its link (:mod:`bayeshlm.family`): ``"gaussian"`` and
+        ``"identity"``, or a hierarchical generalised linear model.
+    trials : ndarray of shape (n_obs,) or None
+        The number of trials of each row of a binomial response (ones for Bernoulli).
     """
 
     spec: FormulaSpec
@@ -86,6 +91,9 @@ class Model:
     moments: ColumnMoments | None = None
     basis: Basis | None = None
     prior_frame: PriorFrame | None = None
+    family: str = "gaussian"
+    link: str = "identity"
+    trials: np.ndarray | None = None
 
     @property
     def formula(self) -> str:
@@ -133,8 +141,13 @@ class Model:
 
     @property
     def sigma_known(self) -> bool:
-        """True when the level-1 variances are known (given per observation)."""
+        """True when the level-1 variances are known (given per observation, or none: a non-Gaussian level 1)."""
         return bool(self.structure.sigma_known)
+
+    @property
+    def gaussian(self) -> bool:
+        """True for a Gaussian level 1 (a hierarchical linear model)."""
+        return self.family == "gaussian"
 
     @property
     def n_theta(self) -> int:
@@ -190,7 +203,11 @@ class Model:
                          f"{', '.join(self.coef_names)} (covariance blocks of size {blocks})")
         else:
             lines.append("  no grouping: a single-level regression")
-        lines.append("  level-1 variance: " + ("known (given per observation)" if self.sigma_known else "estimated"))
+        if self.gaussian:
+            known = "known (given per observation)" if self.sigma_known else "estimated"
+            lines.append("  level-1 variance: " + known)
+        else:
+            lines.append(f"  level 1: {self.family}, {self.link} link")
         if self.equations:
             lines += ["", self.equations]
         return "\n".join(lines)
@@ -225,6 +242,8 @@ class Model:
         }
         if design.crossed:  # only then: the identities of nested models stay as they were
             identity["crossed"] = True
+        if not self.gaussian:
+            identity["family"] = f"{self.family}({self.link})"
         return json.dumps(identity, sort_keys=True)
 
     @property
@@ -248,6 +267,9 @@ class Model:
             "known_as_array": any(v is not None and not isinstance(v, str) for v in known.values()),
             "missing": self.options.get("missing", "raise"),
             "equations": self.equations,
+            "family": self.family,
+            "link": self.link,
+            "trials": self.options.get("trials") if isinstance(self.options.get("trials"), str) else None,
         })
 
 
@@ -365,7 +387,8 @@ def model_from(result, data, **overrides):
         raise ValueError("the model was compiled with known level-1 SDs or variances given as an array, which the "
                          "result does not store: pass them again, model_from(result, data, known_sd=...)")
     options = {"known_sd": record["known_sd"], "known_var": record["known_var"], "missing": record["missing"],
-               "priors": priors_from_json(record["priors"])}
+               "priors": priors_from_json(record["priors"]), "family": record.get("family", "gaussian"),
+               "link": record.get("link"), "trials": record.get("trials")}
     frame = None if record["prior_frame"] is None else frame_from_json(record["prior_frame"])
     if "priors" in overrides:
         frame = None
@@ -430,7 +453,8 @@ def structure_of(block_sizes, sigma_known, diag_scale, tree):
     )
 
 
-def hlm(formula, data, *, priors=None, known_sd=None, known_var=None, missing="raise"):
+def hlm(formula, data, *, priors=None, known_sd=None, known_var=None, missing="raise", family="gaussian", link=None,
+        trials=None):
     """Compile a hierarchical linear model from an lme4-style formula.
 
     Parameters
@@ -464,6 +488,15 @@ def hlm(formula, data, *, priors=None, known_sd=None, known_var=None, missing="r
         What to do with rows that have missing or non-finite values in a used column:
         raise an error naming the columns (default), or drop them (the count is kept in
         ``model.design.n_dropped`` and in the results' attributes).
+    family : {"gaussian", "bernoulli", "binomial", "poisson"}
+        The level-1 distribution (:mod:`bayeshlm.family`). A binomial response is written
+        ``cbind(successes, failures) ~ ...`` as in lme4, or as the successes with
+        ``trials=``; a binomial response of 0/1 without trials is Bernoulli.
+    link : {"logit", "probit", "log"}, optional
+        The link of a non-Gaussian family (default logit for the binomial families, log for
+        Poisson).
+    trials : str or array_like, optional
+        The number of trials of each row of a binomial response (a column name or an array).
 
     Returns
     -------
@@ -477,21 +510,70 @@ def hlm(formula, data, *, priors=None, known_sd=None, known_var=None, missing="r
     >>> model.n_groups
     18
     """
-    return compile_formula(formula, data, priors=priors, known_sd=known_sd, known_var=known_var, missing=missing)
+    return compile_formula(formula, data, priors=priors, known_sd=known_sd, known_var=known_var, missing=missing,
+                           family=family, link=link, trials=trials)
 
 
 def compile_formula(formula, data, *, priors=None, known_sd=None, known_var=None, missing="raise",
-                    prior_frame=None):
+                    prior_frame=None, family="gaussian", link=None, trials=None):
     """:func:`hlm`, and with ``prior_frame`` the priors kept on a frame of earlier data (:meth:`Model.with_data`)."""
-    spec = parse_formula(formula)
-    design = build_design(spec, data, missing=missing, known_sd=known_sd, known_var=known_var)
+    from bayeshlm.family import check_response, gaussian_response_warning, resolve_family, split_cbind, trials_array
+
+    family, link = resolve_family(family, link)
+    written = formula
+    options = {"priors": priors, "known_sd": known_sd, "known_var": known_var, "missing": missing,
+               "family": family, "link": link, "trials": trials}
+    if family == "gaussian":
+        if trials is not None or formula.lstrip().startswith("cbind"):
+            raise ValueError("trials and cbind(successes, failures) are for family='binomial'")
+        spec = parse_formula(formula)
+        design = build_design(spec, data, missing=missing, known_sd=known_sd, known_var=known_var)
+        if design.y is not None:
+            gaussian_response_warning(design.y, design.response)
+        n_trials = None
+    else:
+        if known_sd is not None or known_var is not None:
+            raise ValueError(f"family={family!r} has no level-1 variance to give: known_sd and known_var are for "
+                             "the Gaussian family")
+        formula, data, n_trials = split_cbind(formula, data)
+        if n_trials is not None and trials is not None:
+            raise ValueError("give the number of trials once: cbind(successes, failures) or trials=, not both")
+        if n_trials is not None and family == "bernoulli":
+            raise ValueError("cbind(successes, failures) is a binomial response: pass family='binomial'")
+        spec = parse_formula(formula)
+        n_rows = len(next(iter(data.values()))) if isinstance(data, dict) else len(data)
+        if trials is not None:
+            if family != "binomial":
+                raise ValueError(f"trials= is for family='binomial', not {family!r}")
+            n_trials = trials_array(trials, data, n_rows)
+        # the Gaussian machinery runs with known unit level-1 variances: a non-Gaussian level 1
+        # has no variance of its own, and its samplers and fits set per-row weights
+        design = build_design(spec, data, missing=missing, known_var=np.ones(n_rows))
+        if n_trials is not None:
+            n_trials = np.ascontiguousarray(np.asarray(n_trials, dtype=np.float64)[design.kept_rows])
+        elif family in ("bernoulli", "binomial"):
+            if family == "binomial" and not np.all(np.isin(design.y, (0.0, 1.0))):
+                raise ValueError(f"family='binomial' needs the number of trials of each row: write "
+                                 f"cbind(successes, failures) ~ ... or pass trials=; the response {design.response!r} "
+                                 "is not 0/1")
+            family = "bernoulli" if family == "binomial" else family
+            n_trials = np.ones(design.y.shape[0])
+        check_response(design.y, n_trials, family, design.response)
+        options["family"] = family
+        spec = spec._replace(formula=written) if hasattr(spec, "_replace") else spec
     identification_warnings(design)
     moments = column_moments(design.y, design.F, design.X, design.obs_var)
     basis = Basis.standardising(moments, design.fixed_names, design.coef_names, design.block_sizes)
+    if family != "gaussian":  # the response is not rescaled: the link acts on its own scale
+        shift, scale = basis.shift.copy(), basis.scale.copy()
+        shift[0], scale[0] = 0.0, 1.0
+        basis = replace(basis, shift=shift, scale=scale)
     stats = compute_suffstats(design.y, design.F, design.X, design.group_idx, design.group_labels.shape[0],
                               basis.weights(design.obs_var), basis.shift, basis.scale)
-    options = {"priors": priors, "known_sd": known_sd, "known_var": known_var, "missing": missing}
-    return assemble(spec, design, stats, moments, basis, priors, options, prior_frame)
+    model = assemble(spec, design, stats, moments, basis, priors, options, prior_frame)
+    if family == "gaussian":
+        return model
+    return replace(model, family=family, link=link, trials=n_trials)
 
 
 def assemble(spec, design, stats, moments, basis, priors, options, prior_frame=None):

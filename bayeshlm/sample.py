@@ -169,6 +169,11 @@ def sample(
     >>> post.posterior["fixed"].sizes["fixed_term"]
     2
     """
+    if not getattr(model, "gaussian", True):
+        raise NotImplementedError(
+            f"posterior sampling of a {model.family} model ({model.link} link) is not available yet; "
+            "bayeshlm.fit_em(model) gives its maximum-likelihood fit (Laplace approximation, or n_agq= nodes of "
+            "adaptive quadrature)")
     draws = _check_count("draws", draws, 1)
     warmup = _check_count("warmup", warmup, 0)
     chains = _check_count("chains", chains, 1)

@@ -164,6 +164,16 @@ def forget_statistics(work):
         work.block_ready[0] = 0
 
 
+@overload(forget_statistics)
+def _forget_statistics_impl(work):
+    if _is_crossed_work(work):
+        def impl_crossed(work):
+            work.block_ready[0] = 0
+
+        return impl_crossed
+    return lambda work: None
+
+
 def workspace(stats, structure):
     """The workspace of a model's Gaussian passes; its type chooses the implementation.
 

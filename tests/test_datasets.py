@@ -14,6 +14,9 @@ N_ROWS = {
     "radon": 919,
     "eight_schools": 8,
     "scotssec": 3435,
+    "cbpp": 56,
+    "contraception": 1934,
+    "grouseticks": 403,
 }
 
 ID_COLUMNS = {
@@ -24,10 +27,13 @@ ID_COLUMNS = {
     "radon": ["county"],
     "eight_schools": ["school"],
     "scotssec": ["primary", "second"],
+    "cbpp": ["herd"],
+    "contraception": ["woman", "district"],
+    "grouseticks": ["index", "brood", "location"],
 }
 
 # Text columns that are predictors, not group labels (categorical).
-TEXT_COLUMNS = {"scotssec": ["sex"]}
+TEXT_COLUMNS = {"scotssec": ["sex"], "contraception": ["livch"]}
 
 # Keys of tests/golden/lme4_fits.json, as listed in tests/golden/README.md.
 MODEL_KEYS = {

@@ -25,7 +25,7 @@ LAYERS = {
     "samplers.two_level": 2,  # shares the nested score terms
     "samplers.crossed": 3,  # shares the nested M-step and the two-level passes
     "samplers.gaussian": 4,
-    "samplers.gibbs": 5, "samplers.mh": 5, "samplers.ml": 5,
+    "samplers.gibbs": 5, "samplers.mh": 5, "samplers.ml": 5, "samplers.glm": 5,
     "samplers.sweep": 6,
     "samplers.driver": 7,
     "samplers": 8,
@@ -34,6 +34,7 @@ LAYERS = {
     "bayeshlm.version": 10, "bayeshlm.schema": 10, "bayeshlm.formula": 10, "bayeshlm.basis": 10,
     "bayeshlm.simulate": 10, "bayeshlm.start": 10,
     "bayeshlm.safe_formula": 11, "bayeshlm.data": 11, "bayeshlm.priors": 11, "bayeshlm.summary": 11,
+    "bayeshlm.family": 11, "bayeshlm.glmm": 13,
     "bayeshlm.model": 12,
     "bayeshlm.hierarchy": 13, "bayeshlm.chunked": 13, "bayeshlm.results": 13, "bayeshlm.lrt": 13,
     "bayeshlm.memory": 14, "bayeshlm.em": 14, "bayeshlm.prior_draws": 14, "bayeshlm.evidence": 14,

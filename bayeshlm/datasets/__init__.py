@@ -1,9 +1,10 @@
 """Real multilevel data sets shipped with bayeshlm.
 
-Seven small published data sets, stored as CSV files next to this module and
+Ten small published data sets, stored as CSV files next to this module and
 described in its README.md: ``sleepstudy``, ``dyestuff``, ``pastes``, ``hsb``,
-``radon``, ``eight_schools`` and ``scotssec`` (pupils cross-classified by primary and
-secondary school). They serve the examples, the tests (the
+``radon``, ``eight_schools``, ``scotssec`` (pupils cross-classified by primary and
+secondary school), and three with a non-Gaussian response: ``cbpp`` (binomial),
+``contraception`` (0/1) and ``grouseticks`` (counts). They serve the examples, the tests (the
 reference fits in ``tests/golden/`` were computed from these very files) and
 the benchmarks.
 
@@ -26,6 +27,14 @@ _ID_COLUMNS: dict[str, tuple[str, ...]] = {
     "radon": ("county",),
     "eight_schools": ("school",),
     "scotssec": ("primary", "second"),
+    "cbpp": ("herd",),
+    "contraception": ("woman", "district"),
+    "grouseticks": ("index", "brood", "location"),
+}
+# Columns holding the categories of a predictor (labels that look like numbers), read as
+# pandas categoricals in the order given.
+_CATEGORY_COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {
+    "contraception": {"livch": ("0", "1", "2", "3+")},
 }
 
 
@@ -41,7 +50,8 @@ def list_datasets() -> list[str]:
     --------
     >>> from bayeshlm.datasets import list_datasets
     >>> list_datasets()
-    ['dyestuff', 'eight_schools', 'hsb', 'pastes', 'radon', 'scotssec', 'sleepstudy']
+    ['cbpp', 'contraception', 'dyestuff', 'eight_schools', 'grouseticks', 'hsb', 'pastes', 'radon', 'scotssec',
+     'sleepstudy']
     """
     return sorted(_ID_COLUMNS)
 
@@ -58,8 +68,9 @@ def load_dataset(name: str) -> pd.DataFrame:
     -------
     pandas.DataFrame
         The rows of the CSV file in file order. Grouping columns (for example
-        ``school`` in ``hsb`` or ``county`` in ``radon``) hold strings; all other
-        columns are numeric. Each call returns a fresh copy.
+        ``school`` in ``hsb`` or ``county`` in ``radon``) hold strings, the
+        categories of a predictor (``livch`` in ``contraception``) are categorical,
+        and all other columns are numeric. Each call returns a fresh copy.
 
     Raises
     ------
@@ -83,6 +94,10 @@ def load_dataset(name: str) -> pd.DataFrame:
     if name not in _ID_COLUMNS:
         available = ", ".join(list_datasets())
         raise ValueError(f"unknown data set {name!r}; available data sets: {available}")
-    dtype = dict.fromkeys(_ID_COLUMNS[name], str)
+    categories = _CATEGORY_COLUMNS.get(name, {})
+    dtype = dict.fromkeys((*_ID_COLUMNS[name], *categories), str)
     with files(__name__).joinpath(f"{name}.csv").open("r", encoding="utf-8") as handle:
-        return pd.read_csv(handle, dtype=dtype, na_filter=False)
+        frame = pd.read_csv(handle, dtype=dtype, na_filter=False)
+    for column, levels in categories.items():
+        frame[column] = pd.Categorical(frame[column], categories=list(levels))
+    return frame

@@ -1,0 +1,173 @@
+"""Level-1 families: which responses a model takes, and how a binomial response is written.
+
+``family="gaussian"`` (the default) is the hierarchical linear model. ``"bernoulli"`` (0/1),
+``"binomial"`` (successes out of a number of trials) and ``"poisson"`` (counts) are the
+hierarchical generalised linear models: the same hierarchy above level 1, with a logit or
+probit link for the binomial families and a log link for counts (docs/design.md,
+"Non-Gaussian level 1"). The number of trials of a binomial response is given as lme4 writes
+it, ``cbind(successes, failures) ~ ...``, or with ``trials=`` (a column name or an array).
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import numpy as np
+
+from samplers.glm import BINOMIAL_LOGIT, BINOMIAL_PROBIT, POISSON_LOG
+
+__all__ = ["FAMILIES", "FamilyWarning", "family_code", "resolve_family"]
+
+# family: (its links, the default link)
+FAMILIES = {
+    "gaussian": (("identity",), "identity"),
+    "bernoulli": (("logit", "probit"), "logit"),
+    "binomial": (("logit", "probit"), "logit"),
+    "poisson": (("log",), "log"),
+}
+_CODES = {("bernoulli", "logit"): BINOMIAL_LOGIT, ("binomial", "logit"): BINOMIAL_LOGIT,
+          ("bernoulli", "probit"): BINOMIAL_PROBIT, ("binomial", "probit"): BINOMIAL_PROBIT,
+          ("poisson", "log"): POISSON_LOG}
+
+
+class FamilyWarning(UserWarning):
+    """A response that looks as if it needed another family than the one it is fitted with."""
+
+
+def resolve_family(family, link=None):
+    """``(family, link)`` checked and completed with the family's default link."""
+    if not isinstance(family, str) or family.lower() not in FAMILIES:
+        raise ValueError(f"family must be one of {', '.join(repr(f) for f in FAMILIES)}, got {family!r}")
+    family = family.lower()
+    links, default = FAMILIES[family]
+    if link is None:
+        return family, default
+    if not isinstance(link, str) or link.lower() not in links:
+        raise ValueError(f"family={family!r} takes the link {' or '.join(repr(x) for x in links)}, got {link!r}")
+    return family, link.lower()
+
+
+def family_code(family, link):
+    """The kernels' code of a non-Gaussian family and link (:mod:`samplers.glm`)."""
+    return _CODES[(family, link)]
+
+
+_CBIND = re.compile(r"^\s*cbind\s*\((?P<args>[^()]*)\)\s*~(?P<rhs>.*)$", re.S)
+_TERM = re.compile(r"\s*(?P<sign>[+-]?)\s*(?P<name>`[^`]+`|[A-Za-z_.][\w.]*)\s*")
+
+
+def _column_sum(expr, data, formula):
+    """The value of ``a``, ``a - b``, ``a + b - c`` ... (column names and signs only) on ``data``."""
+    pos, total, names = 0, None, []
+    while pos < len(expr):
+        m = _TERM.match(expr, pos)
+        if m is None or (pos > 0 and not m.group("sign")):
+            raise ValueError(
+                f"cbind() in {formula!r} takes column names joined by + and -, such as "
+                f"cbind(incidence, size - incidence); cannot read {expr.strip()!r}: compute the column first")
+        name = m.group("name").strip("`")
+        try:
+            col = np.asarray(data[name], dtype=np.float64)
+        except KeyError:
+            raise ValueError(f"cbind() in {formula!r} names the column {name!r}, which is not in the data") from None
+        except (TypeError, ValueError):
+            raise ValueError(f"column {name!r} in cbind() of {formula!r} is not numeric") from None
+        col = -col if m.group("sign") == "-" else col
+        total = col if total is None else total + col
+        names.append(name)
+        pos = m.end()
+    if total is None:
+        raise ValueError(f"cbind() in {formula!r} has an empty argument")
+    return total, names
+
+
+def split_cbind(formula, data):
+    """A formula ``cbind(s, f) ~ rhs`` as ``(formula with s as the response, data, trials s + f)``.
+
+    Other formulas come back unchanged with ``trials`` None. When the successes are not a
+    single column, they are added to a copy of the data as the column ``successes``.
+    """
+    m = _CBIND.match(formula)
+    if m is None:
+        return formula, data, None
+    parts = m.group("args").split(",")
+    if len(parts) != 2:
+        raise ValueError(f"cbind() in {formula!r} takes two arguments, the successes and the failures")
+    successes, s_names = _column_sum(parts[0], data, formula)
+    failures, _ = _column_sum(parts[1], data, formula)
+    single = len(s_names) == 1 and not parts[0].strip().startswith("-")
+    name = s_names[0] if single else "successes"
+    if not single:
+        if hasattr(data, "assign"):
+            data = data.assign(successes=successes)
+        else:
+            data = {**dict(data), "successes": successes}
+    quoted = name if re.fullmatch(r"[A-Za-z_.][\w.]*", name) else f"`{name}`"
+    return f"{quoted} ~{m.group('rhs')}", data, successes + failures
+
+
+def trials_array(trials, data, n_rows):
+    """``trials=`` as an array of the data's rows: a column name or an array of length ``n_rows``."""
+    if isinstance(trials, str):
+        try:
+            values = np.asarray(data[trials], dtype=np.float64)
+        except KeyError:
+            raise ValueError(f"trials={trials!r} is not a column of the data") from None
+        except (TypeError, ValueError):
+            raise ValueError(f"the trials column {trials!r} is not numeric") from None
+    else:
+        values = np.asarray(trials, dtype=np.float64).ravel()
+    if values.shape[0] != n_rows:
+        raise ValueError(f"trials has {values.shape[0]} values for {n_rows} rows of data")
+    return values
+
+
+def _rows_listed(mask, limit=5):
+    where = np.flatnonzero(mask)
+    shown = ", ".join(str(int(i)) for i in where[:limit])
+    return shown + (", ..." if where.size > limit else "")
+
+
+def check_response(y, trials, family, response):
+    """Refuse a response the family cannot take, naming the column and the rows (positions in the data used)."""
+    y = np.asarray(y, dtype=np.float64)
+    whole = y == np.round(y)
+    if family == "bernoulli":
+        bad = (y != 0) & (y != 1)
+        if bad.any():
+            raise ValueError(f"family='bernoulli' needs a 0/1 response; column {response!r} has other values "
+                             f"in {int(bad.sum())} rows (rows {_rows_listed(bad)}); for successes out of several "
+                             "trials use family='binomial' with cbind(successes, failures) or trials=")
+        return
+    if family == "poisson":
+        bad = (y < 0) | ~whole
+        if bad.any():
+            raise ValueError(f"family='poisson' needs counts (whole numbers >= 0); column {response!r} has other "
+                             f"values in {int(bad.sum())} rows (rows {_rows_listed(bad)})")
+        return
+    if family == "binomial":
+        n = np.asarray(trials, dtype=np.float64)
+        bad_n = ~np.isfinite(n) | (n < 1) | (n != np.round(n))
+        if bad_n.any():
+            raise ValueError(f"the numbers of trials must be whole numbers >= 1; {int(bad_n.sum())} rows are not "
+                             f"(rows {_rows_listed(bad_n)})")
+        bad = (y < 0) | (y > n) | ~whole
+        if bad.any():
+            raise ValueError(f"family='binomial' needs whole numbers of successes between 0 and the number of "
+                             f"trials; column {response!r} is not in {int(bad.sum())} rows (rows {_rows_listed(bad)})")
+
+
+def gaussian_response_warning(y, response):
+    """Warn when a response fitted as Gaussian is 0/1 or looks like counts, naming ``family=``."""
+    y = np.asarray(y, dtype=np.float64)
+    if y.size == 0:
+        return
+    values = np.unique(y)
+    if values.size <= 2 and np.all(np.isin(values, (0.0, 1.0))):
+        warnings.warn(f"the response {response!r} holds only 0 and 1 and is fitted as Gaussian: for a binary "
+                      "outcome pass family='bernoulli' (logit link; link='probit' for probit)",
+                      FamilyWarning, stacklevel=3)
+    elif np.all(y >= 0) and np.all(y == np.round(y)) and np.mean(y == 0) >= 0.1 and values.size > 2:
+        warnings.warn(f"the response {response!r} holds counts (whole numbers >= 0, {np.mean(y == 0):.0%} zeros) "
+                      "and is fitted as Gaussian: for counts pass family='poisson'", FamilyWarning, stacklevel=3)
