@@ -179,7 +179,8 @@ def build_model(args):
         check_formula(args.formula, hint=UNSAFE_HINT)
     data = read_data(args.data)
     priors = dict(parse_prior(text) for text in (args.prior or [])) or None
-    return bh.hlm(args.formula, data, missing=args.missing, known_sd=args.known_sd, priors=priors)
+    return bh.hlm(args.formula, data, missing=args.missing, known_sd=args.known_sd, priors=priors,
+                  family=args.family, link=args.link, trials=args.trials)
 
 
 def report_text(tree):
@@ -216,9 +217,10 @@ def em(args):
         check_out(args.out)
     model = build_model(args)
     try:
-        result = bh.fit_em(model, args.method)
+        result = bh.fit_em(model, args.method, n_agq=args.n_agq)
     except ArithmeticError as err:
-        raise numerical_failure(f"the {args.method.upper()} fit", model, err) from err
+        method = args.method or ("reml" if model.gaussian else "ml")
+        raise numerical_failure(f"the {method.upper()} fit", model, err) from err
     print(result.summary(), flush=True)
     if args.out is not None:
         bh.save(result, args.out)
@@ -286,6 +288,12 @@ def add_model_arguments(parser):
     parser.add_argument("--missing", choices=["raise", "drop"], default="raise",
                         help="rows with missing values in a used column: refuse them (default) or drop them")
     parser.add_argument("--known-sd", metavar="COLUMN", help="column of known level-1 standard deviations")
+    parser.add_argument("--family", choices=["gaussian", "bernoulli", "binomial", "poisson"], default="gaussian",
+                        help="the level-1 family (default gaussian); binomial responses as cbind(successes, failures) "
+                             "in the formula or with --trials")
+    parser.add_argument("--link", choices=["logit", "probit", "log"], default=None,
+                        help="link of a non-Gaussian family (default logit for the binomial families, log for poisson)")
+    parser.add_argument("--trials", metavar="COLUMN", help="column of the numbers of trials of a binomial response")
     parser.add_argument("--prior", action="append", metavar="ROLE=DIST",
                         help="a prior, repeatable: sd=HalfNormal(10), 'fixed[x]=Normal(0, 5)', sigma=HalfCauchy(5), "
                              "corr=LKJ(2) (roles as in bayeshlm.hlm's priors)")
@@ -324,7 +332,11 @@ def make_parser():
 
     p_em = sub.add_parser("em", help="fit a model by REML or ML and print the estimates")
     add_model_arguments(p_em)
-    p_em.add_argument("--method", choices=["reml", "ml"], default="reml")
+    p_em.add_argument("--method", choices=["reml", "ml"], default=None,
+                      help="reml (default for a Gaussian level 1) or ml (the only one for the other families)")
+    p_em.add_argument("--n-agq", type=positive, default=1,
+                      help="nodes of adaptive Gauss-Hermite quadrature for a non-Gaussian family (default 1: the "
+                           "Laplace approximation)")
     p_em.add_argument("--out", help="also save the fit: .zarr for Zarr, else netCDF")
     p_em.set_defaults(run=em)
 
@@ -375,6 +387,8 @@ def main(argv=None):
                         "--keep-group-draws N or --log-likelihood group", 2)
         except bh.SamplingError as err:
             return fail(err, 1)
+        except NotImplementedError as err:  # a model the command cannot do yet (it says which command can)
+            return fail(err, 2)
         except KeyboardInterrupt:  # before the first kept draw; later, sample() returns the draws so far
             return fail("interrupted", 130)
         except Exception as err:

@@ -415,7 +415,8 @@ class Hierarchy:
     def compile(self, data, **options):
         """The model (:func:`bayeshlm.hlm` on :attr:`formula`), which prints these equations.
 
-        Keyword arguments are passed to :func:`bayeshlm.hlm` (``priors``, ``known_sd``, ...).
+        Keyword arguments are passed to :func:`bayeshlm.hlm` (``priors``, ``known_sd``, ``family``,
+        ``trials``, ...).
 
         Before the model is built, the levels are checked against the data: each level's
         groups must lie within those of the level above (``labels="unique"``), or its labels

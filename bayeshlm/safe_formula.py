@@ -10,7 +10,8 @@ calls it unless given ``--unsafe-formula``.
 
 What the safe mode accepts:
 
-* the response: a column name;
+* the response: a column name, or ``cbind(successes, failures)`` of column names joined by
+  ``+`` and ``-`` (a binomial response);
 * names of columns (``x``, ``my.var``, ```a name with spaces```) and numbers;
 * the formula operators ``+ - * / : ** ^ %in%``, parentheses, ``0``/``1``/``-1`` for the
   intercept, and random-effect terms ``(expr | g)``, ``(expr || g)`` with a grouping factor
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import ast
 import keyword
+import re
 
 from bayeshlm.formula import FormulaError, parse_formula
 
@@ -215,9 +217,23 @@ class _Checker:
                         f"formulas must ({err.msg}); quote unusual column names in backticks", at)
         if not (isinstance(tree, ast.Compare) and len(tree.ops) == 1 and isinstance(tree.ops[0], ast.Gt)):
             self.fail("a formula that is not 'response ~ terms'", tree)
-        if not self.is_name(tree.left):
-            self.fail("a response that is not a column name", tree.left)
+        if not (self.is_name(tree.left) or self.is_cbind(tree.left)):
+            self.fail("a response that is not a column name (or cbind(successes, failures) of column names "
+                      "joined by + and -)", tree.left)
         self.terms(tree.comparators[0])
+
+    def is_cbind(self, node):
+        """lme4's binomial response ``cbind(s, f)``, each argument column names joined by ``+`` and ``-``."""
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "cbind"
+                and len(node.args) == 2 and not node.keywords):
+            return False
+
+        def names_only(arg):
+            if isinstance(arg, ast.BinOp) and isinstance(arg.op, (ast.Add, ast.Sub)):
+                return names_only(arg.left) and names_only(arg.right)
+            return self.is_name(arg)
+
+        return all(names_only(arg) for arg in node.args)
 
     def is_name(self, node):
         """A column: a name, a dotted name (``my.var``) or a backticked name."""
@@ -362,5 +378,7 @@ def check_formula(formula, *, hint=""):
     if not isinstance(formula, str):
         raise TypeError(f"formula must be a string, got {type(formula).__name__}")
     _Checker(formula, hint).check()
-    parse_formula(formula)  # now harmless: it calls nothing but the allowed functions' names
+    # now harmless: it calls nothing but the allowed functions' names (a binomial response
+    # cbind(s, f), which hlm reads itself, stands aside for a name)
+    parse_formula(re.sub(r"^\s*cbind\s*\([^()]*\)\s*~", "cbind_response ~", formula))
     return formula

@@ -1,4 +1,4 @@
-"""benchmarks/RESULTS.md: peers, crossed factors, the user's wait, ten million rows, sweeps and cold start.
+"""benchmarks/RESULTS.md: peers, crossed factors, GLMM fits, the user's wait, ten million rows, sweeps, cold start.
 
 Reads the JSON written by ``bench_peers.py`` (also its crossed run in ``crossed_peers/``),
 ``bench_crossed.py``, ``bench_overhead.py``, ``bench_scale.py``, ``bench_sweep.py`` and
@@ -269,6 +269,25 @@ def cold_section(cold):
     return lines
 
 
+def glmm_section(glmm):
+    """The maximum-likelihood fits of non-Gaussian models against glmer, in one run."""
+    lines = ["## Non-Gaussian models: ML fits against glmer (`python benchmarks/bench_glmm.py`)", "",
+             glmm["meta"] + " Target: `fit_em`'s Laplace fit faster than `glmer` on every reference model. "
+             "Details: `GLMM_RESULTS.md`.", "",
+             "| data set | method | bayeshlm s | glmer s | glmer / bayeshlm | logLik bayeshlm | logLik glmer "
+             "| target |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in glmm["fits"]:
+        lme4, mine = r["lme4"], r["bayeshlm"]
+        faster = _met(lme4["seconds"] > mine["seconds"]) if lme4 else "not measured (no R)"
+        lines.append(f"| {r['data']} | {r['method']} | {mine['seconds']:.3f} | "
+                     f"{lme4['seconds'] if lme4 else float('nan'):.3f} | "
+                     f"{_ratio(lme4['seconds'] / mine['seconds']) if lme4 else '-'} | {mine['loglik']:.6f} | "
+                     f"{lme4['loglik'] if lme4 else float('nan'):.6f} | "
+                     f"{'faster than glmer: ' + faster if r['n_agq'] == 1 else '-'} |")
+    return lines
+
+
 def render(folder=HERE):
     """Write ``folder/RESULTS.md`` from the JSON files present in ``folder``."""
     peers, overhead, scale, sweep, cold = (
@@ -287,6 +306,9 @@ def render(folder=HERE):
     crossed = _load(folder, "crossed_results.json")
     if crossed_peers or crossed:
         lines += crossed_section(crossed_peers, crossed) + [""]
+    glmm = _load(folder, "glmm_results.json")
+    if glmm:
+        lines += glmm_section(glmm) + [""]
     if overhead:
         lines += overhead_section(overhead) + [""]
     if scale:

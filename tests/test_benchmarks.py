@@ -4,6 +4,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_core.py"
 
 
@@ -263,3 +265,14 @@ def test_report_renders_the_crossed_targets(tmp_path):
             "| 25.0x | 20x: met like for like, **missed** on the default call | stan/centred |") in text
     assert "| crossed_73k | 73,159 | 2.500 | 3.000 | 0.0e+00 | 30.0 | REML under 2 s: **missed** |" in text
     assert "| crossed_1m | 1,000,225 | 20.000 | not run |  | 30.0 | posterior under 60 s: met |" in text
+
+
+def test_bench_glmm_quick(tmp_path):
+    """The GLMM benchmark runs on cbpp without R and writes both outputs."""
+    bench = _script("bench_glmm")
+    assert bench.main(["--data", "cbpp", "--repeats", "1", "--no-lme4", "--out", str(tmp_path)]) == 0
+    fits = json.loads((tmp_path / "glmm_results.json").read_text())["fits"]
+    assert [f["n_agq"] for f in fits] == [1, 25]
+    assert all(f["bayeshlm"]["converged"] and f["lme4"] is None for f in fits)
+    assert fits[1]["bayeshlm"]["loglik"] == pytest.approx(-91.98336904, abs=1e-6)
+    assert "| cbpp | Laplace |" in (tmp_path / "GLMM_RESULTS.md").read_text()

@@ -146,6 +146,20 @@ def test_em_with_known_sd_estimates_no_residual_sd(tmp_path, capsys):
     assert "\nsigma" not in out
 
 
+def test_em_of_a_binomial_response_with_quadrature(tmp_path, capsys):
+    """``cbind`` passes the safe mode, and the fit is glmer's 25-point one (tests/golden/glmm_fits.json)."""
+    path = tmp_path / "cbpp.csv"
+    bh.load_dataset("cbpp").to_csv(path, index=False)
+    formula = "cbind(incidence, size - incidence) ~ C(period) + (1 | herd)"
+    code, out, err = run(capsys, "em", path, formula, "--family", "binomial", "--n-agq", "25")
+    assert code == 0, err
+    assert "logLik: -91.9834" in out  # lme4's -50.0050 plus the saturated -41.9784
+    code, out, err = run(capsys, "fit", path, formula, "--family", "binomial", "--quiet")
+    assert code == 2 and "not available yet" in err and "Traceback" not in err
+    code, out, err = run(capsys, "em", path, "cbind(incidence, exec('x')) ~ 1 + (1 | herd)", "--family", "binomial")
+    assert code == 2 and "cbind" in err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["fit", "{dir}/absent.csv", FORMULA], "data file not found: {dir}/absent.csv"),
     (["em", "{dir}/absent.parquet", FORMULA], "data file not found: {dir}/absent.parquet"),

@@ -226,10 +226,22 @@ def test_gaussian_fit_of_a_binary_or_count_response_warns():
         bh.hlm("reaction ~ days + (1 | subject)", bh.load_dataset("sleepstudy"))
 
 
-def test_model_from_a_fit_compiles_the_same_family():
+def test_saved_fit_and_model_from_it_keep_the_family(tmp_path):
     df = _data("cbpp")
     m = bh.hlm(MODELS["cbpp"][0], df, family="binomial")
     fit = bh.fit_em(m)
-    again = bh.model_from(fit, df)
+    loaded = bh.load(bh.save(fit, tmp_path / "cbpp_fit.nc"))
+    assert loaded.loglik == fit.loglik and loaded.fixed == fit.fixed and loaded.method == "laplace"
+    again = bh.model_from(loaded, df)
     assert again.family == "binomial" and again.identity() == m.identity()
     np.testing.assert_array_equal(again.trials, m.trials)
+
+
+def test_level_by_level_builder_takes_a_family():
+    """The HLM-style declaration of cbpp (trials as a column) is the formula's model and fit."""
+    df = _data("cbpp").assign(p2=lambda d: (d["period"] == 2) * 1.0, p3=lambda d: (d["period"] == 3) * 1.0,
+                              p4=lambda d: (d["period"] == 4) * 1.0)
+    h = bh.Hierarchy("incidence", ["p2", "p3", "p4"]).level("herd", {"Intercept": bh.Equation()})
+    fit = bh.fit_em(h.compile(df, family="binomial", trials="size"), n_agq=25)
+    ref = GOLDEN["cbpp"]["fits"]["nAGQ25"]
+    assert fit.loglik == pytest.approx(ref["logLik"] - 41.97835376893558, rel=1e-8)  # the saturated part

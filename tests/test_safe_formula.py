@@ -221,3 +221,15 @@ def test_the_readme_lists_the_allowed_transforms():
     assert "--unsafe-formula" in section and "I(__import__('os').system(...))" in section
     for name in ALLOWED_CALLS:
         assert f"`{name}`" in section, name
+
+
+def test_cbind_of_column_names_is_a_safe_response():
+    """lme4's binomial response, ``cbind(successes, failures)``, with names joined by + and - only."""
+    from bayeshlm.safe_formula import UnsafeFormulaError, check_formula
+
+    ok = "cbind(incidence, size - incidence) ~ C(period) + (1 | herd)"
+    assert check_formula(ok) == ok
+    for bad in ("cbind(incidence, size * 2) ~ 1", "cbind(incidence, exec('x')) ~ 1", "cbind(a, b, c) ~ 1",
+                "cbind(a, b=c) ~ 1", "cbind(a, __import__) ~ 1"):
+        with pytest.raises(UnsafeFormulaError):
+            check_formula(bad)
