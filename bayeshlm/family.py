@@ -15,6 +15,7 @@ import warnings
 
 import numpy as np
 
+from bayeshlm.formula import offset_terms
 from samplers.glm import BINOMIAL_LOGIT, BINOMIAL_PROBIT, POISSON_LOG
 
 __all__ = ["FAMILIES", "FamilyWarning", "family_code", "resolve_family"]
@@ -105,6 +106,42 @@ def split_cbind(formula, data):
             data = {**dict(data), "successes": successes}
     quoted = name if re.fullmatch(r"[A-Za-z_.][\w.]*", name) else f"`{name}`"
     return f"{quoted} ~{m.group('rhs')}", data, successes + failures
+
+
+def split_offset(formula, data):
+    """The formula without its ``offset(expr)`` terms, and their sum on ``data`` (None without any).
+
+    Each ``expr`` is evaluated as a term of the formula's fixed part (``log(exposure)``), with
+    missing values kept as NaN (the model's missing-value rule then applies to them).
+    """
+    if "~" not in formula or "offset" not in formula:
+        return formula, None
+    lhs, rhs = formula.split("~", 1)
+    spans = offset_terms(rhs)
+    if not spans:
+        return formula, None
+    from formulaic import model_matrix
+
+    total = None
+    for _, _, expr in spans:
+        if not expr:
+            raise ValueError(f"offset() in {formula!r} is empty: write offset(log(exposure)), say")
+        try:
+            with np.errstate(divide="ignore", invalid="ignore"):  # log(0): said below, by the row
+                values = np.asarray(model_matrix(f"0 + I({expr})", data, na_action="ignore"), dtype=np.float64)
+        except Exception as err:  # noqa: BLE001 - formulaic raises many kinds; the message says which term
+            raise ValueError(f"cannot evaluate offset({expr}) in {formula!r}: {err}") from None
+        if values.ndim != 2 or values.shape[1] != 1:
+            raise ValueError(f"offset({expr}) in {formula!r} must give one number per row")
+        total = values[:, 0] if total is None else total + values[:, 0]
+    kept, pos = [], 0
+    for start, end, _ in spans:
+        kept.append(rhs[pos:start])
+        pos = end
+    kept.append(rhs[pos:])
+    terms = [t.strip() for t in "".join(kept).split("+")]
+    rest = " + ".join(t for t in terms if t) or "1"
+    return f"{lhs.rstrip()} ~ {rest}", total
 
 
 def trials_array(trials, data, n_rows):

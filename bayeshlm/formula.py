@@ -826,3 +826,34 @@ class ColumnsSpec:
             matrix[:, j] = (column.to_numpy(dtype=np.float64, na_value=np.nan) if hasattr(column, "to_numpy")
                             else np.asarray(column, dtype=np.float64))
         return matrix
+
+
+def offset_terms(rhs):
+    """``(start, end, expression)`` of each top-level ``offset(...)`` term of a formula's right side.
+
+    An offset is a known part of the linear predictor of a non-Gaussian model (Poisson
+    exposure, ``offset(log(expected))``); :func:`bayeshlm.family.split_offset` takes it out of
+    the formula and evaluates it.
+    """
+    spans, depth, i = [], 0, 0
+    while i < len(rhs):
+        c = rhs[i]
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif depth == 0 and rhs.startswith("offset", i) and (i == 0 or not (rhs[i - 1].isalnum()
+                                                                              or rhs[i - 1] in "_.")):
+            m = re.match(r"offset\s*\(", rhs[i:])
+            if m:
+                level, j = 1, i + m.end()
+                while j < len(rhs) and level:
+                    level += {"(": 1, ")": -1}.get(rhs[j], 0)
+                    j += 1
+                if level:
+                    raise ValueError(f"unbalanced parentheses in the offset term of {rhs.strip()!r}")
+                spans.append((i, j, rhs[i + m.end():j - 1].strip()))
+                i = j
+                continue
+        i += 1
+    return spans

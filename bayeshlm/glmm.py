@@ -43,7 +43,7 @@ class _Laplace:
         _, self.F, self.X = basis.rows(design.y, design.F, design.X)
         self.y = np.ascontiguousarray(design.y, dtype=np.float64)
         self.n = np.ascontiguousarray(model.trials if model.trials is not None else np.ones(self.y.shape[0]))
-        self.offset = np.zeros(self.y.shape[0])
+        self.offset = np.ascontiguousarray(model.offset if model.offset is not None else np.zeros(self.y.shape[0]))
         self.g = np.ascontiguousarray(design.group_idx, dtype=np.int64)
         self.code = family_code(model.family, model.link)
         self.model = model

@@ -78,6 +78,9 @@ class Model:
         ``"identity"``, or a hierarchical generalised linear model.
     trials : ndarray of shape (n_obs,) or None
         The number of trials of each row of a binomial response (ones for Bernoulli).
+    offset : ndarray of shape (n_obs,) or None
+        The known part of each row's linear predictor (``offset(...)`` terms of a non-Gaussian
+        model's formula).
     """
 
     spec: FormulaSpec
@@ -94,6 +97,7 @@ class Model:
     family: str = "gaussian"
     link: str = "identity"
     trials: np.ndarray | None = None
+    offset: np.ndarray | None = None
 
     @property
     def formula(self) -> str:
@@ -517,15 +521,26 @@ def hlm(formula, data, *, priors=None, known_sd=None, known_var=None, missing="r
 def compile_formula(formula, data, *, priors=None, known_sd=None, known_var=None, missing="raise",
                     prior_frame=None, family="gaussian", link=None, trials=None):
     """:func:`hlm`, and with ``prior_frame`` the priors kept on a frame of earlier data (:meth:`Model.with_data`)."""
-    from bayeshlm.family import check_response, gaussian_response_warning, resolve_family, split_cbind, trials_array
+    from bayeshlm.family import (
+        check_response,
+        gaussian_response_warning,
+        resolve_family,
+        split_cbind,
+        split_offset,
+        trials_array,
+    )
 
     family, link = resolve_family(family, link)
     written = formula
     options = {"priors": priors, "known_sd": known_sd, "known_var": known_var, "missing": missing,
                "family": family, "link": link, "trials": trials}
+    offset = None
     if family == "gaussian":
         if trials is not None or formula.lstrip().startswith("cbind"):
             raise ValueError("trials and cbind(successes, failures) are for family='binomial'")
+        if split_offset(formula, data)[1] is not None:
+            raise ValueError("offset() is for the non-Gaussian families (family=); for a Gaussian response "
+                             "subtract the known part from the response")
         spec = parse_formula(formula)
         design = build_design(spec, data, missing=missing, known_sd=known_sd, known_var=known_var)
         if design.y is not None:
@@ -536,6 +551,7 @@ def compile_formula(formula, data, *, priors=None, known_sd=None, known_var=None
             raise ValueError(f"family={family!r} has no level-1 variance to give: known_sd and known_var are for "
                              "the Gaussian family")
         formula, data, n_trials = split_cbind(formula, data)
+        formula, offset = split_offset(formula, data)
         if n_trials is not None and trials is not None:
             raise ValueError("give the number of trials once: cbind(successes, failures) or trials=, not both")
         if n_trials is not None and family == "bernoulli":
@@ -559,6 +575,13 @@ def compile_formula(formula, data, *, priors=None, known_sd=None, known_var=None
             family = "bernoulli" if family == "binomial" else family
             n_trials = np.ones(design.y.shape[0])
         check_response(design.y, n_trials, family, design.response)
+        if offset is not None:
+            offset = np.ascontiguousarray(offset[design.kept_rows])
+            bad = ~np.isfinite(offset)
+            if bad.any():
+                raise ValueError(f"the offset is missing or not finite in {int(bad.sum())} rows (rows "
+                                 f"{', '.join(str(int(i)) for i in np.flatnonzero(bad)[:5])}"
+                                 f"{', ...' if bad.sum() > 5 else ''}); an offset of log(0) is -inf")
         options["family"] = family
         spec = spec._replace(formula=written) if hasattr(spec, "_replace") else spec
     identification_warnings(design)
@@ -573,7 +596,7 @@ def compile_formula(formula, data, *, priors=None, known_sd=None, known_var=None
     model = assemble(spec, design, stats, moments, basis, priors, options, prior_frame)
     if family == "gaussian":
         return model
-    return replace(model, family=family, link=link, trials=n_trials)
+    return replace(model, family=family, link=link, trials=n_trials, offset=offset)
 
 
 def assemble(spec, design, stats, moments, basis, priors, options, prior_frame=None):

@@ -16,6 +16,8 @@ What the safe mode accepts:
 * the formula operators ``+ - * / : ** ^ %in%``, parentheses, ``0``/``1``/``-1`` for the
   intercept, and random-effect terms ``(expr | g)``, ``(expr || g)`` with a grouping factor
   made of column names joined by ``:`` or ``/`` (``(1 | school/class)``);
+* ``offset(...)`` terms (a known part of a non-Gaussian model's linear predictor), whose
+  argument is checked as the rest;
 * calls of the functions in :data:`ALLOWED_CALLS` (formulaic's transforms and contrasts, a few
   NumPy functions), whose arguments may be column names, numbers, strings, ``True``,
   ``False``, ``None``, lists and tuples of these, keyword arguments, other allowed calls, and
@@ -38,7 +40,7 @@ import ast
 import keyword
 import re
 
-from bayeshlm.formula import FormulaError, parse_formula
+from bayeshlm.formula import FormulaError, offset_terms, parse_formula
 
 __all__ = ["ALLOWED_CALLS", "UnsafeFormulaError", "check_formula"]
 
@@ -293,7 +295,7 @@ class _Checker:
             return
         if isinstance(node, ast.Call):
             name = _dotted(node.func)
-            if name not in ALLOWED_CALLS:
+            if name not in ALLOWED_CALLS and name != "offset":  # offset(...): bayeshlm's, evaluated as I(...)
                 shown = name if name is not None else self.text(node.func)
                 maybe = f" (write np.{name})" if name in _NUMPY else ""
                 self.fail(f"the call of '{shown}'{maybe}: it calls only "
@@ -379,6 +381,13 @@ def check_formula(formula, *, hint=""):
         raise TypeError(f"formula must be a string, got {type(formula).__name__}")
     _Checker(formula, hint).check()
     # now harmless: it calls nothing but the allowed functions' names (a binomial response
-    # cbind(s, f), which hlm reads itself, stands aside for a name)
-    parse_formula(re.sub(r"^\s*cbind\s*\([^()]*\)\s*~", "cbind_response ~", formula))
+    # cbind(s, f), which hlm reads itself, stands aside for a name,
+    # and the offset terms, which hlm evaluates itself, stand aside)
+    readable = re.sub(r"^\s*cbind\s*\([^()]*\)\s*~", "cbind_response ~", formula)
+    if "~" in readable:
+        lhs, rhs = readable.split("~", 1)
+        for start, end, _ in reversed(offset_terms(rhs)):
+            rhs = rhs[:start] + "1" + rhs[end:]
+        readable = f"{lhs}~{rhs}"
+    parse_formula(readable)
     return formula

@@ -245,3 +245,50 @@ def test_level_by_level_builder_takes_a_family():
     fit = bh.fit_em(h.compile(df, family="binomial", trials="size"), n_agq=25)
     ref = GOLDEN["cbpp"]["fits"]["nAGQ25"]
     assert fit.loglik == pytest.approx(ref["logLik"] - 41.97835376893558, rel=1e-8)  # the saturated part
+
+
+def test_offset_is_a_known_part_of_the_linear_predictor():
+    """A constant offset moves only the intercept; a varying one enters each row's predictor.
+
+    cbpp's incidence as Poisson counts with exposure ``size``: the Laplace value at a point is
+    checked against a per-herd Newton solution computed with numpy alone.
+    """
+    gt = _data("grouseticks").assign(two=2.0)
+    base = bh.fit_em(bh.hlm(MODELS["grouseticks"][0], gt, family="poisson"))
+    moved = bh.fit_em(bh.hlm("ticks ~ C(year) + cheight + offset(log(two)) + (1 | location/brood)", gt,
+                             family="poisson"))
+    assert moved.loglik == pytest.approx(base.loglik, rel=1e-10)
+    assert moved.fixed["Intercept"] == pytest.approx(base.fixed["Intercept"] - np.log(2.0), abs=1e-5)
+    assert moved.fixed["cheight"] == pytest.approx(base.fixed["cheight"], rel=1e-5)
+
+    cb = _data("cbpp")
+    m = bh.hlm("incidence ~ C(period) + offset(log(size)) + (1 | herd)", cb, family="poisson")
+    np.testing.assert_allclose(m.offset, np.log(cb["size"].to_numpy(float)))
+    fixed, tau = np.array([-2.0, -0.9, -1.1, -1.5]), 0.6
+    mine = _Laplace(m, 1)(_phi(m, fixed, [tau]))
+    y, g = m.design.y, m.design.group_idx
+    eta0 = m.design.F @ fixed + m.offset
+    exact = 0.0
+    for j in np.unique(g):
+        s = g == j
+        b = 0.0
+        for _ in range(50):
+            mu = np.exp(eta0[s] + b)
+            b += (np.sum(y[s] - mu) - b / tau**2) / (np.sum(mu) + 1 / tau**2)
+        mu = np.exp(eta0[s] + b)
+        exact += np.sum(y[s] * (eta0[s] + b) - mu - gammaln(y[s] + 1)) - 0.5 * np.log(tau**2) \
+            - 0.5 * b * b / tau**2 - 0.5 * np.log(np.sum(mu) + 1 / tau**2)
+    assert mine == pytest.approx(exact, rel=1e-12)
+    with pytest.raises(ValueError, match="non-Gaussian"):
+        bh.hlm("incidence ~ C(period) + offset(log(size)) + (1 | herd)", cb)
+    with pytest.raises(ValueError, match="not finite"):
+        bh.hlm("incidence ~ offset(log(incidence)) + (1 | herd)", cb, family="poisson")
+
+
+def test_likelihood_ratio_test_between_fits_of_one_family():
+    df = _data("cbpp")
+    small = bh.fit_em(bh.hlm("cbind(incidence, size - incidence) ~ 1 + (1 | herd)", df, family="binomial"))
+    large = bh.fit_em(bh.hlm(MODELS["cbpp"][0], df, family="binomial"))
+    test = bh.lrt(small, large)
+    assert test.df == 3
+    assert test.statistic == pytest.approx(2 * (large.loglik - small.loglik), rel=1e-12)

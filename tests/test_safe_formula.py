@@ -233,3 +233,12 @@ def test_cbind_of_column_names_is_a_safe_response():
                 "cbind(a, b=c) ~ 1", "cbind(a, __import__) ~ 1"):
         with pytest.raises(UnsafeFormulaError):
             check_formula(bad)
+
+
+def test_offset_terms_are_checked_like_the_others():
+    from bayeshlm.safe_formula import UnsafeFormulaError, check_formula
+
+    ok = "ticks ~ year + offset(log(exposure)) + (1 | location)"
+    assert check_formula(ok) == ok
+    with pytest.raises(UnsafeFormulaError):
+        check_formula("ticks ~ year + offset(exec('x')) + (1 | location)")
