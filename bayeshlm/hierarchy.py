@@ -346,13 +346,19 @@ class Hierarchy:
                 bars.append(f"({' + '.join(cols)} {bar} {factor})")
         return f"{self.response} ~ " + " + ".join(terms + bars)
 
-    def equations(self) -> str:
-        """The model written level by level, as in a textbook."""
+    def equations(self, family="gaussian", link="identity") -> str:
+        """The model written level by level, as in a textbook (level 1 as its ``family`` and ``link`` say)."""
         sym = [_SYMBOLS[min(k, len(_SYMBOLS) - 1)] + ("" if k < len(_SYMBOLS) else str(k)) for k in range(99)]
         lines = ["Level 1 (within units)"]
         names = self.coefficients(1)
         rhs = " + ".join(f"{sym[0]}[{c}]" + ("" if c == "Intercept" else f"*{c}") for c in names)
-        lines.append(f"  {self.response} = {rhs or '0'} + e,   e ~ N(0, sigma^2)")
+        rhs = rhs or "0"
+        if family == "gaussian":
+            lines.append(f"  {self.response} = {rhs} + e,   e ~ N(0, sigma^2)")
+        else:  # a generalised linear model at level 1: the distribution, then the link of its mean
+            dist = {"bernoulli": "Bernoulli(p)", "binomial": "Binomial(n, p), n the trials", "poisson": "Poisson(mu)"}
+            mean = {"logit": "logit(p)", "probit": "Phi^-1(p)", "log": "log(mu)"}
+            lines.append(f"  {self.response} ~ {dist[family]},   {mean[link]} = {rhs}")
         for k, lev in enumerate(self.levels):
             s_in, s_out = sym[k], sym[k + 1]
             if lev.fixed_groups:
@@ -445,7 +451,7 @@ class Hierarchy:
             if not (issubclass(w.category, GroupLevelWarning) and w.message.column in declared):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         self._warn_varying_predictors(frame.iloc[model.design.kept_rows].reset_index(drop=True))
-        return dataclasses.replace(model, equations=self.equations())
+        return dataclasses.replace(model, equations=self.equations(model.family, model.link))
 
     def _check_nesting(self, frame):
         """Refuse levels whose groups are not nested as declared (see :meth:`level`)."""

@@ -242,7 +242,9 @@ def test_level_by_level_builder_takes_a_family():
     df = _data("cbpp").assign(p2=lambda d: (d["period"] == 2) * 1.0, p3=lambda d: (d["period"] == 3) * 1.0,
                               p4=lambda d: (d["period"] == 4) * 1.0)
     h = bh.Hierarchy("incidence", ["p2", "p3", "p4"]).level("herd", {"Intercept": bh.Equation()})
-    fit = bh.fit_em(h.compile(df, family="binomial", trials="size"), n_agq=25)
+    m = h.compile(df, family="binomial", trials="size")
+    assert "incidence ~ Binomial(n, p), n the trials,   logit(p) = b[Intercept] + b[p2]*p2" in m.equations
+    fit = bh.fit_em(m, n_agq=25)
     ref = GOLDEN["cbpp"]["fits"]["nAGQ25"]
     assert fit.loglik == pytest.approx(ref["logLik"] - 41.97835376893558, rel=1e-8)  # the saturated part
 
