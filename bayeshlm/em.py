@@ -621,7 +621,18 @@ def _glmm_result(model, opt, n_agq):
     b, V = opt.b, opt.V  # the conditional modes and their covariances
     from bayeshlm.results import variance_components
 
-    _, sd_user, corr_user, _ = variance_components(model, theta[None, :])
+    _, sd_user, corr_user, T_user = variance_components(model, theta[None, :])
+    # reliability of each group's estimate, 1 - Var(b | y) / T_kk as for the coarser factors of
+    # a Gaussian model, with the conditional variance of the Laplace approximation
+    V_user = basis.coef_cov(V)
+    rel = np.full(b.shape, np.nan)
+    lp_, npt_ = structure.level_ptr, structure.node_ptr
+    T_diag = np.diag(T_user[0])
+    for k in range(len(lp_) - 1):
+        rows, cols = slice(int(npt_[k]), int(npt_[k + 1])), slice(int(lp_[k]), int(lp_[k + 1]))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rel[rows, cols] = np.where(T_diag[cols] > 0, 1.0 - np.diagonal(V_user[rows, cols, cols], axis1=1, axis2=2)
+                                       / T_diag[cols], np.nan)
     names = model.coef_names
     corr = {}
     bp = structure.block_ptr
@@ -666,7 +677,7 @@ def _glmm_result(model, opt, n_agq):
         aic=float(-2 * value + 2 * n_par),
         bic=float(-2 * value + np.log(n_obs) * n_par),
         group_means=basis.coef_values(b),
-        group_cov=basis.coef_cov(V),
+        group_cov=V_user,
         theta=theta.copy(),
         converged=opt.converged,
         n_em_iter=0,
@@ -683,8 +694,9 @@ def _glmm_result(model, opt, n_agq):
         robust_se=dict.fromkeys(model.fixed_names, float("nan")),
         group_ols=np.full(b.shape, np.nan),
         variance_se=variance_se,
-        reliability={},
-        reliability_by_group=None,
+        reliability={k: float(np.nanmean(rel[:, i])) if np.any(np.isfinite(rel[:, i])) else float("nan")
+                     for i, k in enumerate(names)},
+        reliability_by_group=rel,
         model=model.identity(),
         model_record=model.record(),
     )

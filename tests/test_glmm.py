@@ -177,7 +177,14 @@ def test_report_names_family_and_conditional_modes(model):
     st = m.structure
     for k in range(len(st.level_ptr) - 1):  # each group's variance of its own factor's coefficient
         rows = slice(int(st.node_ptr[k]), int(st.node_ptr[k + 1]))
-        assert np.all(fit.group_cov[rows, st.level_ptr[k], st.level_ptr[k]] > 0)
+        c = st.level_ptr[k]
+        v = fit.group_cov[rows, c, c]
+        assert np.all(v > 0)
+        # reliability 1 - Var(b | y) / tau^2: between 0 and 1, as the groups' information says
+        tau2 = list(fit.sd.values())[c] ** 2
+        np.testing.assert_allclose(fit.reliability_by_group[rows, c], 1 - v / tau2, rtol=1e-12)
+        assert np.all((fit.reliability_by_group[rows, c] > 0) & (fit.reliability_by_group[rows, c] < 1))
+        assert 0 < list(fit.reliability.values())[c] < 1
     assert f"level 1: {m.family}, {m.link} link" in repr(m)
 
 
@@ -294,3 +301,42 @@ def test_likelihood_ratio_test_between_fits_of_one_family():
     test = bh.lrt(small, large)
     assert test.df == 3
     assert test.statistic == pytest.approx(2 * (large.loglik - small.loglik), rel=1e-12)
+
+
+@pytest.mark.parametrize("formula", ["use ~ x + (1 | subject) + (1 | item)", "use ~ x + (x || subject) + (1 | item)"])
+def test_laplace_of_crossed_factors_is_the_dense_one(formula):
+    """Bernoulli responses on crossed subjects x items: the Laplace value against dense linear algebra.
+
+    The joint mode of all group coefficients by Newton's method on the dense ``Z``, then
+    ``sum log p(y | b) - b'T^{-1}b / 2 - log|T| / 2 - log|Z'WZ + T^{-1}| / 2``, computed with
+    numpy alone.
+    """
+    rng = np.random.default_rng(5)
+    df = bh.simulate_crossed(n_subjects=12, n_items=7, fill=0.7, reps=2, seed=5)
+    df["use"] = (rng.random(len(df)) < expit(0.3 * (df["y"] - df["y"].mean()))).astype(float)
+    m = bh.hlm(formula, df, family="bernoulli")
+    fixed = np.array([0.2, -0.4])
+    sds = [0.9, 0.3, 0.7] if "||" in formula else [0.9, 0.7]
+    mine = _Laplace(m, 1)(_phi(m, fixed, sds))
+    # dense Z, columns factor by factor, group by group (the kernels' order of coefficients)
+    y, F, X = m.design.y, m.design.F, m.design.X
+    cols, var = [], []
+    lp = m.structure.level_ptr
+    codes = m.design.factor_idx  # each row's group of each factor
+    for k in range(len(lp) - 1):
+        for c in range(lp[k], lp[k + 1]):
+            for g in range(len(m.design.factor_labels[k])):
+                cols.append(np.where(codes[k] == g, X[:, c], 0.0))
+                var.append(sds[c] ** 2)
+    Z, Tinv = np.column_stack(cols), np.diag(1.0 / np.array(var))
+    b = np.zeros(Z.shape[1])
+    for _ in range(100):
+        p = expit(F @ fixed + Z @ b)
+        H = Z.T @ (Z * (p * (1 - p))[:, None]) + Tinv
+        b += np.linalg.solve(H, Z.T @ (y - p) - Tinv @ b)
+    p = expit(F @ fixed + Z @ b)
+    H = Z.T @ (Z * (p * (1 - p))[:, None]) + Tinv
+    dense = (np.sum(y * np.log(p) + (1 - y) * np.log1p(-p)) - 0.5 * b @ Tinv @ b - 0.5 * np.sum(np.log(var))
+             - 0.5 * np.linalg.slogdet(H)[1])
+    assert mine == pytest.approx(dense, rel=1e-10)
+
