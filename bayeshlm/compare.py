@@ -220,6 +220,8 @@ def shrinkage_table(posterior, eb, factor=None, *, model=None, kind="deviation")
         coefficients themselves (level-2 predictors, cross-level interactions, level-1
         predictors with fixed slopes) or there are several grouping factors: a group's
         coefficients then depend on its own predictor values and on the groups above it.
+        For a non-Gaussian level 1 the ``ols`` column is nan: a group's least squares on a 0/1
+        or count response estimates nothing on the link scale.
     kind : {"deviation", "total"}
         ``"deviation"``: every column is a deviation from what the model implies for the group
         without its own deviation (the fixed part at the group's predictor values, plus the
@@ -284,6 +286,8 @@ def shrinkage_table(posterior, eb, factor=None, *, model=None, kind="deviation")
         if labels_k != groups:
             raise ValueError(f"the model does not match the fits: its '{factor}' groups differ")
         ols, K, L = _implied(model, k)
+        if not model.gaussian:  # least squares of a 0/1 or count response is no estimate on the link scale
+            ols = np.full_like(ols, np.nan)
         eb_implied = np.einsum("gip,p->gi", K, a_eb)
         post_implied = np.einsum("gip,sp->sgi", K, a_draws)
         for Lm, up, m, cell_group in L:

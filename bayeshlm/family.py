@@ -49,6 +49,14 @@ def resolve_family(family, link=None):
     return family, link.lower()
 
 
+def binomial_log_coefficients(n, y):
+    """``log C(n, y)`` of each row: the normalising constant of its binomial log-likelihood."""
+    from scipy.special import gammaln
+
+    n, y = np.asarray(n, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    return gammaln(n + 1.0) - gammaln(y + 1.0) - gammaln(n - y + 1.0)
+
+
 def family_code(family, link):
     """The kernels' code of a non-Gaussian family and link (:mod:`samplers.glm`)."""
     return _CODES[(family, link)]

@@ -314,6 +314,14 @@ def _differences(mine, theirs):
     return out
 
 
+def refuse_non_gaussian(model, what):
+    """Raise NotImplementedError for ``what`` on a model with a non-Gaussian level 1."""
+    if not model.gaussian:
+        raise NotImplementedError(
+            f"{what} of a {model.family} model ({model.link} link) is not available: it integrates the group "
+            "coefficients out exactly, which only a Gaussian level 1 allows")
+
+
 def check_result(model, result, what="the result"):
     """Refuse a result computed from another model than ``model``, naming what differs.
 

@@ -1,7 +1,9 @@
 """Predictions from a posterior: new rows, existing and new groups, predictive groups for ArviZ.
 
 A prediction for row ``i`` is ``f_i' a + sum_k x_ik' b_k[g_k(i)]`` (fixed part plus each
-grouping factor's coefficients of the row's group), plus level-1 noise for predictive draws.
+grouping factor's coefficients of the row's group), plus level-1 noise for predictive draws;
+for a non-Gaussian level 1 that is the linear predictor (with the formula's offsets), whose
+inverse link is the probability or rate, and predictive draws are binomial or Poisson.
 A group the model was fitted on uses its own posterior draws; a group it has not seen draws
 its coefficients from the hierarchy, ``b ~ N(0, T_k)`` with the ``T_k`` of the same posterior
 draw, so its predictive spread includes the between-group variance.
@@ -24,7 +26,7 @@ from bayeshlm.data import (
     known_array,
     obs_var_from,
 )
-from bayeshlm.model import Model, check_result, model_first
+from bayeshlm.model import Model, check_result, model_first, refuse_non_gaussian
 from bayeshlm.results import corr_pairs, covariance_draws, factor_parts, flat_draws, group_stats_held
 from bayeshlm.schema import (
     FIXED,
@@ -40,9 +42,9 @@ from bayeshlm.schema import (
 from samplers.theta import sd_corr
 
 __all__ = ["group_log_likelihood", "loo", "marginal_group_log_likelihood", "posterior_predictive", "predict",
-           "prior_predictive"]
+           "prior_predictive", "response_mean"]
 
-_KINDS = ("predictive", "mean")
+_KINDS = ("predictive", "mean", "link")
 _NEW_GROUPS = ("sample", "population", "raise")
 
 
@@ -74,6 +76,10 @@ def _new_rows(model, data, known_sd, known_var):
         labels.append(np.asarray(uniques, dtype=object)[codes])
     _check_parents(model, labels)
     obs_var = None
+    if not model.gaussian:
+        if known_sd is not None or known_var is not None:
+            raise ValueError(f"known_sd / known_var are for Gaussian models; this one is {model.family}")
+        return F, blocks, labels, None, frame.index
     if (known_sd is not None or known_var is not None) and not model.sigma_known:
         raise ValueError("known_sd / known_var are for models with known level-1 variances; this model "
                          "estimates sigma")
@@ -187,8 +193,54 @@ def _noise_sd(model, posterior, obs_var, n_rows):
     return flat_draws(posterior.posterior[SIGMA])[:, None]
 
 
+def _new_offset(model, data, n_rows):
+    """The ``offset(...)`` terms of a non-Gaussian model's formula on new rows (zeros without any)."""
+    from bayeshlm.family import split_offset
+
+    _, offset = split_offset(model.spec.formula, as_frame(data).reset_index(drop=True))
+    if offset is None:
+        return np.zeros(n_rows)
+    bad = ~np.isfinite(offset)
+    if bad.any():
+        raise DataError(f"the offset is missing or not finite in {int(bad.sum())} of the new rows, e.g. at row "
+                        f"{int(np.flatnonzero(bad)[0])}")
+    return offset
+
+
+def _new_trials(model, data, trials, n_rows):
+    """Trials of new rows for a binomial model's predictive draws: ``trials`` (a column or values), default 1."""
+    if trials is None:
+        return np.ones(n_rows, dtype=np.int64)
+    if model.family == "poisson":
+        raise ValueError("trials= is for the binomial families")
+    values = as_frame(data)[trials].to_numpy() if isinstance(trials, str) else np.asarray(trials)
+    values = np.broadcast_to(np.asarray(values, dtype=np.float64), (n_rows,))
+    if not np.all(np.isfinite(values)) or np.any(values < 0) or np.any(values != np.round(values)):
+        raise DataError("trials must be whole numbers >= 0 for every new row")
+    return values.astype(np.int64)
+
+
+def response_mean(model, eta):
+    """The inverse link: probability (binomial families) or rate (Poisson) from the linear predictor."""
+    if model.family == "poisson":
+        return np.exp(eta)
+    if model.link == "probit":
+        from scipy.special import ndtr
+
+        return ndtr(eta)
+    return 0.5 * (1.0 + np.tanh(0.5 * eta))  # the logistic function, without overflow
+
+
+def _family_draws(model, mean, trials, rng):
+    """Predictive draws of a non-Gaussian response given its mean per trial (probability) or rate."""
+    if model.family == "poisson":
+        return rng.poisson(mean).astype(np.float64)
+    n = np.broadcast_to(np.asarray(trials).astype(np.int64), mean.shape)
+    return rng.binomial(n, np.clip(mean, 0.0, 1.0)).astype(np.float64)
+
+
 def predict(model, posterior, data, *, kind="predictive", new_groups="sample", seed=None,
-            known_sd=None, known_var=None):
+            known_sd=None, known_var=None, trials=None):
     """Posterior predictions for new rows.
 
     Parameters
@@ -200,9 +252,13 @@ def predict(model, posterior, data, *, kind="predictive", new_groups="sample", s
     data : pandas.DataFrame or mapping
         New rows with every column the model uses except the response. Group labels the
         model was fitted on use their own coefficients; new labels are new groups.
-    kind : {"predictive", "mean"}
-        ``"predictive"``: draws of a new observation (expected value plus level-1 noise);
-        ``"mean"``: draws of the expected value.
+    kind : {"predictive", "mean", "link"}
+        ``"predictive"``: draws of a new observation (expected value plus level-1 noise; for a
+        binomial model the number of successes in ``trials``, for a Poisson model a count);
+        ``"mean"``: draws of the expected value (for a binomial model the probability of a
+        success, for a Poisson model the rate); ``"link"``: draws of the linear predictor
+        (the same as ``"mean"`` for a Gaussian model). ``offset(...)`` terms of the formula
+        are evaluated on the new rows.
     new_groups : {"sample", "population", "raise"}
         For groups not in the fitted data: draw their coefficients from the hierarchy
         (``N(0, T)`` per posterior draw; the default), set them to zero (the
@@ -212,6 +268,9 @@ def predict(model, posterior, data, *, kind="predictive", new_groups="sample", s
     known_sd, known_var : str or array_like, optional
         The new rows' known level-1 SDs or variances (models with known variances and
         ``kind="predictive"`` only).
+    trials : str or array_like, optional
+        A binomial model's trials for the new rows' predictive draws (a column of ``data``
+        or values; default 1: a success or a failure).
 
     Returns
     -------
@@ -233,7 +292,16 @@ def predict(model, posterior, data, *, kind="predictive", new_groups="sample", s
     rng = np.random.default_rng(seed)
     F, blocks, labels, obs_var, index = _new_rows(model, data, known_sd, known_var)
     mean = _linear_draws(model, posterior, F, blocks, labels, new_groups, rng)
-    if kind == "predictive":
+    if not model.gaussian:
+        n_trials = _new_trials(model, data, trials, len(index)) if kind == "predictive" else None
+        mean = mean + _new_offset(model, data, len(index))
+        if kind != "link":
+            mean = response_mean(model, mean)
+        if kind == "predictive":
+            mean = _family_draws(model, mean, n_trials, rng)
+    elif trials is not None:
+        raise ValueError("trials= is for the binomial families")
+    elif kind == "predictive":
         mean = mean + _noise_sd(model, posterior, obs_var, len(index)) * rng.standard_normal(mean.shape)
     return _as_array(posterior, mean, model.spec.response, np.asarray(index))
 
@@ -255,7 +323,8 @@ def posterior_predictive(model, posterior, *, seed=None):
     """The posterior with a ``posterior_predictive`` group: replicated data for the fitted rows.
 
     Each draw replicates the response of every row from that draw's fixed effects, its
-    groups' coefficients and level-1 SD (the known SDs when they are known), the layout of
+    groups' coefficients and level-1 SD (the known SDs when they are known; for a binomial
+    model the successes in the row's trials, for a Poisson model a count), the layout of
     ``observed_data`` (dimension ``obs``). Used by posterior predictive checks
     (:func:`bayeshlm.plots.plot_ppc`, ``arviz_plots.plot_ppc_dist``).
 
@@ -273,7 +342,11 @@ def posterior_predictive(model, posterior, *, seed=None):
     blocks = [design.X[:, lo:hi] for _, (lo, hi), _, _ in factor_parts(model)]
     idx = list(design.factor_idx) if design.factors else []
     mean = _linear_draws(model, posterior, design.F, blocks, None, "raise", rng, group_idx=idx)
-    y_rep = mean + _noise_sd(model, posterior, design.obs_var, model.n_obs) * rng.standard_normal(mean.shape)
+    if model.gaussian:
+        y_rep = mean + _noise_sd(model, posterior, design.obs_var, model.n_obs) * rng.standard_normal(mean.shape)
+    else:  # successes in each row's trials, or a count
+        offset = model.offset if model.offset is not None else 0.0
+        y_rep = _family_draws(model, response_mean(model, mean + offset), model.trials, rng)
     arr = _as_array(posterior, y_rep, model.spec.response, np.arange(model.n_obs))
     return _with_group(posterior, "posterior_predictive", arr.to_dataset())
 
@@ -418,6 +491,7 @@ def marginal_group_log_likelihood(model, posterior, *, factor=None, chunk=None):
     ndarray of shape (chain, draw, n_groups of the factor)
     """
     check_result(model, posterior, "the posterior")
+    refuse_non_gaussian(model, "group log-likelihoods with the coefficients integrated out")
     from_stats = group_stats_held(model)
     if not (from_stats or model.rows_held):
         raise ValueError("group log-likelihoods need the model's rows or every group's fixed-part statistics, "

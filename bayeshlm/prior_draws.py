@@ -117,5 +117,12 @@ def simulate_response(model, params, rng):
     design = model.design
     b_row = finest_coefficients(model, params["b"])[design.group_idx]
     mean = design.F @ params["fixed"] + np.einsum("ik,ik->i", design.X, b_row)
+    family = getattr(model, "family", "gaussian")
+    if family != "gaussian":  # the linear predictor, then the family's draw on the response scale
+        eta = mean + (model.offset if model.offset is not None else 0.0)
+        if family == "poisson":
+            return rng.poisson(np.exp(eta)).astype(np.float64)
+        prob = 1.0 / (1.0 + np.exp(-eta)) if model.link == "logit" else sps.norm.cdf(eta)
+        return rng.binomial(model.trials.astype(np.int64), prob).astype(np.float64)
     var = design.obs_var if model.sigma_known else np.full(model.n_obs, params["sigma"] ** 2)
     return mean + rng.normal(size=model.n_obs) * np.sqrt(var)

@@ -63,8 +63,11 @@ class Report:
         h = self.header
         groups = "; ".join(f"{k}: {v} groups" for k, v in h["n_groups"].items())
         s = h["sampler"]
+        family = s.get("family", "gaussian")
         lines = [
-            "Bayesian hierarchical linear model (bayeshlm posterior)",
+            "Bayesian hierarchical linear model (bayeshlm posterior)" if family == "gaussian" else
+            f"Bayesian hierarchical generalised linear model (bayeshlm posterior): {family} level 1, "
+            f"{s.get('link')} link; the coefficients and SDs are on the {s.get('link')} scale",
             f" Formula: {h['formula']}",
             f" Data: {h['n_obs']} observations" + (f"; {groups}" if groups else ""),
             f" Draws: {s['chains']} chains x {s['draws']} after {s['warmup']} warm-up "

@@ -106,6 +106,13 @@ def _in_parts(n_draws, fill):
         list(pool.map(lambda i: fill(bounds[i], bounds[i + 1]), range(n_parts)))
 
 
+def cell_groups(model):
+    """Each cell's group of the largest factor (crossed factors; the groups of the group log-likelihood), else None."""
+    if not model.crossed:
+        return None
+    return np.ascontiguousarray(model.design.cell_codes[:, 0], dtype=np.int64)
+
+
 def _cell_gather(model):
     """``(cell_node, col_factor, cell_group)`` of crossed factors for the log-likelihood kernels.
 
@@ -117,8 +124,7 @@ def _cell_gather(model):
         return np.zeros((0, 0), dtype=np.int64), np.zeros(0, dtype=np.int64), None
     lp = st.level_ptr
     col_factor = np.repeat(np.arange(len(lp) - 1, dtype=np.int64), np.diff(lp))
-    return (np.ascontiguousarray(st.cell_node, dtype=np.int64), col_factor,
-            np.ascontiguousarray(model.design.cell_codes[:, 0], dtype=np.int64))
+    return np.ascontiguousarray(st.cell_node, dtype=np.int64), col_factor, cell_groups(model)
 
 
 def _log_likelihood(model, s2, a, b, mode, a_kernel=None):
@@ -330,7 +336,7 @@ def finest_coefficients(model, b):
 
 
 def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_group_draws,
-                kept_per_chain=None):
+                kept_per_chain=None, log_lik=None):
     """Assemble the ArviZ result of a run.
 
     Groups and variables (``<g>`` is the grouping factor, e.g. ``school``):
@@ -353,6 +359,10 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
       ``<g>_effect_mean`` and ``<g>_effect_sd`` (``chain``, ``<g>``, ``<g>_coef``), the
       running posterior mean and SD of every group's coefficients in each chain, and
       ``n_draws`` (``chain``).
+
+    ``log_lik``: the log-likelihood (chain, draw, observation or group) when the sampler
+    computed it (a non-Gaussian level 1, whose chains evaluate every row at every draw);
+    ``sample_stats.lp`` is then the log-likelihood of the whole response at the draw.
     """
     t0 = time.perf_counter()
     design = model.design
@@ -423,7 +433,7 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
     if mode:
         if b is not None and not model.crossed:  # crossed: the kernels gather each cell's coefficients
             b = finest_coefficients(model, b)
-        ll = _log_likelihood(model, s2, a, b, mode, a_kernel=a_kernel)
+        ll = log_lik if log_lik is not None else _log_likelihood(model, s2, a, b, mode, a_kernel=a_kernel)
         groups["log_likelihood"] = ({response: ll}, {response: [OBS] if mode == "pointwise" else [g]})
     row_groups = _row_data(model) if model.rows_held else {}
     timings = {**timings, "results_seconds": time.perf_counter() - t0}

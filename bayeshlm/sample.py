@@ -9,13 +9,25 @@ import threading
 import time
 
 import numpy as np
+from scipy.special import ndtri
 
+from bayeshlm.family import binomial_log_coefficients, family_code
 from bayeshlm.memory import check_memory
-from bayeshlm.results import group_selection, group_stats_held, loglik_mode, to_datatree
+from bayeshlm.results import cell_groups, group_selection, group_stats_held, loglik_mode, to_datatree
 from bayeshlm.start import starting_theta
+from samplers.augment import working_rows
 from samplers.driver import init_state, run_chains
 from samplers.gaussian import marginal_moves_pay
-from samplers.types import FAILED, BlockedGibbsMoves, GibbsMoves, MHMoves
+from samplers.suffstats import compute_suffstats, recompute
+from samplers.types import (
+    AUG_STALE,
+    FAILED,
+    N_AUG_SCAL,
+    Augmentation,
+    BlockedGibbsMoves,
+    GibbsMoves,
+    MHMoves,
+)
 
 METHODS = ("mh", "gibbs", "blocked")
 DEFAULT_MH_STEPS = 6  # moves on p(theta | a, y) a sweep
@@ -40,6 +52,68 @@ def _check_seed(seed):
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise TypeError(f"seed must be a non-negative integer or None, got {seed!r}")
     return int(seed)
+
+
+class _Rows:
+    """What the chains of a non-Gaussian model share: the rows in the kernels' basis, and a starting ``eta``."""
+
+    def __init__(self, model):
+        design, basis = model.design, model.basis
+        _, F, X = basis.rows(design.y, design.F, design.X)
+        self.F, self.X = np.ascontiguousarray(F), np.ascontiguousarray(X)
+        self.y = np.ascontiguousarray(design.y, dtype=np.float64)
+        n_obs = self.y.shape[0]
+        self.n = np.ascontiguousarray(model.trials if model.trials is not None else np.ones(n_obs), dtype=np.float64)
+        self.offset = np.ascontiguousarray(model.offset if model.offset is not None else np.zeros(n_obs),
+                                           dtype=np.float64)
+        self.gidx = np.ascontiguousarray(design.group_idx, dtype=np.int64)
+        self.code = family_code(model.family, model.link)
+        self.const = binomial_log_coefficients(self.n, self.y)
+        share = np.clip(self.y.sum() / self.n.sum(), 0.02, 0.98)  # the chains start from the overall share
+        level = np.log(share / (1 - share)) if model.link == "logit" else ndtri(share)
+        self.eta0 = self.offset + level
+        self.n_groups = model.stats.n.shape[0]
+
+    def augmentation(self, model, n_keep, out_idx, n_out):
+        """One chain's :class:`~samplers.types.Augmentation`, its working statistics at the starting ``eta``."""
+        n_obs = self.y.shape[0]
+        keep = n_out > 0
+        stats = compute_suffstats(np.zeros(n_obs), self.F, self.X, self.gidx, self.n_groups)
+        aug = Augmentation(
+            family=self.code, y=self.y, n=self.n, offset=self.offset, const=self.const, F=self.F, X=self.X,
+            gidx=self.gidx, stats=stats, eta=self.eta0.copy(), w=np.empty(n_obs), z=np.empty(n_obs),
+            ll_row=np.empty(n_obs if keep else 0),
+            out_idx=out_idx, ll_out=np.full((n_keep if keep else 0, n_out), np.nan),
+            scal=np.zeros(N_AUG_SCAL))
+        working_rows(aug, aug.eta, aug.w, aug.z)
+        recompute(aug.stats, aug.z, aug.F, aug.X, aug.gidx, aug.w)
+        aug.scal[AUG_STALE] = 1.0
+        return aug
+
+
+def augmentations(model, n_chains, n_keep, log_likelihood=False):
+    """One :class:`~samplers.types.Augmentation` per chain for a non-Gaussian model.
+
+    They share the rows; each holds its own working statistics, formed at the predictor the
+    chains start from (the overall share of successes), and room for ``n_keep`` draws of the
+    log-likelihood (``log_likelihood``: ``"pointwise"``, ``"group"`` or False).
+    """
+    rows = _Rows(model)
+    out_idx, n_out = _loglik_columns(model, log_likelihood)
+    return [rows.augmentation(model, n_keep, out_idx, n_out) for _ in range(n_chains)]
+
+
+def _loglik_columns(model, mode):
+    """``(out_idx, n_out)``: the column of the log-likelihood each row adds into."""
+    if not mode:
+        return np.zeros(0, dtype=np.int64), 0
+    if mode == "pointwise":
+        return np.arange(model.n_obs, dtype=np.int64), model.n_obs
+    idx = np.asarray(model.design.group_idx, dtype=np.int64)
+    groups = cell_groups(model)
+    if groups is None:
+        return np.ascontiguousarray(idx), int(model.stats.n.shape[0])
+    return np.ascontiguousarray(groups[idx]), len(model.design.factor_labels[0])
 
 
 class _Progress:
@@ -169,11 +243,16 @@ def sample(
     >>> post.posterior["fixed"].sizes["fixed_term"]
     2
     """
-    if not getattr(model, "gaussian", True):
+    gaussian = getattr(model, "gaussian", True)
+    if not gaussian and model.family == "poisson":
         raise NotImplementedError(
-            f"posterior sampling of a {model.family} model ({model.link} link) is not available yet; "
-            "bayeshlm.fit_em(model) gives its maximum-likelihood fit (Laplace approximation, or n_agq= nodes of "
-            "adaptive quadrature)")
+            "posterior sampling of a Poisson model is not available yet; bayeshlm.fit_em(model) gives its "
+            "maximum-likelihood fit (Laplace approximation, or n_agq= nodes of adaptive quadrature)")
+    if not gaussian and method == "blocked":
+        raise ValueError("method='blocked' is for Gaussian models; the crossed factors of a non-Gaussian model are "
+                         "drawn jointly: use method='mh' or 'gibbs'")
+    if not gaussian and not model.rows_held:
+        raise ValueError("a non-Gaussian model is sampled from its rows; this one was compiled from statistics")
     draws = _check_count("draws", draws, 1)
     warmup = _check_count("warmup", warmup, 0)
     chains = _check_count("chains", chains, 1)
@@ -229,10 +308,14 @@ def sample(
     children = np.random.SeedSequence(seed).spawn(chains)
     rngs = [np.random.Generator(np.random.PCG64(s)) for s in children]
     states = []
+    augs = None
+    if not gaussian:
+        augs = augmentations(model, chains, draws, log_likelihood)
     for c, rng in enumerate(rngs):
         for attempt in range(50):
             theta0 = starting_theta(model, rng, jitter=0.5 if attempt == 0 else 1.0 + 0.1 * attempt)
-            state = init_state(rng, theta0, model.stats, model.structure, model.priors, moves=moves)
+            state = init_state(rng, theta0, model.stats if augs is None else augs[c].stats, model.structure,
+                               model.priors, moves=moves, aug=None if augs is None else augs[c])
             if state.scal[FAILED] == 0.0:
                 break
         else:
@@ -250,7 +333,7 @@ def sample(
             rngs, states, model.stats, model.structure, model.priors,
             moves=moves, warmup=warmup, draws=draws, thin=thin,
             keep_group_draws=kept_rows, group_moments=bool(group_moments), n_threads=n_threads,
-            progress=bar, coef_map=model.basis.coef_to_user(),
+            progress=bar, coef_map=model.basis.coef_to_user(), augs=augs,
         )
     finally:
         bar.close()
@@ -265,6 +348,8 @@ def sample(
     kept = [max(0, -(-(out.iterations - warmup) // thin)) for out in outputs]
     if interrupted:
         # keep the chains that reached the kept draws, cut to a common length
+        if augs is not None:
+            augs = [a for a, k in zip(augs, kept, strict=True) if k > 0]
         outputs = [out for out, k in zip(outputs, kept, strict=True) if k > 0]
         kept = [k for k in kept if k > 0]
         if not outputs:
@@ -279,5 +364,10 @@ def sample(
     timings = {"setup_seconds": t_sample - t_start, "sampling_seconds": sampling_seconds}
     settings["keep_group_draws"] = keep_group_draws
     settings["group_moments"] = bool(group_moments)
+    log_lik = None
+    if augs is not None:
+        settings["family"], settings["link"] = model.family, model.link
+        if log_likelihood:
+            log_lik = np.stack([a.ll_out[:n_keep] for a in augs])
     return to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_group_draws,
-                       kept_per_chain=kept if group_moments else None)
+                       kept_per_chain=kept if group_moments else None, log_lik=log_lik)

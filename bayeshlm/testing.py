@@ -20,6 +20,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from bayeshlm.em import corr_key
+from bayeshlm.family import binomial_log_coefficients
 from bayeshlm.prior_draws import draw_from_prior, require_rows, simulate_response
 from bayeshlm.priors import column_moments
 from bayeshlm.results import variance_components
@@ -283,7 +284,9 @@ def geweke(model, n_iter=20000, *, method="mh", seed=0, mh_steps=6, n_prior=None
     with a new response given the parameters. Both leave the joint distribution invariant
     exactly when the sweep does, so the means of test functions of the parameters must
     agree (Geweke 2004, JASA 99). The sweep runs without adaptation (the warm-up is zero), as
-    a fixed Markov kernel.
+    a fixed Markov kernel. For a non-Gaussian level 1 the sweep includes its augmentation
+    step (drawn anew from the new response at the start of the next sweep), which the test
+    thereby checks too.
 
     Returns
     -------
@@ -292,10 +295,11 @@ def geweke(model, n_iter=20000, *, method="mh", seed=0, mh_steps=6, n_prior=None
         standard errors (the successive-conditional one by batch means), the z statistic
         and its two-sided p-value.
     """
-    from samplers.driver import init_state, run_chain, statistics_replaced
+    from bayeshlm.sample import augmentations
+    from samplers.driver import init_state, run_augmented_chain, run_chain, statistics_replaced
     from samplers.gaussian import marginal_moves_pay
     from samplers.theta import encode_theta
-    from samplers.types import FAILED, DrawStore, GibbsMoves, MHMoves, Schedule
+    from samplers.types import AUG_STALE, FAILED, DrawStore, GibbsMoves, MHMoves, Schedule
 
     rng = np.random.default_rng(seed)
     n_prior = n_iter if n_prior is None else n_prior
@@ -318,7 +322,10 @@ def geweke(model, n_iter=20000, *, method="mh", seed=0, mh_steps=6, n_prior=None
     if marginal is None:
         marginal = marginal_moves_pay(model.structure)
     moves = GibbsMoves() if method == "gibbs" else MHMoves(mh_steps, int(marginal))
-    state = init_state(kernel_rng, theta0, sim.stats, model.structure, model.priors, moves=moves)
+    # a non-Gaussian level 1: the chain's augmentation holds the response, replaced in place below
+    aug = None if getattr(model, "gaussian", True) else augmentations(sim, 1, 0)[0]
+    state = init_state(kernel_rng, theta0, sim.stats if aug is None else aug.stats, model.structure, model.priors,
+                       moves=moves, aug=aug)
     # The sweeps run in the chain's own compiled loop (the one `sample` runs, so no other
     # variant is compiled), one sweep per call, without warm-up: a fixed Markov kernel. Each
     # call keeps its sweep as kept draw `it` of a store with room for all of them.
@@ -329,14 +336,25 @@ def geweke(model, n_iter=20000, *, method="mh", seed=0, mh_steps=6, n_prior=None
     theta = store.theta
     fixed = np.empty((n_iter, n_fixed))
     for it in range(n_iter):
-        run_chain(kernel_rng, state, sim.stats, model.structure, model.priors, moves, Schedule(0, 1, it + 1), store)
+        if aug is None:
+            run_chain(kernel_rng, state, sim.stats, model.structure, model.priors, moves, Schedule(0, 1, it + 1),
+                      store)
+        else:
+            run_augmented_chain(kernel_rng, state, aug, model.structure, model.priors, moves, Schedule(0, 1, it + 1),
+                                store)
         if state.scal[FAILED] != 0.0:
             raise RuntimeError("a sweep failed during the Geweke test")
         fixed[it] = basis.fixed_values(state.a)
         s2, _, _, _ = variance_components(model, state.theta[None, :])
         current = {"fixed": fixed[it], "sigma": float(np.sqrt(s2[0])), "b": basis.coef_values(state.b)}
-        sim = with_response(model, simulate_response(model, current, rng))
-        statistics_replaced(state)  # what the chain keeps of the old data goes
+        y_new = simulate_response(model, current, rng)
+        if aug is None:
+            sim = with_response(model, y_new)
+            statistics_replaced(state)  # what the chain keeps of the old data goes
+        else:  # the next sweep's augmentation reads the new response; its log-likelihood is stale
+            aug.y[:] = y_new
+            aug.const[:] = binomial_log_coefficients(aug.n, y_new)
+            aug.scal[AUG_STALE] = 1.0
     s2_all, sd_all, _, _ = variance_components(model, theta)
     sc = _test_functions(model, fixed, None if model.sigma_known else np.sqrt(s2_all), sd_all)
     rows = {}

@@ -14,11 +14,14 @@ from concurrent.futures import ThreadPoolExecutor, wait
 import numpy as np
 from numba import njit
 
+from samplers.augment import augment, forget, keep_loglik, refresh, seek_mode
 from samplers.gaussian import forget_statistics, workspace
 from samplers.linalg import copy_into
 from samplers.mh import end_of_iteration
 from samplers.sweep import sweep
 from samplers.types import (
+    AUG_LOGLIK,
+    AUG_STALE,
     FACTORED,
     FAILED,
     IND_LQ,
@@ -39,7 +42,7 @@ def n_nodes_of(structure):
     return int(structure.node_ptr[-1])
 
 
-def init_state(rng, theta0, stats, structure, priors, init_step=0.1, moves=None):
+def init_state(rng, theta0, stats, structure, priors, init_step=0.1, moves=None, aug=None):
     """Allocate a chain's state at ``theta0`` and draw its first coefficients.
 
     Parameters
@@ -55,6 +58,9 @@ def init_state(rng, theta0, stats, structure, priors, init_step=0.1, moves=None)
     moves : GibbsMoves or MHMoves, optional
         The moves the chain will run (default ``MHMoves(1)``): the first draw runs in the
         same compiled chain, so no other variant is compiled for it.
+    aug : Augmentation, optional
+        A non-Gaussian level 1 (:func:`run_augmented_chain`): the first coefficients are
+        drawn from the working statistics ``aug.stats`` holds (``stats`` is then ``aug.stats``).
 
     Returns
     -------
@@ -82,8 +88,12 @@ def init_state(rng, theta0, stats, structure, priors, init_step=0.1, moves=None)
         ind_chol=np.zeros((n_theta, n_theta)),
     )
     # a call that stops at sweep 0 draws the first coefficients of a fresh state and keeps nothing
-    run_chain(rng, state, stats, structure, priors, MHMoves(1) if moves is None else moves, Schedule(0, 1, 0),
-              DrawStore.keeping_nothing(n_theta, p, d))
+    moves = MHMoves(1) if moves is None else moves
+    store = DrawStore.keeping_nothing(n_theta, p, d)
+    if aug is None:
+        run_chain(rng, state, stats, structure, priors, moves, Schedule(0, 1, 0), store)
+    else:
+        run_augmented_chain(rng, state, aug, structure, priors, moves, Schedule(0, 1, 0), store)
     return state
 
 
@@ -163,6 +173,51 @@ def run_chain(rng, state, stats, structure, priors, moves, schedule, store):
         state.ibuf[ITER] = it + 1
 
 
+@njit(cache=True, nogil=True)
+def run_augmented_chain(rng, state, aug, structure, priors, moves, schedule, store):
+    """:func:`run_chain` for a non-Gaussian level 1 (:class:`~samplers.types.Augmentation`).
+
+    Each sweep draws the augmentation given the linear predictor at the current
+    coefficients (logit and probit links), recomputes the working statistics from it
+    (:func:`samplers.augment.augment`), and runs the Gaussian sweep on them.
+    A fresh state draws its first coefficients from the working statistics at the
+    conditional mode given its ``theta`` (:func:`samplers.augment.seek_mode`, from the
+    predictor ``aug.eta`` the caller sets). ``state.scal[LP]`` and the stored ``lp`` are the
+    log-likelihood ``sum_i log p(y_i | eta_i)`` of the draw; ``aug.ll_out`` receives its
+    rows' values (:func:`samplers.augment.keep_loglik`).
+    """
+    warmup = schedule.warmup
+    thin = schedule.thin
+    while True:
+        fresh = state.ibuf[READY] == 0
+        it = state.ibuf[ITER]
+        if not fresh and it >= schedule.stop:
+            return
+        if fresh:
+            seek_mode(rng, aug, state, structure, priors, 30)
+        else:
+            refresh(aug, state, structure)
+            augment(rng, aug)
+            forget(state)
+        # one call site of sweep, so that it is compiled inline once
+        acc = sweep(rng, state, aug.stats, structure, priors, moves, warmup, not fresh)
+        if state.scal[FAILED] != 0.0:
+            return
+        aug.scal[AUG_STALE] = 1.0
+        refresh(aug, state, structure)
+        state.scal[LP] = aug.scal[AUG_LOGLIK]
+        if fresh:
+            state.ibuf[READY] = 1
+            continue
+        if it < warmup:  # the MH proposal's adaptation (a Gibbs chain never uses the proposal)
+            end_of_iteration(state, warmup)
+        if it >= warmup and (it - warmup) % thin == 0:
+            k = (it - warmup) // thin
+            _store(state, store, k, acc)
+            keep_loglik(aug, k)
+        state.ibuf[ITER] = it + 1
+
+
 class ChainOutput:
     """Draws of one chain (arrays indexed by kept draw) and how far it got."""
 
@@ -179,7 +234,7 @@ class ChainOutput:
 
 def run_chains(rngs, states, stats, structure, priors, *, moves, warmup, draws,
                thin=1, keep_group_draws=True, group_moments=False, n_threads=None, chunk_seconds=0.2,
-               min_chunk=10, progress=None, coef_map=None):
+               min_chunk=10, progress=None, coef_map=None, augs=None):
     """Run independent chains, in threads, into freshly allocated outputs.
 
     Parameters
@@ -214,6 +269,9 @@ def run_chains(rngs, states, stats, structure, priors, *, moves, warmup, draws,
     coef_map : ndarray of shape (n_coef, n_coef), optional
         Map applied to each group's coefficients before they are stored or averaged
         (default the identity).
+    augs : list of Augmentation, optional
+        A non-Gaussian level 1: one per chain, each with its own working statistics
+        (:func:`run_augmented_chain`; ``stats`` is then unused).
 
     Returns
     -------
@@ -254,7 +312,11 @@ def run_chains(rngs, states, stats, structure, priors, *, moves, warmup, draws,
             stop = min(total, start + n_sweeps)
             t0 = time.perf_counter()
             store = DrawStore(out.theta, out.a, b_rows, out.b, out.b_moments, out.lp, out.accept, coef_map)
-            run_chain(rng, state, stats, structure, priors, moves, Schedule(warmup, thin, stop), store)
+            if augs is None:
+                run_chain(rng, state, stats, structure, priors, moves, Schedule(warmup, thin, stop), store)
+            else:
+                run_augmented_chain(rng, state, augs[c], structure, priors, moves, Schedule(warmup, thin, stop),
+                                    store)
             # Each call costs a fixed overhead (passing the model in): grow the chunks until
             # a call lasts about chunk_seconds. The draws do not depend on the chunking.
             if time.perf_counter() - t0 < 0.5 * chunk_seconds:
@@ -291,4 +353,4 @@ def run_chains(rngs, states, stats, structure, priors, *, moves, warmup, draws,
     return outputs, interrupted
 
 
-__all__ = ["ChainOutput", "init_state", "run_chain", "run_chains"]
+__all__ = ["ChainOutput", "init_state", "run_augmented_chain", "run_chain", "run_chains"]

@@ -340,3 +340,60 @@ class DrawStore(NamedTuple):
         """A store for a call that keeps no draw (arrays of length 0 in the draws)."""
         return cls(np.empty((0, n_theta)), np.empty((0, n_fixed)), np.zeros(0, dtype=np.int64),
                    np.empty((0, 0, n_coef)), np.empty((0, 0, n_coef)), np.empty(0), np.empty(0), np.eye(n_coef))
+
+
+# Slots of Augmentation.scal
+AUG_STALE = 0  # 1 when eta and the log-likelihood are not those of the current (a, b)
+AUG_LOGLIK = 1  # sum_i log p(y_i | eta_i) at the current (a, b)
+AUG_MEAN_OMEGA = 2  # 1: omega at its conditional mean instead of drawn (a wrong step, for a test)
+N_AUG_SCAL = 3
+
+
+class Augmentation(NamedTuple):
+    """A non-Gaussian level 1 for one chain: the rows it reads, and its per-row working values.
+
+    The rows (``y`` to ``gidx``) are shared by the chains; ``stats`` and the arrays after
+    them belong to one chain (:mod:`samplers.augment`, docs/design.md, "Non-Gaussian
+    level 1").
+
+    Attributes
+    ----------
+    family : int
+        Family code of :mod:`samplers.glm` (``BINOMIAL_LOGIT`` or ``BINOMIAL_PROBIT``).
+    y, n, offset, const : ndarray of shape (n_obs,)
+        Response, trials (1 for Bernoulli rows), the known part of the linear predictor, and
+        each row's log normalising constant ``log C(n, y)``.
+    F, X : ndarray of shape (n_obs, n_fixed), (n_obs, n_coef)
+        The designs in the kernels' basis.
+    gidx : ndarray of int64, shape (n_obs,)
+        Each row's group of the statistics (finest group, or cell).
+    stats : SuffStats
+        This chain's working statistics, recomputed every sweep.
+    eta, w, z : ndarray of shape (n_obs,)
+        Linear predictor at the current coefficients, working weights and responses.
+    ll_row : ndarray of shape (n_obs,) or (0,)
+        Each row's log-likelihood at the current draw, when the log-likelihood is stored.
+    out_idx : ndarray of int64, shape (n_obs,) or (0,)
+        The column of ``ll_out`` each row adds into (the row itself, or its group).
+    ll_out : ndarray of shape (n_keep, n_out)
+        Log-likelihood of every kept draw (``n_out`` 0: none kept).
+    scal : ndarray of shape (N_AUG_SCAL,)
+        Scalars by the slot names ``AUG_*``.
+    """
+
+    family: int
+    y: np.ndarray
+    n: np.ndarray
+    offset: np.ndarray
+    const: np.ndarray
+    F: np.ndarray
+    X: np.ndarray
+    gidx: np.ndarray
+    stats: SuffStats
+    eta: np.ndarray
+    w: np.ndarray
+    z: np.ndarray
+    ll_row: np.ndarray
+    out_idx: np.ndarray
+    ll_out: np.ndarray
+    scal: np.ndarray

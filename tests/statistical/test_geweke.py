@@ -68,3 +68,33 @@ def test_geweke_of_the_other_mh_target(case):
     table = geweke(model, 20000, method="mh", seed=11, marginal=marginal)
     bad = table[table["p_value"] < 1e-3 / len(table)]
     assert bad.empty, f"Geweke test fails:\n{bad}"
+
+
+def _binary_data(seed=0):
+    data = _data(seed)
+    rng = np.random.default_rng(seed + 1)
+    data["y"] = rng.integers(0, 2, size=data["x"].size).astype(float)
+    data["n"] = rng.integers(1, 4, size=data["x"].size).astype(float)
+    return data
+
+
+AUGMENTED = {
+    # the Polya-Gamma step (logit) and the latent normals (probit), Bernoulli and binomial rows
+    "logit_mh": ("y ~ x + (1 | g)", {}, "mh"),
+    "logit_gibbs_binomial": ("y ~ x + (x | g)", {"trials": "n"}, "gibbs"),
+    "probit_mh_binomial": ("y ~ x + (1 | h) + (1 | h:g)", {"link": "probit", "trials": "n"}, "mh"),
+    "logit_crossed_mh": ("y ~ x + (1 | g) + (1 | k)", {}, "mh"),
+}
+
+
+@pytest.mark.parametrize("case", list(AUGMENTED))
+def test_geweke_of_the_augmentation(case):
+    formula, options, method = AUGMENTED[case]
+    family = "binomial" if "trials" in options else "bernoulli"
+    data = _binary_data()
+    if "trials" in options:
+        data["y"] = np.minimum(data["y"], data["n"])
+    model = bh.hlm(formula, data, family=family, priors={k: v for k, v in PRIORS.items() if k != "sigma"}, **options)
+    table = geweke(model, 20000, method=method, seed=11)
+    bad = table[table["p_value"] < 1e-3 / len(table)]
+    assert bad.empty, f"Geweke test fails:\n{bad}"
