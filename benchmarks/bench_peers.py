@@ -138,7 +138,7 @@ def bh_priors(prior):
     return out
 
 
-def _ess_summary(arrays):
+def ess_summary(arrays):
     """``(min bulk ESS, min tail ESS, max R-hat)`` over every scalar of ``{name: (chain, draw, ...)}``.
 
     Each array is reduced at once (not one scalar at a time: with tens of thousands of group
@@ -779,7 +779,7 @@ def worker(model, system, draws, warmup, out_path):
     if "arrays" in rec:
         # the sampling is done: the time limit stops here (the parent waits for the ESS on its own)
         Path(str(out_path) + ".sampled").write_text(str(time.perf_counter() - t0))
-        bulk, tail, rhat = _ess_summary(rec.pop("arrays"))
+        bulk, tail, rhat = ess_summary(rec.pop("arrays"))
         rec.update(min_ess_bulk=bulk, min_ess_tail=tail, max_rhat=rhat,
                    min_ess_per_second=min(bulk, tail) / rec["sampling_seconds"])
         if "sampler_seconds" in rec:
@@ -802,7 +802,7 @@ def _r_has(package):
 POST_LIMIT = 1800.0  # seconds allowed, after the sampling, for the ESS of tens of thousands of scalars
 
 
-def _run_worker(cmd, out, err_path, limit):
+def run_worker(cmd, out, err_path, limit):
     """One worker process: ``limit`` seconds for its setup and sampling, then up to ``POST_LIMIT`` for the ESS.
 
     The limit is the peer's: data, model, compilation and sampling. The worker marks the end
@@ -887,7 +887,7 @@ def run(models, systems, draws, warmup, limit):
             with tempfile.TemporaryDirectory() as tmp:
                 out = Path(tmp) / "r.json"
                 cmd = [sys.executable, __file__, "--worker", model, name, str(draws), str(warmup), str(out)]
-                rec = _run_worker(cmd, out, Path(tmp) / "stderr.txt", limit)
+                rec = run_worker(cmd, out, Path(tmp) / "stderr.txt", limit)
             results[model][name] = rec
             brief = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in rec.items() if k != "estimates"}
             print(model, name, brief, flush=True)

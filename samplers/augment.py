@@ -71,11 +71,12 @@ def _lower_truncated_normal(rng, lo):
 
 
 @njit(cache=True, nogil=True)
-def linear_predictor(aug, structure, work, a, b, eta):
+def linear_predictor(aug, structure, work, a, b, eta, with_loglik=True):
     """``eta_i = offset_i + F_i a + X_i b_g(i)`` for every row; returns ``sum_i log p(y_i | eta_i)``.
 
     With a log-likelihood store (``aug.ll_out`` has columns), the rows' values are also
-    kept in ``aug.ll_row`` for :func:`keep_loglik`.
+    kept in ``aug.ll_row`` for :func:`keep_loglik`. Without ``with_loglik`` (a draw that is
+    not kept) only ``eta`` is formed, and nan returned.
     """
     coef = finest_coefficients(work, structure, b)
     F, X, g = aug.F, aug.X, aug.gidx
@@ -90,11 +91,12 @@ def linear_predictor(aug, structure, work, a, b, eta):
         for k in range(d):
             e += X[i, k] * coef[j, k]
         eta[i] = e
-        ll = row_loglik(aug.family, aug.y[i], aug.n[i], aug.const[i], e)
-        if keep:
-            aug.ll_row[i] = ll
-        total += ll
-    return total
+        if with_loglik:
+            ll = row_loglik(aug.family, aug.y[i], aug.n[i], aug.const[i], e)
+            if keep:
+                aug.ll_row[i] = ll
+            total += ll
+    return total if with_loglik else np.nan
 
 
 @njit(cache=True, nogil=True)
@@ -145,7 +147,8 @@ def augment(rng, aug):
                 total += e - _lower_truncated_normal(rng, e)
             aug.w[i] = n
             aug.z[i] = total / n - aug.offset[i]
-    recompute(aug.stats, aug.z, aug.F, aug.X, aug.gidx, aug.w)
+    # the sums of log w are a constant of the working likelihood within the sweep: not formed
+    recompute(aug.stats, aug.z, aug.F, aug.X, aug.gidx, aug.w, False)
 
 
 @njit(cache=True, nogil=True)
@@ -194,10 +197,10 @@ def seek_mode(rng, aug, state, structure, priors, n_iter):
 
 
 @njit(cache=True, nogil=True)
-def refresh(aug, state, structure):
-    """Bring ``aug.eta`` and the log-likelihood up to the current ``(a, b)`` if they are stale."""
+def refresh(aug, state, structure, with_loglik=True):
+    """Bring ``aug.eta`` (and, with ``with_loglik``, the log-likelihood) up to the current ``(a, b)`` if stale."""
     if aug.scal[AUG_STALE] != 0.0:
-        aug.scal[AUG_LOGLIK] = linear_predictor(aug, structure, state.work, state.a, state.b, aug.eta)
+        aug.scal[AUG_LOGLIK] = linear_predictor(aug, structure, state.work, state.a, state.b, aug.eta, with_loglik)
         aug.scal[AUG_STALE] = 0.0
 
 

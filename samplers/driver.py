@@ -203,15 +203,17 @@ def run_augmented_chain(rng, state, aug, structure, priors, moves, schedule, sto
         acc = sweep(rng, state, aug.stats, structure, priors, moves, warmup, not fresh)
         if state.scal[FAILED] != 0.0:
             return
+        # the log-likelihood of a draw that is kept (a row pass saved on every other)
+        kept = it >= warmup and (it - warmup) % thin == 0
         aug.scal[AUG_STALE] = 1.0
-        refresh(aug, state, structure)
+        refresh(aug, state, structure, kept and not fresh)
         state.scal[LP] = aug.scal[AUG_LOGLIK]
         if fresh:
             state.ibuf[READY] = 1
             continue
         if it < warmup:  # the MH proposal's adaptation (a Gibbs chain never uses the proposal)
             end_of_iteration(state, warmup)
-        if it >= warmup and (it - warmup) % thin == 0:
+        if kept:
             k = (it - warmup) // thin
             _store(state, store, k, acc)
             keep_loglik(aug, k)

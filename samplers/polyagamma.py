@@ -65,15 +65,25 @@ def _truncated_inverse_gaussian(rng, z):
 
 
 @njit(cache=True, nogil=True)
-def _jstar1(rng, z):
-    """A draw of ``J*(1, z)``, ``z >= 0``."""
+def _proposal(z):
+    """What a draw of ``J*(1, z)`` needs of ``z`` alone: ``f(z)`` and the exponential part's share of the proposal.
+
+    The proposal's masses above ``t`` (exponential, rate ``f(z)``) and below it (the truncated
+    inverse Gaussian) are ``p`` and ``q``; the share ``p / (p + q)`` costs two exponentials and
+    two normal integrals, formed once for all the trials of a row.
+    """
     fz = _PI2_8 + 0.5 * z * z
-    # the proposal's masses above t (exponential) and below t (truncated inverse Gaussian)
     p = (0.5 * math.pi / fz) * math.exp(-fz * _T)
     r = math.sqrt(1.0 / _T)
     q = 2.0 * math.exp(-z) * _norm_cdf(r * (_T * z - 1.0)) + 2.0 * math.exp(z) * _norm_cdf(-r * (_T * z + 1.0))
+    return fz, p / (p + q)
+
+
+@njit(cache=True, nogil=True)
+def _jstar1(rng, z, fz, share):
+    """A draw of ``J*(1, z)``, ``z >= 0``, given ``(fz, share) = _proposal(z)``."""
     while True:
-        if rng.random() < p / (p + q):
+        if rng.random() < share:
             x = _T + rng.standard_exponential() / fz
         else:
             x = _truncated_inverse_gaussian(rng, z)
@@ -96,7 +106,8 @@ def _jstar1(rng, z):
 def draw_pg(rng, b, c):
     """One draw of ``PG(b, c)`` for a whole number ``b >= 1``: the sum of ``b`` draws of ``PG(1, c)``."""
     z = 0.5 * abs(c)
+    fz, share = _proposal(z)
     total = 0.0
     for _ in range(b):
-        total += _jstar1(rng, z)
+        total += _jstar1(rng, z, fz, share)
     return 0.25 * total

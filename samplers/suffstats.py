@@ -22,7 +22,8 @@ def keeps_group_fixed(n_groups, n_fixed):
 
 
 @njit(cache=True, nogil=True)
-def _accumulate(y, F, X, g, w, shift, scale, n, XtX, XtF, Xty, yty_g, FtF, Fty, scal, FtF_g, Fty_g, logw_g):
+def _accumulate(y, F, X, g, w, shift, scale, n, XtX, XtF, Xty, yty_g, FtF, Fty, scal, FtF_g, Fty_g, logw_g,
+                log_weights=True):
     n_obs = y.shape[0]
     p = F.shape[1]
     d = X.shape[1]
@@ -41,9 +42,10 @@ def _accumulate(y, F, X, g, w, shift, scale, n, XtX, XtF, Xty, yty_g, FtF, Fty, 
         n[j] += 1.0
         yty_g[j] += wi * yi * yi
         scal[YTY] += wi * yi * yi
-        log_wi = np.log(wi)
-        scal[SUM_LOG_W] += log_wi
-        logw_g[j] += log_wi
+        if log_weights:
+            log_wi = np.log(wi)
+            scal[SUM_LOG_W] += log_wi
+            logw_g[j] += log_wi
         for r in range(d):
             xr = wi * x[r]
             Xty[j, r] += xr * yi
@@ -130,13 +132,15 @@ def compute_suffstats(y, F, X, group_idx, n_groups, weights=None, shift=None, sc
 
 
 @njit(cache=True, nogil=True)
-def recompute(stats, y, F, X, group_idx, weights):
+def recompute(stats, y, F, X, group_idx, weights, log_weights=True):
     """Overwrite ``stats`` in place with the statistics of new rows ``y`` and weights ``w``.
 
     For a sampler that changes the working response and the weights every sweep (a data
     augmentation for a non-Gaussian level 1): the rows are in the statistics' basis already
     (no shift, no scale), ``stats`` keeps its arrays, and the Gaussian passes of
-    :mod:`samplers.gaussian` are then called on it as on any other statistics.
+    :mod:`samplers.gaussian` are then called on it as on any other statistics. Without
+    ``log_weights`` the sums of ``log w`` are left at zero (a constant of the likelihood that
+    a sampler's moves within one sweep do not need), saving a logarithm per row.
     """
     for field in (stats.n, stats.yty_g, stats.Fty, stats.scal, stats.logw_g):
         field[:] = 0.0
@@ -147,7 +151,8 @@ def recompute(stats, y, F, X, group_idx, weights):
     stats.Fty_g[:] = 0.0
     width = 1 + F.shape[1] + X.shape[1]
     _accumulate(y, F, X, group_idx, weights, np.zeros(width), np.ones(width), stats.n, stats.XtX, stats.XtF,
-                stats.Xty, stats.yty_g, stats.FtF, stats.Fty, stats.scal, stats.FtF_g, stats.Fty_g, stats.logw_g)
+                stats.Xty, stats.yty_g, stats.FtF, stats.Fty, stats.scal, stats.FtF_g, stats.Fty_g, stats.logw_g,
+                log_weights)
 
 
 def merge_suffstats(first, second):

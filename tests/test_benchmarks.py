@@ -222,10 +222,10 @@ def test_the_time_limit_covers_the_sampling_not_the_diagnostics(tmp_path):
         return [sys.executable, "-c", code]
 
     out = [tmp_path / f"r{i}.json" for i in range(3)]  # each worker its own file, as in the harness
-    assert bench._run_worker(worker(out[0], True, 1.5), out[0], tmp_path / "e0", limit=0.5) == {"min_ess_bulk": 1}
-    stopped = bench._run_worker(worker(out[1], False, 1.5), out[1], tmp_path / "e1", limit=0.5)
+    assert bench.run_worker(worker(out[0], True, 1.5), out[0], tmp_path / "e0", limit=0.5) == {"min_ess_bulk": 1}
+    stopped = bench.run_worker(worker(out[1], False, 1.5), out[1], tmp_path / "e1", limit=0.5)
     assert stopped == {"skipped": "time limit of 0.5 s reached", "limit_seconds": 0.5}
-    failed = bench._run_worker([sys.executable, "-c", "raise SystemExit('no such model')"], out[2], tmp_path / "e2", 5)
+    failed = bench.run_worker([sys.executable, "-c", "raise SystemExit('no such model')"], out[2], tmp_path / "e2", 5)
     assert failed["skipped"] == "failed: no such model"
 
 
@@ -276,3 +276,26 @@ def test_bench_glmm_quick(tmp_path):
     assert all(f["bayeshlm"]["converged"] and f["lme4"] is None for f in fits)
     assert fits[1]["bayeshlm"]["loglik"] == pytest.approx(-91.98336904, abs=1e-6)
     assert "| cbpp | Laplace |" in (tmp_path / "GLMM_RESULTS.md").read_text()
+
+
+def test_bench_glmm_peers_quick(tmp_path):
+    """The GLMM sampler benchmark runs bayeshlm on cbpp in a worker process and writes both outputs.
+
+    Peers are left out here (they need the bench extras and minutes); the table's ratios and
+    bounds are checked on hand-made records.
+    """
+    bench = _script("bench_glmm_peers")
+    assert bench.main(["--quick", "--systems", "bayeshlm", "--out", str(tmp_path)]) == 0
+    rec = json.loads((tmp_path / "glmm_peers_results.json").read_text())["models"]["cbpp"]["bayeshlm"]
+    assert rec["min_ess_bulk"] > 20 and rec["max_rhat"] < 1.2 and rec["log_likelihood"] == "pointwise"
+    assert abs(rec["estimates"]["fixed[Intercept]"] + 1.4) < 0.3
+    assert "| cbpp | bayeshlm |" in (tmp_path / "GLMM_PEERS_RESULTS.md").read_text()
+    ours = {"setup_seconds": 1.0, "sampling_seconds": 2.0, "min_ess_bulk": 400.0, "min_ess_tail": 500.0,
+            "min_ess_per_second": 200.0, "max_rhat": 1.0, "divergences": 0}
+    peer = {**ours, "min_ess_per_second": 20.0}
+    text = bench.table({"m": {"bayeshlm": ours, "nutpie/centred": peer,
+                              "pymc/centred": {"skipped": "time limit", "limit_seconds": 400.0}}}, 4000)
+    assert "| m | nutpie/centred (20.00, measured) | 200.00 | 10.0x |" in text
+    text = bench.table({"m": {"bayeshlm": ours, "pymc/centred": {"skipped": "time limit", "limit_seconds": 400.0}}},
+                       4000)
+    assert "| m | pymc/centred (10.00, at most, a bound) | 200.00 | at least 20.0x |" in text

@@ -1,0 +1,279 @@
+"""Posterior sampling of binary and binomial outcomes: bayeshlm against NUTS samplers, one machine, one run.
+
+Systems (each (model, system/form) runs in its own interpreter, with one time limit for all,
+through the harness of ``bench_peers.py``):
+
+* ``bayeshlm``: ``bh.sample(model)`` as a user calls it (Pólya–Gamma augmentation, the
+  default collapsed Metropolis–Hastings moves on the SDs, the pointwise or group
+  log-likelihood, the ArviZ result built), timed as a whole, with the sampler's own seconds
+  beside it;
+* ``nutpie``, ``numpyro``, ``pymc``: the same PyMC model (``pm.Binomial`` with ``logit_p``)
+  sampled by nutpie, by NumPyro's NUTS through JAX and by PyMC's own NUTS, each with
+  ``centred`` group effects and ``noncentred`` ones (standard normals scaled by the SD). No
+  collapsed form exists: a binomial likelihood does not integrate the group effects out.
+  Every peer evaluates the likelihood from the rows, as bayeshlm's augmentation does (a
+  Bernoulli model's rows cannot be pooled into binomial cells when a predictor is continuous).
+
+Models: ``cbpp`` (binomial, 56 rows in 15 herds), ``contraception`` (Bernoulli, 1,934 women
+in 60 districts), and synthetic Bernoulli data with a continuous predictor and 1,000 groups
+(``bernoulli:<rows>``; ``bernoulli_1m`` is the 1,000,000-row model). Priors, the same in
+every sampler: ``Normal(0, 5)`` on every fixed effect, ``HalfNormal(2)`` on the group SD.
+4 chains of 1000 draws after 1000 warm-up iterations. Reported: setup and sampling seconds,
+the minimum bulk and tail ESS over every scalar (fixed effects, the SD and every group
+coefficient), min-ESS per second, the largest R-hat and the divergences. A run stopped by
+the time limit is reported with the most it could have reached (draws / limit): a bound.
+
+    python benchmarks/bench_glmm_peers.py                     # writes glmm_peers_results.json, GLMM_PEERS_RESULTS.md
+    python benchmarks/bench_glmm_peers.py --quick             # 100 draws, cbpp only, to check it works
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes.util
+import importlib.util
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_peers import ess_summary, limit_bound, run_worker  # noqa: E402
+
+MODELS = {  # name: (data source, formula, family)
+    "cbpp": ("cbpp", "cbind(incidence, size - incidence) ~ C(period) + (1 | herd)", "binomial"),
+    "contraception": ("contraception", "use ~ age + I(age**2) + urban + livch + (1 | district)", "bernoulli"),
+    "bernoulli_100k": ("bernoulli:100000", "y ~ x + (1 | g)", "bernoulli"),
+    "bernoulli_1m": ("bernoulli:1000000", "y ~ x + (1 | g)", "bernoulli"),
+}
+FIXED_SD, GROUP_SD = 5.0, 2.0  # Normal(0, 5) on every fixed effect, HalfNormal(2) on the group SD
+SAMPLERS = ["bayeshlm", "nutpie", "numpyro", "pymc"]
+FORMS = {"nutpie": ("centred", "noncentred"), "numpyro": ("centred", "noncentred"), "pymc": ("centred", "noncentred")}
+NEEDS = {"pymc": ("pymc",), "nutpie": ("pymc", "nutpie"), "numpyro": ("pymc", "numpyro", "jax")}
+
+
+def load_data(source):
+    """A bundled data set, or synthetic Bernoulli data: ``rows`` rows in 1,000 groups, a continuous predictor."""
+    import pandas as pd
+
+    import bayeshlm as bh
+
+    if not source.startswith("bernoulli:"):
+        return bh.load_dataset(source)
+    n = int(source.split(":")[1])
+    rng = np.random.default_rng(0)
+    g = rng.integers(0, 1000, size=n)
+    x = rng.normal(size=n)
+    eta = -0.5 + 0.7 * x + 0.8 * rng.normal(size=1000)[g]
+    return pd.DataFrame({"y": rng.binomial(1, 1 / (1 + np.exp(-eta))).astype(float), "x": x,
+                         "g": [f"g{j}" for j in g]})
+
+
+def _model(name):
+    import bayeshlm as bh
+
+    source, formula, family = MODELS[name]
+    return bh.hlm(formula, load_data(source), family=family,
+                  priors={"fixed": bh.Normal(0, FIXED_SD), "sd": bh.HalfNormal(GROUP_SD)})
+
+
+def run_bayeshlm(name, draws, warmup):
+    """``bh.sample(model)`` with its defaults, the result built; setup includes loading the compiled kernels."""
+    import bayeshlm as bh
+
+    t0 = time.perf_counter()
+    model = _model(name)
+    bh.sample(model, draws=5, warmup=5, chains=1, seed=0, progress=False)
+    setup = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    post = bh.sample(model, draws=draws, warmup=warmup, chains=4, seed=1, progress=False)
+    seconds = time.perf_counter() - t1
+    p = post.posterior
+    est = {f"fixed[{t}]": float(p["fixed"].sel(fixed_term=t).mean()) for t in model.fixed_names}
+    sd_name = next(v for v in p.data_vars if v.endswith("_sd"))
+    est["sd"] = float(p[sd_name].mean())
+    return {"setup_seconds": setup, "sampling_seconds": seconds, "sampler_seconds": float(post.attrs["sampling_time"]),
+            "log_likelihood": post.attrs["log_likelihood"], "arrays": {v: p[v].values for v in p.data_vars},
+            "divergences": 0, "estimates": est}
+
+
+def _pymc_model(name, form):
+    """The PyMC model of ``name``: the same design, priors and likelihood, group effects in the form ``form``."""
+    import pymc as pm
+
+    model = _model(name)
+    design = model.design
+    F = np.asarray(design.F, dtype=float)
+    g = np.asarray(design.group_idx)
+    n_groups = int(model.n_groups)
+    with pm.Model() as pm_model:
+        a = pm.Normal("fixed", 0.0, FIXED_SD, shape=F.shape[1])
+        sd = pm.HalfNormal("g_sd", GROUP_SD)
+        if form == "centred":
+            b = pm.Normal("g_effect", 0.0, sd, shape=n_groups)
+        else:
+            z = pm.Normal("g_z", 0.0, 1.0, shape=n_groups)
+            b = pm.Deterministic("g_effect", sd * z)
+        eta = pm.math.dot(F, a) + b[g]
+        pm.Binomial("y", n=np.asarray(model.trials, dtype=np.int64), logit_p=eta,
+                    observed=np.asarray(design.y, dtype=np.int64))
+    return pm_model, list(model.fixed_names)
+
+
+def run_pymc(name, draws, warmup, sampler, form):
+    """PyMC's NUTS, nutpie or NumPyro on the PyMC model."""
+    import pymc as pm
+
+    t0 = time.perf_counter()
+    model, fixed_names = _pymc_model(name, form)
+    if sampler == "nutpie":
+        import nutpie
+
+        compiled = nutpie.compile_pymc_model(model)
+        setup = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        post = nutpie.sample(compiled, draws=draws, tune=warmup, chains=4, cores=2, seed=1, progress_bar=False)
+        seconds = time.perf_counter() - t1
+    else:
+        with model:
+            setup = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            post = pm.sample(draws, tune=warmup, chains=4, cores=2, random_seed=1, progressbar=False,
+                             nuts_sampler=sampler, compute_convergence_checks=False)
+            seconds = time.perf_counter() - t1
+    p = post["posterior"] if not hasattr(post, "posterior") else post.posterior
+    arrays = {v: p[v].values for v in ("fixed", "g_sd", "g_effect")}
+    stats = post["sample_stats"] if not hasattr(post, "sample_stats") else post.sample_stats
+    div = int(np.asarray(stats["diverging"]).sum()) if "diverging" in stats else -1
+    est = {f"fixed[{t}]": float(v) for t, v in zip(fixed_names, p["fixed"].values.mean((0, 1)), strict=True)}
+    est["sd"] = float(p["g_sd"].values.mean())
+    return {"setup_seconds": setup, "sampling_seconds": seconds, "arrays": arrays, "divergences": div,
+            "estimates": est}
+
+
+def worker(model, system, draws, warmup, out_path):
+    """Run one (model, system[/form]) in this process and write its JSON record."""
+    t0 = time.perf_counter()
+    system, _, form = system.partition("/")
+    if system == "bayeshlm":
+        rec = run_bayeshlm(model, draws, warmup)
+    else:
+        if "PYTENSOR_FLAGS" not in os.environ and ctypes.util.find_library("openblas"):
+            os.environ["PYTENSOR_FLAGS"] = "blas__ldflags=-lopenblas"
+        if system == "numpyro":  # before JAX is imported: one CPU device per chain
+            os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+        rec = run_pymc(model, draws, warmup, system, form)
+    Path(str(out_path) + ".sampled").write_text(str(time.perf_counter() - t0))
+    bulk, tail, rhat = ess_summary(rec.pop("arrays"))
+    rec.update(min_ess_bulk=bulk, min_ess_tail=tail, max_rhat=rhat,
+               min_ess_per_second=min(bulk, tail) / rec["sampling_seconds"])
+    if "sampler_seconds" in rec:
+        rec["min_ess_per_sampler_second"] = min(bulk, tail) / rec["sampler_seconds"]
+    rec["wall_seconds"] = time.perf_counter() - t0
+    rec["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    Path(out_path).write_text(json.dumps(rec))
+
+
+def run(models, systems, draws, warmup, limit):
+    """Every (model, system/form) in its own interpreter; returns ``{model: {name: record}}``."""
+    results = {}
+    for model in models:
+        results[model] = {}
+        for name in [f"{s}/{f}" if f else s for s in systems for f in FORMS.get(s, ("",))]:
+            system = name.partition("/")[0]
+            missing = [m for m in NEEDS.get(system, ()) if importlib.util.find_spec(m) is None]
+            if missing:
+                results[model][name] = {"skipped": f"{', '.join(missing)} not installed (pip install -e '.[bench]')"}
+                continue
+            with tempfile.TemporaryDirectory() as tmp:
+                out = Path(tmp) / "r.json"
+                cmd = [sys.executable, __file__, "--worker", model, name, str(draws), str(warmup), str(out)]
+                rec = run_worker(cmd, out, Path(tmp) / "stderr.txt", limit)
+            results[model][name] = rec
+            print(model, name, {k: (round(v, 3) if isinstance(v, float) else v) for k, v in rec.items()
+                                if k != "estimates"}, flush=True)
+    return results
+
+
+def table(results, n_draws):
+    """Markdown: every (system, form) with bayeshlm's ratio over it, then bayeshlm over the best peer."""
+    lines = ["| model | system/form | setup (s) | sampling (s) | min bulk ESS | min tail ESS | min-ESS/s | max R-hat "
+             "| divergences | bayeshlm / this |", "|---|---|---|---|---|---|---|---|---|---|"]
+    best = {}
+    for model, recs in results.items():
+        ours = recs.get("bayeshlm", {}).get("min_ess_per_second")
+        for name, r in recs.items():
+            if "skipped" in r:
+                bound = limit_bound(r, n_draws)
+                note = f" (at most {bound:.2f} min-ESS/s: a bound)" if bound else ""
+                lines.append(f"| {model} | {name} | {r['skipped']}{note} ||||||||")
+                if bound is not None and name != "bayeshlm":
+                    best.setdefault(model, []).append((name, bound, True))
+                continue
+            if name != "bayeshlm":
+                best.setdefault(model, []).append((name, r["min_ess_per_second"], False))
+            ratio = "" if name == "bayeshlm" or not ours else f"{ours / r['min_ess_per_second']:.1f}x"
+            secs = f"{r['sampling_seconds']:.2f}" + (f" ({r['sampler_seconds']:.2f})" if "sampler_seconds" in r else "")
+            lines.append(f"| {model} | {name} | {r['setup_seconds']:.1f} | {secs} | {r['min_ess_bulk']:.0f} | "
+                         f"{r['min_ess_tail']:.0f} | {r['min_ess_per_second']:.2f} | {r['max_rhat']:.3f} | "
+                         f"{r['divergences']} | {ratio} |")
+    lines += ["", "| model | best peer (min-ESS/s) | bayeshlm (min-ESS/s) | bayeshlm / best peer |",
+              "|---|---|---|---|"]
+    for model, recs in results.items():
+        ours = recs.get("bayeshlm", {}).get("min_ess_per_second")
+        if not ours or model not in best:
+            continue
+        name, value, bound = max(best[model], key=lambda t: t[1])
+        kind = "at most, a bound" if bound else "measured"
+        lines.append(f"| {model} | {name} ({value:.2f}, {kind}) | {ours:.2f} | "
+                     f"{'at least ' if bound else ''}{ours / value:.1f}x |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    """Run the harness, print the tables, write the JSON and Markdown files (always one whole run)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="100 draws, cbpp only")
+    parser.add_argument("--models", nargs="*", default=None)
+    parser.add_argument("--systems", nargs="*", default=None)
+    parser.add_argument("--limit", type=float, default=300.0, help="seconds allowed per (model, system/form)")
+    parser.add_argument("--out", type=Path, default=HERE)
+    args = parser.parse_args(argv)
+    draws = warmup = 100 if args.quick else 1000
+    models = args.models or (["cbpp"] if args.quick else list(MODELS))
+    started = time.strftime("%Y-%m-%d %H:%M")
+    t0 = time.perf_counter()
+    results = run(models, args.systems or SAMPLERS, draws, warmup, args.limit)
+    text = table(results, 4 * draws)
+    print(text)
+    from bench_core import machine
+
+    meta = {"machine": machine(), "draws": draws, "warmup": warmup, "chains": 4, "started": started,
+            "run_minutes": (time.perf_counter() - t0) / 60, "limit_seconds": args.limit,
+            "priors": {"fixed": f"Normal(0, {FIXED_SD})", "sd": f"HalfNormal({GROUP_SD})"}}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "glmm_peers_results.json").write_text(json.dumps({**meta, "models": results}, indent=2))
+    header = (f"# Binary and binomial outcomes: bayeshlm's sampler against NUTS\n\n"
+              f"`python benchmarks/bench_glmm_peers.py`, one run started {started} "
+              f"({meta['run_minutes']:.0f} minutes): "
+              f"{meta['machine'].get('platform', '')}, {os.cpu_count()} CPUs. 4 chains x {draws} draws after "
+              f"{warmup} warm-up iterations; Normal(0, {FIXED_SD:g}) on every fixed effect, HalfNormal({GROUP_SD:g}) "
+              f"on the group SD, everywhere; each (model, system/form) in its own interpreter, limited to "
+              f"{args.limit:.0f} s. bayeshlm's seconds are those of `bh.sample` as a user calls it (the sampler's "
+              "own in brackets); its ESS counts every group coefficient, as the peers' does.\n\n")
+    (args.out / "GLMM_PEERS_RESULTS.md").write_text(header + text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        worker(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])
+    else:
+        sys.exit(main())
