@@ -45,7 +45,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_peers import ess_summary, limit_bound, run_worker  # noqa: E402
+from bench_peers import ess_summary, limit_bound, run_worker, sample_pymc_model  # noqa: E402
 
 MODELS = {  # name: (data source, formula, family)
     "cbpp": ("cbpp", "cbind(incidence, size - incidence) ~ C(period) + (1 | herd)", "binomial"),
@@ -129,28 +129,10 @@ def _pymc_model(name, form):
 
 def run_pymc(name, draws, warmup, sampler, form):
     """PyMC's NUTS, nutpie or NumPyro on the PyMC model."""
-    import pymc as pm
-
     t0 = time.perf_counter()
     model, fixed_names = _pymc_model(name, form)
-    if sampler == "nutpie":
-        import nutpie
-
-        compiled = nutpie.compile_pymc_model(model)
-        setup = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        post = nutpie.sample(compiled, draws=draws, tune=warmup, chains=4, cores=2, seed=1, progress_bar=False)
-        seconds = time.perf_counter() - t1
-    else:
-        with model:
-            setup = time.perf_counter() - t0
-            t1 = time.perf_counter()
-            post = pm.sample(draws, tune=warmup, chains=4, cores=2, random_seed=1, progressbar=False,
-                             nuts_sampler=sampler, compute_convergence_checks=False)
-            seconds = time.perf_counter() - t1
-    p = post["posterior"] if not hasattr(post, "posterior") else post.posterior
+    setup, seconds, p, stats = sample_pymc_model(model, t0, draws, warmup, sampler)
     arrays = {v: p[v].values for v in ("fixed", "g_sd", "g_effect")}
-    stats = post["sample_stats"] if not hasattr(post, "sample_stats") else post.sample_stats
     div = int(np.asarray(stats["diverging"]).sum()) if "diverging" in stats else -1
     est = {f"fixed[{t}]": float(v) for t, v in zip(fixed_names, p["fixed"].values.mean((0, 1)), strict=True)}
     est["sd"] = float(p["g_sd"].values.mean())

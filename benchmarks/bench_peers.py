@@ -452,14 +452,14 @@ def _collapsed_effects(design, p, seed):
     return f"{cs['name']}_effect", out.reshape(n_chain, n_draw, cs["G"], cs["d"])
 
 
-def run_pymc(name, draws, warmup, sampler, form="noncentred"):
-    """PyMC's NUTS, nutpie or NumPyro on the PyMC version of a model in one of its forms."""
+def sample_pymc_model(model, t0, draws, warmup, sampler):
+    """4 chains of a PyMC model by ``sampler`` (nutpie, or ``pm.sample``'s NUTS: pymc, numpyro).
+
+    ``t0`` is when building the model began: the setup time runs from it to the first draw
+    (nutpie's compilation included). Returns ``(setup, sampling seconds, posterior, sample_stats)``.
+    """
     import pymc as pm
 
-    t0 = time.perf_counter()
-    model, design = _pymc_model(name, form)
-    if form == "collapsed":
-        warm_group_draws()
     if sampler == "nutpie":
         import nutpie
 
@@ -475,7 +475,18 @@ def run_pymc(name, draws, warmup, sampler, form="noncentred"):
             post = pm.sample(draws, tune=warmup, chains=4, cores=2, random_seed=1, progressbar=False,
                              nuts_sampler=sampler, compute_convergence_checks=False)
             seconds = time.perf_counter() - t1
-    p = post["posterior"] if not hasattr(post, "posterior") else post.posterior
+    posterior = post["posterior"] if not hasattr(post, "posterior") else post.posterior
+    stats = post["sample_stats"] if not hasattr(post, "sample_stats") else post.sample_stats
+    return setup, seconds, posterior, stats
+
+
+def run_pymc(name, draws, warmup, sampler, form="noncentred"):
+    """PyMC's NUTS, nutpie or NumPyro on the PyMC version of a model in one of its forms."""
+    t0 = time.perf_counter()
+    model, design = _pymc_model(name, form)
+    if form == "collapsed":
+        warm_group_draws()
+    setup, seconds, p, stats = sample_pymc_model(model, t0, draws, warmup, sampler)
     keep = [v for v in p.data_vars if v == "fixed" or v == "sigma" or v.endswith(("_sd", "_corr", "_effect"))]
     arrays = {v: p[v].values for v in keep}
     extra = 0.0
@@ -484,7 +495,6 @@ def run_pymc(name, draws, warmup, sampler, form="noncentred"):
         key, values = _collapsed_effects(design, {v: p[v].values for v in p.data_vars}, seed=1)
         arrays[key] = values
         extra = time.perf_counter() - t2
-    stats = post["sample_stats"] if not hasattr(post, "sample_stats") else post.sample_stats
     div = int(np.asarray(stats["diverging"]).sum()) if "diverging" in stats else -1
     est = {f"fixed[{t}]": float(v) for t, v in zip(design.fixed_names, p["fixed"].values.mean((0, 1)), strict=True)}
     for v in keep:
