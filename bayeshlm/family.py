@@ -18,7 +18,7 @@ import numpy as np
 from bayeshlm.formula import offset_terms
 from samplers.glm import BINOMIAL_LOGIT, BINOMIAL_PROBIT, POISSON_LOG
 
-__all__ = ["FAMILIES", "FamilyWarning", "family_code", "resolve_family"]
+__all__ = ["FAMILIES", "FamilyWarning", "family_code", "log_normalising_constants", "resolve_family"]
 
 # family: (its links, the default link)
 FAMILIES = {
@@ -55,6 +55,15 @@ def binomial_log_coefficients(n, y):
 
     n, y = np.asarray(n, dtype=np.float64), np.asarray(y, dtype=np.float64)
     return gammaln(n + 1.0) - gammaln(y + 1.0) - gammaln(n - y + 1.0)
+
+
+def log_normalising_constants(family, n, y):
+    """Each row's constant of its log-likelihood: ``log C(n, y)`` (binomial) or ``-log y!`` (Poisson)."""
+    if family == "poisson":
+        from scipy.special import gammaln
+
+        return -gammaln(np.asarray(y, dtype=np.float64) + 1.0)
+    return binomial_log_coefficients(n, y)
 
 
 def family_code(family, link):
@@ -130,6 +139,10 @@ def split_offset(formula, data):
         return formula, None
     from formulaic import model_matrix
 
+    if isinstance(data, dict):  # a mapping of columns, as hlm accepts
+        import pandas as pd
+
+        data = pd.DataFrame(data)
     total = None
     for _, _, expr in spans:
         if not expr:

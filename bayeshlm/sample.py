@@ -11,15 +11,17 @@ import time
 import numpy as np
 from scipy.special import ndtri
 
-from bayeshlm.family import binomial_log_coefficients, family_code
+from bayeshlm.family import family_code, log_normalising_constants
 from bayeshlm.memory import check_memory
 from bayeshlm.results import cell_groups, group_selection, group_stats_held, loglik_mode, to_datatree
 from bayeshlm.start import starting_theta
-from samplers.augment import working_rows
+from samplers.augment import LARGE_COUNT, mixture_table, working_rows
 from samplers.driver import init_state, run_chains
 from samplers.gaussian import marginal_moves_pay
 from samplers.suffstats import compute_suffstats, recompute
 from samplers.types import (
+    AUG_N_ACC,
+    AUG_N_PROP,
     AUG_STALE,
     FAILED,
     N_AUG_SCAL,
@@ -54,6 +56,28 @@ def _check_seed(seed):
     return int(seed)
 
 
+def latent_capacity(y):
+    """Room for a Poisson chain's latent times: ``y_i + 1`` for each row, 2 for a count above ``LARGE_COUNT``."""
+    y = np.asarray(y)
+    return int(np.sum(np.where(y > LARGE_COUNT, 1, y))) + len(y)
+
+
+def chain_moves(model, method, mh_steps, marginal):
+    """The kernels' moves for ``method``.
+
+    A Poisson level 1 has its sweeps corrected (:func:`samplers.augment.correct`); with
+    Metropolis-Hastings moves the sweep is then a proposal, which needs moves on
+    ``p(theta | y)`` (``marginal``) drawn by a reversible kernel (``shuffled``).
+    """
+    if method == "gibbs":
+        return GibbsMoves()
+    if method == "blocked":
+        return BlockedGibbsMoves()
+    if getattr(model, "family", "gaussian") == "poisson":
+        return MHMoves(mh_steps, 1, 1)
+    return MHMoves(mh_steps, int(marginal))
+
+
 class _Rows:
     """What the chains of a non-Gaussian model share: the rows in the kernels' basis, and a starting ``eta``."""
 
@@ -68,10 +92,16 @@ class _Rows:
                                            dtype=np.float64)
         self.gidx = np.ascontiguousarray(design.group_idx, dtype=np.int64)
         self.code = family_code(model.family, model.link)
-        self.const = binomial_log_coefficients(self.n, self.y)
-        share = np.clip(self.y.sum() / self.n.sum(), 0.02, 0.98)  # the chains start from the overall share
-        level = np.log(share / (1 - share)) if model.link == "logit" else ndtri(share)
+        self.poisson = model.family == "poisson"
+        self.const = log_normalising_constants(model.family, self.n, self.y)
+        if self.poisson:  # the chains start from the overall rate
+            level = np.log(max(self.y.sum(), 0.5) / np.exp(self.offset).sum())
+        else:  # from the overall share
+            share = np.clip(self.y.sum() / self.n.sum(), 0.02, 0.98)
+            level = np.log(share / (1 - share)) if model.link == "logit" else ndtri(share)
         self.eta0 = self.offset + level
+        self.n_coef_rows = int(model.structure.node_ptr[-1])
+        self.n_theta = model.n_theta
         self.n_groups = model.stats.n.shape[0]
 
     def augmentation(self, model, n_keep, out_idx, n_out):
@@ -85,6 +115,12 @@ class _Rows:
             ll_row=np.empty(n_obs if keep else 0),
             out_idx=out_idx, ll_out=np.full((n_keep if keep else 0, n_out), np.nan),
             scal=np.zeros(N_AUG_SCAL))
+        if self.poisson:  # room for the latent arrival times and the draw a rejected proposal restores
+            aug = aug._replace(
+                lat=np.empty(latent_capacity(self.y)), lat_ptr=np.zeros(n_obs + 1, dtype=np.int64),
+                mix=mixture_table(),
+                eta_prev=np.empty(n_obs), a_prev=np.empty(self.F.shape[1]),
+                b_prev=np.empty((self.n_coef_rows, self.X.shape[1])), theta_prev=np.empty(self.n_theta))
         working_rows(aug, aug.eta, aug.w, aug.z)
         recompute(aug.stats, aug.z, aug.F, aug.X, aug.gidx, aug.w)
         aug.scal[AUG_STALE] = 1.0
@@ -244,10 +280,6 @@ def sample(
     2
     """
     gaussian = getattr(model, "gaussian", True)
-    if not gaussian and model.family == "poisson":
-        raise NotImplementedError(
-            "posterior sampling of a Poisson model is not available yet; bayeshlm.fit_em(model) gives its "
-            "maximum-likelihood fit (Laplace approximation, or n_agq= nodes of adaptive quadrature)")
     if not gaussian and method == "blocked":
         raise ValueError("method='blocked' is for Gaussian models; the crossed factors of a non-Gaussian model are "
                          "drawn jointly: use method='mh' or 'gibbs'")
@@ -260,7 +292,7 @@ def sample(
     seed = _check_seed(seed)
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
-    marginal = marginal_moves_pay(model.structure)
+    marginal = marginal_moves_pay(model.structure) or (not gaussian and model.family == "poisson")
     if mh_steps is None:
         mh_steps = DEFAULT_MARGINAL_MH_STEPS if marginal else DEFAULT_MH_STEPS
     mh_steps = _check_count("mh_steps", mh_steps, 1)
@@ -303,8 +335,7 @@ def sample(
     if method == "blocked" and not model.crossed:
         raise ValueError("method='blocked' draws crossed factors one at a time; this model's factors are nested, "
                          "where the exact joint draw of 'gibbs' costs as little: use method='gibbs' or 'mh'")
-    moves = {"mh": MHMoves(mh_steps, int(marginal)), "gibbs": GibbsMoves(),
-             "blocked": BlockedGibbsMoves()}[method]
+    moves = chain_moves(model, method, mh_steps, marginal)
     children = np.random.SeedSequence(seed).spawn(chains)
     rngs = [np.random.Generator(np.random.PCG64(s)) for s in children]
     states = []
@@ -367,6 +398,9 @@ def sample(
     log_lik = None
     if augs is not None:
         settings["family"], settings["link"] = model.family, model.link
+        if model.family == "poisson":  # the share of corrected proposals accepted after warm-up
+            n_prop = sum(a.scal[AUG_N_PROP] for a in augs)
+            settings["coefficient_acceptance"] = float(sum(a.scal[AUG_N_ACC] for a in augs) / max(n_prop, 1.0))
         if log_likelihood:
             log_lik = np.stack([a.ll_out[:n_keep] for a in augs])
     return to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_group_draws,

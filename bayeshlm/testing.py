@@ -20,7 +20,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from bayeshlm.em import corr_key
-from bayeshlm.family import binomial_log_coefficients
+from bayeshlm.family import log_normalising_constants
 from bayeshlm.prior_draws import draw_from_prior, require_rows, simulate_response
 from bayeshlm.priors import column_moments
 from bayeshlm.results import variance_components
@@ -295,11 +295,11 @@ def geweke(model, n_iter=20000, *, method="mh", seed=0, mh_steps=6, n_prior=None
         standard errors (the successive-conditional one by batch means), the z statistic
         and its two-sided p-value.
     """
-    from bayeshlm.sample import augmentations
+    from bayeshlm.sample import augmentations, chain_moves, latent_capacity
     from samplers.driver import init_state, run_augmented_chain, run_chain, statistics_replaced
     from samplers.gaussian import marginal_moves_pay
     from samplers.theta import encode_theta
-    from samplers.types import AUG_STALE, FAILED, DrawStore, GibbsMoves, MHMoves, Schedule
+    from samplers.types import AUG_STALE, FAILED, DrawStore, Schedule
 
     rng = np.random.default_rng(seed)
     n_prior = n_iter if n_prior is None else n_prior
@@ -321,7 +321,7 @@ def geweke(model, n_iter=20000, *, method="mh", seed=0, mh_steps=6, n_prior=None
     kernel_rng = np.random.Generator(np.random.PCG64(int(rng.integers(2**31))))
     if marginal is None:
         marginal = marginal_moves_pay(model.structure)
-    moves = GibbsMoves() if method == "gibbs" else MHMoves(mh_steps, int(marginal))
+    moves = chain_moves(model, method, mh_steps, marginal)
     # a non-Gaussian level 1: the chain's augmentation holds the response, replaced in place below
     aug = None if getattr(model, "gaussian", True) else augmentations(sim, 1, 0)[0]
     state = init_state(kernel_rng, theta0, sim.stats if aug is None else aug.stats, model.structure, model.priors,
@@ -353,8 +353,10 @@ def geweke(model, n_iter=20000, *, method="mh", seed=0, mh_steps=6, n_prior=None
             statistics_replaced(state)  # what the chain keeps of the old data goes
         else:  # the next sweep's augmentation reads the new response; its log-likelihood is stale
             aug.y[:] = y_new
-            aug.const[:] = binomial_log_coefficients(aug.n, y_new)
+            aug.const[:] = log_normalising_constants(model.family, aug.n, y_new)
             aug.scal[AUG_STALE] = 1.0
+            if aug.lat.shape[0] and latent_capacity(y_new) > aug.lat.shape[0]:  # more events: more room
+                aug = aug._replace(lat=np.empty(2 * latent_capacity(y_new)))
     s2_all, sd_all, _, _ = variance_components(model, theta)
     sc = _test_functions(model, fixed, None if model.sigma_known else np.sqrt(s2_all), sd_all)
     rows = {}

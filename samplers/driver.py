@@ -14,7 +14,17 @@ from concurrent.futures import ThreadPoolExecutor, wait
 import numpy as np
 from numba import njit
 
-from samplers.augment import augment, forget, keep_loglik, refresh, seek_mode
+from samplers.augment import (
+    POISSON_LOG,
+    augment,
+    correct,
+    forget,
+    keep_loglik,
+    refresh,
+    rows_loglik,
+    save_draw,
+    seek_mode,
+)
 from samplers.gaussian import forget_statistics, workspace
 from samplers.linalg import copy_into
 from samplers.mh import end_of_iteration
@@ -178,8 +188,9 @@ def run_augmented_chain(rng, state, aug, structure, priors, moves, schedule, sto
     """:func:`run_chain` for a non-Gaussian level 1 (:class:`~samplers.types.Augmentation`).
 
     Each sweep draws the augmentation given the linear predictor at the current
-    coefficients (logit and probit links), recomputes the working statistics from it
-    (:func:`samplers.augment.augment`), and runs the Gaussian sweep on them.
+    coefficients (:func:`samplers.augment.augment`), recomputes the working statistics from
+    it, and runs the Gaussian sweep on them; for a Poisson level 1 the sweep's draw is then
+    corrected (:func:`samplers.augment.correct`: accepted, or taken back).
     A fresh state draws its first coefficients from the working statistics at the
     conditional mode given its ``theta`` (:func:`samplers.augment.seek_mode`, from the
     predictor ``aug.eta`` the caller sets). ``state.scal[LP]`` and the stored ``lp`` are the
@@ -188,6 +199,7 @@ def run_augmented_chain(rng, state, aug, structure, priors, moves, schedule, sto
     """
     warmup = schedule.warmup
     thin = schedule.thin
+    poisson = aug.family == POISSON_LOG
     while True:
         fresh = state.ibuf[READY] == 0
         it = state.ibuf[ITER]
@@ -197,16 +209,25 @@ def run_augmented_chain(rng, state, aug, structure, priors, moves, schedule, sto
             seek_mode(rng, aug, state, structure, priors, 30)
         else:
             refresh(aug, state, structure)
-            augment(rng, aug)
+            if not augment(rng, aug):
+                state.scal[FAILED] = 1.0
+                return
             forget(state)
+            if poisson:
+                save_draw(aug, state)
         # one call site of sweep, so that it is compiled inline once
         acc = sweep(rng, state, aug.stats, structure, priors, moves, warmup, not fresh)
         if state.scal[FAILED] != 0.0:
             return
         # the log-likelihood of a draw that is kept (a row pass saved on every other)
         kept = it >= warmup and (it - warmup) % thin == 0
-        aug.scal[AUG_STALE] = 1.0
-        refresh(aug, state, structure, kept and not fresh)
+        if poisson and not fresh:
+            correct(rng, aug, state, structure, moves, it >= warmup)
+            aug.scal[AUG_LOGLIK] = rows_loglik(aug) if kept else np.nan
+            aug.scal[AUG_STALE] = 0.0
+        else:
+            aug.scal[AUG_STALE] = 1.0
+            refresh(aug, state, structure, kept and not fresh)
         state.scal[LP] = aug.scal[AUG_LOGLIK]
         if fresh:
             state.ibuf[READY] = 1

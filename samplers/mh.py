@@ -168,7 +168,7 @@ def propose_independent(rng, state, structure, prop, z):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def mh_moves(rng, state, stats, structure, priors, mh_steps, warmup, marginal):
+def mh_moves(rng, state, stats, structure, priors, mh_steps, warmup, marginal, shuffled=0):
     """``mh_steps`` moves on ``theta``; returns their mean acceptance probability.
 
     Random-walk moves only until the independence proposal has been fitted, then two
@@ -178,7 +178,9 @@ def mh_moves(rng, state, stats, structure, priors, mh_steps, warmup, marginal):
     first at the current point and then at each proposal. ``marginal`` 1: the target is
     ``p(theta | y)``, known at the current point (``state.scal[LP]``) unless
     ``state.ibuf[FACTORED]`` is 0 (the data changed under the chain); an accepted proposal's
-    workspace becomes the current one (``state.ibuf[CURRENT]``).
+    workspace becomes the current one (``state.ibuf[CURRENT]``). ``shuffled``: each move's
+    proposal is drawn (independence with probability 2/3) instead of cycled
+    (:class:`~samplers.types.MHMoves`).
     """
     n = state.theta.shape[0]
     adapting = state.ibuf[ITER] < warmup
@@ -190,7 +192,10 @@ def mh_moves(rng, state, stats, structure, priors, mh_steps, warmup, marginal):
         if s < 0 and marginal and state.ibuf[FACTORED] != 0:
             state.scal[LP_COND] = state.scal[LP]
             continue
-        independent = s >= 0 and use_ind and s % 3 != 2
+        if shuffled:
+            independent = s >= 0 and use_ind and rng.random() < 2.0 / 3.0
+        else:
+            independent = s >= 0 and use_ind and s % 3 != 2
         if s < 0:
             copy_into(prop, state.theta)
         elif independent:

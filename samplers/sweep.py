@@ -119,7 +119,7 @@ def _move_theta_impl(rng, state, stats, structure, priors, moves, warmup):
     def impl(rng, state, stats, structure, priors, moves, warmup):
         if not moves.marginal:
             state.scal[RTR] = residual_stats(stats, state.a, state.r)
-        return mh_moves(rng, state, stats, structure, priors, moves.steps, warmup, moves.marginal)
+        return mh_moves(rng, state, stats, structure, priors, moves.steps, warmup, moves.marginal, moves.shuffled)
 
     return impl
 

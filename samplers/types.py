@@ -287,10 +287,17 @@ class MHMoves(NamedTuple):
     the fixed effects integrated out as well; the factors of an accepted proposal are the
     ones the coefficients are drawn from, so a sweep factorises only at its proposals
     (:func:`samplers.gaussian.marginal_moves_pay`).
+
+    ``shuffled`` 1: once the independence proposal is fitted, each move is an independence
+    move with probability 2/3 and a random-walk move otherwise, drawn afresh, instead of
+    the fixed cycle of two independence moves and one random-walk move. The moves of a
+    sweep are then a reversible kernel, as a Poisson level 1 needs
+    (:func:`samplers.augment.correct`).
     """
 
     steps: int
     marginal: int = 0
+    shuffled: int = 0
 
 
 class Schedule(NamedTuple):
@@ -346,7 +353,11 @@ class DrawStore(NamedTuple):
 AUG_STALE = 0  # 1 when eta and the log-likelihood are not those of the current (a, b)
 AUG_LOGLIK = 1  # sum_i log p(y_i | eta_i) at the current (a, b)
 AUG_MEAN_OMEGA = 2  # 1: omega at its conditional mean instead of drawn (a wrong step, for a test)
-N_AUG_SCAL = 3
+AUG_LOG_F = 3  # Poisson: log of the correction f at the current (a, b), given the latent arrival times
+AUG_N_PROP = 4  # Poisson: corrected coefficient proposals after warm-up
+AUG_N_ACC = 5  # Poisson: and how many of them were accepted
+AUG_NO_CORRECTION = 6  # 1: every proposal accepted, the correction skipped (a wrong step, for a test)
+N_AUG_SCAL = 7
 
 
 class Augmentation(NamedTuple):
@@ -359,7 +370,7 @@ class Augmentation(NamedTuple):
     Attributes
     ----------
     family : int
-        Family code of :mod:`samplers.glm` (``BINOMIAL_LOGIT`` or ``BINOMIAL_PROBIT``).
+        Family code of :mod:`samplers.glm` (``BINOMIAL_LOGIT``, ``BINOMIAL_PROBIT`` or ``POISSON_LOG``).
     y, n, offset, const : ndarray of shape (n_obs,)
         Response, trials (1 for Bernoulli rows), the known part of the linear predictor, and
         each row's log normalising constant ``log C(n, y)``.
@@ -379,6 +390,18 @@ class Augmentation(NamedTuple):
         Log-likelihood of every kept draw (``n_out`` 0: none kept).
     scal : ndarray of shape (N_AUG_SCAL,)
         Scalars by the slot names ``AUG_*``.
+    lat : ndarray of shape (capacity,)
+        Poisson: ``-log`` of each row's latent inter-arrival times, ``y_i + 1`` of them for
+        row ``i`` from ``lat_ptr[i]`` (capacity at least ``sum(y) + n_obs``); (0,) otherwise.
+    lat_ptr : ndarray of int64, shape (n_obs + 1,) or (0,)
+        Poisson: where each row's latent values start in ``lat``, set by each augmentation.
+    mix : ndarray of shape (3, n_components)
+        Poisson: the normal mixture standing in for the density of ``-log Exp(1)``, as rows
+        ``log w_k - log(2 pi v_k) / 2``, ``m_k`` and ``1 / v_k``
+        (:func:`samplers.augment.mixture_table`).
+    eta_prev, a_prev, b_prev, theta_prev : ndarray
+        Poisson: the predictor and the draw before a corrected proposal, restored when it is
+        rejected ((0,) arrays otherwise).
     """
 
     family: int
@@ -397,3 +420,10 @@ class Augmentation(NamedTuple):
     out_idx: np.ndarray
     ll_out: np.ndarray
     scal: np.ndarray
+    lat: np.ndarray = np.zeros(0)
+    lat_ptr: np.ndarray = np.zeros(0, dtype=np.int64)
+    mix: np.ndarray = np.zeros((3, 0))
+    eta_prev: np.ndarray = np.zeros(0)
+    a_prev: np.ndarray = np.zeros(0)
+    b_prev: np.ndarray = np.zeros((0, 0))
+    theta_prev: np.ndarray = np.zeros(0)
