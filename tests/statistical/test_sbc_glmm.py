@@ -114,7 +114,7 @@ def _one_normal(monkeypatch, corrected):
 
 
 def test_correction_makes_a_crude_mixture_exact(monkeypatch):
-    """One normal in place of the mixture: the working model is far from the truth; the correction makes the chain exact.
+    """One normal in place of the mixture: a working model far from the truth, which the correction makes exact.
 
     In this seeded run the smallest p-value is about 0.017 (0.00033 required); without the
     correction (below) the SD's is about 1e-42.
