@@ -2,7 +2,7 @@
 #
 #   make venv       build .venv (Python >= 3.12) and install bayeshlm[test] into it
 #   make demo       run the demo:            .venv/bin/python -m bayeshlm demo
-#   make test       run the tests:           .venv/bin/python -m pytest $(PYTEST_ARGS)
+#   make test       run the tests:           .venv/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 #   make bench      run the core benchmark:  .venv/bin/python benchmarks/bench_core.py
 #   make clean      remove caches and build products (keeps .venv)
 #   make distclean  clean, and remove .venv too
@@ -11,6 +11,10 @@
 # overrides its choice (run `make distclean` first to replace an existing .venv).
 # Examples: make test PYTEST_ARGS="-x tests/test_datasets.py"
 #           make test PYTEST_ARGS="-m statistical"
+#           make test TEST_WORKERS=0      (one process: pytest-xdist's workers off)
+# The suite runs in TEST_WORKERS processes (pytest-xdist), each test file in one of them; most of
+# its time is numba compiling the kernels' variants, one core at a time, which the workers share
+# through numba's on-disk cache.
 
 SHELL := /bin/sh
 
@@ -20,6 +24,7 @@ STAMP       := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 PIP_FLAGS   ?= --quiet --disable-pip-version-check --no-input
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
 
 # A .venv whose interpreter is missing, broken or older than 3.12 is rebuilt:
 # the stamp rule then runs whatever the timestamps say.
@@ -52,7 +57,7 @@ demo: $(STAMP)
 	$(VENV_PYTHON) -m bayeshlm demo
 
 test: $(STAMP)
-	$(VENV_PYTHON) -m pytest $(PYTEST_ARGS)
+	$(VENV_PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: $(BENCH_STAMP)
 	$(VENV_PYTHON) benchmarks/bench_core.py

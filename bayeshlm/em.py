@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bayeshlm.family import LATENT_VARIANCE
 from bayeshlm.start import starting_theta
 from samplers.gaussian import workspace
 from samplers.ml import eb_estimates, em_step, loglik_and_gradient
@@ -661,10 +662,9 @@ def _glmm_result(model, opt, n_agq):
     n_obs = model.n_obs
     method = "laplace" if n_agq == 1 else f"agq{n_agq}"
     icc = None
-    if names == ("Intercept",) and model.link in ("logit", "probit"):
+    if names == ("Intercept",) and model.link in LATENT_VARIANCE:
         # on the latent scale: the logistic (pi^2 / 3) or standard normal (1) level-1 variance
-        e = np.pi**2 / 3 if model.link == "logit" else 1.0
-        icc = float(sd_user[0, 0] ** 2 / (sd_user[0, 0] ** 2 + e))
+        icc = float(sd_user[0, 0] ** 2 / (sd_user[0, 0] ** 2 + LATENT_VARIANCE[model.link]))
     return EMResult(
         method=method,
         fixed=dict(zip(model.fixed_names, a_user.tolist(), strict=True)),

@@ -18,7 +18,7 @@ import numpy as np
 from bayeshlm.formula import offset_terms
 from samplers.glm import BINOMIAL_LOGIT, BINOMIAL_PROBIT, POISSON_LOG
 
-__all__ = ["FAMILIES", "FamilyWarning", "family_code", "log_normalising_constants", "resolve_family"]
+__all__ = ["FAMILIES", "LATENT_VARIANCE", "FamilyWarning", "family_code", "log_normalising_constants", "resolve_family"]
 
 # family: (its links, the default link)
 FAMILIES = {
@@ -47,6 +47,11 @@ def resolve_family(family, link=None):
     if not isinstance(link, str) or link.lower() not in links:
         raise ValueError(f"family={family!r} takes the link {' or '.join(repr(x) for x in links)}, got {link!r}")
     return family, link.lower()
+
+
+# the variance of the latent level-1 error of a binary or binomial model, by link (logistic,
+# standard normal): the level-1 variance of an intraclass correlation on the latent scale
+LATENT_VARIANCE = {"logit": float(np.pi**2 / 3), "probit": 1.0}
 
 
 def binomial_log_coefficients(n, y):

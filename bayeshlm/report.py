@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from bayeshlm.family import LATENT_VARIANCE
+
 __all__ = ["Report", "report"]
 
 RHAT_LIMIT = 1.01
@@ -100,7 +102,8 @@ class Report:
             lines += ["", "Correlations of random coefficients:",
                       self.correlations.to_string(index=False, **fmt)]
         if len(self.icc):
-            lines += ["", "Intraclass correlation: of two rows in the same group (covariates at 0):",
+            scale = " on the latent scale" if "sampler" in self.header and "link" in self.header["sampler"] else ""
+            lines += ["", f"Intraclass correlation{scale}: of two rows in the same group (covariates at 0):",
                       self.icc.to_string(index=False, **fmt)]
         lines += ["", f"Fixed effects (posterior mean, SD, {pct} interval):", self.fixed.to_string(**fmt)]
         lines += ["", "Convergence (every parameter, group coefficients included):"]
@@ -199,6 +202,13 @@ def report(posterior, *, ci_prob=0.95):
         total = sigma ** 2 + sum(v for _, v in intercept_vars)
         # two rows in the same group of a factor share its intercept and those of every coarser
         # factor (the factors run finest first): their correlation sums those variances
+    else:
+        total = None
+        link = json.loads(attrs["sampler"]).get("link")
+        if link in LATENT_VARIANCE and intercept_vars:
+            # on the latent scale: the level-1 variance of the logistic or standard normal error
+            total = LATENT_VARIANCE[link] + sum(v for _, v in intercept_vars)
+    if total is not None:
         for m, (factor, _) in enumerate(intercept_vars):
             icc = sum(v for _, v in intercept_vars[m:]) / total
             lo, hi = _interval(icc, ci_prob)

@@ -1,4 +1,4 @@
-"""Posterior sampling of binary and binomial outcomes: bayeshlm against NUTS samplers, one machine, one run.
+"""Posterior sampling of binary, binomial and count outcomes: bayeshlm against NUTS samplers, one machine, one run.
 
 Systems (each (model, system/form) runs in its own interpreter, with one time limit for all,
 through the harness of ``bench_peers.py``):
@@ -8,16 +8,18 @@ through the harness of ``bench_peers.py``):
   log-likelihood, the ArviZ result built), timed as a whole, with the sampler's own seconds
   beside it;
 * ``nutpie``, ``numpyro``, ``pymc``: the same PyMC model (``pm.Binomial`` with ``logit_p``)
-  sampled by nutpie, by NumPyro's NUTS through JAX and by PyMC's own NUTS, each with
+  (``pm.Poisson`` with ``mu = exp(eta)`` for counts) sampled by nutpie, by NumPyro's NUTS
+  through JAX and by PyMC's own NUTS, each with
   ``centred`` group effects and ``noncentred`` ones (standard normals scaled by the SD). No
   collapsed form exists: a binomial likelihood does not integrate the group effects out.
   Every peer evaluates the likelihood from the rows, as bayeshlm's augmentation does (a
   Bernoulli model's rows cannot be pooled into binomial cells when a predictor is continuous).
 
 Models: ``cbpp`` (binomial, 56 rows in 15 herds), ``contraception`` (Bernoulli, 1,934 women
-in 60 districts), and synthetic Bernoulli data with a continuous predictor and 1,000 groups
+in 60 districts), ``grouseticks`` (Poisson, 403 chicks in 118 broods in 63 locations, two
+group SDs; bayeshlm's correction for its mixture of normals included), and synthetic Bernoulli data with a continuous predictor and 1,000 groups
 (``bernoulli:<rows>``; ``bernoulli_1m`` is the 1,000,000-row model). Priors, the same in
-every sampler: ``Normal(0, 5)`` on every fixed effect, ``HalfNormal(2)`` on the group SD.
+every sampler: ``Normal(0, 5)`` on every fixed effect, ``HalfNormal(2)`` on each group SD.
 4 chains of 1000 draws after 1000 warm-up iterations. Reported: setup and sampling seconds,
 the minimum bulk and tail ESS over every scalar (fixed effects, the SD and every group
 coefficient), min-ESS per second, the largest R-hat and the divergences. A run stopped by
@@ -50,10 +52,11 @@ from bench_peers import ess_summary, limit_bound, run_worker, sample_pymc_model 
 MODELS = {  # name: (data source, formula, family)
     "cbpp": ("cbpp", "cbind(incidence, size - incidence) ~ C(period) + (1 | herd)", "binomial"),
     "contraception": ("contraception", "use ~ age + I(age**2) + urban + livch + (1 | district)", "bernoulli"),
+    "grouseticks": ("grouseticks", "ticks ~ C(year) + cheight + (1 | location/brood)", "poisson"),
     "bernoulli_100k": ("bernoulli:100000", "y ~ x + (1 | g)", "bernoulli"),
     "bernoulli_1m": ("bernoulli:1000000", "y ~ x + (1 | g)", "bernoulli"),
 }
-FIXED_SD, GROUP_SD = 5.0, 2.0  # Normal(0, 5) on every fixed effect, HalfNormal(2) on the group SD
+FIXED_SD, GROUP_SD = 5.0, 2.0  # Normal(0, 5) on every fixed effect, HalfNormal(2) on each group SD
 SAMPLERS = ["bayeshlm", "nutpie", "numpyro", "pymc"]
 FORMS = {"nutpie": ("centred", "noncentred"), "numpyro": ("centred", "noncentred"), "pymc": ("centred", "noncentred")}
 NEEDS = {"pymc": ("pymc",), "nutpie": ("pymc", "nutpie"), "numpyro": ("pymc", "numpyro", "jax")}
@@ -65,6 +68,10 @@ def load_data(source):
 
     import bayeshlm as bh
 
+    if source == "grouseticks":  # lme4's example: the height centred
+        data = bh.load_dataset(source)
+        data["cheight"] = data["height"] - data["height"].mean()
+        return data
     if not source.startswith("bernoulli:"):
         return bh.load_dataset(source)
     n = int(source.split(":")[1])
@@ -97,8 +104,9 @@ def run_bayeshlm(name, draws, warmup):
     seconds = time.perf_counter() - t1
     p = post.posterior
     est = {f"fixed[{t}]": float(p["fixed"].sel(fixed_term=t).mean()) for t in model.fixed_names}
-    sd_name = next(v for v in p.data_vars if v.endswith("_sd"))
-    est["sd"] = float(p[sd_name].mean())
+    for v in p.data_vars:
+        if v.endswith("_sd"):
+            est[v] = float(p[v].mean())
     return {"setup_seconds": setup, "sampling_seconds": seconds, "sampler_seconds": float(post.attrs["sampling_time"]),
             "log_likelihood": post.attrs["log_likelihood"], "arrays": {v: p[v].values for v in p.data_vars},
             "divergences": 0, "estimates": est}
@@ -112,18 +120,30 @@ def _pymc_model(name, form):
     design = model.design
     F = np.asarray(design.F, dtype=float)
     g = np.asarray(design.group_idx)
-    n_groups = int(model.n_groups)
+    st = model.structure
+    n_factors = len(st.node_ptr) - 1
+    # each row's group of every factor, finest first (nested: each group's parent in turn)
+    idx = [g]
+    for k in range(1, n_factors):
+        idx.append(np.asarray(st.parent)[idx[-1] + st.node_ptr[k - 1]] - st.node_ptr[k])
     with pm.Model() as pm_model:
         a = pm.Normal("fixed", 0.0, FIXED_SD, shape=F.shape[1])
-        sd = pm.HalfNormal("g_sd", GROUP_SD)
-        if form == "centred":
-            b = pm.Normal("g_effect", 0.0, sd, shape=n_groups)
+        eta = pm.math.dot(F, a)
+        for k, factor in enumerate(model.factors):
+            tag = factor.replace(":", "_")
+            n_groups = int(st.node_ptr[k + 1] - st.node_ptr[k])
+            sd = pm.HalfNormal(f"{tag}_sd", GROUP_SD)
+            if form == "centred":
+                b = pm.Normal(f"{tag}_effect", 0.0, sd, shape=n_groups)
+            else:
+                z = pm.Normal(f"{tag}_z", 0.0, 1.0, shape=n_groups)
+                b = pm.Deterministic(f"{tag}_effect", sd * z)
+            eta = eta + b[idx[k]]
+        if model.family == "poisson":
+            pm.Poisson("y", mu=pm.math.exp(eta), observed=np.asarray(design.y, dtype=np.int64))
         else:
-            z = pm.Normal("g_z", 0.0, 1.0, shape=n_groups)
-            b = pm.Deterministic("g_effect", sd * z)
-        eta = pm.math.dot(F, a) + b[g]
-        pm.Binomial("y", n=np.asarray(model.trials, dtype=np.int64), logit_p=eta,
-                    observed=np.asarray(design.y, dtype=np.int64))
+            pm.Binomial("y", n=np.asarray(model.trials, dtype=np.int64), logit_p=eta,
+                        observed=np.asarray(design.y, dtype=np.int64))
     return pm_model, list(model.fixed_names)
 
 
@@ -132,10 +152,12 @@ def run_pymc(name, draws, warmup, sampler, form):
     t0 = time.perf_counter()
     model, fixed_names = _pymc_model(name, form)
     setup, seconds, p, stats = sample_pymc_model(model, t0, draws, warmup, sampler)
-    arrays = {v: p[v].values for v in ("fixed", "g_sd", "g_effect")}
+    arrays = {v: p[v].values for v in p.data_vars if v == "fixed" or v.endswith(("_sd", "_effect"))}
     div = int(np.asarray(stats["diverging"]).sum()) if "diverging" in stats else -1
     est = {f"fixed[{t}]": float(v) for t, v in zip(fixed_names, p["fixed"].values.mean((0, 1)), strict=True)}
-    est["sd"] = float(p["g_sd"].values.mean())
+    for v in arrays:
+        if v.endswith("_sd"):
+            est[v] = float(p[v].values.mean())
     return {"setup_seconds": setup, "sampling_seconds": seconds, "arrays": arrays, "divergences": div,
             "estimates": est}
 
@@ -242,12 +264,12 @@ def main(argv=None):
             "priors": {"fixed": f"Normal(0, {FIXED_SD})", "sd": f"HalfNormal({GROUP_SD})"}}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "glmm_peers_results.json").write_text(json.dumps({**meta, "models": results}, indent=2))
-    header = (f"# Binary and binomial outcomes: bayeshlm's sampler against NUTS\n\n"
+    header = (f"# Binary, binomial and count outcomes: bayeshlm's sampler against NUTS\n\n"
               f"`python benchmarks/bench_glmm_peers.py`, one run started {started} "
               f"({meta['run_minutes']:.0f} minutes): "
               f"{meta['machine'].get('platform', '')}, {os.cpu_count()} CPUs. 4 chains x {draws} draws after "
               f"{warmup} warm-up iterations; Normal(0, {FIXED_SD:g}) on every fixed effect, HalfNormal({GROUP_SD:g}) "
-              f"on the group SD, everywhere; each (model, system/form) in its own interpreter, limited to "
+              f"on each group SD, everywhere; each (model, system/form) in its own interpreter, limited to "
               f"{args.limit:.0f} s. bayeshlm's seconds are those of `bh.sample` as a user calls it (the sampler's "
               "own in brackets); its ESS counts every group coefficient, as the peers' does.\n\n")
     (args.out / "GLMM_PEERS_RESULTS.md").write_text(header + text + "\n")

@@ -139,8 +139,13 @@ def test_replicated_data_are_binomial_counts(cbpp):
 
 def test_report_save_load_and_comparison(cbpp, tmp_path):
     _, model, post = cbpp
-    text = str(bh.report(post))
+    rep = bh.report(post)
+    text = str(rep)
     assert "binomial level 1, logit link" in text
+    # the intraclass correlation on the latent scale: the logistic error's variance pi^2 / 3 at level 1
+    assert "Intraclass correlation on the latent scale" in text
+    tau2 = post.posterior["herd_sd"].values.ravel() ** 2
+    assert abs(rep.icc["icc"].iloc[0] - np.mean(tau2 / (tau2 + np.pi**2 / 3))) < 1e-12
     path = bh.save(post, tmp_path / "cbpp.nc")
     again = bh.load(path)
     np.testing.assert_array_equal(again.posterior["fixed"].values, post.posterior["fixed"].values)
