@@ -19,11 +19,12 @@ Models: ``cbpp`` (binomial, 56 rows in 15 herds), ``contraception`` (Bernoulli, 
 in 60 districts), ``grouseticks`` (Poisson, 403 chicks in 118 broods in 63 locations, two
 group SDs; bayeshlm's correction for its mixture of normals included), and synthetic
 Bernoulli data with a continuous predictor and 1,000 groups (``bernoulli:<rows>``;
-``bernoulli_1m`` is the 1,000,000-row model). Priors, the same in every sampler:
-``Normal(0, 5)`` on every fixed effect, ``HalfNormal(2)`` on each group SD. 4 chains of 1000 draws after 1000 warm-up iterations. Reported: setup and sampling seconds,
-the minimum bulk and tail ESS over every scalar (fixed effects, the SD and every group
-coefficient), min-ESS per second, the largest R-hat and the divergences. A run stopped by
-the time limit is reported with the most it could have reached (draws / limit): a bound.
+``bernoulli_1m`` is the 1,000,000-row model). Priors, the same in every sampler: ``Normal(0,
+5)`` on every fixed effect, ``HalfNormal(2)`` on each group SD. 4 chains of 1000 draws after
+1000 warm-up iterations. Reported: setup and sampling seconds, the minimum bulk and tail ESS
+over every scalar (fixed effects, the SD and every group coefficient), min-ESS per second,
+the largest R-hat and the divergences. A run stopped by the time limit is reported with the
+most it could have reached (draws / limit): a bound.
 
     python benchmarks/bench_glmm_peers.py                     # writes glmm_peers_results.json, GLMM_PEERS_RESULTS.md
     python benchmarks/bench_glmm_peers.py --quick             # 100 draws, cbpp only, to check it works
