@@ -224,12 +224,14 @@ def sample(
         coefficients: the choice for crossed designs with thousands of groups in more than
         one factor. Its ``sample_stats.lp`` is nan.
     mh_steps : int, optional
-        Metropolis-Hastings moves per sweep (``"mh"`` only). Default 6 when the moves target
-        ``p(theta | a, y)``, given the fixed effects (nested factors), and 2 when they target
-        ``p(theta | y)`` (crossed factors: each move then costs a full factorisation, and the
-        one of the last accepted move is the one the coefficients are drawn from). Once the
-        independence proposal is fitted, two of every three moves in a sweep use it and the
-        third is a random-walk move, so with 2 moves a sweep both are independence moves.
+        Metropolis-Hastings moves per sweep (``"mh"`` only). Default 6 with nested factors
+        (the moves target ``p(theta | a, y)``, given the fixed effects, or ``p(theta | y)``
+        for a Poisson model) and 2 with crossed factors (the moves target ``p(theta | y)``;
+        each then costs a full factorisation, and the one of the last accepted move is the
+        one the coefficients are drawn from). Once the independence proposal is fitted, two
+        of every three moves in a sweep use it and the third is a random-walk move, so with 2
+        moves a sweep both are independence moves (a Poisson model draws each move's kind at
+        random, with the same shares).
     keep_group_draws : bool or int
         Which groups' coefficient draws to keep, at full length: all (True, needed for the
         log-likelihood), none (False), or the first ``n`` groups of each grouping factor (an
@@ -292,9 +294,10 @@ def sample(
     seed = _check_seed(seed)
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
-    marginal = marginal_moves_pay(model.structure) or (not gaussian and model.family == "poisson")
-    if mh_steps is None:
-        mh_steps = DEFAULT_MARGINAL_MH_STEPS if marginal else DEFAULT_MH_STEPS
+    pays = marginal_moves_pay(model.structure)
+    marginal = pays or (not gaussian and model.family == "poisson")
+    if mh_steps is None:  # a Poisson model's moves on p(theta | y) cost no more than on p(theta | a, y) when nested
+        mh_steps = DEFAULT_MARGINAL_MH_STEPS if pays else DEFAULT_MH_STEPS
     mh_steps = _check_count("mh_steps", mh_steps, 1)
     if log_likelihood not in ("auto", "pointwise", "group", False):
         raise ValueError(f"log_likelihood must be 'auto', 'pointwise', 'group' or False, got {log_likelihood!r}")

@@ -28,6 +28,7 @@ most it could have reached (draws / limit): a bound.
 
     python benchmarks/bench_glmm_peers.py                     # writes glmm_peers_results.json, GLMM_PEERS_RESULTS.md
     python benchmarks/bench_glmm_peers.py --quick             # 100 draws, cbpp only, to check it works
+    python benchmarks/bench_glmm_peers.py --models grouseticks --merge   # one model again, the others kept
 """
 
 from __future__ import annotations
@@ -250,24 +251,37 @@ def main(argv=None):
     parser.add_argument("--systems", nargs="*", default=None)
     parser.add_argument("--limit", type=float, default=300.0, help="seconds allowed per (model, system/form)")
     parser.add_argument("--out", type=Path, default=HERE)
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other models of an existing glmm_peers_results.json (each model's systems "
+                             "still run together, in one run; the table says when each model ran)")
     args = parser.parse_args(argv)
     draws = warmup = 100 if args.quick else 1000
     models = args.models or (["cbpp"] if args.quick else list(MODELS))
     started = time.strftime("%Y-%m-%d %H:%M")
     t0 = time.perf_counter()
     results = run(models, args.systems or SAMPLERS, draws, warmup, args.limit)
-    text = table(results, 4 * draws)
-    print(text)
     from bench_core import machine
 
     meta = {"machine": machine(), "draws": draws, "warmup": warmup, "chains": 4, "started": started,
             "run_minutes": (time.perf_counter() - t0) / 60, "limit_seconds": args.limit,
             "priors": {"fixed": f"Normal(0, {FIXED_SD})", "sd": f"HalfNormal({GROUP_SD})"}}
+    runs = {m: {"started": started, "run_minutes": meta["run_minutes"]} for m in models}
+    path = args.out / "glmm_peers_results.json"
+    if args.merge and path.exists():
+        old = json.loads(path.read_text())
+        if (old["draws"], old["warmup"], old["limit_seconds"]) != (draws, warmup, args.limit):
+            raise SystemExit(f"{path} holds runs of other settings: run every model again instead of --merge")
+        old_runs = old.get("runs") or {m: {"started": old["started"], "run_minutes": old["run_minutes"]}
+                                       for m in old["models"]}
+        results = {**{m: r for m, r in old["models"].items() if m not in results}, **results}
+        runs = {**{m: r for m, r in old_runs.items() if m not in runs}, **runs}
+    text = table(results, 4 * draws)
+    print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "glmm_peers_results.json").write_text(json.dumps({**meta, "models": results}, indent=2))
+    path.write_text(json.dumps({**meta, "runs": runs, "models": results}, indent=2))
+    when = "; ".join(f"{m} {r['started']} ({r['run_minutes']:.0f} min)" for m, r in runs.items())
     header = (f"# Binary, binomial and count outcomes: bayeshlm's sampler against NUTS\n\n"
-              f"`python benchmarks/bench_glmm_peers.py`, one run started {started} "
-              f"({meta['run_minutes']:.0f} minutes): "
+              f"`python benchmarks/bench_glmm_peers.py`; each model's systems in one run, started: {when}. "
               f"{meta['machine'].get('platform', '')}, {os.cpu_count()} CPUs. 4 chains x {draws} draws after "
               f"{warmup} warm-up iterations; Normal(0, {FIXED_SD:g}) on every fixed effect, HalfNormal({GROUP_SD:g}) "
               f"on each group SD, everywhere; each (model, system/form) in its own interpreter, limited to "
