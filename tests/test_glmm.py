@@ -216,8 +216,8 @@ def test_fit_and_sampler_refuse_what_they_cannot_do():
         bh.fit_em(m, n_agq=9)
     with pytest.raises(ValueError, match="maximum likelihood"):
         bh.fit_em(m, method="reml")
-    with pytest.raises(NotImplementedError, match="fit_em"):
-        bh.sample(m)
+    with pytest.raises(ValueError, match="method='blocked' is for Gaussian models"):
+        bh.sample(m, method="blocked")
     with pytest.raises(ValueError, match="non-Gaussian"):
         bh.fit_em(bh.hlm("reaction ~ days + (1 | subject)", bh.load_dataset("sleepstudy")), n_agq=5)
 
