@@ -162,6 +162,18 @@ def test_em_of_a_binomial_response_with_quadrature(tmp_path, capsys):
     assert code == 2 and "cbind" in err
 
 
+def test_fit_of_counts_with_an_exposure(tmp_path, capsys):
+    """A Poisson model with ``offset(log(...))`` is sampled from the command line and its report names the family."""
+    data = bh.load_dataset("grouseticks")
+    data["days"] = 1.0 + (data["height"] % 3)  # an exposure, for the offset
+    path = tmp_path / "ticks.csv"
+    data.to_csv(path, index=False)
+    code, out, err = run(capsys, "fit", path, "ticks ~ C(year) + offset(log(days)) + (1 | location)", "--family",
+                         "poisson", "--quiet", "--draws", "100", "--warmup", "100", "--seed", "1")
+    assert code == 0, err
+    assert "poisson level 1, log link" in out and "C(year)[T.96]" in out
+
+
 @pytest.mark.parametrize("argv, message", [
     (["fit", "{dir}/absent.csv", FORMULA], "data file not found: {dir}/absent.csv"),
     (["em", "{dir}/absent.parquet", FORMULA], "data file not found: {dir}/absent.parquet"),
