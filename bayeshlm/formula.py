@@ -32,6 +32,7 @@ __all__ = [
     "model_matrix",
     "parse_formula",
     "plain_columns",
+    "r_spellings",
     "required_variables",
 ]
 
@@ -826,6 +827,22 @@ class ColumnsSpec:
             matrix[:, j] = (column.to_numpy(dtype=np.float64, na_value=np.nan) if hasattr(column, "to_numpy")
                             else np.asarray(column, dtype=np.float64))
         return matrix
+
+
+_R_FACTOR = re.compile(r"(?<![\w.])(?:as\.)?factor\s*\(")
+
+
+def r_spellings(formula):
+    """lme4's ``factor(x)`` and ``as.factor(x)`` read as formulaic's ``C(x)``: ``x`` as a categorical predictor.
+
+    Examples
+    --------
+    >>> r_spellings("ticks ~ factor(year) + as.factor(site) + (1 | brood)")
+    'ticks ~ C(year) + C(site) + (1 | brood)'
+    """
+    if not isinstance(formula, str) or "factor" not in formula:
+        return formula
+    return _R_FACTOR.sub("C(", formula)
 
 
 def offset_terms(rhs):

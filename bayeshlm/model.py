@@ -16,7 +16,7 @@ import numpy as np
 
 from bayeshlm.basis import Basis
 from bayeshlm.data import Design, build_design, identification_warnings
-from bayeshlm.formula import FormulaSpec, parse_formula
+from bayeshlm.formula import FormulaSpec, parse_formula, r_spellings
 from bayeshlm.priors import (
     ColumnMoments,
     PriorFrame,
@@ -539,6 +539,7 @@ def compile_formula(formula, data, *, priors=None, known_sd=None, known_var=None
     )
 
     family, link = resolve_family(family, link)
+    formula = r_spellings(formula)  # lme4's factor(x): C(x)
     written = formula
     options = {"priors": priors, "known_sd": known_sd, "known_var": known_var, "missing": missing,
                "family": family, "link": link, "trials": trials}

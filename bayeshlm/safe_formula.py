@@ -40,19 +40,20 @@ import ast
 import keyword
 import re
 
-from bayeshlm.formula import FormulaError, offset_terms, parse_formula
+from bayeshlm.formula import FormulaError, offset_terms, parse_formula, r_spellings
 
 __all__ = ["ALLOWED_CALLS", "UnsafeFormulaError", "check_formula"]
 
 _NUMPY = ("abs", "arcsinh", "arctan", "ceil", "clip", "cos", "exp", "expm1", "floor", "log", "log10", "log1p",
           "log2", "maximum", "minimum", "round", "sign", "sin", "sqrt", "square", "tan", "tanh", "where")
 
-#: Functions a formula may call in safe mode: formulaic's transforms (``I``, ``C``, ``Q``, the
+#: Functions a formula may call in safe mode: formulaic's transforms (``I``, ``C`` and lme4's
+#: spelling of it, ``factor`` or ``as.factor`` (:func:`bayeshlm.formula.r_spellings`), ``Q``, the
 #: stateful ``center``, ``scale``, ``standardize``, ``poly``, the splines ``bs``, ``cr``, ``cs``,
 #: ``cc``, ``lag``, ``hashed``, the logarithms and exponentials), its contrasts (``Treatment``,
 #: ``contr.sum``, ...), Python's ``abs`` and a few NumPy functions (``np.sqrt``, ``np.log1p``, ...).
 ALLOWED_CALLS = frozenset(
-    ("I", "C", "Q", "center", "scale", "standardize", "poly", "bs", "cr", "cs", "cc", "lag", "hashed",
+    ("I", "C", "factor", "Q", "center", "scale", "standardize", "poly", "bs", "cr", "cs", "cc", "lag", "hashed",
      "log", "log2", "log10", "exp", "exp2", "exp10", "abs",
      "Treatment", "Sum", "Helmert", "Diff", "Poly",
      "contr.treatment", "contr.sum", "contr.helmert", "contr.diff", "contr.poly", "contr.SAS", "contr.custom")
@@ -379,6 +380,9 @@ def check_formula(formula, *, hint=""):
     """
     if not isinstance(formula, str):
         raise TypeError(f"formula must be a string, got {type(formula).__name__}")
+    written = formula
+    # lme4's as.factor(x), not Python (``as`` is a keyword): read as factor(x), the columns kept in place
+    formula = re.sub(r"(?<![\w.])as\.factor(\s*\()", r"   factor\1", formula)
     _Checker(formula, hint).check()
     # now harmless: it calls nothing but the allowed functions' names (a binomial response
     # cbind(s, f), which hlm reads itself, stands aside for a name,
@@ -389,5 +393,5 @@ def check_formula(formula, *, hint=""):
         for start, end, _ in reversed(offset_terms(rhs)):
             rhs = rhs[:start] + "1" + rhs[end:]
         readable = f"{lhs}~{rhs}"
-    parse_formula(readable)
-    return formula
+    parse_formula(r_spellings(readable))
+    return written

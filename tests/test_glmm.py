@@ -340,3 +340,19 @@ def test_laplace_of_crossed_factors_is_the_dense_one(formula):
              - 0.5 * np.linalg.slogdet(H)[1])
     assert mine == pytest.approx(dense, rel=1e-10)
 
+
+
+@pytest.mark.parametrize("name, formula", [
+    ("cbpp", "cbind(incidence, size - incidence) ~ factor(period) + (1 | herd)"),
+    ("grouseticks", "ticks ~ as.factor(year) + cheight + (1 | location/brood)"),
+])
+def test_lme4_spelling_of_a_categorical_predictor(name, formula):
+    """The formulas as lme4 users write them (``factor(x)``, ``as.factor(x)``) are ``C(x)``: the same fit."""
+    family = MODELS[name][1]
+    assert bh.check_formula(formula) == formula  # safe mode lets them through
+    m = bh.hlm(formula, _data(name), family=family)
+    same = bh.hlm(MODELS[name][0], _data(name), family=family)
+    assert m.fixed_names == same.fixed_names
+    fit = bh.fit_em(m)
+    assert fit.loglik >= GOLDEN[name]["fits"]["nAGQ1"]["logLik"] - 1e-7
+    assert fit.loglik == pytest.approx(bh.fit_em(same).loglik, rel=1e-12)

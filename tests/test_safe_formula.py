@@ -143,7 +143,7 @@ def test_every_allowed_transform_is_known_to_formulaic():
     import numpy as np
     from formulaic.transforms import TRANSFORMS
 
-    for name in ALLOWED_CALLS:
+    for name in ALLOWED_CALLS - {"factor"}:  # lme4's factor(x), which hlm reads as C(x)
         root, _, rest = name.partition(".")
         obj = TRANSFORMS.get(root, {"abs": abs}.get(root))
         assert obj is not None, name
