@@ -83,7 +83,9 @@ def draws_memory(model, *, draws=1000, chains=4, keep_group_draws=True, group_mo
         Bytes by part: ``"posterior"`` (fixed effects, variance components, SDs, correlations
         and the sampler statistics), ``"group_draws"`` (the kept group coefficients),
         ``"log_likelihood"``, ``"chain_states"`` (each chain's working arrays and running
-        moments), and their sum, ``"total"``.
+        moments), ``"augmentation"`` (a non-Gaussian level 1: the rows the chains read, and
+        each chain's working rows, statistics and, for counts, latent event times), and
+        their sum, ``"total"``.
 
     Examples
     --------
@@ -120,7 +122,18 @@ def draws_memory(model, *, draws=1000, chains=4, keep_group_draws=True, group_mo
         # the running moments (2), and in the result their stacked means, sums of squares and SDs with
         # the copies xarray makes of them
         states += chains * n_nodes * d * 9
-    parts = {"posterior": posterior, "group_draws": group_draws, "log_likelihood": loglik, "chain_states": states}
+    augmentation = 0
+    if not getattr(model, "gaussian", True):
+        n_obs = model.n_obs
+        # the shared rows (y, trials, offset, constants, F, X, group), then per chain eta, w, z,
+        # the rows' log-likelihoods and a copy of the statistics
+        augmentation = n_obs * (5 + p + d) + chains * (4 * n_obs + n_groups * (d * d + d * p + d + p * p + p + 4))
+        if model.family == "poisson":  # each chain's latent times, their offsets and the previous draw's predictor
+            from bayeshlm.sample import latent_capacity
+
+            augmentation += chains * (latent_capacity(model.design.y) + 2 * n_obs + n_nodes * d)
+    parts = {"posterior": posterior, "group_draws": group_draws, "log_likelihood": loglik, "chain_states": states,
+             "augmentation": augmentation}
     parts = {k: _FLOAT * int(v) for k, v in parts.items()}
     parts["total"] = sum(parts.values())
     return parts

@@ -154,3 +154,23 @@ def test_an_address_space_limit_counts():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert 0 < int(proc.stdout) <= 2**30
+
+
+@pytest.mark.parametrize("family", ["poisson", "bernoulli"])
+def test_the_estimate_covers_the_augmentation_of_a_non_gaussian_model(family):
+    """The rows the chains read and each chain's working arrays (for counts, the latent times): within a factor 2."""
+    from bayeshlm.sample import augmentations
+
+    data = bh.load_dataset("grouseticks")
+    data["any"] = (data["ticks"] > 0).astype(float)
+    response = "ticks" if family == "poisson" else "any"
+    model = bh.hlm(f"{response} ~ C(year) + height + (1 | location/brood)", data, family=family)
+    parts = draws_memory(model, draws=10, chains=3, log_likelihood=False)
+    seen, allocated = set(), 0
+    for aug in augmentations(model, 3, 10):
+        for field in aug:
+            for arr in (field if isinstance(field, tuple) else (field,)):
+                if isinstance(arr, np.ndarray) and id(arr) not in seen:
+                    seen.add(id(arr))
+                    allocated += arr.nbytes
+    assert allocated <= parts["augmentation"] <= 2 * allocated, (allocated, parts["augmentation"])
