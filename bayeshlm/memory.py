@@ -14,6 +14,7 @@ import os
 import resource
 
 from bayeshlm.results import group_selection, loglik_mode
+from samplers.augment import latent_capacity
 from samplers.driver import n_nodes_of
 from samplers.gaussian import workspace_values
 
@@ -129,8 +130,6 @@ def draws_memory(model, *, draws=1000, chains=4, keep_group_draws=True, group_mo
         # the rows' log-likelihoods and a copy of the statistics
         augmentation = n_obs * (5 + p + d) + chains * (4 * n_obs + n_groups * (d * d + d * p + d + p * p + p + 4))
         if model.family == "poisson":  # each chain's latent times, their offsets and the previous draw's predictor
-            from bayeshlm.sample import latent_capacity
-
             augmentation += chains * (latent_capacity(model.design.y) + 2 * n_obs + n_nodes * d)
     parts = {"posterior": posterior, "group_draws": group_draws, "log_likelihood": loglik, "chain_states": states,
              "augmentation": augmentation}

@@ -15,7 +15,7 @@ from bayeshlm.family import family_code, log_normalising_constants
 from bayeshlm.memory import check_memory
 from bayeshlm.results import cell_groups, group_selection, group_stats_held, loglik_mode, to_datatree
 from bayeshlm.start import starting_theta
-from samplers.augment import LARGE_COUNT, mixture_table, working_rows
+from samplers.augment import latent_capacity, mixture_table, working_rows
 from samplers.driver import init_state, run_chains
 from samplers.gaussian import marginal_moves_pay
 from samplers.suffstats import compute_suffstats, recompute
@@ -54,12 +54,6 @@ def _check_seed(seed):
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise TypeError(f"seed must be a non-negative integer or None, got {seed!r}")
     return int(seed)
-
-
-def latent_capacity(y):
-    """Room for a Poisson chain's latent times: ``y_i + 1`` for each row, 2 for a count above ``LARGE_COUNT``."""
-    y = np.asarray(y)
-    return int(np.sum(np.where(y > LARGE_COUNT, 1, y))) + len(y)
 
 
 def chain_moves(model, method, mh_steps, marginal):

@@ -295,7 +295,8 @@ def geweke(model, n_iter=20000, *, method="mh", seed=0, mh_steps=6, n_prior=None
         standard errors (the successive-conditional one by batch means), the z statistic
         and its two-sided p-value.
     """
-    from bayeshlm.sample import augmentations, chain_moves, latent_capacity
+    from bayeshlm.sample import augmentations, chain_moves
+    from samplers.augment import latent_capacity
     from samplers.driver import init_state, run_augmented_chain, run_chain, statistics_replaced
     from samplers.gaussian import marginal_moves_pay
     from samplers.theta import encode_theta

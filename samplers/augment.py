@@ -76,6 +76,12 @@ MAX_START_STEP = 2.0  # the largest change of a row's predictor in one step of t
 LARGE_COUNT = 50
 
 
+def latent_capacity(y):
+    """Room for a Poisson chain's latent times: ``y_i + 1`` for each row, 2 for a count above ``LARGE_COUNT``."""
+    y = np.asarray(y)
+    return int(np.sum(np.where(y > LARGE_COUNT, 1, y))) + len(y)
+
+
 def mixture_table(w=MIX_W, m=MIX_M, v=MIX_V):
     """The rows ``log w_k - log(2 pi v_k) / 2``, ``m_k`` and ``1 / v_k`` a chain reads (``Augmentation.mix``)."""
     w, m, v = (np.asarray(x, dtype=np.float64) for x in (w, m, v))
@@ -460,5 +466,5 @@ def refresh(aug, state, structure, with_loglik=True):
 
 
 __all__ = ["BINOMIAL_LOGIT", "BINOMIAL_PROBIT", "LARGE_COUNT", "MIX_M", "MIX_V", "MIX_W", "POISSON_LOG", "augment",
-           "correct", "forget", "keep_loglik", "linear_predictor", "log_correction", "mixture_table", "refresh",
-           "row_loglik", "rows_loglik", "save_draw", "seek_mode", "working_rows"]
+           "correct", "forget", "keep_loglik", "latent_capacity", "linear_predictor", "log_correction",
+           "mixture_table", "refresh", "row_loglik", "rows_loglik", "save_draw", "seek_mode", "working_rows"]

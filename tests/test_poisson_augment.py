@@ -8,8 +8,16 @@ import numpy as np
 from scipy import stats
 from scipy.special import digamma, gammaln, logsumexp, polygamma
 
-from bayeshlm.sample import latent_capacity
-from samplers.augment import LARGE_COUNT, MIX_M, MIX_V, MIX_W, augment, log_correction, mixture_table
+from samplers.augment import (
+    LARGE_COUNT,
+    MIX_M,
+    MIX_V,
+    MIX_W,
+    augment,
+    latent_capacity,
+    log_correction,
+    mixture_table,
+)
 from samplers.suffstats import compute_suffstats
 from samplers.types import AUG_LOG_F, N_AUG_SCAL, Augmentation
 
