@@ -82,20 +82,22 @@ def _model(case):
     return bh.hlm(formula, data, family=family, priors=PRIORS, **options)
 
 
+def _assert_uniform(table):
+    """Every quantity's ranks pass at level ALPHA / (number of quantities)."""
+    bad = table[table["p_value"] < ALPHA / len(table)]
+    assert bad.empty, f"non-uniform SBC ranks:\n{bad}"
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_sbc_of_binary_and_binomial_models(case):
     model = _model(case)
-    table = sbc(model, n_sims=200, seed=1, method=CASES[case][3]).uniformity()
-    bad = table[table["p_value"] < ALPHA / len(table)]
-    assert bad.empty, f"non-uniform SBC ranks:\n{bad}"
+    _assert_uniform(sbc(model, n_sims=200, seed=1, method=CASES[case][3]).uniformity())
 
 
 @pytest.mark.parametrize("case", list(POISSON_CASES))
 def test_sbc_of_count_models(case):
     model = _model(case)
-    table = sbc(model, n_sims=200, seed=1, method=POISSON_CASES[case][2]).uniformity()
-    bad = table[table["p_value"] < ALPHA / len(table)]
-    assert bad.empty, f"non-uniform SBC ranks:\n{bad}"
+    _assert_uniform(sbc(model, n_sims=200, seed=1, method=POISSON_CASES[case][2]).uniformity())
 
 
 def _one_normal(monkeypatch, corrected):
@@ -120,9 +122,7 @@ def test_correction_makes_a_crude_mixture_exact(monkeypatch):
     correction (below) the SD's is about 1e-42.
     """
     _one_normal(monkeypatch, corrected=True)
-    table = sbc(_model("poisson_intercept_mh"), n_sims=200, seed=1, method="mh").uniformity()
-    bad = table[table["p_value"] < ALPHA / len(table)]
-    assert bad.empty, f"non-uniform SBC ranks:\n{bad}"
+    _assert_uniform(sbc(_model("poisson_intercept_mh"), n_sims=200, seed=1, method="mh").uniformity())
 
 
 def test_sbc_catches_a_missing_correction(monkeypatch):
