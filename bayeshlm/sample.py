@@ -288,10 +288,11 @@ def sample(
     seed = _check_seed(seed)
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
-    pays = marginal_moves_pay(model.structure)
-    marginal = pays or (not gaussian and model.family == "poisson")
-    if mh_steps is None:  # a Poisson model's moves on p(theta | y) cost no more than on p(theta | a, y) when nested
-        mh_steps = DEFAULT_MARGINAL_MH_STEPS if pays else DEFAULT_MH_STEPS
+    # a Poisson model's moves always target p(theta | y) (chain_moves): nested, they cost no more than on
+    # p(theta | a, y), so the default number follows the structure alone
+    marginal = marginal_moves_pay(model.structure)
+    if mh_steps is None:
+        mh_steps = DEFAULT_MARGINAL_MH_STEPS if marginal else DEFAULT_MH_STEPS
     mh_steps = _check_count("mh_steps", mh_steps, 1)
     if log_likelihood not in ("auto", "pointwise", "group", False):
         raise ValueError(f"log_likelihood must be 'auto', 'pointwise', 'group' or False, got {log_likelihood!r}")
