@@ -75,3 +75,50 @@ def test_sum_of_trials_is_pg_of_b():
     for s in (0.2, 1.0):
         e = np.exp(-s * w)
         assert _within(e, _laplace(4, 1.1, s), e.std())
+
+
+def _series_term(n, x, t=0.64):
+    """The ``n``-th term ``a_n(x)`` of the alternating series of the ``J*(1, 0)`` density, as Devroye writes it."""
+    k = n + 0.5
+    if x <= t:
+        return np.pi * k * (2.0 / (np.pi * x)) ** 1.5 * np.exp(-2.0 * k * k / x)
+    return np.pi * k * np.exp(-0.5 * k * k * np.pi**2 * x)
+
+
+def _accepts_by_terms(u, x):
+    """Devroye's acceptance of ``x`` for ``y = u a_0(x)``, the terms formed one by one."""
+    s = _series_term(0, x)
+    y = u * s
+    n = 0
+    while True:
+        n += 1
+        if n % 2 == 1:
+            s -= _series_term(n, x)
+            if y <= s:
+                return True
+        else:
+            s += _series_term(n, x)
+            if y > s:
+                return False
+
+
+def test_ratio_form_of_the_series_decides_as_the_terms_do():
+    """The acceptance in ratios with its squeeze (one exponential at most) takes every decision the terms take.
+
+    Points both sides of the truncation point and uniforms both sides of the squeeze, where the
+    decisions turn (``u`` near ``1 - 3 exp(-2 rate)``, the first partial sum).
+    """
+    from samplers.polyagamma import _SQUEEZE, _T, _accepts
+
+    rng = np.random.default_rng(4)
+    xs = np.concatenate([rng.uniform(0.05, 3.0, 400), [_T, _T * (1 - 1e-12), 0.3, 1.0]])
+    n_reject = 0
+    for x in xs:
+        rate = 2.0 / x if x <= _T else np.pi**2 * x / 2
+        edge = 1.0 - 3.0 * np.exp(-2.0 * rate)
+        for u in (0.5, _SQUEEZE, edge - 1e-9, edge + 1e-9, 0.5 * (edge + 1.0), 1.0 - 1e-15, rng.uniform()):
+            u = min(u, 1.0 - 1e-15)
+            expected = _accepts_by_terms(u, x)
+            assert _accepts(u, x) == expected, (x, u)
+            n_reject += not expected
+    assert n_reject > 100  # the rejecting branch is exercised, not only the squeeze
