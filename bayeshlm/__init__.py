@@ -29,6 +29,7 @@ from bayeshlm.data import DataError, Design, GroupLevelWarning, IdentificationWa
 from bayeshlm.datasets import list_datasets, load_dataset  # noqa: E402
 from bayeshlm.em import EMResult, fit_em  # noqa: E402
 from bayeshlm.evidence import (  # noqa: E402
+    BayesFactor,
     Evidence,
     bayes_factor,
     marginal_likelihood,
@@ -70,12 +71,13 @@ from bayeshlm.report import Report, report  # noqa: E402
 from bayeshlm.safe_formula import check_formula  # noqa: E402
 from bayeshlm.sample import SamplingError, sample  # noqa: E402
 from bayeshlm.simulate import simulate_crossed, simulate_instructors, simulate_nested  # noqa: E402
-from bayeshlm.summary import summary  # noqa: E402
+from bayeshlm.summary import ConvergenceWarning, summary  # noqa: E402
 
 __all__ = [
     "GroupLevelWarning",
     "NestingWarning",
     "FamilyWarning",
+    "ConvergenceWarning",
     "Hierarchy",
     "IdentificationWarning",
     "LKJ",
@@ -84,6 +86,7 @@ __all__ = [
     "EMResult",
     "Equation",
     "Evidence",
+    "BayesFactor",
     "Flat",
     "FormulaError",
     "HalfCauchy",

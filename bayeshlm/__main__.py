@@ -126,43 +126,19 @@ def numerical_failure(what, model, err):
     )
 
 
-PRIOR_CLASSES = ("Normal", "Flat", "HalfNormal", "HalfStudentT", "HalfCauchy", "Uniform", "InverseGamma", "LKJ",
-                 "InverseWishart")
-
-
 def parse_prior(text):
     """``ROLE=Dist(args)`` from the command line (``sd=HalfNormal(10)``) as ``(role, prior)``.
 
-    Only the prior classes of :mod:`bayeshlm.priors` with numeric arguments are accepted; the
-    text is parsed, never evaluated.
+    The distribution is read by :func:`bayeshlm.priors.prior_from_text` (parsed, never evaluated).
     """
-    import ast
+    from bayeshlm.priors import prior_from_text
 
     role, sep, call = text.partition("=")
     role, call = role.strip(), call.strip()
     if not sep or not role or not call:
         raise ValueError(f"--prior {text!r}: write ROLE=DISTRIBUTION, e.g. sd=HalfNormal(10) or "
                          "'fixed[x]=Normal(0, 5)'")
-    try:
-        node = ast.parse(call, mode="eval").body
-    except SyntaxError as err:
-        raise ValueError(f"--prior {text!r}: cannot read {call!r}") from err
-
-    def number(arg):
-        value = arg.operand if isinstance(arg, ast.UnaryOp) and isinstance(arg.op, ast.USub) else arg
-        if not (isinstance(value, ast.Constant) and isinstance(value.value, (int, float))
-                and not isinstance(value.value, bool)):
-            raise ValueError(f"--prior {text!r}: arguments must be numbers")
-        return -value.value if value is not arg else value.value
-
-    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in PRIOR_CLASSES):
-        raise ValueError(f"--prior {text!r}: the distribution must be one of {', '.join(PRIOR_CLASSES)}")
-    args = [number(a) for a in node.args]
-    kwargs = {kw.arg: number(kw.value) for kw in node.keywords}
-    try:
-        return role, getattr(bh, node.func.id)(*args, **kwargs)
-    except TypeError as err:
-        raise ValueError(f"--prior {text!r}: {err}") from err
+    return role, prior_from_text(call, f"--prior {text!r}")
 
 
 UNSAFE_HINT = ("; to evaluate the formula as Python code anyway (only a formula you trust: it can run any "

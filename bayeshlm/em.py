@@ -70,6 +70,7 @@ class EMResult:
     reliability_by_group: np.ndarray | None = None
     model: dict = field(default_factory=dict)
     model_record: dict = field(default_factory=dict)
+    n_groups: dict = field(default_factory=dict)
 
     @property
     def deviance(self) -> float:
@@ -114,6 +115,9 @@ class EMResult:
             f"logLik: {self.loglik:.4f}   AIC: {self.aic:.4f}   BIC: {self.bic:.4f}",
             "converged" if self.converged else f"NOT converged: {self.message}",
         ]
+        if self.n_groups:
+            lines.append(f"observations: {self.n_obs}; groups: "
+                         + ", ".join(f"{factor} {count}" for factor, count in self.n_groups.items()))
         if self.boundary:
             lines.append("estimate on the boundary (SD = 0): " + ", ".join(self.boundary))
         lines += ["", "Random effects:", self.variance_table().to_string()]
@@ -121,8 +125,22 @@ class EMResult:
             lines.append("correlations: " + ", ".join(f"{k}: {v:.4f}" for k, v in self.corr.items()))
         if self.icc is not None:
             lines.append(f"intraclass correlation: {self.icc:.4f}")
-        lines += ["", "Fixed effects:", self.fixed_table().to_string()]
+        table = self.fixed_table()
+        table["p_value"] = table["p_value"].map(format_p)
+        lines += ["", "Fixed effects:", table.to_string()]
         return "\n".join(lines)
+
+
+def group_counts(model):
+    """``{factor: number of groups}`` of a model, finest factor first."""
+    return {str(f): len(labels) for f, labels in zip(model.design.factors, model.design.factor_labels, strict=True)}
+
+
+def format_p(p):
+    """A p-value as a report prints it: three significant digits, ``< 1e-16`` below what doubles resolve."""
+    if not np.isfinite(p):
+        return "nan"
+    return "< 1e-16" if p < 1e-16 else f"{p:.3g}"
 
 
 class _Objective:
@@ -354,6 +372,7 @@ def fit_em(model, method=None, *, em_iter=5, tol=1e-6, max_eval=5000, n_agq=1):
         seconds=time.perf_counter() - t0,
         message=f"{finish}; largest gradient component {grad_max:.2e}",
         labels={"groups": group_labels, "coef": list(names)},
+        n_groups=group_counts(model),
         boundary=boundary,
         n_params=n_par,
         n_obs=n_obs,
@@ -687,6 +706,7 @@ def _glmm_result(model, opt, n_agq):
                 + ("Laplace approximation" if n_agq == 1 else f"adaptive Gauss-Hermite quadrature, {n_agq} nodes")
                 + f"; L-BFGS: {opt.message}; largest gradient component {opt.grad_max:.2e}",
         labels={"groups": group_labels, "coef": list(names)},
+        n_groups=group_counts(model),
         boundary=boundary,
         n_params=n_par,
         n_obs=n_obs,

@@ -15,7 +15,7 @@ The integral runs over the canonical half of each sign symmetry (non-negative SD
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.special import betaln, multigammaln
@@ -31,11 +31,63 @@ from samplers.types import N_OBS, YTY
 
 @dataclass(frozen=True)
 class Evidence:
-    """A log marginal likelihood with its estimated standard error."""
+    """A log marginal likelihood with its estimated standard error.
+
+    ``sd_priors`` records the prior of each group SD of the model, ``{role: (prior, chosen)}``
+    with ``chosen`` False for a default (set from the data's scale): :func:`bayes_factor`
+    reads it to say when a Bayes factor rests on the prior of a tested variance component.
+    """
 
     log_marginal_likelihood: float
     se: float
     n_iterations: int
+    sd_priors: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BayesFactor:
+    """``log B_12`` of model 1 against model 2, its standard error, and what it depends on.
+
+    ``note`` is empty unless a variance component in one model and not the other (the
+    component the Bayes factor tests) has a default or a vague prior: the Bayes factor of a
+    variance component moves with the scale of its prior (a wider prior spreads the prior
+    mass over SDs the data rule out, and favours the model without it), so such a number is
+    reported with the prior it used, and is worth checking under another. Unpacks as
+    ``log_bf, se = bayes_factor(...)``.
+    """
+
+    log_bf: float
+    se: float
+    note: str = ""
+
+    @property
+    def bf(self) -> float:
+        """``B_12`` itself (``inf`` past the range of doubles)."""
+        return float(np.exp(self.log_bf)) if self.log_bf < 709 else float("inf")
+
+    def __iter__(self):
+        return iter((self.log_bf, self.se))
+
+    def __str__(self) -> str:
+        text = f"log Bayes factor {self.log_bf:.3f} (se {self.se:.3f}; B_12 = {self.bf:.4g})"
+        return f"{text}\n{self.note}" if self.note else text
+
+
+VAGUE_SD_PRIORS = ("HalfCauchy", "Uniform", "Flat")
+
+
+def model_sd_priors(model):
+    """``{sd role: (prior text, chosen by the user)}`` of a model's group SDs (:class:`Evidence`)."""
+    user = set(model.options.get("priors") or {})
+    out = {}
+    for name in model.coef_names:
+        role = f"sd[{name}]"
+        prior = model.prior_spec.get(role)
+        if prior is None:
+            continue
+        chosen = bool({"sd", role, "cov"} & user)
+        out[role] = (str(prior), chosen)
+    return out
 
 
 def lkj_log_norm(d, eta):
@@ -185,13 +237,34 @@ def marginal_likelihood(model, posterior, *, seed=0, max_iter=1000, tol=1e-10):
     rel2 = np.var(f1) / np.mean(f1) ** 2 / n2 + np.var(f2) / np.mean(f2) ** 2 / n1
     # the kernels' response is y / s_y (shifted): p(y) = p(y_N) s_y^{-N}
     offset = model.basis.loglik_offset(model.n_obs)
-    return Evidence(float(np.log(r) + shift + offset), float(np.sqrt(rel2)), n_iter)
+    return Evidence(float(np.log(r) + shift + offset), float(np.sqrt(rel2)), n_iter, model_sd_priors(model))
 
 
 def bayes_factor(evidence_1, evidence_2):
-    """``log B_12 = log p(y | model 1) - log p(y | model 2)`` with its standard error."""
-    return (evidence_1.log_marginal_likelihood - evidence_2.log_marginal_likelihood,
-            float(np.hypot(evidence_1.se, evidence_2.se)))
+    """``log B_12 = log p(y | model 1) - log p(y | model 2)`` with its standard error.
+
+    Returns
+    -------
+    BayesFactor
+        With a ``note`` when a tested variance component (the SD of a group coefficient in
+        one model and not the other) has a default prior, set from the data's scale, or a
+        vague one (HalfCauchy, Uniform): then the number depends on that choice, and the note
+        names the prior and says so.
+    """
+    log_bf = evidence_1.log_marginal_likelihood - evidence_2.log_marginal_likelihood
+    se = float(np.hypot(evidence_1.se, evidence_2.se))
+    one, two = evidence_1.sd_priors, evidence_2.sd_priors
+    tested = {role: one[role] for role in one if role not in two} | {role: two[role] for role in two if role not in one}
+    loose = {role: text for role, (text, chosen) in tested.items()
+             if not chosen or text.split("(")[0] in VAGUE_SD_PRIORS}
+    note = ""
+    if loose:
+        said = "; ".join(f"{role} ~ {text}" for role, text in loose.items())
+        note = ("This Bayes factor tests a variance component whose prior is a default or a vague one "
+                f"({said}); it moves with that prior's scale (a wider prior favours the model without the "
+                "component). Report it with the prior, and check it under another (the same models with, "
+                "e.g., priors={'sd': 'HalfNormal(s)'} for a scale s you can defend).")
+    return BayesFactor(float(log_bf), se, note)
 
 
 def marginal_likelihood_pooled(model):
@@ -222,7 +295,7 @@ def marginal_likelihood_pooled(model):
     offset = model.basis.loglik_offset(model.n_obs)
 
     if model.sigma_known:
-        return Evidence(float(loglik(1.0)), 0.0, 0)
+        return Evidence(float(loglik(1.0)), 0.0, 0, model_sd_priors(model))
     norm = sd_log_norm(priors.sigma_kind, priors.sigma_par, "sigma")
 
     def log_integrand(log_sigma):  # density of log sigma: p(sigma) * sigma
@@ -236,4 +309,4 @@ def marginal_likelihood_pooled(model):
     top = values.max()
     value, err = quad(lambda x: np.exp(log_integrand(x) - top), peak - 8, peak + 8, points=[peak],
                       epsabs=0, epsrel=1e-10, limit=200)
-    return Evidence(float(np.log(value) + top), float(err / value), 0)
+    return Evidence(float(np.log(value) + top), float(err / value), 0, model_sd_priors(model))

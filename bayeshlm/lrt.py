@@ -217,5 +217,21 @@ def lrt_hierarchy(model, fit):
     mixture = d == 1
     p_value = float(_mixture_p(stat, df - 1)) if mixture else naive
     return LRTResult(stat, df, p_value, naive, mixture, fit.method,
-                     f"test of the hierarchy (random {', '.join(model.coef_names)} by {model.factor}) "
-                     "against the pooled regression")
+                     f"test of the hierarchy (random {random_terms_text(model)}) against the pooled regression")
+
+
+def _and(words):
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def random_terms_text(model):
+    """The random coefficients of a model by factor, as a sentence reads them.
+
+    ``"Intercept and days by subject"``; ``"Intercept by batch:cask, Intercept by batch"``
+    (the kernels name a coefficient of a model with several factors ``coef|factor``).
+    """
+    by_factor = {}
+    for name in model.coef_names:
+        coef, _, factor = name.rpartition("|") if "|" in name else (name, "", model.factor)
+        by_factor.setdefault(factor, []).append(coef)
+    return ", ".join(f"{_and(coefs)} by {factor}" for factor, coefs in by_factor.items())

@@ -171,8 +171,15 @@ class Model:
         return replace(compile_formula(self.formula, data, prior_frame=frame, **options), equations=self.equations)
 
     def prior_descriptions(self) -> list[str]:
-        """One line per prior in use, with the centring of those set at the predictors' means."""
-        return describe(self.prior_spec, self.centred_priors())
+        """One line per prior in use, with the centring of those set at the predictors' means.
+
+        The correlation prior is listed only for a model with correlated group coefficients
+        (a block of two or more).
+        """
+        spec = self.prior_spec
+        if not any(size > 1 for size in self.design.block_sizes):
+            spec = {role: prior for role, prior in spec.items() if role != "corr"}
+        return describe(spec, self.centred_priors())
 
     def centred_priors(self) -> dict:
         """The priors set at the predictors' means: ``{role: [centred predictors]}``."""

@@ -312,7 +312,10 @@ def _arviz_plot(name, posterior, var_names, kwargs):
 def plot_trace(posterior, var_names=None, **kwargs):
     """Trace plot (marginal density and draws by iteration, per chain) of the model parameters.
 
-    A thin wrapper over :func:`arviz_plots.plot_trace_dist` with the matplotlib backend.
+    A thin wrapper over :func:`arviz_plots.plot_trace_dist` with the matplotlib backend. Each
+    scalar gets its own row, labelled with its variable and term (``fixed`` / ``days``), and
+    the chains their own colours: the terms of a vector such as ``fixed`` differ in scale and
+    could not be told apart in one panel (``compact=True`` overlays them).
 
     Parameters
     ----------
@@ -323,22 +326,27 @@ def plot_trace(posterior, var_names=None, **kwargs):
         every ``<g>_sd`` and ``<g>_corr`` (not the group coefficients ``<g>_effect``).
     **kwargs
         Passed to :func:`arviz_plots.plot_trace_dist` (e.g. ``coords``, ``compact``,
-        ``combined``, ``kind``; ``backend`` defaults to ``"matplotlib"``).
+        ``combined``, ``kind``; ``backend`` defaults to ``"matplotlib"``, ``compact`` to False).
 
     Returns
     -------
     matplotlib.figure.Figure
-        One row per variable (``compact=True``, the default), columns ``dist`` and ``trace``;
+        One row per scalar parameter, columns ``dist`` and ``trace``;
         ``fig.plot_collection`` is the ``arviz_plots.PlotCollection`` that drew it.
     """
+    kwargs.setdefault("compact", False)
     return _arviz_plot("plot_trace_dist", posterior, var_names, kwargs)
 
 
 def plot_rank(posterior, var_names=None, **kwargs):
-    """Rank plot (fractional-rank ECDF of each chain, with a simultaneous envelope) of the model parameters.
+    """Rank plot (fractional-rank ECDF of each chain against the uniform one) of the model parameters.
 
-    A thin wrapper over :func:`arviz_plots.plot_rank` with the matplotlib backend; chains that
-    sample the same distribution stay inside the envelope.
+    A thin wrapper over :func:`arviz_plots.plot_rank` with the matplotlib backend. Each curve
+    is a chain's rank ECDF minus the uniform ECDF: chains that sample the same distribution
+    stay near zero. With arviz_plots' default test (``method="mtc_c"``) no band is drawn:
+    the stretches where a chain departs further than chance allows, by a test of all chains
+    corrected for the many ranks it looks at, are drawn in black, and the test's p-value is
+    printed on the panel. ``method="envelope"`` draws a simultaneous band instead.
 
     Parameters
     ----------

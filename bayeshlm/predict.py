@@ -48,14 +48,23 @@ _KINDS = ("predictive", "mean", "link")
 _NEW_GROUPS = ("sample", "population", "raise")
 
 
-def _new_rows(model, data, known_sd, known_var):
-    """Fixed and per-factor random designs, per-factor group labels and known variances of new rows."""
+_NO_GROUP = "\x00no group"  # the label of a row whose grouping columns are absent: new to every fit
+
+
+def _new_rows(model, data, known_sd, known_var, population=False):
+    """Fixed and per-factor random designs, per-factor group labels and known variances of new rows.
+
+    With ``population`` (``new_groups="population"``) the grouping columns may be left out:
+    a factor whose columns are absent gives every row a group new to the fit.
+    """
     spec = model.spec
     frame = as_frame(data)
     if len(frame) == 0:
         raise DataError("the new data has no rows")
     roles = column_roles(spec)
     roles.pop(spec.response)
+    if population:
+        roles = {name: role for name, role in roles.items() if role != "the grouping factor" or name in frame}
     check_columns(frame, roles)
     for name in roles:
         bad = bad_mask(frame[name])
@@ -72,6 +81,9 @@ def _new_rows(model, data, known_sd, known_var):
         n_bars = sum(1 for bar in spec.bars if bar.factor == factor)
         mats = [evaluate_spec(next(specs), used, f"the random-effect terms of '{factor}'") for _ in range(n_bars)]
         blocks.append(np.hstack(mats))
+        if not all(column in used for column in factor.split(":")):  # population: no group of this factor
+            labels.append(np.full(len(used), _NO_GROUP, dtype=object))
+            continue
         codes, uniques = group_codes(used, factor.split(":"))
         labels.append(np.asarray(uniques, dtype=object)[codes])
     _check_parents(model, labels)
@@ -262,7 +274,9 @@ def predict(model, posterior, data, *, kind="predictive", new_groups="sample", s
     new_groups : {"sample", "population", "raise"}
         For groups not in the fitted data: draw their coefficients from the hierarchy
         (``N(0, T)`` per posterior draw; the default), set them to zero (the
-        population-average prediction, without the between-group spread), or raise.
+        population-average prediction, without the between-group spread), or raise. With
+        ``"population"`` the grouping columns may be left out of ``data``: rows without them
+        belong to no fitted group.
     seed : int or numpy.random.Generator, optional
         For the noise and the new groups' coefficients.
     known_sd, known_var : str or array_like, optional
@@ -290,7 +304,7 @@ def predict(model, posterior, data, *, kind="predictive", new_groups="sample", s
     if new_groups not in _NEW_GROUPS:
         raise ValueError(f"new_groups must be one of {_NEW_GROUPS}, got {new_groups!r}")
     rng = np.random.default_rng(seed)
-    F, blocks, labels, obs_var, index = _new_rows(model, data, known_sd, known_var)
+    F, blocks, labels, obs_var, index = _new_rows(model, data, known_sd, known_var, new_groups == "population")
     mean = _linear_draws(model, posterior, F, blocks, labels, new_groups, rng)
     if not model.gaussian:
         n_trials = _new_trials(model, data, trials, len(index)) if kind == "predictive" else None

@@ -14,6 +14,9 @@ Priors are given to :func:`bayeshlm.hlm` as a dict keyed by the role of the para
     :class:`InverseWishart` on each correlated block as a whole (replaces ``sd`` and
     ``corr`` for that block).
 
+A prior may also be given as the text of its call, ``{"sd": "HalfNormal(1)"}``, as on the
+command line (:func:`prior_from_text`: read, never evaluated).
+
 Standard-deviation priors: :class:`HalfNormal`, :class:`HalfStudentT`, :class:`HalfCauchy`,
 :class:`Uniform` (on the SD), :class:`InverseGamma` (on the variance), :class:`Flat`
 (improper uniform on the SD). Anything not given gets the default of :func:`default_priors`.
@@ -426,7 +429,8 @@ def resolve_priors(user, defaults, frame, basis, fixed_names, coef_names, block_
     frame : PriorFrame
         The frame of each prior.
     """
-    user = dict(user or {})
+    user = {key: prior_from_text(value, f"priors[{key!r}]") if isinstance(value, str) else value
+            for key, value in (user or {}).items()}
     resolved = dict(defaults)
     if sigma_known:
         resolved.pop("sigma", None)
@@ -593,6 +597,37 @@ def prior_text(key, prior, centred=None):
 
 _PRIOR_TYPES = {cls.__name__: cls for cls in (Flat, Normal, HalfNormal, HalfStudentT, HalfCauchy, Uniform,
                                               InverseGamma, LKJ, InverseWishart)}
+
+
+def prior_from_text(text, where=None):
+    """The prior a text names, ``"HalfNormal(10)"`` or ``"Normal(0, sigma=5)"``; parsed, never evaluated.
+
+    Only the prior classes of this module with numeric arguments are read. ``where`` names
+    the place the text came from in an error (``--prior sd=...``, ``priors['sd']``).
+    """
+    import ast
+
+    where = where or repr(text)
+
+    def number(arg):
+        value = arg.operand if isinstance(arg, ast.UnaryOp) and isinstance(arg.op, ast.USub) else arg
+        if not (isinstance(value, ast.Constant) and isinstance(value.value, (int, float))
+                and not isinstance(value.value, bool)):
+            raise PriorError(f"{where}: arguments must be numbers (the text is read, never evaluated)")
+        return -value.value if value is not arg else value.value
+
+    try:
+        node = ast.parse(text.strip(), mode="eval").body
+    except SyntaxError as err:
+        raise PriorError(f"{where}: cannot read {text!r} as a prior, e.g. 'HalfNormal(10)'") from err
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _PRIOR_TYPES):
+        raise PriorError(f"{where}: the distribution must be one of {', '.join(_PRIOR_TYPES)}, e.g. 'HalfNormal(10)'")
+    args = [number(a) for a in node.args]
+    kwargs = {kw.arg: number(kw.value) for kw in node.keywords}
+    try:
+        return _PRIOR_TYPES[node.func.id](*args, **kwargs)
+    except TypeError as err:
+        raise PriorError(f"{where}: {err}") from err
 
 
 def priors_to_json(resolved):

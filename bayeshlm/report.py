@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 
 from bayeshlm.family import LATENT_VARIANCE
+from bayeshlm.summary import RHAT_LIMIT
 
 __all__ = ["Report", "report"]
 
-RHAT_LIMIT = 1.01
 ESS_LIMIT = 400
 
 

@@ -15,6 +15,7 @@ from bayeshlm.family import family_code, log_normalising_constants
 from bayeshlm.memory import check_memory
 from bayeshlm.results import cell_groups, group_selection, group_stats_held, loglik_mode, to_datatree
 from bayeshlm.start import starting_theta
+from bayeshlm.summary import warn_if_unconverged
 from samplers.augment import latent_capacity, mixture_table, working_rows
 from samplers.driver import init_state, run_chains
 from samplers.gaussian import marginal_moves_pay
@@ -258,7 +259,9 @@ def sample(
         ArviZ groups ``posterior``, ``sample_stats``, ``log_likelihood``, ``observed_data``,
         ``constant_data``; see :func:`bayeshlm.results.to_datatree`. A run stopped by
         Ctrl-C returns the draws made so far, with ``attrs["interrupted"] = 1``: every chain
-        that reached its kept draws, cut to the shortest of them.
+        that reached its kept draws, cut to the shortest of them. When a fixed effect, SD,
+        correlation or sigma has R-hat above 1.01 a :class:`~bayeshlm.summary.ConvergenceWarning`
+        names it (its chains disagree: draw more).
 
     Raises
     ------
@@ -401,5 +404,8 @@ def sample(
             settings["coefficient_acceptance"] = float(sum(a.scal[AUG_N_ACC] for a in augs) / max(n_prop, 1.0))
         if log_likelihood:
             log_lik = np.stack([a.ll_out[:n_keep] for a in augs])
-    return to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_group_draws,
+    tree = to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_group_draws,
                        kept_per_chain=kept if group_moments else None, log_lik=log_lik)
+    if not interrupted:
+        warn_if_unconverged(tree)
+    return tree

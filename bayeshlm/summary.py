@@ -8,6 +8,12 @@ import numpy as np
 
 from bayeshlm.schema import is_effect_var
 
+RHAT_LIMIT = 1.01  # above it the chains are said to disagree (Vehtari et al. 2021)
+
+
+class ConvergenceWarning(UserWarning):
+    """The chains of a run disagree: R-hat of a parameter above :data:`RHAT_LIMIT`."""
+
 
 def parameter_vars(posterior, include_groups):
     """The posterior's variables to summarise: all, or all but the group coefficients."""
@@ -87,6 +93,50 @@ def diagnostics(result):
     ess = out["min_ess_bulk"]
     out["min_ess_per_second"] = ess / seconds if ess is not None and seconds > 0 else float("nan")
     return out
+
+
+def worst_rhat(result):
+    """``(R-hat, parameter)`` of the parameter whose chains disagree most, group coefficients left out.
+
+    ``(None, None)`` when R-hat is not defined (one chain, or fewer than four draws a chain).
+    The fixed effects, SDs, correlations and sigma are few, so this costs little after every run.
+    """
+    import arviz as az
+
+    post = result.posterior
+    if post.sizes.get("chain", 0) < 2 or post.sizes.get("draw", 0) < 4:
+        return None, None
+    names = parameter_vars(post, False)
+    if not names:
+        return None, None
+    rhat = az.rhat(result, var_names=names)
+    worst, where = None, None
+    for name in names:
+        da = rhat[name]
+        values = np.asarray(da).reshape(-1)
+        if values.size == 0 or np.all(np.isnan(values)):
+            continue
+        i = int(np.nanargmax(values))
+        if worst is None or values[i] > worst:
+            worst = float(values[i])
+            if da.dims:
+                labels = da.stack(_flat=da.dims)["_flat"].values[i]
+                labels = labels if isinstance(labels, tuple) else (labels,)
+                where = f"{name}[{','.join(str(x) for x in labels)}]"
+            else:
+                where = name
+    return worst, where
+
+
+def warn_if_unconverged(result):
+    """Warn (:class:`ConvergenceWarning`) when a parameter's R-hat is above :data:`RHAT_LIMIT`."""
+    import warnings
+
+    worst, where = worst_rhat(result)
+    if worst is not None and worst > RHAT_LIMIT:
+        warnings.warn(f"R-hat {worst:.3f} for {where} (above {RHAT_LIMIT}): the chains disagree and the "
+                      "posterior summaries are not yet reliable; draw more (draws=, warmup=), or look at "
+                      "bh.plot_trace and bh.report", ConvergenceWarning, stacklevel=3)
 
 
 def describe_run(result):

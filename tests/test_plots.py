@@ -251,10 +251,14 @@ def test_trace_defaults_to_non_group_parameters(sleep_post):
     assert sorted(plots.data_vars) == sorted(DEFAULT_VARS)
     assert list(plots["column"].values) == ["dist", "trace"]
     axes = {id(a) for v in plots.data_vars for a in np.ravel(plots[v].values)}
-    assert len(axes) == 2 * len(DEFAULT_VARS)
-    # one trace line per chain and coordinate: 2 fixed + 1 sigma + 2 sd + 1 corr, 2 chains
+    # a row per scalar (2 fixed + 1 sigma + 2 sd + 1 corr), each with its dist and trace panels
+    assert len(axes) == 2 * 6
+    # one trace line per chain and coordinate, 2 chains
     assert sum(pc.viz["trace"][v].size for v in DEFAULT_VARS) == 2 * 6
     fig = pc.viz["figure"].item()
+    # the terms of `fixed` are told apart: each row is labelled with its term, not overlaid unlabelled
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    assert "fixed\nIntercept" in labels and "fixed\ndays" in labels
     _renders(fig)
 
 

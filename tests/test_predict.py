@@ -73,6 +73,12 @@ def test_new_group_spread_reflects_the_group_covariance(sleep):
     population = _flat(bh.predict(model, post, new, kind="mean", new_groups="population"))
     np.testing.assert_allclose(population[:, 1], a[:, 0] + 9 * a[:, 1], rtol=1e-12)
     assert mean[:, 1].std() > 2 * known[:, 1].std()
+    # a population-level prediction needs no placeholder group column; drawing a new group does
+    bare = new.drop(columns="subject")
+    np.testing.assert_array_equal(_flat(bh.predict(model, post, bare, kind="mean", new_groups="population")),
+                                  population)
+    with pytest.raises(bh.DataError, match="column 'subject'"):
+        bh.predict(model, post, bare)
     with pytest.raises(ValueError, match="'subject' group 'new' is not in the fitted data"):
         bh.predict(model, post, new, new_groups="raise")
 
@@ -242,6 +248,10 @@ def test_predict_checks_the_nesting_of_known_groups():
         p["district_effect"].sel(district=row["district"].iloc[0]))[:, 0]
     z = (mean - base) / _flat(p["sch_sd"])[:, 0]
     assert stats.kstest(z, "norm").pvalue > KS_LEVEL
+    # the school column left out of a population-level prediction: the district's own draws, no school
+    bare = row.drop(columns="sch")
+    pop = _flat(bh.predict(model, post, bare, kind="mean", new_groups="population"))[:, 0]
+    np.testing.assert_allclose(pop, base, rtol=1e-12)
 
 
 def test_prior_group_has_the_posterior_layout(sleep):

@@ -91,6 +91,7 @@ def test_pooled_marginal_likelihood_with_sigma_and_the_bayes_factor_of_the_hiera
     hier = marginal_likelihood(model, bh.sample(model, draws=2000, seed=3, progress=False))
     log_bf, se = bayes_factor(hier, pooled)
     assert log_bf > 20 and se < 0.05  # subjects differ: the hierarchy is overwhelmingly supported
+    assert bayes_factor(hier, pooled).note == ""  # the tested SD's prior is proper and chosen
 
 
 def test_eight_schools_marginal_likelihood_inverse_wishart_prior():
