@@ -23,6 +23,7 @@ def _check_arviz():
 
 _check_arviz()
 
+from bayeshlm.accessors import coef, fixef, ranef, varcorr  # noqa: E402
 from bayeshlm.chunked import hlm_stats  # noqa: E402
 from bayeshlm.compare import compare, plot_shrinkage, shrinkage_table  # noqa: E402
 from bayeshlm.data import DataError, Design, GroupLevelWarning, IdentificationWarning, NestingWarning  # noqa: E402
@@ -87,6 +88,10 @@ __all__ = [
     "Equation",
     "Evidence",
     "BayesFactor",
+    "coef",
+    "fixef",
+    "ranef",
+    "varcorr",
     "Flat",
     "FormulaError",
     "HalfCauchy",

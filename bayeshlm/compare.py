@@ -93,7 +93,7 @@ def compare(posterior, eb, *, ci_prob=0.95):
     return table
 
 
-def _eb_rows(eb, factors, factor):
+def eb_rows(eb, factors, factor):
     """Rows (groups) and columns (coefficients) of the EB arrays for one factor, with their labels."""
     groups, coefs = list(eb.labels["groups"]), list(eb.labels["coef"])
     rows, cols = np.arange(len(groups)), np.arange(len(coefs))
@@ -105,7 +105,7 @@ def _eb_rows(eb, factors, factor):
     return rows, cols, [str(x) for x in groups], coefs
 
 
-def _group_draws(posterior, factor, labels, coefs):
+def group_draws(posterior, factor, labels, coefs):
     """Draws ``(n_draws, n_groups, n_coef)`` of one factor's group deviations, in the order of `labels`.
 
     Groups whose draws were not kept (``keep_group_draws=n``) are nan.
@@ -258,9 +258,9 @@ def shrinkage_table(posterior, eb, factor=None, *, model=None, kind="deviation")
     if factor not in factors:
         raise ValueError(f"factor must be one of {factors}, got {factor!r}")
     k = factors.index(factor)
-    rows, cols, groups, coefs = _eb_rows(eb, factors, factor)
+    rows, cols, groups, coefs = eb_rows(eb, factors, factor)
     g = dim_name(factor)
-    dev_draws = _group_draws(posterior, factor, groups, coefs)
+    dev_draws = group_draws(posterior, factor, groups, coefs)
     eb_dev = eb.group_means[np.ix_(rows, cols)]
     eb_sd = np.sqrt(np.diagonal(eb.group_cov[np.ix_(rows, cols, cols)], axis1=1, axis2=2))
     fixed_names = list(eb.fixed)
@@ -291,9 +291,9 @@ def shrinkage_table(posterior, eb, factor=None, *, model=None, kind="deviation")
         eb_implied = np.einsum("gip,p->gi", K, a_eb)
         post_implied = np.einsum("gip,sp->sgi", K, a_draws)
         for Lm, up, m, cell_group in L:
-            rows_m, cols_m, groups_m, coefs_m = _eb_rows(eb, factors, factors[m])
+            rows_m, cols_m, groups_m, coefs_m = eb_rows(eb, factors, factors[m])
             eb_part = np.einsum("gij,gj->gi", Lm, eb.group_means[np.ix_(rows_m, cols_m)][up])
-            post_part = np.einsum("gij,sgj->sgi", Lm, _group_draws(posterior, factors[m], groups_m, coefs_m)[:, up])
+            post_part = np.einsum("gij,sgj->sgi", Lm, group_draws(posterior, factors[m], groups_m, coefs_m)[:, up])
             if cell_group is not None:  # crossed: from the cells to the groups of factor k
                 eb_part = _sum_by(eb_part, cell_group, len(groups), axis=0)
                 post_part = _sum_by(post_part, cell_group, len(groups), axis=1)

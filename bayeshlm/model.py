@@ -249,7 +249,9 @@ class Model:
             "groups": digest.hexdigest()[:16],
             "n_obs": self.n_obs,
             "sigma_known": self.sigma_known,
-            "priors": self.prior_descriptions(),
+            # every prior resolved, the correlation's included where there is none to describe:
+            # identities recorded in saved results stay comparable
+            "priors": describe(self.prior_spec, self.centred_priors()),
         }
         if design.crossed:  # only then: the identities of nested models stay as they were
             identity["crossed"] = True

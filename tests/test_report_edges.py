@@ -32,6 +32,9 @@ def test_the_correlation_prior_is_listed_only_where_there_are_correlations(sleep
     slopes = bh.hlm("reaction ~ days + (days | subject)", sleep).prior_descriptions()
     assert not any(line.startswith("corr") for line in intercepts)
     assert any(line.startswith("corr: LKJ") for line in slopes)
+    # a model's identity, recorded in saved results, still lists every prior: old files stay comparable
+    model = bh.hlm("reaction ~ days + (1 | subject)", sleep)
+    assert any(line.startswith("corr: LKJ") for line in model.identity()["priors"])
 
 
 def test_em_summary_counts_rows_and_groups_and_prints_p_values_readably(sleep, tmp_path):
