@@ -177,6 +177,29 @@ class _Objective:
         return -value, -self.grad.copy()
 
 
+def observed_information(model, theta, method="reml"):
+    """``-H``: minus the Hessian of the ML or REML log-likelihood in the unconstrained ``theta``.
+
+    Central differences of the exact gradient (the same as the fit's standard errors use).
+    """
+    return -_hessian(_Objective(model, method), np.asarray(theta, dtype=np.float64))
+
+
+def fixed_cov_at(model, theta):
+    """The covariance of the fixed-effect estimates given the variance components ``theta``, in the user's units.
+
+    ``(F' V(theta)^-1 F)^-1`` from one pass (:func:`samplers.ml.eb_estimates`): the fit's
+    ``vcov_fixed`` at its own ``theta``; elsewhere what small-sample inference differentiates.
+    """
+    stats, structure = model.stats, model.structure
+    work = workspace(stats, structure)
+    n_nodes = int(structure.node_ptr[-1])
+    p, d = stats.Fty.shape[0], stats.Xty.shape[1]
+    a, b, V, vcov = np.empty(p), np.zeros((n_nodes, d)), np.zeros((n_nodes, d, d)), np.empty((p, p))
+    eb_estimates(None, np.asarray(theta, dtype=np.float64), work, stats, structure, model.priors, a, b, V, vcov)
+    return model.basis.fixed_cov(vcov)
+
+
 def loglik_at(model, sigma, cov, method="reml"):
     """The ML or REML log-likelihood at given variance components, in the user's parametrisation.
 
