@@ -73,7 +73,7 @@ from bayeshlm.report import Report, report  # noqa: E402
 from bayeshlm.safe_formula import check_formula  # noqa: E402
 from bayeshlm.sample import SamplingError, sample  # noqa: E402
 from bayeshlm.simulate import simulate_crossed, simulate_instructors, simulate_nested  # noqa: E402
-from bayeshlm.summary import ConvergenceWarning, summary  # noqa: E402
+from bayeshlm.summary import ConvergenceWarning, prior_sensitivity, summary  # noqa: E402
 
 __all__ = [
     "GroupLevelWarning",
@@ -93,6 +93,7 @@ __all__ = [
     "ContrastTest",
     "contrast_test",
     "t_tests",
+    "prior_sensitivity",
     "fixef",
     "ranef",
     "varcorr",

@@ -18,9 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.special import betaln, multigammaln
+from scipy.special import multigammaln
 
 from bayeshlm.model import check_result, model_first, refuse_non_gaussian
+from bayeshlm.priors import lkj_log_norm
 from bayeshlm.results import flat_draws
 from bayeshlm.schema import SAMPLE_STATS, SIGMA, THETA
 from samplers.gaussian import integrate, workspace
@@ -88,19 +89,6 @@ def model_sd_priors(model):
         chosen = bool({"sd", role, "cov"} & user)
         out[role] = (str(prior), chosen)
     return out
-
-
-def lkj_log_norm(d, eta):
-    """Log of the LKJ normalising constant: ``f(R) = det(R)^(eta-1) / c_d(eta)``; returns ``-log c_d``.
-
-    ``c_d = 2^(sum_k (2 eta - 2 + d - k)(d - k)) prod_k B(eta + (d-k-1)/2, eta + (d-k-1)/2)^(d-k)``,
-    ``k = 1 .. d-1`` (Lewandowski, Kurowicka & Joe 2009).
-    """
-    log_c = 0.0
-    for k in range(1, d):
-        b = eta + (d - k - 1) / 2.0
-        log_c += (2 * eta - 2 + d - k) * (d - k) * np.log(2.0) + (d - k) * betaln(b, b)
-    return -log_c
 
 
 def _log_prior_norm(model):

@@ -83,7 +83,8 @@ def draws_memory(model, *, draws=1000, chains=4, keep_group_draws=True, group_mo
     dict of str to int
         Bytes by part: ``"posterior"`` (fixed effects, variance components, SDs, correlations
         and the sampler statistics), ``"group_draws"`` (the kept group coefficients),
-        ``"log_likelihood"``, ``"chain_states"`` (each chain's working arrays and running
+        ``"log_likelihood"``, ``"log_prior"`` (each draw's prior density and the arrays it is
+        computed from), ``"chain_states"`` (each chain's working arrays and running
         moments), ``"augmentation"`` (a non-Gaussian level 1: the rows the chains read, and
         each chain's working rows, statistics and, for counts, latent event times), and
         their sum, ``"total"``.
@@ -131,8 +132,13 @@ def draws_memory(model, *, draws=1000, chains=4, keep_group_draws=True, group_mo
         augmentation = n_obs * (5 + p + d) + chains * (4 * n_obs + n_groups * (d * d + d * p + d + p * p + p + 4))
         if model.family == "poisson":  # each chain's latent times, their offsets and the previous draw's predictor
             augmentation += chains * (latent_capacity(model.design.y) + 2 * n_obs + n_nodes * d)
-    parts = {"posterior": posterior, "group_draws": group_draws, "log_likelihood": loglik, "chain_states": states,
-             "augmentation": augmentation}
+    # the log prior of every draw (bayeshlm.log_prior): one value per fixed effect, SD and factor, and
+    # sigma's, with the draws of the fixed effects and SDs gathered in the chains' order; the working
+    # arrays are those of a few thousand draws at a time
+    n_factors = max(len(structure.level_ptr) - 1, 0)
+    log_prior = samples * (2 * p + 2 + 2 * d + n_factors)
+    parts = {"posterior": posterior, "group_draws": group_draws, "log_likelihood": loglik, "log_prior": log_prior,
+             "chain_states": states, "augmentation": augmentation}
     parts = {k: _FLOAT * int(v) for k, v in parts.items()}
     parts["total"] = sum(parts.values())
     return parts

@@ -599,6 +599,21 @@ _PRIOR_TYPES = {cls.__name__: cls for cls in (Flat, Normal, HalfNormal, HalfStud
                                               InverseGamma, LKJ, InverseWishart)}
 
 
+def lkj_log_norm(d, eta):
+    """Log of the LKJ normalising constant: ``f(R) = det(R)^(eta-1) / c_d(eta)``; returns ``-log c_d``.
+
+    ``c_d = 2^(sum_k (2 eta - 2 + d - k)(d - k)) prod_k B(eta + (d-k-1)/2, eta + (d-k-1)/2)^(d-k)``,
+    ``k = 1 .. d-1`` (Lewandowski, Kurowicka & Joe 2009).
+    """
+    from scipy.special import betaln
+
+    log_c = 0.0
+    for k in range(1, d):
+        b = eta + (d - k - 1) / 2.0
+        log_c += (2 * eta - 2 + d - k) * (d - k) * np.log(2.0) + (d - k) * betaln(b, b)
+    return -log_c
+
+
 def prior_from_text(text, where=None):
     """The prior a text names, ``"HalfNormal(10)"`` or ``"Normal(0, sigma=5)"``; parsed, never evaluated.
 

@@ -9,11 +9,14 @@ import threading
 import time
 
 import numpy as np
+import xarray as xr
 from scipy.special import ndtri
 
 from bayeshlm.family import family_code, log_normalising_constants
+from bayeshlm.log_prior import log_prior_dataset
 from bayeshlm.memory import check_memory
 from bayeshlm.results import cell_groups, group_selection, group_stats_held, loglik_mode, to_datatree
+from bayeshlm.schema import LOG_PRIOR
 from bayeshlm.start import starting_theta
 from bayeshlm.summary import warn_if_unconverged
 from samplers.augment import latent_capacity, mixture_table, working_rows
@@ -406,6 +409,7 @@ def sample(
             log_lik = np.stack([a.ll_out[:n_keep] for a in augs])
     tree = to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_group_draws,
                        kept_per_chain=kept if group_moments else None, log_lik=log_lik)
+    tree[LOG_PRIOR] = xr.DataTree(log_prior_dataset(model, tree))
     if not interrupted:
         warn_if_unconverged(tree)
     return tree

@@ -30,6 +30,7 @@ CONSTANT_DATA = "constant_data"
 GROUP_MOMENTS = "group_moments"
 POSTERIOR_PREDICTIVE = "posterior_predictive"
 PRIOR = "prior"
+LOG_PRIOR = "log_prior"
 PRIOR_PREDICTIVE = "prior_predictive"
 
 FIXED = "fixed"  # fixed effects

@@ -139,6 +139,42 @@ def warn_if_unconverged(result):
                       "bh.plot_trace and bh.report", ConvergenceWarning, stacklevel=3)
 
 
+def prior_sensitivity(result, var_names=None, *, threshold=0.05):
+    """Power-scaling sensitivity of the posterior to its prior and to its likelihood (Kallioinen et al. 2024).
+
+    Each parameter's posterior is reweighted, by Pareto-smoothed importance sampling, as if
+    the prior (or the likelihood) were raised to a power near 1; the sensitivity is how far
+    the posterior moves (a cumulative Jensen-Shannon distance per unit of log power).
+    ArviZ's ``psense_summary`` on the ``log_prior`` and ``log_likelihood`` groups that
+    :func:`bayeshlm.sample` writes (docs/design.md, "Log prior").
+
+    Parameters
+    ----------
+    result : xarray.DataTree
+        From :func:`bayeshlm.sample` (with its log-likelihood, the default).
+    var_names : list of str, optional
+        Posterior variables to check; default the fixed effects, sigma, the group SDs and
+        correlations.
+    threshold : float
+        Sensitivity above which a parameter is flagged (0.05, the authors' choice).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per parameter: ``prior`` and ``likelihood`` sensitivities and a diagnosis
+        (``"potential prior-data conflict"`` when both are above the threshold, ``"potential
+        strong prior / weak likelihood"`` when the prior's alone is, else a tick).
+    """
+    from arviz_stats import psense_summary
+
+    missing = [group for group in ("log_prior", "log_likelihood") if group not in result.children]
+    if missing:
+        raise ValueError(f"the posterior has no {' or '.join(missing)} group: sample it again with this version of "
+                         "bayeshlm (and log_likelihood left on)")
+    names = parameter_vars(result.posterior, False) if var_names is None else list(var_names)
+    return psense_summary(result, var_names=names, threshold=threshold)
+
+
 def describe_run(result):
     """A few lines on how the run was made: sampler settings, priors, timings."""
     settings = json.loads(result.attrs["sampler"])

@@ -82,8 +82,8 @@ def test_a_run_that_cannot_fit_is_refused_before_it_starts(sleep_model):
     assert isinstance(err, MemoryError) and isinstance(err, ValueError)
     assert err.need == draws_memory(sleep_model, draws=10**12, chains=4)["total"] > err.available
     message = str(err)
-    assert message.startswith("4 chains x 1000000000000 draws need about 2.53 PB of memory for the draws "
-                              "(posterior 800 TB, group draws 1.15 PB, log likelihood 576 TB")
+    assert message.startswith("4 chains x 1000000000000 draws need about 2.88 PB of memory for the draws "
+                              "(posterior 800 TB, group draws 1.15 PB, log likelihood 576 TB, log prior 352 TB")
     for remedy in ("ask for fewer draws (draws=", "or less, or fewer chains)",
                    "keep_group_draws=100 (with group_moments=True", "log_likelihood=False"):
         assert remedy in message, remedy

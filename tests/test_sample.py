@@ -25,7 +25,8 @@ def sleep_post(sleep_model):
 def test_groups_dims_and_coords(sleep_post, sleep_model):
     dt = sleep_post
     assert isinstance(dt, xr.DataTree)
-    assert set(dt.children) == {"posterior", "sample_stats", "log_likelihood", "observed_data", "constant_data"}
+    assert set(dt.children) == {"posterior", "sample_stats", "log_likelihood", "log_prior", "observed_data",
+                                "constant_data"}
     post = dt.posterior
     assert post.sizes["chain"] == 3 and post.sizes["draw"] == 200
     assert post["fixed"].dims == ("chain", "draw", "fixed_term")
