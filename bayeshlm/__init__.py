@@ -48,6 +48,7 @@ from bayeshlm.model import (  # noqa: E402
     hlm,  # noqa: E402
     model_from,
 )
+from bayeshlm.partition import variance_partition  # noqa: E402
 from bayeshlm.plots import plot_caterpillar, plot_compare, plot_ppc, plot_rank, plot_trace  # noqa: E402
 from bayeshlm.predict import (  # noqa: E402
     group_log_likelihood,
@@ -94,6 +95,7 @@ __all__ = [
     "contrast_test",
     "t_tests",
     "prior_sensitivity",
+    "variance_partition",
     "fixef",
     "ranef",
     "varcorr",

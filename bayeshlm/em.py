@@ -71,6 +71,7 @@ class EMResult:
     model: dict = field(default_factory=dict)
     model_record: dict = field(default_factory=dict)
     n_groups: dict = field(default_factory=dict)
+    icc_by_level: dict = field(default_factory=dict)
 
     @property
     def deviance(self) -> float:
@@ -125,10 +126,30 @@ class EMResult:
             lines.append("correlations: " + ", ".join(f"{k}: {v:.4f}" for k, v in self.corr.items()))
         if self.icc is not None:
             lines.append(f"intraclass correlation: {self.icc:.4f}")
+        elif self.icc_by_level:
+            lines.append("intraclass correlations (averaged over the rows' random slopes; by level: "
+                         "bayeshlm.variance_partition): "
+                         + ", ".join(f"{factor} {icc:.4f}" for factor, icc in self.icc_by_level.items()))
         table = self.fixed_table()
         table["p_value"] = table["p_value"].map(format_p)
         lines += ["", "Fixed effects:", table.to_string()]
         return "\n".join(lines)
+
+
+def _with_partition(model, result):
+    """The fit with each factor's intraclass correlation (:func:`bayeshlm.partition.variance_partition`).
+
+    Averaged over the rows' random-slope values; empty where no level-1 variance is
+    partitioned against (known variances, a count model) or the model has no groups.
+    """
+    from dataclasses import replace
+
+    from bayeshlm.partition import variance_partition
+
+    if (model.gaussian and model.sigma_known) or not model.coef_names or model.family == "poisson":
+        return result
+    table = variance_partition(model, result)
+    return replace(result, icc_by_level={str(k): float(v) for k, v in table["icc"].drop("Residual").items()})
 
 
 def group_counts(model):
@@ -375,7 +396,7 @@ def fit_em(model, method=None, *, em_iter=5, tol=1e-6, max_eval=5000, n_agq=1):
     robust = basis.fixed_cov(robust)
     variance_se = _variance_se(model, theta, method, boundary, hessian)
     loglik = float(loglik) + basis.loglik_offset(n_obs, restricted=method == "reml")
-    return EMResult(
+    return _with_partition(model, EMResult(
         method=method,
         fixed=dict(zip(model.fixed_names, a_user.tolist(), strict=True)),
         fixed_se=dict(zip(model.fixed_names, np.sqrt(np.diag(vcov_user)).tolist(), strict=True)),
@@ -408,7 +429,7 @@ def fit_em(model, method=None, *, em_iter=5, tol=1e-6, max_eval=5000, n_agq=1):
         reliability_by_group=rel,
         model=model.identity(),
         model_record=model.record(),
-    )
+    ))
 
 
 def _reliability(model, s2, T, V):
@@ -707,7 +728,7 @@ def _glmm_result(model, opt, n_agq):
     if names == ("Intercept",) and model.link in LATENT_VARIANCE:
         # on the latent scale: the logistic (pi^2 / 3) or standard normal (1) level-1 variance
         icc = float(sd_user[0, 0] ** 2 / (sd_user[0, 0] ** 2 + LATENT_VARIANCE[model.link]))
-    return EMResult(
+    return _with_partition(model, EMResult(
         method=method,
         fixed=dict(zip(model.fixed_names, a_user.tolist(), strict=True)),
         fixed_se=dict(zip(model.fixed_names, np.sqrt(np.diag(vcov)).tolist(), strict=True)),
@@ -742,4 +763,4 @@ def _glmm_result(model, opt, n_agq):
         reliability_by_group=rel,
         model=model.identity(),
         model_record=model.record(),
-    )
+    ))
