@@ -49,7 +49,14 @@ from bayeshlm.model import (  # noqa: E402
     model_from,
 )
 from bayeshlm.partition import variance_partition  # noqa: E402
-from bayeshlm.plots import plot_caterpillar, plot_compare, plot_ppc, plot_rank, plot_trace  # noqa: E402
+from bayeshlm.plots import (  # noqa: E402
+    plot_caterpillar,
+    plot_compare,
+    plot_ppc,
+    plot_rank,
+    plot_reliability,
+    plot_trace,
+)
 from bayeshlm.predict import (  # noqa: E402
     group_log_likelihood,
     loo,
@@ -70,6 +77,7 @@ from bayeshlm.priors import (  # noqa: E402
     PriorError,
     Uniform,
 )
+from bayeshlm.reliability import reliability  # noqa: E402
 from bayeshlm.report import Report, report  # noqa: E402
 from bayeshlm.safe_formula import check_formula  # noqa: E402
 from bayeshlm.sample import SamplingError, sample  # noqa: E402
@@ -96,6 +104,8 @@ __all__ = [
     "t_tests",
     "prior_sensitivity",
     "variance_partition",
+    "reliability",
+    "plot_reliability",
     "fixef",
     "ranef",
     "varcorr",

@@ -22,7 +22,7 @@ from bayeshlm.data import as_frame, evaluate_spec
 from bayeshlm.family import LATENT_VARIANCE
 from bayeshlm.schema import SIGMA, coef_dim, corr_pair_dim, corr_var, dim_name, sd_var
 
-__all__ = ["variance_partition"]
+__all__ = ["group_covariance", "variance_partition"]
 
 
 def _factor_columns(model):
@@ -83,6 +83,48 @@ def _table(model, variances):
     return share, icc
 
 
+def group_covariance(model, fit):
+    """``(T, s2)``: the group covariance ``(n_draws, d, d)`` over all the model's coefficients and ``sigma^2``.
+
+    One "draw" for an EM fit (its estimates), every draw of a posterior (chains
+    concatenated); coefficients of different factors or blocks are uncorrelated. ``s2`` is
+    nan where the model has no sigma (known variances, a non-Gaussian level 1).
+    """
+    posterior = hasattr(fit, "posterior")
+    parts = _factor_columns(model)
+    d = len(model.coef_names)
+    if not posterior:
+        T = np.zeros((1, d, d))
+        for factor, lo, _, names in parts:
+            qualified = [n if len(parts) == 1 else f"{n}|{factor}" for n in names]
+            for i, name in enumerate(qualified):
+                T[0, lo + i, lo + i] = fit.sd[name] ** 2
+            for key, r in fit.corr.items():
+                pair, _, owner = key.rpartition("|") if "|" in key and len(parts) > 1 else (key, "", factor)
+                if owner != factor:
+                    continue
+                first, second = pair.split(",", 1)
+                i, j = lo + names.index(first), lo + names.index(second)
+                T[0, i, j] = T[0, j, i] = r * np.sqrt(T[0, i, i] * T[0, j, j])
+        s2 = np.array([fit.sigma**2])
+    else:
+        post = fit.posterior
+        n = post.sizes["chain"] * post.sizes["draw"]
+        T = np.zeros((n, d, d))
+        for factor, lo, hi, names in parts:
+            g = dim_name(factor)
+            sd = post[sd_var(g)].transpose("chain", "draw", coef_dim(g)).values.reshape(n, hi - lo)
+            T[:, np.arange(lo, hi), np.arange(lo, hi)] = sd * sd
+            if corr_var(g) in post:
+                corr = post[corr_var(g)].transpose("chain", "draw", corr_pair_dim(g)).values.reshape(n, -1)
+                for m, pair in enumerate(post[corr_pair_dim(g)].values):
+                    first, second = str(pair).split(",", 1)
+                    i, j = lo + names.index(first), lo + names.index(second)
+                    T[:, i, j] = T[:, j, i] = corr[:, m] * sd[:, i - lo] * sd[:, j - lo]
+        s2 = post[SIGMA].values.reshape(n) ** 2 if SIGMA in post else np.full(n, np.nan)
+    return T, s2
+
+
 def variance_partition(model, fit, *, at=None, ci_prob=0.95):
     """The variance of each level, its share of the total, and each factor's intraclass correlation.
 
@@ -113,36 +155,9 @@ def variance_partition(model, fit, *, at=None, ci_prob=0.95):
     parts = _factor_columns(model)
     if not parts:
         raise ValueError("the model has no grouping factor: all its variance is at level 1")
-    d = len(model.coef_names)
-    if not posterior:
-        T = np.zeros((1, d, d))
-        for factor, lo, _, names in parts:
-            qualified = [n if len(parts) == 1 else f"{n}|{factor}" for n in names]
-            for i, name in enumerate(qualified):
-                T[0, lo + i, lo + i] = fit.sd[name] ** 2
-            for key, r in fit.corr.items():
-                pair, _, owner = key.rpartition("|") if "|" in key and len(parts) > 1 else (key, "", factor)
-                if owner != factor:
-                    continue
-                first, second = pair.split(",", 1)
-                i, j = lo + names.index(first), lo + names.index(second)
-                T[0, i, j] = T[0, j, i] = r * np.sqrt(T[0, i, i] * T[0, j, j])
-        s2 = np.array([fit.sigma**2 if fixed_s2 is None else fixed_s2])
-    else:
-        post = fit.posterior
-        n = post.sizes["chain"] * post.sizes["draw"]
-        T = np.zeros((n, d, d))
-        for factor, lo, hi, names in parts:
-            g = dim_name(factor)
-            sd = post[sd_var(g)].transpose("chain", "draw", coef_dim(g)).values.reshape(n, hi - lo)
-            T[:, np.arange(lo, hi), np.arange(lo, hi)] = sd * sd
-            if corr_var(g) in post:
-                corr = post[corr_var(g)].transpose("chain", "draw", corr_pair_dim(g)).values.reshape(n, -1)
-                for m, pair in enumerate(post[corr_pair_dim(g)].values):
-                    first, second = str(pair).split(",", 1)
-                    i, j = lo + names.index(first), lo + names.index(second)
-                    T[:, i, j] = T[:, j, i] = corr[:, m] * sd[:, i - lo] * sd[:, j - lo]
-        s2 = (post[SIGMA].values.reshape(n) ** 2) if fixed_s2 is None else np.full(n, fixed_s2)
+    T, s2 = group_covariance(model, fit)
+    if fixed_s2 is not None:
+        s2 = np.full(T.shape[0], fixed_s2)
     if at is None:
         variances = _partition(model, T, s2, model.design.X).mean(axis=1, keepdims=True)
         points = [None]

@@ -309,6 +309,39 @@ def _arviz_plot(name, posterior, var_names, kwargs):
     return fig
 
 
+def plot_reliability(model, posterior, coef="Intercept", *, eb=None, ci_prob=0.9, ax=None):
+    """Each group's reliability of one random coefficient against its number of rows: posterior and EM.
+
+    The posterior mean and equal-tailed interval of ``lambda_j`` per group
+    (:func:`bayeshlm.reliability`), with the EM fit's plug-in value beside it when ``eb`` is
+    given: small groups are the unreliable ones, and the interval shows how uncertain that is.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import matplotlib.pyplot as plt
+
+    from bayeshlm.reliability import reliability
+
+    table = reliability(model, posterior, ci_prob=ci_prob).xs(coef, level="coef")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4))
+    jitter = np.linspace(-0.15, 0.15, len(table)) if len(table) > 1 else np.zeros(1)
+    x = table["n"].to_numpy(float) + jitter
+    mean = table["reliability"].to_numpy()
+    ax.errorbar(x, mean, yerr=[mean - table["reliability_lower"], table["reliability_upper"] - mean], fmt="o",
+                ms=3, lw=0.8, alpha=0.7, label=f"posterior mean, {ci_prob:.0%} interval")
+    if eb is not None:
+        plug_in = reliability(model, eb).xs(coef, level="coef")
+        ax.plot(x, plug_in["reliability"], "x", color="k", ms=4, label="EM plug-in value")
+    ax.set_xlabel("rows in the group")
+    ax.set_ylabel(f"reliability of {coef}")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8, loc="lower right")
+    return ax.figure
+
+
 def plot_trace(posterior, var_names=None, **kwargs):
     """Trace plot (marginal density and draws by iteration, per chain) of the model parameters.
 
