@@ -486,6 +486,111 @@ def _by_group(values, member, axis=0):
     return np.moveaxis(out, 0, axis)
 
 
+def _nested_group_log_likelihood(model, posterior, own, chunk=None):
+    """Log-likelihood of each group of nested factor ``own``, its and its finer groups' coefficients integrated out.
+
+    The finer levels are integrated one at a time, finest first (docs/design.md, "Leaving
+    out groups at any level"): each finest group's rows give the precision-weighted sums
+    ``P = X'WX / s2``, ``p = X'Wr / s2``, ``q = r'Wr / s2`` and ``log|V| = n log s2 - sum log w``
+    over the random columns of the factors up to ``own``, ``r`` the residual of the fixed
+    part and of the coarser factors' draws; integrating a block with ``T = LL'`` is the
+    update ``M = I + L'P_cc L``, ``G = L M^-1 L'``, ``P -= P_.c G P_c.``, ``p -= P_.c G p_c``,
+    ``q -= p_c' G p_c``, ``log|V| += log|M|``, after which the sums of a group's children are
+    added into it. The result is ``-(n log 2 pi + log|V| + q) / 2``, in the user's units.
+
+    Returns
+    -------
+    ndarray of shape (chain, draw, n_groups of factor ``own``)
+    """
+    design = model.design
+    if not model.rows_held:
+        raise ValueError("leaving out groups of a coarser factor needs the model's rows, which a model from "
+                         "hlm_stats does not keep: compile it with bayeshlm.hlm")
+    parts = factor_parts(model)
+    post = posterior.posterior
+    C, D = post.sizes["chain"], post.sizes["draw"]
+    S = C * D
+    hi_own = parts[own][1][1]
+    cols = slice(0, hi_own)  # the random columns of the factors up to own, finest first
+    X = design.X[:, cols]
+    n = design.y.shape[0]
+    w = np.ones(n) if design.obs_var is None else 1.0 / design.obs_var
+    finest = design.factor_idx[0]
+    n_fine = len(design.factor_labels[0])
+    member = sp_member(finest, n_fine)
+    A = np.zeros((n_fine, hi_own, hi_own))
+    np.add.at(A, finest, w[:, None, None] * X[:, :, None] * X[:, None, :])
+    n_rows = np.bincount(finest, minlength=n_fine).astype(float)
+    sum_log_w = np.bincount(finest, np.log(w), minlength=n_fine)
+    sd, corr = covariance_draws(posterior, model)
+    T_all = corr * sd[:, :, None] * sd[:, None, :]
+    s2_all = np.ones(S) if model.sigma_known else flat_draws(post[SIGMA]) ** 2
+    bp = model.structure.block_ptr
+    blocks = [(int(bp[k]), int(bp[k + 1])) for k in range(len(bp) - 1)]
+    a_all = flat_draws(post[FIXED])
+    coarser = [(k, part) for k, part in enumerate(parts) if k > own]
+    coarse_draws = {k: _every_group_draws(post, model, k, part[0], "the likelihood of the coarser groups")
+                    for k, part in coarser}
+    n_groups = len(design.factor_labels[own])
+    out = np.empty((S, n_groups))
+    if chunk is None:
+        chunk = int(max(1, min(256, 20_000_000 // max(n, 1))))
+    for start in range(0, S, chunk):
+        draws = np.arange(start, min(start + chunk, S))
+        R = design.y[None, :] - a_all[draws] @ design.F.T
+        for k, (_, (klo, khi), _, _) in coarser:
+            R -= np.einsum("snj,nj->sn", coarse_draws[k][draws][:, design.factor_idx[k]], design.X[:, klo:khi])
+        Rw = R * w
+        s2 = s2_all[draws]
+        P = np.broadcast_to(A, (len(draws), *A.shape)) / s2[:, None, None, None]
+        p = np.stack([np.asarray((Rw * X[:, c]) @ member) for c in range(hi_own)], axis=-1) / s2[:, None, None]
+        q = np.asarray((Rw * R) @ member) / s2[:, None]
+        logdet = n_rows[None, :] * np.log(s2)[:, None] - sum_log_w[None, :]
+        count = n_rows.copy()
+        for k in range(own + 1):
+            lo, hi = parts[k][1]
+            for b_lo, b_hi in blocks:
+                if not lo <= b_lo < hi:
+                    continue
+                c = slice(b_lo, b_hi)
+                L = np.linalg.cholesky(T_all[draws][:, c, c] + 1e-12 * np.eye(b_hi - b_lo)
+                                       * np.maximum(np.trace(T_all[draws][:, c, c], axis1=1, axis2=2), 1e-300)
+                                       [:, None, None])
+                M = np.eye(b_hi - b_lo) + np.einsum("sji,sgjk,skl->sgil", L, P[:, :, c, c], L)
+                G = np.einsum("sij,sgjk,slk->sgil", L, np.linalg.inv(M), L)
+                Pc = P[:, :, :, c]  # (s, g, all, block)
+                pc = p[:, :, c]
+                P = P - np.einsum("sgia,sgab,sgjb->sgij", Pc, G, Pc)
+                p = p - np.einsum("sgia,sgab,sgb->sgi", Pc, G, pc)
+                q = q - np.einsum("sga,sgab,sgb->sg", pc, G, pc)
+                logdet = logdet + np.linalg.slogdet(M)[1]
+            if k < own:  # add each group's sums into its parent's
+                parent = design.parents[k]
+                n_up = len(design.factor_labels[k + 1])
+                P = _sum_into(P, parent, n_up)
+                p = _sum_into(p, parent, n_up)
+                q = _sum_into(q, parent, n_up)
+                logdet = _sum_into(logdet, parent, n_up)
+                count = np.bincount(parent, count, minlength=n_up)
+        out[draws] = -0.5 * (count[None, :] * np.log(2.0 * np.pi) + logdet + q)
+    return out.reshape(C, D, n_groups)
+
+
+def _sum_into(values, parent, n_up):
+    """Sums over axis 1 (groups) into the ``n_up`` parents: ``out[:, parent[g]] += values[:, g]``."""
+    out = np.zeros((values.shape[0], n_up, *values.shape[2:]))
+    np.add.at(out, (slice(None), parent), values)
+    return out
+
+
+def sp_member(idx, n_groups):
+    """The (rows x groups) indicator matrix of group codes ``idx``, sparse."""
+    import scipy.sparse as sp
+
+    n = idx.shape[0]
+    return sp.csr_matrix((np.ones(n), (np.arange(n), idx)), shape=(n, n_groups))
+
+
 def marginal_group_log_likelihood(model, posterior, *, factor=None, chunk=None):
     """Log-likelihood of each finest group's rows with its own coefficients integrated out.
 
@@ -498,7 +603,10 @@ def marginal_group_log_likelihood(model, posterior, *, factor=None, chunk=None):
 
     With crossed factors, ``factor`` (default the one with most groups) names the factor
     whose groups are left out: ``mu_j`` then holds the other factors' coefficients of the
-    draw (a subject's rows, with the items' effects as drawn).
+    draw (a subject's rows, with the items' effects as drawn). With nested factors,
+    ``factor`` may be a coarser one: a group's rows then have its own coefficients and those
+    of every finer group within it integrated out, and ``mu_j`` holds the fixed part and the
+    still coarser factors' draws (:func:`_nested_group_log_likelihood`).
 
     Returns
     -------
@@ -516,10 +624,10 @@ def marginal_group_log_likelihood(model, posterior, *, factor=None, chunk=None):
         raise ValueError("the model has no grouping factor to leave groups out of")
     names = [part[0] for part in parts]
     own = 0 if factor is None else names.index(factor) if factor in names else -1
-    if own < 0 or (own > 0 and not model.crossed):
-        raise ValueError(f"factor must be {names[0]!r}" + (f" or another of {names}" if model.crossed else
-                         " (the finest: leaving out groups of a coarser factor is not available)")
-                         + f", got {factor!r}")
+    if own < 0:
+        raise ValueError(f"factor must be one of the model's grouping factors {names}, got {factor!r}")
+    if own > 0 and not model.crossed:
+        return _nested_group_log_likelihood(model, posterior, own, chunk)
     factor, (lo, hi), _, _ = parts[own]
     post = posterior.posterior
     C, D = post.sizes["chain"], post.sizes["draw"]
@@ -579,7 +687,7 @@ def marginal_group_log_likelihood(model, posterior, *, factor=None, chunk=None):
 
 
 def group_log_likelihood(model, posterior, *, factor=None):
-    """The posterior with a ``log_likelihood`` group of whole finest groups, coefficients integrated out.
+    """The posterior with a ``log_likelihood`` group of whole groups of ``factor`` (the finest by default).
 
     ``arviz.loo`` on the result estimates leave-one-group-out predictive accuracy: how well
     the model predicts a new group (a new school) rather than a new row of a known group.
@@ -614,9 +722,11 @@ def loo(model, posterior=None, *, by="obs", **kwargs):
     posterior : xarray.DataTree
         From :func:`bayeshlm.sample`; with ``by="obs"`` it needs its pointwise log-likelihood.
     by : str
-        ``"obs"`` leaves out one observation at a time; the name of the finest grouping
-        factor (of any factor, when they are crossed) leaves out one group at a time, with
-        the group's coefficients integrated out (see :func:`group_log_likelihood`).
+        ``"obs"`` leaves out one observation at a time; the name of a grouping factor leaves
+        out one of its groups at a time, with the group's coefficients integrated out, and
+        for a coarser factor of nested ones those of every finer group in it too (a school
+        with its classes: how well the model predicts a new school), see
+        :func:`group_log_likelihood`.
     **kwargs
         Passed to ``arviz.loo`` (e.g. ``pointwise=True``).
 
@@ -641,13 +751,7 @@ def loo(model, posterior=None, *, by="obs", **kwargs):
     if model is None:
         raise ValueError("leaving groups out needs the model: loo(model, posterior, by=...)")
     check_result(model, posterior, "the posterior")
-    parts = factor_parts(model)
-    finest = parts[0][0] if parts else None
-    if model.crossed and by in [p[0] for p in parts]:
-        return az.loo(group_log_likelihood(model, posterior, factor=by), **kwargs)
-    if by != finest:
-        names = [p[0] for p in parts]
-        raise ValueError(f"by must be 'obs' or the finest grouping factor {finest!r} "
-                         f"(the model's factors: {names}); leaving out groups of a coarser factor "
-                         "is not available")
-    return az.loo(group_log_likelihood(model, posterior), **kwargs)
+    names = [part[0] for part in factor_parts(model)]
+    if by not in names:
+        raise ValueError(f"by must be 'obs' or one of the model's grouping factors {names}, got {by!r}")
+    return az.loo(group_log_likelihood(model, posterior, factor=by), **kwargs)
