@@ -195,7 +195,7 @@ def _coef_parts(model, k):
     the deviations of coarser factors.
     """
     design = model.design
-    if design.F.shape[0] == 0:
+    if design.F is None or design.F.shape[0] == 0:
         raise ValueError("coef needs the model's rows; a model built from statistics alone (hlm_stats) has none")
     sizes = list(design.factor_sizes or (len(model.coef_names),))
     starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int)

@@ -50,6 +50,17 @@ def _design_at(model, at):
     return np.hstack(blocks)
 
 
+def _second_moments(model):
+    """``E[z z']`` over the rows of the random design, in the user's units (from the rows, or the statistics)."""
+    X = model.design.X
+    if X is not None and X.shape[0]:
+        return X.T @ X / X.shape[0]
+    # a model from statistics alone: X_N = X M in the kernels' basis, so X'X = M^-T (X_N'X_N) M^-1
+    stats, basis = model.stats, model.basis
+    M_inv = basis.coef_matrix_inverse()
+    return M_inv.T @ stats.XtX.sum(axis=0) @ M_inv / float(stats.n.sum())
+
+
 def _level1_variance(model):
     if model.gaussian:
         return None  # sigma^2, from the fit
@@ -158,8 +169,12 @@ def variance_partition(model, fit, *, at=None, ci_prob=0.95):
     T, s2 = group_covariance(model, fit)
     if fixed_s2 is not None:
         s2 = np.full(T.shape[0], fixed_s2)
-    if at is None:
-        variances = _partition(model, T, s2, model.design.X).mean(axis=1, keepdims=True)
+    if at is None:  # the mean of z'Tz over the rows: tr(T E[zz'])
+        S = _second_moments(model)
+        variances = np.empty((T.shape[0], 1, len(parts) + 1))
+        for f, (_, lo, hi, _) in enumerate(parts):
+            variances[:, 0, f] = np.einsum("sij,ij->s", T[:, lo:hi, lo:hi], S[lo:hi, lo:hi])
+        variances[:, 0, -1] = s2
         points = [None]
     else:
         Z = _design_at(model, at)

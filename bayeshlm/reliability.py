@@ -39,7 +39,7 @@ def _finest(model):
 def _cross_products(model, d1):
     """``A_j = X_j'W_jX_j`` ``(n_groups, d1, d1)`` and each group's rows, from the design in the user's units."""
     design = model.design
-    if design.X.shape[0] == 0:
+    if design.X is None or design.X.shape[0] == 0:
         raise ValueError("reliability needs the model's rows; a model built from statistics alone (hlm_stats) has "
                          "none")
     X = design.X[:, :d1]

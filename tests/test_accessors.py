@@ -155,3 +155,8 @@ def test_accessors_refuse_what_they_cannot_give(sleep):
         bh.coef(other, eb)
     with pytest.raises(ValueError, match="ci_prob"):
         bh.fixef(post, ci_prob=95)
+    chunked = bh.hlm_stats("reaction ~ days + (days | subject)", bh.load_dataset("sleepstudy"))
+    with pytest.raises(ValueError, match="statistics alone"):
+        bh.coef(chunked, bh.fit_em(chunked))
+    with pytest.raises(ValueError, match="statistics alone"):
+        bh.reliability(chunked, bh.fit_em(chunked))

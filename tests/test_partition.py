@@ -54,6 +54,10 @@ def test_a_random_slope_s_variance_depends_on_where_it_is_taken():
     days = data["days"].to_numpy(float)
     average = s0**2 + 2 * days.mean() * r * s0 * s1 + np.mean(days**2) * s1**2
     assert bh.variance_partition(model, fit).loc["subject", "variance"] == pytest.approx(average, rel=1e-10)
+    # a model from statistics alone has no rows: the same average from its cross-products
+    chunked = bh.hlm_stats("reaction ~ days + (days | subject)", data)
+    from_stats = bh.variance_partition(chunked, bh.fit_em(chunked))
+    assert from_stats.loc["subject", "variance"] == pytest.approx(average, rel=1e-6)
     # the posterior's: the same arithmetic draw by draw
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", bh.ConvergenceWarning)
