@@ -58,9 +58,9 @@ def run(capsys, *argv, keep_convergence=False):
     return code, captured.out, err
 
 
-def test_a_run_whose_chains_disagree_says_so_on_standard_error(sleep_csv, capsys):
+def test_a_run_whose_chains_disagree_says_so_on_standard_error(sleep_csv, tmp_path, capsys):
     code, _, err = run(capsys, "fit", sleep_csv, FORMULA, "--chains", "4", "--draws", "8", "--warmup", "0",
-                       "--seed", "2", "--quiet", keep_convergence=True)
+                       "--seed", "2", "--quiet", "--out", tmp_path / "fit.nc", keep_convergence=True)
     assert code == 0
     assert err.startswith(CONVERGENCE) and "the chains disagree" in err
 
