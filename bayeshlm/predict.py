@@ -517,7 +517,7 @@ def _nested_group_log_likelihood(model, posterior, own, chunk=None):
     w = np.ones(n) if design.obs_var is None else 1.0 / design.obs_var
     finest = design.factor_idx[0]
     n_fine = len(design.factor_labels[0])
-    member = sp_member(finest, n_fine)
+    member = _member(finest, n_fine)
     A = np.zeros((n_fine, hi_own, hi_own))
     np.add.at(A, finest, w[:, None, None] * X[:, :, None] * X[:, None, :])
     n_rows = np.bincount(finest, minlength=n_fine).astype(float)
@@ -542,6 +542,7 @@ def _nested_group_log_likelihood(model, posterior, own, chunk=None):
             R -= np.einsum("snj,nj->sn", coarse_draws[k][draws][:, design.factor_idx[k]], design.X[:, klo:khi])
         Rw = R * w
         s2 = s2_all[draws]
+        T = T_all[draws]
         P = np.broadcast_to(A, (len(draws), *A.shape)) / s2[:, None, None, None]
         p = np.stack([np.asarray((Rw * X[:, c]) @ member) for c in range(hi_own)], axis=-1) / s2[:, None, None]
         q = np.asarray((Rw * R) @ member) / s2[:, None]
@@ -553,9 +554,9 @@ def _nested_group_log_likelihood(model, posterior, own, chunk=None):
                 if not lo <= b_lo < hi:
                     continue
                 c = slice(b_lo, b_hi)
-                L = np.linalg.cholesky(T_all[draws][:, c, c] + 1e-12 * np.eye(b_hi - b_lo)
-                                       * np.maximum(np.trace(T_all[draws][:, c, c], axis1=1, axis2=2), 1e-300)
-                                       [:, None, None])
+                Tc = T[:, c, c]  # a tiny jitter, relative to the block's scale, for an SD of exactly zero
+                jitter = 1e-12 * np.maximum(np.trace(Tc, axis1=1, axis2=2), 1e-300)[:, None, None]
+                L = np.linalg.cholesky(Tc + jitter * np.eye(b_hi - b_lo))
                 M = np.eye(b_hi - b_lo) + np.einsum("sji,sgjk,skl->sgil", L, P[:, :, c, c], L)
                 G = np.einsum("sij,sgjk,slk->sgil", L, np.linalg.inv(M), L)
                 Pc = P[:, :, :, c]  # (s, g, all, block)
@@ -583,7 +584,7 @@ def _sum_into(values, parent, n_up):
     return out
 
 
-def sp_member(idx, n_groups):
+def _member(idx, n_groups):
     """The (rows x groups) indicator matrix of group codes ``idx``, sparse."""
     import scipy.sparse as sp
 
@@ -652,13 +653,11 @@ def marginal_group_log_likelihood(model, posterior, *, factor=None, chunk=None):
         A, n_j, sum_log_w = _by_group(A, cells), _by_group(n_j, cells), _by_group(sum_log_w, cells)
         n_groups = len(model.design.factor_labels[own])
         group_idx = None if group_idx is None else model.design.factor_idx[own]
-    import scipy.sparse as sp
-
     if not from_stats:
         n = model.n_obs
         w = basis.weights(model.design.obs_var)
         w = np.ones(n) if w is None else w
-        member = sp.csr_matrix((np.ones(n), (np.arange(n), group_idx)), shape=(n, n_groups))
+        member = _member(group_idx, n_groups)
     out = np.empty((S, n_groups))
     eye = np.eye(d)
     if chunk is None:  # draws per block: at most ~2e7 values at a time (residuals of the rows, or per group)

@@ -47,6 +47,15 @@ def summary(result, *, ci_prob=0.95, include_groups=False, round_to="none"):
     return az.summary(result, var_names=names, ci_prob=ci_prob, ci_kind="eti", round_to=round_to)
 
 
+def _scalar_label(name, da, i):
+    """``name[coord,...]`` of the ``i``-th scalar of ``da`` (flattened), or ``name`` for a scalar variable."""
+    if not da.dims:
+        return name
+    labels = da.stack(_flat=da.dims)["_flat"].values[i]
+    labels = labels if isinstance(labels, tuple) else (labels,)
+    return f"{name}[{','.join(str(x) for x in labels)}]"
+
+
 def diagnostics(result):
     """Worst-case convergence diagnostics over every scalar in the posterior.
 
@@ -82,9 +91,7 @@ def diagnostics(result):
             better = best_val is None or (v < best_val if pick is np.nanargmin else v > best_val)
             if better:
                 best_val = v
-                stacked = ds[name].stack(_flat=ds[name].dims) if ds[name].dims else None
-                label = name if stacked is None else f"{name}[{','.join(str(x) for x in stacked['_flat'].values[i])}]"
-                best_name = label
+                best_name = _scalar_label(name, ds[name], i)
         out[key] = best_val
         out[key.replace("min_", "argmin_").replace("max_", "argmax_")] = best_name
     seconds = float(result.attrs.get("sampling_time", np.nan))
@@ -119,12 +126,7 @@ def worst_rhat(result):
         i = int(np.nanargmax(values))
         if worst is None or values[i] > worst:
             worst = float(values[i])
-            if da.dims:
-                labels = da.stack(_flat=da.dims)["_flat"].values[i]
-                labels = labels if isinstance(labels, tuple) else (labels,)
-                where = f"{name}[{','.join(str(x) for x in labels)}]"
-            else:
-                where = name
+            where = _scalar_label(name, da, i)
     return worst, where
 
 
