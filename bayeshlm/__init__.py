@@ -39,7 +39,7 @@ from bayeshlm.evidence import (  # noqa: E402
 from bayeshlm.family import FamilyWarning  # noqa: E402
 from bayeshlm.formula import FormulaError, parse_formula  # noqa: E402
 from bayeshlm.hierarchy import Equation, Hierarchy  # noqa: E402
-from bayeshlm.inference import ContrastTest, contrast_test, t_tests  # noqa: E402
+from bayeshlm.inference import ContrastTest, KenwardRoger, contrast_df, contrast_test, kenward_roger, t_tests  # noqa: E402
 from bayeshlm.io import load, save  # noqa: E402
 from bayeshlm.lrt import LRTResult, lrt, lrt_hierarchy  # noqa: E402
 from bayeshlm.model import (  # noqa: E402
@@ -101,6 +101,9 @@ __all__ = [
     "coef",
     "ContrastTest",
     "contrast_test",
+    "contrast_df",
+    "kenward_roger",
+    "KenwardRoger",
     "t_tests",
     "prior_sensitivity",
     "variance_partition",

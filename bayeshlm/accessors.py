@@ -24,7 +24,7 @@ import pandas as pd
 
 from bayeshlm.compare import eb_rows, group_draws
 from bayeshlm.em import EMResult
-from bayeshlm.model import check_result, model_first
+from bayeshlm.model import check_result, coef_parts, model_first
 from bayeshlm.results import flat_draws, grouping_factors
 from bayeshlm.schema import FIXED, FIXED_DIM, SIGMA, coef_dim, corr_pair_dim, corr_var, dim_name, effect_var, sd_var
 
@@ -167,63 +167,6 @@ def ranef(fit, factor=None, *, draws=False, wide=False, ci_prob=0.95):
     return _shape(_long([summary[c] for c in _SUMMARY], groups, coefs, factor, _SUMMARY), wide)
 
 
-def _ratio(column, own, idx, n_groups):
-    """``(k, w)`` such that ``column = w[idx] * own[:, k]`` on every row, or None.
-
-    ``w`` is the per-group value of a variable constant within each group (nan for a group
-    whose ``own[:, k]`` is zero on every row, where the variable cannot be read off).
-    """
-    scale = max(float(np.max(np.abs(column))), np.finfo(float).tiny)
-    for k in range(own.shape[1]):
-        x = own[:, k]
-        num = np.bincount(idx, column * x, n_groups)
-        den = np.bincount(idx, x * x, n_groups)
-        seen = den > 0
-        w = np.where(seen, num / np.where(seen, den, 1.0), 0.0)
-        if np.all(np.abs(column - w[idx] * x) <= 1e-9 * scale):
-            return k, np.where(seen, w, np.nan)
-    return None
-
-
-def _coef_parts(model, k):
-    """How the coefficients of factor ``k``'s groups are put together (see the module's text).
-
-    Returns ``(own_names, fixed_maps, fixed_only, parent_maps)``: the factor's coefficient
-    names; ``[(fixed column, own coefficient, w)]`` for the fixed effects that enter a
-    coefficient, ``w`` their variable's value per group; the fixed columns that are columns of
-    their own; ``[(m, parent column, own coefficient, w, parent group of each group)]`` for
-    the deviations of coarser factors.
-    """
-    design = model.design
-    if design.F is None or design.F.shape[0] == 0:
-        raise ValueError("coef needs the model's rows; a model built from statistics alone (hlm_stats) has none")
-    sizes = list(design.factor_sizes or (len(model.coef_names),))
-    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
-    idx_all = design.factor_idx or (design.group_idx,)
-    labels_all = design.factor_labels or (design.group_labels,)
-    idx = np.asarray(idx_all[k], dtype=np.int64)
-    n_groups = len(labels_all[k])
-    own = design.X[:, starts[k]:starts[k + 1]]
-    fixed_maps, fixed_only = [], []
-    for f in range(design.F.shape[1]):
-        found = _ratio(design.F[:, f], own, idx, n_groups)
-        if found is None:
-            fixed_only.append(f)
-        else:
-            fixed_maps.append((f, found[0], found[1]))
-    parent_maps = []
-    if not design.crossed:
-        up = np.arange(n_groups)
-        for m in range(k + 1, len(sizes)):
-            up = design.parents[m - 1][up]
-            for c in range(starts[m], starts[m + 1]):
-                found = _ratio(design.X[:, c], own, idx, n_groups)
-                if found is not None:
-                    parent_maps.append((m, c - starts[m], found[0], found[1], up.copy()))
-    names = (design.factor_coef_names or (design.coef_names,))[k]
-    return list(names), fixed_maps, fixed_only, parent_maps
-
-
 def coef(model, fit, factor=None, *, draws=False, wide=False, ci_prob=0.95):
     """Each group's coefficients, everything the model adds into them included.
 
@@ -261,7 +204,7 @@ def coef(model, fit, factor=None, *, draws=False, wide=False, ci_prob=0.95):
     _check_prob(ci_prob)
     factors, factor = _factor(fit, factor)
     k = factors.index(factor)
-    names, fixed_maps, fixed_only, parent_maps = _coef_parts(model, k)
+    names, fixed_maps, fixed_only, parent_maps = coef_parts(model, k)
     fixed_names = list(model.fixed_names)
     labels = [str(x) for x in (model.design.factor_labels or (model.design.group_labels,))[k]]
     columns = names + [fixed_names[f] for f in fixed_only]

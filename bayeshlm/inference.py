@@ -11,6 +11,15 @@ the variance components are parametrised, so it equals lmerTest's, which works w
 ``(theta, sigma)``. An F test of ``q`` contrasts rotates them to the eigenvectors of
 ``L V L'``, takes each one's ``nu_i``, and gives the denominator ``2 E / (E - q)`` with
 ``E = sum nu_i / (nu_i - 2)`` (Fai & Cornelius 1996), 2 when some ``nu_i <= 2``.
+
+Kenward and Roger (1997) also correct the covariance: ``Phi_A = Phi + 2 Lambda`` adds what the
+estimated variance components take from the precision of ``a_hat``, and the F statistic of
+``q`` contrasts, scaled by ``lambda``, is referred to F(q, m) with ``m`` from matching two
+moments. Both come from the derivatives ``G_i`` of the marginal covariance ``Sigma`` of the
+rows in its variance and covariance parameters (linear: ``Sigma = sum theta_i G_i``), formed
+dense within each top-level group, as pbkrtest forms them. HLM's degrees of freedom
+(Raudenbush & Bryk 2002) give the coefficient of a group-level variable in the equation of a
+random coefficient ``J - S - 1``: the groups of that level less the equation's terms.
 docs/design.md, "Small-sample inference".
 """
 
@@ -24,9 +33,10 @@ import pandas as pd
 from bayeshlm.em import EMResult, fixed_cov_at, observed_information
 from bayeshlm.model import check_result, model_first
 
-__all__ = ["ContrastTest", "contrast_test", "t_tests"]
+__all__ = ["ContrastTest", "KenwardRoger", "contrast_df", "contrast_test", "kenward_roger", "t_tests"]
 
-DDF = ("satterthwaite", "normal")
+DDF = ("satterthwaite", "kenward-roger", "hlm", "normal")
+KR_DENSE_LIMIT = 4000  # rows of one block of the dense marginal covariance (crossed factors: all rows)
 
 
 def _check(model, fit, ddf):
@@ -36,13 +46,19 @@ def _check(model, fit, ddf):
     check_result(model, fit, "the fit")
     if ddf not in DDF:
         raise ValueError(f"ddf must be one of {DDF}, got {ddf!r}")
-    if ddf == "satterthwaite":
+    if ddf != "normal":
+        name = {"satterthwaite": "Satterthwaite's", "kenward-roger": "Kenward and Roger's", "hlm": "HLM's"}[ddf]
         if not model.gaussian:
-            raise ValueError(f"Satterthwaite's degrees of freedom are for Gaussian models; a {model.family} model's "
+            raise ValueError(f"{name} degrees of freedom are for Gaussian models; a {model.family} model's "
                              "fixed effects are tested by z (ddf='normal'), as glmer does")
-        if fit.boundary:
-            raise ValueError(f"Satterthwaite's degrees of freedom need the variance components inside their range; "
+        if fit.boundary and ddf in ("satterthwaite", "kenward-roger"):
+            raise ValueError(f"{name} degrees of freedom need the variance components inside their range; "
                              f"{', '.join(fit.boundary)} is at zero: refit without it")
+        if ddf == "kenward-roger" and fit.method != "reml":
+            raise ValueError("Kenward and Roger's adjustment is for REML fits: refit with fit_em(model, 'reml')")
+        if ddf in ("kenward-roger", "hlm") and not model.rows_held:
+            raise ValueError(f"{name} degrees of freedom need the model's rows; a model built from statistics "
+                             "alone (hlm_stats) has none: use ddf='satterthwaite'")
     return model, fit
 
 
@@ -78,8 +94,194 @@ def _satterthwaite(model, fit, L):
     return 2.0 * var**2 / np.einsum("ri,ij,rj->r", G, A, G)
 
 
+def _row_blocks(model):
+    """Rows of each independent block of the marginal covariance: the top-level groups, or all rows when crossed."""
+    design = model.design
+    n = model.n_obs
+    if design.crossed:
+        blocks = [np.arange(n)]
+    else:
+        top = np.asarray((design.factor_idx or (design.group_idx,))[-1], dtype=np.int64)
+        order = np.argsort(top, kind="stable")
+        blocks = np.split(order, np.flatnonzero(np.diff(top[order])) + 1)
+    largest = max(len(b) for b in blocks)
+    if largest > KR_DENSE_LIMIT:
+        where = "crossed factors make all rows one block" if design.crossed else \
+            f"the largest group of {model.factors[-1]!r} has {largest} rows"
+        raise ValueError(f"Kenward and Roger's adjustment forms the marginal covariance of each independent block of "
+                         f"rows densely; {where}, above {KR_DENSE_LIMIT}: use ddf='satterthwaite'")
+    return blocks
+
+
+@dataclass(frozen=True)
+class KenwardRoger:
+    """Kenward and Roger's (1997) adjusted covariance of the fixed effects, and what their degrees of freedom need.
+
+    ``vcov`` is ``Phi_A`` in the user's parametrisation; the other fields are in the
+    kernels' basis with orthonormal columns (``a_user = to_user @ a + shift``): ``phi`` the unadjusted covariance,
+    ``P`` the matrices ``-F' Sigma^-1 G_i Sigma^-1 F`` and ``W`` the inverse expected REML
+    information of the variance parameters (docs/design.md, "Small-sample inference").
+    """
+
+    vcov: np.ndarray
+    phi: np.ndarray
+    phi_adjusted: np.ndarray
+    P: np.ndarray
+    W: np.ndarray
+    to_user: np.ndarray
+
+    def moments(self, L):
+        """``(lambda, m)`` of the ``q`` rows of ``L`` (user's parametrisation): F scale and denominator df."""
+        L = np.atleast_2d(L) @ self.to_user
+        q = L.shape[0]
+        phi = self.phi
+        theta = L.T @ np.linalg.solve(L @ phi @ L.T, L)
+        u = np.einsum("ab,ibc,cd->iad", theta @ phi, self.P, phi)
+        tr = np.einsum("iaa->i", u)
+        A1 = float(tr @ self.W @ tr)
+        A2 = float(np.einsum("ij,iab,jba->", self.W, u, u))
+        B = (A1 + 6 * A2) / (2 * q)
+        g = ((q + 1) * A1 - (q + 4) * A2) / ((q + 2) * A2)
+        denom = 3 * q + 2 * (1 - g)
+        c1, c2, c3 = g / denom, (q - g) / denom, (q + 2 - g) / denom
+        e_star = 1 / (1 - A2 / q)
+        v_star = (2 / q) * (1 + c1 * B) / ((1 - c2 * B) ** 2 * (1 - c3 * B))
+        rho = v_star / (2 * e_star**2)
+        m = 4 + (q + 2) / (q * rho - 1)
+        scale = 1.0 if abs(m - 4) < 1e-2 else m / (e_star * (m - 2))
+        return float(scale), float(m)
+
+
+def kenward_roger(model, fit):
+    """Kenward and Roger's adjusted covariance of a REML fit's fixed effects (pbkrtest's ``vcovAdj``).
+
+    ``Sigma = sum_i theta_i G_i`` in the level-1 variance and the elements of each covariance
+    block of the group coefficients; ``Phi = (F' Sigma^-1 F)^-1``, ``P_i = -F' Sigma^-1 G_i
+    Sigma^-1 F``, ``Q_ij = F' Sigma^-1 G_i Sigma^-1 G_j Sigma^-1 F``, and the expected REML
+    information ``I_ij = (tr(Sigma^-1 G_i Sigma^-1 G_j) - 2 tr(Phi Q_ij) + tr(Phi P_i Phi
+    P_j)) / 2``, ``W = I^-1``. Then ``Phi_A = Phi + 2 Phi [sum_ij W_ij (Q_ij - P_i Phi P_j)]
+    Phi``. The sums run over the independent blocks of rows (the top-level groups), each
+    formed densely; computed in the kernels' basis, where the columns are on one scale.
+
+    Returns
+    -------
+    KenwardRoger
+    """
+    from samplers.theta import covariances
+
+    model, fit = _check(model, fit, "kenward-roger")
+    design, basis = model.design, model.basis
+    if not model.coef_names:
+        raise ValueError("Kenward and Roger's adjustment is for models with group-level variance components; "
+                         "this model has none")
+    _, F, X = basis.rows(design.y, design.F, design.X)
+    # orthonormal columns (F = Q R): a product of a shifted column with another stays nearly
+    # collinear with it in the kernels' basis, and the traces below would lose its digits
+    R = np.linalg.qr(F, mode="r")
+    F = np.linalg.solve(R.T, F.T).T
+    w = basis.weights(design.obs_var)
+    s2, T = covariances(np.asarray(fit.theta, dtype=np.float64)[None, :], model.structure)
+    s2, T = float(s2[0]), T[0]
+    resid = np.full(model.n_obs, s2) if w is None else s2 / w
+    sizes = design.factor_sizes or (len(model.coef_names),)
+    col_factor = np.repeat(np.arange(len(sizes)), sizes)
+    idx_all = [np.asarray(i, dtype=np.int64) for i in (design.factor_idx or (design.group_idx,))]
+    bp = model.structure.block_ptr
+    pairs = [(a, b) for k in range(len(bp) - 1) for a in range(bp[k], bp[k + 1]) for b in range(bp[k], a + 1)]
+    residual = not model.sigma_known
+    m = len(pairs) + residual
+    p = F.shape[1]
+    info = np.zeros((p, p))
+    P = np.zeros((m, p, p))
+    Q = np.zeros((m, m, p, p))
+    K = np.zeros((m, m))
+    for rows in _row_blocks(model):
+        Fj, Xj = F[rows], X[rows]
+        same = [idx[rows][:, None] == idx[rows][None, :] for idx in idx_all]
+        G = []
+        if residual:
+            G.append(np.diag(resid[rows] / s2))
+        for a, b in pairs:
+            outer = np.outer(Xj[:, a], Xj[:, b])
+            G.append(same[col_factor[a]] * (outer if a == b else outer + outer.T))
+        G = np.array(G)
+        V = np.diag(resid[rows]) + np.einsum("i,iab->ab", np.array([T[a, b] for a, b in pairs]), G[residual:])
+        Vinv = np.linalg.inv(V)
+        TT = Vinv @ Fj
+        info += Fj.T @ TT
+        GT = G @ TT  # (m, n_j, p)
+        P -= np.einsum("ra,irb->iab", TT, GT)
+        Q += np.einsum("ira,rs,jsb->ijab", GT, Vinv, GT)
+        H = G @ Vinv
+        K += np.einsum("iab,jba->ij", H, H)
+    phi = np.linalg.inv(info)
+    IE = K - 2 * np.einsum("ab,ijba->ij", phi, Q) + np.einsum("ab,ibc,cd,jda->ij", phi, P, phi, P)
+    W = 2 * np.linalg.inv(IE)
+    U = np.einsum("ij,ijab->ab", W, Q) - np.einsum("ij,iab,bc,jcd->ad", W, P, phi, P)
+    phi_a = phi + 2 * phi @ U @ phi
+    to_user = basis.fixed_to_user()[0] @ np.linalg.inv(R)
+    return KenwardRoger(to_user @ phi_a @ to_user.T, phi, phi_a, P, W, to_user)
+
+
+def _hlm_df(model):
+    """HLM's degrees of freedom of each fixed effect (docs/design.md, "Small-sample inference").
+
+    A fixed column that is a group-level variable times one of a factor's random coefficients'
+    columns is a term of that coefficient's equation; at the coarsest factor where it is one,
+    its df is the factor's number of groups less the terms of that equation. Any other column
+    is a coefficient of level 1 alone: ``N - p``.
+    """
+    from bayeshlm.model import coef_parts
+
+    design = model.design
+    p = len(model.fixed_names)
+    home = [None] * p
+    for k in range(len(model.factors)):
+        _, fixed_maps, _, _ = coef_parts(model, k)
+        for f, own, _ in fixed_maps:
+            home[f] = (k, own)
+    counts = {}
+    for h in home:
+        if h is not None:
+            counts[h] = counts.get(h, 0) + 1
+    labels = design.factor_labels or (design.group_labels,)
+    return np.array([model.n_obs - p if h is None else len(labels[h[0]]) - counts[h] for h in home], dtype=float)
+
+
+def contrast_df(model, fit, L, ddf="satterthwaite"):
+    """The degrees of freedom of each row of ``L`` taken as a contrast of its own.
+
+    Parameters
+    ----------
+    model : Model
+    fit : EMResult
+    L : array_like (q, p) or (p,), or dict
+        Contrasts on the fixed effects in the model's order, or ``{term: coefficient}``.
+    ddf : {"satterthwaite", "kenward-roger", "hlm", "normal"}
+        With ``"hlm"`` a contrast has the smallest df of the terms it involves.
+
+    Returns
+    -------
+    ndarray of shape (q,)
+    """
+    model, fit = _check(model, fit, ddf)
+    L = np.atleast_2d(np.asarray(L, dtype=np.float64)) if not isinstance(L, dict) else _contrasts(model, L)
+    if L.shape[1] != len(model.fixed_names) or not np.all(np.isfinite(L)):
+        raise ValueError(f"a contrast has one finite coefficient per fixed effect ({len(model.fixed_names)}: "
+                         f"{list(model.fixed_names)}), got {L.shape[1]}")
+    if ddf == "normal":
+        return np.full(L.shape[0], np.inf)
+    if ddf == "satterthwaite":
+        return _satterthwaite(model, fit, L)
+    if ddf == "hlm":
+        df = _hlm_df(model)
+        return np.array([df[np.abs(row) > 0].min() if np.any(row) else np.inf for row in L])
+    kr = kenward_roger(model, fit)
+    return np.array([kr.moments(row)[1] for row in L])
+
+
 def t_tests(model, fit, *, ddf="satterthwaite"):
-    """Each fixed effect's t test, as lmerTest's ``summary(fit)`` prints it.
+    """Each fixed effect's t test, as lmerTest's ``summary(fit, ddf=...)`` prints it.
 
     Parameters
     ----------
@@ -87,8 +289,11 @@ def t_tests(model, fit, *, ddf="satterthwaite"):
         The model of the fit.
     fit : EMResult
         Its REML (or ML) fit.
-    ddf : {"satterthwaite", "normal"}
-        Satterthwaite's degrees of freedom, or none (the z test of :meth:`EMResult.fixed_table`).
+    ddf : {"satterthwaite", "kenward-roger", "hlm", "normal"}
+        Satterthwaite's degrees of freedom; Kenward and Roger's, with their adjusted standard
+        errors (REML fits); HLM's ``J - S - 1`` for the terms of a random coefficient's
+        equation and ``N - p`` for the others; or none (the z test of
+        :meth:`EMResult.fixed_table`).
 
     Returns
     -------
@@ -101,14 +306,16 @@ def t_tests(model, fit, *, ddf="satterthwaite"):
     model, fit = _check(model, fit, ddf)
     names = list(model.fixed_names)
     est = np.array([fit.fixed[n] for n in names])
-    se = np.sqrt(np.diag(fit.vcov_fixed))
-    stat = est / se
-    if ddf == "normal":
-        df = np.full(len(names), np.inf)
-        p = 2 * norm.sf(np.abs(stat))
+    eye = np.eye(len(names))
+    if ddf == "kenward-roger":
+        kr = kenward_roger(model, fit)
+        se = np.sqrt(np.diag(kr.vcov))
+        df = np.array([kr.moments(row)[1] for row in eye])
     else:
-        df = _satterthwaite(model, fit, np.eye(len(names)))
-        p = 2 * student.sf(np.abs(stat), df)
+        se = np.sqrt(np.diag(fit.vcov_fixed))
+        df = contrast_df(model, fit, eye, ddf)
+    stat = est / se
+    p = 2 * norm.sf(np.abs(stat)) if ddf == "normal" else 2 * student.sf(np.abs(stat), df)
     table = pd.DataFrame({"estimate": est, "se": se, "df": df, "t": stat, "p_value": p}, index=names)
     table.index.name = "term"
     return table
@@ -128,8 +335,9 @@ class ContrastTest:
     ddf: str
 
     def __str__(self) -> str:
-        return (f"F = {self.F:.4f} on {self.num_df} and {self.den_df:.2f} df, p = {self.p_value:.4g} "
-                f"({'Satterthwaite' if self.ddf == 'satterthwaite' else 'no small-sample correction'})")
+        method = {"satterthwaite": "Satterthwaite", "kenward-roger": "Kenward-Roger", "hlm": "HLM's df",
+                  "normal": "no small-sample correction"}[self.ddf]
+        return f"F = {self.F:.4f} on {self.num_df} and {self.den_df:.2f} df, p = {self.p_value:.4g} ({method})"
 
 
 def contrast_test(model, fit, L, *, ddf="satterthwaite"):
@@ -141,7 +349,10 @@ def contrast_test(model, fit, L, *, ddf="satterthwaite"):
     fit : EMResult
     L : array_like (q, p) or (p,), or dict
         Contrasts on the fixed effects in the model's order, or ``{term: coefficient}`` for one.
-    ddf : {"satterthwaite", "normal"}
+    ddf : {"satterthwaite", "kenward-roger", "hlm", "normal"}
+        With ``"kenward-roger"`` (pbkrtest's ``KRmodcomp``) ``V`` is the adjusted covariance
+        and ``F`` is scaled by Kenward and Roger's ``lambda``; with ``"hlm"`` the denominator
+        is the smallest df of the terms involved.
 
     Returns
     -------
@@ -156,10 +367,18 @@ def contrast_test(model, fit, L, *, ddf="satterthwaite"):
     L = _contrasts(model, L)
     a = np.array([fit.fixed[n] for n in model.fixed_names])
     q = L.shape[0]
-    M = L @ fit.vcov_fixed @ L.T
+    kr = kenward_roger(model, fit) if ddf == "kenward-roger" else None
+    M = L @ (fit.vcov_fixed if kr is None else kr.vcov) @ L.T
     est = L @ a
     F = float(est @ np.linalg.solve(M, est) / q)
-    if ddf == "normal":
+    if kr is not None:
+        scale, den = kr.moments(L)
+        F *= scale
+        p = float(fisher.sf(F, q, den))
+    elif ddf == "hlm":
+        den = float(contrast_df(model, fit, np.abs(L).sum(axis=0), "hlm")[0])
+        p = float(fisher.sf(F, q, den))
+    elif ddf == "normal":
         den = np.inf
         p = float(chi2.sf(q * F, q))
     else:
