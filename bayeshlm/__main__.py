@@ -159,9 +159,9 @@ def build_model(args):
                   family=args.family, link=args.link, trials=args.trials)
 
 
-def report_text(tree):
-    """Text summary of a posterior (:func:`bayeshlm.report`)."""
-    return str(bh.report(tree))
+def report_text(tree, model=None):
+    """Text summary of a posterior (:func:`bayeshlm.report`; with the model, the groups' reliabilities too)."""
+    return str(bh.report(tree, model=model))
 
 
 def fit(args):
@@ -177,7 +177,7 @@ def fit(args):
                          **options)
     except ArithmeticError as err:
         raise numerical_failure("sampling", model, err) from err
-    print(report_text(post), flush=True)  # first: a failed save must not lose what the run found
+    print(report_text(post, model), flush=True)  # first: a failed save must not lose what the run found
     saved = bh.save(post, args.out)
     if not args.quiet:
         print(f"posterior saved to {saved}", file=sys.stderr)

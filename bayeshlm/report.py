@@ -49,6 +49,10 @@ class Report:
         Worst R-hat and ESS over every parameter, group coefficients included.
     priors : dict
         The priors in use, by role.
+    reliability : pandas.DataFrame
+        With the model: each random coefficient's reliability averaged over the finest groups,
+        posterior mean and interval, beside the EM value when an EM fit is given (empty
+        otherwise; see :func:`bayeshlm.reliability`).
     """
 
     header: dict
@@ -60,6 +64,7 @@ class Report:
     priors: dict
     ci_prob: float = 0.95
     warnings: list = field(default_factory=list)
+    reliability: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def _header_lines(self):
         h = self.header
@@ -105,6 +110,10 @@ class Report:
             scale = " on the latent scale" if "sampler" in self.header and "link" in self.header["sampler"] else ""
             lines += ["", f"Intraclass correlation{scale}: of two rows in the same group (covariates at 0):",
                       self.icc.to_string(index=False, **fmt)]
+        if len(self.reliability):
+            lines += ["", f"Reliability of the groups' own estimates (average over groups; {pct} interval"
+                      + ("; EM plug-in)" if "em" in self.reliability else ")") + ":",
+                      self.reliability.to_string(**fmt)]
         lines += ["", f"Fixed effects (posterior mean, SD, {pct} interval):", self.fixed.to_string(**fmt)]
         lines += ["", "Convergence (every parameter, group coefficients included):"]
         lines += self._diagnostic_lines()
@@ -126,6 +135,8 @@ class Report:
             parts += ["<p><b>Correlations</b></p>", table(self.correlations)]
         if len(self.icc):
             parts += ["<p><b>Intraclass correlation</b></p>", table(self.icc)]
+        if len(self.reliability):
+            parts += ["<p><b>Reliability</b> (average over groups)</p>", table(self.reliability, index=True)]
         parts += ["<p><b>Fixed effects</b></p>", table(self.fixed, index=True),
                   "<p><b>Convergence</b><br>" + "<br>".join(esc(x) for x in self._diagnostic_lines()) + "</p>",
                   "<details><summary>Priors</summary><ul>"
@@ -138,7 +149,21 @@ def _row_stats(table, name):
     return float(row["r_hat"]), float(min(row["ess_bulk"], row["ess_tail"]))
 
 
-def report(posterior, *, ci_prob=0.95):
+def _reliability_table(model, posterior, em, ci_prob):
+    """Average reliability per coefficient, posterior and (with ``em``) EM; empty where there is none."""
+    from bayeshlm.reliability import reliability
+
+    if not model.gaussian or model.crossed or not model.coef_names or not model.rows_held:
+        return pd.DataFrame()
+    post = reliability(model, posterior, average=True, ci_prob=ci_prob)
+    table = post[["reliability", "reliability_lower", "reliability_upper"]].rename(
+        columns={"reliability": "posterior", "reliability_lower": "lower", "reliability_upper": "upper"})
+    if em is not None:
+        table["em"] = reliability(model, em, average=True)["reliability"]
+    return table
+
+
+def report(posterior, *, ci_prob=0.95, model=None, em=None):
     """The summary of a posterior fit in the layout of lme4 and HLM.
 
     Parameters
@@ -147,6 +172,11 @@ def report(posterior, *, ci_prob=0.95):
         From :func:`bayeshlm.sample` (or :func:`bayeshlm.load`).
     ci_prob : float
         Probability of the equal-tailed intervals.
+    model : Model, optional
+        The model of the posterior: the report then gives the reliabilities of the finest
+        groups' own estimates (Gaussian nested models).
+    em : EMResult, optional
+        The EM fit of the same model: its reliabilities are printed beside the posterior's.
 
     Returns
     -------
@@ -233,6 +263,9 @@ def report(posterior, *, ci_prob=0.95):
         "sampling_seconds": float(attrs.get("sampling_time", float("nan"))),
         "n_dropped_rows": int(attrs.get("n_dropped_rows", 0)),
     }
+    if em is not None and model is None:
+        raise ValueError("the EM reliabilities need the model: report(posterior, model=model, em=fit)")
+    rel = pd.DataFrame() if model is None else _reliability_table(model, posterior, em, ci_prob)
     return Report(header=header, fixed=fixed, random=pd.DataFrame(rows), correlations=pd.DataFrame(corr_rows),
                   icc=pd.DataFrame(icc_rows), diagnostics=diag, priors=json.loads(attrs.get("priors", "{}")),
-                  ci_prob=ci_prob, warnings=warnings)
+                  ci_prob=ci_prob, warnings=warnings, reliability=rel)

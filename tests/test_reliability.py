@@ -60,11 +60,16 @@ def test_the_shrinkage_matrix_is_the_one_that_makes_the_eb_estimates(sleep):
         np.testing.assert_allclose(shrink.xs(str(label), level=0), 1 - np.diag(Lam), rtol=1e-10)
 
 
-def test_the_posterior_s_are_the_formulas_draw_by_draw(sleep):
-    model, _ = sleep
+@pytest.fixture(scope="module")
+def sleep_post(sleep):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", bh.ConvergenceWarning)
-        post = bh.sample(model, chains=2, draws=200, warmup=200, seed=4, progress=False)
+        return bh.sample(sleep[0], chains=2, draws=200, warmup=200, seed=4, progress=False)
+
+
+def test_the_posterior_s_are_the_formulas_draw_by_draw(sleep, sleep_post):
+    model, _ = sleep
+    post = sleep_post
     p = post.posterior
     sd = p["subject_sd"].transpose("chain", "draw", "subject_coef").values.reshape(-1, 2)
     s2 = p["sigma"].values.reshape(-1) ** 2
@@ -76,6 +81,40 @@ def test_the_posterior_s_are_the_formulas_draw_by_draw(sleep):
     assert table.loc[(label, "days"), "reliability"] == pytest.approx(lam.mean(), rel=1e-10)
     assert table.loc[(label, "days"), "reliability_upper"] == pytest.approx(np.quantile(lam, 0.95), rel=1e-10)
     assert bh.reliability(model, post, average=True).shape == (2, 6)
+
+
+def test_the_report_gives_the_reliabilities_beside_the_em_values(sleep, sleep_post):
+    model, fit = sleep
+    rep = bh.report(sleep_post, model=model, em=fit)
+    average = bh.reliability(model, sleep_post, average=True)
+    np.testing.assert_allclose(rep.reliability["posterior"], average["reliability"], rtol=1e-12)
+    np.testing.assert_allclose(rep.reliability["em"], [fit.reliability[c] for c in model.coef_names], rtol=1e-8)
+    text = str(rep)
+    assert "Reliability of the groups' own estimates" in text and "EM plug-in" in text
+    assert "Reliability" in rep._repr_html_()
+    assert len(bh.report(sleep_post).reliability) == 0  # without the model there are no rows to read
+    with pytest.raises(ValueError, match="need the model"):
+        bh.report(sleep_post, em=fit)
+
+
+def test_reliability_and_coef_do_not_depend_on_units_or_location():
+    """HSB with the response in thousandths around 1e6, SES in cents and the school's mean SES
+    counted from 2015: reliabilities are unchanged, the schools' coefficients transform exactly.
+    """
+    data = bh.load_dataset("hsb")
+    formula = "mathach ~ ses_centered * (sector + meanses) + (ses_centered | school)"
+    base = bh.hlm(formula, data)
+    moved = bh.hlm(formula, data.assign(mathach=1e6 + 1000 * data["mathach"], ses_centered=100 * data["ses_centered"],
+                                        meanses=2015 + data["meanses"]))
+    fit_base, fit_moved = bh.fit_em(base), bh.fit_em(moved)
+    first = bh.reliability(base, fit_base)
+    second = bh.reliability(moved, fit_moved)
+    np.testing.assert_allclose(second["reliability"], first["reliability"], rtol=1e-5)
+    np.testing.assert_allclose(second["shrinkage"], first["shrinkage"], rtol=1e-4, atol=1e-7)
+    c1 = bh.coef(base, fit_base, wide=True)
+    c2 = bh.coef(moved, fit_moved, wide=True)
+    np.testing.assert_allclose(c2["Intercept"], 1e6 + 1000 * c1["Intercept"], rtol=1e-9)
+    np.testing.assert_allclose(c2["ses_centered"], 10 * c1["ses_centered"], rtol=1e-5)
 
 
 def test_what_has_no_reliability():
