@@ -172,7 +172,7 @@ def test_em_of_a_binomial_response_with_quadrature(tmp_path, capsys):
     assert code == 0, err
     assert "logLik: -91.9834" in out  # lme4's -50.0050 plus the saturated -41.9784
     code, out, err = run(capsys, "fit", path, formula, "--family", "binomial", "--quiet", "--draws", "200",
-                         "--warmup", "200", "--seed", "3")
+                         "--warmup", "200", "--seed", "3", "--out", tmp_path / "fit.nc")
     assert code == 0, err
     assert "herd" in out and "C(period)[T.4]" in out
     code, out, err = run(capsys, "em", path, "cbind(incidence, exec('x')) ~ 1 + (1 | herd)", "--family", "binomial")
@@ -186,7 +186,8 @@ def test_fit_of_counts_with_an_exposure(tmp_path, capsys):
     path = tmp_path / "ticks.csv"
     data.to_csv(path, index=False)
     code, out, err = run(capsys, "fit", path, "ticks ~ C(year) + offset(log(days)) + (1 | location)", "--family",
-                         "poisson", "--quiet", "--draws", "100", "--warmup", "100", "--seed", "1")
+                         "poisson", "--quiet", "--draws", "100", "--warmup", "100", "--seed", "1",
+                         "--out", tmp_path / "fit.nc")
     assert code == 0, err
     assert "poisson level 1, log link" in out and "C(year)[T.96]" in out
 
