@@ -42,6 +42,7 @@ from bayeshlm.hierarchy import Equation, Hierarchy  # noqa: E402
 from bayeshlm.inference import ContrastTest, KenwardRoger, contrast_df, contrast_test, kenward_roger, t_tests  # noqa: E402
 from bayeshlm.io import load, save  # noqa: E402
 from bayeshlm.lrt import LRTResult, lrt, lrt_hierarchy  # noqa: E402
+from bayeshlm.marginal import marginal_means, marginal_slopes, reference_grid  # noqa: E402
 from bayeshlm.model import (  # noqa: E402
     Model,
     ModelMismatchError,
@@ -142,6 +143,8 @@ __all__ = [
     "lrt",
     "lrt_hierarchy",
     "marginal_group_log_likelihood",
+    "marginal_means",
+    "marginal_slopes",
     "marginal_likelihood",
     "marginal_likelihood_pooled",
     "model_from",
@@ -155,6 +158,7 @@ __all__ = [
     "posterior_predictive",
     "predict",
     "prior_predictive",
+    "reference_grid",
     "report",
     "sample",
     "save",

@@ -42,7 +42,7 @@ LAYERS = {
     "bayeshlm.compare": 14, "bayeshlm.log_prior": 14, "bayeshlm.reliability": 14,
     "bayeshlm.sample": 15, "bayeshlm.predict": 15, "bayeshlm.io": 15, "bayeshlm.report": 15,
     "bayeshlm.plots": 15, "bayeshlm.accessors": 15, "bayeshlm.inference": 15,
-    "bayeshlm.testing": 16,
+    "bayeshlm.testing": 16, "bayeshlm.marginal": 16,
     "bayeshlm": 17,
     "bayeshlm.__main__": 18,  # the command line, a user of the package
 }
