@@ -40,6 +40,7 @@ from bayeshlm.family import FamilyWarning  # noqa: E402
 from bayeshlm.formula import FormulaError, parse_formula  # noqa: E402
 from bayeshlm.hierarchy import Equation, Hierarchy  # noqa: E402
 from bayeshlm.inference import ContrastTest, KenwardRoger, contrast_df, contrast_test, kenward_roger, t_tests  # noqa: E402
+from bayeshlm.intervals import BootstrapResult, bootstrap, profile_intervals  # noqa: E402
 from bayeshlm.io import load, save  # noqa: E402
 from bayeshlm.lrt import LRTResult, lrt, lrt_hierarchy  # noqa: E402
 from bayeshlm.marginal import marginal_means, marginal_slopes, reference_grid  # noqa: E402
@@ -106,6 +107,9 @@ __all__ = [
     "kenward_roger",
     "KenwardRoger",
     "t_tests",
+    "profile_intervals",
+    "bootstrap",
+    "BootstrapResult",
     "prior_sensitivity",
     "variance_partition",
     "reliability",

@@ -164,8 +164,24 @@ def format_p(p):
     return "< 1e-16" if p < 1e-16 else f"{p:.3g}"
 
 
-class _Objective:
-    """The ML or REML log-likelihood of ``theta`` (one compiled call per evaluation)."""
+class LoglikObjective:
+    """The ML or REML log-likelihood of ``theta`` (one compiled call per evaluation).
+
+    ``theta`` holds the variance components in the kernels' unconstrained coordinates
+    (:mod:`samplers.theta`); the value is in the kernels' basis, so it differs from the
+    log-likelihood :func:`fit_em` reports by the constant
+    :meth:`bayeshlm.basis.Basis.loglik_offset`. Each call leaves the exact gradient in
+    ``grad``. The fit maximises it; profile intervals (:mod:`bayeshlm.intervals`) maximise
+    it with one coordinate held fixed.
+
+    Parameters
+    ----------
+    model : Model
+        A Gaussian model; only its ``stats``, ``structure`` and ``priors`` are read, so a model
+        whose statistics were re-expressed in another basis (or computed for another response)
+        serves as well.
+    method : {"reml", "ml"}
+    """
 
     def __init__(self, model, method):
         self.model = model
@@ -203,7 +219,7 @@ def observed_information(model, theta, method="reml"):
 
     Central differences of the exact gradient (the same as the fit's standard errors use).
     """
-    return -_hessian(_Objective(model, method), np.asarray(theta, dtype=np.float64))
+    return -_hessian(LoglikObjective(model, method), np.asarray(theta, dtype=np.float64))
 
 
 def fixed_cov_at(model, theta):
@@ -246,7 +262,8 @@ def loglik_at(model, sigma, cov, method="reml"):
     theta = np.empty(model.n_theta)
     if not encode_theta(s2, 0.5 * (T + T.T), model.structure, theta):
         return -np.inf
-    return float(_Objective(model, method)(theta)) + basis.loglik_offset(model.n_obs, restricted=method == "reml")
+    value = float(LoglikObjective(model, method)(theta))
+    return value + basis.loglik_offset(model.n_obs, restricted=method == "reml")
 
 
 def em_iterations(model, theta, n_iter, method="reml", trace=None):
@@ -264,7 +281,7 @@ def em_iterations(model, theta, n_iter, method="reml", trace=None):
     structure, stats = model.structure, model.stats
     n_groups, d = stats.Xty.shape
     p = stats.Fty.shape[0]
-    objective = _Objective(model, method) if trace is not None else None
+    objective = LoglikObjective(model, method) if trace is not None else None
     work = workspace(stats, structure)
     n_nodes = int(structure.node_ptr[-1])
     a = np.empty(p)
@@ -329,7 +346,7 @@ def fit_em(model, method=None, *, em_iter=5, tol=1e-6, max_eval=5000, n_agq=1):
     rng = np.random.default_rng(0)
     theta = starting_theta(model, rng, jitter=0.0)
     theta = em_iterations(model, theta, em_iter, method)
-    objective = _Objective(model, method)
+    objective = LoglikObjective(model, method)
     # Newton steps from the EM iterate: where they reach the tolerance (an interior optimum
     # with a well-conditioned Hessian, the usual case) no quasi-Newton iterations are needed.
     theta, hessian = _newton_polish(objective, theta, max_steps=8, rate=0.2)
@@ -504,7 +521,7 @@ def _variance_se(model, theta, method, boundary, hessian=None):
               for i in range(bp[k], bp[k + 1]) for j in range(bp[k], i)]
     if boundary:
         return dict.fromkeys(names, float("nan"))
-    H = _hessian(_Objective(model, method), theta) if hessian is None else hessian
+    H = _hessian(LoglikObjective(model, method), theta) if hessian is None else hessian
     # the delta method: derivatives of the natural parameters in theta, by central differences
     h = 1e-4 * np.maximum(1.0, np.abs(theta))
     steps = np.diag(h)

@@ -378,14 +378,14 @@ def test_exact_gradient_matches_differences(seed, formula, method):
     ``loglik_and_difference_gradient``); 1e-6 leaves a hundredfold margin and still catches
     any wrong term of the score, whose size is that of the gradient itself.
     """
-    from bayeshlm.em import _Objective
+    from bayeshlm.em import LoglikObjective
     from bayeshlm.start import starting_theta
     from samplers.gaussian import workspace
     from samplers.ml import loglik_and_difference_gradient
 
     df = bh.simulate_nested(levels=(("a", 5), ("b", (2, 3)), ("c", (2, 3))), rows=(1, 4), seed=seed % 2**31)
     model = bh.hlm(formula, df)
-    objective = _Objective(model, method)
+    objective = LoglikObjective(model, method)
     theta = starting_theta(model, np.random.default_rng(seed), jitter=1.0)
     value = objective(theta)
     diff = np.empty(model.n_theta)

@@ -41,7 +41,7 @@ LAYERS = {
     "bayeshlm.memory": 14, "bayeshlm.em": 14, "bayeshlm.prior_draws": 14, "bayeshlm.evidence": 14,
     "bayeshlm.compare": 14, "bayeshlm.log_prior": 14, "bayeshlm.reliability": 14,
     "bayeshlm.sample": 15, "bayeshlm.predict": 15, "bayeshlm.io": 15, "bayeshlm.report": 15,
-    "bayeshlm.plots": 15, "bayeshlm.accessors": 15, "bayeshlm.inference": 15,
+    "bayeshlm.plots": 15, "bayeshlm.accessors": 15, "bayeshlm.inference": 15, "bayeshlm.intervals": 15,
     "bayeshlm.testing": 16, "bayeshlm.marginal": 16,
     "bayeshlm": 17,
     "bayeshlm.__main__": 18,  # the command line, a user of the package
