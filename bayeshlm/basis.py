@@ -20,6 +20,10 @@ is, in the internal coordinates, the same model with
 
 (``M_X`` is block diagonal by covariance block, so ``T_N`` keeps the block structure) and
 weights ``w_N = s_y^2 w`` when the level-1 variances are known (``s2`` is then 1 in both).
+Precision weights (``weights=`` of :func:`bayeshlm.hlm`, with ``s2`` estimated) are divided
+by their scale ``c_w``, the harmonic mean of the weights, ``w_N = w / c_w``, and then
+``s2 = s_y^2 c_w s2_N`` (:attr:`Basis.sigma_scale`), so that neither the kernels nor the
+default prior of sigma depend on the units of the weights.
 Every result is mapped back with these identities, exactly: fixed effects, group
 coefficients, covariance matrices, standard errors. Log-likelihoods differ by the Jacobian
 of the response, ``-N log s_y``, and the restricted (REML) likelihood also by
@@ -72,6 +76,9 @@ class Basis:
     coef_intercept : tuple of int
         For each random coefficient, the position in ``X`` of the intercept of its covariance
         block, -1 when the block has none (then the coefficient is not shifted).
+    w_scale : float
+        The scale ``c_w`` of the precision weights (their harmonic mean; 1 without them): the
+        kernels read ``w / c_w`` (docs/design.md, "Weights and offsets").
     """
 
     shift: np.ndarray
@@ -79,6 +86,7 @@ class Basis:
     n_fixed: int
     fixed_intercept: int
     coef_intercept: tuple
+    w_scale: float = 1.0
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -90,7 +98,7 @@ class Basis:
         return cls(np.zeros(width), np.ones(width), int(n_fixed), int(fixed_intercept), tuple(coef_intercept))
 
     @classmethod
-    def standardising(cls, moments, fixed_names, coef_names, block_sizes, y_moments=None):
+    def standardising(cls, moments, fixed_names, coef_names, block_sizes, y_moments=None, inv_w_mean=None):
         """The kernels' basis for data with these :class:`~bayeshlm.priors.ColumnMoments`.
 
         The intercepts are the columns named ``Intercept`` (``Intercept|<factor>`` among the
@@ -100,7 +108,9 @@ class Basis:
         variances, ``sqrt(var(y) + mean known variance)``) when it is centred, by its root
         mean square otherwise. ``y_moments``, when given, is the response's
         ``(mean, variance, mean known variance or None)`` to use instead of the moments' own
-        (the chunked path reads them in an earlier pass).
+        (the chunked path reads them in an earlier pass). With precision weights
+        (``moments.inv_w_mean``, or ``inv_w_mean`` given for the chunked path) their scale
+        ``c_w`` is the harmonic mean of the weights.
         """
         p = int(moments.n_fixed)
         mean = np.asarray(moments.mean, dtype=np.float64)
@@ -142,7 +152,10 @@ class Basis:
         if y_moments is None:
             y_moments = (mean[0], var[0], moments.obs_var_mean)
         shift[0], scale[0] = response_shift_scale(*y_moments, f_int >= 0)
-        return cls(shift, scale, p, int(f_int), tuple(coef_int))
+        if inv_w_mean is None:
+            inv_w_mean = getattr(moments, "inv_w_mean", None)
+        w_scale = 1.0 if inv_w_mean is None else 1.0 / float(inv_w_mean)
+        return cls(shift, scale, p, int(f_int), tuple(coef_int), w_scale)
 
     def centred(self):
         """The same shifts of the predictors without any scaling, and the response as it is.
@@ -153,7 +166,8 @@ class Basis:
         """
         shift = self.shift.copy()
         shift[0] = 0.0
-        return Basis(shift, np.ones_like(self.scale), self.n_fixed, self.fixed_intercept, self.coef_intercept)
+        return Basis(shift, np.ones_like(self.scale), self.n_fixed, self.fixed_intercept, self.coef_intercept,
+                     self.w_scale)
 
     # ------------------------------------------------------------------ parts
     @property
@@ -170,6 +184,11 @@ class Basis:
     def y_scale(self):
         """Scale of the response."""
         return float(self.scale[0])
+
+    @property
+    def sigma_scale(self):
+        """Scale of the level-1 SD: ``sigma = sigma_scale sigma_N``, ``s_y sqrt(c_w)`` (``s_y`` without weights)."""
+        return float(self.scale[0]) * math.sqrt(self.w_scale)
 
     def _parts(self, lo, n, intercept):
         """``(D, N)`` of columns ``lo .. lo + n - 1`` of ``[y, F, X]``: ``Z_basis = Z_user (I - N) D^{-1}``.
@@ -286,18 +305,38 @@ class Basis:
         return Li @ np.asarray(T_user) @ Li.T
 
     def residual_variance(self, s2, sigma_known):
-        """The level-1 variance in the user's units (1 when the variances are known)."""
-        return np.ones_like(np.asarray(s2, dtype=np.float64)) if sigma_known else np.asarray(s2) * self.y_scale**2
+        """The level-1 variance in the user's units (1 when the variances are known).
 
-    def weights(self, obs_var):
-        """Weights of the rows in this basis (None when the level-1 variance is estimated)."""
-        return None if obs_var is None else self.y_scale**2 / np.asarray(obs_var, dtype=np.float64)
+        With precision weights it is the variance of a row of weight 1, ``s_y^2 c_w s2_N``.
+        """
+        return np.ones_like(np.asarray(s2, dtype=np.float64)) if sigma_known else np.asarray(s2) * self.sigma_scale**2
+
+    def weights(self, obs_var=None, precision=None):
+        """Weights of the rows in this basis: ``s_y^2 / obs_var`` (known variances) or ``w / c_w`` (precision weights).
+
+        None when the rows have neither (every weight 1).
+        """
+        if obs_var is not None:
+            return self.y_scale**2 / np.asarray(obs_var, dtype=np.float64)
+        if precision is not None:
+            return np.asarray(precision, dtype=np.float64) / self.w_scale
+        return None
+
+    def log_weight_shift(self, sigma_known):
+        """``log w_user - log w`` of every row: what turns the statistics' sums of ``log w`` into the user's.
+
+        ``-2 log s_y`` for known variances (``w = s_y^2 w_user``), ``log c_w`` for precision
+        weights (``w = w_user / c_w``), 0 otherwise.
+        """
+        return -2.0 * math.log(self.y_scale) if sigma_known else math.log(self.w_scale)
 
     def loglik_offset(self, n_obs, restricted=False):
         """What to add to a log-likelihood computed in this basis to have it in the user's units.
 
         ``-N log s_y`` (the Jacobian of the response), and for a restricted (REML) likelihood
-        also ``log |det(s_y M_F)|``, the Jacobian of the fixed effects it integrates.
+        also ``log |det(s_y M_F)|``, the Jacobian of the fixed effects it integrates. Precision
+        weights add nothing: ``N log c_w`` of ``s2 = s_y^2 c_w s2_N`` cancels against the
+        same term of ``sum log w_N``, so the value keeps lme4's ``+ sum log w / 2``.
         """
         offset = -float(n_obs) * math.log(self.y_scale)
         if restricted and self.n_fixed:  # det(s_y (I - N) D^{-1}) = s_y^p / prod D, as det(I - N) = 1
@@ -330,8 +369,9 @@ class Basis:
         otherwise); the predictors' columns are mapped by ``Z_target = Z_self B``, a linear
         map because each shift acts beside its intercept column.
         """
-        if self.shift[0] != target.shift[0] or self.scale[0] != target.scale[0]:
-            raise ValueError("the statistics' bases differ in the response")
+        if (self.shift[0] != target.shift[0] or self.scale[0] != target.scale[0]
+                or self.w_scale != target.w_scale):
+            raise ValueError("the statistics' bases differ in the response or the weights' scale")
         p = self.n_fixed
 
         def part(lo, n, intercept):

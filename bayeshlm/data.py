@@ -247,6 +247,13 @@ class Design(NamedTuple):
         factor that occur in the data, labelled ``"<group>:<group>"``.
     cell_codes : ndarray of int64, shape (n_cells, n_factors), or None
         With `crossed`, each cell's group code in every factor.
+    weights : ndarray of shape (n_obs,) or None
+        Precision weights of the rows (``weights=``): the level-1 variance of row ``i`` is
+        ``sigma^2 / weights[i]``, sigma estimated; None without them.
+    offset : ndarray of shape (n_obs,) or None
+        The sum of a Gaussian formula's ``offset(...)`` terms in each row, a known part of
+        its mean; `y` then holds the response minus the offset, which is what the model is
+        fitted to (docs/design.md, "Weights and offsets"). None without an offset.
     """
 
     response: str
@@ -272,6 +279,25 @@ class Design(NamedTuple):
     parents: tuple = ()
     crossed: bool = False
     cell_codes: np.ndarray | None = None
+    weights: np.ndarray | None = None
+    offset: np.ndarray | None = None
+
+    @property
+    def row_weights(self):
+        """Each row's weight ``w_i`` in the user's units, the level-1 variance being ``s2 / w_i``; None for all 1.
+
+        The precision weights with ``s2`` estimated, or the inverse known variances (``s2 = 1``).
+        """
+        if self.obs_var is not None:
+            return 1.0 / self.obs_var
+        return self.weights
+
+    @property
+    def response_values(self):
+        """The response as observed: `y`, plus the offset when `y` holds the response minus it."""
+        if self.y is None or self.offset is None:
+            return self.y
+        return self.y + self.offset
 
 
 def build_design(
@@ -281,6 +307,9 @@ def build_design(
     missing: str = "raise",
     known_sd=None,
     known_var=None,
+    weights=None,
+    offset=None,
+    offset_label="offset()",
 ) -> Design:
     """Evaluate a parsed formula on data and check the result.
 
@@ -299,6 +328,17 @@ def build_design(
         Known sampling standard deviations or variances of the observations
         (as in meta-analysis), as a column name or an array aligned with the
         rows of `data`. At most one of the two may be given.
+    weights : str or array_like of shape (n_rows,), optional
+        Precision weights (a column name or an array aligned with the rows of `data`): the
+        level-1 variance of row ``i`` is ``sigma^2 / w_i``, as ``weights=`` of lme4's
+        ``lmer``. Missing values follow `missing`; the others must be finite and positive.
+        Not together with known variances.
+    offset : array_like of shape (n_rows,), optional
+        A known part of each row's mean (a Gaussian formula's ``offset(...)`` terms, already
+        evaluated on `data`): the design's response is the response minus it. Missing values
+        follow `missing`, named ``offset_label``.
+    offset_label : str
+        How messages name the offset.
 
     Returns
     -------
@@ -315,11 +355,11 @@ def build_design(
         If a column is unknown, holds missing or non-finite values (with
         ``missing="raise"``), or does not fit its role: a non-numeric or
         constant response, a grouping factor with one level, a
-        rank-deficient fixed or random design, known variances that are not
-        positive. The message names the column.
+        rank-deficient fixed or random design, known variances or weights that
+        are not positive. The message names the column.
     ValueError
         If `missing` is not "raise" or "drop", or both `known_sd` and
-        `known_var` are given.
+        `known_var` are given, or weights together with either.
     TypeError
         If `data` is neither a DataFrame nor a mapping.
 
@@ -338,6 +378,7 @@ def build_design(
         raise ValueError(f"missing must be 'raise' or 'drop', got {missing!r}")
     if known_sd is not None and known_var is not None:
         raise ValueError("give known_sd or known_var, not both")
+    check_weights_option(weights, known_sd, known_var)
     if isinstance(spec, str):
         spec = parse_formula(spec)
     factors = factors_of_spec(spec)
@@ -353,6 +394,9 @@ def build_design(
     roles = column_roles(spec)
     if known_column is not None:
         roles.setdefault(known_column, known_name)
+    weights_column = weights if isinstance(weights, str) else None
+    if weights_column is not None:
+        roles.setdefault(weights_column, "weights")
     check_columns(frame, roles)
 
     check_numeric(frame[spec.response], spec.response, "the response")
@@ -361,10 +405,22 @@ def build_design(
         check_numeric(frame[known_column], known_column, known_name)
     elif known is not None:
         known_values = known_array(known, known_name, n_input)
+    weight_values = None
+    if weights_column is not None:
+        check_numeric(frame[weights_column], weights_column, "weights")
+    elif weights is not None:
+        weight_values = known_array(weights, "weights", n_input)
+    offset_values = None
+    if offset is not None:
+        offset_values = known_array(offset, offset_label, n_input)
 
     bad = {name: bad_mask(frame[name]) for name in roles}
     if known_values is not None:
         bad[known_name] = ~np.isfinite(known_values)
+    if weight_values is not None:
+        bad["weights"] = ~np.isfinite(weight_values)
+    if offset_values is not None:
+        bad[offset_label] = ~np.isfinite(offset_values)
     kept_rows, n_dropped = _handle_missing(bad, missing, n_input)
 
     if n_dropped or not _plain_design(spec, frame):
@@ -373,6 +429,10 @@ def build_design(
             used = used.iloc[kept_rows]
             if known_values is not None:
                 known_values = known_values[kept_rows]
+            if weight_values is not None:
+                weight_values = weight_values[kept_rows]
+            if offset_values is not None:
+                offset_values = offset_values[kept_rows]
         # formulaic aligns on the index; a fresh range index avoids surprises
         # from duplicated or non-monotonic labels.
         used = used.reset_index(drop=True)
@@ -380,6 +440,12 @@ def build_design(
         used = frame
 
     y = _response(used[spec.response], spec.response)
+    if offset_values is not None:
+        offset_values = np.ascontiguousarray(offset_values, dtype=np.float64)
+        y = np.ascontiguousarray(y - offset_values)
+        if y.min() == y.max():
+            raise DataError(f"the response '{spec.response}' minus the offset is constant ({y[0]:g} in every "
+                            "row): the offset leaves nothing to model")
 
     F, fixed_names, fixed_spec = evaluate_terms(spec.fixed, used, "the fixed part")
     _check_rank(F, fixed_names, "fixed-effects design")
@@ -424,6 +490,11 @@ def build_design(
         if known_column is not None:
             known_values = used[known_column].to_numpy(dtype=np.float64, na_value=np.nan)
         obs_var = obs_var_from(known_values, known_name)
+    row_weights = None
+    if weights is not None:
+        if weights_column is not None:
+            weight_values = used[weights_column].to_numpy(dtype=np.float64, na_value=np.nan)
+        row_weights = precision_weights_from(weight_values, weights_column or "weights", kept_rows)
     _group_level_warnings(spec, used, factors, codes)
 
     return Design(
@@ -450,7 +521,37 @@ def build_design(
         parents=tuple(parents),
         crossed=crossed,
         cell_codes=cell_codes,
+        weights=row_weights,
+        offset=offset_values,
     )
+
+
+def check_weights_option(weights, known_sd, known_var):
+    """Refuse precision weights together with known level-1 variances (they are two ways of giving them)."""
+    if weights is not None and (known_sd is not None or known_var is not None):
+        raise ValueError("weights= and known_sd/known_var are two ways of weighting the rows: precision weights "
+                         "scale an estimated level-1 variance (sigma^2 / w), known variances replace it; give one")
+
+
+def precision_weights_from(values, name, rows):
+    """Precision weights checked: finite and positive, as float64; ``rows`` the input positions of the values.
+
+    Raises :class:`DataError` naming the column (``name``) and the rows' positions in the data.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    where = f"column '{name}' (weights)" if name != "weights" else "weights"
+    for mask, what, fix in (
+        (values == 0.0, "zero", "a row of weight 0 carries no information: drop it from the data"),
+        (values < 0.0, "negative", "precision weights are inverse variances and must be positive"),
+        (~np.isfinite(values), "missing or not finite", "give every row a finite positive weight"),
+    ):
+        if mask.any():
+            listed = ", ".join(str(int(i)) for i in np.asarray(rows)[np.flatnonzero(mask)[:_SHOW_ROWS]])
+            more = ", ..." if mask.sum() > _SHOW_ROWS else ""
+            raise DataError(f"{where} must be finite and > 0: {int(mask.sum())} "
+                            f"value{'s are' if mask.sum() > 1 else ' is'} {what} (row positions {listed}{more}); "
+                            f"{fix}")
+    return np.ascontiguousarray(values)
 
 
 def cells_of(factor_codes):
@@ -818,7 +919,7 @@ def check_columns(frame, roles):
     _check_column_types(frame, roles)
 
 
-_NOT_PREDICTORS = ("the response", "the grouping factor", "known_sd", "known_var")
+_NOT_PREDICTORS = ("the response", "the grouping factor", "known_sd", "known_var", "weights")
 
 
 def _check_column_types(frame, roles):

@@ -257,7 +257,7 @@ def loglik_at(model, sigma, cov, method="reml"):
         restricted log-likelihood), ``-inf`` where it is not defined.
     """
     basis = model.basis
-    s2 = 1.0 if model.sigma_known else float(sigma) ** 2 / basis.y_scale**2
+    s2 = 1.0 if model.sigma_known else float(sigma) ** 2 / basis.sigma_scale**2
     T = basis.coef_cov_from_user(np.asarray(cov, dtype=np.float64))
     theta = np.empty(model.n_theta)
     if not encode_theta(s2, 0.5 * (T + T.T), model.structure, theta):
@@ -490,7 +490,7 @@ def _kernel_rows(model):
     """The model's rows ``(y, F, X, w)`` in the kernels' basis (copies; for the sandwich estimators)."""
     design, basis = model.design, model.basis
     y, F, X = basis.rows(design.y, design.F, design.X)
-    w = basis.weights(design.obs_var)
+    w = basis.weights(design.obs_var, design.weights)
     return y, F, X, (np.ones(model.n_obs) if w is None else w)
 
 

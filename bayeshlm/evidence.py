@@ -146,7 +146,7 @@ def _theta_draws(posterior, model):
     sd, corr = covariance_draws(posterior, model)
     n = sd.shape[0]
     basis = model.basis
-    s2 = np.ones(n) if model.sigma_known else post[SIGMA].values.reshape(-1) ** 2 / basis.y_scale**2
+    s2 = np.ones(n) if model.sigma_known else post[SIGMA].values.reshape(-1) ** 2 / basis.sigma_scale**2
     theta = np.empty((n, model.n_theta))
     T_all = basis.coef_cov_from_user(corr * sd[:, :, None] * sd[:, None, :])
     for s in range(n):

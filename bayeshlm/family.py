@@ -170,6 +170,12 @@ def split_offset(formula, data):
     return f"{lhs.rstrip()} ~ {rest}", total
 
 
+def offset_label(formula):
+    """How messages name a formula's offset: its ``offset(...)`` terms as written, joined by ``+``."""
+    rhs = formula.split("~", 1)[1] if "~" in formula else formula
+    return " + ".join(f"offset({expr})" for _, _, expr in offset_terms(rhs)) or "offset()"
+
+
 def trials_array(trials, data, n_rows):
     """``trials=`` as an array of the data's rows: a column name or an array of length ``n_rows``."""
     if isinstance(trials, str):

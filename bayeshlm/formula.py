@@ -848,9 +848,10 @@ def r_spellings(formula):
 def offset_terms(rhs):
     """``(start, end, expression)`` of each top-level ``offset(...)`` term of a formula's right side.
 
-    An offset is a known part of the linear predictor of a non-Gaussian model (Poisson
-    exposure, ``offset(log(expected))``); :func:`bayeshlm.family.split_offset` takes it out of
-    the formula and evaluates it.
+    An offset is a known part of the linear predictor (Poisson exposure,
+    ``offset(log(expected))``; for a Gaussian model a known part of the mean, which the model
+    is fitted around); :func:`bayeshlm.family.split_offset` takes it out of the formula and
+    evaluates it.
     """
     spans, depth, i = [], 0, 0
     while i < len(rhs):

@@ -179,7 +179,7 @@ def kenward_roger(model, fit):
     # collinear with it in the kernels' basis, and the traces below would lose its digits
     R = np.linalg.qr(F, mode="r")
     F = np.linalg.solve(R.T, F.T).T
-    w = basis.weights(design.obs_var)
+    w = basis.weights(design.obs_var, design.weights)
     s2, T = covariances(np.asarray(fit.theta, dtype=np.float64)[None, :], model.structure)
     s2, T = float(s2[0]), T[0]
     resid = np.full(model.n_obs, s2) if w is None else s2 / w

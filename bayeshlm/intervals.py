@@ -29,7 +29,6 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from bayeshlm.basis import Basis
 from bayeshlm.em import EMResult, LoglikObjective, corr_key, fit_em, natural_variance_parameters
 from bayeshlm.model import check_result, model_first, refuse_non_gaussian
 from bayeshlm.results import finest_coefficients, variance_components
@@ -106,7 +105,7 @@ class _Frame:
         cols = slice(1 + p, None)
         scale[cols] = np.sqrt(scale[cols] ** 2 + shift[cols] ** 2)
         shift[cols] = 0.0
-        target = Basis(shift, scale, p, basis.fixed_intercept, basis.coef_intercept)
+        target = replace(basis, shift=shift, scale=scale)
         stats = basis.transform_stats(model.stats, target)
         stats = stats._replace(XtX=np.ascontiguousarray(stats.XtX[:, perm][:, :, perm]),
                                XtF=np.ascontiguousarray(stats.XtF[:, perm]),
@@ -116,6 +115,7 @@ class _Frame:
         self.objective = LoglikObjective(replace(model, stats=stats, structure=self.structure), method)
         self.perm = perm
         self.y_scale = basis.y_scale
+        self.sigma_scale = basis.sigma_scale
         self.D = scale[cols][perm]
         self.sigma_known = model.sigma_known
 
@@ -124,7 +124,7 @@ class _Frame:
         st = self.structure
         theta = np.zeros(int(st.theta_ptr[-1]))
         if not self.sigma_known:
-            theta[0] = np.log(sigma / self.y_scale)
+            theta[0] = np.log(sigma / self.sigma_scale)
         sd, R = np.asarray(sd)[self.perm], np.asarray(R)[np.ix_(self.perm, self.perm)]
         for k in range(len(st.block_ptr) - 1):
             c0, c1, t0 = int(st.block_ptr[k]), int(st.block_ptr[k + 1]), int(st.theta_ptr[k])
@@ -143,7 +143,7 @@ class _Frame:
     def natural(self, coordinate, t):
         """The natural parameter whose ``theta`` coordinate is ``t``: ``"sigma"``, ``"corr"`` or an SD's position."""
         if coordinate == "sigma":
-            return self.y_scale * float(np.exp(t))
+            return self.sigma_scale * float(np.exp(t))
         if coordinate == "corr":
             return float(np.tanh(t))
         c = coordinate
@@ -388,7 +388,9 @@ class _Replicator:
             values, vectors = np.linalg.eigh(T[0][cols, cols])
             self.roots.append((slice(int(st.node_ptr[k]), int(st.node_ptr[k + 1])), cols,
                                vectors * np.sqrt(np.maximum(values, 0.0))))
-        self.noise_sd = np.sqrt(design.obs_var) if model.sigma_known else np.full(model.n_obs, fit.sigma)
+        w = design.row_weights
+        self.noise_sd = (np.sqrt(design.obs_var) if model.sigma_known
+                         else fit.sigma / np.sqrt(w) if w is not None else np.full(model.n_obs, fit.sigma))
 
     def simulate(self, rng):
         """One response vector drawn from the fitted model."""
@@ -406,7 +408,7 @@ class _Replicator:
         model = self.model
         design, basis = model.design, model.basis
         stats = compute_suffstats(y, design.F, design.X, design.group_idx, design.group_labels.shape[0],
-                                  basis.weights(design.obs_var), basis.shift, basis.scale)
+                                  basis.weights(design.obs_var, design.weights), basis.shift, basis.scale)
         return replace(model, design=design._replace(y=y), stats=stats)
 
     def __call__(self, seed):

@@ -15,7 +15,7 @@ from functools import cached_property
 import numpy as np
 
 from bayeshlm.basis import Basis
-from bayeshlm.data import Design, build_design, identification_warnings
+from bayeshlm.data import Design, build_design, check_weights_option, identification_warnings
 from bayeshlm.formula import FormulaSpec, parse_formula, r_spellings
 from bayeshlm.priors import (
     ColumnMoments,
@@ -61,7 +61,7 @@ class Model:
         The priors in use, by role (see :mod:`bayeshlm.priors`), defaults included.
     options : dict
         The keyword arguments of :func:`bayeshlm.hlm` (``priors``, ``known_sd``,
-        ``known_var``, ``missing``), reused by :meth:`with_data`.
+        ``known_var``, ``weights``, ``missing``, ...), reused by :meth:`with_data`.
     equations : str or None
         The level-by-level equations when the model was declared with
         :class:`bayeshlm.Hierarchy` (printed with the model).
@@ -79,8 +79,10 @@ class Model:
     trials : ndarray of shape (n_obs,) or None
         The number of trials of each row of a binomial response (ones for Bernoulli).
     offset : ndarray of shape (n_obs,) or None
-        The known part of each row's linear predictor (``offset(...)`` terms of a non-Gaussian
-        model's formula).
+        The known part of each row's linear predictor (the formula's ``offset(...)`` terms). A
+        Gaussian model is fitted to the response minus it: its ``design.y`` holds ``y -
+        offset`` and ``design.response_values`` the response itself (docs/design.md, "Weights
+        and offsets").
     """
 
     spec: FormulaSpec
@@ -154,6 +156,14 @@ class Model:
         return self.family == "gaussian"
 
     @property
+    def weighted(self) -> bool:
+        """True when the rows have precision weights (``weights=``): row ``i``'s level-1 variance is ``sigma^2 / w_i``.
+
+        Also for a model from :func:`bayeshlm.hlm_stats`, which keeps the weights' scale only.
+        """
+        return self.design.weights is not None or getattr(self.moments, "inv_w_mean", None) is not None
+
+    @property
     def n_theta(self) -> int:
         """Number of free variance-component parameters."""
         return int(self.structure.theta_ptr[-1])
@@ -216,7 +226,11 @@ class Model:
             lines.append("  no grouping: a single-level regression")
         if self.gaussian:
             known = "known (given per observation)" if self.sigma_known else "estimated"
+            if self.weighted:
+                known += " (sigma^2 / w, precision weights w)"
             lines.append("  level-1 variance: " + known)
+            if self.offset is not None:
+                lines.append("  offset: the formula's offset() terms, a known part of the mean")
         else:
             lines.append(f"  level 1: {self.family}, {self.link} link")
         if self.equations:
@@ -257,6 +271,9 @@ class Model:
             identity["crossed"] = True
         if not self.gaussian:
             identity["family"] = f"{self.family}({self.link})"
+        if self.weighted:  # only then: the identities of unweighted models stay as they were
+            weights = self.options.get("weights")
+            identity["weights"] = weights if isinstance(weights, str) else "given as an array"
         return json.dumps(identity, sort_keys=True)
 
     @property
@@ -283,6 +300,9 @@ class Model:
             "family": self.family,
             "link": self.link,
             "trials": self.options.get("trials") if isinstance(self.options.get("trials"), str) else None,
+            "weights": self.options.get("weights") if isinstance(self.options.get("weights"), str) else None,
+            "weights_as_array": self.options.get("weights") is not None
+            and not isinstance(self.options.get("weights"), str),
         })
 
 
@@ -307,7 +327,8 @@ def _record_of(result):
 def _differences(mine, theirs):
     names = {"formula": "formula", "response": "response", "fixed": "fixed effects", "coef": "random coefficients",
              "factors": "grouping factors", "n_groups": "numbers of groups", "groups": "group labels",
-             "n_obs": "number of observations", "sigma_known": "known level-1 variances", "priors": "priors"}
+             "n_obs": "number of observations", "sigma_known": "known level-1 variances", "priors": "priors",
+             "weights": "weights"}
     out = []
     for key, label in names.items():
         a, b = mine.get(key), theirs.get(key)
@@ -388,8 +409,8 @@ def model_from(result, data, **overrides):
     data : pandas.DataFrame or mapping
         The data.
     **overrides
-        Options of :func:`bayeshlm.hlm` to set anew, e.g. ``known_sd`` when the model was
-        compiled with an array of known SDs (an array is not stored with the result).
+        Options of :func:`bayeshlm.hlm` to set anew, e.g. ``known_sd`` or ``weights`` when the
+        model was compiled with an array of them (an array is not stored with the result).
 
     Returns
     -------
@@ -407,9 +428,12 @@ def model_from(result, data, **overrides):
     if record["known_as_array"] and not ({"known_sd", "known_var"} & set(overrides)):
         raise ValueError("the model was compiled with known level-1 SDs or variances given as an array, which the "
                          "result does not store: pass them again, model_from(result, data, known_sd=...)")
+    if record.get("weights_as_array") and "weights" not in overrides:
+        raise ValueError("the model was compiled with precision weights given as an array, which the result does "
+                         "not store: pass them again, model_from(result, data, weights=...)")
     options = {"known_sd": record["known_sd"], "known_var": record["known_var"], "missing": record["missing"],
                "priors": priors_from_json(record["priors"]), "family": record.get("family", "gaussian"),
-               "link": record.get("link"), "trials": record.get("trials")}
+               "link": record.get("link"), "trials": record.get("trials"), "weights": record.get("weights")}
     frame = None if record["prior_frame"] is None else frame_from_json(record["prior_frame"])
     if "priors" in overrides:
         frame = None
@@ -475,7 +499,7 @@ def structure_of(block_sizes, sigma_known, diag_scale, tree):
 
 
 def hlm(formula, data, *, priors=None, known_sd=None, known_var=None, missing="raise", family="gaussian", link=None,
-        trials=None):
+        trials=None, weights=None):
     """Compile a hierarchical linear model from an lme4-style formula.
 
     Parameters
@@ -495,6 +519,11 @@ def hlm(formula, data, *, priors=None, known_sd=None, known_var=None, missing="r
         the data decide. A factor whose labels repeat in every group of another with
         several rows each (cask "a" in every batch) is fitted as crossed, as lme4 does,
         with a :class:`~bayeshlm.data.NestingWarning` suggesting ``batch/cask``.
+        ``offset(expr)`` terms are a known part of the mean (of the linear predictor, for the
+        non-Gaussian families), with coefficient 1: a Gaussian model is fitted to the response
+        minus their sum, and the observed data, replicated data and predictions
+        (:func:`bayeshlm.predict` evaluates ``expr`` on the new rows) are on the scale of the
+        response, the offset added back.
     data : pandas.DataFrame or dict of array_like
         The observations, one row each.
     priors : dict, optional
@@ -518,6 +547,24 @@ def hlm(formula, data, *, priors=None, known_sd=None, known_var=None, missing="r
         Poisson).
     trials : str or array_like, optional
         The number of trials of each row of a binomial response (a column name or an array).
+    weights : str or array_like, optional
+        Precision weights, one per row (a column name or an array), as ``weights=`` of lme4's
+        ``lmer``: the level-1 variance of row ``i`` is ``sigma^2 / w_i``, and sigma (the SD of
+        a row of weight 1) is estimated. A row whose mean is of ``k`` measurements has weight
+        ``k``. Missing values follow `missing`; the others must be finite and positive (a row
+        of weight 0 carries no information: drop it). Gaussian family only (a binomial
+        model's weights are its trials) and not together with `known_sd` / `known_var`. The
+        log-likelihood includes ``+ sum(log w_i) / 2``, as lme4's ``logLik`` does.
+
+        These are not *frequency* weights. A row of frequency weight ``k`` stands for ``k``
+        identical rows, and only repeating the row ``k`` times fits that model. Given the
+        variance components, integer precision weights ``k`` give the same generalised
+        least-squares fixed effects as the repeated rows; but precision weights do not change
+        the number of observations: it stays the number of rows in the ML and REML
+        log-likelihood (its ``log 2 pi`` and ``log sigma^2`` terms) and in any degrees of
+        freedom, as in lme4. So sigma and the variance components, and through them the
+        fixed effects and every standard error, differ from those of the repeated rows (for
+        REML and ML alike).
 
     Returns
     -------
@@ -532,15 +579,16 @@ def hlm(formula, data, *, priors=None, known_sd=None, known_var=None, missing="r
     18
     """
     return compile_formula(formula, data, priors=priors, known_sd=known_sd, known_var=known_var, missing=missing,
-                           family=family, link=link, trials=trials)
+                           family=family, link=link, trials=trials, weights=weights)
 
 
 def compile_formula(formula, data, *, priors=None, known_sd=None, known_var=None, missing="raise",
-                    prior_frame=None, family="gaussian", link=None, trials=None):
+                    prior_frame=None, family="gaussian", link=None, trials=None, weights=None):
     """:func:`hlm`, and with ``prior_frame`` the priors kept on a frame of earlier data (:meth:`Model.with_data`)."""
     from bayeshlm.family import (
         check_response,
         gaussian_response_warning,
+        offset_label,
         resolve_family,
         split_cbind,
         split_offset,
@@ -552,22 +600,32 @@ def compile_formula(formula, data, *, priors=None, known_sd=None, known_var=None
     written = formula
     options = {"priors": priors, "known_sd": known_sd, "known_var": known_var, "missing": missing,
                "family": family, "link": link, "trials": trials}
+    if weights is not None:  # only then: the options of unweighted models stay as they were
+        options["weights"] = weights
     offset = None
     if family == "gaussian":
         if trials is not None or formula.lstrip().startswith("cbind"):
             raise ValueError("trials and cbind(successes, failures) are for family='binomial'")
-        if split_offset(formula, data)[1] is not None:
-            raise ValueError("offset() is for the non-Gaussian families (family=); for a Gaussian response "
-                             "subtract the known part from the response")
-        spec = parse_formula(formula)
-        design = build_design(spec, data, missing=missing, known_sd=known_sd, known_var=known_var)
+        check_weights_option(weights, known_sd, known_var)
+        # offset() terms: a known part of the mean; the model is fitted to y - offset
+        fitted_formula, offset = split_offset(formula, data)
+        spec = parse_formula(fitted_formula)
+        design = build_design(spec, data, missing=missing, known_sd=known_sd, known_var=known_var,
+                              weights=weights, offset=offset, offset_label=offset_label(formula))
         if design.y is not None:
-            gaussian_response_warning(design.y, design.response)
+            gaussian_response_warning(design.response_values, design.response)
+        offset = design.offset
+        if offset is not None:
+            spec = spec._replace(formula=written)
         n_trials = None
     else:
         if known_sd is not None or known_var is not None:
             raise ValueError(f"family={family!r} has no level-1 variance to give: known_sd and known_var are for "
                              "the Gaussian family")
+        if weights is not None:
+            raise ValueError(f"weights= (precision weights of the level-1 variance) are for the Gaussian family; "
+                             f"family={family!r} has no level-1 variance to weight. The weights of a binomial model "
+                             "are its numbers of trials: write cbind(successes, failures) ~ ... or pass trials=")
         formula, data, n_trials = split_cbind(formula, data)
         formula, offset = split_offset(formula, data)
         if n_trials is not None and trials is not None:
@@ -603,17 +661,17 @@ def compile_formula(formula, data, *, priors=None, known_sd=None, known_var=None
         options["family"] = family
         spec = spec._replace(formula=written) if hasattr(spec, "_replace") else spec
     identification_warnings(design)
-    moments = column_moments(design.y, design.F, design.X, design.obs_var)
+    moments = column_moments(design.y, design.F, design.X, design.obs_var, design.weights)
     basis = Basis.standardising(moments, design.fixed_names, design.coef_names, design.block_sizes)
     if family != "gaussian":  # the response is not rescaled: the link acts on its own scale
         shift, scale = basis.shift.copy(), basis.scale.copy()
         shift[0], scale[0] = 0.0, 1.0
         basis = replace(basis, shift=shift, scale=scale)
     stats = compute_suffstats(design.y, design.F, design.X, design.group_idx, design.group_labels.shape[0],
-                              basis.weights(design.obs_var), basis.shift, basis.scale)
+                              basis.weights(design.obs_var, design.weights), basis.shift, basis.scale)
     model = assemble(spec, design, stats, moments, basis, priors, options, prior_frame)
     if family == "gaussian":
-        return model
+        return model if offset is None else replace(model, offset=offset)
     return replace(model, family=family, link=link, trials=n_trials, offset=offset)
 
 

@@ -1,9 +1,10 @@
 """Predictions from a posterior: new rows, existing and new groups, predictive groups for ArviZ.
 
 A prediction for row ``i`` is ``f_i' a + sum_k x_ik' b_k[g_k(i)]`` (fixed part plus each
-grouping factor's coefficients of the row's group), plus level-1 noise for predictive draws;
-for a non-Gaussian level 1 that is the linear predictor (with the formula's offsets), whose
-inverse link is the probability or rate, and predictive draws are binomial or Poisson.
+grouping factor's coefficients of the row's group) plus the formula's offsets, plus level-1
+noise for predictive draws (SD ``sigma / sqrt(w_i)`` with precision weights); for a
+non-Gaussian level 1 that is the linear predictor, whose inverse link is the probability or
+rate, and predictive draws are binomial or Poisson.
 A group the model was fitted on uses its own posterior draws; a group it has not seen draws
 its coefficients from the hierarchy, ``b ~ N(0, T_k)`` with the ``T_k`` of the same posterior
 draw, so its predictive spread includes the between-group variance.
@@ -25,6 +26,7 @@ from bayeshlm.data import (
     group_codes,
     known_array,
     obs_var_from,
+    precision_weights_from,
 )
 from bayeshlm.model import Model, check_result, model_first, refuse_non_gaussian
 from bayeshlm.results import corr_pairs, covariance_draws, factor_parts, flat_draws, group_stats_held
@@ -51,8 +53,12 @@ _NEW_GROUPS = ("sample", "population", "raise")
 _NO_GROUP = "\x00no group"  # the label of a row whose grouping columns are absent: new to every fit
 
 
-def _new_rows(model, data, known_sd, known_var, population=False):
-    """Fixed and per-factor random designs, per-factor group labels and known variances of new rows.
+def _new_rows(model, data, known_sd, known_var, population=False, weights=None):
+    """Fixed and per-factor random designs, per-factor group labels and level-1 variances of new rows.
+
+    The last are the known variances, or with ``weights`` (precision weights of a model whose
+    sigma is estimated) ``1 / weights``, the variance of each row in units of ``sigma^2``;
+    None for rows of weight 1.
 
     With ``population`` (``new_groups="population"``) the grouping columns may be left out:
     a factor whose columns are absent gives every row a group new to the fit.
@@ -91,7 +97,20 @@ def _new_rows(model, data, known_sd, known_var, population=False):
     if not model.gaussian:
         if known_sd is not None or known_var is not None:
             raise ValueError(f"known_sd / known_var are for Gaussian models; this one is {model.family}")
+        if weights is not None:
+            raise ValueError(f"weights= (precision weights of the level-1 variance) are for Gaussian models; this "
+                             f"one is {model.family}: its new rows' trials are given with trials=")
         return F, blocks, labels, None, frame.index
+    if weights is not None:
+        if model.sigma_known:
+            raise ValueError("weights= are for models whose level-1 variance is estimated; this model's variances "
+                             "are known: give the new rows' known_sd or known_var")
+        name = weights if isinstance(weights, str) else "weights"
+        if isinstance(weights, str):
+            check_columns(frame, {weights: "weights"})
+        arr = frame[weights].to_numpy(dtype=np.float64) if isinstance(weights, str) else known_array(
+            weights, "weights", len(frame))
+        return F, blocks, labels, 1.0 / precision_weights_from(arr, name, np.arange(len(frame))), frame.index
     if (known_sd is not None or known_var is not None) and not model.sigma_known:
         raise ValueError("known_sd / known_var are for models with known level-1 variances; this model "
                          "estimates sigma")
@@ -196,17 +215,22 @@ def _every_group_draws(post, model, k, factor, purpose):
 
 
 def _noise_sd(model, posterior, obs_var, n_rows):
-    """Level-1 SDs (S, n_rows) or (S, 1)."""
+    """Level-1 SDs (S, n_rows) or (S, 1).
+
+    ``obs_var``: the known variances, or for a model whose sigma is estimated each row's
+    variance in units of ``sigma^2`` (``1 / w``, precision weights; None for weight 1).
+    """
     if model.sigma_known:
         if obs_var is None:
             raise ValueError("the model's level-1 variances are known per observation: give known_sd or "
                              "known_var for the new rows to draw predictions (or use kind='mean')")
         return np.sqrt(obs_var)[None, :]
-    return flat_draws(posterior.posterior[SIGMA])[:, None]
+    sigma = flat_draws(posterior.posterior[SIGMA])[:, None]
+    return sigma if obs_var is None else sigma * np.sqrt(obs_var)[None, :]
 
 
 def _new_offset(model, data, n_rows):
-    """The ``offset(...)`` terms of a non-Gaussian model's formula on new rows (zeros without any)."""
+    """The ``offset(...)`` terms of the model's formula on new rows (zeros without any)."""
     from bayeshlm.family import split_offset
 
     _, offset = split_offset(model.spec.formula, as_frame(data).reset_index(drop=True))
@@ -252,7 +276,7 @@ def _family_draws(model, mean, trials, rng):
 
 
 def predict(model, posterior, data, *, kind="predictive", new_groups="sample", seed=None,
-            known_sd=None, known_var=None, trials=None):
+            known_sd=None, known_var=None, trials=None, weights=None):
     """Posterior predictions for new rows.
 
     Parameters
@@ -270,7 +294,7 @@ def predict(model, posterior, data, *, kind="predictive", new_groups="sample", s
         ``"mean"``: draws of the expected value (for a binomial model the probability of a
         success, for a Poisson model the rate); ``"link"``: draws of the linear predictor
         (the same as ``"mean"`` for a Gaussian model). ``offset(...)`` terms of the formula
-        are evaluated on the new rows.
+        are evaluated on the new rows and added (for every family and kind).
     new_groups : {"sample", "population", "raise"}
         For groups not in the fitted data: draw their coefficients from the hierarchy
         (``N(0, T)`` per posterior draw; the default), set them to zero (the
@@ -285,6 +309,12 @@ def predict(model, posterior, data, *, kind="predictive", new_groups="sample", s
     trials : str or array_like, optional
         A binomial model's trials for the new rows' predictive draws (a column of ``data``
         or values; default 1: a success or a failure).
+    weights : str or array_like, optional
+        Precision weights of the new rows (a column of ``data`` or values) for the noise of
+        ``kind="predictive"``: a new row's level-1 SD is ``sigma / sqrt(w)``. Default: weight
+        1 for every new row (the level-1 SD is sigma), whether or not the model was fitted
+        with ``weights=``; the means do not depend on it. Gaussian models whose sigma is
+        estimated only.
 
     Returns
     -------
@@ -304,8 +334,11 @@ def predict(model, posterior, data, *, kind="predictive", new_groups="sample", s
     if new_groups not in _NEW_GROUPS:
         raise ValueError(f"new_groups must be one of {_NEW_GROUPS}, got {new_groups!r}")
     rng = np.random.default_rng(seed)
-    F, blocks, labels, obs_var, index = _new_rows(model, data, known_sd, known_var, new_groups == "population")
+    F, blocks, labels, obs_var, index = _new_rows(model, data, known_sd, known_var, new_groups == "population",
+                                                  weights)
     mean = _linear_draws(model, posterior, F, blocks, labels, new_groups, rng)
+    if model.gaussian and model.offset is not None:  # the response's scale: the offset added back
+        mean = mean + _new_offset(model, data, len(index))
     if not model.gaussian:
         n_trials = _new_trials(model, data, trials, len(index)) if kind == "predictive" else None
         mean = mean + _new_offset(model, data, len(index))
@@ -337,8 +370,9 @@ def posterior_predictive(model, posterior, *, seed=None):
     """The posterior with a ``posterior_predictive`` group: replicated data for the fitted rows.
 
     Each draw replicates the response of every row from that draw's fixed effects, its
-    groups' coefficients and level-1 SD (the known SDs when they are known; for a binomial
-    model the successes in the row's trials, for a Poisson model a count), the layout of
+    groups' coefficients and level-1 SD (the known SDs when they are known, ``sigma /
+    sqrt(w_i)`` with precision weights; for a binomial model the successes in the row's
+    trials, for a Poisson model a count), with the formula's offset added, the layout of
     ``observed_data`` (dimension ``obs``). Used by posterior predictive checks
     (:func:`bayeshlm.plots.plot_ppc`, ``arviz_plots.plot_ppc_dist``).
 
@@ -357,7 +391,10 @@ def posterior_predictive(model, posterior, *, seed=None):
     idx = list(design.factor_idx) if design.factors else []
     mean = _linear_draws(model, posterior, design.F, blocks, None, "raise", rng, group_idx=idx)
     if model.gaussian:
-        y_rep = mean + _noise_sd(model, posterior, design.obs_var, model.n_obs) * rng.standard_normal(mean.shape)
+        variance = design.obs_var if model.sigma_known else (None if design.weights is None else 1.0 / design.weights)
+        if design.offset is not None:
+            mean = mean + design.offset
+        y_rep = mean + _noise_sd(model, posterior, variance, model.n_obs) * rng.standard_normal(mean.shape)
     else:  # successes in each row's trials, or a count
         offset = model.offset if model.offset is not None else 0.0
         y_rep = _family_draws(model, response_mean(model, mean + offset), model.trials, rng)
@@ -386,6 +423,8 @@ def prior_predictive(model, draws=500, *, seed=None):
     rng = np.random.default_rng(seed)
     params = [draw_from_prior(model, rng) for _ in range(draws)]
     y = np.stack([simulate_response(model, p, rng) for p in params])
+    if model.gaussian and model.design.offset is not None:  # simulated as y - offset, as the design holds it
+        y = y + model.design.offset
     prior = {"fixed": (("chain", "draw", "fixed_term"), np.stack([p["fixed"] for p in params])[None])}
     coords = {"chain": [0], "draw": np.arange(draws), "fixed_term": list(model.fixed_names),
               "obs": np.arange(model.n_obs)}
@@ -410,7 +449,7 @@ def prior_predictive(model, draws=500, *, seed=None):
     y_name = model.spec.response
     ds_pp = xr.Dataset({y_name: (("chain", "draw", "obs"), y[None])},
                        coords={"chain": [0], "draw": np.arange(draws), "obs": coords["obs"]})
-    ds_obs = xr.Dataset({y_name: (("obs",), model.design.y)}, coords={"obs": coords["obs"]})
+    ds_obs = xr.Dataset({y_name: (("obs",), model.design.response_values)}, coords={"obs": coords["obs"]})
     return xr.DataTree.from_dict({"prior": ds_prior, "prior_predictive": ds_pp, "observed_data": ds_obs})
 
 
@@ -514,7 +553,7 @@ def _nested_group_log_likelihood(model, posterior, own, chunk=None):
     cols = slice(0, hi_own)  # the random columns of the factors up to own, finest first
     X = design.X[:, cols]
     n = design.y.shape[0]
-    w = np.ones(n) if design.obs_var is None else 1.0 / design.obs_var
+    w = np.ones(n) if design.row_weights is None else design.row_weights
     finest = design.factor_idx[0]
     n_fine = len(design.factor_labels[0])
     member = _member(finest, n_fine)
@@ -641,7 +680,7 @@ def marginal_group_log_likelihood(model, posterior, *, factor=None, chunk=None):
     sd, corr = covariance_draws(posterior, model)
     T_kernel = basis.coef_cov_from_user(corr * sd[:, :, None] * sd[:, None, :])
     L = _cov_chol(*sd_corr(T_kernel), lo, hi)
-    s2 = np.ones(S) if model.sigma_known else flat_draws(post[SIGMA]) ** 2 / basis.y_scale**2
+    s2 = np.ones(S) if model.sigma_known else flat_draws(post[SIGMA]) ** 2 / basis.sigma_scale**2
     M = basis.coef_matrix()[lo:hi, lo:hi]
     stats = model.stats
     A = stats.XtX[:, lo:hi, lo:hi]  # X_j' W_j X_j, W the weights without sigma
@@ -655,7 +694,7 @@ def marginal_group_log_likelihood(model, posterior, *, factor=None, chunk=None):
         group_idx = None if group_idx is None else model.design.factor_idx[own]
     if not from_stats:
         n = model.n_obs
-        w = basis.weights(model.design.obs_var)
+        w = basis.weights(model.design.obs_var, model.design.weights)
         w = np.ones(n) if w is None else w
         member = _member(group_idx, n_groups)
     out = np.empty((S, n_groups))

@@ -110,7 +110,11 @@ def require_rows(model):
 
 
 def simulate_response(model, params, rng):
-    """A response drawn from the model given parameters from :func:`draw_from_prior`."""
+    """A response drawn from the model given parameters from :func:`draw_from_prior`.
+
+    For a Gaussian model with an offset, the response minus the offset, as the design holds it
+    (:attr:`bayeshlm.data.Design.response_values` adds it back).
+    """
     from bayeshlm.results import finest_coefficients
 
     require_rows(model)
@@ -124,5 +128,10 @@ def simulate_response(model, params, rng):
             return rng.poisson(np.exp(eta)).astype(np.float64)
         prob = 1.0 / (1.0 + np.exp(-eta)) if model.link == "logit" else sps.norm.cdf(eta)
         return rng.binomial(model.trials.astype(np.int64), prob).astype(np.float64)
-    var = design.obs_var if model.sigma_known else np.full(model.n_obs, params["sigma"] ** 2)
+    if model.sigma_known:
+        var = design.obs_var
+    elif design.weights is not None:  # precision weights: row i's variance is sigma^2 / w_i
+        var = params["sigma"] ** 2 / design.weights
+    else:
+        var = np.full(model.n_obs, params["sigma"] ** 2)
     return mean + rng.normal(size=model.n_obs) * np.sqrt(var)

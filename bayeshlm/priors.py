@@ -241,6 +241,9 @@ class ColumnMoments(NamedTuple):
         Number of fixed-effect columns.
     obs_var_mean : float or None
         Mean known level-1 variance, None when sigma is estimated.
+    inv_w_mean : float or None
+        Mean of the inverse precision weights (``weights=``), None without them: the
+        weights' scale is its inverse, their harmonic mean (:attr:`bayeshlm.basis.Basis.w_scale`).
     """
 
     n: float
@@ -248,6 +251,7 @@ class ColumnMoments(NamedTuple):
     m2: np.ndarray
     n_fixed: int
     obs_var_mean: float | None = None
+    inv_w_mean: float | None = None
 
     def var(self):
         """Population variances of ``[y, F, X]``."""
@@ -259,13 +263,14 @@ class ColumnMoments(NamedTuple):
         return float(self.mean[0])
 
 
-def column_moments(y, F, X, obs_var=None):
-    """:class:`ColumnMoments` of a response and its fixed and random designs."""
+def column_moments(y, F, X, obs_var=None, weights=None):
+    """:class:`ColumnMoments` of a response and its fixed and random designs (and known variances or weights)."""
     Z = np.column_stack([y, F, X]) if F.shape[1] + X.shape[1] else np.asarray(y, dtype=np.float64)[:, None]
     mean = Z.mean(axis=0)
     m2 = ((Z - mean) ** 2).sum(axis=0)
     return ColumnMoments(float(len(y)), mean, m2, F.shape[1],
-                         None if obs_var is None else float(np.mean(obs_var)))
+                         None if obs_var is None else float(np.mean(obs_var)),
+                         None if weights is None else float(np.mean(1.0 / np.asarray(weights, dtype=np.float64))))
 
 
 def merge_moments(first, second):
@@ -279,7 +284,10 @@ def merge_moments(first, second):
     obs = None
     if first.obs_var_mean is not None:
         obs = (first.obs_var_mean * first.n + second.obs_var_mean * second.n) / n
-    return ColumnMoments(n, mean, m2, first.n_fixed, obs)
+    inv_w = None
+    if first.inv_w_mean is not None:
+        inv_w = (first.inv_w_mean * first.n + second.inv_w_mean * second.n) / n
+    return ColumnMoments(n, mean, m2, first.n_fixed, obs, inv_w)
 
 
 class PriorFrame(NamedTuple):
@@ -379,7 +387,8 @@ def default_priors(basis, fixed_names, coef_names, block_sizes, sigma_known=Fals
 
     * each slope: ``Normal(0, 10 s_y / s_x)``; the intercept: ``Normal(mean(y), 10 s_y)`` for
       the mean response at the predictors' means;
-    * sigma: ``HalfStudentT(3, 2.5 s_y)``;
+    * sigma: ``HalfStudentT(3, 2.5 s_y)``; with precision weights ``HalfStudentT(3, 2.5 s_y sqrt(c_w))``,
+      ``c_w`` their harmonic mean (sigma is the SD of a row of weight 1);
     * SD of a random coefficient: ``HalfStudentT(3, 2.5 s_y / s_x)`` (``2.5 s_y`` for an
       intercept, the intercept at the means of its block's slopes);
     * correlations: ``LKJ(1)`` (uniform), of the centred coefficients.
@@ -402,7 +411,7 @@ def default_priors(basis, fixed_names, coef_names, block_sizes, sigma_known=Fals
     for q, name in enumerate(fixed_names):
         out[f"fixed[{name}]"] = Normal(float(g[q]), 10.0 * abs(float(G[q, q])))
     if not sigma_known:
-        out["sigma"] = HalfStudentT(3.0, 2.5 * basis.y_scale)
+        out["sigma"] = HalfStudentT(3.0, 2.5 * basis.sigma_scale)
     for name, scale in zip(coef_names, _default_sd_scales(basis, centred), strict=True):
         out[f"sd[{name}]"] = HalfStudentT(3.0, float(scale))
     out["corr"] = LKJ(1.0)
@@ -522,15 +531,16 @@ def prior_arrays(resolved, frame, basis, fixed_names, coef_names, block_sizes):
 
     Each prior is carried from its frame (:class:`PriorFrame`) to ``basis``: a normal prior on
     the fixed effects becomes a Gaussian in information form; sigma's prior is rescaled by
-    the response's scale; a block whose map ``G`` from the kernels' coefficients to the
-    prior's is diagonal gets its SD priors rescaled (same family), an inverse-Wishart its
+    the response's scale (times the square root of the weights' scale,
+    :attr:`bayeshlm.basis.Basis.sigma_scale`); a block whose map ``G`` from the kernels'
+    coefficients to the prior's is diagonal gets its SD priors rescaled (same family), an inverse-Wishart its
     scale matrix ``G^{-1} Psi G^{-T}``, and any other block keeps its priors and the map
     ``G`` (``Priors.block_map``), applied in :func:`samplers.theta.decode_theta`.
     """
     d = len(coef_names)
     fixed = _fixed_prior(resolved, frame, basis, fixed_names)
     if "sigma" in resolved:
-        sigma_kind, sigma_par = sd_code(_scaled(resolved["sigma"], basis.y_scale), "sigma")
+        sigma_kind, sigma_par = sd_code(_scaled(resolved["sigma"], basis.sigma_scale), "sigma")
     else:
         sigma_kind, sigma_par = PRIOR_FLAT, (0.0, 0.0)
     G_user = basis.coef_to_user()

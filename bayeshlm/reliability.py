@@ -43,7 +43,7 @@ def _cross_products(model, d1):
         raise ValueError("reliability needs the model's rows; a model built from statistics alone (hlm_stats) has "
                          "none")
     X = design.X[:, :d1]
-    w = np.ones(X.shape[0]) if design.obs_var is None else 1.0 / design.obs_var
+    w = np.ones(X.shape[0]) if design.row_weights is None else design.row_weights
     n_groups = len(design.group_labels)
     A = np.zeros((n_groups, d1, d1))
     np.add.at(A, design.group_idx, w[:, None, None] * X[:, :, None] * X[:, None, :])

@@ -23,9 +23,11 @@ from bayeshlm.schema import (
     KNOWN_SD,
     LP,
     OBS,
+    OFFSET,
     SIGMA,
     THETA,
     THETA_DIM,
+    WEIGHTS,
     coef_dim,
     corr_pair_dim,
     corr_pair_label,
@@ -144,7 +146,7 @@ def _log_likelihood(model, s2, a, b, mode, a_kernel=None):
     if mode == "group" and group_stats_held(model):
         return _group_loglik(model, flat_s2, a, b, a_kernel).reshape(n_chains, n_draws, -1)
     design = model.design
-    w = np.ones(model.n_obs) if design.obs_var is None else 1.0 / design.obs_var
+    w = np.ones(model.n_obs) if design.row_weights is None else design.row_weights  # variance s2 / w_i
     log_w = np.log(w)
     cell_node, col_factor, cell_group = _cell_gather(model)
     if mode == "pointwise":
@@ -189,14 +191,13 @@ def _group_loglik(model, s2, a, b, a_kernel=None):
         b = np.zeros((n, n_rows_b, 0))
     b = np.ascontiguousarray(b.reshape(n, n_rows_b, -1), dtype=np.float64)
     b_map = np.ascontiguousarray(basis.coef_matrix_inverse() / basis.y_scale)
+    log_w_shift = basis.log_weight_shift(model.sigma_known)
     if model.sigma_known:  # s2 = 1 in both units; w = s_y^2 w_user
         s2N = np.ones(n)
         log_s2_user = np.zeros(n)
-        log_w_shift = -2.0 * np.log(basis.y_scale)
-    else:
-        s2N = np.ascontiguousarray(s2 / basis.y_scale**2)
+    else:  # s2 = s_y^2 c_w s2_N, w = w_user / c_w (c_w = 1 without precision weights)
+        s2N = np.ascontiguousarray(s2 / basis.sigma_scale**2)
         log_s2_user = np.log(s2)
-        log_w_shift = 0.0
     if cell_group is None:
         out_col, n_out = np.arange(n_groups, dtype=np.int64), n_groups
     else:
@@ -354,7 +355,9 @@ def to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_
       group (``<g>``), as recorded in ``attrs["log_likelihood"]``.
     * ``observed_data``: the response (``obs``, each row's position in the data as given);
       ``constant_data``: each observation's group code ``<g>_index`` (the position of its
-      group's label in the coordinate ``<g>``) and, when given, known standard deviation.
+      group's label in the coordinate ``<g>``) and, when given, known standard deviation,
+      precision weight (``weights``) and offset (``offset``; the observed response includes
+      it).
     * ``group_moments`` (when ``kept_per_chain``, the kept draws of each chain, is given):
       ``<g>_effect_mean`` and ``<g>_effect_sd`` (``chain``, ``<g>``, ``<g>_coef``), the
       running posterior mean and SD of every group's coefficients in each chain, and
@@ -484,7 +487,7 @@ def _row_data(model):
     """
     design = model.design
     coords = xr.Coordinates.from_xindex(PandasIndex(_obs_index(model), OBS))
-    observed = xr.Dataset({design.response: (OBS, _read_only(design.y))}, coords=coords)
+    observed = xr.Dataset({design.response: (OBS, _read_only(design.response_values))}, coords=coords)
     constant = {}
     label_coords = {}
     for factor, _, labels, _ in factor_parts(model):
@@ -494,6 +497,10 @@ def _row_data(model):
         label_coords[g] = [str(x) for x in labels]
     if design.obs_var is not None:
         constant[KNOWN_SD] = (OBS, np.sqrt(design.obs_var))
+    if design.weights is not None:
+        constant[WEIGHTS] = (OBS, _read_only(design.weights))
+    if design.offset is not None:
+        constant[OFFSET] = (OBS, _read_only(design.offset))
     ds = xr.Dataset(constant, coords=coords).assign_coords(label_coords)
     return {"observed_data": observed, "constant_data": ds}
 

@@ -16,8 +16,8 @@ What the safe mode accepts:
 * the formula operators ``+ - * / : ** ^ %in%``, parentheses, ``0``/``1``/``-1`` for the
   intercept, and random-effect terms ``(expr | g)``, ``(expr || g)`` with a grouping factor
   made of column names joined by ``:`` or ``/`` (``(1 | school/class)``);
-* ``offset(...)`` terms (a known part of a non-Gaussian model's linear predictor), whose
-  argument is checked as the rest;
+* ``offset(...)`` terms (a known part of the mean, or of a non-Gaussian model's linear
+  predictor), whose argument is checked as the rest;
 * calls of the functions in :data:`ALLOWED_CALLS` (formulaic's transforms and contrasts, a few
   NumPy functions), whose arguments may be column names, numbers, strings, ``True``,
   ``False``, ``None``, lists and tuples of these, keyword arguments, other allowed calls, and

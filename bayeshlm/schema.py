@@ -15,7 +15,7 @@ Groups and variables (``<g>`` is a grouping factor's dimension name, :func:`dim_
   variance components on the sampler's own unconstrained scale (:mod:`samplers.theta`).
 * ``log_likelihood``: the response, by :data:`OBS` or by the finest factor's ``<g>``.
 * ``observed_data`` (the response, :data:`OBS`) and ``constant_data``
-  (:func:`index_var` per factor, ``known_sd``).
+  (:func:`index_var` per factor, ``known_sd``, :data:`WEIGHTS`, :data:`OFFSET`).
 * ``group_moments``: :func:`effect_mean_var`, :func:`effect_sd_var` and ``n_draws``.
 """
 
@@ -42,6 +42,8 @@ ACCEPT_RATE = "accept_rate"  # mean acceptance of the moves on the variance comp
 THETA = "theta"  # the variance components in the sampler's unconstrained coordinates
 THETA_DIM = "theta_index"
 KNOWN_SD = "known_sd"
+WEIGHTS = "weights"  # precision weights of the rows (constant_data)
+OFFSET = "offset"  # a Gaussian model's offset per row (constant_data)
 N_DRAWS = "n_draws"
 
 

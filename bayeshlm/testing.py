@@ -33,8 +33,8 @@ def with_response(model, y):
     design = model.design._replace(y=np.ascontiguousarray(y, dtype=np.float64))
     basis = model.basis  # the priors are in this basis: the statistics of the new response go there too
     stats = compute_suffstats(design.y, design.F, design.X, design.group_idx, model.stats.n.shape[0],
-                              basis.weights(design.obs_var), basis.shift, basis.scale)
-    moments = column_moments(design.y, design.F, design.X, design.obs_var)
+                              basis.weights(design.obs_var, design.weights), basis.shift, basis.scale)
+    moments = column_moments(design.y, design.F, design.X, design.obs_var, design.weights)
     return dataclasses.replace(model, design=design, stats=stats, moments=moments)
 
 
@@ -315,7 +315,7 @@ def geweke(model, n_iter=20000, *, method="mh", seed=0, mh_steps=6, n_prior=None
     sim = with_response(model, simulate_response(model, params, rng))
     theta0 = np.empty(model.n_theta)
     basis = model.basis
-    s2_0 = 1.0 if model.sigma_known else params["sigma"] ** 2 / basis.y_scale**2
+    s2_0 = 1.0 if model.sigma_known else params["sigma"] ** 2 / basis.sigma_scale**2
     T0 = basis.coef_cov_from_user(params["cov"])
     if not encode_theta(s2_0, T0 + 1e-12 * max(np.trace(T0), 1e-300) * np.eye(d), model.structure, theta0):
         raise ValueError("the prior draw has a singular group covariance")
