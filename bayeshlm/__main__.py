@@ -146,7 +146,7 @@ UNSAFE_HINT = ("; to evaluate the formula as Python code anyway (only a formula 
 
 
 def build_model(args):
-    """The model of ``args.formula`` on ``args.data`` with the ``--missing``, ``--known-sd``, ``--prior`` options.
+    """The model of ``args.formula`` on ``args.data`` with ``--missing``, ``--known-sd``, ``--weights``, ``--prior``.
 
     The formula is checked first, before the data are read, in the safe mode of
     :func:`bayeshlm.safe_formula.check_formula`, unless ``--unsafe-formula`` was given.
@@ -156,7 +156,7 @@ def build_model(args):
     data = read_data(args.data)
     priors = dict(parse_prior(text) for text in (args.prior or [])) or None
     return bh.hlm(args.formula, data, missing=args.missing, known_sd=args.known_sd, priors=priors,
-                  family=args.family, link=args.link, trials=args.trials)
+                  family=args.family, link=args.link, trials=args.trials, weights=args.weights)
 
 
 def report_text(tree, model=None):
@@ -264,6 +264,10 @@ def add_model_arguments(parser):
     parser.add_argument("--missing", choices=["raise", "drop"], default="raise",
                         help="rows with missing values in a used column: refuse them (default) or drop them")
     parser.add_argument("--known-sd", metavar="COLUMN", help="column of known level-1 standard deviations")
+    parser.add_argument("--weights", metavar="COLUMN",
+                        help="column of precision weights of a Gaussian model, as lme4's lmer(weights=): row i's "
+                             "level-1 variance is sigma^2 / w_i (not frequency weights: a row of weight k is not k "
+                             "rows)")
     parser.add_argument("--family", choices=["gaussian", "bernoulli", "binomial", "poisson"], default="gaussian",
                         help="the level-1 family (default gaussian); binomial responses as cbind(successes, failures) "
                              "in the formula or with --trials")

@@ -36,6 +36,7 @@ from bayeshlm.data import (
     check_gram_rank,
     check_magnitudes,
     check_numeric,
+    check_weights_option,
     column_roles,
     evaluate_spec,
     evaluate_terms,
@@ -46,7 +47,7 @@ from bayeshlm.data import (
     random_design,
     warn_identification,
 )
-from bayeshlm.formula import parse_formula
+from bayeshlm.formula import offset_terms, parse_formula
 from bayeshlm.model import assemble
 from bayeshlm.priors import column_moments, merge_moments
 from samplers.suffstats import compute_suffstats, merge_suffstats
@@ -74,6 +75,7 @@ class _Plan:
     chunk_rows: int = 250_000
     known: tuple = ()       # (column, "known_sd" or "known_var") of known level-1 variances
     basis: object = None    # the Basis the statistics are computed in
+    weights: str | None = None  # the column of precision weights
 
 
 def _is_numeric(dtype):
@@ -82,12 +84,13 @@ def _is_numeric(dtype):
     )
 
 
-def _scan(frame, columns, factor_columns, categorical, drop, response, known):
+def _scan(frame, columns, factor_columns, categorical, drop, response, known, weights=None):
     """Pass 1 on one piece: rows, missing values per column, grouping combinations, levels.
 
-    Also the moments of the response (and the sum of the known level-1 variances) over the
-    rows kept, so that pass 2 can compute the statistics with the response already in its
-    final shift and scale.
+    Also the moments of the response (and the sum of the known level-1 variances, or of the
+    inverse precision weights) over the rows kept, so that pass 2 can compute the statistics
+    with the response and the weights already in their final shift and scale. Precision
+    weights that are zero or negative are counted, with the first rows' positions.
     """
     bad = {name: bad_mask(frame[name]) for name in columns}
     counts = {name: int(mask.sum()) for name, mask in bad.items()}
@@ -100,6 +103,8 @@ def _scan(frame, columns, factor_columns, categorical, drop, response, known):
     levels = {name: pd.unique(frame[name].dropna()) for name in categorical}
     y_moments = None
     obs_sum = 0.0
+    inv_w_sum = 0.0
+    not_positive = []  # (positions in the piece, of weights 0, of negative weights)
     if not any(counts.values()) or drop:  # with missing values and "raise" the fit stops after the scan
         y = frame[response].to_numpy(dtype=np.float64)
         if y.size:
@@ -107,8 +112,17 @@ def _scan(frame, columns, factor_columns, categorical, drop, response, known):
         if known:
             v = frame[known[0]].to_numpy(dtype=np.float64)
             obs_sum = float(np.sum(v * v if known[1] == "known_sd" else v))
+        if weights is not None:
+            w = frame[weights].to_numpy(dtype=np.float64)
+            where = np.arange(len(bad[columns[0]]))[~np.logical_or.reduce(list(bad.values()))] if drop else None
+            for mask in (w == 0.0, w < 0.0):
+                rows = np.flatnonzero(mask) if where is None else where[np.flatnonzero(mask)]
+                not_positive.append((int(mask.sum()), rows[:_SHOW_ROWS].tolist()))
+            with np.errstate(divide="ignore"):
+                inv_w_sum = float(np.sum(1.0 / w))
     return {"n": len(bad[columns[0]]), "bad": counts, "first_bad": first, "kept": len(frame),
-            "combos": combos, "levels": levels, "y": y_moments, "obs_sum": obs_sum}
+            "combos": combos, "levels": levels, "y": y_moments, "obs_sum": obs_sum, "inv_w_sum": inv_w_sum,
+            "not_positive": not_positive}
 
 
 def _merge_y(scans):
@@ -176,10 +190,11 @@ def _slice_stats(frame, plan):
     if plan.known:
         column, kind = plan.known
         obs_var = obs_var_from(frame[column].to_numpy(dtype=np.float64), kind)
+    weights = None if plan.weights is None else frame[plan.weights].to_numpy(dtype=np.float64)
     basis = plan.basis
-    stats = compute_suffstats(y, F, X, g, plan.n_groups, basis.weights(obs_var), basis.shift, basis.scale)
+    stats = compute_suffstats(y, F, X, g, plan.n_groups, basis.weights(obs_var, weights), basis.shift, basis.scale)
     peaks = np.concatenate([np.max(np.abs(F), axis=0, initial=0.0), np.max(np.abs(X), axis=0, initial=0.0)])
-    return stats, column_moments(y, F, X, obs_var), peaks
+    return stats, column_moments(y, F, X, obs_var, weights), peaks
 
 
 def _merge(first, second):
@@ -255,7 +270,7 @@ def _dask_dataframe():
     return dd
 
 
-def hlm_stats(formula, data, *, priors=None, missing="raise", known_sd=None, known_var=None,
+def hlm_stats(formula, data, *, priors=None, missing="raise", known_sd=None, known_var=None, weights=None,
               chunk_rows=250_000):
     """Compile a model from per-group statistics computed piece by piece, without keeping the rows.
 
@@ -284,6 +299,10 @@ def hlm_stats(formula, data, *, priors=None, missing="raise", known_sd=None, kno
     known_sd, known_var : str, optional
         The column holding each row's known level-1 SD or variance (as in meta-analysis);
         at most one. Arrays are not accepted here: the rows are never all in memory.
+    weights : str, optional
+        The column of precision weights, as ``weights=`` of :func:`bayeshlm.hlm` (the level-1
+        variance of row ``i`` is ``sigma^2 / w_i``; see there how they differ from frequency
+        weights). A column name only, for the same reason.
     chunk_rows : int
         Rows per chunk of a pandas frame, and at most as many rows of a Dask partition
         evaluated at once: this bounds the memory of the designs (about 100 bytes per row
@@ -298,8 +317,11 @@ def hlm_stats(formula, data, *, priors=None, missing="raise", known_sd=None, kno
     ------
     DataError
         As :func:`bayeshlm.hlm` for unknown or missing columns, non-numeric responses,
-        single-level or non-nested factors, rank-deficient designs and known variances that
-        are not positive; also for stateful transforms.
+        single-level or non-nested factors, rank-deficient designs and known variances or
+        weights that are not positive; also for stateful transforms.
+    ValueError
+        For ``offset(...)`` terms, which this path does not evaluate: subtract the offset
+        from the response in the data beforehand.
 
     Examples
     --------
@@ -313,30 +335,40 @@ def hlm_stats(formula, data, *, priors=None, missing="raise", known_sd=None, kno
         raise ValueError(f"missing must be 'raise' or 'drop', got {missing!r}")
     if known_sd is not None and known_var is not None:
         raise ValueError("give known_sd or known_var, not both")
+    check_weights_option(weights, known_sd, known_var)
     known = ()
-    for kind, column in (("known_sd", known_sd), ("known_var", known_var)):
-        if column is not None:
-            if not isinstance(column, str):
-                raise TypeError(f"{kind} must name a column of the data for hlm_stats, got {type(column).__name__}")
+    for kind, column in (("known_sd", known_sd), ("known_var", known_var), ("weights", weights)):
+        if column is not None and not isinstance(column, str):
+            raise TypeError(f"{kind} must name a column of the data for hlm_stats, got {type(column).__name__}")
+        if column is not None and kind != "weights":
             known = (column, kind)
+    if "~" in formula and offset_terms(formula.split("~", 1)[1]):
+        raise ValueError("hlm_stats does not evaluate offset() terms piece by piece: subtract the offset from the "
+                         "response in the data beforehand (a Gaussian offset is a known part of the mean), or use "
+                         "bayeshlm.hlm")
     spec = parse_formula(formula)
     factors = factors_of_spec(spec)
     roles = column_roles(spec)
     if known:
         roles.setdefault(known[0], known[1])
+    if weights is not None:
+        roles.setdefault(weights, "weights")
     factor_columns = tuple(dict.fromkeys(c for f in factors for c in f.split(":")))
     pieces = _Pieces(data, chunk_rows, roles)
     meta = pieces.meta
     check_numeric(meta[spec.response], spec.response, "the response")
     if known:
         check_numeric(meta[known[0]], known[0], known[1])
+    if weights is not None:
+        check_numeric(meta[weights], weights, "weights")
     categorical = tuple(name for name in roles
                         if name not in factor_columns and name != spec.response and name not in known
-                        and not _is_numeric(meta[name].dtype))
+                        and name != weights and not _is_numeric(meta[name].dtype))
     columns = tuple(roles)
 
     # pass 1: the scan
-    scans = pieces.map(_scan, columns, factor_columns, categorical, missing == "drop", spec.response, known)
+    scans = pieces.map(_scan, columns, factor_columns, categorical, missing == "drop", spec.response, known,
+                       weights)
     n_input = sum(s["n"] for s in scans)
     if n_input == 0:
         raise DataError("the data has no rows")
@@ -357,6 +389,8 @@ def hlm_stats(formula, data, *, priors=None, missing="raise", known_sd=None, kno
     n_kept = sum(s["kept"] for s in scans)
     if n_kept == 0:
         raise DataError("every row has a missing or non-finite value in a used column")
+    if weights is not None:
+        _check_weights(scans, weights)
 
     levels = {}
     for name in categorical:
@@ -409,15 +443,17 @@ def hlm_stats(formula, data, *, priors=None, missing="raise", known_sd=None, kno
     # cancellation; they are then carried exactly to the basis of all the rows' moments.
     y_mean, y_var = _merge_y(scans)
     obs_mean = sum(s["obs_sum"] for s in scans) / n_kept if known else None
+    inv_w_mean = sum(s["inv_w_sum"] for s in scans) / n_kept if weights is not None else None
     X_proto = [evaluate_spec(s, proto, "a random-effect term") for s in random_spec]
     X_proto = np.hstack(X_proto) if X_proto else np.zeros((len(proto), 0))
     y_proto = proto[spec.response].to_numpy(dtype=np.float64)
     provisional = Basis.standardising(column_moments(y_proto, F_proto, X_proto), fixed_names, coef_names,
-                                      block_sizes, y_moments=(y_mean, y_var, obs_mean))
+                                      block_sizes, y_moments=(y_mean, y_var, obs_mean), inv_w_mean=inv_w_mean)
 
     # pass 2: the statistics
     plan = _Plan(spec.response, columns, levels, factor_columns, combo_index, combo_group, n_groups,
-                 fixed_spec, tuple(random_spec), missing == "drop", max(int(chunk_rows), 1), known, provisional)
+                 fixed_spec, tuple(random_spec), missing == "drop", max(int(chunk_rows), 1), known, provisional,
+                 weights)
     stats, moments, peaks = pieces.reduce(_piece_stats, _merge, plan)
     if moments.var()[0] == 0:
         raise DataError(f"the response '{spec.response}' is constant ({moments.y_mean:g} in every row); "
@@ -456,10 +492,31 @@ def hlm_stats(formula, data, *, priors=None, missing="raise", known_sd=None, kno
         factor_coef_names=tuple(factor_coef_names), factor_labels=tuple(labels), factor_idx=(),
         parents=tuple(parents), crossed=crossed, cell_codes=cell_codes,
     )
-    basis = Basis.standardising(moments, fixed_names, coef_names, block_sizes, y_moments=(y_mean, y_var, obs_mean))
+    basis = Basis.standardising(moments, fixed_names, coef_names, block_sizes, y_moments=(y_mean, y_var, obs_mean),
+                                inv_w_mean=inv_w_mean)
     stats = provisional.transform_stats(stats, basis)
     options = {"priors": priors, "known_sd": known_sd, "known_var": known_var, "missing": missing}
+    if weights is not None:
+        options["weights"] = weights
     return assemble(spec, design, stats, moments, basis, priors, options)
+
+
+def _check_weights(scans, column):
+    """Refuse precision weights that are zero or negative, naming the column and the first rows' positions."""
+    for k, (what, fix) in enumerate((("zero", "a row of weight 0 carries no information: drop it from the data"),
+                                     ("negative", "precision weights are inverse variances and must be positive"))):
+        count, rows, offset = 0, [], 0
+        for s in scans:
+            if s["not_positive"]:
+                n_bad, first = s["not_positive"][k]
+                count += n_bad
+                rows += [offset + r for r in first]
+            offset += s["n"]
+        if count:
+            more = ", ..." if count > _SHOW_ROWS else ""
+            raise DataError(f"column '{column}' (weights) must be finite and > 0: {count} "
+                            f"value{'s are' if count > 1 else ' is'} {what} (row positions "
+                            f"{', '.join(map(str, rows[:_SHOW_ROWS]))}{more}); {fix}")
 
 
 def _proto_frames(pieces, scans):
