@@ -39,5 +39,5 @@ def _nothing_is_written_into_the_repository():
     """A test writes into its own folder (``tmp_path``), never beside the package: checked at the end."""
     before = set(os.listdir(ROOT))
     yield
-    new = sorted(set(os.listdir(ROOT)) - before - {".pytest_cache", ".hypothesis", "__pycache__"})
+    new = sorted(set(os.listdir(ROOT)) - before - {".pytest_cache", ".hypothesis", "__pycache__", ".ruff_cache"})
     assert not new, f"the tests left {new} in {ROOT}: write into tmp_path"
