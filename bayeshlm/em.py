@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bayeshlm.family import LATENT_VARIANCE
+from bayeshlm.model import model_at_variance
 from bayeshlm.start import starting_theta
 from samplers.gaussian import workspace
 from samplers.ml import eb_estimates, em_step, loglik_and_gradient
@@ -72,6 +73,7 @@ class EMResult:
     model_record: dict = field(default_factory=dict)
     n_groups: dict = field(default_factory=dict)
     icc_by_level: dict = field(default_factory=dict)
+    variance_model: dict = field(default_factory=dict)
 
     @property
     def deviance(self) -> float:
@@ -130,10 +132,23 @@ class EMResult:
             lines.append("intraclass correlations (averaged over the rows' random slopes; by level: "
                          "bayeshlm.variance_partition): "
                          + ", ".join(f"{factor} {icc:.4f}" for factor, icc in self.icc_by_level.items()))
+        if self.variance_model:
+            lines += ["", *variance_model_lines(self.variance_model)]
         table = self.fixed_table()
         table["p_value"] = table["p_value"].map(format_p)
         lines += ["", "Fixed effects:", table.to_string()]
         return "\n".join(lines)
+
+
+def variance_model_lines(vm):
+    """The lines of a report on the level-1 variance model of ``EMResult.variance_model``."""
+    import pandas as pd
+
+    table = pd.DataFrame({"delta": pd.Series(vm["delta"]), "se": pd.Series(vm["delta_se"]),
+                          "sd_ratio": pd.Series(vm.get("sd_ratio", {}), dtype=float),
+                          "ratio_se": pd.Series(vm.get("sd_ratio_se", {}), dtype=float)})
+    return [f"Level-1 variance: sigma^2 exp(z' delta), z from sigma='{vm['formula']}' (sigma: the SD at z = 0; "
+            "sd_ratio = exp(delta / 2), the SD of a level relative to the reference):", table.to_string()]
 
 
 def _with_partition(model, result):
@@ -327,8 +342,6 @@ def fit_em(model, method=None, *, em_iter=5, tol=1e-6, max_eval=5000, n_agq=1):
     -------
     EMResult
     """
-    from scipy.optimize import minimize  # imported here: it adds 0.2 s to `import bayeshlm`
-
     if not model.gaussian:
         if method not in (None, "ml"):
             raise ValueError(f"a {model.family} model is fitted by maximum likelihood (method='ml'); REML is for "
@@ -342,10 +355,29 @@ def fit_em(model, method=None, *, em_iter=5, tol=1e-6, max_eval=5000, n_agq=1):
     method = "reml" if method is None else method
     if method not in ("reml", "ml"):
         raise ValueError(f"method must be 'reml' or 'ml', got {method!r}")
+    if model.variance_design is not None:
+        return _fit_variance_model(model, method, em_iter=em_iter, tol=tol, max_eval=max_eval)
     t0 = time.perf_counter()
-    rng = np.random.default_rng(0)
-    theta = starting_theta(model, rng, jitter=0.0)
-    theta = em_iterations(model, theta, em_iter, method)
+    objective, theta, hessian, finish = maximise_theta(model, method, None, em_iter=em_iter, tol=tol,
+                                                       max_eval=max_eval)
+    return _gaussian_result(model, method, objective, theta, hessian, finish, em_iter, t0)
+
+
+def maximise_theta(model, method, theta=None, *, em_iter=5, tol=1e-6, max_eval=5000):
+    """The ML or REML optimum over the variance components of a Gaussian model: ``(objective, theta, H, finish)``.
+
+    From ``theta`` (default: the rough start of :func:`bayeshlm.start.starting_theta`), ``em_iter``
+    EM iterations, then Newton steps, or a quasi-Newton search (L-BFGS) and Newton steps where
+    they do not reach ``tol`` (docs/design.md, "EM"). ``objective`` is the model's
+    :class:`LoglikObjective` (its value at ``theta`` is in the kernels' basis), ``H`` the
+    Hessian at ``theta`` when the last steps kept it valid, else None, ``finish`` how the
+    search ended.
+    """
+    from scipy.optimize import minimize  # imported here: it adds 0.2 s to `import bayeshlm`
+
+    if theta is None:
+        theta = starting_theta(model, np.random.default_rng(0), jitter=0.0)
+    theta = em_iterations(model, np.asarray(theta, dtype=np.float64), em_iter, method)
     objective = LoglikObjective(model, method)
     # Newton steps from the EM iterate: where they reach the tolerance (an interior optimum
     # with a well-conditioned Hessian, the usual case) no quasi-Newton iterations are needed.
@@ -357,6 +389,11 @@ def fit_em(model, method=None, *, em_iter=5, tol=1e-6, max_eval=5000, n_agq=1):
                        options={"gtol": tol, "ftol": 1e-13, "maxfun": max_eval, "maxiter": max_eval})
         theta, hessian = _newton_polish(objective, opt.x)
         finish = str(opt.message)
+    return objective, theta, hessian, finish
+
+
+def _gaussian_result(model, method, objective, theta, hessian, finish, em_iter, t0):
+    """The :class:`EMResult` of a Gaussian model at the optimum ``theta`` of ``objective``."""
     loglik = objective(theta)
     # Converged when the log-likelihood is flat at the optimum: a step of 1e-3 in any
     # unconstrained coordinate changes it by less than about 1e-6. The optimiser's own flag
@@ -781,3 +818,136 @@ def _glmm_result(model, opt, n_agq):
         model=model.identity(),
         model_record=model.record(),
     ))
+
+
+# ---------------------------------------------------------------------------------------- sigma=
+def _fit_variance_model(model, method, *, em_iter, tol, max_eval):
+    """ML or REML fit of a model with ``sigma=`` by profiling (docs/design.md, "Heterogeneous level-1 variance").
+
+    For fixed standardised variance parameters ``delta_N`` the model is a weighted model
+    (:func:`bayeshlm.model.model_at_variance`) whose log-likelihood, maximised over ``theta``
+    (:func:`maximise_theta`, warm-started from the last optimum), is the profile
+    ``l_p(delta_N)``. Its gradient is, by the envelope theorem, the partial derivative of the
+    log-likelihood in ``delta_N`` at the inner optimum, taken by central differences with
+    ``theta`` held there (no inner optimisation in them). BFGS maximises ``l_p``; the result
+    is the weighted model's fit at the optimum, with ``sigma`` carried to the reference row
+    ``z = 0`` and the standard errors of the variance parameters, ``delta`` included, from the
+    Hessian of the full log-likelihood in ``(theta, delta_N)``.
+    """
+    from dataclasses import replace
+
+    from scipy.optimize import minimize
+
+    t0 = time.perf_counter()
+    vd = model.variance_design
+    state = {"theta": None, "n_eval": 0}
+
+    def inner(delta_n):
+        m = model_at_variance(model, delta_n)
+        start = state["theta"]
+        objective, theta, hessian, finish = maximise_theta(m, method, start, em_iter=em_iter if start is None else 0,
+                                                           tol=min(tol, 1e-8), max_eval=max_eval)
+        state["n_eval"] += objective.n_eval
+        state["theta"] = theta
+        return m, objective, theta, hessian, finish
+
+    def value_at(theta, delta_n):
+        return float(LoglikObjective(model_at_variance(model, delta_n), method)(theta))
+
+    def delta_gradient(theta, delta_n, h=1e-5):
+        g = np.empty(vd.k)
+        for j in range(vd.k):
+            e = np.zeros(vd.k)
+            e[j] = h
+            g[j] = (value_at(theta, delta_n + e) - value_at(theta, delta_n - e)) / (2 * h)
+        return g
+
+    def negative_profile(delta_n):
+        _, objective, theta, _, _ = inner(delta_n)
+        value = float(objective(theta))
+        if not np.isfinite(value):
+            return np.inf, np.zeros(vd.k)
+        return -value, -delta_gradient(theta, delta_n)
+
+    opt = minimize(negative_profile, np.zeros(vd.k), jac=True, method="BFGS",
+                   options={"gtol": 1e-6, "maxiter": 200})
+    delta_n = np.asarray(opt.x, dtype=np.float64)
+    state["theta"] = None if not np.all(np.isfinite(state["theta"])) else state["theta"]
+    m, objective, theta, hessian, finish = inner(delta_n)
+    outer_grad = delta_gradient(theta, delta_n)
+    result = _gaussian_result(m, method, objective, theta, hessian, finish, em_iter, t0)
+
+    delta = vd.delta_user(delta_n)
+    sigma = result.sigma * float(np.exp(0.5 * vd.log_sigma2_shift(delta_n)))
+    names = list(vd.names)
+    # the full Hessian in (theta, delta_N): central differences of the gradient, exact in theta
+    x = np.concatenate([theta, delta_n])
+    n_t = theta.size
+
+    def full_gradient(point):
+        objective_at = LoglikObjective(model_at_variance(model, point[n_t:]), method)
+        objective_at(point[:n_t])
+        return np.concatenate([objective_at.grad, delta_gradient(point[:n_t], point[n_t:])])
+
+    H = np.empty((x.size, x.size))
+    for i in range(x.size):
+        h = 1e-4 * max(1.0, abs(x[i]))
+        up, down = x.copy(), x.copy()
+        up[i] += h
+        down[i] -= h
+        H[:, i] = (full_gradient(up) - full_gradient(down)) / (2 * h)
+    H = 0.5 * (H + H.T)
+
+    def natural(point):
+        v = natural_variance_parameters(model, point[None, :n_t])[0].copy()
+        v[0] *= float(np.exp(0.5 * vd.log_sigma2_shift(point[n_t:])))
+        return np.concatenate([v, vd.delta_user(point[n_t:])])
+
+    var_names = ["sigma", *list(result.variance_se)[1:]]
+    se = np.full(len(var_names) + vd.k, np.nan)
+    if not result.boundary:
+        try:
+            cov = np.linalg.inv(-H)
+            steps = 1e-6 * np.maximum(1.0, np.abs(x))
+            J = np.column_stack([(natural(x + np.eye(x.size)[i] * steps[i]) - natural(x - np.eye(x.size)[i] * steps[i]))
+                                 / (2 * steps[i]) for i in range(x.size)])
+            var = np.diag(J @ cov @ J.T)
+            se = np.where(var >= 0, np.sqrt(np.abs(var)), np.nan)
+        except np.linalg.LinAlgError:
+            pass
+    delta_se = se[len(var_names):]
+    ratio = {n: float(np.exp(d / 2)) for n, d, ind in zip(names, delta, vd.indicator, strict=True) if ind}
+    ratio_se = {n: float(0.5 * np.exp(d / 2) * s) for n, d, s, ind in zip(names, delta, delta_se, vd.indicator,
+                                                                          strict=True) if ind}
+    outer_ok = bool(np.all(np.isfinite(outer_grad)) and np.max(np.abs(outer_grad), initial=0.0) <= 1e-3)
+    variance_model = {
+        "formula": vd.formula,
+        "delta": dict(zip(names, delta.tolist(), strict=True)),
+        "delta_se": dict(zip(names, delta_se.tolist(), strict=True)),
+        "sd_ratio": ratio,
+        "sd_ratio_se": ratio_se,
+        "converged": outer_ok,
+        "n_outer": int(opt.nit),
+        "message": f"{opt.message}; largest profile gradient component {np.max(np.abs(outer_grad), initial=0.0):.2e}",
+    }
+    n_par = result.n_params + vd.k
+    icc = result.icc
+    if icc is not None:
+        icc = float(result.sd["Intercept"] ** 2 / (result.sd["Intercept"] ** 2 + sigma**2))
+    return replace(
+        result,
+        sigma=sigma,
+        variance_se=dict(zip(var_names, se[:len(var_names)].tolist(), strict=True)),
+        aic=float(-2 * result.loglik + 2 * n_par),
+        bic=float(-2 * result.loglik + np.log(result.n_obs) * n_par),
+        n_params=n_par,
+        icc=icc,
+        icc_by_level={},
+        converged=bool(result.converged and outer_ok),
+        n_evaluations=state["n_eval"] + objective.n_eval,
+        seconds=time.perf_counter() - t0,
+        variance_model=variance_model,
+        model=model.identity(),
+        model_record=model.record(),
+        message=result.message + f"; profile over delta: {variance_model['message']}",
+    )

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from bayeshlm.em import EMResult, LoglikObjective, corr_key, fit_em, natural_variance_parameters
-from bayeshlm.model import check_result, model_first, refuse_non_gaussian
+from bayeshlm.model import check_result, model_first, refuse_non_gaussian, refuse_variance_model
 from bayeshlm.results import finest_coefficients, variance_components
 from samplers.suffstats import compute_suffstats
 
@@ -48,6 +48,7 @@ def _check(model, fit, what):
         raise TypeError(f"{what} takes an EM fit (bayeshlm.fit_em), got {type(fit).__name__}")
     check_result(model, fit, "the fit")
     refuse_non_gaussian(model, what)
+    refuse_variance_model(model, what)
     if fit.method not in ("reml", "ml"):
         raise ValueError(f"{what} takes a REML or ML fit of a Gaussian model, got a {fit.method} fit")
     return model, fit

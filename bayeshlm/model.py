@@ -30,6 +30,7 @@ from bayeshlm.priors import (
     priors_to_json,
     resolve_priors,
 )
+from bayeshlm.varfunc import VarianceDesign, build_variance_design
 from samplers.suffstats import compute_suffstats
 from samplers.types import N_OBS, Priors, Structure, SuffStats
 
@@ -100,6 +101,7 @@ class Model:
     link: str = "identity"
     trials: np.ndarray | None = None
     offset: np.ndarray | None = None
+    variance_design: VarianceDesign | None = None
 
     @property
     def formula(self) -> str:
@@ -178,7 +180,9 @@ class Model:
         """
         options = {**self.options, "priors": dict(self.prior_spec), **overrides}
         frame = self.prior_frame if "priors" not in overrides else None
-        return replace(compile_formula(self.formula, data, prior_frame=frame, **options), equations=self.equations)
+        sigma = options.pop("sigma", None)
+        model = replace(compile_formula(self.formula, data, prior_frame=frame, **options), equations=self.equations)
+        return model if sigma is None else with_variance_model(model, sigma, data)
 
     def prior_descriptions(self) -> list[str]:
         """One line per prior in use, with the centring of those set at the predictors' means.
@@ -274,6 +278,8 @@ class Model:
         if self.weighted:  # only then: the identities of unweighted models stay as they were
             weights = self.options.get("weights")
             identity["weights"] = weights if isinstance(weights, str) else "given as an array"
+        if self.variance_design is not None:  # only then: other models' identities stay as they were
+            identity["sigma"] = self.variance_design.formula
         return json.dumps(identity, sort_keys=True)
 
     @property
@@ -288,7 +294,9 @@ class Model:
     @cached_property
     def _record_json(self) -> str:
         known = {k: self.options.get(k) for k in ("known_sd", "known_var")}
-        return json.dumps({
+        # sigma= only when given: the records of other models stay as they were
+        extra = {} if self.variance_design is None else {"sigma": self.variance_design.formula}
+        return json.dumps(extra | {
             "formula": self.formula,
             "priors": priors_to_json(self.prior_spec),
             "prior_frame": None if self.prior_frame is None else frame_to_json(self.prior_frame),
@@ -303,7 +311,7 @@ class Model:
             "weights": self.options.get("weights") if isinstance(self.options.get("weights"), str) else None,
             "weights_as_array": self.options.get("weights") is not None
             and not isinstance(self.options.get("weights"), str),
-        })
+        }, sort_keys=False)
 
 
 def result_identity(result):
@@ -350,6 +358,15 @@ def refuse_non_gaussian(model, what):
         raise NotImplementedError(
             f"{what} of a {model.family} model ({model.link} link) is not available: it integrates the group "
             "coefficients out exactly, which only a Gaussian level 1 allows")
+
+
+def refuse_variance_model(model, what):
+    """Raise NotImplementedError for ``what`` on a model with a level-1 variance model (``sigma=`` of :func:`hlm`)."""
+    if getattr(model, "variance_design", None) is not None:
+        raise NotImplementedError(
+            f"{what} of a model with sigma= (a level-1 variance that varies with {model.variance_design.formula!r}) is "
+            "not implemented yet; its ML and REML fit is: bayeshlm.fit_em(model) "
+            '(docs/design.md, "Heterogeneous level-1 variance")')
 
 
 def check_result(model, result, what="the result"):
@@ -434,12 +451,16 @@ def model_from(result, data, **overrides):
     options = {"known_sd": record["known_sd"], "known_var": record["known_var"], "missing": record["missing"],
                "priors": priors_from_json(record["priors"]), "family": record.get("family", "gaussian"),
                "link": record.get("link"), "trials": record.get("trials"), "weights": record.get("weights")}
+    if record.get("sigma") is not None:
+        options["sigma"] = record["sigma"]
     frame = None if record["prior_frame"] is None else frame_from_json(record["prior_frame"])
     if "priors" in overrides:
         frame = None
     options.update(overrides)
+    sigma = options.pop("sigma", None)
     model = compile_formula(record["formula"], data, prior_frame=frame, **options)
-    return replace(model, equations=record["equations"])
+    model = replace(model, equations=record["equations"])
+    return model if sigma is None else with_variance_model(model, sigma, data)
 
 
 def tree_of(design):
@@ -499,7 +520,7 @@ def structure_of(block_sizes, sigma_known, diag_scale, tree):
 
 
 def hlm(formula, data, *, priors=None, known_sd=None, known_var=None, missing="raise", family="gaussian", link=None,
-        trials=None, weights=None):
+        trials=None, weights=None, sigma=None):
     """Compile a hierarchical linear model from an lme4-style formula.
 
     Parameters
@@ -565,6 +586,18 @@ def hlm(formula, data, *, priors=None, known_sd=None, known_var=None, missing="r
         freedom, as in lme4. So sigma and the variance components, and through them the
         fixed effects and every standard error, differ from those of the repeated rows (for
         REML and ML alike).
+    sigma : str, optional
+        A one-sided formula of predictors of the log level-1 variance, ``"~ z"``: row ``i``'s
+        level-1 variance is ``sigma^2 exp(z_i' delta)`` (divided by its precision weight when
+        `weights` are given too: the two multiply), ``z_i`` the formula's columns without an
+        intercept (evaluated by formulaic as the fixed part; a categorical ``z`` is coded by
+        its levels other than the first, the reference). A categorical ``z`` is nlme's
+        ``varIdent(form = ~ 1 | z)``, the SD ratio of a level to the reference being
+        ``exp(delta / 2)``; a continuous one nlme's ``varExp(form = ~ z)`` with
+        ``delta = 2 t``. Gaussian family only, not with `known_sd` / `known_var`, and
+        its columns must be finite in every row. Fitted by ML or REML with
+        :func:`bayeshlm.fit_em` (``EMResult.variance_model``); :func:`bayeshlm.sample` does not
+        take such a model yet (docs/design.md, "Heterogeneous level-1 variance").
 
     Returns
     -------
@@ -578,8 +611,25 @@ def hlm(formula, data, *, priors=None, known_sd=None, known_var=None, missing="r
     >>> model.n_groups
     18
     """
-    return compile_formula(formula, data, priors=priors, known_sd=known_sd, known_var=known_var, missing=missing,
-                           family=family, link=link, trials=trials, weights=weights)
+    model = compile_formula(formula, data, priors=priors, known_sd=known_sd, known_var=known_var, missing=missing,
+                            family=family, link=link, trials=trials, weights=weights)
+    if sigma is None:
+        return model
+    return with_variance_model(model, sigma, data)
+
+
+def with_variance_model(model, sigma, data):
+    """``model`` with the level-1 variance model of ``sigma=`` (:func:`hlm`), checked; ``data`` the model's data."""
+    if not model.gaussian:
+        raise ValueError(f"sigma= models the level-1 variance of a Gaussian model; family={model.family!r} has "
+                         "no level-1 variance")
+    if model.options.get("known_sd") is not None or model.options.get("known_var") is not None:
+        raise ValueError("sigma= models an estimated level-1 variance; with known_sd/known_var the level-1 "
+                         "variances are given, not estimated")
+    if not model.rows_held:
+        raise ValueError("sigma= needs the model's rows (the statistics are recomputed for each delta)")
+    vd = build_variance_design(sigma, data, model.design.kept_rows)
+    return replace(model, options=model.options | {"sigma": vd.formula}, variance_design=vd)
 
 
 def compile_formula(formula, data, *, priors=None, known_sd=None, known_var=None, missing="raise",
@@ -760,3 +810,22 @@ def coef_parts(model, k):
                     parent_maps.append((m, c - starts[m], found[0], found[1], up.copy()))
     names = (design.factor_coef_names or (design.coef_names,))[k]
     return list(names), fixed_maps, fixed_only, parent_maps
+
+
+def model_at_variance(model, delta_n):
+    """The model of ``sigma=`` with its variance parameters held at ``delta_N``: a weighted model, not recompiled.
+
+    Row ``i`` gets the precision weight ``w_i exp(-z_N,i' delta_N)`` (``w`` the weights of
+    ``weights=``, 1 without them; ``z_N`` the standardised columns of
+    :class:`bayeshlm.varfunc.VarianceDesign`); the per-group statistics are recomputed with
+    them in the model's own basis (one pass over the rows), the rest is shared. Its ML and
+    REML log-likelihoods are those of the model of ``sigma=`` at ``delta`` (docs/design.md,
+    "Heterogeneous level-1 variance"); its ``sigma`` is the level-1 SD of a row of weight 1 at
+    the columns' means. The returned model has no ``variance_design``.
+    """
+    vd = model.variance_design
+    design, basis = model.design, model.basis
+    w = vd.weights(delta_n, design.weights)
+    stats = compute_suffstats(design.y, design.F, design.X, design.group_idx, design.group_labels.shape[0],
+                              basis.weights(None, w), basis.shift, basis.scale)
+    return replace(model, design=design._replace(weights=w), stats=stats, variance_design=None)

@@ -15,6 +15,7 @@ from scipy.special import ndtri
 from bayeshlm.family import family_code, log_normalising_constants
 from bayeshlm.log_prior import log_prior_dataset
 from bayeshlm.memory import check_memory
+from bayeshlm.model import refuse_variance_model
 from bayeshlm.results import cell_groups, group_selection, group_stats_held, loglik_mode, to_datatree
 from bayeshlm.schema import LOG_PRIOR
 from bayeshlm.start import starting_theta
@@ -281,6 +282,7 @@ def sample(
     >>> post.posterior["fixed"].sizes["fixed_term"]
     2
     """
+    refuse_variance_model(model, "the posterior (bayeshlm.sample)")
     gaussian = getattr(model, "gaussian", True)
     if not gaussian and method == "blocked":
         raise ValueError("method='blocked' is for Gaussian models; the crossed factors of a non-Gaussian model are "

@@ -34,7 +34,7 @@ LAYERS = {
     "bayeshlm.version": 10, "bayeshlm.schema": 10, "bayeshlm.formula": 10, "bayeshlm.basis": 10,
     "bayeshlm.simulate": 10, "bayeshlm.start": 10,
     "bayeshlm.safe_formula": 11, "bayeshlm.data": 11, "bayeshlm.priors": 11, "bayeshlm.summary": 11,
-    "bayeshlm.family": 11, "bayeshlm.glmm": 13,
+    "bayeshlm.family": 11, "bayeshlm.varfunc": 11, "bayeshlm.glmm": 13,
     "bayeshlm.model": 12,
     "bayeshlm.hierarchy": 13, "bayeshlm.chunked": 13, "bayeshlm.results": 13, "bayeshlm.lrt": 13,
     "bayeshlm.partition": 13,
