@@ -8,11 +8,12 @@ columns made there by the same rules as :func:`_data` here. The rest are identit
 profiled fit against a direct weighted fit at its ``delta``, ``delta = 0`` against the model
 without ``sigma=``, shifted and scaled data.
 
-Measured against nlme 3.1-162 (tight ``lmeControl``): the log-likelihoods agree to 2e-14
-relative and ours is never lower (by 1e-12 to 3e-10); the fixed effects, their SEs, sigma,
-the SDs and the SD ratios or ``t`` to below 5e-6 relative. The correlations of the random
-effects differ by up to 2.7e-4 relative (5e-6 absolute: they are near zero and flat in the
-likelihood). Our log-likelihood at nlme's estimates equals nlme's to 1e-12 relative, so the
+Measured against nlme 3.1-162 (tight ``lmeControl``): the log-likelihoods agree to 4e-13
+relative and ours is never lower (higher by 1e-12 to 3.4e-10); the fixed effects to 5e-7,
+their SEs to 1.2e-6, sigma to 1.8e-6, ``delta`` (from the SD ratio or ``t``) to 6.2e-6 and
+the SDs to 9.9e-6 relative (HSB's slope SD under ML, the flattest direction). The
+correlations of the random effects differ by up to 2.6e-4 relative (5e-6 absolute: they are
+near zero and flat in the likelihood). Our log-likelihood at nlme's estimates equals nlme's to 1e-12 relative, so the
 functions are the same and the differences are where nlme's optimiser stops. nlme's
 approximate intervals of the variance function (``intervals``, from its numerical ``apVar``)
 imply standard errors of ``delta`` within 1.1% of ours.
