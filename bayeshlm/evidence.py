@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.special import multigammaln
 
-from bayeshlm.model import check_result, model_first, refuse_non_gaussian
+from bayeshlm.model import check_result, model_first, refuse_non_gaussian, refuse_variance_model
 from bayeshlm.priors import lkj_log_norm
 from bayeshlm.results import flat_draws
 from bayeshlm.schema import SAMPLE_STATS, SIGMA, THETA
@@ -189,6 +189,7 @@ def marginal_likelihood(model, posterior, *, seed=0, max_iter=1000, tol=1e-10):
     """
     model, posterior = model_first(model, posterior, "marginal_likelihood")
     check_result(model, posterior, "the posterior")
+    refuse_variance_model(model, "the marginal likelihood")
     refuse_non_gaussian(model, "the marginal likelihood")
     norm = _log_prior_norm(model)
     theta = _theta_draws(posterior, model)

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from bayeshlm.em import EMResult, fixed_cov_at, observed_information
-from bayeshlm.model import check_result, model_first
+from bayeshlm.model import check_result, model_first, refuse_variance_model
 
 __all__ = ["ContrastTest", "KenwardRoger", "contrast_df", "contrast_test", "kenward_roger", "t_tests"]
 
@@ -54,6 +54,9 @@ def _check(model, fit, ddf):
         if fit.boundary and ddf in ("satterthwaite", "kenward-roger"):
             raise ValueError(f"{name} degrees of freedom need the variance components inside their range; "
                              f"{', '.join(fit.boundary)} is at zero: refit without it")
+        if ddf in ("satterthwaite", "kenward-roger"):
+            # their derivatives are in the group variance components only, not in sigma='s delta
+            refuse_variance_model(model, f"{name} degrees of freedom")
         if ddf == "kenward-roger" and fit.method != "reml":
             raise ValueError("Kenward and Roger's adjustment is for REML fits: refit with fit_em(model, 'reml')")
         if ddf in ("kenward-roger", "hlm") and not model.rows_held:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import chdtrc  # chi-square survival function (lighter to import than scipy.stats)
 
-from bayeshlm.model import check_result, model_first
+from bayeshlm.model import check_result, model_first, refuse_variance_model
 from samplers.gaussian import integrate, workspace
 from samplers.types import N_OBS, YTY, flat_fixed_prior
 
@@ -190,6 +190,7 @@ def lrt_hierarchy(model, fit):
     """
     model, fit = model_first(model, fit, "lrt_hierarchy")
     check_result(model, fit, "the fit")
+    refuse_variance_model(model, "the test against the pooled regression (lrt_hierarchy)")
     if model.sigma_known:
         raise ValueError("with known level-1 variances the pooled model has no free parameter; "
                          "compare the log-likelihood at T = 0 directly")

@@ -20,6 +20,7 @@ import pandas as pd
 
 from bayeshlm.data import as_frame, evaluate_spec
 from bayeshlm.family import LATENT_VARIANCE
+from bayeshlm.model import refuse_variance_model
 from bayeshlm.schema import SIGMA, coef_dim, corr_pair_dim, corr_var, dim_name, sd_var
 
 __all__ = ["group_covariance", "variance_partition"]
@@ -158,6 +159,7 @@ def variance_partition(model, fit, *, at=None, ci_prob=0.95):
         point's position first); columns ``variance``, ``share``, ``icc`` (EM), or the
         posterior means of those with ``icc_lower``, ``icc_upper``.
     """
+    refuse_variance_model(model, "the variance partition")
     posterior = hasattr(fit, "posterior")
     fixed_s2 = _level1_variance(model)
     if model.gaussian and model.sigma_known:

@@ -89,10 +89,11 @@ def reliability(model, fit, *, average=False, ci_prob=0.95):
         ``reliability``, ``reliability_lower``, ``reliability_upper``, ``shrinkage``,
         ``shrinkage_lower``, ``shrinkage_upper`` (means and equal-tailed intervals).
     """
-    from bayeshlm.model import check_result, model_first
+    from bayeshlm.model import check_result, model_first, refuse_variance_model
 
     model, fit = model_first(model, fit, "reliability")
     check_result(model, fit, "the fit")
+    refuse_variance_model(model, "reliability")
     factor, d1, names = _finest(model)
     if not model.gaussian:
         raise ValueError(f"a {model.family} model's groups have no least-squares estimate on the link scale to be "

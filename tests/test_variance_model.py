@@ -226,3 +226,18 @@ def test_errors():
     with pytest.raises(ValueError, match="Gaussian"):
         bh.hlm("y ~ days + (1 | subject)", data.assign(y=(data["days"] > 4).astype(int)), family="bernoulli",
                sigma="~ days")
+
+
+def test_what_assumes_one_level_1_variance_refuses_such_a_model(fits):
+    """Each function whose formula has a single sigma says so rather than answer for the reference row."""
+    model, by_method = fits[next(iter(fits))]
+    fit = by_method["REML"]
+    for call in (lambda: bh.reliability(model, fit), lambda: bh.variance_partition(model, fit),
+                 lambda: bh.lrt_hierarchy(model, fit), lambda: bh.t_tests(model, fit),
+                 lambda: bh.t_tests(model, fit, ddf="kenward-roger"), lambda: bh.contrast_test(model, fit, np.eye(
+                     len(model.fixed_names))[:1]), lambda: bh.marginal_means(model, fit)):
+        with pytest.raises(NotImplementedError, match="sigma="):
+            call()
+    # z tests of the fixed effects need no derivative: they are given
+    table = bh.t_tests(model, fit, ddf="normal")
+    assert np.all(np.isinf(table["df"]))
