@@ -17,7 +17,6 @@ re-expresses a compiled model's statistics for them. The fit is in :mod:`bayeshl
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +26,16 @@ from bayeshlm.formula import model_matrix
 
 __all__ = ["VarianceDesign", "build_variance_design"]
 
-_NO_INTERCEPT = re.compile(r"(^|[+\s(])0(\s*[+)]|\s*$)|-\s*1(?![\w.])")
+
+def _removes_intercept(rhs):
+    """True when the right side, as formulaic parses it, drops the intercept (``0 + z``, ``z - 1``)."""
+    from formulaic import Formula
+
+    try:
+        terms = [str(term) for term in Formula(rhs)]
+    except Exception:  # noqa: BLE001 - a formula formulaic cannot parse is reported when it is evaluated
+        return False
+    return "1" not in terms
 
 
 @dataclass(frozen=True, eq=False)
@@ -103,7 +111,7 @@ def build_variance_design(formula, data, kept_rows):
     rhs = formula.strip()[1:].strip()
     if not rhs:
         raise ValueError("sigma= has no predictors: write '~ z'")
-    if _NO_INTERCEPT.search(rhs):
+    if _removes_intercept(rhs):
         raise ValueError(f"sigma={formula!r} removes an intercept, but the sigma formula has none to remove: "
                          "sigma^2 is the variance of the reference row (z = 0, the first level of a categorical z); "
                          "write '~ z'")

@@ -213,6 +213,9 @@ def test_errors():
         bh.hlm(SLEEP, data, sigma="~ days - 1")
     with pytest.raises(ValueError, match="only an intercept"):
         bh.hlm(SLEEP, data, sigma="~ 1")
+    # a "- 1" inside a transform is not the removal of the intercept
+    shifted = bh.hlm(SLEEP, data.assign(x=data["days"] + 2.0), sigma="~ np.log(x - 1)")
+    assert shifted.variance_design.names == ("np.log(x - 1)",)
     with pytest.raises(ValueError, match="one-sided"):
         bh.hlm(SLEEP, data, sigma="days")
     with pytest.raises(ValueError, match="constant"):
