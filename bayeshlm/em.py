@@ -234,7 +234,7 @@ def observed_information(model, theta, method="reml"):
 
     Central differences of the exact gradient (the same as the fit's standard errors use).
     """
-    return -_hessian(LoglikObjective(model, method), np.asarray(theta, dtype=np.float64))
+    return -loglik_hessian(LoglikObjective(model, method), np.asarray(theta, dtype=np.float64))
 
 
 def fixed_cov_at(model, theta):
@@ -558,7 +558,7 @@ def _variance_se(model, theta, method, boundary, hessian=None):
               for i in range(bp[k], bp[k + 1]) for j in range(bp[k], i)]
     if boundary:
         return dict.fromkeys(names, float("nan"))
-    H = _hessian(LoglikObjective(model, method), theta) if hessian is None else hessian
+    H = loglik_hessian(LoglikObjective(model, method), theta) if hessian is None else hessian
     # the delta method: derivatives of the natural parameters in theta, by central differences
     h = 1e-4 * np.maximum(1.0, np.abs(theta))
     steps = np.diag(h)
@@ -623,7 +623,7 @@ def _newton_polish(objective, theta, max_steps=4, rate=None):
     for _ in range(max_steps):
         grad = objective.grad.copy()
         if basis is None:  # one Hessian serves every step: the steps are tiny, it barely changes
-            hessian = _hessian(objective, theta)
+            hessian = loglik_hessian(objective, theta)
             curvature, vectors = np.linalg.eigh(-hessian)
             keep = curvature > 1e-8 * max(float(np.max(np.abs(curvature))), 1e-300)
             if not keep.any():
@@ -651,7 +651,7 @@ def _newton_polish(objective, theta, max_steps=4, rate=None):
     return theta, hessian
 
 
-def _hessian(objective, theta, rel_step=1e-4):
+def loglik_hessian(objective, theta, rel_step=1e-4):
     """Hessian of the log-likelihood at ``theta`` from central differences of its gradient."""
     n = theta.size
     H = np.empty((n, n))

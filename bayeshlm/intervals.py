@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from bayeshlm.em import EMResult, LoglikObjective, corr_key, fit_em, natural_variance_parameters
+from bayeshlm.em import EMResult, LoglikObjective, corr_key, fit_em, loglik_hessian, natural_variance_parameters
 from bayeshlm.model import check_result, model_first, refuse_non_gaussian, refuse_variance_model
 from bayeshlm.results import finest_coefficients, variance_components
 from samplers.suffstats import compute_suffstats
@@ -250,18 +250,9 @@ class _Profile:
 def _steps(objective, theta):
     """A first bracketing step per coordinate: its standard error from the observed information, within [0.05, 2]."""
     n = theta.size
-    H = np.empty((n, n))
-    for i in range(n):
-        h = 1e-4 * max(1.0, abs(theta[i]))
-        up, down = theta.copy(), theta.copy()
-        up[i] += h
-        down[i] -= h
-        objective(up)
-        g = objective.grad.copy()
-        objective(down)
-        H[:, i] = (g - objective.grad) / (2 * h)
+    H = loglik_hessian(objective, theta)
     try:
-        var = np.diag(np.linalg.inv(-0.5 * (H + H.T)))
+        var = np.diag(np.linalg.inv(-H))
     except np.linalg.LinAlgError:
         var = np.full(n, np.nan)
     se = np.sqrt(np.where(np.isfinite(var) & (var > 0), var, np.nan))
