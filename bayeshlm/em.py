@@ -342,6 +342,9 @@ def fit_em(model, method=None, *, em_iter=5, tol=1e-6, max_eval=5000, n_agq=1):
     -------
     EMResult
     """
+    if model.family == "student":
+        raise NotImplementedError("the EM fit of a Student-t level 1 is not available yet; its posterior is "
+                                  "bayeshlm.sample(model)")
     if not model.gaussian:
         if method not in (None, "ml"):
             raise ValueError(f"a {model.family} model is fitted by maximum likelihood (method='ml'); REML is for "
@@ -356,6 +359,12 @@ def fit_em(model, method=None, *, em_iter=5, tol=1e-6, max_eval=5000, n_agq=1):
     if method not in ("reml", "ml"):
         raise ValueError(f"method must be 'reml' or 'ml', got {method!r}")
     if model.variance_design is not None:
+        if model.variance_design.group is not None:
+            raise NotImplementedError(
+                f"sigma={model.variance_design.formula!r} gives each group of {model.variance_design.group!r} a "
+                "level-1 SD drawn from a distribution: a random effect in the variance, which the ML/REML fit does not "
+                "integrate; its posterior is bayeshlm.sample(model). For ML, give each group its own variance "
+                f"parameter: sigma='~ {model.variance_design.group}' (categorical)")
         return _fit_variance_model(model, method, em_iter=em_iter, tol=tol, max_eval=max_eval)
     t0 = time.perf_counter()
     objective, theta, hessian, finish = maximise_theta(model, method, None, em_iter=em_iter, tol=tol,

@@ -1,6 +1,8 @@
 """Level-1 families: which responses a model takes, and how a binomial response is written.
 
-``family="gaussian"`` (the default) is the hierarchical linear model. ``"bernoulli"`` (0/1),
+``family="gaussian"`` (the default) is the hierarchical linear model; ``"student"`` the same
+model with Student-t level-1 residuals (a scale mixture of normals, docs/design.md,
+"Student-t level 1"). ``"bernoulli"`` (0/1),
 ``"binomial"`` (successes out of a number of trials) and ``"poisson"`` (counts) are the
 hierarchical generalised linear models: the same hierarchy above level 1, with a logit or
 probit link for the binomial families and a log link for counts (docs/design.md,
@@ -23,6 +25,7 @@ __all__ = ["FAMILIES", "LATENT_VARIANCE", "FamilyWarning", "family_code", "log_n
 # family: (its links, the default link)
 FAMILIES = {
     "gaussian": (("identity",), "identity"),
+    "student": (("identity",), "identity"),
     "bernoulli": (("logit", "probit"), "logit"),
     "binomial": (("logit", "probit"), "logit"),
     "poisson": (("log",), "log"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
@@ -228,10 +229,15 @@ class Model:
                          f"{', '.join(self.coef_names)} (covariance blocks of size {blocks})")
         else:
             lines.append("  no grouping: a single-level regression")
-        if self.gaussian:
+        if self.gaussian or self.family == "student":
             known = "known (given per observation)" if self.sigma_known else "estimated"
             if self.weighted:
                 known += " (sigma^2 / w, precision weights w)"
+            if self.variance_design is not None:
+                known += f", log sigma^2 linear in {self.variance_design.formula!r}"
+            if self.family == "student":
+                nu = self.options.get("nu")
+                lines.append("  level 1: Student-t residuals, nu " + ("estimated" if nu is None else f"= {nu:g}"))
             lines.append("  level-1 variance: " + known)
             if self.offset is not None:
                 lines.append("  offset: the formula's offset() terms, a known part of the mean")
@@ -275,6 +281,8 @@ class Model:
             identity["crossed"] = True
         if not self.gaussian:
             identity["family"] = f"{self.family}({self.link})"
+        if self.family == "student":
+            identity["nu"] = self.options.get("nu")
         if self.weighted:  # only then: the identities of unweighted models stay as they were
             weights = self.options.get("weights")
             identity["weights"] = weights if isinstance(weights, str) else "given as an array"
@@ -296,6 +304,8 @@ class Model:
         known = {k: self.options.get(k) for k in ("known_sd", "known_var")}
         # sigma= only when given: the records of other models stay as they were
         extra = {} if self.variance_design is None else {"sigma": self.variance_design.formula}
+        if self.family == "student":
+            extra["nu"] = self.options.get("nu")
         return json.dumps(extra | {
             "formula": self.formula,
             "priors": priors_to_json(self.prior_spec),
@@ -361,7 +371,15 @@ def refuse_non_gaussian(model, what):
 
 
 def refuse_variance_model(model, what):
-    """Raise NotImplementedError for ``what`` on a model with a level-1 variance model (``sigma=`` of :func:`hlm`)."""
+    """Raise NotImplementedError for ``what`` on a model whose level-1 variance is not one sigma^2 / w_i.
+
+    That is a model with ``sigma=`` of :func:`hlm` or a Student-t level 1.
+    """
+    if getattr(model, "family", None) == "student":
+        raise NotImplementedError(
+            f"{what} of a model with Student-t level-1 residuals is not available: its formulas assume a Gaussian "
+            "level 1 with one variance; the posterior is bayeshlm.sample(model) "
+            '(docs/design.md, "Student-t level 1")')
     if getattr(model, "variance_design", None) is not None:
         raise NotImplementedError(
             f"{what} of a model with sigma= (a level-1 variance that varies with {model.variance_design.formula!r}) is "
@@ -453,6 +471,8 @@ def model_from(result, data, **overrides):
                "link": record.get("link"), "trials": record.get("trials"), "weights": record.get("weights")}
     if record.get("sigma") is not None:
         options["sigma"] = record["sigma"]
+    if options["family"] == "student":
+        options["nu"] = record.get("nu")
     frame = None if record["prior_frame"] is None else frame_from_json(record["prior_frame"])
     if "priors" in overrides:
         frame = None
@@ -520,7 +540,7 @@ def structure_of(block_sizes, sigma_known, diag_scale, tree):
 
 
 def hlm(formula, data, *, priors=None, known_sd=None, known_var=None, missing="raise", family="gaussian", link=None,
-        trials=None, weights=None, sigma=None):
+        trials=None, weights=None, sigma=None, nu=None):
     """Compile a hierarchical linear model from an lme4-style formula.
 
     Parameters
@@ -559,8 +579,12 @@ def hlm(formula, data, *, priors=None, known_sd=None, known_var=None, missing="r
         What to do with rows that have missing or non-finite values in a used column:
         raise an error naming the columns (default), or drop them (the count is kept in
         ``model.design.n_dropped`` and in the results' attributes).
-    family : {"gaussian", "bernoulli", "binomial", "poisson"}
-        The level-1 distribution (:mod:`bayeshlm.family`). A binomial response is written
+    family : {"gaussian", "student", "bernoulli", "binomial", "poisson"}
+        The level-1 distribution (:mod:`bayeshlm.family`). ``"student"``: the residuals are
+        Student-t with scale sigma and ``nu`` degrees of freedom (robust to outlying rows),
+        sampled by :func:`bayeshlm.sample` as a scale mixture of normals (docs/design.md,
+        "Student-t level 1"); everything else as for ``"gaussian"`` (weights, offsets and
+        ``sigma=`` included). A binomial response is written
         ``cbind(successes, failures) ~ ...`` as in lme4, or as the successes with
         ``trials=``; a binomial response of 0/1 without trials is Bernoulli.
     link : {"logit", "probit", "log"}, optional
@@ -599,6 +623,11 @@ def hlm(formula, data, *, priors=None, known_sd=None, known_var=None, missing="r
         :func:`bayeshlm.fit_em` (``EMResult.variance_model``); :func:`bayeshlm.sample` does not
         take such a model yet (docs/design.md, "Heterogeneous level-1 variance").
 
+    nu : float, optional
+        ``family="student"`` only: the degrees of freedom, held fixed at this value (> 0).
+        When None (default) they are estimated, with brms's prior ``nu ~ Gamma(2, 0.1)``
+        restricted to ``nu >= 1``.
+
     Returns
     -------
     Model
@@ -612,7 +641,7 @@ def hlm(formula, data, *, priors=None, known_sd=None, known_var=None, missing="r
     18
     """
     model = compile_formula(formula, data, priors=priors, known_sd=known_sd, known_var=known_var, missing=missing,
-                            family=family, link=link, trials=trials, weights=weights)
+                            family=family, link=link, trials=trials, weights=weights, nu=nu)
     if sigma is None:
         return model
     return with_variance_model(model, sigma, data)
@@ -620,9 +649,9 @@ def hlm(formula, data, *, priors=None, known_sd=None, known_var=None, missing="r
 
 def with_variance_model(model, sigma, data):
     """``model`` with the level-1 variance model of ``sigma=`` (:func:`hlm`), checked; ``data`` the model's data."""
-    if not model.gaussian:
-        raise ValueError(f"sigma= models the level-1 variance of a Gaussian model; family={model.family!r} has "
-                         "no level-1 variance")
+    if not model.gaussian and model.family != "student":
+        raise ValueError(f"sigma= models the level-1 variance of a Gaussian or Student-t model; family="
+                         f"{model.family!r} has no level-1 variance")
     if model.options.get("known_sd") is not None or model.options.get("known_var") is not None:
         raise ValueError("sigma= models an estimated level-1 variance; with known_sd/known_var the level-1 "
                          "variances are given, not estimated")
@@ -632,8 +661,19 @@ def with_variance_model(model, sigma, data):
     return replace(model, options=model.options | {"sigma": vd.formula}, variance_design=vd)
 
 
+def check_nu(nu, family):
+    """The fixed degrees of freedom of a Student-t level 1 (None: estimated), checked."""
+    if nu is None:
+        return None
+    if family != "student":
+        raise ValueError(f"nu= is the degrees of freedom of family='student', not of family={family!r}")
+    if isinstance(nu, bool) or not isinstance(nu, numbers.Real) or not np.isfinite(nu) or nu <= 0:
+        raise ValueError(f"nu must be a positive finite number (or None to estimate it), got {nu!r}")
+    return float(nu)
+
+
 def compile_formula(formula, data, *, priors=None, known_sd=None, known_var=None, missing="raise",
-                    prior_frame=None, family="gaussian", link=None, trials=None, weights=None):
+                    prior_frame=None, family="gaussian", link=None, trials=None, weights=None, nu=None):
     """:func:`hlm`, and with ``prior_frame`` the priors kept on a frame of earlier data (:meth:`Model.with_data`)."""
     from bayeshlm.family import (
         check_response,
@@ -646,14 +686,17 @@ def compile_formula(formula, data, *, priors=None, known_sd=None, known_var=None
     )
 
     family, link = resolve_family(family, link)
+    nu = check_nu(nu, family)
     formula = r_spellings(formula)  # lme4's factor(x): C(x)
     written = formula
     options = {"priors": priors, "known_sd": known_sd, "known_var": known_var, "missing": missing,
                "family": family, "link": link, "trials": trials}
     if weights is not None:  # only then: the options of unweighted models stay as they were
         options["weights"] = weights
+    if family == "student":
+        options["nu"] = nu
     offset = None
-    if family == "gaussian":
+    if family in ("gaussian", "student"):
         if trials is not None or formula.lstrip().startswith("cbind"):
             raise ValueError("trials and cbind(successes, failures) are for family='binomial'")
         check_weights_option(weights, known_sd, known_var)
@@ -722,6 +765,8 @@ def compile_formula(formula, data, *, priors=None, known_sd=None, known_var=None
     model = assemble(spec, design, stats, moments, basis, priors, options, prior_frame)
     if family == "gaussian":
         return model if offset is None else replace(model, offset=offset)
+    if family == "student":
+        return replace(model, family=family, link=link, offset=offset)
     return replace(model, family=family, link=link, trials=n_trials, offset=offset)
 
 

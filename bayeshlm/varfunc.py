@@ -17,6 +17,7 @@ re-expresses a compiled model's statistics for them. The fit is in :mod:`bayeshl
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +59,14 @@ class VarianceDesign:
     indicator : tuple of bool
         Whether each column holds only 0 and 1 (a level of a categorical predictor, or a 0/1
         column): its ``exp(delta / 2)`` is the SD ratio of that level to the reference.
+    group : str or None
+        The grouping of a ``(1 | g)`` term: each group ``j`` of ``g`` has its own level-1 SD,
+        ``log sigma_j = log sigma + e_j`` with ``e_j ~ Normal(0, omega^2)`` (docs/design.md,
+        "Heterogeneous level-1 variance"); None without one.
+    group_idx : ndarray of int64, shape (n_obs,), or None
+        Each row's group of ``group``.
+    group_labels : tuple of str
+        The groups' labels, in order of first appearance.
     """
 
     formula: str
@@ -66,6 +75,9 @@ class VarianceDesign:
     shift: np.ndarray
     scale: np.ndarray
     indicator: tuple
+    group: str | None = None
+    group_idx: np.ndarray | None = None
+    group_labels: tuple = ()
 
     @property
     def k(self) -> int:
@@ -111,12 +123,18 @@ def build_variance_design(formula, data, kept_rows):
     rhs = formula.strip()[1:].strip()
     if not rhs:
         raise ValueError("sigma= has no predictors: write '~ z'")
+    frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame(dict(data))
+    frame = frame.iloc[np.asarray(kept_rows)].reset_index(drop=True)
+    rhs, group, group_idx, group_labels = _group_term(rhs, frame, formula)
+    if not rhs:  # only the group term
+        empty = np.zeros(0)
+        return VarianceDesign(formula=formula.strip(), Z=np.zeros((len(frame), 0)), names=(), shift=empty,
+                              scale=empty.copy(), indicator=(), group=group, group_idx=group_idx,
+                              group_labels=group_labels)
     if _removes_intercept(rhs):
         raise ValueError(f"sigma={formula!r} removes an intercept, but the sigma formula has none to remove: "
                          "sigma^2 is the variance of the reference row (z = 0, the first level of a categorical z); "
                          "write '~ z'")
-    frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame(dict(data))
-    frame = frame.iloc[np.asarray(kept_rows)].reset_index(drop=True)
     try:
         M, names, _ = model_matrix(f"1 + {rhs}", frame)
     except Exception as exc:
@@ -143,4 +161,39 @@ def build_variance_design(formula, data, kept_rows):
         raise ValueError(f"the columns of sigma={formula!r} ({', '.join(names)}) are linearly dependent (with the "
                          "intercept): their delta are not identified")
     indicator = tuple(bool(np.all((col == 0.0) | (col == 1.0))) for col in Z.T)
-    return VarianceDesign(formula=formula.strip(), Z=Z, names=names, shift=shift, scale=scale, indicator=indicator)
+    return VarianceDesign(formula=formula.strip(), Z=Z, names=names, shift=shift, scale=scale, indicator=indicator,
+                          group=group, group_idx=group_idx, group_labels=group_labels)
+
+
+_GROUP_TERM = re.compile(r"\(\s*(?P<lhs>[^|()]*)\|\s*(?P<g>[^|()]+?)\s*\)")
+
+
+def _group_term(rhs, frame, formula):
+    """``(rhs without its (1 | g) term, g, each row's group, the labels)``; ``g`` None without such a term."""
+    found = list(_GROUP_TERM.finditer(rhs))
+    if not found:
+        if "|" in rhs:
+            raise ValueError(f"sigma={formula!r}: the only grouping term sigma= takes is '(1 | g)'")
+        return rhs, None, None, ()
+    if len(found) > 1:
+        raise ValueError(f"sigma={formula!r} has {len(found)} grouping terms; it takes one, '(1 | g)'")
+    term = found[0]
+    if term.group("lhs").strip() != "1":
+        raise ValueError(f"sigma={formula!r}: a group's level-1 SD varies by its intercept only; write '(1 | "
+                         f"{term.group('g').strip()})'")
+    group = term.group("g").strip()
+    columns = [c.strip() for c in group.split(":")]
+    for c in columns:
+        if c not in frame.columns:
+            raise ValueError(f"sigma={formula!r}: the grouping column {c!r} is not in the data")
+    values = frame[columns].astype(str)
+    if values.isin(["nan", "None", "<NA>"]).any().any() or frame[columns].isna().any().any():
+        raise ValueError(f"sigma={formula!r}: the grouping column(s) {group!r} have missing values in rows the "
+                         "model keeps")
+    keys = values.agg(":".join, axis=1) if len(columns) > 1 else values[columns[0]]
+    codes, labels = pd.factorize(keys, sort=False)
+    if len(labels) < 2:
+        raise ValueError(f"sigma={formula!r}: {group!r} has one group; a per-group level-1 SD needs several")
+    rest = (rhs[:term.start()] + rhs[term.end():]).strip()
+    rest = re.sub(r"^\+|\+$", "", re.sub(r"\+\s*\+", "+", rest)).strip()
+    return rest, group, np.ascontiguousarray(codes, dtype=np.int64), tuple(str(x) for x in labels)
