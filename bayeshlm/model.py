@@ -575,10 +575,15 @@ def hlm(formula, data, *, priors=None, known_sd=None, known_var=None, missing="r
     known_sd, known_var : str or array_like, optional
         Known level-1 standard deviations or variances, one per observation (a column name
         or an array), as in meta-analysis; then no level-1 variance is estimated.
-    missing : {"raise", "drop"}
+    missing : {"raise", "drop", "impute"}
         What to do with rows that have missing or non-finite values in a used column:
         raise an error naming the columns (default), or drop them (the count is kept in
-        ``model.design.n_dropped`` and in the results' attributes).
+        ``model.design.n_dropped`` and in the results' attributes). ``"impute"`` (Gaussian
+        family only): rows whose response is missing (NaN or None) are kept aside
+        (``model.design.missing_responses``) and the model is fitted to the observed rows,
+        which is the likelihood under missing at random; :func:`bayeshlm.impute` adds draws
+        of the missing responses to a posterior (docs/design.md, "Missing outcomes"). A
+        missing predictor, group, weight or offset still raises: only responses are imputed.
     family : {"gaussian", "student", "bernoulli", "binomial", "poisson"}
         The level-1 distribution (:mod:`bayeshlm.family`). ``"student"``: the residuals are
         Student-t with scale sigma and ``nu`` degrees of freedom (robust to outlying rows),
@@ -687,6 +692,9 @@ def compile_formula(formula, data, *, priors=None, known_sd=None, known_var=None
 
     family, link = resolve_family(family, link)
     nu = check_nu(nu, family)
+    if missing == "impute" and family != "gaussian":
+        raise ValueError(f"missing='impute' draws the missing responses of a Gaussian model; family={family!r} is not "
+                         "Gaussian: pass missing='drop' to leave the rows whose response is missing out")
     formula = r_spellings(formula)  # lme4's factor(x): C(x)
     written = formula
     options = {"priors": priors, "known_sd": known_sd, "known_var": known_var, "missing": missing,
@@ -756,7 +764,7 @@ def compile_formula(formula, data, *, priors=None, known_sd=None, known_var=None
     identification_warnings(design)
     moments = column_moments(design.y, design.F, design.X, design.obs_var, design.weights)
     basis = Basis.standardising(moments, design.fixed_names, design.coef_names, design.block_sizes)
-    if family != "gaussian":  # the response is not rescaled: the link acts on its own scale
+    if family not in ("gaussian", "student"):  # the response is not rescaled: the link acts on its own scale
         shift, scale = basis.shift.copy(), basis.scale.copy()
         shift[0], scale[0] = 0.0, 1.0
         basis = replace(basis, shift=shift, scale=scale)

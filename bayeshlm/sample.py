@@ -13,9 +13,9 @@ import xarray as xr
 from scipy.special import ndtri
 
 from bayeshlm.family import family_code, log_normalising_constants
+from bayeshlm.level1 import has_level1_model, level1_chains, level1_posterior
 from bayeshlm.log_prior import log_prior_dataset
 from bayeshlm.memory import check_memory
-from bayeshlm.model import refuse_variance_model
 from bayeshlm.results import cell_groups, group_selection, group_stats_held, loglik_mode, to_datatree
 from bayeshlm.schema import LOG_PRIOR
 from bayeshlm.start import starting_theta
@@ -282,8 +282,14 @@ def sample(
     >>> post.posterior["fixed"].sizes["fixed_term"]
     2
     """
-    refuse_variance_model(model, "the posterior (bayeshlm.sample)")
-    gaussian = getattr(model, "gaussian", True)
+    scaled = has_level1_model(model)
+    gaussian = getattr(model, "gaussian", True) or scaled
+    if scaled and method == "blocked":
+        raise ValueError("method='blocked' is not available with sigma= or family='student': use method='mh' or "
+                         "'gibbs'")
+    if scaled and not model.rows_held:
+        raise ValueError("a model with sigma= or family='student' is sampled from its rows; this one was compiled "
+                         "from statistics")
     if not gaussian and method == "blocked":
         raise ValueError("method='blocked' is for Gaussian models; the crossed factors of a non-Gaussian model are "
                          "drawn jointly: use method='mh' or 'gibbs'")
@@ -346,13 +352,18 @@ def sample(
     rngs = [np.random.Generator(np.random.PCG64(s)) for s in children]
     states = []
     augs = None
+    level1s = None
     if not gaussian:
         augs = augmentations(model, chains, draws, log_likelihood)
+    if scaled:
+        level1s = level1_chains(model, chains, draws, *_loglik_columns(model, log_likelihood))
     for c, rng in enumerate(rngs):
         for attempt in range(50):
             theta0 = starting_theta(model, rng, jitter=0.5 if attempt == 0 else 1.0 + 0.1 * attempt)
-            state = init_state(rng, theta0, model.stats if augs is None else augs[c].stats, model.structure,
-                               model.priors, moves=moves, aug=None if augs is None else augs[c])
+            stats = model.stats if augs is None else augs[c].stats
+            stats = stats if level1s is None else level1s[c].stats
+            state = init_state(rng, theta0, stats, model.structure, model.priors, moves=moves,
+                               aug=None if augs is None else augs[c], level1=None if level1s is None else level1s[c])
             if state.scal[FAILED] == 0.0:
                 break
         else:
@@ -370,7 +381,7 @@ def sample(
             rngs, states, model.stats, model.structure, model.priors,
             moves=moves, warmup=warmup, draws=draws, thin=thin,
             keep_group_draws=kept_rows, group_moments=bool(group_moments), n_threads=n_threads,
-            progress=bar, coef_map=model.basis.coef_to_user(), augs=augs,
+            progress=bar, coef_map=model.basis.coef_to_user(), augs=augs, level1s=level1s,
         )
     finally:
         bar.close()
@@ -387,6 +398,8 @@ def sample(
         # keep the chains that reached the kept draws, cut to a common length
         if augs is not None:
             augs = [a for a, k in zip(augs, kept, strict=True) if k > 0]
+        if level1s is not None:
+            level1s = [a for a, k in zip(level1s, kept, strict=True) if k > 0]
         outputs = [out for out, k in zip(outputs, kept, strict=True) if k > 0]
         kept = [k for k in kept if k > 0]
         if not outputs:
@@ -409,9 +422,17 @@ def sample(
             settings["coefficient_acceptance"] = float(sum(a.scal[AUG_N_ACC] for a in augs) / max(n_prop, 1.0))
         if log_likelihood:
             log_lik = np.stack([a.ll_out[:n_keep] for a in augs])
+    if level1s is not None:
+        settings["family"] = model.family
+        if model.family == "student" and model.options.get("nu") is not None:
+            settings["nu"] = float(model.options["nu"])
+        if log_likelihood:
+            log_lik = np.stack([a.ll_out[:n_keep] for a in level1s])
     tree = to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_group_draws,
                        kept_per_chain=kept if group_moments else None, log_lik=log_lik)
     tree[LOG_PRIOR] = xr.DataTree(log_prior_dataset(model, tree))
+    if level1s is not None:
+        level1_posterior(model, tree, level1s, n_keep)
     if not interrupted:
         warn_if_unconverged(tree)
     return tree

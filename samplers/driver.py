@@ -28,7 +28,10 @@ from samplers.augment import (
 from samplers.gaussian import forget_statistics, workspace
 from samplers.linalg import copy_into
 from samplers.mh import end_of_iteration
+from samplers.scale import after_sweep, level1_step, start_weights
+from samplers.scale import keep_loglik as keep_level1
 from samplers.sweep import sweep
+from samplers.theta import decode_theta
 from samplers.types import (
     AUG_LOGLIK,
     AUG_STALE,
@@ -36,6 +39,7 @@ from samplers.types import (
     FAILED,
     IND_LQ,
     ITER,
+    L1_LOGLIK,
     LP,
     N_IBUF,
     N_SCAL,
@@ -52,7 +56,7 @@ def n_nodes_of(structure):
     return int(structure.node_ptr[-1])
 
 
-def init_state(rng, theta0, stats, structure, priors, init_step=0.1, moves=None, aug=None):
+def init_state(rng, theta0, stats, structure, priors, init_step=0.1, moves=None, aug=None, level1=None):
     """Allocate a chain's state at ``theta0`` and draw its first coefficients.
 
     Parameters
@@ -71,6 +75,8 @@ def init_state(rng, theta0, stats, structure, priors, init_step=0.1, moves=None,
     aug : Augmentation, optional
         A non-Gaussian level 1 (:func:`run_augmented_chain`): the first coefficients are
         drawn from the working statistics ``aug.stats`` holds (``stats`` is then ``aug.stats``).
+    level1 : Level1, optional
+        A level-1 variance model (:func:`run_scaled_chain`; ``stats`` is then ``level1.stats``).
 
     Returns
     -------
@@ -100,7 +106,9 @@ def init_state(rng, theta0, stats, structure, priors, init_step=0.1, moves=None,
     # a call that stops at sweep 0 draws the first coefficients of a fresh state and keeps nothing
     moves = MHMoves(1) if moves is None else moves
     store = DrawStore.keeping_nothing(n_theta, p, d)
-    if aug is None:
+    if level1 is not None:
+        run_scaled_chain(rng, state, level1, structure, priors, moves, Schedule(0, 1, 0), store)
+    elif aug is None:
         run_chain(rng, state, stats, structure, priors, moves, Schedule(0, 1, 0), store)
     else:
         run_augmented_chain(rng, state, aug, structure, priors, moves, Schedule(0, 1, 0), store)
@@ -241,6 +249,53 @@ def run_augmented_chain(rng, state, aug, structure, priors, moves, schedule, sto
         state.ibuf[ITER] = it + 1
 
 
+@njit(cache=True, nogil=True)
+def run_scaled_chain(rng, state, l1, structure, priors, moves, schedule, store):
+    """:func:`run_chain` for a level-1 variance other than ``sigma^2 / w_i`` (:class:`~samplers.types.Level1`).
+
+    Each sweep draws the level-1 parameters given the residuals at the current coefficients
+    and ``s2`` (:func:`samplers.scale.level1_step`: ``nu``, the Student-t weights, ``delta``,
+    the groups' SDs), recomputes the statistics with the rows' new precisions, and runs the
+    Gaussian sweep on them, which draws ``theta``, ``a`` and ``b`` (docs/design.md,
+    "Heterogeneous level-1 variance"). ``state.scal[LP]`` and the stored ``lp`` are the
+    log-likelihood of the kept draws; ``l1.par_out``, ``l1.e_out`` and ``l1.ll_out``
+    receive the level-1 parameters and the rows' log-likelihoods.
+    """
+    warmup = schedule.warmup
+    thin = schedule.thin
+    d = state.b.shape[1]
+    C = np.empty((d, d))
+    while True:
+        fresh = state.ibuf[READY] == 0
+        it = state.ibuf[ITER]
+        if not fresh and it >= schedule.stop:
+            return
+        if fresh:
+            start_weights(l1)
+        else:
+            s2, _ = decode_theta(state.theta, structure, priors, C)
+            level1_step(rng, l1, s2, it >= warmup)
+        forget(state)
+        # one call site of sweep, so that it is compiled inline once
+        acc = sweep(rng, state, l1.stats, structure, priors, moves, warmup, not fresh)
+        if state.scal[FAILED] != 0.0:
+            return
+        kept = not fresh and it >= warmup and (it - warmup) % thin == 0
+        s2, _ = decode_theta(state.theta, structure, priors, C)
+        after_sweep(l1, structure, state.work, state.a, state.b, s2, kept)
+        state.scal[LP] = l1.scal[L1_LOGLIK]
+        if fresh:
+            state.ibuf[READY] = 1
+            continue
+        if it < warmup:  # the MH proposal's adaptation (a Gibbs chain never uses the proposal)
+            end_of_iteration(state, warmup)
+        if kept:
+            k = (it - warmup) // thin
+            _store(state, store, k, acc)
+            keep_level1(l1, k)
+        state.ibuf[ITER] = it + 1
+
+
 class ChainOutput:
     """Draws of one chain (arrays indexed by kept draw) and how far it got."""
 
@@ -257,7 +312,7 @@ class ChainOutput:
 
 def run_chains(rngs, states, stats, structure, priors, *, moves, warmup, draws,
                thin=1, keep_group_draws=True, group_moments=False, n_threads=None, chunk_seconds=0.2,
-               min_chunk=10, progress=None, coef_map=None, augs=None):
+               min_chunk=10, progress=None, coef_map=None, augs=None, level1s=None):
     """Run independent chains, in threads, into freshly allocated outputs.
 
     Parameters
@@ -295,6 +350,8 @@ def run_chains(rngs, states, stats, structure, priors, *, moves, warmup, draws,
     augs : list of Augmentation, optional
         A non-Gaussian level 1: one per chain, each with its own working statistics
         (:func:`run_augmented_chain`; ``stats`` is then unused).
+    level1s : list of Level1, optional
+        A level-1 variance model: one per chain (:func:`run_scaled_chain`; ``stats`` is then unused).
 
     Returns
     -------
@@ -335,7 +392,10 @@ def run_chains(rngs, states, stats, structure, priors, *, moves, warmup, draws,
             stop = min(total, start + n_sweeps)
             t0 = time.perf_counter()
             store = DrawStore(out.theta, out.a, b_rows, out.b, out.b_moments, out.lp, out.accept, coef_map)
-            if augs is None:
+            if level1s is not None:
+                run_scaled_chain(rng, state, level1s[c], structure, priors, moves, Schedule(warmup, thin, stop),
+                                 store)
+            elif augs is None:
                 run_chain(rng, state, stats, structure, priors, moves, Schedule(warmup, thin, stop), store)
             else:
                 run_augmented_chain(rng, state, augs[c], structure, priors, moves, Schedule(warmup, thin, stop),
@@ -376,4 +436,4 @@ def run_chains(rngs, states, stats, structure, priors, *, moves, warmup, draws,
     return outputs, interrupted
 
 
-__all__ = ["ChainOutput", "init_state", "run_augmented_chain", "run_chain", "run_chains"]
+__all__ = ["ChainOutput", "init_state", "run_augmented_chain", "run_chain", "run_chains", "run_scaled_chain"]

@@ -427,3 +427,89 @@ class Augmentation(NamedTuple):
     a_prev: np.ndarray = np.zeros(0)
     b_prev: np.ndarray = np.zeros((0, 0))
     theta_prev: np.ndarray = np.zeros(0)
+
+
+# Slots of Level1.scal
+L1_LOGLIK = 0  # sum_i log p(y_i | ...) at the current draw (nan when not formed)
+L1_DELTA_ACC = 1  # independence moves of delta accepted after warm-up
+L1_DELTA_N = 2  # and made
+L1_E_ACC = 3  # independence moves of the groups' e_j accepted after warm-up
+L1_E_N = 4  # and made
+N_L1_SCAL = 5
+
+
+class Level1(NamedTuple):
+    """A level-1 variance other than ``sigma^2 / w_i`` for one chain (:mod:`samplers.scale`).
+
+    The rows (``y`` to ``out_idx``) are shared by the chains; ``stats`` and the arrays after
+    them belong to one chain (docs/design.md, "Heterogeneous level-1 variance", "Student-t
+    level 1").
+
+    Attributes
+    ----------
+    y : ndarray of shape (n_obs,)
+        The response (minus any offset) in the kernels' basis.
+    base_w : ndarray of shape (n_obs,)
+        The precision weights in the kernels' basis (ones without ``weights=``).
+    F, X : ndarray of shape (n_obs, n_fixed), (n_obs, n_coef)
+        The designs in the kernels' basis.
+    gidx : ndarray of int64, shape (n_obs,)
+        Each row's group of the statistics.
+    Z : ndarray of shape (n_obs, k)
+        The standardised columns of ``sigma=`` (k may be 0).
+    vgidx : ndarray of int64, shape (n_obs,)
+        Each row's group of the ``(1 | g)`` term (zeros without one).
+    gn : ndarray of shape (n_vgroups,)
+        Rows per group of that term ((0,) without one).
+    student : int
+        1 for a Student-t level 1.
+    nu_fixed : float
+        Its fixed degrees of freedom, or 0 when they are estimated.
+    log_y_scale : float
+        ``log`` of the response's scale in the kernels' basis (the log-likelihood is in the user's units).
+    out_idx : ndarray of int64, shape (n_obs,) or (0,)
+        The column of ``ll_out`` each row adds into.
+    stats : SuffStats
+        This chain's statistics at its current row precisions.
+    r, u, q, lam, w, ll_row : ndarray of shape (n_obs,)
+        Residuals at the current coefficients, scaled squared residuals, their part without
+        the variance model, the Student-t weights (ones otherwise), the row precisions, and
+        the rows' log-likelihoods ((0,) when none is kept).
+    par : ndarray of shape (k + 2,)
+        ``delta_N``, ``log omega``, ``nu``.
+    e, eps, gq : ndarray of shape (n_vgroups,)
+        The groups' log-SD deviations, ``e / omega``, and their sums of ``q exp(-z' delta)``.
+    par_out : ndarray of shape (n_keep, k + 2)
+    e_out : ndarray of shape (n_keep, n_vgroups)
+    ll_out : ndarray of shape (n_keep, n_out)
+    scal : ndarray of shape (N_L1_SCAL,)
+        By the slot names ``L1_*``.
+    """
+
+    y: np.ndarray
+    base_w: np.ndarray
+    F: np.ndarray
+    X: np.ndarray
+    gidx: np.ndarray
+    Z: np.ndarray
+    vgidx: np.ndarray
+    gn: np.ndarray
+    student: int
+    nu_fixed: float
+    log_y_scale: float
+    out_idx: np.ndarray
+    stats: SuffStats
+    r: np.ndarray
+    u: np.ndarray
+    q: np.ndarray
+    lam: np.ndarray
+    w: np.ndarray
+    ll_row: np.ndarray
+    par: np.ndarray
+    e: np.ndarray
+    eps: np.ndarray
+    gq: np.ndarray
+    par_out: np.ndarray
+    e_out: np.ndarray
+    ll_out: np.ndarray
+    scal: np.ndarray

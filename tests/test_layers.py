@@ -26,7 +26,7 @@ LAYERS = {
     "samplers.crossed": 3,  # shares the nested M-step and the two-level passes
     "samplers.gaussian": 4,
     "samplers.gibbs": 5, "samplers.mh": 5, "samplers.ml": 5, "samplers.glm": 5,
-    "samplers.sweep": 6, "samplers.augment": 6,
+    "samplers.sweep": 6, "samplers.augment": 6, "samplers.scale": 6,
     "samplers.driver": 7,
     "samplers": 8,
     # the front end: foundations, inputs, the model, result layout and the fits' parts, the
@@ -40,11 +40,14 @@ LAYERS = {
     "bayeshlm.partition": 13,
     "bayeshlm.memory": 14, "bayeshlm.em": 14, "bayeshlm.prior_draws": 14, "bayeshlm.evidence": 14,
     "bayeshlm.compare": 14, "bayeshlm.log_prior": 14, "bayeshlm.reliability": 14,
-    "bayeshlm.sample": 15, "bayeshlm.predict": 15, "bayeshlm.io": 15, "bayeshlm.report": 15,
+    "bayeshlm.level1": 14,
+    "bayeshlm.predict": 15, "bayeshlm.io": 15, "bayeshlm.report": 15,
     "bayeshlm.plots": 15, "bayeshlm.accessors": 15, "bayeshlm.inference": 15, "bayeshlm.intervals": 15,
-    "bayeshlm.testing": 16, "bayeshlm.marginal": 16,
-    "bayeshlm": 17,
-    "bayeshlm.__main__": 18,  # the command line, a user of the package
+    "bayeshlm.impute": 16, "bayeshlm.marginal": 16,  # draws of missing responses use predict's
+    "bayeshlm.sample": 17,  # may impute the missing responses of its result
+    "bayeshlm.testing": 18,
+    "bayeshlm": 19,
+    "bayeshlm.__main__": 20,  # the command line, a user of the package
 }
 
 

@@ -1,0 +1,390 @@
+"""The level-1 steps of a Gaussian sweep whose level-1 variance is not one ``sigma^2 / w_i``.
+
+docs/design.md, "Heterogeneous level-1 variance" and "Student-t level 1". Row ``i`` has the
+level-1 precision ``w_i lambda_i exp(-z_i' delta - 2 e_g(i)) / s2``: ``w`` the precision
+weights, ``z`` the standardised columns of ``sigma=``, ``e_j`` a group's log-SD deviation
+(a ``(1 | g)`` term) and ``lambda_i`` the scale-mixture weight of a Student-t level 1 (1
+otherwise). Given the row precisions the model is a weighted Gaussian one, whose sweep
+(:func:`samplers.sweep.sweep`) draws ``(theta, a, b)``; given ``(s2, a, b)`` the functions
+here draw the level-1 parameters from their conditionals:
+
+* ``nu`` (estimated): slice sampling on ``log(nu - 1)`` with ``lambda`` integrated out;
+* ``lambda_i ~ Gamma((nu + 1) / 2, rate (nu + u_i) / 2)``, ``u_i`` the row's scaled squared residual;
+* ``delta``: the concave conditional's Newton mode and curvature, then an independence
+  Metropolis-Hastings proposal ``Normal(mode, 1.2^2 (-H)^-1)``;
+* each ``e_j``: the same in one dimension;
+* ``omega``: slice moves on ``log omega`` given the ``e_j`` and given ``e_j / omega``.
+
+All of it reads the rows once per sweep (plus a pass per Newton step of ``delta``), and
+:func:`samplers.suffstats.recompute` forms the statistics the sweep reads from the new
+precisions.
+"""
+
+import math
+
+import numpy as np
+from numba import njit
+
+from samplers.gaussian import finest_coefficients
+from samplers.suffstats import recompute
+from samplers.types import (
+    L1_DELTA_ACC,
+    L1_DELTA_N,
+    L1_E_ACC,
+    L1_E_N,
+    L1_LOGLIK,
+)
+
+DELTA_PRIOR_SD = 2.5  # Normal(0, 2.5) on each standardised column's delta
+OMEGA_PRIOR_SCALE = 1.0  # half-normal scale of the SD of the groups' log SDs
+NU_PRIOR_SHAPE, NU_PRIOR_RATE = 2.0, 0.1  # nu ~ Gamma(2, 0.1) restricted to nu >= 1 (brms's default)
+PROPOSAL_INFLATION = 1.2  # the independence proposals' SD relative to the Laplace approximation
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+# Slots of Level1.par after the k delta: log omega, nu
+PAR_LOG_OMEGA, PAR_NU = 0, 1
+
+
+@njit(cache=True, nogil=True)
+def residuals(l1, structure, work, a, b):
+    """``l1.r[i] = y_i - F_i a - X_i b_g(i)`` at the current coefficients."""
+    coef = finest_coefficients(work, structure, b)
+    F, X, g = l1.F, l1.X, l1.gidx
+    p, d = F.shape[1], X.shape[1]
+    for i in range(l1.y.shape[0]):
+        e = l1.y[i]
+        for q in range(p):
+            e -= F[i, q] * a[q]
+        j = g[i]
+        for k in range(d):
+            e -= X[i, k] * coef[j, k]
+        l1.r[i] = e
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _log_scale(l1, i):
+    """``z_i' delta + 2 e_g(i)``: the row's log variance relative to ``s2 / w_i``."""
+    k = l1.Z.shape[1]
+    t = 0.0
+    for m in range(k):
+        t += l1.Z[i, m] * l1.par[m]
+    if l1.e.shape[0] > 0:
+        t += 2.0 * l1.e[l1.vgidx[i]]
+    return t
+
+
+@njit(cache=True, nogil=True)
+def loglik(l1, s2):
+    """``sum_i log p(y_i | a, b, theta, level-1 parameters)`` at ``l1.r``, each row's kept in ``l1.ll_row`` if room.
+
+    Student-t rows with ``lambda`` integrated out. In the user's units: ``l1.log_y_scale``
+    (the log of the response's scale in the kernels' basis) is taken from each row.
+    """
+    keep = l1.ll_row.shape[0] > 0
+    total = 0.0
+    student = l1.student != 0
+    nu = l1.par[l1.Z.shape[1] + PAR_NU]
+    if student:
+        c_t = math.lgamma(0.5 * (nu + 1.0)) - math.lgamma(0.5 * nu) - 0.5 * math.log(nu * math.pi)
+    for i in range(l1.y.shape[0]):
+        log_var = math.log(s2) + _log_scale(l1, i) - math.log(l1.base_w[i])
+        u = l1.r[i] * l1.r[i] * math.exp(-log_var)
+        if student:
+            ll = c_t - 0.5 * log_var - 0.5 * (nu + 1.0) * math.log1p(u / nu)
+        else:
+            ll = -_HALF_LOG_2PI - 0.5 * log_var - 0.5 * u
+        ll -= l1.log_y_scale
+        if keep:
+            l1.ll_row[i] = ll
+        total += ll
+    return total
+
+
+@njit(cache=True, nogil=True)
+def keep_loglik(l1, k):
+    """Keep draw ``k``: the rows' log-likelihoods into ``l1.ll_out``, the level-1 parameters into their stores."""
+    if k < l1.par_out.shape[0]:
+        l1.par_out[k, :] = l1.par
+    if k < l1.e_out.shape[0]:
+        l1.e_out[k, :] = l1.e
+    if l1.ll_out.shape[1] == 0 or k >= l1.ll_out.shape[0]:
+        return
+    out = l1.ll_out[k]
+    out[:] = 0.0
+    for i in range(l1.ll_row.shape[0]):
+        out[l1.out_idx[i]] += l1.ll_row[i]
+
+
+# ---------------------------------------------------------------------------------------------- slice sampling
+SLICE_NU, SLICE_OMEGA_CENTRED, SLICE_OMEGA_NONCENTRED = 0, 1, 2
+
+
+@njit(cache=True, nogil=True)
+def _slice_target(kind, x, l1):
+    """The log density, on its unconstrained coordinate ``x``, of a slice move's parameter.
+
+    ``SLICE_NU``: ``x = log(nu - 1)``, the rows' t log-likelihood at the scaled squared
+    residuals ``l1.u`` (``lambda`` integrated out), the prior and the Jacobian.
+    ``SLICE_OMEGA_CENTRED``: ``x = log omega``, the ``e_j`` held. ``SLICE_OMEGA_NONCENTRED``:
+    ``x = log omega`` with ``eps_j = e_j / omega`` held (``l1.eps``), the groups' likelihood
+    from their row counts ``l1.gn`` and sums ``l1.gq``.
+    """
+    if kind == SLICE_NU:
+        if x > 8.0:  # nu above 3000: indistinguishable from the normal, and the prior is nil there
+            return -np.inf
+        nu = 1.0 + math.exp(x)
+        n = l1.y.shape[0]
+        total = n * (math.lgamma(0.5 * (nu + 1.0)) - math.lgamma(0.5 * nu) - 0.5 * math.log(nu))
+        for i in range(n):
+            total -= 0.5 * (nu + 1.0) * math.log1p(l1.u[i] / nu)
+        return total + (NU_PRIOR_SHAPE - 1.0) * math.log(nu) - NU_PRIOR_RATE * nu + x
+    if x < -12.0 or x > 6.0:
+        return -np.inf
+    omega = math.exp(x)
+    prior = -0.5 * (omega / OMEGA_PRIOR_SCALE) ** 2 + x
+    n_g = l1.e.shape[0]
+    if kind == SLICE_OMEGA_CENTRED:
+        ss = 0.0
+        for j in range(n_g):
+            ss += l1.e[j] * l1.e[j]
+        return prior - n_g * x - 0.5 * ss / (omega * omega)
+    total = prior
+    for j in range(n_g):
+        e = omega * l1.eps[j]
+        total += -l1.gn[j] * e - 0.5 * l1.gq[j] * math.exp(-2.0 * e)
+    return total
+
+
+@njit(cache=True, nogil=True)
+def slice_move(rng, kind, x0, l1, width=1.0, max_steps=30):
+    """One slice-sampling update of ``x0`` (Neal 2003: stepping out, then shrinkage)."""
+    f0 = _slice_target(kind, x0, l1)
+    level = f0 - rng.standard_exponential()
+    lo = x0 - width * rng.random()
+    hi = lo + width
+    steps = 0
+    while steps < max_steps and _slice_target(kind, lo, l1) > level:
+        lo -= width
+        steps += 1
+    steps = 0
+    while steps < max_steps and _slice_target(kind, hi, l1) > level:
+        hi += width
+        steps += 1
+    while True:
+        x = lo + (hi - lo) * rng.random()
+        if _slice_target(kind, x, l1) > level:
+            return x
+        if x < x0:
+            lo = x
+        else:
+            hi = x
+        if hi - lo < 1e-12:
+            return x0
+
+
+# ---------------------------------------------------------------------------------------------- delta
+@njit(cache=True, nogil=True)
+def _delta_terms(l1, delta, grad, hess):
+    """The conditional log density of ``delta`` (up to a constant), its gradient and Hessian.
+
+    ``log p = -1/2 sum_i z_i' delta - 1/2 sum_i q_i exp(-z_i' delta - 2 e_g(i)) - |delta|^2 / (2 s^2)``
+    with ``q_i = l1.q[i]``, the row's squared residual times its precision but for the variance model.
+    """
+    k = delta.shape[0]
+    prec = 1.0 / (DELTA_PRIOR_SD * DELTA_PRIOR_SD)
+    f = 0.0
+    for m in range(k):
+        f -= 0.5 * prec * delta[m] * delta[m]
+        grad[m] = -prec * delta[m]
+        for c in range(k):
+            hess[m, c] = -prec if m == c else 0.0
+    Z = l1.Z
+    groups = l1.e.shape[0] > 0
+    for i in range(l1.y.shape[0]):
+        t = 0.0
+        for m in range(k):
+            t += Z[i, m] * delta[m]
+        h = l1.q[i] * math.exp(-t - 2.0 * l1.e[l1.vgidx[i]]) if groups else l1.q[i] * math.exp(-t)
+        f -= 0.5 * (t + h)
+        for m in range(k):
+            grad[m] += 0.5 * Z[i, m] * (h - 1.0)
+            for c in range(m + 1):
+                hess[m, c] -= 0.5 * h * Z[i, m] * Z[i, c]
+    for m in range(k):
+        for c in range(m + 1, k):
+            hess[m, c] = hess[c, m]
+    return f
+
+
+@njit(cache=True, nogil=True)
+def _delta_mode(l1, start, grad, hess, n_iter=30):
+    """Newton's method from ``start`` on the concave conditional of ``delta``; returns the mode."""
+    k = start.shape[0]
+    x = start.copy()
+    f = _delta_terms(l1, x, grad, hess)
+    for _ in range(n_iter):
+        step = np.linalg.solve(-hess, grad)
+        t = 1.0
+        while True:  # a damped step: the log density must rise
+            trial = x + t * step
+            g2 = np.empty(k)
+            h2 = np.empty((k, k))
+            f2 = _delta_terms(l1, trial, g2, h2)
+            if f2 >= f - 1e-12 or t < 1e-6:
+                break
+            t *= 0.5
+        moved = 0.0
+        for m in range(k):
+            moved = max(moved, abs(trial[m] - x[m]))
+        x = trial
+        f = f2
+        grad[:] = g2
+        hess[:, :] = h2
+        if moved < 1e-9:
+            break
+    return x
+
+
+@njit(cache=True, nogil=True)
+def move_delta(rng, l1, counting):
+    """An independence Metropolis-Hastings move of ``delta`` from the Laplace approximation of its conditional."""
+    k = l1.Z.shape[1]
+    delta = l1.par[:k].copy()
+    grad = np.empty(k)
+    hess = np.empty((k, k))
+    mode = _delta_mode(l1, delta, grad, hess)
+    c = PROPOSAL_INFLATION
+    L = np.linalg.cholesky(-hess / (c * c))  # the proposal's precision, L L'
+    # draw mode + L'^-1 z: solve L' x = z
+    zz = np.empty(k)
+    for m in range(k):
+        zz[m] = rng.standard_normal()
+    x = np.linalg.solve(L.T, zz)
+    prop = mode + x
+    g = np.empty(k)
+    h = np.empty((k, k))
+    f_new = _delta_terms(l1, prop, g, h)
+    f_old = _delta_terms(l1, delta, g, h)
+    # log q(.) = -1/2 |L'(. - mode)|^2
+    q_new = -0.5 * np.dot(zz, zz)
+    v = L.T @ (delta - mode)
+    q_old = -0.5 * np.dot(v, v)
+    if counting:
+        l1.scal[L1_DELTA_N] += 1.0
+    if math.log(rng.random()) < f_new - f_old + q_old - q_new:
+        l1.par[:k] = prop
+        if counting:
+            l1.scal[L1_DELTA_ACC] += 1.0
+
+
+# ---------------------------------------------------------------------------------------------- e_j and omega
+@njit(cache=True, nogil=True, inline="always")
+def _e_terms(n, Q, prec, e):
+    """``log p(e)``, its first and second derivatives: ``-n e - Q exp(-2e) / 2 - prec e^2 / 2``."""
+    h = Q * math.exp(-2.0 * e)
+    return -n * e - 0.5 * h - 0.5 * prec * e * e, -n + h - prec * e, -2.0 * h - prec
+
+
+@njit(cache=True, nogil=True)
+def move_groups(rng, l1, counting):
+    """Each group's ``e_j`` by an independence move from its Laplace approximation, then ``omega`` by slice moves."""
+    k = l1.Z.shape[1]
+    omega = math.exp(l1.par[k + PAR_LOG_OMEGA])
+    prec = 1.0 / (omega * omega)
+    c = PROPOSAL_INFLATION
+    for j in range(l1.e.shape[0]):
+        n, Q = l1.gn[j], l1.gq[j]
+        e0 = l1.e[j]
+        x = e0
+        for _ in range(50):
+            _, d1, d2 = _e_terms(n, Q, prec, x)
+            step = -d1 / d2
+            if step > 2.0:
+                step = 2.0
+            elif step < -2.0:
+                step = -2.0
+            x += step
+            if abs(step) < 1e-10:
+                break
+        _, _, d2 = _e_terms(n, Q, prec, x)
+        sd = c / math.sqrt(-d2)
+        prop = x + sd * rng.standard_normal()
+        f_new, _, _ = _e_terms(n, Q, prec, prop)
+        f_old, _, _ = _e_terms(n, Q, prec, e0)
+        q_new = -0.5 * ((prop - x) / sd) ** 2
+        q_old = -0.5 * ((e0 - x) / sd) ** 2
+        if counting:
+            l1.scal[L1_E_N] += 1.0
+        if math.log(rng.random()) < f_new - f_old + q_old - q_new:
+            l1.e[j] = prop
+            if counting:
+                l1.scal[L1_E_ACC] += 1.0
+    # omega given the e_j (centred), then given e_j / omega (non-centred)
+    x = slice_move(rng, SLICE_OMEGA_CENTRED, l1.par[k + PAR_LOG_OMEGA], l1)
+    l1.par[k + PAR_LOG_OMEGA] = x
+    omega = math.exp(x)
+    for j in range(l1.e.shape[0]):
+        l1.eps[j] = l1.e[j] / omega
+    x = slice_move(rng, SLICE_OMEGA_NONCENTRED, x, l1)
+    l1.par[k + PAR_LOG_OMEGA] = x
+    omega = math.exp(x)
+    for j in range(l1.e.shape[0]):
+        l1.e[j] = omega * l1.eps[j]
+
+
+# ---------------------------------------------------------------------------------------------- the step
+@njit(cache=True, nogil=True)
+def level1_step(rng, l1, s2, counting):
+    """Draw the level-1 parameters given the residuals ``l1.r`` and ``s2``, then recompute ``l1.stats``.
+
+    ``counting``: after warm-up, count the independence moves and their acceptances.
+    """
+    n = l1.y.shape[0]
+    k = l1.Z.shape[1]
+    n_g = l1.e.shape[0]
+    for i in range(n):
+        l1.u[i] = l1.base_w[i] * l1.r[i] * l1.r[i] / s2 * math.exp(-_log_scale(l1, i))
+    if l1.student != 0:
+        if l1.nu_fixed == 0.0:
+            nu = l1.par[k + PAR_NU]
+            x = slice_move(rng, SLICE_NU, math.log(nu - 1.0), l1)
+            l1.par[k + PAR_NU] = 1.0 + math.exp(x)
+        nu = l1.par[k + PAR_NU]
+        shape = 0.5 * (nu + 1.0)
+        for i in range(n):
+            l1.lam[i] = rng.standard_gamma(shape) * 2.0 / (nu + l1.u[i])
+    for i in range(n):  # the row's scaled squared residual without its exp(-z' delta - 2 e)
+        l1.q[i] = l1.base_w[i] * l1.lam[i] * l1.r[i] * l1.r[i] / s2
+    if k > 0:
+        move_delta(rng, l1, counting)
+    if n_g > 0:
+        l1.gq[:] = 0.0
+        for i in range(n):
+            t = 0.0
+            for m in range(k):
+                t += l1.Z[i, m] * l1.par[m]
+            l1.gq[l1.vgidx[i]] += l1.q[i] * math.exp(-t)
+        move_groups(rng, l1, counting)
+    for i in range(n):
+        l1.w[i] = l1.base_w[i] * l1.lam[i] * math.exp(-_log_scale(l1, i))
+    recompute(l1.stats, l1.y, l1.F, l1.X, l1.gidx, l1.w, False)
+
+
+@njit(cache=True, nogil=True)
+def start_weights(l1):
+    """The statistics at the chain's starting level-1 parameters (before its first sweep)."""
+    for i in range(l1.y.shape[0]):
+        l1.w[i] = l1.base_w[i] * l1.lam[i] * math.exp(-_log_scale(l1, i))
+    recompute(l1.stats, l1.y, l1.F, l1.X, l1.gidx, l1.w, False)
+
+
+@njit(cache=True, nogil=True)
+def after_sweep(l1, structure, work, a, b, s2, kept):
+    """Residuals at the sweep's new coefficients (the next level-1 step reads them), the log-likelihood if ``kept``."""
+    residuals(l1, structure, work, a, b)
+    l1.scal[L1_LOGLIK] = loglik(l1, s2) if kept else np.nan
+
+
+__all__ = ["DELTA_PRIOR_SD", "NU_PRIOR_RATE", "NU_PRIOR_SHAPE", "OMEGA_PRIOR_SCALE", "PAR_LOG_OMEGA", "PAR_NU",
+           "after_sweep", "keep_loglik", "level1_step", "loglik", "move_delta", "move_groups", "residuals",
+           "slice_move", "start_weights"]
