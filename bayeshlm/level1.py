@@ -71,6 +71,11 @@ def level1_chains(model, n_chains, n_keep, out_idx, n_out):
     k = Z.shape[1]
     n_groups = model.stats.n.shape[0]
     keep = n_out > 0
+    base = compute_suffstats(y, F, X, gidx, n_groups, base_w)
+    gz, gv = _group_constants(Z, vgidx, gidx, n_groups)
+    grouped = int(not student and gz is not None and base.FtF_g.shape[0] > 0)
+    if not grouped:
+        gz, gv = np.zeros((0, k)), np.zeros(0, dtype=np.int64)
     chains = []
     for _ in range(n_chains):
         par = np.zeros(k + 2)
@@ -83,8 +88,23 @@ def level1_chains(model, n_chains, n_keep, out_idx, n_out):
             r=np.zeros(n_obs), u=np.zeros(n_obs), q=np.zeros(n_obs), lam=np.ones(n_obs), w=np.empty(n_obs),
             ll_row=np.empty(n_obs if keep else 0), par=par, e=np.zeros(n_vg), eps=np.zeros(n_vg),
             gq=np.zeros(n_vg), par_out=np.full((n_keep, k + 2), np.nan), e_out=np.full((n_keep, n_vg), np.nan),
-            ll_out=np.full((n_keep if keep else 0, n_out), np.nan), scal=np.zeros(N_L1_SCAL)))
+            ll_out=np.full((n_keep if keep else 0, n_out), np.nan), scal=np.zeros(N_L1_SCAL),
+            grouped=grouped, base=base, gz=gz, gv=gv, grss=np.zeros(n_groups if grouped else 0)))
     return chains
+
+
+def _group_constants(Z, vgidx, gidx, n_groups):
+    """``(z_j, v_j)`` of each group of the statistics; ``(None, None)`` unless both are constant within it.
+
+    When they are, the row precisions are constant within the groups and a sweep reads no row.
+    """
+    first = np.full(n_groups, -1, dtype=np.int64)
+    order = np.arange(gidx.shape[0])[::-1]
+    first[gidx[order]] = order  # the first row of each group
+    rows = first[gidx]
+    if not (np.array_equal(Z, Z[rows]) and np.array_equal(vgidx, vgidx[rows])):
+        return None, None
+    return np.ascontiguousarray(Z[first]), np.ascontiguousarray(vgidx[first])
 
 
 def level1_posterior(model, tree, chains, n_keep):

@@ -188,7 +188,9 @@ def _delta_terms(l1, delta, grad, hess):
     """The conditional log density of ``delta`` (up to a constant), its gradient and Hessian.
 
     ``log p = -1/2 sum_i z_i' delta - 1/2 sum_i q_i exp(-z_i' delta - 2 e_g(i)) - |delta|^2 / (2 s^2)``
-    with ``q_i = l1.q[i]``, the row's squared residual times its precision but for the variance model.
+    with ``q_i = l1.q[i]``, the row's squared residual times its precision but for the variance
+    model; with ``l1.grouped`` the sums run over the groups of the statistics, ``n_j`` rows and
+    ``l1.grss[j]`` each.
     """
     k = delta.shape[0]
     prec = 1.0 / (DELTA_PRIOR_SD * DELTA_PRIOR_SD)
@@ -198,16 +200,23 @@ def _delta_terms(l1, delta, grad, hess):
         grad[m] = -prec * delta[m]
         for c in range(k):
             hess[m, c] = -prec if m == c else 0.0
-    Z = l1.Z
     groups = l1.e.shape[0] > 0
-    for i in range(l1.y.shape[0]):
+    grouped = l1.grouped != 0
+    Z = l1.gz if grouped else l1.Z
+    n_units = Z.shape[0]
+    for i in range(n_units):  # rows, or the groups of the statistics (each with its rows' count)
         t = 0.0
         for m in range(k):
             t += Z[i, m] * delta[m]
-        h = l1.q[i] * math.exp(-t - 2.0 * l1.e[l1.vgidx[i]]) if groups else l1.q[i] * math.exp(-t)
-        f -= 0.5 * (t + h)
+        if grouped:
+            count = l1.base.n[i]
+            h = l1.grss[i] * math.exp(-t - 2.0 * l1.e[l1.gv[i]]) if groups else l1.grss[i] * math.exp(-t)
+        else:
+            count = 1.0
+            h = l1.q[i] * math.exp(-t - 2.0 * l1.e[l1.vgidx[i]]) if groups else l1.q[i] * math.exp(-t)
+        f -= 0.5 * (count * t + h)
         for m in range(k):
-            grad[m] += 0.5 * Z[i, m] * (h - 1.0)
+            grad[m] += 0.5 * Z[i, m] * (h - count)
             for c in range(m + 1):
                 hess[m, c] -= 0.5 * h * Z[i, m] * Z[i, c]
     for m in range(k):
@@ -342,6 +351,9 @@ def level1_step(rng, l1, s2, counting):
     n = l1.y.shape[0]
     k = l1.Z.shape[1]
     n_g = l1.e.shape[0]
+    if l1.grouped != 0:
+        _grouped_step(rng, l1, counting)
+        return
     for i in range(n):
         l1.u[i] = l1.base_w[i] * l1.r[i] * l1.r[i] / s2 * math.exp(-_log_scale(l1, i))
     if l1.student != 0:
@@ -371,8 +383,110 @@ def level1_step(rng, l1, s2, counting):
 
 
 @njit(cache=True, nogil=True)
+def _group_log_scale(l1, j):
+    """``z_j' delta + 2 e_g(j)`` of group ``j`` of the statistics (``l1.grouped``)."""
+    t = 0.0
+    for m in range(l1.gz.shape[1]):
+        t += l1.gz[j, m] * l1.par[m]
+    if l1.e.shape[0] > 0:
+        t += 2.0 * l1.e[l1.gv[j]]
+    return t
+
+
+@njit(cache=True, nogil=True)
+def scale_statistics(l1):
+    """``l1.stats``: each group's part of ``l1.base`` times its precision factor ``exp(-z_j' delta - 2 e_g(j))``."""
+    st, base = l1.stats, l1.base
+    p, d = base.Fty.shape[0], base.Xty.shape[1]
+    st.FtF[:, :] = 0.0
+    st.Fty[:] = 0.0
+    yty = 0.0
+    logw = 0.0
+    per_group = base.FtF_g.shape[0] > 0
+    for j in range(base.n.shape[0]):
+        t = _group_log_scale(l1, j)
+        c = math.exp(-t)
+        st.n[j] = base.n[j]
+        for m in range(d):
+            st.Xty[j, m] = c * base.Xty[j, m]
+            for r in range(d):
+                st.XtX[j, m, r] = c * base.XtX[j, m, r]
+            for q in range(p):
+                st.XtF[j, m, q] = c * base.XtF[j, m, q]
+        st.yty_g[j] = c * base.yty_g[j]
+        st.logw_g[j] = base.logw_g[j] - base.n[j] * t
+        for q in range(p):
+            st.Fty_g[j, q] = c * base.Fty_g[j, q]
+            st.Fty[q] += c * base.Fty_g[j, q]
+            for r in range(p):
+                x = c * base.FtF_g[j, q, r]
+                st.FtF[q, r] += x
+                if per_group:
+                    st.FtF_g[j, q, r] = x
+        yty += c * base.yty_g[j]
+        logw += st.logw_g[j]
+    st.scal[0] = yty
+    st.scal[1] = base.scal[1]
+    st.scal[2] = logw
+
+
+@njit(cache=True, nogil=True)
+def _grouped_step(rng, l1, counting):
+    """:func:`level1_step` when the precisions are constant within the groups of the statistics: no row is read."""
+    k = l1.Z.shape[1]
+    if k > 0:
+        move_delta(rng, l1, counting)
+    if l1.e.shape[0] > 0:
+        l1.gq[:] = 0.0
+        for j in range(l1.grss.shape[0]):
+            t = 0.0
+            for m in range(k):
+                t += l1.gz[j, m] * l1.par[m]
+            l1.gq[l1.gv[j]] += l1.grss[j] * math.exp(-t)
+        move_groups(rng, l1, counting)
+    scale_statistics(l1)
+
+
+@njit(cache=True, nogil=True)
+def group_rss(l1, structure, work, a, b, s2):
+    """``l1.grss[j]``: group ``j``'s residual sum of squares, weighted by the precision weights, over ``s2``.
+
+    A quadratic form in the group's statistics (``l1.base``) at ``(a, b_j)``; returns the
+    log-likelihood of all rows at the current level-1 parameters.
+    """
+    coef = finest_coefficients(work, structure, b)
+    base = l1.base
+    p, d = base.Fty.shape[0], base.Xty.shape[1]
+    total = 0.0
+    for j in range(base.n.shape[0]):
+        rss = base.yty_g[j]
+        for q in range(p):
+            fa = 0.0
+            for r in range(p):
+                fa += base.FtF_g[j, q, r] * a[r]
+            rss += a[q] * (fa - 2.0 * base.Fty_g[j, q])
+        for m in range(d):
+            bm = coef[j, m]
+            xa = 0.0
+            for q in range(p):
+                xa += base.XtF[j, m, q] * a[q]
+            xb = 0.0
+            for r in range(d):
+                xb += base.XtX[j, m, r] * coef[j, r]
+            rss += bm * (2.0 * xa + xb - 2.0 * base.Xty[j, m])
+        l1.grss[j] = max(rss, 0.0) / s2
+        t = _group_log_scale(l1, j)
+        total += (-0.5 * base.n[j] * (2.0 * _HALF_LOG_2PI + math.log(s2) + t) + 0.5 * base.logw_g[j]
+                  - 0.5 * math.exp(-t) * l1.grss[j])
+    return total - l1.y.shape[0] * l1.log_y_scale
+
+
+@njit(cache=True, nogil=True)
 def start_weights(l1):
     """The statistics at the chain's starting level-1 parameters (before its first sweep)."""
+    if l1.grouped != 0:
+        scale_statistics(l1)
+        return
     for i in range(l1.y.shape[0]):
         l1.w[i] = l1.base_w[i] * l1.lam[i] * math.exp(-_log_scale(l1, i))
     recompute(l1.stats, l1.y, l1.F, l1.X, l1.gidx, l1.w, False)
@@ -380,7 +494,18 @@ def start_weights(l1):
 
 @njit(cache=True, nogil=True)
 def after_sweep(l1, structure, work, a, b, s2, kept):
-    """Residuals at the sweep's new coefficients (the next level-1 step reads them), the log-likelihood if ``kept``."""
+    """Residuals at the sweep's new coefficients (the next level-1 step reads them), the log-likelihood if ``kept``.
+
+    With ``l1.grouped`` the groups' residual sums of squares instead, and the rows only for
+    a kept draw whose rows' log-likelihoods are stored.
+    """
+    if l1.grouped != 0:
+        total = group_rss(l1, structure, work, a, b, s2)
+        if kept and l1.ll_row.shape[0] > 0:
+            residuals(l1, structure, work, a, b)
+            total = loglik(l1, s2)
+        l1.scal[L1_LOGLIK] = total
+        return
     residuals(l1, structure, work, a, b)
     l1.scal[L1_LOGLIK] = loglik(l1, s2) if kept else np.nan
 

@@ -420,6 +420,11 @@ class Augmentation(NamedTuple):
     out_idx: np.ndarray
     ll_out: np.ndarray
     scal: np.ndarray
+    grouped: int
+    base: SuffStats
+    gz: np.ndarray
+    gv: np.ndarray
+    grss: np.ndarray
     lat: np.ndarray = np.zeros(0)
     lat_ptr: np.ndarray = np.zeros(0, dtype=np.int64)
     mix: np.ndarray = np.zeros((3, 0))
@@ -484,6 +489,19 @@ class Level1(NamedTuple):
     ll_out : ndarray of shape (n_keep, n_out)
     scal : ndarray of shape (N_L1_SCAL,)
         By the slot names ``L1_*``.
+    grouped : int
+        1 when the row precisions are constant within each group of the statistics (``z``
+        and the ``(1 | g)`` group constant within it, no Student-t weights): the statistics
+        are then ``base`` scaled group by group and the residual sums of squares quadratic
+        forms in it, so that a sweep reads no row (docs/design.md, "Heterogeneous level-1 variance").
+    base : SuffStats
+        The statistics with the precision weights alone (``grouped`` only; else those of ``stats``' shape).
+    gz : ndarray of shape (n_groups, k)
+        Each group of the statistics' ``z`` (``grouped`` only).
+    gv : ndarray of int64, shape (n_groups,)
+        Each group of the statistics' group of the ``(1 | g)`` term (``grouped`` only).
+    grss : ndarray of shape (n_groups,)
+        Their weighted residual sums of squares over ``s2`` at the current coefficients.
     """
 
     y: np.ndarray
@@ -513,3 +531,8 @@ class Level1(NamedTuple):
     e_out: np.ndarray
     ll_out: np.ndarray
     scal: np.ndarray
+    grouped: int
+    base: SuffStats
+    gz: np.ndarray
+    gv: np.ndarray
+    grss: np.ndarray
