@@ -39,6 +39,7 @@ from bayeshlm.evidence import (  # noqa: E402
 from bayeshlm.family import FamilyWarning  # noqa: E402
 from bayeshlm.formula import FormulaError, parse_formula  # noqa: E402
 from bayeshlm.hierarchy import Equation, Hierarchy  # noqa: E402
+from bayeshlm.impute import impute  # noqa: E402
 from bayeshlm.inference import ContrastTest, KenwardRoger, contrast_df, contrast_test, kenward_roger, t_tests  # noqa: E402
 from bayeshlm.intervals import BootstrapResult, bootstrap, profile_intervals  # noqa: E402
 from bayeshlm.io import load, save  # noqa: E402
@@ -140,6 +141,7 @@ __all__ = [
     "group_log_likelihood",
     "hlm",
     "hlm_stats",
+    "impute",
     "list_datasets",
     "load",
     "load_dataset",

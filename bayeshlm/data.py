@@ -27,7 +27,7 @@ from bayeshlm.formula import (
     required_variables,
 )
 
-__all__ = ["DataError", "Design", "GroupLevelWarning", "NestingWarning", "build_design"]
+__all__ = ["DataError", "Design", "GroupLevelWarning", "MissingResponses", "NestingWarning", "build_design"]
 
 # Relative eigenvalue below which the cross-product matrix of the centred, unit-length
 # columns is treated as singular, and relative weight above which a column counts as
@@ -179,6 +179,50 @@ def warn_identification(factor, coefs, single_rows, constant_slopes, sigma_estim
             IdentificationWarning, stacklevel=stacklevel)
 
 
+class MissingResponses(NamedTuple):
+    """The rows whose response is missing, kept aside by ``missing="impute"``.
+
+    They are in neither `Design.y` nor the statistics: the fits use the observed rows, which
+    under missing at random is the likelihood of the data as observed, and
+    :func:`bayeshlm.impute` draws the missing responses from each posterior draw
+    (docs/design.md, "Missing outcomes").
+
+    Attributes
+    ----------
+    rows : ndarray of int64, shape (n_missing,)
+        Positions of the rows in the data as given.
+    F : ndarray of shape (n_missing, n_fixed)
+        Their fixed design (the columns of `Design.F`, evaluated with the observed rows'
+        category levels and transforms).
+    X : ndarray of shape (n_missing, n_coef)
+        Their random design (the columns of `Design.X`).
+    factor_labels : tuple of ndarray
+        Each grouping factor's group label of every row, factors as `Design.factors`; a label
+        the observed rows do not have is a group whose responses are all missing.
+    obs_var : ndarray of shape (n_missing,) or None
+        Their known level-1 variances (``known_sd`` / ``known_var``).
+    weights : ndarray of shape (n_missing,) or None
+        Their precision weights (``weights=``).
+    offset : ndarray of shape (n_missing,) or None
+        Their offsets (a Gaussian formula's ``offset(...)`` terms).
+    """
+
+    rows: np.ndarray
+    F: np.ndarray
+    X: np.ndarray
+    factor_labels: tuple
+    obs_var: np.ndarray | None = None
+    weights: np.ndarray | None = None
+    offset: np.ndarray | None = None
+
+    @property
+    def noise_variance(self):
+        """Each row's level-1 variance: known (``obs_var``), or in units of ``sigma^2`` (``1 / w``); None for all 1."""
+        if self.obs_var is not None:
+            return self.obs_var
+        return None if self.weights is None else 1.0 / self.weights
+
+
 class Design(NamedTuple):
     """Numeric arrays describing a one-factor hierarchical linear model.
 
@@ -254,6 +298,9 @@ class Design(NamedTuple):
         The sum of a Gaussian formula's ``offset(...)`` terms in each row, a known part of
         its mean; `y` then holds the response minus the offset, which is what the model is
         fitted to (docs/design.md, "Weights and offsets"). None without an offset.
+    missing_responses : MissingResponses or None
+        The rows whose response is missing, kept aside by ``missing="impute"`` (not in `y`,
+        `kept_rows` or any other field); None when there are none.
     """
 
     response: str
@@ -281,6 +328,7 @@ class Design(NamedTuple):
     cell_codes: np.ndarray | None = None
     weights: np.ndarray | None = None
     offset: np.ndarray | None = None
+    missing_responses: MissingResponses | None = None
 
     @property
     def row_weights(self):
@@ -320,10 +368,13 @@ def build_design(
         (a string is parsed here).
     data : pandas.DataFrame or mapping of str to array_like
         The data; a mapping must hold 1-D arrays of one common length.
-    missing : {"raise", "drop"}, default "raise"
+    missing : {"raise", "drop", "impute"}, default "raise"
         What to do with rows that have a missing or non-finite value in a
         column the model uses: raise an error naming the columns, or drop
         those rows (columns the model does not use are never looked at).
+        ``"impute"``: rows whose response is missing (NaN or None) are kept
+        aside in `Design.missing_responses`, their designs and group labels
+        evaluated; any other missing value raises as with ``"raise"``.
     known_sd, known_var : str or array_like of shape (n_rows,), optional
         Known sampling standard deviations or variances of the observations
         (as in meta-analysis), as a column name or an array aligned with the
@@ -358,7 +409,7 @@ def build_design(
         rank-deficient fixed or random design, known variances or weights that
         are not positive. The message names the column.
     ValueError
-        If `missing` is not "raise" or "drop", or both `known_sd` and
+        If `missing` is not "raise", "drop" or "impute", or both `known_sd` and
         `known_var` are given, or weights together with either.
     TypeError
         If `data` is neither a DataFrame nor a mapping.
@@ -374,8 +425,8 @@ def build_design(
     >>> d.group_idx
     array([0, 0, 1, 1])
     """
-    if missing not in ("raise", "drop"):
-        raise ValueError(f"missing must be 'raise' or 'drop', got {missing!r}")
+    if missing not in ("raise", "drop", "impute"):
+        raise ValueError(f"missing must be 'raise' or 'drop', or 'impute' (responses only), got {missing!r}")
     if known_sd is not None and known_var is not None:
         raise ValueError("give known_sd or known_var, not both")
     check_weights_option(weights, known_sd, known_var)
@@ -421,11 +472,22 @@ def build_design(
         bad["weights"] = ~np.isfinite(weight_values)
     if offset_values is not None:
         bad[offset_label] = ~np.isfinite(offset_values)
-    kept_rows, n_dropped = _handle_missing(bad, missing, n_input)
+    absent = None  # missing="impute": the rows whose response is missing, kept aside
+    if missing == "impute":
+        absent = frame[spec.response].isna().to_numpy() & bad[spec.response]
+        bad[spec.response] = bad[spec.response] & ~absent  # an infinite response is an error
+    kept_rows, n_dropped = _handle_missing(bad, "raise" if missing == "impute" else missing, n_input,
+                                           impute=missing == "impute")
+    aside = None
+    if absent is not None and absent.any():
+        if absent.all():
+            raise DataError(f"the response '{spec.response}' is missing in every row: there is nothing to fit")
+        kept_rows, aside = np.flatnonzero(~absent).astype(np.int64), np.flatnonzero(absent).astype(np.int64)
+        aside_values = {"known": known_values, "weights": weight_values, "offset": offset_values}
 
-    if n_dropped or not _plain_design(spec, frame):
+    if len(kept_rows) < n_input or not _plain_design(spec, frame):
         used = frame[list(roles)]
-        if n_dropped:
+        if len(kept_rows) < n_input:
             used = used.iloc[kept_rows]
             if known_values is not None:
                 known_values = known_values[kept_rows]
@@ -496,6 +558,11 @@ def build_design(
             weight_values = used[weights_column].to_numpy(dtype=np.float64, na_value=np.nan)
         row_weights = precision_weights_from(weight_values, weights_column or "weights", kept_rows)
     _group_level_warnings(spec, used, factors, codes)
+    missing_responses = None
+    if aside is not None:
+        missing_responses = _kept_aside(frame[list(roles)].iloc[aside].reset_index(drop=True), aside, used,
+                                        fixed_spec, random_spec, factors, codes, parents, crossed, aside_values,
+                                        known_name, known_column, weights_column)
 
     return Design(
         response=spec.response,
@@ -523,7 +590,59 @@ def build_design(
         cell_codes=cell_codes,
         weights=row_weights,
         offset=offset_values,
+        missing_responses=missing_responses,
     )
+
+
+def _kept_aside(rows_frame, rows, used, fixed_spec, random_spec, factors, codes, parents, crossed, values,
+                known_name, known_column, weights_column):
+    """The :class:`MissingResponses` of the rows at positions ``rows`` (``rows_frame``: their used columns).
+
+    Their designs are evaluated with the specs of the observed rows (``used``), and their group
+    labels read as the observed rows' are (``1`` and ``"1"`` in one column are still refused).
+    With nested factors a row must sit where the observed rows put its groups. ``values``: the
+    known SDs or variances (``known_name``), weights and offsets given as arrays, over all the input rows.
+    """
+    where = "rows whose response is missing"
+    F = evaluate_spec(fixed_spec, rows_frame, f"the fixed part in the {where}")
+    X = np.zeros((len(rows), 0))
+    if random_spec:
+        X = np.ascontiguousarray(np.hstack([evaluate_spec(s, rows_frame, f"the random-effect terms in the {where}")
+                                            for s in random_spec]))
+    n_obs = len(used)
+    labels = []
+    for factor in factors:
+        columns = factor.split(":")
+        both = pd.concat([used[columns].reset_index(drop=True), rows_frame[columns]], ignore_index=True)
+        idx, uniques = group_codes(both, columns)
+        labels.append(np.asarray(uniques, dtype=object)[idx[n_obs:]])
+    if not crossed:
+        for k in range(len(factors) - 1):
+            fitted = codes[factors[k]][1], codes[factors[k + 1]][1][parents[k]]
+            pairs = pd.DataFrame({"fine": np.concatenate([fitted[0], labels[k]]).astype(str),
+                                  "coarse": np.concatenate([fitted[1], labels[k + 1]]).astype(str)}).drop_duplicates()
+            first = pairs.drop_duplicates("fine").set_index("fine")["coarse"]  # the observed rows' parent first
+            stray = (first.reindex(labels[k].astype(str)).to_numpy() != labels[k + 1].astype(str))
+            if stray.any():
+                i = int(np.flatnonzero(stray)[0])
+                label = str(labels[k][i])
+                raise DataError(f"'{factors[k]}' group {label!r} lies in more than one '{factors[k + 1]}' group once "
+                                f"the {where} are counted (e.g. row position {int(rows[i])}): the factors are nested "
+                                "in the observed rows, and a row with a missing response must keep that nesting")
+    obs_var = weights = offset = None
+    if known_column is not None:
+        obs_var = obs_var_from(rows_frame[known_column].to_numpy(dtype=np.float64, na_value=np.nan), known_name)
+    elif values["known"] is not None:
+        obs_var = obs_var_from(values["known"][rows], known_name)
+    if weights_column is not None:
+        weights = precision_weights_from(rows_frame[weights_column].to_numpy(dtype=np.float64, na_value=np.nan),
+                                         weights_column, rows)
+    elif values["weights"] is not None:
+        weights = precision_weights_from(values["weights"][rows], "weights", rows)
+    if values["offset"] is not None:
+        offset = np.ascontiguousarray(values["offset"][rows], dtype=np.float64)
+    return MissingResponses(rows=rows, F=F, X=X, factor_labels=tuple(labels), obs_var=obs_var, weights=weights,
+                            offset=offset)
 
 
 def check_weights_option(weights, known_sd, known_var):
@@ -1076,8 +1195,11 @@ def bad_mask(series):
     return series.isna().to_numpy()
 
 
-def _handle_missing(bad, missing, n_rows):
-    """Return the positions of the rows to keep and the number dropped."""
+def _handle_missing(bad, missing, n_rows, impute=False):
+    """Return the positions of the rows to keep and the number dropped.
+
+    ``impute``: the missing values left in ``bad`` are those ``missing="impute"`` does not impute.
+    """
     counts = {name: int(mask.sum()) for name, mask in bad.items()}
     if not any(counts.values()):
         return np.arange(n_rows, dtype=np.int64), 0
@@ -1092,10 +1214,10 @@ def _handle_missing(bad, missing, n_rows):
                     f"column '{name}' has {count} missing or non-finite "
                     f"value{'s' if count > 1 else ''} (row positions {listed}{more})"
                 )
-        raise DataError(
-            "\n".join(lines)
-            + "\npass missing='drop' to drop these rows, or fix the data"
-        )
+        hint = ("missing='impute' imputes missing responses only, not missing predictors, groups, weights or "
+                "offsets; pass missing='drop' to drop these rows, or fix the data") if impute else (
+                "pass missing='drop' to drop these rows, or fix the data")
+        raise DataError("\n".join(lines) + "\n" + hint)
     any_bad = np.logical_or.reduce(list(bad.values()))
     kept = np.flatnonzero(~any_bad).astype(np.int64)
     if len(kept) == 0:

@@ -44,7 +44,7 @@ from bayeshlm.schema import (
 from samplers.theta import sd_corr
 
 __all__ = ["group_log_likelihood", "loo", "marginal_group_log_likelihood", "posterior_predictive", "predict",
-           "prior_predictive", "response_mean"]
+           "predictive_draws", "prior_predictive", "response_mean"]
 
 _KINDS = ("predictive", "mean", "link")
 _NEW_GROUPS = ("sample", "population", "raise")
@@ -202,6 +202,22 @@ def _linear_draws(model, posterior, F, blocks, labels, new_groups, rng, group_id
             b = _effects_for(post, model, k, factor, labels[k], _cov_chol(sd, corr, lo, hi), new_groups, rng)
         mean += np.einsum("snj,nj->sn", b, X_k)
     return mean
+
+
+def predictive_draws(model, posterior, F, blocks, labels, variance, offset, rng):
+    """Predictive draws (S, n_rows) of a Gaussian response at rows given by their designs.
+
+    What :func:`predict` draws with ``kind="predictive"`` and ``new_groups="sample"``, for rows
+    already evaluated: ``F`` their fixed design, ``blocks`` and ``labels`` each grouping factor's
+    random design and group labels (a label the model was not fitted on is a new group, its
+    coefficients drawn from ``N(0, T)`` of each draw, shared by its rows), ``variance`` each
+    row's level-1 variance, known or in units of ``sigma^2`` (None: ``sigma^2``), ``offset``
+    their offsets (or None). Used by :func:`bayeshlm.impute.impute`.
+    """
+    mean = _linear_draws(model, posterior, F, blocks, labels, "sample", rng)
+    if offset is not None:
+        mean = mean + offset
+    return mean + _noise_sd(model, posterior, variance, F.shape[0]) * rng.standard_normal(mean.shape)
 
 
 def _every_group_draws(post, model, k, factor, purpose):
