@@ -37,7 +37,7 @@ LAYERS = {
     "bayeshlm.family": 11, "bayeshlm.varfunc": 11, "bayeshlm.glmm": 13,
     "bayeshlm.model": 12,
     "bayeshlm.hierarchy": 13, "bayeshlm.chunked": 13, "bayeshlm.results": 13, "bayeshlm.lrt": 13,
-    "bayeshlm.partition": 13,
+    "bayeshlm.partition": 13, "bayeshlm.robust": 13,
     "bayeshlm.memory": 14, "bayeshlm.em": 14, "bayeshlm.prior_draws": 14, "bayeshlm.evidence": 14,
     "bayeshlm.compare": 14, "bayeshlm.log_prior": 14, "bayeshlm.reliability": 14,
     "bayeshlm.level1": 14,
