@@ -83,6 +83,7 @@ class EMResult:
     icc_by_level: dict = field(default_factory=dict)
     variance_model: dict = field(default_factory=dict)
     student: dict = field(default_factory=dict)
+    n_missing: int = 0
 
     @property
     def deviance(self) -> float:
@@ -135,6 +136,9 @@ class EMResult:
         if self.n_groups:
             lines.append(f"observations: {self.n_obs}; groups: "
                          + ", ".join(f"{factor} {count}" for factor, count in self.n_groups.items()))
+        if self.n_missing:
+            lines.append(f"missing responses: {self.n_missing} rows, ignored (the fit is to the observed rows, "
+                         "the likelihood under missing at random; bayeshlm.impute draws them from a posterior)")
         if self.boundary:
             lines.append("estimate on the boundary (SD = 0): " + ", ".join(self.boundary))
         lines += ["", "Random effects:", self.variance_table().to_string()]
@@ -531,6 +535,7 @@ def _gaussian_result(model, method, objective, theta, hessian, finish, em_iter, 
         reliability_by_group=rel,
         model=model.identity(),
         model_record=model.record(),
+        n_missing=0 if model.design.missing_responses is None else int(model.design.missing_responses.rows.size),
     ))
 
 
