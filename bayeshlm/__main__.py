@@ -151,12 +151,16 @@ def build_model(args):
     The formula is checked first, before the data are read, in the safe mode of
     :func:`bayeshlm.safe_formula.check_formula`, unless ``--unsafe-formula`` was given.
     """
+    sigma = getattr(args, "sigma", None)
     if not args.unsafe_formula:
         check_formula(args.formula, hint=UNSAFE_HINT)
+        if sigma is not None:  # checked as the right side of a formula
+            check_formula("sigma " + sigma.strip() if sigma.strip().startswith("~") else sigma, hint=UNSAFE_HINT)
     data = read_data(args.data)
     priors = dict(parse_prior(text) for text in (args.prior or [])) or None
     return bh.hlm(args.formula, data, missing=args.missing, known_sd=args.known_sd, priors=priors,
-                  family=args.family, link=args.link, trials=args.trials, weights=args.weights)
+                  family=args.family, link=args.link, trials=args.trials, weights=args.weights, sigma=sigma,
+                  nu=getattr(args, "nu", None))
 
 
 def report_text(tree, model=None):
@@ -268,9 +272,15 @@ def add_model_arguments(parser):
                         help="column of precision weights of a Gaussian model, as lme4's lmer(weights=): row i's "
                              "level-1 variance is sigma^2 / w_i (not frequency weights: a row of weight k is not k "
                              "rows)")
-    parser.add_argument("--family", choices=["gaussian", "bernoulli", "binomial", "poisson"], default="gaussian",
-                        help="the level-1 family (default gaussian); binomial responses as cbind(successes, failures) "
-                             "in the formula or with --trials")
+    parser.add_argument("--family", choices=["gaussian", "student", "bernoulli", "binomial", "poisson"],
+                        default="gaussian",
+                        help="the level-1 family (default gaussian; student: Student-t residuals); binomial responses "
+                             "as cbind(successes, failures) in the formula or with --trials")
+    parser.add_argument("--nu", type=float, default=None,
+                        help="degrees of freedom of --family student, held fixed (default: estimated)")
+    parser.add_argument("--sigma", metavar="FORMULA",
+                        help="predictors of the log level-1 variance, e.g. '~ sector' or '~ (1 | school)' (a variance "
+                             "per group): row i's variance is sigma^2 exp(z_i' delta)")
     parser.add_argument("--link", choices=["logit", "probit", "log"], default=None,
                         help="link of a non-Gaussian family (default logit for the binomial families, log for poisson)")
     parser.add_argument("--trials", metavar="COLUMN", help="column of the numbers of trials of a binomial response")

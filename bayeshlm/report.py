@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from bayeshlm.family import LATENT_VARIANCE
+from bayeshlm.level1 import has_level1_model
 from bayeshlm.summary import RHAT_LIMIT
 
 __all__ = ["Report", "report"]
@@ -65,6 +66,7 @@ class Report:
     ci_prob: float = 0.95
     warnings: list = field(default_factory=list)
     reliability: pd.DataFrame = field(default_factory=pd.DataFrame)
+    level1: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def _header_lines(self):
         h = self.header
@@ -73,6 +75,8 @@ class Report:
         family = s.get("family", "gaussian")
         lines = [
             "Bayesian hierarchical linear model (bayeshlm posterior)" if family == "gaussian" else
+            "Bayesian hierarchical linear model with Student-t level-1 residuals (bayeshlm posterior); sigma is "
+            "their scale" if family == "student" else
             f"Bayesian hierarchical generalised linear model (bayeshlm posterior): {family} level 1, "
             f"{s.get('link')} link; the coefficients and SDs are on the {s.get('link')} scale",
             f" Formula: {h['formula']}",
@@ -106,6 +110,9 @@ class Report:
         if len(self.correlations):
             lines += ["", "Correlations of random coefficients:",
                       self.correlations.to_string(index=False, **fmt)]
+        if len(self.level1):
+            lines += ["", f"Level-1 variance model (posterior mean, SD, {pct} interval; Residual above is a row with "
+                      "z = 0):", self.level1.to_string(**fmt)]
         if len(self.icc):
             scale = " on the latent scale" if "sampler" in self.header and "link" in self.header["sampler"] else ""
             lines += ["", f"Intraclass correlation{scale}: of two rows in the same group (covariates at 0):",
@@ -133,6 +140,8 @@ class Report:
                  "<p><b>Random effects</b></p>", table(self.random)]
         if len(self.correlations):
             parts += ["<p><b>Correlations</b></p>", table(self.correlations)]
+        if len(self.level1):
+            parts += ["<p><b>Level-1 variance model</b></p>", table(self.level1, index=True)]
         if len(self.icc):
             parts += ["<p><b>Intraclass correlation</b></p>", table(self.icc)]
         if len(self.reliability):
@@ -223,7 +232,22 @@ def report(posterior, *, ci_prob=0.95, model=None, em=None):
                 lo, hi = _interval(corr[:, m], ci_prob)
                 corr_rows.append({"group": factor, "pair": str(pair), "corr": float(np.mean(corr[:, m])),
                                   "lower": lo, "upper": hi})
-    if "sigma" in post:
+    level1_names = [n for n in table.index if n.split("[")[0] in ("sigma_delta", "sigma_group_sd", "nu")]
+    level1 = pd.DataFrame({"estimate": table.loc[level1_names, "mean"].values,
+                           "est_error": table.loc[level1_names, "sd"].values,
+                           "lower": table.loc[level1_names, lb].values, "upper": table.loc[level1_names, ub].values,
+                           "r_hat": table.loc[level1_names, "r_hat"].values,
+                           "ess_bulk": table.loc[level1_names, "ess_bulk"].values},
+                          index=pd.Index(level1_names, name="parameter"))
+    one_variance = "sigma" in post and not level1_names and "sigma_group" not in post
+    if "sigma" in post and not one_variance:  # sigma is a reference row's (or a t scale): no single ICC
+        sigma = flat_draws(post[SIGMA])
+        lo, hi = _interval(sigma, ci_prob)
+        rhat, ess = _row_stats(table, "sigma")
+        rows.append({"group": "Residual", "name": "", "variance": float(np.mean(sigma ** 2)),
+                     "sd": float(np.mean(sigma)), "sd_lower": lo, "sd_upper": hi, "r_hat": rhat, "ess": ess})
+        total = None
+    elif "sigma" in post:
         sigma = flat_draws(post[SIGMA])
         lo, hi = _interval(sigma, ci_prob)
         rhat, ess = _row_stats(table, "sigma")
@@ -265,7 +289,9 @@ def report(posterior, *, ci_prob=0.95, model=None, em=None):
     }
     if em is not None and model is None:
         raise ValueError("the EM reliabilities need the model: report(posterior, model=model, em=fit)")
-    rel = pd.DataFrame() if model is None else _reliability_table(model, posterior, em, ci_prob)
+    # a row's reliability needs its level-1 variance, which a level-1 variance model draws per row
+    rel = (pd.DataFrame() if model is None or has_level1_model(model)
+           else _reliability_table(model, posterior, em, ci_prob))
     return Report(header=header, fixed=fixed, random=pd.DataFrame(rows), correlations=pd.DataFrame(corr_rows),
                   icc=pd.DataFrame(icc_rows), diagnostics=diag, priors=json.loads(attrs.get("priors", "{}")),
-                  ci_prob=ci_prob, warnings=warnings, reliability=rel)
+                  ci_prob=ci_prob, warnings=warnings, reliability=rel, level1=level1)

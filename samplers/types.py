@@ -420,11 +420,6 @@ class Augmentation(NamedTuple):
     out_idx: np.ndarray
     ll_out: np.ndarray
     scal: np.ndarray
-    grouped: int
-    base: SuffStats
-    gz: np.ndarray
-    gv: np.ndarray
-    grss: np.ndarray
     lat: np.ndarray = np.zeros(0)
     lat_ptr: np.ndarray = np.zeros(0, dtype=np.int64)
     mix: np.ndarray = np.zeros((3, 0))

@@ -528,3 +528,18 @@ def test_an_output_that_would_replace_a_directory_is_refused_before_sampling(sle
     assert code == 2
     assert err.startswith(f"bayeshlm: error: {tmp_path / 'results.nc'} is a directory; a netCDF result is a file")
     os.rmdir(tmp_path / "results.nc")
+
+
+def test_fit_and_em_take_a_variance_model_and_student_residuals(sleep_csv, tmp_path, capsys):
+    """--sigma and --family student reach the model; the saved posterior holds sigma_delta and nu."""
+    out = tmp_path / "fit.nc"
+    code, text, _ = run(capsys, "fit", sleep_csv, FORMULA, *TINY, "--seed", "1", "--quiet", "--family", "student",
+                        "--sigma", "~ days", "--out", out)
+    assert code == 0 and "sigma_delta" in text and "nu" in text
+    saved = bh.load(out)
+    assert {"sigma_delta", "nu"} <= set(saved.posterior.data_vars)
+    code, text, _ = run(capsys, "em", sleep_csv, FORMULA, "--sigma", "~ days")
+    assert code == 0 and "days" in text
+    # the sigma formula is checked in the safe mode as well
+    code, _, err = run(capsys, "fit", sleep_csv, FORMULA, "--sigma", "~ __import__('os')", "--out", out)
+    assert code == 2 and "safe mode" in err
