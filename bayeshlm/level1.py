@@ -25,8 +25,8 @@ from samplers.scale import PAR_LOG_OMEGA, PAR_NU
 from samplers.suffstats import compute_suffstats
 from samplers.types import L1_DELTA_ACC, L1_DELTA_N, L1_E_ACC, L1_E_N, N_L1_SCAL, Level1
 
-__all__ = ["SIGMA_DELTA", "SIGMA_GROUP", "SIGMA_GROUP_SD", "NU", "has_level1_model", "level1_chains",
-           "level1_posterior"]
+__all__ = ["NU", "SIGMA_DELTA", "SIGMA_GROUP", "SIGMA_GROUP_SD", "fitted_row_sd", "has_level1_model",
+           "level1_chains", "level1_posterior", "standard_noise"]
 
 SIGMA_DELTA = "sigma_delta"
 SIGMA_TERM = "sigma_term"
@@ -144,3 +144,36 @@ def level1_posterior(model, tree, chains, n_keep):
     if n_e:
         tree.attrs["group_sd_acceptance"] = float(sum(c.scal[L1_E_ACC] for c in chains) / n_e)
     return tree
+
+
+def _flat(post, name):
+    x = post[name].values
+    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
+def fitted_row_sd(model, posterior):
+    """Each fitted row's level-1 SD (Student-t: scale) at every draw, shape (S, n_obs).
+
+    ``sigma exp(z_i' delta / 2) exp(e_g(i)) / sqrt(w_i)`` with the draw's reference
+    ``sigma``, ``delta`` and group SD (``sigma_group``, which already holds ``sigma exp(e_j)``).
+    """
+    post = posterior.posterior
+    vd = model.variance_design
+    if vd is not None and vd.group is not None:
+        sd = _flat(post, SIGMA_GROUP)[:, vd.group_idx]
+    else:
+        sd = np.repeat(_flat(post, SIGMA)[:, None], model.n_obs, axis=1)
+    if vd is not None and vd.k:
+        sd = sd * np.exp(0.5 * _flat(post, SIGMA_DELTA) @ vd.Z.T)
+    if model.design.weights is not None:
+        sd = sd / np.sqrt(model.design.weights)[None, :]
+    return sd
+
+
+def standard_noise(model, posterior, shape, rng):
+    """Level-1 errors of unit scale, shape (S, n): normal, or Student-t with each draw's ``nu``."""
+    if model.family != "student":
+        return rng.standard_normal(shape)
+    nu = model.options.get("nu")
+    nu = np.full(shape[0], nu) if nu is not None else _flat(posterior.posterior, NU)
+    return rng.standard_t(nu[:, None], size=shape)

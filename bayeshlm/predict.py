@@ -28,6 +28,7 @@ from bayeshlm.data import (
     obs_var_from,
     precision_weights_from,
 )
+from bayeshlm.level1 import fitted_row_sd, has_level1_model, standard_noise
 from bayeshlm.model import Model, check_result, model_first, refuse_non_gaussian
 from bayeshlm.results import corr_pairs, covariance_draws, factor_parts, flat_draws, group_stats_held
 from bayeshlm.schema import (
@@ -353,9 +354,21 @@ def predict(model, posterior, data, *, kind="predictive", new_groups="sample", s
     F, blocks, labels, obs_var, index = _new_rows(model, data, known_sd, known_var, new_groups == "population",
                                                   weights)
     mean = _linear_draws(model, posterior, F, blocks, labels, new_groups, rng)
-    if model.gaussian and model.offset is not None:  # the response's scale: the offset added back
+    scaled = has_level1_model(model)
+    if (model.gaussian or scaled) and model.offset is not None:  # the response's scale: the offset added back
         mean = mean + _new_offset(model, data, len(index))
-    if not model.gaussian:
+    if scaled:
+        if trials is not None:
+            raise ValueError("trials= is for the binomial families")
+        if kind == "predictive" and model.variance_design is not None:
+            raise NotImplementedError(
+                f"predictive draws of new rows of a model with sigma={model.variance_design.formula!r} need the "
+                "sigma formula evaluated on them, which predict does not do yet: use kind='mean' for the mean, or "
+                "bayeshlm.posterior_predictive for replicated data of the fitted rows")
+        if kind == "predictive":
+            mean = mean + (_noise_sd(model, posterior, obs_var, len(index))
+                           * standard_noise(model, posterior, mean.shape, rng))
+    elif not model.gaussian:
         n_trials = _new_trials(model, data, trials, len(index)) if kind == "predictive" else None
         mean = mean + _new_offset(model, data, len(index))
         if kind != "link":
@@ -406,7 +419,11 @@ def posterior_predictive(model, posterior, *, seed=None):
     blocks = [design.X[:, lo:hi] for _, (lo, hi), _, _ in factor_parts(model)]
     idx = list(design.factor_idx) if design.factors else []
     mean = _linear_draws(model, posterior, design.F, blocks, None, "raise", rng, group_idx=idx)
-    if model.gaussian:
+    if has_level1_model(model):  # each row's own SD at each draw; Student-t errors
+        if design.offset is not None:
+            mean = mean + design.offset
+        y_rep = mean + fitted_row_sd(model, posterior) * standard_noise(model, posterior, mean.shape, rng)
+    elif model.gaussian:
         variance = design.obs_var if model.sigma_known else (None if design.weights is None else 1.0 / design.weights)
         if design.offset is not None:
             mean = mean + design.offset

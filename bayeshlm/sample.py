@@ -13,6 +13,7 @@ import xarray as xr
 from scipy.special import ndtri
 
 from bayeshlm.family import family_code, log_normalising_constants
+from bayeshlm.impute import impute
 from bayeshlm.level1 import has_level1_model, level1_chains, level1_posterior
 from bayeshlm.log_prior import log_prior_dataset
 from bayeshlm.memory import check_memory
@@ -322,6 +323,9 @@ def sample(
         raise ValueError("the group log-likelihood needs the rows or every group's fixed-part statistics, "
                          "which this model from hlm_stats does not keep (too many groups x fixed effects); "
                          "use log_likelihood=False")
+    if getattr(model.design, "missing_responses", None) is not None and keep_group_draws is not True:
+        raise ValueError("missing='impute' draws the missing responses from every group's coefficients: set "
+                         "keep_group_draws=True")
     if log_likelihood and keep_group_draws is not True:
         raise ValueError("the log-likelihood needs the draws of all groups: set keep_group_draws=True "
                          "or log_likelihood=False")
@@ -433,6 +437,9 @@ def sample(
     tree[LOG_PRIOR] = xr.DataTree(log_prior_dataset(model, tree))
     if level1s is not None:
         level1_posterior(model, tree, level1s, n_keep)
+    if getattr(model.design, "missing_responses", None) is not None:  # missing="impute": draws of the missing rows
+        child = np.random.SeedSequence(seed).spawn(chains + 1)[-1]  # not any chain's stream
+        tree = impute(model, tree, np.random.Generator(np.random.PCG64(child)))
     if not interrupted:
         warn_if_unconverged(tree)
     return tree

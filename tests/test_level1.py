@@ -226,3 +226,30 @@ def test_refusals():
         bh.hlm(SLEEP, d, sigma="~ (days | subject)")
     with pytest.raises(NotImplementedError, match="sample"):
         bh.fit_em(bh.hlm(SLEEP, d, sigma="~ (1 | subject)"))
+
+
+def test_replicated_data_carry_each_rows_variance_and_t_errors():
+    """posterior_predictive: the replicated errors' SD ratio of late to early days is exp(delta / 2) (5%), and
+    predict draws Student-t errors; predictive draws of new rows of a sigma= model are refused."""
+    d = _data("sleepstudy")
+    model = bh.hlm(SLEEP, d, sigma="~ late", family="student", nu=5.0)
+    post = bh.sample(model, draws=500, warmup=300, chains=2, seed=3, progress=False)
+    rep = bh.posterior_predictive(model, post, seed=1).posterior_predictive["reaction"].values.reshape(1000, -1)
+    mean = bh.predict(model, post, d, kind="mean").values.reshape(1000, -1)
+    err = rep - mean
+    late = d["late"].to_numpy() == 1
+    sd_scale = np.sqrt(5.0 / 3.0)  # a t_5 error's SD per unit scale
+    expected = np.exp(0.5 * _draws(post, "sigma_delta")[:, 0])
+    ratio = err[:, late].std() / err[:, ~late].std()
+    assert abs(ratio / np.sqrt(np.mean(expected**2)) - 1) < 0.05
+    early_sd = _draws(post, "sigma")
+    assert abs(err[:, ~late].std() / (sd_scale * np.sqrt(np.mean(early_sd**2))) - 1) < 0.05
+    with pytest.raises(NotImplementedError, match="sigma="):
+        bh.predict(model, post, d.head(3))
+    student = bh.hlm(SLEEP, d, family="student", nu=3.0)
+    post = bh.sample(student, draws=300, warmup=300, chains=2, seed=3, progress=False)
+    new = d.head(2).copy()
+    new["subject"] = "new"
+    draws = bh.predict(student, post, new, seed=2, new_groups="population").values.reshape(-1, 2)
+    kurt = ((draws - draws.mean(0)) ** 4).mean(0) / draws.var(0) ** 2
+    assert np.all(kurt > 4)  # heavier tails than a normal's 3
