@@ -161,7 +161,9 @@ def test_imputed_group_layout(sleep_imputed):
     # the observed rows and the imputed ones are the data's rows, each once
     rows = np.concatenate([out.observed_data["obs"].values, da["missing_obs"].values])
     np.testing.assert_array_equal(np.sort(rows), np.arange(len(data)))
-    assert "imputed" not in post.children  # a copy; and imputing again replaces the group
+    # bh.sample imputes already; impute returns a copy with the group replaced, and again replaces it
+    assert "imputed" in post.children and out is not post
+    assert not np.array_equal(post.imputed["reaction"].values, da.values)
     again = bh.impute(model, out, seed=2)
     np.testing.assert_array_equal(again.imputed["reaction"], da)
 
