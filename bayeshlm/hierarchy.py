@@ -346,15 +346,22 @@ class Hierarchy:
                 bars.append(f"({' + '.join(cols)} {bar} {factor})")
         return f"{self.response} ~ " + " + ".join(terms + bars)
 
-    def equations(self, family="gaussian", link="identity") -> str:
-        """The model written level by level, as in a textbook (level 1 as its ``family`` and ``link`` say)."""
+    def equations(self, family="gaussian", link="identity", sigma=None) -> str:
+        """The model written level by level, as in a textbook (level 1 as its ``family`` and ``link`` say).
+
+        ``sigma``: the one-sided formula of a level-1 variance model (``hlm(sigma=)``).
+        """
         sym = [_SYMBOLS[min(k, len(_SYMBOLS) - 1)] + ("" if k < len(_SYMBOLS) else str(k)) for k in range(99)]
         lines = ["Level 1 (within units)"]
         names = self.coefficients(1)
         rhs = " + ".join(f"{sym[0]}[{c}]" + ("" if c == "Intercept" else f"*{c}") for c in names)
         rhs = rhs or "0"
-        if family == "gaussian":
-            lines.append(f"  {self.response} = {rhs} + e,   e ~ N(0, sigma^2)")
+        if family in ("gaussian", "student"):
+            sd = "sigma" if sigma is None else "sigma_i"
+            dist = f"N(0, {sd}^2)" if family == "gaussian" else f"{sd} t_nu (Student-t)"
+            lines.append(f"  {self.response} = {rhs} + e,   e ~ {dist}")
+            if sigma is not None:
+                lines.append(f"  log sigma_i^2 = log sigma^2 + z_i' delta,   z_i: the columns of sigma={sigma!r}")
         else:  # a generalised linear model at level 1: the distribution, then the link of its mean
             dist = {"bernoulli": "Bernoulli(p)", "binomial": "Binomial(n, p), n the trials", "poisson": "Poisson(mu)"}
             mean = {"logit": "logit(p)", "probit": "Phi^-1(p)", "log": "log(mu)"}
@@ -451,7 +458,8 @@ class Hierarchy:
             if not (issubclass(w.category, GroupLevelWarning) and w.message.column in declared):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         self._warn_varying_predictors(frame.iloc[model.design.kept_rows].reset_index(drop=True))
-        return dataclasses.replace(model, equations=self.equations(model.family, model.link))
+        sigma = None if model.variance_design is None else model.variance_design.formula
+        return dataclasses.replace(model, equations=self.equations(model.family, model.link, sigma))
 
     def _check_nesting(self, frame):
         """Refuse levels whose groups are not nested as declared (see :meth:`level`)."""

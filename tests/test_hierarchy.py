@@ -169,3 +169,13 @@ def test_builder_errors_name_the_level_and_coefficient():
         h.level("g", fixed_groups=True)
     with pytest.raises(ValueError, match="level must be between"):
         h.coefficients(3)
+
+
+def test_the_builder_takes_a_level1_variance_model_and_student_residuals():
+    """sigma= and family='student' pass through compile, and the equations say so."""
+    hsb = bh.load_dataset("hsb")
+    h = Hierarchy("mathach", ["ses"]).level("school", {"Intercept": Equation("sector")})
+    model = h.compile(hsb, sigma="~ sector + (1 | school)", family="student", nu=4)
+    assert model.variance_design.group == "school" and model.family == "student"
+    assert "sigma_i t_nu" in model.equations and "log sigma_i^2" in model.equations
+    assert "e ~ N(0, sigma^2)" in h.equations()
