@@ -49,27 +49,28 @@ PAR_LOG_OMEGA, PAR_NU = 0, 1
 def residuals(l1, structure, work, a, b):
     """``l1.r[i] = y_i - F_i a - X_i b_g(i)`` at the current coefficients."""
     coef = finest_coefficients(work, structure, b)
-    F, X, g = l1.F, l1.X, l1.gidx
+    # every array a loop reads is taken out of the tuple first: compiled code reads a field of
+    # a tuple this large slowly, a local array at full speed
+    F, X, g, y, r = l1.F, l1.X, l1.gidx, l1.y, l1.r
     p, d = F.shape[1], X.shape[1]
-    for i in range(l1.y.shape[0]):
-        e = l1.y[i]
+    for i in range(y.shape[0]):
+        e = y[i]
         for q in range(p):
             e -= F[i, q] * a[q]
         j = g[i]
         for k in range(d):
             e -= X[i, k] * coef[j, k]
-        l1.r[i] = e
+        r[i] = e
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _log_scale(l1, i):
-    """``z_i' delta + 2 e_g(i)``: the row's log variance relative to ``s2 / w_i``."""
-    k = l1.Z.shape[1]
+def _row_log_scale(Z, par, e, vg, i):
+    """``z_i' delta + 2 e_g(i)``: row ``i``'s log variance relative to ``s2 / w_i`` (``par`` starts with ``delta``)."""
     t = 0.0
-    for m in range(k):
-        t += l1.Z[i, m] * l1.par[m]
-    if l1.e.shape[0] > 0:
-        t += 2.0 * l1.e[l1.vgidx[i]]
+    for m in range(Z.shape[1]):
+        t += Z[i, m] * par[m]
+    if e.shape[0] > 0:
+        t += 2.0 * e[vg[i]]
     return t
 
 
@@ -80,22 +81,26 @@ def loglik(l1, s2):
     Student-t rows with ``lambda`` integrated out. In the user's units: ``l1.log_y_scale``
     (the log of the response's scale in the kernels' basis) is taken from each row.
     """
-    keep = l1.ll_row.shape[0] > 0
+    Z, par, e, vg, r, bw, ll_row = l1.Z, l1.par, l1.e, l1.vgidx, l1.r, l1.base_w, l1.ll_row
+    keep = ll_row.shape[0] > 0
     total = 0.0
     student = l1.student != 0
-    nu = l1.par[l1.Z.shape[1] + PAR_NU]
+    nu = par[Z.shape[1] + PAR_NU]
+    log_y_scale = l1.log_y_scale
+    c_t = 0.0
     if student:
         c_t = math.lgamma(0.5 * (nu + 1.0)) - math.lgamma(0.5 * nu) - 0.5 * math.log(nu * math.pi)
-    for i in range(l1.y.shape[0]):
-        log_var = math.log(s2) + _log_scale(l1, i) - math.log(l1.base_w[i])
-        u = l1.r[i] * l1.r[i] * math.exp(-log_var)
+    log_s2 = math.log(s2)
+    for i in range(r.shape[0]):
+        log_var = log_s2 + _row_log_scale(Z, par, e, vg, i) - math.log(bw[i])
+        u = r[i] * r[i] * math.exp(-log_var)
         if student:
             ll = c_t - 0.5 * log_var - 0.5 * (nu + 1.0) * math.log1p(u / nu)
         else:
             ll = -_HALF_LOG_2PI - 0.5 * log_var - 0.5 * u
-        ll -= l1.log_y_scale
+        ll -= log_y_scale
         if keep:
-            l1.ll_row[i] = ll
+            ll_row[i] = ll
         total += ll
     return total
 
@@ -109,10 +114,10 @@ def keep_loglik(l1, k):
         l1.e_out[k, :] = l1.e
     if l1.ll_out.shape[1] == 0 or k >= l1.ll_out.shape[0]:
         return
-    out = l1.ll_out[k]
+    out, idx, ll_row = l1.ll_out[k], l1.out_idx, l1.ll_row
     out[:] = 0.0
-    for i in range(l1.ll_row.shape[0]):
-        out[l1.out_idx[i]] += l1.ll_row[i]
+    for i in range(ll_row.shape[0]):
+        out[idx[i]] += ll_row[i]
 
 
 # ---------------------------------------------------------------------------------------------- slice sampling
@@ -133,25 +138,30 @@ def _slice_target(kind, x, l1):
         if x > 8.0:  # nu above 3000: indistinguishable from the normal, and the prior is nil there
             return -np.inf
         nu = 1.0 + math.exp(x)
-        n = l1.y.shape[0]
+        u = l1.u
+        n = u.shape[0]
         total = n * (math.lgamma(0.5 * (nu + 1.0)) - math.lgamma(0.5 * nu) - 0.5 * math.log(nu))
+        inv = 1.0 / nu
+        acc = 0.0
         for i in range(n):
-            total -= 0.5 * (nu + 1.0) * math.log1p(l1.u[i] / nu)
+            acc += math.log1p(u[i] * inv)
+        total -= 0.5 * (nu + 1.0) * acc
         return total + (NU_PRIOR_SHAPE - 1.0) * math.log(nu) - NU_PRIOR_RATE * nu + x
     if x < -12.0 or x > 6.0:
         return -np.inf
     omega = math.exp(x)
     prior = -0.5 * (omega / OMEGA_PRIOR_SCALE) ** 2 + x
-    n_g = l1.e.shape[0]
+    ev, eps, gn, gq = l1.e, l1.eps, l1.gn, l1.gq
+    n_g = ev.shape[0]
     if kind == SLICE_OMEGA_CENTRED:
         ss = 0.0
         for j in range(n_g):
-            ss += l1.e[j] * l1.e[j]
+            ss += ev[j] * ev[j]
         return prior - n_g * x - 0.5 * ss / (omega * omega)
     total = prior
     for j in range(n_g):
-        e = omega * l1.eps[j]
-        total += -l1.gn[j] * e - 0.5 * l1.gq[j] * math.exp(-2.0 * e)
+        e = omega * eps[j]
+        total += -gn[j] * e - 0.5 * gq[j] * math.exp(-2.0 * e)
     return total
 
 
@@ -200,20 +210,21 @@ def _delta_terms(l1, delta, grad, hess):
         grad[m] = -prec * delta[m]
         for c in range(k):
             hess[m, c] = -prec if m == c else 0.0
-    groups = l1.e.shape[0] > 0
+    ev = l1.e
+    groups = ev.shape[0] > 0
     grouped = l1.grouped != 0
+    # rows, or the groups of the statistics (each with its rows' count)
     Z = l1.gz if grouped else l1.Z
+    q = l1.grss if grouped else l1.q
+    v = l1.gv if grouped else l1.vgidx
+    counts = l1.base.n
     n_units = Z.shape[0]
-    for i in range(n_units):  # rows, or the groups of the statistics (each with its rows' count)
+    for i in range(n_units):
         t = 0.0
         for m in range(k):
             t += Z[i, m] * delta[m]
-        if grouped:
-            count = l1.base.n[i]
-            h = l1.grss[i] * math.exp(-t - 2.0 * l1.e[l1.gv[i]]) if groups else l1.grss[i] * math.exp(-t)
-        else:
-            count = 1.0
-            h = l1.q[i] * math.exp(-t - 2.0 * l1.e[l1.vgidx[i]]) if groups else l1.q[i] * math.exp(-t)
+        count = counts[i] if grouped else 1.0
+        h = q[i] * math.exp(-t - 2.0 * ev[v[i]]) if groups else q[i] * math.exp(-t)
         f -= 0.5 * (count * t + h)
         for m in range(k):
             grad[m] += 0.5 * Z[i, m] * (h - count)
@@ -354,49 +365,43 @@ def level1_step(rng, l1, s2, counting):
     if l1.grouped != 0:
         _grouped_step(rng, l1, counting)
         return
+    Z, par, ev, vg, r, bw, u, q, lam, w = l1.Z, l1.par, l1.e, l1.vgidx, l1.r, l1.base_w, l1.u, l1.q, l1.lam, l1.w
     for i in range(n):
-        l1.u[i] = l1.base_w[i] * l1.r[i] * l1.r[i] / s2 * math.exp(-_log_scale(l1, i))
+        u[i] = bw[i] * r[i] * r[i] / s2 * math.exp(-_row_log_scale(Z, par, ev, vg, i))
     if l1.student != 0:
         if l1.nu_fixed == 0.0:
-            nu = l1.par[k + PAR_NU]
+            nu = par[k + PAR_NU]
             x = slice_move(rng, SLICE_NU, math.log(nu - 1.0), l1)
-            l1.par[k + PAR_NU] = 1.0 + math.exp(x)
-        nu = l1.par[k + PAR_NU]
+            par[k + PAR_NU] = 1.0 + math.exp(x)
+        nu = par[k + PAR_NU]
         shape = 0.5 * (nu + 1.0)
         for i in range(n):
-            l1.lam[i] = rng.standard_gamma(shape) * 2.0 / (nu + l1.u[i])
+            lam[i] = rng.standard_gamma(shape) * 2.0 / (nu + u[i])
     for i in range(n):  # the row's scaled squared residual without its exp(-z' delta - 2 e)
-        l1.q[i] = l1.base_w[i] * l1.lam[i] * l1.r[i] * l1.r[i] / s2
+        q[i] = bw[i] * lam[i] * r[i] * r[i] / s2
     if k > 0:
         move_delta(rng, l1, counting)
     if n_g > 0:
-        l1.gq[:] = 0.0
+        gq = l1.gq
+        gq[:] = 0.0
         for i in range(n):
             t = 0.0
             for m in range(k):
-                t += l1.Z[i, m] * l1.par[m]
-            l1.gq[l1.vgidx[i]] += l1.q[i] * math.exp(-t)
+                t += Z[i, m] * par[m]
+            gq[vg[i]] += q[i] * math.exp(-t)
         move_groups(rng, l1, counting)
     for i in range(n):
-        l1.w[i] = l1.base_w[i] * l1.lam[i] * math.exp(-_log_scale(l1, i))
-    recompute(l1.stats, l1.y, l1.F, l1.X, l1.gidx, l1.w, False)
+        w[i] = bw[i] * lam[i] * math.exp(-_row_log_scale(Z, par, ev, vg, i))
+    recompute(l1.stats, l1.y, l1.F, l1.X, l1.gidx, w, False)
 
 
-@njit(cache=True, nogil=True)
-def _group_log_scale(l1, j):
-    """``z_j' delta + 2 e_g(j)`` of group ``j`` of the statistics (``l1.grouped``)."""
-    t = 0.0
-    for m in range(l1.gz.shape[1]):
-        t += l1.gz[j, m] * l1.par[m]
-    if l1.e.shape[0] > 0:
-        t += 2.0 * l1.e[l1.gv[j]]
-    return t
 
 
 @njit(cache=True, nogil=True)
 def scale_statistics(l1):
     """``l1.stats``: each group's part of ``l1.base`` times its precision factor ``exp(-z_j' delta - 2 e_g(j))``."""
     st, base = l1.stats, l1.base
+    gz, par, ev, gv = l1.gz, l1.par, l1.e, l1.gv
     p, d = base.Fty.shape[0], base.Xty.shape[1]
     st.FtF[:, :] = 0.0
     st.Fty[:] = 0.0
@@ -404,7 +409,7 @@ def scale_statistics(l1):
     logw = 0.0
     per_group = base.FtF_g.shape[0] > 0
     for j in range(base.n.shape[0]):
-        t = _group_log_scale(l1, j)
+        t = _row_log_scale(gz, par, ev, gv, j)
         c = math.exp(-t)
         st.n[j] = base.n[j]
         for m in range(d):
@@ -437,12 +442,13 @@ def _grouped_step(rng, l1, counting):
     if k > 0:
         move_delta(rng, l1, counting)
     if l1.e.shape[0] > 0:
-        l1.gq[:] = 0.0
-        for j in range(l1.grss.shape[0]):
+        gz, par, gv, grss, gq = l1.gz, l1.par, l1.gv, l1.grss, l1.gq
+        gq[:] = 0.0
+        for j in range(grss.shape[0]):
             t = 0.0
             for m in range(k):
-                t += l1.gz[j, m] * l1.par[m]
-            l1.gq[l1.gv[j]] += l1.grss[j] * math.exp(-t)
+                t += gz[j, m] * par[m]
+            gq[gv[j]] += grss[j] * math.exp(-t)
         move_groups(rng, l1, counting)
     scale_statistics(l1)
 
@@ -456,6 +462,7 @@ def group_rss(l1, structure, work, a, b, s2):
     """
     coef = finest_coefficients(work, structure, b)
     base = l1.base
+    gz, par, ev, gv, grss = l1.gz, l1.par, l1.e, l1.gv, l1.grss
     p, d = base.Fty.shape[0], base.Xty.shape[1]
     total = 0.0
     for j in range(base.n.shape[0]):
@@ -474,10 +481,10 @@ def group_rss(l1, structure, work, a, b, s2):
             for r in range(d):
                 xb += base.XtX[j, m, r] * coef[j, r]
             rss += bm * (2.0 * xa + xb - 2.0 * base.Xty[j, m])
-        l1.grss[j] = max(rss, 0.0) / s2
-        t = _group_log_scale(l1, j)
+        grss[j] = max(rss, 0.0) / s2
+        t = _row_log_scale(gz, par, ev, gv, j)
         total += (-0.5 * base.n[j] * (2.0 * _HALF_LOG_2PI + math.log(s2) + t) + 0.5 * base.logw_g[j]
-                  - 0.5 * math.exp(-t) * l1.grss[j])
+                  - 0.5 * math.exp(-t) * grss[j])
     return total - l1.y.shape[0] * l1.log_y_scale
 
 
@@ -487,9 +494,10 @@ def start_weights(l1):
     if l1.grouped != 0:
         scale_statistics(l1)
         return
-    for i in range(l1.y.shape[0]):
-        l1.w[i] = l1.base_w[i] * l1.lam[i] * math.exp(-_log_scale(l1, i))
-    recompute(l1.stats, l1.y, l1.F, l1.X, l1.gidx, l1.w, False)
+    Z, par, ev, vg, bw, lam, w = l1.Z, l1.par, l1.e, l1.vgidx, l1.base_w, l1.lam, l1.w
+    for i in range(w.shape[0]):
+        w[i] = bw[i] * lam[i] * math.exp(-_row_log_scale(Z, par, ev, vg, i))
+    recompute(l1.stats, l1.y, l1.F, l1.X, l1.gidx, w, False)
 
 
 @njit(cache=True, nogil=True)
