@@ -624,9 +624,12 @@ def hlm(formula, data, *, priors=None, known_sd=None, known_var=None, missing="r
         ``varIdent(form = ~ 1 | z)``, the SD ratio of a level to the reference being
         ``exp(delta / 2)``; a continuous one nlme's ``varExp(form = ~ z)`` with
         ``delta = 2 t``. Gaussian family only, not with `known_sd` / `known_var`, and
-        its columns must be finite in every row. Fitted by ML or REML with
-        :func:`bayeshlm.fit_em` (``EMResult.variance_model``); :func:`bayeshlm.sample` does not
-        take such a model yet (docs/design.md, "Heterogeneous level-1 variance").
+        its columns must be finite in every row. A term ``(1 | g)`` gives each group of ``g``
+        its own level-1 SD, ``log sigma_j = log sigma + e_j`` with ``e_j ~ Normal(0, omega^2)``
+        (``"~ (1 | school)"``, ``"~ sector + (1 | school)"``). Fitted by ML or REML with
+        :func:`bayeshlm.fit_em` (``EMResult.variance_model``; not with a ``(1 | g)`` term) and
+        sampled by :func:`bayeshlm.sample` (``sigma`` of the reference row, ``sigma_delta``,
+        ``sigma_group``, ``sigma_group_sd``; docs/design.md, "Heterogeneous level-1 variance").
 
     nu : float, optional
         ``family="student"`` only: the degrees of freedom, held fixed at this value (> 0).
