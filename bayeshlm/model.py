@@ -623,7 +623,7 @@ def hlm(formula, data, *, priors=None, known_sd=None, known_var=None, missing="r
         its levels other than the first, the reference). A categorical ``z`` is nlme's
         ``varIdent(form = ~ 1 | z)``, the SD ratio of a level to the reference being
         ``exp(delta / 2)``; a continuous one nlme's ``varExp(form = ~ z)`` with
-        ``delta = 2 t``. Gaussian family only, not with `known_sd` / `known_var`, and
+        ``delta = 2 t``. Gaussian or Student-t family only, not with `known_sd` / `known_var`, and
         its columns must be finite in every row. A term ``(1 | g)`` gives each group of ``g``
         its own level-1 SD, ``log sigma_j = log sigma + e_j`` with ``e_j ~ Normal(0, omega^2)``
         (``"~ (1 | school)"``, ``"~ sector + (1 | school)"``). Fitted by ML or REML with
