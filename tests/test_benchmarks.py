@@ -299,3 +299,46 @@ def test_bench_glmm_peers_quick(tmp_path):
     text = bench.table({"m": {"bayeshlm": ours, "pymc/centred": {"skipped": "time limit", "limit_seconds": 400.0}}},
                        4000)
     assert "| m | pymc/centred (10.00, at most, a bound) | 200.00 | at least 20.0x |" in text
+
+
+def test_bench_level1_bayeshlm_alone(tmp_path):
+    """The level-1 benchmark runs bayeshlm alone (no PyMC) at a tiny size on both models and writes both outputs.
+
+    The peers' part is checked without PyMC: their draws carried to the quantities bayeshlm
+    reports, and the tables' ratios on hand-made records.
+    """
+    import numpy as np
+
+    bench = _script("bench_level1")
+    assert bench.main(["--systems", "bayeshlm", "--draws", "60", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "level1_results.json").read_text())
+    assert set(results["models"]) == {"hsb_sigma", "hsb_student"} and results["draws"] == 60
+    for name, extra in (("hsb_sigma", "sigma_delta"), ("hsb_student", "nu")):
+        rec = results["models"][name]["bayeshlm"]
+        assert set(rec["ess_bulk"]) == {"fixed", "sigma", "school_sd", extra}
+        assert rec["min_ess_bulk"] == min(rec["ess_bulk"].values()) > 0
+        assert 0 < rec["sampler_seconds"] <= rec["sampling_seconds"] and rec["min_ess_per_second"] > 0
+        assert 1.9 < rec["estimates"]["fixed[ses]"] < 2.9
+        assert rec.get("other_cpu_share", 0.0) >= 0.0  # what other work took of the machine meanwhile
+    assert -0.4 < results["models"]["hsb_sigma"]["bayeshlm"]["estimates"]["sigma_delta"] < 0  # catholic: smaller
+    assert any("Gamma(shape=2, rate=0.1)" in p for p in results["priors"]["hsb_student"])
+    assert "| hsb_sigma | bayeshlm |" in (tmp_path / "LEVEL1_RESULTS.md").read_text()
+    # a peer's draws on the centred columns, as bayeshlm reports them
+    info = {"tag": "g", "f_shift": [0.0, 1.0, 2.0], "G": [[1.0, -0.5], [0.0, 1.0]],
+            "variance": {"shift": [0.4], "scale": [0.5]}}
+    p = {"fixed_c": np.array([[[10.0, 1.0, 3.0]]]), "g_cov_c": np.array([[[[4.0, 1.0], [1.0, 1.0]]]]),
+         "sigma_c": np.array([[2.0]]), "delta_std": np.array([[[0.2]]])}
+    user = bench.to_user(p, info)
+    assert user["fixed"][0, 0].tolist() == [10.0 - 1.0 - 6.0, 1.0, 3.0]
+    assert np.allclose(user["g_sd"][0, 0], [np.sqrt(4.0 - 1.0 + 0.25), 1.0])
+    assert np.allclose(user["sigma_delta"], 0.4) and np.allclose(user["sigma"], 2.0 * np.exp(-0.5 * 0.4 * 0.4))
+    ours = {"setup_seconds": 1.0, "sampling_seconds": 2.0, "min_ess_bulk": 400.0, "min_ess_tail": 500.0,
+            "min_ess_per_second": 200.0, "max_rhat": 1.0, "divergences": 0}
+    text = bench.table({"m": {"bayeshlm": ours, "nutpie/centred": {**ours, "min_ess_per_second": 20.0},
+                              "nutpie/noncentred": {**ours, "min_ess_per_second": 40.0},
+                              "pymc/centred": {"skipped": "time limit", "limit_seconds": 400.0}}}, 4000)
+    assert "| m | nutpie | noncentred (40.00) | centred (20.00) |" in text
+    assert "| m | nutpie/noncentred (40.00, measured) | 200.00 | 5.0x |" in text
+    text = bench.table({"m": {"bayeshlm": {"skipped": "bh.sample does not take this model"},
+                              "pymc/centred": {"skipped": "time limit", "limit_seconds": 400.0}}}, 4000)
+    assert "| m | pymc/centred (10.00, at most, a bound) | bh.sample does not take this model |  |" in text
