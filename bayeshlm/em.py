@@ -704,20 +704,27 @@ def _newton_polish(objective, theta, max_steps=4, rate=None):
     return theta, hessian
 
 
-def loglik_hessian(objective, theta, rel_step=1e-4):
-    """Hessian of the log-likelihood at ``theta`` from central differences of its gradient."""
-    n = theta.size
+def hessian_from_gradient(gradient, x, rel_step=1e-4):
+    """Symmetrised Hessian at ``x`` by central differences of ``gradient(point)``, steps ``rel_step max(1, |x_i|)``."""
+    n = x.size
     H = np.empty((n, n))
     for i in range(n):
-        h = rel_step * max(1.0, abs(theta[i]))
-        up, down = theta.copy(), theta.copy()
+        h = rel_step * max(1.0, abs(x[i]))
+        up, down = x.copy(), x.copy()
         up[i] += h
         down[i] -= h
-        objective(up)
-        g_up = objective.grad.copy()
-        objective(down)
-        H[:, i] = (g_up - objective.grad) / (2 * h)
+        H[:, i] = (gradient(up) - gradient(down)) / (2 * h)
     return 0.5 * (H + H.T)
+
+
+def loglik_hessian(objective, theta, rel_step=1e-4):
+    """Hessian of the log-likelihood at ``theta`` from central differences of its gradient."""
+
+    def gradient(point):
+        objective(point)
+        return objective.grad.copy()
+
+    return hessian_from_gradient(gradient, theta, rel_step)
 
 
 def corr_key(first, second):
@@ -942,14 +949,7 @@ def _fit_variance_model(model, method, *, em_iter, tol, max_eval):
         objective_at(point[:n_t])
         return np.concatenate([objective_at.grad, delta_gradient(point[:n_t], point[n_t:])])
 
-    H = np.empty((x.size, x.size))
-    for i in range(x.size):
-        h = 1e-4 * max(1.0, abs(x[i]))
-        up, down = x.copy(), x.copy()
-        up[i] += h
-        down[i] -= h
-        H[:, i] = (full_gradient(up) - full_gradient(down)) / (2 * h)
-    H = 0.5 * (H + H.T)
+    H = hessian_from_gradient(full_gradient, x)
 
     def natural(point):
         v = natural_variance_parameters(model, point[None, :n_t])[0].copy()
@@ -1239,14 +1239,7 @@ def _fit_student(model, method, *, em_iter, tol, max_eval):
     names = ["sigma", *list(result.variance_se)[1:]]
     se = np.full(len(names) + 1, np.nan)
     if not result.boundary and x.size:
-        H = np.empty((x.size, x.size))
-        for i in range(x.size):
-            h = 1e-4 * max(1.0, abs(x[i]))
-            up, down = x.copy(), x.copy()
-            up[i] += h
-            down[i] -= h
-            H[:, i] = (gradient(up) - gradient(down)) / (2 * h)
-        H = 0.5 * (H + H.T)
+        H = hessian_from_gradient(gradient, x)
 
         def natural(point):
             v = natural_variance_parameters(model, point[None, :nth])[0]
