@@ -158,6 +158,19 @@ def _store(state, store, k, acc):
     store.accept[k] = acc
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _end_sweep(state, store, it, warmup, thin, acc):
+    """After sweep ``it`` of a chain past its first draw: adapt in warm-up, keep a kept draw; its index, or -1."""
+    k = -1
+    if it < warmup:  # the MH proposal's adaptation (a Gibbs chain never uses the proposal)
+        end_of_iteration(state, warmup)
+    elif (it - warmup) % thin == 0:
+        k = (it - warmup) // thin
+        _store(state, store, k, acc)
+    state.ibuf[ITER] = it + 1
+    return k
+
+
 @njit(cache=True, nogil=True)
 def run_chain(rng, state, stats, structure, priors, moves, schedule, store):
     """Run sweeps until ``schedule.stop`` sweeps are done, storing every ``thin``-th kept draw.
@@ -184,11 +197,7 @@ def run_chain(rng, state, stats, structure, priors, moves, schedule, store):
         if fresh:
             state.ibuf[READY] = 1
             continue
-        if it < warmup:  # the MH proposal's adaptation (a Gibbs chain never uses the proposal)
-            end_of_iteration(state, warmup)
-        if it >= warmup and (it - warmup) % thin == 0:
-            _store(state, store, (it - warmup) // thin, acc)
-        state.ibuf[ITER] = it + 1
+        _end_sweep(state, store, it, warmup, thin, acc)
 
 
 @njit(cache=True, nogil=True)
@@ -240,13 +249,9 @@ def run_augmented_chain(rng, state, aug, structure, priors, moves, schedule, sto
         if fresh:
             state.ibuf[READY] = 1
             continue
-        if it < warmup:  # the MH proposal's adaptation (a Gibbs chain never uses the proposal)
-            end_of_iteration(state, warmup)
-        if kept:
-            k = (it - warmup) // thin
-            _store(state, store, k, acc)
+        k = _end_sweep(state, store, it, warmup, thin, acc)
+        if k >= 0:
             keep_loglik(aug, k)
-        state.ibuf[ITER] = it + 1
 
 
 @njit(cache=True, nogil=True)
@@ -287,13 +292,9 @@ def run_scaled_chain(rng, state, l1, structure, priors, moves, schedule, store):
         if fresh:
             state.ibuf[READY] = 1
             continue
-        if it < warmup:  # the MH proposal's adaptation (a Gibbs chain never uses the proposal)
-            end_of_iteration(state, warmup)
-        if kept:
-            k = (it - warmup) // thin
-            _store(state, store, k, acc)
+        k = _end_sweep(state, store, it, warmup, thin, acc)
+        if k >= 0:
             keep_level1(l1, k)
-        state.ibuf[ITER] = it + 1
 
 
 class ChainOutput:
