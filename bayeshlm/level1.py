@@ -22,8 +22,18 @@ import xarray as xr
 
 from bayeshlm.schema import SIGMA, dim_name
 from samplers.scale import PAR_LOG_OMEGA, PAR_NU
-from samplers.suffstats import compute_suffstats
-from samplers.types import L1_DELTA_ACC, L1_DELTA_N, L1_E_ACC, L1_E_N, N_L1_SCAL, Level1
+from samplers.suffstats import compute_suffstats, row_products
+from samplers.types import (
+    L1_DELTA_ACC,
+    L1_DELTA_N,
+    L1_E_ACC,
+    L1_E_N,
+    L1_NU_ACC,
+    L1_NU_N,
+    N_L1_SCAL,
+    NO_ROW_PRODUCTS,
+    Level1,
+)
 
 __all__ = ["NU", "SIGMA_DELTA", "SIGMA_GROUP", "SIGMA_GROUP_SD", "fitted_row_sd", "has_level1_model",
            "level1_chains", "level1_posterior", "standard_noise"]
@@ -76,6 +86,7 @@ def level1_chains(model, n_chains, n_keep, out_idx, n_out):
     grouped = int(not student and gz is not None and base.FtF_g.shape[0] > 0)
     if not grouped:
         gz, gv = np.zeros((0, k)), np.zeros(0, dtype=np.int64)
+    prod = NO_ROW_PRODUCTS if grouped else row_products(F, X, gidx, n_groups, y=y)
     chains = []
     for _ in range(n_chains):
         par = np.zeros(k + 2)
@@ -89,7 +100,7 @@ def level1_chains(model, n_chains, n_keep, out_idx, n_out):
             ll_row=np.empty(n_obs if keep else 0), par=par, e=np.zeros(n_vg), eps=np.zeros(n_vg),
             gq=np.zeros(n_vg), par_out=np.full((n_keep, k + 2), np.nan), e_out=np.full((n_keep, n_vg), np.nan),
             ll_out=np.full((n_keep if keep else 0, n_out), np.nan), scal=np.zeros(N_L1_SCAL),
-            grouped=grouped, base=base, gz=gz, gv=gv, grss=np.zeros(n_groups if grouped else 0)))
+            grouped=grouped, base=base, gz=gz, gv=gv, grss=np.zeros(n_groups if grouped else 0), prod=prod))
     return chains
 
 
@@ -110,8 +121,8 @@ def _group_constants(Z, vgidx, gidx, n_groups):
 def level1_posterior(model, tree, chains, n_keep):
     """Put the level-1 draws into ``tree`` (in place): reference ``sigma``, ``sigma_delta``, groups' SDs, ``nu``.
 
-    Also ``attrs["delta_acceptance"]`` and ``attrs["group_sd_acceptance"]``, the shares of
-    the independence moves accepted after warm-up.
+    Also ``attrs["delta_acceptance"]``, ``attrs["group_sd_acceptance"]`` and
+    ``attrs["nu_acceptance"]``, the shares of those Metropolis-Hastings moves accepted after warm-up.
     """
     vd = model.variance_design
     par = np.stack([c.par_out[:n_keep] for c in chains])  # (chain, draw, k + 2)
@@ -137,12 +148,11 @@ def level1_posterior(model, tree, chains, n_keep):
         new[NU] = (("chain", "draw"), par[:, :, k + PAR_NU])
     post = post.drop_vars(SIGMA).assign_coords(coords).assign(new)
     tree["posterior"] = xr.DataTree(post)
-    n_delta = sum(c.scal[L1_DELTA_N] for c in chains)
-    if n_delta:
-        tree.attrs["delta_acceptance"] = float(sum(c.scal[L1_DELTA_ACC] for c in chains) / n_delta)
-    n_e = sum(c.scal[L1_E_N] for c in chains)
-    if n_e:
-        tree.attrs["group_sd_acceptance"] = float(sum(c.scal[L1_E_ACC] for c in chains) / n_e)
+    for name, acc, made in (("delta_acceptance", L1_DELTA_ACC, L1_DELTA_N), ("group_sd_acceptance", L1_E_ACC, L1_E_N),
+                            ("nu_acceptance", L1_NU_ACC, L1_NU_N)):
+        n_moves = sum(c.scal[made] for c in chains)
+        if n_moves:
+            tree.attrs[name] = float(sum(c.scal[acc] for c in chains) / n_moves)
     return tree
 
 

@@ -8,16 +8,19 @@ otherwise). Given the row precisions the model is a weighted Gaussian one, whose
 (:func:`samplers.sweep.sweep`) draws ``(theta, a, b)``; given ``(s2, a, b)`` the functions
 here draw the level-1 parameters from their conditionals:
 
-* ``nu`` (estimated): slice sampling on ``log(nu - 1)`` with ``lambda`` integrated out;
-* ``lambda_i ~ Gamma((nu + 1) / 2, rate (nu + u_i) / 2)``, ``u_i`` the row's scaled squared residual;
+* ``nu`` (estimated): a Metropolis-Hastings move on ``log(nu - 1)`` with ``lambda`` integrated
+  out, proposed from a Newton step of the log density at the current value (two passes over
+  the rows, each a ``log1p`` and a division per row);
+* ``lambda_i ~ Gamma((nu + 1) / 2, rate (nu + u_i) / 2)``, ``u_i`` the row's scaled squared
+  residual, by Marsaglia and Tsang's method (the shape is at least 1);
 * ``delta``: the concave conditional's Newton mode and curvature, then an independence
   Metropolis-Hastings proposal ``Normal(mode, 1.2^2 (-H)^-1)``;
 * each ``e_j``: the same in one dimension;
 * ``omega``: slice moves on ``log omega`` given the ``e_j`` and given ``e_j / omega``.
 
 All of it reads the rows once per sweep (plus a pass per Newton step of ``delta``), and
-:func:`samplers.suffstats.recompute` forms the statistics the sweep reads from the new
-precisions.
+:func:`samplers.suffstats.reweight` forms the statistics the sweep reads from the new
+precisions (from the rows' cross-products, kept once, docs/design.md, "Statistics of reweighted rows").
 """
 
 import math
@@ -26,13 +29,15 @@ import numpy as np
 from numba import njit
 
 from samplers.gaussian import finest_coefficients
-from samplers.suffstats import recompute
+from samplers.suffstats import reweight
 from samplers.types import (
     L1_DELTA_ACC,
     L1_DELTA_N,
     L1_E_ACC,
     L1_E_N,
     L1_LOGLIK,
+    L1_NU_ACC,
+    L1_NU_N,
 )
 
 DELTA_PRIOR_SD = 2.5  # Normal(0, 2.5) on each standardised column's delta
@@ -91,9 +96,16 @@ def loglik(l1, s2):
     if student:
         c_t = math.lgamma(0.5 * (nu + 1.0)) - math.lgamma(0.5 * nu) - 0.5 * math.log(nu * math.pi)
     log_s2 = math.log(s2)
+    inv_s2 = 1.0 / s2
+    plain = Z.shape[1] == 0 and e.shape[0] == 0  # no variance model: neither exp nor log per row
     for i in range(r.shape[0]):
-        log_var = log_s2 + _row_log_scale(Z, par, e, vg, i) - math.log(bw[i])
-        u = r[i] * r[i] * math.exp(-log_var)
+        if plain:
+            b = bw[i]
+            log_var = log_s2 if b == 1.0 else log_s2 - math.log(b)
+            u = r[i] * r[i] * b * inv_s2
+        else:
+            log_var = log_s2 + _row_log_scale(Z, par, e, vg, i) - math.log(bw[i])
+            u = r[i] * r[i] * math.exp(-log_var)
         if student:
             ll = c_t - 0.5 * log_var - 0.5 * (nu + 1.0) * math.log1p(u / nu)
         else:
@@ -121,32 +133,17 @@ def keep_loglik(l1, k):
 
 
 # ---------------------------------------------------------------------------------------------- slice sampling
-SLICE_NU, SLICE_OMEGA_CENTRED, SLICE_OMEGA_NONCENTRED = 0, 1, 2
+SLICE_OMEGA_CENTRED, SLICE_OMEGA_NONCENTRED = 1, 2
 
 
 @njit(cache=True, nogil=True)
 def _slice_target(kind, x, l1):
-    """The log density, on its unconstrained coordinate ``x``, of a slice move's parameter.
+    """The log density, on its unconstrained coordinate ``x = log omega``, of a slice move's parameter.
 
-    ``SLICE_NU``: ``x = log(nu - 1)``, the rows' t log-likelihood at the scaled squared
-    residuals ``l1.u`` (``lambda`` integrated out), the prior and the Jacobian.
-    ``SLICE_OMEGA_CENTRED``: ``x = log omega``, the ``e_j`` held. ``SLICE_OMEGA_NONCENTRED``:
-    ``x = log omega`` with ``eps_j = e_j / omega`` held (``l1.eps``), the groups' likelihood
+    ``SLICE_OMEGA_CENTRED``: the ``e_j`` held. ``SLICE_OMEGA_NONCENTRED``:
+    ``eps_j = e_j / omega`` held (``l1.eps``), the groups' likelihood
     from their row counts ``l1.gn`` and sums ``l1.gq``.
     """
-    if kind == SLICE_NU:
-        if x > 8.0:  # nu above 3000: indistinguishable from the normal, and the prior is nil there
-            return -np.inf
-        nu = 1.0 + math.exp(x)
-        u = l1.u
-        n = u.shape[0]
-        total = n * (math.lgamma(0.5 * (nu + 1.0)) - math.lgamma(0.5 * nu) - 0.5 * math.log(nu))
-        inv = 1.0 / nu
-        acc = 0.0
-        for i in range(n):
-            acc += math.log1p(u[i] * inv)
-        total -= 0.5 * (nu + 1.0) * acc
-        return total + (NU_PRIOR_SHAPE - 1.0) * math.log(nu) - NU_PRIOR_RATE * nu + x
     if x < -12.0 or x > 6.0:
         return -np.inf
     omega = math.exp(x)
@@ -190,6 +187,135 @@ def slice_move(rng, kind, x0, l1, width=1.0, max_steps=30):
             hi = x
         if hi - lo < 1e-12:
             return x0
+
+
+# ---------------------------------------------------------------------------------------------- nu
+NU_X_MAX = 8.0  # log(nu - 1) above 8 (nu above 3000): indistinguishable from the normal, and the prior is nil there
+NU_MAX_STEP = 2.0  # the proposal's largest Newton step on log(nu - 1)
+NU_RW_SD = 1.0  # the proposal's SD where the log density is not concave
+
+
+@njit(cache=True, nogil=True)
+def _digamma(x):
+    """``psi(x)`` for ``x > 0``: the recurrence up to 6, then the asymptotic series (error below 1e-13)."""
+    r = 0.0
+    while x < 6.0:
+        r -= 1.0 / x
+        x += 1.0
+    f = 1.0 / (x * x)
+    return r + math.log(x) - 0.5 / x - f * (1.0 / 12.0 - f * (1.0 / 120.0 - f * (1.0 / 252.0 - f * (
+        1.0 / 240.0 - f / 132.0))))
+
+
+@njit(cache=True, nogil=True)
+def _trigamma(x):
+    """``psi'(x)`` for ``x > 0``, likewise."""
+    r = 0.0
+    while x < 6.0:
+        r += 1.0 / (x * x)
+        x += 1.0
+    f = 1.0 / (x * x)
+    return r + 1.0 / x + 0.5 * f + f / x * (1.0 / 6.0 - f * (1.0 / 30.0 - f * (1.0 / 42.0 - f / 30.0)))
+
+
+@njit(cache=True, nogil=True)
+def nu_terms(x, u):
+    """The log density of ``x = log(nu - 1)`` given the scaled squared residuals ``u``, and its two derivatives.
+
+    ``lambda`` integrated out: ``sum_i log t_nu(r_i / s_i)`` (each ``u_i = r_i^2 / s_i^2``),
+    the ``Gamma(2, 0.1)`` prior on ``nu`` and the Jacobian ``nu - 1``. One pass over the rows:
+    ``S = sum_i log(1 + u_i / nu)``, and with ``t_i = u_i / (nu + u_i)``, ``S' = -sum_i t_i / nu``
+    and ``S'' = sum_i t_i (2 - t_i) / nu^2`` (docs/design.md, "Student-t level 1").
+    """
+    if x > NU_X_MAX:
+        return -np.inf, 0.0, 0.0
+    m = math.exp(x)
+    nu = 1.0 + m
+    n = u.shape[0]
+    inv = 1.0 / nu
+    s = 0.0
+    st = 0.0
+    stt = 0.0
+    for i in range(n):
+        ui = u[i]
+        s += math.log1p(ui * inv)
+        t = ui / (nu + ui)
+        st += t
+        stt += t * t
+    s1 = -st * inv
+    s2 = (2.0 * st - stt) * inv * inv
+    h0, h1 = 0.5 * (nu + 1.0), 0.5 * nu
+    a0 = n * (math.lgamma(h0) - math.lgamma(h1) - 0.5 * math.log(nu))
+    a1 = n * (0.5 * (_digamma(h0) - _digamma(h1)) - 0.5 * inv)
+    a2 = n * (0.25 * (_trigamma(h0) - _trigamma(h1)) + 0.5 * inv * inv)
+    shape1 = NU_PRIOR_SHAPE - 1.0
+    f = a0 - h0 * s + shape1 * math.log(nu) - NU_PRIOR_RATE * nu + x
+    f1 = a1 - 0.5 * s - h0 * s1 + shape1 * inv - NU_PRIOR_RATE
+    f2 = a2 - s1 - h0 * s2 - shape1 * inv * inv
+    return f, f1 * m + 1.0, f2 * m * m + f1 * m
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _nu_proposal(x, g, h):
+    """The proposal's mean and SD from ``x``: a Newton step (at most 2) and SD ``1.2 / sqrt(-h)``, or a random walk."""
+    if h < -1e-8:
+        step = -g / h
+        step = min(max(step, -NU_MAX_STEP), NU_MAX_STEP)
+        return x + step, min(PROPOSAL_INFLATION / math.sqrt(-h), NU_RW_SD)
+    return x, NU_RW_SD
+
+
+@njit(cache=True, nogil=True)
+def move_nu(rng, l1, counting):
+    """A Metropolis-Hastings move of ``nu`` (``lambda`` integrated out) from a Newton step of its log density.
+
+    The proposal ``Normal(mu(x), sd(x)^2)`` on ``x = log(nu - 1)`` depends on the current
+    ``x`` through the log density's derivatives there; the acceptance ratio has the reverse
+    proposal's density, from the derivatives at the proposed point (docs/design.md,
+    "Student-t level 1"). Near-independent draws for two passes over the rows.
+    """
+    i_nu = l1.Z.shape[1] + PAR_NU
+    u = l1.u
+    x0 = math.log(l1.par[i_nu] - 1.0)
+    f0, g0, h0 = nu_terms(x0, u)
+    mu0, sd0 = _nu_proposal(x0, g0, h0)
+    x1 = mu0 + sd0 * rng.standard_normal()
+    f1, g1, h1 = nu_terms(x1, u)
+    if counting:
+        l1.scal[L1_NU_N] += 1.0
+    if f1 == -np.inf:
+        return
+    mu1, sd1 = _nu_proposal(x1, g1, h1)
+    q_fwd = -0.5 * ((x1 - mu0) / sd0) ** 2 - math.log(sd0)
+    q_rev = -0.5 * ((x0 - mu1) / sd1) ** 2 - math.log(sd1)
+    if math.log(rng.random()) < f1 - f0 + q_rev - q_fwd:
+        l1.par[i_nu] = 1.0 + math.exp(x1)
+        if counting:
+            l1.scal[L1_NU_ACC] += 1.0
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _standard_gamma(rng, d, c):
+    """A ``Gamma(d + 1/3, 1)`` draw by Marsaglia and Tsang (2000), ``c = 1 / sqrt(9 d)``: exact for shape >= 1."""
+    while True:
+        x = rng.standard_normal()
+        v = 1.0 + c * x
+        if v <= 0.0:
+            continue
+        v = v * v * v
+        w = rng.random()
+        x2 = x * x
+        if w < 1.0 - 0.0331 * x2 * x2 or math.log(w) < 0.5 * x2 + d * (1.0 - v + math.log(v)):
+            return d * v
+
+
+@njit(cache=True, nogil=True)
+def draw_weights(rng, nu, u, lam):
+    """``lam[i] ~ Gamma((nu + 1) / 2, rate (nu + u_i) / 2)``, the Student-t scale-mixture weights given ``u``."""
+    d = 0.5 * (nu + 1.0) - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    for i in range(u.shape[0]):
+        lam[i] = _standard_gamma(rng, d, c) * 2.0 / (nu + u[i])
 
 
 # ---------------------------------------------------------------------------------------------- delta
@@ -366,19 +492,25 @@ def level1_step(rng, l1, s2, counting):
         _grouped_step(rng, l1, counting)
         return
     Z, par, ev, vg, r, bw, u, q, lam, w = l1.Z, l1.par, l1.e, l1.vgidx, l1.r, l1.base_w, l1.u, l1.q, l1.lam, l1.w
-    for i in range(n):
-        u[i] = bw[i] * r[i] * r[i] / s2 * math.exp(-_row_log_scale(Z, par, ev, vg, i))
+    plain = k == 0 and n_g == 0  # a Student-t level 1 without a variance model: no exponential per row
+    inv_s2 = 1.0 / s2
+    if plain:
+        for i in range(n):
+            u[i] = bw[i] * r[i] * r[i] * inv_s2
+    else:
+        for i in range(n):
+            u[i] = bw[i] * r[i] * r[i] * inv_s2 * math.exp(-_row_log_scale(Z, par, ev, vg, i))
     if l1.student != 0:
         if l1.nu_fixed == 0.0:
-            nu = par[k + PAR_NU]
-            x = slice_move(rng, SLICE_NU, math.log(nu - 1.0), l1)
-            par[k + PAR_NU] = 1.0 + math.exp(x)
-        nu = par[k + PAR_NU]
-        shape = 0.5 * (nu + 1.0)
+            move_nu(rng, l1, counting)
+        draw_weights(rng, par[k + PAR_NU], u, lam)
+    if plain:
         for i in range(n):
-            lam[i] = rng.standard_gamma(shape) * 2.0 / (nu + u[i])
+            w[i] = bw[i] * lam[i]
+        reweight(l1.stats, l1.prod, l1.y, l1.F, l1.X, l1.gidx, w)
+        return
     for i in range(n):  # the row's scaled squared residual without its exp(-z' delta - 2 e)
-        q[i] = bw[i] * lam[i] * r[i] * r[i] / s2
+        q[i] = bw[i] * lam[i] * r[i] * r[i] * inv_s2
     if k > 0:
         move_delta(rng, l1, counting)
     if n_g > 0:
@@ -392,9 +524,7 @@ def level1_step(rng, l1, s2, counting):
         move_groups(rng, l1, counting)
     for i in range(n):
         w[i] = bw[i] * lam[i] * math.exp(-_row_log_scale(Z, par, ev, vg, i))
-    recompute(l1.stats, l1.y, l1.F, l1.X, l1.gidx, w, False)
-
-
+    reweight(l1.stats, l1.prod, l1.y, l1.F, l1.X, l1.gidx, w)
 
 
 @njit(cache=True, nogil=True)
@@ -497,7 +627,7 @@ def start_weights(l1):
     Z, par, ev, vg, bw, lam, w = l1.Z, l1.par, l1.e, l1.vgidx, l1.base_w, l1.lam, l1.w
     for i in range(w.shape[0]):
         w[i] = bw[i] * lam[i] * math.exp(-_row_log_scale(Z, par, ev, vg, i))
-    recompute(l1.stats, l1.y, l1.F, l1.X, l1.gidx, w, False)
+    reweight(l1.stats, l1.prod, l1.y, l1.F, l1.X, l1.gidx, w)
 
 
 @njit(cache=True, nogil=True)
@@ -519,5 +649,5 @@ def after_sweep(l1, structure, work, a, b, s2, kept):
 
 
 __all__ = ["DELTA_PRIOR_SD", "NU_PRIOR_RATE", "NU_PRIOR_SHAPE", "OMEGA_PRIOR_SCALE", "PAR_LOG_OMEGA", "PAR_NU",
-           "after_sweep", "keep_loglik", "level1_step", "loglik", "move_delta", "move_groups", "residuals",
-           "slice_move", "start_weights"]
+           "after_sweep", "draw_weights", "keep_loglik", "level1_step", "loglik", "move_delta", "move_groups",
+           "move_nu", "nu_terms", "residuals", "slice_move", "start_weights"]

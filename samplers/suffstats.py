@@ -8,12 +8,16 @@ cluster workers are combined with :func:`merge_suffstats`.
 import numpy as np
 from numba import njit
 
-from samplers.types import N_OBS, SUM_LOG_W, YTY, SuffStats
+from samplers.types import N_OBS, NO_ROW_PRODUCTS, SUM_LOG_W, YTY, RowProducts, SuffStats
 
 # Largest n_groups * n_fixed**2 for which the per-group F_j' W_j F_j are kept (160 MB); above
 # it the per-group log-likelihood is computed from the rows (docs/design.md, "Per-group
 # log-likelihood").
 GROUP_FIXED_LIMIT = 20_000_000
+# Largest number of values of the rows' cross-products kept for reweighted statistics (128 MB);
+# above it each sweep forms the statistics from the rows (docs/design.md, "Statistics of
+# reweighted rows").
+ROW_PRODUCTS_LIMIT = 16_000_000
 
 
 def keeps_group_fixed(n_groups, n_fixed):
@@ -153,6 +157,111 @@ def recompute(stats, y, F, X, group_idx, weights, log_weights=True):
     _accumulate(y, F, X, group_idx, weights, np.zeros(width), np.ones(width), stats.n, stats.XtX, stats.XtF,
                 stats.Xty, stats.yty_g, stats.FtF, stats.Fty, stats.scal, stats.FtF_g, stats.Fty_g, stats.logw_g,
                 log_weights)
+
+
+def row_products(F, X, group_idx, n_groups, y=None, limit=ROW_PRODUCTS_LIMIT):
+    """The rows' cross-products in group order (:class:`~samplers.types.RowProducts`), for reweighted statistics.
+
+    ``y``: the response when it stays the same every sweep (it then joins the products);
+    ``None`` for one that changes (a working response). Returns
+    :data:`~samplers.types.NO_ROW_PRODUCTS` when the products would hold more than ``limit`` values.
+    """
+    n_obs = F.shape[0]
+    cols = [X, F] if y is None else [X, F, np.asarray(y, dtype=np.float64)[:, None]]
+    V = np.ascontiguousarray(np.concatenate(cols, axis=1), dtype=np.float64)
+    m = V.shape[1]
+    if n_obs * (m * (m + 1) // 2 + (m if y is None else 0)) > limit:
+        return NO_ROW_PRODUCTS
+    group_idx = np.asarray(group_idx, dtype=np.int64)
+    order = np.argsort(group_idx, kind="stable").astype(np.int64)
+    V = V[order]
+    upper, lower = np.triu_indices(m)
+    P = np.ascontiguousarray(V[:, upper] * V[:, lower])
+    starts = np.searchsorted(group_idx[order], np.arange(n_groups + 1)).astype(np.int64)
+    return RowProducts(P, V if y is None else np.zeros((0, 0)), order, starts)
+
+
+@njit(cache=True, nogil=True)
+def recompute_products(stats, prod, w, z):
+    """:func:`recompute` from the rows' cross-products ``prod``: weights ``w``, and the response ``z`` if it changes.
+
+    Each group's statistics are the weighted sum of its rows' products, contiguous in
+    ``prod.P`` (one multiply-add per product and row); with ``prod.V`` non-empty the response
+    is ``z`` and its terms are formed from ``(x_i, f_i)``. The sums of ``log w`` are left at
+    zero, as :func:`recompute` without ``log_weights`` leaves them.
+    """
+    P, V, order, starts = prod.P, prod.V, prod.order, prod.starts
+    d, p = stats.XtX.shape[1], stats.Fty.shape[0]
+    fixed = V.shape[1] == 0  # the response is the last column of the products
+    m = d + p + (1 if fixed else 0)
+    n_k = P.shape[1]
+    per_group = stats.FtF_g.shape[0] > 0
+    acc = np.empty(n_k)
+    accz = np.empty(d + p)
+    stats.FtF[:, :] = 0.0
+    stats.Fty[:] = 0.0
+    stats.logw_g[:] = 0.0
+    yty = 0.0
+    for j in range(starts.shape[0] - 1):
+        acc[:] = 0.0
+        accz[:] = 0.0
+        zz = 0.0
+        for i in range(starts[j], starts[j + 1]):
+            o = order[i]
+            wi = w[o]
+            for k in range(n_k):
+                acc[k] += wi * P[i, k]
+            if not fixed:
+                wz = wi * z[o]
+                for c in range(d + p):
+                    accz[c] += wz * V[i, c]
+                zz += wz * z[o]
+        stats.n[j] = starts[j + 1] - starts[j]
+        k = 0
+        for a in range(m):  # the upper triangle, by rows, into the statistics
+            for b in range(a, m):
+                v = acc[k]
+                k += 1
+                if b < d:
+                    stats.XtX[j, a, b] = v
+                    stats.XtX[j, b, a] = v
+                elif a < d and b < d + p:
+                    stats.XtF[j, a, b - d] = v
+                elif a < d:
+                    stats.Xty[j, a] = v
+                elif b < d + p:
+                    stats.FtF[a - d, b - d] += v
+                    if a != b:
+                        stats.FtF[b - d, a - d] += v
+                    if per_group:
+                        stats.FtF_g[j, a - d, b - d] = v
+                        stats.FtF_g[j, b - d, a - d] = v
+                elif a < d + p:
+                    stats.Fty_g[j, a - d] = v
+                    stats.Fty[a - d] += v
+                else:
+                    stats.yty_g[j] = v
+                    yty += v
+        if not fixed:
+            for c in range(d):
+                stats.Xty[j, c] = accz[c]
+            for q in range(p):
+                stats.Fty_g[j, q] = accz[d + q]
+                stats.Fty[q] += accz[d + q]
+            stats.yty_g[j] = zz
+            yty += zz
+    stats.scal[YTY] = yty
+    stats.scal[N_OBS] = order.shape[0]
+    stats.scal[SUM_LOG_W] = 0.0
+
+
+@njit(cache=True, nogil=True)
+def reweight(stats, prod, y, F, X, group_idx, w):
+    """The statistics at new row weights ``w`` (and response ``y``): from ``prod`` when kept, else from the rows."""
+    if prod.P.shape[0] > 0:
+        recompute_products(stats, prod, w, y)
+    else:
+        recompute(stats, y, F, X, group_idx, w, False)
 
 
 def merge_suffstats(first, second):

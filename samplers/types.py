@@ -66,6 +66,40 @@ class SuffStats(NamedTuple):
     logw_g: np.ndarray
 
 
+class RowProducts(NamedTuple):
+    """The rows' cross-products, kept for statistics recomputed every sweep with new row weights.
+
+    A sampler that reweights the rows each sweep (a Student-t level 1, a variance model, a
+    data augmentation) needs ``sum_i w_i v_i v_i'`` per group for the row's columns
+    ``v_i = (x_i, f_i[, y_i])``. The products ``v_i v_i'`` do not change, so they are formed
+    once, the rows in group order, and a sweep's statistics are then a weighted sum of
+    contiguous rows per group (:func:`samplers.suffstats.recompute_products`, docs/design.md,
+    "Statistics of reweighted rows").
+
+    Attributes
+    ----------
+    P : ndarray of shape (n_obs, m (m + 1) / 2), or (0, 0) when not kept
+        Row by row in group order, the upper triangle of ``v v'`` by rows of the triangle;
+        ``v`` has the ``n_coef`` columns of ``X``, the ``n_fixed`` of ``F``, and the response
+        last when it does not change (``m`` columns).
+    V : ndarray of shape (n_obs, n_coef + n_fixed), or (0, 0) when the response is in ``P``
+        ``(x_i, f_i)`` in group order, for the terms of a response that changes each sweep.
+    order : ndarray of int64, shape (n_obs,)
+        The row (of the model's arrays) at each position of the group order.
+    starts : ndarray of int64, shape (n_groups + 1,)
+        Group ``j``'s rows are positions ``starts[j]:starts[j + 1]``.
+    """
+
+    P: np.ndarray
+    V: np.ndarray
+    order: np.ndarray
+    starts: np.ndarray
+
+
+NO_ROW_PRODUCTS = RowProducts(np.zeros((0, 0)), np.zeros((0, 0)), np.zeros(0, dtype=np.int64),
+                              np.zeros(0, dtype=np.int64))
+
+
 class Structure(NamedTuple):
     """Shape of the variance components.
 
@@ -435,7 +469,9 @@ L1_DELTA_ACC = 1  # independence moves of delta accepted after warm-up
 L1_DELTA_N = 2  # and made
 L1_E_ACC = 3  # independence moves of the groups' e_j accepted after warm-up
 L1_E_N = 4  # and made
-N_L1_SCAL = 5
+L1_NU_ACC = 5  # moves of nu accepted after warm-up
+L1_NU_N = 6  # and made
+N_L1_SCAL = 7
 
 
 class Level1(NamedTuple):
@@ -497,6 +533,10 @@ class Level1(NamedTuple):
         Each group of the statistics' group of the ``(1 | g)`` term (``grouped`` only).
     grss : ndarray of shape (n_groups,)
         Their weighted residual sums of squares over ``s2`` at the current coefficients.
+    prod : RowProducts
+        The rows' cross-products with the response, shared by the chains, from which each
+        sweep's statistics are formed (:data:`NO_ROW_PRODUCTS` with ``grouped``, or above
+        their size limit: the statistics then come from the rows).
     """
 
     y: np.ndarray
@@ -531,3 +571,4 @@ class Level1(NamedTuple):
     gz: np.ndarray
     gv: np.ndarray
     grss: np.ndarray
+    prod: RowProducts

@@ -1129,3 +1129,51 @@ def test_recompute_overwrites_statistics_with_new_weights_and_response():
     assert [id(x) for x in stats] == fields  # the same arrays
     for name, got, want in zip(stats._fields, stats, expected, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("p, fixed_response, group_fixed", [(3, True, True), (3, False, True), (0, True, True),
+                                                             (2, False, False)])
+def test_recompute_products_gives_the_statistics_of_the_reweighted_rows(p, fixed_response, group_fixed):
+    """The statistics from the rows' kept cross-products equal those formed from the rows.
+
+    Rows in no group order, a group with no row, no fixed column, and statistics without
+    the per-group fixed parts; the response fixed (in the products) or new (a working response).
+    """
+    from samplers.suffstats import recompute_products, row_products
+
+    rng = np.random.default_rng(11)
+    n, d, n_groups = 300, 2, 9
+    F, X = rng.normal(size=(n, p)), rng.normal(size=(n, d))
+    g = rng.choice([0, 1, 2, 4, 5, 6, 7, 8], size=n)  # group 3 has no row
+    y, w = rng.normal(size=n), rng.uniform(0.2, 3.0, size=n)
+    stats = compute_suffstats(rng.normal(size=n), F, X, g, n_groups)
+    if not group_fixed:
+        stats = stats._replace(FtF_g=np.zeros((0, p, p)))
+    prod = row_products(F, X, g, n_groups, y=y if fixed_response else None)
+    assert prod.P.shape == (n, (d + p + fixed_response) * (d + p + fixed_response + 1) // 2)
+    recompute_products(stats, prod, w, y)
+    expected = compute_suffstats(y, F, X, g, n_groups, weights=w)
+    for name, got, want in zip(stats._fields, stats, expected, strict=True):
+        if name == "FtF_g" and not group_fixed:
+            assert got.shape == (0, p, p)
+        elif name in ("logw_g", "scal"):  # the sums of log w are not formed
+            np.testing.assert_allclose(got[:2] if name == "scal" else 0.0 * got, want[:2] if name == "scal" else 0.0,
+                                       rtol=1e-12, atol=1e-12, err_msg=name)
+        else:
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+def test_row_products_are_not_kept_above_their_limit():
+    """Above the limit on their size no products are kept, and the statistics come from the rows."""
+    from samplers.suffstats import reweight, row_products
+    from samplers.types import NO_ROW_PRODUCTS
+
+    rng = np.random.default_rng(12)
+    n, n_groups = 50, 4
+    F, X, g, y, w = rng.normal(size=(n, 2)), rng.normal(size=(n, 1)), rng.integers(0, n_groups, n), \
+        rng.normal(size=n), rng.uniform(0.5, 2.0, n)
+    assert row_products(F, X, g, n_groups, y=y, limit=n * 10 - 1) is NO_ROW_PRODUCTS
+    assert row_products(F, X, g, n_groups, y=y, limit=n * 10).P.shape == (n, 10)
+    stats = compute_suffstats(y, F, X, g, n_groups)
+    reweight(stats, NO_ROW_PRODUCTS, y, F, X, g, w)
+    np.testing.assert_allclose(stats.XtX, compute_suffstats(y, F, X, g, n_groups, weights=w).XtX, rtol=1e-12)

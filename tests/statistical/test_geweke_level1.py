@@ -33,7 +33,7 @@ from samplers.scale import (
     PAR_NU,
     after_sweep,
 )
-from samplers.suffstats import compute_suffstats
+from samplers.suffstats import compute_suffstats, row_products
 from samplers.theta import decode_theta, encode_theta
 from samplers.types import FAILED, DrawStore, Schedule
 
@@ -146,6 +146,8 @@ def geweke_level1(model, n_iter, seed, method="mh"):
             fresh = compute_suffstats(yN, l1.F, l1.X, l1.gidx, l1.base.n.shape[0], l1.base_w)
             for old, new in zip(l1.base, fresh, strict=True):
                 old[...] = new
+        elif l1.prod.P.shape[0]:  # the rows' cross-products hold the response
+            l1.prod.P[...] = row_products(l1.F, l1.X, l1.gidx, l1.stats.n.shape[0], y=yN).P
         after_sweep(l1, structure, state.work, state.a, state.b, s2, False)  # residuals of the new response
     s2_all, sd, _, _ = variance_components(model, store.theta)
     sc = _functions(model, fixed, np.sqrt(s2_all), sd, l1.par_out[:, :k],
