@@ -17,10 +17,16 @@ variance" and "Student-t level 1"). This module builds each chain's
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
+import pandas as pd
 import xarray as xr
 
+from bayeshlm.data import DataError, as_frame, bad_mask, check_columns, evaluate_spec
+from bayeshlm.formula import required_variables
 from bayeshlm.schema import SIGMA, dim_name
+from bayeshlm.varfunc import group_keys
 from samplers.scale import PAR_LOG_OMEGA, PAR_NU
 from samplers.suffstats import compute_suffstats, row_products
 from samplers.types import (
@@ -36,7 +42,7 @@ from samplers.types import (
 )
 
 __all__ = ["NU", "SIGMA_DELTA", "SIGMA_GROUP", "SIGMA_GROUP_SD", "fitted_row_sd", "has_level1_model",
-           "level1_chains", "level1_posterior", "standard_noise"]
+           "level1_chains", "level1_posterior", "new_row_sd", "row_sd", "standard_noise"]
 
 SIGMA_DELTA = "sigma_delta"
 SIGMA_TERM = "sigma_term"
@@ -161,23 +167,145 @@ def _flat(post, name):
     return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
 
 
-def fitted_row_sd(model, posterior):
-    """Each fitted row's level-1 SD (Student-t: scale) at every draw, shape (S, n_obs).
+def row_sd(model, posterior, Z=None, group_idx=None, weights=None, new_e=None):
+    """The level-1 SD (Student-t: scale) of rows at every draw, shape (S, n): fitted rows or new ones.
 
-    ``sigma exp(z_i' delta / 2) exp(e_g(i)) / sqrt(w_i)`` with the draw's reference
-    ``sigma``, ``delta`` and group SD (``sigma_group``, which already holds ``sigma exp(e_j)``).
+    ``sigma exp(z_i' delta / 2) exp(e_g(i)) / sqrt(w_i)`` with the draw's reference ``sigma``,
+    ``delta`` and group deviation ``e`` (``sigma_group``, which holds ``sigma exp(e_j)``).
+
+    Parameters
+    ----------
+    Z : ndarray of shape (n, k), optional
+        The rows' columns of the sigma formula in the user's units (``VarianceDesign.Z`` for
+        the fitted rows); none without such columns.
+    group_idx : ndarray of int of shape (n,), optional
+        With a ``(1 | g)`` term, each row's group: below the number of fitted groups, the
+        position of a fitted group in ``VarianceDesign.group_labels``; ``n_fitted + j`` the
+        group whose ``e`` is column ``j`` of ``new_e``.
+    weights : ndarray of shape (n,), optional
+        The rows' precision weights (None: 1).
+    new_e : ndarray of shape (S, n_new), optional
+        Groups new to the fit: their deviations ``e`` at each draw.
     """
     post = posterior.posterior
     vd = model.variance_design
+    sigma = _flat(post, SIGMA)
     if vd is not None and vd.group is not None:
-        sd = _flat(post, SIGMA_GROUP)[:, vd.group_idx]
+        group_sd = _flat(post, SIGMA_GROUP)
+        if new_e is not None and new_e.shape[1]:
+            group_sd = np.concatenate([group_sd, sigma[:, None] * np.exp(new_e)], axis=1)
+        sd = group_sd[:, group_idx]
     else:
-        sd = np.repeat(_flat(post, SIGMA)[:, None], model.n_obs, axis=1)
+        n = Z.shape[0] if Z is not None else model.n_obs if weights is None else len(weights)
+        sd = np.repeat(sigma[:, None], n, axis=1)
     if vd is not None and vd.k:
-        sd = sd * np.exp(0.5 * _flat(post, SIGMA_DELTA) @ vd.Z.T)
-    if model.design.weights is not None:
-        sd = sd / np.sqrt(model.design.weights)[None, :]
+        sd = sd * np.exp(0.5 * _flat(post, SIGMA_DELTA) @ Z.T)
+    if weights is not None:
+        sd = sd / np.sqrt(weights)[None, :]
     return sd
+
+
+def fitted_row_sd(model, posterior):
+    """Each fitted row's level-1 SD (Student-t: scale) at every draw, shape (S, n_obs): :func:`row_sd` of its rows."""
+    vd = model.variance_design
+    if vd is None:
+        return row_sd(model, posterior, weights=model.design.weights)
+    return row_sd(model, posterior, vd.Z, vd.group_idx, model.design.weights)
+
+
+def new_row_sd(model, posterior, data, weights, new_groups, rng):
+    """The level-1 SD (Student-t: scale) of new rows at every draw, shape (S, n), for a model with ``sigma=``.
+
+    The sigma formula is evaluated on ``data`` with the fitted rows' category levels and
+    transforms (``VarianceDesign.spec``), and :func:`row_sd` gives the SDs as for the fitted
+    rows. A group of the ``(1 | g)`` term the model was fitted on has its drawn deviation; one
+    it was not fitted on follows ``new_groups`` as the coefficients of a new group do in
+    :func:`bayeshlm.predict`: ``"sample"`` draws ``e ~ Normal(0, omega^2)`` at each draw
+    (``omega`` the draw's ``sigma_group_sd``; one ``e`` per new group and draw, shared by its
+    rows), ``"population"`` takes ``e = 0`` (the SD of a typical group; the grouping column
+    may then be absent), ``"raise"`` raises. ``weights``: the rows' precision weights or None.
+    """
+    vd = model.variance_design
+    frame = as_frame(data).reset_index(drop=True)
+    where = f"sigma={vd.formula!r}"
+    Z = _new_columns(vd, frame, where) if vd.k else np.zeros((len(frame), 0))
+    if vd.group is None:
+        return row_sd(model, posterior, Z, None, weights)
+    columns = [c.strip() for c in vd.group.split(":")]
+    if new_groups == "population" and not all(c in frame.columns for c in columns):
+        labels = np.full(len(frame), None, dtype=object)  # no group: new to the fit
+    else:
+        absent = [c for c in columns if c not in frame.columns]
+        if absent:
+            raise DataError(f"column '{absent[0]}' (used in the grouping term of {where}) is not in the new data; "
+                            "predictive draws need each row's group, or pass new_groups='population' for the "
+                            "level-1 SD of a typical group")
+        _check_values(frame, columns, where)
+        labels = group_keys(frame, columns)
+    pos = pd.Index(vd.group_labels).get_indexer(labels)
+    new = pos < 0
+    n_fitted = len(vd.group_labels)
+    if new.any() and new_groups == "raise":
+        raise ValueError(f"'{vd.group}' group {str(labels[new][0])!r} of {where} is not in the fitted data "
+                         f"({len(pd.unique(labels[new]))} new groups); pass new_groups='sample' to draw their "
+                         "level-1 SDs from the groups' spread or 'population' for that of a typical group")
+    inverse, unique = pd.factorize(pd.Series(labels[new], dtype=object).fillna(""), sort=False)
+    pos[new] = n_fitted + inverse
+    S = _flat(posterior.posterior, SIGMA).shape[0]
+    if new_groups == "sample":
+        new_e = rng.standard_normal((S, len(unique))) * _flat(posterior.posterior, SIGMA_GROUP_SD)[:, None]
+    else:
+        new_e = np.zeros((S, len(unique)))
+    return row_sd(model, posterior, Z, pos, weights, new_e)
+
+
+def _check_values(frame, columns, where):
+    """Raise naming the first of ``columns`` with missing or non-finite values in new rows."""
+    for name in columns:
+        bad = bad_mask(frame[name])
+        if bad.any():
+            raise DataError(f"column '{name}' (used in {where}) has {int(bad.sum())} missing or non-finite values "
+                            f"in the new data, e.g. at row {int(np.flatnonzero(bad)[0])}; predictive draws need "
+                            "every column the sigma formula uses")
+
+
+def _new_columns(vd, frame, where):
+    """The sigma formula's columns ``Z`` (user's units) on new rows; raises naming a column missing, bad or unknown."""
+    columns = sorted(required_variables(vd.terms))
+    check_columns(frame, {c: where for c in columns})
+    _check_values(frame, columns, where)
+    _check_levels(vd, frame, where)
+    M = evaluate_spec(vd.spec, frame[columns], where)
+    keep = [i for i, name in enumerate(vd.spec.column_names) if name != "Intercept"]
+    return np.ascontiguousarray(M[:, keep])
+
+
+def _shown(value):
+    """A level as written in an error: ``2``, ``'public'`` (a numpy scalar as the Python one)."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+def _check_levels(vd, frame, where):
+    """Raise naming the column when a categorical predictor of the sigma formula has a level the fit did not see."""
+    from formulaic.parser.types import Factor
+
+    state = getattr(vd.spec, "encoder_state", None) or {}
+    for expr, (kind, values) in state.items():
+        if kind != Factor.Kind.CATEGORICAL or "categories" not in values:
+            continue
+        match = re.fullmatch(r"\s*(?:C\(\s*)?([A-Za-z_][A-Za-z_0-9]*)\s*(?:,[^()]*)?\)?\s*", expr)
+        if match is None or match.group(1) not in frame.columns:
+            continue  # an expression of a column: formulaic's own check names the formula
+        name = match.group(1)
+        known = pd.Index(values["categories"])
+        column = frame[name]
+        unseen = pd.unique(column[~column.isin(known)])
+        if len(unseen):
+            raise DataError(f"column '{name}' (used in {where}) has the level(s) "
+                            f"{', '.join(_shown(v) for v in unseen[:5])} in the new data, which the model was not "
+                            f"fitted on (its levels: {', '.join(_shown(v) for v in known[:10])}"
+                            f"{', ...' if len(known) > 10 else ''}); a level-1 variance is estimated for the "
+                            "levels of the fitted rows only")
 
 
 def standard_noise(model, posterior, shape, rng):

@@ -2,12 +2,14 @@
 
 A prediction for row ``i`` is ``f_i' a + sum_k x_ik' b_k[g_k(i)]`` (fixed part plus each
 grouping factor's coefficients of the row's group) plus the formula's offsets, plus level-1
-noise for predictive draws (SD ``sigma / sqrt(w_i)`` with precision weights); for a
-non-Gaussian level 1 that is the linear predictor, whose inverse link is the probability or
-rate, and predictive draws are binomial or Poisson.
+noise for predictive draws (SD ``sigma / sqrt(w_i)`` with precision weights; with ``sigma=``
+the row's SD from the sigma formula evaluated on it, Student-t noise for ``family="student"``);
+for a non-Gaussian level 1 that is the linear predictor, whose inverse link is the probability
+or rate, and predictive draws are binomial or Poisson.
 A group the model was fitted on uses its own posterior draws; a group it has not seen draws
 its coefficients from the hierarchy, ``b ~ N(0, T_k)`` with the ``T_k`` of the same posterior
-draw, so its predictive spread includes the between-group variance.
+draw, so its predictive spread includes the between-group variance (and likewise its level-1
+SD, with a ``(1 | g)`` term in ``sigma=``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from bayeshlm.data import (
     obs_var_from,
     precision_weights_from,
 )
-from bayeshlm.level1 import fitted_row_sd, has_level1_model, standard_noise
+from bayeshlm.level1 import fitted_row_sd, has_level1_model, new_row_sd, standard_noise
 from bayeshlm.model import Model, check_result, model_first, refuse_non_gaussian
 from bayeshlm.results import corr_pairs, covariance_draws, factor_parts, flat_draws, group_stats_held
 from bayeshlm.schema import (
@@ -95,7 +97,7 @@ def _new_rows(model, data, known_sd, known_var, population=False, weights=None):
         labels.append(np.asarray(uniques, dtype=object)[codes])
     _check_parents(model, labels)
     obs_var = None
-    if not model.gaussian:
+    if not (model.gaussian or has_level1_model(model)):  # binomial or Poisson
         if known_sd is not None or known_var is not None:
             raise ValueError(f"known_sd / known_var are for Gaussian models; this one is {model.family}")
         if weights is not None:
@@ -317,7 +319,11 @@ def predict(model, posterior, data, *, kind="predictive", new_groups="sample", s
         (``N(0, T)`` per posterior draw; the default), set them to zero (the
         population-average prediction, without the between-group spread), or raise. With
         ``"population"`` the grouping columns may be left out of ``data``: rows without them
-        belong to no fitted group.
+        belong to no fitted group. A ``(1 | g)`` term of ``sigma=`` is treated alike for
+        ``kind="predictive"``: a group of ``g`` the model was fitted on has its drawn level-1
+        SD, a new one ``sigma exp(e)`` with ``e ~ Normal(0, omega^2)`` drawn per posterior draw
+        (``omega`` the draw's ``sigma_group_sd``; ``"sample"``), ``e = 0`` (the SD of a typical
+        group; ``"population"``), or an error (``"raise"``).
     seed : int or numpy.random.Generator, optional
         For the noise and the new groups' coefficients.
     known_sd, known_var : str or array_like, optional
@@ -330,8 +336,11 @@ def predict(model, posterior, data, *, kind="predictive", new_groups="sample", s
         Precision weights of the new rows (a column of ``data`` or values) for the noise of
         ``kind="predictive"``: a new row's level-1 SD is ``sigma / sqrt(w)``. Default: weight
         1 for every new row (the level-1 SD is sigma), whether or not the model was fitted
-        with ``weights=``; the means do not depend on it. Gaussian models whose sigma is
-        estimated only.
+        with ``weights=``; the means do not depend on it. Gaussian and Student-t models whose
+        sigma is estimated only. With ``sigma="~ z"`` a new row's SD is
+        ``sigma exp(z' delta / 2) / sqrt(w)``, its ``z`` the sigma formula evaluated on it as on
+        the fitted rows (their category levels: a level the fit did not see raises, naming
+        the column, and so does a missing value).
 
     Returns
     -------
@@ -360,12 +369,11 @@ def predict(model, posterior, data, *, kind="predictive", new_groups="sample", s
     if scaled:
         if trials is not None:
             raise ValueError("trials= is for the binomial families")
-        if kind == "predictive" and model.variance_design is not None:
-            raise NotImplementedError(
-                f"predictive draws of new rows of a model with sigma={model.variance_design.formula!r} need the "
-                "sigma formula evaluated on them, which predict does not do yet: use kind='mean' for the mean, or "
-                "bayeshlm.posterior_predictive for replicated data of the fitted rows")
-        if kind == "predictive":
+        if kind == "predictive" and model.variance_design is not None:  # each row's SD from the sigma formula
+            row_weights = None if obs_var is None else 1.0 / obs_var
+            sd = new_row_sd(model, posterior, data, row_weights, new_groups, rng)
+            mean = mean + sd * standard_noise(model, posterior, mean.shape, rng)
+        elif kind == "predictive":
             mean = mean + (_noise_sd(model, posterior, obs_var, len(index))
                            * standard_noise(model, posterior, mean.shape, rng))
     elif not model.gaussian:

@@ -25,7 +25,7 @@ import pandas as pd
 
 from bayeshlm.formula import model_matrix
 
-__all__ = ["VarianceDesign", "build_variance_design"]
+__all__ = ["VarianceDesign", "build_variance_design", "group_keys"]
 
 
 def _removes_intercept(rhs):
@@ -67,6 +67,12 @@ class VarianceDesign:
         Each row's group of ``group``.
     group_labels : tuple of str
         The groups' labels, in order of first appearance.
+    terms : str
+        The right side without the ``(1 | g)`` term (``""`` when there is nothing else).
+    spec : formulaic.ModelSpec or None
+        Evaluates ``1 + terms`` on new rows with the fitted rows' category levels and
+        transforms (:func:`bayeshlm.formula.model_matrix`); its columns other than the
+        intercept are ``Z``'s. None without columns.
     """
 
     formula: str
@@ -78,6 +84,8 @@ class VarianceDesign:
     group: str | None = None
     group_idx: np.ndarray | None = None
     group_labels: tuple = ()
+    terms: str = ""
+    spec: object = None
 
     @property
     def k(self) -> int:
@@ -136,7 +144,7 @@ def build_variance_design(formula, data, kept_rows):
                          "sigma^2 is the variance of the reference row (z = 0, the first level of a categorical z); "
                          "write '~ z'")
     try:
-        M, names, _ = model_matrix(f"1 + {rhs}", frame)
+        M, names, spec = model_matrix(f"1 + {rhs}", frame)
     except Exception as exc:
         raise ValueError(f"cannot evaluate sigma={formula!r} on the model's rows (its columns must be present and "
                          f"free of missing values in every row the model keeps): {exc}") from exc
@@ -162,7 +170,7 @@ def build_variance_design(formula, data, kept_rows):
                          "intercept): their delta are not identified")
     indicator = tuple(bool(np.all((col == 0.0) | (col == 1.0))) for col in Z.T)
     return VarianceDesign(formula=formula.strip(), Z=Z, names=names, shift=shift, scale=scale, indicator=indicator,
-                          group=group, group_idx=group_idx, group_labels=group_labels)
+                          group=group, group_idx=group_idx, group_labels=group_labels, terms=rhs, spec=spec)
 
 
 _GROUP_TERM = re.compile(r"\(\s*(?P<lhs>[^|()]*)\|\s*(?P<g>[^|()]+?)\s*\)")
@@ -186,14 +194,26 @@ def _group_term(rhs, frame, formula):
     for c in columns:
         if c not in frame.columns:
             raise ValueError(f"sigma={formula!r}: the grouping column {c!r} is not in the data")
-    values = frame[columns].astype(str)
-    if values.isin(["nan", "None", "<NA>"]).any().any() or frame[columns].isna().any().any():
+    keys = group_keys(frame, columns)
+    if keys is None:
         raise ValueError(f"sigma={formula!r}: the grouping column(s) {group!r} have missing values in rows the "
                          "model keeps")
-    keys = values.agg(":".join, axis=1) if len(columns) > 1 else values[columns[0]]
     codes, labels = pd.factorize(keys, sort=False)
     if len(labels) < 2:
         raise ValueError(f"sigma={formula!r}: {group!r} has one group; a per-group level-1 SD needs several")
     rest = (rhs[:term.start()] + rhs[term.end():]).strip()
     rest = re.sub(r"^\+|\+$", "", re.sub(r"\+\s*\+", "+", rest)).strip()
     return rest, group, np.ascontiguousarray(codes, dtype=np.int64), tuple(str(x) for x in labels)
+
+
+def group_keys(frame, columns):
+    """Each row's label of the group of the columns ``columns`` (``a:b`` joined by ``:``); None if one is missing.
+
+    The labels of the fitted rows' groups (``VarianceDesign.group_labels``) and of new rows
+    are made here alike.
+    """
+    values = frame[columns].astype(str)
+    if values.isin(["nan", "None", "<NA>"]).any().any() or frame[columns].isna().any().any():
+        return None
+    keys = values.agg(":".join, axis=1) if len(columns) > 1 else values[columns[0]]
+    return keys.to_numpy(dtype=object)

@@ -230,7 +230,7 @@ def test_refusals():
 
 def test_replicated_data_carry_each_rows_variance_and_t_errors():
     """posterior_predictive: the replicated errors' SD ratio of late to early days is exp(delta / 2) (5%), and
-    predict draws Student-t errors; predictive draws of new rows of a sigma= model are refused."""
+    predict draws Student-t errors (new rows of a sigma= model: tests/test_level1_predict.py)."""
     d = _data("sleepstudy")
     model = bh.hlm(SLEEP, d, sigma="~ late", family="student", nu=5.0)
     post = bh.sample(model, draws=500, warmup=300, chains=2, seed=3, progress=False)
@@ -244,8 +244,6 @@ def test_replicated_data_carry_each_rows_variance_and_t_errors():
     assert abs(ratio / np.sqrt(np.mean(expected**2)) - 1) < 0.05
     early_sd = _draws(post, "sigma")
     assert abs(err[:, ~late].std() / (sd_scale * np.sqrt(np.mean(early_sd**2))) - 1) < 0.05
-    with pytest.raises(NotImplementedError, match="sigma="):
-        bh.predict(model, post, d.head(3))
     student = bh.hlm(SLEEP, d, family="student", nu=3.0)
     post = bh.sample(student, draws=300, warmup=300, chains=2, seed=3, progress=False)
     new = d.head(2).copy()
