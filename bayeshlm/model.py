@@ -20,6 +20,8 @@ from bayeshlm.data import Design, build_design, check_weights_option, identifica
 from bayeshlm.formula import FormulaSpec, parse_formula, r_spellings
 from bayeshlm.priors import (
     ColumnMoments,
+    HalfNormal,
+    Normal,
     PriorFrame,
     column_moments,
     default_priors,
@@ -32,6 +34,7 @@ from bayeshlm.priors import (
     resolve_priors,
 )
 from bayeshlm.varfunc import VarianceDesign, build_variance_design
+from samplers.scale import DELTA_PRIOR_SD, NU_PRIOR_RATE, NU_PRIOR_SHAPE, OMEGA_PRIOR_SCALE
 from samplers.suffstats import compute_suffstats
 from samplers.types import N_OBS, Priors, Structure, SuffStats
 
@@ -189,12 +192,37 @@ class Model:
         """One line per prior in use, with the centring of those set at the predictors' means.
 
         The correlation prior is listed only for a model with correlated group coefficients
-        (a block of two or more).
+        (a block of two or more). A model with ``sigma=`` or a Student-t level 1 also lists
+        the level-1 model's priors (docs/design.md, "Heterogeneous level-1 variance" and
+        "Student-t level 1"): ``sigma_delta`` of each column of the sigma formula,
+        ``sigma_group_sd`` of a ``(1 | g)`` term, and ``nu``.
         """
         spec = self.prior_spec
         if not any(size > 1 for size in self.design.block_sizes):
             spec = {role: prior for role, prior in spec.items() if role != "corr"}
-        return describe(spec, self.centred_priors())
+        lines = describe(spec, self.centred_priors())
+        vd = self.variance_design
+        if vd is not None and vd.k:  # sigma's prior is set at the columns' means, not at the reported z = 0
+            at = f" (the level-1 SD at the means of the sigma formula's columns {', '.join(vd.names)})"
+            lines = [line + at if line.startswith("sigma: ") else line for line in lines]
+        return lines + self._level1_prior_descriptions()
+
+    def _level1_prior_descriptions(self) -> list[str]:
+        """The lines of the level-1 model's priors (none for one variance ``sigma^2 / w_i``)."""
+        lines = []
+        vd = self.variance_design
+        if vd is not None:
+            delta = Normal(0.0, DELTA_PRIOR_SD)
+            lines += [f"sigma_delta[{name}]: {delta} on the standardised column's delta (delta x {scale:.4g}, the "
+                      "column's SD)" for name, scale in zip(vd.names, vd.scale, strict=True)]
+            if vd.group is not None:
+                lines.append(f"sigma_group_sd: {HalfNormal(OMEGA_PRIOR_SCALE)} (the SD of the log level-1 SDs of the "
+                             f"groups of '{vd.group}')")
+        if self.family == "student":
+            nu = self.options.get("nu")
+            lines.append(f"nu: Gamma(shape={NU_PRIOR_SHAPE:g}, rate={NU_PRIOR_RATE:g}) restricted to nu >= 1"
+                         if nu is None else f"nu: fixed at {nu:g}")
+        return lines
 
     def centred_priors(self) -> dict:
         """The priors set at the predictors' means: ``{role: [centred predictors]}``."""

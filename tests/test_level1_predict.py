@@ -1,4 +1,4 @@
-"""Predictive draws of new rows of a model with ``sigma=`` or a Student-t level 1.
+"""Predictive draws of new rows of a model with ``sigma=`` or a Student-t level 1, and the level-1 priors listed.
 
 docs/design.md, "Heterogeneous level-1 variance" and "Student-t level 1".
 
@@ -10,12 +10,16 @@ for a seed) is given at each check; the seeds are fixed, so the tests are determ
 The measured values quoted are those of these seeds.
 """
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 
 import bayeshlm as bh
 from bayeshlm.level1 import new_row_sd
+from bayeshlm.priors import HalfNormal, Normal
+from samplers.scale import DELTA_PRIOR_SD, NU_PRIOR_RATE, NU_PRIOR_SHAPE, OMEGA_PRIOR_SCALE
 
 RUN = dict(draws=300, warmup=300, chains=2, progress=False)
 S = 600  # draws kept: 2 chains x 300
@@ -264,3 +268,36 @@ def test_errors_name_the_column_or_group(sector_fit, rater_fit, hsb):
         bh.predict(model, post, rows.drop(columns="h"))
     with pytest.raises(ValueError, match=r"column 'h' .*missing"):
         bh.predict(model, post, rows.assign(h=["h0", None]))
+
+
+# ---------------------------------------------------------------- priors
+
+
+def test_the_level1_priors_are_listed(sector_fit, student_fit, hsb):
+    """prior_descriptions, the posterior's attrs and the report list delta's, omega's and nu's priors."""
+    model, post = sector_fit
+    lines = model.prior_descriptions()
+    delta = f"{Normal(0.0, DELTA_PRIOR_SD)} on the standardised column's delta"
+    for name in ("C(sector)[T.1]", "ses"):
+        assert any(line.startswith(f"sigma_delta[{name}]: {delta}") for line in lines), lines
+    assert f"sigma_group_sd: {HalfNormal(OMEGA_PRIOR_SCALE)} (the SD of the log level-1 SDs of the groups of " \
+           "'school')" in lines
+    assert not any(line.startswith("nu:") for line in lines)
+    sigma = next(line for line in lines if line.startswith("sigma: "))
+    assert "at the means of the sigma formula's columns" in sigma
+    attrs = json.loads(post.attrs["priors"])
+    assert attrs["sigma_group_sd"].startswith("HalfNormal(sigma=1)")
+    assert attrs["sigma_delta[ses]"].startswith("Normal(mu=0, sigma=2.5)")
+    assert "sigma_group_sd: HalfNormal" in str(bh.report(post))
+
+    model, post = student_fit
+    nu = f"nu: Gamma(shape={NU_PRIOR_SHAPE:g}, rate={NU_PRIOR_RATE:g}) restricted to nu >= 1"
+    lines = model.prior_descriptions()
+    assert nu in lines and nu == "nu: Gamma(shape=2, rate=0.1) restricted to nu >= 1"
+    assert [line.split(":")[0] for line in lines if line.startswith("sigma_")] == ["sigma_delta[ses]"]
+    assert json.loads(post.attrs["priors"])["nu"] == nu.split(": ", 1)[1]
+    fixed = bh.hlm(HSB, hsb, family="student", nu=4).prior_descriptions()
+    assert "nu: fixed at 4" in fixed and not any(line.startswith("sigma_") for line in fixed)
+    plain = bh.hlm(HSB, hsb).prior_descriptions()
+    assert not any(line.startswith(("sigma_", "nu:")) for line in plain)
+    assert "sigma: HalfStudentT" in "\n".join(plain) and "means of the sigma formula" not in "\n".join(plain)
