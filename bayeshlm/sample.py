@@ -24,7 +24,7 @@ from bayeshlm.summary import warn_if_unconverged
 from samplers.augment import latent_capacity, mixture_table, working_rows
 from samplers.driver import init_state, run_chains
 from samplers.gaussian import marginal_moves_pay
-from samplers.suffstats import compute_suffstats, recompute
+from samplers.suffstats import compute_suffstats, recompute, row_products
 from samplers.types import (
     AUG_N_ACC,
     AUG_N_PROP,
@@ -103,6 +103,8 @@ class _Rows:
         self.n_coef_rows = int(model.structure.node_ptr[-1])
         self.n_theta = model.n_theta
         self.n_groups = model.stats.n.shape[0]
+        # the rows' cross-products, from which each sweep's working statistics are formed
+        self.prod = row_products(self.F, self.X, self.gidx, self.n_groups)
 
     def augmentation(self, model, n_keep, out_idx, n_out):
         """One chain's :class:`~samplers.types.Augmentation`, its working statistics at the starting ``eta``."""
@@ -114,7 +116,7 @@ class _Rows:
             gidx=self.gidx, stats=stats, eta=self.eta0.copy(), w=np.empty(n_obs), z=np.empty(n_obs),
             ll_row=np.empty(n_obs if keep else 0),
             out_idx=out_idx, ll_out=np.full((n_keep if keep else 0, n_out), np.nan),
-            scal=np.zeros(N_AUG_SCAL))
+            scal=np.zeros(N_AUG_SCAL), prod=self.prod)
         if self.poisson:  # room for the latent arrival times and the draw a rejected proposal restores
             aug = aug._replace(
                 lat=np.empty(latent_capacity(self.y)), lat_ptr=np.zeros(n_obs + 1, dtype=np.int64),

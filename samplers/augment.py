@@ -25,8 +25,9 @@ statistics that this module forms from the rows (docs/design.md, "Non-Gaussian l
   (docs/design.md, "Poisson level 1"). The ratio is close to 1 because the mixture is.
 
 Everything here reads the rows once per sweep (the only ``O(n_obs)`` work of a non-Gaussian
-sweep); :func:`samplers.suffstats.recompute` turns the working rows into the statistics the
-Gaussian passes read.
+sweep); :func:`samplers.suffstats.reweight` turns the working rows into the statistics the
+Gaussian passes read, from the rows' cross-products kept once (docs/design.md, "Statistics of
+reweighted rows").
 """
 
 import math
@@ -38,7 +39,7 @@ from numba.extending import overload
 from samplers.gaussian import draw_coefficients, finest_coefficients, forget_statistics, integrate
 from samplers.glm import BINOMIAL_LOGIT, BINOMIAL_PROBIT, POISSON_LOG, working
 from samplers.polyagamma import draw_pg
-from samplers.suffstats import recompute
+from samplers.suffstats import recompute, reweight
 from samplers.theta import decode_theta
 from samplers.types import (
     AUG_LOG_F,
@@ -324,7 +325,7 @@ def augment(rng, aug):
     family = aug.family
     if family == POISSON_LOG:
         ok = _augment_poisson(rng, aug)
-        recompute(aug.stats, aug.z, aug.F, aug.X, aug.gidx, aug.w, False)
+        reweight(aug.stats, aug.prod, aug.z, aug.F, aug.X, aug.gidx, aug.w)
         return ok
     mean_omega = aug.scal[AUG_MEAN_OMEGA] != 0.0
     for i in range(aug.y.shape[0]):
@@ -347,7 +348,7 @@ def augment(rng, aug):
             aug.w[i] = n
             aug.z[i] = total / n - aug.offset[i]
     # the sums of log w are a constant of the working likelihood within the sweep: not formed
-    recompute(aug.stats, aug.z, aug.F, aug.X, aug.gidx, aug.w, False)
+    reweight(aug.stats, aug.prod, aug.z, aug.F, aug.X, aug.gidx, aug.w)
     return True
 
 

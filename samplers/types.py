@@ -436,6 +436,10 @@ class Augmentation(NamedTuple):
     eta_prev, a_prev, b_prev, theta_prev : ndarray
         Poisson: the predictor and the draw before a corrected proposal, restored when it is
         rejected ((0,) arrays otherwise).
+    prod : RowProducts
+        The rows' cross-products (without the response, which changes), shared by the chains:
+        each sweep's working statistics are formed from them (docs/design.md, "Statistics of
+        reweighted rows"); :data:`NO_ROW_PRODUCTS` above their size limit.
     """
 
     family: int
@@ -461,6 +465,7 @@ class Augmentation(NamedTuple):
     a_prev: np.ndarray = np.zeros(0)
     b_prev: np.ndarray = np.zeros((0, 0))
     theta_prev: np.ndarray = np.zeros(0)
+    prod: RowProducts = NO_ROW_PRODUCTS
 
 
 # Slots of Level1.scal
