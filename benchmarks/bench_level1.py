@@ -56,6 +56,8 @@ from pathlib import Path
 
 import numpy as np
 
+from samplers.scale import DELTA_PRIOR_SD, NU_PRIOR_RATE, NU_PRIOR_SHAPE
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
@@ -66,8 +68,8 @@ MODELS = {  # name: (data set, formula, hlm options, what is modelled at level 1
     "hsb_sigma": ("hsb", FORMULA, {"sigma": "~ sector"}, "log sigma_i^2 = log sigma^2 + delta * sector"),
     "hsb_student": ("hsb", FORMULA, {"family": "student"}, "Student-t residuals, nu estimated"),
 }
-DELTA_SD = 2.5  # Normal(0, 2.5) on delta of the standardised column
-NU_PRIOR = (2.0, 0.1, 1.0)  # nu ~ Gamma(shape 2, rate 0.1) restricted to nu >= 1 (brms)
+DELTA_SD = DELTA_PRIOR_SD  # Normal(0, 2.5) on delta of the standardised column
+NU_PRIOR = (NU_PRIOR_SHAPE, NU_PRIOR_RATE, 1.0)  # nu ~ Gamma(shape 2, rate 0.1) restricted to nu >= 1 (brms)
 # the frame bayeshlm reports the variance model in: sigma is the SD of a row with z = 0 and
 # delta multiplies the user's column (docs/design.md, "Heterogeneous level-1 variance")
 VARIANCE_FRAME = "user"
@@ -473,17 +475,11 @@ def table(results, n_draws):
 
 
 def prior_notes(models):
-    """Per model, the priors every sampler uses (bayeshlm's defaults, and those of delta and nu)."""
+    """Per model, the priors every sampler uses (bayeshlm's defaults, those of delta and nu among them)."""
     out = {}
     for name in models:
         model = _model(name)
-        notes = list(model.prior_descriptions())
-        if model.variance_design is not None:
-            notes.append(f"delta (of the standardised column): Normal(0, {DELTA_SD:g})")
-        if model.family == "student":
-            shape, rate, lower = NU_PRIOR
-            notes.append(f"nu: Gamma(shape={shape:g}, rate={rate:g}) restricted to nu >= {lower:g}")
-        out[name] = notes
+        out[name] = list(model.prior_descriptions())  # delta's and nu's among them
     return out
 
 
