@@ -17,6 +17,7 @@ from bayeshlm.results import group_selection, loglik_mode
 from samplers.augment import latent_capacity
 from samplers.driver import n_nodes_of
 from samplers.gaussian import workspace_values
+from samplers.suffstats import row_products_size
 
 __all__ = ["InsufficientMemoryError", "available_memory", "check_memory", "draws_memory"]
 
@@ -85,8 +86,9 @@ def draws_memory(model, *, draws=1000, chains=4, keep_group_draws=True, group_mo
         and the sampler statistics), ``"group_draws"`` (the kept group coefficients),
         ``"log_likelihood"``, ``"log_prior"`` (each draw's prior density and the arrays it is
         computed from), ``"chain_states"`` (each chain's working arrays and running
-        moments), ``"augmentation"`` (a non-Gaussian level 1: the rows the chains read, and
-        each chain's working rows, statistics and, for counts, latent event times), and
+        moments), ``"augmentation"`` (a non-Gaussian level 1: the rows the chains read and
+        their cross-products, and each chain's working rows, statistics and, for counts,
+        latent event times), and
         their sum, ``"total"``.
 
     Examples
@@ -130,6 +132,8 @@ def draws_memory(model, *, draws=1000, chains=4, keep_group_draws=True, group_mo
         # the shared rows (y, trials, offset, constants, F, X, group), then per chain eta, w, z,
         # the rows' log-likelihoods and a copy of the statistics
         augmentation = n_obs * (5 + p + d) + chains * (4 * n_obs + n_groups * (d * d + d * p + d + p * p + p + 4))
+        # the rows' cross-products the chains share (docs/design.md, "Statistics of reweighted rows")
+        augmentation += row_products_size(n_obs, p + d, False) + n_groups + 1
         if model.family == "poisson":  # each chain's latent times, their offsets and the previous draw's predictor
             augmentation += chains * (latent_capacity(model.design.y) + 2 * n_obs + n_nodes * d)
     # the log prior of every draw (bayeshlm.log_prior): one value per fixed effect, SD and factor, and

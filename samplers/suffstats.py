@@ -159,6 +159,17 @@ def recompute(stats, y, F, X, group_idx, weights, log_weights=True):
                 log_weights)
 
 
+def row_products_size(n_obs, n_columns, fixed_response, limit=ROW_PRODUCTS_LIMIT):
+    """The values :func:`row_products` keeps for ``n_obs`` rows of ``n_columns`` design columns (0 above ``limit``).
+
+    The products (with the response when ``fixed_response``), the columns themselves when
+    the response changes, and the rows' order.
+    """
+    m = n_columns + int(fixed_response)
+    values = n_obs * (m * (m + 1) // 2 + (0 if fixed_response else m))
+    return 0 if values > limit else values + n_obs
+
+
 def row_products(F, X, group_idx, n_groups, y=None, limit=ROW_PRODUCTS_LIMIT):
     """The rows' cross-products in group order (:class:`~samplers.types.RowProducts`), for reweighted statistics.
 
@@ -167,11 +178,11 @@ def row_products(F, X, group_idx, n_groups, y=None, limit=ROW_PRODUCTS_LIMIT):
     :data:`~samplers.types.NO_ROW_PRODUCTS` when the products would hold more than ``limit`` values.
     """
     n_obs = F.shape[0]
+    if not row_products_size(n_obs, X.shape[1] + F.shape[1], y is not None, limit):
+        return NO_ROW_PRODUCTS
     cols = [X, F] if y is None else [X, F, np.asarray(y, dtype=np.float64)[:, None]]
     V = np.ascontiguousarray(np.concatenate(cols, axis=1), dtype=np.float64)
     m = V.shape[1]
-    if n_obs * (m * (m + 1) // 2 + (m if y is None else 0)) > limit:
-        return NO_ROW_PRODUCTS
     group_idx = np.asarray(group_idx, dtype=np.int64)
     order = np.argsort(group_idx, kind="stable").astype(np.int64)
     V = V[order]
