@@ -1010,6 +1010,19 @@ def as_frame(data):
     return pd.DataFrame(columns)
 
 
+def check_new_values(frame, roles, needed_for):
+    """Raise naming the first column of ``roles`` (name to role) with missing or non-finite values in new rows.
+
+    ``needed_for`` ends the message: what needs every column (e.g. "predictions need every
+    column the model uses").
+    """
+    for name, role in roles.items():
+        bad = bad_mask(frame[name])
+        if bad.any():
+            raise DataError(f"column '{name}' (used in {role}) has {int(bad.sum())} missing or non-finite values "
+                            f"in the new data, e.g. at row {int(np.flatnonzero(bad)[0])}; {needed_for}")
+
+
 def check_columns(frame, roles):
     available = [str(c) for c in frame.columns]
     problems = []

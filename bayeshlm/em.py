@@ -717,6 +717,23 @@ def hessian_from_gradient(gradient, x, rel_step=1e-4):
     return 0.5 * (H + H.T)
 
 
+def delta_method_se(natural, x, H):
+    """Standard errors of ``natural(x)`` from the Hessian ``H`` of a log-likelihood in ``x``; None if it is singular.
+
+    The delta method: ``J (-H)^-1 J'`` with ``J`` the Jacobian of ``natural`` by central
+    differences (steps ``1e-6 max(1, |x_i|)``); a negative variance gives nan.
+    """
+    try:
+        cov = np.linalg.inv(-H)
+    except np.linalg.LinAlgError:
+        return None
+    steps = 1e-6 * np.maximum(1.0, np.abs(x))
+    J = np.column_stack([(natural(x + np.eye(x.size)[i] * steps[i]) - natural(x - np.eye(x.size)[i] * steps[i]))
+                         / (2 * steps[i]) for i in range(x.size)])
+    var = np.diag(J @ cov @ J.T)
+    return np.where(var >= 0, np.sqrt(np.abs(var)), np.nan)
+
+
 def loglik_hessian(objective, theta, rel_step=1e-4):
     """Hessian of the log-likelihood at ``theta`` from central differences of its gradient."""
 
@@ -959,15 +976,9 @@ def _fit_variance_model(model, method, *, em_iter, tol, max_eval):
     var_names = ["sigma", *list(result.variance_se)[1:]]
     se = np.full(len(var_names) + vd.k, np.nan)
     if not result.boundary:
-        try:
-            cov = np.linalg.inv(-H)
-            steps = 1e-6 * np.maximum(1.0, np.abs(x))
-            J = np.column_stack([(natural(x + np.eye(x.size)[i] * steps[i]) - natural(x - np.eye(x.size)[i] * steps[i]))
-                                 / (2 * steps[i]) for i in range(x.size)])
-            var = np.diag(J @ cov @ J.T)
-            se = np.where(var >= 0, np.sqrt(np.abs(var)), np.nan)
-        except np.linalg.LinAlgError:
-            pass
+        found = delta_method_se(natural, x, H)
+        if found is not None:
+            se = found
     delta_se = se[len(var_names):]
     ratio = {n: float(np.exp(d / 2)) for n, d, ind in zip(names, delta, vd.indicator, strict=True) if ind}
     ratio_se = {n: float(0.5 * np.exp(d / 2) * s) for n, d, s, ind in zip(names, delta, delta_se, vd.indicator,
@@ -1245,15 +1256,9 @@ def _fit_student(model, method, *, em_iter, tol, max_eval):
             v = natural_variance_parameters(model, point[None, :nth])[0]
             return np.append(v, 1.0 + np.exp(point[nth])) if estimate_nu else v
 
-        try:
-            cov = np.linalg.inv(-H)
-            steps = 1e-6 * np.maximum(1.0, np.abs(x))
-            J = np.column_stack([(natural(x + np.eye(x.size)[i] * steps[i]) - natural(x - np.eye(x.size)[i] * steps[i]))
-                                 / (2 * steps[i]) for i in range(x.size)])
-            var = np.diag(J @ cov @ J.T)
-            se[:var.size] = np.where(var >= 0, np.sqrt(np.abs(var)), np.nan)
-        except np.linalg.LinAlgError:
-            pass
+        found = delta_method_se(natural, x, H)
+        if found is not None:
+            se[:found.size] = found
     nu_se = float(se[len(names)]) if estimate_nu else float("nan")
 
     n_par = p + nth + (1 if nu_fixed is None else 0)

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from bayeshlm.data import DataError, as_frame, bad_mask, check_columns, evaluate_spec
+from bayeshlm.data import DataError, as_frame, check_columns, check_new_values, evaluate_spec
 from bayeshlm.formula import required_variables
 from bayeshlm.schema import SIGMA, dim_name
 from bayeshlm.varfunc import group_keys
@@ -261,12 +261,7 @@ def new_row_sd(model, posterior, data, weights, new_groups, rng):
 
 def _check_values(frame, columns, where):
     """Raise naming the first of ``columns`` with missing or non-finite values in new rows."""
-    for name in columns:
-        bad = bad_mask(frame[name])
-        if bad.any():
-            raise DataError(f"column '{name}' (used in {where}) has {int(bad.sum())} missing or non-finite values "
-                            f"in the new data, e.g. at row {int(np.flatnonzero(bad)[0])}; predictive draws need "
-                            "every column the sigma formula uses")
+    check_new_values(frame, dict.fromkeys(columns, where), "predictive draws need every column the sigma formula uses")
 
 
 def _new_columns(vd, frame, where):

@@ -21,8 +21,8 @@ import xarray as xr
 from bayeshlm.data import (
     DataError,
     as_frame,
-    bad_mask,
     check_columns,
+    check_new_values,
     column_roles,
     evaluate_spec,
     group_codes,
@@ -75,12 +75,7 @@ def _new_rows(model, data, known_sd, known_var, population=False, weights=None):
     if population:
         roles = {name: role for name, role in roles.items() if role != "the grouping factor" or name in frame}
     check_columns(frame, roles)
-    for name in roles:
-        bad = bad_mask(frame[name])
-        if bad.any():
-            raise DataError(f"column '{name}' (used in {roles[name]}) has {int(bad.sum())} missing or "
-                            f"non-finite values in the new data, e.g. at row {int(np.flatnonzero(bad)[0])}; "
-                            "predictions need every column the model uses")
+    check_new_values(frame, roles, "predictions need every column the model uses")
     used = frame[list(roles)].reset_index(drop=True)
     design = model.design
     F = evaluate_spec(design.fixed_spec, used, "the fixed part")
