@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 import numpy as np
 from numba import njit
 
+from samplers import newton
 from samplers.augment import (
     POISSON_LOG,
     augment,
@@ -30,10 +31,12 @@ from samplers.linalg import copy_into
 from samplers.mh import end_of_iteration
 from samplers.scale import after_sweep, level1_step, start_weights
 from samplers.scale import keep_loglik as keep_level1
-from samplers.sweep import sweep
+from samplers.sweep import gibbs_moves, sweep
 from samplers.theta import decode_theta
 from samplers.types import (
     AUG_LOGLIK,
+    AUG_NEWTON,
+    AUG_NO_CORRECTION,
     AUG_STALE,
     FACTORED,
     FAILED,
@@ -201,13 +204,33 @@ def run_chain(rng, state, stats, structure, priors, moves, schedule, store):
 
 
 @njit(cache=True, nogil=True)
+def newton_sweep(rng, state, aug, structure, priors, counting):
+    """One sweep with the Newton proposal (:mod:`samplers.newton`): ``T | b``, then each group, ``a``, the shifts."""
+    acc = gibbs_moves(rng, state, aug.stats, structure, priors)
+    if state.scal[FAILED] != 0.0:
+        return np.nan
+    d = state.b.shape[1]
+    C = np.zeros((d, d))
+    decode_theta(state.theta, structure, priors, C)
+    nw = aug.newton
+    unchecked = aug.scal[AUG_NO_CORRECTION] != 0.0  # a wrong step, for a test
+    newton.group_moves(rng, aug, nw, state.a, state.b, C, counting, unchecked)
+    newton.fixed_move(rng, aug, nw, priors.fixed, state.a, counting, unchecked)
+    newton.shift_move(rng, nw, priors.fixed, state.a, state.b, C)
+    return acc
+
+
+@njit(cache=True, nogil=True)
 def run_augmented_chain(rng, state, aug, structure, priors, moves, schedule, store):
     """:func:`run_chain` for a non-Gaussian level 1 (:class:`~samplers.types.Augmentation`).
 
     Each sweep draws the augmentation given the linear predictor at the current
     coefficients (:func:`samplers.augment.augment`), recomputes the working statistics from
     it, and runs the Gaussian sweep on them; for a Poisson level 1 the sweep's draw is then
-    corrected (:func:`samplers.augment.correct`: accepted, or taken back).
+    corrected (:func:`samplers.augment.correct`: accepted, or taken back). With the Newton
+    proposal (``aug.scal[AUG_NEWTON]``) no augmentation is drawn: after the first draw each
+    sweep is :func:`newton_sweep`, and the rows' predictor and working values are those the
+    moves left (:func:`samplers.newton.start` forms them at the first draw).
     A fresh state draws its first coefficients from the working statistics at the
     conditional mode given its ``theta`` (:func:`samplers.augment.seek_mode`, from the
     predictor ``aug.eta`` the caller sets). ``state.scal[LP]`` and the stored ``lp`` are the
@@ -216,7 +239,8 @@ def run_augmented_chain(rng, state, aug, structure, priors, moves, schedule, sto
     """
     warmup = schedule.warmup
     thin = schedule.thin
-    poisson = aug.family == POISSON_LOG
+    with_newton = aug.scal[AUG_NEWTON] != 0.0
+    poisson = aug.family == POISSON_LOG and not with_newton
     while True:
         fresh = state.ibuf[READY] == 0
         it = state.ibuf[ITER]
@@ -224,6 +248,8 @@ def run_augmented_chain(rng, state, aug, structure, priors, moves, schedule, sto
             return
         if fresh:
             seek_mode(rng, aug, state, structure, priors, 30)
+        elif with_newton:  # the rows' working values at the current draw are kept from the last sweep
+            pass
         else:
             refresh(aug, state, structure)
             if not augment(rng, aug):
@@ -232,13 +258,20 @@ def run_augmented_chain(rng, state, aug, structure, priors, moves, schedule, sto
             forget(state)
             if poisson:
                 save_draw(aug, state)
-        # one call site of sweep, so that it is compiled inline once
-        acc = sweep(rng, state, aug.stats, structure, priors, moves, warmup, not fresh)
+        if with_newton and not fresh:
+            acc = newton_sweep(rng, state, aug, structure, priors, it >= warmup)
+        else:  # one call site of sweep, so that it is compiled inline once
+            acc = sweep(rng, state, aug.stats, structure, priors, moves, warmup, not fresh)
         if state.scal[FAILED] != 0.0:
             return
         # the log-likelihood of a draw that is kept (a row pass saved on every other)
         kept = it >= warmup and (it - warmup) % thin == 0
-        if poisson and not fresh:
+        if with_newton:
+            if fresh:  # the rows and the groups' sums at the first draw
+                newton.start(aug, aug.newton, state.a, state.b)
+            aug.scal[AUG_LOGLIK] = newton.loglik(aug.newton)
+            aug.scal[AUG_STALE] = 0.0
+        elif poisson and not fresh:
             correct(rng, aug, state, structure, moves, it >= warmup)
             aug.scal[AUG_LOGLIK] = rows_loglik(aug) if kept else np.nan
             aug.scal[AUG_STALE] = 0.0
@@ -251,7 +284,10 @@ def run_augmented_chain(rng, state, aug, structure, priors, moves, schedule, sto
             continue
         k = _end_sweep(state, store, it, warmup, thin, acc)
         if k >= 0:
-            keep_loglik(aug, k)
+            if with_newton:
+                newton.keep_loglik(aug, aug.newton, k)
+            else:
+                keep_loglik(aug, k)
 
 
 @njit(cache=True, nogil=True)

@@ -390,8 +390,78 @@ AUG_MEAN_OMEGA = 2  # 1: omega at its conditional mean instead of drawn (a wrong
 AUG_LOG_F = 3  # Poisson: log of the correction f at the current (a, b), given the latent arrival times
 AUG_N_PROP = 4  # Poisson: corrected coefficient proposals after warm-up
 AUG_N_ACC = 5  # Poisson: and how many of them were accepted
-AUG_NO_CORRECTION = 6  # 1: every proposal accepted, the correction skipped (a wrong step, for a test)
-N_AUG_SCAL = 7
+AUG_NO_CORRECTION = 6  # 1: every proposal accepted, the correction or Newton ratio skipped (a wrong step, a test)
+AUG_NEWTON = 7  # 1: the coefficients move by the Newton proposal (Augmentation.newton) instead of the augmentation
+N_AUG_SCAL = 8
+
+
+class NewtonRows(NamedTuple):
+    """One chain's state of the Newton proposal (:mod:`samplers.newton`): rows in group order, two buffers each.
+
+    Attributes
+    ----------
+    starts : ndarray of int64, shape (n_groups + 1,)
+        Group ``g``'s rows are ``starts[g]:starts[g + 1]`` (the augmentation's rows are sorted by group).
+    shared : ndarray of int64, shape (m, 2)
+        Pairs ``(q, k)``: fixed column ``q`` equals group column ``k`` in every row.
+    cur : ndarray of int64, shape (n_groups,)
+        The buffer (0 or 1) holding each group's rows at the current draw.
+    eta, w, r : ndarray of shape (2, n_obs)
+        Each row's predictor, working weight and working residual, in two buffers.
+    A, h, FF, Fr, L : ndarray
+        Each group's ``X'WX`` (n_groups, d, d; lower triangle), ``X'Wr`` (n_groups, d),
+        ``F'WF`` (n_groups, p, p; lower triangle), ``F'Wr`` (n_groups, p) and log-likelihood
+        (n_groups,) at the current draw.
+    A2, h2, FF2, Fr2, L2 : ndarray
+        The same at the fixed effects' proposal.
+    cnt : ndarray of shape (4,)
+        Group moves and fixed-effect moves made and accepted after warm-up (slots of :mod:`samplers.newton`).
+    """
+
+    starts: np.ndarray
+    shared: np.ndarray
+    cur: np.ndarray
+    eta: np.ndarray
+    w: np.ndarray
+    r: np.ndarray
+    A: np.ndarray
+    h: np.ndarray
+    FF: np.ndarray
+    Fr: np.ndarray
+    L: np.ndarray
+    A2: np.ndarray
+    h2: np.ndarray
+    FF2: np.ndarray
+    Fr2: np.ndarray
+    L2: np.ndarray
+    cnt: np.ndarray
+
+
+def newton_rows(starts, shared, n_obs, d, p):
+    """A chain's :class:`NewtonRows` for ``n_obs`` rows in ``len(starts) - 1`` groups."""
+    G = len(starts) - 1
+    return NewtonRows(
+        starts=np.ascontiguousarray(starts, dtype=np.int64),
+        shared=np.ascontiguousarray(np.asarray(shared, dtype=np.int64).reshape(-1, 2)),
+        cur=np.zeros(G, dtype=np.int64),
+        eta=np.zeros((2, n_obs)),
+        w=np.zeros((2, n_obs)),
+        r=np.zeros((2, n_obs)),
+        A=np.zeros((G, d, d)),
+        h=np.zeros((G, d)),
+        FF=np.zeros((G, p, p)),
+        Fr=np.zeros((G, p)),
+        L=np.zeros(G),
+        A2=np.zeros((G, d, d)),
+        h2=np.zeros((G, d)),
+        FF2=np.zeros((G, p, p)),
+        Fr2=np.zeros((G, p)),
+        L2=np.zeros(G),
+        cnt=np.zeros(4),
+    )
+
+
+NO_NEWTON = newton_rows(np.zeros(1, dtype=np.int64), np.zeros((0, 2), dtype=np.int64), 0, 0, 0)
 
 
 class Augmentation(NamedTuple):
@@ -440,6 +510,8 @@ class Augmentation(NamedTuple):
         The rows' cross-products (without the response, which changes), shared by the chains:
         each sweep's working statistics are formed from them (docs/design.md, "Statistics of
         reweighted rows"); :data:`NO_ROW_PRODUCTS` above their size limit.
+    newton : NewtonRows
+        The Newton proposal's state (``scal[AUG_NEWTON]``; :data:`NO_NEWTON` otherwise).
     """
 
     family: int
@@ -466,6 +538,7 @@ class Augmentation(NamedTuple):
     b_prev: np.ndarray = np.zeros((0, 0))
     theta_prev: np.ndarray = np.zeros(0)
     prod: RowProducts = NO_ROW_PRODUCTS
+    newton: NewtonRows = NO_NEWTON
 
 
 # Slots of Level1.scal

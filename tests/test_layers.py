@@ -26,7 +26,7 @@ LAYERS = {
     "samplers.crossed": 3,  # shares the nested M-step and the two-level passes
     "samplers.gaussian": 4,
     "samplers.gibbs": 5, "samplers.mh": 5, "samplers.ml": 5, "samplers.glm": 5,
-    "samplers.sweep": 6, "samplers.augment": 6, "samplers.scale": 6,
+    "samplers.sweep": 6, "samplers.augment": 6, "samplers.scale": 6, "samplers.newton": 6,
     "samplers.driver": 7,
     "samplers": 8,
     # the front end: foundations, inputs, the model, result layout and the fits' parts, the
