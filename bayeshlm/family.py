@@ -20,7 +20,10 @@ import numpy as np
 from bayeshlm.formula import offset_terms
 from samplers.glm import BINOMIAL_LOGIT, BINOMIAL_PROBIT, POISSON_LOG
 
-__all__ = ["FAMILIES", "LATENT_VARIANCE", "FamilyWarning", "family_code", "log_normalising_constants", "resolve_family"]
+__all__ = [
+    "FAMILIES", "GLM_MOVES", "LATENT_VARIANCE", "NEWTON_ROWS_PER_GROUP", "FamilyWarning", "family_code",
+    "log_normalising_constants", "newton_move", "resolve_family",
+]
 
 # family: (its links, the default link)
 FAMILIES = {
@@ -243,3 +246,26 @@ def gaussian_response_warning(y, response):
     elif np.all(y >= 0) and np.all(y == np.round(y)) and np.mean(y == 0) >= 0.1 and values.size > 2:
         warnings.warn(f"the response {response!r} holds counts (whole numbers >= 0, {np.mean(y == 0):.0%} zeros) "
                       "and is fitted as Gaussian: for counts pass family='poisson'", FamilyWarning, stacklevel=3)
+
+
+GLM_MOVES = ("auto", "augment", "newton")
+# bayeshlm.sample's glm_move="auto" takes the Newton proposal when the groups hold on average at least
+# this many rows (trials): there its acceptance is high (docs/design.md, "The Newton proposal")
+NEWTON_ROWS_PER_GROUP = 50
+
+
+def newton_move(model, glm_move):
+    """Whether a non-Gaussian model's coefficients move by the Newton proposal (``glm_move`` of ``bayeshlm.sample``)."""
+    one_factor = not model.crossed and len(model.factors) == 1
+    if glm_move == "newton" and not one_factor:
+        raise ValueError(
+            f"glm_move='newton' is for one grouping factor; this model has {len(model.factors)} "
+            f"({', '.join(model.factors)}){' crossed' if model.crossed else ''}: use "
+            "glm_move='augment'"
+        )
+    if glm_move != "auto":
+        return glm_move == "newton"
+    if not one_factor:
+        return False
+    trials = model.trials if model.trials is not None else np.ones(model.n_obs)
+    return float(np.sum(trials)) >= NEWTON_ROWS_PER_GROUP * model.stats.n.shape[0]

@@ -13,6 +13,7 @@ import numbers
 import os
 import resource
 
+from bayeshlm.family import newton_move
 from bayeshlm.results import group_selection, loglik_mode
 from samplers.augment import latent_capacity
 from samplers.driver import n_nodes_of
@@ -65,7 +66,9 @@ def _loglik_mode(model, chains, draws, keep_group_draws, log_likelihood):
     return loglik_mode(model, chains, draws, keep_group_draws, log_likelihood)
 
 
-def draws_memory(model, *, draws=1000, chains=4, keep_group_draws=True, group_moments=False, log_likelihood="auto"):
+def draws_memory(
+    model, *, draws=1000, chains=4, keep_group_draws=True, group_moments=False, log_likelihood="auto", glm_move="auto"
+):
     """Estimate the bytes :func:`bayeshlm.sample` allocates for the draws of a run, at its peak.
 
     The draws are made into per-chain buffers and then stacked into the result, so during
@@ -76,7 +79,7 @@ def draws_memory(model, *, draws=1000, chains=4, keep_group_draws=True, group_mo
     ----------
     model : Model
         From :func:`bayeshlm.hlm` or :func:`bayeshlm.hlm_stats`.
-    draws, chains, keep_group_draws, group_moments, log_likelihood
+    draws, chains, keep_group_draws, group_moments, log_likelihood, glm_move
         As for :func:`bayeshlm.sample`.
 
     Returns
@@ -88,7 +91,9 @@ def draws_memory(model, *, draws=1000, chains=4, keep_group_draws=True, group_mo
         computed from), ``"chain_states"`` (each chain's working arrays and running
         moments), ``"augmentation"`` (a non-Gaussian level 1: the rows the chains read and
         their cross-products, and each chain's working rows, statistics and, for counts,
-        latent event times), and
+        latent event times; with the Newton proposal each chain's two buffers of the rows'
+        working values and the groups' sums instead of the cross-products and latent
+        times), and
         their sum, ``"total"``.
 
     Examples
@@ -132,9 +137,17 @@ def draws_memory(model, *, draws=1000, chains=4, keep_group_draws=True, group_mo
         # the shared rows (y, trials, offset, constants, F, X, group), then per chain eta, w, z,
         # the rows' log-likelihoods and a copy of the statistics
         augmentation = n_obs * (5 + p + d) + chains * (4 * n_obs + n_groups * (d * d + d * p + d + p * p + p + 4))
-        # the rows' cross-products the chains share (docs/design.md, "Statistics of reweighted rows")
-        augmentation += row_products_size(n_obs, p + d, False) + n_groups + 1
-        if model.family == "poisson":  # each chain's latent times, their offsets and the previous draw's predictor
+        newton = glm_move != "augment" and newton_move(model, glm_move)
+        if newton:
+            # each chain's two buffers of eta, w, r and the groups' sums at the draw and at a proposal
+            # (docs/design.md, "The Newton proposal")
+            augmentation += chains * (6 * n_obs + 2 * n_groups * (d * d + d + p * p + p + 1)) + n_groups + 1
+        else:
+            # the rows' cross-products the chains share (docs/design.md, "Statistics of reweighted rows")
+            augmentation += row_products_size(n_obs, p + d, False) + n_groups + 1
+        if (
+            model.family == "poisson" and not newton
+        ):  # each chain's latent times, their offsets and the previous draw's predictor
             augmentation += chains * (latent_capacity(model.design.y) + 2 * n_obs + n_nodes * d)
     # the log prior of every draw (bayeshlm.log_prior): one value per fixed effect, SD and factor, and
     # sigma's, with the draws of the fixed effects and SDs gathered in the chains' order; the working
@@ -219,13 +232,13 @@ def available_memory(*, meminfo="/proc/meminfo", cgroup="/sys/fs/cgroup"):
 
 
 def check_memory(model, *, draws=1000, chains=4, keep_group_draws=True, group_moments=False,
-                 log_likelihood="auto", available=None, spelling=None):
+                 log_likelihood="auto", glm_move="auto", available=None, spelling=None):
     """Refuse a run of :func:`bayeshlm.sample` whose draws need more memory than is available.
 
     Parameters
     ----------
     model : Model
-    draws, chains, keep_group_draws, group_moments, log_likelihood
+    draws, chains, keep_group_draws, group_moments, log_likelihood, glm_move
         As for :func:`bayeshlm.sample`. Arguments that ``sample`` would refuse are not
         checked here (``sample`` says what is wrong with them).
     available : int, optional
@@ -254,7 +267,7 @@ def check_memory(model, *, draws=1000, chains=4, keep_group_draws=True, group_mo
     if log_likelihood not in ("auto", "pointwise", "group", False):
         return None
     parts = draws_memory(model, draws=int(draws), chains=int(chains), keep_group_draws=keep_group_draws,
-                         group_moments=group_moments, log_likelihood=log_likelihood)
+                         group_moments=group_moments, log_likelihood=log_likelihood, glm_move=glm_move)
     if available is None:
         available = available_memory()
     if available is None or parts["total"] <= available:

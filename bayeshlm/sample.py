@@ -12,7 +12,7 @@ import numpy as np
 import xarray as xr
 from scipy.special import ndtri
 
-from bayeshlm.family import family_code, log_normalising_constants
+from bayeshlm.family import GLM_MOVES, family_code, log_normalising_constants, newton_move
 from bayeshlm.impute import impute
 from bayeshlm.level1 import has_level1_model, level1_chains, level1_posterior
 from bayeshlm.log_prior import log_prior_dataset
@@ -24,17 +24,21 @@ from bayeshlm.summary import warn_if_unconverged
 from samplers.augment import latent_capacity, mixture_table, working_rows
 from samplers.driver import init_state, run_chains
 from samplers.gaussian import marginal_moves_pay
+from samplers.newton import N_FIXED_ACC, N_FIXED_PROP, N_GROUP_ACC, N_GROUP_PROP
 from samplers.suffstats import compute_suffstats, recompute, row_products
 from samplers.types import (
     AUG_N_ACC,
     AUG_N_PROP,
+    AUG_NEWTON,
     AUG_STALE,
     FAILED,
     N_AUG_SCAL,
+    NO_ROW_PRODUCTS,
     Augmentation,
     BlockedGibbsMoves,
     GibbsMoves,
     MHMoves,
+    newton_rows,
 )
 
 METHODS = ("mh", "gibbs", "blocked")
@@ -103,8 +107,31 @@ class _Rows:
         self.n_coef_rows = int(model.structure.node_ptr[-1])
         self.n_theta = model.n_theta
         self.n_groups = model.stats.n.shape[0]
+        self.newton = None
         # the rows' cross-products, from which each sweep's working statistics are formed
         self.prod = row_products(self.F, self.X, self.gidx, self.n_groups)
+
+    def sort_for_newton(self):
+        """Rows in group order for the Newton proposal, with each group's first row and the shared columns.
+
+        Returns the order, which the log-likelihood's columns must follow. The Newton proposal
+        forms no statistics from the cross-products: they are not kept.
+        """
+        order = np.argsort(self.gidx, kind="stable")
+        for name in ("F", "X", "y", "n", "offset", "gidx", "const", "eta0"):
+            setattr(self, name, np.ascontiguousarray(getattr(self, name)[order]))
+        starts = np.zeros(self.n_groups + 1, dtype=np.int64)
+        np.cumsum(np.bincount(self.gidx, minlength=self.n_groups), out=starts[1:])
+        shared, used = [], set()
+        for k in range(self.X.shape[1]):
+            for q in range(self.F.shape[1]):
+                if q not in used and np.array_equal(self.F[:, q], self.X[:, k]):
+                    shared.append((q, k))
+                    used.add(q)
+                    break
+        self.newton = (starts, np.array(shared, dtype=np.int64).reshape(-1, 2))
+        self.prod = NO_ROW_PRODUCTS
+        return order
 
     def augmentation(self, model, n_keep, out_idx, n_out):
         """One chain's :class:`~samplers.types.Augmentation`, its working statistics at the starting ``eta``."""
@@ -117,27 +144,35 @@ class _Rows:
             ll_row=np.empty(n_obs if keep else 0),
             out_idx=out_idx, ll_out=np.full((n_keep if keep else 0, n_out), np.nan),
             scal=np.zeros(N_AUG_SCAL), prod=self.prod)
-        if self.poisson:  # room for the latent arrival times and the draw a rejected proposal restores
+        if self.poisson and self.newton is None:  # room for the latent times and the draw a rejection restores
             aug = aug._replace(
                 lat=np.empty(latent_capacity(self.y)), lat_ptr=np.zeros(n_obs + 1, dtype=np.int64),
                 mix=mixture_table(),
                 eta_prev=np.empty(n_obs), a_prev=np.empty(self.F.shape[1]),
                 b_prev=np.empty((self.n_coef_rows, self.X.shape[1])), theta_prev=np.empty(self.n_theta))
+        if self.newton is not None:
+            aug = aug._replace(
+                newton=newton_rows(self.newton[0], self.newton[1], n_obs, self.X.shape[1], self.F.shape[1]))
+            aug.scal[AUG_NEWTON] = 1.0
         working_rows(aug, aug.eta, aug.w, aug.z)
         recompute(aug.stats, aug.z, aug.F, aug.X, aug.gidx, aug.w)
         aug.scal[AUG_STALE] = 1.0
         return aug
 
 
-def augmentations(model, n_chains, n_keep, log_likelihood=False):
+def augmentations(model, n_chains, n_keep, log_likelihood=False, newton=False):
     """One :class:`~samplers.types.Augmentation` per chain for a non-Gaussian model.
 
     They share the rows; each holds its own working statistics, formed at the predictor the
     chains start from (the overall share of successes), and room for ``n_keep`` draws of the
-    log-likelihood (``log_likelihood``: ``"pointwise"``, ``"group"`` or False).
+    log-likelihood (``log_likelihood``: ``"pointwise"``, ``"group"`` or False). ``newton``:
+    the chains move their coefficients by the Newton proposal (``glm_move="newton"``).
     """
     rows = _Rows(model)
     out_idx, n_out = _loglik_columns(model, log_likelihood)
+    if newton:
+        order = rows.sort_for_newton()
+        out_idx = np.ascontiguousarray(out_idx[order]) if n_out else out_idx
     return [rows.augmentation(model, n_keep, out_idx, n_out) for _ in range(n_chains)]
 
 
@@ -181,8 +216,9 @@ def sample(
     chains=4,
     thin=1,
     seed=None,
-    method="mh",
+    method=None,
     mh_steps=None,
+    glm_move="auto",
     keep_group_draws=True,
     group_moments=False,
     log_likelihood="auto",
@@ -211,8 +247,9 @@ def sample(
         Seed of the run: the same seed gives the same draws, whatever ``n_threads``. Chain
         ``c`` uses the ``c``-th child of ``numpy.random.SeedSequence(seed)``. When None a
         fresh seed is drawn and recorded in the result's attributes.
-    method : {"mh", "gibbs", "blocked"}
-        How the variance components move. ``"mh"`` (default): Metropolis-Hastings on their
+    method : {"mh", "gibbs", "blocked"}, optional
+        How the variance components move. ``"mh"`` (the default, except with the Newton
+        proposal below, which needs ``"gibbs"``): Metropolis-Hastings on their
         marginal posterior with the coefficients integrated out (adaptive random walk and a
         fitted independence proposal); it mixes well whether groups carry much information
         or little, and accepts any prior. ``"gibbs"``: conditional draws given the group
@@ -234,6 +271,25 @@ def sample(
         of every three moves in a sweep use it and the third is a random-walk move, so with 2
         moves a sweep both are independence moves (a Poisson model draws each move's kind at
         random, with the same shares).
+    glm_move : {"auto", "augment", "newton"}
+        How the coefficients of a binomial or Poisson model move (not used by other models).
+        ``"augment"``: data augmentation (Pólya–Gamma for the logit link, the latent normals
+        of Albert & Chib for the probit link, the latent arrival times with their corrected
+        normal mixture for Poisson), then the exact Gaussian draw of every coefficient given
+        it. ``"newton"`` (one grouping factor only): no augmentation; each group's
+        coefficients, then the fixed effects, are proposed from the Gaussian working model of
+        iteratively reweighted least squares at the current draw and accepted by
+        Metropolis-Hastings, group by group, and a fixed effect shared with a group
+        coefficient is shifted against it by its exact conditional (docs/design.md, "The
+        Newton proposal"). A sweep costs two passes over the rows with one exponential each
+        instead of a Pólya–Gamma draw, and the proposals are accepted nearly always when the
+        groups have many rows; with few rows per group the variance components mix more
+        slowly than with ``"augment"``. The variance components move by their conditionals
+        given the group coefficients (``method="gibbs"``). ``"auto"``:
+        ``"newton"`` when the finest groups hold on average at least
+        :data:`bayeshlm.family.NEWTON_ROWS_PER_GROUP` rows (trials, for binomial rows), else ``"augment"``.
+        The share of proposals accepted after warm-up is ``coefficient_acceptance`` in the
+        result's ``sampler`` attribute (JSON).
     keep_group_draws : bool or int
         Which groups' coefficient draws to keep, at full length: all (True, needed for the
         log-likelihood), none (False), or the first ``n`` groups of each grouping factor (an
@@ -303,8 +359,18 @@ def sample(
     chains = _check_count("chains", chains, 1)
     thin = _check_count("thin", thin, 1)
     seed = _check_seed(seed)
+    if glm_move not in GLM_MOVES:
+        raise ValueError(f"glm_move must be one of {list(GLM_MOVES)}, got {glm_move!r}")
+    newton = not gaussian and newton_move(model, glm_move)
+    if method is None:
+        method = "gibbs" if newton else "mh"
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    if newton and method != "gibbs":
+        raise ValueError(
+            f"glm_move='newton' moves the variance components by their conditionals given the "
+            f"coefficients: use method='gibbs' (or leave it unset), not {method!r}"
+        )
     # a Poisson model's moves always target p(theta | y) (chain_moves): nested, they cost no more than on
     # p(theta | a, y), so the default number follows the structure alone
     marginal = marginal_moves_pay(model.structure)
@@ -348,7 +414,8 @@ def sample(
 
     # refuse, before any work, a run whose draws cannot fit in memory
     check_memory(model, draws=draws, chains=chains, keep_group_draws=keep_group_draws,
-                 group_moments=bool(group_moments), log_likelihood=log_likelihood)
+                 group_moments=bool(group_moments), log_likelihood=log_likelihood,
+                 glm_move="newton" if newton else "augment")
     t_start = time.perf_counter()
     if method == "blocked" and not model.crossed:
         raise ValueError("method='blocked' draws crossed factors one at a time; this model's factors are nested, "
@@ -360,7 +427,7 @@ def sample(
     augs = None
     level1s = None
     if not gaussian:
-        augs = augmentations(model, chains, draws, log_likelihood)
+        augs = augmentations(model, chains, draws, log_likelihood, newton)
     if scaled:
         level1s = level1_chains(model, chains, draws, *_loglik_columns(model, log_likelihood))
     for c, rng in enumerate(rngs):
@@ -423,7 +490,12 @@ def sample(
     log_lik = None
     if augs is not None:
         settings["family"], settings["link"] = model.family, model.link
-        if model.family == "poisson":  # the share of corrected proposals accepted after warm-up
+        settings["glm_move"] = "newton" if newton else "augment"
+        if newton:  # the shares of the groups' and the fixed effects' proposals accepted after warm-up
+            cnt = sum(a.newton.cnt for a in augs)
+            settings["coefficient_acceptance"] = float(cnt[N_GROUP_ACC] / max(cnt[N_GROUP_PROP], 1.0))
+            settings["fixed_acceptance"] = float(cnt[N_FIXED_ACC] / max(cnt[N_FIXED_PROP], 1.0))
+        elif model.family == "poisson":  # the share of corrected proposals accepted after warm-up
             n_prop = sum(a.scal[AUG_N_PROP] for a in augs)
             settings["coefficient_acceptance"] = float(sum(a.scal[AUG_N_ACC] for a in augs) / max(n_prop, 1.0))
         if log_likelihood:

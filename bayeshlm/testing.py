@@ -275,7 +275,18 @@ def _test_functions(model, fixed, sigma, sd):
     return out
 
 
-def geweke(model, n_iter=20000, *, method="mh", seed=0, mh_steps=6, n_prior=None, marginal=None):
+def geweke(
+    model,
+    n_iter=20000,
+    *,
+    method="mh",
+    seed=0,
+    mh_steps=6,
+    n_prior=None,
+    marginal=None,
+    glm_move="augment",
+    unchecked=False,
+):
     """Geweke's joint-distribution test of one sweep of the sampler.
 
     Two simulators of the joint distribution of parameters and data: the
@@ -286,7 +297,9 @@ def geweke(model, n_iter=20000, *, method="mh", seed=0, mh_steps=6, n_prior=None
     agree (Geweke 2004, JASA 99). The sweep runs without adaptation (the warm-up is zero), as
     a fixed Markov kernel. For a non-Gaussian level 1 the sweep includes its augmentation
     step (drawn anew from the new response at the start of the next sweep), which the test
-    thereby checks too.
+    thereby checks too. ``glm_move="newton"`` tests the Newton proposal instead (with
+    ``method="gibbs"``); ``unchecked`` accepts its every proposal, a wrong step for the test
+    that shows this one catches it.
 
     Returns
     -------
@@ -299,8 +312,9 @@ def geweke(model, n_iter=20000, *, method="mh", seed=0, mh_steps=6, n_prior=None
     from samplers.augment import latent_capacity
     from samplers.driver import init_state, run_augmented_chain, run_chain, statistics_replaced
     from samplers.gaussian import marginal_moves_pay
+    from samplers.newton import start as newton_start
     from samplers.theta import encode_theta
-    from samplers.types import AUG_STALE, FAILED, DrawStore, Schedule
+    from samplers.types import AUG_NO_CORRECTION, AUG_STALE, FAILED, DrawStore, Schedule
 
     rng = np.random.default_rng(seed)
     n_prior = n_iter if n_prior is None else n_prior
@@ -324,7 +338,12 @@ def geweke(model, n_iter=20000, *, method="mh", seed=0, mh_steps=6, n_prior=None
         marginal = marginal_moves_pay(model.structure)
     moves = chain_moves(model, method, mh_steps, marginal)
     # a non-Gaussian level 1: the chain's augmentation holds the response, replaced in place below
-    aug = None if getattr(model, "gaussian", True) else augmentations(sim, 1, 0)[0]
+    newton = glm_move == "newton"
+    aug = None if getattr(model, "gaussian", True) else augmentations(sim, 1, 0, False, newton)[0]
+    # the Newton proposal keeps the rows in group order (bayeshlm.sample._Rows.sort_for_newton)
+    order = np.argsort(np.asarray(model.design.group_idx), kind="stable") if newton else None
+    if unchecked:
+        aug.scal[AUG_NO_CORRECTION] = 1.0
     state = init_state(kernel_rng, theta0, sim.stats if aug is None else aug.stats, model.structure, model.priors,
                        moves=moves, aug=aug)
     # The sweeps run in the chain's own compiled loop (the one `sample` runs, so no other
@@ -353,9 +372,11 @@ def geweke(model, n_iter=20000, *, method="mh", seed=0, mh_steps=6, n_prior=None
             sim = with_response(model, y_new)
             statistics_replaced(state)  # what the chain keeps of the old data goes
         else:  # the next sweep's augmentation reads the new response; its log-likelihood is stale
-            aug.y[:] = y_new
-            aug.const[:] = log_normalising_constants(model.family, aug.n, y_new)
+            aug.y[:] = y_new if order is None else y_new[order]
+            aug.const[:] = log_normalising_constants(model.family, aug.n, aug.y)
             aug.scal[AUG_STALE] = 1.0
+            if newton:  # the rows' working values and log-likelihoods read the response
+                newton_start(aug, aug.newton, state.a, state.b)
             if aug.lat.shape[0] and latent_capacity(y_new) > aug.lat.shape[0]:  # more events: more room
                 aug = aug._replace(lat=np.empty(2 * latent_capacity(y_new)))
     s2_all, sd_all, _, _ = variance_components(model, theta)

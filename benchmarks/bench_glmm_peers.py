@@ -3,10 +3,13 @@
 Systems (each (model, system/form) runs in its own interpreter, with one time limit for all,
 through the harness of ``bench_peers.py``):
 
-* ``bayeshlm``: ``bh.sample(model)`` as a user calls it (Pólya–Gamma augmentation, the
-  default collapsed Metropolis–Hastings moves on the SDs, the pointwise or group
-  log-likelihood, the ArviZ result built), timed as a whole, with the sampler's own seconds
-  beside it;
+* ``bayeshlm``: ``bh.sample(model)`` as a user calls it, timed as a whole with the ArviZ
+  result built (the pointwise or group log-likelihood included), the sampler's own seconds
+  beside it. Its default ``glm_move="auto"`` picks the move, shown in brackets: the Newton
+  proposal for one grouping factor with at least 50 trials per group (cbpp, the synthetic
+  Bernoulli models; Gibbs moves on the SD), else the augmentation (Pólya–Gamma for the
+  logit, the corrected latent times for counts; collapsed Metropolis–Hastings moves on the
+  SDs);
 * ``nutpie``, ``numpyro``, ``pymc``: the same PyMC model (``pm.Binomial`` with ``logit_p``)
   (``pm.Poisson`` with ``mu = exp(eta)`` for counts) sampled by nutpie, by NumPyro's NUTS
   through JAX and by PyMC's own NUTS, each with
@@ -111,7 +114,7 @@ def run_bayeshlm(name, draws, warmup):
             est[v] = float(p[v].mean())
     return {"setup_seconds": setup, "sampling_seconds": seconds, "sampler_seconds": float(post.attrs["sampling_time"]),
             "log_likelihood": post.attrs["log_likelihood"], "arrays": {v: p[v].values for v in p.data_vars},
-            "divergences": 0, "estimates": est}
+            "divergences": 0, "estimates": est, "glm_move": json.loads(post.attrs["sampler"])["glm_move"]}
 
 
 def _pymc_model(name, form):
@@ -227,7 +230,8 @@ def table(results, n_draws):
                 best.setdefault(model, []).append((name, r["min_ess_per_second"], False))
             ratio = "" if name == "bayeshlm" or not ours else f"{ours / r['min_ess_per_second']:.1f}x"
             secs = f"{r['sampling_seconds']:.2f}" + (f" ({r['sampler_seconds']:.2f})" if "sampler_seconds" in r else "")
-            lines.append(f"| {model} | {name} | {r['setup_seconds']:.1f} | {secs} | {r['min_ess_bulk']:.0f} | "
+            shown = f"{name} ({r['glm_move']})" if "glm_move" in r else name
+            lines.append(f"| {model} | {shown} | {r['setup_seconds']:.1f} | {secs} | {r['min_ess_bulk']:.0f} | "
                          f"{r['min_ess_tail']:.0f} | {r['min_ess_per_second']:.2f} | {r['max_rhat']:.3f} | "
                          f"{r['divergences']} | {ratio} |")
     lines += ["", "| model | best peer (min-ESS/s) | bayeshlm (min-ESS/s) | bayeshlm / best peer |",

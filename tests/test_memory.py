@@ -156,18 +156,23 @@ def test_an_address_space_limit_counts():
     assert 0 < int(proc.stdout) <= 2**30
 
 
-@pytest.mark.parametrize("family", ["poisson", "bernoulli"])
-def test_the_estimate_covers_the_augmentation_of_a_non_gaussian_model(family):
-    """The rows the chains read and each chain's working arrays (for counts, the latent times): within a factor 2."""
+@pytest.mark.parametrize(
+    "family, glm_move",
+    [("poisson", "augment"), ("bernoulli", "augment"), ("poisson", "newton"), ("bernoulli", "newton")],
+)
+def test_the_estimate_covers_the_augmentation_of_a_non_gaussian_model(family, glm_move):
+    """The rows the chains read and each chain's working arrays (for counts, the latent times; with the
+    Newton proposal, the rows' two buffers and the groups' sums): within a factor 2."""
     from bayeshlm.sample import augmentations
 
     data = bh.load_dataset("grouseticks")
     data["any"] = (data["ticks"] > 0).astype(float)
     response = "ticks" if family == "poisson" else "any"
-    model = bh.hlm(f"{response} ~ C(year) + height + (1 | location/brood)", data, family=family)
-    parts = draws_memory(model, draws=10, chains=3, log_likelihood=False)
+    groups = "(1 | location/brood)" if glm_move == "augment" else "(1 | location)"
+    model = bh.hlm(f"{response} ~ C(year) + height + {groups}", data, family=family)
+    parts = draws_memory(model, draws=10, chains=3, log_likelihood=False, glm_move=glm_move)
     seen, allocated = set(), 0
-    for aug in augmentations(model, 3, 10):
+    for aug in augmentations(model, 3, 10, newton=glm_move == "newton"):
         for field in aug:
             for arr in (field if isinstance(field, tuple) else (field,)):
                 if isinstance(arr, np.ndarray) and id(arr) not in seen:
