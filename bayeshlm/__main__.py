@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 import bayeshlm as bh
+from bayeshlm.family import GLM_MOVES, NEWTON_ROWS_PER_GROUP
 from bayeshlm.formula import FormulaError
 from bayeshlm.io import check_destination
 from bayeshlm.memory import check_memory
@@ -174,7 +175,8 @@ def fit(args):
     check_out(args.out)
     model = build_model(args)
     options = {"draws": args.draws, "chains": args.chains, "keep_group_draws": args.keep_group_draws,
-               "group_moments": args.group_moments, "log_likelihood": args.log_likelihood}
+               "group_moments": args.group_moments, "log_likelihood": args.log_likelihood,
+               "glm_move": args.glm_move}
     check_memory(model, **options, spelling=CLI_SPELLING)
     try:
         post = bh.sample(model, warmup=args.warmup, seed=args.seed, method=args.method, progress=not args.quiet,
@@ -306,7 +308,12 @@ def make_parser():
     p_fit.add_argument("--draws", type=positive, default=1000, help="kept draws per chain")
     p_fit.add_argument("--warmup", type=non_negative, default=1000, help="warm-up sweeps per chain")
     p_fit.add_argument("--seed", type=non_negative, default=None, help="seed (default: a fresh one, recorded)")
-    p_fit.add_argument("--method", choices=sorted(METHODS), default="mh", help="variance-component moves")
+    p_fit.add_argument("--method", choices=sorted(METHODS), default=None,
+                       help="variance-component moves (default: gibbs with --glm-move newton, else mh)")
+    p_fit.add_argument("--glm-move", choices=list(GLM_MOVES), default="auto",
+                       help="how a binomial or Poisson model's coefficients move: by data augmentation, or by the "
+                            "Newton proposal (one grouping factor); default auto: newton when the groups hold "
+                            f"at least {NEWTON_ROWS_PER_GROUP} trials on average, else augment")
     p_fit.add_argument("--keep-group-draws", type=group_draws, default=True, metavar="all|none|N",
                        help="keep the draws of all groups' coefficients (default), none, or the first N groups of "
                             "each factor (many groups need much memory)")

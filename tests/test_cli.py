@@ -5,6 +5,7 @@ script end to end. The REML references are lme4's fits of sleepstudy in
 tests/golden/lme4_fits.json (key ``sleepstudy_corr``, see tests/golden/README.md).
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -175,6 +176,15 @@ def test_em_of_a_binomial_response_with_quadrature(tmp_path, capsys):
                          "--warmup", "200", "--seed", "3", "--out", tmp_path / "fit.nc")
     assert code == 0, err
     assert "herd" in out and "C(period)[T.4]" in out
+    # 56 trials a herd: the Newton proposal by default; --glm-move chooses, and a move it cannot take is refused
+    assert json.loads(bh.load(tmp_path / "fit.nc").attrs["sampler"])["glm_move"] == "newton"
+    code, out, err = run(capsys, "fit", path, formula, "--family", "binomial", "--quiet", "--draws", "50",
+                         "--warmup", "50", "--seed", "3", "--glm-move", "augment", "--out", tmp_path / "aug.nc")
+    assert code == 0, err
+    assert json.loads(bh.load(tmp_path / "aug.nc").attrs["sampler"])["glm_move"] == "augment"
+    code, out, err = run(capsys, "fit", path, formula, "--family", "binomial", "--quiet", "--draws", "50",
+                         "--glm-move", "newton", "--method", "mh", "--out", tmp_path / "no.nc")
+    assert code == 2 and "method='gibbs'" in err
     code, out, err = run(capsys, "em", path, "cbind(incidence, exec('x')) ~ 1 + (1 | herd)", "--family", "binomial")
     assert code == 2 and "cbind" in err
 
