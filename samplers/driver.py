@@ -27,7 +27,7 @@ from samplers.augment import (
     seek_mode,
 )
 from samplers.gaussian import forget_statistics, workspace
-from samplers.linalg import copy_into
+from samplers.linalg import copy_into, inverse_from_cholesky
 from samplers.mh import end_of_iteration
 from samplers.scale import after_sweep, level1_step, start_weights
 from samplers.scale import keep_loglik as keep_level1
@@ -212,11 +212,15 @@ def newton_sweep(rng, state, aug, structure, priors, counting):
     d = state.b.shape[1]
     C = np.zeros((d, d))
     decode_theta(state.theta, structure, priors, C)
+    Ti = np.empty((d, d))  # T^{-1}, for the groups' moves and the shifts
+    if not inverse_from_cholesky(C, d, Ti):
+        state.scal[FAILED] = 1.0
+        return np.nan
     nw = aug.newton
     unchecked = aug.scal[AUG_NO_CORRECTION] != 0.0  # a wrong step, for a test
-    newton.group_moves(rng, aug, nw, state.a, state.b, C, counting, unchecked)
+    newton.group_moves(rng, aug, nw, state.a, state.b, C, Ti, counting, unchecked)
     newton.fixed_move(rng, aug, nw, priors.fixed, state.a, counting, unchecked)
-    newton.shift_move(rng, nw, priors.fixed, state.a, state.b, C)
+    newton.shift_move(rng, nw, priors.fixed, state.a, state.b, Ti)
     return acc
 
 

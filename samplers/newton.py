@@ -29,7 +29,7 @@ import numpy as np
 from numba import njit
 
 from samplers.glm import BINOMIAL_LOGIT, POISSON_LOG, working
-from samplers.linalg import chol_inplace, solve_lower, solve_upper
+from samplers.linalg import chol_inplace, gaussian_from_precision, solve_lower, solve_upper
 
 _TINY_W = 1e-300  # the smallest working weight (as samplers.glm.working)
 _SQRT2 = math.sqrt(2.0)
@@ -74,48 +74,50 @@ def row_loglik(family, y, n, const, e):
 
 
 @njit(cache=True, nogil=True)
+def _factor(P, rhs):
+    """``(ok, mean, log|L|)`` of ``N(P^{-1} rhs, P^{-1})``; ``P`` becomes its lower Cholesky factor ``L``."""
+    if not chol_inplace(P):
+        return False, rhs, 0.0
+    mean = rhs.copy()
+    solve_lower(P, mean)
+    solve_upper(P, mean)
+    logdet = 0.0
+    for i in range(rhs.shape[0]):
+        logdet += math.log(P[i, i])
+    return True, mean, logdet
+
+
+@njit(cache=True, nogil=True)
 def _draw(P, rhs, rng, x_new, z):
     """Draw ``x_new ~ N(P^{-1} rhs, P^{-1})``; ``P`` becomes its Cholesky factor. Returns ``(ok, log q)``.
 
     ``log q`` is the proposal's log density at the draw without ``-k/2 log(2 pi)``
     (which cancels from every ratio): ``sum log L_ii - z'z / 2``.
     """
-    k = rhs.shape[0]
-    if not chol_inplace(P):
+    ok, mean, logdet = _factor(P, rhs)
+    if not ok:
         return False, 0.0
-    mean = rhs.copy()
-    solve_lower(P, mean)
-    solve_upper(P, mean)
     qz = 0.0
-    for i in range(k):
+    for i in range(rhs.shape[0]):
         z[i] = rng.standard_normal()
         qz += z[i] * z[i]
-        x_new[i] = z[i]
-    solve_upper(P, x_new)
-    logdet = 0.0
-    for i in range(k):
-        x_new[i] += mean[i]
-        logdet += math.log(P[i, i])
+    gaussian_from_precision(P, mean, z, x_new)
     return True, logdet - 0.5 * qz
 
 
 @njit(cache=True, nogil=True)
 def _density(P, rhs, x):
     """``log N(x; P^{-1} rhs, P^{-1})`` without ``-k/2 log(2 pi)``; ``P`` becomes its factor. ``(ok, value)``."""
-    k = rhs.shape[0]
-    if not chol_inplace(P):
+    ok, mean, logdet = _factor(P, rhs)
+    if not ok:
         return False, 0.0
-    mean = rhs.copy()
-    solve_lower(P, mean)
-    solve_upper(P, mean)
-    logdet = 0.0
+    k = rhs.shape[0]
     quad = 0.0
     for i in range(k):  # |L'(x - mean)|^2
         t = 0.0
         for m in range(i, k):
             t += P[m, i] * (x[m] - mean[m])
         quad += t * t
-        logdet += math.log(P[i, i])
     return True, logdet - 0.5 * quad
 
 
@@ -203,35 +205,16 @@ def _rows(aug, nw, lo, hi, cur, Z, step, A, h, FF, Fr):
 
 
 @njit(cache=True, nogil=True)
-def _inverse_T(C):
-    """``T^{-1} = C'^{-1} C^{-1}`` from the lower factor ``C`` of ``T``."""
-    d = C.shape[0]
-    Ci = np.zeros((d, d))
-    for j in range(d):
-        col = np.zeros(d)
-        col[j] = 1.0
-        solve_lower(C, col)
-        Ci[:, j] = col
-    Ti = np.zeros((d, d))
-    for u in range(d):
-        for v in range(d):
-            t = 0.0
-            for m in range(d):
-                t += Ci[m, u] * Ci[m, v]
-            Ti[u, v] = t
-    return Ti
-
-
-@njit(cache=True, nogil=True)
-def group_moves(rng, aug, nw, a, b, C, counting, unchecked=False):
+def group_moves(rng, aug, nw, a, b, C, Ti, counting, unchecked=False):
     """Step 1: each group's ``b_g | a, T`` by its Newton proposal, accepted group by group.
+
+    ``C`` is the lower Cholesky factor of ``T`` and ``Ti`` its inverse ``T^{-1}``.
 
     ``unchecked``: every proposal accepted, the ratio ignored (a wrong step, for the test
     that shows SBC rejects it).
     """
     X, F = aug.X, aug.F
     p, d = F.shape[1], X.shape[1]
-    Ti = _inverse_T(C)
     P = np.empty((d, d))
     rhs = np.empty(d)
     b_new = np.empty(d)
@@ -368,7 +351,7 @@ def fixed_move(rng, aug, nw, fixed, a, counting, unchecked=False):
 
 
 @njit(cache=True, nogil=True)
-def shift_move(rng, nw, fixed, a, b, C):
+def shift_move(rng, nw, fixed, a, b, Ti):
     """Step 3: the shared directions, ``a_q + s`` and ``b_gk - s``, ``s`` drawn from its Gaussian conditional.
 
     ``nw.shared`` lists the pairs ``(q, k)``, fixed column ``q`` equal to group column ``k``
@@ -381,7 +364,6 @@ def shift_move(rng, nw, fixed, a, b, C):
         return
     n_groups = b.shape[0]
     d = b.shape[1]
-    Ti = _inverse_T(C)
     bsum = np.zeros(d)
     for g in range(n_groups):
         for k in range(d):
