@@ -21,8 +21,9 @@ from bayeshlm.formula import offset_terms
 from samplers.glm import BINOMIAL_LOGIT, BINOMIAL_PROBIT, POISSON_LOG
 
 __all__ = [
-    "FAMILIES", "GLM_MOVES", "LATENT_VARIANCE", "NEWTON_ROWS_PER_GROUP", "FamilyWarning", "family_code",
-    "log_normalising_constants", "newton_move", "resolve_family",
+    "FAMILIES", "GLM_MOVES", "LATENT_VARIANCE", "NEWTON_INTERWEAVE_INFORMATION", "NEWTON_ROWS_PER_GROUP",
+    "FamilyWarning", "family_code", "log_normalising_constants", "newton_interweave", "newton_move",
+    "resolve_family",
 ]
 
 # family: (its links, the default link)
@@ -269,3 +270,27 @@ def newton_move(model, glm_move):
         return False
     trials = model.trials if model.trials is not None else np.ones(model.n_obs)
     return float(np.sum(trials)) >= NEWTON_ROWS_PER_GROUP * model.stats.n.shape[0]
+
+
+# with the Newton proposal, bayeshlm.sample's interweave=None adds the move of the group SD given the
+# standardised effects when the median group's information about its coefficient (sum_i w_i x_i^2 at the
+# starting predictor) is below this: there T | b alone mixes slowly (docs/design.md, "The Newton proposal")
+NEWTON_INTERWEAVE_INFORMATION = 10.0
+
+
+def newton_interweave(information, n_coef, interweave=None):
+    """Whether the Newton proposal also moves the group SD given the standardised effects.
+
+    ``information``: each group's ``sum_i w_i x_i^2`` at the starting predictor (groups with
+    rows); ``n_coef``: the coefficients per group; ``interweave``: ``bayeshlm.sample``'s
+    argument (None chooses by ``information``). The move is defined for one coefficient per
+    group; asking for it with more raises ValueError.
+    """
+    if interweave is None:
+        return n_coef == 1 and len(information) > 0 and float(np.median(information)) < NEWTON_INTERWEAVE_INFORMATION
+    if interweave and n_coef != 1:
+        raise ValueError(
+            f"interweave=True moves one group SD given the standardised effects; this model has {n_coef} "
+            "coefficients per group: leave interweave unset"
+        )
+    return bool(interweave)

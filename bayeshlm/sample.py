@@ -12,7 +12,7 @@ import numpy as np
 import xarray as xr
 from scipy.special import ndtri
 
-from bayeshlm.family import GLM_MOVES, family_code, log_normalising_constants, newton_move
+from bayeshlm.family import GLM_MOVES, family_code, log_normalising_constants, newton_interweave, newton_move
 from bayeshlm.impute import impute
 from bayeshlm.level1 import has_level1_model, level1_chains, level1_posterior
 from bayeshlm.log_prior import log_prior_dataset
@@ -24,7 +24,8 @@ from bayeshlm.summary import warn_if_unconverged
 from samplers.augment import latent_capacity, mixture_table, working_rows
 from samplers.driver import init_state, run_chains
 from samplers.gaussian import marginal_moves_pay
-from samplers.newton import N_FIXED_ACC, N_FIXED_PROP, N_GROUP_ACC, N_GROUP_PROP
+from samplers.glm import BINOMIAL_LOGIT
+from samplers.newton import N_FIXED_ACC, N_FIXED_PROP, N_GROUP_ACC, N_GROUP_PROP, N_SCALE_ACC, N_SCALE_PROP
 from samplers.suffstats import compute_suffstats, recompute, row_products
 from samplers.types import (
     AUG_N_ACC,
@@ -152,7 +153,9 @@ class _Rows:
                 b_prev=np.empty((self.n_coef_rows, self.X.shape[1])), theta_prev=np.empty(self.n_theta))
         if self.newton is not None:
             aug = aug._replace(
-                newton=newton_rows(self.newton[0], self.newton[1], n_obs, self.X.shape[1], self.F.shape[1]))
+                newton=newton_rows(self.newton[0], self.newton[1], n_obs, self.X.shape[1], self.F.shape[1],
+                                   bernoulli=self.code == BINOMIAL_LOGIT and bool(np.all(self.n == 1.0))
+                                   and not np.any(self.const)))
             aug.scal[AUG_NEWTON] = 1.0
         working_rows(aug, aug.eta, aug.w, aug.z)
         recompute(aug.stats, aug.z, aug.F, aug.X, aug.gidx, aug.w)
@@ -160,20 +163,30 @@ class _Rows:
         return aug
 
 
-def augmentations(model, n_chains, n_keep, log_likelihood=False, newton=False):
+def augmentations(model, n_chains, n_keep, log_likelihood=False, newton=False, interweave=None):
     """One :class:`~samplers.types.Augmentation` per chain for a non-Gaussian model.
 
     They share the rows; each holds its own working statistics, formed at the predictor the
     chains start from (the overall share of successes), and room for ``n_keep`` draws of the
     log-likelihood (``log_likelihood``: ``"pointwise"``, ``"group"`` or False). ``newton``:
-    the chains move their coefficients by the Newton proposal (``glm_move="newton"``).
+    the chains move their coefficients by the Newton proposal (``glm_move="newton"``), with
+    the interweaving move of the group SD as ``interweave`` asks
+    (:func:`bayeshlm.family.newton_interweave`: None chooses by the groups' information).
     """
     rows = _Rows(model)
     out_idx, n_out = _loglik_columns(model, log_likelihood)
     if newton:
         order = rows.sort_for_newton()
         out_idx = np.ascontiguousarray(out_idx[order]) if n_out else out_idx
-    return [rows.augmentation(model, n_keep, out_idx, n_out) for _ in range(n_chains)]
+    augs = [rows.augmentation(model, n_keep, out_idx, n_out) for _ in range(n_chains)]
+    if newton:
+        first = augs[0]  # each group's information at the starting predictor: sum_i w_i x_i^2
+        starts = first.newton.starts
+        used = np.diff(starts) > 0
+        info = np.add.reduceat(first.w * first.X[:, 0] ** 2, starts[:-1][used]) if first.X.shape[1] else np.zeros(0)
+        iw = newton_interweave(info, first.X.shape[1], interweave)
+        augs = [a._replace(newton=a.newton._replace(interweave=iw)) for a in augs]
+    return augs
 
 
 def _loglik_columns(model, mode):
@@ -219,6 +232,7 @@ def sample(
     method=None,
     mh_steps=None,
     glm_move="auto",
+    interweave=None,
     keep_group_draws=True,
     group_moments=False,
     log_likelihood="auto",
@@ -290,6 +304,16 @@ def sample(
         :data:`bayeshlm.family.NEWTON_ROWS_PER_GROUP` rows (trials, for binomial rows), else ``"augment"``.
         The share of proposals accepted after warm-up is ``coefficient_acceptance`` in the
         result's ``sampler`` attribute (JSON).
+    interweave : bool, optional
+        With the Newton proposal and one coefficient per group (a random intercept, or one
+        random slope): also move the group SD given the standardised effects ``b_g / SD``
+        each sweep, a Newton proposal in the SD accepted by Metropolis-Hastings, at the cost
+        of one more pass over the rows (docs/design.md, "The Newton proposal"). ``T | b`` alone
+        mixes slowly when the groups say little about their coefficients; this move mixes
+        well there. None (the default) takes it when the median group's information about its
+        coefficient at the starting predictor is below
+        :data:`bayeshlm.family.NEWTON_INTERWEAVE_INFORMATION`; the result's ``sampler``
+        attribute records ``interweave`` and ``sd_acceptance``.
     keep_group_draws : bool or int
         Which groups' coefficient draws to keep, at full length: all (True, needed for the
         log-likelihood), none (False), or the first ``n`` groups of each grouping factor (an
@@ -362,6 +386,11 @@ def sample(
     if glm_move not in GLM_MOVES:
         raise ValueError(f"glm_move must be one of {list(GLM_MOVES)}, got {glm_move!r}")
     newton = not gaussian and newton_move(model, glm_move)
+    if interweave is not None and not isinstance(interweave, bool | np.bool_):
+        raise ValueError(f"interweave must be True, False or None (chosen by the data), got {interweave!r}")
+    if interweave and not newton:
+        raise ValueError("interweave=True is a move of the Newton proposal: use it with glm_move='newton' "
+                         "(a binomial or Poisson model with one grouping factor)")
     if method is None:
         method = "gibbs" if newton else "mh"
     if method not in METHODS:
@@ -427,7 +456,7 @@ def sample(
     augs = None
     level1s = None
     if not gaussian:
-        augs = augmentations(model, chains, draws, log_likelihood, newton)
+        augs = augmentations(model, chains, draws, log_likelihood, newton, interweave)
     if scaled:
         level1s = level1_chains(model, chains, draws, *_loglik_columns(model, log_likelihood))
     for c, rng in enumerate(rngs):
@@ -495,6 +524,9 @@ def sample(
             cnt = sum(a.newton.cnt for a in augs)
             settings["coefficient_acceptance"] = float(cnt[N_GROUP_ACC] / max(cnt[N_GROUP_PROP], 1.0))
             settings["fixed_acceptance"] = float(cnt[N_FIXED_ACC] / max(cnt[N_FIXED_PROP], 1.0))
+            settings["interweave"] = bool(augs[0].newton.interweave)
+            if settings["interweave"]:
+                settings["sd_acceptance"] = float(cnt[N_SCALE_ACC] / max(cnt[N_SCALE_PROP], 1.0))
         elif model.family == "poisson":  # the share of corrected proposals accepted after warm-up
             n_prop = sum(a.scal[AUG_N_PROP] for a in augs)
             settings["coefficient_acceptance"] = float(sum(a.scal[AUG_N_ACC] for a in augs) / max(n_prop, 1.0))

@@ -286,6 +286,7 @@ def geweke(
     marginal=None,
     glm_move="augment",
     unchecked=False,
+    interweave=None,
 ):
     """Geweke's joint-distribution test of one sweep of the sampler.
 
@@ -298,8 +299,10 @@ def geweke(
     a fixed Markov kernel. For a non-Gaussian level 1 the sweep includes its augmentation
     step (drawn anew from the new response at the start of the next sweep), which the test
     thereby checks too. ``glm_move="newton"`` tests the Newton proposal instead (with
-    ``method="gibbs"``); ``unchecked`` accepts its every proposal, a wrong step for the test
-    that shows this one catches it.
+    ``method="gibbs"``), with its interweaving move of the group SD as ``interweave`` asks
+    (as :func:`bayeshlm.sample`'s argument); ``unchecked`` accepts its every proposal
+    (``"interweave"``: leaves the proposal's densities out of the SD move's ratio), a wrong
+    step for the test that shows this one catches it.
 
     Returns
     -------
@@ -339,11 +342,11 @@ def geweke(
     moves = chain_moves(model, method, mh_steps, marginal)
     # a non-Gaussian level 1: the chain's augmentation holds the response, replaced in place below
     newton = glm_move == "newton"
-    aug = None if getattr(model, "gaussian", True) else augmentations(sim, 1, 0, False, newton)[0]
+    aug = None if getattr(model, "gaussian", True) else augmentations(sim, 1, 0, False, newton, interweave)[0]
     # the Newton proposal keeps the rows in group order (bayeshlm.sample._Rows.sort_for_newton)
     order = np.argsort(np.asarray(model.design.group_idx), kind="stable") if newton else None
     if unchecked:
-        aug.scal[AUG_NO_CORRECTION] = 1.0
+        aug.scal[AUG_NO_CORRECTION] = 2.0 if unchecked == "interweave" else 1.0
     state = init_state(kernel_rng, theta0, sim.stats if aug is None else aug.stats, model.structure, model.priors,
                        moves=moves, aug=aug)
     # The sweeps run in the chain's own compiled loop (the one `sample` runs, so no other

@@ -135,25 +135,28 @@ def _store(state, store, k, acc):
     """Keep the current draw as kept draw ``k`` (see :class:`~samplers.types.DrawStore`)."""
     copy_into(store.theta[k], state.theta)
     copy_into(store.a[k], state.a)
-    d = state.b.shape[1]
+    b = state.b  # fields read once: a tuple's field read in a loop costs a reference count each time
+    d = b.shape[1]
     coef_map = store.coef_map
-    if k < store.b.shape[0]:
-        for i in range(store.b_rows.shape[0]):
-            g = store.b_rows[i]  # indexed, not a view per group
+    out, b_rows = store.b, store.b_rows
+    if k < out.shape[0]:
+        for i in range(b_rows.shape[0]):
+            g = b_rows[i]  # indexed, not a view per group
             for r in range(d):
                 t = 0.0
                 for m in range(d):
-                    t += coef_map[r, m] * state.b[g, m]
-                store.b[k, i, r] = t
-    if store.b_moments.shape[0] > 0:
+                    t += coef_map[r, m] * b[g, m]
+                out[k, i, r] = t
+    moments = store.b_moments
+    if moments.shape[0] > 0:
         inv = 1.0 / (k + 1)
-        mean = store.b_moments[0]
-        m2 = store.b_moments[1]
+        mean = moments[0]
+        m2 = moments[1]
         for g in range(mean.shape[0]):
             for r in range(d):
                 x = 0.0
                 for m in range(d):
-                    x += coef_map[r, m] * state.b[g, m]
+                    x += coef_map[r, m] * b[g, m]
                 delta = x - mean[g, r]
                 mean[g, r] += delta * inv
                 m2[g, r] += delta * (x - mean[g, r])
@@ -205,10 +208,18 @@ def run_chain(rng, state, stats, structure, priors, moves, schedule, store):
 
 @njit(cache=True, nogil=True)
 def newton_sweep(rng, state, aug, structure, priors, counting):
-    """One sweep with the Newton proposal (:mod:`samplers.newton`): ``T | b``, then each group, ``a``, the shifts."""
+    """One sweep with the Newton proposal (:mod:`samplers.newton`): ``T | b``, then each group, ``a``, the shifts.
+
+    With ``aug.newton.interweave`` the group SD also moves given the standardised effects
+    after ``T | b`` (:func:`samplers.newton.scale_move`).
+    """
     acc = gibbs_moves(rng, state, aug.stats, structure, priors)
     if state.scal[FAILED] != 0.0:
         return np.nan
+    wrong = aug.scal[AUG_NO_CORRECTION]  # wrong steps, for tests: 1 no ratio, 2 the SD move's without q
+    unchecked = wrong == 1.0
+    if aug.newton.interweave:
+        newton.scale_move(rng, aug, aug.newton, state.theta, structure, priors, state.b, counting, wrong != 0.0)
     d = state.b.shape[1]
     C = np.zeros((d, d))
     decode_theta(state.theta, structure, priors, C)
@@ -217,7 +228,6 @@ def newton_sweep(rng, state, aug, structure, priors, counting):
         state.scal[FAILED] = 1.0
         return np.nan
     nw = aug.newton
-    unchecked = aug.scal[AUG_NO_CORRECTION] != 0.0  # a wrong step, for a test
     newton.group_moves(rng, aug, nw, state.a, state.b, C, Ti, counting, unchecked)
     newton.fixed_move(rng, aug, nw, priors.fixed, state.a, counting, unchecked)
     newton.shift_move(rng, nw, priors.fixed, state.a, state.b, Ti)

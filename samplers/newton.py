@@ -17,10 +17,15 @@ proposal"), after ``T | b`` by its conditional:
    costs nothing per row. Without it ``a | b`` would barely move when groups are large
    (``a_q + b_gk`` is pinned by the data).
 
-The rows are kept in group order, each row's predictor, working weight, working residual
-and working values in two buffers: a proposal writes into the buffer its group does not
-use, and an accepted one flips the group's buffer (``cur``), so nothing is copied. A
-Bernoulli row costs one exponential per step, and one logarithm per 32 rows (``_row``).
+With one coefficient per group, :func:`scale_move` also moves the group SD given the
+standardised effects ``b_g / SD`` (``NewtonRows.interweave``), which mixes where ``T | b``
+does not: when the groups say little about their coefficients.
+
+The rows are kept in group order, each row's predictor in two buffers: a proposal writes
+into the buffer its group does not use, and an accepted one flips the group's buffer
+(``cur``), so nothing is copied. A Bernoulli row costs one exponential per step, and one
+logarithm per 32 rows (``_row``). The loops read the tuples' fields into local names first:
+a field read in a loop costs an atomic reference count each time.
 """
 
 import math
@@ -30,85 +35,87 @@ from numba import njit
 
 from samplers.glm import BINOMIAL_LOGIT, POISSON_LOG, working
 from samplers.linalg import chol_inplace, gaussian_from_precision, solve_lower, solve_upper
+from samplers.theta import decode_theta
 
 _TINY_W = 1e-300  # the smallest working weight (as samplers.glm.working)
 _SQRT2 = math.sqrt(2.0)
 
 # slots of NewtonRows.cnt: moves made and accepted after warm-up
-N_GROUP_PROP, N_GROUP_ACC, N_FIXED_PROP, N_FIXED_ACC = 0, 1, 2, 3
+N_GROUP_PROP, N_GROUP_ACC, N_FIXED_PROP, N_FIXED_ACC, N_SCALE_PROP, N_SCALE_ACC = 0, 1, 2, 3, 4, 5
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _row(family, y, n, const, e):
-    """``(part, factor, w, r)``: a row's working weight and residual at ``e``, ``log p(y | e) = part - log(factor)``.
+def _row(family, bern, y, n, const, i, e):
+    """``(part, factor, w, s)`` of row ``i`` at ``e``: ``log p(y_i | e) = part - log(factor)``, weight and score.
 
-    A Bernoulli row (logit link, one trial) returns ``factor = 1 + exp(-|e|)``, so that a pass
+    ``w`` is the working weight (the Fisher information in ``e``) and ``s = d log p / d e`` the
+    score, so that a group's working model needs ``sum w x x'`` and ``sum s x`` only. A
+    Bernoulli row (logit link, one trial) returns ``factor = 1 + exp(-|e|)``, so that a pass
     multiplies the factors of many rows and takes one logarithm for them all; any other row
-    returns its whole log-likelihood in ``part`` and ``factor = 1``.
+    returns its whole log-likelihood in ``part`` and ``factor = 1``. With ``bern`` (every row
+    Bernoulli, :attr:`samplers.types.NewtonRows.bernoulli`) the trials ``n`` and constants
+    ``const`` are not read. The arrays are passed, not the tuples holding them: a field read
+    from a tuple in a loop costs a reference count each time.
     """
-    if family == BINOMIAL_LOGIT:  # softplus(+-e) share log(1 + exp(-|e|)); p = 1 / (1 + exp(-e))
+    yi = y[i]
+    if bern:  # softplus(+-e) share log(1 + exp(-|e|)); p = 1 / (1 + exp(-e))
         t = math.exp(-abs(e))
-        part = const - y * max(-e, 0.0) - (n - y) * max(e, 0.0)
         inv = 1.0 / (1.0 + t)
         pr = inv if e >= 0.0 else t * inv
-        w = max(n * t * inv * inv, _TINY_W)
-        if n == 1.0:
-            return part, 1.0 + t, w, (y - pr) / w
-        return part - n * math.log1p(t), 1.0, w, (y - n * pr) / w
-    w, r = working(family, y, n, e)
+        return -yi * max(-e, 0.0) - (1.0 - yi) * max(e, 0.0), 1.0 + t, max(t * inv * inv, _TINY_W), yi - pr
+    ni, ci = n[i], const[i]
+    if family == BINOMIAL_LOGIT:
+        t = math.exp(-abs(e))
+        inv = 1.0 / (1.0 + t)
+        pr = inv if e >= 0.0 else t * inv
+        part = ci - yi * max(-e, 0.0) - (ni - yi) * max(e, 0.0) - ni * math.log1p(t)
+        return part, 1.0, max(ni * t * inv * inv, _TINY_W), yi - ni * pr
+    w, r = working(family, yi, ni, e)
     if family == POISSON_LOG:
-        return const + y * e - math.exp(e), 1.0, w, r
+        return ci + yi * e - math.exp(e), 1.0, w, w * r
     p = 0.5 * math.erfc(-e / _SQRT2)
     q = 0.5 * math.erfc(e / _SQRT2)
-    return const + y * math.log(max(p, 1e-300)) + (n - y) * math.log(max(q, 1e-300)), 1.0, w, r
+    return ci + yi * math.log(max(p, 1e-300)) + (ni - yi) * math.log(max(q, 1e-300)), 1.0, w, w * r
 
 
 _BATCH = 32  # factors in (1, 2] multiplied before one logarithm: at most 2^32
 
 
-@njit(cache=True, nogil=True)
-def row_loglik(family, y, n, const, e):
-    """``log p(y | e)`` of one row."""
-    part, factor, _, _ = _row(family, y, n, const, e)
-    return part - math.log(factor)
-
-
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _factor(P, rhs):
-    """``(ok, mean, log|L|)`` of ``N(P^{-1} rhs, P^{-1})``; ``P`` becomes its lower Cholesky factor ``L``."""
+    """``(ok, log|L|)`` of ``N(P^{-1} rhs, P^{-1})``; ``P`` becomes its Cholesky factor ``L``, ``rhs`` the mean."""
     if not chol_inplace(P):
-        return False, rhs, 0.0
-    mean = rhs.copy()
-    solve_lower(P, mean)
-    solve_upper(P, mean)
+        return False, 0.0
+    solve_lower(P, rhs)
+    solve_upper(P, rhs)
     logdet = 0.0
     for i in range(rhs.shape[0]):
         logdet += math.log(P[i, i])
-    return True, mean, logdet
+    return True, logdet
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _draw(P, rhs, rng, x_new, z):
-    """Draw ``x_new ~ N(P^{-1} rhs, P^{-1})``; ``P`` becomes its Cholesky factor. Returns ``(ok, log q)``.
+    """Draw ``x_new ~ N(P^{-1} rhs, P^{-1})``; ``P`` becomes its Cholesky factor, ``rhs`` the mean. ``(ok, log q)``.
 
     ``log q`` is the proposal's log density at the draw without ``-k/2 log(2 pi)``
     (which cancels from every ratio): ``sum log L_ii - z'z / 2``.
     """
-    ok, mean, logdet = _factor(P, rhs)
+    ok, logdet = _factor(P, rhs)
     if not ok:
         return False, 0.0
     qz = 0.0
     for i in range(rhs.shape[0]):
         z[i] = rng.standard_normal()
         qz += z[i] * z[i]
-    gaussian_from_precision(P, mean, z, x_new)
+    gaussian_from_precision(P, rhs, z, x_new)
     return True, logdet - 0.5 * qz
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _density(P, rhs, x):
-    """``log N(x; P^{-1} rhs, P^{-1})`` without ``-k/2 log(2 pi)``; ``P`` becomes its factor. ``(ok, value)``."""
-    ok, mean, logdet = _factor(P, rhs)
+    """``(ok, log N(x; P^{-1} rhs, P^{-1}))`` without ``-k/2 log(2 pi)``; ``P`` becomes its factor, ``rhs`` the mean."""
+    ok, logdet = _factor(P, rhs)
     if not ok:
         return False, 0.0
     k = rhs.shape[0]
@@ -116,18 +123,19 @@ def _density(P, rhs, x):
     for i in range(k):  # |L'(x - mean)|^2
         t = 0.0
         for m in range(i, k):
-            t += P[m, i] * (x[m] - mean[m])
+            t += P[m, i] * (x[m] - rhs[m])
         quad += t * t
     return True, logdet - 0.5 * quad
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _add_row(A, h, X, i, w, r):
-    """``A += w x x'`` (lower triangle) and ``h += w r x`` for row ``i`` of ``X``."""
+def _add_row(A, h, X, i, w, s):
+    """``A += w x x'`` (lower triangle) and ``h += s x`` for row ``i`` of ``X``."""
     k = A.shape[0]
     for u in range(k):
-        xu = w * X[i, u]
-        h[u] += xu * r
+        xu = X[i, u]
+        h[u] += s * xu
+        xu *= w
         for v in range(u + 1):
             A[u, v] += xu * X[i, v]
 
@@ -141,8 +149,10 @@ def _mirror(A):
 
 @njit(cache=True, nogil=True)
 def start(aug, nw, a, b):
-    """The rows' predictor, log-likelihood and working values at ``(a, b)`` in buffer 0, and every group's sums."""
+    """The rows' predictor and log-likelihood at ``(a, b)`` in buffer 0, and every group's sums."""
     F, X = aug.F, aug.X
+    family, y, n, const, offset = aug.family, aug.y, aug.n, aug.const, aug.offset
+    eta0 = nw.eta[0]
     p, d = F.shape[1], X.shape[1]
     nw.cur[:] = 0
     for g in range(nw.starts.shape[0] - 1):
@@ -152,30 +162,29 @@ def start(aug, nw, a, b):
         nw.Fr[g] = 0.0
         total = 0.0
         for i in range(nw.starts[g], nw.starts[g + 1]):
-            e = aug.offset[i]
+            e = offset[i]
             for q in range(p):
                 e += F[i, q] * a[q]
             for k in range(d):
                 e += X[i, k] * b[g, k]
-            part, factor, w, r = _row(aug.family, aug.y[i], aug.n[i], aug.const[i], e)
-            nw.eta[0, i] = e
-            nw.w[0, i] = w
-            nw.r[0, i] = r
+            part, factor, w, sc = _row(family, False, y, n, const, i, e)
+            eta0[i] = e
             total += part - math.log(factor)
-            _add_row(nw.A[g], nw.h[g], X, i, w, r)
-            _add_row(nw.FF[g], nw.Fr[g], F, i, w, r)
+            _add_row(nw.A[g], nw.h[g], X, i, w, sc)
+            _add_row(nw.FF[g], nw.Fr[g], F, i, w, sc)
         nw.L[g] = total
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _rows(aug, nw, lo, hi, cur, Z, step, A, h, FF, Fr):
-    """Rows ``lo:hi`` (one group) moved by ``Z step`` from buffer ``cur``: their working values in the other buffer.
+    """Rows ``lo:hi`` (one group) moved by ``Z step`` from buffer ``cur``: their predictor in the other buffer.
 
-    Sets ``A``, ``h``, ``FF``, ``Fr`` to the rows' ``X'WX``, ``X'Wr``, ``F'WF``, ``F'Wr`` there
-    and returns their log-likelihood.
+    Sets ``A``, ``h``, ``FF``, ``Fr`` to the rows' ``X'WX``, ``X's``, ``F'WF``, ``F's`` there
+    (``W`` the working weights, ``s`` the scores, :func:`_row`) and returns their log-likelihood.
     """
     X, F = aug.X, aug.F
-    nxt = 1 - cur
+    family, y, n, const = aug.family, aug.y, aug.n, aug.const
+    eta_cur, eta_nxt = nw.eta[cur], nw.eta[1 - cur]
     A[:, :] = 0.0
     h[:] = 0.0
     FF[:, :] = 0.0
@@ -184,14 +193,13 @@ def _rows(aug, nw, lo, hi, cur, Z, step, A, h, FF, Fr):
     product = 1.0
     n_fac = 0
     m = step.shape[0]
+    bern = nw.bernoulli
     for i in range(lo, hi):
-        e = nw.eta[cur, i]
+        e = eta_cur[i]
         for k in range(m):
             e += Z[i, k] * step[k]
-        part, factor, w, r = _row(aug.family, aug.y[i], aug.n[i], aug.const[i], e)
-        nw.eta[nxt, i] = e
-        nw.w[nxt, i] = w
-        nw.r[nxt, i] = r
+        part, factor, w, sc = _row(family, bern, y, n, const, i, e)
+        eta_nxt[i] = e
         total += part
         product *= factor
         n_fac += 1
@@ -199,8 +207,8 @@ def _rows(aug, nw, lo, hi, cur, Z, step, A, h, FF, Fr):
             total -= math.log(product)
             product = 1.0
             n_fac = 0
-        _add_row(A, h, X, i, w, r)
-        _add_row(FF, Fr, F, i, w, r)
+        _add_row(A, h, X, i, w, sc)
+        _add_row(FF, Fr, F, i, w, sc)
     return total - math.log(product)
 
 
@@ -224,8 +232,9 @@ def group_moves(rng, aug, nw, a, b, C, Ti, counting, unchecked=False):
     FF2 = np.empty((p, p))
     Fr2 = np.empty(p)
     step = np.empty(d)
-    for g in range(nw.starts.shape[0] - 1):
-        lo, hi = nw.starts[g], nw.starts[g + 1]
+    starts, cur_buf, L, A, h, FF, Fr, cnt = nw.starts, nw.cur, nw.L, nw.A, nw.h, nw.FF, nw.Fr, nw.cnt
+    for g in range(starts.shape[0] - 1):
+        lo, hi = starts[g], starts[g + 1]
         if hi == lo:  # no rows: the prior, exactly
             for u in range(d):
                 z[u] = rng.standard_normal()
@@ -236,23 +245,17 @@ def group_moves(rng, aug, nw, a, b, C, Ti, counting, unchecked=False):
                 b[g, u] = t
             continue
         # forward: the working model at b_g, pseudo-responses X b_g + r
-        Ag = nw.A[g]
         for u in range(d):
-            t = nw.h[g, u]
+            t = h[g, u]
             for v in range(d):
-                auv = Ag[u, v] if u >= v else Ag[v, u]
+                auv = A[g, u, v] if u >= v else A[g, v, u]
                 P[u, v] = Ti[u, v] + auv
                 t += auv * b[g, v]
             rhs[u] = t
         ok, log_fwd = _draw(P, rhs, rng, b_new, z)
         if not ok:
             continue
-        cur = nw.cur[g]
-        nxt = 1 - cur
-        A2[:, :] = 0.0
-        h2[:] = 0.0
-        FF2[:, :] = 0.0
-        Fr2[:] = 0.0
+        cur = cur_buf[g]
         for k in range(d):
             step[k] = b_new[k] - b[g, k]
         total = _rows(aug, nw, lo, hi, cur, X, step, A2, h2, FF2, Fr2)
@@ -271,20 +274,24 @@ def group_moves(rng, aug, nw, a, b, C, Ti, counting, unchecked=False):
         for u in range(d):
             for v in range(d):
                 prior += Ti[u, v] * (b[g, u] * b[g, v] - b_new[u] * b_new[v])
-        log_r = total - nw.L[g] + 0.5 * prior + log_rev - log_fwd
+        log_r = total - L[g] + 0.5 * prior + log_rev - log_fwd
         accept = unchecked or (np.isfinite(log_r) and math.log(rng.random()) < log_r)
         if counting:
-            nw.cnt[N_GROUP_PROP] += 1.0
+            cnt[N_GROUP_PROP] += 1.0
             if accept:
-                nw.cnt[N_GROUP_ACC] += 1.0
+                cnt[N_GROUP_ACC] += 1.0
         if accept:
-            nw.cur[g] = nxt
-            nw.L[g] = total
-            nw.A[g, :, :] = A2
-            nw.h[g, :] = h2
-            nw.FF[g, :, :] = FF2
-            nw.Fr[g, :] = Fr2
-            b[g, :] = b_new
+            cur_buf[g] = 1 - cur
+            L[g] = total
+            for u in range(d):
+                h[g, u] = h2[u]
+                b[g, u] = b_new[u]
+                for v in range(d):
+                    A[g, u, v] = A2[u, v]
+            for u in range(p):
+                Fr[g, u] = Fr2[u]
+                for v in range(p):
+                    FF[g, u, v] = FF2[u, v]
 
 
 @njit(cache=True, nogil=True)
@@ -294,14 +301,15 @@ def fixed_move(rng, aug, nw, fixed, a, counting, unchecked=False):
     p = F.shape[1]
     if p == 0:
         return
-    n_groups = nw.starts.shape[0] - 1
+    starts, cur_buf, FF, Fr = nw.starts, nw.cur, nw.FF, nw.Fr
+    n_groups = starts.shape[0] - 1
     P = fixed.prec.copy()
     rhs = fixed.lin.copy()
     for g in range(n_groups):
         for u in range(p):
-            t = nw.Fr[g, u]
+            t = Fr[g, u]
             for v in range(p):
-                fuv = nw.FF[g, u, v] if u >= v else nw.FF[g, v, u]
+                fuv = FF[g, u, v] if u >= v else FF[g, v, u]
                 P[u, v] += fuv
                 t += fuv * a[v]
             rhs[u] += t
@@ -313,7 +321,7 @@ def fixed_move(rng, aug, nw, fixed, a, counting, unchecked=False):
     delta = a_new - a
     A2, h2, FF2, Fr2, L2 = nw.A2, nw.h2, nw.FF2, nw.Fr2, nw.L2
     for g in range(n_groups):
-        L2[g] = _rows(aug, nw, nw.starts[g], nw.starts[g + 1], nw.cur[g], F, delta, A2[g], h2[g], FF2[g], Fr2[g])
+        L2[g] = _rows(aug, nw, starts[g], starts[g + 1], cur_buf[g], F, delta, A2[g], h2[g], FF2[g], Fr2[g])
     P = fixed.prec.copy()
     rhs = fixed.lin.copy()
     for g in range(n_groups):
@@ -328,8 +336,9 @@ def fixed_move(rng, aug, nw, fixed, a, counting, unchecked=False):
     if not ok:
         return
     log_r = log_rev - log_fwd
+    L = nw.L
     for g in range(n_groups):
-        log_r += L2[g] - nw.L[g]
+        log_r += L2[g] - L[g]
     for u in range(p):  # the prior: -(a' P0 a - 2 h' a) / 2
         log_r += fixed.lin[u] * (a_new[u] - a[u])
         for v in range(p):
@@ -341,8 +350,8 @@ def fixed_move(rng, aug, nw, fixed, a, counting, unchecked=False):
             nw.cnt[N_FIXED_ACC] += 1.0
     if accept:
         for g in range(n_groups):
-            nw.cur[g] = 1 - nw.cur[g]
-        nw.L[:] = L2
+            cur_buf[g] = 1 - cur_buf[g]
+        L[:] = L2
         nw.A[:] = A2
         nw.h[:] = h2
         nw.FF[:] = FF2
@@ -359,7 +368,8 @@ def shift_move(rng, nw, fixed, a, b, Ti):
     ``a`` at ``a + E s`` times ``prod_g N(b_g - D s; 0, T)``: precision
     ``E'P0E + G D'T^{-1}D``, linear term ``E'(h0 - P0 a) + D'T^{-1} sum_g b_g``.
     """
-    m = nw.shared.shape[0]
+    shared = nw.shared
+    m = shared.shape[0]
     if m == 0:
         return
     n_groups = b.shape[0]
@@ -372,7 +382,7 @@ def shift_move(rng, nw, fixed, a, b, Ti):
     rhs = np.empty(m)
     p = a.shape[0]
     for s in range(m):
-        q, k = nw.shared[s, 0], nw.shared[s, 1]
+        q, k = shared[s, 0], shared[s, 1]
         t = fixed.lin[q]
         for v in range(p):
             t -= fixed.prec[q, v] * a[v]
@@ -380,7 +390,7 @@ def shift_move(rng, nw, fixed, a, b, Ti):
             t += Ti[k, v] * bsum[v]
         rhs[s] = t
         for s2 in range(m):
-            q2, k2 = nw.shared[s2, 0], nw.shared[s2, 1]
+            q2, k2 = shared[s2, 0], shared[s2, 1]
             P[s, s2] = fixed.prec[q, q2] + n_groups * Ti[k, k2]
     shift = np.empty(m)
     z = np.empty(m)
@@ -388,10 +398,98 @@ def shift_move(rng, nw, fixed, a, b, Ti):
     if not ok:
         return
     for s in range(m):
-        q, k = nw.shared[s, 0], nw.shared[s, 1]
+        q, k = shared[s, 0], shared[s, 1]
         a[q] += shift[s]
         for g in range(n_groups):
             b[g, k] -= shift[s]
+
+
+@njit(cache=True, nogil=True)
+def _sd_log_prior(tau, theta, structure, priors, C):
+    """Log prior density of the group SD ``tau > 0`` (one coefficient); ``theta`` and ``C`` are scratch.
+
+    :func:`samplers.theta.decode_theta` gives the density of ``eta = asinh(tau / scale)``;
+    dividing by ``d tau / d eta = scale cosh(eta)`` makes it the density of ``tau``.
+    """
+    scale = structure.diag_scale[0]
+    eta = math.asinh(tau / scale)
+    theta[structure.theta_ptr[0]] = eta
+    _, lp = decode_theta(theta, structure, priors, C)
+    return lp - math.log(scale * math.cosh(eta))
+
+
+@njit(cache=True, nogil=True)
+def scale_move(rng, aug, nw, theta, structure, priors, b, counting, unchecked=False):
+    """Step 1b, the interweaving step: the group SD ``tau`` given the standardised effects ``z_g = b_g / tau``.
+
+    For a factor with one coefficient (``T = tau^2``). Moving ``tau`` with every ``z_g`` held
+    moves every ``b_g = tau z_g``: the target is ``p(tau) prod_i p(y_i | eta_i)`` (``z``'s prior
+    does not involve ``tau``), and the proposal is the Newton construction in ``tau``, whose
+    score ``sum_g z_g h_g`` and curvature ``sum_g z_g^2 A_g`` come from the groups' sums
+    without a pass; one pass evaluates the proposal. It complements ``T | b`` (which mixes
+    slowly when the groups are weakly informed, the one-pass step when they are strongly
+    informed): docs/design.md, "The Newton proposal".
+
+    ``unchecked``: the proposal's densities left out of the ratio, as if it were symmetric (a
+    wrong step, for the test that shows the Geweke test rejects it).
+    """
+    n_groups = nw.starts.shape[0] - 1
+    scratch = theta.copy()
+    C = np.zeros((1, 1))
+    scale = structure.diag_scale[0]
+    tau = scale * math.sinh(theta[structure.theta_ptr[0]])
+    if not tau > 0.0:
+        return
+    starts, cur_buf, L, A, h = nw.starts, nw.cur, nw.L, nw.A, nw.h
+    score = 0.0
+    curv = 0.0
+    for g in range(n_groups):
+        z = b[g, 0] / tau
+        score += z * h[g, 0]
+        curv += z * z * A[g, 0, 0]
+    if not curv > 0.0:
+        return
+    mean = tau + score / curv
+    e = rng.standard_normal()
+    tau_new = mean + e / math.sqrt(curv)
+    log_fwd = 0.5 * math.log(curv) - 0.5 * e * e
+    if counting:
+        nw.cnt[N_SCALE_PROP] += 1.0
+    if not tau_new > 0.0:
+        return
+    step = np.empty(1)
+    X = aug.X
+    ratio = tau_new / tau
+    A2, h2, FF2, Fr2, L2 = nw.A2, nw.h2, nw.FF2, nw.Fr2, nw.L2
+    score = 0.0
+    curv = 0.0
+    for g in range(n_groups):
+        z = b[g, 0] / tau
+        step[0] = (tau_new - tau) * z
+        L2[g] = _rows(aug, nw, starts[g], starts[g + 1], cur_buf[g], X, step, A2[g], h2[g], FF2[g], Fr2[g])
+        score += z * h2[g, 0]
+        curv += z * z * A2[g, 0, 0]
+    if not curv > 0.0:
+        return
+    dev = tau - (tau_new + score / curv)
+    log_r = 0.0 if unchecked else 0.5 * math.log(curv) - 0.5 * curv * dev * dev - log_fwd
+    log_r += _sd_log_prior(tau_new, scratch, structure, priors, C) - _sd_log_prior(tau, scratch, structure, priors, C)
+    for g in range(n_groups):
+        log_r += L2[g] - L[g]
+    accept = np.isfinite(log_r) and math.log(rng.random()) < log_r
+    if not accept:
+        return
+    if counting:
+        nw.cnt[N_SCALE_ACC] += 1.0
+    for g in range(n_groups):
+        cur_buf[g] = 1 - cur_buf[g]
+        b[g, 0] *= ratio
+    L[:] = L2
+    A[:] = A2
+    h[:] = h2
+    nw.FF[:] = FF2
+    nw.Fr[:] = Fr2
+    theta[structure.theta_ptr[0]] = math.asinh(tau_new / scale)
 
 
 @njit(cache=True, nogil=True)
@@ -414,22 +512,25 @@ def keep_loglik(aug, nw, k):
         return
     out = aug.ll_out[k]
     out[:] = 0.0
-    for g in range(nw.starts.shape[0] - 1):
-        lo, hi = nw.starts[g], nw.starts[g + 1]
+    out_idx, starts, cur_buf, L, eta = aug.out_idx, nw.starts, nw.cur, nw.L, nw.eta
+    family, y, n, const = aug.family, aug.y, aug.n, aug.const
+    for g in range(starts.shape[0] - 1):
+        lo, hi = starts[g], starts[g + 1]
         if hi == lo:
             continue
-        col = aug.out_idx[lo]
+        col = out_idx[lo]
         one = True
         for i in range(lo + 1, hi):
-            if aug.out_idx[i] != col:
+            if out_idx[i] != col:
                 one = False
                 break
         if one:
-            out[col] += nw.L[g]
+            out[col] += L[g]
             continue
-        c = nw.cur[g]
+        c = cur_buf[g]
         for i in range(lo, hi):
-            out[aug.out_idx[i]] += row_loglik(aug.family, aug.y[i], aug.n[i], aug.const[i], nw.eta[c, i])
+            part, factor, _, _ = _row(family, False, y, n, const, i, eta[c, i])
+            out[out_idx[i]] += part - math.log(factor)
 
 
-__all__ = ["fixed_move", "group_moves", "keep_loglik", "loglik", "row_loglik", "shift_move", "start"]
+__all__ = ["fixed_move", "group_moves", "keep_loglik", "loglik", "scale_move", "shift_move", "start"]

@@ -390,7 +390,8 @@ AUG_MEAN_OMEGA = 2  # 1: omega at its conditional mean instead of drawn (a wrong
 AUG_LOG_F = 3  # Poisson: log of the correction f at the current (a, b), given the latent arrival times
 AUG_N_PROP = 4  # Poisson: corrected coefficient proposals after warm-up
 AUG_N_ACC = 5  # Poisson: and how many of them were accepted
-AUG_NO_CORRECTION = 6  # 1: every proposal accepted, the correction or Newton ratio skipped (a wrong step, a test)
+AUG_NO_CORRECTION = 6  # 1: every proposal accepted, the correction or Newton ratio skipped; 2: the Newton SD
+# move's proposal densities left out of its ratio (wrong steps, for tests)
 AUG_NEWTON = 7  # 1: the coefficients move by the Newton proposal (Augmentation.newton) instead of the augmentation
 N_AUG_SCAL = 8
 
@@ -406,24 +407,26 @@ class NewtonRows(NamedTuple):
         Pairs ``(q, k)``: fixed column ``q`` equals group column ``k`` in every row.
     cur : ndarray of int64, shape (n_groups,)
         The buffer (0 or 1) holding each group's rows at the current draw.
-    eta, w, r : ndarray of shape (2, n_obs)
-        Each row's predictor, working weight and working residual, in two buffers.
+    eta : ndarray of shape (2, n_obs)
+        Each row's predictor, in two buffers.
     A, h, FF, Fr, L : ndarray
-        Each group's ``X'WX`` (n_groups, d, d; lower triangle), ``X'Wr`` (n_groups, d),
-        ``F'WF`` (n_groups, p, p; lower triangle), ``F'Wr`` (n_groups, p) and log-likelihood
-        (n_groups,) at the current draw.
+        Each group's ``X'WX`` (n_groups, d, d; lower triangle), ``X's`` (n_groups, d),
+        ``F'WF`` (n_groups, p, p; lower triangle), ``F's`` (n_groups, p) and log-likelihood
+        (n_groups,) at the current draw (``W`` the rows' working weights, ``s`` their scores).
     A2, h2, FF2, Fr2, L2 : ndarray
         The same at the fixed effects' proposal.
-    cnt : ndarray of shape (4,)
-        Group moves and fixed-effect moves made and accepted after warm-up (slots of :mod:`samplers.newton`).
+    cnt : ndarray of shape (6,)
+        Group moves, fixed-effect moves and SD moves made and accepted after warm-up (slots of :mod:`samplers.newton`).
+    bernoulli : bool
+        Every row is Bernoulli with the logit link (one trial, no constant): a row reads only ``y``.
+    interweave : bool
+        Each sweep also moves the group SD given the standardised effects (:func:`samplers.newton.scale_move`).
     """
 
     starts: np.ndarray
     shared: np.ndarray
     cur: np.ndarray
     eta: np.ndarray
-    w: np.ndarray
-    r: np.ndarray
     A: np.ndarray
     h: np.ndarray
     FF: np.ndarray
@@ -435,9 +438,11 @@ class NewtonRows(NamedTuple):
     Fr2: np.ndarray
     L2: np.ndarray
     cnt: np.ndarray
+    bernoulli: bool
+    interweave: bool
 
 
-def newton_rows(starts, shared, n_obs, d, p):
+def newton_rows(starts, shared, n_obs, d, p, bernoulli=False, interweave=False):
     """A chain's :class:`NewtonRows` for ``n_obs`` rows in ``len(starts) - 1`` groups."""
     G = len(starts) - 1
     return NewtonRows(
@@ -445,8 +450,6 @@ def newton_rows(starts, shared, n_obs, d, p):
         shared=np.ascontiguousarray(np.asarray(shared, dtype=np.int64).reshape(-1, 2)),
         cur=np.zeros(G, dtype=np.int64),
         eta=np.zeros((2, n_obs)),
-        w=np.zeros((2, n_obs)),
-        r=np.zeros((2, n_obs)),
         A=np.zeros((G, d, d)),
         h=np.zeros((G, d)),
         FF=np.zeros((G, p, p)),
@@ -457,7 +460,9 @@ def newton_rows(starts, shared, n_obs, d, p):
         FF2=np.zeros((G, p, p)),
         Fr2=np.zeros((G, p)),
         L2=np.zeros(G),
-        cnt=np.zeros(4),
+        cnt=np.zeros(6),
+        bernoulli=bool(bernoulli),
+        interweave=bool(interweave),
     )
 
 

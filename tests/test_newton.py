@@ -1,10 +1,10 @@
 """The Newton proposal of binomial and Poisson models (``glm_move="newton"``, samplers/newton.py).
 
 Its exactness is shown by SBC (tests/statistical/test_sbc_glmm.py) and the Geweke test
-(tests/statistical/test_geweke.py); here: its Gaussian densities, the choice of the move, the
-posterior against the Pólya–Gamma chain's, the log-likelihood it stores, and shifted and
-scaled predictors. Posterior comparisons allow 4.5 combined Monte Carlo standard errors
-(false alarm about 7e-6 per quantity).
+(tests/statistical/test_geweke.py); here: its Gaussian densities, the choice of the move and
+of the SD's interweaving move, the posterior against the Pólya–Gamma chain's, the
+log-likelihood it stores, and shifted and scaled predictors. Posterior comparisons allow 4.5
+combined Monte Carlo standard errors (false alarm about 7e-6 per quantity).
 """
 
 import json
@@ -55,16 +55,18 @@ def test_proposal_densities_are_the_gaussian_ones():
     P = M @ M.T + 3 * np.eye(3)
     rhs = rng.normal(size=3)
     x = np.empty(3)
-    ok, log_q = _draw(P.copy(), rhs, np.random.default_rng(4), x, np.empty(3))
     mean, cov = np.linalg.solve(P, rhs), np.linalg.inv(P)
+    work = rhs.copy()
+    ok, log_q = _draw(P.copy(), work, np.random.default_rng(4), x, np.empty(3))
+    assert work == pytest.approx(mean, rel=1e-12)  # the right-hand side becomes the mean
     exact = sps.multivariate_normal(mean, cov).logpdf(x) + 1.5 * np.log(2 * np.pi)
     assert ok and log_q == pytest.approx(exact, rel=1e-12)
     point = rng.normal(size=3)
-    ok, value = _density(P.copy(), rhs, point)
+    ok, value = _density(P.copy(), rhs.copy(), point)
     assert ok and value == pytest.approx(
         sps.multivariate_normal(mean, cov).logpdf(point) + 1.5 * np.log(2 * np.pi), rel=1e-12
     )
-    ok, _ = _density(-np.eye(3), rhs, point)  # not positive definite: refused, not a wrong value
+    ok, _ = _density(-np.eye(3), rhs.copy(), point)  # not positive definite: refused, not a wrong value
     assert not ok
 
 
@@ -89,6 +91,29 @@ def test_the_move_is_chosen_by_the_rows_per_group_and_refused_where_it_does_not_
     assert _settings(bh.sample(nested, **run))["glm_move"] == "augment"  # auto: never for two factors
 
 
+def test_the_sd_move_is_chosen_by_the_groups_information_and_refused_where_it_does_not_apply():
+    """cbpp's herds hold about 5.5 units of information each (56 trials, 11% incidence): interweaved."""
+    run = {"draws": 20, "warmup": 20, "chains": 1, "seed": 1, "progress": False}
+    cbpp = bh.hlm("cbind(incidence, size - incidence) ~ C(period) + (1 | herd)", bh.load_dataset("cbpp"),
+                  family="binomial", priors=PRIORS)
+    big = bh.hlm("y ~ x + (1 | g)", _binary(10, 200), family="bernoulli", priors=PRIORS)  # 200 x 0.23 each
+    slopes = bh.hlm("y ~ x + (x | g)", _binary(10, 60), family="bernoulli", priors=PRIORS)
+    with warnings.catch_warnings():  # short runs: their R-hat is not the point
+        warnings.simplefilter("ignore", bh.ConvergenceWarning)
+        chosen = _settings(bh.sample(cbpp, **run))
+        assert chosen["interweave"] and 0.0 < chosen["sd_acceptance"] <= 1.0
+        assert not _settings(bh.sample(big, **run))["interweave"]
+        assert _settings(bh.sample(big, interweave=True, **run))["interweave"]
+        assert not _settings(bh.sample(cbpp, interweave=False, **run))["interweave"]
+        assert not _settings(bh.sample(slopes, **run))["interweave"]
+        with pytest.raises(ValueError, match="2 coefficients per group"):
+            bh.sample(slopes, interweave=True, **run)
+        with pytest.raises(ValueError, match="interweave=True is a move of the Newton proposal"):
+            bh.sample(cbpp, glm_move="augment", interweave=True, **run)
+        with pytest.raises(ValueError, match="interweave must be True, False or None"):
+            bh.sample(cbpp, interweave="yes", **run)
+
+
 def test_posterior_agrees_with_the_polya_gamma_chain():
     model = bh.hlm(
         "cbind(incidence, size - incidence) ~ C(period) + (1 | herd)",
@@ -101,6 +126,7 @@ def test_posterior_agrees_with_the_polya_gamma_chain():
     augment = bh.sample(model, glm_move="augment", **run)
     settings = _settings(newton)
     assert settings["coefficient_acceptance"] > 0.8 and settings["fixed_acceptance"] > 0.5
+    assert settings["interweave"] and settings["sd_acceptance"] > 0.5
     for t in newton.posterior["fixed_term"].values:
         _agree(newton.posterior.sel(fixed_term=t), augment.posterior.sel(fixed_term=t), "fixed")
     _agree(newton.posterior, augment.posterior, "herd_sd")
@@ -132,10 +158,12 @@ def test_stored_log_likelihood_is_the_draws():
         np.testing.assert_allclose(ll, rows, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("shift, scale", [(2015.0, 1.0), (0.0, 1e-3), (1e6, 1e4)])
-def test_shifted_and_scaled_predictors_give_the_same_posterior(shift, scale):
+@pytest.mark.parametrize("shift, scale, interweave", [(2015.0, 1.0, None), (0.0, 1e-3, None), (1e6, 1e4, None),
+                                                      (1e6, 1e4, True)])
+def test_shifted_and_scaled_predictors_give_the_same_posterior(shift, scale, interweave):
     """A flat prior on the fixed effects, so that the posterior moves with the predictor exactly."""
-    run = {"draws": 1000, "warmup": 300, "chains": 4, "seed": 7, "progress": False, "glm_move": "newton"}
+    run = {"draws": 1000, "warmup": 300, "chains": 4, "seed": 7, "progress": False, "glm_move": "newton",
+           "interweave": interweave}
     priors = {"fixed": bh.Flat(), "sd": bh.HalfNormal(2)}
     base = bh.sample(bh.hlm("y ~ x + (1 | g)", _binary(12, 60, seed=4), family="bernoulli", priors=priors), **run)
     moved = bh.sample(
@@ -158,3 +186,4 @@ def test_shifted_and_scaled_predictors_give_the_same_posterior(shift, scale):
     for name, (one, two) in pairs.items():
         _agree(one.to_dataset(name=name), two.to_dataset(name=name), name)
     assert _settings(moved)["coefficient_acceptance"] > 0.8
+    assert _settings(moved)["interweave"] == bool(interweave)

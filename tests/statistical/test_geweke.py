@@ -110,11 +110,13 @@ def test_geweke_of_the_augmentation(case):
 
 NEWTON = {
     # the Newton proposal: each group, then the fixed effects, by Metropolis-Hastings from the
-    # working model, then the shift along the shared columns (intercept; intercept and slope)
-    "logit_newton": ("y ~ x + (1 | g)", {}),
+    # working model, then the shift along the shared columns (intercept; intercept and slope);
+    # with one coefficient per group, the SD's move given the standardised effects (interweave)
+    "logit_newton": ("y ~ x + (1 | g)", {"interweave": True}),
+    "logit_centred_newton": ("y ~ x + (1 | g)", {"interweave": False}),
     "logit_slopes_binomial_newton": ("y ~ x + (x | g)", {"trials": "n"}),
-    "probit_newton": ("y ~ x + (1 | g)", {"link": "probit"}),
-    "poisson_newton": ("y ~ x + (1 | g)", {"family": "poisson"}),
+    "probit_newton": ("y ~ x + (1 | g)", {"link": "probit", "interweave": True}),
+    "poisson_newton": ("y ~ x + (1 | g)", {"family": "poisson", "interweave": True}),
     # a slope on a shifted predictor (x + 5), which the kernels centre
     "logit_far_slopes_newton": ("y ~ x_far + (x_far | g)", {}),
 }
@@ -123,6 +125,7 @@ NEWTON = {
 def _newton_model(case):
     formula, options = NEWTON[case]
     options = dict(options)
+    options.pop("interweave", None)
     family = options.pop("family", "binomial" if "trials" in options else "bernoulli")
     data = _binary_data()
     if "trials" in options:
@@ -132,12 +135,21 @@ def _newton_model(case):
 
 @pytest.mark.parametrize("case", list(NEWTON))
 def test_geweke_of_the_newton_proposal(case):
-    table = geweke(_newton_model(case), 20000, method="gibbs", seed=11, glm_move="newton")
+    table = geweke(_newton_model(case), 20000, method="gibbs", seed=11, glm_move="newton",
+                   interweave=NEWTON[case][1].get("interweave"))
     bad = table[table["p_value"] < 1e-3 / len(table)]
     assert bad.empty, f"Geweke test fails:\n{bad}"
 
 
 def test_geweke_catches_an_unchecked_newton_proposal():
     """Every Newton proposal accepted, its ratio ignored: the chain targets the working model, and the test fails."""
-    table = geweke(_newton_model("logit_newton"), 20000, method="gibbs", seed=11, glm_move="newton", unchecked=True)
+    table = geweke(_newton_model("logit_newton"), 20000, method="gibbs", seed=11, glm_move="newton",
+                   interweave=False, unchecked=True)
+    assert table["p_value"].min() < 1e-3 / len(table), table
+
+
+def test_geweke_catches_an_unchecked_move_of_the_sd():
+    """The SD's move given the standardised effects without its proposal densities in the ratio: the test fails."""
+    table = geweke(_newton_model("logit_newton"), 20000, method="gibbs", seed=11, glm_move="newton",
+                   interweave=True, unchecked="interweave")
     assert table["p_value"].min() < 1e-3 / len(table), table
