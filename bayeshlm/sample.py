@@ -83,19 +83,25 @@ def chain_moves(model, method, mh_steps, marginal):
     return MHMoves(mh_steps, int(marginal))
 
 
+def _writable(a, dtype=np.float64):
+    """``a`` as a C-contiguous, writable array of ``dtype`` (a copy only when it is not one already)."""
+    return np.require(a, dtype=dtype, requirements=["C", "W"])
+
+
 class _Rows:
     """What the chains of a non-Gaussian model share: the rows in the kernels' basis, and a starting ``eta``."""
 
     def __init__(self, model):
         design, basis = model.design, model.basis
         _, F, X = basis.rows(design.y, design.F, design.X)
-        self.F, self.X = np.ascontiguousarray(F), np.ascontiguousarray(X)
-        self.y = np.ascontiguousarray(design.y, dtype=np.float64)
+        # contiguous and writable: a read-only array (pandas hands out read-only views) is another
+        # type to the compiled chain, which would be compiled again for it
+        self.F, self.X = _writable(F), _writable(X)
+        self.y = _writable(design.y)
         n_obs = self.y.shape[0]
-        self.n = np.ascontiguousarray(model.trials if model.trials is not None else np.ones(n_obs), dtype=np.float64)
-        self.offset = np.ascontiguousarray(model.offset if model.offset is not None else np.zeros(n_obs),
-                                           dtype=np.float64)
-        self.gidx = np.ascontiguousarray(design.group_idx, dtype=np.int64)
+        self.n = _writable(model.trials if model.trials is not None else np.ones(n_obs))
+        self.offset = _writable(model.offset if model.offset is not None else np.zeros(n_obs))
+        self.gidx = _writable(design.group_idx, np.int64)
         self.code = family_code(model.family, model.link)
         self.poisson = model.family == "poisson"
         self.const = log_normalising_constants(model.family, self.n, self.y)

@@ -253,3 +253,22 @@ def test_sampler_does_not_depend_on_the_units_of_a_predictor(family):
         compared = {"age": ("year", 1.0), "urban": ("urban", 1.0), "livch[T.1]": ("livch[T.1]", 1.0)}
     post = bh.sample(model, draws=400, warmup=400, chains=4, seed=7, progress=False, log_likelihood=False)
     _agrees_with_ml(post, fit, compared, tol=0.3)
+
+
+def test_the_chains_get_writable_rows_from_read_only_data():
+    """pandas can hand out read-only arrays; a chain given one would be compiled again, for another type."""
+    import numba
+
+    from bayeshlm.sample import augmentations
+
+    data = bh.load_dataset("cbpp")
+    model = bh.hlm(CBPP, data, family="binomial")
+    writable = numba.typeof(augmentations(model, 1, 0)[0])  # before the arrays it may share are locked
+    for name in ("y", "F", "X", "n", "offset", "gidx"):
+        arr = getattr(model.design, {"gidx": "group_idx"}.get(name, name), None)
+        if isinstance(arr, np.ndarray):
+            arr.setflags(write=False)
+    locked = augmentations(model, 1, 0)[0]
+    assert not model.design.y.flags.writeable
+    assert all(getattr(locked, f).flags.writeable for f in ("y", "F", "X", "n", "offset", "gidx"))
+    assert numba.typeof(locked) == writable
