@@ -143,13 +143,13 @@ def test_geweke_of_the_newton_proposal(case):
 
 def test_geweke_catches_an_unchecked_newton_proposal():
     """Every Newton proposal accepted, its ratio ignored: the chain targets the working model, and the test fails."""
-    table = geweke(_newton_model("logit_newton"), 20000, method="gibbs", seed=11, glm_move="newton",
+    table = geweke(_newton_model("logit_newton"), 5000, method="gibbs", seed=11, glm_move="newton",
                    interweave=False, unchecked=True)
     assert table["p_value"].min() < 1e-3 / len(table), table
 
 
 def test_geweke_catches_an_unchecked_move_of_the_sd():
     """The SD's move given the standardised effects without its proposal densities in the ratio: the test fails."""
-    table = geweke(_newton_model("logit_newton"), 20000, method="gibbs", seed=11, glm_move="newton",
+    table = geweke(_newton_model("logit_newton"), 5000, method="gibbs", seed=11, glm_move="newton",
                    interweave=True, unchecked="interweave")
     assert table["p_value"].min() < 1e-3 / len(table), table
