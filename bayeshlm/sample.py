@@ -530,6 +530,7 @@ def sample(
             cnt = sum(a.newton.cnt for a in augs)
             settings["coefficient_acceptance"] = float(cnt[N_GROUP_ACC] / max(cnt[N_GROUP_PROP], 1.0))
             settings["fixed_acceptance"] = float(cnt[N_FIXED_ACC] / max(cnt[N_FIXED_PROP], 1.0))
+            settings["fixed_moves"] = [int(a.newton.fixed_moves[0]) for a in augs]  # per chain, set by warm-up
             settings["interweave"] = bool(augs[0].newton.interweave)
             if settings["interweave"]:
                 settings["sd_acceptance"] = float(cnt[N_SCALE_ACC] / max(cnt[N_SCALE_PROP], 1.0))

@@ -211,7 +211,8 @@ def newton_sweep(rng, state, aug, structure, priors, counting):
     """One sweep with the Newton proposal (:mod:`samplers.newton`): ``T | b``, then each group, ``a``, the shifts.
 
     With ``aug.newton.interweave`` the group SD also moves given the standardised effects
-    after ``T | b`` (:func:`samplers.newton.scale_move`).
+    after ``T | b`` (:func:`samplers.newton.scale_move`); ``a`` moves ``aug.newton.fixed_moves[0]``
+    times (:func:`samplers.newton.settle`).
     """
     acc = gibbs_moves(rng, state, aug.stats, structure, priors)
     if state.scal[FAILED] != 0.0:
@@ -229,7 +230,8 @@ def newton_sweep(rng, state, aug, structure, priors, counting):
         return np.nan
     nw = aug.newton
     newton.group_moves(rng, aug, nw, state.a, state.b, C, Ti, counting, unchecked)
-    newton.fixed_move(rng, aug, nw, priors.fixed, state.a, counting, unchecked)
+    for _ in range(nw.fixed_moves[0]):
+        newton.fixed_move(rng, aug, nw, priors.fixed, state.a, counting, unchecked)
     newton.shift_move(rng, nw, priors.fixed, state.a, state.b, Ti)
     return acc
 
@@ -272,6 +274,8 @@ def run_augmented_chain(rng, state, aug, structure, priors, moves, schedule, sto
             forget(state)
             if poisson:
                 save_draw(aug, state)
+        if with_newton and not fresh and it == warmup:  # warm-up is over: the fixed effects' moves a sweep
+            newton.settle(aug.newton)
         if with_newton and not fresh:
             acc = newton_sweep(rng, state, aug, structure, priors, it >= warmup)
         else:  # one call site of sweep, so that it is compiled inline once

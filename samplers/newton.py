@@ -40,8 +40,12 @@ from samplers.theta import decode_theta
 _TINY_W = 1e-300  # the smallest working weight (as samplers.glm.working)
 _SQRT2 = math.sqrt(2.0)
 
-# slots of NewtonRows.cnt: moves made and accepted after warm-up
+# slots of NewtonRows.cnt: moves made and accepted after warm-up, and the fixed effects' in warm-up
 N_GROUP_PROP, N_GROUP_ACC, N_FIXED_PROP, N_FIXED_ACC, N_SCALE_PROP, N_SCALE_ACC = 0, 1, 2, 3, 4, 5
+N_WARM_FIXED_PROP, N_WARM_FIXED_ACC = 6, 7
+# the fixed effects' move is made once a sweep when warm-up accepted at least this share of its proposals,
+# else twice (at least half) or three times: settle()
+FIXED_ACCEPTANCE_ONE, FIXED_ACCEPTANCE_TWO = 0.9, 0.5
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -296,7 +300,10 @@ def group_moves(rng, aug, nw, a, b, C, Ti, counting, unchecked=False):
 
 @njit(cache=True, nogil=True)
 def fixed_move(rng, aug, nw, fixed, a, counting, unchecked=False):
-    """Step 2: ``a | b`` by its Newton proposal over all the rows (``fixed`` the prior, information form)."""
+    """Step 2: ``a | b`` by its Newton proposal over all the rows (``fixed`` the prior, information form).
+
+    Its proposals and acceptances are counted after warm-up (``counting``) or in it (for :func:`settle`).
+    """
     F = aug.F
     p = F.shape[1]
     if p == 0:
@@ -344,10 +351,10 @@ def fixed_move(rng, aug, nw, fixed, a, counting, unchecked=False):
         for v in range(p):
             log_r -= 0.5 * fixed.prec[u, v] * (a_new[u] * a_new[v] - a[u] * a[v])
     accept = unchecked or (np.isfinite(log_r) and math.log(rng.random()) < log_r)
-    if counting:
-        nw.cnt[N_FIXED_PROP] += 1.0
-        if accept:
-            nw.cnt[N_FIXED_ACC] += 1.0
+    slot = N_FIXED_PROP if counting else N_WARM_FIXED_PROP
+    nw.cnt[slot] += 1.0
+    if accept:
+        nw.cnt[slot + 1] += 1.0
     if accept:
         for g in range(n_groups):
             cur_buf[g] = 1 - cur_buf[g]
@@ -493,6 +500,23 @@ def scale_move(rng, aug, nw, theta, structure, priors, b, counting, unchecked=Fa
 
 
 @njit(cache=True, nogil=True)
+def settle(nw):
+    """At the end of warm-up: how many fixed-effect moves a sweep makes from now on, by warm-up's acceptance.
+
+    One move when at least ``FIXED_ACCEPTANCE_ONE`` of warm-up's proposals were accepted, two
+    when at least ``FIXED_ACCEPTANCE_TWO``, else three: with few rows the fixed effects'
+    likelihood is far from Gaussian and one Newton proposal mixes them slowly, while with
+    many the second pass would cost without gain. Fixed from then on, so the kernel after
+    warm-up does not change.
+    """
+    n = nw.cnt[N_WARM_FIXED_PROP]
+    if n == 0.0:
+        return
+    share = nw.cnt[N_WARM_FIXED_ACC] / n
+    nw.fixed_moves[0] = 1 if share >= FIXED_ACCEPTANCE_ONE else 2 if share >= FIXED_ACCEPTANCE_TWO else 3
+
+
+@njit(cache=True, nogil=True)
 def loglik(nw):
     """``sum_i log p(y_i | eta_i)`` at the current draw (the groups' sums)."""
     total = 0.0
@@ -533,4 +557,4 @@ def keep_loglik(aug, nw, k):
             out[out_idx[i]] += part - math.log(factor)
 
 
-__all__ = ["fixed_move", "group_moves", "keep_loglik", "loglik", "scale_move", "shift_move", "start"]
+__all__ = ["fixed_move", "group_moves", "keep_loglik", "loglik", "scale_move", "settle", "shift_move", "start"]

@@ -415,12 +415,15 @@ class NewtonRows(NamedTuple):
         (n_groups,) at the current draw (``W`` the rows' working weights, ``s`` their scores).
     A2, h2, FF2, Fr2, L2 : ndarray
         The same at the fixed effects' proposal.
-    cnt : ndarray of shape (6,)
-        Group moves, fixed-effect moves and SD moves made and accepted after warm-up (slots of :mod:`samplers.newton`).
+    cnt : ndarray of shape (8,)
+        Group moves, fixed-effect moves and SD moves made and accepted after warm-up, and fixed-effect
+        moves made and accepted in warm-up (slots of :mod:`samplers.newton`).
     bernoulli : bool
         Every row is Bernoulli with the logit link (one trial, no constant): a row reads only ``y``.
     interweave : bool
         Each sweep also moves the group SD given the standardised effects (:func:`samplers.newton.scale_move`).
+    fixed_moves : ndarray of int64, shape (1,)
+        The fixed-effect moves a sweep makes: 1 in warm-up, then as :func:`samplers.newton.settle` sets.
     """
 
     starts: np.ndarray
@@ -440,6 +443,7 @@ class NewtonRows(NamedTuple):
     cnt: np.ndarray
     bernoulli: bool
     interweave: bool
+    fixed_moves: np.ndarray
 
 
 def newton_rows(starts, shared, n_obs, d, p, bernoulli=False, interweave=False):
@@ -460,9 +464,10 @@ def newton_rows(starts, shared, n_obs, d, p, bernoulli=False, interweave=False):
         FF2=np.zeros((G, p, p)),
         Fr2=np.zeros((G, p)),
         L2=np.zeros(G),
-        cnt=np.zeros(6),
+        cnt=np.zeros(8),
         bernoulli=bool(bernoulli),
         interweave=bool(interweave),
+        fixed_moves=np.ones(1, dtype=np.int64),
     )
 
 

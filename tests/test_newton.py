@@ -17,7 +17,8 @@ import pytest
 import scipy.stats as sps
 
 import bayeshlm as bh
-from samplers.newton import _density, _draw
+from samplers.newton import N_WARM_FIXED_ACC, N_WARM_FIXED_PROP, _density, _draw, settle
+from samplers.types import newton_rows
 
 PRIORS = {"fixed": bh.Normal(0, 5), "sd": bh.HalfNormal(2)}
 Z_TOL = 4.5
@@ -91,6 +92,15 @@ def test_the_move_is_chosen_by_the_rows_per_group_and_refused_where_it_does_not_
     assert _settings(bh.sample(nested, **run))["glm_move"] == "augment"  # auto: never for two factors
 
 
+@pytest.mark.parametrize("accepted, moves", [(None, 1), (0.95, 1), (0.9, 1), (0.7, 2), (0.5, 2), (0.3, 3)])
+def test_warm_up_sets_the_fixed_effects_moves_a_sweep(accepted, moves):
+    nw = newton_rows(np.array([0, 3]), np.zeros((0, 2)), 3, 1, 2)
+    if accepted is not None:
+        nw.cnt[N_WARM_FIXED_PROP], nw.cnt[N_WARM_FIXED_ACC] = 200.0, 200.0 * accepted
+    settle(nw)
+    assert nw.fixed_moves[0] == moves
+
+
 def test_the_sd_move_is_chosen_by_the_groups_information_and_refused_where_it_does_not_apply():
     """cbpp's herds hold about 5.5 units of information each (56 trials, 11% incidence): interweaved."""
     run = {"draws": 20, "warmup": 20, "chains": 1, "seed": 1, "progress": False}
@@ -127,6 +137,7 @@ def test_posterior_agrees_with_the_polya_gamma_chain():
     settings = _settings(newton)
     assert settings["coefficient_acceptance"] > 0.8 and settings["fixed_acceptance"] > 0.5
     assert settings["interweave"] and settings["sd_acceptance"] > 0.5
+    assert settings["fixed_moves"] == [2] * 4  # warm-up accepted about 72% of the fixed effects' proposals
     for t in newton.posterior["fixed_term"].values:
         _agree(newton.posterior.sel(fixed_term=t), augment.posterior.sel(fixed_term=t), "fixed")
     _agree(newton.posterior, augment.posterior, "herd_sd")
@@ -187,3 +198,4 @@ def test_shifted_and_scaled_predictors_give_the_same_posterior(shift, scale, int
         _agree(one.to_dataset(name=name), two.to_dataset(name=name), name)
     assert _settings(moved)["coefficient_acceptance"] > 0.8
     assert _settings(moved)["interweave"] == bool(interweave)
+    assert _settings(moved)["fixed_moves"] == [1] * 4  # 720 rows: nearly every fixed-effect proposal accepted
