@@ -390,8 +390,8 @@ AUG_MEAN_OMEGA = 2  # 1: omega at its conditional mean instead of drawn (a wrong
 AUG_LOG_F = 3  # Poisson: log of the correction f at the current (a, b), given the latent arrival times
 AUG_N_PROP = 4  # Poisson: corrected coefficient proposals after warm-up
 AUG_N_ACC = 5  # Poisson: and how many of them were accepted
-AUG_NO_CORRECTION = 6  # 1: every proposal accepted, the correction or Newton ratio skipped; 2: the Newton SD
-# move's proposal densities left out of its ratio (wrong steps, for tests)
+AUG_NO_CORRECTION = 6  # wrong steps, for tests: 1 every proposal accepted, the correction or Newton ratio skipped
+# (the Newton SD move: its proposal densities left out of its ratio); 2 only the latter
 AUG_NEWTON = 7  # 1: the coefficients move by the Newton proposal (Augmentation.newton) instead of the augmentation
 N_AUG_SCAL = 8
 
