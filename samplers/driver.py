@@ -207,32 +207,35 @@ def run_chain(rng, state, stats, structure, priors, moves, schedule, store):
 
 
 @njit(cache=True, nogil=True)
-def newton_sweep(rng, state, aug, structure, priors, counting):
+def newton_sweep(rng, state, stats, nw, wrong, structure, priors, counting):
     """One sweep with the Newton proposal (:mod:`samplers.newton`): ``T | b``, then each group, ``a``, the shifts.
 
-    With ``aug.newton.interweave`` the group SD also moves given the standardised effects
-    after ``T | b`` (:func:`samplers.newton.scale_move`); ``a`` moves ``aug.newton.fixed_moves[0]``
-    times (:func:`samplers.newton.settle`).
+    With ``nw.interweave`` the group SD also moves given the standardised effects after
+    ``T | b`` (:func:`samplers.newton.scale_move`); ``a`` moves ``nw.fixed_moves[0]`` times
+    (:func:`samplers.newton.settle`). ``wrong`` is ``aug.scal[AUG_NO_CORRECTION]`` (wrong
+    steps, for tests: 1 no ratio, 2 the SD move's without its proposal densities). The
+    caller passes the augmentation's parts, not the augmentation: every array of a tuple
+    argument costs a reference count at each call.
     """
-    acc = gibbs_moves(rng, state, aug.stats, structure, priors)
+    acc = gibbs_moves(rng, state, stats, structure, priors)
     if state.scal[FAILED] != 0.0:
         return np.nan
-    wrong = aug.scal[AUG_NO_CORRECTION]  # wrong steps, for tests: 1 no ratio, 2 the SD move's without q
     unchecked = wrong == 1.0
-    if aug.newton.interweave:
-        newton.scale_move(rng, aug, aug.newton, state.theta, structure, priors, state.b, counting, wrong != 0.0)
-    d = state.b.shape[1]
+    a, b = state.a, state.b
+    if nw.interweave:
+        newton.scale_move(rng, nw, state.theta, structure, priors, b, counting, wrong != 0.0)
+    d = b.shape[1]
     C = np.zeros((d, d))
     decode_theta(state.theta, structure, priors, C)
     Ti = np.empty((d, d))  # T^{-1}, for the groups' moves and the shifts
     if not inverse_from_cholesky(C, d, Ti):
         state.scal[FAILED] = 1.0
         return np.nan
-    nw = aug.newton
-    newton.group_moves(rng, aug, nw, state.a, state.b, C, Ti, counting, unchecked)
+    newton.group_moves(rng, nw, a, b, C, Ti, counting, unchecked)
+    fixed = priors.fixed
     for _ in range(nw.fixed_moves[0]):
-        newton.fixed_move(rng, aug, nw, priors.fixed, state.a, counting, unchecked)
-    newton.shift_move(rng, nw, priors.fixed, state.a, state.b, Ti)
+        newton.fixed_move(rng, nw, fixed, a, counting, unchecked)
+    newton.shift_move(rng, nw, fixed, a, b, Ti)
     return acc
 
 
@@ -255,6 +258,7 @@ def run_augmented_chain(rng, state, aug, structure, priors, moves, schedule, sto
     """
     warmup = schedule.warmup
     thin = schedule.thin
+    nw = aug.newton
     with_newton = aug.scal[AUG_NEWTON] != 0.0
     poisson = aug.family == POISSON_LOG and not with_newton
     while True:
@@ -275,9 +279,10 @@ def run_augmented_chain(rng, state, aug, structure, priors, moves, schedule, sto
             if poisson:
                 save_draw(aug, state)
         if with_newton and not fresh and it == warmup:  # warm-up is over: the fixed effects' moves a sweep
-            newton.settle(aug.newton)
+            newton.settle(nw)
         if with_newton and not fresh:
-            acc = newton_sweep(rng, state, aug, structure, priors, it >= warmup)
+            acc = newton_sweep(rng, state, aug.stats, nw, aug.scal[AUG_NO_CORRECTION], structure, priors,
+                               it >= warmup)
         else:  # one call site of sweep, so that it is compiled inline once
             acc = sweep(rng, state, aug.stats, structure, priors, moves, warmup, not fresh)
         if state.scal[FAILED] != 0.0:
@@ -286,8 +291,8 @@ def run_augmented_chain(rng, state, aug, structure, priors, moves, schedule, sto
         kept = it >= warmup and (it - warmup) % thin == 0
         if with_newton:
             if fresh:  # the rows and the groups' sums at the first draw
-                newton.start(aug, aug.newton, state.a, state.b)
-            aug.scal[AUG_LOGLIK] = newton.loglik(aug.newton)
+                newton.start(nw, state.a, state.b)
+            aug.scal[AUG_LOGLIK] = newton.loglik(nw)
             aug.scal[AUG_STALE] = 0.0
         elif poisson and not fresh:
             correct(rng, aug, state, structure, moves, it >= warmup)
@@ -303,7 +308,7 @@ def run_augmented_chain(rng, state, aug, structure, priors, moves, schedule, sto
         k = _end_sweep(state, store, it, warmup, thin, acc)
         if k >= 0:
             if with_newton:
-                newton.keep_loglik(aug, aug.newton, k)
+                newton.keep_loglik(aug, nw, k)
             else:
                 keep_loglik(aug, k)
 

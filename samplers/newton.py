@@ -62,18 +62,16 @@ def _row(family, bern, y, n, const, i, e):
     from a tuple in a loop costs a reference count each time.
     """
     yi = y[i]
-    if bern:  # softplus(+-e) share log(1 + exp(-|e|)); p = 1 / (1 + exp(-e))
+    if bern or family == BINOMIAL_LOGIT:  # softplus(+-e) share log(1 + exp(-|e|)); p = 1 / (1 + exp(-e))
         t = math.exp(-abs(e))
         inv = 1.0 / (1.0 + t)
         pr = inv if e >= 0.0 else t * inv
-        return -yi * max(-e, 0.0) - (1.0 - yi) * max(e, 0.0), 1.0 + t, max(t * inv * inv, _TINY_W), yi - pr
-    ni, ci = n[i], const[i]
-    if family == BINOMIAL_LOGIT:
-        t = math.exp(-abs(e))
-        inv = 1.0 / (1.0 + t)
-        pr = inv if e >= 0.0 else t * inv
-        part = ci - yi * max(-e, 0.0) - (ni - yi) * max(e, 0.0) - ni * math.log1p(t)
+        if bern:
+            return -yi * max(-e, 0.0) - (1.0 - yi) * max(e, 0.0), 1.0 + t, max(t * inv * inv, _TINY_W), yi - pr
+        ni = n[i]
+        part = const[i] - yi * max(-e, 0.0) - (ni - yi) * max(e, 0.0) - ni * math.log1p(t)
         return part, 1.0, max(ni * t * inv * inv, _TINY_W), yi - ni * pr
+    ni, ci = n[i], const[i]
     w, r = working(family, yi, ni, e)
     if family == POISSON_LOG:
         return ci + yi * e - math.exp(e), 1.0, w, w * r
@@ -133,15 +131,19 @@ def _density(P, rhs, x):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _add_row(A, h, X, i, w, s):
-    """``A += w x x'`` (lower triangle) and ``h += s x`` for row ``i`` of ``X``."""
-    k = A.shape[0]
+def _add_row(A, h, j, X, i, w, s):
+    """``A[j] += w x x'`` (lower triangle) and ``h[j] += s x`` for row ``i`` of ``X``.
+
+    ``A`` and ``h`` hold one matrix and vector per group (``j`` the one to add to): indexed, not
+    sliced, because a view costs a reference count each time it is made.
+    """
+    k = A.shape[1]
     for u in range(k):
         xu = X[i, u]
-        h[u] += s * xu
+        h[j, u] += s * xu
         xu *= w
         for v in range(u + 1):
-            A[u, v] += xu * X[i, v]
+            A[j, u, v] += xu * X[i, v]
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -152,94 +154,103 @@ def _mirror(A):
 
 
 @njit(cache=True, nogil=True)
-def start(aug, nw, a, b):
+def start(nw, a, b):
     """The rows' predictor and log-likelihood at ``(a, b)`` in buffer 0, and every group's sums."""
-    F, X = aug.F, aug.X
-    family, y, n, const, offset = aug.family, aug.y, aug.n, aug.const, aug.offset
-    eta0 = nw.eta[0]
+    F, X, family, y, n, const, offset = nw.F, nw.X, nw.family, nw.y, nw.n, nw.const, nw.offset
+    eta, starts, A, h, FF, Fr, L = nw.eta, nw.starts, nw.A, nw.h, nw.FF, nw.Fr, nw.L
     p, d = F.shape[1], X.shape[1]
     nw.cur[:] = 0
-    for g in range(nw.starts.shape[0] - 1):
-        nw.A[g] = 0.0
-        nw.h[g] = 0.0
-        nw.FF[g] = 0.0
-        nw.Fr[g] = 0.0
+    A[:] = 0.0
+    h[:] = 0.0
+    FF[:] = 0.0
+    Fr[:] = 0.0
+    for g in range(starts.shape[0] - 1):
         total = 0.0
-        for i in range(nw.starts[g], nw.starts[g + 1]):
+        for i in range(starts[g], starts[g + 1]):
             e = offset[i]
             for q in range(p):
                 e += F[i, q] * a[q]
             for k in range(d):
                 e += X[i, k] * b[g, k]
             part, factor, w, sc = _row(family, False, y, n, const, i, e)
-            eta0[i] = e
+            eta[0, i] = e
             total += part - math.log(factor)
-            _add_row(nw.A[g], nw.h[g], X, i, w, sc)
-            _add_row(nw.FF[g], nw.Fr[g], F, i, w, sc)
-        nw.L[g] = total
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _rows(aug, nw, lo, hi, cur, Z, step, A, h, FF, Fr):
-    """Rows ``lo:hi`` (one group) moved by ``Z step`` from buffer ``cur``: their predictor in the other buffer.
-
-    Sets ``A``, ``h``, ``FF``, ``Fr`` to the rows' ``X'WX``, ``X's``, ``F'WF``, ``F's`` there
-    (``W`` the working weights, ``s`` the scores, :func:`_row`) and returns their log-likelihood.
-    """
-    X, F = aug.X, aug.F
-    family, y, n, const = aug.family, aug.y, aug.n, aug.const
-    eta_cur, eta_nxt = nw.eta[cur], nw.eta[1 - cur]
-    A[:, :] = 0.0
-    h[:] = 0.0
-    FF[:, :] = 0.0
-    Fr[:] = 0.0
-    total = 0.0
-    product = 1.0
-    n_fac = 0
-    m = step.shape[0]
-    bern = nw.bernoulli
-    for i in range(lo, hi):
-        e = eta_cur[i]
-        for k in range(m):
-            e += Z[i, k] * step[k]
-        part, factor, w, sc = _row(family, bern, y, n, const, i, e)
-        eta_nxt[i] = e
-        total += part
-        product *= factor
-        n_fac += 1
-        if n_fac == _BATCH:
-            total -= math.log(product)
-            product = 1.0
-            n_fac = 0
-        _add_row(A, h, X, i, w, sc)
-        _add_row(FF, Fr, F, i, w, sc)
-    return total - math.log(product)
+            _add_row(A, h, g, X, i, w, sc)
+            _add_row(FF, Fr, g, F, i, w, sc)
+        L[g] = total
 
 
 @njit(cache=True, nogil=True)
-def group_moves(rng, aug, nw, a, b, C, Ti, counting, unchecked=False):
+def _pass(nw, Z, steps, moved):
+    """Every group ``g`` with ``moved[g]``: its rows moved by ``Z steps[g]``, into the buffer it does not use.
+
+    Sets the group's ``A2``, ``h2``, ``FF2``, ``Fr2`` to the rows' ``X'WX``, ``X's``, ``F'WF``,
+    ``F's`` there (``W`` the working weights, ``s`` the scores, :func:`_row`) and ``L2`` to
+    their log-likelihood. One call makes the whole pass, so that the arrays are read from
+    ``nw`` once, not once per group.
+    """
+    F, X, family, y, n, const, bern = nw.F, nw.X, nw.family, nw.y, nw.n, nw.const, nw.bernoulli
+    eta, starts, cur_buf, A2, h2, FF2, Fr2, L2 = nw.eta, nw.starts, nw.cur, nw.A2, nw.h2, nw.FF2, nw.Fr2, nw.L2
+    m, d, p = Z.shape[1], X.shape[1], F.shape[1]
+    for g in range(starts.shape[0] - 1):
+        if not moved[g]:
+            continue
+        for u in range(d):
+            h2[g, u] = 0.0
+            for v in range(d):
+                A2[g, u, v] = 0.0
+        for u in range(p):
+            Fr2[g, u] = 0.0
+            for v in range(p):
+                FF2[g, u, v] = 0.0
+        cur = cur_buf[g]
+        nxt = 1 - cur
+        total = 0.0
+        product = 1.0
+        n_fac = 0
+        for i in range(starts[g], starts[g + 1]):
+            e = eta[cur, i]
+            for k in range(m):
+                e += Z[i, k] * steps[g, k]
+            part, factor, w, sc = _row(family, bern, y, n, const, i, e)
+            eta[nxt, i] = e
+            total += part
+            product *= factor
+            n_fac += 1
+            if n_fac == _BATCH:
+                total -= math.log(product)
+                product = 1.0
+                n_fac = 0
+            _add_row(A2, h2, g, X, i, w, sc)
+            _add_row(FF2, Fr2, g, F, i, w, sc)
+        L2[g] = total - math.log(product)
+
+
+@njit(cache=True, nogil=True)
+def group_moves(rng, nw, a, b, C, Ti, counting, unchecked=False):
     """Step 1: each group's ``b_g | a, T`` by its Newton proposal, accepted group by group.
 
-    ``C`` is the lower Cholesky factor of ``T`` and ``Ti`` its inverse ``T^{-1}``.
+    ``C`` is the lower Cholesky factor of ``T`` and ``Ti`` its inverse ``T^{-1}``. Given ``a``
+    and ``T`` the groups are independent, so every group draws its proposal first, one pass
+    evaluates them all (:func:`_pass`), and then each group accepts or rejects its own. With
+    one coefficient per group the Gaussian algebra is scalar.
 
     ``unchecked``: every proposal accepted, the ratio ignored (a wrong step, for the test
     that shows SBC rejects it).
     """
-    X, F = aug.X, aug.F
-    p, d = F.shape[1], X.shape[1]
+    starts, cur_buf, A, h, FF, Fr, L, cnt = nw.starts, nw.cur, nw.A, nw.h, nw.FF, nw.Fr, nw.L, nw.cnt
+    A2, h2, FF2, Fr2, L2 = nw.A2, nw.h2, nw.FF2, nw.Fr2, nw.L2
+    n_groups, d, p = b.shape[0], b.shape[1], FF.shape[1]
+    steps = np.zeros((n_groups, d))
+    log_fwd = np.zeros(n_groups)
+    moved = np.zeros(n_groups, dtype=np.bool_)
     P = np.empty((d, d))
     rhs = np.empty(d)
     b_new = np.empty(d)
     z = np.empty(d)
-    A2 = np.empty((d, d))
-    h2 = np.empty(d)
-    FF2 = np.empty((p, p))
-    Fr2 = np.empty(p)
-    step = np.empty(d)
-    starts, cur_buf, L, A, h, FF, Fr, cnt = nw.starts, nw.cur, nw.L, nw.A, nw.h, nw.FF, nw.Fr, nw.cnt
-    for g in range(starts.shape[0] - 1):
-        lo, hi = starts[g], starts[g + 1]
-        if hi == lo:  # no rows: the prior, exactly
+    # forward: the working model at b_g (pseudo-responses X b_g + r), or the prior for a group without rows
+    for g in range(n_groups):
+        if starts[g + 1] == starts[g]:
             for u in range(d):
                 z[u] = rng.standard_normal()
             for u in range(d):
@@ -248,7 +259,15 @@ def group_moves(rng, aug, nw, a, b, C, Ti, counting, unchecked=False):
                     t += C[u, m] * z[m]
                 b[g, u] = t
             continue
-        # forward: the working model at b_g, pseudo-responses X b_g + r
+        if d == 1:
+            prec = Ti[0, 0] + A[g, 0, 0]
+            if not prec > 0.0:
+                continue
+            e = rng.standard_normal()
+            steps[g, 0] = (h[g, 0] + A[g, 0, 0] * b[g, 0]) / prec + e / math.sqrt(prec) - b[g, 0]
+            log_fwd[g] = 0.5 * math.log(prec) - 0.5 * e * e
+            moved[g] = True
+            continue
         for u in range(d):
             t = h[g, u]
             for v in range(d):
@@ -256,60 +275,75 @@ def group_moves(rng, aug, nw, a, b, C, Ti, counting, unchecked=False):
                 P[u, v] = Ti[u, v] + auv
                 t += auv * b[g, v]
             rhs[u] = t
-        ok, log_fwd = _draw(P, rhs, rng, b_new, z)
-        if not ok:
+        ok, log_fwd[g] = _draw(P, rhs, rng, b_new, z)
+        if ok:
+            moved[g] = True
+            for k in range(d):
+                steps[g, k] = b_new[k] - b[g, k]
+    _pass(nw, nw.X, steps, moved)
+    # reverse: the working model at each proposal, evaluated at the current b_g; then accept or not
+    b_cur = np.empty(d)
+    for g in range(n_groups):
+        if not moved[g]:
             continue
-        cur = cur_buf[g]
-        for k in range(d):
-            step[k] = b_new[k] - b[g, k]
-        total = _rows(aug, nw, lo, hi, cur, X, step, A2, h2, FF2, Fr2)
-        # reverse: the working model at the proposal, evaluated at the current b_g
-        for u in range(d):
-            t = h2[u]
-            for v in range(d):
-                auv = A2[u, v] if u >= v else A2[v, u]
-                P[u, v] = Ti[u, v] + auv
-                t += auv * b_new[v]
-            rhs[u] = t
-        ok, log_rev = _density(P, rhs, b[g])
-        if not ok:
-            continue
-        prior = 0.0
-        for u in range(d):
-            for v in range(d):
-                prior += Ti[u, v] * (b[g, u] * b[g, v] - b_new[u] * b_new[v])
-        log_r = total - L[g] + 0.5 * prior + log_rev - log_fwd
+        if d == 1:
+            bc = b[g, 0]
+            bn = bc + steps[g, 0]
+            prec = Ti[0, 0] + A2[g, 0, 0]
+            if not prec > 0.0:
+                continue
+            dev = bc - (h2[g, 0] + A2[g, 0, 0] * bn) / prec
+            log_rev = 0.5 * math.log(prec) - 0.5 * prec * dev * dev
+            prior = Ti[0, 0] * (bc * bc - bn * bn)
+        else:
+            for u in range(d):
+                b_cur[u] = b[g, u]
+                b_new[u] = b_cur[u] + steps[g, u]
+            for u in range(d):
+                t = h2[g, u]
+                for v in range(d):
+                    auv = A2[g, u, v] if u >= v else A2[g, v, u]
+                    P[u, v] = Ti[u, v] + auv
+                    t += auv * b_new[v]
+                rhs[u] = t
+            ok, log_rev = _density(P, rhs, b_cur)
+            if not ok:
+                continue
+            prior = 0.0
+            for u in range(d):
+                for v in range(d):
+                    prior += Ti[u, v] * (b_cur[u] * b_cur[v] - b_new[u] * b_new[v])
+        log_r = L2[g] - L[g] + 0.5 * prior + log_rev - log_fwd[g]
         accept = unchecked or (np.isfinite(log_r) and math.log(rng.random()) < log_r)
         if counting:
             cnt[N_GROUP_PROP] += 1.0
             if accept:
                 cnt[N_GROUP_ACC] += 1.0
-        if accept:
-            cur_buf[g] = 1 - cur
-            L[g] = total
+        if accept:  # the group's buffer flips and its sums become the proposal's
+            cur_buf[g] = 1 - cur_buf[g]
+            L[g] = L2[g]
             for u in range(d):
-                h[g, u] = h2[u]
-                b[g, u] = b_new[u]
+                b[g, u] += steps[g, u]
+                h[g, u] = h2[g, u]
                 for v in range(d):
-                    A[g, u, v] = A2[u, v]
+                    A[g, u, v] = A2[g, u, v]
             for u in range(p):
-                Fr[g, u] = Fr2[u]
+                Fr[g, u] = Fr2[g, u]
                 for v in range(p):
-                    FF[g, u, v] = FF2[u, v]
+                    FF[g, u, v] = FF2[g, u, v]
 
 
 @njit(cache=True, nogil=True)
-def fixed_move(rng, aug, nw, fixed, a, counting, unchecked=False):
+def fixed_move(rng, nw, fixed, a, counting, unchecked=False):
     """Step 2: ``a | b`` by its Newton proposal over all the rows (``fixed`` the prior, information form).
 
     Its proposals and acceptances are counted after warm-up (``counting``) or in it (for :func:`settle`).
     """
-    F = aug.F
-    p = F.shape[1]
+    p = a.shape[0]
     if p == 0:
         return
-    starts, cur_buf, FF, Fr = nw.starts, nw.cur, nw.FF, nw.Fr
-    n_groups = starts.shape[0] - 1
+    FF, Fr = nw.FF, nw.Fr
+    n_groups = FF.shape[0]
     P = fixed.prec.copy()
     rhs = fixed.lin.copy()
     for g in range(n_groups):
@@ -325,10 +359,12 @@ def fixed_move(rng, aug, nw, fixed, a, counting, unchecked=False):
     ok, log_fwd = _draw(P, rhs, rng, a_new, z)
     if not ok:
         return
-    delta = a_new - a
-    A2, h2, FF2, Fr2, L2 = nw.A2, nw.h2, nw.FF2, nw.Fr2, nw.L2
+    steps = np.empty((n_groups, p))
     for g in range(n_groups):
-        L2[g] = _rows(aug, nw, starts[g], starts[g + 1], cur_buf[g], F, delta, A2[g], h2[g], FF2[g], Fr2[g])
+        for u in range(p):
+            steps[g, u] = a_new[u] - a[u]
+    _pass(nw, nw.F, steps, np.ones(n_groups, dtype=np.bool_))
+    FF2, Fr2, L, L2 = nw.FF2, nw.Fr2, nw.L, nw.L2
     P = fixed.prec.copy()
     rhs = fixed.lin.copy()
     for g in range(n_groups):
@@ -343,7 +379,6 @@ def fixed_move(rng, aug, nw, fixed, a, counting, unchecked=False):
     if not ok:
         return
     log_r = log_rev - log_fwd
-    L = nw.L
     for g in range(n_groups):
         log_r += L2[g] - L[g]
     for u in range(p):  # the prior: -(a' P0 a - 2 h' a) / 2
@@ -355,15 +390,28 @@ def fixed_move(rng, aug, nw, fixed, a, counting, unchecked=False):
     nw.cnt[slot] += 1.0
     if accept:
         nw.cnt[slot + 1] += 1.0
-    if accept:
-        for g in range(n_groups):
-            cur_buf[g] = 1 - cur_buf[g]
-        L[:] = L2
-        nw.A[:] = A2
-        nw.h[:] = h2
-        nw.FF[:] = FF2
-        nw.Fr[:] = Fr2
+        _take_all(nw.cur, L, nw.A, nw.h, FF, Fr, L2, nw.A2, nw.h2, FF2, Fr2)
         a[:] = a_new
+
+
+@njit(cache=True, nogil=True)
+def _take_all(cur, L, A, h, FF, Fr, L2, A2, h2, FF2, Fr2):
+    """Every group's proposal accepted (a move of ``a`` or of the SD): buffers flip, sums become the proposal's.
+
+    The arrays are :class:`~samplers.types.NewtonRows`' own, passed one by one: passing the
+    tuple would count a reference for each of its arrays.
+    """
+    for g in range(cur.shape[0]):
+        cur[g] = 1 - cur[g]
+        L[g] = L2[g]
+        for u in range(h.shape[1]):
+            h[g, u] = h2[g, u]
+            for v in range(h.shape[1]):
+                A[g, u, v] = A2[g, u, v]
+        for u in range(Fr.shape[1]):
+            Fr[g, u] = Fr2[g, u]
+            for v in range(Fr.shape[1]):
+                FF[g, u, v] = FF2[g, u, v]
 
 
 @njit(cache=True, nogil=True)
@@ -426,7 +474,7 @@ def _sd_log_prior(tau, theta, structure, priors, C):
 
 
 @njit(cache=True, nogil=True)
-def scale_move(rng, aug, nw, theta, structure, priors, b, counting, unchecked=False):
+def scale_move(rng, nw, theta, structure, priors, b, counting, unchecked=False):
     """Step 1b, the interweaving step: the group SD ``tau`` given the standardised effects ``z_g = b_g / tau``.
 
     For a factor with one coefficient (``T = tau^2``). Moving ``tau`` with every ``z_g`` held
@@ -447,7 +495,7 @@ def scale_move(rng, aug, nw, theta, structure, priors, b, counting, unchecked=Fa
     tau = scale * math.sinh(theta[structure.theta_ptr[0]])
     if not tau > 0.0:
         return
-    starts, cur_buf, L, A, h = nw.starts, nw.cur, nw.L, nw.A, nw.h
+    L, A, h = nw.L, nw.A, nw.h
     score = 0.0
     curv = 0.0
     for g in range(n_groups):
@@ -464,16 +512,16 @@ def scale_move(rng, aug, nw, theta, structure, priors, b, counting, unchecked=Fa
         nw.cnt[N_SCALE_PROP] += 1.0
     if not tau_new > 0.0:
         return
-    step = np.empty(1)
-    X = aug.X
     ratio = tau_new / tau
-    A2, h2, FF2, Fr2, L2 = nw.A2, nw.h2, nw.FF2, nw.Fr2, nw.L2
+    steps = np.empty((n_groups, 1))
+    for g in range(n_groups):
+        steps[g, 0] = (tau_new - tau) * b[g, 0] / tau
+    _pass(nw, nw.X, steps, np.ones(n_groups, dtype=np.bool_))
+    A2, h2, L2 = nw.A2, nw.h2, nw.L2
     score = 0.0
     curv = 0.0
     for g in range(n_groups):
         z = b[g, 0] / tau
-        step[0] = (tau_new - tau) * z
-        L2[g] = _rows(aug, nw, starts[g], starts[g + 1], cur_buf[g], X, step, A2[g], h2[g], FF2[g], Fr2[g])
         score += z * h2[g, 0]
         curv += z * z * A2[g, 0, 0]
     if not curv > 0.0:
@@ -488,14 +536,9 @@ def scale_move(rng, aug, nw, theta, structure, priors, b, counting, unchecked=Fa
         return
     if counting:
         nw.cnt[N_SCALE_ACC] += 1.0
+    _take_all(nw.cur, L, A, h, nw.FF, nw.Fr, L2, A2, h2, nw.FF2, nw.Fr2)
     for g in range(n_groups):
-        cur_buf[g] = 1 - cur_buf[g]
         b[g, 0] *= ratio
-    L[:] = L2
-    A[:] = A2
-    h[:] = h2
-    nw.FF[:] = FF2
-    nw.Fr[:] = Fr2
     theta[structure.theta_ptr[0]] = math.asinh(tau_new / scale)
 
 
@@ -537,7 +580,7 @@ def keep_loglik(aug, nw, k):
     out = aug.ll_out[k]
     out[:] = 0.0
     out_idx, starts, cur_buf, L, eta = aug.out_idx, nw.starts, nw.cur, nw.L, nw.eta
-    family, y, n, const = aug.family, aug.y, aug.n, aug.const
+    family, y, n, const = nw.family, nw.y, nw.n, nw.const
     for g in range(starts.shape[0] - 1):
         lo, hi = starts[g], starts[g + 1]
         if hi == lo:

@@ -399,8 +399,17 @@ N_AUG_SCAL = 8
 class NewtonRows(NamedTuple):
     """One chain's state of the Newton proposal (:mod:`samplers.newton`): rows in group order, two buffers each.
 
+    The rows' arrays are the :class:`Augmentation`'s own (not copies), held here too so that
+    the moves take this tuple alone: a kernel that takes a tuple counts a reference for each
+    array in it at every call.
+
     Attributes
     ----------
+    family : int
+        Family code of :mod:`samplers.glm`.
+    y, n, offset, const : ndarray of shape (n_obs,)
+    F, X : ndarray of shape (n_obs, n_fixed), (n_obs, n_coef)
+        The rows, as :class:`Augmentation` holds them (sorted by group).
     starts : ndarray of int64, shape (n_groups + 1,)
         Group ``g``'s rows are ``starts[g]:starts[g + 1]`` (the augmentation's rows are sorted by group).
     shared : ndarray of int64, shape (m, 2)
@@ -426,6 +435,13 @@ class NewtonRows(NamedTuple):
         The fixed-effect moves a sweep makes: 1 in warm-up, then as :func:`samplers.newton.settle` sets.
     """
 
+    family: int
+    y: np.ndarray
+    n: np.ndarray
+    offset: np.ndarray
+    const: np.ndarray
+    F: np.ndarray
+    X: np.ndarray
     starts: np.ndarray
     shared: np.ndarray
     cur: np.ndarray
@@ -446,10 +462,16 @@ class NewtonRows(NamedTuple):
     fixed_moves: np.ndarray
 
 
-def newton_rows(starts, shared, n_obs, d, p, bernoulli=False, interweave=False):
-    """A chain's :class:`NewtonRows` for ``n_obs`` rows in ``len(starts) - 1`` groups."""
+def newton_rows(family, y, n, offset, const, F, X, starts, shared, bernoulli=False):
+    """A chain's :class:`NewtonRows` for the rows ``y`` ... ``X`` in ``len(starts) - 1`` groups.
+
+    ``interweave`` starts False; the caller sets it (``_replace``) once the rows' working
+    weights say whether the groups are weakly informed.
+    """
     G = len(starts) - 1
+    n_obs, p, d = y.shape[0], F.shape[1], X.shape[1]
     return NewtonRows(
+        family=int(family), y=y, n=n, offset=offset, const=const, F=F, X=X,
         starts=np.ascontiguousarray(starts, dtype=np.int64),
         shared=np.ascontiguousarray(np.asarray(shared, dtype=np.int64).reshape(-1, 2)),
         cur=np.zeros(G, dtype=np.int64),
@@ -466,12 +488,13 @@ def newton_rows(starts, shared, n_obs, d, p, bernoulli=False, interweave=False):
         L2=np.zeros(G),
         cnt=np.zeros(8),
         bernoulli=bool(bernoulli),
-        interweave=bool(interweave),
+        interweave=False,
         fixed_moves=np.ones(1, dtype=np.int64),
     )
 
 
-NO_NEWTON = newton_rows(np.zeros(1, dtype=np.int64), np.zeros((0, 2), dtype=np.int64), 0, 0, 0)
+NO_NEWTON = newton_rows(0, np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0), np.zeros((0, 0)), np.zeros((0, 0)),
+                        np.zeros(1, dtype=np.int64), np.zeros((0, 2), dtype=np.int64))
 
 
 class Augmentation(NamedTuple):

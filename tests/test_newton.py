@@ -17,6 +17,7 @@ import pytest
 import scipy.stats as sps
 
 import bayeshlm as bh
+from samplers.glm import BINOMIAL_LOGIT
 from samplers.newton import N_WARM_FIXED_ACC, N_WARM_FIXED_PROP, _density, _draw, settle
 from samplers.types import newton_rows
 
@@ -94,7 +95,9 @@ def test_the_move_is_chosen_by_the_rows_per_group_and_refused_where_it_does_not_
 
 @pytest.mark.parametrize("accepted, moves", [(None, 1), (0.95, 1), (0.9, 1), (0.7, 2), (0.5, 2), (0.3, 3)])
 def test_warm_up_sets_the_fixed_effects_moves_a_sweep(accepted, moves):
-    nw = newton_rows(np.array([0, 3]), np.zeros((0, 2)), 3, 1, 2)
+    y = np.array([0.0, 1.0, 1.0])
+    nw = newton_rows(BINOMIAL_LOGIT, y, np.ones(3), np.zeros(3), np.zeros(3), np.ones((3, 2)), np.ones((3, 1)),
+                     np.array([0, 3]), np.zeros((0, 2)))
     if accepted is not None:
         nw.cnt[N_WARM_FIXED_PROP], nw.cnt[N_WARM_FIXED_ACC] = 200.0, 200.0 * accepted
     settle(nw)
