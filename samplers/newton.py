@@ -47,6 +47,37 @@ N_WARM_FIXED_PROP, N_WARM_FIXED_ACC = 6, 7
 # else twice (at least half) or three times: settle()
 FIXED_ACCEPTANCE_ONE, FIXED_ACCEPTANCE_TWO = 0.9, 0.5
 
+# exp(x) for x <= 0 (_exp_neg): x = -n ln2 / 64 + r, |r| <= ln2 / 128; exp(x) = 2^-(n // 64) 2^-((n % 64) / 64) e^r.
+# ln2 / 64 in two parts (fdlibm's ln2_hi, whose trailing zeros keep n * _LN2_64_HI exact, and ln2_lo)
+_LN2_64_HI = 6.93147180369123816490e-01 / 64.0
+_LN2_64_LO = 1.90821492927058770002e-10 / 64.0
+_64_OVER_LN2 = 64.0 / math.log(2.0)
+_EXP_MIN = -745.0  # exp(-745) is the smallest subnormal double; below, 0
+_POW2_INT = 2.0 ** -np.arange(1076, dtype=np.float64)  # 2^-q, q = 0 .. 1075 (subnormal, then 0)
+_POW2_FRAC = 2.0 ** (-np.arange(64, dtype=np.float64) / 64.0)  # 2^-(j / 64)
+# the Bernoulli rows' pass: per block of rows, arithmetic that may be reordered (sums), so that it is vectorised
+_FAST = {"contract", "reassoc", "arcp"}
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _exp_neg(x):
+    """``exp(x)`` for ``x <= 0``, within 2 units in the last place, by table and polynomial, without a call.
+
+    glibc's ``exp`` is a call the compiler cannot vectorise, and it was a third of a
+    Bernoulli row's cost. Here ``x = -n ln2/64 + r`` with ``|r| <= ln2/128``, so that
+    ``e^r`` needs five Taylor terms (truncation below ``r^6/720 < 4e-17``) and ``2^(-n/64)``
+    is two table entries. ``n`` is clamped, so that no input (not even NaN) reads outside
+    the tables; a NaN stays NaN through ``r``. ``tests/test_newton.py`` checks it against
+    ``numpy.exp``.
+    """
+    x = max(x, _EXP_MIN)
+    n = int(-x * _64_OVER_LN2 + 0.5)
+    r = (x + n * _LN2_64_HI) + n * _LN2_64_LO
+    p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0)))))
+    q = n >> 6
+    q = 0 if q < 0 else (1075 if q > 1075 else q)
+    return p * _POW2_FRAC[n & 63] * _POW2_INT[q]
+
 
 @njit(cache=True, nogil=True, inline="always")
 def _row(family, bern, y, n, const, i, e):
@@ -63,7 +94,7 @@ def _row(family, bern, y, n, const, i, e):
     """
     yi = y[i]
     if bern or family == BINOMIAL_LOGIT:  # softplus(+-e) share log(1 + exp(-|e|)); p = 1 / (1 + exp(-e))
-        t = math.exp(-abs(e))
+        t = _exp_neg(-abs(e))
         inv = 1.0 / (1.0 + t)
         pr = inv if e >= 0.0 else t * inv
         if bern:
@@ -180,6 +211,63 @@ def start(nw, a, b):
         L[g] = total
 
 
+@njit(cache=True, nogil=True, fastmath=_FAST)
+def _bernoulli_pass(y, F, X, eta, starts, cur_buf, Z, steps, moved, A, h, FF, Fr, L):
+    """:func:`_pass` when every row is Bernoulli (logit link, one trial): sums and log-likelihoods into ``A`` ... ``L``.
+
+    A group's rows go in blocks of ``_BATCH``: a loop without calls or branches (each row's
+    ``exp``, weight and score, into buffers), which the compiler vectorises, one logarithm
+    of the block's product of factors ``1 + exp(-|e|)``, then the sums. The arithmetic is
+    that of :func:`_row`'s Bernoulli branch; only the order of the sums may differ
+    (``fastmath`` allows reassociation, and assumes nothing about NaN or infinities).
+    """
+    m, d, p = Z.shape[1], X.shape[1], F.shape[1]
+    e_buf = np.empty(_BATCH)
+    w_buf = np.empty(_BATCH)
+    s_buf = np.empty(_BATCH)
+    for g in range(starts.shape[0] - 1):
+        if not moved[g]:
+            continue
+        cur = cur_buf[g]
+        nxt = 1 - cur
+        for u in range(d):
+            h[g, u] = 0.0
+            for v in range(d):
+                A[g, u, v] = 0.0
+        for u in range(p):
+            Fr[g, u] = 0.0
+            for v in range(p):
+                FF[g, u, v] = 0.0
+        total = 0.0
+        hi = starts[g + 1]
+        for b0 in range(starts[g], hi, _BATCH):
+            nb = min(_BATCH, hi - b0)
+            for j in range(nb):
+                e_buf[j] = eta[cur, b0 + j]
+            for k in range(m):
+                sk = steps[g, k]
+                for j in range(nb):
+                    e_buf[j] += Z[b0 + j, k] * sk
+            part = 0.0
+            product = 1.0
+            for j in range(nb):  # vectorised: _row's Bernoulli branch
+                e = e_buf[j]
+                yi = y[b0 + j]
+                t = _exp_neg(-abs(e))
+                inv = 1.0 / (1.0 + t)
+                pr = inv if e >= 0.0 else t * inv
+                part += -yi * max(-e, 0.0) - (1.0 - yi) * max(e, 0.0)
+                product *= 1.0 + t
+                w_buf[j] = max(t * inv * inv, _TINY_W)
+                s_buf[j] = yi - pr
+                eta[nxt, b0 + j] = e
+            total += part - math.log(product)
+            for j in range(nb):
+                _add_row(A, h, g, X, b0 + j, w_buf[j], s_buf[j])
+                _add_row(FF, Fr, g, F, b0 + j, w_buf[j], s_buf[j])
+        L[g] = total
+
+
 @njit(cache=True, nogil=True)
 def _pass(nw, Z, steps, moved):
     """Every group ``g`` with ``moved[g]``: its rows moved by ``Z steps[g]``, into the buffer it does not use.
@@ -191,6 +279,9 @@ def _pass(nw, Z, steps, moved):
     """
     F, X, family, y, n, const, bern = nw.F, nw.X, nw.family, nw.y, nw.n, nw.const, nw.bernoulli
     eta, starts, cur_buf, A2, h2, FF2, Fr2, L2 = nw.eta, nw.starts, nw.cur, nw.A2, nw.h2, nw.FF2, nw.Fr2, nw.L2
+    if bern:
+        _bernoulli_pass(y, F, X, eta, starts, cur_buf, Z, steps, moved, A2, h2, FF2, Fr2, L2)
+        return
     m, d, p = Z.shape[1], X.shape[1], F.shape[1]
     for g in range(starts.shape[0] - 1):
         if not moved[g]:

@@ -15,10 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.stats as sps
+from numba import njit
 
 import bayeshlm as bh
 from samplers.glm import BINOMIAL_LOGIT
-from samplers.newton import N_WARM_FIXED_ACC, N_WARM_FIXED_PROP, _density, _draw, settle
+from samplers.newton import N_WARM_FIXED_ACC, N_WARM_FIXED_PROP, _density, _draw, _exp_neg, _pass, settle, start
 from samplers.types import newton_rows
 
 PRIORS = {"fixed": bh.Normal(0, 5), "sd": bh.HalfNormal(2)}
@@ -70,6 +71,59 @@ def test_proposal_densities_are_the_gaussian_ones():
     )
     ok, _ = _density(-np.eye(3), rhs.copy(), point)  # not positive definite: refused, not a wrong value
     assert not ok
+
+
+@njit
+def _exp_all(x, out):
+    for i in range(x.shape[0]):
+        out[i] = _exp_neg(x[i])
+
+
+def test_the_exponential_of_the_bernoulli_rows_is_numpys_within_two_units_in_the_last_place():
+    rng = np.random.default_rng(3)
+    x = np.concatenate([-rng.exponential(3.0, 200_000), -rng.uniform(0.0, 708.0, 20_000),
+                        [0.0, -0.0, -1e-300, -np.log(2.0) / 128, -np.log(2.0) / 64, -1.0, -708.0]])
+    out = np.empty_like(x)
+    _exp_all(x, out)
+    ref = np.exp(x)
+    assert np.max(np.abs(out - ref) / np.spacing(ref)) <= 2.0
+    assert out[-7] == 1.0 and out[-6] == 1.0
+    edge = np.array([-745.0, -800.0, -np.inf, np.nan])  # subnormal, 0; NaN stays NaN, reading no table out of range
+    out = np.empty_like(edge)
+    _exp_all(edge, out)
+    assert 0.0 < out[0] < 1e-320 and out[1] < 1e-320 and out[2] < 1e-320 and np.isnan(out[3])
+
+
+@pytest.mark.parametrize("slopes", [False, True])
+def test_the_vectorised_bernoulli_pass_is_the_row_by_row_one(slopes):
+    """``NewtonRows.bernoulli`` takes ``_bernoulli_pass``; the general rows' loop must give the same sums."""
+    rng = np.random.default_rng(4)
+    sizes = np.array([0, 1, 31, 32, 33, 100, 257])  # empty, partial and whole blocks of 32 rows
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    n = starts[-1]
+    x = rng.normal(2015.0, 3.0, n)  # a shifted column: large predictors, |eta| up to about 40
+    F = np.column_stack([np.ones(n), x - 2015.0, x / 100.0])
+    X = F[:, :2].copy() if slopes else np.ones((n, 1))
+    y = rng.binomial(1, 0.3, n).astype(float)
+    a = np.array([-1.0, 0.8, 0.5])
+    b = rng.normal(0.0, 2.0, (sizes.size, X.shape[1]))
+
+    def rows(bernoulli):
+        nw = newton_rows(BINOMIAL_LOGIT, y, np.ones(n), np.zeros(n), np.zeros(n), F, X, starts, np.zeros((0, 2)),
+                         bernoulli=bernoulli)
+        start(nw, a, b)
+        nw.cur[::2] = 1  # groups read either buffer
+        nw.eta[1] = nw.eta[0]
+        _pass(nw, X, rng_steps, np.array([True, True, True, False, True, True, True]))
+        return nw
+
+    rng_steps = rng.normal(0.0, 0.5, (sizes.size, X.shape[1]))
+    fast, slow = rows(True), rows(False)
+    for name in ("L2", "A2", "h2", "FF2", "Fr2"):
+        got, want = getattr(fast, name), getattr(slow, name)
+        assert np.allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max()), name
+    assert np.allclose(fast.eta, slow.eta, rtol=1e-14, atol=0.0)  # fused multiply-adds may round differently
+    assert fast.L2[3] == slow.L2[3] == 0.0  # a group not moved is left alone
 
 
 def test_the_move_is_chosen_by_the_rows_per_group_and_refused_where_it_does_not_apply():
