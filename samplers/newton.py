@@ -215,13 +215,15 @@ def start(nw, a, b):
 def _bernoulli_pass(y, F, X, eta, starts, cur_buf, Z, steps, moved, A, h, FF, Fr, L):
     """:func:`_pass` when every row is Bernoulli (logit link, one trial): sums and log-likelihoods into ``A`` ... ``L``.
 
+    The moved groups' sums are added into: :func:`_pass` zeroes them first.
+
     A group's rows go in blocks of ``_BATCH``: a loop without calls or branches (each row's
     ``exp``, weight and score, into buffers), which the compiler vectorises, one logarithm
     of the block's product of factors ``1 + exp(-|e|)``, then the sums. The arithmetic is
     that of :func:`_row`'s Bernoulli branch; only the order of the sums may differ
     (``fastmath`` allows reassociation, and assumes nothing about NaN or infinities).
     """
-    m, d, p = Z.shape[1], X.shape[1], F.shape[1]
+    m = Z.shape[1]
     e_buf = np.empty(_BATCH)
     w_buf = np.empty(_BATCH)
     s_buf = np.empty(_BATCH)
@@ -230,14 +232,6 @@ def _bernoulli_pass(y, F, X, eta, starts, cur_buf, Z, steps, moved, A, h, FF, Fr
             continue
         cur = cur_buf[g]
         nxt = 1 - cur
-        for u in range(d):
-            h[g, u] = 0.0
-            for v in range(d):
-                A[g, u, v] = 0.0
-        for u in range(p):
-            Fr[g, u] = 0.0
-            for v in range(p):
-                FF[g, u, v] = 0.0
         total = 0.0
         hi = starts[g + 1]
         for b0 in range(starts[g], hi, _BATCH):
@@ -279,21 +273,23 @@ def _pass(nw, Z, steps, moved):
     """
     F, X, family, y, n, const, bern = nw.F, nw.X, nw.family, nw.y, nw.n, nw.const, nw.bernoulli
     eta, starts, cur_buf, A2, h2, FF2, Fr2, L2 = nw.eta, nw.starts, nw.cur, nw.A2, nw.h2, nw.FF2, nw.Fr2, nw.L2
+    m, d, p = Z.shape[1], X.shape[1], F.shape[1]
+    for g in range(starts.shape[0] - 1):  # the moved groups' sums, added into by either loop below
+        if moved[g]:
+            for u in range(d):
+                h2[g, u] = 0.0
+                for v in range(d):
+                    A2[g, u, v] = 0.0
+            for u in range(p):
+                Fr2[g, u] = 0.0
+                for v in range(p):
+                    FF2[g, u, v] = 0.0
     if bern:
         _bernoulli_pass(y, F, X, eta, starts, cur_buf, Z, steps, moved, A2, h2, FF2, Fr2, L2)
         return
-    m, d, p = Z.shape[1], X.shape[1], F.shape[1]
     for g in range(starts.shape[0] - 1):
         if not moved[g]:
             continue
-        for u in range(d):
-            h2[g, u] = 0.0
-            for v in range(d):
-                A2[g, u, v] = 0.0
-        for u in range(p):
-            Fr2[g, u] = 0.0
-            for v in range(p):
-                FF2[g, u, v] = 0.0
         cur = cur_buf[g]
         nxt = 1 - cur
         total = 0.0
