@@ -128,7 +128,7 @@ def _lower_truncated_normal(rng, lo):
 
 
 @njit(cache=True, nogil=True)
-def linear_predictor(aug, structure, work, a, b, eta, with_loglik=True):
+def linear_predictor(aug, structure, work, a, b, eta, with_loglik):
     """``eta_i = offset_i + F_i a + X_i b_g(i)`` for every row; returns ``sum_i log p(y_i | eta_i)``.
 
     With a log-likelihood store (``aug.ll_out`` has columns), the rows' values are also
@@ -440,7 +440,7 @@ def seek_mode(rng, aug, state, structure, priors, n_iter):
         if not ok:
             return
         draw_coefficients(rng, work, aug.stats, structure, 1.0, state.a, state.b, False)
-        linear_predictor(aug, structure, work, state.a, state.b, eta_new)
+        linear_predictor(aug, structure, work, state.a, state.b, eta_new, True)
         moved = 0.0
         for i in range(eta_new.shape[0]):
             moved = max(moved, abs(eta_new[i] - aug.eta[i]))
@@ -459,7 +459,7 @@ def seek_mode(rng, aug, state, structure, priors, n_iter):
 
 
 @njit(cache=True, nogil=True)
-def refresh(aug, state, structure, with_loglik=True):
+def refresh(aug, state, structure, with_loglik):
     """Bring ``aug.eta`` (and, with ``with_loglik``, the log-likelihood) up to the current ``(a, b)`` if stale."""
     if aug.scal[AUG_STALE] != 0.0:
         aug.scal[AUG_LOGLIK] = linear_predictor(aug, structure, state.work, state.a, state.b, aug.eta, with_loglik)

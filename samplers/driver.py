@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 from numba import njit
+from numba.extending import overload
 
 from samplers import newton
 from samplers.augment import (
@@ -26,7 +27,7 @@ from samplers.augment import (
     save_draw,
     seek_mode,
 )
-from samplers.gaussian import forget_statistics, workspace
+from samplers.gaussian import TwoLevelWork, forget_statistics, workspace
 from samplers.linalg import copy_into, inverse_from_cholesky
 from samplers.mh import end_of_iteration
 from samplers.scale import after_sweep, level1_step, start_weights
@@ -49,6 +50,7 @@ from samplers.types import (
     READY,
     ChainState,
     DrawStore,
+    GibbsMoves,
     MHMoves,
     Schedule,
 )
@@ -239,6 +241,73 @@ def newton_sweep(rng, state, stats, nw, wrong, structure, priors, counting):
     return acc
 
 
+def _newton_possible(state, moves):
+    """Whether a chain of these types can run the Newton proposal (types of compiled code).
+
+    The proposal moves one grouping factor's coefficients, with the variance components
+    moved by their conditionals (:func:`bayeshlm.sample.sample` refuses other models), so
+    only a two-level workspace with :class:`~samplers.types.GibbsMoves` compiles its code.
+    """
+    work = state.types[state.fields.index("work")]
+    return work.instance_class is TwoLevelWork and moves.instance_class is GibbsMoves
+
+
+def newton_step(rng, state, nw, stats, wrong, structure, priors, moves, it, warmup):
+    """One Newton sweep of :func:`run_augmented_chain` (compiled code only)."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(newton_step, inline="always")
+def _newton_step_impl(rng, state, nw, stats, wrong, structure, priors, moves, it, warmup):
+    if not _newton_possible(state, moves):
+        def refuse(rng, state, nw, stats, wrong, structure, priors, moves, it, warmup):
+            state.scal[FAILED] = 1.0
+            return np.nan
+
+        return refuse
+
+    def impl(rng, state, nw, stats, wrong, structure, priors, moves, it, warmup):
+        if it == warmup:  # warm-up is over: the fixed effects' moves a sweep
+            newton.settle(nw)
+        return newton_sweep(rng, state, stats, nw, wrong, structure, priors, it >= warmup)
+
+    return impl
+
+
+def newton_rows_at_draw(state, nw, aug_scal, moves, fresh):
+    """After a Newton chain's draw: the rows at the first draw, and the draw's log-likelihood (compiled code only)."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(newton_rows_at_draw, inline="always")
+def _newton_rows_at_draw_impl(state, nw, aug_scal, moves, fresh):
+    if not _newton_possible(state, moves):
+        def refuse(state, nw, aug_scal, moves, fresh):
+            state.scal[FAILED] = 1.0
+
+        return refuse
+
+    def impl(state, nw, aug_scal, moves, fresh):
+        if fresh:  # the rows and the groups' sums at the first draw
+            newton.start(nw, state.a, state.b)
+        aug_scal[AUG_LOGLIK] = newton.loglik(nw)
+        aug_scal[AUG_STALE] = 0.0
+
+    return impl
+
+
+def newton_keep(state, aug, nw, moves, k):
+    """Keep a Newton chain's rows' log-likelihoods of kept draw ``k`` (compiled code only)."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(newton_keep, inline="always")
+def _newton_keep_impl(state, aug, nw, moves, k):
+    if not _newton_possible(state, moves):
+        return lambda state, aug, nw, moves, k: None
+    return lambda state, aug, nw, moves, k: newton.keep_loglik(aug, nw, k)
+
+
 @njit(cache=True, nogil=True)
 def run_augmented_chain(rng, state, aug, structure, priors, moves, schedule, store):
     """:func:`run_chain` for a non-Gaussian level 1 (:class:`~samplers.types.Augmentation`).
@@ -249,7 +318,9 @@ def run_augmented_chain(rng, state, aug, structure, priors, moves, schedule, sto
     corrected (:func:`samplers.augment.correct`: accepted, or taken back). With the Newton
     proposal (``aug.scal[AUG_NEWTON]``) no augmentation is drawn: after the first draw each
     sweep is :func:`newton_sweep`, and the rows' predictor and working values are those the
-    moves left (:func:`samplers.newton.start` forms them at the first draw).
+    moves left (:func:`samplers.newton.start` forms them at the first draw). The Newton code
+    is compiled only into the variant that can run it (:func:`_newton_possible`): a chain of
+    other types with the flag set fails.
     A fresh state draws its first coefficients from the working statistics at the
     conditional mode given its ``theta`` (:func:`samplers.augment.seek_mode`, from the
     predictor ``aug.eta`` the caller sets). ``state.scal[LP]`` and the stored ``lp`` are the
@@ -271,18 +342,16 @@ def run_augmented_chain(rng, state, aug, structure, priors, moves, schedule, sto
         elif with_newton:  # the rows' working values at the current draw are kept from the last sweep
             pass
         else:
-            refresh(aug, state, structure)
+            refresh(aug, state, structure, True)
             if not augment(rng, aug):
                 state.scal[FAILED] = 1.0
                 return
             forget(state)
             if poisson:
                 save_draw(aug, state)
-        if with_newton and not fresh and it == warmup:  # warm-up is over: the fixed effects' moves a sweep
-            newton.settle(nw)
         if with_newton and not fresh:
-            acc = newton_sweep(rng, state, aug.stats, nw, aug.scal[AUG_NO_CORRECTION], structure, priors,
-                               it >= warmup)
+            acc = newton_step(rng, state, nw, aug.stats, aug.scal[AUG_NO_CORRECTION], structure, priors, moves, it,
+                              warmup)
         else:  # one call site of sweep, so that it is compiled inline once
             acc = sweep(rng, state, aug.stats, structure, priors, moves, warmup, not fresh)
         if state.scal[FAILED] != 0.0:
@@ -290,10 +359,9 @@ def run_augmented_chain(rng, state, aug, structure, priors, moves, schedule, sto
         # the log-likelihood of a draw that is kept (a row pass saved on every other)
         kept = it >= warmup and (it - warmup) % thin == 0
         if with_newton:
-            if fresh:  # the rows and the groups' sums at the first draw
-                newton.start(nw, state.a, state.b)
-            aug.scal[AUG_LOGLIK] = newton.loglik(nw)
-            aug.scal[AUG_STALE] = 0.0
+            newton_rows_at_draw(state, nw, aug.scal, moves, fresh)
+            if state.scal[FAILED] != 0.0:
+                return
         elif poisson and not fresh:
             correct(rng, aug, state, structure, moves, it >= warmup)
             aug.scal[AUG_LOGLIK] = rows_loglik(aug) if kept else np.nan
@@ -308,7 +376,7 @@ def run_augmented_chain(rng, state, aug, structure, priors, moves, schedule, sto
         k = _end_sweep(state, store, it, warmup, thin, acc)
         if k >= 0:
             if with_newton:
-                newton.keep_loglik(aug, nw, k)
+                newton_keep(state, aug, nw, moves, k)
             else:
                 keep_loglik(aug, k)
 
