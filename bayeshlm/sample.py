@@ -7,6 +7,7 @@ import os
 import sys
 import threading
 import time
+from typing import NamedTuple
 
 import numpy as np
 import xarray as xr
@@ -371,6 +372,70 @@ def sample(
     >>> post.posterior["fixed"].sizes["fixed_term"]
     2
     """
+    run = run_sampler(model, draws=draws, warmup=warmup, chains=chains, thin=thin, seed=seed, method=method,
+                      mh_steps=mh_steps, glm_move=glm_move, interweave=interweave,
+                      keep_group_draws=keep_group_draws, group_moments=group_moments, log_likelihood=log_likelihood,
+                      progress=progress, n_threads=n_threads)
+    outputs, n_keep, kept, level1s = run.outputs, run.n_keep, run.kept, run.level1s
+    tree = to_datatree(model, outputs, n_keep, run.settings, run.timings, run.log_likelihood, run.keep_group_draws,
+                       kept_per_chain=kept if group_moments else None, log_lik=run.log_lik)
+    tree[LOG_PRIOR] = xr.DataTree(log_prior_dataset(model, tree))
+    if level1s is not None:
+        level1_posterior(model, tree, level1s, n_keep)
+    if getattr(model.design, "missing_responses", None) is not None:  # missing="impute": draws of the missing rows
+        child = np.random.SeedSequence(run.seed).spawn(chains + 1)[-1]  # not any chain's stream
+        tree = impute(model, tree, np.random.Generator(np.random.PCG64(child)))
+    if not run.interrupted:
+        warn_if_unconverged(tree)
+    return tree
+
+
+class SamplerRun(NamedTuple):
+    """What :func:`run_sampler` returns.
+
+    The chains' outputs (:class:`samplers.driver.ChainOutput`) and the rest of what
+    :func:`sample` builds its result from (``kept``: the kept draws of each chain, ``n_keep``
+    the fewest of them).
+    """
+
+    outputs: list
+    n_keep: int
+    kept: list
+    settings: dict
+    timings: dict
+    log_likelihood: object
+    keep_group_draws: object
+    log_lik: object
+    level1s: object
+    seed: object
+    interrupted: bool
+
+
+def run_sampler(
+    model,
+    *,
+    draws=1000,
+    warmup=1000,
+    chains=4,
+    thin=1,
+    seed=None,
+    method=None,
+    mh_steps=None,
+    glm_move="auto",
+    interweave=None,
+    keep_group_draws=True,
+    group_moments=False,
+    log_likelihood="auto",
+    progress=True,
+    n_threads=None,
+):
+    """The chains of :func:`sample`, and what its result is built from, without building it.
+
+    Takes :func:`sample`'s arguments and checks them as it does; returns a :class:`SamplerRun`.
+    For code that wants the draws as arrays, many times over (simulation-based calibration:
+    :func:`bayeshlm.testing.posterior_draws`), assembling the ArviZ result would cost more than
+    the chains of a small model.
+    """
     scaled = has_level1_model(model)
     gaussian = getattr(model, "gaussian", True) or scaled
     if scaled and method == "blocked":
@@ -545,14 +610,5 @@ def sample(
             settings["nu"] = float(model.options["nu"])
         if log_likelihood:
             log_lik = np.stack([a.ll_out[:n_keep] for a in level1s])
-    tree = to_datatree(model, outputs, n_keep, settings, timings, log_likelihood, keep_group_draws,
-                       kept_per_chain=kept if group_moments else None, log_lik=log_lik)
-    tree[LOG_PRIOR] = xr.DataTree(log_prior_dataset(model, tree))
-    if level1s is not None:
-        level1_posterior(model, tree, level1s, n_keep)
-    if getattr(model.design, "missing_responses", None) is not None:  # missing="impute": draws of the missing rows
-        child = np.random.SeedSequence(seed).spawn(chains + 1)[-1]  # not any chain's stream
-        tree = impute(model, tree, np.random.Generator(np.random.PCG64(child)))
-    if not interrupted:
-        warn_if_unconverged(tree)
-    return tree
+    return SamplerRun(outputs, n_keep, kept, settings, timings, log_likelihood, keep_group_draws, log_lik, level1s,
+                      seed, bool(interrupted))

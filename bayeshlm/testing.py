@@ -149,19 +149,31 @@ def posterior_draws(model, seed, *, chains=2, warmup=300, draws_per_chain=300, *
     """``(fixed, sigma, sd, corr)`` draws of :func:`bayeshlm.sample`: the default fit of :func:`sbc`.
 
     Arrays over all draws (chains concatenated): ``fixed`` (S, n_fixed), ``sigma`` (S,) or
-    None, ``sd`` (S, n_coef) and ``corr`` (S, n_coef, n_coef).
+    None, ``sd`` (S, n_coef) and ``corr`` (S, n_coef, n_coef). The chains are
+    :func:`bayeshlm.sample`'s (:func:`bayeshlm.sample.run_sampler`) and the values those its
+    result holds, read from the chains' outputs without building the result (which would
+    cost more than the chains of a small model); a model whose result holds more than the
+    chains' variance components (a level-1 variance model, imputed responses) is read
+    from the result.
     """
+    from bayeshlm.level1 import has_level1_model
     from bayeshlm.results import covariance_draws
-    from bayeshlm.sample import sample
+    from bayeshlm.sample import run_sampler, sample
 
-    tree = sample(model, chains=chains, warmup=warmup, draws=draws_per_chain, seed=seed, progress=False,
-                  log_likelihood=False, keep_group_draws=False, **sample_options)
-    p = tree.posterior
-    total = chains * draws_per_chain
-    fixed = p["fixed"].values.reshape(total, -1)
-    sigma = p["sigma"].values.reshape(-1) if "sigma" in p else None
-    sd, corr = covariance_draws(tree, model)
-    return fixed, sigma, sd, np.tril(corr, -1)
+    options = dict(chains=chains, warmup=warmup, draws=draws_per_chain, seed=seed, progress=False,
+                   log_likelihood=False, keep_group_draws=False, **sample_options)
+    if has_level1_model(model) or getattr(model.design, "missing_responses", None) is not None:
+        tree = sample(model, **options)
+        p = tree.posterior
+        fixed = p["fixed"].values.reshape(chains * draws_per_chain, -1)
+        sigma = p["sigma"].values.reshape(-1) if "sigma" in p else None
+        sd, corr = covariance_draws(tree, model)
+        return fixed, sigma, sd, np.tril(corr, -1)
+    run = run_sampler(model, **options)
+    theta = np.concatenate([out.theta[:run.n_keep] for out in run.outputs])
+    fixed = model.basis.fixed_values(np.concatenate([out.a[:run.n_keep] for out in run.outputs]))
+    s2, sd, corr, _ = variance_components(model, theta)
+    return fixed, None if model.sigma_known else np.sqrt(s2), sd, np.tril(corr, -1)
 
 
 def python_chain_draws(model, seed, *, method="gibbs", warmup=300, draws=600, mh_steps=6, marginal=None):

@@ -63,3 +63,46 @@ def test_sbc_refuses_flat_priors_and_returns_ranks():
                                        "icc[Intercept|a:b]", "icc[Intercept|a]"]
     assert res.ranks.to_numpy().min() >= 0 and res.ranks.to_numpy().max() <= 9
     assert len(res.uniformity(bins=5)) == 6
+
+
+def _tree_draws(model, seed, **options):
+    """What :func:`bayeshlm.testing.posterior_draws` returns, read from :func:`bayeshlm.sample`'s result."""
+    from bayeshlm.results import covariance_draws
+
+    tree = bh.sample(model, chains=2, warmup=30, draws=40, seed=seed, progress=False, log_likelihood=False,
+                     keep_group_draws=False, **options)
+    p = tree.posterior
+    sigma = p["sigma"].values.reshape(-1) if "sigma" in p else None
+    sd, corr = covariance_draws(tree, model)
+    return p["fixed"].values.reshape(80, -1), sigma, sd, np.tril(corr, -1)
+
+
+def _sbc_models():
+    sleep = bh.load_dataset("sleepstudy")
+    sleep["year"] = 2015.0 + sleep["days"]  # shifted: the fixed effects go back through the basis
+    rng = np.random.default_rng(3)
+    binary = {"y": rng.integers(0, 2, 240).astype(float), "x": rng.normal(1e3, 50.0, 240),
+              "g": np.repeat([f"g{j}" for j in range(12)], 20)}
+    return {
+        "slopes": (bh.hlm("reaction ~ year + (year | subject)", sleep), {"method": "gibbs"}),
+        "diagonal_slopes": (bh.hlm("reaction ~ year + (year || subject)", sleep), {"method": "mh"}),
+        "nested": (bh.hlm("y ~ x + (1 | a/b)", bh.simulate_nested(levels=(("a", 5), ("b", 3)), rows=4, seed=2)),
+                   {"method": "mh"}),
+        "bernoulli": (bh.hlm("y ~ x + (1 | g)", binary, family="bernoulli"), {"glm_move": "augment"}),
+        "bernoulli_newton": (bh.hlm("y ~ x + (1 | g)", binary, family="bernoulli"), {"glm_move": "newton"}),
+    }
+
+
+@pytest.mark.filterwarnings("ignore::bayeshlm.summary.ConvergenceWarning")
+@pytest.mark.parametrize("case", ["slopes", "diagonal_slopes", "nested", "bernoulli", "bernoulli_newton"])
+def test_posterior_draws_are_the_values_of_the_result(case):
+    """SBC reads the chains' outputs without building the result: the values are the result's, draw for draw."""
+    from bayeshlm.testing import parameter_vector, posterior_draws
+
+    model, options = _sbc_models()[case]
+    raw = posterior_draws(model, 7, warmup=30, draws_per_chain=40, **options)
+    tree = _tree_draws(model, 7, **options)
+    assert raw[0].shape == tree[0].shape and raw[2].shape == tree[2].shape
+    for key, value in parameter_vector(model, raw[0].T, raw[1], raw[2], raw[3]).items():
+        expected = parameter_vector(model, tree[0].T, tree[1], tree[2], tree[3])[key]
+        np.testing.assert_allclose(value, expected, rtol=1e-12, atol=1e-12, err_msg=key)
