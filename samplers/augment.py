@@ -36,6 +36,7 @@ import numpy as np
 from numba import njit
 from numba.extending import overload
 
+from samplers.fastexp import exp_neg
 from samplers.gaussian import draw_coefficients, finest_coefficients, forget_statistics, integrate
 from samplers.glm import BINOMIAL_LOGIT, BINOMIAL_PROBIT, POISSON_LOG, working
 from samplers.polyagamma import draw_pg
@@ -189,20 +190,26 @@ def forget(state):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _mixture_terms(mix, e, logc):
-    """``logc[k] = log(w_k N(e; m_k, v_k))`` for each component; returns ``log p(e) - log g(e)`` and ``log g(e)``."""
+def _mixture_terms(mix, e, weight):
+    """``weight[k] = w_k N(e; m_k, v_k)`` relative to the largest; returns ``log p(e) - log g(e)`` and their sum.
+
+    The component of ``e`` is ``k`` with probability ``weight[k] / sum``. The exponentials
+    are of non-positive numbers (:func:`samplers.fastexp.exp_neg`).
+    """
     top = -np.inf
     n_mix = mix.shape[1]
     for k in range(n_mix):
         dev = e - mix[1, k]
         c = mix[0, k] - 0.5 * dev * dev * mix[2, k]
-        logc[k] = c
+        weight[k] = c
         top = max(top, c)
     total = 0.0
     for k in range(n_mix):
-        total += math.exp(logc[k] - top)
+        q = exp_neg(weight[k] - top)
+        weight[k] = q
+        total += q
     log_g = top + math.log(total)
-    return -e - math.exp(-e) - log_g, log_g
+    return -e - math.exp(-e) - log_g, total
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -228,7 +235,7 @@ def _event_time_term(y, e):
 @njit(cache=True, nogil=True)
 def log_correction(aug, eta):
     """``log f = sum_ij log p(e_ij) - log g(e_ij)`` at the predictor ``eta``, the arrival times ``aug.lat`` given."""
-    logc = np.empty(aug.mix.shape[1])
+    weight = np.empty(aug.mix.shape[1])
     total = 0.0
     for i in range(eta.shape[0]):
         e = eta[i]
@@ -238,7 +245,7 @@ def log_correction(aug, eta):
             total += diff
             start += 1
         for j in range(start, aug.lat_ptr[i + 1]):
-            diff, _ = _mixture_terms(aug.mix, aug.lat[j] - e, logc)
+            diff, _ = _mixture_terms(aug.mix, aug.lat[j] - e, weight)
             total += diff
     return total
 
@@ -263,7 +270,7 @@ def _augment_poisson(rng, aug):
         return False
     mix = aug.mix
     n_mix = mix.shape[1]
-    logc = np.empty(n_mix)
+    prob = np.empty(n_mix)
     log_f = 0.0
     for i in range(n_obs):
         e = aug.eta[i]
@@ -294,13 +301,13 @@ def _augment_poisson(rng, aug):
             tail = aug.lat[last] / total + rng.standard_exponential() * math.exp(-e)
             aug.lat[last] = -math.log(tail)
         for j in range(start, stop):
-            diff, log_g = _mixture_terms(mix, aug.lat[j] - e, logc)
+            diff, total = _mixture_terms(mix, aug.lat[j] - e, prob)
             log_f += diff
-            u = rng.random()
+            u = rng.random() * total
             acc = 0.0
             k = n_mix - 1
             for m in range(n_mix):
-                acc += math.exp(logc[m] - log_g)
+                acc += prob[m]
                 if u < acc:
                     k = m
                     break

@@ -33,6 +33,7 @@ import math
 import numpy as np
 from numba import njit
 
+from samplers.fastexp import exp_neg
 from samplers.glm import BINOMIAL_LOGIT, POISSON_LOG, working
 from samplers.linalg import chol_inplace, gaussian_from_precision, solve_lower, solve_upper
 from samplers.theta import decode_theta
@@ -47,36 +48,8 @@ N_WARM_FIXED_PROP, N_WARM_FIXED_ACC = 6, 7
 # else twice (at least 80%) or three times: settle()
 FIXED_ACCEPTANCE_ONE, FIXED_ACCEPTANCE_TWO = 0.9, 0.8
 
-# exp(x) for x <= 0 (_exp_neg): x = -n ln2 / 64 + r, |r| <= ln2 / 128; exp(x) = 2^-(n // 64) 2^-((n % 64) / 64) e^r.
-# ln2 / 64 in two parts (fdlibm's ln2_hi, whose trailing zeros keep n * _LN2_64_HI exact, and ln2_lo)
-_LN2_64_HI = 6.93147180369123816490e-01 / 64.0
-_LN2_64_LO = 1.90821492927058770002e-10 / 64.0
-_64_OVER_LN2 = 64.0 / math.log(2.0)
-_EXP_MIN = -745.0  # exp(-745) is the smallest subnormal double; below, 0
-_POW2_INT = 2.0 ** -np.arange(1076, dtype=np.float64)  # 2^-q, q = 0 .. 1075 (subnormal, then 0)
-_POW2_FRAC = 2.0 ** (-np.arange(64, dtype=np.float64) / 64.0)  # 2^-(j / 64)
 # the Bernoulli rows' pass: per block of rows, arithmetic that may be reordered (sums), so that it is vectorised
 _FAST = {"contract", "reassoc", "arcp"}
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _exp_neg(x):
-    """``exp(x)`` for ``x <= 0``, within 2 units in the last place, by table and polynomial, without a call.
-
-    glibc's ``exp`` is a call the compiler cannot vectorise, and it was a third of a
-    Bernoulli row's cost. Here ``x = -n ln2/64 + r`` with ``|r| <= ln2/128``, so that
-    ``e^r`` needs five Taylor terms (truncation below ``r^6/720 < 4e-17``) and ``2^(-n/64)``
-    is two table entries. ``n`` is clamped, so that no input (not even NaN) reads outside
-    the tables; a NaN stays NaN through ``r``. ``tests/test_newton.py`` checks it against
-    ``numpy.exp``.
-    """
-    x = max(x, _EXP_MIN)
-    n = int(-x * _64_OVER_LN2 + 0.5)
-    r = (x + n * _LN2_64_HI) + n * _LN2_64_LO
-    p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0)))))
-    q = n >> 6
-    q = 0 if q < 0 else (1075 if q > 1075 else q)
-    return p * _POW2_FRAC[n & 63] * _POW2_INT[q]
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -94,7 +67,7 @@ def _row(family, bern, y, n, const, i, e):
     """
     yi = y[i]
     if bern or family == BINOMIAL_LOGIT:  # softplus(+-e) share log(1 + exp(-|e|)); p = 1 / (1 + exp(-e))
-        t = _exp_neg(-abs(e))
+        t = exp_neg(-abs(e))
         inv = 1.0 / (1.0 + t)
         pr = inv if e >= 0.0 else t * inv
         if bern:
@@ -247,7 +220,7 @@ def _bernoulli_pass(y, F, X, eta, starts, cur_buf, Z, steps, moved, A, h, FF, Fr
             for j in range(nb):  # vectorised: _row's Bernoulli branch
                 e = e_buf[j]
                 yi = y[b0 + j]
-                t = _exp_neg(-abs(e))
+                t = exp_neg(-abs(e))
                 inv = 1.0 / (1.0 + t)
                 pr = inv if e >= 0.0 else t * inv
                 part += -yi * max(-e, 0.0) - (1.0 - yi) * max(e, 0.0)

@@ -18,8 +18,9 @@ import scipy.stats as sps
 from numba import njit
 
 import bayeshlm as bh
+from samplers.fastexp import exp_neg
 from samplers.glm import BINOMIAL_LOGIT
-from samplers.newton import N_WARM_FIXED_ACC, N_WARM_FIXED_PROP, _density, _draw, _exp_neg, _pass, settle, start
+from samplers.newton import N_WARM_FIXED_ACC, N_WARM_FIXED_PROP, _density, _draw, _pass, settle, start
 from samplers.types import newton_rows
 
 PRIORS = {"fixed": bh.Normal(0, 5), "sd": bh.HalfNormal(2)}
@@ -76,7 +77,7 @@ def test_proposal_densities_are_the_gaussian_ones():
 @njit
 def _exp_all(x, out):
     for i in range(x.shape[0]):
-        out[i] = _exp_neg(x[i])
+        out[i] = exp_neg(x[i])
 
 
 def test_the_exponential_of_the_bernoulli_rows_is_numpys_within_two_units_in_the_last_place():
