@@ -27,7 +27,7 @@ from samplers.augment import (
     save_draw,
     seek_mode,
 )
-from samplers.gaussian import TwoLevelWork, forget_statistics, workspace
+from samplers.gaussian import forget_statistics, state_is_two_level, workspace
 from samplers.linalg import copy_into, inverse_from_cholesky
 from samplers.mh import end_of_iteration
 from samplers.scale import after_sweep, level1_step, start_weights
@@ -248,8 +248,7 @@ def _newton_possible(state, moves):
     moved by their conditionals (:func:`bayeshlm.sample.sample` refuses other models), so
     only a two-level workspace with :class:`~samplers.types.GibbsMoves` compiles its code.
     """
-    work = state.types[state.fields.index("work")]
-    return work.instance_class is TwoLevelWork and moves.instance_class is GibbsMoves
+    return state_is_two_level(state) and moves.instance_class is GibbsMoves
 
 
 def newton_step(rng, state, nw, stats, wrong, structure, priors, moves, it, warmup):

@@ -244,6 +244,15 @@ def _is_crossed_work(work):
     return work.instance_class is CrossedWork
 
 
+def state_is_two_level(state):
+    """Whether a chain state's workspace is the two-level one; ``state`` is the Numba type of a ``ChainState``.
+
+    For overloads outside the seam that compile code for one structure only (the Newton
+    proposal: ``samplers.driver.newton_step``).
+    """
+    return _is_two_level_work(state.types[state.fields.index("work")])
+
+
 # ---- the seam ------------------------------------------------------------------------------
 #
 # Each operation is a Python function with an ``overload``: in compiled code the overload picks
@@ -513,6 +522,7 @@ __all__ = [
     "is_two_level",
     "marginal_moves_pay",
     "score",
+    "state_is_two_level",
     "workspace",
     "workspace_values",
 ]

@@ -20,7 +20,7 @@ PACKAGES = ("bayeshlm", "samplers")
 LAYERS = {
     # the numerical core: values, then the passes, the seam, the moves, the chains
     "samplers._cache": 0, "samplers.types": 0, "samplers.linalg": 0, "samplers.sd_priors": 0,
-    "samplers.polyagamma": 0,
+    "samplers.polyagamma": 0, "samplers.fastexp": 0,
     "samplers.theta": 1, "samplers.suffstats": 1, "samplers.loglik": 1, "samplers.nested": 1,
     "samplers.two_level": 2,  # shares the nested score terms
     "samplers.crossed": 3,  # shares the nested M-step and the two-level passes
