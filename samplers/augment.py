@@ -129,18 +129,11 @@ def _lower_truncated_normal(rng, lo):
 
 
 @njit(cache=True, nogil=True)
-def linear_predictor(aug, structure, work, a, b, eta, with_loglik):
-    """``eta_i = offset_i + F_i a + X_i b_g(i)`` for every row; returns ``sum_i log p(y_i | eta_i)``.
-
-    With a log-likelihood store (``aug.ll_out`` has columns), the rows' values are also
-    kept in ``aug.ll_row`` for :func:`keep_loglik`. Without ``with_loglik`` (a draw that is
-    not kept) only ``eta`` is formed, and nan returned.
-    """
+def linear_predictor(aug, structure, work, a, b, eta):
+    """``eta_i = offset_i + F_i a + X_i b_g(i)`` for every row (the log-likelihood at it: :func:`rows_loglik`)."""
     coef = finest_coefficients(work, structure, b)
     F, X, g = aug.F, aug.X, aug.gidx
     p, d = F.shape[1], X.shape[1]
-    keep = aug.ll_row.shape[0] > 0
-    total = 0.0
     for i in range(eta.shape[0]):
         e = aug.offset[i]
         for q in range(p):
@@ -149,12 +142,6 @@ def linear_predictor(aug, structure, work, a, b, eta, with_loglik):
         for k in range(d):
             e += X[i, k] * coef[j, k]
         eta[i] = e
-        if with_loglik:
-            ll = row_loglik(aug.family, aug.y[i], aug.n[i], aug.const[i], e)
-            if keep:
-                aug.ll_row[i] = ll
-            total += ll
-    return total if with_loglik else np.nan
 
 
 @njit(cache=True, nogil=True)
@@ -396,7 +383,7 @@ def correct(rng, aug, state, structure, moves, counting):
     are then one joint proposal, accepted or taken back together (delayed acceptance,
     Christen & Fox 2005; docs/design.md). Leaves ``aug.eta`` at the chain's current draw.
     """
-    linear_predictor(aug, structure, state.work, state.a, state.b, aug.eta, False)
+    linear_predictor(aug, structure, state.work, state.a, state.b, aug.eta)
     log_f = log_correction(aug, aug.eta)
     accept = aug.scal[AUG_NO_CORRECTION] != 0.0 or math.log(rng.random()) < log_f - aug.scal[AUG_LOG_F]
     if counting:
@@ -447,7 +434,7 @@ def seek_mode(rng, aug, state, structure, priors, n_iter):
         if not ok:
             return
         draw_coefficients(rng, work, aug.stats, structure, 1.0, state.a, state.b, False)
-        linear_predictor(aug, structure, work, state.a, state.b, eta_new, True)
+        linear_predictor(aug, structure, work, state.a, state.b, eta_new)
         moved = 0.0
         for i in range(eta_new.shape[0]):
             moved = max(moved, abs(eta_new[i] - aug.eta[i]))
@@ -469,7 +456,8 @@ def seek_mode(rng, aug, state, structure, priors, n_iter):
 def refresh(aug, state, structure, with_loglik):
     """Bring ``aug.eta`` (and, with ``with_loglik``, the log-likelihood) up to the current ``(a, b)`` if stale."""
     if aug.scal[AUG_STALE] != 0.0:
-        aug.scal[AUG_LOGLIK] = linear_predictor(aug, structure, state.work, state.a, state.b, aug.eta, with_loglik)
+        linear_predictor(aug, structure, state.work, state.a, state.b, aug.eta)
+        aug.scal[AUG_LOGLIK] = rows_loglik(aug) if with_loglik else np.nan
         aug.scal[AUG_STALE] = 0.0
 
 

@@ -341,7 +341,7 @@ def run_augmented_chain(rng, state, aug, structure, priors, moves, schedule, sto
         elif with_newton:  # the rows' working values at the current draw are kept from the last sweep
             pass
         else:
-            refresh(aug, state, structure, True)
+            refresh(aug, state, structure, not fresh)  # True here; a bool, as below: one compiled variant
             if not augment(rng, aug):
                 state.scal[FAILED] = 1.0
                 return
