@@ -258,7 +258,7 @@ NEWTON_ROWS_PER_GROUP = 50
 def newton_move(model, glm_move):
     """Whether a non-Gaussian model's coefficients move by the Newton proposal (``glm_move`` of ``bayeshlm.sample``)."""
     # one grouping factor with random coefficients: the chains' two-level variant, the only one compiled with
-    # the proposal (samplers.driver.newton_step)
+    # the proposal (samplers.driver.newton_sweep)
     one_factor = not model.crossed and len(model.factors) == 1 and int(model.structure.level_ptr[-1]) > 0
     if glm_move == "newton" and not one_factor:
         raise ValueError(

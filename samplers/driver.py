@@ -50,7 +50,6 @@ from samplers.types import (
     READY,
     ChainState,
     DrawStore,
-    GibbsMoves,
     MHMoves,
     Schedule,
 )
@@ -208,8 +207,7 @@ def run_chain(rng, state, stats, structure, priors, moves, schedule, store):
         _end_sweep(state, store, it, warmup, thin, acc)
 
 
-@njit(cache=True, nogil=True)
-def newton_sweep(rng, state, stats, nw, wrong, structure, priors, counting):
+def _newton_sweep(rng, state, stats, nw, wrong, structure, priors, counting):
     """One sweep with the Newton proposal (:mod:`samplers.newton`): ``T | b``, then each group, ``a``, the shifts.
 
     With ``nw.interweave`` the group SD also moves given the standardised effects after
@@ -241,70 +239,26 @@ def newton_sweep(rng, state, stats, nw, wrong, structure, priors, counting):
     return acc
 
 
-def _newton_possible(state, moves):
-    """Whether a chain of these types can run the Newton proposal (types of compiled code).
+def newton_sweep(rng, state, stats, nw, wrong, structure, priors, counting):
+    """One sweep with the Newton proposal (:func:`_newton_sweep`; compiled code only).
 
-    The proposal moves one grouping factor's coefficients, with the variance components
-    moved by their conditionals (:func:`bayeshlm.sample.sample` refuses other models), so
-    only a two-level workspace with :class:`~samplers.types.GibbsMoves` compiles its code.
+    Its code is compiled for a chain whose workspace is the two-level one
+    (:func:`samplers.gaussian.state_is_two_level`): the proposal moves one grouping
+    factor's coefficients and :func:`bayeshlm.sample.sample` gives it no other model. In
+    any other chain variant it fails the sweep, and no Newton code is compiled into it.
     """
-    return state_is_two_level(state) and moves.instance_class is GibbsMoves
-
-
-def newton_step(rng, state, nw, stats, wrong, structure, priors, moves, it, warmup):
-    """One Newton sweep of :func:`run_augmented_chain` (compiled code only)."""
     raise NotImplementedError("compiled code only")
 
 
-@overload(newton_step, inline="always")
-def _newton_step_impl(rng, state, nw, stats, wrong, structure, priors, moves, it, warmup):
-    if not _newton_possible(state, moves):
-        def refuse(rng, state, nw, stats, wrong, structure, priors, moves, it, warmup):
+@overload(newton_sweep)
+def _newton_sweep_impl(rng, state, stats, nw, wrong, structure, priors, counting):
+    if not state_is_two_level(state):
+        def refuse(rng, state, stats, nw, wrong, structure, priors, counting):
             state.scal[FAILED] = 1.0
             return np.nan
 
         return refuse
-
-    def impl(rng, state, nw, stats, wrong, structure, priors, moves, it, warmup):
-        if it == warmup:  # warm-up is over: the fixed effects' moves a sweep
-            newton.settle(nw)
-        return newton_sweep(rng, state, stats, nw, wrong, structure, priors, it >= warmup)
-
-    return impl
-
-
-def newton_rows_at_draw(state, nw, aug_scal, moves, fresh):
-    """After a Newton chain's draw: the rows at the first draw, and the draw's log-likelihood (compiled code only)."""
-    raise NotImplementedError("compiled code only")
-
-
-@overload(newton_rows_at_draw, inline="always")
-def _newton_rows_at_draw_impl(state, nw, aug_scal, moves, fresh):
-    if not _newton_possible(state, moves):
-        def refuse(state, nw, aug_scal, moves, fresh):
-            state.scal[FAILED] = 1.0
-
-        return refuse
-
-    def impl(state, nw, aug_scal, moves, fresh):
-        if fresh:  # the rows and the groups' sums at the first draw
-            newton.start(nw, state.a, state.b)
-        aug_scal[AUG_LOGLIK] = newton.loglik(nw)
-        aug_scal[AUG_STALE] = 0.0
-
-    return impl
-
-
-def newton_keep(state, aug, nw, moves, k):
-    """Keep a Newton chain's rows' log-likelihoods of kept draw ``k`` (compiled code only)."""
-    raise NotImplementedError("compiled code only")
-
-
-@overload(newton_keep, inline="always")
-def _newton_keep_impl(state, aug, nw, moves, k):
-    if not _newton_possible(state, moves):
-        return lambda state, aug, nw, moves, k: None
-    return lambda state, aug, nw, moves, k: newton.keep_loglik(aug, nw, k)
+    return _newton_sweep
 
 
 @njit(cache=True, nogil=True)
@@ -317,9 +271,8 @@ def run_augmented_chain(rng, state, aug, structure, priors, moves, schedule, sto
     corrected (:func:`samplers.augment.correct`: accepted, or taken back). With the Newton
     proposal (``aug.scal[AUG_NEWTON]``) no augmentation is drawn: after the first draw each
     sweep is :func:`newton_sweep`, and the rows' predictor and working values are those the
-    moves left (:func:`samplers.newton.start` forms them at the first draw). The Newton code
-    is compiled only into the variant that can run it (:func:`_newton_possible`): a chain of
-    other types with the flag set fails.
+    moves left (:func:`samplers.newton.start` forms them at the first draw); only a two-level
+    variant holds the Newton sweep's code (:func:`newton_sweep`).
     A fresh state draws its first coefficients from the working statistics at the
     conditional mode given its ``theta`` (:func:`samplers.augment.seek_mode`, from the
     predictor ``aug.eta`` the caller sets). ``state.scal[LP]`` and the stored ``lp`` are the
@@ -348,9 +301,11 @@ def run_augmented_chain(rng, state, aug, structure, priors, moves, schedule, sto
             forget(state)
             if poisson:
                 save_draw(aug, state)
+        if with_newton and not fresh and it == warmup:  # warm-up is over: the fixed effects' moves a sweep
+            newton.settle(nw)
         if with_newton and not fresh:
-            acc = newton_step(rng, state, nw, aug.stats, aug.scal[AUG_NO_CORRECTION], structure, priors, moves, it,
-                              warmup)
+            acc = newton_sweep(rng, state, aug.stats, nw, aug.scal[AUG_NO_CORRECTION], structure, priors,
+                               it >= warmup)
         else:  # one call site of sweep, so that it is compiled inline once
             acc = sweep(rng, state, aug.stats, structure, priors, moves, warmup, not fresh)
         if state.scal[FAILED] != 0.0:
@@ -358,9 +313,10 @@ def run_augmented_chain(rng, state, aug, structure, priors, moves, schedule, sto
         # the log-likelihood of a draw that is kept (a row pass saved on every other)
         kept = it >= warmup and (it - warmup) % thin == 0
         if with_newton:
-            newton_rows_at_draw(state, nw, aug.scal, moves, fresh)
-            if state.scal[FAILED] != 0.0:
-                return
+            if fresh:  # the rows and the groups' sums at the first draw
+                newton.start(nw, state.a, state.b)
+            aug.scal[AUG_LOGLIK] = newton.loglik(nw)
+            aug.scal[AUG_STALE] = 0.0
         elif poisson and not fresh:
             correct(rng, aug, state, structure, moves, it >= warmup)
             aug.scal[AUG_LOGLIK] = rows_loglik(aug) if kept else np.nan
@@ -375,7 +331,7 @@ def run_augmented_chain(rng, state, aug, structure, priors, moves, schedule, sto
         k = _end_sweep(state, store, it, warmup, thin, acc)
         if k >= 0:
             if with_newton:
-                newton_keep(state, aug, nw, moves, k)
+                newton.keep_loglik(aug, nw, k)
             else:
                 keep_loglik(aug, k)
 

@@ -248,7 +248,7 @@ def state_is_two_level(state):
     """Whether a chain state's workspace is the two-level one; ``state`` is the Numba type of a ``ChainState``.
 
     For overloads outside the seam that compile code for one structure only (the Newton
-    proposal: ``samplers.driver.newton_step``).
+    proposal: ``samplers.driver.newton_sweep``).
     """
     return _is_two_level_work(state.types[state.fields.index("work")])
 
