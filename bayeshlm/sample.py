@@ -130,14 +130,7 @@ class _Rows:
             setattr(self, name, np.ascontiguousarray(getattr(self, name)[order]))
         starts = np.zeros(self.n_groups + 1, dtype=np.int64)
         np.cumsum(np.bincount(self.gidx, minlength=self.n_groups), out=starts[1:])
-        shared, used = [], set()
-        for k in range(self.X.shape[1]):
-            for q in range(self.F.shape[1]):
-                if q not in used and np.array_equal(self.F[:, q], self.X[:, k]):
-                    shared.append((q, k))
-                    used.add(q)
-                    break
-        self.newton = (starts, np.array(shared, dtype=np.int64).reshape(-1, 2))
+        self.newton = (starts, *shift_pairs(self.F, self.X, starts))
         self.prod = NO_ROW_PRODUCTS
         return order
 
@@ -168,6 +161,45 @@ class _Rows:
         recompute(aug.stats, aug.z, aug.F, aug.X, aug.gidx, aug.w)
         aug.scal[AUG_STALE] = 1.0
         return aug
+
+
+# a fixed column is c_g times a group column when, in every group, they differ by at most this share of the
+# fixed column's largest value (a product such as a cross-level interaction is rounded once)
+SHIFT_TOLERANCE = 1e-12
+
+
+def shift_pairs(F, X, starts):
+    """The Newton proposal's shared directions: pairs ``(q, k)`` and, per group, the ``c_g`` with ``F_q = c_g X_k``.
+
+    Fixed column ``q`` pairs with the first group column ``k`` such that in each group ``g``
+    (rows ``starts[g]:starts[g + 1]``) ``F_q`` is ``c_g X_k``: ``c_g = 1`` for a fixed effect
+    that is also a group coefficient, the group's value for a group-level predictor with a
+    random intercept, or for a cross-level interaction with a random slope. Each fixed column
+    is in at most one pair. Returns ``(pairs, coef)``, shapes ``(m, 2)`` and ``(n_groups, m)``
+    (``c_g = 0`` for a group without rows). See :func:`samplers.newton.shift_move`.
+    """
+    n_groups = starts.shape[0] - 1
+    used = np.diff(starts) > 0
+    first = starts[:-1][used]
+    pairs, coefs = [], []
+    for q in range(F.shape[1]):
+        f = F[:, q]
+        top = float(np.max(np.abs(f))) if f.size else 0.0
+        if top == 0.0 or first.size == 0:
+            continue
+        for k in range(X.shape[1]):
+            x = X[:, k]
+            xx = np.add.reduceat(x * x, first)
+            xf = np.add.reduceat(x * f, first)
+            c_used = np.divide(xf, xx, out=np.zeros_like(xf), where=xx > 0.0)
+            c = np.zeros(n_groups)
+            c[used] = c_used
+            if np.max(np.abs(f - np.repeat(c_used, np.diff(starts)[used]) * x)) <= SHIFT_TOLERANCE * top:
+                pairs.append((q, k))
+                coefs.append(c)
+                break
+    coef = np.column_stack(coefs) if coefs else np.zeros((n_groups, 0))
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2), np.ascontiguousarray(coef)
 
 
 def augmentations(model, n_chains, n_keep, log_likelihood=False, newton=False, interweave=None):

@@ -10,12 +10,13 @@ proposal"), after ``T | b`` by its conditional:
    accepted group by group. Given ``a`` the groups are independent, so each group's ratio
    reads only its own rows, and the acceptance does not fall as the groups grow in number;
 2. **the fixed effects** ``a | b``: the same move for ``a``, over all the rows;
-3. **the shared directions**: a fixed column that is also a group column (the intercept of
-   ``(1 | g)``, a slope of ``(x | g)``) lets ``a_q + b_gk`` stay put while ``a_q`` moves;
-   the shift ``a_q + s``, ``b_gk - s`` for every group leaves the likelihood unchanged and is
-   drawn from its Gaussian conditional (the prior of ``a`` and of every ``b_g``), which
-   costs nothing per row. Without it ``a | b`` would barely move when groups are large
-   (``a_q + b_gk`` is pinned by the data).
+3. **the shared directions**: a fixed column that is ``c_g`` times a group column in every
+   row of group ``g`` (the intercept of ``(1 | g)`` or a slope of ``(x | g)``, ``c_g = 1``; a
+   group-level predictor or a cross-level interaction, ``c_g = z_g``) lets ``a_q c_g + b_gk``
+   stay put while ``a_q`` moves; the shift ``a_q + s``, ``b_gk - c_g s`` for every group
+   leaves the likelihood unchanged and is drawn from its Gaussian conditional (the prior of
+   ``a`` and of every ``b_g``), which costs nothing per row. Without it ``a | b`` would
+   barely move when groups are large (``a_q c_g + b_gk`` is pinned by the data).
 
 With one coefficient per group, :func:`scale_move` also moves the group SD given the
 standardised effects ``b_g / SD`` (``NewtonRows.interweave``), which mixes where ``T | b``
@@ -476,23 +477,22 @@ def _take_all(cur, L, A, h, FF, Fr, L2, A2, h2, FF2, Fr2):
 
 @njit(cache=True, nogil=True)
 def shift_move(rng, nw, fixed, a, b, Ti):
-    """Step 3: the shared directions, ``a_q + s`` and ``b_gk - s``, ``s`` drawn from its Gaussian conditional.
+    """Step 3: the shared directions, ``a_q + s`` and ``b_gk - c_g s``, ``s`` drawn from its Gaussian conditional.
 
-    ``nw.shared`` lists the pairs ``(q, k)``, fixed column ``q`` equal to group column ``k``
-    in every row. The predictor does not change; the conditional of ``s`` is the prior of
-    ``a`` at ``a + E s`` times ``prod_g N(b_g - D s; 0, T)``: precision
-    ``E'P0E + G D'T^{-1}D``, linear term ``E'(h0 - P0 a) + D'T^{-1} sum_g b_g``.
+    ``nw.shared`` lists the pairs ``(q, k)`` and ``nw.shift_coef`` their ``c_g``: fixed column
+    ``q`` equals ``c_g`` times group column ``k`` in every row of group ``g`` (``c_g = 1`` for a
+    fixed effect that is also a group coefficient, the group's value for a group-level
+    predictor or a cross-level interaction; 0 for a group without rows). The predictor does
+    not change; the conditional of ``s`` is the prior of ``a`` at ``a + E s`` times
+    ``prod_g N(b_g - D_g s; 0, T)`` (``D_g`` holds ``c_g`` in the pairs' rows ``k``):
+    precision ``E'P0E + sum_g D_g'T^{-1}D_g``, linear term ``E'(h0 - P0 a) + sum_g D_g'T^{-1}b_g``.
     """
-    shared = nw.shared
+    shared, coef = nw.shared, nw.shift_coef
     m = shared.shape[0]
     if m == 0:
         return
     n_groups = b.shape[0]
     d = b.shape[1]
-    bsum = np.zeros(d)
-    for g in range(n_groups):
-        for k in range(d):
-            bsum[k] += b[g, k]
     P = np.empty((m, m))
     rhs = np.empty(m)
     p = a.shape[0]
@@ -501,12 +501,21 @@ def shift_move(rng, nw, fixed, a, b, Ti):
         t = fixed.lin[q]
         for v in range(p):
             t -= fixed.prec[q, v] * a[v]
-        for v in range(d):
-            t += Ti[k, v] * bsum[v]
         rhs[s] = t
         for s2 in range(m):
-            q2, k2 = shared[s2, 0], shared[s2, 1]
-            P[s, s2] = fixed.prec[q, q2] + n_groups * Ti[k, k2]
+            P[s, s2] = fixed.prec[q, shared[s2, 0]]
+    for g in range(n_groups):
+        for s in range(m):
+            c = coef[g, s]
+            if c == 0.0:
+                continue
+            k = shared[s, 1]
+            t = 0.0
+            for v in range(d):
+                t += Ti[k, v] * b[g, v]
+            rhs[s] += c * t
+            for s2 in range(m):
+                P[s, s2] += c * coef[g, s2] * Ti[k, shared[s2, 1]]
     shift = np.empty(m)
     z = np.empty(m)
     ok, _ = _draw(P, rhs, rng, shift, z)
@@ -516,7 +525,7 @@ def shift_move(rng, nw, fixed, a, b, Ti):
         q, k = shared[s, 0], shared[s, 1]
         a[q] += shift[s]
         for g in range(n_groups):
-            b[g, k] -= shift[s]
+            b[g, k] -= coef[g, s] * shift[s]
 
 
 @njit(cache=True, nogil=True)

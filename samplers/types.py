@@ -413,7 +413,11 @@ class NewtonRows(NamedTuple):
     starts : ndarray of int64, shape (n_groups + 1,)
         Group ``g``'s rows are ``starts[g]:starts[g + 1]`` (the augmentation's rows are sorted by group).
     shared : ndarray of int64, shape (m, 2)
-        Pairs ``(q, k)``: fixed column ``q`` equals group column ``k`` in every row.
+        Pairs ``(q, k)``: in every row of group ``g``, fixed column ``q`` equals ``shift_coef[g]``
+        times group column ``k``.
+    shift_coef : ndarray of shape (n_groups, m)
+        Each pair's ``c_g`` (1 for a fixed effect that is also a group coefficient; the group's
+        value of a group-level predictor; 0 for a group without rows).
     cur : ndarray of int64, shape (n_groups,)
         The buffer (0 or 1) holding each group's rows at the current draw.
     eta : ndarray of shape (2, n_obs)
@@ -444,6 +448,7 @@ class NewtonRows(NamedTuple):
     X: np.ndarray
     starts: np.ndarray
     shared: np.ndarray
+    shift_coef: np.ndarray
     cur: np.ndarray
     eta: np.ndarray
     A: np.ndarray
@@ -462,7 +467,7 @@ class NewtonRows(NamedTuple):
     fixed_moves: np.ndarray
 
 
-def newton_rows(family, y, n, offset, const, F, X, starts, shared, bernoulli=False):
+def newton_rows(family, y, n, offset, const, F, X, starts, shared, shift_coef, bernoulli=False):
     """A chain's :class:`NewtonRows` for the rows ``y`` ... ``X`` in ``len(starts) - 1`` groups.
 
     ``interweave`` starts False; the caller sets it (``_replace``) once the rows' working
@@ -470,10 +475,12 @@ def newton_rows(family, y, n, offset, const, F, X, starts, shared, bernoulli=Fal
     """
     G = len(starts) - 1
     n_obs, p, d = y.shape[0], F.shape[1], X.shape[1]
+    shared = np.asarray(shared, dtype=np.int64).reshape(-1, 2)
     return NewtonRows(
         family=int(family), y=y, n=n, offset=offset, const=const, F=F, X=X,
         starts=np.ascontiguousarray(starts, dtype=np.int64),
-        shared=np.ascontiguousarray(np.asarray(shared, dtype=np.int64).reshape(-1, 2)),
+        shared=np.ascontiguousarray(shared),
+        shift_coef=np.ascontiguousarray(np.asarray(shift_coef, dtype=np.float64).reshape(G, len(shared))),
         cur=np.zeros(G, dtype=np.int64),
         eta=np.zeros((2, n_obs)),
         A=np.zeros((G, d, d)),
@@ -494,7 +501,7 @@ def newton_rows(family, y, n, offset, const, F, X, starts, shared, bernoulli=Fal
 
 
 NO_NEWTON = newton_rows(0, np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0), np.zeros((0, 0)), np.zeros((0, 0)),
-                        np.zeros(1, dtype=np.int64), np.zeros((0, 2), dtype=np.int64))
+                        np.zeros(1, dtype=np.int64), np.zeros((0, 2), dtype=np.int64), np.zeros((0, 0)))
 
 
 class Augmentation(NamedTuple):

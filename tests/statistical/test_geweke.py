@@ -23,7 +23,8 @@ def _data(seed=0):
     y = rng.normal(size=g.size)
     x = rng.normal(size=g.size)
     return {"y": y, "x": x, "g": g, "h": np.repeat([f"h{j}" for j in range(3)], 6), "x_far": x + 5.0,
-            "k": np.tile([f"k{j}" for j in range(3)], 6)}  # crossed with g: every g sees every k
+            "k": np.tile([f"k{j}" for j in range(3)], 6),  # crossed with g: every g sees every k
+            "z": np.repeat([-1.2, -0.5, 0.0, 0.4, 0.9, 1.5], 3)}  # a predictor of g's groups
 
 
 CASES = {
@@ -119,6 +120,8 @@ NEWTON = {
     "poisson_newton": ("y ~ x + (1 | g)", {"family": "poisson", "interweave": True}),
     # a slope on a shifted predictor (x + 5), which the kernels centre
     "logit_far_slopes_newton": ("y ~ x_far + (x_far | g)", {}),
+    # a group-level predictor and a cross-level interaction: shifts with the groups' values z_g
+    "logit_group_level_newton": ("y ~ x * z + (x | g)", {}),
 }
 
 

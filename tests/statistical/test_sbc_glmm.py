@@ -25,7 +25,8 @@ def _data(n_groups, rows, seed=0, trials=None, nest=0, crossed=0):
     rng = np.random.default_rng(seed)
     sizes = rng.integers(rows[0], rows[1] + 1, size=n_groups)
     g = np.repeat([f"g{j}" for j in range(n_groups)], sizes)
-    out = {"y": rng.integers(0, 2, size=g.size).astype(float), "x": rng.normal(size=g.size), "g": g}
+    out = {"y": rng.integers(0, 2, size=g.size).astype(float), "x": rng.normal(size=g.size), "g": g,
+           "z": np.repeat(np.linspace(-1.0, 1.0, n_groups), sizes)}  # a predictor of the groups
     if trials is not None:
         out["n"] = rng.integers(trials[0], trials[1] + 1, size=g.size).astype(float)
         out["y"] = np.floor(out["n"] / 2)  # replaced by SBC
@@ -82,6 +83,8 @@ NEWTON_CASES = {
     "logit_slopes_newton": ("y ~ x + (x | g)", _data(12, (6, 12), seed=2), {}, None),
     "probit_intercept_newton": ("y ~ x + (1 | g)", _data(10, (4, 8), seed=5), {"link": "probit"}, True),
     "poisson_exposure_newton": ("y ~ x + offset(log(t)) + (1 | g)", _counts(10, (4, 8), seed=12), {}, True),
+    # a group-level predictor: its coefficient and the intercepts move together (shift_move's c_g = z_g)
+    "logit_group_level_newton": ("y ~ x + z + (1 | g)", _data(10, (4, 8), seed=13), {}, True),
 }
 
 
