@@ -312,8 +312,9 @@ def make_parser():
                        help="variance-component moves (default: gibbs with --glm-move newton, else mh)")
     p_fit.add_argument("--glm-move", choices=list(GLM_MOVES), default="auto",
                        help="how a binomial or Poisson model's coefficients move: by data augmentation, or by the "
-                            "Newton proposal (one grouping factor); default auto: newton when the groups hold "
-                            f"at least {NEWTON_ROWS_PER_GROUP} trials on average, else augment")
+                            "Newton proposal (nested grouping factors); default auto: newton for counts, and for "
+                            f"binomial rows when the finest groups hold at least {NEWTON_ROWS_PER_GROUP} trials on "
+                            "average, else augment")
     p_fit.add_argument("--keep-group-draws", type=group_draws, default=True, metavar="all|none|N",
                        help="keep the draws of all groups' coefficients (default), none, or the first N groups of "
                             "each factor (many groups need much memory)")

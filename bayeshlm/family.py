@@ -250,26 +250,33 @@ def gaussian_response_warning(y, response):
 
 
 GLM_MOVES = ("auto", "augment", "newton")
-# bayeshlm.sample's glm_move="auto" takes the Newton proposal when the groups hold on average at least
-# this many rows (trials): there its acceptance is high (docs/design.md, "The Newton proposal")
+# bayeshlm.sample's glm_move="auto" takes the Newton proposal for binomial rows when the groups hold on
+# average at least this many rows (trials): there its acceptance is high; for a Poisson level 1 always
+# (docs/design.md, "The Newton proposal")
 NEWTON_ROWS_PER_GROUP = 50
 
 
-def newton_move(model, glm_move):
-    """Whether a non-Gaussian model's coefficients move by the Newton proposal (``glm_move`` of ``bayeshlm.sample``)."""
-    # one grouping factor with random coefficients: the chains' two-level variant, the only one compiled with
-    # the proposal (samplers.driver.newton_sweep)
-    one_factor = not model.crossed and len(model.factors) == 1 and int(model.structure.level_ptr[-1]) > 0
-    if glm_move == "newton" and not one_factor:
-        raise ValueError(
-            f"glm_move='newton' is for one grouping factor; this model has {len(model.factors)} "
-            f"({', '.join(model.factors)}){' crossed' if model.crossed else ''}: use "
-            "glm_move='augment'"
-        )
+def newton_move(model, glm_move, method=None):
+    """Whether a non-Gaussian model's coefficients move by the Newton proposal (``glm_move`` of ``bayeshlm.sample``).
+
+    ``"auto"`` takes it for nested factors when ``method`` is ``"gibbs"`` or unset (the
+    proposal's variance components move by their conditionals): always for a Poisson level 1,
+    and for binomial rows when the finest groups hold on average at least
+    :data:`NEWTON_ROWS_PER_GROUP` trials.
+    """
+    # nested grouping factors with random coefficients: the chains' two-level and nested variants, the only
+    # ones compiled with the proposal (samplers.driver.newton_sweep)
+    nested = not model.crossed and len(model.factors) >= 1 and int(model.structure.level_ptr[-1]) > 0
+    if glm_move == "newton" and not nested:
+        what = (f"its factors ({', '.join(model.factors)}) are crossed" if model.crossed
+                else "it has no grouping factor with random coefficients")
+        raise ValueError(f"glm_move='newton' is for nested grouping factors, and {what}: use glm_move='augment'")
     if glm_move != "auto":
         return glm_move == "newton"
-    if not one_factor:
+    if not nested or method not in (None, "gibbs"):
         return False
+    if model.family == "poisson":
+        return True
     trials = model.trials if model.trials is not None else np.ones(model.n_obs)
     return float(np.sum(trials)) >= NEWTON_ROWS_PER_GROUP * model.stats.n.shape[0]
 
@@ -280,19 +287,21 @@ def newton_move(model, glm_move):
 NEWTON_INTERWEAVE_INFORMATION = 10.0
 
 
-def newton_interweave(information, n_coef, interweave=None):
-    """Whether the Newton proposal also moves the group SD given the standardised effects.
+def newton_interweave(information, n_coef, interweave=None, factor=None):
+    """Whether the Newton proposal also moves a factor's SD given the standardised effects.
 
-    ``information``: each group's ``sum_i w_i x_i^2`` at the starting predictor (groups with
-    rows); ``n_coef``: the coefficients per group; ``interweave``: ``bayeshlm.sample``'s
-    argument (None chooses by ``information``). The move is defined for one coefficient per
-    group; asking for it with more raises ValueError.
+    ``information``: each of the factor's groups' ``sum_i w_i x_i^2`` at the starting
+    predictor (groups with rows); ``n_coef``: the coefficients per group; ``interweave``:
+    ``bayeshlm.sample``'s argument (None chooses by ``information``); ``factor``: its name, for
+    the message. The move is defined for one coefficient per group; asking for it with more
+    raises ValueError.
     """
     if interweave is None:
         return n_coef == 1 and len(information) > 0 and float(np.median(information)) < NEWTON_INTERWEAVE_INFORMATION
     if interweave and n_coef != 1:
+        where = f"factor {factor!r}" if factor is not None else "this model"
         raise ValueError(
-            f"interweave=True moves one group SD given the standardised effects; this model has {n_coef} "
+            f"interweave=True moves one group SD given the standardised effects; {where} has {n_coef} "
             "coefficients per group: leave interweave unset"
         )
     return bool(interweave)

@@ -119,8 +119,8 @@ class _Rows:
         # the rows' cross-products, from which each sweep's working statistics are formed
         self.prod = row_products(self.F, self.X, self.gidx, self.n_groups)
 
-    def sort_for_newton(self):
-        """Rows in group order for the Newton proposal, with each group's first row and the shared columns.
+    def sort_for_newton(self, structure):
+        """Rows in finest-group order for the Newton proposal, with each group's first row and the shared directions.
 
         Returns the order, which the log-likelihood's columns must follow. The Newton proposal
         forms no statistics from the cross-products: they are not kept.
@@ -130,7 +130,13 @@ class _Rows:
             setattr(self, name, np.ascontiguousarray(getattr(self, name)[order]))
         starts = np.zeros(self.n_groups + 1, dtype=np.int64)
         np.cumsum(np.bincount(self.gidx, minlength=self.n_groups), out=starts[1:])
-        self.newton = (starts, *shift_pairs(self.F, self.X, starts))
+        level_ptr = np.asarray(structure.level_ptr, dtype=np.int64)
+        node_ptr = np.asarray(structure.node_ptr, dtype=np.int64)
+        parent = np.asarray(structure.parent, dtype=np.int64)
+        self.node = group_of_rows(self.gidx, parent, len(level_ptr) - 1)
+        pairs, coef = shift_pairs(self.F, self.X, self.node, level_ptr, int(node_ptr[-1]))
+        self.newton = {"starts": starts, "shared": pairs, "shift_coef": coef, "level_ptr": level_ptr,
+                       "node_ptr": node_ptr, "parent": parent, "nest_pairs": nest_pairs(self.X, level_ptr)}
         self.prod = NO_ROW_PRODUCTS
         return order
 
@@ -153,7 +159,7 @@ class _Rows:
                 b_prev=np.empty((self.n_coef_rows, self.X.shape[1])), theta_prev=np.empty(self.n_theta))
         if self.newton is not None:
             aug = aug._replace(
-                newton=newton_rows(aug.family, aug.y, aug.n, aug.offset, aug.const, aug.F, aug.X, *self.newton,
+                newton=newton_rows(aug.family, aug.y, aug.n, aug.offset, aug.const, aug.F, aug.X, **self.newton,
                                    bernoulli=self.code == BINOMIAL_LOGIT and bool(np.all(self.n == 1.0))
                                    and not np.any(self.const)))
             aug.scal[AUG_NEWTON] = 1.0
@@ -168,38 +174,63 @@ class _Rows:
 SHIFT_TOLERANCE = 1e-12
 
 
-def shift_pairs(F, X, starts):
-    """The Newton proposal's shared directions: pairs ``(q, k)`` and, per group, the ``c_g`` with ``F_q = c_g X_k``.
+def group_of_rows(finest, parent, n_factors):
+    """``(n_obs, n_factors)``: each row's group of every factor, from its finest group and the groups' parents."""
+    node = np.empty((finest.shape[0], n_factors), dtype=np.int64)
+    node[:, 0] = finest
+    for k in range(1, n_factors):
+        node[:, k] = parent[node[:, k - 1]]
+    return node
 
-    Fixed column ``q`` pairs with the first group column ``k`` such that in each group ``g``
-    (rows ``starts[g]:starts[g + 1]``) ``F_q`` is ``c_g X_k``: ``c_g = 1`` for a fixed effect
-    that is also a group coefficient, the group's value for a group-level predictor with a
-    random intercept, or for a cross-level interaction with a random slope. Each fixed column
-    is in at most one pair. Returns ``(pairs, coef)``, shapes ``(m, 2)`` and ``(n_groups, m)``
-    (``c_g = 0`` for a group without rows). See :func:`samplers.newton.shift_move`.
+
+def shift_pairs(F, X, node, level_ptr, n_nodes):
+    """The Newton proposal's shared directions: pairs ``(q, c)`` and, per group ``j``, ``c_j`` with ``F_q = c_j X_c``.
+
+    ``node[i, k]`` is row ``i``'s group of factor ``k``, whose coefficients are columns
+    ``level_ptr[k]:level_ptr[k + 1]`` of ``X``. Fixed column ``q`` pairs, in each factor, with
+    the first of its columns ``c`` such that in each of its groups ``j`` ``F_q`` is ``c_j X_c``:
+    ``c_j = 1`` for a fixed effect that is also a group coefficient, the group's value for a
+    group-level predictor with a random intercept, or for a cross-level interaction with a
+    random slope. Returns ``(pairs, coef)``, shapes ``(m, 2)`` and ``(n_nodes, m)`` (``c_j = 0``
+    for a group without rows and for the groups of the other factors). See
+    :func:`samplers.newton.shift_move`.
     """
-    n_groups = starts.shape[0] - 1
-    used = np.diff(starts) > 0
-    first = starts[:-1][used]
     pairs, coefs = [], []
     for q in range(F.shape[1]):
         f = F[:, q]
         top = float(np.max(np.abs(f))) if f.size else 0.0
-        if top == 0.0 or first.size == 0:
+        if top == 0.0:
             continue
-        for k in range(X.shape[1]):
-            x = X[:, k]
-            xx = np.add.reduceat(x * x, first)
-            xf = np.add.reduceat(x * f, first)
-            c_used = np.divide(xf, xx, out=np.zeros_like(xf), where=xx > 0.0)
-            c = np.zeros(n_groups)
-            c[used] = c_used
-            if np.max(np.abs(f - np.repeat(c_used, np.diff(starts)[used]) * x)) <= SHIFT_TOLERANCE * top:
-                pairs.append((q, k))
-                coefs.append(c)
-                break
-    coef = np.column_stack(coefs) if coefs else np.zeros((n_groups, 0))
+        for k in range(len(level_ptr) - 1):
+            nk = node[:, k]
+            for c in range(level_ptr[k], level_ptr[k + 1]):
+                x = X[:, c]
+                xx = np.bincount(nk, x * x, minlength=n_nodes)
+                xf = np.bincount(nk, x * f, minlength=n_nodes)
+                cj = np.divide(xf, xx, out=np.zeros(n_nodes), where=xx > 0.0)
+                if np.max(np.abs(f - cj[nk] * x)) <= SHIFT_TOLERANCE * top:
+                    pairs.append((q, c))
+                    coefs.append(cj)
+                    break
+    coef = np.column_stack(coefs) if coefs else np.zeros((n_nodes, 0))
     return np.array(pairs, dtype=np.int64).reshape(-1, 2), np.ascontiguousarray(coef)
+
+
+def nest_pairs(X, level_ptr):
+    """Pairs ``(u, v)``: coefficient ``u`` of a factor and ``v`` of the next coarser one are the same column of ``X``.
+
+    Each ``u`` pairs with the first such ``v`` (:func:`samplers.newton.nest_shift_move`).
+    """
+    pairs = []
+    for k in range(len(level_ptr) - 2):
+        used = set()
+        for u in range(level_ptr[k], level_ptr[k + 1]):
+            for v in range(level_ptr[k + 1], level_ptr[k + 2]):
+                if v not in used and np.array_equal(X[:, u], X[:, v]):
+                    pairs.append((u, v))
+                    used.add(v)
+                    break
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
 
 
 def augmentations(model, n_chains, n_keep, log_likelihood=False, newton=False, interweave=None):
@@ -215,16 +246,19 @@ def augmentations(model, n_chains, n_keep, log_likelihood=False, newton=False, i
     rows = _Rows(model)
     out_idx, n_out = _loglik_columns(model, log_likelihood)
     if newton:
-        order = rows.sort_for_newton()
+        order = rows.sort_for_newton(model.structure)
         out_idx = np.ascontiguousarray(out_idx[order]) if n_out else out_idx
     augs = [rows.augmentation(model, n_keep, out_idx, n_out) for _ in range(n_chains)]
     if newton:
         first = augs[0]  # each group's information at the starting predictor: sum_i w_i x_i^2
-        starts = first.newton.starts
-        used = np.diff(starts) > 0
-        info = np.add.reduceat(first.w * first.X[:, 0] ** 2, starts[:-1][used]) if first.X.shape[1] else np.zeros(0)
-        iw = newton_interweave(info, first.X.shape[1], interweave)
-        augs = [a._replace(newton=a.newton._replace(interweave=iw)) for a in augs]
+        lp, n_nodes = first.newton.level_ptr, int(first.newton.node_ptr[-1])
+        iw = np.zeros(len(lp) - 1, dtype=np.bool_)
+        for k, factor in enumerate(model.factors):
+            c = lp[k]
+            info = np.bincount(rows.node[:, k], first.w * first.X[:, c] ** 2, minlength=n_nodes)
+            has_rows = np.bincount(rows.node[:, k], minlength=n_nodes) > 0
+            iw[k] = newton_interweave(info[has_rows], int(lp[k + 1] - c), interweave, factor)
+        augs = [a._replace(newton=a.newton._replace(interweave=iw.copy())) for a in augs]
     return augs
 
 
@@ -329,18 +363,21 @@ def sample(
         ``"augment"``: data augmentation (Pólya–Gamma for the logit link, the latent normals
         of Albert & Chib for the probit link, the latent arrival times with their corrected
         normal mixture for Poisson), then the exact Gaussian draw of every coefficient given
-        it. ``"newton"`` (one grouping factor only): no augmentation; each group's
-        coefficients, then the fixed effects, are proposed from the Gaussian working model of
-        iteratively reweighted least squares at the current draw and accepted by
-        Metropolis-Hastings, group by group, and a fixed effect shared with a group
-        coefficient is shifted against it by its exact conditional (docs/design.md, "The
-        Newton proposal"). A sweep costs two passes over the rows with one exponential each
+        it. ``"newton"`` (nested grouping factors, not crossed): no augmentation; each
+        factor's group coefficients, then the fixed effects, are proposed from the Gaussian
+        working model of iteratively reweighted least squares at the current draw and
+        accepted by Metropolis-Hastings, group by group, and a fixed effect shared with a
+        group coefficient (the intercept, a group-level predictor, a cross-level interaction)
+        is shifted against it by its exact conditional, as is a group's coefficient against
+        the same coefficient of the groups in it (docs/design.md, "The Newton proposal"). A
+        sweep costs two passes over the rows with one exponential each
         instead of a Pólya–Gamma draw, and the proposals are accepted nearly always when the
         groups have many rows; with few rows per group the variance components mix more
         slowly than with ``"augment"``. The variance components move by their conditionals
-        given the group coefficients (``method="gibbs"``). ``"auto"``:
-        ``"newton"`` when the finest groups hold on average at least
-        :data:`bayeshlm.family.NEWTON_ROWS_PER_GROUP` rows (trials, for binomial rows), else ``"augment"``.
+        given the group coefficients (``method="gibbs"``). ``"auto"`` (with ``method`` unset
+        or ``"gibbs"``): ``"newton"`` for a Poisson level 1, and for binomial rows when the
+        finest groups hold on average at least :data:`bayeshlm.family.NEWTON_ROWS_PER_GROUP`
+        rows (trials), else ``"augment"``; with another ``method``, ``"augment"``.
         The share of proposals accepted after warm-up is ``coefficient_acceptance`` in the
         result's ``sampler`` attribute (JSON).
     interweave : bool, optional
@@ -351,8 +388,10 @@ def sample(
         mixes slowly when the groups say little about their coefficients; this move mixes
         well there. None (the default) takes it when the median group's information about its
         coefficient at the starting predictor is below
-        :data:`bayeshlm.family.NEWTON_INTERWEAVE_INFORMATION`; the result's ``sampler``
-        attribute records ``interweave`` and ``sd_acceptance``.
+        :data:`bayeshlm.family.NEWTON_INTERWEAVE_INFORMATION`, factor by factor with nested
+        factors (True asks it of every factor, each of which must have one coefficient); the
+        result's ``sampler`` attribute records ``interweave`` (whether any factor's SD moves),
+        ``interweave_by_factor`` with nested factors, and ``sd_acceptance``.
     keep_group_draws : bool or int
         Which groups' coefficient draws to keep, at full length: all (True, needed for the
         log-likelihood), none (False), or the first ``n`` groups of each grouping factor (an
@@ -488,12 +527,12 @@ def run_sampler(
     seed = _check_seed(seed)
     if glm_move not in GLM_MOVES:
         raise ValueError(f"glm_move must be one of {list(GLM_MOVES)}, got {glm_move!r}")
-    newton = not gaussian and newton_move(model, glm_move)
+    newton = not gaussian and newton_move(model, glm_move, method)
     if interweave is not None and not isinstance(interweave, bool | np.bool_):
         raise ValueError(f"interweave must be True, False or None (chosen by the data), got {interweave!r}")
     if interweave and not newton:
         raise ValueError("interweave=True is a move of the Newton proposal: use it with glm_move='newton' "
-                         "(a binomial or Poisson model with one grouping factor)")
+                         "(a binomial or Poisson model with nested grouping factors)")
     if method is None:
         method = "gibbs" if newton else "mh"
     if method not in METHODS:
@@ -628,7 +667,10 @@ def run_sampler(
             settings["coefficient_acceptance"] = float(cnt[N_GROUP_ACC] / max(cnt[N_GROUP_PROP], 1.0))
             settings["fixed_acceptance"] = float(cnt[N_FIXED_ACC] / max(cnt[N_FIXED_PROP], 1.0))
             settings["fixed_moves"] = [int(a.newton.fixed_moves[0]) for a in augs]  # per chain, set by warm-up
-            settings["interweave"] = bool(augs[0].newton.interweave)
+            iw = augs[0].newton.interweave
+            settings["interweave"] = bool(np.any(iw))
+            if len(iw) > 1:  # nested factors: which factors' SDs move given the standardised effects
+                settings["interweave_by_factor"] = {f: bool(v) for f, v in zip(model.factors, iw, strict=True)}
             if settings["interweave"]:
                 settings["sd_acceptance"] = float(cnt[N_SCALE_ACC] / max(cnt[N_SCALE_PROP], 1.0))
         elif model.family == "poisson":  # the share of corrected proposals accepted after warm-up

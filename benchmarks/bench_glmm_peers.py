@@ -6,16 +6,15 @@ through the harness of ``bench_peers.py``):
 * ``bayeshlm``: ``bh.sample(model)`` as a user calls it, timed as a whole with the ArviZ
   result built (the pointwise or group log-likelihood included), the sampler's own seconds
   beside it. Its default ``glm_move="auto"`` picks the move, shown in brackets: the Newton
-  proposal for one grouping factor with at least 50 trials per group (cbpp, the synthetic
-  Bernoulli models; Gibbs moves on the SD), else the augmentation (Pólya–Gamma for the
-  logit, the corrected latent times for counts; collapsed Metropolis–Hastings moves on the
-  SDs);
+  proposal for nested factors with counts (grouseticks) or with at least 50 trials per
+  finest group (cbpp, the synthetic Bernoulli models; Gibbs moves on the SDs), else the
+  Pólya–Gamma augmentation (contraception; collapsed Metropolis–Hastings moves on the SD);
 * ``nutpie``, ``numpyro``, ``pymc``: the same PyMC model (``pm.Binomial`` with ``logit_p``)
   (``pm.Poisson`` with ``mu = exp(eta)`` for counts) sampled by nutpie, by NumPyro's NUTS
   through JAX and by PyMC's own NUTS, each with
   ``centred`` group effects and ``noncentred`` ones (standard normals scaled by the SD). No
   collapsed form exists: a binomial likelihood does not integrate the group effects out.
-  Every peer evaluates the likelihood from the rows, as bayeshlm's augmentation does (a
+  Every peer evaluates the likelihood from the rows, as bayeshlm does (a
   Bernoulli model's rows cannot be pooled into binomial cells when a predictor is continuous).
 
 Models: ``cbpp`` (binomial, 56 rows in 15 herds), ``contraception`` (Bernoulli, 1,934 women

@@ -27,7 +27,7 @@ from samplers.augment import (
     save_draw,
     seek_mode,
 )
-from samplers.gaussian import forget_statistics, state_is_two_level, workspace
+from samplers.gaussian import forget_statistics, state_is_crossed, workspace
 from samplers.linalg import copy_into, inverse_from_cholesky
 from samplers.mh import end_of_iteration
 from samplers.scale import after_sweep, level1_step, start_weights
@@ -208,13 +208,16 @@ def run_chain(rng, state, stats, structure, priors, moves, schedule, store):
 
 
 def _newton_sweep(rng, state, stats, nw, wrong, structure, priors, counting):
-    """One sweep with the Newton proposal (:mod:`samplers.newton`): ``T | b``, then each group, ``a``, the shifts.
+    """One sweep with the Newton proposal (:mod:`samplers.newton`): ``T | b``, then each factor's groups, ``a``, shifts.
 
-    With ``nw.interweave`` the group SD also moves given the standardised effects after
-    ``T | b`` (:func:`samplers.newton.scale_move`); ``a`` moves ``nw.fixed_moves[0]`` times
-    (:func:`samplers.newton.settle`). ``wrong`` is ``aug.scal[AUG_NO_CORRECTION]`` (wrong
-    steps, for tests: 1 no ratio, 2 the SD move's without its proposal densities). The
-    caller passes the augmentation's parts, not the augmentation: every array of a tuple
+    With ``nw.interweave[k]`` factor ``k``'s SD also moves given the standardised effects
+    after ``T | b`` (:func:`samplers.newton.scale_move`); ``a`` moves ``nw.fixed_moves[0]``
+    times (:func:`samplers.newton.settle`); then the fixed effects shift with the groups
+    (:func:`samplers.newton.shift_move`) and the groups with the groups in them
+    (:func:`samplers.newton.nest_shift_move`), and two nested factors' SDs move with the split
+    of the groups' totals (:func:`samplers.newton.split_move`). ``wrong`` is ``aug.scal[AUG_NO_CORRECTION]``
+    (wrong steps, for tests: 1 no ratio, 2 the SD move's without its proposal densities).
+    The caller passes the augmentation's parts, not the augmentation: every array of a tuple
     argument costs a reference count at each call.
     """
     acc = gibbs_moves(rng, state, stats, structure, priors)
@@ -222,37 +225,42 @@ def _newton_sweep(rng, state, stats, nw, wrong, structure, priors, counting):
         return np.nan
     unchecked = wrong == 1.0
     a, b = state.a, state.b
-    if nw.interweave:
-        newton.scale_move(rng, nw, state.theta, structure, priors, b, counting, wrong != 0.0)
+    n_factors = nw.level_ptr.shape[0] - 1
+    for k in range(n_factors):
+        if nw.interweave[k]:
+            newton.scale_move(rng, nw, k, state.theta, structure, priors, b, counting, wrong != 0.0)
     d = b.shape[1]
     C = np.zeros((d, d))
     decode_theta(state.theta, structure, priors, C)
-    Ti = np.empty((d, d))  # T^{-1}, for the groups' moves and the shifts
+    Ti = np.empty((d, d))  # T^{-1}, block diagonal by factor, for the groups' moves and the shifts
     if not inverse_from_cholesky(C, d, Ti):
         state.scal[FAILED] = 1.0
         return np.nan
-    newton.group_moves(rng, nw, a, b, C, Ti, counting, unchecked)
+    for k in range(n_factors):
+        newton.group_moves(rng, nw, k, a, b, C, Ti, counting, unchecked)
     fixed = priors.fixed
     for _ in range(nw.fixed_moves[0]):
         newton.fixed_move(rng, nw, fixed, a, counting, unchecked)
     newton.shift_move(rng, nw, fixed, a, b, Ti)
+    if n_factors > 1:  # (a call that returns at once still counts a reference for each of nw's arrays)
+        newton.nest_shift_move(rng, nw, b, Ti)
+        newton.split_move(rng, nw, state.theta, structure, priors, b)
     return acc
 
 
 def newton_sweep(rng, state, stats, nw, wrong, structure, priors, counting):
     """One sweep with the Newton proposal (:func:`_newton_sweep`; compiled code only).
 
-    Its code is compiled for a chain whose workspace is the two-level one
-    (:func:`samplers.gaussian.state_is_two_level`): the proposal moves one grouping
-    factor's coefficients and :func:`bayeshlm.sample.sample` gives it no other model. In
-    any other chain variant it fails the sweep, and no Newton code is compiled into it.
+    Its code is compiled for a chain whose grouping factors are nested (the two-level and
+    the nested workspaces): :func:`bayeshlm.sample.sample` gives the proposal no crossed
+    model. In a crossed chain it fails the sweep, and no Newton code is compiled into it.
     """
     raise NotImplementedError("compiled code only")
 
 
 @overload(newton_sweep)
 def _newton_sweep_impl(rng, state, stats, nw, wrong, structure, priors, counting):
-    if not state_is_two_level(state):
+    if state_is_crossed(state):
         def refuse(rng, state, stats, nw, wrong, structure, priors, counting):
             state.scal[FAILED] = 1.0
             return np.nan
@@ -271,8 +279,8 @@ def run_augmented_chain(rng, state, aug, structure, priors, moves, schedule, sto
     corrected (:func:`samplers.augment.correct`: accepted, or taken back). With the Newton
     proposal (``aug.scal[AUG_NEWTON]``) no augmentation is drawn: after the first draw each
     sweep is :func:`newton_sweep`, and the rows' predictor and working values are those the
-    moves left (:func:`samplers.newton.start` forms them at the first draw); only a two-level
-    variant holds the Newton sweep's code (:func:`newton_sweep`).
+    moves left (:func:`samplers.newton.start` forms them at the first draw); a crossed
+    variant holds no Newton code (:func:`newton_sweep`).
     A fresh state draws its first coefficients from the working statistics at the
     conditional mode given its ``theta`` (:func:`samplers.augment.seek_mode`, from the
     predictor ``aug.eta`` the caller sets). ``state.scal[LP]`` and the stored ``lp`` are the

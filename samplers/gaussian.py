@@ -244,13 +244,13 @@ def _is_crossed_work(work):
     return work.instance_class is CrossedWork
 
 
-def state_is_two_level(state):
-    """Whether a chain state's workspace is the two-level one; ``state`` is the Numba type of a ``ChainState``.
+def state_is_crossed(state):
+    """Whether a chain state's workspace is the crossed one; ``state`` is the Numba type of a ``ChainState``.
 
-    For overloads outside the seam that compile code for one structure only (the Newton
+    For overloads outside the seam that compile code for nested factors only (the Newton
     proposal: ``samplers.driver.newton_sweep``).
     """
-    return _is_two_level_work(state.types[state.fields.index("work")])
+    return _is_crossed_work(state.types[state.fields.index("work")])
 
 
 # ---- the seam ------------------------------------------------------------------------------
@@ -522,7 +522,7 @@ __all__ = [
     "is_two_level",
     "marginal_moves_pay",
     "score",
-    "state_is_two_level",
+    "state_is_crossed",
     "workspace",
     "workspace_values",
 ]

@@ -160,23 +160,32 @@ def _mirror(A):
 
 @njit(cache=True, nogil=True)
 def start(nw, a, b):
-    """The rows' predictor and log-likelihood at ``(a, b)`` in buffer 0, and every group's sums."""
+    """The rows' predictor and log-likelihood at ``(a, b)`` in buffer 0, and every finest group's sums.
+
+    A row's group coefficients are those of its finest group and of each group above it
+    (``nw.anc``), each factor's in its own columns of ``X``.
+    """
     F, X, family, y, n, const, offset = nw.F, nw.X, nw.family, nw.y, nw.n, nw.const, nw.offset
     eta, starts, A, h, FF, Fr, L = nw.eta, nw.starts, nw.A, nw.h, nw.FF, nw.Fr, nw.L
+    anc, lp = nw.anc, nw.level_ptr
     p, d = F.shape[1], X.shape[1]
     nw.cur[:] = 0
     A[:] = 0.0
     h[:] = 0.0
     FF[:] = 0.0
     Fr[:] = 0.0
+    coef = np.empty(d)
     for g in range(starts.shape[0] - 1):
+        for k in range(lp.shape[0] - 1):
+            for c in range(lp[k], lp[k + 1]):
+                coef[c] = b[anc[g, k], c]
         total = 0.0
         for i in range(starts[g], starts[g + 1]):
             e = offset[i]
             for q in range(p):
                 e += F[i, q] * a[q]
             for k in range(d):
-                e += X[i, k] * b[g, k]
+                e += X[i, k] * coef[k]
             part, factor, w, sc = _row(family, False, y, n, const, i, e)
             eta[0, i] = e
             total += part - math.log(factor)
@@ -287,84 +296,125 @@ def _pass(nw, Z, steps, moved):
         L2[g] = total - math.log(product)
 
 
-@njit(cache=True, nogil=True)
-def group_moves(rng, nw, a, b, C, Ti, counting, unchecked=False):
-    """Step 1: each group's ``b_g | a, T`` by its Newton proposal, accepted group by group.
+@njit(cache=True, nogil=True, inline="always")
+def _node_sums(A, h, kids, lo, hi, c0, d, Ak, hk):
+    """``Ak``, ``hk``: the sums of the finest groups ``kids[lo:hi]`` over columns ``c0:c0 + d`` (lower triangle)."""
+    for u in range(d):
+        hk[u] = 0.0
+        for v in range(u + 1):
+            Ak[u, v] = 0.0
+    for t in range(lo, hi):
+        f = kids[t]
+        for u in range(d):
+            hk[u] += h[f, c0 + u]
+            for v in range(u + 1):
+                Ak[u, v] += A[f, c0 + u, c0 + v]
 
-    ``C`` is the lower Cholesky factor of ``T`` and ``Ti`` its inverse ``T^{-1}``. Given ``a``
-    and ``T`` the groups are independent, so every group draws its proposal first, one pass
-    evaluates them all (:func:`_pass`), and then each group accepts or rejects its own. With
-    one coefficient per group the Gaussian algebra is scalar.
+
+@njit(cache=True, nogil=True)
+def group_moves(rng, nw, k, a, b, C, Ti, counting, unchecked=False):
+    """Step 1: each group's ``b_j | a, T, the other factors' coefficients`` by its Newton proposal, factor ``k``.
+
+    ``C`` is the lower Cholesky factor of the block-diagonal ``T`` over every factor's
+    coefficients and ``Ti`` its inverse ``T^{-1}``; factor ``k``'s are columns
+    ``c0 = level_ptr[k]`` to ``level_ptr[k + 1]``. Given the rest the groups of one factor are
+    independent, so every group draws its proposal first (from the sums of its finest groups),
+    one pass evaluates them all (:func:`_pass`, each finest group moved by its group's step),
+    and then each group accepts or rejects its own. With one coefficient per group the
+    Gaussian algebra is scalar.
 
     ``unchecked``: every proposal accepted, the ratio ignored (a wrong step, for the test
     that shows SBC rejects it).
     """
     starts, cur_buf, A, h, FF, Fr, L, cnt = nw.starts, nw.cur, nw.A, nw.h, nw.FF, nw.Fr, nw.L, nw.cnt
     A2, h2, FF2, Fr2, L2 = nw.A2, nw.h2, nw.FF2, nw.Fr2, nw.L2
-    n_groups, d, p = b.shape[0], b.shape[1], FF.shape[1]
-    steps = np.zeros((n_groups, d))
-    log_fwd = np.zeros(n_groups)
-    moved = np.zeros(n_groups, dtype=np.bool_)
+    kid_ptr, kids = nw.kid_ptr, nw.kids
+    c0, c1 = nw.level_ptr[k], nw.level_ptr[k + 1]
+    j0, j1 = nw.node_ptr[k], nw.node_ptr[k + 1]
+    n_nodes, d, D, p = j1 - j0, c1 - c0, b.shape[1], FF.shape[1]
+    n_fin = starts.shape[0] - 1
+    steps = np.zeros((n_fin, D))
+    moved_fin = np.zeros(n_fin, dtype=np.bool_)
+    node_steps = np.zeros((n_nodes, d))
+    log_fwd = np.zeros(n_nodes)
+    moved = np.zeros(n_nodes, dtype=np.bool_)
     P = np.empty((d, d))
     rhs = np.empty(d)
     b_new = np.empty(d)
     z = np.empty(d)
-    # forward: the working model at b_g (pseudo-responses X b_g + r), or the prior for a group without rows
-    for g in range(n_groups):
-        if starts[g + 1] == starts[g]:
+    Ak = np.empty((d, d))
+    hk = np.empty(d)
+    # forward: the working model at b_j (pseudo-responses X b_j + r), or the prior for a group without rows
+    for jj in range(n_nodes):
+        j = j0 + jj
+        lo, hi = kid_ptr[j], kid_ptr[j + 1]
+        rows = 0
+        for t in range(lo, hi):
+            rows += starts[kids[t] + 1] - starts[kids[t]]
+        if rows == 0:
             for u in range(d):
                 z[u] = rng.standard_normal()
             for u in range(d):
                 t = 0.0
                 for m in range(u + 1):
-                    t += C[u, m] * z[m]
-                b[g, u] = t
+                    t += C[c0 + u, c0 + m] * z[m]
+                b[j, c0 + u] = t
             continue
+        _node_sums(A, h, kids, lo, hi, c0, d, Ak, hk)
         if d == 1:
-            prec = Ti[0, 0] + A[g, 0, 0]
+            prec = Ti[c0, c0] + Ak[0, 0]
             if not prec > 0.0:
                 continue
             e = rng.standard_normal()
-            steps[g, 0] = (h[g, 0] + A[g, 0, 0] * b[g, 0]) / prec + e / math.sqrt(prec) - b[g, 0]
-            log_fwd[g] = 0.5 * math.log(prec) - 0.5 * e * e
-            moved[g] = True
-            continue
-        for u in range(d):
-            t = h[g, u]
-            for v in range(d):
-                auv = A[g, u, v] if u >= v else A[g, v, u]
-                P[u, v] = Ti[u, v] + auv
-                t += auv * b[g, v]
-            rhs[u] = t
-        ok, log_fwd[g] = _draw(P, rhs, rng, b_new, z)
-        if ok:
-            moved[g] = True
-            for k in range(d):
-                steps[g, k] = b_new[k] - b[g, k]
-    _pass(nw, nw.X, steps, moved)
-    # reverse: the working model at each proposal, evaluated at the current b_g; then accept or not
-    b_cur = np.empty(d)
-    for g in range(n_groups):
-        if not moved[g]:
-            continue
-        if d == 1:
-            bc = b[g, 0]
-            bn = bc + steps[g, 0]
-            prec = Ti[0, 0] + A2[g, 0, 0]
-            if not prec > 0.0:
-                continue
-            dev = bc - (h2[g, 0] + A2[g, 0, 0] * bn) / prec
-            log_rev = 0.5 * math.log(prec) - 0.5 * prec * dev * dev
-            prior = Ti[0, 0] * (bc * bc - bn * bn)
+            bj = b[j, c0]
+            node_steps[jj, 0] = (hk[0] + Ak[0, 0] * bj) / prec + e / math.sqrt(prec) - bj
+            log_fwd[jj] = 0.5 * math.log(prec) - 0.5 * e * e
         else:
             for u in range(d):
-                b_cur[u] = b[g, u]
-                b_new[u] = b_cur[u] + steps[g, u]
-            for u in range(d):
-                t = h2[g, u]
+                t = hk[u]
                 for v in range(d):
-                    auv = A2[g, u, v] if u >= v else A2[g, v, u]
-                    P[u, v] = Ti[u, v] + auv
+                    auv = Ak[u, v] if u >= v else Ak[v, u]
+                    P[u, v] = Ti[c0 + u, c0 + v] + auv
+                    t += auv * b[j, c0 + v]
+                rhs[u] = t
+            ok, log_fwd[jj] = _draw(P, rhs, rng, b_new, z)
+            if not ok:
+                continue
+            for u in range(d):
+                node_steps[jj, u] = b_new[u] - b[j, c0 + u]
+        moved[jj] = True
+        for t in range(lo, hi):
+            f = kids[t]
+            moved_fin[f] = True
+            for u in range(d):
+                steps[f, c0 + u] = node_steps[jj, u]
+    _pass(nw, nw.X, steps, moved_fin)
+    # reverse: the working model at each proposal, evaluated at the current b_j; then accept or not
+    b_cur = np.empty(d)
+    for jj in range(n_nodes):
+        if not moved[jj]:
+            continue
+        j = j0 + jj
+        lo, hi = kid_ptr[j], kid_ptr[j + 1]
+        _node_sums(A2, h2, kids, lo, hi, c0, d, Ak, hk)
+        if d == 1:
+            bc = b[j, c0]
+            bn = bc + node_steps[jj, 0]
+            prec = Ti[c0, c0] + Ak[0, 0]
+            if not prec > 0.0:
+                continue
+            dev = bc - (hk[0] + Ak[0, 0] * bn) / prec
+            log_rev = 0.5 * math.log(prec) - 0.5 * prec * dev * dev
+            prior = Ti[c0, c0] * (bc * bc - bn * bn)
+        else:
+            for u in range(d):
+                b_cur[u] = b[j, c0 + u]
+                b_new[u] = b_cur[u] + node_steps[jj, u]
+            for u in range(d):
+                t = hk[u]
+                for v in range(d):
+                    auv = Ak[u, v] if u >= v else Ak[v, u]
+                    P[u, v] = Ti[c0 + u, c0 + v] + auv
                     t += auv * b_new[v]
                 rhs[u] = t
             ok, log_rev = _density(P, rhs, b_cur)
@@ -373,25 +423,31 @@ def group_moves(rng, nw, a, b, C, Ti, counting, unchecked=False):
             prior = 0.0
             for u in range(d):
                 for v in range(d):
-                    prior += Ti[u, v] * (b_cur[u] * b_cur[v] - b_new[u] * b_new[v])
-        log_r = L2[g] - L[g] + 0.5 * prior + log_rev - log_fwd[g]
+                    prior += Ti[c0 + u, c0 + v] * (b_cur[u] * b_cur[v] - b_new[u] * b_new[v])
+        log_r = 0.5 * prior + log_rev - log_fwd[jj]
+        for t in range(lo, hi):
+            log_r += L2[kids[t]] - L[kids[t]]
         accept = unchecked or (np.isfinite(log_r) and math.log(rng.random()) < log_r)
         if counting:
             cnt[N_GROUP_PROP] += 1.0
             if accept:
                 cnt[N_GROUP_ACC] += 1.0
-        if accept:  # the group's buffer flips and its sums become the proposal's
-            cur_buf[g] = 1 - cur_buf[g]
-            L[g] = L2[g]
-            for u in range(d):
-                b[g, u] += steps[g, u]
-                h[g, u] = h2[g, u]
-                for v in range(d):
-                    A[g, u, v] = A2[g, u, v]
+        if not accept:
+            continue
+        for u in range(d):
+            b[j, c0 + u] += node_steps[jj, u]
+        for t in range(lo, hi):  # the finest groups' buffers flip and their sums become the proposal's
+            f = kids[t]
+            cur_buf[f] = 1 - cur_buf[f]
+            L[f] = L2[f]
+            for u in range(D):
+                h[f, u] = h2[f, u]
+                for v in range(D):
+                    A[f, u, v] = A2[f, u, v]
             for u in range(p):
-                Fr[g, u] = Fr2[g, u]
+                Fr[f, u] = Fr2[f, u]
                 for v in range(p):
-                    FF[g, u, v] = FF2[g, u, v]
+                    FF[f, u, v] = FF2[f, u, v]
 
 
 @njit(cache=True, nogil=True)
@@ -477,79 +533,281 @@ def _take_all(cur, L, A, h, FF, Fr, L2, A2, h2, FF2, Fr2):
 
 @njit(cache=True, nogil=True)
 def shift_move(rng, nw, fixed, a, b, Ti):
-    """Step 3: the shared directions, ``a_q + s`` and ``b_gk - c_g s``, ``s`` drawn from its Gaussian conditional.
+    """Step 3: the shared directions, ``a_q + s`` and ``b_jc - c_j s``, ``s`` drawn from its Gaussian conditional.
 
-    ``nw.shared`` lists the pairs ``(q, k)`` and ``nw.shift_coef`` their ``c_g``: fixed column
-    ``q`` equals ``c_g`` times group column ``k`` in every row of group ``g`` (``c_g = 1`` for a
-    fixed effect that is also a group coefficient, the group's value for a group-level
-    predictor or a cross-level interaction; 0 for a group without rows). The predictor does
-    not change; the conditional of ``s`` is the prior of ``a`` at ``a + E s`` times
-    ``prod_g N(b_g - D_g s; 0, T)`` (``D_g`` holds ``c_g`` in the pairs' rows ``k``):
-    precision ``E'P0E + sum_g D_g'T^{-1}D_g``, linear term ``E'(h0 - P0 a) + sum_g D_g'T^{-1}b_g``.
+    ``nw.shared`` lists the pairs ``(q, c)`` and ``nw.shift_coef`` their ``c_j``: fixed column
+    ``q`` equals ``c_j`` times column ``c`` of ``X`` in every row of group ``j`` of the factor
+    that owns coefficient ``c`` (``c_j = 1`` for a fixed effect that is also a group
+    coefficient, the group's value for a group-level predictor or a cross-level interaction;
+    0 for a group without rows). The predictor does not change; the conditional of ``s`` is
+    the prior of ``a`` at ``a + E s`` times ``prod_j N(b_j - D_j s; 0, T)`` (``D_j`` holds
+    ``c_j`` in the pairs' rows ``c``): precision ``E'P0E + sum_j D_j'T^{-1}D_j``, linear term
+    ``E'(h0 - P0 a) + sum_j D_j'T^{-1}b_j`` (``T`` is block diagonal by factor, so a group's
+    term reads its own factor's coefficients only).
     """
-    shared, coef = nw.shared, nw.shift_coef
+    shared, coef, lp = nw.shared, nw.shift_coef, nw.level_ptr
     m = shared.shape[0]
     if m == 0:
         return
-    n_groups = b.shape[0]
-    d = b.shape[1]
+    n_nodes = b.shape[0]
     P = np.empty((m, m))
     rhs = np.empty(m)
+    lo = np.empty(m, dtype=np.int64)  # each pair's factor's coefficients: lo[s]:hi[s]
+    hi = np.empty(m, dtype=np.int64)
     p = a.shape[0]
     for s in range(m):
-        q, k = shared[s, 0], shared[s, 1]
+        q, c = shared[s, 0], shared[s, 1]
+        for k in range(lp.shape[0] - 1):
+            if lp[k] <= c < lp[k + 1]:
+                lo[s], hi[s] = lp[k], lp[k + 1]
         t = fixed.lin[q]
         for v in range(p):
             t -= fixed.prec[q, v] * a[v]
         rhs[s] = t
         for s2 in range(m):
             P[s, s2] = fixed.prec[q, shared[s2, 0]]
-    for g in range(n_groups):
+    for j in range(n_nodes):
         for s in range(m):
-            c = coef[g, s]
-            if c == 0.0:
+            cj = coef[j, s]
+            if cj == 0.0:
                 continue
-            k = shared[s, 1]
+            c = shared[s, 1]
             t = 0.0
-            for v in range(d):
-                t += Ti[k, v] * b[g, v]
-            rhs[s] += c * t
+            for v in range(lo[s], hi[s]):
+                t += Ti[c, v] * b[j, v]
+            rhs[s] += cj * t
             for s2 in range(m):
-                P[s, s2] += c * coef[g, s2] * Ti[k, shared[s2, 1]]
+                P[s, s2] += cj * coef[j, s2] * Ti[c, shared[s2, 1]]
     shift = np.empty(m)
     z = np.empty(m)
     ok, _ = _draw(P, rhs, rng, shift, z)
     if not ok:
         return
     for s in range(m):
-        q, k = shared[s, 0], shared[s, 1]
+        q, c = shared[s, 0], shared[s, 1]
         a[q] += shift[s]
-        for g in range(n_groups):
-            b[g, k] -= coef[g, s] * shift[s]
+        for j in range(n_nodes):
+            b[j, c] -= coef[j, s] * shift[s]
 
 
 @njit(cache=True, nogil=True)
-def _sd_log_prior(tau, theta, structure, priors, C):
-    """Log prior density of the group SD ``tau > 0`` (one coefficient); ``theta`` and ``C`` are scratch.
+def nest_shift_move(rng, nw, b, Ti):
+    """Step 4: the directions a group shares with the groups in it, ``b_Hv + s_H`` and ``b_jv' - s_H``.
+
+    ``nw.nest_pairs`` lists the pairs ``(u, v)``: coefficient ``u`` of factor ``k`` and ``v``
+    of factor ``k + 1`` are the same column of ``X`` (the intercepts of ``(1 | h/g)``). For
+    each group ``H`` of factor ``k + 1``, moving its ``v`` coefficients by ``s_H`` and those
+    of each group ``j`` in it (``parent[j] = H``) by ``-s_H`` leaves every predictor as it was;
+    ``s_H`` is drawn from its Gaussian conditional, ``N(b_H + E s; 0, T_(k+1))`` times
+    ``prod_j N(b_j - D s; 0, T_k)``: precision ``E'T^{-1}E + n_H D'T^{-1}D``, linear term
+    ``-E'T^{-1}b_H + D'T^{-1} sum_j b_j``. Factors are taken finest first, the pairs of one
+    factor with its parent together. Reads no rows.
+    """
+    pairs, lp, node_ptr, parent = nw.nest_pairs, nw.level_ptr, nw.node_ptr, nw.parent
+    if pairs.shape[0] == 0:
+        return
+    for k in range(lp.shape[0] - 2):
+        m = 0
+        for s in range(pairs.shape[0]):
+            if lp[k] <= pairs[s, 0] < lp[k + 1]:
+                m += 1
+        if m == 0:
+            continue
+        us = np.empty(m, dtype=np.int64)
+        vs = np.empty(m, dtype=np.int64)
+        m = 0
+        for s in range(pairs.shape[0]):
+            if lp[k] <= pairs[s, 0] < lp[k + 1]:
+                us[m], vs[m] = pairs[s, 0], pairs[s, 1]
+                m += 1
+        H0, H1 = node_ptr[k + 1], node_ptr[k + 2]
+        c0, c1, e0, e1 = lp[k], lp[k + 1], lp[k + 1], lp[k + 2]
+        bsum = np.zeros((H1 - H0, c1 - c0))
+        count = np.zeros(H1 - H0)
+        for j in range(node_ptr[k], node_ptr[k + 1]):
+            H = parent[j] - H0
+            count[H] += 1.0
+            for w in range(c0, c1):
+                bsum[H, w - c0] += b[j, w]
+        shifts = np.zeros((H1 - H0, m))
+        P = np.empty((m, m))
+        rhs = np.empty(m)
+        x = np.empty(m)
+        z = np.empty(m)
+        for H in range(H1 - H0):
+            for s in range(m):
+                t = 0.0
+                for w in range(e0, e1):
+                    t -= Ti[vs[s], w] * b[H0 + H, w]
+                for w in range(c0, c1):
+                    t += Ti[us[s], w] * bsum[H, w - c0]
+                rhs[s] = t
+                for s2 in range(m):
+                    P[s, s2] = Ti[vs[s], vs[s2]] + count[H] * Ti[us[s], us[s2]]
+            ok, _ = _draw(P, rhs, rng, x, z)
+            if ok:
+                for s in range(m):
+                    shifts[H, s] = x[s]
+                    b[H0 + H, vs[s]] += x[s]
+        for j in range(node_ptr[k], node_ptr[k + 1]):
+            H = parent[j] - H0
+            for s in range(m):
+                b[j, us[s]] -= shifts[H, s]
+
+
+_SPLIT_X_MIN, _SPLIT_X_MAX = -12.0, 8.0  # log SDs outside: density 0 (SDs below 6e-6 or above 3000 times the scale)
+
+
+@njit(cache=True, nogil=True)
+def _split_log_density(xc, xp, n, S, Q, cols, theta, structure, priors, C):
+    """``log p(tau_c, tau_p | u)`` on ``(log tau_c, log tau_p)``, up to a constant: :func:`split_move`.
+
+    Per parent ``H`` with ``n_H`` children whose totals ``u_j`` sum to ``S_H`` with squares
+    ``Q_H``: ``u_H ~ N(0, tau_c^2 I + tau_p^2 11')``, whose log density is, with
+    ``D = tau_c^2 + n_H tau_p^2``, ``-(n_H - 1) log tau_c - log(D) / 2 - (Q_H - tau_p^2 S_H^2 / D) / (2 tau_c^2)``;
+    the SDs' prior is ``decode_theta``'s at ``theta`` with both set (``theta`` and ``C`` are scratch),
+    over ``d tau / d eta`` for each, times ``tau_c tau_p`` for the log coordinates.
+    """
+    if not (_SPLIT_X_MIN < xc - math.log(structure.diag_scale[cols[0]]) < _SPLIT_X_MAX
+            and _SPLIT_X_MIN < xp - math.log(structure.diag_scale[cols[1]]) < _SPLIT_X_MAX):
+        return -np.inf
+    total = 0.0
+    for r in range(2):
+        tau = math.exp(xc if r == 0 else xp)
+        scale = structure.diag_scale[cols[r]]
+        eta = math.asinh(tau / scale)
+        theta[structure.sd_idx[cols[r]]] = eta
+        total += math.log(tau) - math.log(scale * math.cosh(eta))
+    _, lp = decode_theta(theta, structure, priors, C)
+    total += lp
+    vc = math.exp(2.0 * xc)
+    vp = math.exp(2.0 * xp)
+    for H in range(n.shape[0]):
+        nh = n[H]
+        if nh == 0.0:
+            continue
+        den = vc + nh * vp
+        total -= (nh - 1.0) * xc + 0.5 * math.log(den) + 0.5 * (Q[H] - vp * S[H] * S[H] / den) / vc
+    return total
+
+
+@njit(cache=True, nogil=True)
+def _split_slice(rng, which, x, n, S, Q, cols, theta, structure, priors, C):
+    """One slice-sampling update of ``x[which]``, ``x = (log tau_c, log tau_p)`` (Neal 2003: stepping out, shrinkage).
+
+    Each side steps out at most 30 times; the log SDs' range (``_SPLIT_X_MIN`` to
+    ``_SPLIT_X_MAX``, 20 wide) is reached first, so the limit never binds and the update is
+    the exact one.
+    """
+    x0 = x[which]
+    other = x[1 - which]
+    xc, xp = (x0, other) if which == 0 else (other, x0)
+    level = _split_log_density(xc, xp, n, S, Q, cols, theta, structure, priors, C) - rng.standard_exponential()
+    lo = x0 - rng.random()
+    hi = lo + 1.0
+    for _ in range(30):
+        xc, xp = (lo, other) if which == 0 else (other, lo)
+        if not _split_log_density(xc, xp, n, S, Q, cols, theta, structure, priors, C) > level:
+            break
+        lo -= 1.0
+    for _ in range(30):
+        xc, xp = (hi, other) if which == 0 else (other, hi)
+        if not _split_log_density(xc, xp, n, S, Q, cols, theta, structure, priors, C) > level:
+            break
+        hi += 1.0
+    while hi - lo > 1e-12:
+        t = lo + (hi - lo) * rng.random()
+        xc, xp = (t, other) if which == 0 else (other, t)
+        if _split_log_density(xc, xp, n, S, Q, cols, theta, structure, priors, C) > level:
+            x[which] = t
+            return
+        if t < x0:
+            lo = t
+        else:
+            hi = t
+
+
+@njit(cache=True, nogil=True)
+def split_move(rng, nw, theta, structure, priors, b):
+    """Step 5: two nested factors' SDs and the split of each group's total between them, given the totals.
+
+    For a pair ``(u, v)`` of ``nw.nest_pairs`` whose factors ``k`` and ``k + 1`` have one
+    coefficient each (the intercepts of ``(1 | h/g)``), each group ``j`` of factor ``k`` enters
+    the predictor only through its total ``u_j = b_ju + b_Hv`` with its parent ``H``. Given the
+    totals, ``b_H`` is Gaussian and integrates out: ``tau_c`` (factor ``k``'s SD) and ``tau_p``
+    (factor ``k + 1``'s) move by slice sampling on their logarithms from
+    ``p(tau_c, tau_p | u)`` (:func:`_split_log_density`), then each ``b_H`` is drawn from
+    ``N(tau_p^2 S_H / (tau_c^2 + n_H tau_p^2), tau_c^2 tau_p^2 / (tau_c^2 + n_H tau_p^2))`` and
+    each ``b_j = u_j - b_H``. No predictor changes, so no row is read. It mixes the split
+    of the variance between the two factors, which ``T | b`` moves slowly when many parents
+    hold one child or few: docs/design.md, "The Newton proposal".
+    """
+    pairs, lp, node_ptr, parent = nw.nest_pairs, nw.level_ptr, nw.node_ptr, nw.parent
+    cols = np.empty(2, dtype=np.int64)
+    x = np.empty(2)
+    scratch = theta.copy()
+    C = np.zeros((b.shape[1], b.shape[1]))
+    for s in range(pairs.shape[0]):
+        u, v = pairs[s, 0], pairs[s, 1]
+        k = 0
+        while not lp[k] <= u < lp[k + 1]:
+            k += 1
+        if lp[k + 1] - lp[k] != 1 or lp[k + 2] - lp[k + 1] != 1:
+            continue
+        cols[0], cols[1] = u, v
+        tau_c = structure.diag_scale[u] * math.sinh(theta[structure.sd_idx[u]])
+        tau_p = structure.diag_scale[v] * math.sinh(theta[structure.sd_idx[v]])
+        if not (tau_c > 0.0 and tau_p > 0.0):
+            continue
+        H0, H1 = node_ptr[k + 1], node_ptr[k + 2]
+        n = np.zeros(H1 - H0)
+        S = np.zeros(H1 - H0)
+        Q = np.zeros(H1 - H0)
+        for j in range(node_ptr[k], node_ptr[k + 1]):
+            H = parent[j]
+            t = b[j, u] + b[H, v]
+            n[H - H0] += 1.0
+            S[H - H0] += t
+            Q[H - H0] += t * t
+        for q in range(theta.shape[0]):
+            scratch[q] = theta[q]
+        x[0], x[1] = math.log(tau_c), math.log(tau_p)
+        _split_slice(rng, 0, x, n, S, Q, cols, scratch, structure, priors, C)
+        _split_slice(rng, 1, x, n, S, Q, cols, scratch, structure, priors, C)
+        vc, vp = math.exp(2.0 * x[0]), math.exp(2.0 * x[1])
+        for j in range(node_ptr[k], node_ptr[k + 1]):  # the totals, kept in b_ju while b_H is drawn
+            b[j, u] += b[parent[j], v]
+        for H in range(H1 - H0):
+            den = vc + n[H] * vp
+            b[H0 + H, v] = vp * S[H] / den + math.sqrt(vc * vp / den) * rng.standard_normal()
+        for j in range(node_ptr[k], node_ptr[k + 1]):
+            b[j, u] -= b[parent[j], v]
+        theta[structure.sd_idx[u]] = math.asinh(math.exp(x[0]) / structure.diag_scale[u])
+        theta[structure.sd_idx[v]] = math.asinh(math.exp(x[1]) / structure.diag_scale[v])
+
+
+@njit(cache=True, nogil=True)
+def _sd_log_prior(tau, col, theta, structure, priors, C):
+    """Log prior density of the SD ``tau > 0`` of coefficient ``col`` (its factor's only one); ``theta``, ``C`` scratch.
 
     :func:`samplers.theta.decode_theta` gives the density of ``eta = asinh(tau / scale)``;
     dividing by ``d tau / d eta = scale cosh(eta)`` makes it the density of ``tau``.
     """
-    scale = structure.diag_scale[0]
+    scale = structure.diag_scale[col]
     eta = math.asinh(tau / scale)
-    theta[structure.theta_ptr[0]] = eta
+    theta[structure.sd_idx[col]] = eta
     _, lp = decode_theta(theta, structure, priors, C)
     return lp - math.log(scale * math.cosh(eta))
 
 
 @njit(cache=True, nogil=True)
-def scale_move(rng, nw, theta, structure, priors, b, counting, unchecked=False):
-    """Step 1b, the interweaving step: the group SD ``tau`` given the standardised effects ``z_g = b_g / tau``.
+def scale_move(rng, nw, k, theta, structure, priors, b, counting, unchecked=False):
+    """Step 1b, the interweaving step: factor ``k``'s SD ``tau`` given the standardised effects ``z_j = b_j / tau``.
 
-    For a factor with one coefficient (``T = tau^2``). Moving ``tau`` with every ``z_g`` held
-    moves every ``b_g = tau z_g``: the target is ``p(tau) prod_i p(y_i | eta_i)`` (``z``'s prior
+    For a factor with one coefficient (``T_k = tau^2``). Moving ``tau`` with every ``z_j`` held
+    moves every ``b_j = tau z_j``: the target is ``p(tau) prod_i p(y_i | eta_i)`` (``z``'s prior
     does not involve ``tau``), and the proposal is the Newton construction in ``tau``, whose
-    score ``sum_g z_g h_g`` and curvature ``sum_g z_g^2 A_g`` come from the groups' sums
+    score ``sum_j z_j h_j`` and curvature ``sum_j z_j^2 A_j`` come from the groups' sums
     without a pass; one pass evaluates the proposal. It complements ``T | b`` (which mixes
     slowly when the groups are weakly informed, the one-pass step when they are strongly
     informed): docs/design.md, "The Newton proposal".
@@ -557,20 +815,26 @@ def scale_move(rng, nw, theta, structure, priors, b, counting, unchecked=False):
     ``unchecked``: the proposal's densities left out of the ratio, as if it were symmetric (a
     wrong step, for the test that shows the Geweke test rejects it).
     """
-    n_groups = nw.starts.shape[0] - 1
+    starts, anc, kid_ptr, kids = nw.starts, nw.anc, nw.kid_ptr, nw.kids
+    col = nw.level_ptr[k]
+    j0, j1 = nw.node_ptr[k], nw.node_ptr[k + 1]
+    n_fin = starts.shape[0] - 1
     scratch = theta.copy()
-    C = np.zeros((1, 1))
-    scale = structure.diag_scale[0]
-    tau = scale * math.sinh(theta[structure.theta_ptr[0]])
+    C = np.zeros((b.shape[1], b.shape[1]))
+    scale = structure.diag_scale[col]
+    tau = scale * math.sinh(theta[structure.sd_idx[col]])
     if not tau > 0.0:
         return
     L, A, h = nw.L, nw.A, nw.h
+    Ak = np.empty((1, 1))
+    hk = np.empty(1)
     score = 0.0
     curv = 0.0
-    for g in range(n_groups):
-        z = b[g, 0] / tau
-        score += z * h[g, 0]
-        curv += z * z * A[g, 0, 0]
+    for j in range(j0, j1):
+        z = b[j, col] / tau
+        _node_sums(A, h, kids, kid_ptr[j], kid_ptr[j + 1], col, 1, Ak, hk)
+        score += z * hk[0]
+        curv += z * z * Ak[0, 0]
     if not curv > 0.0:
         return
     mean = tau + score / curv
@@ -582,33 +846,35 @@ def scale_move(rng, nw, theta, structure, priors, b, counting, unchecked=False):
     if not tau_new > 0.0:
         return
     ratio = tau_new / tau
-    steps = np.empty((n_groups, 1))
-    for g in range(n_groups):
-        steps[g, 0] = (tau_new - tau) * b[g, 0] / tau
-    _pass(nw, nw.X, steps, np.ones(n_groups, dtype=np.bool_))
+    steps = np.zeros((n_fin, b.shape[1]))
+    for f in range(n_fin):
+        steps[f, col] = (tau_new - tau) * b[anc[f, k], col] / tau
+    _pass(nw, nw.X, steps, np.ones(n_fin, dtype=np.bool_))
     A2, h2, L2 = nw.A2, nw.h2, nw.L2
     score = 0.0
     curv = 0.0
-    for g in range(n_groups):
-        z = b[g, 0] / tau
-        score += z * h2[g, 0]
-        curv += z * z * A2[g, 0, 0]
+    for j in range(j0, j1):
+        z = b[j, col] / tau
+        _node_sums(A2, h2, kids, kid_ptr[j], kid_ptr[j + 1], col, 1, Ak, hk)
+        score += z * hk[0]
+        curv += z * z * Ak[0, 0]
     if not curv > 0.0:
         return
     dev = tau - (tau_new + score / curv)
     log_r = 0.0 if unchecked else 0.5 * math.log(curv) - 0.5 * curv * dev * dev - log_fwd
-    log_r += _sd_log_prior(tau_new, scratch, structure, priors, C) - _sd_log_prior(tau, scratch, structure, priors, C)
-    for g in range(n_groups):
-        log_r += L2[g] - L[g]
+    log_r += (_sd_log_prior(tau_new, col, scratch, structure, priors, C)
+              - _sd_log_prior(tau, col, scratch, structure, priors, C))
+    for f in range(n_fin):
+        log_r += L2[f] - L[f]
     accept = np.isfinite(log_r) and math.log(rng.random()) < log_r
     if not accept:
         return
     if counting:
         nw.cnt[N_SCALE_ACC] += 1.0
     _take_all(nw.cur, L, A, h, nw.FF, nw.Fr, L2, A2, h2, nw.FF2, nw.Fr2)
-    for g in range(n_groups):
-        b[g, 0] *= ratio
-    theta[structure.theta_ptr[0]] = math.asinh(tau_new / scale)
+    for j in range(j0, j1):
+        b[j, col] *= ratio
+    theta[structure.sd_idx[col]] = math.asinh(tau_new / scale)
 
 
 @njit(cache=True, nogil=True)
@@ -670,4 +936,5 @@ def keep_loglik(aug, nw, k):
             out[out_idx[i]] += part - math.log(factor)
 
 
-__all__ = ["fixed_move", "group_moves", "keep_loglik", "loglik", "scale_move", "settle", "shift_move", "start"]
+__all__ = ["fixed_move", "group_moves", "keep_loglik", "loglik", "nest_shift_move", "scale_move", "settle",
+           "shift_move", "split_move", "start"]

@@ -397,11 +397,13 @@ N_AUG_SCAL = 8
 
 
 class NewtonRows(NamedTuple):
-    """One chain's state of the Newton proposal (:mod:`samplers.newton`): rows in group order, two buffers each.
+    """One chain's state of the Newton proposal (:mod:`samplers.newton`): rows in finest-group order, two buffers each.
 
     The rows' arrays are the :class:`Augmentation`'s own (not copies), held here too so that
     the moves take this tuple alone: a kernel that takes a tuple counts a reference for each
-    array in it at every call.
+    array in it at every call. The grouping factors are nested (one factor, or several, finest
+    first, as :class:`Structure` numbers them); the sums are kept per finest group, from
+    which any group's are added up.
 
     Attributes
     ----------
@@ -409,32 +411,44 @@ class NewtonRows(NamedTuple):
         Family code of :mod:`samplers.glm`.
     y, n, offset, const : ndarray of shape (n_obs,)
     F, X : ndarray of shape (n_obs, n_fixed), (n_obs, n_coef)
-        The rows, as :class:`Augmentation` holds them (sorted by group).
-    starts : ndarray of int64, shape (n_groups + 1,)
-        Group ``g``'s rows are ``starts[g]:starts[g + 1]`` (the augmentation's rows are sorted by group).
+        The rows, as :class:`Augmentation` holds them (sorted by finest group; ``X`` holds every
+        factor's columns).
+    starts : ndarray of int64, shape (n_finest + 1,)
+        Finest group ``f``'s rows are ``starts[f]:starts[f + 1]``.
+    level_ptr, node_ptr, parent : ndarray of int64
+        The factors' columns and groups, as :class:`Structure`'s.
+    anc : ndarray of int64, shape (n_finest, n_factors)
+        ``anc[f, k]``: the group of factor ``k`` that holds finest group ``f`` (``anc[f, 0] = f``).
+    kid_ptr, kids : ndarray of int64, shapes (n_nodes + 1,) and (n_finest * n_factors,)
+        The finest groups in group ``j`` (of any factor) are ``kids[kid_ptr[j]:kid_ptr[j + 1]]``.
     shared : ndarray of int64, shape (m, 2)
-        Pairs ``(q, k)``: in every row of group ``g``, fixed column ``q`` equals ``shift_coef[g]``
-        times group column ``k``.
-    shift_coef : ndarray of shape (n_groups, m)
-        Each pair's ``c_g`` (1 for a fixed effect that is also a group coefficient; the group's
-        value of a group-level predictor; 0 for a group without rows).
-    cur : ndarray of int64, shape (n_groups,)
-        The buffer (0 or 1) holding each group's rows at the current draw.
+        Pairs ``(q, c)``: in every row of group ``j`` of the factor that owns coefficient ``c``,
+        fixed column ``q`` equals ``shift_coef[j]`` times column ``c`` of ``X``.
+    shift_coef : ndarray of shape (n_nodes, m)
+        Each pair's ``c_j`` (1 for a fixed effect that is also a group coefficient; the group's
+        value of a group-level predictor; 0 for a group without rows or of another factor).
+    nest_pairs : ndarray of int64, shape (m2, 2)
+        Pairs ``(u, v)``: coefficient ``u`` of a factor and ``v`` of the next coarser one are the
+        same column of ``X`` (the intercepts of ``(1 | h/g)``).
+    cur : ndarray of int64, shape (n_finest,)
+        The buffer (0 or 1) holding each finest group's rows at the current draw.
     eta : ndarray of shape (2, n_obs)
         Each row's predictor, in two buffers.
     A, h, FF, Fr, L : ndarray
-        Each group's ``X'WX`` (n_groups, d, d; lower triangle), ``X's`` (n_groups, d),
-        ``F'WF`` (n_groups, p, p; lower triangle), ``F's`` (n_groups, p) and log-likelihood
-        (n_groups,) at the current draw (``W`` the rows' working weights, ``s`` their scores).
+        Each finest group's ``X'WX`` (n_finest, n_coef, n_coef; lower triangle), ``X's``
+        (n_finest, n_coef), ``F'WF`` (n_finest, p, p; lower triangle), ``F's`` (n_finest, p) and
+        log-likelihood (n_finest,) at the current draw (``W`` the rows' working weights, ``s``
+        their scores).
     A2, h2, FF2, Fr2, L2 : ndarray
-        The same at the fixed effects' proposal.
+        The same at a proposal.
     cnt : ndarray of shape (8,)
         Group moves, fixed-effect moves and SD moves made and accepted after warm-up, and fixed-effect
         moves made and accepted in warm-up (slots of :mod:`samplers.newton`).
     bernoulli : bool
         Every row is Bernoulli with the logit link (one trial, no constant): a row reads only ``y``.
-    interweave : bool
-        Each sweep also moves the group SD given the standardised effects (:func:`samplers.newton.scale_move`).
+    interweave : ndarray of bool, shape (n_factors,)
+        Each sweep also moves factor ``k``'s SD given the standardised effects
+        (:func:`samplers.newton.scale_move`; a factor with one coefficient).
     fixed_moves : ndarray of int64, shape (1,)
         The fixed-effect moves a sweep makes: 1 in warm-up, then as :func:`samplers.newton.settle` sets.
     """
@@ -447,8 +461,15 @@ class NewtonRows(NamedTuple):
     F: np.ndarray
     X: np.ndarray
     starts: np.ndarray
+    level_ptr: np.ndarray
+    node_ptr: np.ndarray
+    parent: np.ndarray
+    anc: np.ndarray
+    kid_ptr: np.ndarray
+    kids: np.ndarray
     shared: np.ndarray
     shift_coef: np.ndarray
+    nest_pairs: np.ndarray
     cur: np.ndarray
     eta: np.ndarray
     A: np.ndarray
@@ -463,24 +484,47 @@ class NewtonRows(NamedTuple):
     L2: np.ndarray
     cnt: np.ndarray
     bernoulli: bool
-    interweave: bool
+    interweave: np.ndarray
     fixed_moves: np.ndarray
 
 
-def newton_rows(family, y, n, offset, const, F, X, starts, shared, shift_coef, bernoulli=False):
-    """A chain's :class:`NewtonRows` for the rows ``y`` ... ``X`` in ``len(starts) - 1`` groups.
+def _int64(a, shape=None):
+    a = np.ascontiguousarray(np.asarray(a, dtype=np.int64))
+    return a if shape is None else a.reshape(shape)
 
-    ``interweave`` starts False; the caller sets it (``_replace``) once the rows' working
-    weights say whether the groups are weakly informed.
+
+def newton_rows(family, y, n, offset, const, F, X, starts, shared, shift_coef, bernoulli=False, level_ptr=None,
+                node_ptr=None, parent=None, nest_pairs=None):
+    """A chain's :class:`NewtonRows` for the rows ``y`` ... ``X`` in ``len(starts) - 1`` finest groups.
+
+    ``level_ptr``, ``node_ptr`` and ``parent`` describe nested factors as :class:`Structure`'s
+    do; left out, the model has one factor with every column of ``X``. ``interweave`` starts
+    False for every factor; the caller sets it (``_replace``) once the rows' working weights
+    say whether the groups are weakly informed.
     """
     G = len(starts) - 1
     n_obs, p, d = y.shape[0], F.shape[1], X.shape[1]
-    shared = np.asarray(shared, dtype=np.int64).reshape(-1, 2)
+    level_ptr = _int64([0, d] if level_ptr is None else level_ptr)
+    node_ptr = _int64([0, G] if node_ptr is None else node_ptr)
+    parent = _int64(np.full(G, -1) if parent is None else parent)
+    K = level_ptr.shape[0] - 1
+    anc = np.empty((G, K), dtype=np.int64)
+    anc[:, 0] = np.arange(G)
+    for k in range(1, K):
+        anc[:, k] = parent[anc[:, k - 1]]
+    n_nodes = int(node_ptr[-1])
+    node_of = anc.T.ravel()  # finest groups listed factor by factor, each under its group of that factor
+    order = np.argsort(node_of, kind="stable")
+    kid_ptr = np.zeros(n_nodes + 1, dtype=np.int64)
+    np.cumsum(np.bincount(node_of, minlength=n_nodes), out=kid_ptr[1:])
+    shared = _int64(shared, (-1, 2))
     return NewtonRows(
         family=int(family), y=y, n=n, offset=offset, const=const, F=F, X=X,
-        starts=np.ascontiguousarray(starts, dtype=np.int64),
-        shared=np.ascontiguousarray(shared),
-        shift_coef=np.ascontiguousarray(np.asarray(shift_coef, dtype=np.float64).reshape(G, len(shared))),
+        starts=_int64(starts), level_ptr=level_ptr, node_ptr=node_ptr, parent=parent, anc=anc,
+        kid_ptr=kid_ptr, kids=_int64(np.tile(np.arange(G), K)[order]),
+        shared=shared,
+        shift_coef=np.ascontiguousarray(np.asarray(shift_coef, dtype=np.float64).reshape(n_nodes, len(shared))),
+        nest_pairs=_int64(np.zeros((0, 2)) if nest_pairs is None else nest_pairs, (-1, 2)),
         cur=np.zeros(G, dtype=np.int64),
         eta=np.zeros((2, n_obs)),
         A=np.zeros((G, d, d)),
@@ -495,7 +539,7 @@ def newton_rows(family, y, n, offset, const, F, X, starts, shared, shift_coef, b
         L2=np.zeros(G),
         cnt=np.zeros(8),
         bernoulli=bool(bernoulli),
-        interweave=False,
+        interweave=np.zeros(K, dtype=np.bool_),
         fixed_moves=np.ones(1, dtype=np.int64),
     )
 

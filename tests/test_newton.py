@@ -18,10 +18,21 @@ import scipy.stats as sps
 from numba import njit
 
 import bayeshlm as bh
-from bayeshlm.sample import shift_pairs
+from bayeshlm.sample import group_of_rows, nest_pairs, shift_pairs
 from samplers.fastexp import exp_neg
 from samplers.glm import BINOMIAL_LOGIT
-from samplers.newton import N_WARM_FIXED_ACC, N_WARM_FIXED_PROP, _density, _draw, _pass, settle, shift_move, start
+from samplers.newton import (
+    N_WARM_FIXED_ACC,
+    N_WARM_FIXED_PROP,
+    _density,
+    _draw,
+    _pass,
+    nest_shift_move,
+    settle,
+    shift_move,
+    split_move,
+    start,
+)
 from samplers.types import FixedPrior, newton_rows
 
 PRIORS = {"fixed": bh.Normal(0, 5), "sd": bh.HalfNormal(2)}
@@ -144,20 +155,20 @@ def _group_level_rows(seed=0):
 
 def test_shift_pairs_find_the_fixed_columns_that_are_group_columns_times_a_group_value():
     F, X, starts, g, z = _group_level_rows()
-    pairs, coef = shift_pairs(F, X, starts)
+    pairs, coef = shift_pairs(F, X, g[:, None], [0, 2], 5)
     assert pairs.tolist() == [[0, 0], [1, 1], [2, 0], [4, 1], [5, 0]]  # not w, which varies within groups
     zg = np.zeros(5)
     zg[g] = z
     want = np.column_stack([np.ones(5), np.ones(5), zg, zg / 7.0, np.full(5, 2015.0)])
     want[1] = 0.0  # the group without rows
     np.testing.assert_allclose(coef, want, rtol=1e-12)
-    assert shift_pairs(F[:, [3]], X, starts)[0].shape == (0, 2)
+    assert shift_pairs(F[:, [3]], X, g[:, None], [0, 2], 5)[0].shape == (0, 2)
 
 
 def test_the_shift_leaves_every_predictor_as_it_was_and_draws_from_the_priors():
     """The move changes ``a`` and ``b`` but no ``eta_i``; with one pair, ``s`` is Gaussian with the stated moments."""
     F, X, starts, g, _ = _group_level_rows(1)
-    pairs, coef = shift_pairs(F, X, starts)
+    pairs, coef = shift_pairs(F, X, g[:, None], [0, 2], 5)
     n = F.shape[0]
     nw = newton_rows(BINOMIAL_LOGIT, np.zeros(n), np.ones(n), np.zeros(n), np.zeros(n), F, X, starts, pairs, coef)
     rng = np.random.default_rng(2)
@@ -186,6 +197,67 @@ def test_the_shift_leaves_every_predictor_as_it_was_and_draws_from_the_priors():
     assert abs(np.var(shifts) * P - 1.0) < 4.5 * np.sqrt(2.0 / 4000)
 
 
+def _nested_rows(seed=0):
+    """Rows of 4 groups ``H`` holding 1 to 3 groups ``j`` each (7 in all), with intercepts at both levels."""
+    rng = np.random.default_rng(seed)
+    parent = np.array([7, 7, 8, 9, 9, 9, 10, -1, -1, -1, -1])  # finest 0..6, then the 4 coarser groups
+    sizes = np.array([2, 3, 1, 4, 2, 2, 3])
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    g = np.repeat(np.arange(7), sizes)
+    x = rng.normal(size=g.size)
+    X = np.column_stack([np.ones(g.size), np.ones(g.size)])  # columns: j's intercept, then H's
+    F = np.column_stack([np.ones(g.size), x])
+    return F, X, starts, g, parent
+
+
+def test_nested_groups_find_their_rows_and_shared_columns():
+    F, X, starts, g, parent = _nested_rows()
+    node = group_of_rows(g, parent, 2)
+    assert node[:, 1].tolist() == [7] * 5 + [8] + [9] * 8 + [10] * 3
+    assert nest_pairs(X, [0, 1, 2]).tolist() == [[0, 1]]
+    pairs, coef = shift_pairs(F, X, node, [0, 1, 2], 11)
+    assert pairs.tolist() == [[0, 0], [0, 1]]  # the fixed intercept with either factor's
+    np.testing.assert_array_equal(coef[:, 0], [1.0] * 7 + [0.0] * 4)
+    np.testing.assert_array_equal(coef[:, 1], [0.0] * 7 + [1.0] * 4)
+    n = g.size
+    nw = newton_rows(BINOMIAL_LOGIT, np.zeros(n), np.ones(n), np.zeros(n), np.zeros(n), F, X, starts, pairs, coef,
+                     level_ptr=[0, 1, 2], node_ptr=[0, 7, 11], parent=parent, nest_pairs=nest_pairs(X, [0, 1, 2]))
+    assert nw.anc[:, 1].tolist() == [7, 7, 8, 9, 9, 9, 10]
+    assert [nw.kids[nw.kid_ptr[j]:nw.kid_ptr[j + 1]].tolist() for j in (3, 7, 9)] == [[3], [0, 1], [3, 4, 5]]
+
+
+def test_the_nested_moves_keep_every_total_and_move_the_split():
+    """``nest_shift_move`` and ``split_move`` change ``b_H`` and ``b_j`` (and the SDs) but no ``b_j + b_H``."""
+    F, X, starts, g, parent = _nested_rows(1)
+    model = bh.hlm("y ~ x + (1 | h/j)", pd.DataFrame({"y": np.arange(g.size) % 3, "x": F[:, 1], "j": g,
+                                                      "h": parent[g]}), family="poisson", priors=PRIORS)
+    structure, priors = model.structure, model.priors
+    assert structure.level_ptr.tolist() == [0, 1, 2] and structure.node_ptr.tolist() == [0, 7, 11]
+    j_parent = structure.parent[:7]
+    n = g.size
+    nw = newton_rows(BINOMIAL_LOGIT, np.zeros(n), np.ones(n), np.zeros(n), np.zeros(n), F, X, starts,
+                     np.zeros((0, 2)), np.zeros((11, 0)), level_ptr=structure.level_ptr,
+                     node_ptr=structure.node_ptr, parent=structure.parent, nest_pairs=[[0, 1]])
+    rng = np.random.default_rng(2)
+    b = np.zeros((11, 2))
+    b[:7, 0] = rng.normal(size=7)
+    b[7:, 1] = rng.normal(size=4)
+    totals = b[:7, 0] + b[j_parent, 1]
+    Ti = np.diag([1.0 / 0.7**2, 1.0 / 0.4**2])
+    theta = np.zeros(model.n_theta)
+    theta[structure.sd_idx] = np.arcsinh(np.array([0.7, 0.4]) / structure.diag_scale)
+    for move in ("shift", "split"):
+        b1, theta1 = b.copy(), theta.copy()
+        if move == "shift":
+            nest_shift_move(np.random.default_rng(3), nw, b1, Ti)
+        else:
+            split_move(np.random.default_rng(3), nw, theta1, structure, priors, b1)
+            assert not np.allclose(theta1, theta)
+        assert not np.allclose(b1[7:, 1], b[7:, 1]), move
+        np.testing.assert_allclose(b1[:7, 0] + b1[j_parent, 1], totals, rtol=1e-12, atol=1e-12, err_msg=move)
+        assert np.all(b1[:7, 1] == 0.0) and np.all(b1[7:, 0] == 0.0)  # each factor's own column only
+
+
 def test_the_move_is_chosen_by_the_rows_per_group_and_refused_where_it_does_not_apply():
     many = bh.hlm("y ~ x + (1 | g)", _binary(10, 60), family="bernoulli", priors=PRIORS)
     few = bh.hlm("y ~ x + (1 | g)", _binary(10, 20), family="bernoulli", priors=PRIORS)
@@ -201,10 +273,23 @@ def test_the_move_is_chosen_by_the_rows_per_group_and_refused_where_it_does_not_
         bh.sample(many, glm_move="newton", method="mh", **run)
     data = _binary(12, 10)
     data["h"] = [f"h{int(s[1:]) % 3}" for s in data["g"]]
+    data["k"] = [f"k{i % 4}" for i in range(len(data))]
     nested = bh.hlm("y ~ x + (1 | h/g)", data, family="bernoulli", priors=PRIORS)
-    with pytest.raises(ValueError, match="one grouping factor.*h.*glm_move='augment'"):
-        bh.sample(nested, glm_move="newton", **run)
-    assert _settings(bh.sample(nested, **run))["glm_move"] == "augment"  # auto: never for two factors
+    assert _settings(bh.sample(nested, **run))["glm_move"] == "augment"  # auto: 10 rows a finest group
+    with warnings.catch_warnings():  # a short run: its R-hat is not the point
+        warnings.simplefilter("ignore", bh.ConvergenceWarning)
+        chosen = _settings(bh.sample(nested, glm_move="newton", **run))
+    assert chosen["glm_move"] == "newton" and set(chosen["interweave_by_factor"]) == {"h:g", "h"}
+    with warnings.catch_warnings():  # k's labels are the same in every g: fitted as crossed, as meant here
+        warnings.simplefilter("ignore", bh.NestingWarning)
+        crossed = bh.hlm("y ~ x + (1 | g) + (1 | k)", data, family="bernoulli", priors=PRIORS)
+    with pytest.raises(ValueError, match="nested grouping factors.*g, k.*crossed.*glm_move='augment'"):
+        bh.sample(crossed, glm_move="newton", **run)
+    assert _settings(bh.sample(crossed, **run))["glm_move"] == "augment"
+    counts = data.assign(y=np.arange(len(data)) % 3)
+    poisson = bh.hlm("y ~ x + (1 | g)", counts, family="poisson", priors=PRIORS)
+    assert _settings(bh.sample(poisson, **run))["glm_move"] == "newton"  # auto: counts always
+    assert _settings(bh.sample(poisson, method="mh", **run))["glm_move"] == "augment"  # MH moves: the augmentation
 
 
 @pytest.mark.parametrize("accepted, moves", [(None, 1), (0.95, 1), (0.9, 1), (0.85, 2), (0.8, 2), (0.7, 3), (0.3, 3)])
@@ -284,6 +369,29 @@ def test_a_group_level_predictor_agrees_with_the_polya_gamma_chain():
     for t in newton.posterior["fixed_term"].values:
         _agree(newton.posterior.sel(fixed_term=t), augment.posterior.sel(fixed_term=t), "fixed")
     _agree(newton.posterior, augment.posterior, "g_sd")
+
+
+def test_nested_counts_agree_with_the_augmented_chain():
+    """grouseticks, ``(1 | location/brood)``: every step of the nested Newton sweep against the latent times' chain.
+
+    Fixed effects, both SDs and the first location's and brood's effects within Z_TOL combined MCSEs.
+    """
+    data = bh.load_dataset("grouseticks")
+    data["cheight"] = data["height"] - data["height"].mean()
+    model = bh.hlm("ticks ~ C(year) + cheight + (1 | location/brood)", data, family="poisson", priors=PRIORS)
+    run = {"draws": 2000, "warmup": 500, "chains": 4, "seed": 4, "progress": False}
+    newton = bh.sample(model, **run)
+    augment = bh.sample(model, glm_move="augment", method="mh", **run)
+    settings = _settings(newton)
+    assert settings["glm_move"] == "newton" and settings["coefficient_acceptance"] > 0.8
+    for t in newton.posterior["fixed_term"].values:
+        _agree(newton.posterior.sel(fixed_term=t), augment.posterior.sel(fixed_term=t), "fixed")
+    for name in ("location_sd", "location_brood_sd"):
+        _agree(newton.posterior, augment.posterior, name)
+    for name in ("location_effect", "location_brood_effect"):
+        one, two = (p[name].isel({p[name].dims[2]: 0, p[name].dims[3]: 0}) for p in (newton.posterior,
+                                                                                 augment.posterior))
+        _agree(one.to_dataset(name="e"), two.to_dataset(name="e"), "e")
 
 
 def test_stored_log_likelihood_is_the_draws():

@@ -122,6 +122,14 @@ NEWTON = {
     "logit_far_slopes_newton": ("y ~ x_far + (x_far | g)", {}),
     # a group-level predictor and a cross-level interaction: shifts with the groups' values z_g
     "logit_group_level_newton": ("y ~ x * z + (x | g)", {}),
+    # nested factors: each factor's groups, the shifts between levels, and split_move (the two
+    # SDs given the groups' totals), which the Geweke chain checks: it reads no data
+    "logit_three_levels_newton": ("y ~ x + (1 | h) + (1 | h:g)", {"interweave": False}),
+    # counts under tighter priors: with Normal(0, 1) and HalfNormal(1) the joint chain makes long
+    # excursions to large SDs (large counts pin the groups), and 20,000 to 60,000 sweeps
+    # understate sd[h] by 3 to 6 batch-means errors; at 300,000 sweeps its z is -0.08
+    "poisson_three_levels_newton": ("y ~ x + (1 | h) + (1 | h:g)", {
+        "family": "poisson", "interweave": True, "priors": {"fixed": bh.Normal(0, 0.5), "sd": bh.HalfNormal(0.5)}}),
 }
 
 
@@ -130,10 +138,11 @@ def _newton_model(case):
     options = dict(options)
     options.pop("interweave", None)
     family = options.pop("family", "binomial" if "trials" in options else "bernoulli")
+    priors = options.pop("priors", {k: v for k, v in PRIORS.items() if k != "sigma"})
     data = _binary_data()
     if "trials" in options:
         data["y"] = np.minimum(data["y"], data["n"])
-    return bh.hlm(formula, data, family=family, priors={k: v for k, v in PRIORS.items() if k != "sigma"}, **options)
+    return bh.hlm(formula, data, family=family, priors=priors, **options)
 
 
 @pytest.mark.parametrize("case", list(NEWTON))

@@ -85,6 +85,10 @@ NEWTON_CASES = {
     "poisson_exposure_newton": ("y ~ x + offset(log(t)) + (1 | g)", _counts(10, (4, 8), seed=12), {}, True),
     # a group-level predictor: its coefficient and the intercepts move together (shift_move's c_g = z_g)
     "logit_group_level_newton": ("y ~ x + z + (1 | g)", _data(10, (4, 8), seed=13), {}, True),
+    # three levels: each factor's groups in turn, the shifts between the levels, and the two SDs
+    # with the split of each total between them (split_move)
+    "logit_three_levels_newton": ("y ~ x + (1 | h/g)", _data(12, (3, 7), seed=3, nest=4), {}, None),
+    "poisson_three_levels_newton": ("y ~ x + (1 | h/g)", _counts(12, (3, 7), seed=10, nest=4), {}, True),
 }
 
 
@@ -116,7 +120,7 @@ def test_sbc_of_binary_and_binomial_models(case):
 @pytest.mark.parametrize("case", list(POISSON_CASES))
 def test_sbc_of_count_models(case):
     model = _model(case)
-    _assert_uniform(sbc(model, n_sims=200, seed=1, method=POISSON_CASES[case][2]).uniformity())
+    _assert_uniform(sbc(model, n_sims=200, seed=1, method=POISSON_CASES[case][2], glm_move="augment").uniformity())
 
 
 @pytest.mark.parametrize("case", list(NEWTON_CASES))
