@@ -139,9 +139,12 @@ def draws_memory(
         augmentation = n_obs * (5 + p + d) + chains * (4 * n_obs + n_groups * (d * d + d * p + d + p * p + p + 4))
         newton = glm_move != "augment" and newton_move(model, glm_move)
         if newton:
-            # each chain's two buffers of eta and the groups' sums at the draw and at a proposal
+            # each chain's two buffers of eta, the finest groups' sums at the draw and at a proposal, each
+            # finest group's groups of every factor (twice: anc, kids) and the shifts' coefficients per group
             # (docs/design.md, "The Newton proposal")
-            augmentation += chains * (2 * n_obs + 2 * n_groups * (d * d + d + p * p + p + 1)) + n_groups + 1
+            n_factors_newton = max(len(structure.level_ptr) - 1, 1)
+            augmentation += chains * (2 * n_obs + 2 * n_groups * (d * d + d + p * p + p + 1)
+                                      + 2 * n_groups * n_factors_newton + n_nodes * (p + 1)) + n_groups + 1
         else:
             # the rows' cross-products the chains share (docs/design.md, "Statistics of reweighted rows")
             augmentation += row_products_size(n_obs, p + d, False) + n_groups + 1
