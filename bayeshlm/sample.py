@@ -169,8 +169,8 @@ class _Rows:
         return aug
 
 
-# a fixed column is c_g times a group column when, in every group, they differ by at most this share of the
-# fixed column's largest value (a product such as a cross-level interaction is rounded once)
+# a fixed column is c_j times a group column when in every row f_i and c_j x_i differ by at most this share of
+# |f_i| + |c_j x_i| (a product such as a cross-level interaction is rounded once; c_j is a least-squares fit)
 SHIFT_TOLERANCE = 1e-12
 
 
@@ -198,8 +198,7 @@ def shift_pairs(F, X, node, level_ptr, n_nodes):
     pairs, coefs = [], []
     for q in range(F.shape[1]):
         f = F[:, q]
-        top = float(np.max(np.abs(f))) if f.size else 0.0
-        if top == 0.0:
+        if not np.any(f):
             continue
         for k in range(len(level_ptr) - 1):
             nk = node[:, k]
@@ -208,7 +207,8 @@ def shift_pairs(F, X, node, level_ptr, n_nodes):
                 xx = np.bincount(nk, x * x, minlength=n_nodes)
                 xf = np.bincount(nk, x * f, minlength=n_nodes)
                 cj = np.divide(xf, xx, out=np.zeros(n_nodes), where=xx > 0.0)
-                if np.max(np.abs(f - cj[nk] * x)) <= SHIFT_TOLERANCE * top:
+                fit = cj[nk] * x
+                if np.all(np.abs(f - fit) <= SHIFT_TOLERANCE * (np.abs(f) + np.abs(fit))):
                     pairs.append((q, c))
                     coefs.append(cj)
                     break

@@ -1,30 +1,38 @@
-"""The Newton proposal: a binomial or Poisson level 1 without data augmentation, for groups with many rows.
+"""The Newton proposal: a binomial or Poisson level 1 without data augmentation.
 
-A model with one grouping factor, ``eta_i = offset_i + F_i a + X_i b_g(i)`` and
-``b_g ~ N(0, T)``, moves in three exact steps per sweep (docs/design.md, "The Newton
-proposal"), after ``T | b`` by its conditional:
+A model with nested grouping factors ``k = 0, 1, ...`` (finest first; one factor is the
+common case), ``eta_i = offset_i + F_i a + sum_k X_i^(k) b_j(i,k)`` and ``b_j ~ N(0, T_k)``
+for the groups of factor ``k``, moves in these exact steps per sweep (docs/design.md, "The
+Newton proposal", whose numbering the functions' docstrings follow), after ``T | b`` by its
+conditional (step 1):
 
-1. **each group's coefficients** ``b_g | a, T``: a Metropolis-Hastings move whose proposal
-   is the Gaussian working model of iteratively reweighted least squares at the current
-   ``b_g`` (one Newton step of the log posterior, with its curvature as precision),
-   accepted group by group. Given ``a`` the groups are independent, so each group's ratio
-   reads only its own rows, and the acceptance does not fall as the groups grow in number;
-2. **the fixed effects** ``a | b``: the same move for ``a``, over all the rows;
-3. **the shared directions**: a fixed column that is ``c_g`` times a group column in every
-   row of group ``g`` (the intercept of ``(1 | g)`` or a slope of ``(x | g)``, ``c_g = 1``; a
-   group-level predictor or a cross-level interaction, ``c_g = z_g``) lets ``a_q c_g + b_gk``
-   stay put while ``a_q`` moves; the shift ``a_q + s``, ``b_gk - c_g s`` for every group
+2. **each factor's group coefficients** ``b_j | a, T, the other factors'``, factor by
+   factor: a Metropolis-Hastings move whose proposal is the Gaussian working model of
+   iteratively reweighted least squares at the current ``b_j`` (one Newton step of the log
+   posterior, with its curvature as precision), accepted group by group. Given the rest the
+   groups of one factor are independent, so each group's ratio reads only its own rows, and
+   the acceptance does not fall as the groups grow in number (:func:`group_moves`);
+3. **the fixed effects** ``a | b``: the same move for ``a``, over all the rows (:func:`fixed_move`);
+4. **the shared directions**: a fixed column that is ``c_j`` times a group column in every
+   row of group ``j`` (the intercept of ``(1 | g)`` or a slope of ``(x | g)``, ``c_j = 1``; a
+   group-level predictor or a cross-level interaction, ``c_j = z_j``) lets ``a_q c_j + b_jc``
+   stay put while ``a_q`` moves; the shift ``a_q + s``, ``b_jc - c_j s`` for every group
    leaves the likelihood unchanged and is drawn from its Gaussian conditional (the prior of
-   ``a`` and of every ``b_g``), which costs nothing per row. Without it ``a | b`` would
-   barely move when groups are large (``a_q c_g + b_gk`` is pinned by the data).
+   ``a`` and of every ``b_j``), which costs nothing per row (:func:`shift_move`). Without it
+   ``a | b`` would barely move when groups are large (``a_q c_j + b_jc`` is pinned by the data);
+5. **between levels**: a group's intercept shifts against its subgroups' the same way
+   (:func:`nest_shift_move`), and two nested factors with one coefficient each move their
+   SDs with the split of each subgroup's total between them, the groups integrated out
+   (:func:`split_move`; steps 5 and 6). Neither reads a row.
 
-With one coefficient per group, :func:`scale_move` also moves the group SD given the
-standardised effects ``b_g / SD`` (``NewtonRows.interweave``), which mixes where ``T | b``
+With one coefficient per group, :func:`scale_move` also moves a factor's SD given the
+standardised effects ``b_j / SD`` (``NewtonRows.interweave``), which mixes where ``T | b``
 does not: when the groups say little about their coefficients.
 
-The rows are kept in group order, each row's predictor in two buffers: a proposal writes
-into the buffer its group does not use, and an accepted one flips the group's buffer
-(``cur``), so nothing is copied. A Bernoulli row costs one exponential per step, and one
+The rows are kept in finest-group order, each row's predictor in two buffers: a proposal
+writes into the buffer its finest group does not use, and an accepted one flips the finest
+group's buffer (``cur``), so nothing is copied. The sums are kept per finest group and
+added up for a coarser group. A Bernoulli row costs one exponential per step, and one
 logarithm per 32 rows (``_row``). The loops read the tuples' fields into local names first:
 a field read in a loop costs an atomic reference count each time.
 """
@@ -313,7 +321,7 @@ def _node_sums(A, h, kids, lo, hi, c0, d, Ak, hk):
 
 @njit(cache=True, nogil=True)
 def group_moves(rng, nw, k, a, b, C, Ti, counting, unchecked=False):
-    """Step 1: each group's ``b_j | a, T, the other factors' coefficients`` by its Newton proposal, factor ``k``.
+    """Step 2: each group's ``b_j | a, T, the other factors' coefficients`` by its Newton proposal, factor ``k``.
 
     ``C`` is the lower Cholesky factor of the block-diagonal ``T`` over every factor's
     coefficients and ``Ti`` its inverse ``T^{-1}``; factor ``k``'s are columns
@@ -452,7 +460,7 @@ def group_moves(rng, nw, k, a, b, C, Ti, counting, unchecked=False):
 
 @njit(cache=True, nogil=True)
 def fixed_move(rng, nw, fixed, a, counting, unchecked=False):
-    """Step 2: ``a | b`` by its Newton proposal over all the rows (``fixed`` the prior, information form).
+    """Step 3: ``a | b`` by its Newton proposal over all the rows (``fixed`` the prior, information form).
 
     Its proposals and acceptances are counted after warm-up (``counting``) or in it (for :func:`settle`).
     """
@@ -533,7 +541,7 @@ def _take_all(cur, L, A, h, FF, Fr, L2, A2, h2, FF2, Fr2):
 
 @njit(cache=True, nogil=True)
 def shift_move(rng, nw, fixed, a, b, Ti):
-    """Step 3: the shared directions, ``a_q + s`` and ``b_jc - c_j s``, ``s`` drawn from its Gaussian conditional.
+    """Step 4: the shared directions, ``a_q + s`` and ``b_jc - c_j s``, ``s`` drawn from its Gaussian conditional.
 
     ``nw.shared`` lists the pairs ``(q, c)`` and ``nw.shift_coef`` their ``c_j``: fixed column
     ``q`` equals ``c_j`` times column ``c`` of ``X`` in every row of group ``j`` of the factor
@@ -592,7 +600,7 @@ def shift_move(rng, nw, fixed, a, b, Ti):
 
 @njit(cache=True, nogil=True)
 def nest_shift_move(rng, nw, b, Ti):
-    """Step 4: the directions a group shares with the groups in it, ``b_Hv + s_H`` and ``b_jv' - s_H``.
+    """Step 5: the directions a group shares with the groups in it, ``b_Hv + s_H`` and ``b_jv' - s_H``.
 
     ``nw.nest_pairs`` lists the pairs ``(u, v)``: coefficient ``u`` of factor ``k`` and ``v``
     of factor ``k + 1`` are the same column of ``X`` (the intercepts of ``(1 | h/g)``). For
@@ -655,7 +663,7 @@ def nest_shift_move(rng, nw, b, Ti):
                 b[j, us[s]] -= shifts[H, s]
 
 
-_SPLIT_X_MIN, _SPLIT_X_MAX = -12.0, 8.0  # log SDs outside: density 0 (SDs below 6e-6 or above 3000 times the scale)
+_SPLIT_STEPS = 60  # the slice's stepping out: at most this many steps of 1 in log SD, split at random between sides
 
 
 @njit(cache=True, nogil=True)
@@ -666,11 +674,10 @@ def _split_log_density(xc, xp, n, S, Q, cols, theta, structure, priors, C):
     ``Q_H``: ``u_H ~ N(0, tau_c^2 I + tau_p^2 11')``, whose log density is, with
     ``D = tau_c^2 + n_H tau_p^2``, ``-(n_H - 1) log tau_c - log(D) / 2 - (Q_H - tau_p^2 S_H^2 / D) / (2 tau_c^2)``;
     the SDs' prior is ``decode_theta``'s at ``theta`` with both set (``theta`` and ``C`` are scratch),
-    over ``d tau / d eta`` for each, times ``tau_c tau_p`` for the log coordinates.
+    over ``d tau / d eta`` for each, times ``tau_c tau_p`` for the log coordinates. Nothing
+    is truncated; where the arithmetic overflows the value is not finite and lies outside
+    every slice, as a density of 0 would.
     """
-    if not (_SPLIT_X_MIN < xc - math.log(structure.diag_scale[cols[0]]) < _SPLIT_X_MAX
-            and _SPLIT_X_MIN < xp - math.log(structure.diag_scale[cols[1]]) < _SPLIT_X_MAX):
-        return -np.inf
     total = 0.0
     for r in range(2):
         tau = math.exp(xc if r == 0 else xp)
@@ -695,9 +702,9 @@ def _split_log_density(xc, xp, n, S, Q, cols, theta, structure, priors, C):
 def _split_slice(rng, which, x, n, S, Q, cols, theta, structure, priors, C):
     """One slice-sampling update of ``x[which]``, ``x = (log tau_c, log tau_p)`` (Neal 2003: stepping out, shrinkage).
 
-    Each side steps out at most 30 times; the log SDs' range (``_SPLIT_X_MIN`` to
-    ``_SPLIT_X_MAX``, 20 wide) is reached first, so the limit never binds and the update is
-    the exact one.
+    The stepping out is Neal's with a limit: at most ``_SPLIT_STEPS`` steps of width 1, split
+    at random between the two sides (``J`` to the left, ``_SPLIT_STEPS - 1 - J`` to the right),
+    which keeps the update exact whether or not the limit binds.
     """
     x0 = x[which]
     other = x[1 - which]
@@ -705,12 +712,13 @@ def _split_slice(rng, which, x, n, S, Q, cols, theta, structure, priors, C):
     level = _split_log_density(xc, xp, n, S, Q, cols, theta, structure, priors, C) - rng.standard_exponential()
     lo = x0 - rng.random()
     hi = lo + 1.0
-    for _ in range(30):
+    left = int(_SPLIT_STEPS * rng.random())
+    for _ in range(left):
         xc, xp = (lo, other) if which == 0 else (other, lo)
         if not _split_log_density(xc, xp, n, S, Q, cols, theta, structure, priors, C) > level:
             break
         lo -= 1.0
-    for _ in range(30):
+    for _ in range(_SPLIT_STEPS - 1 - left):
         xc, xp = (hi, other) if which == 0 else (other, hi)
         if not _split_log_density(xc, xp, n, S, Q, cols, theta, structure, priors, C) > level:
             break
@@ -729,7 +737,7 @@ def _split_slice(rng, which, x, n, S, Q, cols, theta, structure, priors, C):
 
 @njit(cache=True, nogil=True)
 def split_move(rng, nw, theta, structure, priors, b):
-    """Step 5: two nested factors' SDs and the split of each group's total between them, given the totals.
+    """Step 6: two nested factors' SDs and the split of each group's total between them, given the totals.
 
     For a pair ``(u, v)`` of ``nw.nest_pairs`` whose factors ``k`` and ``k + 1`` have one
     coefficient each (the intercepts of ``(1 | h/g)``), each group ``j`` of factor ``k`` enters

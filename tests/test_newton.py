@@ -163,6 +163,10 @@ def test_shift_pairs_find_the_fixed_columns_that_are_group_columns_times_a_group
     want[1] = 0.0  # the group without rows
     np.testing.assert_allclose(coef, want, rtol=1e-12)
     assert shift_pairs(F[:, [3]], X, g[:, None], [0, 2], 5)[0].shape == (0, 2)
+    # every row must fit, the small ones too: z in thousands, but one group's values tiny and varying
+    near = z.copy()
+    near[g == 0] = 1e-10 * np.arange(1.0, 4.0)
+    assert shift_pairs(near[:, None], X, g[:, None], [0, 2], 5)[0].shape == (0, 2)
 
 
 def test_the_shift_leaves_every_predictor_as_it_was_and_draws_from_the_priors():
