@@ -40,6 +40,7 @@ from samplers.types import (
     BlockedGibbsMoves,
     GibbsMoves,
     MHMoves,
+    group_of_rows,
     newton_rows,
 )
 
@@ -172,15 +173,6 @@ class _Rows:
 # a fixed column is c_j times a group column when in every row f_i and c_j x_i differ by at most this share of
 # |f_i| + |c_j x_i| (a product such as a cross-level interaction is rounded once; c_j is a least-squares fit)
 SHIFT_TOLERANCE = 1e-12
-
-
-def group_of_rows(finest, parent, n_factors):
-    """``(n_obs, n_factors)``: each row's group of every factor, from its finest group and the groups' parents."""
-    node = np.empty((finest.shape[0], n_factors), dtype=np.int64)
-    node[:, 0] = finest
-    for k in range(1, n_factors):
-        node[:, k] = parent[node[:, k - 1]]
-    return node
 
 
 def shift_pairs(F, X, node, level_ptr, n_nodes):

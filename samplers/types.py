@@ -493,6 +493,15 @@ def _int64(a, shape=None):
     return a if shape is None else a.reshape(shape)
 
 
+def group_of_rows(finest, parent, n_factors):
+    """``(n, n_factors)``: each row's group of every factor, from its finest group and the groups' ``parent``."""
+    node = np.empty((finest.shape[0], n_factors), dtype=np.int64)
+    node[:, 0] = finest
+    for k in range(1, n_factors):
+        node[:, k] = parent[node[:, k - 1]]
+    return node
+
+
 def newton_rows(family, y, n, offset, const, F, X, starts, shared, shift_coef, bernoulli=False, level_ptr=None,
                 node_ptr=None, parent=None, nest_pairs=None):
     """A chain's :class:`NewtonRows` for the rows ``y`` ... ``X`` in ``len(starts) - 1`` finest groups.
@@ -508,10 +517,7 @@ def newton_rows(family, y, n, offset, const, F, X, starts, shared, shift_coef, b
     node_ptr = _int64([0, G] if node_ptr is None else node_ptr)
     parent = _int64(np.full(G, -1) if parent is None else parent)
     K = level_ptr.shape[0] - 1
-    anc = np.empty((G, K), dtype=np.int64)
-    anc[:, 0] = np.arange(G)
-    for k in range(1, K):
-        anc[:, k] = parent[anc[:, k - 1]]
+    anc = group_of_rows(np.arange(G), parent, K)
     n_nodes = int(node_ptr[-1])
     node_of = anc.T.ravel()  # finest groups listed factor by factor, each under its group of that factor
     order = np.argsort(node_of, kind="stable")
