@@ -140,11 +140,13 @@ def draws_memory(
         newton = glm_move != "augment" and newton_move(model, glm_move)
         if newton:
             # each chain's two buffers of eta, the finest groups' sums at the draw and at a proposal, each
-            # finest group's groups of every factor (twice: anc, kids) and the shifts' coefficients per group
-            # (docs/design.md, "The Newton proposal")
+            # finest group's groups of every factor (twice: anc, kids) and the shifts' coefficients per group,
+            # and the distinct columns of F and X the chains share (at most p + d of them; docs/design.md,
+            # "The Newton proposal")
             n_factors_newton = max(len(structure.level_ptr) - 1, 1)
             augmentation += chains * (2 * n_obs + 2 * n_groups * (d * d + d + p * p + p + 1)
                                       + 2 * n_groups * n_factors_newton + n_nodes * (p + 1)) + n_groups + 1
+            augmentation += (p + d) * n_obs
         else:
             # the rows' cross-products the chains share (docs/design.md, "Statistics of reweighted rows")
             augmentation += row_products_size(n_obs, p + d, False) + n_groups + 1

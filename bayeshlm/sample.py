@@ -40,6 +40,7 @@ from samplers.types import (
     BlockedGibbsMoves,
     GibbsMoves,
     MHMoves,
+    distinct_columns,
     group_of_rows,
     newton_rows,
 )
@@ -136,8 +137,10 @@ class _Rows:
         parent = np.asarray(structure.parent, dtype=np.int64)
         self.node = group_of_rows(self.gidx, parent, len(level_ptr) - 1)
         pairs, coef = shift_pairs(self.F, self.X, self.node, level_ptr, int(node_ptr[-1]))
+        cols, col_of = distinct_columns(self.F, self.X)
         self.newton = {"starts": starts, "shared": pairs, "shift_coef": coef, "level_ptr": level_ptr,
-                       "node_ptr": node_ptr, "parent": parent, "nest_pairs": nest_pairs(self.X, level_ptr)}
+                       "node_ptr": node_ptr, "parent": parent, "nest_pairs": nest_pairs(self.X, level_ptr),
+                       "cols": cols, "col_of": col_of}
         self.prod = NO_ROW_PRODUCTS
         return order
 

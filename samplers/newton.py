@@ -57,43 +57,35 @@ N_WARM_FIXED_PROP, N_WARM_FIXED_ACC = 6, 7
 # else twice (at least 80%) or three times: settle()
 FIXED_ACCEPTANCE_ONE, FIXED_ACCEPTANCE_TWO = 0.9, 0.8
 
-# the Bernoulli rows' pass: per block of rows, arithmetic that may be reordered (sums), so that it is vectorised
+# the rows' pass: arithmetic that may be reordered (sums) and divisions without a check for zero, so that the
+# Bernoulli rows' loop and the sums over a block's rows are vectorised
 _FAST = {"contract", "reassoc", "arcp"}
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _row(family, bern, y, n, const, i, e):
-    """``(part, factor, w, s)`` of row ``i`` at ``e``: ``log p(y_i | e) = part - log(factor)``, weight and score.
+def _row(family, y, n, const, i, e):
+    """``(log p(y_i | e), w, s)`` of row ``i`` at ``e``: its log-likelihood, working weight and score.
 
     ``w`` is the working weight (the Fisher information in ``e``) and ``s = d log p / d e`` the
-    score, so that a group's working model needs ``sum w x x'`` and ``sum s x`` only. A
-    Bernoulli row (logit link, one trial) returns ``factor = 1 + exp(-|e|)``, so that a pass
-    multiplies the factors of many rows and takes one logarithm for them all; any other row
-    returns its whole log-likelihood in ``part`` and ``factor = 1``. With ``bern`` (every row
-    Bernoulli, :attr:`samplers.types.NewtonRows.bernoulli`) the trials ``n`` and constants
-    ``const`` are not read. The arrays are passed, not the tuples holding them: a field read
-    from a tuple in a loop costs a reference count each time.
+    score, so that a group's working model needs ``sum w x x'`` and ``sum s x`` only.
     """
-    yi = y[i]
-    if bern or family == BINOMIAL_LOGIT:  # softplus(+-e) share log(1 + exp(-|e|)); p = 1 / (1 + exp(-e))
+    yi, ni, ci = y[i], n[i], const[i]
+    if family == BINOMIAL_LOGIT:  # softplus(+-e) share log(1 + exp(-|e|)); p = 1 / (1 + exp(-e))
         t = exp_neg(-abs(e))
         inv = 1.0 / (1.0 + t)
         pr = inv if e >= 0.0 else t * inv
-        if bern:
-            return -yi * max(-e, 0.0) - (1.0 - yi) * max(e, 0.0), 1.0 + t, max(t * inv * inv, _TINY_W), yi - pr
-        ni = n[i]
-        part = const[i] - yi * max(-e, 0.0) - (ni - yi) * max(e, 0.0) - ni * math.log1p(t)
-        return part, 1.0, max(ni * t * inv * inv, _TINY_W), yi - ni * pr
-    ni, ci = n[i], const[i]
+        part = ci - yi * max(-e, 0.0) - (ni - yi) * max(e, 0.0) - ni * math.log1p(t)
+        return part, max(ni * t * inv * inv, _TINY_W), yi - ni * pr
     w, r = working(family, yi, ni, e)
     if family == POISSON_LOG:
-        return ci + yi * e - math.exp(e), 1.0, w, w * r
+        return ci + yi * e - math.exp(e), w, w * r
     p = 0.5 * math.erfc(-e / _SQRT2)
     q = 0.5 * math.erfc(e / _SQRT2)
-    return ci + yi * math.log(max(p, 1e-300)) + (ni - yi) * math.log(max(q, 1e-300)), 1.0, w, w * r
+    return ci + yi * math.log(max(p, 1e-300)) + (ni - yi) * math.log(max(q, 1e-300)), w, w * r
 
 
-_BATCH = 32  # factors in (1, 2] multiplied before one logarithm: at most 2^32
+# rows per block of the pass; a Bernoulli block's factors 1 + exp(-|e|), each in (1, 2], multiply to at most 2^64
+_BLOCK = 64
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -143,165 +135,170 @@ def _density(P, rhs, x):
     return True, logdet - 0.5 * quad
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _add_row(A, h, j, X, i, w, s):
-    """``A[j] += w x x'`` (lower triangle) and ``h[j] += s x`` for row ``i`` of ``X``.
-
-    ``A`` and ``h`` hold one matrix and vector per group (``j`` the one to add to): indexed, not
-    sliced, because a view costs a reference count each time it is made.
-    """
-    k = A.shape[1]
-    for u in range(k):
-        xu = X[i, u]
-        h[j, u] += s * xu
-        xu *= w
-        for v in range(u + 1):
-            A[j, u, v] += xu * X[i, v]
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _mirror(A):
-    for u in range(A.shape[0]):
-        for v in range(u):
-            A[v, u] = A[u, v]
-
-
 @njit(cache=True, nogil=True)
 def start(nw, a, b):
-    """The rows' predictor and log-likelihood at ``(a, b)`` in buffer 0, and every finest group's sums.
+    """The rows' predictor at ``(a, b)``, and every finest group's log-likelihood and sums there.
 
     A row's group coefficients are those of its finest group and of each group above it
-    (``nw.anc``), each factor's in its own columns of ``X``.
+    (``nw.anc``), each factor's in its own columns of ``X``. The predictor is written into
+    buffer 1 and a pass without a step takes it to buffer 0, with the sums, so that the
+    sums at the start come from the same arithmetic as every proposal's.
     """
-    F, X, family, y, n, const, offset = nw.F, nw.X, nw.family, nw.y, nw.n, nw.const, nw.offset
-    eta, starts, A, h, FF, Fr, L = nw.eta, nw.starts, nw.A, nw.h, nw.FF, nw.Fr, nw.L
-    anc, lp = nw.anc, nw.level_ptr
+    F, X, offset, eta, starts, anc, lp = nw.F, nw.X, nw.offset, nw.eta, nw.starts, nw.anc, nw.level_ptr
     p, d = F.shape[1], X.shape[1]
-    nw.cur[:] = 0
-    A[:] = 0.0
-    h[:] = 0.0
-    FF[:] = 0.0
-    Fr[:] = 0.0
+    n_fin = starts.shape[0] - 1
     coef = np.empty(d)
-    for g in range(starts.shape[0] - 1):
+    for g in range(n_fin):
         for k in range(lp.shape[0] - 1):
             for c in range(lp[k], lp[k + 1]):
                 coef[c] = b[anc[g, k], c]
-        total = 0.0
         for i in range(starts[g], starts[g + 1]):
             e = offset[i]
             for q in range(p):
                 e += F[i, q] * a[q]
             for k in range(d):
                 e += X[i, k] * coef[k]
-            part, factor, w, sc = _row(family, False, y, n, const, i, e)
-            eta[0, i] = e
-            total += part - math.log(factor)
-            _add_row(A, h, g, X, i, w, sc)
-            _add_row(FF, Fr, g, F, i, w, sc)
-        L[g] = total
+            eta[1, i] = e
+    nw.cur[:] = 1
+    _pass(nw, False, np.zeros((n_fin, 0)), np.ones(n_fin, dtype=np.bool_))
+    _take_all(nw.cur, nw.L, nw.A, nw.h, nw.FF, nw.Fr, nw.L2, nw.A2, nw.h2, nw.FF2, nw.Fr2)
 
 
-@njit(cache=True, nogil=True, fastmath=_FAST)
-def _bernoulli_pass(y, F, X, eta, starts, cur_buf, Z, steps, moved, A, h, FF, Fr, L):
-    """:func:`_pass` when every row is Bernoulli (logit link, one trial): sums and log-likelihoods into ``A`` ... ``L``.
+@njit(cache=True, nogil=True, inline="always")
+def _pair(u, v):
+    """The slot of the pair of distinct columns ``(u, v)`` in a group's sums: the lower triangle, row by row."""
+    return u * (u + 1) // 2 + v if u >= v else v * (v + 1) // 2 + u
 
-    The moved groups' sums are added into: :func:`_pass` zeroes them first.
 
-    A group's rows go in blocks of ``_BATCH``: a loop without calls or branches (each row's
-    ``exp``, weight and score, into buffers), which the compiler vectorises, one logarithm
-    of the block's product of factors ``1 + exp(-|e|)``, then the sums. The arithmetic is
-    that of :func:`_row`'s Bernoulli branch; only the order of the sums may differ
-    (``fastmath`` allows reassociation, and assumes nothing about NaN or infinities).
+@njit(cache=True, nogil=True, inline="always")
+def _bernoulli_block(y, e, lo, hi, w_buf, s_buf):
+    """Log-likelihood of the Bernoulli rows ``lo:hi`` (logit link, one trial) at ``e``; weights and scores into buffers.
+
+    :func:`_row`'s arithmetic for one trial, in a loop without calls or branches, which the
+    compiler vectorises: the block's factors ``1 + exp(-|e|)`` are multiplied and one
+    logarithm is taken of their product.
     """
-    m = Z.shape[1]
-    e_buf = np.empty(_BATCH)
-    w_buf = np.empty(_BATCH)
-    s_buf = np.empty(_BATCH)
+    part = 0.0
+    product = 1.0
+    for j in range(lo, hi):
+        ej = e[j]
+        yj = y[j]
+        t = exp_neg(-abs(ej))
+        inv = 1.0 / (1.0 + t)
+        pr = inv if ej >= 0.0 else t * inv
+        part += -yj * max(-ej, 0.0) - (1.0 - yj) * max(ej, 0.0)
+        product *= 1.0 + t
+        w_buf[j - lo] = max(t * inv * inv, _TINY_W)
+        s_buf[j - lo] = yj - pr
+    return part - math.log(product)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _any_block(family, y, n, const, e, lo, hi, w_buf, s_buf):
+    """:func:`_bernoulli_block` for rows of any family: :func:`_row` row by row."""
+    total = 0.0
+    for j in range(lo, hi):
+        part, w, s = _row(family, y, n, const, j, e[j])
+        total += part
+        w_buf[j - lo] = w
+        s_buf[j - lo] = s
+    return total
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _block_sums(cols, lo, hi, w_buf, s_buf, acc):
+    """Add the rows ``lo:hi``'s ``sum w c_u c_v`` (``u >= v``) and then ``sum s c_u`` for the distinct columns ``c``.
+
+    One loop over the block's rows per sum, which the compiler vectorises.
+    """
+    q = cols.shape[0]
+    n_pairs = q * (q + 1) // 2
+    slot = 0
+    for u in range(q):
+        t = 0.0
+        for j in range(lo, hi):
+            t += s_buf[j - lo] * cols[u, j]
+        acc[n_pairs + u] += t
+        for v in range(u + 1):
+            t = 0.0
+            for j in range(lo, hi):
+                t += w_buf[j - lo] * cols[u, j] * cols[v, j]
+            acc[slot] += t
+            slot += 1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _unpack(acc, n_pairs, col_of, c0, k, g, A, h):
+    """Group ``g``'s ``A[g]`` (lower triangle) and ``h[g]`` from its sums ``acc`` (:func:`_block_sums`).
+
+    ``A`` and ``h`` are over the ``k`` columns whose distinct columns are ``col_of[c0:c0 + k]``;
+    ``acc`` holds ``n_pairs`` pairs, then the scores.
+    """
+    for u in range(k):
+        cu = col_of[c0 + u]
+        h[g, u] = acc[n_pairs + cu]
+        for v in range(u + 1):
+            A[g, u, v] = acc[_pair(cu, col_of[c0 + v])]
+
+
+@njit(cache=True, nogil=True, fastmath=_FAST, error_model="numpy")
+def _rows_pass(family, bern, y, n, const, cols, col_of, eta, starts, cur_buf, z0, steps, moved, A, h, FF, Fr, L):
+    """:func:`_pass` with the arrays passed one by one (a field read from a tuple in a loop costs a reference count).
+
+    A group's rows go in blocks of ``_BLOCK``: the predictors moved (the columns
+    ``col_of[z0:z0 + m]`` times the group's steps), then every row's log-likelihood, weight
+    and score (:func:`_bernoulli_block` or :func:`_any_block`), then the block's sums over
+    the distinct columns (:func:`_block_sums`), from which the group's ``X'WX`` ... ``F's``
+    are read at the end (:func:`_unpack`). The loops run over unsigned row numbers: a signed
+    index may be negative, and Numba's wrap-around of negative indices keeps the compiler
+    from vectorising them.
+    """
+    q, m, p, d = cols.shape[0], steps.shape[1], FF.shape[1], A.shape[1]
+    n_pairs = q * (q + 1) // 2
+    acc = np.empty(n_pairs + q)
+    w_buf = np.empty(_BLOCK)
+    s_buf = np.empty(_BLOCK)
     for g in range(starts.shape[0] - 1):
         if not moved[g]:
             continue
         cur = cur_buf[g]
-        nxt = 1 - cur
+        e_cur = eta[cur]
+        e_new = eta[1 - cur]
+        acc[:] = 0.0
         total = 0.0
-        hi = starts[g + 1]
-        for b0 in range(starts[g], hi, _BATCH):
-            nb = min(_BATCH, hi - b0)
-            for j in range(nb):
-                e_buf[j] = eta[cur, b0 + j]
+        for b0 in range(starts[g], starts[g + 1], _BLOCK):
+            lo = np.uint64(b0)
+            hi = np.uint64(min(b0 + _BLOCK, starts[g + 1]))
+            for j in range(lo, hi):
+                e_new[j] = e_cur[j]
             for k in range(m):
                 sk = steps[g, k]
-                for j in range(nb):
-                    e_buf[j] += Z[b0 + j, k] * sk
-            part = 0.0
-            product = 1.0
-            for j in range(nb):  # vectorised: _row's Bernoulli branch
-                e = e_buf[j]
-                yi = y[b0 + j]
-                t = exp_neg(-abs(e))
-                inv = 1.0 / (1.0 + t)
-                pr = inv if e >= 0.0 else t * inv
-                part += -yi * max(-e, 0.0) - (1.0 - yi) * max(e, 0.0)
-                product *= 1.0 + t
-                w_buf[j] = max(t * inv * inv, _TINY_W)
-                s_buf[j] = yi - pr
-                eta[nxt, b0 + j] = e
-            total += part - math.log(product)
-            for j in range(nb):
-                _add_row(A, h, g, X, b0 + j, w_buf[j], s_buf[j])
-                _add_row(FF, Fr, g, F, b0 + j, w_buf[j], s_buf[j])
+                if sk != 0.0:
+                    u = col_of[z0 + k]
+                    for j in range(lo, hi):
+                        e_new[j] += cols[u, j] * sk
+            if bern:
+                total += _bernoulli_block(y, e_new, lo, hi, w_buf, s_buf)
+            else:
+                total += _any_block(family, y, n, const, e_new, lo, hi, w_buf, s_buf)
+            _block_sums(cols, lo, hi, w_buf, s_buf, acc)
         L[g] = total
+        _unpack(acc, n_pairs, col_of, 0, p, g, FF, Fr)
+        _unpack(acc, n_pairs, col_of, p, d, g, A, h)
 
 
 @njit(cache=True, nogil=True)
-def _pass(nw, Z, steps, moved):
-    """Every group ``g`` with ``moved[g]``: its rows moved by ``Z steps[g]``, into the buffer it does not use.
+def _pass(nw, fixed, steps, moved):
+    """Every group ``g`` with ``moved[g]``: its rows moved by ``steps[g]``, into the buffer it does not use.
 
-    Sets the group's ``A2``, ``h2``, ``FF2``, ``Fr2`` to the rows' ``X'WX``, ``X's``, ``F'WF``,
-    ``F's`` there (``W`` the working weights, ``s`` the scores, :func:`_row`) and ``L2`` to
-    their log-likelihood. One call makes the whole pass, so that the arrays are read from
-    ``nw`` once, not once per group.
+    The steps are of the fixed effects (``fixed``: each row moves by ``F_i steps[g]``) or of
+    the group coefficients (``X_i steps[g]``). Sets the group's ``A2``, ``h2``, ``FF2``,
+    ``Fr2`` to the rows' ``X'WX``, ``X's``, ``F'WF``, ``F's`` there (``W`` the working
+    weights, ``s`` the scores, :func:`_row`) and ``L2`` to their log-likelihood. One call
+    makes the whole pass, so that the arrays are read from ``nw`` once, not once per group.
     """
-    F, X, family, y, n, const, bern = nw.F, nw.X, nw.family, nw.y, nw.n, nw.const, nw.bernoulli
-    eta, starts, cur_buf, A2, h2, FF2, Fr2, L2 = nw.eta, nw.starts, nw.cur, nw.A2, nw.h2, nw.FF2, nw.Fr2, nw.L2
-    m, d, p = Z.shape[1], X.shape[1], F.shape[1]
-    for g in range(starts.shape[0] - 1):  # the moved groups' sums, added into by either loop below
-        if moved[g]:
-            for u in range(d):
-                h2[g, u] = 0.0
-                for v in range(d):
-                    A2[g, u, v] = 0.0
-            for u in range(p):
-                Fr2[g, u] = 0.0
-                for v in range(p):
-                    FF2[g, u, v] = 0.0
-    if bern:
-        _bernoulli_pass(y, F, X, eta, starts, cur_buf, Z, steps, moved, A2, h2, FF2, Fr2, L2)
-        return
-    for g in range(starts.shape[0] - 1):
-        if not moved[g]:
-            continue
-        cur = cur_buf[g]
-        nxt = 1 - cur
-        total = 0.0
-        product = 1.0
-        n_fac = 0
-        for i in range(starts[g], starts[g + 1]):
-            e = eta[cur, i]
-            for k in range(m):
-                e += Z[i, k] * steps[g, k]
-            part, factor, w, sc = _row(family, bern, y, n, const, i, e)
-            eta[nxt, i] = e
-            total += part
-            product *= factor
-            n_fac += 1
-            if n_fac == _BATCH:
-                total -= math.log(product)
-                product = 1.0
-                n_fac = 0
-            _add_row(A2, h2, g, X, i, w, sc)
-            _add_row(FF2, Fr2, g, F, i, w, sc)
-        L2[g] = total - math.log(product)
+    _rows_pass(nw.family, nw.bernoulli, nw.y, nw.n, nw.const, nw.cols, nw.col_of, nw.eta, nw.starts, nw.cur,
+               0 if fixed else nw.F.shape[1], steps, moved, nw.A2, nw.h2, nw.FF2, nw.Fr2, nw.L2)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -396,7 +393,7 @@ def group_moves(rng, nw, k, a, b, C, Ti, counting, unchecked=False):
             moved_fin[f] = True
             for u in range(d):
                 steps[f, c0 + u] = node_steps[jj, u]
-    _pass(nw, nw.X, steps, moved_fin)
+    _pass(nw, False, steps, moved_fin)
     # reverse: the working model at each proposal, evaluated at the current b_j; then accept or not
     b_cur = np.empty(d)
     for jj in range(n_nodes):
@@ -488,7 +485,7 @@ def fixed_move(rng, nw, fixed, a, counting, unchecked=False):
     for g in range(n_groups):
         for u in range(p):
             steps[g, u] = a_new[u] - a[u]
-    _pass(nw, nw.F, steps, np.ones(n_groups, dtype=np.bool_))
+    _pass(nw, True, steps, np.ones(n_groups, dtype=np.bool_))
     FF2, Fr2, L, L2 = nw.FF2, nw.Fr2, nw.L, nw.L2
     P = fixed.prec.copy()
     rhs = fixed.lin.copy()
@@ -857,7 +854,7 @@ def scale_move(rng, nw, k, theta, structure, priors, b, counting, unchecked=Fals
     steps = np.zeros((n_fin, b.shape[1]))
     for f in range(n_fin):
         steps[f, col] = (tau_new - tau) * b[anc[f, k], col] / tau
-    _pass(nw, nw.X, steps, np.ones(n_fin, dtype=np.bool_))
+    _pass(nw, False, steps, np.ones(n_fin, dtype=np.bool_))
     A2, h2, L2 = nw.A2, nw.h2, nw.L2
     score = 0.0
     curv = 0.0
@@ -940,8 +937,7 @@ def keep_loglik(aug, nw, k):
             continue
         c = cur_buf[g]
         for i in range(lo, hi):
-            part, factor, _, _ = _row(family, False, y, n, const, i, eta[c, i])
-            out[out_idx[i]] += part - math.log(factor)
+            out[out_idx[i]] += _row(family, y, n, const, i, eta[c, i])[0]
 
 
 __all__ = ["fixed_move", "group_moves", "keep_loglik", "loglik", "nest_shift_move", "scale_move", "settle",

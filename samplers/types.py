@@ -413,6 +413,11 @@ class NewtonRows(NamedTuple):
     F, X : ndarray of shape (n_obs, n_fixed), (n_obs, n_coef)
         The rows, as :class:`Augmentation` holds them (sorted by finest group; ``X`` holds every
         factor's columns).
+    cols : ndarray of shape (n_cols, n_obs)
+        The distinct columns of ``F`` and ``X``, one per row of the array (:func:`distinct_columns`),
+        so that a pass reads each column once, contiguously.
+    col_of : ndarray of int64, shape (n_fixed + n_coef,)
+        Each column of ``F`` and then of ``X``: its row of ``cols``.
     starts : ndarray of int64, shape (n_finest + 1,)
         Finest group ``f``'s rows are ``starts[f]:starts[f + 1]``.
     level_ptr, node_ptr, parent : ndarray of int64
@@ -460,6 +465,8 @@ class NewtonRows(NamedTuple):
     const: np.ndarray
     F: np.ndarray
     X: np.ndarray
+    cols: np.ndarray
+    col_of: np.ndarray
     starts: np.ndarray
     level_ptr: np.ndarray
     node_ptr: np.ndarray
@@ -502,12 +509,31 @@ def group_of_rows(finest, parent, n_factors):
     return node
 
 
+def distinct_columns(F, X):
+    """``(cols, col_of)``: the distinct columns of ``F`` and ``X`` as rows of one array, and each column's row.
+
+    Columns equal in every row (the intercept of ``(1 | g)`` and of the fixed effects) are
+    kept once, so that a pass forms their products once.
+    """
+    both = np.concatenate([np.asarray(F, dtype=np.float64), np.asarray(X, dtype=np.float64)], axis=1)
+    col_of = np.empty(both.shape[1], dtype=np.int64)
+    keep = []
+    for c in range(both.shape[1]):
+        same = [r for r, k in enumerate(keep) if np.array_equal(both[:, k], both[:, c])]
+        col_of[c] = same[0] if same else len(keep)
+        if not same:
+            keep.append(c)
+    return np.ascontiguousarray(both[:, keep].T), col_of
+
+
 def newton_rows(family, y, n, offset, const, F, X, starts, shared, shift_coef, bernoulli=False, level_ptr=None,
-                node_ptr=None, parent=None, nest_pairs=None):
+                node_ptr=None, parent=None, nest_pairs=None, cols=None, col_of=None):
     """A chain's :class:`NewtonRows` for the rows ``y`` ... ``X`` in ``len(starts) - 1`` finest groups.
 
     ``level_ptr``, ``node_ptr`` and ``parent`` describe nested factors as :class:`Structure`'s
-    do; left out, the model has one factor with every column of ``X``. ``interweave`` starts
+    do; left out, the model has one factor with every column of ``X``. ``cols`` and ``col_of``
+    are :func:`distinct_columns` of ``F`` and ``X``, formed here when left out (the chains
+    share them when given). ``interweave`` starts
     False for every factor; the caller sets it (``_replace``) once the rows' working weights
     say whether the groups are weakly informed.
     """
@@ -524,8 +550,10 @@ def newton_rows(family, y, n, offset, const, F, X, starts, shared, shift_coef, b
     kid_ptr = np.zeros(n_nodes + 1, dtype=np.int64)
     np.cumsum(np.bincount(node_of, minlength=n_nodes), out=kid_ptr[1:])
     shared = _int64(shared, (-1, 2))
+    if cols is None:
+        cols, col_of = distinct_columns(F, X)
     return NewtonRows(
-        family=int(family), y=y, n=n, offset=offset, const=const, F=F, X=X,
+        family=int(family), y=y, n=n, offset=offset, const=const, F=F, X=X, cols=cols, col_of=_int64(col_of),
         starts=_int64(starts), level_ptr=level_ptr, node_ptr=node_ptr, parent=parent, anc=anc,
         kid_ptr=kid_ptr, kids=_int64(np.tile(np.arange(G), K)[order]),
         shared=shared,

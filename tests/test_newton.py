@@ -107,19 +107,26 @@ def test_the_exponential_of_the_bernoulli_rows_is_numpys_within_two_units_in_the
     assert 0.0 < out[0] < 1e-320 and out[1] < 1e-320 and out[2] < 1e-320 and np.isnan(out[3])
 
 
-@pytest.mark.parametrize("slopes", [False, True])
-def test_the_vectorised_bernoulli_pass_is_the_row_by_row_one(slopes):
-    """``NewtonRows.bernoulli`` takes ``_bernoulli_pass``; the general rows' loop must give the same sums."""
+@pytest.mark.parametrize("slopes", [False, True, "own"])
+def test_the_pass_gives_each_groups_sums_and_log_likelihood(slopes):
+    """The pass's sums and log-likelihoods, Bernoulli rows by the vectorised block and by ``_row``, against numpy.
+
+    ``slopes="own"``: a group column that is no fixed column (the distinct columns differ from ``F``'s).
+    """
     rng = np.random.default_rng(4)
-    sizes = np.array([0, 1, 31, 32, 33, 100, 257])  # empty, partial and whole blocks of 32 rows
+    sizes = np.array([0, 1, 63, 64, 65, 100, 257])  # empty, partial and whole blocks of 64 rows
     starts = np.concatenate([[0], np.cumsum(sizes)])
     n = starts[-1]
     x = rng.normal(2015.0, 3.0, n)  # a shifted column: large predictors, |eta| up to about 40
     F = np.column_stack([np.ones(n), x - 2015.0, x / 100.0])
-    X = F[:, :2].copy() if slopes else np.ones((n, 1))
+    X = {False: np.ones((n, 1)), True: F[:, :2].copy(), "own": np.column_stack([np.ones(n), rng.normal(0, 1e3, n)])}
+    X = X[slopes]
     y = rng.binomial(1, 0.3, n).astype(float)
     a = np.array([-1.0, 0.8, 0.5])
-    b = rng.normal(0.0, 2.0, (sizes.size, X.shape[1]))
+    b = rng.normal(0.0, 2.0, (sizes.size, X.shape[1])) / np.r_[1.0, 1e3][: X.shape[1]]
+    steps = rng.normal(0.0, 0.5, (sizes.size, X.shape[1])) / np.r_[1.0, 1e3][: X.shape[1]]
+    moved = np.array([True, True, True, False, True, True, True])
+    group = np.repeat(np.arange(sizes.size), sizes)
 
     def rows(bernoulli):
         nw = newton_rows(BINOMIAL_LOGIT, y, np.ones(n), np.zeros(n), np.zeros(n), F, X, starts, np.zeros((0, 2)),
@@ -127,16 +134,26 @@ def test_the_vectorised_bernoulli_pass_is_the_row_by_row_one(slopes):
         start(nw, a, b)
         nw.cur[::2] = 1  # groups read either buffer
         nw.eta[1] = nw.eta[0]
-        _pass(nw, X, rng_steps, np.array([True, True, True, False, True, True, True]))
+        nw.L2[:] = np.nan
+        _pass(nw, False, steps, moved)
         return nw
 
-    rng_steps = rng.normal(0.0, 0.5, (sizes.size, X.shape[1]))
-    fast, slow = rows(True), rows(False)
-    for name in ("L2", "A2", "h2", "FF2", "Fr2"):
-        got, want = getattr(fast, name), getattr(slow, name)
-        assert np.allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max()), name
-    assert np.allclose(fast.eta, slow.eta, rtol=1e-14, atol=0.0)  # fused multiply-adds may round differently
-    assert fast.L2[3] == slow.L2[3] == 0.0  # a group not moved is left alone
+    eta = F @ a + np.einsum("ik,ik->i", X, b[group] + steps[group])
+    prob = 1.0 / (1.0 + np.exp(-eta))
+    w, s = prob * (1.0 - prob), y - prob
+    ll = y * eta - np.logaddexp(0.0, eta)
+    for nw in (rows(True), rows(False)):
+        assert nw.cols.shape[0] == (4 if slopes == "own" else 3)  # the intercept and F's columns kept once
+        for g in np.flatnonzero(moved):
+            r = group == g
+            want = {"L2": ll[r].sum(), "A2": np.tril(X[r].T @ (w[r, None] * X[r])), "h2": X[r].T @ s[r],
+                    "FF2": np.tril(F[r].T @ (w[r, None] * F[r])), "Fr2": F[r].T @ s[r]}
+            for name, value in want.items():
+                got = getattr(nw, name)[g]
+                got = np.tril(got) if got.ndim == 2 else got
+                assert np.allclose(got, value, rtol=1e-11, atol=1e-11 * (1.0 + np.abs(value).max())), (name, g)
+            assert np.allclose(nw.eta[1 - nw.cur[g], r], eta[r], rtol=1e-14, atol=1e-12)
+        assert np.isnan(nw.L2[3])  # a group not moved is left alone
 
 
 def _group_level_rows(seed=0):
