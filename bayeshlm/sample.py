@@ -163,7 +163,7 @@ class _Rows:
                 b_prev=np.empty((self.n_coef_rows, self.X.shape[1])), theta_prev=np.empty(self.n_theta))
         if self.newton is not None:
             aug = aug._replace(
-                newton=newton_rows(aug.family, aug.y, aug.n, aug.offset, aug.const, aug.F, aug.X, **self.newton,
+                newton=newton_rows(aug.family, aug.y, aug.n, aug.const, aug.F, aug.X, **self.newton,
                                    bernoulli=self.code == BINOMIAL_LOGIT and bool(np.all(self.n == 1.0))
                                    and not np.any(self.const)))
             aug.scal[AUG_NEWTON] = 1.0

@@ -391,7 +391,7 @@ def geweke(
             aug.const[:] = log_normalising_constants(model.family, aug.n, aug.y)
             aug.scal[AUG_STALE] = 1.0
             if newton:  # the rows' working values and log-likelihoods read the response
-                newton_start(aug.newton, state.a, state.b)
+                newton_start(aug.newton, aug.offset, state.a, state.b)
             if aug.lat.shape[0] and latent_capacity(y_new) > aug.lat.shape[0]:  # more events: more room
                 aug = aug._replace(lat=np.empty(2 * latent_capacity(y_new)))
     s2_all, sd_all, _, _ = variance_components(model, theta)

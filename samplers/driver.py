@@ -322,7 +322,7 @@ def run_augmented_chain(rng, state, aug, structure, priors, moves, schedule, sto
         kept = it >= warmup and (it - warmup) % thin == 0
         if with_newton:
             if fresh:  # the rows and the groups' sums at the first draw
-                newton.start(nw, state.a, state.b)
+                newton.start(nw, aug.offset, state.a, state.b)
             aug.scal[AUG_LOGLIK] = newton.loglik(nw)
             aug.scal[AUG_STALE] = 0.0
         elif poisson and not fresh:

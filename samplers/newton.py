@@ -86,6 +86,7 @@ def _row(family, y, n, const, i, e):
 
 # rows per block of the pass; a Bernoulli block's factors 1 + exp(-|e|), each in (1, 2], multiply to at most 2^64
 _BLOCK = 64
+_SHORT = 16  # fewer rows than this: a block's sums row by row
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -136,16 +137,16 @@ def _density(P, rhs, x):
 
 
 @njit(cache=True, nogil=True)
-def start(nw, a, b):
-    """The rows' predictor at ``(a, b)``, and every finest group's log-likelihood and sums there.
+def start(nw, offset, a, b):
+    """The rows' predictor at ``(a, b)`` (and the rows' ``offset``), and every finest group's log-likelihood and sums.
 
     A row's group coefficients are those of its finest group and of each group above it
     (``nw.anc``), each factor's in its own columns of ``X``. The predictor is written into
     buffer 1 and a pass without a step takes it to buffer 0, with the sums, so that the
     sums at the start come from the same arithmetic as every proposal's.
     """
-    F, X, offset, eta, starts, anc, lp = nw.F, nw.X, nw.offset, nw.eta, nw.starts, nw.anc, nw.level_ptr
-    p, d = F.shape[1], X.shape[1]
+    cols, col_of, eta, starts, anc, lp = nw.cols, nw.col_of, nw.eta, nw.starts, nw.anc, nw.level_ptr
+    p, d = nw.FF.shape[1], nw.A.shape[1]
     n_fin = starts.shape[0] - 1
     coef = np.empty(d)
     for g in range(n_fin):
@@ -155,9 +156,9 @@ def start(nw, a, b):
         for i in range(starts[g], starts[g + 1]):
             e = offset[i]
             for q in range(p):
-                e += F[i, q] * a[q]
+                e += cols[col_of[q], i] * a[q]
             for k in range(d):
-                e += X[i, k] * coef[k]
+                e += cols[col_of[p + k], i] * coef[k]
             eta[1, i] = e
     nw.cur[:] = 1
     _pass(nw, False, np.zeros((n_fin, 0)), np.ones(n_fin, dtype=np.bool_))
@@ -171,9 +172,10 @@ def _pair(u, v):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _bernoulli_block(y, e, lo, hi, w_buf, s_buf):
-    """Log-likelihood of the Bernoulli rows ``lo:hi`` (logit link, one trial) at ``e``; weights and scores into buffers.
+def _bernoulli_block(y, eta, nxt, lo, hi, ws):
+    """Log-likelihood of the Bernoulli rows ``lo:hi`` (logit link, one trial) at ``eta[nxt]``.
 
+    Their weights and scores go into ``ws[0]`` and ``ws[1]``.
     :func:`_row`'s arithmetic for one trial, in a loop without calls or branches, which the
     compiler vectorises: the block's factors ``1 + exp(-|e|)`` are multiplied and one
     logarithm is taken of their product.
@@ -181,48 +183,61 @@ def _bernoulli_block(y, e, lo, hi, w_buf, s_buf):
     part = 0.0
     product = 1.0
     for j in range(lo, hi):
-        ej = e[j]
+        ej = eta[nxt, j]
         yj = y[j]
         t = exp_neg(-abs(ej))
         inv = 1.0 / (1.0 + t)
         pr = inv if ej >= 0.0 else t * inv
         part += -yj * max(-ej, 0.0) - (1.0 - yj) * max(ej, 0.0)
         product *= 1.0 + t
-        w_buf[j - lo] = max(t * inv * inv, _TINY_W)
-        s_buf[j - lo] = yj - pr
+        ws[0, j - lo] = max(t * inv * inv, _TINY_W)
+        ws[1, j - lo] = yj - pr
     return part - math.log(product)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _any_block(family, y, n, const, e, lo, hi, w_buf, s_buf):
+def _any_block(family, y, n, const, eta, nxt, lo, hi, ws):
     """:func:`_bernoulli_block` for rows of any family: :func:`_row` row by row."""
     total = 0.0
     for j in range(lo, hi):
-        part, w, s = _row(family, y, n, const, j, e[j])
+        part, w, s = _row(family, y, n, const, j, eta[nxt, j])
         total += part
-        w_buf[j - lo] = w
-        s_buf[j - lo] = s
+        ws[0, j - lo] = w
+        ws[1, j - lo] = s
     return total
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _block_sums(cols, lo, hi, w_buf, s_buf, acc):
+def _block_sums(cols, lo, hi, ws, acc):
     """Add the rows ``lo:hi``'s ``sum w c_u c_v`` (``u >= v``) and then ``sum s c_u`` for the distinct columns ``c``.
 
     One loop over the block's rows per sum, which the compiler vectorises.
     """
     q = cols.shape[0]
     n_pairs = q * (q + 1) // 2
+    if hi - lo < _SHORT:  # a few rows: row by row, without the vector loops' set-up
+        for j in range(lo, hi):
+            w = ws[0, j - lo]
+            s = ws[1, j - lo]
+            slot = 0
+            for u in range(q):
+                cu = cols[u, j]
+                acc[n_pairs + u] += s * cu
+                cu *= w
+                for v in range(u + 1):
+                    acc[slot] += cu * cols[v, j]
+                    slot += 1
+        return
     slot = 0
     for u in range(q):
         t = 0.0
         for j in range(lo, hi):
-            t += s_buf[j - lo] * cols[u, j]
+            t += ws[1, j - lo] * cols[u, j]
         acc[n_pairs + u] += t
         for v in range(u + 1):
             t = 0.0
             for j in range(lo, hi):
-                t += w_buf[j - lo] * cols[u, j] * cols[v, j]
+                t += ws[0, j - lo] * cols[u, j] * cols[v, j]
             acc[slot] += t
             slot += 1
 
@@ -241,7 +256,7 @@ def _unpack(acc, n_pairs, col_of, c0, k, g, A, h):
             A[g, u, v] = acc[_pair(cu, col_of[c0 + v])]
 
 
-@njit(cache=True, nogil=True, fastmath=_FAST, error_model="numpy")
+@njit(cache=True, nogil=True, inline="always")
 def _rows_pass(family, bern, y, n, const, cols, col_of, eta, starts, cur_buf, z0, steps, moved, A, h, FF, Fr, L):
     """:func:`_pass` with the arrays passed one by one (a field read from a tuple in a loop costs a reference count).
 
@@ -256,38 +271,44 @@ def _rows_pass(family, bern, y, n, const, cols, col_of, eta, starts, cur_buf, z0
     q, m, p, d = cols.shape[0], steps.shape[1], FF.shape[1], A.shape[1]
     n_pairs = q * (q + 1) // 2
     acc = np.empty(n_pairs + q)
-    w_buf = np.empty(_BLOCK)
-    s_buf = np.empty(_BLOCK)
+    ws = np.empty((2, _BLOCK))  # the block's weights and scores
     for g in range(starts.shape[0] - 1):
         if not moved[g]:
             continue
-        cur = cur_buf[g]
-        e_cur = eta[cur]
-        e_new = eta[1 - cur]
-        acc[:] = 0.0
+        cur = np.uint64(cur_buf[g])  # unsigned, as the rows: views of the buffers would each count a reference
+        nxt = np.uint64(1 - cur_buf[g])
+        for t in range(n_pairs + q):
+            acc[t] = 0.0
         total = 0.0
         for b0 in range(starts[g], starts[g + 1], _BLOCK):
             lo = np.uint64(b0)
             hi = np.uint64(min(b0 + _BLOCK, starts[g + 1]))
-            for j in range(lo, hi):
-                e_new[j] = e_cur[j]
-            for k in range(m):
-                sk = steps[g, k]
-                if sk != 0.0:
-                    u = col_of[z0 + k]
-                    for j in range(lo, hi):
-                        e_new[j] += cols[u, j] * sk
-            if bern:
-                total += _bernoulli_block(y, e_new, lo, hi, w_buf, s_buf)
+            if hi - lo < _SHORT:  # a few rows: row by row, without the vector loops' set-up
+                for j in range(lo, hi):
+                    e = eta[cur, j]
+                    for k in range(m):
+                        e += cols[col_of[z0 + k], j] * steps[g, k]
+                    eta[nxt, j] = e
             else:
-                total += _any_block(family, y, n, const, e_new, lo, hi, w_buf, s_buf)
-            _block_sums(cols, lo, hi, w_buf, s_buf, acc)
+                for j in range(lo, hi):
+                    eta[nxt, j] = eta[cur, j]
+                for k in range(m):
+                    sk = steps[g, k]
+                    if sk != 0.0:
+                        u = col_of[z0 + k]
+                        for j in range(lo, hi):
+                            eta[nxt, j] += cols[u, j] * sk
+            if bern:
+                total += _bernoulli_block(y, eta, nxt, lo, hi, ws)
+            else:
+                total += _any_block(family, y, n, const, eta, nxt, lo, hi, ws)
+            _block_sums(cols, lo, hi, ws, acc)
         L[g] = total
         _unpack(acc, n_pairs, col_of, 0, p, g, FF, Fr)
         _unpack(acc, n_pairs, col_of, p, d, g, A, h)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=_FAST, error_model="numpy")
 def _pass(nw, fixed, steps, moved):
     """Every group ``g`` with ``moved[g]``: its rows moved by ``steps[g]``, into the buffer it does not use.
 
@@ -298,7 +319,7 @@ def _pass(nw, fixed, steps, moved):
     makes the whole pass, so that the arrays are read from ``nw`` once, not once per group.
     """
     _rows_pass(nw.family, nw.bernoulli, nw.y, nw.n, nw.const, nw.cols, nw.col_of, nw.eta, nw.starts, nw.cur,
-               0 if fixed else nw.F.shape[1], steps, moved, nw.A2, nw.h2, nw.FF2, nw.Fr2, nw.L2)
+               0 if fixed else nw.FF.shape[1], steps, moved, nw.A2, nw.h2, nw.FF2, nw.Fr2, nw.L2)
 
 
 @njit(cache=True, nogil=True, inline="always")

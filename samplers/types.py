@@ -400,22 +400,23 @@ class NewtonRows(NamedTuple):
     """One chain's state of the Newton proposal (:mod:`samplers.newton`): rows in finest-group order, two buffers each.
 
     The rows' arrays are the :class:`Augmentation`'s own (not copies), held here too so that
-    the moves take this tuple alone: a kernel that takes a tuple counts a reference for each
-    array in it at every call. The grouping factors are nested (one factor, or several, finest
-    first, as :class:`Structure` numbers them); the sums are kept per finest group, from
-    which any group's are added up.
+    the moves take this tuple alone, except their columns: ``cols`` holds ``F`` and ``X``'s
+    distinct columns once, transposed, which the chains share. A kernel that takes a tuple
+    counts a reference for each array in it at every call (two arrays more made a cbpp sweep
+    of about 20 microseconds 4 slower), so the tuple holds no array the moves can do
+    without: the offset is read once, by :func:`samplers.newton.start`. The grouping factors
+    are nested (one factor, or several, finest first, as :class:`Structure` numbers them);
+    the sums are kept per finest group, from which any group's are added up.
 
     Attributes
     ----------
     family : int
         Family code of :mod:`samplers.glm`.
-    y, n, offset, const : ndarray of shape (n_obs,)
-    F, X : ndarray of shape (n_obs, n_fixed), (n_obs, n_coef)
-        The rows, as :class:`Augmentation` holds them (sorted by finest group; ``X`` holds every
-        factor's columns).
+    y, n, const : ndarray of shape (n_obs,)
     cols : ndarray of shape (n_cols, n_obs)
-        The distinct columns of ``F`` and ``X``, one per row of the array (:func:`distinct_columns`),
-        so that a pass reads each column once, contiguously.
+        The distinct columns of the rows' ``F`` and ``X`` (sorted by finest group; ``X`` holds
+        every factor's columns), one per row of the array (:func:`distinct_columns`), so that a
+        pass reads each column once, contiguously.
     col_of : ndarray of int64, shape (n_fixed + n_coef,)
         Each column of ``F`` and then of ``X``: its row of ``cols``.
     starts : ndarray of int64, shape (n_finest + 1,)
@@ -461,10 +462,7 @@ class NewtonRows(NamedTuple):
     family: int
     y: np.ndarray
     n: np.ndarray
-    offset: np.ndarray
     const: np.ndarray
-    F: np.ndarray
-    X: np.ndarray
     cols: np.ndarray
     col_of: np.ndarray
     starts: np.ndarray
@@ -526,7 +524,7 @@ def distinct_columns(F, X):
     return np.ascontiguousarray(both[:, keep].T), col_of
 
 
-def newton_rows(family, y, n, offset, const, F, X, starts, shared, shift_coef, bernoulli=False, level_ptr=None,
+def newton_rows(family, y, n, const, F, X, starts, shared, shift_coef, bernoulli=False, level_ptr=None,
                 node_ptr=None, parent=None, nest_pairs=None, cols=None, col_of=None):
     """A chain's :class:`NewtonRows` for the rows ``y`` ... ``X`` in ``len(starts) - 1`` finest groups.
 
@@ -553,7 +551,7 @@ def newton_rows(family, y, n, offset, const, F, X, starts, shared, shift_coef, b
     if cols is None:
         cols, col_of = distinct_columns(F, X)
     return NewtonRows(
-        family=int(family), y=y, n=n, offset=offset, const=const, F=F, X=X, cols=cols, col_of=_int64(col_of),
+        family=int(family), y=y, n=n, const=const, cols=cols, col_of=_int64(col_of),
         starts=_int64(starts), level_ptr=level_ptr, node_ptr=node_ptr, parent=parent, anc=anc,
         kid_ptr=kid_ptr, kids=_int64(np.tile(np.arange(G), K)[order]),
         shared=shared,
@@ -578,7 +576,7 @@ def newton_rows(family, y, n, offset, const, F, X, starts, shared, shift_coef, b
     )
 
 
-NO_NEWTON = newton_rows(0, np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0), np.zeros((0, 0)), np.zeros((0, 0)),
+NO_NEWTON = newton_rows(0, np.zeros(0), np.zeros(0), np.zeros(0), np.zeros((0, 0)), np.zeros((0, 0)),
                         np.zeros(1, dtype=np.int64), np.zeros((0, 2), dtype=np.int64), np.zeros((0, 0)))
 
 

@@ -129,9 +129,9 @@ def test_the_pass_gives_each_groups_sums_and_log_likelihood(slopes):
     group = np.repeat(np.arange(sizes.size), sizes)
 
     def rows(bernoulli):
-        nw = newton_rows(BINOMIAL_LOGIT, y, np.ones(n), np.zeros(n), np.zeros(n), F, X, starts, np.zeros((0, 2)),
+        nw = newton_rows(BINOMIAL_LOGIT, y, np.ones(n), np.zeros(n), F, X, starts, np.zeros((0, 2)),
                          np.zeros((sizes.size, 0)), bernoulli=bernoulli)
-        start(nw, a, b)
+        start(nw, np.zeros(n), a, b)
         nw.cur[::2] = 1  # groups read either buffer
         nw.eta[1] = nw.eta[0]
         nw.L2[:] = np.nan
@@ -191,7 +191,7 @@ def test_the_shift_leaves_every_predictor_as_it_was_and_draws_from_the_priors():
     F, X, starts, g, _ = _group_level_rows(1)
     pairs, coef = shift_pairs(F, X, g[:, None], [0, 2], 5)
     n = F.shape[0]
-    nw = newton_rows(BINOMIAL_LOGIT, np.zeros(n), np.ones(n), np.zeros(n), np.zeros(n), F, X, starts, pairs, coef)
+    nw = newton_rows(BINOMIAL_LOGIT, np.zeros(n), np.ones(n), np.zeros(n), F, X, starts, pairs, coef)
     rng = np.random.default_rng(2)
     p, d = F.shape[1], X.shape[1]
     prec = np.diag(rng.uniform(0.5, 2.0, p))
@@ -204,7 +204,7 @@ def test_the_shift_leaves_every_predictor_as_it_was_and_draws_from_the_priors():
     assert not np.allclose(a1, a)
     np.testing.assert_allclose(F @ a1 + np.sum(X * b1[g], axis=1), eta, rtol=1e-10, atol=1e-9 * np.abs(eta).max())
     # one pair (the intercept's, c_g = 1 for groups with rows): s ~ N(m, 1/P) with the prior moments
-    one = newton_rows(BINOMIAL_LOGIT, np.zeros(n), np.ones(n), np.zeros(n), np.zeros(n), F, X, starts, pairs[:1],
+    one = newton_rows(BINOMIAL_LOGIT, np.zeros(n), np.ones(n), np.zeros(n), F, X, starts, pairs[:1],
                       coef[:, :1])
     shifts = []
     for seed in range(4000):
@@ -241,7 +241,7 @@ def test_nested_groups_find_their_rows_and_shared_columns():
     np.testing.assert_array_equal(coef[:, 0], [1.0] * 7 + [0.0] * 4)
     np.testing.assert_array_equal(coef[:, 1], [0.0] * 7 + [1.0] * 4)
     n = g.size
-    nw = newton_rows(BINOMIAL_LOGIT, np.zeros(n), np.ones(n), np.zeros(n), np.zeros(n), F, X, starts, pairs, coef,
+    nw = newton_rows(BINOMIAL_LOGIT, np.zeros(n), np.ones(n), np.zeros(n), F, X, starts, pairs, coef,
                      level_ptr=[0, 1, 2], node_ptr=[0, 7, 11], parent=parent, nest_pairs=nest_pairs(X, [0, 1, 2]))
     assert nw.anc[:, 1].tolist() == [7, 7, 8, 9, 9, 9, 10]
     assert [nw.kids[nw.kid_ptr[j]:nw.kid_ptr[j + 1]].tolist() for j in (3, 7, 9)] == [[3], [0, 1], [3, 4, 5]]
@@ -256,7 +256,7 @@ def test_the_nested_moves_keep_every_total_and_move_the_split():
     assert structure.level_ptr.tolist() == [0, 1, 2] and structure.node_ptr.tolist() == [0, 7, 11]
     j_parent = structure.parent[:7]
     n = g.size
-    nw = newton_rows(BINOMIAL_LOGIT, np.zeros(n), np.ones(n), np.zeros(n), np.zeros(n), F, X, starts,
+    nw = newton_rows(BINOMIAL_LOGIT, np.zeros(n), np.ones(n), np.zeros(n), F, X, starts,
                      np.zeros((0, 2)), np.zeros((11, 0)), level_ptr=structure.level_ptr,
                      node_ptr=structure.node_ptr, parent=structure.parent, nest_pairs=[[0, 1]])
     rng = np.random.default_rng(2)
@@ -316,7 +316,7 @@ def test_the_move_is_chosen_by_the_rows_per_group_and_refused_where_it_does_not_
 @pytest.mark.parametrize("accepted, moves", [(None, 1), (0.95, 1), (0.9, 1), (0.85, 2), (0.8, 2), (0.7, 3), (0.3, 3)])
 def test_warm_up_sets_the_fixed_effects_moves_a_sweep(accepted, moves):
     y = np.array([0.0, 1.0, 1.0])
-    nw = newton_rows(BINOMIAL_LOGIT, y, np.ones(3), np.zeros(3), np.zeros(3), np.ones((3, 2)), np.ones((3, 1)),
+    nw = newton_rows(BINOMIAL_LOGIT, y, np.ones(3), np.zeros(3), np.ones((3, 2)), np.ones((3, 1)),
                      np.array([0, 3]), np.zeros((0, 2)), np.zeros((1, 0)))
     if accepted is not None:
         nw.cnt[N_WARM_FIXED_PROP], nw.cnt[N_WARM_FIXED_ACC] = 200.0, 200.0 * accepted
