@@ -76,9 +76,10 @@ def _row(family, y, n, const, i, e):
         pr = inv if e >= 0.0 else t * inv
         part = ci - yi * max(-e, 0.0) - (ni - yi) * max(e, 0.0) - ni * math.log1p(t)
         return part, max(ni * t * inv * inv, _TINY_W), yi - ni * pr
+    if family == POISSON_LOG:  # w = mu, s = y - mu
+        mu = math.exp(e)
+        return ci + yi * e - mu, max(mu, _TINY_W), yi - mu
     w, r = working(family, yi, ni, e)
-    if family == POISSON_LOG:
-        return ci + yi * e - math.exp(e), w, w * r
     p = 0.5 * math.erfc(-e / _SQRT2)
     q = 0.5 * math.erfc(e / _SQRT2)
     return ci + yi * math.log(max(p, 1e-300)) + (ni - yi) * math.log(max(q, 1e-300)), w, w * r
