@@ -836,6 +836,10 @@ def run_worker(cmd, out, err_path, limit):
             time.sleep(0.2)
     if proc.returncode:
         text = Path(err_path).read_text()
+        if proc.returncode < 0:  # killed by a signal not ours: SIGKILL is the kernel's when memory runs out
+            how = "killed by SIGKILL (out of memory?)" if proc.returncode == -signal.SIGKILL else \
+                f"killed by signal {-proc.returncode}"
+            return {"skipped": f"{how}; last output: " + " ".join(text.strip()[-200:].split())}
         return {"skipped": "failed: " + " ".join(text.strip()[-300:].split())}
     return json.loads(out.read_text())
 

@@ -32,9 +32,10 @@ does not: when the groups say little about their coefficients.
 The rows are kept in finest-group order, each row's predictor in two buffers: a proposal
 writes into the buffer its finest group does not use, and an accepted one flips the finest
 group's buffer (``cur``), so nothing is copied. The sums are kept per finest group and
-added up for a coarser group. A Bernoulli row costs one exponential per step, and one
-logarithm per 32 rows (``_row``). The loops read the tuples' fields into local names first:
-a field read in a loop costs an atomic reference count each time.
+added up for a coarser group. A pass (:func:`_pass`) takes a group's rows in blocks of 64,
+in loops the compiler vectorises: a Bernoulli row costs one exponential, and a block one
+logarithm. The loops read the tuples' fields into local names first: a field read in a loop
+costs an atomic reference count each time.
 """
 
 import math
@@ -259,7 +260,7 @@ def _unpack(acc, n_pairs, col_of, c0, k, g, A, h):
 
 @njit(cache=True, nogil=True, inline="always")
 def _rows_pass(family, bern, y, n, const, cols, col_of, eta, starts, cur_buf, z0, steps, moved, A, h, FF, Fr, L):
-    """:func:`_pass` with the arrays passed one by one (a field read from a tuple in a loop costs a reference count).
+    """The body of :func:`_pass`, over the arrays it reads from ``nw`` once.
 
     A group's rows go in blocks of ``_BLOCK``: the predictors moved (the columns
     ``col_of[z0:z0 + m]`` times the group's steps), then every row's log-likelihood, weight
