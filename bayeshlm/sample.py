@@ -139,8 +139,8 @@ class _Rows:
         pairs, coef = shift_pairs(self.F, self.X, self.node, level_ptr, int(node_ptr[-1]))
         cols, col_of = distinct_columns(self.F, self.X)
         self.newton = {"starts": starts, "shared": pairs, "shift_coef": coef, "level_ptr": level_ptr,
-                       "node_ptr": node_ptr, "parent": parent, "nest_pairs": nest_pairs(self.X, level_ptr),
-                       "cols": cols, "col_of": col_of}
+                       "node_ptr": node_ptr, "parent": parent,
+                       "nest_pairs": nest_pairs(col_of[self.F.shape[1]:], level_ptr), "cols": cols, "col_of": col_of}
         self.prod = NO_ROW_PRODUCTS
         return order
 
@@ -211,17 +211,19 @@ def shift_pairs(F, X, node, level_ptr, n_nodes):
     return np.array(pairs, dtype=np.int64).reshape(-1, 2), np.ascontiguousarray(coef)
 
 
-def nest_pairs(X, level_ptr):
+def nest_pairs(x_col, level_ptr):
     """Pairs ``(u, v)``: coefficient ``u`` of a factor and ``v`` of the next coarser one are the same column of ``X``.
 
-    Each ``u`` pairs with the first such ``v`` (:func:`samplers.newton.nest_shift_move`).
+    ``x_col[u]`` names ``X``'s column ``u`` among the distinct columns (equal names, equal
+    columns: :func:`~samplers.types.distinct_columns`). Each ``u`` pairs with the first such
+    ``v`` (:func:`samplers.newton.nest_shift_move`).
     """
     pairs = []
     for k in range(len(level_ptr) - 2):
         used = set()
         for u in range(level_ptr[k], level_ptr[k + 1]):
             for v in range(level_ptr[k + 1], level_ptr[k + 2]):
-                if v not in used and np.array_equal(X[:, u], X[:, v]):
+                if v not in used and x_col[u] == x_col[v]:
                     pairs.append((u, v))
                     used.add(v)
                     break

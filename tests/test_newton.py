@@ -33,7 +33,7 @@ from samplers.newton import (
     split_move,
     start,
 )
-from samplers.types import FixedPrior, newton_rows
+from samplers.types import FixedPrior, distinct_columns, newton_rows
 
 PRIORS = {"fixed": bh.Normal(0, 5), "sd": bh.HalfNormal(2)}
 Z_TOL = 4.5
@@ -235,14 +235,15 @@ def test_nested_groups_find_their_rows_and_shared_columns():
     F, X, starts, g, parent = _nested_rows()
     node = group_of_rows(g, parent, 2)
     assert node[:, 1].tolist() == [7] * 5 + [8] + [9] * 8 + [10] * 3
-    assert nest_pairs(X, [0, 1, 2]).tolist() == [[0, 1]]
+    assert nest_pairs(distinct_columns(F, X)[1][F.shape[1]:], [0, 1, 2]).tolist() == [[0, 1]]
     pairs, coef = shift_pairs(F, X, node, [0, 1, 2], 11)
     assert pairs.tolist() == [[0, 0], [0, 1]]  # the fixed intercept with either factor's
     np.testing.assert_array_equal(coef[:, 0], [1.0] * 7 + [0.0] * 4)
     np.testing.assert_array_equal(coef[:, 1], [0.0] * 7 + [1.0] * 4)
     n = g.size
     nw = newton_rows(BINOMIAL_LOGIT, np.zeros(n), np.ones(n), np.zeros(n), F, X, starts, pairs, coef,
-                     level_ptr=[0, 1, 2], node_ptr=[0, 7, 11], parent=parent, nest_pairs=nest_pairs(X, [0, 1, 2]))
+                     level_ptr=[0, 1, 2], node_ptr=[0, 7, 11], parent=parent,
+                     nest_pairs=nest_pairs(distinct_columns(F, X)[1][F.shape[1]:], [0, 1, 2]))
     assert nw.anc[:, 1].tolist() == [7, 7, 8, 9, 9, 9, 10]
     assert [nw.kids[nw.kid_ptr[j]:nw.kid_ptr[j + 1]].tolist() for j in (3, 7, 9)] == [[3], [0, 1], [3, 4, 5]]
 
