@@ -88,7 +88,7 @@ def _row(family, y, n, const, i, e):
 
 # rows per block of the pass; a Bernoulli block's factors 1 + exp(-|e|), each in (1, 2], multiply to at most 2^64
 _BLOCK = 64
-_SHORT = 16  # fewer rows than this: a block's sums row by row
+_SHORT = 16  # fewer rows than this: a block's predictors are moved row by row
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -217,19 +217,6 @@ def _block_sums(cols, lo, hi, ws, acc):
     """
     q = cols.shape[0]
     n_pairs = q * (q + 1) // 2
-    if hi - lo < _SHORT:  # a few rows: row by row, without the vector loops' set-up
-        for j in range(lo, hi):
-            w = ws[0, j - lo]
-            s = ws[1, j - lo]
-            slot = 0
-            for u in range(q):
-                cu = cols[u, j]
-                acc[n_pairs + u] += s * cu
-                cu *= w
-                for v in range(u + 1):
-                    acc[slot] += cu * cols[v, j]
-                    slot += 1
-        return
     slot = 0
     for u in range(q):
         t = 0.0
